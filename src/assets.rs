@@ -1,0 +1,108 @@
+//! The page: public/ embedded at build time, or read from `--public DIR` for development.
+//!
+//! Paths are checked before any lookup: a request path is percent-decoded once and then must
+//! be plain segments of `A-Z a-z 0-9 _ - .`, none starting with a dot. That rules out `..`,
+//! `%2e%2e`, double encoding (`%252e` decodes to `%2e`, and `%` is not allowed), backslashes,
+//! NUL, absolute URIs and empty segments, whatever the file system below would do with them.
+
+use std::path::{Path, PathBuf};
+
+/// The embedded files; keep in step with public/.
+static EMBEDDED: &[(&str, &[u8])] = &[
+    ("index.html", include_bytes!("../public/index.html")),
+    ("app.js", include_bytes!("../public/app.js")),
+    ("style.css", include_bytes!("../public/style.css")),
+];
+
+/// Where the page comes from.
+#[derive(Debug, Clone)]
+pub enum Assets {
+    Embedded,
+    Dir(PathBuf),
+}
+
+/// A file found for a request.
+pub struct File {
+    pub body: std::borrow::Cow<'static, [u8]>,
+    pub content_type: &'static str,
+}
+
+impl Assets {
+    /// Looks up a request path (without query). `None` means 404.
+    pub fn get(&self, path: &str) -> Option<File> {
+        let name = safe_name(path)?;
+        let body = match self {
+            Assets::Embedded => EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| (*b).into())?,
+            Assets::Dir(dir) => std::fs::read(dir.join(Path::new(&name))).ok()?.into(),
+        };
+        Some(File { body, content_type: content_type(&name) })
+    }
+}
+
+/// Maps a request path to a relative file name inside public/, or `None` if it could leave it.
+pub fn safe_name(path: &str) -> Option<String> {
+    let decoded = crate::http::percent_decode(path)?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let rest = decoded.strip_prefix('/')?;
+    if rest.is_empty() {
+        return Some("index.html".into());
+    }
+    if rest.len() > 255 {
+        return None;
+    }
+    let ok_segment = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    rest.split('/').all(ok_segment).then(|| rest.to_string())
+}
+
+pub fn content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("png") => "image/png",
+        Some("svg") => "image/svg+xml",
+        Some("ico") => "image/x-icon",
+        Some("json") => "application/json",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_is_refused_in_every_spelling() {
+        for p in [
+            "/..", "/../etc/passwd", "/%2e%2e/x", "/%2E%2E%2Fx", "/%252e%252e/x", "/.hidden", "/a/../b",
+            "/..\\x", "/a\\b", "/%5c", "/a%00.html", "/a\0", "//etc/passwd", "http://x/index.html",
+            "index.html", "/%", "/%zz", "/a//b", "/a/", "/%c0%ae%c0%ae/", "/ä",
+        ] {
+            assert_eq!(safe_name(p), None, "{p:?}");
+        }
+        assert_eq!(safe_name(&format!("/{}", "a".repeat(300))), None);
+    }
+
+    #[test]
+    fn ordinary_paths_map_to_files() {
+        assert_eq!(safe_name("/").as_deref(), Some("index.html"));
+        assert_eq!(safe_name("/app.js").as_deref(), Some("app.js"));
+        assert_eq!(safe_name("/img/a-b_c.png").as_deref(), Some("img/a-b_c.png"));
+        assert_eq!(safe_name("/%61pp.js").as_deref(), Some("app.js"));
+    }
+
+    #[test]
+    fn embedded_page_is_served_with_types() {
+        let a = Assets::Embedded;
+        let f = a.get("/").unwrap();
+        assert_eq!(f.content_type, "text/html; charset=utf-8");
+        assert!(f.body.starts_with(b"<!doctype html>"));
+        assert_eq!(a.get("/app.js").unwrap().content_type, "text/javascript; charset=utf-8");
+        assert!(a.get("/nope.js").is_none());
+    }
+}

@@ -1,0 +1,270 @@
+//! Users by id, room and private routing, and presence.
+//!
+//! Chat never touches a socket: it pushes encoded lines to connections through a [`Sink`],
+//! which the server implements over its outboxes (and the tests over a Vec). Ids are unique
+//! ignoring ASCII case; the map is keyed by the lowercased id and keeps the id as typed.
+//!
+//! Presence is batched per loop turn: joins and leaves of one turn become one shared buffer,
+//! and each user gets the part of it that happened after their own join. Above
+//! `presence_limit` users nobody gets join/leave events and the welcome lists only that many
+//! ids (`total` still counts everyone), so a mass connect costs linear, not quadratic, traffic.
+
+use crate::protocol::{self, ErrorCode};
+use bytes::Bytes;
+use std::collections::HashMap;
+
+/// Where chat lines go. `token` names a connection.
+pub trait Sink {
+    fn push(&mut self, token: usize, line: &Bytes);
+}
+
+/// What a client frame turned into, for the caller's counters and logs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Room,
+    Private,
+    Refused(ErrorCode),
+}
+
+const OLD: u32 = u32::MAX;
+
+struct User {
+    token: usize,
+    id: Box<str>,
+    /// Index of this user's join event in the current turn's batch, or OLD.
+    joined_at: u32,
+}
+
+pub struct Chat {
+    users: HashMap<Box<str>, User>,
+    /// This turn's presence lines, separated by `\n`.
+    events: Vec<u8>,
+    /// Start of each event in `events`.
+    starts: Vec<usize>,
+    presence_limit: usize,
+    max_text: usize,
+}
+
+impl Chat {
+    pub fn new(presence_limit: usize, max_text: usize) -> Self {
+        Chat { users: HashMap::new(), events: Vec::new(), starts: Vec::new(), presence_limit, max_text }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Claims `id` for `token` and queues its welcome. Fails with `bad_id` or `id_taken`.
+    pub fn join(&mut self, id: &str, token: usize, sink: &mut impl Sink) -> Result<(), ErrorCode> {
+        if !protocol::valid_id(id) {
+            return Err(ErrorCode::BadId);
+        }
+        let key: Box<str> = id.to_ascii_lowercase().into();
+        if self.users.contains_key(&key) {
+            return Err(ErrorCode::IdTaken);
+        }
+        let others = self.users.values().map(|u| &*u.id).take(self.presence_limit.saturating_sub(1));
+        let welcome = protocol::welcome(id, std::iter::once(id).chain(others), self.users.len() + 1);
+        sink.push(token, &welcome);
+        let joined_at = self.record(true, id);
+        self.users.insert(key, User { token, id: id.into(), joined_at });
+        Ok(())
+    }
+
+    /// Frees `id` at once, so it can be claimed again in the same turn.
+    pub fn leave(&mut self, id: &str) {
+        if self.users.remove(&*id.to_ascii_lowercase()).is_some() {
+            self.record(false, id);
+        }
+    }
+
+    fn record(&mut self, joined: bool, id: &str) -> u32 {
+        if !self.starts.is_empty() {
+            self.events.push(b'\n');
+        }
+        self.starts.push(self.events.len());
+        protocol::presence_into(&mut self.events, joined, id);
+        (self.starts.len() - 1) as u32
+    }
+
+    /// Routes one client text frame from `from` (connection `token`), stamped with `ts`.
+    pub fn handle(&mut self, token: usize, from: &str, frame: &str, ts: u64, sink: &mut impl Sink) -> Outcome {
+        let refuse = |sink: &mut dyn FnMut(&Bytes), code, to: Option<&str>| {
+            sink(&protocol::error(code, to));
+            Outcome::Refused(code)
+        };
+        let mut reply = |line: &Bytes| sink.push(token, line);
+        let Some(msg) = protocol::decode(frame) else {
+            return refuse(&mut reply, ErrorCode::BadMessage, None);
+        };
+        let text = msg.text.trim();
+        if text.is_empty() {
+            return refuse(&mut reply, ErrorCode::Empty, None);
+        }
+        if text.len() > self.max_text && text.chars().count() > self.max_text {
+            return refuse(&mut reply, ErrorCode::TooLong, None);
+        }
+        match msg.to.as_deref() {
+            None => {
+                let line = protocol::message(from, None, text, ts);
+                for u in self.users.values() {
+                    sink.push(u.token, &line);
+                }
+                Outcome::Room
+            }
+            Some(to) => {
+                let Some(rcpt) = self.users.get(&*to.to_ascii_lowercase()) else {
+                    return refuse(&mut reply, ErrorCode::UnknownRecipient, Some(to));
+                };
+                let line = protocol::message(from, Some(&rcpt.id), text, ts);
+                sink.push(rcpt.token, &line);
+                if rcpt.token != token {
+                    sink.push(token, &line);
+                }
+                Outcome::Private
+            }
+        }
+    }
+
+    /// Sends this turn's joins and leaves; call once at the end of every loop turn.
+    pub fn flush_presence(&mut self, sink: &mut impl Sink) {
+        if self.starts.is_empty() {
+            return;
+        }
+        let batch = Bytes::from(std::mem::take(&mut self.events));
+        let quiet = self.users.len() > self.presence_limit;
+        for u in self.users.values_mut() {
+            let from = if u.joined_at == OLD { 0 } else { u.joined_at as usize + 1 };
+            u.joined_at = OLD;
+            if !quiet && from < self.starts.len() {
+                sink.push(u.token, &batch.slice(self.starts[from]..));
+            }
+        }
+        self.starts.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Rec(Vec<(usize, String)>);
+
+    impl Sink for Rec {
+        fn push(&mut self, token: usize, line: &Bytes) {
+            self.0.push((token, String::from_utf8(line.to_vec()).unwrap()));
+        }
+    }
+
+    impl Rec {
+        fn take(&mut self) -> Vec<(usize, String)> {
+            std::mem::take(&mut self.0)
+        }
+    }
+
+    fn chat_with(ids: &[&str]) -> (Chat, Rec) {
+        let mut c = Chat::new(100, 10);
+        let mut r = Rec::default();
+        for (t, id) in ids.iter().enumerate() {
+            c.join(id, t, &mut r).unwrap();
+        }
+        c.flush_presence(&mut r);
+        r.take();
+        (c, r)
+    }
+
+    #[test]
+    fn ids_are_unique_ignoring_case_and_free_again_on_leave() {
+        let (mut c, mut r) = chat_with(&["alice"]);
+        assert_eq!(c.join("ALICE", 9, &mut r), Err(ErrorCode::IdTaken));
+        assert_eq!(c.join("no spaces", 9, &mut r), Err(ErrorCode::BadId));
+        assert!(r.take().is_empty(), "a refused join queues nothing");
+        c.leave("Alice");
+        assert_eq!(c.join("ALICE", 9, &mut r), Ok(()));
+    }
+
+    #[test]
+    fn room_message_reaches_everyone_including_sender() {
+        let (mut c, mut r) = chat_with(&["a", "b", "c"]);
+        assert_eq!(c.handle(1, "b", r#"{"text":"  hi ","from":"x"}"#, 5, &mut r), Outcome::Room);
+        let mut got = r.take();
+        got.sort();
+        let line = r#"{"type":"message","from":"b","text":"hi","ts":5}"#.to_string();
+        assert_eq!(got, vec![(0, line.clone()), (1, line.clone()), (2, line)]);
+    }
+
+    #[test]
+    fn private_message_reaches_recipient_and_echoes_to_sender_only() {
+        let (mut c, mut r) = chat_with(&["a", "Bob", "c"]);
+        assert_eq!(c.handle(0, "a", r#"{"to":"BOB","text":"psst"}"#, 1, &mut r), Outcome::Private);
+        let line = r#"{"type":"message","from":"a","to":"Bob","text":"psst","ts":1}"#.to_string();
+        assert_eq!(r.take(), vec![(1, line.clone()), (0, line)]);
+        // To yourself: one copy.
+        c.handle(0, "a", r#"{"to":"a","text":"me"}"#, 1, &mut r);
+        assert_eq!(r.take().len(), 1);
+    }
+
+    #[test]
+    fn refusals_go_to_the_sender_alone() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        let cases = [
+            (r#"{"to":"zed","text":"x"}"#, ErrorCode::UnknownRecipient, "\"to\":\"zed\""),
+            ("not json", ErrorCode::BadMessage, "bad_message"),
+            (r#"{"text":"   "}"#, ErrorCode::Empty, "\"empty\""),
+            (r#"{"text":"12345678901"}"#, ErrorCode::TooLong, "too_long"),
+        ];
+        for (frame, code, needle) in cases {
+            assert_eq!(c.handle(1, "b", frame, 1, &mut r), Outcome::Refused(code));
+            let got = r.take();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, 1);
+            assert!(got[0].1.contains(needle), "{}", got[0].1);
+        }
+        // Ten characters of two bytes each are within a ten-character limit.
+        assert_eq!(c.handle(1, "b", r#"{"text":"éééééééééé"}"#, 1, &mut r), Outcome::Room);
+    }
+
+    #[test]
+    fn presence_is_batched_and_each_joiner_sees_only_later_events() {
+        let (mut c, mut r) = chat_with(&["old"]);
+        c.join("n1", 1, &mut r).unwrap();
+        c.join("n2", 2, &mut r).unwrap();
+        c.leave("old");
+        let welcomes = r.take();
+        assert!(welcomes[0].1.contains(r#""users":["n1","old"]"#), "{}", welcomes[0].1);
+        assert!(welcomes[1].1.contains(r#""total":3"#));
+        c.flush_presence(&mut r);
+        let mut got = r.take();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (1, "{\"type\":\"join\",\"id\":\"n2\"}\n{\"type\":\"leave\",\"id\":\"old\"}".to_string()),
+                (2, "{\"type\":\"leave\",\"id\":\"old\"}".to_string()),
+            ]
+        );
+        c.flush_presence(&mut r);
+        assert!(r.take().is_empty(), "a turn without events sends nothing");
+    }
+
+    #[test]
+    fn above_the_limit_presence_goes_quiet_and_welcome_is_capped() {
+        let mut c = Chat::new(2, 10);
+        let mut r = Rec::default();
+        for (t, id) in ["a", "b", "c"].iter().enumerate() {
+            c.join(id, t, &mut r).unwrap();
+        }
+        let last = &r.take()[2].1;
+        assert!(last.starts_with(r#"{"type":"welcome","id":"c","users":["c","#), "{last}");
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["users"].as_array().unwrap().len(), 2, "{last}");
+        assert!(last.ends_with(r#""total":3}"#));
+        c.flush_presence(&mut r);
+        assert!(r.take().is_empty());
+    }
+}

@@ -1,0 +1,195 @@
+//! Command-line flags to `Config`, with every default stated once, here and in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server can be told. Defaults are in `Config::default`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub public: Option<PathBuf>,
+    pub allow_origin: Vec<String>,
+    /// None: the open-file limit minus a margin, found at start-up.
+    pub max_conns: Option<usize>,
+    pub max_message: usize,
+    pub max_text: usize,
+    pub queue_cap: usize,
+    pub rate_limit: u32,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub presence_limit: usize,
+    pub echo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: "127.0.0.1:8080".parse().expect("valid"),
+            public: None,
+            allow_origin: Vec::new(),
+            max_conns: None,
+            max_message: 4096,
+            max_text: 1000,
+            queue_cap: 262_144,
+            rate_limit: 20,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(54),
+            idle_timeout: Duration::from_secs(60),
+            presence_limit: 256,
+            echo: false,
+        }
+    }
+}
+
+pub const HELP: &str = "\
+chatloop: a WebSocket chat server (room chat and private messages by unique id)
+
+Usage: chatloop [FLAGS]
+
+Flags:
+  --addr ADDR                 address to listen on [default: 127.0.0.1:8080]
+  --public DIR                serve the page from DIR instead of the embedded copy
+  --allow-origin ORIGIN       also allow upgrades from ORIGIN (e.g. https://chat.example.com);
+                              repeatable; * allows any [default: same origin only]
+  --max-conns N               at most N connections; more get 503
+                              [default: the open-file limit minus 64]
+  --max-message BYTES         largest client message; larger closes with 1009 [default: 4096]
+  --max-text CHARS            longest chat text; longer gets error too_long [default: 1000]
+  --queue-cap BYTES           outbound queue cap per connection; a client past it is closed
+                              with 1008 slow consumer [default: 262144]
+  --rate-limit N              messages per second per connection, burst 2N; 0 turns it off;
+                              over it the message is dropped with error rate_limited [default: 20]
+  --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
+  --ping-interval SECS        ping a quiet client this often [default: 54]
+  --idle-timeout SECS         close a client that sent nothing, not even a pong [default: 60]
+  --presence-limit N          above N users, no join/leave events and the welcome lists
+                              N ids [default: 256]
+  --echo                      mount /echo, which sends every message back (for conformance suites)
+  -h, --help                  print this help
+  -V, --version               print the version
+
+Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [default: info].
+";
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// Parses flags (without the program name). Errors are one line, ready to print.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut cfg = Config::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--echo" => cfg.echo = true,
+            "--addr" => {
+                let v = value()?;
+                cfg.addr = v.parse().map_err(|_| format!("--addr: '{v}' is not an address like 127.0.0.1:8080"))?;
+            }
+            "--public" => cfg.public = Some(PathBuf::from(value()?)),
+            "--allow-origin" => cfg.allow_origin.push(value()?),
+            "--max-conns" => cfg.max_conns = Some(positive(&flag, &value()?)?),
+            "--max-message" => cfg.max_message = positive(&flag, &value()?)?,
+            "--max-text" => cfg.max_text = positive(&flag, &value()?)?,
+            "--queue-cap" => cfg.queue_cap = positive(&flag, &value()?)?,
+            "--presence-limit" => cfg.presence_limit = number(&flag, &value()?)?,
+            "--rate-limit" => {
+                cfg.rate_limit = u32::try_from(number(&flag, &value()?)?).map_err(|_| format!("{flag}: too large"))?
+            }
+            "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
+            "--ping-interval" => cfg.ping_interval = seconds(&flag, &value()?)?,
+            "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &value()?)?,
+            _ => return Err(format!("unknown flag '{arg}' (see --help)")),
+        }
+    }
+    if cfg.queue_cap < 1024 {
+        return Err("--queue-cap: must be at least 1024 bytes, room for a close frame and an error".into());
+    }
+    Ok(Command::Run(cfg))
+}
+
+fn number(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse().map_err(|_| format!("{flag}: '{v}' is not a whole number"))
+}
+
+fn positive(flag: &str, v: &str) -> Result<usize, String> {
+    match number(flag, v)? {
+        0 => Err(format!("{flag}: must be more than 0")),
+        n => Ok(n),
+    }
+}
+
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    let s: f64 = v.parse().map_err(|_| format!("{flag}: '{v}' is not a number of seconds"))?;
+    if !(s > 0.0 && s <= 1e9) {
+        return Err(format!("{flag}: must be more than 0 seconds"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Command::Run(c) => Ok(c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (4096, 262_144, 20));
+        let c = run(&["--addr", "127.0.0.1:0", "--handshake-timeout=0.2", "--allow-origin", "*", "--echo"]).unwrap();
+        assert_eq!(c.addr.port(), 0);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(200));
+        assert_eq!(c.allow_origin, vec!["*"]);
+        assert!(c.echo);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        for (args, needle) in [
+            (&["--max-conns", "x"][..], "not a whole number"),
+            (&["--max-message", "0"], "more than 0"),
+            (&["--idle-timeout", "-1"], "more than 0 seconds"),
+            (&["--idle-timeout", "NaN"], "more than 0 seconds"),
+            (&["--addr"], "needs a value"),
+            (&["--addr", "nowhere"], "not an address"),
+            (&["--frobnicate"], "unknown flag"),
+            (&["--queue-cap", "10"], "at least 1024"),
+        ] {
+            let e = run(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_flag() {
+        for f in [
+            "--addr", "--public", "--allow-origin", "--max-conns", "--max-message", "--queue-cap",
+            "--rate-limit", "--handshake-timeout", "--ping-interval", "--idle-timeout", "--echo",
+        ] {
+            assert!(HELP.contains(f), "{f}");
+        }
+        assert!(matches!(parse(["--help".to_string()]), Ok(Command::Help)));
+    }
+}

@@ -1,0 +1,15 @@
+//! chatloop: a WebSocket chat server on one mio poll loop.
+//!
+//! The binary (`main.rs`) parses flags and starts [`server::Server`]; everything it needs
+//! lives in these modules, which are public so tests and fuzz targets can reach them.
+//! ARCHITECTURE.md has the map and the invariants.
+
+pub mod assets;
+pub mod chat;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod outbox;
+pub mod protocol;
+pub mod server;
+pub mod timers;

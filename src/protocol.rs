@@ -1,0 +1,191 @@
+//! The JSON wire format, both directions.
+//!
+//! Client frames carry one JSON object each; server lines are JSON objects that the outbox
+//! later joins with `\n` into one text message. Every server line is encoded exactly once and
+//! handed around as `Bytes`, so a room message costs one encode however many people read it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// What a client may send: a room message, or a private one when `to` is set.
+/// Unknown fields (a forged `from`, say) are ignored on purpose: the server stamps the sender.
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct Incoming<'a> {
+    #[serde(borrow, default)]
+    pub to: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    pub text: std::borrow::Cow<'a, str>,
+}
+
+/// Decodes one client frame. `None` means "not an object of our shape" (`bad_message`).
+pub fn decode(frame: &str) -> Option<Incoming<'_>> {
+    serde_json::from_str(frame).ok()
+}
+
+/// Error codes a client can be sent; the names are part of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadId,
+    IdTaken,
+    UnknownRecipient,
+    BadMessage,
+    Empty,
+    TooLong,
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadId => "bad_id",
+            ErrorCode::IdTaken => "id_taken",
+            ErrorCode::UnknownRecipient => "unknown_recipient",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::Empty => "empty",
+            ErrorCode::TooLong => "too_long",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+
+    fn human(self) -> &'static str {
+        match self {
+            ErrorCode::BadId => "an id is 1 to 32 characters from A-Z a-z 0-9 _ - .",
+            ErrorCode::IdTaken => "that id is already online",
+            ErrorCode::UnknownRecipient => "no one with that id is online",
+            ErrorCode::BadMessage => "send a JSON object such as {\"text\":\"hi\"} or {\"to\":\"bob\",\"text\":\"hi\"}",
+            ErrorCode::Empty => "the message is empty",
+            ErrorCode::TooLong => "the message is too long",
+            ErrorCode::RateLimited => "too many messages: slow down",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    r#type: &'static str,
+    code: &'static str,
+    message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct MessageLine<'a> {
+    r#type: &'static str,
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    text: &'a str,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct WelcomeLine<'a, I: Serialize> {
+    r#type: &'static str,
+    id: &'a str,
+    users: I,
+    total: usize,
+}
+
+#[derive(Serialize)]
+struct PresenceLine<'a> {
+    r#type: &'static str,
+    id: &'a str,
+}
+
+fn encode<T: Serialize>(v: &T) -> Bytes {
+    // Serializing our own structs of strings and integers cannot fail.
+    Bytes::from(serde_json::to_vec(v).expect("serializable"))
+}
+
+/// `{"type":"error",...}`; `to` is set only for `unknown_recipient`.
+pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
+    encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to })
+}
+
+/// A room message (`to` = None) or a private one.
+pub fn message(from: &str, to: Option<&str>, text: &str, ts: u64) -> Bytes {
+    encode(&MessageLine { r#type: "message", from, to, text, ts })
+}
+
+/// The first line a client gets. `users` may be capped (see `Chat`); `total` is the true count.
+pub fn welcome<'a>(id: &str, users: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
+    #[derive(Serialize)]
+    #[serde(transparent)]
+    struct List<'a>(Vec<&'a str>);
+    encode(&WelcomeLine { r#type: "welcome", id, users: List(users.collect()), total })
+}
+
+/// Appends a `join` or `leave` line (no trailing newline) to a presence batch.
+pub fn presence_into(buf: &mut Vec<u8>, joined: bool, id: &str) {
+    let line = PresenceLine { r#type: if joined { "join" } else { "leave" }, id };
+    serde_json::to_writer(buf, &line).expect("serializable");
+}
+
+/// True when `id` is 1 to 32 characters from `A-Z a-z 0-9 _ - .`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_room_and_private_and_ignores_forged_from() {
+        let m = decode(r#"{"text":"hi","from":"mallory"}"#).unwrap();
+        assert_eq!(m.text, "hi");
+        assert_eq!(m.to, None);
+        let m = decode(r#"{"to":"bob","text":"psst"}"#).unwrap();
+        assert_eq!(m.to.as_deref(), Some("bob"));
+        let m = decode(r#"{"to":null,"text":"x"}"#).unwrap();
+        assert_eq!(m.to, None);
+        // Escapes force an owned Cow; the decoded text must still be right.
+        let m = decode(r#"{"text":"a\nb\u00e9"}"#).unwrap();
+        assert_eq!(m.text, "a\nbé");
+    }
+
+    #[test]
+    fn rejects_other_shapes() {
+        for bad in [
+            "", "null", "[]", "\"hi\"", "{}", r#"{"text":5}"#, r#"{"to":5,"text":"x"}"#, "{\"text\":",
+            r#"{"text":"a","text":"b"}"#,
+        ] {
+            assert!(decode(bad).is_none(), "{bad:?} should be bad_message");
+        }
+    }
+
+    #[test]
+    fn encodes_lines_exactly() {
+        assert_eq!(
+            &message("alice", None, "hi \"there\"", 7)[..],
+            br#"{"type":"message","from":"alice","text":"hi \"there\"","ts":7}"#
+        );
+        assert_eq!(
+            &message("alice", Some("bob"), "x", 1)[..],
+            br#"{"type":"message","from":"alice","to":"bob","text":"x","ts":1}"#
+        );
+        assert_eq!(
+            &error(ErrorCode::UnknownRecipient, Some("zed"))[..],
+            br#"{"type":"error","code":"unknown_recipient","message":"no one with that id is online","to":"zed"}"#
+        );
+        assert_eq!(
+            &welcome("a", ["a", "b"].into_iter(), 2)[..],
+            br#"{"type":"welcome","id":"a","users":["a","b"],"total":2}"#
+        );
+        let mut b = Vec::new();
+        presence_into(&mut b, false, "bob");
+        assert_eq!(&b[..], br#"{"type":"leave","id":"bob"}"#);
+    }
+
+    #[test]
+    fn id_rules() {
+        for ok in ["a", "Alice_01", "x.y-z", &"a".repeat(32)] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", &"a".repeat(33), "a b", "é", "a/b", "<x>", "a\0"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+}
