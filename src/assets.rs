@@ -32,10 +32,16 @@ impl Assets {
     pub fn get(&self, path: &str) -> Option<File> {
         let name = safe_name(path)?;
         let body = match self {
-            Assets::Embedded => EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| (*b).into())?,
+            Assets::Embedded => EMBEDDED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, b)| (*b).into())?,
             Assets::Dir(dir) => std::fs::read(dir.join(Path::new(&name))).ok()?.into(),
         };
-        Some(File { body, content_type: content_type(&name) })
+        Some(File {
+            body,
+            content_type: content_type(&name),
+        })
     }
 }
 
@@ -53,7 +59,8 @@ pub fn safe_name(path: &str) -> Option<String> {
     let ok_segment = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     };
     rest.split('/').all(ok_segment).then(|| rest.to_string())
 }
@@ -79,9 +86,27 @@ mod tests {
     #[test]
     fn traversal_is_refused_in_every_spelling() {
         for p in [
-            "/..", "/../etc/passwd", "/%2e%2e/x", "/%2E%2E%2Fx", "/%252e%252e/x", "/.hidden", "/a/../b",
-            "/..\\x", "/a\\b", "/%5c", "/a%00.html", "/a\0", "//etc/passwd", "http://x/index.html",
-            "index.html", "/%", "/%zz", "/a//b", "/a/", "/%c0%ae%c0%ae/", "/ä",
+            "/..",
+            "/../etc/passwd",
+            "/%2e%2e/x",
+            "/%2E%2E%2Fx",
+            "/%252e%252e/x",
+            "/.hidden",
+            "/a/../b",
+            "/..\\x",
+            "/a\\b",
+            "/%5c",
+            "/a%00.html",
+            "/a\0",
+            "//etc/passwd",
+            "http://x/index.html",
+            "index.html",
+            "/%",
+            "/%zz",
+            "/a//b",
+            "/a/",
+            "/%c0%ae%c0%ae/",
+            "/ä",
         ] {
             assert_eq!(safe_name(p), None, "{p:?}");
         }
@@ -92,7 +117,10 @@ mod tests {
     fn ordinary_paths_map_to_files() {
         assert_eq!(safe_name("/").as_deref(), Some("index.html"));
         assert_eq!(safe_name("/app.js").as_deref(), Some("app.js"));
-        assert_eq!(safe_name("/img/a-b_c.png").as_deref(), Some("img/a-b_c.png"));
+        assert_eq!(
+            safe_name("/img/a-b_c.png").as_deref(),
+            Some("img/a-b_c.png")
+        );
         assert_eq!(safe_name("/%61pp.js").as_deref(), Some("app.js"));
     }
 
@@ -102,7 +130,10 @@ mod tests {
         let f = a.get("/").unwrap();
         assert_eq!(f.content_type, "text/html; charset=utf-8");
         assert!(f.body.starts_with(b"<!doctype html>"));
-        assert_eq!(a.get("/app.js").unwrap().content_type, "text/javascript; charset=utf-8");
+        assert_eq!(
+            a.get("/app.js").unwrap().content_type,
+            "text/javascript; charset=utf-8"
+        );
         assert!(a.get("/nope.js").is_none());
     }
 }

@@ -89,7 +89,9 @@ struct Deliver<'a> {
 
 impl Sink for Deliver<'_> {
     fn push(&mut self, token: usize, line: &Bytes) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
         let peer = &mut conn.peer;
         if peer.closing || peer.overflow {
             return;
@@ -107,7 +109,9 @@ impl Sink for Deliver<'_> {
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -115,14 +119,18 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 fn out_of_fds(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 impl Server {
     pub fn new(cfg: Config, listener: TcpListener, max_conns: usize) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = listener;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
@@ -153,7 +161,11 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            let timeout = if self.again.is_empty() { self.timeout(now) } else { Some(Duration::ZERO) };
+            let timeout = if self.again.is_empty() {
+                self.timeout(now)
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -166,7 +178,9 @@ impl Server {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let paused = self.accept_paused_until.map(|t| t.saturating_duration_since(now));
+        let paused = self
+            .accept_paused_until
+            .map(|t| t.saturating_duration_since(now));
         match (self.timers.timeout(now), paused) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -219,7 +233,10 @@ impl Server {
     fn admit(&mut self, mut sock: TcpStream, addr: std::net::SocketAddr, now: Instant) {
         if self.conns.len() >= self.max_conns {
             // Best effort, never blocking: the 503 fits any socket buffer.
-            let _ = sock.write(&http::error(Status::Unavailable, "server full, try again later"));
+            let _ = sock.write(&http::error(
+                Status::Unavailable,
+                "server full, try again later",
+            ));
             debug!("refused {addr}: {} connections", self.conns.len());
             return;
         }
@@ -230,7 +247,11 @@ impl Server {
         let token = entry.key();
         let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap, generation, now));
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), interest) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut conn.peer.sock, Token(token), interest)
+        {
             warn!("register {addr}: {e}");
             self.conns.remove(token);
             return;
@@ -239,17 +260,19 @@ impl Server {
     }
 
     fn mark_pending(&mut self, token: usize) {
-        if let Some(c) = self.conns.get_mut(token) {
-            if !c.pending {
-                c.pending = true;
-                self.pending.push(token);
-            }
+        if let Some(c) = self.conns.get_mut(token)
+            && !c.pending
+        {
+            c.pending = true;
+            self.pending.push(token);
         }
     }
 
     /// (Re)schedules the connection's timer if its deadline is earlier than its current entry.
     fn arm(&mut self, token: usize) {
-        let Some(c) = self.conns.get_mut(token) else { return };
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
         let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
         if c.timer_at.is_none_or(|t| at < t) {
             c.timer_at = Some(at);
@@ -258,7 +281,9 @@ impl Server {
     }
 
     fn readable(&mut self, token: usize, now: Instant, ts: u64) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
         match conn.phase {
             Phase::Request { .. } => self.read_request(token, now, ts),
             Phase::Respond { .. } => self.read_discard(token),
@@ -268,7 +293,9 @@ impl Server {
 
     fn read_request(&mut self, token: usize, now: Instant, ts: u64) {
         let conn = &mut self.conns[token];
-        let Phase::Request { buf } = &mut conn.phase else { return };
+        let Phase::Request { buf } = &mut conn.phase else {
+            return;
+        };
         let mut chunk = [0u8; 4096];
         loop {
             match conn.peer.sock.read(&mut chunk) {
@@ -308,34 +335,73 @@ impl Server {
             let kind = match path {
                 "/ws" => Kind::Chat { user: None },
                 "/echo" if self.cfg.echo => Kind::Echo,
-                _ => return self.refuse(token, Status::NotFound, "no WebSocket endpoint here", now),
+                _ => {
+                    return self.refuse(token, Status::NotFound, "no WebSocket endpoint here", now);
+                }
             };
             if req.method != "GET" {
-                return self.refuse(token, Status::MethodNotAllowed, "an upgrade must be a GET", now);
+                return self.refuse(
+                    token,
+                    Status::MethodNotAllowed,
+                    "an upgrade must be a GET",
+                    now,
+                );
             }
             if !req.connection_upgrade {
-                return self.refuse(token, Status::BadRequest, "Connection header lacks 'upgrade'", now);
+                return self.refuse(
+                    token,
+                    Status::BadRequest,
+                    "Connection header lacks 'upgrade'",
+                    now,
+                );
             }
             if req.ws_version.as_deref() != Some("13") {
-                return self.refuse(token, Status::UpgradeRequired, "only WebSocket version 13 is spoken", now);
+                return self.refuse(
+                    token,
+                    Status::UpgradeRequired,
+                    "only WebSocket version 13 is spoken",
+                    now,
+                );
             }
             let Some(key) = req.ws_key.as_deref().filter(|k| http::valid_ws_key(k)) else {
-                return self.refuse(token, Status::BadRequest, "missing or invalid Sec-WebSocket-Key", now);
+                return self.refuse(
+                    token,
+                    Status::BadRequest,
+                    "missing or invalid Sec-WebSocket-Key",
+                    now,
+                );
             };
             if !http::origin_allowed(&req, &self.cfg.allow_origin) {
-                return self.refuse(token, Status::Forbidden, "origin not allowed (see --allow-origin)", now);
+                return self.refuse(
+                    token,
+                    Status::Forbidden,
+                    "origin not allowed (see --allow-origin)",
+                    now,
+                );
             }
             let id = req.query_param("id").unwrap_or_default();
             return self.upgrade(token, kind, key, &id, rest, now, ts);
         }
         if req.method != "GET" && !head {
-            return self.refuse(token, Status::MethodNotAllowed, "only GET and HEAD are served", now);
+            return self.refuse(
+                token,
+                Status::MethodNotAllowed,
+                "only GET and HEAD are served",
+                now,
+            );
         }
         let body = match path {
             "/ws" | "/echo" => {
-                return self.refuse(token, Status::BadRequest, "this endpoint speaks WebSocket only", now);
+                return self.refuse(
+                    token,
+                    Status::BadRequest,
+                    "this endpoint speaks WebSocket only",
+                    now,
+                );
             }
-            "/healthz" => http::response(Status::Ok, "text/plain; charset=utf-8", "", b"ok\n", head),
+            "/healthz" => {
+                http::response(Status::Ok, "text/plain; charset=utf-8", "", b"ok\n", head)
+            }
             _ => match self.assets.get(path) {
                 Some(f) => http::response(Status::Ok, f.content_type, &csp(&req), &f.body, head),
                 None => return self.refuse(token, Status::NotFound, "not found", now),
@@ -385,25 +451,46 @@ impl Server {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn upgrade(&mut self, token: usize, kind: Kind, key: &str, id: &str, rest: Vec<u8>, now: Instant, ts: u64) {
+    fn upgrade(
+        &mut self,
+        token: usize,
+        kind: Kind,
+        key: &str,
+        id: &str,
+        rest: Vec<u8>,
+        now: Instant,
+        ts: u64,
+    ) {
         let conn = &mut self.conns[token];
-        conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
+        conn.peer
+            .out
+            .push_raw(http::switching_protocols(key), usize::MAX);
         let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
         let is_chat = matches!(kind, Kind::Chat { .. });
-        conn.phase = Phase::Ws(Box::new(Session { ctx, kind, bucket: Bucket::new(self.cfg.rate_limit, now) }));
+        conn.phase = Phase::Ws(Box::new(Session {
+            ctx,
+            kind,
+            bucket: Bucket::new(self.cfg.rate_limit, now),
+        }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
         conn.timer_at = None;
         self.mark_pending(token);
         self.arm(token);
         if is_chat {
-            let mut sink = Deliver { conns: &mut self.conns, pending: &mut self.pending, overflowed: &mut self.overflowed };
+            let mut sink = Deliver {
+                conns: &mut self.conns,
+                pending: &mut self.pending,
+                overflowed: &mut self.overflowed,
+            };
             match self.chat.join(id, token, &mut sink) {
                 Ok(()) => {
                     let conn = &mut self.conns[token];
                     info!("session open id={id} peer={}", conn.addr);
                     if let Phase::Ws(s) = &mut conn.phase {
-                        s.kind = Kind::Chat { user: Some(Rc::from(id)) };
+                        s.kind = Kind::Chat {
+                            user: Some(Rc::from(id)),
+                        };
                     }
                 }
                 Err(code) => {
@@ -411,7 +498,11 @@ impl Server {
                         crate::protocol::ErrorCode::IdTaken => 4409,
                         _ => 4400,
                     };
-                    info!("refused id {id:?} from {}: {}", self.conns[token].addr, code.as_str());
+                    info!(
+                        "refused id {id:?} from {}: {}",
+                        self.conns[token].addr,
+                        code.as_str()
+                    );
                     let line = crate::protocol::error(code, None);
                     self.conns[token].peer.out.push_line(line, usize::MAX);
                     return self.close_ws(token, CloseCode::from(close), code.as_str(), None, now);
@@ -424,12 +515,16 @@ impl Server {
 
     fn read_ws(&mut self, token: usize, now: Instant, ts: u64) {
         for _ in 0..READ_BUDGET {
-            let Some(conn) = self.conns.get_mut(token) else { return };
-            let Phase::Ws(s) = &mut conn.phase else { return };
+            let Some(conn) = self.conns.get_mut(token) else {
+                return;
+            };
+            let Phase::Ws(s) = &mut conn.phase else {
+                return;
+            };
             let result = s.ctx.read(&mut conn.peer);
             if conn.peer.overflow && !conn.peer.closing {
                 // Our pongs or echoes went past the cap: the peer is not reading.
-                return self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
+                return self.drop_slow(token, now);
             }
             let msg = match result {
                 Ok(m) => m,
@@ -446,20 +541,37 @@ impl Server {
                         continue;
                     }
                     if !s.bucket.allow(self.cfg.rate_limit, now) {
-                        let line = crate::protocol::error(crate::protocol::ErrorCode::RateLimited, None);
-                        let mut sink = Deliver { conns: &mut self.conns, pending: &mut self.pending, overflowed: &mut self.overflowed };
+                        let line =
+                            crate::protocol::error(crate::protocol::ErrorCode::RateLimited, None);
+                        let mut sink = Deliver {
+                            conns: &mut self.conns,
+                            pending: &mut self.pending,
+                            overflowed: &mut self.overflowed,
+                        };
                         sink.push(token, &line);
                         continue;
                     }
                     let user = Rc::clone(user);
-                    let mut sink = Deliver { conns: &mut self.conns, pending: &mut self.pending, overflowed: &mut self.overflowed };
-                    if let Outcome::Refused(code) = self.chat.handle(token, &user, &text, ts, &mut sink) {
+                    let mut sink = Deliver {
+                        conns: &mut self.conns,
+                        pending: &mut self.pending,
+                        overflowed: &mut self.overflowed,
+                    };
+                    if let Outcome::Refused(code) =
+                        self.chat.handle(token, &user, &text, ts, &mut sink)
+                    {
                         debug!("{user}: refused message: {}", code.as_str());
                     }
                 }
                 (Message::Text(_) | Message::Binary(_), Kind::Chat { user: None }) => {}
                 (Message::Binary(_), Kind::Chat { .. }) => {
-                    return self.close_ws(token, CloseCode::Unsupported, "binary frames are not supported", Some(Reason::ProtocolError), now);
+                    return self.close_ws(
+                        token,
+                        CloseCode::Unsupported,
+                        "binary frames are not supported",
+                        Some(Reason::ProtocolError),
+                        now,
+                    );
                 }
                 (m @ (Message::Text(_) | Message::Binary(_)), Kind::Echo) => {
                     let _ = s.ctx.write(&mut conn.peer, m);
@@ -474,7 +586,9 @@ impl Server {
                     self.arm(token);
                     return self.finish(token);
                 }
-                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => self.mark_pending(token),
+                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => {
+                    self.mark_pending(token)
+                }
             }
         }
         // Budget spent with input still waiting: come back next turn, after everyone else.
@@ -500,7 +614,14 @@ impl Server {
     }
 
     /// Starts our side of the close handshake. `reason` logs why a chat session ended.
-    fn close_ws(&mut self, token: usize, code: CloseCode, why: &str, reason: Option<Reason>, now: Instant) {
+    fn close_ws(
+        &mut self,
+        token: usize,
+        code: CloseCode,
+        why: &str,
+        reason: Option<Reason>,
+        now: Instant,
+    ) {
         if let Some(r) = reason {
             self.leave(token, r);
         }
@@ -508,12 +629,17 @@ impl Server {
         if conn.peer.closing {
             return;
         }
-        let Phase::Ws(s) = &mut conn.phase else { return };
+        let Phase::Ws(s) = &mut conn.phase else {
+            return;
+        };
         if code == CloseCode::Policy {
             conn.peer.out.discard_unsent();
         }
         conn.peer.closing = true;
-        let frame = CloseFrame { code, reason: why.into() };
+        let frame = CloseFrame {
+            code,
+            reason: why.into(),
+        };
         match s.ctx.close(&mut conn.peer, Some(frame)) {
             Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
             Err(e) => debug!("close {}: {e}", conn.addr),
@@ -523,18 +649,54 @@ impl Server {
         self.arm(token);
     }
 
+    /// Closes a client whose queue would pass the cap: 1008, after what was already begun.
+    fn drop_slow(&mut self, token: usize, now: Instant) {
+        let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        if c.peer.closing {
+            return;
+        }
+        let id = c.user().map_or("-", |u| u);
+        warn!(
+            "slow consumer id={id} peer={}: queue past {} bytes",
+            c.addr, self.cfg.queue_cap
+        );
+        self.close_ws(
+            token,
+            CloseCode::Policy,
+            "slow consumer",
+            Some(Reason::SlowConsumer),
+            now,
+        );
+    }
+
     /// Frees the connection's id, if it holds one, and logs the end of the session.
     fn leave(&mut self, token: usize, reason: Reason) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
-        let Phase::Ws(s) = &mut conn.phase else { return };
-        let Kind::Chat { user } = &mut s.kind else { return };
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Phase::Ws(s) = &mut conn.phase else {
+            return;
+        };
+        let Kind::Chat { user } = &mut s.kind else {
+            return;
+        };
         let Some(id) = user.take() else { return };
         self.chat.leave(&id);
         let secs = conn.opened.elapsed().as_secs_f32();
         if matches!(reason, Reason::ClientClose) {
-            info!("session closed id={id} peer={} duration={secs:.1}s reason={}", conn.addr, reason.as_str());
+            info!(
+                "session closed id={id} peer={} duration={secs:.1}s reason={}",
+                conn.addr,
+                reason.as_str()
+            );
         } else {
-            warn!("session closed id={id} peer={} duration={secs:.1}s reason={}", conn.addr, reason.as_str());
+            warn!(
+                "session closed id={id} peer={} duration={secs:.1}s reason={}",
+                conn.addr,
+                reason.as_str()
+            );
         }
     }
 
@@ -558,7 +720,9 @@ impl Server {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some((at, token, generation)) = self.timers.pop_due(now) {
-            let Some(conn) = self.conns.get_mut(token) else { continue };
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
             if conn.generation != generation || conn.timer_at != Some(at) {
                 continue; // stale: the connection is gone or has a newer entry
             }
@@ -576,7 +740,13 @@ impl Server {
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {
                     if now >= conn.last_read + self.cfg.idle_timeout {
-                        self.close_ws(token, CloseCode::Away, "idle timeout", Some(Reason::IdleTimeout), now);
+                        self.close_ws(
+                            token,
+                            CloseCode::Away,
+                            "idle timeout",
+                            Some(Reason::IdleTimeout),
+                            now,
+                        );
                         continue;
                     }
                     if now >= conn.next_ping {
@@ -594,13 +764,14 @@ impl Server {
     /// Runs the end-of-turn work until it stops producing more.
     fn settle(&mut self, now: Instant) {
         loop {
-            let mut sink = Deliver { conns: &mut self.conns, pending: &mut self.pending, overflowed: &mut self.overflowed };
+            let mut sink = Deliver {
+                conns: &mut self.conns,
+                pending: &mut self.pending,
+                overflowed: &mut self.overflowed,
+            };
             self.chat.flush_presence(&mut sink);
             for token in std::mem::take(&mut self.overflowed) {
-                if let Some(addr) = self.conns.get(token).map(|c| c.addr) {
-                    warn!("{addr}: slow consumer, queue past {} bytes", self.cfg.queue_cap);
-                    self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
-                }
+                self.drop_slow(token, now);
             }
             for token in std::mem::take(&mut self.pending) {
                 self.write(token);
@@ -615,7 +786,9 @@ impl Server {
     }
 
     fn write(&mut self, token: usize) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
         conn.pending = false;
         let peer = &mut conn.peer;
         match peer.out.drain(&mut peer.sock) {
@@ -654,7 +827,8 @@ impl Server {
 /// The page's Content-Security-Policy: our own origin only, WebSocket included.
 fn csp(req: &Request) -> String {
     let host = req.host.as_deref().filter(|h| {
-        h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
     });
     let connect = host.map_or(String::new(), |h| format!(" ws://{h} wss://{h}"));
     format!(

@@ -1,0 +1,5 @@
+//! Integration tests: one crate, a module per area, all against the real binary.
+
+mod chat;
+mod http;
+mod util;
