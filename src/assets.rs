@@ -32,16 +32,10 @@ impl Assets {
     pub fn get(&self, path: &str) -> Option<File> {
         let name = safe_name(path)?;
         let body = match self {
-            Assets::Embedded => EMBEDDED
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, b)| (*b).into())?,
+            Assets::Embedded => EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| (*b).into())?,
             Assets::Dir(dir) => std::fs::read(dir.join(Path::new(&name))).ok()?.into(),
         };
-        Some(File {
-            body,
-            content_type: content_type(&name),
-        })
+        Some(File { body, content_type: content_type(&name) })
     }
 }
 
@@ -59,8 +53,7 @@ pub fn safe_name(path: &str) -> Option<String> {
     let ok_segment = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     };
     rest.split('/').all(ok_segment).then(|| rest.to_string())
 }
@@ -117,10 +110,7 @@ mod tests {
     fn ordinary_paths_map_to_files() {
         assert_eq!(safe_name("/").as_deref(), Some("index.html"));
         assert_eq!(safe_name("/app.js").as_deref(), Some("app.js"));
-        assert_eq!(
-            safe_name("/img/a-b_c.png").as_deref(),
-            Some("img/a-b_c.png")
-        );
+        assert_eq!(safe_name("/img/a-b_c.png").as_deref(), Some("img/a-b_c.png"));
         assert_eq!(safe_name("/%61pp.js").as_deref(), Some("app.js"));
     }
 
@@ -130,10 +120,7 @@ mod tests {
         let f = a.get("/").unwrap();
         assert_eq!(f.content_type, "text/html; charset=utf-8");
         assert!(f.body.starts_with(b"<!doctype html>"));
-        assert_eq!(
-            a.get("/app.js").unwrap().content_type,
-            "text/javascript; charset=utf-8"
-        );
+        assert_eq!(a.get("/app.js").unwrap().content_type, "text/javascript; charset=utf-8");
         assert!(a.get("/nope.js").is_none());
     }
 }

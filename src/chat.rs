@@ -47,13 +47,7 @@ pub struct Chat {
 
 impl Chat {
     pub fn new(presence_limit: usize, max_text: usize) -> Self {
-        Chat {
-            users: HashMap::new(),
-            events: Vec::new(),
-            starts: Vec::new(),
-            presence_limit,
-            max_text,
-        }
+        Chat { users: HashMap::new(), events: Vec::new(), starts: Vec::new(), presence_limit, max_text }
     }
 
     pub fn len(&self) -> usize {
@@ -73,23 +67,11 @@ impl Chat {
         if self.users.contains_key(&key) {
             return Err(ErrorCode::IdTaken);
         }
-        let others = self
-            .users
-            .values()
-            .map(|u| &*u.id)
-            .take(self.presence_limit.saturating_sub(1));
-        let welcome =
-            protocol::welcome(id, std::iter::once(id).chain(others), self.users.len() + 1);
+        let others = self.users.values().map(|u| &*u.id).take(self.presence_limit.saturating_sub(1));
+        let welcome = protocol::welcome(id, std::iter::once(id).chain(others), self.users.len() + 1);
         sink.push(token, &welcome);
         let joined_at = self.record(true, id);
-        self.users.insert(
-            key,
-            User {
-                token,
-                id: id.into(),
-                joined_at,
-            },
-        );
+        self.users.insert(key, User { token, id: id.into(), joined_at });
         Ok(())
     }
 
@@ -163,11 +145,7 @@ impl Chat {
         let batch = Bytes::from(std::mem::take(&mut self.events));
         let quiet = self.users.len() > self.presence_limit;
         for u in self.users.values_mut() {
-            let from = if u.joined_at == OLD {
-                0
-            } else {
-                u.joined_at as usize + 1
-            };
+            let from = if u.joined_at == OLD { 0 } else { u.joined_at as usize + 1 };
             u.joined_at = OLD;
             if !quiet && from < self.starts.len() {
                 sink.push(u.token, &batch.slice(self.starts[from]..));
@@ -186,8 +164,7 @@ mod tests {
 
     impl Sink for Rec {
         fn push(&mut self, token: usize, line: &Bytes) {
-            self.0
-                .push((token, String::from_utf8(line.to_vec()).unwrap()));
+            self.0.push((token, String::from_utf8(line.to_vec()).unwrap()));
         }
     }
 
@@ -221,10 +198,7 @@ mod tests {
     #[test]
     fn room_message_reaches_everyone_including_sender() {
         let (mut c, mut r) = chat_with(&["a", "b", "c"]);
-        assert_eq!(
-            c.handle(1, "b", r#"{"text":"  hi ","from":"x"}"#, 5, &mut r),
-            Outcome::Room
-        );
+        assert_eq!(c.handle(1, "b", r#"{"text":"  hi ","from":"x"}"#, 5, &mut r), Outcome::Room);
         let mut got = r.take();
         got.sort();
         let line = r#"{"type":"message","from":"b","text":"hi","ts":5}"#.to_string();
@@ -234,10 +208,7 @@ mod tests {
     #[test]
     fn private_message_reaches_recipient_and_echoes_to_sender_only() {
         let (mut c, mut r) = chat_with(&["a", "Bob", "c"]);
-        assert_eq!(
-            c.handle(0, "a", r#"{"to":"BOB","text":"psst"}"#, 1, &mut r),
-            Outcome::Private
-        );
+        assert_eq!(c.handle(0, "a", r#"{"to":"BOB","text":"psst"}"#, 1, &mut r), Outcome::Private);
         let line = r#"{"type":"message","from":"a","to":"Bob","text":"psst","ts":1}"#.to_string();
         assert_eq!(r.take(), vec![(1, line.clone()), (0, line)]);
         // To yourself: one copy.
@@ -249,11 +220,7 @@ mod tests {
     fn refusals_go_to_the_sender_alone() {
         let (mut c, mut r) = chat_with(&["a", "b"]);
         let cases = [
-            (
-                r#"{"to":"zed","text":"x"}"#,
-                ErrorCode::UnknownRecipient,
-                "\"to\":\"zed\"",
-            ),
+            (r#"{"to":"zed","text":"x"}"#, ErrorCode::UnknownRecipient, "\"to\":\"zed\""),
             ("not json", ErrorCode::BadMessage, "bad_message"),
             (r#"{"text":"   "}"#, ErrorCode::Empty, "\"empty\""),
             (r#"{"text":"12345678901"}"#, ErrorCode::TooLong, "too_long"),
@@ -266,10 +233,7 @@ mod tests {
             assert!(got[0].1.contains(needle), "{}", got[0].1);
         }
         // Ten characters of two bytes each are within a ten-character limit.
-        assert_eq!(
-            c.handle(1, "b", r#"{"text":"éééééééééé"}"#, 1, &mut r),
-            Outcome::Room
-        );
+        assert_eq!(c.handle(1, "b", r#"{"text":"éééééééééé"}"#, 1, &mut r), Outcome::Room);
     }
 
     #[test]
@@ -279,11 +243,7 @@ mod tests {
         c.join("n2", 2, &mut r).unwrap();
         c.leave("old");
         let welcomes = r.take();
-        assert!(
-            welcomes[0].1.contains(r#""users":["n1","old"]"#),
-            "{}",
-            welcomes[0].1
-        );
+        assert!(welcomes[0].1.contains(r#""users":["n1","old"]"#), "{}", welcomes[0].1);
         assert!(welcomes[1].1.contains(r#""total":3"#));
         c.flush_presence(&mut r);
         let mut got = r.take();
@@ -291,11 +251,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (
-                    1,
-                    "{\"type\":\"join\",\"id\":\"n2\"}\n{\"type\":\"leave\",\"id\":\"old\"}"
-                        .to_string()
-                ),
+                (1, "{\"type\":\"join\",\"id\":\"n2\"}\n{\"type\":\"leave\",\"id\":\"old\"}".to_string()),
                 (2, "{\"type\":\"leave\",\"id\":\"old\"}".to_string()),
             ]
         );
@@ -311,10 +267,7 @@ mod tests {
             c.join(id, t, &mut r).unwrap();
         }
         let last = &r.take()[2].1;
-        assert!(
-            last.starts_with(r#"{"type":"welcome","id":"c","users":["c","#),
-            "{last}"
-        );
+        assert!(last.starts_with(r#"{"type":"welcome","id":"c","users":["c","#), "{last}");
         let v: serde_json::Value = serde_json::from_str(last).unwrap();
         assert_eq!(v["users"].as_array().unwrap().len(), 2, "{last}");
         assert!(last.ends_with(r#""total":3}"#));

@@ -91,10 +91,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             _ => (arg.clone(), None),
         };
         let mut value = || -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
@@ -102,9 +99,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--echo" => cfg.echo = true,
             "--addr" => {
                 let v = value()?;
-                cfg.addr = v
-                    .parse()
-                    .map_err(|_| format!("--addr: '{v}' is not an address like 127.0.0.1:8080"))?;
+                cfg.addr =
+                    v.parse().map_err(|_| format!("--addr: '{v}' is not an address like 127.0.0.1:8080"))?;
             }
             "--public" => cfg.public = Some(PathBuf::from(value()?)),
             "--allow-origin" => cfg.allow_origin.push(value()?),
@@ -114,8 +110,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--queue-cap" => cfg.queue_cap = positive(&flag, &value()?)?,
             "--presence-limit" => cfg.presence_limit = number(&flag, &value()?)?,
             "--rate-limit" => {
-                cfg.rate_limit = u32::try_from(number(&flag, &value()?)?)
-                    .map_err(|_| format!("{flag}: too large"))?
+                cfg.rate_limit =
+                    u32::try_from(number(&flag, &value()?)?).map_err(|_| format!("{flag}: too large"))?
             }
             "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
             "--ping-interval" => cfg.ping_interval = seconds(&flag, &value()?)?,
@@ -124,16 +120,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         }
     }
     if cfg.queue_cap < 1024 {
-        return Err(
-            "--queue-cap: must be at least 1024 bytes, room for a close frame and an error".into(),
-        );
+        return Err("--queue-cap: must be at least 1024 bytes, room for a close frame and an error".into());
     }
     Ok(Command::Run(cfg))
 }
 
 fn number(flag: &str, v: &str) -> Result<usize, String> {
-    v.parse()
-        .map_err(|_| format!("{flag}: '{v}' is not a whole number"))
+    v.parse().map_err(|_| format!("{flag}: '{v}' is not a whole number"))
 }
 
 fn positive(flag: &str, v: &str) -> Result<usize, String> {
@@ -144,9 +137,7 @@ fn positive(flag: &str, v: &str) -> Result<usize, String> {
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = v
-        .parse()
-        .map_err(|_| format!("{flag}: '{v}' is not a number of seconds"))?;
+    let s: f64 = v.parse().map_err(|_| format!("{flag}: '{v}' is not a number of seconds"))?;
     if !(s > 0.0 && s <= 1e9) {
         return Err(format!("{flag}: must be more than 0 seconds"));
     }
@@ -168,19 +159,9 @@ mod tests {
     fn defaults_and_values() {
         let c = run(&[]).unwrap();
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            (c.max_message, c.queue_cap, c.rate_limit),
-            (4096, 262_144, 20)
-        );
-        let c = run(&[
-            "--addr",
-            "127.0.0.1:0",
-            "--handshake-timeout=0.2",
-            "--allow-origin",
-            "*",
-            "--echo",
-        ])
-        .unwrap();
+        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (4096, 262_144, 20));
+        let c = run(&["--addr", "127.0.0.1:0", "--handshake-timeout=0.2", "--allow-origin", "*", "--echo"])
+            .unwrap();
         assert_eq!(c.addr.port(), 0);
         assert_eq!(c.handshake_timeout, Duration::from_millis(200));
         assert_eq!(c.allow_origin, vec!["*"]);

@@ -80,10 +80,7 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new(rate: u32, now: Instant) -> Self {
-        Bucket {
-            tokens: 2.0 * rate as f32,
-            last: now,
-        }
+        Bucket { tokens: 2.0 * rate as f32, last: now }
     }
 
     /// Takes one token if there is one. A rate of 0 means no limit.
@@ -123,21 +120,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(
-        sock: TcpStream,
-        addr: SocketAddr,
-        cap: usize,
-        generation: u32,
-        now: Instant,
-    ) -> Self {
+    pub fn new(sock: TcpStream, addr: SocketAddr, cap: usize, generation: u32, now: Instant) -> Self {
         Conn {
-            peer: Peer {
-                sock,
-                out: Outbox::default(),
-                cap,
-                overflow: false,
-                closing: false,
-            },
+            peer: Peer { sock, out: Outbox::default(), cap, overflow: false, closing: false },
             phase: Phase::Request { buf: Vec::new() },
             generation,
             addr,

@@ -154,9 +154,7 @@ pub fn parse(buf: &[u8]) -> Parse {
 }
 
 fn has_token(value: &str, token: &str) -> bool {
-    value
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape.
@@ -183,9 +181,7 @@ pub fn valid_ws_key(key: &str) -> bool {
     let b = key.as_bytes();
     b.len() == 24
         && b.ends_with(b"==")
-        && b[..22]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 /// Gorilla's default: an Origin must name the same host:port as Host, unless allowed.
@@ -194,10 +190,7 @@ pub fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
     let Some(origin) = req.origin.as_deref() else {
         return true;
     };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
         return true;
     }
     let authority = origin.split_once("://").map(|(_, rest)| rest);
@@ -208,13 +201,7 @@ pub fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
 }
 
 /// A complete response that closes the connection. `head_only` answers HEAD.
-pub fn response(
-    status: Status,
-    content_type: &str,
-    extra: &str,
-    body: &[u8],
-    head_only: bool,
-) -> Bytes {
+pub fn response(status: Status, content_type: &str, extra: &str, body: &[u8], head_only: bool) -> Bytes {
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
          X-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n{}\r\n",
@@ -233,18 +220,8 @@ pub fn response(
 
 /// A plain-text error response carrying a one-line reason.
 pub fn error(status: Status, why: &str) -> Bytes {
-    let extra = if status == Status::UpgradeRequired {
-        "Sec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
-    };
-    response(
-        status,
-        "text/plain; charset=utf-8",
-        extra,
-        format!("{why}\n").as_bytes(),
-        false,
-    )
+    let extra = if status == Status::UpgradeRequired { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+    response(status, "text/plain; charset=utf-8", extra, format!("{why}\n").as_bytes(), false)
 }
 
 /// The 101 that completes a WebSocket handshake.
@@ -323,10 +300,7 @@ mod tests {
 
     #[test]
     fn origin_rules() {
-        let mut r = Request {
-            host: Some("Example.com:80".into()),
-            ..Request::default()
-        };
+        let mut r = Request { host: Some("Example.com:80".into()), ..Request::default() };
         assert!(origin_allowed(&r, &[]), "no Origin is a non-browser client");
         r.origin = Some("http://example.com:80".into());
         assert!(origin_allowed(&r, &[]));
@@ -341,13 +315,9 @@ mod tests {
     #[test]
     fn ws_keys() {
         assert!(valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=="));
-        for bad in [
-            "",
-            "abc",
-            "dGhlIHNhbXBsZSBub25jZQ=",
-            "dGhlIHNhbXBsZSBub25j!Q==",
-            "dGhlIHNhbXBsZSBub25jZQAA",
-        ] {
+        for bad in
+            ["", "abc", "dGhlIHNhbXBsZSBub25jZQ=", "dGhlIHNhbXBsZSBub25j!Q==", "dGhlIHNhbXBsZSBub25jZQAA"]
+        {
             assert!(!valid_ws_key(bad), "{bad}");
         }
     }

@@ -11,5 +11,6 @@ pub mod conn;
 pub mod http;
 pub mod outbox;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod timers;

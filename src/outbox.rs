@@ -145,32 +145,18 @@ impl Outbox {
 
     /// Freezes the next frame: a raw chunk alone, or up to MAX_LINES lines as one text message.
     fn begin(&self) -> Inflight {
-        let mut f = Inflight {
-            head: [0; HEAD_MAX],
-            head_len: 0,
-            chunks: 1,
-            written: 0,
-        };
+        let mut f = Inflight { head: [0; HEAD_MAX], head_len: 0, chunks: 1, written: 0 };
         if let Some(Chunk::Line(_)) = self.queue.front() {
-            let lines = self
-                .queue
-                .iter()
-                .take(MAX_LINES)
-                .take_while(|c| matches!(c, Chunk::Line(_)));
+            let lines = self.queue.iter().take(MAX_LINES).take_while(|c| matches!(c, Chunk::Line(_)));
             let (mut n, mut len) = (0usize, 0usize);
             for c in lines {
                 n += 1;
                 len += c.len();
             }
             let payload = len + n - 1;
-            let header = FrameHeader {
-                opcode: OpCode::Data(Data::Text),
-                ..FrameHeader::default()
-            };
+            let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
             let mut out = &mut f.head[..];
-            header
-                .format(payload as u64, &mut out)
-                .expect("header fits in MAX_SIZE");
+            header.format(payload as u64, &mut out).expect("header fits in MAX_SIZE");
             f.head_len = (HEAD_MAX - out.len()) as u8;
             f.chunks = n as u8;
         }
@@ -178,17 +164,8 @@ impl Outbox {
     }
 
     fn frame_len(&self, f: &Inflight) -> usize {
-        let body: usize = self
-            .queue
-            .iter()
-            .take(f.chunks as usize)
-            .map(Chunk::len)
-            .sum();
-        let separators = if f.head_len > 0 {
-            f.chunks as usize - 1
-        } else {
-            0
-        };
+        let body: usize = self.queue.iter().take(f.chunks as usize).map(Chunk::len).sum();
+        let separators = if f.head_len > 0 { f.chunks as usize - 1 } else { 0 };
         f.head_len as usize + body + separators
     }
 
@@ -247,11 +224,7 @@ mod tests {
     }
 
     fn fake(budget: usize) -> Fake {
-        Fake {
-            got: Vec::new(),
-            budget,
-            calls: 0,
-        }
+        Fake { got: Vec::new(), budget, calls: 0 }
     }
 
     /// Splits a byte stream of unmasked server frames into (opcode, payload).
@@ -289,10 +262,7 @@ mod tests {
         o.push_line(Bytes::from_static(b"b"), 100);
         let mut w = fake(usize::MAX);
         o.drain(&mut w).unwrap();
-        assert_eq!(
-            frames(&w.got),
-            vec![(1, b"a".to_vec()), (10, vec![]), (1, b"b".to_vec())]
-        );
+        assert_eq!(frames(&w.got), vec![(1, b"a".to_vec()), (10, vec![]), (1, b"b".to_vec())]);
     }
 
     #[test]
@@ -318,10 +288,7 @@ mod tests {
             let _ = o.drain(&mut w).unwrap();
         }
         assert!(o.is_empty());
-        assert_eq!(
-            frames(&w.got),
-            vec![(1, b"hello\nworld".to_vec()), (1, b"late".to_vec())]
-        );
+        assert_eq!(frames(&w.got), vec![(1, b"hello\nworld".to_vec()), (1, b"late".to_vec())]);
     }
 
     #[test]

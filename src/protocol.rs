@@ -102,23 +102,12 @@ fn encode<T: Serialize>(v: &T) -> Bytes {
 
 /// `{"type":"error",...}`; `to` is set only for `unknown_recipient`.
 pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        to,
-    })
+    encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to })
 }
 
 /// A room message (`to` = None) or a private one.
 pub fn message(from: &str, to: Option<&str>, text: &str, ts: u64) -> Bytes {
-    encode(&MessageLine {
-        r#type: "message",
-        from,
-        to,
-        text,
-        ts,
-    })
+    encode(&MessageLine { r#type: "message", from, to, text, ts })
 }
 
 /// The first line a client gets. `users` may be capped (see `Chat`); `total` is the true count.
@@ -126,29 +115,19 @@ pub fn welcome<'a>(id: &str, users: impl Iterator<Item = &'a str>, total: usize)
     #[derive(Serialize)]
     #[serde(transparent)]
     struct List<'a>(Vec<&'a str>);
-    encode(&WelcomeLine {
-        r#type: "welcome",
-        id,
-        users: List(users.collect()),
-        total,
-    })
+    encode(&WelcomeLine { r#type: "welcome", id, users: List(users.collect()), total })
 }
 
 /// Appends a `join` or `leave` line (no trailing newline) to a presence batch.
 pub fn presence_into(buf: &mut Vec<u8>, joined: bool, id: &str) {
-    let line = PresenceLine {
-        r#type: if joined { "join" } else { "leave" },
-        id,
-    };
+    let line = PresenceLine { r#type: if joined { "join" } else { "leave" }, id };
     serde_json::to_writer(buf, &line).expect("serializable");
 }
 
 /// True when `id` is 1 to 32 characters from `A-Z a-z 0-9 _ - .`.
 pub fn valid_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 #[cfg(test)]

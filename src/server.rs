@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::conn::{Bucket, Conn, Kind, Phase, Session};
 use crate::http::{self, Parse, Request, Status};
 use crate::outbox::Drain;
+use crate::router::{self, Route, Rules};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -109,9 +110,7 @@ impl Sink for Deliver<'_> {
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -119,18 +118,14 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 fn out_of_fds(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 impl Server {
     pub fn new(cfg: Config, listener: TcpListener, max_conns: usize) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = listener;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
@@ -161,11 +156,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            let timeout = if self.again.is_empty() {
-                self.timeout(now)
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout = if self.again.is_empty() { self.timeout(now) } else { Some(Duration::ZERO) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -178,9 +169,7 @@ impl Server {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let paused = self
-            .accept_paused_until
-            .map(|t| t.saturating_duration_since(now));
+        let paused = self.accept_paused_until.map(|t| t.saturating_duration_since(now));
         match (self.timers.timeout(now), paused) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -233,10 +222,7 @@ impl Server {
     fn admit(&mut self, mut sock: TcpStream, addr: std::net::SocketAddr, now: Instant) {
         if self.conns.len() >= self.max_conns {
             // Best effort, never blocking: the 503 fits any socket buffer.
-            let _ = sock.write(&http::error(
-                Status::Unavailable,
-                "server full, try again later",
-            ));
+            let _ = sock.write(&http::error(Status::Unavailable, "server full, try again later"));
             debug!("refused {addr}: {} connections", self.conns.len());
             return;
         }
@@ -247,11 +233,7 @@ impl Server {
         let token = entry.key();
         let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap, generation, now));
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut conn.peer.sock, Token(token), interest)
-        {
+        if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), interest) {
             warn!("register {addr}: {e}");
             self.conns.remove(token);
             return;
@@ -327,87 +309,25 @@ impl Server {
         }
     }
 
-    /// Decides what a complete request gets.
+    /// Acts on a complete request (see `router::route`).
     fn route(&mut self, token: usize, req: Request, rest: Vec<u8>, now: Instant, ts: u64) {
-        let path = req.path();
-        let head = req.method == "HEAD";
-        if req.is_upgrade() {
-            let kind = match path {
-                "/ws" => Kind::Chat { user: None },
-                "/echo" if self.cfg.echo => Kind::Echo,
-                _ => {
-                    return self.refuse(token, Status::NotFound, "no WebSocket endpoint here", now);
-                }
-            };
-            if req.method != "GET" {
-                return self.refuse(
-                    token,
-                    Status::MethodNotAllowed,
-                    "an upgrade must be a GET",
-                    now,
-                );
+        let rules = Rules { echo: self.cfg.echo, allow_origin: &self.cfg.allow_origin, assets: &self.assets };
+        match router::route(&req, &rules) {
+            Route::Upgrade { echo, key, id } => {
+                let kind = if echo { Kind::Echo } else { Kind::Chat { user: None } };
+                self.upgrade(token, kind, &key, &id, rest, now, ts)
             }
-            if !req.connection_upgrade {
-                return self.refuse(
+            Route::Respond(response) => self.respond(token, response, now),
+            Route::Refuse(status, why) => self.refuse(token, status, why, now),
+            Route::Metrics { head } => {
+                let body = b"";
+                self.respond(
                     token,
-                    Status::BadRequest,
-                    "Connection header lacks 'upgrade'",
+                    http::response(Status::Ok, "text/plain; version=0.0.4", "", body, head),
                     now,
-                );
+                )
             }
-            if req.ws_version.as_deref() != Some("13") {
-                return self.refuse(
-                    token,
-                    Status::UpgradeRequired,
-                    "only WebSocket version 13 is spoken",
-                    now,
-                );
-            }
-            let Some(key) = req.ws_key.as_deref().filter(|k| http::valid_ws_key(k)) else {
-                return self.refuse(
-                    token,
-                    Status::BadRequest,
-                    "missing or invalid Sec-WebSocket-Key",
-                    now,
-                );
-            };
-            if !http::origin_allowed(&req, &self.cfg.allow_origin) {
-                return self.refuse(
-                    token,
-                    Status::Forbidden,
-                    "origin not allowed (see --allow-origin)",
-                    now,
-                );
-            }
-            let id = req.query_param("id").unwrap_or_default();
-            return self.upgrade(token, kind, key, &id, rest, now, ts);
         }
-        if req.method != "GET" && !head {
-            return self.refuse(
-                token,
-                Status::MethodNotAllowed,
-                "only GET and HEAD are served",
-                now,
-            );
-        }
-        let body = match path {
-            "/ws" | "/echo" => {
-                return self.refuse(
-                    token,
-                    Status::BadRequest,
-                    "this endpoint speaks WebSocket only",
-                    now,
-                );
-            }
-            "/healthz" => {
-                http::response(Status::Ok, "text/plain; charset=utf-8", "", b"ok\n", head)
-            }
-            _ => match self.assets.get(path) {
-                Some(f) => http::response(Status::Ok, f.content_type, &csp(&req), &f.body, head),
-                None => return self.refuse(token, Status::NotFound, "not found", now),
-            },
-        };
-        self.respond(token, body, now);
     }
 
     fn refuse(&mut self, token: usize, status: Status, why: &str, now: Instant) {
@@ -462,16 +382,11 @@ impl Server {
         ts: u64,
     ) {
         let conn = &mut self.conns[token];
-        conn.peer
-            .out
-            .push_raw(http::switching_protocols(key), usize::MAX);
+        conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
         let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
         let is_chat = matches!(kind, Kind::Chat { .. });
-        conn.phase = Phase::Ws(Box::new(Session {
-            ctx,
-            kind,
-            bucket: Bucket::new(self.cfg.rate_limit, now),
-        }));
+        conn.phase =
+            Phase::Ws(Box::new(Session { ctx, kind, bucket: Bucket::new(self.cfg.rate_limit, now) }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
         conn.timer_at = None;
@@ -488,9 +403,7 @@ impl Server {
                     let conn = &mut self.conns[token];
                     info!("session open id={id} peer={}", conn.addr);
                     if let Phase::Ws(s) = &mut conn.phase {
-                        s.kind = Kind::Chat {
-                            user: Some(Rc::from(id)),
-                        };
+                        s.kind = Kind::Chat { user: Some(Rc::from(id)) };
                     }
                 }
                 Err(code) => {
@@ -498,11 +411,7 @@ impl Server {
                         crate::protocol::ErrorCode::IdTaken => 4409,
                         _ => 4400,
                     };
-                    info!(
-                        "refused id {id:?} from {}: {}",
-                        self.conns[token].addr,
-                        code.as_str()
-                    );
+                    info!("refused id {id:?} from {}: {}", self.conns[token].addr, code.as_str());
                     let line = crate::protocol::error(code, None);
                     self.conns[token].peer.out.push_line(line, usize::MAX);
                     return self.close_ws(token, CloseCode::from(close), code.as_str(), None, now);
@@ -541,8 +450,7 @@ impl Server {
                         continue;
                     }
                     if !s.bucket.allow(self.cfg.rate_limit, now) {
-                        let line =
-                            crate::protocol::error(crate::protocol::ErrorCode::RateLimited, None);
+                        let line = crate::protocol::error(crate::protocol::ErrorCode::RateLimited, None);
                         let mut sink = Deliver {
                             conns: &mut self.conns,
                             pending: &mut self.pending,
@@ -557,9 +465,7 @@ impl Server {
                         pending: &mut self.pending,
                         overflowed: &mut self.overflowed,
                     };
-                    if let Outcome::Refused(code) =
-                        self.chat.handle(token, &user, &text, ts, &mut sink)
-                    {
+                    if let Outcome::Refused(code) = self.chat.handle(token, &user, &text, ts, &mut sink) {
                         debug!("{user}: refused message: {}", code.as_str());
                     }
                 }
@@ -586,9 +492,7 @@ impl Server {
                     self.arm(token);
                     return self.finish(token);
                 }
-                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => {
-                    self.mark_pending(token)
-                }
+                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => self.mark_pending(token),
             }
         }
         // Budget spent with input still waiting: come back next turn, after everyone else.
@@ -614,14 +518,7 @@ impl Server {
     }
 
     /// Starts our side of the close handshake. `reason` logs why a chat session ended.
-    fn close_ws(
-        &mut self,
-        token: usize,
-        code: CloseCode,
-        why: &str,
-        reason: Option<Reason>,
-        now: Instant,
-    ) {
+    fn close_ws(&mut self, token: usize, code: CloseCode, why: &str, reason: Option<Reason>, now: Instant) {
         if let Some(r) = reason {
             self.leave(token, r);
         }
@@ -636,10 +533,7 @@ impl Server {
             conn.peer.out.discard_unsent();
         }
         conn.peer.closing = true;
-        let frame = CloseFrame {
-            code,
-            reason: why.into(),
-        };
+        let frame = CloseFrame { code, reason: why.into() };
         match s.ctx.close(&mut conn.peer, Some(frame)) {
             Ok(()) | Err(tungstenite::Error::ConnectionClosed) => {}
             Err(e) => debug!("close {}: {e}", conn.addr),
@@ -658,17 +552,8 @@ impl Server {
             return;
         }
         let id = c.user().map_or("-", |u| u);
-        warn!(
-            "slow consumer id={id} peer={}: queue past {} bytes",
-            c.addr, self.cfg.queue_cap
-        );
-        self.close_ws(
-            token,
-            CloseCode::Policy,
-            "slow consumer",
-            Some(Reason::SlowConsumer),
-            now,
-        );
+        warn!("slow consumer id={id} peer={}: queue past {} bytes", c.addr, self.cfg.queue_cap);
+        self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
     }
 
     /// Frees the connection's id, if it holds one, and logs the end of the session.
@@ -686,17 +571,9 @@ impl Server {
         self.chat.leave(&id);
         let secs = conn.opened.elapsed().as_secs_f32();
         if matches!(reason, Reason::ClientClose) {
-            info!(
-                "session closed id={id} peer={} duration={secs:.1}s reason={}",
-                conn.addr,
-                reason.as_str()
-            );
+            info!("session closed id={id} peer={} duration={secs:.1}s reason={}", conn.addr, reason.as_str());
         } else {
-            warn!(
-                "session closed id={id} peer={} duration={secs:.1}s reason={}",
-                conn.addr,
-                reason.as_str()
-            );
+            warn!("session closed id={id} peer={} duration={secs:.1}s reason={}", conn.addr, reason.as_str());
         }
     }
 
@@ -740,13 +617,7 @@ impl Server {
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {
                     if now >= conn.last_read + self.cfg.idle_timeout {
-                        self.close_ws(
-                            token,
-                            CloseCode::Away,
-                            "idle timeout",
-                            Some(Reason::IdleTimeout),
-                            now,
-                        );
+                        self.close_ws(token, CloseCode::Away, "idle timeout", Some(Reason::IdleTimeout), now);
                         continue;
                     }
                     if now >= conn.next_ping {
@@ -822,17 +693,4 @@ impl Server {
             self.accept_paused_until = Some(Instant::now());
         }
     }
-}
-
-/// The page's Content-Security-Policy: our own origin only, WebSocket included.
-fn csp(req: &Request) -> String {
-    let host = req.host.as_deref().filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
-    });
-    let connect = host.map_or(String::new(), |h| format!(" ws://{h} wss://{h}"));
-    format!(
-        "Content-Security-Policy: default-src 'self'; connect-src 'self'{connect}; \
-         img-src 'self' data:; frame-ancestors 'none'\r\n"
-    )
 }

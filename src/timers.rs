@@ -29,9 +29,7 @@ impl Timers {
 
     /// How long poll may sleep: until the nearest deadline, or for ever.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
-        self.heap
-            .peek()
-            .map(|Reverse((at, _, _))| at.saturating_duration_since(now))
+        self.heap.peek().map(|Reverse((at, _, _))| at.saturating_duration_since(now))
     }
 
     pub fn len(&self) -> usize {

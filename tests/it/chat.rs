@@ -30,12 +30,8 @@ fn welcome_lists_users_and_presence_events_flow() {
     let mut b = s.connect("bob");
     let w = b.lines();
     assert_eq!(w[0]["type"], "welcome");
-    let mut users: Vec<_> = w[0]["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_string())
-        .collect();
+    let mut users: Vec<_> =
+        w[0]["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
     users.sort();
     assert_eq!(users, ["alice", "bob"]);
     assert_eq!(a.lines()[0], json!({"type":"join","id":"bob"}));
@@ -112,11 +108,9 @@ fn id_is_free_again_once_its_holder_is_gone() {
 fn bad_json_gets_an_error_and_the_connection_stays_open() {
     let s = Server::start(&[]);
     let mut a = s.join("alice");
-    for (frame, code) in [
-        ("not json", "bad_message"),
-        ("[1,2]", "bad_message"),
-        (r#"{"text":"   "}"#, "empty"),
-    ] {
+    for (frame, code) in
+        [("not json", "bad_message"), ("[1,2]", "bad_message"), (r#"{"text":"   "}"#, "empty")]
+    {
         a.send_text(frame);
         assert_eq!(a.next_line()["code"], code, "{frame}");
     }
@@ -131,10 +125,7 @@ fn rate_limit_refuses_the_excess_with_an_error() {
     let s = Server::start(&["--rate-limit", "2"]);
     let mut a = s.join("alice");
     for i in 0..10 {
-        a.ws.write(tungstenite::Message::text(
-            json!({"text": format!("m{i}")}).to_string(),
-        ))
-        .unwrap();
+        a.ws.write(tungstenite::Message::text(json!({"text": format!("m{i}")}).to_string())).unwrap();
     }
     a.ws.flush().unwrap();
     let (mut delivered, mut limited) = (0, 0);
@@ -156,10 +147,7 @@ fn a_burst_arrives_coalesced_in_fewer_frames_than_messages() {
     let mut a = s.join("alice");
     let mut b = s.join("bob");
     for i in 0..50 {
-        a.ws.write(tungstenite::Message::text(
-            json!({"text": format!("m{i}")}).to_string(),
-        ))
-        .unwrap();
+        a.ws.write(tungstenite::Message::text(json!({"text": format!("m{i}")}).to_string())).unwrap();
     }
     a.ws.flush().unwrap();
     let (mut frames, mut texts) = (0, Vec::new());
@@ -179,36 +167,25 @@ fn a_burst_arrives_coalesced_in_fewer_frames_than_messages() {
 
 #[test]
 fn a_client_that_never_reads_is_dropped_while_another_gets_everything() {
-    let s = Server::start(&[
-        "--rate-limit",
-        "0",
-        "--queue-cap",
-        "65536",
-        "--max-text",
-        "4000",
-    ]);
+    let s = Server::start(&["--rate-limit", "0", "--queue-cap", "65536", "--max-text", "4000"]);
     let mut sender = s.join("sender");
     let mut reader = s.join("reader");
     // A raw socket with a small receive buffer that completes the handshake, then never reads.
     let stuck = socket_with_small_rcvbuf(s.addr);
     let mut stuck_ws = {
-        let (ws, _) =
-            tungstenite::client::client(format!("ws://{}/ws?id=stuck", s.addr), stuck).unwrap();
+        let (ws, _) = tungstenite::client::client(format!("ws://{}/ws?id=stuck", s.addr), stuck).unwrap();
         ws
     };
     // ~8 MB to each reader: past the kernel's socket buffers (4 MiB send autotuning on
     // loopback) and then far past the 64 KiB cap.
     let text = "y".repeat(3000);
     let n = 2700;
-    let count =
-        |c: &mut crate::util::Client| c.lines().iter().filter(|l| l["type"] == "message").count();
+    let count = |c: &mut crate::util::Client| c.lines().iter().filter(|l| l["type"] == "message").count();
     let (mut got, mut echoed) = (0, 0);
     for i in 0..n {
         sender
             .ws
-            .write(tungstenite::Message::text(
-                json!({"text": format!("{i} {text}")}).to_string(),
-            ))
+            .write(tungstenite::Message::text(json!({"text": format!("{i} {text}")}).to_string()))
             .unwrap();
         if i % 20 == 19 {
             sender.ws.flush().unwrap();
@@ -230,16 +207,9 @@ fn a_client_that_never_reads_is_dropped_while_another_gets_everything() {
         echoed += count(&mut sender);
     }
     assert_eq!(got, n);
-    assert!(
-        s.wait_log("slow consumer id=stuck"),
-        "the disconnect is logged, naming the client: {}",
-        s.log()
-    );
+    assert!(s.wait_log("slow consumer id=stuck"), "the disconnect is logged, naming the client: {}", s.log());
     // The stuck client, reading at last, finds the 1008 after what had been sent before.
-    stuck_ws
-        .get_mut()
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stuck_ws.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let code = loop {
         match stuck_ws.read() {
             Ok(tungstenite::Message::Close(c)) => break c.map(|c| u16::from(c.code)),
@@ -264,30 +234,17 @@ fn socket_with_small_rcvbuf(addr: std::net::SocketAddr) -> std::net::TcpStream {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         assert!(fd >= 0);
         let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const _ as *const libc::c_void,
-            4,
-        );
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &size as *const _ as *const libc::c_void, 4);
         let sock = std::net::TcpStream::from_raw_fd(fd);
-        let std::net::SocketAddr::V4(v4) = addr else {
-            panic!("v4 only")
-        };
+        let std::net::SocketAddr::V4(v4) = addr else { panic!("v4 only") };
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
             sin_zero: [0; 8],
         };
-        let rc = libc::connect(
-            fd,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of_val(&sa) as u32,
-        );
+        let rc =
+            libc::connect(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sa) as u32);
         assert_eq!(rc, 0);
         let _ = (&sock).flush();
         sock

@@ -28,13 +28,8 @@ impl Server {
             .spawn()
             .expect("spawn chatloop");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{line}"));
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}"));
         let log = Arc::new(Mutex::new(String::new()));
         let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
         std::thread::spawn(move || {
@@ -44,11 +39,7 @@ impl Server {
                 s.push('\n');
             }
         });
-        Server {
-            addr: addr.parse().unwrap(),
-            child,
-            log,
-        }
+        Server { addr: addr.parse().unwrap(), child, log }
     }
 
     /// Waits up to 5 s for `needle` to appear in the server's stderr.
@@ -114,12 +105,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<_> = log
-                .lines()
-                .filter(|l| !l.starts_with("[DEBUG"))
-                .rev()
-                .take(30)
-                .collect();
+            let tail: Vec<_> = log.lines().filter(|l| !l.starts_with("[DEBUG")).rev().take(30).collect();
             eprintln!("--- server log (last non-debug lines) ---");
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");
@@ -155,11 +141,7 @@ impl Client {
         loop {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
-                    return Frame::Lines(
-                        t.split('\n')
-                            .map(|l| serde_json::from_str(l).expect(l))
-                            .collect(),
-                    );
+                    return Frame::Lines(t.split('\n').map(|l| serde_json::from_str(l).expect(l)).collect());
                 }
                 Ok(Message::Close(c)) => {
                     return Frame::Closed(

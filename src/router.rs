@@ -1,0 +1,151 @@
+//! Decides what a complete request gets. Pure: a parsed request in, a `Route` out, so every
+//! status can be tested (and fuzzed) without a socket.
+
+use crate::assets::Assets;
+use crate::http::{self, Request, Status};
+use bytes::Bytes;
+
+/// What the server should do with a request.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    /// Complete the WebSocket handshake; `echo` picks /echo over the chat.
+    Upgrade { echo: bool, key: String, id: String },
+    /// Send this response, then close.
+    Respond(Bytes),
+    /// Refuse with a status and a one-line reason, then close.
+    Refuse(Status, &'static str),
+    /// The metrics page (the server renders it); `head` for HEAD.
+    Metrics { head: bool },
+}
+
+/// The parts of the configuration routing depends on.
+pub struct Rules<'a> {
+    pub echo: bool,
+    pub allow_origin: &'a [String],
+    pub assets: &'a Assets,
+}
+
+pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
+    let path = req.path();
+    let head = req.method == "HEAD";
+    if req.is_upgrade() {
+        let echo = match path {
+            "/ws" => false,
+            "/echo" if rules.echo => true,
+            _ => return Route::Refuse(Status::NotFound, "no WebSocket endpoint here"),
+        };
+        if req.method != "GET" {
+            return Route::Refuse(Status::MethodNotAllowed, "an upgrade must be a GET");
+        }
+        if !req.connection_upgrade {
+            return Route::Refuse(Status::BadRequest, "Connection header lacks 'upgrade'");
+        }
+        if req.ws_version.as_deref() != Some("13") {
+            return Route::Refuse(Status::UpgradeRequired, "only WebSocket version 13 is spoken");
+        }
+        let Some(key) = req.ws_key.as_deref().filter(|k| http::valid_ws_key(k)) else {
+            return Route::Refuse(Status::BadRequest, "missing or invalid Sec-WebSocket-Key");
+        };
+        if !http::origin_allowed(req, rules.allow_origin) {
+            return Route::Refuse(Status::Forbidden, "origin not allowed (see --allow-origin)");
+        }
+        let id = req.query_param("id").unwrap_or_default();
+        return Route::Upgrade { echo, key: key.to_string(), id };
+    }
+    if req.method != "GET" && !head {
+        return Route::Refuse(Status::MethodNotAllowed, "only GET and HEAD are served");
+    }
+    match path {
+        "/ws" | "/echo" => Route::Refuse(Status::BadRequest, "this endpoint speaks WebSocket only"),
+        "/healthz" => {
+            Route::Respond(http::response(Status::Ok, "text/plain; charset=utf-8", "", b"ok\n", head))
+        }
+        "/metrics" => Route::Metrics { head },
+        _ => match rules.assets.get(path) {
+            Some(f) => Route::Respond(http::response(Status::Ok, f.content_type, &csp(req), &f.body, head)),
+            None => Route::Refuse(Status::NotFound, "not found"),
+        },
+    }
+}
+
+/// The page's Content-Security-Policy: our own origin only, WebSocket included.
+fn csp(req: &Request) -> String {
+    let host = req.host.as_deref().filter(|h| {
+        h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
+    });
+    let connect = host.map_or(String::new(), |h| format!(" ws://{h} wss://{h}"));
+    format!(
+        "Content-Security-Policy: default-src 'self'; connect-src 'self'{connect}; \
+         img-src 'self' data:; frame-ancestors 'none'\r\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Parse, parse};
+
+    fn route_raw(raw: &str, echo: bool) -> Route {
+        let Parse::Done(req, _) = parse(raw.as_bytes()) else { panic!("{raw}") };
+        route(&req, &Rules { echo, allow_origin: &[], assets: &Assets::Embedded })
+    }
+
+    fn upgrade(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[test]
+    fn table() {
+        let cases: &[(&str, bool, &str)] = &[
+            ("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
+            ("HEAD /app.js HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
+            ("GET /healthz HTTP/1.1\r\n\r\n", false, "200"),
+            ("GET /metrics HTTP/1.1\r\n\r\n", false, "metrics"),
+            ("DELETE / HTTP/1.1\r\n\r\n", false, "405"),
+            ("GET /nope HTTP/1.1\r\n\r\n", false, "404"),
+            ("GET /ws HTTP/1.1\r\n\r\n", false, "400"),
+            ("GET /../x HTTP/1.1\r\n\r\n", false, "404"),
+        ];
+        for (raw, echo, want) in cases {
+            let got = match route_raw(raw, *echo) {
+                Route::Respond(b) => String::from_utf8_lossy(&b[9..12]).into_owned(),
+                Route::Refuse(s, _) => (s as u16).to_string(),
+                Route::Metrics { .. } => "metrics".into(),
+                Route::Upgrade { .. } => "101".into(),
+            };
+            assert_eq!(&got, want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn upgrades() {
+        assert_eq!(
+            route_raw(&upgrade("/ws?id=bob", KEY), false),
+            Route::Upgrade { echo: false, key: "dGhlIHNhbXBsZSBub25jZQ==".into(), id: "bob".into() }
+        );
+        assert!(matches!(route_raw(&upgrade("/echo", KEY), true), Route::Upgrade { echo: true, .. }));
+        let refused = |raw: String, echo| match route_raw(&raw, echo) {
+            Route::Refuse(s, _) => s as u16,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(upgrade("/echo", KEY), false), 404);
+        assert_eq!(refused(upgrade("/x", KEY), false), 404);
+        assert_eq!(refused(upgrade("/ws", ""), false), 400);
+        assert_eq!(refused(upgrade("/ws", &format!("{KEY}Origin: http://evil\r\n")), false), 403);
+        assert_eq!(refused(upgrade("/ws", KEY).replace(": 13", ": 8"), false), 426);
+        assert_eq!(refused(upgrade("/ws", KEY).replace("GET", "POST"), false), 405);
+    }
+
+    #[test]
+    fn csp_takes_only_a_clean_host() {
+        let Parse::Done(req, _) = parse(b"GET / HTTP/1.1\r\nHost: a.b:8080\r\n\r\n") else { panic!() };
+        assert!(csp(&req).contains("connect-src 'self' ws://a.b:8080 wss://a.b:8080;"));
+        let Parse::Done(req, _) = parse(b"GET / HTTP/1.1\r\nHost: a; script-src *\r\n\r\n") else { panic!() };
+        assert!(csp(&req).contains("connect-src 'self';"));
+    }
+}
