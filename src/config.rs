@@ -1,5 +1,6 @@
 //! Command-line flags to `Config`, with every default stated once, here and in `--help`.
 
+use crate::metrics::Cidr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub presence_limit: usize,
     pub echo: bool,
+    pub metrics_allow: Vec<Cidr>,
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -39,6 +42,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             presence_limit: 256,
             echo: false,
+            metrics_allow: Cidr::loopback(),
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 }
@@ -66,6 +71,11 @@ Flags:
   --idle-timeout SECS         close a client that sent nothing, not even a pong [default: 60]
   --presence-limit N          above N users, no join/leave events and the welcome lists
                               N ids [default: 256]
+  --metrics-allow CIDR        who may read /metrics (e.g. 10.0.0.0/8); repeatable
+                              [default: 127.0.0.0/8 and ::1]
+  --shutdown-grace SECS       on SIGTERM/SIGINT, close every session with 1001 and drain
+                              queues for up to this long; a second signal exits at once
+                              [default: 2]
   --echo                      mount /echo, which sends every message back (for conformance suites)
   -h, --help                  print this help
   -V, --version               print the version
@@ -76,7 +86,7 @@ Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [defaul
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -85,6 +95,7 @@ pub enum Command {
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut cfg = Config::default();
     let mut args = args.into_iter();
+    let mut metrics_allow: Vec<Cidr> = Vec::new();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -113,16 +124,27 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 cfg.rate_limit =
                     u32::try_from(number(&flag, &value()?)?).map_err(|_| format!("{flag}: too large"))?
             }
+            "--metrics-allow" => {
+                let v = value()?;
+                metrics_allow.push(
+                    Cidr::parse(&v)
+                        .ok_or_else(|| format!("--metrics-allow: '{v}' is not an address or CIDR block"))?,
+                );
+            }
+            "--shutdown-grace" => cfg.shutdown_grace = seconds(&flag, &value()?)?,
             "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
             "--ping-interval" => cfg.ping_interval = seconds(&flag, &value()?)?,
             "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &value()?)?,
             _ => return Err(format!("unknown flag '{arg}' (see --help)")),
         }
     }
+    if !metrics_allow.is_empty() {
+        cfg.metrics_allow = metrics_allow;
+    }
     if cfg.queue_cap < 1024 {
         return Err("--queue-cap: must be at least 1024 bytes, room for a close frame and an error".into());
     }
-    Ok(Command::Run(cfg))
+    Ok(Command::Run(Box::new(cfg)))
 }
 
 fn number(flag: &str, v: &str) -> Result<usize, String> {
@@ -150,7 +172,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse(args.iter().map(|s| s.to_string()))? {
-            Command::Run(c) => Ok(c),
+            Command::Run(c) => Ok(*c),
             other => panic!("{other:?}"),
         }
     }
@@ -179,6 +201,7 @@ mod tests {
             (&["--addr", "nowhere"], "not an address"),
             (&["--frobnicate"], "unknown flag"),
             (&["--queue-cap", "10"], "at least 1024"),
+            (&["--metrics-allow", "10.0.0.0/99"], "not an address or CIDR"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

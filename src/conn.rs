@@ -117,6 +117,8 @@ pub struct Conn {
     pub pending: bool,
     /// Remove once the outbox is empty.
     pub finishing: bool,
+    /// Why the connection is ending, once that is decided (first reason wins).
+    pub reason: Option<crate::metrics::Reason>,
 }
 
 impl Conn {
@@ -133,6 +135,7 @@ impl Conn {
             timer_at: None,
             pending: false,
             finishing: false,
+            reason: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod router;

@@ -45,7 +45,7 @@ fn main() {
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
 
-    let mut server = match chatloop::server::Server::new(cfg, listener, max_conns) {
+    let mut server = match chatloop::server::Server::new(*cfg, listener, max_conns) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chatloop: {e}");
@@ -56,6 +56,7 @@ fn main() {
         eprintln!("chatloop: poll failed: {e}");
         std::process::exit(1);
     }
+    // A graceful shutdown ends here, with status 0.
 }
 
 /// Raises the soft open-file limit to the hard one, as Go's runtime does, and returns it.

@@ -7,7 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Default)]
 pub struct Timers {
@@ -27,9 +27,9 @@ impl Timers {
         }
     }
 
-    /// How long poll may sleep: until the nearest deadline, or for ever.
-    pub fn timeout(&self, now: Instant) -> Option<Duration> {
-        self.heap.peek().map(|Reverse((at, _, _))| at.saturating_duration_since(now))
+    /// The nearest deadline, which bounds how long poll may sleep.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
     pub fn len(&self) -> usize {
@@ -44,6 +44,7 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn pops_in_deadline_order_only_when_due() {
@@ -53,11 +54,11 @@ mod tests {
         t.schedule(t0 + 3 * s, 3, 0);
         t.schedule(t0 + s, 1, 0);
         t.schedule(t0 + 2 * s, 2, 7);
-        assert_eq!(t.timeout(t0), Some(s));
+        assert_eq!(t.next(), Some(t0 + s));
         assert_eq!(t.pop_due(t0), None);
         assert_eq!(t.pop_due(t0 + 2 * s), Some((t0 + s, 1, 0)));
         assert_eq!(t.pop_due(t0 + 2 * s), Some((t0 + 2 * s, 2, 7)));
         assert_eq!(t.pop_due(t0 + 2 * s), None);
-        assert_eq!(t.timeout(t0 + 5 * s), Some(Duration::ZERO));
+        assert_eq!(t.next(), Some(t0 + 3 * s));
     }
 }

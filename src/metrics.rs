@@ -1,0 +1,202 @@
+//! Counters for `/metrics` (Prometheus text format 0.0.4) and who may read them.
+//!
+//! Counters are plain `u64` fields bumped on the loop thread: no atomics, no locks, one add
+//! each. Gauges (connections, sessions, queued bytes) are not kept at all: `/metrics` counts
+//! them by walking the slab when someone asks, so they cost nothing on the hot path.
+
+use crate::protocol::ErrorCode;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+/// Why a connection ended, as the `reason` label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    ClientClose,
+    SlowConsumer,
+    IdleTimeout,
+    HandshakeTimeout,
+    ProtocolError,
+    Shutdown,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::ClientClose,
+        Reason::SlowConsumer,
+        Reason::IdleTimeout,
+        Reason::HandshakeTimeout,
+        Reason::ProtocolError,
+        Reason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ClientClose => "client_close",
+            Reason::SlowConsumer => "slow_consumer",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::ProtocolError => "protocol_error",
+            Reason::Shutdown => "shutdown",
+        }
+    }
+}
+
+const CODES: [ErrorCode; 7] = [
+    ErrorCode::BadId,
+    ErrorCode::IdTaken,
+    ErrorCode::UnknownRecipient,
+    ErrorCode::BadMessage,
+    ErrorCode::Empty,
+    ErrorCode::TooLong,
+    ErrorCode::RateLimited,
+];
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: u64,
+    pub room_received: u64,
+    pub private_received: u64,
+    pub deliveries: u64,
+    pub bytes_sent: u64,
+    disconnects: [u64; 6],
+    errors: [u64; 7],
+}
+
+/// Gauges counted at scrape time.
+pub struct Gauges {
+    pub connections: usize,
+    pub websockets: usize,
+    pub queued_bytes: usize,
+}
+
+impl Stats {
+    pub fn disconnect(&mut self, r: Reason) {
+        self.disconnects[r as usize] += 1;
+    }
+
+    pub fn error_sent(&mut self, code: ErrorCode) {
+        self.errors[code as usize] += 1;
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut o = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(o, "# HELP chatloop_{name} {help}\n# TYPE chatloop_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(o, "chatloop_{name}{labels} {v}");
+            }
+        };
+        metric("connections", "gauge", "Open TCP connections.", &[("", g.connections as u64)]);
+        metric("websockets", "gauge", "Open WebSocket sessions.", &[("", g.websockets as u64)]);
+        metric("connections_accepted_total", "counter", "TCP connections accepted.", &[("", self.accepted)]);
+        metric(
+            "messages_received_total",
+            "counter",
+            "Chat messages accepted from clients.",
+            &[("{kind=\"room\"}", self.room_received), ("{kind=\"private\"}", self.private_received)],
+        );
+        metric("deliveries_total", "counter", "Chat lines queued to recipients.", &[("", self.deliveries)]);
+        metric("bytes_sent_total", "counter", "Bytes written to sockets.", &[("", self.bytes_sent)]);
+        let labels: Vec<String> =
+            Reason::ALL.iter().map(|r| format!("{{reason=\"{}\"}}", r.as_str())).collect();
+        let samples: Vec<(&str, u64)> = Reason::ALL
+            .iter()
+            .zip(&labels)
+            .map(|(r, l)| (l.as_str(), self.disconnects[*r as usize]))
+            .collect();
+        metric("disconnects_total", "counter", "Connections closed, by reason.", &samples);
+        let labels: Vec<String> = CODES.iter().map(|c| format!("{{code=\"{}\"}}", c.as_str())).collect();
+        let samples: Vec<(&str, u64)> =
+            CODES.iter().zip(&labels).map(|(c, l)| (l.as_str(), self.errors[*c as usize])).collect();
+        metric("errors_sent_total", "counter", "Error lines sent to clients, by code.", &samples);
+        metric(
+            "outbound_queue_bytes",
+            "gauge",
+            "Bytes queued for clients, summed over connections.",
+            &[("", g.queued_bytes as u64)],
+        );
+        o
+    }
+}
+
+/// An address block such as `127.0.0.0/8` or `::1/128`; a bare address means just itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+        let net: IpAddr = addr.parse().ok()?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() { max } else { prefix.parse().ok()? };
+        (prefix <= max).then_some(Cidr { net, prefix })
+    }
+
+    /// The default for `--metrics-allow`: loopback only.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![Cidr::parse("127.0.0.0/8").expect("valid"), Cidr::parse("::1/128").expect("valid")]
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = bits - self.prefix as u32;
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let lo = Cidr::loopback();
+        let allowed = |ip: &str| lo.iter().any(|c| c.contains(ip.parse().unwrap()));
+        assert!(
+            allowed("127.0.0.1") && allowed("127.9.9.9") && allowed("::1") && allowed("::ffff:127.0.0.2")
+        );
+        assert!(!allowed("10.0.0.1") && !allowed("::2") && !allowed("128.0.0.1"));
+        let any = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(any.contains("8.8.8.8".parse().unwrap()));
+        let one = Cidr::parse("192.168.1.7").unwrap();
+        assert!(
+            one.contains("192.168.1.7".parse().unwrap()) && !one.contains("192.168.1.8".parse().unwrap())
+        );
+        for bad in ["", "1.2.3.4/33", "::/129", "nope/8", "1.2.3.4/x"] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn render_has_every_series_in_text_format() {
+        let mut s = Stats { deliveries: 5, ..Stats::default() };
+        s.disconnect(Reason::SlowConsumer);
+        s.error_sent(ErrorCode::RateLimited);
+        let out = s.render(&Gauges { connections: 3, websockets: 2, queued_bytes: 10 });
+        for line in [
+            "chatloop_connections 3",
+            "chatloop_websockets 2",
+            "chatloop_deliveries_total 5",
+            "chatloop_disconnects_total{reason=\"slow_consumer\"} 1",
+            "chatloop_disconnects_total{reason=\"shutdown\"} 0",
+            "chatloop_errors_sent_total{code=\"rate_limited\"} 1",
+            "chatloop_messages_received_total{kind=\"private\"} 0",
+            "chatloop_outbound_queue_bytes 10",
+            "# TYPE chatloop_bytes_sent_total counter",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+    }
+}

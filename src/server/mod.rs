@@ -1,0 +1,422 @@
+//! The poll loop: one `mio::Poll`, the listener, signals, and every connection in a `Slab`.
+//!
+//! This module (with `request` and `session`, its halves for the two protocols) is the only
+//! code that registers, deregisters or removes sockets. One turn:
+//! 1. poll, sleeping until the nearest deadline (or not at all if input was left unread);
+//! 2. accept until WouldBlock; read every readable connection until WouldBlock (or its
+//!    per-turn budget); mark writable ones pending; note signals;
+//! 3. fire due timers (handshake, ping, idle, close grace);
+//! 4. settle: send the turn's presence batch, close slow consumers, drain every pending
+//!    outbox with `writev`, remove finished connections; repeat until nothing changes,
+//!    because a removal's `leave` can fill someone else's queue.
+
+mod request;
+mod session;
+
+use crate::assets::Assets;
+use crate::chat::{Chat, Sink};
+use crate::config::Config;
+use crate::conn::{Conn, Phase};
+use crate::http::{self, Status};
+use crate::metrics::{Gauges, Reason, Stats};
+use crate::outbox::Drain;
+use bytes::Bytes;
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::io::{self, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// How long a closing peer gets to answer our close or read our response.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// After EMFILE/ENFILE, how long to wait before accepting again (unless a socket frees first).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// tungstenite's read chunk: small, because it is allocated up front for every session.
+const READ_BUFFER: usize = 1024;
+
+/// The connections and what the turn has queued for them: the `Sink` chat delivers into.
+struct Net {
+    conns: Slab<Conn>,
+    /// Connections with output queued this turn.
+    pending: Vec<usize>,
+    /// Connections that went over their queue cap this turn.
+    overflowed: Vec<usize>,
+    stats: Stats,
+}
+
+impl Net {
+    fn mark_pending(&mut self, token: usize) {
+        if let Some(c) = self.conns.get_mut(token)
+            && !c.pending
+        {
+            c.pending = true;
+            self.pending.push(token);
+        }
+    }
+}
+
+impl Sink for Net {
+    /// Queues a line; a marked (closing or overflowed) client takes no more.
+    fn push(&mut self, token: usize, line: &Bytes) {
+        let Some(conn) = self.conns.get_mut(token) else { return };
+        let peer = &mut conn.peer;
+        if peer.closing || peer.overflow {
+            return;
+        }
+        if !peer.out.push_line(line.clone(), peer.cap) {
+            peer.overflow = true;
+            self.overflowed.push(token);
+            return;
+        }
+        self.stats.deliveries += 1;
+        if !conn.pending {
+            conn.pending = true;
+            self.pending.push(token);
+        }
+    }
+}
+
+/// Where a shutdown stands.
+enum Shutdown {
+    Running,
+    /// Signalled: closing everyone until the deadline.
+    Draining(Instant),
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: signal_hook_mio::v1_0::Signals,
+    net: Net,
+    chat: Chat,
+    cfg: Config,
+    assets: Assets,
+    timers: crate::timers::Timers,
+    max_conns: usize,
+    ws_config: WebSocketConfig,
+    /// Connections to remove at the end of the turn.
+    doomed: Vec<usize>,
+    /// Connections whose input was not read to WouldBlock (read budget spent).
+    again: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+    next_generation: u32,
+    shutdown: Shutdown,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+impl Server {
+    pub fn new(cfg: Config, listener: TcpListener, max_conns: usize) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = listener;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(Some(cfg.max_message))
+            .max_frame_size(Some(cfg.max_message));
+        let assets = cfg.public.clone().map_or(Assets::Embedded, Assets::Dir);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            net: Net {
+                conns: Slab::new(),
+                pending: Vec::new(),
+                overflowed: Vec::new(),
+                stats: Stats::default(),
+            },
+            chat: Chat::new(cfg.presence_limit, cfg.max_text),
+            assets,
+            timers: Default::default(),
+            max_conns,
+            ws_config,
+            doomed: Vec::new(),
+            again: Vec::new(),
+            accept_paused_until: None,
+            next_generation: 0,
+            shutdown: Shutdown::Running,
+            cfg,
+        })
+    }
+
+    /// Runs until a signal's graceful shutdown completes (Ok) or poll fails.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if let Shutdown::Draining(deadline) = self.shutdown
+                && (self.net.conns.is_empty() || now >= deadline)
+            {
+                info!("shutdown complete, {} connections cut at the deadline", self.net.conns.len());
+                return Ok(());
+            }
+            let timeout = if self.again.is_empty() { self.timeout(now) } else { Some(Duration::ZERO) };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            self.turn(&events, now, now_millis());
+        }
+    }
+
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        let wake = [
+            self.timers.next(),
+            self.accept_paused_until,
+            match self.shutdown {
+                Shutdown::Draining(t) => Some(t),
+                Shutdown::Running => None,
+            },
+        ];
+        wake.into_iter().flatten().min().map(|t| t.saturating_duration_since(now))
+    }
+
+    /// One loop turn after poll returned. `now` and `ts` (wall-clock ms) are read once per turn.
+    fn turn(&mut self, events: &Events, now: Instant, ts: u64) {
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_all(now),
+                SIGNALS => self.signalled(now),
+                Token(t) => {
+                    if ev.is_writable() {
+                        self.net.mark_pending(t);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.readable(t, now, ts);
+                    }
+                }
+            }
+        }
+        for t in std::mem::take(&mut self.again) {
+            self.readable(t, now, ts);
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_all(now);
+        }
+        self.fire_timers(now);
+        self.settle(now);
+    }
+
+    fn signalled(&mut self, now: Instant) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        for sig in signals {
+            if let Shutdown::Draining(_) = self.shutdown {
+                warn!("second signal ({sig}): exiting at once");
+                std::process::exit(1);
+            }
+            info!("signal {sig}: shutting down, closing {} connections", self.net.conns.len());
+            self.shutdown = Shutdown::Draining(now + self.cfg.shutdown_grace);
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+            self.accept_paused_until = None;
+            let tokens: Vec<usize> = self.net.conns.iter().map(|(t, _)| t).collect();
+            for t in tokens {
+                match self.net.conns[t].phase {
+                    Phase::Ws(_) => {
+                        self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
+                    }
+                    _ => self.doom(t),
+                }
+                if let Some(c) = self.net.conns.get_mut(t) {
+                    c.give_up = Some(now + self.cfg.shutdown_grace);
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        self.accept_paused_until = None;
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((sock, addr)) => self.admit(sock, addr, now),
+                Err(e) if would_block(&e) => return,
+                Err(e) if out_of_fds(&e) => {
+                    // Edge-triggered: the waiting connections will not wake us again, so retry
+                    // when a connection closes or after the back-off, whichever comes first.
+                    warn!("accept paused: {e}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => debug!("accept: {e}"),
+            }
+        }
+    }
+
+    fn admit(&mut self, mut sock: TcpStream, addr: std::net::SocketAddr, now: Instant) {
+        self.net.stats.accepted += 1;
+        if self.net.conns.len() >= self.max_conns {
+            // Best effort, never blocking: the 503 fits any socket buffer.
+            let _ = sock.write(&http::error(Status::Unavailable, "server full, try again later"));
+            debug!("refused {addr}: {} connections", self.net.conns.len());
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let entry = self.net.conns.vacant_entry();
+        let token = entry.key();
+        let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap, generation, now));
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), interest) {
+            warn!("register {addr}: {e}");
+            self.net.conns.remove(token);
+            return;
+        }
+        self.arm(token);
+    }
+
+    /// (Re)schedules the connection's timer if its deadline is earlier than its current entry.
+    fn arm(&mut self, token: usize) {
+        let Some(c) = self.net.conns.get_mut(token) else { return };
+        let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
+        if c.timer_at.is_none_or(|t| at < t) {
+            c.timer_at = Some(at);
+            self.timers.schedule(at, token, c.generation);
+        }
+    }
+
+    fn readable(&mut self, token: usize, now: Instant, ts: u64) {
+        let Some(conn) = self.net.conns.get_mut(token) else { return };
+        match conn.phase {
+            Phase::Request { .. } => self.read_request(token, now, ts),
+            Phase::Respond { .. } => self.read_discard(token),
+            Phase::Ws(_) => self.read_ws(token, now, ts),
+        }
+    }
+
+    fn doom(&mut self, token: usize) {
+        if !self.doomed.contains(&token) {
+            self.doomed.push(token);
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some((at, token, generation)) = self.timers.pop_due(now) {
+            let Some(conn) = self.net.conns.get_mut(token) else { continue };
+            if conn.generation != generation || conn.timer_at != Some(at) {
+                continue; // stale: the connection is gone or has a newer entry
+            }
+            conn.timer_at = None;
+            if conn.give_up.is_some_and(|t| t <= now) {
+                debug!("{}: gave up on close", conn.addr);
+                self.doom(token);
+                continue;
+            }
+            match &mut conn.phase {
+                Phase::Request { .. } if now >= conn.opened + self.cfg.handshake_timeout => {
+                    warn!("{}: handshake timeout", conn.addr);
+                    conn.reason.get_or_insert(Reason::HandshakeTimeout);
+                    self.doom(token);
+                    continue;
+                }
+                Phase::Ws(s) if conn.give_up.is_none() => {
+                    if now >= conn.last_read + self.cfg.idle_timeout {
+                        self.close_ws(token, CloseCode::Away, "idle timeout", Some(Reason::IdleTimeout), now);
+                        continue;
+                    }
+                    if now >= conn.next_ping {
+                        let _ = s.ctx.write(&mut conn.peer, tungstenite::Message::Ping(Bytes::new()));
+                        conn.next_ping = now + self.cfg.ping_interval;
+                        self.net.mark_pending(token);
+                    }
+                }
+                _ => {}
+            }
+            self.arm(token);
+        }
+    }
+
+    /// Runs the end-of-turn work until it stops producing more.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            self.chat.flush_presence(&mut self.net);
+            for token in std::mem::take(&mut self.net.overflowed) {
+                self.drop_slow(token, now);
+            }
+            for token in std::mem::take(&mut self.net.pending) {
+                self.write(token);
+            }
+            if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.pending.is_empty() {
+                return;
+            }
+            for token in std::mem::take(&mut self.doomed) {
+                self.remove(token);
+            }
+        }
+    }
+
+    fn write(&mut self, token: usize) {
+        let Some(conn) = self.net.conns.get_mut(token) else { return };
+        conn.pending = false;
+        let peer = &mut conn.peer;
+        let before = peer.out.queued();
+        let result = peer.out.drain(&mut peer.sock);
+        self.net.stats.bytes_sent += (before - peer.out.queued()) as u64;
+        match result {
+            Ok(Drain::Blocked) => {}
+            Ok(Drain::Empty) => match conn.phase {
+                Phase::Respond { eof: true } => self.doom(token),
+                Phase::Respond { eof: false } => {
+                    // Response out: half-close, then wait for the peer's EOF or the grace.
+                    let _ = conn.peer.sock.shutdown(std::net::Shutdown::Write);
+                }
+                _ if conn.finishing => self.doom(token),
+                _ => {}
+            },
+            Err(e) => {
+                debug!("{}: write: {e}", conn.addr);
+                self.leave(token, Reason::ClientClose);
+                self.doom(token);
+            }
+        }
+    }
+
+    fn remove(&mut self, token: usize) {
+        if !self.net.conns.contains(token) {
+            return;
+        }
+        self.leave(token, Reason::ClientClose);
+        let mut conn = self.net.conns.remove(token);
+        if let (Phase::Ws(_), r) | (_, r @ Some(_)) = (&conn.phase, conn.reason) {
+            self.net.stats.disconnect(r.unwrap_or(Reason::ClientClose));
+        }
+        let _ = self.poll.registry().deregister(&mut conn.peer.sock);
+        if self.accept_paused_until.is_some() {
+            // A descriptor just came free: the connections waiting in the backlog can have it.
+            self.accept_paused_until = Some(Instant::now());
+        }
+    }
+
+    /// The `/metrics` body; gauges are counted here, not kept on the hot path.
+    fn metrics(&self) -> String {
+        let mut g = Gauges { connections: self.net.conns.len(), websockets: 0, queued_bytes: 0 };
+        for (_, c) in &self.net.conns {
+            g.websockets += matches!(c.phase, Phase::Ws(_)) as usize;
+            g.queued_bytes += c.peer.out.queued();
+        }
+        self.net.stats.render(&g)
+    }
+}

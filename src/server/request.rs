@@ -1,0 +1,164 @@
+//! The HTTP half of the loop: read a request head, route it, answer it or upgrade it.
+
+use super::{CLOSE_GRACE, Server, would_block};
+use crate::chat::Sink;
+use crate::conn::{Bucket, Kind, Phase, Session};
+use crate::http::{self, Parse, Request, Status};
+use crate::protocol::{self, ErrorCode};
+use crate::router::{self, Route, Rules};
+use bytes::Bytes;
+use log::{debug, info, warn};
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::time::Instant;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{Role, WebSocketContext};
+
+impl Server {
+    pub(super) fn read_request(&mut self, token: usize, now: Instant, ts: u64) {
+        let conn = &mut self.net.conns[token];
+        let Phase::Request { buf } = &mut conn.phase else { return };
+        let mut chunk = [0u8; 4096];
+        loop {
+            match conn.peer.sock.read(&mut chunk) {
+                Ok(0) => {
+                    debug!("{} left before finishing its request", conn.addr);
+                    return self.doom(token);
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > http::MAX_HEAD {
+                        break; // parse says 431; the rest is never read
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.doom(token),
+            }
+        }
+        match http::parse(buf) {
+            Parse::Partial => {}
+            Parse::Fail(status) => {
+                warn!("{}: bad request: {}", conn.addr, status.reason());
+                self.respond(token, http::error(status, status.reason()), now);
+            }
+            Parse::Done(req, len) => {
+                let rest = buf.split_off(len);
+                self.route(token, req, rest, now, ts);
+            }
+        }
+    }
+
+    /// Acts on a complete request (see `router::route`).
+    fn route(&mut self, token: usize, req: Request, rest: Vec<u8>, now: Instant, ts: u64) {
+        let rules = Rules { echo: self.cfg.echo, allow_origin: &self.cfg.allow_origin, assets: &self.assets };
+        match router::route(&req, &rules) {
+            Route::Upgrade { echo, key, id } => {
+                let kind = if echo { Kind::Echo } else { Kind::Chat { user: None } };
+                self.upgrade(token, kind, &key, &id, rest, now, ts)
+            }
+            Route::Respond(response) => self.respond(token, response, now),
+            Route::Refuse(status, why) => self.refuse(token, status, why, now),
+            Route::Metrics { head } => {
+                let peer = self.net.conns[token].addr.ip();
+                if !self.cfg.metrics_allow.iter().any(|c| c.contains(peer)) {
+                    return self.refuse(
+                        token,
+                        Status::Forbidden,
+                        "metrics are not open to you (--metrics-allow)",
+                        now,
+                    );
+                }
+                let body = self.metrics();
+                let response =
+                    http::response(Status::Ok, "text/plain; version=0.0.4", "", body.as_bytes(), head);
+                self.respond(token, response, now)
+            }
+        }
+    }
+
+    fn refuse(&mut self, token: usize, status: Status, why: &str, now: Instant) {
+        debug!("{}: {} {why}", self.net.conns[token].addr, status as u16);
+        self.respond(token, http::error(status, why), now);
+    }
+
+    /// Queues a response; the connection closes once it is written.
+    fn respond(&mut self, token: usize, response: Bytes, now: Instant) {
+        let conn = &mut self.net.conns[token];
+        conn.peer.out.push_raw(response, usize::MAX);
+        conn.phase = Phase::Respond { eof: false };
+        conn.give_up = Some(now + CLOSE_GRACE);
+        self.net.mark_pending(token);
+        self.arm(token);
+        // Read what is left (a body, a second request) so the kernel does not answer with RST.
+        self.read_discard(token);
+    }
+
+    /// Reads and drops whatever the peer sends after its request. Bounded per call: a peer
+    /// that keeps streaming a body at us is dropped rather than read for ever.
+    pub(super) fn read_discard(&mut self, token: usize) {
+        let conn = &mut self.net.conns[token];
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            match conn.peer.sock.read(&mut sink) {
+                Ok(0) => {
+                    conn.phase = Phase::Respond { eof: true };
+                    if conn.peer.out.is_empty() {
+                        self.doom(token);
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.doom(token);
+    }
+
+    /// Sends the 101 and starts the session; for the chat, claims the id first.
+    #[allow(clippy::too_many_arguments)]
+    fn upgrade(
+        &mut self,
+        token: usize,
+        kind: Kind,
+        key: &str,
+        id: &str,
+        rest: Vec<u8>,
+        now: Instant,
+        ts: u64,
+    ) {
+        let conn = &mut self.net.conns[token];
+        conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
+        let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
+        let is_chat = matches!(kind, Kind::Chat { .. });
+        conn.phase =
+            Phase::Ws(Box::new(Session { ctx, kind, bucket: Bucket::new(self.cfg.rate_limit, now) }));
+        conn.last_read = now;
+        conn.next_ping = now + self.cfg.ping_interval;
+        conn.timer_at = None;
+        self.net.mark_pending(token);
+        self.arm(token);
+        if is_chat {
+            match self.chat.join(id, token, &mut self.net) {
+                Ok(()) => {
+                    let conn = &mut self.net.conns[token];
+                    info!("session open id={id} peer={}", conn.addr);
+                    if let Phase::Ws(s) = &mut conn.phase {
+                        s.kind = Kind::Chat { user: Some(Rc::from(id)) };
+                    }
+                }
+                Err(code) => {
+                    let close = if code == ErrorCode::IdTaken { 4409 } else { 4400 };
+                    info!("refused id {id:?} from {}: {}", self.net.conns[token].addr, code.as_str());
+                    self.net.push(token, &protocol::error(code, None));
+                    self.net.stats.error_sent(code);
+                    return self.close_ws(token, CloseCode::from(close), code.as_str(), None, now);
+                }
+            }
+        }
+        // Frames sent right behind the request arrive with no readiness event of their own.
+        self.read_ws(token, now, ts);
+    }
+}

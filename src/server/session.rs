@@ -1,0 +1,179 @@
+//! The WebSocket half of the loop: read frames through tungstenite, hand chat text to
+//! `Chat`, echo on `/echo`, and run the close handshake in both directions.
+
+use super::{CLOSE_GRACE, Server, would_block};
+use crate::chat::{Outcome, Sink};
+use crate::conn::{Kind, Phase};
+use crate::metrics::Reason;
+use crate::protocol::{self, ErrorCode};
+use log::{debug, info, warn};
+use std::rc::Rc;
+use std::time::Instant;
+use tungstenite::Message;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// Messages read from one connection per turn before others get their turn.
+const READ_BUDGET: usize = 256;
+
+impl Server {
+    pub(super) fn read_ws(&mut self, token: usize, now: Instant, ts: u64) {
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = self.net.conns.get_mut(token) else { return };
+            let Phase::Ws(s) = &mut conn.phase else { return };
+            let result = s.ctx.read(&mut conn.peer);
+            if conn.peer.overflow && !conn.peer.closing {
+                // Our pongs or echoes went past the cap: the peer is not reading.
+                return self.drop_slow(token, now);
+            }
+            let msg = match result {
+                Ok(m) => m,
+                Err(tungstenite::Error::Io(e)) if would_block(&e) => {
+                    self.net.mark_pending(token);
+                    return;
+                }
+                Err(e) => return self.ws_failed(token, e, now),
+            };
+            conn.last_read = now;
+            match (msg, &mut s.kind) {
+                (Message::Text(text), Kind::Chat { user: Some(user) }) => {
+                    if conn.peer.closing {
+                        continue;
+                    }
+                    if !s.bucket.allow(self.cfg.rate_limit, now) {
+                        self.net.push(token, &protocol::error(ErrorCode::RateLimited, None));
+                        self.net.stats.error_sent(ErrorCode::RateLimited);
+                        continue;
+                    }
+                    let user = Rc::clone(user);
+                    match self.chat.handle(token, &user, &text, ts, &mut self.net) {
+                        Outcome::Room => self.net.stats.room_received += 1,
+                        Outcome::Private => self.net.stats.private_received += 1,
+                        Outcome::Refused(code) => {
+                            self.net.stats.error_sent(code);
+                            debug!("{user}: refused message: {}", code.as_str());
+                        }
+                    }
+                }
+                // After a refused id, until the close completes: nothing to do.
+                (Message::Text(_) | Message::Binary(_), Kind::Chat { user: None }) => {}
+                (Message::Binary(_), Kind::Chat { .. }) => {
+                    let why = "binary frames are not supported";
+                    return self.close_ws(
+                        token,
+                        CloseCode::Unsupported,
+                        why,
+                        Some(Reason::ProtocolError),
+                        now,
+                    );
+                }
+                (m @ (Message::Text(_) | Message::Binary(_)), Kind::Echo) => {
+                    let _ = s.ctx.write(&mut conn.peer, m);
+                    self.net.mark_pending(token);
+                }
+                (Message::Close(_), _) => {
+                    // Queue tungstenite's reply (or nothing, if this answers our close); the
+                    // socket goes once the outbox is written, or at the grace deadline.
+                    conn.peer.closing = true;
+                    let _ = s.ctx.flush(&mut conn.peer);
+                    conn.give_up.get_or_insert(now + CLOSE_GRACE);
+                    self.arm(token);
+                    return self.finish(token);
+                }
+                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => self.net.mark_pending(token),
+            }
+        }
+        // Budget spent with input still waiting: come back next turn, after everyone else.
+        self.again.push(token);
+    }
+
+    /// Maps a failed read to the close the RFC asks for, or to a plain drop.
+    fn ws_failed(&mut self, token: usize, e: tungstenite::Error, now: Instant) {
+        use tungstenite::error::{Error as E, ProtocolError as P};
+        let (code, why) = match e {
+            E::ConnectionClosed | E::AlreadyClosed => return self.finish(token),
+            E::Protocol(P::ResetWithoutClosingHandshake) | E::Io(_) => {
+                self.leave(token, Reason::ClientClose);
+                return self.doom(token);
+            }
+            E::Capacity(_) => (CloseCode::Size, "message too big"),
+            E::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
+            E::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+            _ => (CloseCode::Error, "internal error"),
+        };
+        warn!("protocol error peer={}: {e}", self.net.conns[token].addr);
+        self.close_ws(token, code, why, Some(Reason::ProtocolError), now);
+    }
+
+    /// Starts our side of the close handshake. `reason` ends the chat session, if any.
+    pub(super) fn close_ws(
+        &mut self,
+        token: usize,
+        code: CloseCode,
+        why: &str,
+        reason: Option<Reason>,
+        now: Instant,
+    ) {
+        if let Some(r) = reason {
+            self.leave(token, r);
+        }
+        let conn = &mut self.net.conns[token];
+        if conn.peer.closing {
+            return;
+        }
+        let Phase::Ws(s) = &mut conn.phase else { return };
+        if code == CloseCode::Policy {
+            conn.peer.out.discard_unsent();
+        }
+        conn.peer.closing = true;
+        let frame = CloseFrame { code, reason: why.into() };
+        if let Err(e) = s.ctx.close(&mut conn.peer, Some(frame)) {
+            debug!("close {}: {e}", conn.addr);
+        }
+        conn.give_up = Some(now + CLOSE_GRACE);
+        self.net.mark_pending(token);
+        self.arm(token);
+    }
+
+    /// Closes a client whose queue would pass the cap: 1008, after what was already begun.
+    pub(super) fn drop_slow(&mut self, token: usize, now: Instant) {
+        let Some(c) = self.net.conns.get(token) else { return };
+        if c.peer.closing {
+            return;
+        }
+        let id = c.user().map_or("-", |u| u);
+        warn!("slow consumer id={id} peer={}: queue past {} bytes", c.addr, self.cfg.queue_cap);
+        self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
+    }
+
+    /// Records why the connection ends (first reason wins), frees its id if it holds one, and
+    /// logs the end of the session.
+    pub(super) fn leave(&mut self, token: usize, reason: Reason) {
+        let Some(conn) = self.net.conns.get_mut(token) else { return };
+        let reason = *conn.reason.get_or_insert(reason);
+        let Phase::Ws(s) = &mut conn.phase else { return };
+        let Kind::Chat { user } = &mut s.kind else { return };
+        let Some(id) = user.take() else { return };
+        self.chat.leave(&id);
+        let secs = conn.opened.elapsed().as_secs_f32();
+        let (peer, why) = (conn.addr, reason.as_str());
+        match reason {
+            Reason::ClientClose | Reason::Shutdown => {
+                info!("session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
+            }
+            _ => warn!("session closed id={id} peer={peer} duration={secs:.1}s reason={why}"),
+        }
+    }
+
+    /// Removes the connection once its outbox is empty.
+    pub(super) fn finish(&mut self, token: usize) {
+        self.leave(token, Reason::ClientClose);
+        let conn = &mut self.net.conns[token];
+        conn.finishing = true;
+        if conn.peer.out.is_empty() {
+            self.doom(token);
+        } else {
+            self.net.mark_pending(token);
+        }
+    }
+}
