@@ -1,0 +1,579 @@
+// chatloop page: one WebSocket to /ws?id=ID, JSON lines in, one JSON object per frame out.
+// Every piece of text reaches the page through textContent, never innerHTML.
+'use strict';
+
+(function () {
+  const ID_RE = /^[A-Za-z0-9_.-]{1,32}$/;
+  const BACKOFF_MIN = 500; // first retry after about 0.5 s
+  const BACKOFF_MAX = 10000; // never more than 10 s apart
+  const STABLE_MS = 10000; // a connection that lived this long resets the back-off
+  const CONNECT_TIMEOUT = 10000; // no welcome by then: drop and retry
+  const MAX_FRAME = 4096; // the server's default --max-message; bigger frames close the socket
+  const MAX_LINES = 1000; // log lines kept
+  const STORE_KEY = 'chatloop.id';
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $('status'),
+    statusText: $('status-text'),
+    leave: $('leave'),
+    login: $('login'),
+    loginForm: $('login-form'),
+    id: $('id'),
+    join: $('join'),
+    loginError: $('login-error'),
+    chat: $('chat'),
+    log: $('log'),
+    jump: $('jump'),
+    users: $('users'),
+    count: $('count'),
+    composer: $('composer'),
+    to: $('to'),
+    message: $('message'),
+    send: $('send'),
+    sendError: $('send-error'),
+  };
+
+  // ---- state ---------------------------------------------------------------------------
+
+  let me = null; // our id as the server spelled it back (or as typed before the welcome)
+  let ws = null; // the current socket, or null
+  let joined = false; // a welcome arrived for this id at least once: later drops reconnect
+  let online = false; // the current socket got its welcome
+  let attempt = 0; // reconnects since the last stable connection
+  let retryTimer = 0;
+  let connectTimer = 0;
+  let errorTimer = 0;
+  let openedAt = 0;
+  let lostNoted = false; // "connection lost" already logged for this outage
+  let total = 0; // the server's count of users (the list may be capped)
+  const users = new Map(); // lowercased id -> id as spelled
+  const unread = new Map(); // lowercased id -> private messages from them not yet read
+  let pending = []; // texts sent and not yet answered, oldest first
+
+  const lower = (s) => String(s).toLowerCase();
+  const isMe = (id) => me !== null && lower(id) === lower(me);
+
+  // ---- status line ---------------------------------------------------------------------
+
+  function setStatus(state, text) {
+    el.status.dataset.state = state;
+    el.statusText.textContent = text;
+  }
+
+  // ---- connection ----------------------------------------------------------------------
+
+  function wsUrl(id) {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id);
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    if (me === null) return;
+    let sock;
+    try {
+      sock = new WebSocket(wsUrl(me));
+    } catch (e) {
+      onDrop(null, 0, String(e && e.message ? e.message : e));
+      return;
+    }
+    ws = sock;
+    online = false;
+    openedAt = 0;
+    clearTimeout(connectTimer);
+    connectTimer = setTimeout(() => {
+      if (ws === sock && !online) sock.close(); // hung handshake: onclose schedules a retry
+    }, CONNECT_TIMEOUT);
+    sock.onmessage = (ev) => {
+      if (ws !== sock || typeof ev.data !== 'string') return;
+      for (const line of ev.data.split('\n')) {
+        if (!line) continue;
+        let msg;
+        try {
+          msg = JSON.parse(line);
+        } catch (e) {
+          continue;
+        }
+        if (msg && typeof msg === 'object') handle(msg);
+      }
+    };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      onDrop(sock, ev.code, ev.reason);
+    };
+  }
+
+  function onDrop(sock, code, reason) {
+    clearTimeout(connectTimer);
+    const lived = openedAt ? Date.now() - openedAt : 0;
+    ws = null;
+    online = false;
+    pending = [];
+    if (me === null) return; // we left on purpose
+
+    if (code === 4400) {
+      // The server refused the id itself: retrying cannot help.
+      stop();
+      showLogin('That id is not allowed: use 1 to 32 letters, digits, _ - or .');
+      return;
+    }
+    if (!joined) {
+      // First join: tell the user and let them pick again.
+      const why = code === 4409
+        ? 'That id is taken: someone with the same id (ignoring case) is online. Pick another.'
+        : 'Could not connect to the chat server' + (reason ? ' (' + reason + ')' : '') + '. Try again.';
+      stop();
+      showLogin(why);
+      return;
+    }
+    if (lived >= STABLE_MS) attempt = 0;
+    if (!lostNoted) {
+      lostNoted = true;
+      note('Connection lost' + describeClose(code, reason) + '. Reconnecting…');
+    }
+    scheduleRetry(code === 4409);
+  }
+
+  function describeClose(code, reason) {
+    if (code === 1008 && reason) return ' (' + reason + ')';
+    if (code === 1001) return reason ? ' (' + reason + ')' : ' (server going away)';
+    if (code === 1009) return ' (message too big)';
+    if (reason) return ' (' + reason + ')';
+    return '';
+  }
+
+  function scheduleRetry(idHeld) {
+    clearTimeout(retryTimer);
+    const base = Math.min(BACKOFF_MAX, BACKOFF_MIN * Math.pow(2, attempt));
+    attempt += 1;
+    // "Equal jitter": between half and all of the base delay, never below BACKOFF_MIN / 2.
+    const delay = Math.max(BACKOFF_MIN / 2, base / 2 + Math.random() * (base / 2));
+    const secs = Math.max(1, Math.round(delay / 1000));
+    setStatus('reconnecting', idHeld
+      ? 'reconnecting: the server still holds “' + me + '”, retrying in ' + secs + ' s'
+      : 'reconnecting in ' + secs + ' s…');
+    retryTimer = setTimeout(() => {
+      setStatus('reconnecting', 'reconnecting…');
+      connect();
+    }, delay);
+  }
+
+  function retryNow() {
+    // The network came back or the tab woke up: no need to wait out the back-off.
+    if (me !== null && joined && ws === null && retryTimer) {
+      setStatus('reconnecting', 'reconnecting…');
+      connect();
+    }
+  }
+
+  function stop() {
+    clearTimeout(retryTimer);
+    clearTimeout(connectTimer);
+    retryTimer = 0;
+    const sock = ws;
+    ws = null;
+    online = false;
+    if (sock) sock.close(1000, 'bye');
+    me = null;
+    joined = false;
+    attempt = 0;
+    pending = [];
+    setStatus('offline', 'offline');
+  }
+
+  // ---- server lines --------------------------------------------------------------------
+
+  function handle(msg) {
+    switch (msg.type) {
+      case 'welcome':
+        return onWelcome(msg);
+      case 'join':
+        if (typeof msg.id === 'string') {
+          if (!users.has(lower(msg.id))) {
+            total += 1;
+            note(msg.id + ' joined', 'presence');
+          }
+          users.set(lower(msg.id), msg.id);
+          renderUsers();
+        }
+        return;
+      case 'leave':
+        if (typeof msg.id === 'string') {
+          if (users.delete(lower(msg.id))) note(msg.id + ' left', 'presence');
+          total = Math.max(users.size, total - 1);
+          renderUsers();
+        }
+        return;
+      case 'message':
+        return onMessage(msg);
+      case 'error':
+        return onError(msg);
+      default:
+        return; // newer server: ignore what we do not know
+    }
+  }
+
+  function onWelcome(msg) {
+    clearTimeout(connectTimer);
+    online = true;
+    openedAt = Date.now();
+    const first = !joined;
+    joined = true;
+    if (typeof msg.id === 'string') me = msg.id;
+    try {
+      localStorage.setItem(STORE_KEY, me);
+    } catch (e) {
+      // storage may be off; the id is only a convenience
+    }
+    users.clear();
+    for (const u of Array.isArray(msg.users) ? msg.users : []) {
+      if (typeof u === 'string') users.set(lower(u), u);
+    }
+    users.set(lower(me), me);
+    total = Math.max(users.size, Number(msg.total) || 0);
+    setStatus('connected', 'connected as ' + me);
+    if (first) {
+      showChat();
+      note('You joined as ' + me + '.');
+    } else if (lostNoted) {
+      note('Reconnected.');
+    }
+    lostNoted = false;
+    renderUsers();
+  }
+
+  function onMessage(msg) {
+    if (typeof msg.from !== 'string' || typeof msg.text !== 'string') return;
+    const priv = typeof msg.to === 'string';
+    if (isMe(msg.from)) {
+      pending.shift(); // our message came back: it was delivered
+    }
+    addMessage(msg, priv);
+    if (priv && !isMe(msg.from) && lower(msg.from) !== lower(el.to.value)) {
+      const k = lower(msg.from);
+      unread.set(k, (unread.get(k) || 0) + 1);
+      renderUsers();
+    }
+  }
+
+  const ERRORS = {
+    rate_limited: 'Too many messages: slow down. That one was not sent.',
+    too_long: 'That message is too long. It was not sent.',
+    empty: 'Type something first.',
+    bad_message: 'The server did not understand that message.',
+  };
+
+  function onError(msg) {
+    if (msg.code === 'bad_id' || msg.code === 'id_taken') return; // the close code says it
+    let text;
+    if (msg.code === 'unknown_recipient') {
+      text = (typeof msg.to === 'string' ? msg.to : 'That user') + ' is not online. The message was not sent.';
+    } else {
+      text = ERRORS[msg.code] || (typeof msg.message === 'string' ? msg.message : 'Error: ' + msg.code);
+    }
+    showSendError(text);
+    // The refused text is ours again: put it back if the field is free, so it can be resent.
+    const lost = pending.shift();
+    if (lost && lost.text && !el.message.value && msg.code !== 'empty') {
+      el.message.value = lost.text;
+    }
+  }
+
+  // ---- the log -------------------------------------------------------------------------
+
+  function atBottom() {
+    // gorilla/websocket's chat example: within a pixel of the bottom counts as the bottom.
+    return el.log.scrollTop > el.log.scrollHeight - el.log.clientHeight - 1;
+  }
+
+  function append(node) {
+    const follow = atBottom();
+    el.log.appendChild(node);
+    while (el.log.childElementCount > MAX_LINES) {
+      const old = el.log.firstElementChild;
+      const h = old.offsetHeight;
+      old.remove();
+      if (!follow) el.log.scrollTop -= h; // keep what the reader is looking at in place
+    }
+    if (follow) {
+      el.log.scrollTop = el.log.scrollHeight - el.log.clientHeight;
+    } else {
+      el.jump.hidden = false;
+    }
+  }
+
+  function timeOf(ts) {
+    const d = new Date(typeof ts === 'number' ? ts : Date.now());
+    const t = document.createElement('time');
+    t.dateTime = d.toISOString();
+    t.title = d.toLocaleString();
+    t.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    return t;
+  }
+
+  function addMessage(msg, priv) {
+    const line = document.createElement('div');
+    line.className = 'line msg';
+    if (priv) line.classList.add('private');
+    if (isMe(msg.from)) line.classList.add('mine');
+    line.dataset.from = msg.from;
+    if (priv) line.dataset.to = msg.to;
+
+    const who = document.createElement('span');
+    who.className = 'who';
+    if (priv) {
+      const tag = document.createElement('span');
+      tag.className = 'tag';
+      tag.textContent = 'private';
+      who.append(tag, msg.from + ' → ' + msg.to);
+    } else {
+      who.textContent = msg.from;
+    }
+    const text = document.createElement('span');
+    text.className = 'text';
+    text.textContent = msg.text;
+    line.append(timeOf(msg.ts), who, text);
+    append(line);
+  }
+
+  function note(text, kind) {
+    const line = document.createElement('div');
+    line.className = 'line note' + (kind ? ' ' + kind : '');
+    line.append(timeOf());
+    const span = document.createElement('span');
+    span.className = 'text';
+    span.textContent = text;
+    line.append(span);
+    append(line);
+  }
+
+  // ---- users, recipient picker, unread counts ------------------------------------------
+
+  function renderUsers() {
+    const ids = [...users.values()].sort((a, b) => {
+      if (isMe(a) !== isMe(b)) return isMe(a) ? -1 : 1;
+      return lower(a) < lower(b) ? -1 : lower(a) > lower(b) ? 1 : 0;
+    });
+    const frag = document.createDocumentFragment();
+    let unreadTotal = 0;
+    for (const id of ids) {
+      const li = document.createElement('li');
+      li.dataset.id = id;
+      if (isMe(id)) {
+        li.className = 'user me';
+        const name = document.createElement('span');
+        name.className = 'name';
+        name.textContent = id;
+        const you = document.createElement('span');
+        you.className = 'you';
+        you.textContent = '(you)';
+        li.append(name, you);
+      } else {
+        const n = unread.get(lower(id)) || 0;
+        unreadTotal += n;
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'user';
+        b.dataset.id = id;
+        if (lower(el.to.value) === lower(id)) b.setAttribute('aria-pressed', 'true');
+        const name = document.createElement('span');
+        name.className = 'name';
+        name.textContent = id;
+        b.append(name);
+        if (n > 0) {
+          const badge = document.createElement('span');
+          badge.className = 'unread';
+          badge.textContent = String(n);
+          badge.setAttribute('aria-label', n + ' unread');
+          b.append(badge);
+        }
+        b.title = 'Send a private message to ' + id;
+        li.append(b);
+      }
+      frag.append(li);
+    }
+    // Unread from people who left still count until read.
+    for (const [k, n] of unread) if (!users.has(k)) unreadTotal += n;
+    el.users.replaceChildren(frag);
+    const more = total - users.size;
+    el.count.textContent = more > 0 ? total + ' (' + more + ' not listed)' : String(total);
+    document.title = (unreadTotal > 0 ? '(' + unreadTotal + ') ' : '') + 'chatloop';
+    renderPicker(ids);
+  }
+
+  function renderPicker(ids) {
+    const current = el.to.value;
+    const frag = document.createDocumentFragment();
+    const room = document.createElement('option');
+    room.value = '';
+    room.textContent = 'Room';
+    frag.append(room);
+    let kept = current === '';
+    for (const id of ids) {
+      if (isMe(id)) continue;
+      const o = document.createElement('option');
+      o.value = id;
+      o.textContent = id;
+      if (lower(id) === lower(current)) kept = true;
+      frag.append(o);
+    }
+    if (!kept) {
+      // The chosen person left. Keep them chosen rather than falling back to the room:
+      // a private line must never go to everyone by surprise.
+      const o = document.createElement('option');
+      o.value = current;
+      o.textContent = current + ' (offline)';
+      frag.append(o);
+    }
+    el.to.replaceChildren(frag);
+    const match = [...el.to.options].find((o) => lower(o.value) === lower(current));
+    el.to.value = match ? match.value : '';
+    el.composer.classList.toggle('is-private', el.to.value !== '');
+  }
+
+  function pick(id) {
+    el.to.value = id;
+    if (el.to.value !== id) el.to.value = '';
+    if (id) unread.delete(lower(id));
+    renderUsers();
+    el.message.focus();
+  }
+
+  // ---- sending -------------------------------------------------------------------------
+
+  function showSendError(text) {
+    clearTimeout(errorTimer);
+    el.sendError.textContent = text;
+    errorTimer = setTimeout(() => {
+      el.sendError.textContent = '';
+    }, 8000);
+  }
+
+  function send() {
+    const text = el.message.value;
+    if (!text.trim()) {
+      showSendError('Type something first.');
+      return;
+    }
+    if (!ws || !online || ws.readyState !== WebSocket.OPEN) {
+      showSendError('Not connected: the message will not be sent until the connection is back.');
+      return;
+    }
+    const to = el.to.value;
+    const frame = JSON.stringify(to ? { to: to, text: text } : { text: text });
+    if (new TextEncoder().encode(frame).length > MAX_FRAME) {
+      showSendError('That message is too long. It was not sent.');
+      return;
+    }
+    ws.send(frame);
+    pending.push({ text: text, to: to });
+    el.message.value = '';
+    clearTimeout(errorTimer);
+    el.sendError.textContent = '';
+  }
+
+  // ---- screens -------------------------------------------------------------------------
+
+  function showLogin(error) {
+    el.chat.hidden = true;
+    el.leave.hidden = true;
+    el.login.hidden = false;
+    el.loginError.textContent = error || '';
+    el.join.disabled = false;
+    el.id.focus();
+    el.id.select();
+  }
+
+  function showChat() {
+    el.login.hidden = true;
+    el.chat.hidden = false;
+    el.leave.hidden = false;
+    el.loginError.textContent = '';
+    el.message.focus();
+  }
+
+  function resetChat() {
+    users.clear();
+    unread.clear();
+    total = 0;
+    el.log.replaceChildren();
+    el.users.replaceChildren();
+    el.to.value = '';
+    el.message.value = '';
+    el.sendError.textContent = '';
+    el.jump.hidden = true;
+    lostNoted = false;
+    document.title = 'chatloop';
+  }
+
+  // ---- wiring --------------------------------------------------------------------------
+
+  el.loginForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const id = el.id.value.trim();
+    if (!ID_RE.test(id)) {
+      el.loginError.textContent = id
+        ? 'An id is 1 to 32 letters, digits, _ - or . (no spaces).'
+        : 'Type an id first.';
+      el.id.focus();
+      return;
+    }
+    stop();
+    resetChat();
+    me = id;
+    joined = false;
+    el.loginError.textContent = '';
+    el.join.disabled = true;
+    setStatus('reconnecting', 'connecting…');
+    connect();
+  });
+
+  el.composer.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    send();
+    el.message.focus();
+  });
+
+  el.users.addEventListener('click', (ev) => {
+    const b = ev.target.closest('button.user');
+    if (!b) return;
+    // A second click on the chosen person goes back to the room.
+    pick(lower(el.to.value) === lower(b.dataset.id) ? '' : b.dataset.id);
+  });
+
+  el.to.addEventListener('change', () => pick(el.to.value));
+
+  el.log.addEventListener('scroll', () => {
+    if (atBottom()) el.jump.hidden = true;
+  });
+
+  el.jump.addEventListener('click', () => {
+    el.log.scrollTop = el.log.scrollHeight;
+    el.jump.hidden = true;
+    el.message.focus();
+  });
+
+  el.leave.addEventListener('click', () => {
+    const id = me;
+    stop();
+    resetChat();
+    if (id) el.id.value = id;
+    showLogin('');
+  });
+
+  window.addEventListener('online', retryNow);
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') retryNow();
+  });
+
+  try {
+    const saved = localStorage.getItem(STORE_KEY);
+    if (saved && ID_RE.test(saved)) el.id.value = saved;
+  } catch (e) {
+    // no storage: start empty
+  }
+  setStatus('offline', 'offline');
+  el.id.focus();
+})();
