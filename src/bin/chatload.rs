@@ -1,0 +1,258 @@
+//! chatload: drives thousands of WebSocket clients against chatloop from one mio loop and
+//! reports what arrived, how fast, and what it cost the server. See `--help` (args.rs).
+
+// A crate root's modules live beside it, so the modules' directory is named explicitly.
+#[path = "chatload/args.rs"]
+mod args;
+#[path = "chatload/engine.rs"]
+mod engine;
+#[path = "chatload/procstat.rs"]
+mod procstat;
+
+use args::{Args, Parsed};
+use engine::Engine;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// The hard deadline is warmup + duration + drain + this.
+const DEADLINE_SLACK: Duration = Duration::from_secs(30);
+
+fn main() {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::Help) => {
+            print!("{}", args::HELP);
+            return;
+        }
+        Err(e) => {
+            eprintln!("chatload: {e}");
+            std::process::exit(2);
+        }
+    };
+    let nofile = raise_nofile_limit();
+    let needed = args.conns as u64 + (args.churn * (args.churn_hold.as_secs_f64() + 10.0)) as u64 + 64;
+    if nofile < needed {
+        eprintln!(
+            "chatload: warning: open-file limit {nofile} is below the ~{needed} descriptors this run may need"
+        );
+    }
+    let budget = args.warmup + args.duration + args.drain + DEADLINE_SLACK;
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        eprintln!("chatload: hard deadline of {:.0} s reached, giving up", budget.as_secs_f64());
+        println!("summary aborted=hard_deadline");
+        let _ = std::io::stdout().flush();
+        std::process::exit(3);
+    });
+    match run(&args) {
+        Ok(ok) => std::process::exit(if ok { 0 } else { 1 }),
+        Err(e) => {
+            eprintln!("chatload: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs the phases and prints the report. `Ok(true)` when every check passed.
+fn run(args: &Args) -> std::io::Result<bool> {
+    let t0 = Instant::now();
+    let before = args.pid.and_then(procstat::sample);
+    if let Some(pid) = args.pid
+        && before.is_none()
+    {
+        return Err(std::io::Error::other(format!("--pid {pid}: no such process (or /proc unreadable)")));
+    }
+    println!("{}", describe(args));
+    let mut e = Engine::new(args, t0)?;
+    e.connect_phase(Instant::now() + args.warmup)?;
+    println!("connected {} of {} clients in {:.2} s", e.live_count(), args.conns, t0.elapsed().as_secs_f64());
+    let _ = std::io::stdout().flush();
+    let at_start = args.pid.and_then(procstat::sample);
+    let window_start = e.run_phase(args.duration)?;
+    e.drain_phase(args.drain)?;
+    let at_end = args.pid.and_then(procstat::sample);
+    let window = window_start.elapsed();
+    let open_at_end = e.open_count();
+    e.close_phase()?;
+
+    let c = &e.counts;
+    let lost = c.expected.saturating_sub(c.delivered);
+    let extra = c.delivered.saturating_sub(c.expected);
+    let sent = c.sent_room + c.sent_private;
+    let connect_errors: u64 = c.connect_errors.values().sum();
+    let unexpected: u64 = c.unexpected_closes.values().sum();
+    let deliveries_per_sec = match (e.last_delivery, c.delivered) {
+        (Some(last), n) if n > 0 => n as f64 / last.duration_since(window_start).as_secs_f64().max(1e-9),
+        _ => 0.0,
+    };
+    let offered_per_sec = c.expected as f64 / args.duration.as_secs_f64();
+    let us = |q: f64| if e.hist.is_empty() { 0 } else { e.hist.value_at_quantile(q) / 1000 };
+    let (p50, p99, p999) = (us(0.5), us(0.99), us(0.999));
+    let max_us = if e.hist.is_empty() { 0 } else { e.hist.max() / 1000 };
+
+    println!(
+        "messages: sent {sent} (room {}, private {}), expected deliveries {}, delivered {}, lost {lost}{}",
+        c.sent_room,
+        c.sent_private,
+        c.expected,
+        c.delivered,
+        if extra > 0 { format!(", EXTRA {extra}") } else { String::new() }
+    );
+    println!(
+        "checks: reordered or duplicate {}, skipped sends {}, not ours {}, to late joiners {}",
+        c.reordered, c.skipped_sends, c.foreign, c.uncounted
+    );
+    println!(
+        "throughput: {deliveries_per_sec:.0} deliveries/s (offered {offered_per_sec:.0}/s); send lag max {} us",
+        c.max_send_lag_ns / 1000
+    );
+    println!(
+        "latency: p50 {p50} us, p99 {p99} us, p99.9 {p999} us, max {max_us} us ({} samples)",
+        e.hist.len()
+    );
+    println!(
+        "connections: {} ready, peak open {}, open at end {open_at_end}; connect errors: {}; unexpected closes: {}",
+        c.ready,
+        c.peak_open,
+        map_or_none(&c.connect_errors),
+        map_or_none(&c.unexpected_closes)
+    );
+    println!(
+        "server errors: {}; churn: started {}, completed {}, skipped {}; close timeouts {}",
+        map_or_none(&c.server_errors),
+        c.churn_started,
+        c.churn_completed,
+        c.churn_skipped,
+        c.close_timeouts
+    );
+    let mut server = String::new();
+    if let Some(pid) = args.pid {
+        match (before, at_start, at_end) {
+            (Some(b), Some(s), Some(end)) => {
+                let cpu = end.cpu_s - s.cpu_s;
+                let secs = window.as_secs_f64();
+                let per_delivery = if c.delivered > 0 {
+                    format!("{:.3}", cpu * 1e6 / c.delivered as f64)
+                } else {
+                    "0".into()
+                };
+                println!(
+                    "server pid {pid}: cpu {cpu:.2} s over {secs:.2} s ({:.0}%), {per_delivery} us cpu/delivery; \
+                     rss {} kB (before connecting {} kB), {} fds",
+                    100.0 * cpu / secs,
+                    end.rss_kb,
+                    b.rss_kb,
+                    end.fds
+                );
+                server = format!(
+                    " server_alive=1 server_cpu_s={cpu:.3} server_cpu_us_per_delivery={per_delivery} \
+                     server_rss_kb={} server_rss_start_kb={} server_fds={}",
+                    end.rss_kb, b.rss_kb, end.fds
+                );
+            }
+            _ => {
+                println!("server pid {pid}: GONE during the run");
+                server = " server_alive=0".into();
+            }
+        }
+    }
+    let ok = lost == 0
+        && extra == 0
+        && c.reordered == 0
+        && unexpected == 0
+        && connect_errors == 0
+        && !server.contains("server_alive=0");
+    println!(
+        "summary mode={} conns={} ready={} sent={sent} expected={} delivered={} lost={lost} extra={extra} \
+         reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
+         server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
+         offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
+         window_s={:.3} peak_open={}{server} ok={}",
+        mode_name(args),
+        args.conns,
+        c.ready,
+        c.expected,
+        c.delivered,
+        c.reordered,
+        compact(&c.unexpected_closes),
+        c.server_errors.values().sum::<u64>(),
+        c.churn_started,
+        c.churn_completed,
+        window.as_secs_f64(),
+        c.peak_open,
+        u8::from(ok)
+    );
+    let _ = std::io::stdout().flush();
+    Ok(ok)
+}
+
+fn mode_name(a: &Args) -> String {
+    let mut parts = Vec::new();
+    if a.modes.room {
+        parts.push("room");
+    }
+    if a.modes.private {
+        parts.push("private");
+    }
+    if parts.is_empty() {
+        parts.push("idle");
+    }
+    if a.modes.churn {
+        parts.push("churn");
+    }
+    parts.join(",")
+}
+
+fn describe(a: &Args) -> String {
+    let mut s = format!("chatload: ws://{}/ws, mode {}, {} clients", a.host, mode_name(a), a.conns);
+    if a.modes.room {
+        s += &format!(", {} room senders at {}/s", a.senders, a.rate);
+    }
+    if a.modes.private {
+        s += &format!(", {} private pairs at {}/s each way", a.conns / 2, a.rate);
+    }
+    if a.modes.churn {
+        s += &format!(", churn {}/s holding {:.1} s", a.churn, a.churn_hold.as_secs_f64());
+    }
+    s += &format!(
+        "; warmup <= {:.1} s, window {:.1} s, drain <= {:.1} s",
+        a.warmup.as_secs_f64(),
+        a.duration.as_secs_f64(),
+        a.drain.as_secs_f64()
+    );
+    s
+}
+
+fn map_or_none<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `1008:3,4409:1`, or `none`: one token for the summary line.
+fn compact(m: &BTreeMap<u16, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Raises the soft open-file limit to the hard one and returns the soft limit in force.
+fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}

@@ -1,0 +1,326 @@
+//! chatload's flags: hand-written parsing, every default stated once here and in `HELP`.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+pub const HELP: &str = "\
+chatload: a load generator for chatloop (one mio loop, thousands of WebSocket clients)
+
+Usage: chatload [FLAGS]
+
+Target:
+  --addr HOST:PORT       the server; clients open ws://HOST:PORT/ws?id=ID [default: 127.0.0.1:8080]
+  --allow-remote         allow a target outside loopback (127.0.0.0/8, ::1); refused otherwise
+  --sources N            spread connections over source addresses 127.0.0.1 .. 127.0.0.N
+                         (IPv4 loopback targets only), to get past one address's ephemeral
+                         ports [default: 8]
+
+Load:
+  --mode M[,M..]         idle, room, private, churn; combine with commas (room,churn)
+                         [default: room]
+                         idle     hold the connections, send nothing
+                         room     --senders of the --conns clients send room messages at --rate
+                                  each; every client receives every one
+                         private  the clients in pairs (0-1, 2-3, ..), each sending private
+                                  messages to its partner at --rate; each message is delivered
+                                  twice (to the partner, echoed to the sender)
+                         churn    extra clients connect, hold --churn-hold, close, at --churn
+                                  per second; they are not counted as receivers
+  --conns N              clients held for the whole run [default: 100]
+  --senders N            room senders among them (at most --conns) [default: 10]
+  --rate R               messages per second per sender (fractions allowed) [default: 10]
+  --size BYTES           pad each message text to at least BYTES [default: 0, no padding]
+  --churn C              churn connections started per second; implies --mode churn
+                         [default: 20 with --mode churn, else 0]
+  --churn-hold SECS      how long a churn client stays after its welcome [default: 1]
+  --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
+  --id-prefix P          client ids are P m<i> and P c<i> [default: cl<pid>-]
+
+Timing:
+  --warmup SECS          at most this long to connect --conns clients before sending starts
+                         (it starts as soon as all are in) [default: 20]
+  --duration SECS        measured window: how long messages are sent [default: 10]
+  --drain SECS           after sending stops, wait at most this long for deliveries
+                         [default: 2]
+                         A hard deadline of warmup + duration + 30 s ends the run regardless.
+
+Report:
+  --pid PID              the server's process: report its CPU seconds over the measured
+                         window, its RSS and open descriptors (from /proc)
+  -h, --help             print this help
+
+Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
+started at which it was queued (and written, at the end of that loop turn); latency is taken
+when the receiving client reads it. How far sends fell behind their schedule is reported as
+send lag. Expected deliveries: room = messages x clients connected when sent;
+private = 2 x messages. Lost = expected - delivered. The last line printed is
+'summary key=value ..'. Exit status: 0 when nothing was lost, duplicated or reordered, no
+client was closed unexpectedly and every client connected; 1 otherwise; 2 for bad flags or an
+unusable target; 3 when the hard deadline struck.
+";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modes {
+    pub room: bool,
+    pub private: bool,
+    pub churn: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub host: String,
+    pub addr: SocketAddr,
+    pub sources: u8,
+    pub modes: Modes,
+    pub conns: usize,
+    pub senders: usize,
+    pub rate: f64,
+    pub size: usize,
+    pub churn: f64,
+    pub churn_hold: Duration,
+    pub connect_concurrency: usize,
+    pub id_prefix: String,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub drain: Duration,
+    pub pid: Option<u32>,
+}
+
+pub enum Parsed {
+    Run(Box<Args>),
+    Help,
+}
+
+/// Parses the flags (without the program name). Errors are one line, ready to print.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> {
+    let mut target = "127.0.0.1:8080".to_string();
+    let mut allow_remote = false;
+    let mut sources = 8u8;
+    let mut mode = "room".to_string();
+    let mut conns = 100usize;
+    let mut senders = 10usize;
+    let mut rate = 10.0f64;
+    let mut size = 0usize;
+    let mut churn: Option<f64> = None;
+    let mut churn_hold = Duration::from_secs(1);
+    let mut connect_concurrency = 256usize;
+    let mut id_prefix = format!("cl{}-", std::process::id());
+    let mut warmup = Duration::from_secs(20);
+    let mut duration = Duration::from_secs(10);
+    let mut drain = Duration::from_secs(2);
+    let mut pid = None;
+
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--allow-remote" => allow_remote = true,
+            "--addr" => target = value()?,
+            "--sources" => {
+                let n = whole(&flag, &value()?)?;
+                if !(1..=254).contains(&n) {
+                    return Err(format!("{flag}: must be 1 to 254"));
+                }
+                sources = n as u8;
+            }
+            "--mode" => mode = value()?,
+            "--conns" => conns = whole(&flag, &value()?)?,
+            "--senders" => senders = whole(&flag, &value()?)?,
+            "--rate" => rate = positive_f64(&flag, &value()?)?,
+            "--size" => {
+                size = whole(&flag, &value()?)?;
+                if size > 900 {
+                    return Err(format!("{flag}: at most 900 (the server's default --max-text is 1000)"));
+                }
+            }
+            "--churn" => churn = Some(non_negative_f64(&flag, &value()?)?),
+            "--churn-hold" => churn_hold = seconds(&flag, &value()?, true)?,
+            "--connect-concurrency" => {
+                connect_concurrency = whole(&flag, &value()?)?;
+                if connect_concurrency == 0 {
+                    return Err(format!("{flag}: must be more than 0"));
+                }
+            }
+            "--id-prefix" => id_prefix = value()?,
+            "--warmup" => warmup = seconds(&flag, &value()?, false)?,
+            "--duration" => duration = seconds(&flag, &value()?, false)?,
+            "--drain" => drain = seconds(&flag, &value()?, true)?,
+            "--pid" => {
+                let v = value()?;
+                pid = Some(v.parse::<u32>().map_err(|_| format!("{flag}: '{v}' is not a process id"))?);
+            }
+            _ => return Err(format!("unknown flag '{arg}' (see --help)")),
+        }
+    }
+
+    let mut modes = Modes::default();
+    let mut idle = false;
+    for m in mode.split([',', '+']) {
+        match m.trim() {
+            "idle" => idle = true,
+            "room" => modes.room = true,
+            "private" => modes.private = true,
+            "churn" => modes.churn = true,
+            other => return Err(format!("--mode: unknown mode '{other}' (idle, room, private, churn)")),
+        }
+    }
+    if idle && (modes.room || modes.private) {
+        return Err("--mode: idle cannot be combined with room or private".into());
+    }
+    let churn = match churn {
+        Some(c) => {
+            modes.churn |= c > 0.0;
+            if modes.churn && c == 0.0 {
+                return Err("--churn 0 contradicts --mode churn".into());
+            }
+            c
+        }
+        None if modes.churn => 20.0,
+        None => 0.0,
+    };
+    if modes.room && senders > conns {
+        return Err(format!("--senders {senders} is more than --conns {conns}"));
+    }
+    if modes.room && senders == 0 {
+        return Err("--senders: room mode needs at least one sender".into());
+    }
+    if modes.private && conns < 2 {
+        return Err("--mode private needs --conns of at least 2".into());
+    }
+    if (modes.room || modes.private) && rate > 1e6 {
+        return Err("--rate: at most 1000000 per sender".into());
+    }
+    if churn > 1e5 {
+        return Err("--churn: at most 100000 per second".into());
+    }
+    // Ids are prefix + 'm'/'c' + up to 10 digits, and must stay within 32 valid characters.
+    if id_prefix.len() > 20
+        || !id_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!("--id-prefix: '{id_prefix}' must be at most 20 characters of A-Z a-z 0-9 _ - ."));
+    }
+
+    let addr = resolve(&target)?;
+    if !allow_remote && !addr.ip().is_loopback() {
+        return Err(format!(
+            "--addr {target} resolves to {}, outside loopback (127.0.0.0/8, ::1); pass --allow-remote to load it anyway",
+            addr.ip()
+        ));
+    }
+    let host = match addr.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+    };
+    Ok(Parsed::Run(Box::new(Args {
+        host,
+        addr,
+        sources,
+        modes,
+        conns,
+        senders: if modes.room { senders } else { 0 },
+        rate,
+        size,
+        churn,
+        churn_hold,
+        connect_concurrency,
+        id_prefix,
+        warmup,
+        duration,
+        drain,
+        pid,
+    })))
+}
+
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    let target = target.strip_prefix("ws://").unwrap_or(target).trim_end_matches('/');
+    let addrs: Vec<SocketAddr> = target
+        .to_socket_addrs()
+        .map_err(|e| format!("--addr: cannot resolve '{target}' as HOST:PORT: {e}"))?
+        .collect();
+    // The server listens on 127.0.0.1 by default: prefer IPv4 when a name has both.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("--addr: '{target}' resolves to no address"))
+}
+
+fn whole(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse().map_err(|_| format!("{flag}: '{v}' is not a whole number"))
+}
+
+fn non_negative_f64(flag: &str, v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{flag}: '{v}' is not a number of 0 or more")),
+    }
+}
+
+fn positive_f64(flag: &str, v: &str) -> Result<f64, String> {
+    match non_negative_f64(flag, v)? {
+        x if x > 0.0 => Ok(x),
+        _ => Err(format!("{flag}: must be more than 0")),
+    }
+}
+
+fn seconds(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
+    let s = non_negative_f64(flag, v).map_err(|_| format!("{flag}: '{v}' is not a number of seconds"))?;
+    if s > 86_400.0 {
+        return Err(format!("{flag}: at most 86400 seconds"));
+    }
+    if s == 0.0 && !zero_ok {
+        return Err(format!("{flag}: must be more than 0 seconds"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Args, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Parsed::Run(a) => Ok(*a),
+            Parsed::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_combinations() {
+        let a = run(&[]).unwrap();
+        assert_eq!(a.modes, Modes { room: true, private: false, churn: false });
+        assert_eq!((a.conns, a.senders, a.churn), (100, 10, 0.0));
+        let a = run(&["--mode", "room", "--churn", "50"]).unwrap();
+        assert!(a.modes.room && a.modes.churn);
+        let a = run(&["--mode=idle,churn", "--addr", "localhost:9"]).unwrap();
+        assert_eq!(a.churn, 20.0);
+        assert_eq!(a.senders, 0);
+        assert!(a.addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn bad_flags_are_clear() {
+        for (args, needle) in [
+            (&["--mode", "storm"][..], "unknown mode"),
+            (&["--mode", "idle,room"], "cannot be combined"),
+            (&["--senders", "200"], "more than --conns"),
+            (&["--rate", "0"], "more than 0"),
+            (&["--duration", "x"], "not a number of seconds"),
+            (&["--addr", "192.0.2.1:80"], "outside loopback"),
+            (&["--conns"], "needs a value"),
+            (&["--frob"], "unknown flag"),
+            (&["--id-prefix", "a b"], "--id-prefix"),
+        ] {
+            let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+}

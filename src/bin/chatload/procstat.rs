@@ -1,0 +1,54 @@
+//! The server's CPU time, RSS and open descriptors, read from /proc/PID.
+
+use std::fs;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// utime + stime in seconds.
+    pub cpu_s: f64,
+    pub rss_kb: u64,
+    pub fds: u64,
+}
+
+/// Reads one sample; `None` when the process is gone (or /proc is unreadable).
+pub fn sample(pid: u32) -> Option<Sample> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let cpu_s = cpu_seconds(&stat)?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = vm_rss_kb(&status)?;
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    Some(Sample { cpu_s, rss_kb, fds })
+}
+
+/// utime + stime (fields 14 and 15) from a /proc/PID/stat line, in seconds.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // fields[0] is field 3 (state), so field N is fields[N - 3].
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / hz)
+}
+
+fn vm_rss_kb(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_and_status() {
+        let stat = "1234 (chat loop) S 1 1234 1234 0 -1 4194560 300 0 0 0 250 50 0 0 20 0 1 0 100 1000 200";
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert_eq!(cpu_seconds(stat), Some(300.0 / hz));
+        assert_eq!(vm_rss_kb("Name:\tx\nVmRSS:\t  5120 kB\n"), Some(5120));
+        assert!(sample(std::process::id()).is_some());
+    }
+}
