@@ -59,6 +59,8 @@
   function setStatus(state, text) {
     el.status.dataset.state = state;
     el.statusText.textContent = text;
+    // While disconnected the Online list is only what we last knew: show it as such.
+    el.chat.classList.toggle('is-offline', state !== 'connected');
   }
 
   // ---- connection ----------------------------------------------------------------------
@@ -334,18 +336,17 @@
     const text = document.createElement('span');
     text.className = 'text';
     text.textContent = msg.text;
-    line.append(timeOf(msg.ts), who, text);
+    line.append(who, timeOf(msg.ts), text);
     append(line);
   }
 
   function note(text, kind) {
     const line = document.createElement('div');
     line.className = 'line note' + (kind ? ' ' + kind : '');
-    line.append(timeOf());
     const span = document.createElement('span');
     span.className = 'text';
     span.textContent = text;
-    line.append(span);
+    line.append(span, timeOf());
     append(line);
   }
 

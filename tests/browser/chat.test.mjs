@@ -257,6 +257,7 @@ describe('chat page in chromium', () => {
       });
       await own.stop(); // a crash: SIGKILL
       await waitForState(alice, 'reconnecting');
+      await alice.screenshot({ path: pathJoin(ensureArtifacts(), 'desktop-reconnecting.png') });
       await sleep(800);
       again = await startServer(own.port);
       assert.equal(again.port, own.port);
@@ -337,7 +338,7 @@ describe('chat page in chromium', () => {
     await say(desk, 'Count me in.');
     await say(bob, 'Can you bring the report? No rush.', 'alice');
     await say(desk, 'Will do, it is nearly ready.', 'bob');
-    await say(phone, 'I might be ten minutes late, save me a seat 🙂');
+    await say(phone, 'I might be ten minutes late, save me a seat :)');
     await say(carol, 'A longer line to see how wrapping looks when a message does not fit on one row of the log at all, even on a wide screen.');
     await say(bob, 'psst dave: the cake is a surprise', 'dave');
     await waitForLine(desk, 'A longer line to see how wrapping looks when a message does not fit on one row of the log at all, even on a wide screen.');

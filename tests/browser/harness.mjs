@@ -27,6 +27,12 @@ export function serverBin() {
  * "listening on http://ADDR". Rate limiting is off so tests can send bursts.
  * $CHATLOOP_PUBLIC serves public/ from disk instead of the embedded copy (for page work).
  */
+const running = new Set();
+// However the test process ends, no server outlives it.
+process.on('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+});
+
 export async function startServer(port = 0, extra = []) {
   const args = ['--addr', `127.0.0.1:${port}`, '--rate-limit', '0', ...extra];
   if (process.env.CHATLOOP_PUBLIC) args.push('--public', resolve(process.env.CHATLOOP_PUBLIC));
@@ -34,6 +40,8 @@ export async function startServer(port = 0, extra = []) {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
   });
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
   const log = [];
   createInterface({ input: proc.stderr }).on('line', (l) => {
     log.push(l);
