@@ -398,10 +398,13 @@ impl Server {
         if !self.net.conns.contains(token) {
             return;
         }
+        // Sessions and connections closed for a reason count; plain page loads do not.
+        let c = &self.net.conns[token];
+        let counted = c.reason.or(matches!(c.phase, Phase::Ws(_)).then_some(Reason::ClientClose));
         self.leave(token, Reason::ClientClose);
         let mut conn = self.net.conns.remove(token);
-        if let (Phase::Ws(_), r) | (_, r @ Some(_)) = (&conn.phase, conn.reason) {
-            self.net.stats.disconnect(r.unwrap_or(Reason::ClientClose));
+        if let Some(r) = counted {
+            self.net.stats.disconnect(r);
         }
         let _ = self.poll.registry().deregister(&mut conn.peer.sock);
         if self.accept_paused_until.is_some() {

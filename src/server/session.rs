@@ -103,6 +103,10 @@ impl Server {
         };
         warn!("protocol error peer={}: {e}", self.net.conns[token].addr);
         self.close_ws(token, code, why, Some(Reason::ProtocolError), now);
+        // The frame stream can no longer be trusted (tungstenite's codec may be mid-frame):
+        // stop parsing, send the close, then discard input until the peer's EOF or the grace,
+        // as for an HTTP response.
+        self.net.conns[token].phase = Phase::Respond { eof: false };
     }
 
     /// Starts our side of the close handshake. `reason` ends the chat session, if any.

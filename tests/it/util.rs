@@ -19,7 +19,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatloop"))
+        Server::spawn(Command::new(env!("CARGO_BIN_EXE_chatloop")), args)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str]) -> Server {
+        let mut child = cmd
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "debug")
@@ -75,7 +79,7 @@ impl Server {
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let url = format!("ws://{}{path}", self.addr);
         let (ws, _) = tungstenite::client::client(url, sock).expect("handshake");
-        Client { ws }
+        Client { ws, backlog: Default::default() }
     }
 
     /// Connects and reads the welcome.
@@ -118,6 +122,8 @@ impl Drop for Server {
 
 pub struct Client {
     pub ws: WebSocket<TcpStream>,
+    /// Lines of a coalesced frame not yet handed out by `next_line`.
+    backlog: std::collections::VecDeque<Value>,
 }
 
 /// What the next frame was.
@@ -165,21 +171,24 @@ impl Client {
         }
     }
 
-    /// The next line, skipping presence events.
+    /// The next line, skipping presence events; later lines of the same frame are kept.
     pub fn next_line(&mut self) -> Value {
         loop {
-            for l in self.lines() {
+            while let Some(l) = self.backlog.pop_front() {
                 if l["type"] != "join" && l["type"] != "leave" {
                     return l;
                 }
             }
+            let lines = self.lines();
+            self.backlog.extend(lines);
         }
     }
 
-    /// Reads until a close frame arrives; returns its code.
+    /// Reads until a close frame arrives and sends the reply; returns its code.
     pub fn close_code(&mut self) -> Option<u16> {
         loop {
             if let Frame::Closed(code, _) = self.frame() {
+                let _ = self.ws.flush();
                 return code;
             }
         }
@@ -188,4 +197,150 @@ impl Client {
 
 pub fn code(c: CloseCode) -> u16 {
     c.into()
+}
+
+impl Server {
+    /// Starts the binary with RLIMIT_NOFILE set to `nofile` (soft and hard) before exec.
+    pub fn start_limited(args: &[&str], nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatloop"));
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::spawn(cmd, args)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// `/metrics` as a map from series (with labels) to value; panics on a malformed line.
+    pub fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let r = self.get("/metrics");
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4"));
+        let mut out = std::collections::HashMap::new();
+        for line in body.lines() {
+            if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+            let name_ok =
+                series.split('{').next().unwrap().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            assert!(name_ok && (!series.contains('{') || series.ends_with('}')), "bad series {line:?}");
+            out.insert(series.to_string(), value.parse().unwrap_or_else(|_| panic!("bad value {line:?}")));
+        }
+        out
+    }
+
+    /// The server's resident set, from /proc.
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// CPU seconds (user + system) the server has used, from /proc.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// Completes a WebSocket handshake by hand and returns the raw socket (101 consumed).
+    pub fn raw_ws(&self, id: &str) -> TcpStream {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(upgrade_request(&format!("/ws?id={id}")).as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).unwrap(), 1, "EOF in handshake");
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        s
+    }
+}
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// One client frame. `first` is the first byte (FIN, RSV, opcode); masked unless `mask` is None.
+pub fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![first];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            f.extend_from_slice(&k);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// A masked frame with FIN set and opcode `op`.
+pub fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    frame(0x80 | op, payload, Some([1, 2, 3, 4]))
+}
+
+/// Reads server frames until a close frame (its code) or EOF/reset (None).
+pub fn read_close(s: &mut TcpStream) -> Option<u16> {
+    let mut read = |n: usize| -> Option<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b).ok()?;
+        Some(b)
+    };
+    loop {
+        let h = read(2)?;
+        let len = match h[1] & 0x7f {
+            126 => u16::from_be_bytes(read(2)?.try_into().unwrap()) as usize,
+            127 => u64::from_be_bytes(read(8)?.try_into().unwrap()) as usize,
+            n => n as usize,
+        };
+        let body = read(len)?;
+        if h[0] & 0x0f == 8 {
+            return Some(if body.len() >= 2 { u16::from_be_bytes([body[0], body[1]]) } else { 1005 });
+        }
+    }
 }
