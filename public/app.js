@@ -387,8 +387,9 @@
           const badge = document.createElement('span');
           badge.className = 'unread';
           badge.textContent = String(n);
-          badge.setAttribute('aria-label', n + ' unread');
+          badge.setAttribute('aria-hidden', 'true');
           b.append(badge);
+          b.setAttribute('aria-label', id + ', ' + n + ' unread');
         }
         b.title = 'Send a private message to ' + id;
         li.append(b);

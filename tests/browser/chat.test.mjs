@@ -154,7 +154,35 @@ describe('chat page in chromium', () => {
     assert.equal(await alice.locator('#log', { hasText: 'are you there?' }).count(), 0);
     assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), 'are you there?', 'refused text is given back');
     assert.equal(await alice.locator('#send-error').getAttribute('aria-live'), 'polite');
+
+    // Over --max-text (1000) but under --max-message: the server answers too_long.
+    const long = 'y'.repeat(1500);
+    await say(alice, long, '');
+    await alice.locator('#send-error', { hasText: 'too long' }).waitFor();
+    assert.equal(await alice.locator('#log .msg').count(), 0, 'no chat line for a refused message');
+    assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), long);
+    // Over --max-message: refused before sending, so the connection stays up.
+    await say(alice, 'z'.repeat(5000), null);
+    await alice.locator('#send-error', { hasText: 'too long' }).waitFor();
+    await sleep(300);
+    assert.equal(await alice.locator('#status').getAttribute('data-state'), 'connected');
     await closeAll();
+  });
+
+  it('shows rate_limited next to the input', T, async () => {
+    const own = await startServer(0, ['--rate-limit', '1']);
+    const alice = await openPage(browser, own.url);
+    try {
+      await join(alice, 'alice');
+      for (let i = 0; i < 5; i++) await say(alice, `quick ${i}`, i === 0 ? '' : null);
+      await alice.locator('#send-error', { hasText: 'slow down' }).waitFor();
+      await waitForLine(alice, 'quick 0');
+      assert.equal(await alice.locator('#log .msg', { hasText: 'slow down' }).count(), 0);
+      assert.equal(await alice.locator('#status').getAttribute('data-state'), 'connected');
+    } finally {
+      await alice.context().close();
+      await own.stop();
+    }
   });
 
   it('the Online list follows joins and leaves', T, async () => {
