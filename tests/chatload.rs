@@ -1,0 +1,272 @@
+//! Is chatload honest? It runs against the real server while an independent client, written
+//! here with blocking tungstenite and serde_json, counts what chatload's senders really sent.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// The server, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server(extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatloop"))
+        .args(["--addr", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chatloop");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read listening line");
+    let addr =
+        line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    // Keep the pipe open (and drained) for as long as the server runs.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Server { child, addr }
+}
+
+/// Runs chatload to the end (bounded by its own deadline and this one).
+fn chatload(args: &[&str]) -> (Output, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatload"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chatload");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chatload ran past 40 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, stdout)
+}
+
+/// The key=value pairs of the last line, which must be the summary.
+fn summary(stdout: &str) -> HashMap<String, String> {
+    let last = stdout.lines().last().unwrap_or_default();
+    let rest =
+        last.strip_prefix("summary ").unwrap_or_else(|| panic!("last line is not a summary: {last:?}"));
+    rest.split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("not key=value: {kv:?}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn num(s: &HashMap<String, String>, key: &str) -> u64 {
+    s.get(key).unwrap_or_else(|| panic!("summary lacks {key}")).parse().unwrap_or_else(|_| panic!("{key}"))
+}
+
+fn connect(addr: &str, id: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let (ws, _) = tungstenite::connect(format!("ws://{addr}/ws?id={id}")).expect("observer connects");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    }
+    ws
+}
+
+/// Reads room messages until told to stop and 500 ms have passed without one. Returns every
+/// (from, text) it saw, counted by its own JSON parsing.
+fn observe(
+    mut ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<(String, String)>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut last = Instant::now();
+        let hard = Instant::now() + Duration::from_secs(60);
+        loop {
+            match ws.read() {
+                Ok(Message::Text(t)) => {
+                    for line in t.as_str().split('\n') {
+                        let v: serde_json::Value =
+                            serde_json::from_str(line).expect("server sends JSON lines");
+                        if v["type"] == "message" && v.get("to").is_none() {
+                            seen.push((
+                                v["from"].as_str().unwrap().to_string(),
+                                v["text"].as_str().unwrap().to_string(),
+                            ));
+                            last = Instant::now();
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("observer lost its connection: {e}"),
+            }
+            let quiet = last.elapsed() > Duration::from_millis(500);
+            if (stop.load(Ordering::Relaxed) && quiet) || Instant::now() > hard {
+                return seen;
+            }
+        }
+    })
+}
+
+#[test]
+fn room_counts_match_an_independent_observer() {
+    let srv = server(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = observe(connect(&srv.addr, "observer"), Arc::clone(&stop));
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--mode",
+        "room",
+        "--conns",
+        "50",
+        "--senders",
+        "5",
+        "--rate",
+        "20",
+        "--duration",
+        "3",
+        "--id-prefix",
+        "hon-",
+        "--pid",
+        &srv.child.id().to_string(),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let seen = observer.join().expect("observer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chatload failed: {:?}\n{stdout}\n{stderr}", out.status);
+    let s = summary(&stdout);
+
+    // What the observer saw is what chatload says it sent: every room message reaches everyone.
+    let sent = num(&s, "sent");
+    assert_eq!(seen.len() as u64, sent, "observer count vs chatload's sent\n{stdout}");
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "the observer saw a message twice");
+    assert!(seen.iter().all(|(from, text)| from.starts_with("hon-m") && text.starts_with("r ")), "{seen:?}");
+    let senders: HashSet<_> = seen.iter().map(|(from, _)| from.as_str()).collect();
+    assert_eq!(senders.len(), 5, "{senders:?}");
+    // 5 senders x 20/s x 3 s, less what a loaded machine could not fit into the window.
+    assert!((270..=300).contains(&sent), "sent {sent}\n{stdout}");
+
+    // And its own books balance: 50 receivers each got every message.
+    assert_eq!(num(&s, "ready"), 50);
+    assert_eq!(num(&s, "expected"), sent * 50, "{stdout}");
+    assert_eq!(num(&s, "delivered"), num(&s, "expected"), "{stdout}");
+    assert_eq!(num(&s, "lost"), 0);
+    assert_eq!(num(&s, "reordered"), 0);
+    assert_eq!(num(&s, "unexpected_closes"), 0);
+    assert_eq!(num(&s, "connect_errors"), 0);
+    assert_eq!(s["ok"], "1");
+    assert_eq!(s["server_alive"], "1");
+    assert!(num(&s, "server_rss_kb") > 0);
+    let (p50, p99, max) = (num(&s, "p50_us"), num(&s, "p99_us"), num(&s, "max_us"));
+    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{stdout}");
+}
+
+#[test]
+fn private_pairs_deliver_twice() {
+    let srv = server(&[]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--mode",
+        "private",
+        "--conns",
+        "20",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--id-prefix",
+        "prv-",
+    ]);
+    assert!(out.status.success(), "{stdout}");
+    let s = summary(&stdout);
+    let sent = num(&s, "sent");
+    assert!((180..=200).contains(&sent), "{stdout}");
+    assert_eq!(num(&s, "expected"), 2 * sent);
+    assert_eq!(num(&s, "delivered"), 2 * sent);
+}
+
+#[test]
+fn failures_are_reported_not_hidden() {
+    // Someone already holds "clsm0": chatload's first client is closed with 4409.
+    let srv = server(&[]);
+    let _holder = connect(&srv.addr, "clsm0");
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--mode",
+        "idle",
+        "--conns",
+        "3",
+        "--duration",
+        "0.3",
+        "--id-prefix",
+        "cls",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let s = summary(&stdout);
+    assert_eq!(s["close_codes"], "4409:1", "{stdout}");
+    assert_eq!(num(&s, "unexpected_closes"), 1);
+    assert_eq!(num(&s, "ready"), 2);
+    assert_eq!(s["ok"], "0");
+
+    // A full server: five get in, three get 503 at the handshake.
+    let srv = server(&["--max-conns", "5"]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--mode",
+        "idle",
+        "--conns",
+        "8",
+        "--duration",
+        "0.3",
+        "--connect-concurrency",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let s = summary(&stdout);
+    assert_eq!(num(&s, "connect_errors"), 3, "{stdout}");
+    assert!(stdout.contains("http_503 x3"), "{stdout}");
+    assert_eq!(num(&s, "ready"), 5);
+}
+
+#[test]
+fn flags_help_and_loopback_only() {
+    let (out, stdout) = chatload(&["--help"]);
+    assert!(out.status.success());
+    for needle in
+        ["--mode", "[default: room]", "--conns", "[default: 100]", "--rate", "--pid", "--allow-remote"]
+    {
+        assert!(stdout.contains(needle), "help lacks {needle}");
+    }
+    let (out, _) = chatload(&["--conns", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conns: 'many' is not a whole number"));
+    // Refused before any packet is sent.
+    let (out, _) = chatload(&["--addr", "192.0.2.7:80"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside loopback"));
+}
