@@ -12,6 +12,7 @@
 use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Where chat lines go. `token` names a connection.
 pub trait Sink {
@@ -29,14 +30,18 @@ pub enum Outcome {
 const OLD: u32 = u32::MAX;
 
 struct User {
-    token: usize,
-    id: Box<str>,
+    /// u32, not usize: with `joined_at` it packs the map's slots 8 bytes smaller.
+    token: u32,
+    /// The id as typed, shared with the connection's session.
+    id: Rc<str>,
     /// Index of this user's join event in the current turn's batch, or OLD.
     joined_at: u32,
 }
 
 pub struct Chat {
-    users: HashMap<Box<str>, User>,
+    /// Keyed by the lowercased id, which is the same allocation as `User::id` when the id
+    /// was typed in lowercase (the usual case): one string per user, not three.
+    users: HashMap<Rc<str>, User>,
     /// This turn's presence lines, separated by `\n`.
     events: Vec<u8>,
     /// Start of each event in `events`.
@@ -58,21 +63,24 @@ impl Chat {
         self.users.is_empty()
     }
 
-    /// Claims `id` for `token` and queues its welcome. Fails with `bad_id` or `id_taken`.
-    pub fn join(&mut self, id: &str, token: usize, sink: &mut impl Sink) -> Result<(), ErrorCode> {
+    /// Claims `id` for `token` and queues its welcome; returns the id to keep for the session.
+    /// Fails with `bad_id` or `id_taken`.
+    pub fn join(&mut self, id: &str, token: usize, sink: &mut impl Sink) -> Result<Rc<str>, ErrorCode> {
         if !protocol::valid_id(id) {
             return Err(ErrorCode::BadId);
         }
-        let key: Box<str> = id.to_ascii_lowercase().into();
-        if self.users.contains_key(&key) {
+        let lower = id.to_ascii_lowercase();
+        if self.users.contains_key(lower.as_str()) {
             return Err(ErrorCode::IdTaken);
         }
+        let shared: Rc<str> = Rc::from(id);
+        let key = if lower == id { Rc::clone(&shared) } else { Rc::from(lower) };
         let others = self.users.values().map(|u| &*u.id).take(self.presence_limit.saturating_sub(1));
         let welcome = protocol::welcome(id, std::iter::once(id).chain(others), self.users.len() + 1);
         sink.push(token, &welcome);
         let joined_at = self.record(true, id);
-        self.users.insert(key, User { token, id: id.into(), joined_at });
-        Ok(())
+        self.users.insert(key, User { token: token as u32, id: Rc::clone(&shared), joined_at });
+        Ok(shared)
     }
 
     /// Frees `id` at once, so it can be claimed again in the same turn.
@@ -119,7 +127,7 @@ impl Chat {
             None => {
                 let line = protocol::message(from, None, text, ts);
                 for u in self.users.values() {
-                    sink.push(u.token, &line);
+                    sink.push(u.token as usize, &line);
                 }
                 Outcome::Room
             }
@@ -128,8 +136,8 @@ impl Chat {
                     return refuse(&mut reply, ErrorCode::UnknownRecipient, Some(to));
                 };
                 let line = protocol::message(from, Some(&rcpt.id), text, ts);
-                sink.push(rcpt.token, &line);
-                if rcpt.token != token {
+                sink.push(rcpt.token as usize, &line);
+                if rcpt.token as usize != token {
                     sink.push(token, &line);
                 }
                 Outcome::Private
@@ -148,7 +156,7 @@ impl Chat {
             let from = if u.joined_at == OLD { 0 } else { u.joined_at as usize + 1 };
             u.joined_at = OLD;
             if !quiet && from < self.starts.len() {
-                sink.push(u.token, &batch.slice(self.starts[from]..));
+                sink.push(u.token as usize, &batch.slice(self.starts[from]..));
             }
         }
         self.starts.clear();
@@ -192,7 +200,7 @@ mod tests {
         assert_eq!(c.join("no spaces", 9, &mut r), Err(ErrorCode::BadId));
         assert!(r.take().is_empty(), "a refused join queues nothing");
         c.leave("Alice");
-        assert_eq!(c.join("ALICE", 9, &mut r), Ok(()));
+        assert_eq!(c.join("ALICE", 9, &mut r).as_deref(), Ok("ALICE"));
     }
 
     #[test]

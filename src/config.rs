@@ -141,6 +141,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     if !metrics_allow.is_empty() {
         cfg.metrics_allow = metrics_allow;
     }
+    if cfg.queue_cap > u32::MAX as usize {
+        return Err("--queue-cap: at most 4294967295 bytes".into());
+    }
     if cfg.queue_cap < 1024 {
         return Err("--queue-cap: must be at least 1024 bytes, room for a close frame and an error".into());
     }

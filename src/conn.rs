@@ -20,7 +20,7 @@ use tungstenite::protocol::WebSocketContext;
 pub struct Peer {
     pub sock: TcpStream,
     pub out: Outbox,
-    pub cap: usize,
+    pub cap: u32,
     /// Output was refused at the cap: this client is a slow consumer.
     pub overflow: bool,
     /// Our close is queued: nothing but what is already queued goes out.
@@ -37,7 +37,7 @@ impl Write for Peer {
     /// Queues, never writes: the loop drains the outbox once per turn.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // The close frame itself must get through a full queue (discard_unsent made room).
-        let cap = if self.closing { usize::MAX } else { self.cap };
+        let cap = if self.closing { usize::MAX } else { self.cap as usize };
         if !self.out.push_raw(bytes::Bytes::copy_from_slice(buf), cap) {
             self.overflow = true;
         }
@@ -59,16 +59,12 @@ pub enum Phase {
     Ws(Box<Session>),
 }
 
-pub enum Kind {
-    /// `/ws`: the chat. `user` is set once the id is claimed.
-    Chat { user: Option<Rc<str>> },
-    /// `/echo`: every message comes back.
-    Echo,
-}
-
 pub struct Session {
     pub ctx: WebSocketContext,
-    pub kind: Kind,
+    /// `/echo` rather than the chat.
+    pub echo: bool,
+    /// The chat id, once claimed (never for `/echo`).
+    pub user: Option<Rc<str>>,
     pub bucket: Bucket,
 }
 
@@ -122,7 +118,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, addr: SocketAddr, cap: usize, generation: u32, now: Instant) -> Self {
+    pub fn new(sock: TcpStream, addr: SocketAddr, cap: u32, generation: u32, now: Instant) -> Self {
         Conn {
             peer: Peer { sock, out: Outbox::default(), cap, overflow: false, closing: false },
             phase: Phase::Request { buf: Vec::new() },
@@ -153,10 +149,7 @@ impl Conn {
     /// The chat id this connection holds, if any.
     pub fn user(&self) -> Option<&Rc<str>> {
         match &self.phase {
-            Phase::Ws(s) => match &s.kind {
-                Kind::Chat { user } => user.as_ref(),
-                Kind::Echo => None,
-            },
+            Phase::Ws(s) => s.user.as_ref(),
             _ => None,
         }
     }

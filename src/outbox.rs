@@ -42,7 +42,7 @@ struct Inflight {
     head: [u8; HEAD_MAX],
     head_len: u8,
     chunks: u8,
-    written: usize,
+    written: u32,
 }
 
 /// What a drain achieved.
@@ -57,8 +57,9 @@ pub enum Drain {
 #[derive(Debug, Default)]
 pub struct Outbox {
     queue: VecDeque<Chunk>,
-    /// Bytes queued and not yet written, frame headers excepted.
-    queued: usize,
+    /// Bytes queued and not yet written, frame headers excepted. u32 (caps are at most 4 GiB)
+    /// keeps `Conn` 16 bytes smaller, which is 1.5% of an idle connection.
+    queued: u32,
     inflight: Option<Inflight>,
 }
 
@@ -68,7 +69,7 @@ impl Outbox {
     }
 
     pub fn queued(&self) -> usize {
-        self.queued
+        self.queued as usize
     }
 
     /// Queues a chat line unless that would take the queue past `cap`.
@@ -83,10 +84,11 @@ impl Outbox {
     }
 
     fn push(&mut self, chunk: Chunk, cap: usize) -> bool {
-        if self.queued + chunk.len() > cap {
+        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        if self.queued as usize + len as usize > cap.min(u32::MAX as usize) {
             return false;
         }
-        self.queued += chunk.len();
+        self.queued += len;
         self.queue.push_back(chunk);
         true
     }
@@ -95,7 +97,7 @@ impl Outbox {
     pub fn discard_unsent(&mut self) {
         let keep = self.inflight.as_ref().map_or(0, |f| f.chunks as usize);
         for c in self.queue.drain(keep..) {
-            self.queued -= c.len();
+            self.queued -= c.len() as u32;
         }
         if self.queue.is_empty() {
             self.queue = VecDeque::new();
@@ -115,16 +117,16 @@ impl Outbox {
                 let mut iov: [IoSlice<'_>; 2 * MAX_LINES] = [IoSlice::new(&[]); 2 * MAX_LINES];
                 let n = self.iovecs(&frame, &mut iov);
                 let mut slices = &mut iov[..n];
-                IoSlice::advance_slices(&mut slices, frame.written);
+                IoSlice::advance_slices(&mut slices, frame.written as usize);
                 w.write_vectored(slices)
             };
             match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    frame.written += n;
-                    if frame.written == total {
+                    frame.written += n as u32;
+                    if frame.written as usize == total {
                         for c in self.queue.drain(..frame.chunks as usize) {
-                            self.queued -= c.len();
+                            self.queued -= c.len() as u32;
                         }
                     } else {
                         self.inflight = Some(frame);

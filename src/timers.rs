@@ -4,32 +4,54 @@
 //! (`Conn::timer_at`). Activity that pushes a deadline later adds nothing to the heap: the old
 //! entry fires, the owner finds nothing due, and re-arms. Entries for connections that are gone
 //! (or whose slab key was reused, hence the generation) are skipped when popped.
+//!
+//! An entry is 16 bytes (nanoseconds since the heap's epoch, token, generation) rather than
+//! the 32 of `(Instant, usize, u32)`: at 10,000 idle connections that is 160 KB less.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-#[derive(Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    epoch: Instant,
+    heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers { epoch: Instant::now(), heap: BinaryHeap::new() }
+    }
 }
 
 impl Timers {
-    pub fn schedule(&mut self, at: Instant, token: usize, generation: u32) {
-        self.heap.push(Reverse((at, token, generation)));
+    fn encode(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn decode(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// Schedules `token`; returns the deadline exactly as it will be reported when popped.
+    pub fn schedule(&mut self, at: Instant, token: usize, generation: u32) -> Instant {
+        let n = self.encode(at);
+        self.heap.push(Reverse((n, token as u32, generation)));
+        self.decode(n)
     }
 
     /// Pops one entry that is due at `now`: (when it was set for, token, generation).
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize, u32)> {
         match self.heap.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
+            Some(Reverse((at, _, _))) if *at <= self.encode(now) => {
+                self.heap.pop().map(|Reverse((at, t, g))| (self.decode(at), t as usize, g))
+            }
             _ => None,
         }
     }
 
     /// The nearest deadline, which bounds how long poll may sleep.
     pub fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        self.heap.peek().map(|Reverse((at, _, _))| self.decode(*at))
     }
 
     pub fn len(&self) -> usize {
@@ -44,14 +66,13 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn pops_in_deadline_order_only_when_due() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs(1);
         let mut t = Timers::default();
-        t.schedule(t0 + 3 * s, 3, 0);
+        let t0 = t.epoch;
+        let s = Duration::from_secs(1);
+        assert_eq!(t.schedule(t0 + 3 * s, 3, 0), t0 + 3 * s);
         t.schedule(t0 + s, 1, 0);
         t.schedule(t0 + 2 * s, 2, 7);
         assert_eq!(t.next(), Some(t0 + s));

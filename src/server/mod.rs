@@ -37,7 +37,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// After EMFILE/ENFILE, how long to wait before accepting again (unless a socket frees first).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// tungstenite's read chunk: small, because it is allocated up front for every session.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 
 /// The connections and what the turn has queued for them: the `Sink` chat delivers into.
 struct Net {
@@ -68,7 +68,7 @@ impl Sink for Net {
         if peer.closing || peer.overflow {
             return;
         }
-        if !peer.out.push_line(line.clone(), peer.cap) {
+        if !peer.out.push_line(line.clone(), peer.cap as usize) {
             peer.overflow = true;
             self.overflowed.push(token);
             return;
@@ -278,7 +278,7 @@ impl Server {
         self.next_generation = self.next_generation.wrapping_add(1);
         let entry = self.net.conns.vacant_entry();
         let token = entry.key();
-        let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap, generation, now));
+        let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap as u32, generation, now));
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), interest) {
             warn!("register {addr}: {e}");
@@ -293,8 +293,7 @@ impl Server {
         let Some(c) = self.net.conns.get_mut(token) else { return };
         let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
         if c.timer_at.is_none_or(|t| at < t) {
-            c.timer_at = Some(at);
-            self.timers.schedule(at, token, c.generation);
+            c.timer_at = Some(self.timers.schedule(at, token, c.generation));
         }
     }
 

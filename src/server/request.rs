@@ -2,14 +2,13 @@
 
 use super::{CLOSE_GRACE, Server, would_block};
 use crate::chat::Sink;
-use crate::conn::{Bucket, Kind, Phase, Session};
+use crate::conn::{Bucket, Phase, Session};
 use crate::http::{self, Parse, Request, Status};
 use crate::protocol::{self, ErrorCode};
 use crate::router::{self, Route, Rules};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use std::io::{self, Read};
-use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketContext};
@@ -53,10 +52,7 @@ impl Server {
     fn route(&mut self, token: usize, req: Request, rest: Vec<u8>, now: Instant, ts: u64) {
         let rules = Rules { echo: self.cfg.echo, allow_origin: &self.cfg.allow_origin, assets: &self.assets };
         match router::route(&req, &rules) {
-            Route::Upgrade { echo, key, id } => {
-                let kind = if echo { Kind::Echo } else { Kind::Chat { user: None } };
-                self.upgrade(token, kind, &key, &id, rest, now, ts)
-            }
+            Route::Upgrade { echo, key, id } => self.upgrade(token, echo, &key, &id, rest, now, ts),
             Route::Respond(response) => self.respond(token, response, now),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
             Route::Metrics { head } => {
@@ -122,7 +118,7 @@ impl Server {
     fn upgrade(
         &mut self,
         token: usize,
-        kind: Kind,
+        echo: bool,
         key: &str,
         id: &str,
         rest: Vec<u8>,
@@ -132,21 +128,19 @@ impl Server {
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
         let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
-        let is_chat = matches!(kind, Kind::Chat { .. });
-        conn.phase =
-            Phase::Ws(Box::new(Session { ctx, kind, bucket: Bucket::new(self.cfg.rate_limit, now) }));
+        let bucket = Bucket::new(self.cfg.rate_limit, now);
+        conn.phase = Phase::Ws(Box::new(Session { ctx, echo, user: None, bucket }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
-        conn.timer_at = None;
         self.net.mark_pending(token);
         self.arm(token);
-        if is_chat {
+        if !echo {
             match self.chat.join(id, token, &mut self.net) {
-                Ok(()) => {
+                Ok(user) => {
                     let conn = &mut self.net.conns[token];
                     info!("session open id={id} peer={}", conn.addr);
                     if let Phase::Ws(s) = &mut conn.phase {
-                        s.kind = Kind::Chat { user: Some(Rc::from(id)) };
+                        s.user = Some(user);
                     }
                 }
                 Err(code) => {

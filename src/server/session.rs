@@ -3,7 +3,7 @@
 
 use super::{CLOSE_GRACE, Server, would_block};
 use crate::chat::{Outcome, Sink};
-use crate::conn::{Kind, Phase};
+use crate::conn::Phase;
 use crate::metrics::Reason;
 use crate::protocol::{self, ErrorCode};
 use log::{debug, info, warn};
@@ -35,8 +35,12 @@ impl Server {
                 Err(e) => return self.ws_failed(token, e, now),
             };
             conn.last_read = now;
-            match (msg, &mut s.kind) {
-                (Message::Text(text), Kind::Chat { user: Some(user) }) => {
+            match (msg, s.echo, &s.user) {
+                (m @ (Message::Text(_) | Message::Binary(_)), true, _) => {
+                    let _ = s.ctx.write(&mut conn.peer, m);
+                    self.net.mark_pending(token);
+                }
+                (Message::Text(text), false, Some(user)) => {
                     if conn.peer.closing {
                         continue;
                     }
@@ -56,8 +60,8 @@ impl Server {
                     }
                 }
                 // After a refused id, until the close completes: nothing to do.
-                (Message::Text(_) | Message::Binary(_), Kind::Chat { user: None }) => {}
-                (Message::Binary(_), Kind::Chat { .. }) => {
+                (Message::Text(_) | Message::Binary(_), false, None) => {}
+                (Message::Binary(_), false, Some(_)) => {
                     let why = "binary frames are not supported";
                     return self.close_ws(
                         token,
@@ -67,11 +71,7 @@ impl Server {
                         now,
                     );
                 }
-                (m @ (Message::Text(_) | Message::Binary(_)), Kind::Echo) => {
-                    let _ = s.ctx.write(&mut conn.peer, m);
-                    self.net.mark_pending(token);
-                }
-                (Message::Close(_), _) => {
+                (Message::Close(_), ..) => {
                     // Queue tungstenite's reply (or nothing, if this answers our close); the
                     // socket goes once the outbox is written, or at the grace deadline.
                     conn.peer.closing = true;
@@ -80,7 +80,7 @@ impl Server {
                     self.arm(token);
                     return self.finish(token);
                 }
-                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => self.net.mark_pending(token),
+                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), ..) => self.net.mark_pending(token),
             }
         }
         // Budget spent with input still waiting: come back next turn, after everyone else.
@@ -156,8 +156,7 @@ impl Server {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         let reason = *conn.reason.get_or_insert(reason);
         let Phase::Ws(s) = &mut conn.phase else { return };
-        let Kind::Chat { user } = &mut s.kind else { return };
-        let Some(id) = user.take() else { return };
+        let Some(id) = s.user.take() else { return };
         self.chat.leave(&id);
         let secs = conn.opened.elapsed().as_secs_f32();
         let (peer, why) = (conn.addr, reason.as_str());
