@@ -7,14 +7,13 @@
 
 use crate::args::Args;
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tungstenite::handshake::MidHandshake;
@@ -69,10 +68,44 @@ pub struct Counts {
     pub max_send_lag_ns: u64,
 }
 
+/// A client socket that remembers a short read. On Linux an edge-triggered epoll reports
+/// every new arrival, so a read that did not fill its buffer means the socket is empty for
+/// now: the next read answers WouldBlock without a syscall, until the next readiness event.
+/// That halves the reads of a receiver that gets one frame per event.
+struct Sock {
+    tcp: mio::net::TcpStream,
+    drained: bool,
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let r = self.tcp.read(buf);
+        match &r {
+            Ok(n) if *n < buf.len() => self.drained = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
+            _ => {}
+        }
+        r
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 enum State {
-    Connecting(TcpStream),
-    Handshake(Box<MidHandshake<ClientHandshake<TcpStream>>>),
-    Open(Box<WebSocket<TcpStream>>),
+    Connecting(Sock),
+    Handshake(Box<MidHandshake<ClientHandshake<Sock>>>),
+    Open(Box<WebSocket<Sock>>),
     Empty,
 }
 
@@ -422,7 +455,7 @@ impl<'a> Engine<'a> {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
-        let mut stream = TcpStream::from_std(std::net::TcpStream::from(sock));
+        let mut stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(sock));
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
@@ -431,7 +464,7 @@ impl<'a> Engine<'a> {
         entry.insert(Conn {
             role,
             generation,
-            state: State::Connecting(stream),
+            state: State::Connecting(Sock { tcp: stream, drained: false }),
             started: Instant::now(),
             welcomed: false,
             we_closed: None,
@@ -444,9 +477,16 @@ impl<'a> Engine<'a> {
     fn on_event(&mut self, t: usize) {
         let Some(conn) = self.conns.get_mut(t) else { return };
         match std::mem::replace(&mut conn.state, State::Empty) {
-            State::Connecting(stream) => self.connected(t, stream),
-            State::Handshake(mid) => self.handshaken(t, mid.handshake()),
-            State::Open(ws) => {
+            State::Connecting(mut stream) => {
+                stream.drained = false;
+                self.connected(t, stream)
+            }
+            State::Handshake(mut mid) => {
+                mid.get_mut().get_mut().drained = false;
+                self.handshaken(t, mid.handshake())
+            }
+            State::Open(mut ws) => {
+                ws.get_mut().drained = false;
                 conn.state = State::Open(ws);
                 self.pump(t);
             }
@@ -454,12 +494,12 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn connected(&mut self, t: usize, stream: TcpStream) {
-        match stream.take_error() {
+    fn connected(&mut self, t: usize, stream: Sock) {
+        match stream.tcp.take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => return self.fail(t, io_reason(&e)),
         }
-        match stream.peer_addr() {
+        match stream.tcp.peer_addr() {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                 self.conns[t].state = State::Connecting(stream);
@@ -479,7 +519,7 @@ impl<'a> Engine<'a> {
     fn handshaken(
         &mut self,
         t: usize,
-        res: Result<(WebSocket<TcpStream>, Response), HandshakeError<ClientHandshake<TcpStream>>>,
+        res: Result<(WebSocket<Sock>, Response), HandshakeError<ClientHandshake<Sock>>>,
     ) {
         match res {
             Ok((ws, _)) => {
@@ -518,14 +558,14 @@ impl<'a> Engine<'a> {
         let mut conn = self.conns.remove(t);
         match &mut conn.state {
             State::Connecting(s) => {
-                let _ = self.poll.registry().deregister(s);
+                let _ = self.poll.registry().deregister(&mut s.tcp);
             }
             State::Handshake(mid) => {
-                let _ = self.poll.registry().deregister(mid.get_mut().get_mut());
+                let _ = self.poll.registry().deregister(&mut mid.get_mut().get_mut().tcp);
             }
             State::Open(ws) => {
                 self.open -= 1;
-                let _ = self.poll.registry().deregister(ws.get_mut());
+                let _ = self.poll.registry().deregister(&mut ws.get_mut().tcp);
             }
             State::Empty => {}
         }
@@ -551,11 +591,13 @@ impl<'a> Engine<'a> {
     /// Reads every message waiting on `t`, then flushes what tungstenite queued (pongs, close
     /// replies).
     fn pump(&mut self, t: usize) {
+        // One clock reading per socket wake-up: what one read brought arrived together.
+        let now = Instant::now();
         loop {
             let Some(conn) = self.conns.get_mut(t) else { return };
             let State::Open(ws) = &mut conn.state else { return };
             match ws.read() {
-                Ok(Message::Text(text)) => self.on_text(t, text.as_str()),
+                Ok(Message::Text(text)) => self.on_text(t, text.as_str(), now),
                 Ok(Message::Close(frame)) => {
                     conn.peer_closed = true;
                     if conn.we_closed.is_none() {
@@ -619,15 +661,16 @@ impl<'a> Engine<'a> {
         self.mark_dirty(t);
     }
 
-    fn on_text(&mut self, t: usize, text: &str) {
-        for line in text.split('\n') {
-            if line.starts_with(r#"{"type":"message""#) {
-                self.on_message(t, line);
-            } else if line.starts_with(r#"{"type":"welcome""#) {
+    fn on_text(&mut self, t: usize, text: &str, now: Instant) {
+        for line in text.as_bytes().split(|&b| b == b'\n') {
+            if line.starts_with(br#"{"type":"message""#) {
+                self.on_message(t, line, now);
+            } else if line.starts_with(br#"{"type":"welcome""#) {
                 self.on_welcome(t);
-            } else if line.starts_with(r#"{"type":"error""#) {
-                let code = field(line, "code").unwrap_or("?").to_string();
-                *self.counts.server_errors.entry(code).or_default() += 1;
+            } else if line.starts_with(br#"{"type":"error""#) {
+                let code = field(line, br#""code":""#).unwrap_or(b"?");
+                *self.counts.server_errors.entry(String::from_utf8_lossy(code).into_owned()).or_default() +=
+                    1;
             }
         }
     }
@@ -659,11 +702,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn on_message(&mut self, t: usize, line: &str) {
-        let now = Instant::now();
+    fn on_message(&mut self, t: usize, line: &[u8], now: Instant) {
         let Role::Main(r) = self.conns[t].role else { return };
         let r = r as usize;
-        let (Some(from), Some(text)) = (field(line, "from"), field(line, "text")) else {
+        let Some((from, text)) = message_fields(line) else {
             self.counts.foreign += 1;
             return;
         };
@@ -671,7 +713,7 @@ impl<'a> Engine<'a> {
             self.counts.foreign += 1;
             return;
         };
-        if sender >= self.args.conns || from != self.ids[sender] {
+        if sender >= self.args.conns || from != self.ids[sender].as_bytes() {
             self.counts.foreign += 1;
             return;
         }
@@ -796,27 +838,49 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// The value of a string field in one of the server's JSON lines. Our ids and texts never
-/// hold a quote or a backslash, so the first closing quote ends the value.
-fn field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
-    let key = format!("\"{name}\":\"");
-    let start = line.find(&key)? + key.len();
-    let len = line[start..].find('"')?;
+/// The value of a string field in one of the server's JSON lines; `key` is `"name":"`. Our
+/// ids and texts never hold a quote or a backslash, so the next quote ends the value.
+fn field<'l>(line: &'l [u8], key: &[u8]) -> Option<&'l [u8]> {
+    let start = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = line[start..].iter().position(|&b| b == b'"')?;
     Some(&line[start..start + len])
 }
 
+/// `from` and `text` of a message line: a fast path for the server's field order, and a
+/// search for any other.
+fn message_fields(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    fn quoted(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+        let q = rest.iter().position(|&b| b == b'"')?;
+        Some((&rest[..q], &rest[q + 1..]))
+    }
+    let fast = || {
+        let (from, mut rest) = quoted(line.strip_prefix(br#"{"type":"message","from":""#)?)?;
+        if let Some(r) = rest.strip_prefix(br#","to":""#) {
+            rest = quoted(r)?.1;
+        }
+        let (text, _) = quoted(rest.strip_prefix(br#","text":""#)?)?;
+        Some((from, text))
+    };
+    fast().or_else(|| Some((field(line, br#""from":""#)?, field(line, br#""text":""#)?)))
+}
+
+fn number<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
 /// "<kind> <sender> <seq> <ns>[padding]" -> its parts.
-fn parse_text(text: &str) -> Option<(u8, usize, u64, u64)> {
-    let mut it = text.split(' ');
+fn parse_text(text: &[u8]) -> Option<(u8, usize, u64, u64)> {
+    let mut it = text.split(|&b| b == b' ');
     let kind = match it.next()? {
-        "r" => b'r',
-        "p" => b'p',
+        b"r" => b'r',
+        b"p" => b'p',
         _ => return None,
     };
-    let sender = it.next()?.parse().ok()?;
-    let seq = it.next()?.parse().ok()?;
-    let ns = it.next()?.trim_end_matches('x').parse().ok()?;
-    Some((kind, sender, seq, ns))
+    let sender = number(it.next()?)?;
+    let seq = number(it.next()?)?;
+    let ns = it.next()?;
+    let digits = ns.iter().take_while(|b| b.is_ascii_digit()).count();
+    Some((kind, sender, seq, number(&ns[..digits])?))
 }
 
 fn first_word(s: &str) -> String {
@@ -860,12 +924,17 @@ mod tests {
 
     #[test]
     fn parses_lines_and_texts() {
-        let line = r#"{"type":"message","from":"cl1-m3","to":"cl1-m2","text":"p 3 17 123456xxxx","ts":9}"#;
-        assert_eq!(field(line, "from"), Some("cl1-m3"));
-        assert_eq!(field(line, "to"), Some("cl1-m2"));
-        let text = field(line, "text").unwrap();
+        let line = br#"{"type":"message","from":"cl1-m3","to":"cl1-m2","text":"p 3 17 123456xxxx","ts":9}"#;
+        let (from, text) = message_fields(line).unwrap();
+        assert_eq!(from, b"cl1-m3");
         assert_eq!(parse_text(text), Some((b'p', 3, 17, 123456)));
-        assert_eq!(parse_text("hello there"), None);
-        assert_eq!(field(r#"{"type":"error","code":"rate_limited"}"#, "code"), Some("rate_limited"));
+        let other_order = br#"{"text":"r 1 2 3","ts":9,"type":"message","from":"x"}"#;
+        assert_eq!(message_fields(other_order), Some((&b"x"[..], &b"r 1 2 3"[..])));
+        assert_eq!(parse_text(b"hello there"), None);
+        assert_eq!(parse_text(b"r 1 2"), None);
+        assert_eq!(
+            field(br#"{"type":"error","code":"rate_limited"}"#, br#""code":""#),
+            Some(&b"rate_limited"[..])
+        );
     }
 }
