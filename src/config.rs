@@ -24,6 +24,7 @@ pub struct Config {
     pub echo: bool,
     pub metrics_allow: Vec<Cidr>,
     pub shutdown_grace: Duration,
+    pub flush_interval: Duration,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             echo: false,
             metrics_allow: Cidr::loopback(),
             shutdown_grace: Duration::from_secs(2),
+            flush_interval: Duration::from_millis(5),
         }
     }
 }
@@ -76,6 +78,9 @@ Flags:
   --shutdown-grace SECS       on SIGTERM/SIGINT, close every session with 1001 and drain
                               queues for up to this long; a second signal exits at once
                               [default: 2]
+  --flush-interval SECS       write each client's queue at most this often: lines that arrive
+                              meanwhile share one frame and one writev; 0 writes every loop
+                              turn [default: 0.005]
   --echo                      mount /echo, which sends every message back (for conformance suites)
   -h, --help                  print this help
   -V, --version               print the version
@@ -132,6 +137,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 );
             }
             "--shutdown-grace" => cfg.shutdown_grace = seconds(&flag, &value()?)?,
+            "--flush-interval" => {
+                let v = value()?;
+                cfg.flush_interval = if v == "0" { Duration::ZERO } else { seconds(&flag, &v)? };
+            }
             "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
             "--ping-interval" => cfg.ping_interval = seconds(&flag, &value()?)?,
             "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &value()?)?,

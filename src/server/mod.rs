@@ -104,6 +104,8 @@ pub struct Server {
     /// Connections whose input was not read to WouldBlock (read budget spent).
     again: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// When the pending outboxes are written (see `settle`).
+    flush_due: Option<Instant>,
     next_generation: u32,
     shutdown: Shutdown,
 }
@@ -151,6 +153,7 @@ impl Server {
             doomed: Vec::new(),
             again: Vec::new(),
             accept_paused_until: None,
+            flush_due: None,
             next_generation: 0,
             shutdown: Shutdown::Running,
             cfg,
@@ -184,6 +187,7 @@ impl Server {
         let wake = [
             self.timers.next(),
             self.accept_paused_until,
+            self.flush_due,
             match self.shutdown {
                 Shutdown::Draining(t) => Some(t),
                 Shutdown::Running => None,
@@ -348,23 +352,35 @@ impl Server {
         }
     }
 
-    /// Runs the end-of-turn work until it stops producing more.
+    /// Runs the end-of-turn work until it stops producing more. Outboxes are written when the
+    /// flush window that their first line opened has passed (at once with a zero window), so
+    /// that under load each socket gets one `writev` per window rather than one per message.
     fn settle(&mut self, now: Instant) {
+        let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
         loop {
             self.chat.flush_presence(&mut self.net);
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
             }
-            for token in std::mem::take(&mut self.net.pending) {
-                self.write(token);
+            if flush {
+                for token in std::mem::take(&mut self.net.pending) {
+                    self.write(token);
+                }
             }
-            if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.pending.is_empty() {
-                return;
+            if self.doomed.is_empty() && self.net.overflowed.is_empty() {
+                break;
             }
             for token in std::mem::take(&mut self.doomed) {
                 self.remove(token);
             }
         }
+        self.flush_due = match (self.net.pending.is_empty(), self.flush_due) {
+            (true, _) => None,
+            (false, Some(t)) if !flush => Some(t),
+            // Zero window: only a blocked write leaves pending work, and writability wakes us.
+            (false, _) if self.cfg.flush_interval.is_zero() => None,
+            (false, _) => Some(now + self.cfg.flush_interval),
+        };
     }
 
     fn write(&mut self, token: usize) {

@@ -250,3 +250,18 @@ fn socket_with_small_rcvbuf(addr: std::net::SocketAddr) -> std::net::TcpStream {
         sock
     }
 }
+
+#[test]
+fn lines_arriving_within_the_flush_window_share_one_frame() {
+    let s = Server::start(&["--rate-limit", "0", "--flush-interval", "0.3"]);
+    let mut a = s.join("alice");
+    let mut b = s.join("bob");
+    a.send(&json!({"text": "one"}));
+    std::thread::sleep(Duration::from_millis(50));
+    a.send(&json!({"text": "two"}));
+    let t0 = std::time::Instant::now();
+    let texts: Vec<_> =
+        b.lines().into_iter().filter(|l| l["type"] == "message").map(|l| l["text"].clone()).collect();
+    assert_eq!(texts, vec![json!("one"), json!("two")], "two messages 50 ms apart, one frame");
+    assert!(t0.elapsed() < Duration::from_millis(600));
+}
