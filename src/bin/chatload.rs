@@ -162,13 +162,14 @@ fn run(args: &Args) -> std::io::Result<bool> {
         && c.reordered == 0
         && unexpected == 0
         && connect_errors == 0
+        && c.close_timeouts == 0
         && !server.contains("server_alive=0");
     println!(
         "summary mode={} conns={} ready={} sent={sent} expected={} delivered={} lost={lost} extra={extra} \
          reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
          server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
          offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
-         window_s={:.3} peak_open={}{server} ok={}",
+         close_timeouts={} window_s={:.3} peak_open={}{server} ok={}",
         mode_name(args),
         args.conns,
         c.ready,
@@ -179,6 +180,7 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.server_errors.values().sum::<u64>(),
         c.churn_started,
         c.churn_completed,
+        c.close_timeouts,
         window.as_secs_f64(),
         c.peak_open,
         u8::from(ok)

@@ -55,8 +55,9 @@ when the receiving client reads it. How far sends fell behind their schedule is 
 send lag. Expected deliveries: room = messages x clients connected when sent;
 private = 2 x messages. Lost = expected - delivered. The last line printed is
 'summary key=value ..'. Exit status: 0 when nothing was lost, duplicated or reordered, no
-client was closed unexpectedly and every client connected; 1 otherwise; 2 for bad flags or an
-unusable target; 3 when the hard deadline struck.
+client was closed unexpectedly, every client connected and the server answered every close of
+ours within 5 s; 1 otherwise; 2 for bad flags or an unusable target; 3 when the hard
+deadline struck.
 ";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

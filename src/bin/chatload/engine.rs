@@ -71,15 +71,18 @@ pub struct Counts {
 /// A client socket that remembers a short read. On Linux an edge-triggered epoll reports
 /// every new arrival, so a read that did not fill its buffer means the socket is empty for
 /// now: the next read answers WouldBlock without a syscall, until the next readiness event.
-/// That halves the reads of a receiver that gets one frame per event.
+/// That halves the reads of a receiver that gets one frame per event. A short read says
+/// nothing about a FIN that came with the data, though: once an event reports the read side
+/// closed, every read goes to the socket, so the end of the stream is seen.
 struct Sock {
     tcp: mio::net::TcpStream,
     drained: bool,
+    read_closed: bool,
 }
 
 impl Read for Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.drained {
+        if self.drained && !self.read_closed {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let r = self.tcp.read(buf);
@@ -335,7 +338,7 @@ impl<'a> Engine<'a> {
             Err(e) => return Err(e),
         }
         for ev in events.iter() {
-            self.on_event(ev.token().0);
+            self.on_event(ev.token().0, ev.is_read_closed() || ev.is_error());
         }
         self.events = events;
         self.fire_timers();
@@ -464,7 +467,7 @@ impl<'a> Engine<'a> {
         entry.insert(Conn {
             role,
             generation,
-            state: State::Connecting(Sock { tcp: stream, drained: false }),
+            state: State::Connecting(Sock { tcp: stream, drained: false, read_closed: false }),
             started: Instant::now(),
             welcomed: false,
             we_closed: None,
@@ -474,19 +477,24 @@ impl<'a> Engine<'a> {
         Ok(token)
     }
 
-    fn on_event(&mut self, t: usize) {
+    fn on_event(&mut self, t: usize, read_closed: bool) {
         let Some(conn) = self.conns.get_mut(t) else { return };
         match std::mem::replace(&mut conn.state, State::Empty) {
             State::Connecting(mut stream) => {
                 stream.drained = false;
+                stream.read_closed |= read_closed;
                 self.connected(t, stream)
             }
             State::Handshake(mut mid) => {
-                mid.get_mut().get_mut().drained = false;
+                let sock = mid.get_mut().get_mut();
+                sock.drained = false;
+                sock.read_closed |= read_closed;
                 self.handshaken(t, mid.handshake())
             }
             State::Open(mut ws) => {
-                ws.get_mut().drained = false;
+                let sock = ws.get_mut();
+                sock.drained = false;
+                sock.read_closed |= read_closed;
                 conn.state = State::Open(ws);
                 self.pump(t);
             }

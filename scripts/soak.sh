@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Soak test: room traffic plus connection churn against a release build of the server for a
+# fixed time, sampling the server every second, then checking that nothing was lost, no client
+# was closed unexpectedly, the server lived, and its RSS stopped growing after warm-up.
+#
+# Usage: scripts/soak.sh [--duration SECS] [--conns N] [--senders N] [--rate R] [--churn C]
+#   --duration SECS  how long traffic runs [default: 20]
+#   --conns N        clients held for the whole run [default: 500]
+#   --senders N      of them, how many send room messages [default: 10]
+#   --rate R         messages per second per sender [default: 5]
+#   --churn C        extra connections opened and closed per second [default: 20]
+#
+# Output: artifacts/soak-STAMP.csv (t_s,rss_kb,cpu_s,cpu_pct,fds,conns, one row a second),
+# artifacts/soak-STAMP.log (chatload's report and the server's log), and soak-STAMP.png when
+# gnuplot is installed. Exit status 0 when every check passed, 1 when one failed, 2 on bad
+# usage or a setup failure. Traffic goes to 127.0.0.1 only; the server is stopped on exit.
+#
+# RSS bound: the samples after warm-up (the first 25% of the run, at least 3 s) are cut into
+# thirds; the median of the last third may exceed the median of the first by at most
+# 20% + 2 MiB.
+set -euo pipefail
+
+duration=20 conns=500 senders=10 rate=5 churn=20
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
+    --conns) conns="${2:?--conns needs a value}"; shift 2 ;;
+    --senders) senders="${2:?--senders needs a value}"; shift 2 ;;
+    --rate) rate="${2:?--rate needs a value}"; shift 2 ;;
+    --churn) churn="${2:?--churn needs a value}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+for v in duration conns senders; do
+  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || { echo "soak.sh: --$v must be a whole number above 0" >&2; exit 2; }
+done
+for v in rate churn; do
+  [[ "${!v}" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "soak.sh: --$v must be a number" >&2; exit 2; }
+done
+
+cd "$(dirname "$0")/.."
+mkdir -p artifacts
+stamp=$(date +%Y%m%d-%H%M%S)
+csv="artifacts/soak-$stamp.csv"
+log="artifacts/soak-$stamp.log"
+png="artifacts/soak-$stamp.png"
+tmp=$(mktemp -d)
+server_pid="" load_pid="" sampler_pid=""
+cleanup() {
+  for p in $sampler_pid $load_pid $server_pid; do kill "$p" 2>/dev/null || true; done
+  for p in $sampler_pid $load_pid $server_pid; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 2' INT TERM
+
+echo "soak: building release binaries" >&2
+cargo build --release --quiet --bin chatloop --bin chatload || { echo "soak.sh: build failed" >&2; exit 2; }
+bin=${CARGO_TARGET_DIR:-target}/release
+
+# The server, rate limit off so the offered load is what arrives.
+RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/server.out" 2>"$tmp/server.err" &
+server_pid=$!
+for _ in $(seq 100); do
+  grep -q '^listening on ' "$tmp/server.out" 2>/dev/null && break
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.05
+done
+addr=$(sed -n 's#^listening on http://##p' "$tmp/server.out")
+[ -n "$addr" ] || { echo "soak.sh: the server did not start:" >&2; cat "$tmp/server.err" >&2; exit 2; }
+port=${addr##*:}
+echo "soak: server pid $server_pid on $addr; $conns clients, $senders senders at $rate/s, churn $churn/s, $duration s" >&2
+
+# One row a second: time, RSS, cumulative CPU, CPU% over the last second, descriptors, and
+# established server-side connections.
+hz=$(getconf CLK_TCK)
+sampler() {
+  local t0 prev_ticks=-1 prev_t now t ticks rss fds cn pct
+  t0=$(date +%s.%N)
+  echo "t_s,rss_kb,cpu_s,cpu_pct,fds,conns"
+  while kill -0 "$server_pid" 2>/dev/null; do
+    now=$(date +%s.%N)
+    t=$(awk -v a="$now" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+    ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$server_pid/stat" 2>/dev/null) || break
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server_pid/status" 2>/dev/null) || break
+    fds=$(ls "/proc/$server_pid/fd" 2>/dev/null | wc -l)
+    cn=$(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l)
+    if [ "$prev_ticks" -ge 0 ]; then
+      pct=$(awk -v d=$((ticks - prev_ticks)) -v hz="$hz" -v dt="$(awk -v a="$t" -v b="$prev_t" 'BEGIN { print a - b }')" \
+        'BEGIN { printf "%.1f", (dt > 0 ? 100 * d / hz / dt : 0) }')
+    else
+      pct=0.0
+    fi
+    echo "$t,$rss,$(awk -v x="$ticks" -v hz="$hz" 'BEGIN { printf "%.2f", x / hz }'),$pct,$fds,$cn"
+    prev_ticks=$ticks prev_t=$t
+    sleep 1
+  done
+}
+sampler >"$csv" &
+sampler_pid=$!
+
+# The load, for the whole duration; chatload bounds itself (warmup + duration + drain + 30 s)
+# and the timeout bounds it again.
+set +e
+timeout $((duration + 90)) "$bin/chatload" --addr "$addr" --mode room --conns "$conns" --senders "$senders" \
+  --rate "$rate" --churn "$churn" --duration "$duration" --warmup 30 --pid "$server_pid" \
+  --id-prefix "soak$$-" >"$tmp/load.out" 2>"$tmp/load.err" &
+load_pid=$!
+wait "$load_pid"
+load_status=$?
+load_pid=""
+set -e
+sleep 1.2 # one more sample with the clients gone
+server_alive=1
+kill -0 "$server_pid" 2>/dev/null || server_alive=0
+kill "$sampler_pid" 2>/dev/null || true
+wait "$sampler_pid" 2>/dev/null || true
+sampler_pid=""
+
+{
+  echo "== chatload (exit $load_status)"
+  cat "$tmp/load.out" "$tmp/load.err"
+  echo "== server stderr"
+  cat "$tmp/server.err"
+} >"$log"
+cat "$tmp/load.out" | grep -v '^summary ' >&2 || true
+
+summary=$(grep '^summary ' "$tmp/load.out" | tail -1 || true)
+get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$summary"; }
+failures=()
+if [ -z "$summary" ] || [ "$(get aborted)" != "" ]; then
+  failures+=("chatload produced no summary (exit $load_status)")
+else
+  [ "$(get lost)" = 0 ] || failures+=("$(get lost) of $(get expected) expected deliveries lost")
+  [ "$(get extra)" = 0 ] || failures+=("$(get extra) deliveries more than expected")
+  [ "$(get reordered)" = 0 ] || failures+=("$(get reordered) deliveries duplicated or out of order")
+  [ "$(get unexpected_closes)" = 0 ] || failures+=("$(get unexpected_closes) unexpected closes (codes $(get close_codes))")
+  [ "$(get connect_errors)" = 0 ] || failures+=("$(get connect_errors) connect errors")
+  [ "$(get close_timeouts)" = 0 ] || failures+=("$(get close_timeouts) closes of ours the server never answered")
+fi
+[ "$server_alive" = 1 ] || failures+=("the server died (see $log)")
+
+# RSS growth after warm-up: median of the last third vs the first third.
+rss_check=$(awk -F, -v dur="$duration" '
+  NR == 1 { next }
+  { t[n] = $1; r[n] = $2; n++ }
+  function median(lo, hi,    m, i, j, k, a, tmp) {
+    m = 0
+    for (i = lo; i < hi; i++) a[m++] = r[i]
+    for (i = 1; i < m; i++) { tmp = a[i]; for (j = i - 1; j >= 0 && a[j] > tmp; j--) a[j + 1] = a[j]; a[j + 1] = tmp }
+    return m % 2 ? a[int(m / 2)] : (a[m / 2 - 1] + a[m / 2]) / 2
+  }
+  END {
+    warm = dur * 0.25; if (warm < 3) warm = 3
+    end_t = dur # sampling starts as chatload connects, so [warm, dur] is under load
+    s = -1; e = -1
+    for (i = 0; i < n; i++) { if (s < 0 && t[i] >= warm) s = i; if (t[i] <= end_t) e = i }
+    if (s < 0 || e - s + 1 < 3) { print "skip too few samples after warm-up"; exit }
+    k = int((e - s + 1) / 3)
+    first = median(s, s + k); last = median(e + 1 - k, e + 1)
+    bound = first * 1.2 + 2048
+    printf "%s %d %d %d\n", (last > bound ? "grew" : "ok"), first, last, bound
+  }' "$csv")
+read -r rss_verdict rss_first rss_last rss_bound <<<"$rss_check"
+case "$rss_verdict" in
+  grew) failures+=("RSS grew after warm-up: median ${rss_first} kB -> ${rss_last} kB, bound ${rss_bound} kB") ;;
+  ok) ;;
+  *) echo "soak: RSS check skipped: $rss_check" >&2 ;;
+esac
+
+if command -v gnuplot >/dev/null 2>&1; then
+  gnuplot <<EOF 2>/dev/null && echo "soak: plot $png" >&2 || echo "soak: gnuplot failed, no plot" >&2
+set terminal png size 1000,600
+set output "$png"
+set datafile separator ","
+set key outside below horizontal
+set xlabel "seconds"
+set ylabel "RSS (kB)"
+set y2label "CPU %, connections / 10, fds / 10"
+set y2tics
+set ytics nomirror
+set title "chatloop soak: $conns clients, $senders x $rate msg/s, churn $churn/s"
+plot "$csv" using 1:2 with lines lw 2 title "RSS kB", \
+     "" using 1:4 axes x1y2 with lines title "CPU %", \
+     "" using 1:(\$6/10) axes x1y2 with lines title "connections / 10", \
+     "" using 1:(\$5/10) axes x1y2 with lines dt 2 title "fds / 10"
+EOF
+fi
+
+peak_conns=$(awk -F, 'NR > 1 && $6 > m { m = $6 } END { print m + 0 }' "$csv")
+peak_fds=$(awk -F, 'NR > 1 && $5 > m { m = $5 } END { print m + 0 }' "$csv")
+echo "soak: $(($(wc -l <"$csv") - 1)) samples in $csv; peak connections $peak_conns, peak fds $peak_fds;" \
+  "RSS after warm-up ${rss_first:-?} kB -> ${rss_last:-?} kB (bound ${rss_bound:-?} kB)"
+echo "soak: sent $(get sent), delivered $(get delivered) of $(get expected), lost $(get lost)," \
+  "unexpected closes $(get unexpected_closes), connect errors $(get connect_errors)," \
+  "churn $(get churn_completed) cycles, p99 $(get p99_us) us, server CPU $(get server_cpu_s) s"
+if [ ${#failures[@]} -gt 0 ]; then
+  for f in "${failures[@]}"; do echo "soak: FAIL: $f"; done
+  echo "soak: FAILED (log: $log)"
+  exit 1
+fi
+echo "soak: PASSED"
