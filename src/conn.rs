@@ -113,6 +113,8 @@ pub struct Conn {
     pub pending: bool,
     /// Remove once the outbox is empty.
     pub finishing: bool,
+    /// Registered for writability: a write is blocked.
+    pub want_writable: bool,
     /// Why the connection is ending, once that is decided (first reason wins).
     pub reason: Option<crate::metrics::Reason>,
 }
@@ -131,6 +133,7 @@ impl Conn {
             timer_at: None,
             pending: false,
             finishing: false,
+            want_writable: false,
             reason: None,
         }
     }

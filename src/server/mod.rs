@@ -283,8 +283,9 @@ impl Server {
         let entry = self.net.conns.vacant_entry();
         let token = entry.key();
         let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap as u32, generation, now));
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), interest) {
+        // Writability is asked for only while a write is blocked (see `write`): with it always
+        // on, every ACK of every write wakes the loop with an event for that socket.
+        if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), Interest::READABLE) {
             warn!("register {addr}: {e}");
             self.net.conns.remove(token);
             return;
@@ -390,6 +391,12 @@ impl Server {
         let before = peer.out.queued();
         let result = peer.out.drain(&mut peer.sock);
         self.net.stats.bytes_sent += (before - peer.out.queued()) as u64;
+        let blocked = matches!(result, Ok(Drain::Blocked));
+        if blocked != conn.want_writable {
+            conn.want_writable = blocked;
+            let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let _ = self.poll.registry().reregister(&mut conn.peer.sock, Token(token), interest);
+        }
         match result {
             Ok(Drain::Blocked) => {}
             Ok(Drain::Empty) => match conn.phase {
