@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::conn::{Conn, Phase};
 use crate::http::{self, Status};
 use crate::metrics::{Gauges, Reason, Stats};
-use crate::outbox::Drain;
+use crate::outbox::{Drain, Spare};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -46,6 +46,8 @@ struct Net {
     pending: Vec<usize>,
     /// Connections that went over their queue cap this turn.
     overflowed: Vec<usize>,
+    /// Queue buffers to reuse.
+    spare: Spare,
     stats: Stats,
 }
 
@@ -68,6 +70,7 @@ impl Sink for Net {
         if peer.closing || peer.overflow {
             return;
         }
+        peer.out.reuse(&mut self.spare);
         if !peer.out.push_line(line.clone(), peer.cap as usize) {
             peer.overflow = true;
             self.overflowed.push(token);
@@ -143,6 +146,7 @@ impl Server {
                 conns: Slab::new(),
                 pending: Vec::new(),
                 overflowed: Vec::new(),
+                spare: Spare::default(),
                 stats: Stats::default(),
             },
             chat: Chat::new(cfg.presence_limit, cfg.max_text),
@@ -241,7 +245,8 @@ impl Server {
                     Phase::Ws(_) => {
                         self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
                     }
-                    _ => self.doom(t),
+                    Phase::Request { .. } => self.doom(t),
+                    Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
                     c.give_up = Some(now + self.cfg.shutdown_grace);
@@ -400,6 +405,7 @@ impl Server {
         match result {
             Ok(Drain::Blocked) => {}
             Ok(Drain::Empty) => match conn.phase {
+                Phase::Ws(_) if !conn.finishing => conn.peer.out.release(&mut self.net.spare),
                 Phase::Respond { eof: true } => self.doom(token),
                 Phase::Respond { eof: false } => {
                     // Response out: half-close, then wait for the peer's EOF or the grace.
