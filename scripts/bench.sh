@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Benchmarks for the README: prints one markdown table (and saves it to artifacts/).
+#
+# Usage: [RUNS=N] scripts/bench.sh [--quick]
+#   RUNS=N    runs per measurement; the table shows the median of each number [default: 3]
+#   --quick   one run each, 2 s windows, fewer connections for the idle and
+#             most-connections rows: a smoke test of the script, not numbers to publish
+#
+# Each run starts a fresh release server (--addr 127.0.0.1:0 --rate-limit 0) pinned to CPU 0
+# with taskset and drives it with chatload pinned to CPU 1, then stops it. Rows:
+#   - stripped size of target/release/chatloop (a stripped copy)
+#   - idle RSS per connection: (RSS with N idle connections - RSS before connecting) / N
+#   - room fan-out, 1,000 clients, 10 senders at 10, 50, 100 msg/s each
+#     (100k, 500k, 1M deliveries/s offered): deliveries/s, p50, p99, server CPU per delivery
+#   - private messages, 5,000 pairs each sending at 5 and 10 msg/s (each message is
+#     delivered twice: to the partner and echoed to the sender)
+#   - most connections held: 19,000 clients with a room message a second from 2 senders
+# Loopback only. Needs taskset (util-linux) and 2 or more CPUs.
+set -euo pipefail
+
+runs=${RUNS:-3}
+quick=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown argument '$a' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: RUNS must be a whole number above 0" >&2; exit 2; }
+dur=5 idle_big=10000 max_conns=19000
+if [ "$quick" = 1 ]; then
+  runs=1 dur=2 idle_big=5000 max_conns=5000
+fi
+command -v taskset >/dev/null || { echo "bench.sh: taskset is needed (util-linux)" >&2; exit 2; }
+[ "$(nproc)" -ge 2 ] || { echo "bench.sh: needs 2 CPUs to pin server and load apart" >&2; exit 2; }
+
+cd "$(dirname "$0")/.."
+mkdir -p artifacts
+out="artifacts/bench-$(date +%Y%m%d-%H%M%S).md"
+tmp=$(mktemp -d)
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 2' INT TERM
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "bench: building release binaries" >&2
+cargo build --release --quiet --bin chatloop --bin chatload || { echo "bench.sh: build failed" >&2; exit 2; }
+bin=${CARGO_TARGET_DIR:-target}/release
+
+start_server() {
+  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/server.out" 2>"$tmp/server.err" &
+  server_pid=$!
+  local i
+  for i in $(seq 100); do
+    grep -q '^listening on ' "$tmp/server.out" 2>/dev/null && break
+    sleep 0.05
+  done
+  addr=$(sed -n 's#^listening on http://##p' "$tmp/server.out")
+  [ -n "$addr" ] || { echo "bench.sh: the server did not start" >&2; cat "$tmp/server.err" >&2; exit 2; }
+}
+
+stop_server() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+# One measurement on a fresh server: prints chatload's summary line (or "summary failed=1").
+load() {
+  start_server
+  local line
+  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "b$$-" "$@" \
+    2>>"$tmp/load.err" | tail -1) || true
+  stop_server
+  case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
+}
+
+get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+median() {
+  sort -g | awk '{ a[NR] = $1 } END {
+    if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# Runs a measurement $runs times; leaves one file per key with a value a line in $tmp/m.
+measure() {
+  rm -rf "$tmp/m"
+  mkdir -p "$tmp/m"
+  local r line k
+  for r in $(seq "$runs"); do
+    line=$(load "$@")
+    echo "bench:   run $r: ${line#summary }" | cut -c1-220 >&2
+    for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
+      max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed; do
+      v=$(get "$k" "$line")
+      if [ -n "$v" ]; then echo "$v" >>"$tmp/m/$k"; fi
+    done
+  done
+}
+
+med() { if [ -f "$tmp/m/$1" ]; then median <"$tmp/m/$1"; else echo nan; fi; }
+total() { if [ -f "$tmp/m/$1" ]; then awk '{ s += $1 } END { print s + 0 }' "$tmp/m/$1"; else echo 0; fi; }
+
+# Human formats.
+rate() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else if (x >= 1e6) printf "%.2fM", x / 1e6; else if (x >= 1e3) printf "%.1fk", x / 1e3; else printf "%d", x }'; }
+lat() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else if (x >= 1e6) printf "%.2f s", x / 1e6; else if (x >= 1e3) printf "%.1f ms", x / 1e3; else printf "%d µs", x }'; }
+cpu() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%.2f µs", x }'; }
+num() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) { print "n/a"; exit } s = sprintf("%d", x)
+  while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s); print s }'; }
+
+rows=()
+row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+# The problems column: losses, unexpected closes and connect errors summed over every run.
+problems() {
+  local l u c f
+  l=$(total lost) u=$(total unexpected_closes) c=$(total connect_errors) f=$(total failed)
+  if [ "$l$u$c$f" = "0000" ]; then echo "none"; else
+    echo "lost $l, unexpected closes $u, connect errors $c$([ "$f" != 0 ] && echo ", $f runs failed")"
+  fi
+}
+
+# 1. Binary size.
+cp "$bin/chatloop" "$tmp/chatloop.stripped"
+strip "$tmp/chatloop.stripped"
+size=$(stat -c %s "$tmp/chatloop.stripped")
+row "Stripped binary (\`target/release/chatloop\`)" "$(awk -v s="$size" 'BEGIN { printf "%.0f KiB", s / 1024 }')" "" "" "" ""
+
+# 2. Idle RSS per connection.
+for n in 1000 "$idle_big"; do
+  echo "bench: idle RSS with $n connections" >&2
+  measure --mode idle --conns "$n" --duration 1
+  per=$(paste -d' ' "$tmp/m/server_rss_kb" "$tmp/m/server_rss_start_kb" 2>/dev/null |
+    awk -v n="$n" '{ print ($1 - $2) * 1024 / n }' | median)
+  row "Idle RSS per connection, $(num "$n") connections" "$(awk -v b="$per" 'BEGIN { if (b !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%.2f KiB", b / 1024 }')" \
+    "" "" "" "$(problems)"
+done
+
+# 3. Room fan-out.
+for r in 10 50 100; do
+  offered=$((10 * r * 1000))
+  echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
+  measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
+  row "Room fan-out: 1,000 clients, 10 senders × $r msg/s ($(rate $offered) deliveries/s offered)" \
+    "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
+    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(problems)"
+done
+
+# 4. Private messages.
+for r in 5 10; do
+  offered=$((10000 * r * 2))
+  echo "bench: private, 5000 pairs at $r/s each" >&2
+  measure --mode private --conns 10000 --rate "$r" --duration "$dur"
+  row "Private: 5,000 pairs, each client × $r msg/s ($(rate $offered) deliveries/s offered)" \
+    "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
+    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(problems)"
+done
+
+# 5. Most connections held, with light traffic.
+echo "bench: $max_conns connections with light room traffic" >&2
+measure --mode room --conns "$max_conns" --senders 2 --rate 1 --duration "$dur" --connect-concurrency 512
+row "Connections held: $(num "$max_conns") clients, 2 room messages/s to all" \
+  "$(num "$(med ready)") held, $(awk -v x="$(med server_rss_kb)" 'BEGIN { printf "%.1f MiB", x / 1024 }') RSS" \
+  "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
+  "$(cpu "$(med server_cpu_us_per_delivery)")" "$(problems)"
+
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+{
+  echo "chatloop $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') on $(date -u +%Y-%m-%d), $(nproc) CPUs ($cpu), Linux $(uname -r)."
+  echo "Server pinned to CPU 0, chatload to CPU 1, loopback; median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, smaller connection counts');"
+  echo "each room/private window ${dur} s. Latency is from the send to the receiving client's read, over every delivery."
+  echo "Load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews these numbers)."
+  echo
+  echo "| Measure | Result | p50 | p99 | Server CPU per delivery | Lost / unexpected closes / connect errors |"
+  echo "|---|---|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+} | tee "$out"
+echo "bench: saved $out" >&2
