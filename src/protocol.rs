@@ -19,6 +19,11 @@ pub struct Incoming<'a> {
 
 /// Decodes one client frame. `None` means "not an object of our shape" (`bad_message`).
 pub fn decode(frame: &str) -> Option<Incoming<'_>> {
+    // serde's derive also reads a struct from an array by position (`["bob","hi"]`); the
+    // protocol is objects only.
+    if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+        return None;
+    }
     serde_json::from_str(frame).ok()
 }
 
@@ -160,6 +165,8 @@ mod tests {
             r#"{"to":5,"text":"x"}"#,
             "{\"text\":",
             r#"{"text":"a","text":"b"}"#,
+            r#"["bob","psst"]"#,
+            r#" [null,"hi"]"#,
         ] {
             assert!(decode(bad).is_none(), "{bad:?} should be bad_message");
         }

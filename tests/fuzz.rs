@@ -801,20 +801,6 @@ fn frame() -> impl Strategy<Value = Frame> {
 // ---------------------------------------------------------------------------------------------
 // JSON and chat: properties
 
-/// Known bug, reported with this fuzzer: `protocol::decode` reads a JSON array as a positional
-/// `Incoming`, so `["bob","hi"]` is a private message to bob and `[null,"hi"]` a room message,
-/// where README says anything but an object of our shape gets `bad_message`. While this is
-/// true the properties let arrays through and the corpus files named in `KNOWN_BUG_FILES` are
-/// not held to their names; `known_bug_decode_takes_arrays` (ignored) fails until the fix.
-/// After the fix, set this to false and drop the `#[ignore]`.
-const DECODE_TAKES_ARRAYS: bool = true;
-const KNOWN_BUG_FILES: &[&str] =
-    &["bad_message-array-positional-private.txt", "bad_message-array-positional-room.txt"];
-
-fn json_array(frame: &str) -> bool {
-    frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('[')
-}
-
 /// `decode` agrees with serde_json's own reading of the frame, and takes objects only.
 fn check_decode(frame: &str, clean: bool) -> Check {
     let value: Option<Value> = serde_json::from_str(frame).ok();
@@ -831,10 +817,7 @@ fn check_decode(frame: &str, clean: bool) -> Check {
         Some(m) => {
             // README: "Bad JSON, or an object of another shape, gets error bad_message".
             let object = frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{');
-            prop_assert!(
-                object || (DECODE_TAKES_ARRAYS && json_array(frame)),
-                "decoded {m:?} from {frame:?}, which is not a JSON object"
-            );
+            prop_assert!(object, "decoded {m:?} from {frame:?}, which is not a JSON object");
             // serde_json's Value is stricter than skipping unknown fields (it refuses lone
             // surrogates, out-of-range numbers and deep nesting anywhere); when it reads the
             // frame at all, it must read the same text and recipient.
@@ -1175,7 +1158,6 @@ fn json_corpus() {
         };
         match run() {
             Ok(label) if label == want => {}
-            _ if DECODE_TAKES_ARRAYS && KNOWN_BUG_FILES.contains(&name.as_str()) => {}
             Ok(label) => failures.push(format!("{name}: expected {want}, got {label}")),
             Err(e) => failures.push(format!("{name}: {e}")),
         }
@@ -1183,9 +1165,9 @@ fn json_corpus() {
     assert!(failures.is_empty(), "json corpus:\n{}", failures.join("\n"));
 }
 
+/// Found by this fuzzer: serde's derive read `["bob","hi"]` as a private message by position.
 #[test]
-#[ignore = "known bug: protocol::decode takes JSON arrays (see DECODE_TAKES_ARRAYS)"]
-fn known_bug_decode_takes_arrays() {
+fn regression_decode_took_json_arrays() {
     for frame in [r#"["Bob","psst"]"#, r#"[null,"hi"]"#, r#" ["x"] "#] {
         assert!(protocol::decode(frame).is_none(), "{frame:?} decodes: {:?}", protocol::decode(frame));
     }
