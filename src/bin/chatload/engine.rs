@@ -241,7 +241,8 @@ impl<'a> Engine<'a> {
         loop {
             self.start_mains();
             let now = Instant::now();
-            if self.mains.iter().all(|m| m.resolved) || now >= deadline {
+            // Every attempt started and none still in flight: each one ended one way or the other.
+            if (self.next_main >= self.args.conns && self.mains_in_flight == 0) || now >= deadline {
                 break;
             }
             self.turn(Some(deadline))?;
