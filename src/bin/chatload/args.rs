@@ -27,14 +27,17 @@ Load:
                          churn    extra clients connect, hold --churn-hold, close, at --churn
                                   per second; they are not counted as receivers
   --conns N              clients held for the whole run [default: 100]
-  --senders N            room senders among them (at most --conns) [default: 10]
+  --senders N            room senders among them (at most --conns; in private mode every
+                         client sends) [default: 10]
   --rate R               messages per second per sender (fractions allowed) [default: 10]
-  --size BYTES           pad each message text to at least BYTES [default: 0, no padding]
+  --size BYTES           pad each message text to at least BYTES, at most 900
+                         [default: 0, no padding]
   --churn C              churn connections started per second; implies --mode churn
                          [default: 20 with --mode churn, else 0]
   --churn-hold SECS      how long a churn client stays after its welcome [default: 1]
   --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
-  --id-prefix P          client ids are P m<i> and P c<i> [default: cl<pid>-]
+  --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
+                         [default: cl<pid>-, e.g. cl4242-m0]
 
 Timing:
   --warmup SECS          at most this long to connect --conns clients before sending starts
@@ -42,18 +45,21 @@ Timing:
   --duration SECS        measured window: how long messages are sent [default: 10]
   --drain SECS           after sending stops, wait at most this long for deliveries
                          [default: 2]
-                         A hard deadline of warmup + duration + 30 s ends the run regardless.
+                         A hard deadline of warmup + duration + drain + 30 s ends the run
+                         regardless (exit status 3).
 
 Report:
   --pid PID              the server's process: report its CPU seconds over the measured
-                         window, its RSS and open descriptors (from /proc)
+                         window (and per delivery), its RSS before connecting and at the
+                         end of the window, and its open descriptors (from /proc)
   -h, --help             print this help
 
 Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
 started at which it was queued (and written, at the end of that loop turn); latency is taken
 when the receiving client reads it. How far sends fell behind their schedule is reported as
-send lag. Expected deliveries: room = messages x clients connected when sent;
-private = 2 x messages. Lost = expected - delivered. The last line printed is
+send lag. Expected deliveries: room = each message x the held clients connected when it was
+sent (a client still connecting when the window opened is never counted); private = 2 x
+messages. Lost = expected - delivered. The last line printed is
 'summary key=value ..'. Exit status: 0 when nothing was lost, duplicated or reordered, no
 client was closed unexpectedly, every client connected and the server answered every close of
 ours within 5 s; 1 otherwise; 2 for bad flags or an unusable target; 3 when the hard
