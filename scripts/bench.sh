@@ -100,6 +100,10 @@ measure() {
       v=$(get "$k" "$line")
       if [ -n "$v" ]; then echo "$v" >>"$tmp/m/$k"; fi
     done
+    # chatload's own CPU over the window, in % of one core: near 100 means the load
+    # generator, not the server, set the pace.
+    v=$(awk -v c="$(get load_cpu_s "$line")" -v w="$(get window_s "$line")" 'BEGIN { if (w > 0) printf "%.0f", 100 * c / w }')
+    if [ -n "$v" ]; then echo "$v" >>"$tmp/m/load_pct"; fi
   done
 }
 
@@ -114,7 +118,8 @@ num() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/)
   while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s); print s }'; }
 
 rows=()
-row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"); }
+pct() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%d%%", x }'; }
 # The problems column: losses, unexpected closes and connect errors summed over every run.
 problems() {
   local l u c f
@@ -128,7 +133,7 @@ problems() {
 cp "$bin/chatloop" "$tmp/chatloop.stripped"
 strip "$tmp/chatloop.stripped"
 size=$(stat -c %s "$tmp/chatloop.stripped")
-row "Stripped binary (\`target/release/chatloop\`)" "$(awk -v s="$size" 'BEGIN { printf "%.0f KiB", s / 1024 }')" "" "" "" ""
+row "Stripped binary (\`target/release/chatloop\`)" "$(awk -v s="$size" 'BEGIN { printf "%.0f KiB", s / 1024 }')" "" "" "" "" ""
 
 # 2. Idle RSS per connection.
 for n in 1000 "$idle_big"; do
@@ -137,7 +142,7 @@ for n in 1000 "$idle_big"; do
   per=$(paste -d' ' "$tmp/m/server_rss_kb" "$tmp/m/server_rss_start_kb" 2>/dev/null |
     awk -v n="$n" '{ print ($1 - $2) * 1024 / n }' | median)
   row "Idle RSS per connection, $(num "$n") connections" "$(awk -v b="$per" 'BEGIN { if (b !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%.2f KiB", b / 1024 }')" \
-    "" "" "" "$(problems)"
+    "" "" "" "" "$(problems)"
 done
 
 # 3. Room fan-out.
@@ -147,7 +152,7 @@ for r in 10 50 100; do
   measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
   row "Room fan-out: 1,000 clients, 10 senders × $r msg/s ($(rate $offered) deliveries/s offered)" \
     "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(problems)"
+    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 done
 
 # 4. Private messages.
@@ -157,7 +162,7 @@ for r in 5 10; do
   measure --mode private --conns 10000 --rate "$r" --duration "$dur"
   row "Private: 5,000 pairs, each client × $r msg/s ($(rate $offered) deliveries/s offered)" \
     "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(problems)"
+    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 done
 
 # 5. Most connections held, with light traffic.
@@ -166,7 +171,7 @@ measure --mode room --conns "$max_conns" --senders 2 --rate 1 --duration "$dur" 
 row "Connections held: $(num "$max_conns") clients, 2 room messages/s to all" \
   "$(num "$(med ready)") held, $(awk -v x="$(med server_rss_kb)" 'BEGIN { printf "%.1f MiB", x / 1024 }') RSS" \
   "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-  "$(cpu "$(med server_cpu_us_per_delivery)")" "$(problems)"
+  "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
@@ -175,8 +180,8 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   echo "each room/private window ${dur} s. Latency is from the send to the receiving client's read, over every delivery."
   echo "Load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews these numbers)."
   echo
-  echo "| Measure | Result | p50 | p99 | Server CPU per delivery | Lost / unexpected closes / connect errors |"
-  echo "|---|---|---|---|---|---|"
+  echo "| Measure | Result | p50 | p99 | Server CPU per delivery | chatload CPU | Lost / unexpected closes / connect errors |"
+  echo "|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } | tee "$out"
 echo "bench: saved $out" >&2

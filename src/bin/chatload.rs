@@ -69,9 +69,11 @@ fn run(args: &Args) -> std::io::Result<bool> {
     println!("connected {} of {} clients in {:.2} s", e.live_count(), args.conns, t0.elapsed().as_secs_f64());
     let _ = std::io::stdout().flush();
     let at_start = args.pid.and_then(procstat::sample);
+    let own_start = procstat::own_cpu_seconds();
     let window_start = e.run_phase(args.duration)?;
     e.drain_phase(args.drain)?;
     let at_end = args.pid.and_then(procstat::sample);
+    let own_cpu = procstat::own_cpu_seconds() - own_start;
     let window = window_start.elapsed();
     let open_at_end = e.open_count();
     e.close_phase()?;
@@ -104,8 +106,10 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.reordered, c.skipped_sends, c.foreign, c.uncounted
     );
     println!(
-        "throughput: {deliveries_per_sec:.0} deliveries/s (offered {offered_per_sec:.0}/s); send lag max {} us",
-        c.max_send_lag_ns / 1000
+        "throughput: {deliveries_per_sec:.0} deliveries/s (offered {offered_per_sec:.0}/s); send lag max {} us; \
+         chatload's own cpu {own_cpu:.2} s ({:.0}% of one core)",
+        c.max_send_lag_ns / 1000,
+        100.0 * own_cpu / window.as_secs_f64()
     );
     println!(
         "latency: p50 {p50} us, p99 {p99} us, p99.9 {p999} us, max {max_us} us ({} samples)",
@@ -169,7 +173,7 @@ fn run(args: &Args) -> std::io::Result<bool> {
          reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
          server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
          offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
-         close_timeouts={} window_s={:.3} peak_open={}{server} ok={}",
+         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{server} ok={}",
         mode_name(args),
         args.conns,
         c.ready,

@@ -20,6 +20,17 @@ pub fn sample(pid: u32) -> Option<Sample> {
     Some(Sample { cpu_s, rss_kb, fds })
 }
 
+/// This process's user + system CPU seconds so far.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// utime + stime (fields 14 and 15) from a /proc/PID/stat line, in seconds.
 fn cpu_seconds(stat: &str) -> Option<f64> {
     // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
