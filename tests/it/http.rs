@@ -78,23 +78,25 @@ fn bad_upgrades_get_clear_statuses() {
             assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         }
     }
-    let same_origin = upgrade("/ws?id=a", &format!("{KEY}{V13}Origin: http://127.0.0.1\r\n"));
+    assert_switches(&s, "http://127.0.0.1");
+}
+
+/// An upgrade from `origin` gets 101 (the response is not read to the end: the socket stays up).
+fn assert_switches(s: &Server, origin: &str) {
+    let req = upgrade("/ws?id=a", &format!("{KEY}{V13}Origin: {origin}\r\n"));
     let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
-    std::io::Write::write_all(&mut sock, same_origin.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut sock, req.as_bytes()).unwrap();
     let mut buf = [0u8; 12];
     std::io::Read::read_exact(&mut sock, &mut buf).unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 101");
+    assert_eq!(&buf, b"HTTP/1.1 101", "origin {origin}");
 }
 
 #[test]
 fn allow_origin_flag_lets_a_foreign_origin_in() {
     let s = Server::start(&["--allow-origin", "https://chat.example"]);
-    let req = upgrade("/ws?id=a", &format!("{KEY}{V13}Origin: https://chat.example\r\n"));
-    let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
-    std::io::Write::write_all(&mut sock, req.as_bytes()).unwrap();
-    let mut buf = [0u8; 12];
-    std::io::Read::read_exact(&mut sock, &mut buf).unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 101");
+    assert_switches(&s, "https://chat.example");
+    let r = s.raw(upgrade("/ws?id=b", &format!("{KEY}{V13}Origin: https://other.example\r\n")).as_bytes());
+    assert!(r.starts_with("HTTP/1.1 403"), "only the allowed origin: {r}");
 }
 
 #[test]
