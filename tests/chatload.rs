@@ -165,8 +165,9 @@ fn room_counts_match_an_independent_observer() {
     assert!(seen.iter().all(|(from, text)| from.starts_with("hon-m") && text.starts_with("r ")), "{seen:?}");
     let senders: HashSet<_> = seen.iter().map(|(from, _)| from.as_str()).collect();
     assert_eq!(senders.len(), 5, "{senders:?}");
-    // 5 senders x 20/s x 3 s, less what a loaded machine could not fit into the window.
-    assert!((270..=300).contains(&sent), "sent {sent}\n{stdout}");
+    // 5 senders x 20/s x 3 s: every send scheduled inside the window is made (late, if the
+    // machine is slow), so the count is exact.
+    assert_eq!(sent, 300, "{stdout}");
 
     // And its own books balance: 50 receivers each got every message.
     assert_eq!(num(&s, "ready"), 50);
@@ -203,7 +204,7 @@ fn private_pairs_deliver_twice() {
     assert!(out.status.success(), "{stdout}");
     let s = summary(&stdout);
     let sent = num(&s, "sent");
-    assert!((180..=200).contains(&sent), "{stdout}");
+    assert_eq!(sent, 200, "{stdout}");
     assert_eq!(num(&s, "expected"), 2 * sent);
     assert_eq!(num(&s, "delivered"), 2 * sent);
 }
