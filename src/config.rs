@@ -65,7 +65,7 @@ Flags:
   --max-message BYTES         largest client message; larger closes with 1009 [default: 4096]
   --max-text CHARS            longest chat text; longer gets error too_long [default: 1000]
   --queue-cap BYTES           outbound queue cap per connection; a client past it is closed
-                              with 1008 slow consumer [default: 262144]
+                              with 1008 slow consumer; at least 16384 [default: 262144]
   --rate-limit N              messages per second per connection, burst 2N; 0 turns it off;
                               over it the message is dropped with error rate_limited [default: 20]
   --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
@@ -87,6 +87,10 @@ Flags:
 
 Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [default: info].
 ";
+
+/// The smallest `--queue-cap`: a welcome listing 256 ids of 32 characters is about 9 KiB,
+/// and a queue that cannot hold its own welcome would close every newcomer as a slow consumer.
+pub const MIN_QUEUE_CAP: usize = 16 * 1024;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -153,8 +157,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     if cfg.queue_cap > u32::MAX as usize {
         return Err("--queue-cap: at most 4294967295 bytes".into());
     }
-    if cfg.queue_cap < 1024 {
-        return Err("--queue-cap: must be at least 1024 bytes, room for a close frame and an error".into());
+    // Each listed id costs at most 35 bytes of JSON ("id", quotes, comma).
+    let need = MIN_QUEUE_CAP.max(cfg.presence_limit.saturating_mul(35).saturating_add(1024));
+    if cfg.queue_cap < need {
+        return Err(format!(
+            "--queue-cap: must be at least {need} bytes, room for the largest welcome \
+             (--presence-limit ids of up to 32 characters)"
+        ));
     }
     Ok(Command::Run(Box::new(cfg)))
 }
@@ -212,7 +221,8 @@ mod tests {
             (&["--addr"], "needs a value"),
             (&["--addr", "nowhere"], "not an address"),
             (&["--frobnicate"], "unknown flag"),
-            (&["--queue-cap", "10"], "at least 1024"),
+            (&["--queue-cap", "10"], "at least 16384"),
+            (&["--presence-limit", "10000"], "--queue-cap: must be at least 351024"),
             (&["--metrics-allow", "10.0.0.0/99"], "not an address or CIDR"),
         ] {
             let e = run(args).unwrap_err();

@@ -102,15 +102,22 @@ impl Outbox {
         true
     }
 
-    /// Drops everything not yet begun, keeping a half-written frame so the stream stays valid.
+    /// Drops the chat lines not yet begun, keeping a half-written frame so the stream stays
+    /// valid, and every raw chunk: a 101 or a pong queued before the lines must still go out
+    /// ahead of the close that follows.
     pub fn discard_unsent(&mut self) {
         let keep = self.inflight.as_ref().map_or(0, |f| f.chunks as usize);
-        for c in self.queue.drain(keep..) {
-            self.queued -= c.len() as u32;
-        }
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-        }
+        let mut index = 0;
+        let mut dropped = 0u32;
+        self.queue.retain(|c| {
+            index += 1;
+            let drop = index > keep && matches!(c, Chunk::Line(_));
+            if drop {
+                dropped += c.len() as u32;
+            }
+            !drop
+        });
+        self.queued -= dropped;
     }
 
     /// Writes until the queue is empty or the writer would block.
@@ -326,6 +333,20 @@ mod tests {
         let mut b = Outbox::default();
         b.reuse(&mut spare);
         assert!(b.queue.capacity() > 0 && spare.0.is_empty());
+    }
+
+    #[test]
+    fn discard_keeps_raw_chunks_in_their_place() {
+        let mut o = Outbox::default();
+        o.push_raw(Bytes::from_static(b"HTTP/1.1 101"), 1000);
+        o.push_line(Bytes::from_static(b"welcome"), 1000);
+        o.push_raw(Bytes::from_static(&[0x8a, 0x00]), 1000);
+        o.push_line(Bytes::from_static(b"later"), 1000);
+        o.discard_unsent();
+        assert_eq!(o.queued(), 14);
+        let mut w = fake(100);
+        o.drain(&mut w).unwrap();
+        assert_eq!(&w.got, b"HTTP/1.1 101\x8a\x00");
     }
 
     #[test]
