@@ -211,6 +211,10 @@ impl Server {
                         self.net.mark_pending(t);
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        if let Some(c) = self.net.conns.get_mut(t) {
+                            c.peer.drained = false;
+                            c.peer.hup = ev.is_read_closed() || ev.is_error();
+                        }
                         self.readable(t, now, ts);
                     }
                 }

@@ -29,6 +29,9 @@ impl Server {
                     if buf.len() > http::MAX_HEAD {
                         break; // parse says 431; the rest is never read
                     }
+                    if n < chunk.len() && !conn.peer.hup {
+                        break; // short read: empty for now, and new bytes raise a new edge
+                    }
                 }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
