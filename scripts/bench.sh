@@ -10,8 +10,10 @@
 # with taskset and drives it with chatload pinned to CPU 1, then stops it. Rows:
 #   - stripped size of target/release/chatloop (a stripped copy)
 #   - idle RSS per connection: (RSS with N idle connections - RSS before connecting) / N
-#   - room fan-out, 1,000 clients, 10 senders at 10, 50, 100 msg/s each
-#     (100k, 500k, 1M deliveries/s offered): deliveries/s, p50, p99, server CPU per delivery
+#   - RSS at start-up
+#   - room fan-out, 1,000 clients, 10 senders at 10, 50, 100, 200 msg/s each
+#     (100k, 500k, 1M, 2M deliveries/s offered): deliveries/s, p50, p99, server CPU per delivery
+#   - the 500k/s row again with a 40 ms flush window, to show what the window trades
 #   - private messages, 5,000 pairs each sending at 5 and 10 msg/s (each message is
 #     delivered twice: to the partner and echoed to the sender)
 #   - most connections held: 19,000 clients with a room message a second from 2 senders
@@ -52,8 +54,10 @@ echo "bench: building release binaries" >&2
 cargo build --release --quiet --bin chatloop --bin chatload || { echo "bench.sh: build failed" >&2; exit 2; }
 bin=${CARGO_TARGET_DIR:-target}/release
 
+server_args=() # extra server flags for the next measurement
 start_server() {
-  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/server.out" 2>"$tmp/server.err" &
+  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 "${server_args[@]}" \
+    >"$tmp/server.out" 2>"$tmp/server.err" &
   server_pid=$!
   local i
   for i in $(seq 100); do
@@ -135,7 +139,7 @@ strip "$tmp/chatloop.stripped"
 size=$(stat -c %s "$tmp/chatloop.stripped")
 row "Stripped binary (\`target/release/chatloop\`)" "$(awk -v s="$size" 'BEGIN { printf "%.0f KiB", s / 1024 }')" "" "" "" "" ""
 
-# 2. Idle RSS per connection.
+# 2. Idle RSS per connection (and at start-up, before any connection).
 for n in 1000 "$idle_big"; do
   echo "bench: idle RSS with $n connections" >&2
   measure --mode idle --conns "$n" --duration 1
@@ -144,9 +148,10 @@ for n in 1000 "$idle_big"; do
   row "Idle RSS per connection, $(num "$n") connections" "$(awk -v b="$per" 'BEGIN { if (b !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%.2f KiB", b / 1024 }')" \
     "" "" "" "" "$(problems)"
 done
+row "RSS at start-up" "$(awk -v x="$(med server_rss_start_kb)" 'BEGIN { printf "%.2f MiB", x / 1024 }')" "" "" "" "" ""
 
-# 3. Room fan-out.
-for r in 10 50 100; do
+# 3. Room fan-out, up to 2M deliveries/s offered.
+for r in 10 50 100 200; do
   offered=$((10 * r * 1000))
   echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
   measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
@@ -154,6 +159,15 @@ for r in 10 50 100; do
     "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
     "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 done
+
+# 3b. The flush window's trade: the 500k/s row again with a 40 ms window instead of 5 ms.
+echo "bench: room fan-out at 500k/s with --flush-interval 0.04" >&2
+server_args=(--flush-interval 0.04)
+measure --mode room --conns 1000 --senders 10 --rate 50 --duration "$dur"
+server_args=()
+row "Room fan-out at 500k/s offered, \`--flush-interval 0.04\` (default 0.005)" \
+  "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
+  "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 
 # 4. Private messages.
 for r in 5 10; do
