@@ -83,6 +83,13 @@ impl Chat {
         Ok(shared)
     }
 
+    /// Returns the user table's and presence buffers' memory (when the server has gone idle).
+    pub fn shrink(&mut self) {
+        self.users.shrink_to_fit();
+        self.events.shrink_to_fit();
+        self.starts.shrink_to_fit();
+    }
+
     /// Frees `id` at once, so it can be claimed again in the same turn.
     pub fn leave(&mut self, id: &str) {
         if self.users.remove(&*id.to_ascii_lowercase()).is_some() {

@@ -54,6 +54,11 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _, _))| self.decode(*at))
     }
 
+    /// Drops every entry and its memory: for when no connection is left to own one.
+    pub fn clear(&mut self) {
+        self.heap = BinaryHeap::new();
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

@@ -36,6 +36,8 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// After EMFILE/ENFILE, how long to wait before accepting again (unless a socket frees first).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// `compact` runs when the last connection goes, if the slab had grown past this many.
+const IDLE_COMPACT_ABOVE: usize = 64;
 /// tungstenite's read chunk: small, because it is allocated up front for every session.
 const READ_BUFFER: usize = 256;
 
@@ -46,6 +48,9 @@ struct Net {
     pending: Vec<usize>,
     /// Connections that went over their queue cap this turn.
     overflowed: Vec<usize>,
+    /// Connections whose output should not wait for the flush window: HTTP responses and the
+    /// 101 (with its welcome). The window is for coalescing chat lines, not for handshakes.
+    urgent: Vec<usize>,
     /// Queue buffers to reuse.
     spare: Spare,
     stats: Stats,
@@ -146,6 +151,7 @@ impl Server {
                 conns: Slab::new(),
                 pending: Vec::new(),
                 overflowed: Vec::new(),
+                urgent: Vec::new(),
                 spare: Spare::default(),
                 stats: Stats::default(),
             },
@@ -372,12 +378,15 @@ impl Server {
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
             }
+            for token in std::mem::take(&mut self.net.urgent) {
+                self.write(token);
+            }
             if flush {
                 for token in std::mem::take(&mut self.net.pending) {
                     self.write(token);
                 }
             }
-            if self.doomed.is_empty() && self.net.overflowed.is_empty() {
+            if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty() {
                 break;
             }
             for token in std::mem::take(&mut self.doomed) {
@@ -439,10 +448,34 @@ impl Server {
             self.net.stats.disconnect(r);
         }
         let _ = self.poll.registry().deregister(&mut conn.peer.sock);
+        drop(conn);
+        if self.net.conns.is_empty() && self.net.conns.capacity() > IDLE_COMPACT_ABOVE {
+            self.compact();
+        }
         if self.accept_paused_until.is_some() {
             // A descriptor just came free: the connections waiting in the backlog can have it.
             self.accept_paused_until = Some(Instant::now());
         }
+    }
+
+    /// The last connection is gone after a crowd: give the memory the crowd needed back to the
+    /// system, so that RSS returns to where it started (glibc keeps freed memory otherwise).
+    fn compact(&mut self) {
+        self.net.conns.shrink_to_fit();
+        self.net.pending = Vec::new();
+        self.net.overflowed = Vec::new();
+        self.net.urgent = Vec::new();
+        self.net.spare.clear();
+        self.doomed = Vec::new();
+        self.again = Vec::new();
+        self.timers.clear(); // every entry is stale now
+        self.chat.shrink();
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        debug!("idle: memory compacted");
     }
 
     /// The `/metrics` body; gauges are counted here, not kept on the hot path.

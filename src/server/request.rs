@@ -87,7 +87,7 @@ impl Server {
         conn.peer.out.push_raw(response, usize::MAX);
         conn.phase = Phase::Respond { eof: false };
         conn.give_up = Some(now + CLOSE_GRACE);
-        self.net.mark_pending(token);
+        self.net.urgent.push(token);
         self.arm(token);
         // Read what is left (a body, a second request) so the kernel does not answer with RST.
         self.read_discard(token);
@@ -135,7 +135,7 @@ impl Server {
         conn.phase = Phase::Ws(Box::new(Session { ctx, echo, user: None, bucket }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
-        self.net.mark_pending(token);
+        self.net.urgent.push(token);
         self.arm(token);
         if !echo {
             match self.chat.join(id, token, &mut self.net) {

@@ -298,3 +298,37 @@ fn two_claims_of_one_id_in_the_same_turn_exactly_one_wins() {
         assert!(wa ^ wb, "round {round}: exactly one wins (a={wa}, b={wb})");
     }
 }
+
+#[test]
+fn after_a_crowd_leaves_rss_returns_to_its_starting_level() {
+    // A small presence limit keeps the debug build's welcome encoding from dominating the run.
+    let s = Server::start(&["--presence-limit", "16"]);
+    let mut first = s.join("first");
+    first.send(&json!({"text": "warm"}));
+    first.next_line();
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let (rss0, anon0) = (s.rss_kb(), s.anon_kb());
+    let crowd: Vec<TcpStream> = (0..3000).map(|i| s.raw_ws(&format!("crowd{i}"))).collect();
+    let mut talker = s.join("talker");
+    talker.send(&json!({"text": "to everyone"}));
+    talker.next_line();
+    let (rss_peak, anon_peak) = (s.rss_kb(), s.anon_kb());
+    drop(crowd);
+    drop(talker);
+    let end = Instant::now() + Duration::from_secs(5);
+    while s.metrics()["chatloop_connections"] > 1.0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (rss, anon) = (s.rss_kb(), s.anon_kb());
+    let report =
+        format!("RSS {rss0} -> {rss_peak} -> {rss} kB, of it anonymous {anon0} -> {anon_peak} -> {anon} kB");
+    assert!(anon_peak > anon0 + 2000, "the crowd should cost memory: {report}");
+    // The heap goes back; code pages the crowd paged in (file-backed) may stay mapped.
+    assert!(s.log().contains("idle: memory compacted"), "{report}");
+    // Within half a megabyte of the start (glibc keeps a little in its caches and the stack
+    // stays as deep as it went), where without compaction nearly all of the crowd's stays.
+    assert!(anon < anon0 + 512 && (anon - anon0) * 4 < anon_peak - anon0, "{report}");
+    assert!(rss < rss0 + 1024, "{report}");
+}

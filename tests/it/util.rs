@@ -256,8 +256,17 @@ impl Server {
 
     /// The server's resident set, from /proc.
     pub fn rss_kb(&self) -> u64 {
+        self.status_kb("VmRSS:")
+    }
+
+    /// The server's anonymous resident memory (heap and stacks, not mapped code), from /proc.
+    pub fn anon_kb(&self) -> u64 {
+        self.status_kb("RssAnon:")
+    }
+
+    fn status_kb(&self, key: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
@@ -276,12 +285,18 @@ impl Server {
         let mut s = TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(upgrade_request(&format!("/ws?id={id}")).as_bytes()).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut b).unwrap(), 1, "EOF in handshake");
-            head.push(b[0]);
-        }
+        // Peek, then take exactly the head: the frames behind it stay for the caller.
+        let mut buf = [0u8; 1024];
+        let len = loop {
+            let n = s.peek(&mut buf).unwrap();
+            assert!(n > 0, "EOF in handshake");
+            if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let mut head = vec![0u8; len];
+        s.read_exact(&mut head).unwrap();
         assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
         s
     }
