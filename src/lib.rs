@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod rlimit;
 pub mod router;
 pub mod server;
 pub mod timers;

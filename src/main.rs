@@ -24,7 +24,7 @@ fn main() {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let nofile = raise_nofile_limit();
+    let nofile = usize::try_from(chatloop::rlimit::raise_nofile_limit()).unwrap_or(usize::MAX);
     let max_conns = cfg.max_conns.unwrap_or(nofile.saturating_sub(FD_MARGIN).max(1));
     let listener = match std::net::TcpListener::bind(cfg.addr) {
         Ok(l) => l,
@@ -57,22 +57,4 @@ fn main() {
         std::process::exit(1);
     }
     // A graceful shutdown ends here, with status 0.
-}
-
-/// Raises the soft open-file limit to the hard one, as Go's runtime does, and returns it.
-fn raise_nofile_limit() -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }

@@ -30,7 +30,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let nofile = raise_nofile_limit();
+    let nofile = chatloop::rlimit::raise_nofile_limit();
     let needed = args.conns as u64 + (args.churn * (args.churn_hold.as_secs_f64() + 10.0)) as u64 + 64;
     if nofile < needed {
         eprintln!(
@@ -243,22 +243,4 @@ fn compact(m: &BTreeMap<u16, u64>) -> String {
         return "none".into();
     }
     m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
-}
-
-/// Raises the soft open-file limit to the hard one and returns the soft limit in force.
-fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    lim.rlim_cur
 }
