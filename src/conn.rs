@@ -126,6 +126,8 @@ pub struct Conn {
     pub pending: bool,
     /// Remove once the outbox is empty.
     pub finishing: bool,
+    /// On the loop's removal list.
+    pub doomed: bool,
     /// Registered for writability: a write is blocked.
     pub want_writable: bool,
     /// Why the connection is ending, once that is decided (first reason wins).
@@ -154,6 +156,7 @@ impl Conn {
             timer_at: None,
             pending: false,
             finishing: false,
+            doomed: false,
             want_writable: false,
             reason: None,
         }

@@ -6,9 +6,10 @@
 //! 2. accept until WouldBlock; read every readable connection until WouldBlock (or its
 //!    per-turn budget); mark writable ones pending; note signals;
 //! 3. fire due timers (handshake, ping, idle, close grace);
-//! 4. settle: send the turn's presence batch, close slow consumers, drain every pending
-//!    outbox with `writev`, remove finished connections; repeat until nothing changes,
-//!    because a removal's `leave` can fill someone else's queue.
+//! 4. settle: send the turn's presence batch, close slow consumers, write handshakes and HTTP
+//!    responses at once and every other pending outbox when the flush window is due (one
+//!    `writev` per frame), remove finished connections; repeat until nothing changes, because
+//!    a removal's `leave` can fill someone else's queue.
 
 mod request;
 mod session;
@@ -326,8 +327,12 @@ impl Server {
         }
     }
 
+    /// Queues the connection for removal at the end of the turn (once, whoever asks).
     fn doom(&mut self, token: usize) {
-        if !self.doomed.contains(&token) {
+        if let Some(c) = self.net.conns.get_mut(token)
+            && !c.doomed
+        {
+            c.doomed = true;
             self.doomed.push(token);
         }
     }
