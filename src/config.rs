@@ -143,7 +143,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--shutdown-grace" => cfg.shutdown_grace = seconds(&flag, &value()?)?,
             "--flush-interval" => {
                 let v = value()?;
-                cfg.flush_interval = if v == "0" { Duration::ZERO } else { seconds(&flag, &v)? };
+                let zero = v.parse::<f64>().is_ok_and(|s| s == 0.0);
+                cfg.flush_interval = if zero { Duration::ZERO } else { seconds(&flag, &v)? };
             }
             "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
             "--ping-interval" => cfg.ping_interval = seconds(&flag, &value()?)?,
@@ -208,6 +209,8 @@ mod tests {
         assert_eq!(c.addr.port(), 0);
         assert_eq!(c.handshake_timeout, Duration::from_millis(200));
         assert_eq!(c.allow_origin, vec!["*"]);
+        assert_eq!(run(&["--flush-interval", "0.0"]).unwrap().flush_interval, Duration::ZERO);
+        assert_eq!(run(&["--flush-interval", "0.02"]).unwrap().flush_interval, Duration::from_millis(20));
         assert!(c.echo);
     }
 
