@@ -58,14 +58,6 @@ impl Timers {
     pub fn clear(&mut self) {
         self.heap = BinaryHeap::new();
     }
-
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
 
 #[cfg(test)]
