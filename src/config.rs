@@ -69,7 +69,8 @@ Flags:
   --rate-limit N              messages per second per connection, burst 2N; 0 turns it off;
                               over it the message is dropped with error rate_limited [default: 20]
   --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
-  --ping-interval SECS        ping a quiet client this often [default: 54]
+  --ping-interval SECS        ping every client this often; must be shorter than
+                              --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
   --idle-timeout SECS         close a client that sent nothing, not even a pong [default: 60]
   --presence-limit N          above N users, no join/leave events and the welcome lists
                               N ids [default: 256]
@@ -105,6 +106,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut cfg = Config::default();
     let mut args = args.into_iter();
     let mut metrics_allow: Vec<Cidr> = Vec::new();
+    let mut ping_given = false;
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -147,10 +149,22 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 cfg.flush_interval = if zero { Duration::ZERO } else { seconds(&flag, &v)? };
             }
             "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
-            "--ping-interval" => cfg.ping_interval = seconds(&flag, &value()?)?,
+            "--ping-interval" => {
+                cfg.ping_interval = seconds(&flag, &value()?)?;
+                ping_given = true;
+            }
             "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &value()?)?,
             _ => return Err(format!("unknown flag '{arg}' (see --help)")),
         }
+    }
+    if cfg.ping_interval >= cfg.idle_timeout && !ping_given {
+        // Only --idle-timeout was lowered: ping at nine tenths of it, as gorilla's example does.
+        cfg.ping_interval = cfg.idle_timeout.mul_f64(0.9);
+    }
+    if cfg.ping_interval >= cfg.idle_timeout {
+        return Err("--ping-interval: must be shorter than --idle-timeout, or quiet clients that \
+                    answer every ping are closed anyway"
+            .into());
     }
     if !metrics_allow.is_empty() {
         cfg.metrics_allow = metrics_allow;
@@ -210,6 +224,8 @@ mod tests {
         assert_eq!(c.handshake_timeout, Duration::from_millis(200));
         assert_eq!(c.allow_origin, vec!["*"]);
         assert_eq!(run(&["--flush-interval", "0.0"]).unwrap().flush_interval, Duration::ZERO);
+        let lowered = run(&["--idle-timeout", "10"]).unwrap();
+        assert_eq!(lowered.ping_interval, Duration::from_secs(9), "derived when only the timeout is lowered");
         assert_eq!(run(&["--flush-interval", "0.02"]).unwrap().flush_interval, Duration::from_millis(20));
         assert!(c.echo);
     }
@@ -227,6 +243,8 @@ mod tests {
             (&["--queue-cap", "10"], "at least 16384"),
             (&["--presence-limit", "10000"], "--queue-cap: must be at least 351024"),
             (&["--metrics-allow", "10.0.0.0/99"], "not an address or CIDR"),
+            (&["--ping-interval", "60"], "shorter than --idle-timeout"),
+            (&["--idle-timeout", "5", "--ping-interval", "5"], "shorter than --idle-timeout"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
