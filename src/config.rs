@@ -1,5 +1,6 @@
 //! Command-line flags to `Config`, with every default stated once, here and in `--help`.
 
+use crate::flags::{self, positive, whole};
 use crate::metrics::Cidr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -130,10 +131,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--max-message" => cfg.max_message = positive(&flag, &value()?)?,
             "--max-text" => cfg.max_text = positive(&flag, &value()?)?,
             "--queue-cap" => cfg.queue_cap = positive(&flag, &value()?)?,
-            "--presence-limit" => cfg.presence_limit = number(&flag, &value()?)?,
+            "--presence-limit" => cfg.presence_limit = whole(&flag, &value()?)?,
             "--rate-limit" => {
                 cfg.rate_limit =
-                    u32::try_from(number(&flag, &value()?)?).map_err(|_| format!("{flag}: too large"))?
+                    u32::try_from(whole(&flag, &value()?)?).map_err(|_| format!("{flag}: too large"))?
             }
             "--metrics-allow" => {
                 let v = value()?;
@@ -144,9 +145,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             }
             "--shutdown-grace" => cfg.shutdown_grace = seconds(&flag, &value()?)?,
             "--flush-interval" => {
-                let v = value()?;
-                let zero = v.parse::<f64>().is_ok_and(|s| s == 0.0);
-                cfg.flush_interval = if zero { Duration::ZERO } else { seconds(&flag, &v)? };
+                cfg.flush_interval = flags::seconds(&flag, &value()?, true, 1e9)?;
             }
             "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
             "--ping-interval" => {
@@ -183,23 +182,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     Ok(Command::Run(Box::new(cfg)))
 }
 
-fn number(flag: &str, v: &str) -> Result<usize, String> {
-    v.parse().map_err(|_| format!("{flag}: '{v}' is not a whole number"))
-}
-
-fn positive(flag: &str, v: &str) -> Result<usize, String> {
-    match number(flag, v)? {
-        0 => Err(format!("{flag}: must be more than 0")),
-        n => Ok(n),
-    }
-}
-
+/// Config's durations: more than zero, and sane.
 fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = v.parse().map_err(|_| format!("{flag}: '{v}' is not a number of seconds"))?;
-    if !(s > 0.0 && s <= 1e9) {
-        return Err(format!("{flag}: must be more than 0 seconds"));
-    }
-    Ok(Duration::from_secs_f64(s))
+    flags::seconds(flag, v, false, 1e9)
 }
 
 #[cfg(test)]

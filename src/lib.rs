@@ -8,6 +8,7 @@ pub mod assets;
 pub mod chat;
 pub mod config;
 pub mod conn;
+pub mod flags;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

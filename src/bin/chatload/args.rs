@@ -1,5 +1,6 @@
 //! chatload's flags: hand-written parsing, every default stated once here and in `HELP`.
 
+use chatloop::flags::{self, non_negative_f64, positive_f64, whole};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -260,33 +261,9 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--addr: '{target}' resolves to no address"))
 }
 
-fn whole(flag: &str, v: &str) -> Result<usize, String> {
-    v.parse().map_err(|_| format!("{flag}: '{v}' is not a whole number"))
-}
-
-fn non_negative_f64(flag: &str, v: &str) -> Result<f64, String> {
-    match v.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        _ => Err(format!("{flag}: '{v}' is not a number of 0 or more")),
-    }
-}
-
-fn positive_f64(flag: &str, v: &str) -> Result<f64, String> {
-    match non_negative_f64(flag, v)? {
-        x if x > 0.0 => Ok(x),
-        _ => Err(format!("{flag}: must be more than 0")),
-    }
-}
-
+/// chatload's durations: at most a day, so every run stays bounded.
 fn seconds(flag: &str, v: &str, zero_ok: bool) -> Result<Duration, String> {
-    let s = non_negative_f64(flag, v).map_err(|_| format!("{flag}: '{v}' is not a number of seconds"))?;
-    if s > 86_400.0 {
-        return Err(format!("{flag}: at most 86400 seconds"));
-    }
-    if s == 0.0 && !zero_ok {
-        return Err(format!("{flag}: must be more than 0 seconds"));
-    }
-    Ok(Duration::from_secs_f64(s))
+    flags::seconds(flag, v, zero_ok, 86_400.0)
 }
 
 #[cfg(test)]
