@@ -29,7 +29,11 @@ impl Server {
             let msg = match result {
                 Ok(m) => m,
                 Err(tungstenite::Error::Io(e)) if would_block(&e) => {
-                    self.net.mark_pending(token);
+                    // Only if tungstenite queued a reply (pong, close) during the read: a sender
+                    // whose own queue is empty need not be visited at the flush.
+                    if !conn.peer.out.is_empty() {
+                        self.net.mark_pending(token);
+                    }
                     return;
                 }
                 Err(e) => return self.ws_failed(token, e, now),
