@@ -26,6 +26,12 @@ pub struct Config {
     pub metrics_allow: Vec<Cidr>,
     pub shutdown_grace: Duration,
     pub flush_interval: Duration,
+    /// Scale-out through Redis; None runs a single process.
+    pub redis: Option<crate::redis::Url>,
+    /// How long an id outlives a node that stopped heartbeating.
+    pub redis_ttl: Duration,
+    /// SO_REUSEPORT, so that several processes can share `addr`.
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -47,6 +53,9 @@ impl Default for Config {
             metrics_allow: Cidr::loopback(),
             shutdown_grace: Duration::from_secs(2),
             flush_interval: Duration::from_millis(5),
+            redis: None,
+            redis_ttl: Duration::from_secs(15),
+            reuse_port: false,
         }
     }
 }
@@ -83,6 +92,15 @@ Flags:
   --flush-interval SECS       write each client's queue at most this often: lines that arrive
                               meanwhile share one frame and one writev; 0 writes every loop
                               turn [default: 0.005]
+  --redis URL                 join a cluster of chatloop processes through Redis 6 or newer:
+                              redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; room messages,
+                              private messages and presence span every process sharing
+                              that Redis and database, and ids are unique across them
+                              [default: none, a single process]
+  --redis-ttl SECS            an id stays claimed this long after its process stops
+                              heartbeating (heartbeats go every third of it) [default: 15]
+  --reuse-port                set SO_REUSEPORT, so that several processes (with --redis)
+                              can listen on one --addr and share its connections
   --echo                      mount /echo, which sends every message back (for conformance suites)
   -h, --help                  print this help
   -V, --version               print the version
@@ -120,6 +138,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--echo" => cfg.echo = true,
+            "--reuse-port" => cfg.reuse_port = true,
+            "--redis" => cfg.redis = Some(crate::redis::Url::parse(&value()?)?),
+            "--redis-ttl" => cfg.redis_ttl = flags::seconds(&flag, &value()?, false, 86_400.0)?,
             "--addr" => {
                 let v = value()?;
                 cfg.addr =
@@ -164,6 +185,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         return Err("--ping-interval: must be shorter than --idle-timeout, or quiet clients that \
                     answer every ping are closed anyway"
             .into());
+    }
+    if cfg.redis_ttl < Duration::from_millis(300) {
+        return Err("--redis-ttl: at least 0.3 seconds, or heartbeats cannot keep ids alive".into());
     }
     if !metrics_allow.is_empty() {
         cfg.metrics_allow = metrics_allow;

@@ -78,6 +78,8 @@ pub struct Session {
     pub echo: bool,
     /// The chat id, once claimed (never for `/echo`).
     pub user: Option<Rc<str>>,
+    /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
+    pub claiming: bool,
     pub bucket: Bucket,
 }
 

@@ -6,6 +6,7 @@
 
 pub mod assets;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod flags;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod redis;
 pub mod rlimit;
 pub mod router;
 pub mod server;

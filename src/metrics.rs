@@ -17,16 +17,19 @@ pub enum Reason {
     HandshakeTimeout,
     ProtocolError,
     Shutdown,
+    /// The cluster found another node holding the id (claimed while Redis was away).
+    IdConflict,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
         Reason::HandshakeTimeout,
         Reason::ProtocolError,
         Reason::Shutdown,
+        Reason::IdConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,11 +40,12 @@ impl Reason {
             Reason::HandshakeTimeout => "handshake_timeout",
             Reason::ProtocolError => "protocol_error",
             Reason::Shutdown => "shutdown",
+            Reason::IdConflict => "id_conflict",
         }
     }
 }
 
-const CODES: [ErrorCode; 7] = [
+const CODES: [ErrorCode; 8] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -49,6 +53,7 @@ const CODES: [ErrorCode; 7] = [
     ErrorCode::Empty,
     ErrorCode::TooLong,
     ErrorCode::RateLimited,
+    ErrorCode::ClusterUnavailable,
 ];
 
 #[derive(Debug, Default)]
@@ -58,8 +63,8 @@ pub struct Stats {
     pub private_received: u64,
     pub deliveries: u64,
     pub bytes_sent: u64,
-    disconnects: [u64; 6],
-    errors: [u64; 7],
+    disconnects: [u64; 7],
+    errors: [u64; 8],
 }
 
 /// Gauges counted at scrape time.
@@ -67,6 +72,17 @@ pub struct Gauges {
     pub connections: usize,
     pub websockets: usize,
     pub queued_bytes: usize,
+    /// With `--redis` only.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// The cluster's state and counters, read at scrape time.
+pub struct ClusterGauges {
+    pub up: bool,
+    pub nodes: usize,
+    pub remote_users: usize,
+    pub queued_bytes: usize,
+    pub counters: crate::cluster::Counters,
 }
 
 impl Stats {
@@ -115,6 +131,31 @@ impl Stats {
             "Bytes queued for clients, summed over connections.",
             &[("", g.queued_bytes as u64)],
         );
+        if let Some(c) = &g.cluster {
+            metric("cluster_up", "gauge", "1 while the Redis link is up.", &[("", c.up as u64)]);
+            metric(
+                "cluster_nodes",
+                "gauge",
+                "Other nodes heard from within the TTL.",
+                &[("", c.nodes as u64)],
+            );
+            metric("cluster_remote_users", "gauge", "Users on other nodes.", &[("", c.remote_users as u64)]);
+            metric("cluster_queue_bytes", "gauge", "Bytes queued for Redis.", &[("", c.queued_bytes as u64)]);
+            let n = &c.counters;
+            metric(
+                "cluster_published_total",
+                "counter",
+                "Messages published to Redis.",
+                &[("", n.published)],
+            );
+            metric("cluster_received_total", "counter", "Messages received from Redis.", &[("", n.received)]);
+            metric(
+                "cluster_connects_total",
+                "counter",
+                "Successful connections to Redis.",
+                &[("", n.connects)],
+            );
+        }
         o
     }
 }
@@ -184,7 +225,7 @@ mod tests {
         let mut s = Stats { deliveries: 5, ..Stats::default() };
         s.disconnect(Reason::SlowConsumer);
         s.error_sent(ErrorCode::RateLimited);
-        let out = s.render(&Gauges { connections: 3, websockets: 2, queued_bytes: 10 });
+        let out = s.render(&Gauges { connections: 3, websockets: 2, queued_bytes: 10, cluster: None });
         for line in [
             "chatloop_connections 3",
             "chatloop_websockets 2",

@@ -37,6 +37,7 @@ pub enum ErrorCode {
     Empty,
     TooLong,
     RateLimited,
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
@@ -49,6 +50,7 @@ impl ErrorCode {
             ErrorCode::Empty => "empty",
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -63,6 +65,9 @@ impl ErrorCode {
             ErrorCode::Empty => "the message is empty",
             ErrorCode::TooLong => "the message is too long",
             ErrorCode::RateLimited => "too many messages: slow down",
+            ErrorCode::ClusterUnavailable => {
+                "the other chat servers cannot be reached right now; users on this server still can"
+            }
         }
     }
 }
@@ -105,7 +110,7 @@ fn encode<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).expect("serializable"))
 }
 
-/// `{"type":"error",...}`; `to` is set only for `unknown_recipient`.
+/// `{"type":"error",...}`; `to` names the recipient of a private message that failed.
 pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
     encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to })
 }

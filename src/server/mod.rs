@@ -11,6 +11,7 @@
 //!    `writev` per frame), remove finished connections; repeat until nothing changes, because
 //!    a removal's `leave` can fill someone else's queue.
 
+mod cluster;
 mod request;
 mod session;
 
@@ -33,6 +34,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const REDIS: Token = Token(usize::MAX - 2);
 /// How long a closing peer gets to answer our close or read our response.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// After EMFILE/ENFILE, how long to wait before accepting again (unless a socket frees first).
@@ -117,6 +119,10 @@ pub struct Server {
     flush_due: Option<Instant>,
     next_generation: u32,
     shutdown: Shutdown,
+    /// Scale-out through Redis (`--redis`).
+    cluster: Option<crate::cluster::Cluster>,
+    /// The Redis link's read budget ran out with input left: read it next turn.
+    redis_again: bool,
 }
 
 fn now_millis() -> u64 {
@@ -144,6 +150,16 @@ impl Server {
             .max_message_size(Some(cfg.max_message))
             .max_frame_size(Some(cfg.max_message));
         let assets = cfg.public.clone().map_or(Assets::Embedded, Assets::Dir);
+        let now = Instant::now();
+        let cluster =
+            cfg.redis.clone().map(|url| crate::cluster::Cluster::new(url, REDIS, cfg.redis_ttl, now));
+        if let Some(c) = &cluster {
+            info!(
+                "cluster: node {} joining through Redis at {}",
+                c.node,
+                cfg.redis.as_ref().expect("set").addr
+            );
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -167,6 +183,8 @@ impl Server {
             flush_due: None,
             next_generation: 0,
             shutdown: Shutdown::Running,
+            cluster,
+            redis_again: false,
             cfg,
         })
     }
@@ -180,9 +198,11 @@ impl Server {
                 && (self.net.conns.is_empty() || now >= deadline)
             {
                 info!("shutdown complete, {} connections cut at the deadline", self.net.conns.len());
+                self.cluster_drain();
                 return Ok(());
             }
-            let timeout = if self.again.is_empty() { self.timeout(now) } else { Some(Duration::ZERO) };
+            let busy = !self.again.is_empty() || self.redis_again;
+            let timeout = if busy { Some(Duration::ZERO) } else { self.timeout(now) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -199,6 +219,7 @@ impl Server {
             self.timers.next(),
             self.accept_paused_until,
             self.flush_due,
+            self.cluster.as_ref().and_then(|c| c.deadline()),
             match self.shutdown {
                 Shutdown::Draining(t) => Some(t),
                 Shutdown::Running => None,
@@ -213,6 +234,7 @@ impl Server {
             match ev.token() {
                 LISTENER => self.accept_all(now),
                 SIGNALS => self.signalled(now),
+                REDIS => self.redis_ready(now),
                 Token(t) => {
                     if ev.is_writable() {
                         self.net.mark_pending(t);
@@ -233,6 +255,7 @@ impl Server {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_all(now);
         }
+        self.cluster_tick(now);
         self.fire_timers(now);
         self.settle(now);
     }
@@ -246,6 +269,7 @@ impl Server {
             }
             info!("signal {sig}: shutting down, closing {} connections", self.net.conns.len());
             self.shutdown = Shutdown::Draining(now + self.cfg.shutdown_grace);
+            self.cluster_goodbye();
             if let Some(mut l) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut l);
             }
@@ -398,6 +422,7 @@ impl Server {
                 self.remove(token);
             }
         }
+        self.cluster_flush(now);
         self.flush_due = match (self.net.pending.is_empty(), self.flush_due) {
             (true, _) => None,
             (false, Some(t)) if !flush => Some(t),
@@ -485,7 +510,14 @@ impl Server {
 
     /// The `/metrics` body; gauges are counted here, not kept on the hot path.
     fn metrics(&self) -> String {
-        let mut g = Gauges { connections: self.net.conns.len(), websockets: 0, queued_bytes: 0 };
+        let cluster = self.cluster.as_ref().map(|c| crate::metrics::ClusterGauges {
+            up: c.is_up(),
+            nodes: c.node_count(),
+            remote_users: self.chat.remote_len(),
+            queued_bytes: c.link.queued(),
+            counters: c.counters,
+        });
+        let mut g = Gauges { connections: self.net.conns.len(), websockets: 0, queued_bytes: 0, cluster };
         for (_, c) in &self.net.conns {
             g.websockets += matches!(c.phase, Phase::Ws(_)) as usize;
             g.queued_bytes += c.peer.out.queued();

@@ -1,16 +1,16 @@
 //! The HTTP half of the loop: read a request head, route it, answer it or upgrade it.
 
 use super::{CLOSE_GRACE, Server, would_block};
-use crate::chat::Sink;
+
 use crate::conn::{Bucket, Phase, Session};
 use crate::http::{self, Parse, Request, Status};
-use crate::protocol::{self, ErrorCode};
+
 use crate::router::{self, Route, Rules};
 use bytes::Bytes;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use std::io::{self, Read};
 use std::time::Instant;
-use tungstenite::protocol::frame::coding::CloseCode;
+
 use tungstenite::protocol::{Role, WebSocketContext};
 
 impl Server {
@@ -132,28 +132,13 @@ impl Server {
         conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
         let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
         let bucket = Bucket::new(self.cfg.rate_limit, now);
-        conn.phase = Phase::Ws(Box::new(Session { ctx, echo, user: None, bucket }));
+        conn.phase = Phase::Ws(Box::new(Session { ctx, echo, user: None, claiming: false, bucket }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
         self.net.urgent.push(token);
         self.arm(token);
         if !echo {
-            match self.chat.join(id, token, &mut self.net) {
-                Ok(user) => {
-                    let conn = &mut self.net.conns[token];
-                    info!("session open id={id} peer={}", conn.addr);
-                    if let Phase::Ws(s) = &mut conn.phase {
-                        s.user = Some(user);
-                    }
-                }
-                Err(code) => {
-                    let close = if code == ErrorCode::IdTaken { 4409 } else { 4400 };
-                    info!("refused id {id:?} from {}: {}", self.net.conns[token].addr, code.as_str());
-                    self.net.push(token, &protocol::error(code, None));
-                    self.net.stats.error_sent(code);
-                    return self.close_ws(token, CloseCode::from(close), code.as_str(), None, now);
-                }
-            }
+            self.begin_join(token, id, now);
         }
         // Frames sent right behind the request arrive with no readiness event of their own.
         self.read_ws(token, now, ts);

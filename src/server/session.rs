@@ -21,6 +21,9 @@ impl Server {
         for _ in 0..READ_BUDGET {
             let Some(conn) = self.net.conns.get_mut(token) else { return };
             let Phase::Ws(s) = &mut conn.phase else { return };
+            if s.claiming {
+                return; // read once Redis has answered (see `joined`)
+            }
             let result = s.ctx.read(&mut conn.peer);
             if conn.peer.overflow && !conn.peer.closing {
                 // Our pongs or echoes went past the cap: the peer is not reading.
@@ -55,8 +58,15 @@ impl Server {
                     }
                     let user = Rc::clone(user);
                     match self.chat.handle(token, &user, &text, ts, &mut self.net) {
-                        Outcome::Room => self.net.stats.room_received += 1,
+                        Outcome::Room(line) => {
+                            self.net.stats.room_received += 1;
+                            self.cluster_room(token, &line);
+                        }
                         Outcome::Private => self.net.stats.private_received += 1,
+                        Outcome::Remote { node, to, line } => {
+                            self.net.stats.private_received += 1;
+                            self.cluster_private(token, &user, &node, &to, &line);
+                        }
                         Outcome::Refused(code) => {
                             self.net.stats.error_sent(code);
                             debug!("{user}: refused message: {}", code.as_str());
@@ -170,6 +180,7 @@ impl Server {
             }
             _ => warn!("session closed id={id} peer={peer} duration={secs:.1}s reason={why}"),
         }
+        self.cluster_left(&id);
     }
 
     /// Removes the connection once its outbox is empty.

@@ -1,6 +1,7 @@
 //! Integration tests: one crate, a module per area, all against the real binary.
 
 mod chat;
+mod cluster;
 mod hostile;
 mod http;
 mod ops;

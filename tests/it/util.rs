@@ -184,6 +184,22 @@ impl Client {
         }
     }
 
+    /// The next line of type `kind`, skipping (and dropping) lines of other types before it;
+    /// lines after it stay for the next call.
+    pub fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            while let Some(l) = self.backlog.pop_front() {
+                if l["type"] == kind {
+                    return l;
+                }
+            }
+            match self.frame() {
+                Frame::Lines(lines) => self.backlog.extend(lines),
+                Frame::Closed(code, why) => panic!("closed {code:?} {why} while waiting for {kind}"),
+            }
+        }
+    }
+
     /// Reads until a close frame arrives and sends the reply; returns its code.
     pub fn close_code(&mut self) -> Option<u16> {
         loop {

@@ -1,0 +1,406 @@
+//! Scale-out through Redis: what nodes tell each other, and the id registry's commands.
+//!
+//! Every node subscribes to two channels: `chatloop:all` (room messages, presence, hello,
+//! heartbeat, goodbye) and `chatloop:node:<its id>` (private messages, rosters, bounces).
+//! Payloads are one header line of space-separated fields (ids and node ids never contain a
+//! space or newline), then, for chat messages, `\n` and the JSON line exactly as clients
+//! get it, so a receiving node forwards a slice of the payload without re-encoding.
+//!
+//! The id registry is one key per id, `chatloop:id:<lowercased id>`, holding the node id,
+//! with a TTL that heartbeats refresh. Claim and release are tiny Lua scripts so that "take
+//! it if free or already ours" and "delete it only if ours" are atomic.
+//!
+//! This module is pure (no sockets): the server's `cluster` half drives it.
+
+use crate::redis::{Link, Url};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub const ALL: &[u8] = b"chatloop:all";
+const NODE_PREFIX: &str = "chatloop:node:";
+pub const KEY_PREFIX: &str = "chatloop:id:";
+/// Ids per claim script call: big enough to re-register thousands quickly, small enough
+/// that one call does not hold Redis for long.
+pub const CLAIM_CHUNK: usize = 512;
+
+/// Takes every key that is free or already this node's (ARGV[1]) for ARGV[2] ms; returns
+/// the keys held by another node.
+pub const CLAIM: &[u8] = b"local bad = {} \
+for _, k in ipairs(KEYS) do \
+local v = redis.call('GET', k) \
+if v == false or v == ARGV[1] then redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) \
+else bad[#bad + 1] = k end end \
+return bad";
+
+/// Deletes every key that is still this node's.
+pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
+if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end end \
+return 0";
+
+/// A message between nodes. `&str` fields borrow the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Msg<'a> {
+    /// A room message from `node`; `line` is the client JSON line.
+    Room {
+        node: &'a str,
+        line: Bytes,
+    },
+    Join {
+        node: &'a str,
+        id: &'a str,
+    },
+    Leave {
+        node: &'a str,
+        id: &'a str,
+    },
+    /// A node (re)connected and asks everyone for their rosters.
+    Hello {
+        node: &'a str,
+    },
+    /// A node is alive and has `count` users.
+    Beat {
+        node: &'a str,
+        count: usize,
+    },
+    /// A node is shutting down: its users are gone.
+    Bye {
+        node: &'a str,
+    },
+    /// Every user on `node` (a reply to Hello or Query).
+    Roster {
+        node: &'a str,
+        ids: Vec<&'a str>,
+    },
+    /// `node` asks for our roster.
+    Query {
+        node: &'a str,
+    },
+    /// A private message from `from` on `node` to our user `to`.
+    Private {
+        node: &'a str,
+        to: &'a str,
+        from: &'a str,
+        line: Bytes,
+    },
+    /// Our user `from` wrote to `to`, who was not on the node we sent it to.
+    Bounce {
+        to: &'a str,
+        from: &'a str,
+    },
+}
+
+impl<'a> Msg<'a> {
+    /// Parses a payload; `None` for anything malformed (a newer or foreign publisher).
+    pub fn parse(payload: &'a Bytes) -> Option<Msg<'a>> {
+        let (head, body) = match payload.iter().position(|&b| b == b'\n') {
+            Some(i) => (&payload[..i], Some(payload.slice(i + 1..))),
+            None => (&payload[..], None),
+        };
+        let head = std::str::from_utf8(head).ok()?;
+        let mut f = head.split(' ');
+        let kind = f.next()?;
+        let node = f.next()?;
+        let msg = match (kind, body) {
+            ("M", Some(line)) => Msg::Room { node, line },
+            ("J", None) => Msg::Join { node, id: f.next()? },
+            ("L", None) => Msg::Leave { node, id: f.next()? },
+            ("H", None) => Msg::Hello { node },
+            ("B", None) => Msg::Beat { node, count: f.next()?.parse().ok()? },
+            ("G", None) => Msg::Bye { node },
+            ("R", None) => return Some(Msg::Roster { node, ids: f.filter(|s| !s.is_empty()).collect() }),
+            ("Q", None) => Msg::Query { node },
+            ("P", Some(line)) => Msg::Private { node, to: f.next()?, from: f.next()?, line },
+            // A bounce names no node: its first field is the recipient.
+            ("E", None) => Msg::Bounce { to: node, from: f.next()? },
+            _ => return None,
+        };
+        f.next().is_none().then_some(msg)
+    }
+}
+
+/// Encodes a header and an optional body.
+pub fn payload(fields: &[&str], body: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + body.map_or(0, <[u8]>::len));
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(f.as_bytes());
+    }
+    if let Some(b) = body {
+        out.push(b'\n');
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// The channel a node listens on for messages addressed to it.
+pub fn node_channel(node: &str) -> Vec<u8> {
+    format!("{NODE_PREFIX}{node}").into_bytes()
+}
+
+/// A fresh node id: 16 hex digits, random per process, so that a restarted node never
+/// mistakes its previous life's keys for its own.
+pub fn new_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; mixing in the pid and time guards
+    // against a platform where it is not.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// What a reply from Redis answers, in the order the commands were sent.
+#[derive(Debug)]
+pub enum Await {
+    /// A new session's claim of `id` (lowercased) for connection `token`.
+    Claim {
+        token: usize,
+        generation: u32,
+        id: String,
+    },
+    /// A private message `from` wrote to `to` on another node: 0 receivers means that node
+    /// is gone.
+    Private {
+        from: Rc<str>,
+        to: Rc<str>,
+    },
+    /// A heartbeat or re-registration: the reply lists ids another node holds.
+    Refresh,
+    Ignore,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub published: u64,
+    pub received: u64,
+    pub connects: u64,
+}
+
+/// This node's side of the cluster: the link, who else is alive, and what we wait for.
+pub struct Cluster {
+    pub link: Link,
+    pub node: Rc<str>,
+    mine: Vec<u8>,
+    ttl: Duration,
+    /// Replies awaited, oldest first.
+    pub waiting: VecDeque<Await>,
+    /// Other nodes and when we last heard from them.
+    nodes: HashMap<Rc<str>, Instant>,
+    /// Lowercased ids whose claim is in flight (so a second local claim waits its turn).
+    pub claiming: HashSet<String>,
+    next_beat: Instant,
+    pub counters: Counters,
+}
+
+impl Cluster {
+    pub fn new(url: Url, token: mio::Token, ttl: Duration, now: Instant) -> Cluster {
+        let node: Rc<str> = Rc::from(new_node_id());
+        Cluster {
+            link: Link::new(url, token, now),
+            mine: node_channel(&node),
+            node,
+            ttl,
+            waiting: VecDeque::new(),
+            nodes: HashMap::new(),
+            claiming: HashSet::new(),
+            next_beat: now,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Heartbeats go out three times per TTL, so one lost beat never expires anything.
+    pub fn beat_interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    /// When the loop must wake for the cluster: a reconnect or the next heartbeat.
+    pub fn deadline(&self) -> Option<Instant> {
+        Some(self.link.deadline().map_or(self.next_beat, |t| t.min(self.next_beat)))
+    }
+
+    /// Whether a heartbeat is due (and schedules the next one).
+    pub fn beat_due(&mut self, now: Instant) -> bool {
+        if now < self.next_beat {
+            return false;
+        }
+        self.next_beat = now + self.beat_interval();
+        true
+    }
+
+    /// The link just came up: subscribe, then say hello so that the others send rosters.
+    pub fn subscribed(&mut self) -> bool {
+        self.counters.connects += 1;
+        let mine = self.mine.clone();
+        self.link.send(&[b"SUBSCRIBE", ALL, &mine]) && self.publish(ALL, &payload(&["H", &self.node], None))
+    }
+
+    /// Publishes to a channel; false if the link is down or full.
+    pub fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {
+        self.publish_awaiting(channel, payload, Await::Ignore)
+    }
+
+    pub fn publish_awaiting(&mut self, channel: &[u8], payload: &[u8], then: Await) -> bool {
+        if !self.link.send(&[b"PUBLISH", channel, payload]) {
+            return false;
+        }
+        self.counters.published += 1;
+        self.waiting.push_back(then);
+        true
+    }
+
+    /// Runs the claim script over `ids` (lowercased), in chunks; false if the link refused.
+    pub fn claim<'a>(&mut self, ids: impl Iterator<Item = &'a str>, then: impl Fn() -> Await) -> bool {
+        let keys: Vec<String> = ids.map(|id| format!("{KEY_PREFIX}{id}")).collect();
+        let ttl_ms = self.ttl.as_millis().to_string();
+        for chunk in keys.chunks(CLAIM_CHUNK) {
+            if !self.script(CLAIM, chunk, &ttl_ms) {
+                return false;
+            }
+            self.waiting.push_back(then());
+        }
+        true
+    }
+
+    /// Frees `id` (lowercased) if this node holds it.
+    pub fn release(&mut self, id: &str) -> bool {
+        let key = format!("{KEY_PREFIX}{id}");
+        let sent = self.script(RELEASE, std::slice::from_ref(&key), "0");
+        if sent {
+            self.waiting.push_back(Await::Ignore);
+        }
+        sent
+    }
+
+    fn script(&mut self, script: &[u8], keys: &[String], arg: &str) -> bool {
+        let n = keys.len().to_string();
+        let node = Rc::clone(&self.node);
+        let mut args: Vec<&[u8]> = vec![b"EVAL", script, n.as_bytes()];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([node.as_bytes(), arg.as_bytes()]);
+        self.link.send(&args)
+    }
+
+    /// Notes that `node` is alive; true if we had not heard of it (ask for its roster).
+    pub fn seen(&mut self, node: &str, now: Instant) -> bool {
+        match self.nodes.get_mut(node) {
+            Some(t) => {
+                *t = now;
+                false
+            }
+            None => {
+                self.nodes.insert(Rc::from(node), now);
+                true
+            }
+        }
+    }
+
+    /// Forgets `node` (it said goodbye).
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+    }
+
+    /// Nodes silent for a whole TTL: they are gone, and so are their users.
+    pub fn expire(&mut self, now: Instant) -> Vec<Rc<str>> {
+        let ttl = self.ttl;
+        let dead: Vec<Rc<str>> = self
+            .nodes
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= ttl)
+            .map(|(n, _)| Rc::clone(n))
+            .collect();
+        for n in &dead {
+            self.nodes.remove(n);
+        }
+        dead
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &'static str) -> Option<Msg<'static>> {
+        // Leaked so the borrowed fields outlive this helper; a test-only convenience.
+        let b: &'static Bytes = Box::leak(Box::new(Bytes::from_static(s.as_bytes())));
+        Msg::parse(b)
+    }
+
+    #[test]
+    fn every_message_round_trips_and_junk_is_refused() {
+        let line = r#"{"type":"message","from":"a","text":"x y\nz","ts":1}"#;
+        let p = payload(&["M", "n1"], Some(line.as_bytes()));
+        let b = Bytes::from(p);
+        assert_eq!(Msg::parse(&b), Some(Msg::Room { node: "n1", line: Bytes::from(line) }));
+        assert_eq!(parse("J n1 alice"), Some(Msg::Join { node: "n1", id: "alice" }));
+        assert_eq!(parse("L n1 alice"), Some(Msg::Leave { node: "n1", id: "alice" }));
+        assert_eq!(parse("H n1"), Some(Msg::Hello { node: "n1" }));
+        assert_eq!(parse("B n1 12"), Some(Msg::Beat { node: "n1", count: 12 }));
+        assert_eq!(parse("G n1"), Some(Msg::Bye { node: "n1" }));
+        assert_eq!(parse("R n1"), Some(Msg::Roster { node: "n1", ids: vec![] }));
+        assert_eq!(parse("R n1 a b"), Some(Msg::Roster { node: "n1", ids: vec!["a", "b"] }));
+        assert_eq!(parse("Q n1"), Some(Msg::Query { node: "n1" }));
+        assert_eq!(
+            parse("P n1 bob alice\n{}"),
+            Some(Msg::Private { node: "n1", to: "bob", from: "alice", line: Bytes::from("{}") })
+        );
+        assert_eq!(parse("E bob alice"), Some(Msg::Bounce { to: "bob", from: "alice" }));
+        for junk in ["", "M n1", "J n1", "J n1 a b", "B n1 x", "Z n1", "P n1 bob", "H n1\nbody", "\u{0}"] {
+            assert_eq!(parse(junk), None, "{junk:?}");
+        }
+        assert_eq!(Msg::parse(&Bytes::from_static(b"J \xff a")), None);
+    }
+
+    #[test]
+    fn node_ids_differ_and_nodes_expire_after_a_silent_ttl() {
+        assert_ne!(new_node_id(), new_node_id());
+        assert_eq!(new_node_id().len(), 16);
+        let t0 = Instant::now();
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), t0);
+        assert!(c.seen("a", t0), "a new node");
+        assert!(!c.seen("a", t0 + Duration::from_secs(2)), "known");
+        assert!(c.seen("b", t0));
+        assert_eq!(c.expire(t0 + Duration::from_secs(4)), vec![Rc::<str>::from("b")]);
+        assert_eq!(c.expire(t0 + Duration::from_secs(5)), vec![Rc::<str>::from("a")]);
+        assert_eq!(c.node_count(), 0);
+    }
+
+    #[test]
+    fn heartbeats_come_three_times_per_ttl() {
+        let t0 = Instant::now();
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), t0);
+        assert!(c.beat_due(t0));
+        assert!(!c.beat_due(t0 + Duration::from_millis(999)));
+        assert!(c.beat_due(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn nothing_is_queued_or_awaited_while_the_link_is_down() {
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), Instant::now());
+        assert!(!c.publish(ALL, b"H x"));
+        assert!(!c.claim(["a"].into_iter(), || Await::Refresh));
+        assert!(!c.release("a"));
+        assert!(c.waiting.is_empty());
+    }
+}

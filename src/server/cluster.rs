@@ -1,0 +1,375 @@
+//! The loop's cluster half: the Redis link's events, joins that wait for Redis to grant the
+//! id, forwarding room and private messages to other nodes, and heartbeats.
+//!
+//! Local delivery never waits for Redis: a room message reaches local users at once and is
+//! published for the rest; a node ignores its own publications when they come back.
+
+use super::Server;
+use crate::chat::Sink;
+use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, node_channel, payload};
+use crate::conn::Phase;
+use crate::protocol::{self, ErrorCode};
+use crate::redis::{Input, error_text};
+use bytes::Bytes;
+use log::{debug, info, warn};
+use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
+use std::rc::Rc;
+use std::time::Instant;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+impl Server {
+    /// Readiness on the Redis socket.
+    pub(super) fn redis_ready(&mut self, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        let mut inputs = Vec::new();
+        self.redis_again = c.link.ready(self.poll.registry(), now, &mut inputs);
+        for input in inputs {
+            self.cluster_input(input, now);
+        }
+    }
+
+    /// Once per turn: reconnect when due, heartbeat, and forget silent nodes.
+    pub(super) fn cluster_tick(&mut self, now: Instant) {
+        if self.redis_again {
+            self.redis_ready(now);
+        }
+        let Some(c) = &mut self.cluster else { return };
+        c.link.poll_connect(self.poll.registry(), now);
+        if !c.beat_due(now) {
+            return;
+        }
+        if c.is_up() {
+            let beat = payload(&["B", &c.node, &self.chat.len().to_string()], None);
+            c.publish(ALL, &beat);
+            c.claim(self.chat.local_keys(), || Await::Refresh);
+        }
+        for node in c.expire(now) {
+            info!("cluster: node {node} silent for {:?}: its users are gone", c.ttl());
+            self.chat.drop_node(&node);
+        }
+    }
+
+    /// Writes what the turn queued for Redis: one write for the whole turn's publishes.
+    pub(super) fn cluster_flush(&mut self, now: Instant) {
+        if let Some(c) = &mut self.cluster {
+            c.link.flush(self.poll.registry(), now);
+            let down = !c.is_up();
+            if down != self.chat.cluster_down {
+                self.chat.cluster_down = down;
+            }
+        }
+    }
+
+    fn cluster_input(&mut self, input: Input, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        match input {
+            Input::Up => {
+                self.chat.cluster_down = false;
+                c.subscribed();
+                // Re-register whoever joined while Redis was away (or before it restarted).
+                c.claim(self.chat.local_keys(), || Await::Refresh);
+                for id in self.chat.local_ids() {
+                    c.publish(ALL, &payload(&["J", &c.node, id], None));
+                }
+            }
+            Input::Down => {
+                self.chat.cluster_down = true;
+                // Claims in flight are decided locally, as joins are while Redis is away.
+                for w in std::mem::take(&mut c.waiting) {
+                    if let Await::Claim { token, generation, id } = w {
+                        self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
+                        self.joined(token, generation, &id, Granted::Locally, now);
+                    }
+                }
+            }
+            Input::Reply(frame) => {
+                let Some(w) = c.waiting.pop_front() else {
+                    warn!("cluster: a reply nobody asked for: {frame:?}");
+                    return;
+                };
+                self.reply(w, frame, now);
+            }
+            Input::Message { channel, payload } => {
+                c.counters.received += 1;
+                let to_all = &channel[..] == ALL;
+                match Msg::parse(&payload) {
+                    Some(m) => self.message(m, to_all, now),
+                    None => debug!("cluster: ignored a malformed message ({} bytes)", payload.len()),
+                }
+            }
+        }
+    }
+
+    fn cluster_mut(&mut self) -> &mut crate::cluster::Cluster {
+        self.cluster.as_mut().expect("cluster configured")
+    }
+
+    fn reply(&mut self, w: Await, frame: BytesFrame, now: Instant) {
+        if let Some(e) = error_text(&frame) {
+            warn!("cluster: Redis refused a command: {e}");
+        }
+        match w {
+            Await::Ignore => {}
+            Await::Claim { token, generation, id } => {
+                self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
+                let verdict = match &frame {
+                    BytesFrame::Array { data, .. } if data.is_empty() => Granted::Yes,
+                    BytesFrame::Array { .. } => Granted::No,
+                    _ => Granted::Failed,
+                };
+                self.joined(token, generation, &id, verdict, now);
+            }
+            Await::Refresh => {
+                let BytesFrame::Array { data, .. } = frame else { return };
+                for key in data {
+                    let Some(key) = key.as_str().and_then(|k| k.strip_prefix(KEY_PREFIX)) else { continue };
+                    // Another node holds an id our user has: it was claimed there while we
+                    // could not renew it (Redis was away longer than the TTL). Theirs stands.
+                    if let Some(token) = self.chat.token_of(key) {
+                        warn!("cluster: id {key} is held by another node; closing ours");
+                        let why = "id_taken: claimed on another server";
+                        self.net.push(token, &protocol::error(ErrorCode::IdTaken, None));
+                        self.close_ws(
+                            token,
+                            CloseCode::from(4409),
+                            why,
+                            Some(crate::metrics::Reason::IdConflict),
+                            now,
+                        );
+                    }
+                }
+            }
+            Await::Private { from, to } => {
+                // PUBLISH answers with the number of subscribers reached: none means the node
+                // that held the recipient is gone.
+                if matches!(frame, BytesFrame::Number { data: 0, .. }) {
+                    self.bounce(&from, &to);
+                }
+            }
+        }
+    }
+
+    /// The sender of a private message learns that nobody got it.
+    fn bounce(&mut self, from: &str, to: &str) {
+        if let Some(token) = self.chat.token_of(from) {
+            self.net.push(token, &protocol::error(ErrorCode::UnknownRecipient, Some(to)));
+            self.net.stats.error_sent(ErrorCode::UnknownRecipient);
+        }
+    }
+
+    fn message(&mut self, m: Msg, to_all: bool, now: Instant) {
+        let c = self.cluster.as_mut().expect("cluster configured");
+        let me = Rc::clone(&c.node);
+        let node = match &m {
+            Msg::Bounce { .. } => None,
+            Msg::Room { node, .. }
+            | Msg::Join { node, .. }
+            | Msg::Leave { node, .. }
+            | Msg::Hello { node }
+            | Msg::Beat { node, .. }
+            | Msg::Bye { node }
+            | Msg::Roster { node, .. }
+            | Msg::Query { node }
+            | Msg::Private { node, .. } => Some(*node),
+        };
+        if node == Some(&*me) {
+            return; // our own publication, back from the all-channel
+        }
+        if let Some(n) = node
+            && !matches!(m, Msg::Bye { .. })
+            && c.seen(n, now)
+            && !matches!(m, Msg::Hello { .. } | Msg::Roster { .. })
+        {
+            // A node we had not heard of (we missed its hello): ask who is there.
+            c.publish(&node_channel(n), &payload(&["Q", &me], None));
+        }
+        match m {
+            Msg::Room { line, .. } if to_all => {
+                self.chat.deliver_room(&line, &mut self.net);
+            }
+            Msg::Join { node, id } => self.chat.remote_join(node, id),
+            Msg::Leave { node, id } => self.chat.remote_leave(node, id),
+            Msg::Hello { node } | Msg::Query { node } => {
+                let mut fields = vec!["R", &me];
+                fields.extend(self.chat.local_ids());
+                let roster = payload(&fields, None);
+                self.cluster_mut().publish(&node_channel(node), &roster);
+            }
+            Msg::Beat { node, count } => {
+                if self.chat.count_on(node) != count {
+                    // Drifted (a lost event, or we restarted): resynchronise.
+                    let q = payload(&["Q", &me], None);
+                    self.cluster_mut().publish(&node_channel(node), &q);
+                }
+            }
+            Msg::Bye { node } => {
+                self.cluster_mut().forget(node);
+                self.chat.drop_node(node);
+            }
+            Msg::Roster { node, ids } => self.chat.remote_roster(node, &ids),
+            Msg::Private { node, to, from, line } if !to_all => {
+                if !self.chat.deliver_private(to, &line, &mut self.net) {
+                    let e = payload(&["E", to, from], None);
+                    self.cluster_mut().publish(&node_channel(node), &e);
+                }
+            }
+            Msg::Bounce { to, from } if !to_all => self.bounce(from, to),
+            _ => debug!("cluster: ignored a message on the wrong channel"),
+        }
+    }
+
+    /// Starts a chat session's join: locally at once without a cluster (or while it is
+    /// down), otherwise once Redis grants the id. Until then the session reads nothing.
+    pub(super) fn begin_join(&mut self, token: usize, id: &str, now: Instant) {
+        let lower = match self.chat.check(id) {
+            Ok(l) => l,
+            Err(code) => return self.refuse_id(token, id, code, now),
+        };
+        let generation = self.net.conns[token].generation;
+        let Some(c) = &mut self.cluster else {
+            return self.joined(token, generation, id, Granted::Locally, now);
+        };
+        if c.claiming.contains(&lower) {
+            return self.refuse_id(token, id, ErrorCode::IdTaken, now);
+        }
+        if !c.claim(std::iter::once(lower.as_str()), || Await::Claim {
+            token,
+            generation,
+            id: id.to_string(),
+        }) {
+            if c.is_up() {
+                // Up but its queue is full: Redis is not keeping up; do not pile on.
+                return self.refuse_busy(token, now);
+            }
+            return self.joined(token, generation, id, Granted::Locally, now);
+        }
+        c.claiming.insert(lower);
+        if let Phase::Ws(s) = &mut self.net.conns[token].phase {
+            s.claiming = true;
+        }
+    }
+
+    /// Ends a join: the welcome and presence, or a refusal. `id` is as typed for a local
+    /// grant and may be lowercased or not for a cluster one (only its case-folded form is
+    /// compared). A connection that has gone meanwhile gives its grant back.
+    fn joined(&mut self, token: usize, generation: u32, id: &str, verdict: Granted, now: Instant) {
+        let alive = self.net.conns.get(token).is_some_and(|c| c.generation == generation && !c.peer.closing);
+        if !alive {
+            if verdict == Granted::Yes
+                && let Some(c) = &mut self.cluster
+            {
+                c.release(&id.to_ascii_lowercase());
+            }
+            return;
+        }
+        if let Phase::Ws(s) = &mut self.net.conns[token].phase {
+            s.claiming = false;
+        }
+        self.again.push(token); // read whatever the client sent while it waited
+        match verdict {
+            Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
+            Granted::Failed => return self.refuse_busy(token, now),
+            Granted::Yes | Granted::Locally => {}
+        }
+        match self.chat.join(id, token, &mut self.net) {
+            Ok(user) => {
+                let conn = &mut self.net.conns[token];
+                info!("session open id={user} peer={}", conn.addr);
+                if let Phase::Ws(s) = &mut conn.phase {
+                    s.user = Some(Rc::clone(&user));
+                }
+                if let Some(c) = &mut self.cluster {
+                    let join = payload(&["J", &c.node, &user], None);
+                    c.publish(ALL, &join);
+                }
+            }
+            Err(code) => {
+                if verdict == Granted::Yes
+                    && let Some(c) = &mut self.cluster
+                {
+                    c.release(&id.to_ascii_lowercase());
+                }
+                self.refuse_id(token, id, code, now)
+            }
+        }
+    }
+
+    fn refuse_id(&mut self, token: usize, id: &str, code: ErrorCode, now: Instant) {
+        let close = if code == ErrorCode::IdTaken { 4409 } else { 4400 };
+        info!("refused id {id:?} from {}: {}", self.net.conns[token].addr, code.as_str());
+        self.net.push(token, &protocol::error(code, None));
+        self.net.stats.error_sent(code);
+        self.close_ws(token, CloseCode::from(close), code.as_str(), None, now);
+    }
+
+    fn refuse_busy(&mut self, token: usize, now: Instant) {
+        warn!("cluster: cannot register an id now; refusing {}", self.net.conns[token].addr);
+        self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, None));
+        self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
+        self.close_ws(token, CloseCode::Again, "cluster_unavailable", None, now);
+    }
+
+    /// A room message already delivered here: publish it for the other nodes.
+    pub(super) fn cluster_room(&mut self, token: usize, line: &Bytes) {
+        let Some(c) = &mut self.cluster else { return };
+        if !c.publish(ALL, &payload(&["M", &c.node], Some(line))) {
+            self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, None));
+            self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
+        }
+    }
+
+    /// A private message for a user on `node`; the sender's copy goes once it is on its way.
+    pub(super) fn cluster_private(
+        &mut self,
+        token: usize,
+        from: &Rc<str>,
+        node: &str,
+        to: &Rc<str>,
+        line: &Bytes,
+    ) {
+        let Some(c) = &mut self.cluster else { return };
+        let p = payload(&["P", &c.node, to, from], Some(line));
+        let then = Await::Private { from: Rc::clone(from), to: Rc::clone(to) };
+        if c.publish_awaiting(&node_channel(node), &p, then) {
+            self.net.push(token, line);
+        } else {
+            self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, Some(to)));
+            self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
+        }
+    }
+
+    /// A local user left: free the id in Redis and tell the others.
+    pub(super) fn cluster_left(&mut self, id: &str) {
+        let Some(c) = &mut self.cluster else { return };
+        c.release(&id.to_ascii_lowercase());
+        let leave = payload(&["L", &c.node, id], None);
+        c.publish(ALL, &leave);
+    }
+
+    /// Shutting down: the others drop our users at once instead of after the TTL.
+    pub(super) fn cluster_goodbye(&mut self) {
+        let Some(c) = &mut self.cluster else { return };
+        let bye = payload(&["G", &c.node], None);
+        c.publish(ALL, &bye);
+    }
+
+    /// At exit: give queued releases and the goodbye a moment to reach Redis.
+    pub(super) fn cluster_drain(&mut self) {
+        if let Some(c) = &mut self.cluster {
+            c.link.drain_for(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+/// How a join's id claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Granted {
+    /// Redis gave it to us.
+    Yes,
+    /// Another node holds it.
+    No,
+    /// Redis answered with an error.
+    Failed,
+    /// No cluster, or Redis is away: decided by this node alone.
+    Locally,
+}

@@ -1,0 +1,332 @@
+//! Scale-out through Redis: two real chatloop processes and a real redis-server, all on
+//! loopback. Each test starts its own redis-server on a free port (so that one test can kill
+//! and restart it). Without redis-server on PATH the tests say so and pass, except under
+//! CI=true, where `.ci/run` installs it and a missing server is a failure.
+
+use crate::util::{Client, Frame, Server};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    /// A fresh redis-server on a free loopback port; None (test skipped) if there is none.
+    fn start() -> Option<Redis> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "CI needs redis-server (apt-get install redis-server)");
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        for _ in 0..10 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if let Some(r) = Redis::start_on(port) {
+                return Some(r);
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// None if it did not come up (the port was taken meanwhile).
+    fn start_on(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let mut r = Redis { port, child };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if r.child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if r.ping() {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let _ = s.write_all(b"PING\r\n");
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node joined to `redis`, with a short TTL so that expiry can be watched.
+fn node(redis: &Redis, ttl: &str, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--redis-ttl", ttl];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args);
+    assert!(s.wait_log("cluster: connected to Redis"), "{}", s.log());
+    s
+}
+
+/// Waits up to 5 s for a metric to reach `want`.
+fn wait_metric(s: &Server, series: &str, want: f64) {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = None;
+    while Instant::now() < end {
+        got = s.metrics().get(series).copied();
+        if got == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{series} stayed {got:?}, wanted {want}");
+}
+
+/// Every line up to and including the frames that carry all of `markers` (message texts).
+fn until_markers(c: &mut Client, markers: &[&str]) -> Vec<Value> {
+    let mut seen: Vec<Value> = Vec::new();
+    while !markers.iter().all(|m| seen.iter().any(|l| l["text"] == *m)) {
+        seen.extend(c.lines());
+    }
+    seen
+}
+
+fn texts(lines: &[Value]) -> Vec<String> {
+    lines.iter().filter(|l| l["type"] == "message").map(|l| l["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn two_nodes_are_one_chat_room_private_presence_and_unique_ids() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "15", &[]);
+    let b = node(&redis, "15", &[]);
+    wait_metric(&a, "chatloop_cluster_up", 1.0);
+
+    let mut alice = a.connect("alice");
+    assert_eq!(alice.next_of("welcome")["users"], json!(["alice"]));
+    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
+
+    let mut bob = b.connect("bob");
+    let w = bob.next_of("welcome");
+    assert_eq!(w["users"], json!(["bob", "alice"]), "the welcome lists the whole cluster");
+    assert_eq!(w["total"], 2);
+    assert_eq!(alice.next_of("join")["id"], "bob", "presence crosses nodes");
+
+    // Room, both ways, each message exactly once everywhere.
+    alice.send(&json!({"text": "from a"}));
+    bob.send(&json!({"text": "from b"}));
+    alice.send(&json!({"text": "end a"}));
+    bob.send(&json!({"text": "end b"}));
+    for c in [&mut alice, &mut bob] {
+        let mut got = texts(&until_markers(c, &["end a", "end b"]));
+        got.sort();
+        assert_eq!(got, ["end a", "end b", "from a", "from b"], "exactly once each");
+    }
+
+    // Private, A to B (by any case), echoed to the sender alone.
+    alice.send(&json!({"to": "BOB", "text": "psst"}));
+    let m = bob.next_of("message");
+    assert_eq!(
+        (m["from"].as_str(), m["to"].as_str(), m["text"].as_str()),
+        (Some("alice"), Some("bob"), Some("psst"))
+    );
+    assert_eq!(alice.next_of("message")["text"], "psst", "the sender's copy");
+    bob.send(&json!({"to": "alice", "text": "back"}));
+    assert_eq!(alice.next_of("message")["text"], "back");
+    assert_eq!(bob.next_of("message")["text"], "back");
+
+    // Nobody anywhere: unknown_recipient, as on one node.
+    bob.send(&json!({"to": "zed", "text": "x"}));
+    let e = bob.next_of("error");
+    assert_eq!((e["code"].as_str(), e["to"].as_str()), (Some("unknown_recipient"), Some("zed")));
+
+    // Ids are unique across the cluster, ignoring case.
+    let mut dup = b.connect("ALICE");
+    assert_eq!(dup.next_of("error")["code"], "id_taken");
+    assert_eq!(dup.close_code(), Some(4409));
+    let mut dup = a.connect("Bob");
+    assert_eq!(dup.close_code(), Some(4409));
+
+    // Leaving is seen on the other node, and frees the id cluster-wide.
+    drop(bob);
+    assert_eq!(alice.next_of("leave")["id"], "bob");
+    let mut bob2 = a.connect("BOB");
+    assert_eq!(bob2.next_of("welcome")["id"], "BOB");
+    let m = a.metrics();
+    assert!(m["chatloop_cluster_published_total"] > 0.0 && m["chatloop_cluster_received_total"] > 0.0);
+}
+
+#[test]
+fn a_killed_node_bounces_private_messages_and_frees_its_ids_after_the_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let mut a = node(&redis, "1", &[]);
+    let b = node(&redis, "1", &[]);
+    let mut alice = a.connect("alice");
+    alice.next_of("welcome");
+    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
+    let mut carol = b.connect("carol");
+    carol.next_of("welcome");
+
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(5)).expect("node A exits");
+    let killed = Instant::now();
+    // B still lists alice, but her node is gone: PUBLISH reaches nobody, so carol hears so.
+    carol.send(&json!({"to": "alice", "text": "are you there"}));
+    let e = carol.next_of("error");
+    assert_eq!((e["code"].as_str(), e["to"].as_str()), (Some("unknown_recipient"), Some("alice")));
+    // Her id is still claimed until the TTL runs out...
+    let mut early = b.connect("alice");
+    if killed.elapsed() < Duration::from_millis(800) {
+        assert_eq!(early.close_code(), Some(4409), "claimed until the TTL runs out");
+    }
+    drop(early);
+    // ...then B drops the silent node's users and the id is free.
+    assert_eq!(carol.next_of("leave")["id"], "alice");
+    assert!(killed.elapsed() < Duration::from_secs(4), "expired in {:?}", killed.elapsed());
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut again = b.connect("alice");
+        match again.frame() {
+            Frame::Lines(l) if l[0]["type"] == "welcome" => break,
+            other => assert!(Instant::now() < end, "alice still taken: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn redis_restart_keeps_local_chat_refuses_cross_node_sends_then_recovers() {
+    let Some(mut redis) = Redis::start() else { return };
+    let a = node(&redis, "15", &[]);
+    let b = node(&redis, "15", &[]);
+    let mut alice = a.connect("alice");
+    alice.next_of("welcome");
+    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
+    let mut bob = b.connect("bob");
+    bob.next_of("welcome");
+    wait_metric(&a, "chatloop_cluster_remote_users", 1.0);
+    let mut amy = a.connect("amy");
+    amy.next_of("welcome");
+
+    redis.kill();
+    wait_metric(&a, "chatloop_cluster_up", 0.0);
+    wait_metric(&b, "chatloop_cluster_up", 0.0);
+
+    // Local delivery goes on; the sender learns the other node did not get it.
+    alice.send(&json!({"text": "local only"}));
+    assert_eq!(amy.next_of("message")["text"], "local only");
+    assert_eq!(alice.next_of("message")["text"], "local only");
+    assert_eq!(alice.next_of("error")["code"], "cluster_unavailable");
+    alice.send(&json!({"to": "bob", "text": "lost?"}));
+    let e = alice.next_of("error");
+    assert_eq!((e["code"].as_str(), e["to"].as_str()), (Some("cluster_unavailable"), Some("bob")));
+    alice.send(&json!({"to": "amy", "text": "same node"}));
+    assert_eq!(amy.next_of("message")["text"], "same node");
+    assert_eq!(alice.next_of("message")["text"], "same node");
+
+    // Redis comes back empty (no persistence): both nodes reconnect and re-register.
+    let port = redis.port;
+    drop(redis);
+    let _redis = Redis::start_on(port).expect("redis restarts on its port");
+    wait_metric(&a, "chatloop_cluster_up", 1.0);
+    wait_metric(&b, "chatloop_cluster_up", 1.0);
+    wait_metric(&a, "chatloop_cluster_connects_total", 2.0);
+    let mut dup = b.connect("Alice");
+    assert_eq!(dup.close_code(), Some(4409), "alice re-registered after the restart");
+
+    alice.send(&json!({"to": "bob", "text": "after"}));
+    assert_eq!(bob.next_of("message")["text"], "after");
+    assert_eq!(alice.next_of("message")["text"], "after", "the sender's copy");
+    bob.send(&json!({"text": "room again"}));
+    assert_eq!(alice.next_of("message")["text"], "room again");
+    assert_eq!(amy.next_of("message")["text"], "room again");
+}
+
+#[test]
+fn a_node_shutting_down_says_goodbye_and_frees_its_ids_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let mut a = node(&redis, "30", &[]);
+    let b = node(&redis, "30", &[]);
+    let mut alice = a.connect("alice");
+    alice.next_of("welcome");
+    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
+    let mut carol = b.connect("carol");
+    carol.next_of("welcome");
+
+    a.signal(libc::SIGTERM);
+    assert_eq!(alice.close_code(), Some(1001));
+    let st = a.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(st.success());
+    assert_eq!(carol.next_of("leave")["id"], "alice", "well before the 30 s TTL");
+    let mut again = b.connect("alice");
+    assert_eq!(again.next_of("welcome")["id"], "alice", "released, not left to expire");
+}
+
+#[test]
+fn reuse_port_lets_two_nodes_share_one_port() {
+    let Some(redis) = Redis::start() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let a = node(&redis, "15", &["--addr", &addr, "--reuse-port"]);
+    let b = node(&redis, "15", &["--addr", &addr, "--reuse-port"]);
+    assert_eq!((a.addr.port(), b.addr.port()), (port, port));
+
+    // The kernel spreads connections over both (by a hash of the client's port: all 24 on
+    // one node has odds of 2 in 16 million); the chat is one either way.
+    let mut clients: Vec<Client> = (0..24).map(|i| a.connect(&format!("u{i}"))).collect();
+    for c in clients.iter_mut() {
+        c.next_of("welcome");
+    }
+    let opened = |s: &Server| s.log().matches("session open").count();
+    assert_eq!(opened(&a) + opened(&b), 24);
+    assert!(opened(&a) > 0 && opened(&b) > 0, "both nodes took connections");
+    clients[0].send(&json!({"text": "to all"}));
+    for c in clients.iter_mut() {
+        assert_eq!(c.next_of("message")["text"], "to all");
+    }
+
+    // Without --reuse-port the port is refused, with a hint.
+    let out = Command::new(env!("CARGO_BIN_EXE_chatloop")).args(["--addr", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen") && err.contains("--reuse-port"), "{err}");
+}
+
+#[test]
+fn an_unreachable_redis_leaves_a_working_single_node() {
+    // Nothing listens on this port: the node runs alone, says why, and keeps retrying.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let s = Server::start(&["--redis", &url]);
+    assert!(s.wait_log("unavailable"), "{}", s.log());
+    let mut a = s.connect("a");
+    a.next_of("welcome");
+    let mut b = s.connect("b");
+    b.next_of("welcome");
+    a.send(&json!({"to": "b", "text": "hi"}));
+    assert_eq!(b.next_of("message")["text"], "hi");
+    a.send(&json!({"to": "c", "text": "hi"}));
+    assert_eq!(a.next_of("error")["code"], "cluster_unavailable", "c may be on a node we cannot see");
+    assert_eq!(s.metrics()["chatloop_cluster_up"], 0.0);
+}
