@@ -158,7 +158,7 @@ pub fn new_node_id() -> String {
 /// What a reply from Redis answers, in the order the commands were sent.
 #[derive(Debug)]
 pub enum Await {
-    /// A new session's claim of `id` (lowercased) for connection `token`.
+    /// A new session's claim of `id` (as typed) for connection `token`.
     Claim {
         token: usize,
         generation: u32,
@@ -169,6 +169,11 @@ pub enum Await {
     Private {
         from: Rc<str>,
         to: Rc<str>,
+    },
+    /// A room message from `from`: if the link fails before Redis answers, other nodes may
+    /// not have it, and the sender is told so.
+    Room {
+        from: Rc<str>,
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,

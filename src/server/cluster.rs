@@ -74,11 +74,18 @@ impl Server {
             }
             Input::Down => {
                 self.chat.cluster_down = true;
-                // Claims in flight are decided locally, as joins are while Redis is away.
+                // Claims in flight are decided locally, as joins are while Redis is away; the
+                // senders of messages that may not have gone out are told (once each).
+                let mut told = std::collections::HashSet::new();
                 for w in std::mem::take(&mut c.waiting) {
-                    if let Await::Claim { token, generation, id } = w {
-                        self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
-                        self.joined(token, generation, &id, Granted::Locally, now);
+                    match w {
+                        Await::Claim { token, generation, id } => {
+                            self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
+                            self.joined(token, generation, &id, Granted::Locally, now);
+                        }
+                        Await::Private { from, to } => self.unsure(&from, Some(&to)),
+                        Await::Room { from } if told.insert(Rc::clone(&from)) => self.unsure(&from, None),
+                        _ => {}
                     }
                 }
             }
@@ -109,7 +116,7 @@ impl Server {
             warn!("cluster: Redis refused a command: {e}");
         }
         match w {
-            Await::Ignore => {}
+            Await::Ignore | Await::Room { .. } => {}
             Await::Claim { token, generation, id } => {
                 self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
                 let verdict = match &frame {
@@ -146,6 +153,14 @@ impl Server {
                     self.bounce(&from, &to);
                 }
             }
+        }
+    }
+
+    /// Redis failed with `from`'s message in flight: it may not have reached other nodes.
+    fn unsure(&mut self, from: &str, to: Option<&str>) {
+        if let Some(token) = self.chat.token_of(from) {
+            self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, to));
+            self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
         }
     }
 
@@ -262,10 +277,12 @@ impl Server {
             }
             return;
         }
-        if let Phase::Ws(s) = &mut self.net.conns[token].phase {
+        if let Phase::Ws(s) = &mut self.net.conns[token].phase
+            && s.claiming
+        {
             s.claiming = false;
+            self.again.push(token); // read whatever the client sent while it waited
         }
-        self.again.push(token); // read whatever the client sent while it waited
         match verdict {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
@@ -310,9 +327,10 @@ impl Server {
     }
 
     /// A room message already delivered here: publish it for the other nodes.
-    pub(super) fn cluster_room(&mut self, token: usize, line: &Bytes) {
+    pub(super) fn cluster_room(&mut self, token: usize, from: &Rc<str>, line: &Bytes) {
         let Some(c) = &mut self.cluster else { return };
-        if !c.publish(ALL, &payload(&["M", &c.node], Some(line))) {
+        let then = Await::Room { from: Rc::clone(from) };
+        if !c.publish_awaiting(ALL, &payload(&["M", &c.node], Some(line)), then) {
             self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, None));
             self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
         }

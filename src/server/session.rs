@@ -60,7 +60,7 @@ impl Server {
                     match self.chat.handle(token, &user, &text, ts, &mut self.net) {
                         Outcome::Room(line) => {
                             self.net.stats.room_received += 1;
-                            self.cluster_room(token, &line);
+                            self.cluster_room(token, &user, &line);
                         }
                         Outcome::Private => self.net.stats.private_received += 1,
                         Outcome::Remote { node, to, line } => {
