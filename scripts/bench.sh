@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks for the README: prints one markdown table (and saves it to artifacts/).
 #
-# Usage: [RUNS=N] scripts/bench.sh [--quick]
-#   RUNS=N    runs per measurement; the table shows the median of each number [default: 3]
-#   --quick   one run each, 2 s windows, fewer connections for the idle and
-#             most-connections rows: a smoke test of the script, not numbers to publish
+# Usage: [RUNS=N] scripts/bench.sh [--quick] [--cluster]
+#   RUNS=N     runs per measurement; the table shows the median of each number [default: 3]
+#   --quick    one run each, 2 s windows, fewer connections for the idle and
+#              most-connections rows: a smoke test of the script, not numbers to publish
+#   --cluster  only the rows the cluster is compared with (1 node at 100k/s and 500k/s
+#              room, 100k/s private) and the cluster rows
 #
 # Each run starts a fresh release server (--addr 127.0.0.1:0 --rate-limit 0) pinned to CPU 0
 # with taskset and drives it with chatload pinned to CPU 1, then stops it. Rows:
@@ -17,14 +19,18 @@
 #   - private messages, 5,000 pairs each sending at 5 and 10 msg/s (each message is
 #     delivered twice: to the partner and echoed to the sender)
 #   - most connections held: 19,000 clients with a room message a second from 2 senders
+#   - cluster (skipped without redis-server): 2 nodes sharing one port (--reuse-port) and
+#     Redis, all three pinned to CPU 0 like the single server, at the 100k/s and 500k/s room
+#     loads and the 100k/s private load; CPU per delivery sums both nodes and Redis
 # Loopback only. Needs taskset (util-linux) and 2 or more CPUs.
 set -euo pipefail
 
 runs=${RUNS:-3}
-quick=0
+quick=0 full=1
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
+    --cluster) full=0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$a' (see --help)" >&2; exit 2 ;;
   esac
@@ -42,8 +48,10 @@ mkdir -p artifacts
 out="artifacts/bench-$(date +%Y%m%d-%H%M%S).md"
 tmp=$(mktemp -d)
 server_pid=""
+cluster_pids=()
 cleanup() {
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  for p in "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -92,12 +100,17 @@ median() {
 }
 
 # Runs a measurement $runs times; leaves one file per key with a value a line in $tmp/m.
-measure() {
+measure() { measure_with load "$@"; }
+
+# The same with a given load function (load or cluster_load).
+measure_with() {
+  local fn=$1
+  shift
   rm -rf "$tmp/m"
   mkdir -p "$tmp/m"
   local r line k
   for r in $(seq "$runs"); do
-    line=$(load "$@")
+    line=$("$fn" "$@")
     echo "bench:   run $r: ${line#summary }" | cut -c1-220 >&2
     for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
       max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed; do
@@ -140,7 +153,9 @@ size=$(stat -c %s "$tmp/chatloop.stripped")
 row "Stripped binary (\`target/release/chatloop\`)" "$(awk -v s="$size" 'BEGIN { printf "%.0f KiB", s / 1024 }')" "" "" "" "" ""
 
 # 2. Idle RSS per connection (and at start-up, before any connection).
-for n in 1000 "$idle_big"; do
+idle_sizes=(1000 "$idle_big")
+[ "$full" = 1 ] || idle_sizes=()
+for n in "${idle_sizes[@]}"; do
   echo "bench: idle RSS with $n connections" >&2
   measure --mode idle --conns "$n" --duration 1
   per=$(paste -d' ' "$tmp/m/server_rss_kb" "$tmp/m/server_rss_start_kb" 2>/dev/null |
@@ -148,10 +163,12 @@ for n in 1000 "$idle_big"; do
   row "Idle RSS per connection, $(num "$n") connections" "$(awk -v b="$per" 'BEGIN { if (b !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%.2f KiB", b / 1024 }')" \
     "" "" "" "" "$(problems)"
 done
-row "RSS at start-up" "$(awk -v x="$(med server_rss_start_kb)" 'BEGIN { printf "%.2f MiB", x / 1024 }')" "" "" "" "" ""
+[ "$full" = 1 ] && row "RSS at start-up" "$(awk -v x="$(med server_rss_start_kb)" 'BEGIN { printf "%.2f MiB", x / 1024 }')" "" "" "" "" ""
 
 # 3. Room fan-out, up to 2M deliveries/s offered.
-for r in 10 50 100 200; do
+room_rates=(10 50 100 200)
+[ "$full" = 1 ] || room_rates=(10 50)
+for r in "${room_rates[@]}"; do
   offered=$((10 * r * 1000))
   echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
   measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
@@ -161,6 +178,7 @@ for r in 10 50 100 200; do
 done
 
 # 3b. The flush window's trade: the 500k/s row again with a 40 ms window instead of 5 ms.
+if [ "$full" = 1 ]; then
 echo "bench: room fan-out at 500k/s with --flush-interval 0.04" >&2
 server_args=(--flush-interval 0.04)
 measure --mode room --conns 1000 --senders 10 --rate 50 --duration "$dur"
@@ -168,9 +186,12 @@ server_args=()
 row "Room fan-out at 500k/s offered, \`--flush-interval 0.04\` (default 0.005)" \
   "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
   "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+fi
 
 # 4. Private messages.
-for r in 5 10; do
+private_rates=(5 10)
+[ "$full" = 1 ] || private_rates=(5)
+for r in "${private_rates[@]}"; do
   offered=$((10000 * r * 2))
   echo "bench: private, 5000 pairs at $r/s each" >&2
   measure --mode private --conns 10000 --rate "$r" --duration "$dur"
@@ -180,12 +201,77 @@ for r in 5 10; do
 done
 
 # 5. Most connections held, with light traffic.
+if [ "$full" = 1 ]; then
 echo "bench: $max_conns connections with light room traffic" >&2
 measure --mode room --conns "$max_conns" --senders 2 --rate 1 --duration "$dur" --connect-concurrency 512
 row "Connections held: $(num "$max_conns") clients, 2 room messages/s to all" \
   "$(num "$(med ready)") held, $(awk -v x="$(med server_rss_kb)" 'BEGIN { printf "%.1f MiB", x / 1024 }') RSS" \
   "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
   "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+fi
+
+# 6. Cluster: two nodes and Redis on CPU 0 (the single server's CPU), the load on CPU 1.
+start_cluster() {
+  local port i
+  for i in $(seq 20); do
+    port=$((20000 + RANDOM % 20000))
+    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$tmp" >"$tmp/redis.out" 2>&1 &
+    redis_pid=$!
+    sleep 0.3
+    if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then break; fi
+    kill "$redis_pid" 2>/dev/null || true
+    redis_pid=""
+  done
+  [ -n "$redis_pid" ] || { echo "bench.sh: redis-server did not start" >&2; exit 2; }
+  local url="redis://127.0.0.1:$port"
+  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --reuse-port --redis "$url" --rate-limit 0 \
+    >"$tmp/a.out" 2>"$tmp/a.err" &
+  node_a=$!
+  for i in $(seq 100); do grep -q '^listening on ' "$tmp/a.out" 2>/dev/null && break; sleep 0.05; done
+  addr=$(sed -n 's#^listening on http://##p' "$tmp/a.out")
+  [ -n "$addr" ] || { echo "bench.sh: node A did not start" >&2; cat "$tmp/a.err" >&2; exit 2; }
+  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr "$addr" --reuse-port --redis "$url" --rate-limit 0 \
+    >"$tmp/b.out" 2>"$tmp/b.err" &
+  node_b=$!
+  for i in $(seq 100); do grep -q '^listening on ' "$tmp/b.out" 2>/dev/null && break; sleep 0.05; done
+  cluster_pids=("$node_a" "$node_b" "$redis_pid")
+  sleep 0.5 # both nodes subscribe and exchange rosters
+}
+
+stop_cluster() {
+  local p
+  for p in "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  cluster_pids=()
+}
+
+# One cluster measurement: like `load`, with CPU and RSS summed over both nodes and Redis.
+cluster_load() {
+  start_cluster
+  local line
+  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$node_a" --pid "$node_b" \
+    --pid "$redis_pid" --id-prefix "k$$-" "$@" 2>>"$tmp/load.err" | tail -1) || true
+  stop_cluster
+  case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
+}
+
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+  for spec in "room 10" "room 50" "private 5"; do
+    set -- $spec
+    echo "bench: cluster, $1 at $2/s" >&2
+    if [ "$1" = room ]; then
+      measure_with cluster_load --mode room --conns 1000 --senders 10 --rate "$2" --duration "$dur"
+      what="Cluster (2 nodes + Redis on CPU 0): room, 1,000 clients, 10 senders × $2 msg/s ($(rate $((10 * $2 * 1000))) offered)"
+    else
+      measure_with cluster_load --mode private --conns 10000 --rate "$2" --duration "$dur"
+      what="Cluster (2 nodes + Redis on CPU 0): private, 5,000 pairs × $2 msg/s ($(rate $((10000 * $2 * 2))) offered)"
+    fi
+    row "$what" "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
+      "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+  done
+else
+  echo "bench: no redis-server: cluster rows skipped" >&2
+fi
 
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {

@@ -57,22 +57,23 @@ fn main() {
 /// Runs the phases and prints the report. `Ok(true)` when every check passed.
 fn run(args: &Args) -> std::io::Result<bool> {
     let t0 = Instant::now();
-    let before = args.pid.and_then(procstat::sample);
-    if let Some(pid) = args.pid
-        && before.is_none()
-    {
-        return Err(std::io::Error::other(format!("--pid {pid}: no such process (or /proc unreadable)")));
+    let before = procstat::sample_all(&args.pids);
+    if !args.pids.is_empty() && before.is_none() {
+        return Err(std::io::Error::other(format!(
+            "--pid {:?}: no such process (or /proc unreadable)",
+            args.pids
+        )));
     }
     println!("{}", describe(args));
     let mut e = Engine::new(args, t0)?;
     e.connect_phase(Instant::now() + args.warmup)?;
     println!("connected {} of {} clients in {:.2} s", e.live_count(), args.conns, t0.elapsed().as_secs_f64());
     let _ = std::io::stdout().flush();
-    let at_start = args.pid.and_then(procstat::sample);
+    let at_start = procstat::sample_all(&args.pids);
     let own_start = procstat::own_cpu_seconds();
     let window_start = e.run_phase(args.duration)?;
     e.drain_phase(args.drain)?;
-    let at_end = args.pid.and_then(procstat::sample);
+    let at_end = procstat::sample_all(&args.pids);
     let own_cpu = procstat::own_cpu_seconds() - own_start;
     let window = window_start.elapsed();
     let open_at_end = e.open_count();
@@ -131,7 +132,8 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.close_timeouts
     );
     let mut server = String::new();
-    if let Some(pid) = args.pid {
+    if !args.pids.is_empty() {
+        let pid = args.pids.iter().map(u32::to_string).collect::<Vec<_>>().join("+");
         match (before, at_start, at_end) {
             (Some(b), Some(s), Some(end)) => {
                 let cpu = end.cpu_s - s.cpu_s;

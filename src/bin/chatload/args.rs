@@ -52,7 +52,8 @@ Timing:
 Report:
   --pid PID              the server's process: report its CPU seconds over the measured
                          window (and per delivery), its RSS before connecting and at the
-                         end of the window, and its open descriptors (from /proc)
+                         end of the window, and its open descriptors (from /proc);
+                         repeatable (a cluster's nodes and Redis): the figures are sums
   -h, --help             print this help
 
 Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
@@ -91,7 +92,8 @@ pub struct Args {
     pub warmup: Duration,
     pub duration: Duration,
     pub drain: Duration,
-    pub pid: Option<u32>,
+    /// Summed over every one.
+    pub pids: Vec<u32>,
 }
 
 pub enum Parsed {
@@ -116,7 +118,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut warmup = Duration::from_secs(20);
     let mut duration = Duration::from_secs(10);
     let mut drain = Duration::from_secs(2);
-    let mut pid = None;
+    let mut pids = Vec::new();
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -162,7 +164,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "--drain" => drain = seconds(&flag, &value()?, true)?,
             "--pid" => {
                 let v = value()?;
-                pid = Some(v.parse::<u32>().map_err(|_| format!("{flag}: '{v}' is not a process id"))?);
+                pids.push(v.parse::<u32>().map_err(|_| format!("{flag}: '{v}' is not a process id"))?);
             }
             _ => return Err(format!("unknown flag '{arg}' (see --help)")),
         }
@@ -242,7 +244,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         warmup,
         duration,
         drain,
-        pid,
+        pids,
     })))
 }
 

@@ -20,6 +20,18 @@ pub fn sample(pid: u32) -> Option<Sample> {
     Some(Sample { cpu_s, rss_kb, fds })
 }
 
+/// The sum of `sample` over `pids`; `None` if any is gone (or `pids` is empty).
+pub fn sample_all(pids: &[u32]) -> Option<Sample> {
+    let mut sum = Sample { cpu_s: 0.0, rss_kb: 0, fds: 0 };
+    for &pid in pids {
+        let s = sample(pid)?;
+        sum.cpu_s += s.cpu_s;
+        sum.rss_kb += s.rss_kb;
+        sum.fds += s.fds;
+    }
+    (!pids.is_empty()).then_some(sum)
+}
+
 /// This process's user + system CPU seconds so far.
 pub fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct we pass.
@@ -60,6 +72,10 @@ mod tests {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert_eq!(cpu_seconds(stat), Some(300.0 / hz));
         assert_eq!(vm_rss_kb("Name:\tx\nVmRSS:\t  5120 kB\n"), Some(5120));
-        assert!(sample(std::process::id()).is_some());
+        let me = std::process::id();
+        let one = sample(me).unwrap();
+        let two = sample_all(&[me, me]).unwrap();
+        assert_eq!(two.rss_kb, 2 * one.rss_kb, "sums");
+        assert!(sample_all(&[]).is_none());
     }
 }
