@@ -75,7 +75,9 @@ mod tests {
         let me = std::process::id();
         let one = sample(me).unwrap();
         let two = sample_all(&[me, me]).unwrap();
-        assert_eq!(two.rss_kb, 2 * one.rss_kb, "sums");
+        // Twice this process, give or take what the test threads allocate in between.
+        let ratio = two.rss_kb as f64 / one.rss_kb as f64;
+        assert!((ratio - 2.0).abs() < 0.1, "sums: {} vs {}", two.rss_kb, one.rss_kb);
         assert!(sample_all(&[]).is_none());
     }
 }
