@@ -201,8 +201,14 @@ pub struct Cluster {
     /// Lowercased ids whose claim is in flight (so a second local claim waits its turn).
     pub claiming: HashSet<String>,
     next_beat: Instant,
+    /// When a reply last arrived, or the queue of awaited replies was last empty.
+    progress: Instant,
     pub counters: Counters,
 }
+
+/// Redis may take this long (or the TTL, if shorter) to answer before the link is dropped:
+/// joins wait for its answers, so a Redis that hangs without closing must not hold them.
+const STALL: Duration = Duration::from_secs(5);
 
 impl Cluster {
     pub fn new(url: Url, token: mio::Token, ttl: Duration, now: Instant) -> Cluster {
@@ -216,6 +222,7 @@ impl Cluster {
             nodes: HashMap::new(),
             claiming: HashSet::new(),
             next_beat: now,
+            progress: now,
             counters: Counters::default(),
         }
     }
@@ -235,7 +242,9 @@ impl Cluster {
 
     /// When the loop must wake for the cluster: a reconnect or the next heartbeat.
     pub fn deadline(&self) -> Option<Instant> {
-        Some(self.link.deadline().map_or(self.next_beat, |t| t.min(self.next_beat)))
+        Some(
+            self.link.deadline().map_or(self.next_beat, |t| t.min(self.next_beat)).min(self.progress + STALL),
+        )
     }
 
     /// Whether a heartbeat is due (and schedules the next one).
@@ -298,6 +307,24 @@ impl Cluster {
         args.extend(keys.iter().map(|k| k.as_bytes()));
         args.extend([node.as_bytes(), arg.as_bytes()]);
         self.link.send(&args)
+    }
+
+    /// A reply arrived (or nothing is awaited): Redis is keeping up.
+    pub fn progressed(&mut self, now: Instant) {
+        self.progress = now;
+    }
+
+    /// Whether replies are awaited and none has come for too long, or connecting does not
+    /// finish (a black-holed address, a Redis that accepts and never answers `HELLO`).
+    pub fn stalled(&mut self, now: Instant) -> bool {
+        if self.link.connect_overdue(now, STALL.min(self.ttl)) {
+            return true;
+        }
+        if self.waiting.is_empty() || !self.is_up() {
+            self.progress = now;
+            return false;
+        }
+        now.duration_since(self.progress) >= STALL.min(self.ttl)
     }
 
     /// Notes that `node` is alive; true if we had not heard of it (ask for its roster).
@@ -397,6 +424,20 @@ mod tests {
         assert!(c.beat_due(t0));
         assert!(!c.beat_due(t0 + Duration::from_millis(999)));
         assert!(c.beat_due(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_stall_is_replies_awaited_and_none_coming() {
+        let t0 = Instant::now();
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), t0);
+        assert!(!c.stalled(t0 + Duration::from_secs(60)), "nothing awaited: never stalled");
+        c.waiting.push_back(Await::Ignore);
+        // The link is not up in this test, so waiting alone does not count either...
+        assert!(!c.stalled(t0 + Duration::from_secs(120)));
+        // ...and the clock restarts whenever there is nothing to wait for.
+        c.progressed(t0);
+        assert_eq!(c.progress, t0);
     }
 
     #[test]

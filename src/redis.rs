@@ -106,6 +106,8 @@ pub struct Link {
     want_writable: bool,
     /// Logged once per outage, not once per retry.
     warned: bool,
+    /// When the current connection attempt started.
+    since: Instant,
 }
 
 impl Link {
@@ -122,6 +124,7 @@ impl Link {
             backoff: FIRST_BACKOFF,
             want_writable: false,
             warned: false,
+            since: now,
         }
     }
 
@@ -139,6 +142,11 @@ impl Link {
             State::Down(at) => Some(at),
             _ => None,
         }
+    }
+
+    /// Whether a connection attempt (TCP and `HELLO`) has taken longer than `limit`.
+    pub fn connect_overdue(&self, now: Instant, limit: Duration) -> bool {
+        self.state == State::Connecting && now.duration_since(self.since) >= limit
     }
 
     pub fn queued(&self) -> usize {
@@ -162,6 +170,7 @@ impl Link {
                 self.sock = Some(sock);
                 self.want_writable = true;
                 self.state = State::Connecting;
+                self.since = now;
                 self.queue_handshake();
             }
             Err(e) => self.down(registry, &e.to_string(), now),
@@ -194,13 +203,17 @@ impl Link {
         true
     }
 
-    /// Writes what is queued until the socket would block.
-    pub fn flush(&mut self, registry: &Registry, now: Instant) {
-        let Some(sock) = &mut self.sock else { return };
+    /// Writes what is queued until the socket would block. False if the link failed here
+    /// (the caller then treats it as `Input::Down`).
+    pub fn flush(&mut self, registry: &Registry, now: Instant) -> bool {
+        let Some(sock) = &mut self.sock else { return true };
         let mut blocked = false;
         while !self.out.is_empty() {
             match sock.write(&self.out) {
-                Ok(0) => return self.down(registry, "wrote 0 bytes", now),
+                Ok(0) => {
+                    self.down(registry, "wrote 0 bytes", now);
+                    return false;
+                }
                 Ok(n) => {
                     let _ = self.out.split_to(n);
                 }
@@ -211,7 +224,10 @@ impl Link {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.down(registry, &e.to_string(), now),
+                Err(e) => {
+                    self.down(registry, &e.to_string(), now);
+                    return false;
+                }
             }
         }
         if self.out.capacity() > 64 << 10 && self.out.is_empty() {
@@ -221,6 +237,14 @@ impl Link {
             self.want_writable = blocked;
             let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             let _ = registry.reregister(sock, self.token, interest);
+        }
+        true
+    }
+
+    /// Gives up on the connection (Redis stopped answering) and schedules a retry.
+    pub fn fail(&mut self, registry: &Registry, why: &str, now: Instant) {
+        if self.sock.is_some() {
+            self.down(registry, why, now);
         }
     }
 

@@ -1180,3 +1180,70 @@ fn regression_decode_took_json_arrays() {
         assert!(protocol::decode(frame).is_none(), "{frame:?} decodes: {:?}", protocol::decode(frame));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cluster messages: what another node (or anything else publishing on our channels) sends.
+
+/// Header fields: ids, node ids, numbers, and junk with spaces or bytes we never send.
+fn field() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[A-Za-z0-9_.-]{1,8}",
+        "[0-9]{1,3}",
+        Just(String::new()),
+        any::<String>().prop_map(|s| s.chars().take(6).collect()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    /// Arbitrary bytes never panic the parser.
+    #[test]
+    fn cluster_payloads_never_panic(raw in vec(any::<u8>(), 0..64)) {
+        let b = Bytes::from(raw);
+        let _ = chatloop::cluster::Msg::parse(&b);
+    }
+
+    /// Near-valid payloads (a known kind, a few fields, maybe a body) parse only when every
+    /// field is where the kind wants it, and what parses carries exactly what was sent.
+    #[test]
+    fn cluster_payloads_parse_exactly(
+        kind in select(vec!["M", "J", "L", "H", "B", "G", "R", "Q", "P", "E", "X"]),
+        fields in vec(field(), 0..4),
+        body in proptest::option::of("[ -~\n]{0,20}"),
+    ) {
+        use chatloop::cluster::{Msg, payload};
+        let mut all = vec![kind];
+        all.extend(fields.iter().map(String::as_str));
+        let b = Bytes::from(payload(&all, body.as_deref().map(str::as_bytes)));
+        let Some(m) = Msg::parse(&b) else { return Ok(()) };
+        // Whatever parsed came from a header without a newline in it.
+        prop_assert!(!fields.iter().any(|f| f.contains('\n')));
+        let line = |l: &Bytes| std::str::from_utf8(l).map(str::to_string).unwrap_or_default();
+        match m {
+            Msg::Room { node, line: l } => {
+                prop_assert_eq!((kind, fields.len(), node), ("M", 1, fields[0].as_str()));
+                prop_assert_eq!(Some(line(&l)), body);
+            }
+            Msg::Private { node, to, from, line: l } => {
+                prop_assert_eq!(kind, "P");
+                prop_assert_eq!(vec![node, to, from], fields.iter().map(String::as_str).collect::<Vec<_>>());
+                prop_assert_eq!(Some(line(&l)), body);
+            }
+            Msg::Beat { node, count } => {
+                prop_assert_eq!((kind, node), ("B", fields[0].as_str()));
+                prop_assert_eq!(fields.len(), 2);
+                prop_assert_eq!(fields[1].parse::<usize>().ok(), Some(count));
+            }
+            Msg::Roster { node, ids } => {
+                prop_assert_eq!((kind, node), ("R", fields[0].as_str()));
+                prop_assert!(body.is_none());
+                prop_assert!(ids.iter().all(|i| !i.is_empty() && !i.contains(' ')));
+            }
+            other => {
+                prop_assert!(body.is_none(), "{:?} takes no body", other);
+                prop_assert!(kind != "X");
+            }
+        }
+    }
+}

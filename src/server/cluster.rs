@@ -34,6 +34,11 @@ impl Server {
             self.redis_ready(now);
         }
         let Some(c) = &mut self.cluster else { return };
+        if c.stalled(now) {
+            c.link.fail(self.poll.registry(), "no reply for too long", now);
+            self.cluster_input(Input::Down, now);
+        }
+        let Some(c) = &mut self.cluster else { return };
         c.link.poll_connect(self.poll.registry(), now);
         if !c.beat_due(now) {
             return;
@@ -50,14 +55,16 @@ impl Server {
     }
 
     /// Writes what the turn queued for Redis: one write for the whole turn's publishes.
-    pub(super) fn cluster_flush(&mut self, now: Instant) {
-        if let Some(c) = &mut self.cluster {
-            c.link.flush(self.poll.registry(), now);
-            let down = !c.is_up();
-            if down != self.chat.cluster_down {
-                self.chat.cluster_down = down;
-            }
+    /// True if the link failed doing so; its consequences (errors to senders, local joins)
+    /// are queued, and the caller must settle again.
+    pub(super) fn cluster_flush(&mut self, now: Instant) -> bool {
+        let Some(c) = &mut self.cluster else { return false };
+        let failed = !c.link.flush(self.poll.registry(), now);
+        self.chat.cluster_down = !c.is_up();
+        if failed {
+            self.cluster_input(Input::Down, now);
         }
+        failed
     }
 
     fn cluster_input(&mut self, input: Input, now: Instant) {
@@ -90,6 +97,7 @@ impl Server {
                 }
             }
             Input::Reply(frame) => {
+                c.progressed(now);
                 let Some(w) = c.waiting.pop_front() else {
                     warn!("cluster: a reply nobody asked for: {frame:?}");
                     return;

@@ -422,7 +422,9 @@ impl Server {
                 self.remove(token);
             }
         }
-        self.cluster_flush(now);
+        if self.cluster_flush(now) {
+            return self.settle(now); // the link failed: settle what that queued (once more)
+        }
         self.flush_due = match (self.net.pending.is_empty(), self.flush_due) {
             (true, _) => None,
             (false, Some(t)) if !flush => Some(t),

@@ -330,3 +330,22 @@ fn an_unreachable_redis_leaves_a_working_single_node() {
     assert_eq!(a.next_of("error")["code"], "cluster_unavailable", "c may be on a node we cannot see");
     assert_eq!(s.metrics()["chatloop_cluster_up"], 0.0);
 }
+
+#[test]
+fn a_hung_redis_does_not_hold_joins() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "2", &[]);
+    let pid = redis.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The claim gets no answer; after the stall limit (the 2 s TTL here) the node gives up
+    // on the link and decides the join itself, within the client's 5 s read timeout.
+    let t = Instant::now();
+    let mut zoe = a.connect("zoe");
+    assert_eq!(zoe.next_of("welcome")["id"], "zoe");
+    assert!(t.elapsed() >= Duration::from_millis(1500), "it did wait for Redis first: {:?}", t.elapsed());
+    assert!(a.wait_log("no reply for too long"), "{}", a.log());
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_metric(&a, "chatloop_cluster_connects_total", 2.0);
+    wait_metric(&a, "chatloop_cluster_up", 1.0);
+}
