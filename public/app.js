@@ -272,6 +272,15 @@
     let text;
     if (msg.code === 'unknown_recipient') {
       text = (typeof msg.to === 'string' ? msg.to : 'That user') + ' is not online. The message was not sent.';
+    } else if (msg.code === 'cluster_unavailable') {
+      // A cluster node lost touch with the others: a private message did not go out, a
+      // room message reached only the people on this server.
+      if (typeof msg.to !== 'string') {
+        // The room message itself was delivered (and echoed): nothing to give back.
+        showSendError('The other chat servers cannot be reached right now: only people on this server got that.');
+        return;
+      }
+      text = 'The server cannot reach ' + msg.to + ' right now. The message was not sent.';
     } else {
       text = ERRORS[msg.code] || (typeof msg.message === 'string' ? msg.message : 'Error: ' + msg.code);
     }
