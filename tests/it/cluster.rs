@@ -103,6 +103,15 @@ fn wait_metric(s: &Server, series: &str, want: f64) {
     panic!("{series} stayed {got:?}, wanted {want}");
 }
 
+/// `id` joins on `on`; returns once node `seen_by` counts `remote` users elsewhere, so that
+/// the join has crossed the cluster.
+fn join_seen(on: &Server, id: &str, seen_by: &Server, remote: f64) -> Client {
+    let mut c = on.connect(id);
+    assert_eq!(c.next_of("welcome")["id"], id);
+    wait_metric(seen_by, "chatloop_cluster_remote_users", remote);
+    c
+}
+
 /// Every line up to and including the frames that carry all of `markers` (message texts).
 fn until_markers(c: &mut Client, markers: &[&str]) -> Vec<Value> {
     let mut seen: Vec<Value> = Vec::new();
@@ -182,11 +191,8 @@ fn a_killed_node_bounces_private_messages_and_frees_its_ids_after_the_ttl() {
     let Some(redis) = Redis::start() else { return };
     let mut a = node(&redis, "1", &[]);
     let b = node(&redis, "1", &[]);
-    let mut alice = a.connect("alice");
-    alice.next_of("welcome");
-    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
-    let mut carol = b.connect("carol");
-    carol.next_of("welcome");
+    let _alice = join_seen(&a, "alice", &b, 1.0);
+    let mut carol = join_seen(&b, "carol", &a, 1.0);
 
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(5)).expect("node A exits");
@@ -220,12 +226,8 @@ fn redis_restart_keeps_local_chat_refuses_cross_node_sends_then_recovers() {
     let Some(mut redis) = Redis::start() else { return };
     let a = node(&redis, "15", &[]);
     let b = node(&redis, "15", &[]);
-    let mut alice = a.connect("alice");
-    alice.next_of("welcome");
-    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
-    let mut bob = b.connect("bob");
-    bob.next_of("welcome");
-    wait_metric(&a, "chatloop_cluster_remote_users", 1.0);
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    let mut bob = join_seen(&b, "bob", &a, 1.0);
     let mut amy = a.connect("amy");
     amy.next_of("welcome");
 
@@ -268,11 +270,8 @@ fn a_node_shutting_down_says_goodbye_and_frees_its_ids_at_once() {
     let Some(redis) = Redis::start() else { return };
     let mut a = node(&redis, "30", &[]);
     let b = node(&redis, "30", &[]);
-    let mut alice = a.connect("alice");
-    alice.next_of("welcome");
-    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
-    let mut carol = b.connect("carol");
-    carol.next_of("welcome");
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    let mut carol = join_seen(&b, "carol", &a, 1.0);
 
     a.signal(libc::SIGTERM);
     assert_eq!(alice.close_code(), Some(1001));
