@@ -99,6 +99,14 @@ impl<'a> Msg<'a> {
             None => (&payload[..], None),
         };
         let head = std::str::from_utf8(head).ok()?;
+        // Every field we send is a kind, a node id, an id or a count: 1 to 64 of A-Z a-z 0-9
+        // _ - . (an empty one would mean a double space). Anything else is not our format.
+        let token = |f: &str| {
+            (1..=64).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        };
+        if !head.split(' ').all(token) {
+            return None;
+        }
         let mut f = head.split(' ');
         let kind = f.next()?;
         let node = f.next()?;
@@ -109,7 +117,7 @@ impl<'a> Msg<'a> {
             ("H", None) => Msg::Hello { node },
             ("B", None) => Msg::Beat { node, count: f.next()?.parse().ok()? },
             ("G", None) => Msg::Bye { node },
-            ("R", None) => return Some(Msg::Roster { node, ids: f.filter(|s| !s.is_empty()).collect() }),
+            ("R", None) => return Some(Msg::Roster { node, ids: f.collect() }),
             ("Q", None) => Msg::Query { node },
             ("P", Some(line)) => Msg::Private { node, to: f.next()?, from: f.next()?, line },
             // A bounce names no node: its first field is the recipient.
@@ -395,10 +403,23 @@ mod tests {
             Some(Msg::Private { node: "n1", to: "bob", from: "alice", line: Bytes::from("{}") })
         );
         assert_eq!(parse("E bob alice"), Some(Msg::Bounce { to: "bob", from: "alice" }));
-        for junk in ["", "M n1", "J n1", "J n1 a b", "B n1 x", "Z n1", "P n1 bob", "H n1\nbody", "\u{0}"] {
+        for junk in [
+            "",
+            "M n1",
+            "J n1",
+            "J n1 a b",
+            "B n1 x",
+            "Z n1",
+            "P n1 bob",
+            "H n1\nbody",
+            "\u{0}",
+            "P  x\n{}",
+            "R n1 ",
+        ] {
             assert_eq!(parse(junk), None, "{junk:?}");
         }
         assert_eq!(Msg::parse(&Bytes::from_static(b"J \xff a")), None);
+        assert_eq!(parse("J n1 al/ce"), None, "not an id");
     }
 
     #[test]
