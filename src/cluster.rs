@@ -209,8 +209,10 @@ pub struct Cluster {
     /// Lowercased ids whose claim is in flight (so a second local claim waits its turn).
     pub claiming: HashSet<String>,
     next_beat: Instant,
-    /// When a reply last arrived, or the queue of awaited replies was last empty.
+    /// When a reply last arrived, or replies began to be awaited.
     progress: Instant,
+    /// Nothing was awaited at the last `stalled` check.
+    idle: bool,
     pub counters: Counters,
 }
 
@@ -231,6 +233,7 @@ impl Cluster {
             claiming: HashSet::new(),
             next_beat: now,
             progress: now,
+            idle: true,
             counters: Counters::default(),
         }
     }
@@ -329,6 +332,13 @@ impl Cluster {
             return true;
         }
         if self.waiting.is_empty() || !self.is_up() {
+            self.idle = true;
+            return false;
+        }
+        if self.idle {
+            // Replies are awaited since this turn: the clock starts now, not at the last
+            // reply, which may be long ago.
+            self.idle = false;
             self.progress = now;
             return false;
         }
@@ -456,9 +466,10 @@ mod tests {
         c.waiting.push_back(Await::Ignore);
         // The link is not up in this test, so waiting alone does not count either...
         assert!(!c.stalled(t0 + Duration::from_secs(120)));
-        // ...and the clock restarts whenever there is nothing to wait for.
+        // ...and the clock starts when replies begin to be awaited, not at the last reply.
         c.progressed(t0);
         assert_eq!(c.progress, t0);
+        assert!(c.idle);
     }
 
     #[test]
