@@ -172,12 +172,32 @@ fn a_client_that_never_reads_is_dropped_while_another_gets_everything() {
     let mut reader = s.join("reader");
     // A raw socket with a small receive buffer that completes the handshake, then never reads.
     let stuck = socket_with_small_rcvbuf(s.addr);
-    let mut stuck_ws = {
+    let stuck_ws = {
         let (ws, _) = tungstenite::client::client(format!("ws://{}/ws?id=stuck", s.addr), stuck).unwrap();
         ws
     };
     // ~8 MB to each reader: past the kernel's socket buffers (4 MiB send autotuning on
     // loopback) and then far past the 64 KiB cap.
+    // The stuck client reads as soon as it has been dropped (the server keeps its socket only
+    // for the 2 s close grace, and pumping the rest below can take longer on a busy machine).
+    let log = s.log_handle();
+    let stuck_reader = std::thread::spawn(move || {
+        let mut stuck_ws = stuck_ws;
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while !log.lock().unwrap().contains("slow consumer id=stuck") {
+            assert!(std::time::Instant::now() < end, "stuck was never dropped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Reading at last, it finds the 1008 after what had been sent before.
+        stuck_ws.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        loop {
+            match stuck_ws.read() {
+                Ok(tungstenite::Message::Close(c)) => return c.map(|c| u16::from(c.code)),
+                Ok(_) => {}
+                Err(e) => panic!("expected a close, got {e}"),
+            }
+        }
+    });
     let text = "y".repeat(3000);
     let n = 2700;
     let count = |c: &mut crate::util::Client| c.lines().iter().filter(|l| l["type"] == "message").count();
@@ -208,16 +228,7 @@ fn a_client_that_never_reads_is_dropped_while_another_gets_everything() {
     }
     assert_eq!(got, n);
     assert!(s.wait_log("slow consumer id=stuck"), "the disconnect is logged, naming the client: {}", s.log());
-    // The stuck client, reading at last, finds the 1008 after what had been sent before.
-    stuck_ws.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let code = loop {
-        match stuck_ws.read() {
-            Ok(tungstenite::Message::Close(c)) => break c.map(|c| u16::from(c.code)),
-            Ok(_) => {}
-            Err(e) => panic!("expected a close, got {e}"),
-        }
-    };
-    assert_eq!(code, Some(1008));
+    assert_eq!(stuck_reader.join().expect("stuck reader"), Some(1008));
     // The sender is unharmed.
     sender.send(&json!({"text": "after"}));
     loop {

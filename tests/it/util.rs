@@ -58,6 +58,11 @@ impl Server {
         false
     }
 
+    /// The log as it grows, for a thread that waits on it.
+    pub fn log_handle(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.log)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
