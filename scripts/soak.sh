@@ -4,11 +4,16 @@
 # was closed unexpectedly, the server lived, and its RSS stopped growing after warm-up.
 #
 # Usage: scripts/soak.sh [--duration SECS] [--conns N] [--senders N] [--rate R] [--churn C]
+#                        [--cluster]
 #   --duration SECS  how long traffic runs [default: 20]
 #   --conns N        clients held for the whole run [default: 500]
 #   --senders N      of them, how many send room messages [default: 10]
 #   --rate R         messages per second per sender [default: 5]
 #   --churn C        extra connections opened and closed per second [default: 20]
+#   --cluster        two nodes sharing one port (--reuse-port) through a redis-server of
+#                    its own on loopback (needs redis-server and redis-cli): every room
+#                    message must reach the clients of both nodes; the samples are node A's;
+#                    afterwards Redis must hold no ids (all released) and both nodes live
 #
 # Output: artifacts/soak-STAMP.csv (t_s,rss_kb,cpu_s,cpu_pct,fds,conns, one row a second),
 # artifacts/soak-STAMP.log (chatload's report and the server's log), and soak-STAMP.png when
@@ -20,7 +25,7 @@
 # 20% + 2 MiB.
 set -euo pipefail
 
-duration=20 conns=500 senders=10 rate=5 churn=20
+duration=20 conns=500 senders=10 rate=5 churn=20 cluster=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
     --senders) senders="${2:?--senders needs a value}"; shift 2 ;;
     --rate) rate="${2:?--rate needs a value}"; shift 2 ;;
     --churn) churn="${2:?--churn needs a value}"; shift 2 ;;
+    --cluster) cluster=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -47,10 +53,10 @@ csv="artifacts/soak-$stamp.csv"
 log="artifacts/soak-$stamp.log"
 png="artifacts/soak-$stamp.png"
 tmp=$(mktemp -d)
-server_pid="" load_pid="" sampler_pid=""
+server_pid="" load_pid="" sampler_pid="" node_b="" redis_pid=""
 cleanup() {
-  for p in $sampler_pid $load_pid $server_pid; do kill "$p" 2>/dev/null || true; done
-  for p in $sampler_pid $load_pid $server_pid; do wait "$p" 2>/dev/null || true; done
+  for p in $sampler_pid $load_pid $server_pid $node_b $redis_pid; do kill "$p" 2>/dev/null || true; done
+  for p in $sampler_pid $load_pid $server_pid $node_b $redis_pid; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -60,8 +66,32 @@ echo "soak: building release binaries" >&2
 cargo build --release --quiet --bin chatloop --bin chatload || { echo "soak.sh: build failed" >&2; exit 2; }
 bin=${CARGO_TARGET_DIR:-target}/release
 
+# With --cluster: a redis-server of our own on a free loopback port, and the nodes' flags.
+node_args=()
+if [ "$cluster" = 1 ]; then
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+    { echo "soak.sh: --cluster needs redis-server and redis-cli (apt-get install redis-server)" >&2; exit 2; }
+  for _ in $(seq 20); do
+    redis_port=$((20000 + RANDOM % 20000))
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" \
+      >"$tmp/redis.out" 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 20); do
+      redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.05
+    done
+    redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+    redis_pid=""
+  done
+  [ -n "$redis_pid" ] || { echo "soak.sh: redis-server did not start" >&2; exit 2; }
+  node_args=(--reuse-port --redis "redis://127.0.0.1:$redis_port")
+fi
+
 # The server, rate limit off so the offered load is what arrives.
-RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/server.out" 2>"$tmp/server.err" &
+RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 "${node_args[@]}" \
+  >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
 for _ in $(seq 100); do
   grep -q '^listening on ' "$tmp/server.out" 2>/dev/null && break
@@ -71,6 +101,19 @@ done
 addr=$(sed -n 's#^listening on http://##p' "$tmp/server.out")
 [ -n "$addr" ] || { echo "soak.sh: the server did not start:" >&2; cat "$tmp/server.err" >&2; exit 2; }
 port=${addr##*:}
+if [ "$cluster" = 1 ]; then
+  RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr "$addr" --rate-limit 0 "${node_args[@]}" \
+    >"$tmp/b.out" 2>"$tmp/b.err" &
+  node_b=$!
+  for _ in $(seq 100); do
+    grep -q '^listening on ' "$tmp/b.out" 2>/dev/null && break
+    kill -0 "$node_b" 2>/dev/null || break
+    sleep 0.05
+  done
+  grep -q '^listening on ' "$tmp/b.out" || { echo "soak.sh: node B did not start:" >&2; cat "$tmp/b.err" >&2; exit 2; }
+  sleep 0.5 # both nodes connect to Redis and exchange rosters
+  echo "soak: cluster: node A pid $server_pid and node B pid $node_b share $addr; Redis on port $redis_port" >&2
+fi
 echo "soak: server pid $server_pid on $addr; $conns clients, $senders senders at $rate/s, churn $churn/s, $duration s" >&2
 
 # One row a second: time, RSS, cumulative CPU, CPU% over the last second, descriptors, and
@@ -141,6 +184,17 @@ else
   [ "$(get close_timeouts)" = 0 ] || failures+=("$(get close_timeouts) closes of ours the server never answered")
 fi
 [ "$server_alive" = 1 ] || failures+=("the server died (see $log)")
+if [ "$cluster" = 1 ]; then
+  kill -0 "$node_b" 2>/dev/null || failures+=("node B died (see $log)")
+  # Every client has gone: every id must have been released in Redis (none left to expire).
+  ids_left=$(redis-cli -p "$redis_port" --scan --pattern 'chatloop:id:*' | wc -l)
+  [ "$ids_left" = 0 ] || failures+=("$ids_left ids still claimed in Redis after every client left")
+  echo "soak: cluster: ids left in Redis after the run: $ids_left" >&2
+  {
+    echo "== node B stderr"
+    cat "$tmp/b.err"
+  } >>"$log"
+fi
 
 # RSS growth after warm-up: median of the last third vs the first third.
 rss_check=$(awk -F, -v dur="$duration" '
