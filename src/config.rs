@@ -123,58 +123,51 @@ pub enum Command {
 /// Parses flags (without the program name). Errors are one line, ready to print.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut cfg = Config::default();
-    let mut args = args.into_iter();
+    let mut cli = flags::Cli::new(args);
     let mut metrics_allow: Vec<Cidr> = Vec::new();
     let mut ping_given = false;
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))
-        };
+    while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--echo" => cfg.echo = true,
             "--reuse-port" => cfg.reuse_port = true,
-            "--redis" => cfg.redis = Some(crate::redis::Url::parse(&value()?)?),
-            "--redis-ttl" => cfg.redis_ttl = flags::seconds(&flag, &value()?, false, 86_400.0)?,
+            "--redis" => cfg.redis = Some(crate::redis::Url::parse(&cli.value()?)?),
+            "--redis-ttl" => cfg.redis_ttl = flags::seconds(&flag, &cli.value()?, false, 86_400.0)?,
             "--addr" => {
-                let v = value()?;
+                let v = cli.value()?;
                 cfg.addr =
                     v.parse().map_err(|_| format!("--addr: '{v}' is not an address like 127.0.0.1:8080"))?;
             }
-            "--public" => cfg.public = Some(PathBuf::from(value()?)),
-            "--allow-origin" => cfg.allow_origin.push(value()?),
-            "--max-conns" => cfg.max_conns = Some(positive(&flag, &value()?)?),
-            "--max-message" => cfg.max_message = positive(&flag, &value()?)?,
-            "--max-text" => cfg.max_text = positive(&flag, &value()?)?,
-            "--queue-cap" => cfg.queue_cap = positive(&flag, &value()?)?,
-            "--presence-limit" => cfg.presence_limit = whole(&flag, &value()?)?,
+            "--public" => cfg.public = Some(PathBuf::from(cli.value()?)),
+            "--allow-origin" => cfg.allow_origin.push(cli.value()?),
+            "--max-conns" => cfg.max_conns = Some(positive(&flag, &cli.value()?)?),
+            "--max-message" => cfg.max_message = positive(&flag, &cli.value()?)?,
+            "--max-text" => cfg.max_text = positive(&flag, &cli.value()?)?,
+            "--queue-cap" => cfg.queue_cap = positive(&flag, &cli.value()?)?,
+            "--presence-limit" => cfg.presence_limit = whole(&flag, &cli.value()?)?,
             "--rate-limit" => {
                 cfg.rate_limit =
-                    u32::try_from(whole(&flag, &value()?)?).map_err(|_| format!("{flag}: too large"))?
+                    u32::try_from(whole(&flag, &cli.value()?)?).map_err(|_| format!("{flag}: too large"))?
             }
             "--metrics-allow" => {
-                let v = value()?;
+                let v = cli.value()?;
                 metrics_allow.push(
                     Cidr::parse(&v)
                         .ok_or_else(|| format!("--metrics-allow: '{v}' is not an address or CIDR block"))?,
                 );
             }
-            "--shutdown-grace" => cfg.shutdown_grace = seconds(&flag, &value()?)?,
+            "--shutdown-grace" => cfg.shutdown_grace = seconds(&flag, &cli.value()?)?,
             "--flush-interval" => {
-                cfg.flush_interval = flags::seconds(&flag, &value()?, true, 1e9)?;
+                cfg.flush_interval = flags::seconds(&flag, &cli.value()?, true, 1e9)?;
             }
-            "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &value()?)?,
+            "--handshake-timeout" => cfg.handshake_timeout = seconds(&flag, &cli.value()?)?,
             "--ping-interval" => {
-                cfg.ping_interval = seconds(&flag, &value()?)?;
+                cfg.ping_interval = seconds(&flag, &cli.value()?)?;
                 ping_given = true;
             }
-            "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &value()?)?,
-            _ => return Err(format!("unknown flag '{arg}' (see --help)")),
+            "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &cli.value()?)?,
+            _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
     if cfg.ping_interval >= cfg.idle_timeout && !ping_given {

@@ -1,7 +1,44 @@
-//! Flag values shared by both binaries: whole numbers, numbers and seconds, each with a
-//! one-line error that names the flag.
+//! Command lines shared by both binaries: walking `--flag value` and `--flag=value`, and
+//! flag values (whole numbers, numbers, seconds), each with a one-line error that names the
+//! flag.
 
 use std::time::Duration;
+
+/// A command line being walked flag by flag.
+pub struct Cli<I> {
+    args: I,
+    flag: String,
+    /// The `=value` of the current flag, until `value` takes it.
+    inline: Option<String>,
+}
+
+impl<I: Iterator<Item = String>> Cli<I> {
+    pub fn new(args: impl IntoIterator<IntoIter = I>) -> Self {
+        Cli { args: args.into_iter(), flag: String::new(), inline: None }
+    }
+
+    /// The next flag, `None` at the end. A flag given `=value` that did not take it is an
+    /// error, not a value silently dropped.
+    pub fn next_flag(&mut self) -> Result<Option<String>, String> {
+        if self.inline.is_some() {
+            return Err(format!("{} takes no value", self.flag));
+        }
+        let Some(arg) = self.args.next() else { return Ok(None) };
+        self.flag = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => {
+                self.inline = Some(v.to_string());
+                f.to_string()
+            }
+            _ => arg,
+        };
+        Ok(Some(self.flag.clone()))
+    }
+
+    /// The current flag's value: its `=value`, else the next argument.
+    pub fn value(&mut self) -> Result<String, String> {
+        self.inline.take().or_else(|| self.args.next()).ok_or_else(|| format!("{} needs a value", self.flag))
+    }
+}
 
 pub fn whole(flag: &str, v: &str) -> Result<usize, String> {
     v.parse().map_err(|_| format!("{flag}: '{v}' is not a whole number"))
@@ -45,6 +82,23 @@ pub fn seconds(flag: &str, v: &str, zero_ok: bool, max: f64) -> Result<Duration,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_take_values_inline_or_next_and_refuse_stray_ones() {
+        let args = ["--a=1", "--b", "2", "--c", "--d=x", "--e"].map(String::from);
+        let mut cli = Cli::new(args);
+        assert_eq!(cli.next_flag(), Ok(Some("--a".into())));
+        assert_eq!(cli.value(), Ok("1".into()));
+        assert_eq!(cli.next_flag(), Ok(Some("--b".into())));
+        assert_eq!(cli.value(), Ok("2".into()));
+        assert_eq!(cli.next_flag(), Ok(Some("--c".into()))); // a switch: no value taken
+        assert_eq!(cli.next_flag(), Ok(Some("--d".into())));
+        assert_eq!(cli.next_flag(), Err("--d takes no value".into()), "a switch given =x");
+        let mut cli = Cli::new(["--e".to_string()]);
+        cli.next_flag().unwrap();
+        assert_eq!(cli.value(), Err("--e needs a value".into()));
+        assert_eq!(cli.next_flag(), Ok(None));
+    }
 
     #[test]
     fn values_and_errors() {

@@ -120,53 +120,46 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut drain = Duration::from_secs(2);
     let mut pids = Vec::new();
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))
-        };
+    let mut cli = flags::Cli::new(args);
+    while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "--allow-remote" => allow_remote = true,
-            "--addr" => target = value()?,
+            "--addr" => target = cli.value()?,
             "--sources" => {
-                let n = whole(&flag, &value()?)?;
+                let n = whole(&flag, &cli.value()?)?;
                 if !(1..=254).contains(&n) {
                     return Err(format!("{flag}: must be 1 to 254"));
                 }
                 sources = n as u8;
             }
-            "--mode" => mode = value()?,
-            "--conns" => conns = whole(&flag, &value()?)?,
-            "--senders" => senders = whole(&flag, &value()?)?,
-            "--rate" => rate = positive_f64(&flag, &value()?)?,
+            "--mode" => mode = cli.value()?,
+            "--conns" => conns = whole(&flag, &cli.value()?)?,
+            "--senders" => senders = whole(&flag, &cli.value()?)?,
+            "--rate" => rate = positive_f64(&flag, &cli.value()?)?,
             "--size" => {
-                size = whole(&flag, &value()?)?;
+                size = whole(&flag, &cli.value()?)?;
                 if size > 900 {
                     return Err(format!("{flag}: at most 900 (the server's default --max-text is 1000)"));
                 }
             }
-            "--churn" => churn = Some(non_negative_f64(&flag, &value()?)?),
-            "--churn-hold" => churn_hold = seconds(&flag, &value()?, true)?,
+            "--churn" => churn = Some(non_negative_f64(&flag, &cli.value()?)?),
+            "--churn-hold" => churn_hold = seconds(&flag, &cli.value()?, true)?,
             "--connect-concurrency" => {
-                connect_concurrency = whole(&flag, &value()?)?;
+                connect_concurrency = whole(&flag, &cli.value()?)?;
                 if connect_concurrency == 0 {
                     return Err(format!("{flag}: must be more than 0"));
                 }
             }
-            "--id-prefix" => id_prefix = value()?,
-            "--warmup" => warmup = seconds(&flag, &value()?, false)?,
-            "--duration" => duration = seconds(&flag, &value()?, false)?,
-            "--drain" => drain = seconds(&flag, &value()?, true)?,
+            "--id-prefix" => id_prefix = cli.value()?,
+            "--warmup" => warmup = seconds(&flag, &cli.value()?, false)?,
+            "--duration" => duration = seconds(&flag, &cli.value()?, false)?,
+            "--drain" => drain = seconds(&flag, &cli.value()?, true)?,
             "--pid" => {
-                let v = value()?;
+                let v = cli.value()?;
                 pids.push(v.parse::<u32>().map_err(|_| format!("{flag}: '{v}' is not a process id"))?);
             }
-            _ => return Err(format!("unknown flag '{arg}' (see --help)")),
+            _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
 
