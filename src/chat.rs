@@ -62,7 +62,8 @@ pub struct Chat {
     users: HashMap<Rc<str>, User>,
     /// Users on other nodes, keyed like `users`. Never holds a local user's key.
     remote: HashMap<Rc<str>, Remote>,
-    /// Set by the server while the cluster is configured but unreachable: sends that need
+    /// Set by the server while the cluster is configured but unreachable (from start-up until
+    /// the link is up, and from each failure until it is up again): sends that need
     /// another node are refused with `cluster_unavailable`, and ids are checked against the
     /// last known remote roster since Redis cannot be asked.
     pub cluster_down: bool,

@@ -92,6 +92,22 @@ pub enum Msg<'a> {
 }
 
 impl<'a> Msg<'a> {
+    /// The node that sent it (a bounce does not say).
+    pub fn node(&self) -> Option<&'a str> {
+        match *self {
+            Msg::Bounce { .. } => None,
+            Msg::Room { node, .. }
+            | Msg::Join { node, .. }
+            | Msg::Leave { node, .. }
+            | Msg::Hello { node }
+            | Msg::Beat { node, .. }
+            | Msg::Bye { node }
+            | Msg::Roster { node, .. }
+            | Msg::Query { node }
+            | Msg::Private { node, .. } => Some(node),
+        }
+    }
+
     /// Parses a payload; `None` for anything malformed (a newer or foreign publisher).
     pub fn parse(payload: &'a Bytes) -> Option<Msg<'a>> {
         let (head, body) = match payload.iter().position(|&b| b == b'\n') {

@@ -60,7 +60,6 @@ impl Server {
     pub(super) fn cluster_flush(&mut self, now: Instant) -> bool {
         let Some(c) = &mut self.cluster else { return false };
         let failed = !c.link.flush(self.poll.registry(), now);
-        self.chat.cluster_down = !c.is_up();
         if failed {
             self.cluster_input(Input::Down, now);
         }
@@ -183,18 +182,7 @@ impl Server {
     fn message(&mut self, m: Msg, to_all: bool, now: Instant) {
         let c = self.cluster.as_mut().expect("cluster configured");
         let me = Rc::clone(&c.node);
-        let node = match &m {
-            Msg::Bounce { .. } => None,
-            Msg::Room { node, .. }
-            | Msg::Join { node, .. }
-            | Msg::Leave { node, .. }
-            | Msg::Hello { node }
-            | Msg::Beat { node, .. }
-            | Msg::Bye { node }
-            | Msg::Roster { node, .. }
-            | Msg::Query { node }
-            | Msg::Private { node, .. } => Some(*node),
-        };
+        let node = m.node();
         if node == Some(&*me) {
             return; // our own publication, back from the all-channel
         }

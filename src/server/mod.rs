@@ -172,7 +172,12 @@ impl Server {
                 spare: Spare::default(),
                 stats: Stats::default(),
             },
-            chat: Chat::new(cfg.presence_limit, cfg.max_text),
+            chat: {
+                let mut chat = Chat::new(cfg.presence_limit, cfg.max_text);
+                // Down until the link's handshake says otherwise (`Input::Up`).
+                chat.cluster_down = cluster.is_some();
+                chat
+            },
             assets,
             timers: Default::default(),
             max_conns,
