@@ -62,18 +62,25 @@ echo "bench: building release binaries" >&2
 cargo build --release --quiet --bin chatloop --bin chatload || { echo "bench.sh: build failed" >&2; exit 2; }
 bin=${CARGO_TARGET_DIR:-target}/release
 
-server_args=() # extra server flags for the next measurement
-start_server() {
-  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 "${server_args[@]}" \
-    >"$tmp/server.out" 2>"$tmp/server.err" &
-  server_pid=$!
-  local i
+# Starts chatloop on CPU 0 with the rate limit off and the given flags, output to $tmp/NAME.*;
+# waits until it listens; sets started_pid and addr.
+start_chatloop() {
+  local name=$1 i
+  shift
+  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  started_pid=$!
   for i in $(seq 100); do
-    grep -q '^listening on ' "$tmp/server.out" 2>/dev/null && break
+    grep -q '^listening on ' "$tmp/$name.out" 2>/dev/null && break
     sleep 0.05
   done
-  addr=$(sed -n 's#^listening on http://##p' "$tmp/server.out")
-  [ -n "$addr" ] || { echo "bench.sh: the server did not start" >&2; cat "$tmp/server.err" >&2; exit 2; }
+  addr=$(sed -n 's#^listening on http://##p' "$tmp/$name.out")
+  [ -n "$addr" ] || { echo "bench.sh: $name did not start" >&2; cat "$tmp/$name.err" >&2; exit 2; }
+}
+
+server_args=() # extra server flags for the next measurement
+start_server() {
+  start_chatloop server --addr 127.0.0.1:0 "${server_args[@]}"
+  server_pid=$started_pid
 }
 
 stop_server() {
@@ -136,6 +143,11 @@ num() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/)
 
 rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 | $7 |"); }
+# A row of the last measurement's deliveries/s, latency, CPU per delivery and problems.
+speed_row() {
+  row "$1" "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
+    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+}
 pct() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%d%%", x }'; }
 # The problems column: losses, unexpected closes and connect errors summed over every run.
 problems() {
@@ -172,9 +184,7 @@ for r in "${room_rates[@]}"; do
   offered=$((10 * r * 1000))
   echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
   measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
-  row "Room fan-out: 1,000 clients, 10 senders × $r msg/s ($(rate $offered) deliveries/s offered)" \
-    "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+  speed_row "Room fan-out: 1,000 clients, 10 senders × $r msg/s ($(rate $offered) deliveries/s offered)"
 done
 
 # 3b. The flush window's trade: the 500k/s row again with a 40 ms window instead of 5 ms.
@@ -183,9 +193,7 @@ echo "bench: room fan-out at 500k/s with --flush-interval 0.04" >&2
 server_args=(--flush-interval 0.04)
 measure --mode room --conns 1000 --senders 10 --rate 50 --duration "$dur"
 server_args=()
-row "Room fan-out at 500k/s offered, \`--flush-interval 0.04\` (default 0.005)" \
-  "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-  "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+speed_row "Room fan-out at 500k/s offered, \`--flush-interval 0.04\` (default 0.005)"
 fi
 
 # 4. Private messages.
@@ -195,9 +203,7 @@ for r in "${private_rates[@]}"; do
   offered=$((10000 * r * 2))
   echo "bench: private, 5000 pairs at $r/s each" >&2
   measure --mode private --conns 10000 --rate "$r" --duration "$dur"
-  row "Private: 5,000 pairs, each client × $r msg/s ($(rate $offered) deliveries/s offered)" \
-    "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-    "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+  speed_row "Private: 5,000 pairs, each client × $r msg/s ($(rate $offered) deliveries/s offered)"
 done
 
 # 5. Most connections held, with light traffic.
@@ -225,17 +231,13 @@ start_cluster() {
   done
   [ -n "$redis_pid" ] || { echo "bench.sh: redis-server did not start" >&2; exit 2; }
   local url="redis://127.0.0.1:$port"
-  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --reuse-port --redis "$url" --rate-limit 0 \
-    >"$tmp/a.out" 2>"$tmp/a.err" &
-  node_a=$!
-  for i in $(seq 100); do grep -q '^listening on ' "$tmp/a.out" 2>/dev/null && break; sleep 0.05; done
-  addr=$(sed -n 's#^listening on http://##p' "$tmp/a.out")
-  [ -n "$addr" ] || { echo "bench.sh: node A did not start" >&2; cat "$tmp/a.err" >&2; exit 2; }
-  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr "$addr" --reuse-port --redis "$url" --rate-limit 0 \
-    >"$tmp/b.out" 2>"$tmp/b.err" &
-  node_b=$!
-  for i in $(seq 100); do grep -q '^listening on ' "$tmp/b.out" 2>/dev/null && break; sleep 0.05; done
-  cluster_pids=("$node_a" "$node_b" "$redis_pid")
+  cluster_pids=("$redis_pid")
+  start_chatloop node-a --addr 127.0.0.1:0 --reuse-port --redis "$url"
+  node_a=$started_pid
+  cluster_pids+=("$node_a")
+  start_chatloop node-b --addr "$addr" --reuse-port --redis "$url"
+  node_b=$started_pid
+  cluster_pids+=("$node_b")
   sleep 0.5 # both nodes subscribe and exchange rosters
 }
 
@@ -266,8 +268,7 @@ if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
       measure_with cluster_load --mode private --conns 10000 --rate "$2" --duration "$dur"
       what="Cluster (2 nodes + Redis on CPU 0): private, 5,000 pairs × $2 msg/s ($(rate $((10000 * $2 * 2))) offered)"
     fi
-    row "$what" "$(rate "$(med deliveries_per_sec)") deliveries/s" "$(lat "$(med p50_us)")" "$(lat "$(med p99_us)")" \
-      "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
+    speed_row "$what"
   done
 else
   echo "bench: no redis-server: cluster rows skipped" >&2

@@ -89,28 +89,28 @@ if [ "$cluster" = 1 ]; then
   node_args=(--reuse-port --redis "redis://127.0.0.1:$redis_port")
 fi
 
-# The server, rate limit off so the offered load is what arrives.
-RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 "${node_args[@]}" \
-  >"$tmp/server.out" 2>"$tmp/server.err" &
-server_pid=$!
-for _ in $(seq 100); do
-  grep -q '^listening on ' "$tmp/server.out" 2>/dev/null && break
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.05
-done
-addr=$(sed -n 's#^listening on http://##p' "$tmp/server.out")
-[ -n "$addr" ] || { echo "soak.sh: the server did not start:" >&2; cat "$tmp/server.err" >&2; exit 2; }
-port=${addr##*:}
-if [ "$cluster" = 1 ]; then
-  RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr "$addr" --rate-limit 0 "${node_args[@]}" \
-    >"$tmp/b.out" 2>"$tmp/b.err" &
-  node_b=$!
+# Starts a server on ADDR (rate limit off, so the offered load is what arrives), output to
+# $tmp/NAME.*; waits until it listens; sets started_pid and addr.
+start_server() {
+  local name=$1
+  RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr "$2" --rate-limit 0 "${node_args[@]}" \
+    >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  started_pid=$!
   for _ in $(seq 100); do
-    grep -q '^listening on ' "$tmp/b.out" 2>/dev/null && break
-    kill -0 "$node_b" 2>/dev/null || break
+    grep -q '^listening on ' "$tmp/$name.out" 2>/dev/null && break
+    kill -0 "$started_pid" 2>/dev/null || break
     sleep 0.05
   done
-  grep -q '^listening on ' "$tmp/b.out" || { echo "soak.sh: node B did not start:" >&2; cat "$tmp/b.err" >&2; exit 2; }
+  addr=$(sed -n 's#^listening on http://##p' "$tmp/$name.out")
+  [ -n "$addr" ] || { echo "soak.sh: $name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 2; }
+}
+
+start_server server 127.0.0.1:0
+server_pid=$started_pid
+port=${addr##*:}
+if [ "$cluster" = 1 ]; then
+  start_server node-b "$addr"
+  node_b=$started_pid
   sleep 0.5 # both nodes connect to Redis and exchange rosters
   echo "soak: cluster: node A pid $server_pid and node B pid $node_b share $addr; Redis on port $redis_port" >&2
 fi
@@ -192,7 +192,7 @@ if [ "$cluster" = 1 ]; then
   echo "soak: cluster: ids left in Redis after the run: $ids_left" >&2
   {
     echo "== node B stderr"
-    cat "$tmp/b.err"
+    cat "$tmp/node-b.err"
   } >>"$log"
 fi
 
