@@ -72,7 +72,7 @@ impl Url {
 
 /// Where the link stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+enum State {
     /// No socket; try again at this instant.
     Down(Instant),
     /// TCP connect or `HELLO` in flight; commands are refused until `Up`.
@@ -128,10 +128,6 @@ impl Link {
         }
     }
 
-    pub fn state(&self) -> State {
-        self.state
-    }
-
     pub fn is_up(&self) -> bool {
         self.state == State::Up
     }
@@ -179,8 +175,7 @@ impl Link {
 
     fn queue_handshake(&mut self) {
         let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
-        let auth = self.url.auth.clone();
-        if let Some((user, pass)) = &auth {
+        if let Some((user, pass)) = &self.url.auth {
             hello.extend([b"AUTH".as_slice(), user.as_bytes(), pass.as_bytes()]);
         }
         encode(&mut self.out, &hello);
@@ -248,60 +243,46 @@ impl Link {
         }
     }
 
-    /// Handles a readiness event: completes a connect, reads and decodes what arrived (up to
-    /// a budget; `true` in the result's second place means come back next turn).
+    /// Handles a readiness event: completes a connect, then reads and decodes what arrived,
+    /// up to a budget. True means the budget ran out with input left: come back next turn.
     pub fn ready(&mut self, registry: &Registry, now: Instant, out: &mut Vec<Input>) -> bool {
-        let Some(sock) = &mut self.sock else { return false };
+        match self.read_all(out) {
+            Ok(again) => again,
+            Err(why) => {
+                self.down(registry, &why, now);
+                out.push(Input::Down);
+                false
+            }
+        }
+    }
+
+    /// `ready`'s work; an error is why the link failed.
+    fn read_all(&mut self, out: &mut Vec<Input>) -> Result<bool, String> {
+        let Some(sock) = &mut self.sock else { return Ok(false) };
         if self.state == State::Connecting
             && let Some(e) = sock.take_error().ok().flatten().or_else(|| sock.peer_addr().err())
         {
             if e.kind() == io::ErrorKind::NotConnected {
-                return false; // not yet: a later event completes it
+                return Ok(false); // not yet: a later event completes it
             }
-            self.down(registry, &e.to_string(), now);
-            out.push(Input::Down);
-            return false;
+            return Err(e.to_string());
         }
         let mut read = 0;
-        let mut again = false;
-        loop {
-            if read >= READ_BUDGET {
-                again = true;
-                break;
-            }
+        while read < READ_BUDGET {
             let start = self.inbuf.len();
             self.inbuf.resize(start + (16 << 10), 0);
-            match sock.read(&mut self.inbuf[start..]) {
-                Ok(0) => {
-                    self.inbuf.truncate(start);
-                    self.down(registry, "connection closed by Redis", now);
-                    out.push(Input::Down);
-                    return false;
-                }
-                Ok(n) => {
-                    self.inbuf.truncate(start + n);
-                    read += n;
-                }
-                Err(e) => {
-                    self.inbuf.truncate(start);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => {
-                            self.down(registry, &e.to_string(), now);
-                            out.push(Input::Down);
-                            return false;
-                        }
-                    }
-                }
+            let result = sock.read(&mut self.inbuf[start..]);
+            self.inbuf.truncate(start + *result.as_ref().unwrap_or(&0));
+            match result {
+                Ok(0) => return Err("connection closed by Redis".into()),
+                Ok(n) => read += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
             }
         }
-        if let Err(why) = self.decode(out) {
-            self.down(registry, &why, now);
-            out.push(Input::Down);
-            return false;
-        }
-        again
+        self.decode(out)?;
+        Ok(read >= READ_BUDGET)
     }
 
     fn decode(&mut self, out: &mut Vec<Input>) -> Result<(), String> {
@@ -314,11 +295,9 @@ impl Link {
             };
             if self.handshake > 0 {
                 self.handshake -= 1;
-                if let BytesFrame::SimpleError { data, .. } = &frame {
-                    return Err(format!("handshake refused: {data} (chatloop needs Redis 6 or newer)"));
-                }
-                if let BytesFrame::BlobError { data, .. } = &frame {
-                    return Err(format!("handshake refused: {}", String::from_utf8_lossy(data)));
+                if let Some(e) = error_text(&frame) {
+                    // HELLO is unknown before Redis 6; AUTH and SELECT fail on a wrong URL.
+                    return Err(format!("handshake refused: {e} (chatloop needs Redis 6 or newer)"));
                 }
                 if self.handshake == 0 {
                     info!("cluster: connected to Redis at {}", self.url.addr);
