@@ -267,11 +267,13 @@ impl Cluster {
         self.link.is_up()
     }
 
-    /// When the loop must wake for the cluster: a reconnect or the next heartbeat.
+    /// When the loop must wake for the cluster: a reconnect, the next heartbeat, or the
+    /// moment awaited replies count as stalled.
     pub fn deadline(&self) -> Option<Instant> {
-        Some(
-            self.link.deadline().map_or(self.next_beat, |t| t.min(self.next_beat)).min(self.progress + STALL),
-        )
+        let next = self.link.deadline().map_or(self.next_beat, |t| t.min(self.next_beat));
+        // The stall check matters only while replies are awaited: `progress` is stale
+        // otherwise, and waking for it would spin the loop.
+        Some(if self.idle { next } else { next.min(self.progress + STALL.min(self.ttl)) })
     }
 
     /// Whether a heartbeat is due (and schedules the next one).

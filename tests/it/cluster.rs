@@ -351,3 +351,15 @@ fn a_hung_redis_does_not_hold_joins() {
     wait_metric(&a, "chatloop_cluster_connects_total", 2.0);
     wait_metric(&a, "chatloop_cluster_up", 1.0);
 }
+
+#[test]
+fn an_idle_node_sleeps_between_heartbeats() {
+    // A long TTL means heartbeats 20 s apart: the loop must sleep in between, not wake for a
+    // stall check when no reply is awaited.
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "60", &[]);
+    let before = a.cpu_secs();
+    std::thread::sleep(Duration::from_secs(7)); // past the 5 s stall limit
+    let used = a.cpu_secs() - before;
+    assert!(used < 0.3, "an idle node used {used:.2} s of CPU in 7 s");
+}
