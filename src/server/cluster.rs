@@ -8,7 +8,7 @@ use super::Server;
 use crate::chat::Sink;
 use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, node_channel, payload};
 use crate::conn::Phase;
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::ErrorCode;
 use crate::redis::{Input, error_text};
 use bytes::Bytes;
 use log::{debug, info, warn};
@@ -89,8 +89,12 @@ impl Server {
                             self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
-                        Await::Private { from, to } => self.unsure(&from, Some(&to)),
-                        Await::Room { from } if told.insert(Rc::clone(&from)) => self.unsure(&from, None),
+                        Await::Private { from, to } => {
+                            self.tell(&from, ErrorCode::ClusterUnavailable, Some(&to))
+                        }
+                        Await::Room { from } if told.insert(Rc::clone(&from)) => {
+                            self.tell(&from, ErrorCode::ClusterUnavailable, None)
+                        }
                         _ => {}
                     }
                 }
@@ -142,7 +146,7 @@ impl Server {
                     if let Some(token) = self.chat.token_of(key) {
                         warn!("cluster: id {key} is held by another node; closing ours");
                         let why = "id_taken: claimed on another server";
-                        self.net.push(token, &protocol::error(ErrorCode::IdTaken, None));
+                        self.net.error(token, ErrorCode::IdTaken, None);
                         self.close_ws(
                             token,
                             CloseCode::from(4409),
@@ -157,25 +161,16 @@ impl Server {
                 // PUBLISH answers with the number of subscribers reached: none means the node
                 // that held the recipient is gone.
                 if matches!(frame, BytesFrame::Number { data: 0, .. }) {
-                    self.bounce(&from, &to);
+                    self.tell(&from, ErrorCode::UnknownRecipient, Some(&to));
                 }
             }
         }
     }
 
-    /// Redis failed with `from`'s message in flight: it may not have reached other nodes.
-    fn unsure(&mut self, from: &str, to: Option<&str>) {
-        if let Some(token) = self.chat.token_of(from) {
-            self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, to));
-            self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
-        }
-    }
-
-    /// The sender of a private message learns that nobody got it.
-    fn bounce(&mut self, from: &str, to: &str) {
-        if let Some(token) = self.chat.token_of(from) {
-            self.net.push(token, &protocol::error(ErrorCode::UnknownRecipient, Some(to)));
-            self.net.stats.error_sent(ErrorCode::UnknownRecipient);
+    /// Sends local user `id` (if still here) an error about a message it sent.
+    fn tell(&mut self, id: &str, code: ErrorCode, to: Option<&str>) {
+        if let Some(token) = self.chat.token_of(id) {
+            self.net.error(token, code, to);
         }
     }
 
@@ -224,7 +219,7 @@ impl Server {
                     self.cluster_mut().publish(&node_channel(node), &e);
                 }
             }
-            Msg::Bounce { to, from } if !to_all => self.bounce(from, to),
+            Msg::Bounce { to, from } if !to_all => self.tell(from, ErrorCode::UnknownRecipient, Some(to)),
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }
@@ -310,15 +305,13 @@ impl Server {
     fn refuse_id(&mut self, token: usize, id: &str, code: ErrorCode, now: Instant) {
         let close = if code == ErrorCode::IdTaken { 4409 } else { 4400 };
         info!("refused id {id:?} from {}: {}", self.net.conns[token].addr, code.as_str());
-        self.net.push(token, &protocol::error(code, None));
-        self.net.stats.error_sent(code);
+        self.net.error(token, code, None);
         self.close_ws(token, CloseCode::from(close), code.as_str(), None, now);
     }
 
     fn refuse_busy(&mut self, token: usize, now: Instant) {
         warn!("cluster: cannot register an id now; refusing {}", self.net.conns[token].addr);
-        self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, None));
-        self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
+        self.net.error(token, ErrorCode::ClusterUnavailable, None);
         self.close_ws(token, CloseCode::Again, "cluster_unavailable", None, now);
     }
 
@@ -327,8 +320,7 @@ impl Server {
         let Some(c) = &mut self.cluster else { return };
         let then = Await::Room { from: Rc::clone(from) };
         if !c.publish_awaiting(ALL, &payload(&["M", &c.node], Some(line)), then) {
-            self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, None));
-            self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
+            self.net.error(token, ErrorCode::ClusterUnavailable, None);
         }
     }
 
@@ -347,8 +339,7 @@ impl Server {
         if c.publish_awaiting(&node_channel(node), &p, then) {
             self.net.push(token, line);
         } else {
-            self.net.push(token, &protocol::error(ErrorCode::ClusterUnavailable, Some(to)));
-            self.net.stats.error_sent(ErrorCode::ClusterUnavailable);
+            self.net.error(token, ErrorCode::ClusterUnavailable, Some(to));
         }
     }
 

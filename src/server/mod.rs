@@ -60,6 +60,12 @@ struct Net {
 }
 
 impl Net {
+    /// Sends `token` an error line, and counts it for `/metrics`.
+    fn error(&mut self, token: usize, code: crate::protocol::ErrorCode, to: Option<&str>) {
+        self.push(token, &crate::protocol::error(code, to));
+        self.stats.error_sent(code);
+    }
+
     fn mark_pending(&mut self, token: usize) {
         if let Some(c) = self.conns.get_mut(token)
             && !c.pending

@@ -2,10 +2,10 @@
 //! `Chat`, echo on `/echo`, and run the close handshake in both directions.
 
 use super::{CLOSE_GRACE, Server, would_block};
-use crate::chat::{Outcome, Sink};
+use crate::chat::Outcome;
 use crate::conn::Phase;
 use crate::metrics::Reason;
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::ErrorCode;
 use log::{debug, info, warn};
 use std::rc::Rc;
 use std::time::Instant;
@@ -52,8 +52,7 @@ impl Server {
                         continue;
                     }
                     if !s.bucket.allow(self.cfg.rate_limit, now) {
-                        self.net.push(token, &protocol::error(ErrorCode::RateLimited, None));
-                        self.net.stats.error_sent(ErrorCode::RateLimited);
+                        self.net.error(token, ErrorCode::RateLimited, None);
                         continue;
                     }
                     let user = Rc::clone(user);
