@@ -255,18 +255,12 @@ impl Server {
         }
     }
 
-    /// Ends a join: the welcome and presence, or a refusal. `id` is as typed for a local
-    /// grant and may be lowercased or not for a cluster one (only its case-folded form is
-    /// compared). A connection that has gone meanwhile gives its grant back.
+    /// Ends a join of `id` (as typed): the welcome and presence, or a refusal. A grant that
+    /// cannot be used (the connection went meanwhile, or the id was taken here) is given back.
     fn joined(&mut self, token: usize, generation: u32, id: &str, verdict: Granted, now: Instant) {
         let alive = self.net.conns.get(token).is_some_and(|c| c.generation == generation && !c.peer.closing);
         if !alive {
-            if verdict == Granted::Yes
-                && let Some(c) = &mut self.cluster
-            {
-                c.release(&id.to_ascii_lowercase());
-            }
-            return;
+            return self.give_back(verdict, id);
         }
         if let Phase::Ws(s) = &mut self.net.conns[token].phase
             && s.claiming
@@ -292,13 +286,17 @@ impl Server {
                 }
             }
             Err(code) => {
-                if verdict == Granted::Yes
-                    && let Some(c) = &mut self.cluster
-                {
-                    c.release(&id.to_ascii_lowercase());
-                }
+                self.give_back(verdict, id);
                 self.refuse_id(token, id, code, now)
             }
+        }
+    }
+
+    fn give_back(&mut self, verdict: Granted, id: &str) {
+        if verdict == Granted::Yes
+            && let Some(c) = &mut self.cluster
+        {
+            c.release(&id.to_ascii_lowercase());
         }
     }
 
