@@ -32,6 +32,8 @@ pub struct Config {
     pub redis_ttl: Duration,
     /// SO_REUSEPORT, so that several processes can share `addr`.
     pub reuse_port: bool,
+    /// How long an id stays held for a client the server closed (see `chat::ids`).
+    pub resume_grace: Duration,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             redis: None,
             redis_ttl: Duration::from_secs(15),
             reuse_port: false,
+            resume_grace: Duration::from_secs(10),
         }
     }
 }
@@ -74,10 +77,17 @@ Flags:
                               [default: the open-file limit minus 64]
   --max-message BYTES         largest client message; larger closes with 1009 [default: 4096]
   --max-text CHARS            longest chat text; longer gets error too_long [default: 1000]
-  --queue-cap BYTES           outbound queue cap per connection; a client past it is closed
-                              with 1008 slow consumer; at least 16384 [default: 262144]
-  --rate-limit N              messages per second per connection, burst 2N; 0 turns it off;
-                              over it the message is dropped with error rate_limited [default: 20]
+  --queue-cap BYTES           soft cap on what is queued for one connection, judged after
+                              its socket was offered the bytes: a client still over it 10 s
+                              later, or over 4x it at once, is closed with 1008 slow
+                              consumer; private messages to a client over it are refused
+                              with recipient_busy; at least 16384 [default: 262144]
+  --rate-limit N              messages per second per id, burst 2N, kept across reconnects;
+                              0 turns it off; over it the message is dropped with error
+                              rate_limited [default: 20]
+  --resume-grace SECS         when the server closes a session (slow consumer, idle timeout,
+                              protocol error, flood), its id is held this long for the
+                              client's resume token [default: 10]
   --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
   --ping-interval SECS        ping every client this often; must be shorter than
                               --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
@@ -167,6 +177,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 ping_given = true;
             }
             "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &cli.value()?)?,
+            "--resume-grace" => cfg.resume_grace = seconds(&flag, &cli.value()?)?,
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }

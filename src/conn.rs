@@ -7,7 +7,7 @@
 //! The phase decides what readiness means and which deadline applies; the server loop does
 //! the I/O and is the only one to register, deregister or remove.
 
-use crate::outbox::Outbox;
+use crate::outbox::{Drain, Outbox, is_pong};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -15,12 +15,37 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocketContext;
 
+/// How far past its soft cap (`--queue-cap`) a queue may grow: a burst lands whole and the
+/// peer is judged by whether its backlog persists (`SLOW_GRACE`). Redis's pub/sub output
+/// limits have the same shape (8 MB soft for 60 s, 32 MB hard).
+pub const HARD_FACTOR: usize = 4;
+/// How long a queue may stay over its soft cap, after the loop's writes, before its peer is a
+/// slow consumer. A reader that keeps up drains a burst in milliseconds.
+pub const SLOW_GRACE: Duration = Duration::from_secs(10);
+/// Bytes written to one socket per call, so one huge queue cannot take a whole turn.
+pub const WRITE_BUDGET: usize = 256 * 1024;
+/// Bytes read from one socket per turn; past it the connection waits for the next turn, behind
+/// everyone else. Counted in bytes because a message that never completes (endless empty
+/// fragments) would never use up a budget counted in messages.
+pub const READ_BUDGET: u32 = 64 * 1024;
+
 /// The socket and everything queued for it. tungstenite writes its frames (pong, close, echo)
 /// here too, so every byte a connection sends goes through one ordered, capped queue.
 pub struct Peer {
     pub sock: TcpStream,
     pub out: Outbox,
+    /// The soft cap on the queue's charge (`--queue-cap`); the hard cap is `HARD_FACTOR` times it.
     pub cap: u32,
+    /// Bytes this turn's reads may still take (`READ_BUDGET`).
+    pub read_left: u32,
+    /// Wire bytes read since the last complete message: bounds a message's frame overhead.
+    pub since_message: u32,
+    /// Bytes written outside the loop's flush (`make_room`), for the byte counter.
+    pub early: u32,
+    /// The read budget ran out: input may be waiting, come back next turn.
+    pub starved: bool,
+    /// A write found the socket full: no early write until the loop sees it writable.
+    pub blocked: bool,
     /// Output was refused at the cap: this client is a slow consumer.
     pub overflow: bool,
     /// Our close is queued: nothing but what is already queued goes out.
@@ -33,25 +58,62 @@ pub struct Peer {
     pub hup: bool,
 }
 
+impl Peer {
+    pub fn hard_cap(&self) -> usize {
+        (self.cap as usize).saturating_mul(HARD_FACTOR)
+    }
+
+    /// Before `len` more bytes take the queue past its soft cap, offers the kernel what is
+    /// queued: bytes it takes at once were never a backlog, and judging a queue before that
+    /// write is what made readers who kept up look slow. Once the socket is full, waits for
+    /// the loop to see it writable again rather than asking at every push.
+    pub fn make_room(&mut self, len: usize) {
+        if self.blocked || self.closing || self.out.fits(len, self.cap as usize) {
+            return;
+        }
+        let before = self.out.queued();
+        // An error here recurs at the loop's own write, which ends the connection.
+        self.blocked =
+            !matches!(self.out.drain(&mut self.sock, WRITE_BUDGET), Ok(Drain::Empty | Drain::Budget));
+        self.early = self.early.saturating_add((before - self.out.queued()) as u32);
+    }
+}
+
 impl Read for Peer {
-    /// Reads, but reports WouldBlock after a short read instead of asking the kernel again:
-    /// that second `read` was one syscall in four on the private-message path.
+    /// Reads within the turn's budget, and reports WouldBlock after a short read instead of
+    /// asking the kernel again: that second `read` was one syscall in four on the
+    /// private-message path.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.drained {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.sock.read(buf)?;
-        self.drained = !self.hup && n > 0 && n < buf.len();
+        if self.read_left == 0 {
+            self.starved = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let want = buf.len().min(self.read_left as usize);
+        let n = self.sock.read(&mut buf[..want])?;
+        self.read_left -= n as u32;
+        self.since_message = self.since_message.saturating_add(n as u32);
+        self.drained = !self.hup && n > 0 && n < want;
         Ok(n)
     }
 }
 
 impl Write for Peer {
-    /// Queues, never writes: the loop drains the outbox once per turn.
+    /// Queues, never writes (but see `make_room`): the loop drains the outbox.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let chunk = bytes::Bytes::copy_from_slice(buf);
         // The close frame itself must get through a full queue (discard_unsent made room).
-        let cap = if self.closing { usize::MAX } else { self.cap as usize };
-        if !self.out.push_raw(bytes::Bytes::copy_from_slice(buf), cap) {
+        if self.closing {
+            self.out.push_raw(chunk, usize::MAX);
+            return Ok(buf.len());
+        }
+        self.make_room(buf.len());
+        let cap = self.hard_cap();
+        let queued =
+            if is_pong(buf) { self.out.push_pong(chunk, cap) } else { self.out.push_raw(chunk, cap) };
+        if !queued {
             self.overflow = true;
         }
         Ok(buf.len())
@@ -80,7 +142,14 @@ pub struct Session {
     pub user: Option<Rc<str>>,
     /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
     pub claiming: bool,
+    /// Messages: `--rate-limit`. It outlives the connection (see `Server::buckets`).
     pub bucket: Bucket,
+    /// Pings and pongs from the peer (`CONTROL_RATE`).
+    pub control: Bucket,
+    /// The secret that lets this client take its id back after the server closed it.
+    pub resume: crate::chat::ids::Secret,
+    /// This session took back an id held for it (the welcome says `"resumed":true`).
+    pub resumed: bool,
 }
 
 /// A token bucket: `rate` per second, bursts of `2 * rate`.
@@ -92,6 +161,12 @@ pub struct Bucket {
 impl Bucket {
     pub fn new(rate: u32, now: Instant) -> Self {
         Bucket { tokens: 2.0 * rate as f32, last: now }
+    }
+
+    /// Whether the bucket has refilled completely by `now`: keeping it longer tells nothing.
+    pub fn full(&self, rate: u32, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.tokens + elapsed * rate as f32 >= 2.0 * rate as f32
     }
 
     /// Takes one token if there is one. A rate of 0 means no limit.
@@ -134,6 +209,8 @@ pub struct Conn {
     pub want_writable: bool,
     /// Why the connection is ending, once that is decided (first reason wins).
     pub reason: Option<crate::metrics::Reason>,
+    /// Since when the queue has stayed over its soft cap after the loop's writes.
+    pub over_since: Option<Instant>,
 }
 
 impl Conn {
@@ -143,6 +220,11 @@ impl Conn {
                 sock,
                 out: Outbox::default(),
                 cap,
+                read_left: READ_BUDGET,
+                since_message: 0,
+                early: 0,
+                starved: false,
+                blocked: false,
                 overflow: false,
                 closing: false,
                 drained: false,
@@ -161,6 +243,7 @@ impl Conn {
             doomed: false,
             want_writable: false,
             reason: None,
+            over_since: None,
         }
     }
 
@@ -171,7 +254,10 @@ impl Conn {
         }
         match self.phase {
             Phase::Request { .. } | Phase::Respond { .. } => self.opened + handshake_timeout,
-            Phase::Ws(_) => self.next_ping.min(self.last_read + idle_timeout),
+            Phase::Ws(_) => {
+                let at = self.next_ping.min(self.last_read + idle_timeout);
+                self.over_since.map_or(at, |t| at.min(t + SLOW_GRACE))
+            }
         }
     }
 

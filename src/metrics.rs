@@ -19,10 +19,12 @@ pub enum Reason {
     Shutdown,
     /// The cluster found another node holding the id (claimed while Redis was away).
     IdConflict,
+    /// Too many control frames, or a message that kept growing in frames but not in bytes.
+    Flood,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
@@ -30,6 +32,7 @@ impl Reason {
         Reason::ProtocolError,
         Reason::Shutdown,
         Reason::IdConflict,
+        Reason::Flood,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,11 +44,12 @@ impl Reason {
             Reason::ProtocolError => "protocol_error",
             Reason::Shutdown => "shutdown",
             Reason::IdConflict => "id_conflict",
+            Reason::Flood => "flood",
         }
     }
 }
 
-const CODES: [ErrorCode; 8] = [
+const CODES: [ErrorCode; 9] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -54,6 +58,7 @@ const CODES: [ErrorCode; 8] = [
     ErrorCode::TooLong,
     ErrorCode::RateLimited,
     ErrorCode::ClusterUnavailable,
+    ErrorCode::RecipientBusy,
 ];
 
 #[derive(Debug, Default)]
@@ -63,8 +68,15 @@ pub struct Stats {
     pub private_received: u64,
     pub deliveries: u64,
     pub bytes_sent: u64,
-    disconnects: [u64; 7],
-    errors: [u64; 8],
+    disconnects: [u64; 8],
+    errors: [u64; 9],
+    /// Reads cut short by the per-turn byte budget (the connection waited for the next turn).
+    pub read_budget_spent: u64,
+    /// Writes made before the flush window because a queue reached its soft cap.
+    pub early_writes: u64,
+    /// Ids held for a client the server closed, and ids taken back with a resume token.
+    pub ids_held: u64,
+    pub resumes: u64,
 }
 
 /// Gauges counted at scrape time.
@@ -125,6 +137,25 @@ impl Stats {
         let samples: Vec<(&str, u64)> =
             CODES.iter().zip(&labels).map(|(c, l)| (l.as_str(), self.errors[*c as usize])).collect();
         metric("errors_sent_total", "counter", "Error lines sent to clients, by code.", &samples);
+        metric(
+            "read_budget_spent_total",
+            "counter",
+            "Reads cut short by the per-connection, per-turn byte budget.",
+            &[("", self.read_budget_spent)],
+        );
+        metric(
+            "early_writes_total",
+            "counter",
+            "Writes made before the flush window because a queue reached its soft cap.",
+            &[("", self.early_writes)],
+        );
+        metric(
+            "ids_held_total",
+            "counter",
+            "Ids held for a client the server closed, until it resumes or the grace ends.",
+            &[("", self.ids_held)],
+        );
+        metric("resumes_total", "counter", "Ids taken back with a resume token.", &[("", self.resumes)]);
         metric(
             "outbound_queue_bytes",
             "gauge",

@@ -6,6 +6,11 @@
 //! header built for this client, then the shared payloads separated by `\n`, written with one
 //! `writev` and no copy. A frame that has begun to go out is frozen (`Inflight`) so that lines
 //! queued meanwhile can never change a length already on the wire.
+//!
+//! The cap is charged what the queue really costs: each chunk's bytes plus `CHUNK_COST` for
+//! its slot and bookkeeping, so a flood of 2-byte pongs cannot hide 60 bytes of heap apiece
+//! behind a 2-byte charge. A run of pongs not yet begun is merged into the latest one (RFC 6455
+//! §5.5.3 lets a server answer only the most recent ping).
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -19,6 +24,10 @@ pub const MAX_LINES: usize = 64;
 const NEWLINE: &[u8] = b"\n";
 /// An unmasked server frame header is at most 10 bytes (2 + 8-byte length).
 const HEAD_MAX: usize = 10;
+
+/// What one queued chunk costs beyond its bytes: its `VecDeque` slot, and the allocator's
+/// header and rounding for a raw chunk's own copy. Charged against the cap with the bytes.
+pub const CHUNK_COST: usize = std::mem::size_of::<Chunk>() + 32;
 
 #[derive(Debug)]
 enum Chunk {
@@ -52,6 +61,8 @@ pub enum Drain {
     Empty,
     /// The socket is full; wait for writability.
     Blocked,
+    /// This call's byte budget is spent with more queued: write again on a later turn.
+    Budget,
 }
 
 /// Empty queue buffers kept for reuse. Without them every flush window freed each client's
@@ -85,12 +96,23 @@ impl Outbox {
         self.queue.is_empty()
     }
 
+    /// Bytes queued and not yet written (what `/metrics` reports).
     pub fn queued(&self) -> usize {
         self.queued as usize
     }
 
-    /// Queues a chat line unless that would take the queue past `cap`.
-    /// Returns false when the line was refused: the caller must drop this slow consumer.
+    /// What the queue costs: its bytes plus `CHUNK_COST` per chunk. This is what caps judge.
+    pub fn charged(&self) -> usize {
+        self.queued as usize + self.queue.len() * CHUNK_COST
+    }
+
+    /// Whether `len` more bytes in one chunk would keep the charge within `cap`.
+    pub fn fits(&self, len: usize, cap: usize) -> bool {
+        self.charged() + len + CHUNK_COST <= cap
+    }
+
+    /// Queues a chat line unless that would take the charge past `cap`.
+    /// Returns false when the line was refused.
     pub fn push_line(&mut self, line: Bytes, cap: usize) -> bool {
         self.push(Chunk::Line(line), cap)
     }
@@ -100,12 +122,32 @@ impl Outbox {
         self.push(Chunk::Raw(raw), cap)
     }
 
+    /// Queues a pong frame, replacing a pong that is last in the queue and not yet begun:
+    /// only the latest ping needs an answer, and a ping flood then costs one chunk, not one
+    /// per ping.
+    pub fn push_pong(&mut self, pong: Bytes, cap: usize) -> bool {
+        let begun = self.inflight.as_ref().map_or(0, |f| f.chunks as usize);
+        let charged = self.charged();
+        if self.queue.len() > begun
+            && let Some(Chunk::Raw(last)) = self.queue.back_mut()
+            && is_pong(last)
+        {
+            let grown = pong.len().saturating_sub(last.len());
+            if charged + grown > cap {
+                return false;
+            }
+            self.queued = self.queued - last.len() as u32 + pong.len() as u32;
+            *last = pong;
+            return true;
+        }
+        self.push(Chunk::Raw(pong), cap)
+    }
+
     fn push(&mut self, chunk: Chunk, cap: usize) -> bool {
-        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-        if self.queued as usize + len as usize > cap.min(u32::MAX as usize) {
+        if !self.fits(chunk.len(), cap.min(u32::MAX as usize)) {
             return false;
         }
-        self.queued += len;
+        self.queued += chunk.len() as u32;
         self.queue.push_back(chunk);
         true
     }
@@ -128,9 +170,14 @@ impl Outbox {
         self.queued -= dropped;
     }
 
-    /// Writes until the queue is empty or the writer would block.
-    pub fn drain(&mut self, w: &mut impl Write) -> io::Result<Drain> {
+    /// Writes until the queue is empty, the writer would block, or about `budget` bytes have
+    /// gone out (a frame already begun is finished first only if it fits the budget).
+    pub fn drain(&mut self, w: &mut impl Write, budget: usize) -> io::Result<Drain> {
+        let mut sent = 0usize;
         while !self.queue.is_empty() {
+            if sent >= budget {
+                return Ok(Drain::Budget);
+            }
             let frame = match self.inflight.take() {
                 Some(f) => f,
                 None => self.begin(),
@@ -146,6 +193,7 @@ impl Outbox {
             match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
+                    sent += n;
                     frame.written += n as u32;
                     if frame.written as usize == total {
                         for c in self.queue.drain(..frame.chunks as usize) {
@@ -186,6 +234,12 @@ impl Outbox {
         }
     }
 
+    /// How many chunks are queued.
+    #[cfg(test)]
+    fn chunks(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Freezes the next frame: a raw chunk alone, or up to MAX_LINES lines as one text message.
     fn begin(&self) -> Inflight {
         let mut f = Inflight { head: [0; HEAD_MAX], head_len: 0, chunks: 1, written: 0 };
@@ -224,6 +278,15 @@ impl Outbox {
         }
         (n, total)
     }
+}
+
+/// An unmasked server pong frame with a short payload: opcode 0xA with FIN, nothing after it.
+pub fn is_pong(b: &[u8]) -> bool {
+    b.len() >= 2
+        && b[0] == 0x8a
+        && b[1] & 0x80 == 0
+        && (b[1] & 0x7f) < 126
+        && b.len() == 2 + (b[1] & 0x7f) as usize
 }
 
 #[cfg(test)]
@@ -285,7 +348,7 @@ mod tests {
         assert!(o.push_line(shared.clone(), 1000));
         assert!(o.push_line(Bytes::from_static(b"{\"n\":2}"), 1000));
         let mut w = fake(usize::MAX);
-        assert_eq!(o.drain(&mut w).unwrap(), Drain::Empty);
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Empty);
         assert_eq!(w.calls, 1);
         assert_eq!(frames(&w.got), vec![(1, b"{\"n\":1}\n{\"n\":2}".to_vec())]);
         assert_eq!(o.queued(), 0);
@@ -294,21 +357,59 @@ mod tests {
     #[test]
     fn raw_chunks_keep_their_place_between_lines() {
         let mut o = Outbox::default();
-        o.push_line(Bytes::from_static(b"a"), 100);
-        o.push_raw(Bytes::from_static(&[0x8a, 0x00]), 100); // an empty pong
-        o.push_line(Bytes::from_static(b"b"), 100);
+        o.push_line(Bytes::from_static(b"a"), 1000);
+        o.push_raw(Bytes::from_static(&[0x8a, 0x00]), 1000); // an empty pong
+        o.push_line(Bytes::from_static(b"b"), 1000);
         let mut w = fake(usize::MAX);
-        o.drain(&mut w).unwrap();
+        o.drain(&mut w, usize::MAX).unwrap();
         assert_eq!(frames(&w.got), vec![(1, b"a".to_vec()), (10, vec![]), (1, b"b".to_vec())]);
     }
 
     #[test]
-    fn cap_refuses_the_push_that_would_pass_it() {
+    fn cap_refuses_the_push_that_would_pass_it_counting_each_chunks_cost() {
         let mut o = Outbox::default();
-        assert!(o.push_line(Bytes::from(vec![b'x'; 60]), 100));
-        assert!(o.push_line(Bytes::from(vec![b'x'; 40]), 100));
-        assert!(!o.push_line(Bytes::from_static(b"y"), 100));
-        assert_eq!(o.queued(), 100);
+        let cap = 100 + 2 * CHUNK_COST;
+        assert!(o.push_line(Bytes::from(vec![b'x'; 60]), cap));
+        assert!(o.push_line(Bytes::from(vec![b'x'; 40]), cap));
+        assert!(!o.push_line(Bytes::from_static(b"y"), cap));
+        assert_eq!((o.queued(), o.charged()), (100, cap));
+        // A thousand 2-byte chunks cost far more than 2,000 bytes.
+        let mut p = Outbox::default();
+        let n = (0..1000).take_while(|_| p.push_raw(Bytes::from_static(b"ab"), 4096)).count();
+        assert_eq!(n, 4096 / (2 + CHUNK_COST));
+    }
+
+    #[test]
+    fn a_run_of_pongs_is_merged_into_the_latest_but_a_begun_one_is_kept() {
+        let mut o = Outbox::default();
+        for i in 0..100u8 {
+            assert!(o.push_pong(Bytes::from(vec![0x8a, 1, i]), 1000));
+        }
+        assert_eq!((o.chunks(), o.queued()), (1, 3));
+        let mut w = fake(1);
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Blocked);
+        assert!(o.push_pong(Bytes::from_static(&[0x8a, 0]), 1000), "begun: a second chunk");
+        assert!(o.push_pong(Bytes::from_static(&[0x8a, 1, 7]), 1000), "merged into the second");
+        assert_eq!(o.chunks(), 2);
+        o.push_line(Bytes::from_static(b"x"), 1000);
+        o.push_pong(Bytes::from_static(&[0x8a, 0]), 1000);
+        assert_eq!(o.chunks(), 4, "a line between pongs keeps them apart");
+        w.budget = 100;
+        o.drain(&mut w, usize::MAX).unwrap();
+        assert_eq!(frames(&w.got), vec![(10, vec![99]), (10, vec![7]), (1, b"x".to_vec()), (10, vec![])]);
+    }
+
+    #[test]
+    fn drain_stops_at_its_budget_and_resumes() {
+        let mut o = Outbox::default();
+        for _ in 0..10 {
+            o.push_raw(Bytes::from(vec![b'r'; 100]), usize::MAX);
+        }
+        let mut w = fake(usize::MAX);
+        assert_eq!(o.drain(&mut w, 250).unwrap(), Drain::Budget);
+        assert_eq!(w.got.len(), 300);
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Empty);
+        assert_eq!(w.got.len(), 1000);
     }
 
     #[test]
@@ -317,12 +418,12 @@ mod tests {
         o.push_line(Bytes::from_static(b"hello"), 1000);
         o.push_line(Bytes::from_static(b"world"), 1000);
         let mut w = fake(4);
-        assert_eq!(o.drain(&mut w).unwrap(), Drain::Blocked);
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Blocked);
         // Queued after the frame began: must go in a frame of its own.
         o.push_line(Bytes::from_static(b"late"), 1000);
         for step in [1, 3, 0, 2, 100] {
             w.budget = step;
-            let _ = o.drain(&mut w).unwrap();
+            let _ = o.drain(&mut w, usize::MAX).unwrap();
         }
         assert!(o.is_empty());
         assert_eq!(frames(&w.got), vec![(1, b"hello\nworld".to_vec()), (1, b"late".to_vec())]);
@@ -332,10 +433,10 @@ mod tests {
     fn empty_queues_give_their_buffer_to_the_next_queue() {
         let mut spare = Spare::default();
         let mut a = Outbox::default();
-        a.push_line(Bytes::from_static(b"x"), 100);
+        a.push_line(Bytes::from_static(b"x"), 1000);
         a.release(&mut spare);
         assert_eq!(spare.0.len(), 0, "a queue with lines keeps its buffer");
-        a.drain(&mut fake(100)).unwrap();
+        a.drain(&mut fake(100), usize::MAX).unwrap();
         a.release(&mut spare);
         assert_eq!((spare.0.len(), a.queue.capacity()), (1, 0));
         let mut b = Outbox::default();
@@ -353,7 +454,7 @@ mod tests {
         o.discard_unsent();
         assert_eq!(o.queued(), 14);
         let mut w = fake(100);
-        o.drain(&mut w).unwrap();
+        o.drain(&mut w, usize::MAX).unwrap();
         assert_eq!(&w.got, b"HTTP/1.1 101\x8a\x00");
     }
 
@@ -362,12 +463,12 @@ mod tests {
         let mut o = Outbox::default();
         o.push_line(Bytes::from_static(b"first"), 1000);
         let mut w = fake(3);
-        o.drain(&mut w).unwrap();
+        o.drain(&mut w, usize::MAX).unwrap();
         o.push_line(Bytes::from_static(b"second"), 1000);
         o.discard_unsent();
         assert_eq!(o.queued(), 5);
         w.budget = 100;
-        o.drain(&mut w).unwrap();
+        o.drain(&mut w, usize::MAX).unwrap();
         assert_eq!(frames(&w.got), vec![(1, b"first".to_vec())]);
     }
 
@@ -379,11 +480,59 @@ mod tests {
             o.push_line(line.clone(), usize::MAX);
         }
         let mut w = fake(usize::MAX);
-        o.drain(&mut w).unwrap();
+        o.drain(&mut w, usize::MAX).unwrap();
         let f = frames(&w.got);
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].1.len(), MAX_LINES * 1000 + MAX_LINES - 1);
         assert_eq!(f[1].1.len(), 1000);
         assert_eq!(w.calls, 2);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of pushes (lines, raw frames, pongs) and partial writes: `queued` is
+        /// always the real bytes not yet written, the charge never passes the cap, and what
+        /// comes out is every accepted line and raw frame, in whole frames.
+        #[test]
+        fn accounting_holds_under_any_pushes_and_partial_writes(
+            ops in proptest::collection::vec((0u8..4, 0usize..126, 0usize..200), 1..80),
+            cap in 200usize..4000,
+        ) {
+            let mut o = Outbox::default();
+            let mut w = fake(0);
+            let (mut lines, mut line_bytes, mut raw_bytes, mut pongs) = (0, 0, 0, 0);
+            for (kind, len, budget) in ops {
+                match kind {
+                    0 => if o.push_line(Bytes::from(vec![b'l'; len.max(1)]), cap) {
+                        lines += 1;
+                        line_bytes += len.max(1);
+                    },
+                    1 => {
+                        let mut f = vec![0x82, len as u8];
+                        f.resize(2 + len, b'r');
+                        if o.push_raw(Bytes::from(f), cap) {
+                            raw_bytes += len;
+                        }
+                    }
+                    2 => pongs += o.push_pong(Bytes::from_static(&[0x8a, 0]), cap) as usize,
+                    _ => {
+                        w.budget = budget;
+                        let _ = o.drain(&mut w, len.max(1)).unwrap();
+                    }
+                }
+                proptest::prop_assert!(o.charged() <= cap, "charged {} > cap {}", o.charged(), cap);
+                let real: usize = o.queue.iter().map(Chunk::len).sum();
+                proptest::prop_assert_eq!(o.queued(), real);
+            }
+            w.budget = usize::MAX;
+            proptest::prop_assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Empty);
+            proptest::prop_assert_eq!(o.queued(), 0);
+            let out = frames(&w.got);
+            let text: Vec<&[u8]> = out.iter().filter(|f| f.0 == 1).flat_map(|f| f.1.split(|b| *b == b'\n')).collect();
+            proptest::prop_assert_eq!(text.len(), lines);
+            proptest::prop_assert_eq!(text.iter().map(|l| l.len()).sum::<usize>(), line_bytes);
+            proptest::prop_assert!(text.iter().all(|l| l.iter().all(|b| *b == b'l')));
+            proptest::prop_assert_eq!(out.iter().filter(|f| f.0 == 2).map(|f| f.1.len()).sum::<usize>(), raw_bytes);
+            proptest::prop_assert!(out.iter().filter(|f| f.0 == 10).count() <= pongs);
+        }
     }
 }

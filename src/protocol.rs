@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 /// What a client may send: a room message, or a private one when `to` is set.
 /// Unknown fields (a forged `from`, say) are ignored on purpose: the server stamps the sender.
+/// `to` must be a string when present: `"to":null` (a client's `picked ?? null`) is refused,
+/// never read as "no recipient", because that would publish private text to the room.
 #[derive(Debug, Deserialize, PartialEq)]
 pub struct Incoming<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     pub to: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     pub text: std::borrow::Cow<'a, str>,
@@ -27,6 +29,13 @@ pub fn decode(frame: &str) -> Option<Incoming<'_>> {
     serde_json::from_str(frame).ok()
 }
 
+/// A field that may be missing but, when present, must be a string (not null).
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
+    <std::borrow::Cow<'a, str> as Deserialize>::deserialize(d).map(Some)
+}
+
 /// Error codes a client can be sent; the names are part of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -38,6 +47,7 @@ pub enum ErrorCode {
     TooLong,
     RateLimited,
     ClusterUnavailable,
+    RecipientBusy,
 }
 
 impl ErrorCode {
@@ -51,6 +61,7 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::RecipientBusy => "recipient_busy",
         }
     }
 
@@ -67,6 +78,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "too many messages: slow down",
             ErrorCode::ClusterUnavailable => {
                 "the other chat servers cannot be reached right now; users on this server still can"
+            }
+            ErrorCode::RecipientBusy => {
+                "the recipient cannot take messages this fast right now; this one was not delivered"
             }
         }
     }
@@ -91,11 +105,35 @@ struct MessageLine<'a> {
     ts: u64,
 }
 
+/// The first line a client gets: who it is, who is online (at most `--presence-limit` ids,
+/// its own first; `total` is the true count), the limits it should enforce before sending,
+/// and the token that takes its id back if the server closes it.
 #[derive(Serialize)]
-struct WelcomeLine<'a, I: Serialize> {
+pub struct Welcome<'a> {
+    pub id: &'a str,
+    pub users: Vec<&'a str>,
+    pub total: usize,
+    /// Unicode scalar values per text (`--max-text`).
+    pub max_text: usize,
+    /// Messages per second (`--rate-limit`; 0: none), in bursts of up to `burst`.
+    pub rate_limit: u32,
+    pub burst: u32,
+    pub resume: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+}
+
+#[derive(Serialize)]
+struct Typed<'a, T: Serialize> {
     r#type: &'static str,
-    id: &'a str,
-    users: I,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+#[derive(Serialize)]
+struct UsersLine<'a> {
+    r#type: &'static str,
+    users: Vec<&'a str>,
     total: usize,
 }
 
@@ -120,12 +158,14 @@ pub fn message(from: &str, to: Option<&str>, text: &str, ts: u64) -> Bytes {
     encode(&MessageLine { r#type: "message", from, to, text, ts })
 }
 
-/// The first line a client gets. `users` may be capped (see `Chat`); `total` is the true count.
-pub fn welcome<'a>(id: &str, users: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
-    #[derive(Serialize)]
-    #[serde(transparent)]
-    struct List<'a>(Vec<&'a str>);
-    encode(&WelcomeLine { r#type: "welcome", id, users: List(users.collect()), total })
+/// `{"type":"welcome",...}`.
+pub fn welcome(w: &Welcome<'_>) -> Bytes {
+    encode(&Typed { r#type: "welcome", body: w })
+}
+
+/// `{"type":"users","users":[...],"total":N}`: the whole list again (see `Chat::flush_presence`).
+pub fn users<'a>(ids: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
+    encode(&UsersLine { r#type: "users", users: ids.collect(), total })
 }
 
 /// Appends a `join` or `leave` line (no trailing newline) to a presence batch.
@@ -151,8 +191,6 @@ mod tests {
         assert_eq!(m.to, None);
         let m = decode(r#"{"to":"bob","text":"psst"}"#).unwrap();
         assert_eq!(m.to.as_deref(), Some("bob"));
-        let m = decode(r#"{"to":null,"text":"x"}"#).unwrap();
-        assert_eq!(m.to, None);
         // Escapes force an owned Cow; the decoded text must still be right.
         let m = decode(r#"{"text":"a\nb\u00e9"}"#).unwrap();
         assert_eq!(m.text, "a\nbé");
@@ -168,6 +206,10 @@ mod tests {
             "{}",
             r#"{"text":5}"#,
             r#"{"to":5,"text":"x"}"#,
+            r#"{"to":null,"text":"x"}"#,
+            r#"{"to":["bob"],"text":"x"}"#,
+            r#"{"to":{},"text":"x"}"#,
+            r#"{"to":true,"text":"x"}"#,
             "{\"text\":",
             r#"{"text":"a","text":"b"}"#,
             r#"["bob","psst"]"#,
@@ -191,10 +233,22 @@ mod tests {
             &error(ErrorCode::UnknownRecipient, Some("zed"))[..],
             br#"{"type":"error","code":"unknown_recipient","message":"no one with that id is online","to":"zed"}"#
         );
+        let w = Welcome {
+            id: "a",
+            users: vec!["a", "b"],
+            total: 2,
+            max_text: 2000,
+            rate_limit: 20,
+            burst: 40,
+            resume: "tok",
+            resumed: false,
+        };
         assert_eq!(
-            &welcome("a", ["a", "b"].into_iter(), 2)[..],
-            br#"{"type":"welcome","id":"a","users":["a","b"],"total":2}"#
+            &welcome(&w)[..],
+            &br#"{"type":"welcome","id":"a","users":["a","b"],"total":2,"max_text":2000,"rate_limit":20,"burst":40,"resume":"tok"}"#[..]
         );
+        assert!(welcome(&Welcome { resumed: true, ..w }).ends_with(br#""resume":"tok","resumed":true}"#));
+        assert_eq!(&users(["a"].into_iter(), 3)[..], br#"{"type":"users","users":["a"],"total":3}"#);
         let mut b = Vec::new();
         presence_into(&mut b, false, "bob");
         assert_eq!(&b[..], br#"{"type":"leave","id":"bob"}"#);

@@ -9,7 +9,8 @@ use bytes::Bytes;
 #[derive(Debug, PartialEq)]
 pub enum Route {
     /// Complete the WebSocket handshake; `echo` picks /echo over the chat.
-    Upgrade { echo: bool, key: String, id: String },
+    /// `resume`: the token a client presents to take back an id held for it.
+    Upgrade { echo: bool, key: String, id: String, resume: Option<String> },
     /// Send this response, then close.
     Respond(Bytes),
     /// Refuse with a status and a one-line reason, then close.
@@ -50,7 +51,8 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
             return Route::Refuse(Status::Forbidden, "origin not allowed (see --allow-origin)");
         }
         let id = req.query_param("id").unwrap_or_default();
-        return Route::Upgrade { echo, key: key.to_string(), id };
+        let resume = req.query_param("resume");
+        return Route::Upgrade { echo, key: key.to_string(), id, resume };
     }
     if req.method != "GET" && !head {
         return Route::Refuse(Status::MethodNotAllowed, "only GET and HEAD are served");
@@ -126,7 +128,12 @@ mod tests {
     fn upgrades() {
         assert_eq!(
             route_raw(&upgrade("/ws?id=bob", KEY), false),
-            Route::Upgrade { echo: false, key: "dGhlIHNhbXBsZSBub25jZQ==".into(), id: "bob".into() }
+            Route::Upgrade {
+                echo: false,
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
+                id: "bob".into(),
+                resume: None
+            }
         );
         assert!(matches!(route_raw(&upgrade("/echo", KEY), true), Route::Upgrade { echo: true, .. }));
         let refused = |raw: String, echo| match route_raw(&raw, echo) {

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 use chatloop::assets::{self, Assets};
-use chatloop::chat::{Chat, Outcome, Sink};
+use chatloop::chat::{Chat, Outcome, Sink, ids};
 use chatloop::http::{self, Parse, Request, Status};
 use chatloop::protocol::{self, ErrorCode};
 use chatloop::router::{self, Route, Rules};
@@ -505,7 +505,7 @@ fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String>
         );
     }
     match route {
-        Route::Upgrade { echo, key, id } => {
+        Route::Upgrade { echo, key, id, .. } => {
             prop_assert!(req.is_upgrade());
             prop_assert!(
                 (path == "/ws" && !echo) || (path == "/echo" && *echo && rules.echo),
@@ -807,7 +807,7 @@ fn check_decode(frame: &str, clean: bool) -> Check {
     let shape = value.as_ref().and_then(Value::as_object).and_then(|o| {
         let text = o.get("text")?.as_str()?;
         let to = match o.get("to") {
-            None | Some(Value::Null) => None,
+            None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => return None,
         };
@@ -843,6 +843,10 @@ struct Rec(Vec<(usize, Bytes)>);
 impl Sink for Rec {
     fn push(&mut self, token: usize, line: &Bytes) {
         self.0.push((token, line.clone()));
+    }
+    fn offer(&mut self, token: usize, line: &Bytes) -> bool {
+        self.push(token, line);
+        true
     }
 }
 
@@ -902,7 +906,8 @@ fn check_handle(
         (_, Some(t)) if t.chars().count() > max_text => Outcome::Refused(ErrorCode::TooLong),
         (Some(m), _) => match m.to.as_deref() {
             None => Outcome::Room(bytes::Bytes::new()),
-            Some(to) if users.iter().any(|u| u.id.eq_ignore_ascii_case(to)) => Outcome::Private,
+            Some(to) if !protocol::valid_id(to) => Outcome::Refused(ErrorCode::BadMessage),
+            Some(to) if users.iter().any(|u| ids::key(&u.id) == ids::key(to)) => Outcome::Private,
             Some(_) => Outcome::Refused(ErrorCode::UnknownRecipient),
         },
     };
@@ -938,7 +943,7 @@ fn check_handle(
         }
         Outcome::Private => {
             let to = msg.as_ref().and_then(|m| m.to.as_deref()).unwrap();
-            let rcpt = users.iter().find(|u| u.id.eq_ignore_ascii_case(to)).unwrap();
+            let rcpt = users.iter().find(|u| ids::key(&u.id) == ids::key(to)).unwrap();
             let mut want_tokens = vec![rcpt.token];
             if rcpt.token != sender.token {
                 want_tokens.push(sender.token);
@@ -962,12 +967,12 @@ fn check_handle(
 }
 
 fn chat_with(ids: &[&str], presence_limit: usize, max_text: usize) -> (Chat, Vec<User>) {
-    let mut chat = Chat::new(presence_limit, max_text);
+    let mut chat = Chat::new(presence_limit, max_text, 20);
     let mut rec = Rec::default();
     let users: Vec<User> =
         ids.iter().enumerate().map(|(token, id)| User { token, id: id.to_string() }).collect();
     for u in &users {
-        chat.join(&u.id, u.token, &mut rec).expect("valid id");
+        chat.join(&u.id, u.token, &[0; 16], false, std::time::Instant::now(), &mut rec).expect("valid id");
     }
     chat.flush_presence(&mut rec);
     (chat, users)
@@ -1033,11 +1038,12 @@ fn op() -> impl Strategy<Value = Op> {
 /// Joins, leaves, messages and presence flushes in any order, against a model: ids unique
 /// ignoring case, welcomes and presence batches exactly as ARCHITECTURE.md says.
 fn run_ops(ops: &[Op], presence_limit: usize, max_text: usize) -> Check {
-    let mut chat = Chat::new(presence_limit, max_text);
+    let mut chat = Chat::new(presence_limit, max_text, 20);
     let mut online: Vec<User> = Vec::new();
     // This turn's presence events, and where each online user's own join sits in them.
     let mut events: Vec<(bool, String)> = Vec::new();
     let mut joined_at: Vec<(usize, usize)> = Vec::new();
+    let mut was_quiet = false;
     let mut next_token = 0;
     for op in ops {
         match op {
@@ -1045,10 +1051,11 @@ fn run_ops(ops: &[Op], presence_limit: usize, max_text: usize) -> Check {
                 let token = next_token;
                 next_token += 1;
                 let mut rec = Rec::default();
-                let got = chat.join(id, token, &mut rec).map(|_| ());
+                let got =
+                    chat.join(id, token, &[0; 16], false, std::time::Instant::now(), &mut rec).map(|_| ());
                 let want = if !protocol::valid_id(id) {
                     Err(ErrorCode::BadId)
-                } else if online.iter().any(|u| u.id.eq_ignore_ascii_case(id)) {
+                } else if online.iter().any(|u| ids::key(&u.id) == ids::key(id)) {
                     Err(ErrorCode::IdTaken)
                 } else {
                     Ok(())
@@ -1087,7 +1094,7 @@ fn run_ops(ops: &[Op], presence_limit: usize, max_text: usize) -> Check {
             Op::LeaveId(id) => {
                 // (`leave` records the spelling it is given; the server always passes the
                 // owner's, so a differently-cased leave of an online id is not modelled.)
-                if !online.iter().any(|u| u.id.eq_ignore_ascii_case(id)) {
+                if !online.iter().any(|u| ids::key(&u.id) == ids::key(id)) {
                     chat.leave(id);
                 }
             }
@@ -1103,6 +1110,31 @@ fn run_ops(ops: &[Op], presence_limit: usize, max_text: usize) -> Check {
                 chat.flush_presence(&mut rec);
                 let quiet = online.len() > presence_limit;
                 let mut want: Vec<(usize, Vec<Value>)> = Vec::new();
+                let crossed = !events.is_empty() && quiet != was_quiet;
+                if !events.is_empty() {
+                    was_quiet = quiet;
+                }
+                if crossed {
+                    // Crossing the limit: everyone gets the whole (capped) list once instead.
+                    prop_assert_eq!(rec.0.len(), online.len(), "one users line each: {:?}", rec.0);
+                    for (token, payload) in &rec.0 {
+                        let v = json_lines(payload)?.remove(0);
+                        prop_assert!(online.iter().any(|u| u.token == *token));
+                        prop_assert_eq!(v["type"].as_str(), Some("users"));
+                        prop_assert_eq!(v["total"].as_u64(), Some(online.len() as u64));
+                        let listed = v["users"].as_array().unwrap();
+                        prop_assert_eq!(listed.len(), online.len().min(presence_limit));
+                        for l in listed {
+                            prop_assert!(
+                                online.iter().any(|u| Some(u.id.as_str()) == l.as_str()),
+                                "{l} is not online"
+                            );
+                        }
+                    }
+                    events.clear();
+                    joined_at.clear();
+                    continue;
+                }
                 if !quiet {
                     for u in &online {
                         let from = joined_at.iter().find(|(t, _)| *t == u.token).map_or(0, |(_, at)| at + 1);

@@ -6,6 +6,7 @@
 
 use super::Server;
 use crate::chat::Sink;
+use crate::chat::ids::{Secret, key};
 use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, node_channel, payload};
 use crate::conn::Phase;
 use crate::protocol::ErrorCode;
@@ -86,7 +87,7 @@ impl Server {
                 for w in std::mem::take(&mut c.waiting) {
                     match w {
                         Await::Claim { token, generation, id } => {
-                            self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
+                            self.cluster_mut().claiming.remove(&key(&id));
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
                         Await::Private { from, to } => {
@@ -129,7 +130,7 @@ impl Server {
         match w {
             Await::Ignore | Await::Room { .. } => {}
             Await::Claim { token, generation, id } => {
-                self.cluster_mut().claiming.remove(&id.to_ascii_lowercase());
+                self.cluster_mut().claiming.remove(&key(&id));
                 let verdict = match &frame {
                     BytesFrame::Array { data, .. } if data.is_empty() => Granted::Yes,
                     BytesFrame::Array { .. } => Granted::No,
@@ -226,8 +227,17 @@ impl Server {
 
     /// Starts a chat session's join: locally at once without a cluster (or while it is
     /// down), otherwise once Redis grants the id. Until then the session reads nothing.
-    pub(super) fn begin_join(&mut self, token: usize, id: &str, now: Instant) {
-        let lower = match self.chat.check(id) {
+    pub(super) fn begin_join(&mut self, token: usize, id: &str, presented: Option<&Secret>, now: Instant) {
+        // A client the server closed takes its held id back with the token from its welcome;
+        // from here the id is reserved for it as for any join in progress.
+        if self.chat.resume(id, presented, now) {
+            self.net.stats.resumes += 1;
+            info!("resume id={id} peer={}", self.net.conns[token].addr);
+            if let Phase::Ws(s) = &mut self.net.conns[token].phase {
+                s.resumed = true;
+            }
+        }
+        let lower = match self.chat.check(id, now) {
             Ok(l) => l,
             Err(code) => return self.refuse_id(token, id, code, now),
         };
@@ -273,12 +283,18 @@ impl Server {
             Granted::Failed => return self.refuse_busy(token, now),
             Granted::Yes | Granted::Locally => {}
         }
-        match self.chat.join(id, token, &mut self.net) {
+        let Phase::Ws(s) = &self.net.conns[token].phase else { return };
+        let (secret, resumed) = (s.resume, s.resumed);
+        match self.chat.join(id, token, &secret, resumed, now, &mut self.net) {
             Ok(user) => {
                 let conn = &mut self.net.conns[token];
                 info!("session open id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.user = Some(Rc::clone(&user));
+                    // The rate limit belongs to the id: a reconnect does not buy a new burst.
+                    if let Some(b) = self.buckets.remove(&key(&user)) {
+                        s.bucket = b;
+                    }
                 }
                 if let Some(c) = &mut self.cluster {
                     let join = payload(&["J", &c.node, &user], None);
@@ -296,7 +312,7 @@ impl Server {
         if verdict == Granted::Yes
             && let Some(c) = &mut self.cluster
         {
-            c.release(&id.to_ascii_lowercase());
+            c.release(&key(id));
         }
     }
 
@@ -341,10 +357,13 @@ impl Server {
         }
     }
 
-    /// A local user left: free the id in Redis and tell the others.
-    pub(super) fn cluster_left(&mut self, id: &str) {
+    /// A local user left: free the id in Redis (unless it is held for the client's resume:
+    /// then it stays ours until the hold ends) and tell the others.
+    pub(super) fn cluster_left(&mut self, id: &str, held: bool) {
         let Some(c) = &mut self.cluster else { return };
-        c.release(&id.to_ascii_lowercase());
+        if !held {
+            c.release(&key(id));
+        }
         let leave = payload(&["L", &c.node, id], None);
         c.publish(ALL, &leave);
     }

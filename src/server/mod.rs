@@ -10,6 +10,10 @@
 //!    responses at once and every other pending outbox when the flush window is due (one
 //!    `writev` per frame), remove finished connections; repeat until nothing changes, because
 //!    a removal's `leave` can fill someone else's queue.
+//!
+//! Fairness: each connection gets a bounded share of a turn (`READ_BUDGET` bytes and
+//! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
+//! the kernel was offered its bytes, never before (see `Net::queue`).
 
 mod cluster;
 mod request;
@@ -18,7 +22,7 @@ mod session;
 use crate::assets::Assets;
 use crate::chat::{Chat, Sink};
 use crate::config::Config;
-use crate::conn::{Conn, Phase};
+use crate::conn::{Bucket, Conn, Phase, SLOW_GRACE, WRITE_BUDGET};
 use crate::http::{self, Status};
 use crate::metrics::{Gauges, Reason, Stats};
 use crate::outbox::{Drain, Spare};
@@ -54,6 +58,11 @@ struct Net {
     /// Connections whose output should not wait for the flush window: HTTP responses and the
     /// 101 (with its welcome). The window is for coalescing chat lines, not for handshakes.
     urgent: Vec<usize>,
+    /// Connections whose write stopped at `WRITE_BUDGET`: pending again from the next turn.
+    later: Vec<usize>,
+    /// A queue went past its soft cap since the last compaction: worth returning memory when
+    /// the last connection goes, however few there were.
+    heavy: bool,
     /// Queue buffers to reuse.
     spare: Spare,
     stats: Stats,
@@ -76,25 +85,50 @@ impl Net {
     }
 }
 
-impl Sink for Net {
-    /// Queues a line; a marked (closing or overflowed) client takes no more.
-    fn push(&mut self, token: usize, line: &Bytes) {
-        let Some(conn) = self.conns.get_mut(token) else { return };
+impl Net {
+    /// Queues a line for `token`. Past the soft cap (`--queue-cap`) the kernel is offered the
+    /// queue first, so only bytes it refused count as a backlog. Then a line that must arrive
+    /// (`soft_only` false) is queued up to the hard cap, and the peer is judged at the flush
+    /// by whether its backlog persists (`SLOW_GRACE`); past the hard cap it is a slow consumer
+    /// at once. A line that may be refused (`soft_only`) is refused at the soft cap: the
+    /// sender pays, not the recipient. A marked (closing or overflowed) client takes no more.
+    fn queue(&mut self, token: usize, line: &Bytes, soft_only: bool) -> bool {
+        let Some(conn) = self.conns.get_mut(token) else { return true };
         let peer = &mut conn.peer;
         if peer.closing || peer.overflow {
-            return;
+            return true; // it is leaving: nobody to tell, nothing to charge
         }
         peer.out.reuse(&mut self.spare);
-        if !peer.out.push_line(line.clone(), peer.cap as usize) {
-            peer.overflow = true;
-            self.overflowed.push(token);
-            return;
+        let early = peer.early;
+        peer.make_room(line.len());
+        if peer.early != early {
+            self.stats.early_writes += 1;
         }
+        let cap = if soft_only { peer.cap as usize } else { peer.hard_cap() };
+        if !peer.out.push_line(line.clone(), cap) {
+            if !soft_only {
+                peer.overflow = true;
+                self.overflowed.push(token);
+            }
+            return false;
+        }
+        self.heavy |= peer.out.charged() > peer.cap as usize;
         self.stats.deliveries += 1;
         if !conn.pending {
             conn.pending = true;
             self.pending.push(token);
         }
+        true
+    }
+}
+
+impl Sink for Net {
+    fn push(&mut self, token: usize, line: &Bytes) {
+        self.queue(token, line, false);
+    }
+
+    fn offer(&mut self, token: usize, line: &Bytes) -> bool {
+        self.queue(token, line, true)
     }
 }
 
@@ -129,6 +163,13 @@ pub struct Server {
     cluster: Option<crate::cluster::Cluster>,
     /// The Redis link's read budget ran out with input left: read it next turn.
     redis_again: bool,
+    /// Rate-limit buckets of ids whose session ended, until they would have refilled: the
+    /// limit belongs to the id, so reconnecting does not buy a fresh burst.
+    buckets: std::collections::HashMap<String, Bucket>,
+    /// When `buckets` and the id holds are next swept.
+    next_sweep: Instant,
+    /// When the last compaction ran (at most one a second).
+    compacted_at: Option<Instant>,
 }
 
 fn now_millis() -> u64 {
@@ -175,11 +216,13 @@ impl Server {
                 pending: Vec::new(),
                 overflowed: Vec::new(),
                 urgent: Vec::new(),
+                later: Vec::new(),
+                heavy: false,
                 spare: Spare::default(),
                 stats: Stats::default(),
             },
             chat: {
-                let mut chat = Chat::new(cfg.presence_limit, cfg.max_text);
+                let mut chat = Chat::new(cfg.presence_limit, cfg.max_text, cfg.rate_limit);
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.cluster_down = cluster.is_some();
                 chat
@@ -196,6 +239,9 @@ impl Server {
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
+            buckets: Default::default(),
+            next_sweep: now,
+            compacted_at: None,
             cfg,
         })
     }
@@ -268,7 +314,25 @@ impl Server {
         }
         self.cluster_tick(now);
         self.fire_timers(now);
+        self.sweep(now);
         self.settle(now);
+    }
+
+    /// Once a second: forget rate-limit buckets that have refilled, and end id holds whose
+    /// grace has passed (giving their keys back to Redis).
+    fn sweep(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + Duration::from_secs(1);
+        let rate = self.cfg.rate_limit;
+        self.buckets.retain(|_, b| !b.full(rate, now));
+        for key in self.chat.reserved.expire(now) {
+            debug!("id {key}: hold ended");
+            if let Some(c) = &mut self.cluster {
+                c.release(&key);
+            }
+        }
     }
 
     fn signalled(&mut self, now: Instant) {
@@ -392,6 +456,10 @@ impl Server {
                     continue;
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {
+                    if conn.over_since.is_some_and(|t| now >= t + SLOW_GRACE) {
+                        self.drop_slow(token, now);
+                        continue;
+                    }
                     if now >= conn.last_read + self.cfg.idle_timeout {
                         self.close_ws(token, CloseCode::Away, "idle timeout", Some(Reason::IdleTimeout), now);
                         continue;
@@ -419,11 +487,11 @@ impl Server {
                 self.drop_slow(token, now);
             }
             for token in std::mem::take(&mut self.net.urgent) {
-                self.write(token);
+                self.write(token, now);
             }
             if flush {
                 for token in std::mem::take(&mut self.net.pending) {
-                    self.write(token);
+                    self.write(token, now);
                 }
             }
             if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty() {
@@ -436,23 +504,44 @@ impl Server {
         if self.cluster_flush(now) {
             return self.settle(now); // the link failed: settle what that queued (once more)
         }
+        for token in std::mem::take(&mut self.net.later) {
+            self.net.mark_pending(token);
+        }
         self.flush_due = match (self.net.pending.is_empty(), self.flush_due) {
             (true, _) => None,
             (false, Some(t)) if !flush => Some(t),
-            // Zero window: only a blocked write leaves pending work, and writability wakes us.
-            (false, _) if self.cfg.flush_interval.is_zero() => None,
+            // Zero window: a blocked write is woken by writability; a budget-cut one must not
+            // wait for an event that will not come.
+            (false, _) if self.cfg.flush_interval.is_zero() => {
+                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].want_writable);
+                budgeted.then_some(now)
+            }
             (false, _) => Some(now + self.cfg.flush_interval),
         };
     }
 
-    fn write(&mut self, token: usize) {
+    fn write(&mut self, token: usize, now: Instant) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         conn.pending = false;
         let peer = &mut conn.peer;
         let before = peer.out.queued();
-        let result = peer.out.drain(&mut peer.sock);
-        self.net.stats.bytes_sent += (before - peer.out.queued()) as u64;
+        let result = peer.out.drain(&mut peer.sock, WRITE_BUDGET);
+        self.net.stats.bytes_sent +=
+            (before - peer.out.queued()) as u64 + std::mem::take(&mut peer.early) as u64;
         let blocked = matches!(result, Ok(Drain::Blocked));
+        peer.blocked = blocked;
+        // The judgement of a slow consumer: after the kernel was offered the queue, is there
+        // still more than the soft cap? Only if that persists for SLOW_GRACE is it dropped.
+        let over = peer.out.charged() > peer.cap as usize && !peer.closing;
+        match (over, conn.over_since) {
+            (true, None) => {
+                conn.over_since = Some(now);
+                self.arm(token);
+            }
+            (false, Some(_)) => conn.over_since = None,
+            _ => {}
+        }
+        let Some(conn) = self.net.conns.get_mut(token) else { return };
         if blocked != conn.want_writable {
             conn.want_writable = blocked;
             let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
@@ -460,6 +549,10 @@ impl Server {
         }
         match result {
             Ok(Drain::Blocked) => {}
+            Ok(Drain::Budget) => {
+                conn.pending = true;
+                self.net.later.push(token);
+            }
             Ok(Drain::Empty) => match conn.phase {
                 Phase::Ws(_) if !conn.finishing => conn.peer.out.release(&mut self.net.spare),
                 Phase::Respond { eof: true } => self.doom(token),
@@ -492,7 +585,11 @@ impl Server {
         }
         let _ = self.poll.registry().deregister(&mut conn.peer.sock);
         drop(conn);
-        if self.net.conns.is_empty() && self.net.conns.capacity() > IDLE_COMPACT_ABOVE {
+        let big = self.net.conns.capacity() > IDLE_COMPACT_ABOVE || self.net.heavy;
+        let now = Instant::now();
+        let recently = self.compacted_at.is_some_and(|t| now < t + Duration::from_secs(1));
+        if self.net.conns.is_empty() && big && !recently {
+            self.compacted_at = Some(now);
             self.compact();
         }
         if self.accept_paused_until.is_some() {
@@ -508,11 +605,14 @@ impl Server {
         self.net.pending = Vec::new();
         self.net.overflowed = Vec::new();
         self.net.urgent = Vec::new();
+        self.net.later = Vec::new();
+        self.net.heavy = false;
         self.net.spare.clear();
         self.doomed = Vec::new();
         self.again = Vec::new();
         self.timers.clear(); // every entry is stale now
         self.chat.shrink();
+        self.buckets.shrink_to_fit();
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
         unsafe {

@@ -55,7 +55,10 @@ impl Server {
     fn route(&mut self, token: usize, req: Request, rest: Vec<u8>, now: Instant, ts: u64) {
         let rules = Rules { echo: self.cfg.echo, allow_origin: &self.cfg.allow_origin, assets: &self.assets };
         match router::route(&req, &rules) {
-            Route::Upgrade { echo, key, id } => self.upgrade(token, echo, &key, &id, rest, now, ts),
+            Route::Upgrade { echo, key, id, resume } => {
+                let presented = resume.as_deref().and_then(crate::chat::ids::parse_token);
+                self.upgrade(token, echo, &key, &id, presented, rest, now, ts)
+            }
             Route::Respond(response) => self.respond(token, response, now),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
             Route::Metrics { head } => {
@@ -124,6 +127,7 @@ impl Server {
         echo: bool,
         key: &str,
         id: &str,
+        presented: Option<crate::chat::ids::Secret>,
         rest: Vec<u8>,
         now: Instant,
         ts: u64,
@@ -132,13 +136,22 @@ impl Server {
         conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
         let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
         let bucket = Bucket::new(self.cfg.rate_limit, now);
-        conn.phase = Phase::Ws(Box::new(Session { ctx, echo, user: None, claiming: false, bucket }));
+        conn.phase = Phase::Ws(Box::new(Session {
+            ctx,
+            echo,
+            user: None,
+            claiming: false,
+            bucket,
+            control: Bucket::new(super::session::CONTROL_RATE, now),
+            resume: crate::chat::ids::new_secret(),
+            resumed: false,
+        }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
         self.net.urgent.push(token);
         self.arm(token);
         if !echo {
-            self.begin_join(token, id, now);
+            self.begin_join(token, id, presented.as_ref(), now);
         }
         // Frames sent right behind the request arrive with no readiness event of their own.
         self.read_ws(token, now, ts);

@@ -13,12 +13,24 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-/// Messages read from one connection per turn before others get their turn.
-const READ_BUDGET: usize = 256;
+/// Messages read from one connection per turn before others get their turn (besides the
+/// byte budget, `conn::READ_BUDGET`).
+const MESSAGE_BUDGET: usize = 256;
+/// Pings and pongs a peer may send per second, in bursts of twice that. A browser sends none;
+/// a command-line client pings every few seconds. A flood past it is closed (1008).
+pub(super) const CONTROL_RATE: u32 = 16;
+/// Frame overhead a message may carry beyond its payload, besides the payload itself again:
+/// a message that takes more than `2 × --max-message + FRAME_SLACK` wire bytes (endless empty
+/// fragments, say) is closed with 1009. Normal fragmentation is far below it.
+const FRAME_SLACK: u32 = 4096;
 
 impl Server {
     pub(super) fn read_ws(&mut self, token: usize, now: Instant, ts: u64) {
-        for _ in 0..READ_BUDGET {
+        let Some(conn) = self.net.conns.get_mut(token) else { return };
+        conn.peer.read_left = crate::conn::READ_BUDGET;
+        conn.peer.starved = false;
+        let frame_limit = (self.cfg.max_message as u32).saturating_mul(2).saturating_add(FRAME_SLACK);
+        for _ in 0..MESSAGE_BUDGET {
             let Some(conn) = self.net.conns.get_mut(token) else { return };
             let Phase::Ws(s) = &mut conn.phase else { return };
             if s.claiming {
@@ -26,22 +38,40 @@ impl Server {
             }
             let result = s.ctx.read(&mut conn.peer);
             if conn.peer.overflow && !conn.peer.closing {
-                // Our pongs or echoes went past the cap: the peer is not reading.
+                // Our pongs or echoes went past the hard cap: the peer is not reading.
                 return self.drop_slow(token, now);
             }
             let msg = match result {
                 Ok(m) => m,
                 Err(tungstenite::Error::Io(e)) if would_block(&e) => {
+                    if conn.peer.since_message > frame_limit {
+                        return self.flooded(
+                            token,
+                            CloseCode::Size,
+                            "message too big (counting its frames)",
+                            now,
+                        );
+                    }
+                    let starved = conn.peer.starved;
                     // Only if tungstenite queued a reply (pong, close) during the read: a sender
                     // whose own queue is empty need not be visited at the flush.
                     if !conn.peer.out.is_empty() {
                         self.net.mark_pending(token);
                     }
+                    if starved {
+                        // Budget spent with input still waiting: next turn, after everyone else.
+                        self.net.stats.read_budget_spent += 1;
+                        self.again.push(token);
+                    }
                     return;
                 }
                 Err(e) => return self.ws_failed(token, e, now),
             };
+            conn.peer.since_message = 0;
             conn.last_read = now;
+            if matches!(msg, Message::Ping(_) | Message::Pong(_)) && !s.control.allow(CONTROL_RATE, now) {
+                return self.flooded(token, CloseCode::Policy, "too many control frames", now);
+            }
             match (msg, s.echo, &s.user) {
                 (m @ (Message::Text(_) | Message::Binary(_)), true, _) => {
                     let _ = s.ctx.write(&mut conn.peer, m);
@@ -97,7 +127,18 @@ impl Server {
             }
         }
         // Budget spent with input still waiting: come back next turn, after everyone else.
+        self.net.stats.read_budget_spent += 1;
         self.again.push(token);
+    }
+
+    /// Closes a peer that floods us with frames: after this nothing more is parsed (as after
+    /// a protocol error), because it may have stopped mid-frame.
+    fn flooded(&mut self, token: usize, code: CloseCode, why: &str, now: Instant) {
+        let c = &self.net.conns[token];
+        let id = c.user().map_or("-", |u| u);
+        warn!("flood id={id} peer={}: {why}", c.addr);
+        self.close_ws(token, code, why, Some(Reason::Flood), now);
+        self.net.conns[token].phase = Phase::Respond { eof: false };
     }
 
     /// Maps a failed read to the close the RFC asks for, or to a plain drop.
@@ -164,13 +205,30 @@ impl Server {
     }
 
     /// Records why the connection ends (first reason wins), frees its id if it holds one, and
-    /// logs the end of the session.
+    /// logs the end of the session. An id whose session the server ended (the client did not
+    /// choose to go) is held for the client's resume token instead of freed; the rate-limit
+    /// bucket stays with the id either way.
     pub(super) fn leave(&mut self, token: usize, reason: Reason) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         let reason = *conn.reason.get_or_insert(reason);
         let Phase::Ws(s) = &mut conn.phase else { return };
         let Some(id) = s.user.take() else { return };
         self.chat.leave(&id);
+        let key = crate::chat::ids::key(&id);
+        let held = matches!(
+            reason,
+            Reason::SlowConsumer | Reason::IdleTimeout | Reason::ProtocolError | Reason::Flood
+        );
+        if held {
+            self.chat.reserved.hold(key.clone(), s.resume, Instant::now() + self.cfg.resume_grace);
+            self.net.stats.ids_held += 1;
+        }
+        // Only a bucket that has been drawn on says anything; a full one is what a newcomer gets.
+        let now = Instant::now();
+        if !s.bucket.full(self.cfg.rate_limit, now) {
+            let bucket = std::mem::replace(&mut s.bucket, crate::conn::Bucket::new(0, now));
+            self.buckets.insert(key, bucket);
+        }
         let secs = conn.opened.elapsed().as_secs_f32();
         let (peer, why) = (conn.addr, reason.as_str());
         match reason {
@@ -179,7 +237,7 @@ impl Server {
             }
             _ => warn!("session closed id={id} peer={peer} duration={secs:.1}s reason={why}"),
         }
-        self.cluster_left(&id);
+        self.cluster_left(&id, held);
     }
 
     /// Removes the connection once its outbox is empty.
