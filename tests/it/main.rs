@@ -2,6 +2,7 @@
 
 mod chat;
 mod cluster;
+mod fair;
 mod hostile;
 mod http;
 mod ops;
