@@ -89,13 +89,18 @@ pub enum Msg<'a> {
         to: &'a str,
         from: &'a str,
     },
+    /// Our user `from` wrote to `to`, whose queue could not take it (`recipient_busy`).
+    Busy {
+        to: &'a str,
+        from: &'a str,
+    },
 }
 
 impl<'a> Msg<'a> {
     /// The node that sent it (a bounce does not say).
     pub fn node(&self) -> Option<&'a str> {
         match *self {
-            Msg::Bounce { .. } => None,
+            Msg::Bounce { .. } | Msg::Busy { .. } => None,
             Msg::Room { node, .. }
             | Msg::Join { node, .. }
             | Msg::Leave { node, .. }
@@ -138,6 +143,7 @@ impl<'a> Msg<'a> {
             ("P", Some(line)) => Msg::Private { node, to: f.next()?, from: f.next()?, line },
             // A bounce names no node: its first field is the recipient.
             ("E", None) => Msg::Bounce { to: node, from: f.next()? },
+            ("K", None) => Msg::Busy { to: node, from: f.next()? },
             _ => return None,
         };
         f.next().is_none().then_some(msg)
@@ -431,6 +437,7 @@ mod tests {
             Some(Msg::Private { node: "n1", to: "bob", from: "alice", line: Bytes::from("{}") })
         );
         assert_eq!(parse("E bob alice"), Some(Msg::Bounce { to: "bob", from: "alice" }));
+        assert_eq!(parse("K bob alice"), Some(Msg::Busy { to: "bob", from: "alice" }));
         for junk in [
             "",
             "M n1",

@@ -1241,7 +1241,7 @@ proptest! {
     /// exactly those tokens and the body.
     #[test]
     fn cluster_payloads_parse_exactly(
-        kind in select(vec!["M", "J", "L", "H", "B", "G", "R", "Q", "P", "E", "X"]),
+        kind in select(vec!["M", "J", "L", "H", "B", "G", "R", "Q", "P", "E", "K", "X"]),
         fields in vec(field(), 0..4),
         body in proptest::option::of("[ -~\n]{0,20}"),
     ) {
@@ -1274,6 +1274,7 @@ proptest! {
             Msg::Bye { node } => prop_assert_eq!(&parts[..], &["G", node][..]),
             Msg::Query { node } => prop_assert_eq!(&parts[..], &["Q", node][..]),
             Msg::Bounce { to, from } => prop_assert_eq!(&parts[..], &["E", to, from][..]),
+            Msg::Busy { to, from } => prop_assert_eq!(&parts[..], &["K", to, from][..]),
             Msg::Beat { node, count } => {
                 prop_assert_eq!(&parts[..2], &["B", node][..]);
                 prop_assert_eq!(parts.len(), 3);

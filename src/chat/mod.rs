@@ -282,15 +282,11 @@ impl Chat {
         }
     }
 
-    /// A private line from another node for local user `to`; false if `to` is not here.
-    pub fn deliver_private(&self, to: &str, line: &Bytes, sink: &mut impl Sink) -> bool {
-        match self.users.get(&*key(to)) {
-            Some(u) => {
-                sink.push(u.token as usize, line);
-                true
-            }
-            None => false,
-        }
+    /// A private line from another node for local user `to`: `unknown_recipient` if `to` is
+    /// not here, `recipient_busy` if its queue cannot take it now (as for a local sender).
+    pub fn deliver_private(&self, to: &str, line: &Bytes, sink: &mut impl Sink) -> Result<(), ErrorCode> {
+        let u = self.users.get(&*key(to)).ok_or(ErrorCode::UnknownRecipient)?;
+        if sink.offer(u.token as usize, line) { Ok(()) } else { Err(ErrorCode::RecipientBusy) }
     }
 
     fn record(&mut self, joined: bool, id: &str) -> u32 {

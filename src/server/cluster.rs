@@ -215,12 +215,14 @@ impl Server {
             }
             Msg::Roster { node, ids } => self.chat.remote_roster(node, &ids),
             Msg::Private { node, to, from, line } if !to_all => {
-                if !self.chat.deliver_private(to, &line, &mut self.net) {
-                    let e = payload(&["E", to, from], None);
+                if let Err(code) = self.chat.deliver_private(to, &line, &mut self.net) {
+                    let kind = if code == ErrorCode::RecipientBusy { "K" } else { "E" };
+                    let e = payload(&[kind, to, from], None);
                     self.cluster_mut().publish(&node_channel(node), &e);
                 }
             }
             Msg::Bounce { to, from } if !to_all => self.tell(from, ErrorCode::UnknownRecipient, Some(to)),
+            Msg::Busy { to, from } if !to_all => self.tell(from, ErrorCode::RecipientBusy, Some(to)),
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }

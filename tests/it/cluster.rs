@@ -363,3 +363,46 @@ fn an_idle_node_sleeps_between_heartbeats() {
     let used = a.cpu_secs() - before;
     assert!(used < 0.3, "an idle node used {used:.2} s of CPU in 7 s");
 }
+
+#[test]
+fn a_private_flood_across_nodes_is_refused_to_its_sender_not_the_victim() {
+    // The fair loop's private-flood rule holds across nodes: the recipient's node refuses what
+    // its queue cannot take, and the sender on the other node hears `recipient_busy`.
+    let Some(redis) = Redis::start() else { return };
+    let limits = ["--rate-limit", "0", "--queue-cap", "16384"];
+    let (a, b) = (node(&redis, "15", &limits), node(&redis, "15", &limits));
+    let mut victim = join_seen(&a, "victim", &b, 1.0);
+    let mut flooder = join_seen(&b, "flooder", &a, 1.0);
+    let line = json!({"to": "victim", "text": "😀".repeat(1000)}).to_string();
+    let frames: Vec<u8> = (0..2000).flat_map(|_| crate::util::masked(0x1, line.as_bytes())).collect();
+    // Written from a thread while this one reads: the sender's own copies must not make the
+    // flooder itself a slow consumer.
+    let mut raw = flooder.ws.get_ref().try_clone().unwrap();
+    let writer = std::thread::spawn(move || raw.write_all(&frames).unwrap());
+    // Every message must end at the victim or as one recipient_busy at the flooder.
+    let short = Some(Duration::from_millis(100));
+    flooder.ws.get_mut().set_read_timeout(short).unwrap();
+    victim.ws.get_mut().set_read_timeout(short).unwrap();
+    let (mut copies, mut busy, mut got) = (0, 0, 0);
+    let end = Instant::now() + Duration::from_secs(30);
+    while busy + got < 2000 || copies < 2000 {
+        assert!(Instant::now() < end, "{copies} copies; {got} delivered + {busy} recipient_busy of 2000");
+        while let Ok(m) = flooder.ws.read() {
+            let tungstenite::Message::Text(t) = m else { continue };
+            copies += t.matches("\"type\":\"message\"").count();
+            busy += t.matches("\"code\":\"recipient_busy\",").count();
+        }
+        loop {
+            match victim.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => got += t.matches("\"type\":\"message\"").count(),
+                Ok(tungstenite::Message::Close(f)) => panic!("victim closed {f:?}"),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    writer.join().unwrap();
+    println!("across nodes: 2,000 private messages, {got} delivered, {busy} recipient_busy");
+    assert!(busy > 0, "the victim's node must have refused some");
+    assert_eq!(busy + got, 2000);
+}
