@@ -11,10 +11,15 @@ use std::time::Duration;
 pub struct Config {
     pub addr: SocketAddr,
     pub public: Option<PathBuf>,
+    /// `*` or `http(s)://host[:port]`, checked at start-up.
     pub allow_origin: Vec<String>,
+    /// Host names (lowercase, no port) answered besides loopback ones; `*` for any.
+    pub allow_host: Vec<String>,
     /// None: the open-file limit minus a margin, found at start-up.
     pub max_conns: Option<usize>,
+    /// Derived from `max_text` unless given (see `message_room`).
     pub max_message: usize,
+    /// In Unicode scalar values.
     pub max_text: usize,
     pub queue_cap: usize,
     pub rate_limit: u32,
@@ -34,6 +39,8 @@ pub struct Config {
     pub reuse_port: bool,
     /// How long an id stays held for a client the server closed (see `chat::ids`).
     pub resume_grace: Duration,
+    /// RFC 3339 UTC timestamps on log lines (journald adds its own).
+    pub log_timestamps: bool,
 }
 
 impl Default for Config {
@@ -42,8 +49,9 @@ impl Default for Config {
             addr: "127.0.0.1:8080".parse().expect("valid"),
             public: None,
             allow_origin: Vec::new(),
+            allow_host: Vec::new(),
             max_conns: None,
-            max_message: 4096,
+            max_message: message_room(1000),
             max_text: 1000,
             queue_cap: 262_144,
             rate_limit: 20,
@@ -59,6 +67,7 @@ impl Default for Config {
             redis_ttl: Duration::from_secs(15),
             reuse_port: false,
             resume_grace: Duration::from_secs(10),
+            log_timestamps: true,
         }
     }
 }
@@ -71,12 +80,23 @@ Usage: chatloop [FLAGS]
 Flags:
   --addr ADDR                 address to listen on [default: 127.0.0.1:8080]
   --public DIR                serve the page from DIR instead of the embedded copy
-  --allow-origin ORIGIN       also allow upgrades from ORIGIN (e.g. https://chat.example.com);
-                              repeatable; * allows any [default: same origin only]
+  --allow-origin ORIGIN       also allow upgrades from ORIGIN, compared as scheme, host and
+                              port (e.g. https://chat.example.com); repeatable; * allows any
+                              [default: same origin only]
+  --allow-host NAME           also answer requests whose Host is NAME (any port), as a proxy
+                              forwarding Host needs; repeatable; * allows any. Bound to a
+                              loopback address, other Hosts than localhost, 127.x.x.x and
+                              [::1] get 421 (DNS rebinding); bound elsewhere, Hosts are
+                              checked only once this flag is given, and IP addresses pass
+                              [default: loopback names only]
   --max-conns N               at most N connections; more get 503
                               [default: the open-file limit minus 64]
-  --max-message BYTES         largest client message; larger closes with 1009 [default: 4096]
-  --max-text CHARS            longest chat text; longer gets error too_long [default: 1000]
+  --max-message BYTES         largest client message; larger closes with 1009; must hold a
+                              --max-text text in the worst legal encoding (12 bytes a
+                              character, as \\uXXXX\\uXXXX escapes)
+                              [default: 12 x --max-text + 512, 12512]
+  --max-text CHARS            longest chat text, in Unicode scalar values (characters, not
+                              bytes); longer gets error too_long [default: 1000]
   --queue-cap BYTES           soft cap on what is queued for one connection, judged after
                               its socket was offered the bytes: a client still over it 10 s
                               later, or over 4x it at once, is closed with 1008 slow
@@ -111,12 +131,32 @@ Flags:
                               heartbeating (heartbeats go every third of it) [default: 15]
   --reuse-port                set SO_REUSEPORT, so that several processes (with --redis)
                               can listen on one --addr and share its connections
-  --echo                      mount /echo, which sends every message back (for conformance suites)
+  --echo                      mount /echo, which sends every message back (for conformance
+                              suites); without it, /echo is an unknown path (404)
+  --log-timestamps on|off     start log lines with an RFC 3339 UTC time; off suits journald,
+                              which stamps lines itself [default: on]
   -h, --help                  print this help
   -V, --version               print the version
 
 Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [default: info].
+Flags that cannot work together are refused at start-up (exit status 2), with the reason.
 ";
+
+/// Bytes a character of chat text can take in a legal message: a scalar outside the BMP
+/// written as a `\uXXXX\uXXXX` surrogate pair, as encoders that escape non-ASCII do
+/// (Python's `json.dumps` by default).
+pub const WORST_BYTES_PER_CHAR: usize = 12;
+
+/// The rest of the largest legal message: `{"to":"<32-character id>","text":""}` with every
+/// key and id character escaped as `\u00XX` is 241 bytes; the remainder is slack for the
+/// whitespace JSON allows between tokens (`json.dumps` adds a space after each `:` and `,`).
+pub const MESSAGE_OVERHEAD: usize = 512;
+
+/// The smallest `--max-message` that a text of `max_text` characters can never exceed, so
+/// that a legal text gets `too_long` at worst, never a 1009 close.
+pub const fn message_room(max_text: usize) -> usize {
+    max_text.saturating_mul(WORST_BYTES_PER_CHAR).saturating_add(MESSAGE_OVERHEAD)
+}
 
 /// The smallest `--queue-cap`: a welcome listing 256 ids of 32 characters is about 9 KiB,
 /// and a queue that cannot hold its own welcome would close every newcomer as a slow consumer.
@@ -136,6 +176,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut cli = flags::Cli::new(args);
     let mut metrics_allow: Vec<Cidr> = Vec::new();
     let mut ping_given = false;
+    let mut max_message: Option<usize> = None;
     while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
@@ -150,9 +191,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     v.parse().map_err(|_| format!("--addr: '{v}' is not an address like 127.0.0.1:8080"))?;
             }
             "--public" => cfg.public = Some(PathBuf::from(cli.value()?)),
-            "--allow-origin" => cfg.allow_origin.push(cli.value()?),
+            "--allow-origin" => cfg.allow_origin.push(allow_origin(&cli.value()?)?),
+            "--allow-host" => cfg.allow_host.push(allow_host(&cli.value()?)?),
+            "--log-timestamps" => {
+                cfg.log_timestamps = match cli.value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("--log-timestamps: '{v}' is neither on nor off")),
+                }
+            }
             "--max-conns" => cfg.max_conns = Some(positive(&flag, &cli.value()?)?),
-            "--max-message" => cfg.max_message = positive(&flag, &cli.value()?)?,
+            "--max-message" => max_message = Some(positive(&flag, &cli.value()?)?),
             "--max-text" => cfg.max_text = positive(&flag, &cli.value()?)?,
             "--queue-cap" => cfg.queue_cap = positive(&flag, &cli.value()?)?,
             "--presence-limit" => cfg.presence_limit = whole(&flag, &cli.value()?)?,
@@ -190,6 +239,33 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     answer every ping are closed anyway"
             .into());
     }
+    let room = message_room(cfg.max_text);
+    cfg.max_message = match max_message {
+        None => room,
+        Some(m) if m < room => {
+            let fits = m.saturating_sub(MESSAGE_OVERHEAD) / WORST_BYTES_PER_CHAR;
+            return Err(format!(
+                "--max-message: {m} bytes cannot hold a --max-text {} text in the worst legal \
+                 encoding ({WORST_BYTES_PER_CHAR} bytes a character): give at least {room}, or \
+                 --max-text {fits} or less",
+                cfg.max_text
+            ));
+        }
+        Some(m) => m,
+    };
+    if cfg.reuse_port && cfg.redis.is_none() {
+        return Err("--reuse-port needs --redis: without it, processes sharing the port are \
+                    separate chats, each with its own users and ids"
+            .into());
+    }
+    if let Some(dir) = &cfg.public {
+        if !dir.is_dir() {
+            return Err(format!("--public: '{}' is not a directory", dir.display()));
+        }
+        if !dir.join("index.html").is_file() {
+            return Err(format!("--public: '{}' has no index.html, so / would be a 404", dir.display()));
+        }
+    }
     if cfg.redis_ttl < Duration::from_millis(300) {
         return Err("--redis-ttl: at least 0.3 seconds, or heartbeats cannot keep ids alive".into());
     }
@@ -208,6 +284,37 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         ));
     }
     Ok(Command::Run(Box::new(cfg)))
+}
+
+/// An `--allow-origin` value: `*`, or an origin as a browser sends it (one trailing `/`, as
+/// copied from an address bar, is dropped).
+fn allow_origin(v: &str) -> Result<String, String> {
+    let v = v.strip_suffix('/').unwrap_or(v);
+    if v == "*" || crate::http::parse_origin(v).is_some() {
+        return Ok(v.to_string());
+    }
+    let hint = match v.split_once("://") {
+        None => format!("it needs a scheme: https://{v} or http://{v}"),
+        Some((scheme, _)) if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") => {
+            "only http and https origins can load the page".to_string()
+        }
+        Some(_) => "an origin is scheme://host[:port], with no path".to_string(),
+    };
+    Err(format!("--allow-origin: '{v}' is not an origin; {hint}"))
+}
+
+/// An `--allow-host` value: `*`, or a host name or IP address without a port.
+fn allow_host(v: &str) -> Result<String, String> {
+    if v == "*" {
+        return Ok(v.to_string());
+    }
+    match crate::http::split_authority(v) {
+        Some((name, None)) => Ok(name.to_ascii_lowercase()),
+        Some((name, Some(_))) => {
+            Err(format!("--allow-host: give '{name}' without a port (any port is answered)"))
+        }
+        None => Err(format!("--allow-host: '{v}' is not a host name or IP address")),
+    }
 }
 
 /// Config's durations: more than zero, and sane.
@@ -230,7 +337,8 @@ mod tests {
     fn defaults_and_values() {
         let c = run(&[]).unwrap();
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (4096, 262_144, 20));
+        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (12_512, 262_144, 20));
+        assert!(c.log_timestamps && c.allow_host.is_empty());
         let c = run(&["--addr", "127.0.0.1:0", "--handshake-timeout=0.2", "--allow-origin", "*", "--echo"])
             .unwrap();
         assert_eq!(c.addr.port(), 0);
@@ -241,6 +349,33 @@ mod tests {
         assert_eq!(lowered.ping_interval, Duration::from_secs(9), "derived when only the timeout is lowered");
         assert_eq!(run(&["--flush-interval", "0.02"]).unwrap().flush_interval, Duration::from_millis(20));
         assert!(c.echo);
+    }
+
+    #[test]
+    fn max_message_follows_max_text_or_must_hold_it() {
+        assert_eq!(run(&["--max-text", "10"]).unwrap().max_message, 10 * 12 + 512);
+        assert_eq!(run(&["--max-text", "10", "--max-message", "632"]).unwrap().max_message, 632);
+        assert_eq!(run(&["--max-message", "20000"]).unwrap().max_message, 20_000);
+        let e = run(&["--max-message", "4096"]).unwrap_err();
+        assert!(e.contains("give at least 12512, or --max-text 298 or less"), "{e}");
+        assert!(run(&["--max-message", "4096", "--max-text", "298"]).is_ok());
+        // The largest legal message for --max-text 1000: 1,000 non-BMP characters escaped.
+        let worst = format!(
+            "{{ \"to\" : \"{}\" , \"text\" : \"{}\" }}",
+            "\\u0061".repeat(32),
+            "\\ud83d\\ude00".repeat(1000)
+        );
+        assert!(worst.len() <= Config::default().max_message, "{}", worst.len());
+    }
+
+    #[test]
+    fn origins_and_hosts_are_checked_at_start_up() {
+        let c = run(&["--allow-origin", "https://Chat.example/", "--allow-host", "Chat.example"]).unwrap();
+        assert_eq!(
+            (c.allow_origin, c.allow_host),
+            (vec!["https://Chat.example".into()], vec!["chat.example".into()])
+        );
+        assert_eq!(run(&["--allow-host", "[::1]"]).unwrap().allow_host, vec!["[::1]"]);
     }
 
     #[test]
@@ -258,6 +393,15 @@ mod tests {
             (&["--metrics-allow", "10.0.0.0/99"], "not an address or CIDR"),
             (&["--ping-interval", "60"], "shorter than --idle-timeout"),
             (&["--idle-timeout", "5", "--ping-interval", "5"], "shorter than --idle-timeout"),
+            (&["--allow-origin", "chat.example"], "needs a scheme: https://chat.example"),
+            (&["--allow-origin", "ftp://chat.example"], "only http and https"),
+            (&["--allow-origin", "https://chat.example/app"], "no path"),
+            (&["--allow-host", "chat.example:443"], "without a port"),
+            (&["--allow-host", "a/b"], "not a host name"),
+            (&["--reuse-port"], "--reuse-port needs --redis"),
+            (&["--public", "/nonexistent/chatloop"], "not a directory"),
+            (&["--public", "/"], "has no index.html"),
+            (&["--log-timestamps", "maybe"], "neither on nor off"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
@@ -270,6 +414,8 @@ mod tests {
             "--addr",
             "--public",
             "--allow-origin",
+            "--allow-host",
+            "--log-timestamps",
             "--max-conns",
             "--max-message",
             "--queue-cap",

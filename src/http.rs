@@ -4,6 +4,11 @@
 //! of the page, `/healthz`, `/metrics`, or a WebSocket upgrade on `/ws` (and `/echo` when
 //! mounted). Anything else gets a status with a one-line reason and the connection closes,
 //! so a body or a pipelined second request can never desync anything.
+//!
+//! `Host` and `Origin` are compared here as values, not strings: a page on another site can
+//! rebind its own name to 127.0.0.1 (DNS rebinding), so a loopback server must check that the
+//! name the browser used is one of its own (`host_allowed`), and an Origin counts only as
+//! `http`/`https` scheme, host and port (`origin_allowed`).
 
 use bytes::Bytes;
 
@@ -24,6 +29,9 @@ pub struct Request {
     pub connection_upgrade: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// A `Content-Length` other than 0, or any `Transfer-Encoding`: the request says a body
+    /// follows. Ignored (and discarded) on a plain GET; an upgrade with one is refused.
+    pub body: bool,
 }
 
 impl Request {
@@ -59,8 +67,8 @@ pub enum Parse {
     Partial,
     /// A complete head of `len` bytes; anything after it belongs to the next protocol.
     Done(Request, usize),
-    /// The request cannot be served: answer with this status.
-    Fail(Status),
+    /// The request cannot be served: answer with this status and one-line reason.
+    Fail(Status, &'static str),
 }
 
 /// The statuses chatloop answers with, each with its reason phrase.
@@ -71,6 +79,8 @@ pub enum Status {
     Forbidden = 403,
     NotFound = 404,
     MethodNotAllowed = 405,
+    /// RFC 9110: this server does not answer for the Host named (DNS rebinding defence).
+    Misdirected = 421,
     UpgradeRequired = 426,
     HeadersTooLarge = 431,
     Unavailable = 503,
@@ -84,6 +94,7 @@ impl Status {
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
+            Status::Misdirected => "Misdirected Request",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
             Status::Unavailable => "Service Unavailable",
@@ -91,25 +102,28 @@ impl Status {
     }
 }
 
+/// The reason a head over `MAX_HEAD` or `MAX_HEADERS` gets.
+const TOO_LARGE: &str = "request head over 8 KiB or 32 header lines";
+
 /// Parses a request head from `buf`.
 pub fn parse(buf: &[u8]) -> Parse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Parse::Fail(Status::HeadersTooLarge);
+            return Parse::Fail(Status::HeadersTooLarge, TOO_LARGE);
         }
         Ok(httparse::Status::Partial) => return Parse::Partial,
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-            return Parse::Fail(Status::HeadersTooLarge);
+            return Parse::Fail(Status::HeadersTooLarge, TOO_LARGE);
         }
         Ok(httparse::Status::Complete(len)) => len,
-        Err(httparse::Error::TooManyHeaders) => return Parse::Fail(Status::HeadersTooLarge),
-        Err(_) => return Parse::Fail(Status::BadRequest),
+        Err(httparse::Error::TooManyHeaders) => return Parse::Fail(Status::HeadersTooLarge, TOO_LARGE),
+        Err(e) => return Parse::Fail(Status::BadRequest, malformed(e)),
     };
     if req.version != Some(1) {
         // HTTP/1.0 has no Host and no upgrade; nothing we serve needs it.
-        return Parse::Fail(Status::BadRequest);
+        return Parse::Fail(Status::BadRequest, "only HTTP/1.1 is served");
     }
     let mut out = Request {
         method: req.method.unwrap_or_default().to_string(),
@@ -118,7 +132,7 @@ pub fn parse(buf: &[u8]) -> Parse {
     };
     for h in req.headers.iter() {
         let Ok(value) = std::str::from_utf8(h.value) else {
-            return Parse::Fail(Status::BadRequest);
+            return Parse::Fail(Status::BadRequest, "a header value is not UTF-8");
         };
         let value = value.trim();
         let name = h.name;
@@ -129,28 +143,47 @@ pub fn parse(buf: &[u8]) -> Parse {
             *slot = Some(value.to_string());
             true
         };
-        let unique = if name.eq_ignore_ascii_case("host") {
-            once(&mut out.host)
+        // Two Hosts or two keys are a smuggling attempt or a broken client.
+        let duplicate = if name.eq_ignore_ascii_case("host") {
+            (!once(&mut out.host)).then_some("duplicate Host header")
         } else if name.eq_ignore_ascii_case("origin") {
-            once(&mut out.origin)
+            (!once(&mut out.origin)).then_some("duplicate Origin header")
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            once(&mut out.ws_key)
+            (!once(&mut out.ws_key)).then_some("duplicate Sec-WebSocket-Key header")
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-            once(&mut out.ws_version)
+            (!once(&mut out.ws_version)).then_some("duplicate Sec-WebSocket-Version header")
         } else {
             if name.eq_ignore_ascii_case("upgrade") {
                 out.upgrade_websocket |= has_token(value, "websocket");
             } else if name.eq_ignore_ascii_case("connection") {
                 out.connection_upgrade |= has_token(value, "upgrade");
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || (name.eq_ignore_ascii_case("content-length") && value != "0")
+            {
+                out.body = true;
             }
-            true
+            None
         };
-        if !unique {
-            // Two Hosts or two keys are a smuggling attempt or a broken client.
-            return Parse::Fail(Status::BadRequest);
+        if let Some(why) = duplicate {
+            return Parse::Fail(Status::BadRequest, why);
         }
     }
+    if out.host.is_none() {
+        // RFC 9112, 3.2: without it we cannot tell which name the client used (see host_allowed).
+        return Parse::Fail(Status::BadRequest, "an HTTP/1.1 request needs a Host header");
+    }
     Parse::Done(out, len)
+}
+
+/// The one-line reason for a head httparse refuses.
+fn malformed(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "malformed header name",
+        httparse::Error::HeaderValue => "malformed header value",
+        httparse::Error::NewLine => "malformed line ending",
+        httparse::Error::Version => "malformed HTTP version",
+        _ => "malformed request line",
+    }
 }
 
 fn has_token(value: &str, token: &str) -> bool {
@@ -184,19 +217,109 @@ pub fn valid_ws_key(key: &str) -> bool {
         && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
-/// Gorilla's default: an Origin must name the same host:port as Host, unless allowed.
-/// No Origin at all (a non-browser client) is fine.
+/// Splits an authority `host[:port]` (host may be a bracketed IPv6 address) into the host
+/// and its port. `None` unless the host is a plain name or an IP address and the port digits:
+/// userinfo, paths and anything else that could make two spellings of one host compare apart
+/// (or two hosts compare equal) are refused rather than interpreted.
+pub fn split_authority(a: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = match a.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            rest[..end].parse::<std::net::Ipv6Addr>().ok()?;
+            (&a[..end + 2], &a[end + 2..])
+        }
+        None => a.split_at(a.find(':').unwrap_or(a.len())),
+    };
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    if name.is_empty() || !(name.starts_with('[') || name.bytes().all(plain)) {
+        return None;
+    }
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => None,
+        None => return None,
+        Some("") => None, // RFC 3986 allows an empty port: the scheme's default
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((name, port))
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`.
+fn loopback_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost") || ip_literal(name).is_some_and(|ip| ip.is_loopback())
+}
+
+fn ip_literal(name: &str) -> Option<std::net::IpAddr> {
+    match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse().ok(),
+        None => name.parse::<std::net::Ipv4Addr>().ok().map(Into::into),
+    }
+}
+
+/// Whether the server answers a request naming `host` (the Host header).
+///
+/// Bound to loopback, only loopback names and `allowed` ones pass: a page that rebinds its
+/// own name to 127.0.0.1 still sends that name as Host. Bound elsewhere, the check applies
+/// only once the operator names hosts with `--allow-host`, and then also passes any IP
+/// address (a literal address cannot be rebound); without it, every Host passes, since the
+/// names a public server is reached by are unknown to it. `*` in `allowed` passes everything.
+pub fn host_allowed(host: &str, allowed: &[String], bound_to_loopback: bool) -> bool {
+    if (!bound_to_loopback && allowed.is_empty()) || allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    let Some((name, _)) = split_authority(host) else { return false };
+    loopback_name(name)
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        || (!bound_to_loopback && ip_literal(name).is_some())
+}
+
+/// An origin (RFC 6454) as compared: `https`, host, port (the scheme's default if none given).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub https: bool,
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// Parses `scheme://host[:port]`; only http and https count (a browser sends `null` or
+/// another scheme for pages that are not web origins, none of them ours).
+pub fn parse_origin(s: &str) -> Option<Origin<'_>> {
+    let (scheme, authority) = s.split_once("://")?;
+    let https = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => return None,
+    };
+    let (host, port) = split_authority(authority)?;
+    Some(Origin { https, host, port: port.unwrap_or(if https { 443 } else { 80 }) })
+}
+
+impl Origin<'_> {
+    fn same(&self, other: &Origin<'_>) -> bool {
+        self.https == other.https && self.port == other.port && self.host.eq_ignore_ascii_case(other.host)
+    }
+}
+
+/// Gorilla's default, with the scheme counted: an Origin must name the host and port of
+/// Host, unless allowed. No Origin at all (a non-browser client) is fine.
 pub fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
     let Some(origin) = req.origin.as_deref() else {
         return true;
     };
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed.iter().any(|a| a == "*") {
         return true;
     }
-    let authority = origin.split_once("://").map(|(_, rest)| rest);
-    match (authority, req.host.as_deref()) {
-        (Some(a), Some(host)) => a.eq_ignore_ascii_case(host),
-        _ => false,
+    let Some(origin) = parse_origin(origin) else { return false };
+    if allowed.iter().filter_map(|a| parse_origin(a)).any(|a| a.same(&origin)) {
+        return true;
+    }
+    // Host carries no scheme: its port defaults to the Origin's scheme's, as the browser's did.
+    match req.host.as_deref().and_then(split_authority) {
+        Some((host, port)) => {
+            let default = if origin.https { 443 } else { 80 };
+            origin.host.eq_ignore_ascii_case(host) && port.unwrap_or(default) == origin.port
+        }
+        None => false,
     }
 }
 
@@ -251,7 +374,13 @@ mod tests {
         ($($name:ident: $raw:expr => $status:expr;)*) => {$(
             #[test]
             fn $name() {
-                assert_eq!(parse($raw.as_ref()), Parse::Fail($status));
+                match parse($raw.as_ref()) {
+                    Parse::Fail(status, why) => {
+                        assert_eq!(status, $status);
+                        assert!(!why.is_empty() && !why.contains('\n'), "{why:?}");
+                    }
+                    other => panic!("{other:?}"),
+                }
             }
         )*};
     }
@@ -260,11 +389,104 @@ mod tests {
         garbage_request_line: "HELLO\r\n\r\n" => Status::BadRequest;
         space_in_target: "GET /a b HTTP/1.1\r\n\r\n" => Status::BadRequest;
         http_1_0: "GET / HTTP/1.0\r\n\r\n" => Status::BadRequest;
+        http_1_1_without_host: "GET / HTTP/1.1\r\n\r\n" => Status::BadRequest;
         bad_header_name: "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n" => Status::BadRequest;
         two_hosts: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" => Status::BadRequest;
         too_many_headers: format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1)) => Status::HeadersTooLarge;
         head_too_large: format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)) => Status::HeadersTooLarge;
         partial_too_large: format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD + 1)) => Status::HeadersTooLarge;
+    }
+
+    #[test]
+    fn every_400_says_why() {
+        for (raw, why) in [
+            (&b"GET / HTTP/1.0\r\n\r\n"[..], "only HTTP/1.1 is served"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", "duplicate Host header"),
+            (b"GARBAGE\r\n\r\n", "malformed request line"),
+            (b"GET / HTTP/1.1\r\n\r\n", "an HTTP/1.1 request needs a Host header"),
+        ] {
+            assert_eq!(parse(raw), Parse::Fail(Status::BadRequest, why));
+        }
+    }
+
+    #[test]
+    fn a_body_is_noted() {
+        for (header, body) in [
+            ("Content-Length: 0", false),
+            ("Content-Length: 5", true),
+            ("Transfer-Encoding: chunked", true),
+            ("X: y", false),
+        ] {
+            let r = done(&format!("GET / HTTP/1.1\r\nHost: h\r\n{header}\r\n\r\n"));
+            assert_eq!(r.body, body, "{header}");
+        }
+    }
+
+    #[test]
+    fn hosts_when_bound_to_loopback() {
+        let allow = ["chat.example".to_string()];
+        for host in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.9.8.7:1",
+            "[::1]",
+            "[::1]:80",
+            "chat.example:443",
+        ] {
+            assert!(host_allowed(host, &allow, true), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1",
+            "[::2]",
+            "localhost:x",
+            "localhost@evil",
+            "",
+            "[::1",
+            "a; script-src *",
+        ] {
+            assert!(!host_allowed(host, &allow, true), "{host}");
+        }
+        assert!(host_allowed("evil.example", &["*".into()], true));
+    }
+
+    #[test]
+    fn hosts_when_bound_elsewhere() {
+        assert!(host_allowed("anything", &[], false), "no --allow-host: no check");
+        let allow = ["chat.example".to_string()];
+        for host in ["chat.example", "127.0.0.1", "192.0.2.7:8080", "[2001:db8::1]"] {
+            assert!(host_allowed(host, &allow, false), "{host}");
+        }
+        assert!(!host_allowed("evil.example", &allow, false));
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        assert_eq!(parse_origin("HTTPS://A.b"), Some(Origin { https: true, host: "A.b", port: 443 }));
+        assert_eq!(parse_origin("http://a:8080"), Some(Origin { https: false, host: "a", port: 8080 }));
+        for bad in
+            ["ftp://a", "a.b", "null", "http://a/path", "http://u@a", "http://", "http://a:x", "file:///"]
+        {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
+        let req = |host: &str, origin: &str| Request {
+            host: Some(host.into()),
+            origin: Some(origin.into()),
+            ..Request::default()
+        };
+        assert!(origin_allowed(&req("h:8080", "http://h:8080"), &[]));
+        assert!(origin_allowed(&req("h", "http://h:80"), &[]));
+        assert!(origin_allowed(&req("h", "https://h"), &[]), "a TLS proxy forwarding Host");
+        assert!(!origin_allowed(&req("h:8080", "ftp://h:8080"), &[]), "scheme counts");
+        assert!(!origin_allowed(&req("h", "http://h:8080"), &[]), "port counts");
+        assert!(!origin_allowed(&req("h:443", "http://h"), &[]));
+        let allow = ["https://chat.example".to_string()];
+        assert!(origin_allowed(&req("h", "https://chat.example:443"), &allow));
+        assert!(!origin_allowed(&req("h", "http://chat.example"), &allow), "scheme counts when allowed too");
     }
 
     #[test]

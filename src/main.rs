@@ -39,7 +39,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if cfg.log_timestamps {
+        // env_logger's own timestamps need its "humantime" feature, which pulls in jiff for
+        // one formatting call (ARCHITECTURE.md has the bytes); the format is otherwise its
+        // default one, `[LEVEL target] message`.
+        logger.format(|buf, r| {
+            let ts = rfc3339_millis(std::time::SystemTime::now());
+            writeln!(buf, "[{ts} {:<5} {}] {}", r.level(), r.target(), r.args())
+        });
+    }
+    logger.init();
 
     let nofile = usize::try_from(chatloop::rlimit::raise_nofile_limit()).unwrap_or(usize::MAX);
     let max_conns = cfg.max_conns.unwrap_or(nofile.saturating_sub(FD_MARGIN).max(1));
@@ -64,6 +74,8 @@ fn main() {
         cfg.queue_cap,
         cfg.rate_limit
     );
+    log::info!("listening on http://{addr}");
+    // Tests and scripts read this line for the port that --addr HOST:0 got.
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
 
@@ -79,4 +91,39 @@ fn main() {
         std::process::exit(1);
     }
     // A graceful shutdown ends here, with status 0.
+}
+
+/// `2026-11-29T02:51:00.123Z`: RFC 3339 in UTC with milliseconds.
+fn rfc3339_millis(t: std::time::SystemTime) -> String {
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let (secs, ms) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's days_from_civil, inverted).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_millis;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |ms: u64| rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z", "leap day");
+        assert_eq!(at(1_795_920_660_123), "2026-11-29T02:51:00.123Z");
+        assert_eq!(at(4_107_542_399_999), "2100-02-28T23:59:59.999Z", "2100 is no leap year");
+        assert_eq!(at(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
+    }
 }

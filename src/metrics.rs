@@ -2,7 +2,9 @@
 //!
 //! Counters are plain `u64` fields bumped on the loop thread: no atomics, no locks, one add
 //! each. Gauges (connections, sessions, queued bytes) are not kept at all: `/metrics` counts
-//! them by walking the slab when someone asks, so they cost nothing on the hot path.
+//! them by walking the slab when someone asks, so they cost nothing on the hot path. The
+//! `process_*` series every Prometheus exporter has are read from /proc/self at scrape time
+//! too.
 
 use crate::protocol::ErrorCode;
 use std::fmt::Write;
@@ -187,8 +189,73 @@ impl Stats {
                 &[("", n.connects)],
             );
         }
+        process(&mut o);
         o
     }
+}
+
+/// The standard process series (as Prometheus' client libraries name them) and the build.
+/// A series whose source cannot be read is left out rather than reported as 0.
+fn process(o: &mut String) {
+    let mut gauge = |name: &str, kind: &str, help: &str, v: String| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    // SAFETY: sysconf has no preconditions.
+    let (tick, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name (which may hold spaces): state is field 3.
+    let f: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(utime), Some(stime), true) = (field(14), field(15), tick > 0) {
+        let secs = (utime + stime) as f64 / tick as f64;
+        gauge(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds.",
+            secs.to_string(),
+        );
+    }
+    if let (Some(rss), true) = (field(24), page > 0) {
+        gauge(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            (rss * page as u64).to_string(),
+        );
+    }
+    // The directory's own descriptor is counted too, as the Go and Python clients count it.
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge("process_open_fds", "gauge", "Number of open file descriptors.", fds.count().to_string());
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        gauge(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            lim.rlim_cur.to_string(),
+        );
+    }
+    // starttime is in ticks since boot; btime (in /proc/stat) is the boot's Unix time.
+    let btime = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    if let (Some(btime), Some(start), true) = (btime, field(22), tick > 0) {
+        let secs = btime as f64 + start as f64 / tick as f64;
+        gauge(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            secs.to_string(),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP chatloop_build_info The version of chatloop running.\n# TYPE chatloop_build_info gauge\n\
+         chatloop_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
 }
 
 /// An address block such as `127.0.0.0/8` or `::1/128`; a bare address means just itself.
@@ -267,8 +334,21 @@ mod tests {
             "chatloop_messages_received_total{kind=\"private\"} 0",
             "chatloop_outbound_queue_bytes 10",
             "# TYPE chatloop_bytes_sent_total counter",
+            "# TYPE process_cpu_seconds_total counter",
+            concat!("chatloop_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+        for series in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let v = out.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+            let v: f64 = v.unwrap_or_else(|| panic!("missing {series}")).parse().unwrap();
+            assert!(v >= 0.0, "{series} {v}");
         }
     }
 }

@@ -15,20 +15,56 @@ pub enum Route {
     Respond(Bytes),
     /// Refuse with a status and a one-line reason, then close.
     Refuse(Status, &'static str),
+    /// Refuse a Host or Origin that is not ours; the server logs the value (at warn: it is the
+    /// most common proxy mistake, and the sign of a rebinding attempt).
+    Foreign(Foreign),
     /// The metrics page (the server renders it); `head` for HEAD.
     Metrics { head: bool },
+}
+
+/// Which header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    Host,
+    Origin,
+}
+
+impl Foreign {
+    pub fn status(self) -> Status {
+        match self {
+            Foreign::Host => Status::Misdirected,
+            Foreign::Origin => Status::Forbidden,
+        }
+    }
+
+    pub fn why(self) -> &'static str {
+        match self {
+            Foreign::Host => "this server does not answer for that Host (see --allow-host)",
+            Foreign::Origin => "origin not allowed (see --allow-origin)",
+        }
+    }
 }
 
 /// The parts of the configuration routing depends on.
 pub struct Rules<'a> {
     pub echo: bool,
     pub allow_origin: &'a [String],
+    /// `--allow-host`, lowercased.
+    pub allow_host: &'a [String],
+    /// The listening address is a loopback one (see `http::host_allowed`).
+    pub bound_to_loopback: bool,
     pub assets: &'a Assets,
 }
 
 pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
     let path = req.path();
     let head = req.method == "HEAD";
+    // Before anything else, for every path: a rebound name must not reach the page, /ws or
+    // /metrics (which trusts loopback peers, and a rebinding browser is one).
+    let host = req.host.as_deref().unwrap_or_default();
+    if !http::host_allowed(host, rules.allow_host, rules.bound_to_loopback) {
+        return Route::Foreign(Foreign::Host);
+    }
     if req.is_upgrade() {
         let echo = match path {
             "/ws" => false,
@@ -41,6 +77,10 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         if !req.connection_upgrade {
             return Route::Refuse(Status::BadRequest, "Connection header lacks 'upgrade'");
         }
+        if req.body {
+            // Its bytes would be read as WebSocket frames.
+            return Route::Refuse(Status::BadRequest, "an upgrade request carries no body");
+        }
         if req.ws_version.as_deref() != Some("13") {
             return Route::Refuse(Status::UpgradeRequired, "only WebSocket version 13 is spoken");
         }
@@ -48,7 +88,7 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
             return Route::Refuse(Status::BadRequest, "missing or invalid Sec-WebSocket-Key");
         };
         if !http::origin_allowed(req, rules.allow_origin) {
-            return Route::Refuse(Status::Forbidden, "origin not allowed (see --allow-origin)");
+            return Route::Foreign(Foreign::Origin);
         }
         let id = req.query_param("id").unwrap_or_default();
         let resume = req.query_param("resume");
@@ -58,7 +98,9 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         return Route::Refuse(Status::MethodNotAllowed, "only GET and HEAD are served");
     }
     match path {
-        "/ws" | "/echo" => Route::Refuse(Status::BadRequest, "this endpoint speaks WebSocket only"),
+        // /echo exists only when mounted; otherwise it is an unknown path like any other.
+        "/ws" => Route::Refuse(Status::BadRequest, "this endpoint speaks WebSocket only"),
+        "/echo" if rules.echo => Route::Refuse(Status::BadRequest, "this endpoint speaks WebSocket only"),
         "/healthz" => {
             Route::Respond(http::response(Status::Ok, "text/plain; charset=utf-8", "", b"ok\n", head))
         }
@@ -89,7 +131,17 @@ mod tests {
 
     fn route_raw(raw: &str, echo: bool) -> Route {
         let Parse::Done(req, _) = parse(raw.as_bytes()) else { panic!("{raw}") };
-        route(&req, &Rules { echo, allow_origin: &[], assets: &Assets::Embedded })
+        let allow_host = ["h".to_string()];
+        route(
+            &req,
+            &Rules {
+                echo,
+                allow_origin: &[],
+                allow_host: &allow_host,
+                bound_to_loopback: true,
+                assets: &Assets::Embedded,
+            },
+        )
     }
 
     fn upgrade(path: &str, extra: &str) -> String {
@@ -106,17 +158,24 @@ mod tests {
         let cases: &[(&str, bool, &str)] = &[
             ("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
             ("HEAD /app.js HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
-            ("GET /healthz HTTP/1.1\r\n\r\n", false, "200"),
-            ("GET /metrics HTTP/1.1\r\n\r\n", false, "metrics"),
-            ("DELETE / HTTP/1.1\r\n\r\n", false, "405"),
-            ("GET /nope HTTP/1.1\r\n\r\n", false, "404"),
-            ("GET /ws HTTP/1.1\r\n\r\n", false, "400"),
-            ("GET /../x HTTP/1.1\r\n\r\n", false, "404"),
+            ("GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
+            ("GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n", false, "metrics"),
+            ("DELETE / HTTP/1.1\r\nHost: h\r\n\r\n", false, "405"),
+            ("GET /nope HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("GET /ws HTTP/1.1\r\nHost: h\r\n\r\n", false, "400"),
+            ("GET /echo HTTP/1.1\r\nHost: h\r\n\r\n", true, "400"),
+            ("GET /echo HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("GET /../x HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("GET / HTTP/1.1\r\nHost: localhost:8080\r\n\r\n", false, "200"),
+            ("GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
+            ("GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
+            ("GET /nope HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
         ];
         for (raw, echo, want) in cases {
             let got = match route_raw(raw, *echo) {
                 Route::Respond(b) => String::from_utf8_lossy(&b[9..12]).into_owned(),
                 Route::Refuse(s, _) => (s as u16).to_string(),
+                Route::Foreign(f) => (f.status() as u16).to_string(),
                 Route::Metrics { .. } => "metrics".into(),
                 Route::Upgrade { .. } => "101".into(),
             };
@@ -138,6 +197,7 @@ mod tests {
         assert!(matches!(route_raw(&upgrade("/echo", KEY), true), Route::Upgrade { echo: true, .. }));
         let refused = |raw: String, echo| match route_raw(&raw, echo) {
             Route::Refuse(s, _) => s as u16,
+            Route::Foreign(f) => f.status() as u16,
             other => panic!("{other:?}"),
         };
         assert_eq!(refused(upgrade("/echo", KEY), false), 404);
@@ -146,6 +206,12 @@ mod tests {
         assert_eq!(refused(upgrade("/ws", &format!("{KEY}Origin: http://evil\r\n")), false), 403);
         assert_eq!(refused(upgrade("/ws", KEY).replace(": 13", ": 8"), false), 426);
         assert_eq!(refused(upgrade("/ws", KEY).replace("GET", "POST"), false), 405);
+        assert_eq!(refused(upgrade("/ws", &format!("{KEY}Content-Length: 3\r\n")), false), 400);
+        assert_eq!(refused(upgrade("/ws", &format!("{KEY}Transfer-Encoding: chunked\r\n")), false), 400);
+        assert_eq!(refused(upgrade("/ws", &format!("{KEY}Origin: ftp://h:1\r\n")), false), 403);
+        let rebound = upgrade("/ws", &format!("{KEY}Origin: http://evil.example\r\n"))
+            .replace("Host: h:1", "Host: evil.example");
+        assert_eq!(route_raw(&rebound, false), Route::Foreign(Foreign::Host));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use chatloop::assets::{self, Assets};
 use chatloop::chat::{Chat, Outcome, Sink, ids};
 use chatloop::http::{self, Parse, Request, Status};
 use chatloop::protocol::{self, ErrorCode};
-use chatloop::router::{self, Route, Rules};
+use chatloop::router::{self, Foreign, Route, Rules};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -393,10 +393,46 @@ fn http_seed_mutated() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-/// Routing rules vary too: /echo mounted or not, and three `--allow-origin` settings.
-fn rules_parts() -> impl Strategy<Value = (bool, Vec<String>)> {
-    let allow = select(vec![vec![], vec!["*".to_string()], vec!["http://evil".to_string()]]);
-    (any::<bool>(), allow)
+/// The configuration routing sees, owned so that strategies can generate it.
+#[derive(Debug, Clone)]
+struct RuleSet {
+    echo: bool,
+    allow_origin: Vec<String>,
+    allow_host: Vec<String>,
+    bound_to_loopback: bool,
+}
+
+impl RuleSet {
+    /// What the corpus labels are checked under: /echo mounted, no `--allow-origin`, bound
+    /// to loopback with `--allow-host h` (the corpus's requests name host `h`).
+    fn corpus() -> RuleSet {
+        RuleSet { echo: true, allow_origin: vec![], allow_host: vec!["h".into()], bound_to_loopback: true }
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            echo: self.echo,
+            allow_origin: &self.allow_origin,
+            allow_host: &self.allow_host,
+            bound_to_loopback: self.bound_to_loopback,
+            assets: &Assets::Embedded,
+        }
+    }
+}
+
+/// Routing rules vary too: /echo mounted or not, three `--allow-origin` settings, three
+/// `--allow-host` settings, and a loopback or other listening address.
+fn rules_parts() -> impl Strategy<Value = RuleSet> {
+    let allow_origin = select(vec![vec![], vec!["*".to_string()], vec!["http://evil".to_string()]]);
+    let allow_host = select(vec![vec![], vec!["*".to_string()], vec!["h".to_string()]]);
+    (any::<bool>(), allow_origin, allow_host, any::<bool>()).prop_map(
+        |(echo, allow_origin, allow_host, bound_to_loopback)| RuleSet {
+            echo,
+            allow_origin,
+            allow_host,
+            bound_to_loopback,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,12 +494,12 @@ fn check_http(buf: &[u8], rules: &Rules<'_>) -> Check<String> {
             prop_assert!(buf.len() <= http::MAX_HEAD, "Partial after {} bytes", buf.len());
             Ok("partial".into())
         }
-        Parse::Fail(status) => {
+        Parse::Fail(status, why) => {
             prop_assert!(
                 matches!(status, Status::BadRequest | Status::HeadersTooLarge),
                 "parse failed with {status:?}"
             );
-            check_error_response(status, status.reason())?;
+            check_error_response(status, why)?;
             Ok((status as u16).to_string())
         }
         Parse::Done(req, len) => {
@@ -477,6 +513,7 @@ fn check_http(buf: &[u8], rules: &Rules<'_>) -> Check<String> {
                 other => prop_assert!(false, "the head alone parses as {other:?}"),
             }
             prop_assert!(!req.method.is_empty() && !req.target.is_empty());
+            prop_assert!(req.host.is_some(), "a request without Host was routed");
             let route = router::route(&req, rules);
             check_route(&req, &route, rules)
         }
@@ -494,10 +531,28 @@ fn check_prefix(buf: &[u8], cut: usize) -> Check {
     Ok(())
 }
 
+/// An oracle written apart from `http::host_allowed`: Host names a loopback address.
+fn names_loopback(host: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        let v6 = rest.split(']').next().and_then(|a| a.parse::<std::net::Ipv6Addr>().ok());
+        return v6.is_some_and(|a| a.is_loopback());
+    }
+    let name = host.split(':').next().unwrap_or_default();
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+}
+
 fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String> {
     let path = req.path();
     let head = req.method == "HEAD";
-    if !req.is_upgrade() && !head && req.method != "GET" {
+    let host = req.host.as_deref().unwrap_or_default();
+    let host_ok = http::host_allowed(host, rules.allow_host, rules.bound_to_loopback);
+    // A Host the server does not answer for gets 421 on every path, before anything else.
+    prop_assert_eq!(host_ok, *route != Route::Foreign(Foreign::Host), "Host {:?}: {:?}", host, route);
+    if rules.bound_to_loopback && rules.allow_host.is_empty() {
+        prop_assert!(!host_ok || names_loopback(host), "a loopback server answered Host {:?}", host);
+    }
+    if host_ok && !req.is_upgrade() && !head && req.method != "GET" {
         prop_assert!(
             matches!(route, Route::Refuse(Status::MethodNotAllowed, _)),
             "{} served: {route:?}",
@@ -517,6 +572,7 @@ fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String>
             prop_assert_eq!(req.ws_version.as_deref(), Some("13"));
             prop_assert!(http::valid_ws_key(key) && req.ws_key.as_deref() == Some(key.as_str()));
             prop_assert!(http::origin_allowed(req, rules.allow_origin));
+            prop_assert!(!req.body, "an upgrade announcing a body was accepted");
             prop_assert_eq!(id, &req.query_param("id").unwrap_or_default());
             let (code, headers, body) = parse_response(&http::switching_protocols(key))?;
             prop_assert_eq!(code, 101);
@@ -555,7 +611,17 @@ fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String>
         }
         Route::Refuse(status, why) => {
             check_error_response(*status, why)?;
+            if path == "/echo" && !rules.echo && !req.is_upgrade() && (head || req.method == "GET") {
+                prop_assert_eq!(*status, Status::NotFound, "/echo unmounted is an unknown path");
+            }
             Ok((*status as u16).to_string())
+        }
+        Route::Foreign(f) => {
+            check_error_response(f.status(), f.why())?;
+            if *f == Foreign::Origin {
+                prop_assert!(req.is_upgrade() && !http::origin_allowed(req, rules.allow_origin));
+            }
+            Ok((f.status() as u16).to_string())
         }
         Route::Metrics { head: h } => {
             prop_assert!(
@@ -566,8 +632,8 @@ fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String>
     }
 }
 
-fn check_http_all(buf: &[u8], echo: bool, allow: &[String], cut: Index) -> Check {
-    check_http(buf, &Rules { echo, allow_origin: allow, assets: &Assets::Embedded })?;
+fn check_http_all(buf: &[u8], rules: &RuleSet, cut: Index) -> Check {
+    check_http(buf, &rules.rules())?;
     check_prefix(buf, cut.index(buf.len().max(1)))
 }
 
@@ -575,23 +641,23 @@ proptest! {
     #![proptest_config(config(2000))]
 
     #[test]
-    fn http_arbitrary_bytes(buf in vec(any::<u8>(), 0..1024), (echo, allow) in rules_parts(), cut in any::<Index>()) {
-        check_http_all(&buf, echo, &allow, cut)?;
+    fn http_arbitrary_bytes(buf in vec(any::<u8>(), 0..1024), rules in rules_parts(), cut in any::<Index>()) {
+        check_http_all(&buf, &rules, cut)?;
     }
 
     #[test]
-    fn http_token_soup(buf in token_soup(), (echo, allow) in rules_parts(), cut in any::<Index>()) {
-        check_http_all(&buf, echo, &allow, cut)?;
+    fn http_token_soup(buf in token_soup(), rules in rules_parts(), cut in any::<Index>()) {
+        check_http_all(&buf, &rules, cut)?;
     }
 
     #[test]
-    fn http_structured(buf in structured_request(), (echo, allow) in rules_parts(), cut in any::<Index>()) {
-        check_http_all(&buf, echo, &allow, cut)?;
+    fn http_structured(buf in structured_request(), rules in rules_parts(), cut in any::<Index>()) {
+        check_http_all(&buf, &rules, cut)?;
     }
 
     #[test]
-    fn http_corpus_mutated(buf in http_seed_mutated(), (echo, allow) in rules_parts(), cut in any::<Index>()) {
-        check_http_all(&buf, echo, &allow, cut)?;
+    fn http_corpus_mutated(buf in http_seed_mutated(), rules in rules_parts(), cut in any::<Index>()) {
+        check_http_all(&buf, &rules, cut)?;
     }
 
     /// Paths alone, in a request that is otherwise a plain GET: traversal never serves a file.
@@ -599,7 +665,7 @@ proptest! {
     fn http_paths(target in target(), head in any::<bool>()) {
         let method = if head { "HEAD" } else { "GET" };
         let buf = format!("{method} {target} HTTP/1.1\r\nHost: h\r\n\r\n");
-        let label = check_http(buf.as_bytes(), &Rules { echo: true, allow_origin: &[], assets: &Assets::Embedded })?;
+        let label = check_http(buf.as_bytes(), &RuleSet::corpus().rules())?;
         let path = target.split_once('?').map_or(target.as_str(), |(p, _)| p);
         if hostile_path(path) {
             prop_assert!(label != "200", "{target:?} gave 200");
@@ -613,14 +679,16 @@ fn http_corpus() {
     for (name, buf) in corpus("http") {
         let want = expected_label(&name);
         let run = || -> Check<String> {
-            // The label is checked under the default rules with /echo mounted ...
-            let label =
-                check_http(&buf, &Rules { echo: true, allow_origin: &[], assets: &Assets::Embedded })?;
+            // The label is checked under the corpus's rules ...
+            let label = check_http(&buf, &RuleSet::corpus().rules())?;
             // ... and every other rule set must give some clear answer too.
-            for (echo, allow) in
-                [(false, vec![]), (true, vec!["*".to_string()]), (false, vec!["http://evil".into()])]
-            {
-                check_http(&buf, &Rules { echo, allow_origin: &allow, assets: &Assets::Embedded })?;
+            for (echo, allow_origin, allow_host, bound_to_loopback) in [
+                (false, vec![], vec![], true),
+                (true, vec!["*".to_string()], vec!["*".to_string()], true),
+                (false, vec!["http://evil".into()], vec![], false),
+                (true, vec![], vec!["h".into()], false),
+            ] {
+                check_http(&buf, &RuleSet { echo, allow_origin, allow_host, bound_to_loopback }.rules())?;
             }
             // Every split point of the head, as reads may deliver it.
             let step = (buf.len() / 2048).max(1);

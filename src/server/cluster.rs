@@ -290,7 +290,7 @@ impl Server {
         match self.chat.join(id, token, &secret, resumed, now, &mut self.net) {
             Ok(user) => {
                 let conn = &mut self.net.conns[token];
-                info!("session open id={user} peer={}", conn.addr);
+                info!(target: "chatloop::session", "session open id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.user = Some(Rc::clone(&user));
                     // The rate limit belongs to the id: a reconnect does not buy a new burst.

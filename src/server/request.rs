@@ -5,7 +5,7 @@ use super::{CLOSE_GRACE, Server, would_block};
 use crate::conn::{Bucket, Phase, Session};
 use crate::http::{self, Parse, Request, Status};
 
-use crate::router::{self, Route, Rules};
+use crate::router::{self, Foreign, Route, Rules};
 use bytes::Bytes;
 use log::{debug, warn};
 use std::io::{self, Read};
@@ -40,9 +40,9 @@ impl Server {
         }
         match http::parse(buf) {
             Parse::Partial => {}
-            Parse::Fail(status) => {
-                warn!("{}: bad request: {}", conn.addr, status.reason());
-                self.respond(token, http::error(status, status.reason()), now);
+            Parse::Fail(status, why) => {
+                warn!("{}: bad request: {} {why}", conn.addr, status as u16);
+                self.respond(token, http::error(status, why), now);
             }
             Parse::Done(req, len) => {
                 let rest = buf.split_off(len);
@@ -53,7 +53,13 @@ impl Server {
 
     /// Acts on a complete request (see `router::route`).
     fn route(&mut self, token: usize, req: Request, rest: Vec<u8>, now: Instant, ts: u64) {
-        let rules = Rules { echo: self.cfg.echo, allow_origin: &self.cfg.allow_origin, assets: &self.assets };
+        let rules = Rules {
+            echo: self.cfg.echo,
+            allow_origin: &self.cfg.allow_origin,
+            allow_host: &self.cfg.allow_host,
+            bound_to_loopback: self.cfg.addr.ip().is_loopback(),
+            assets: &self.assets,
+        };
         match router::route(&req, &rules) {
             Route::Upgrade { echo, key, id, resume } => {
                 let presented = resume.as_deref().and_then(crate::chat::ids::parse_token);
@@ -61,6 +67,16 @@ impl Server {
             }
             Route::Respond(response) => self.respond(token, response, now),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
+            Route::Foreign(f) => {
+                // One request per connection, so this is once per connection.
+                let value = match f {
+                    Foreign::Host => req.host.as_deref(),
+                    Foreign::Origin => req.origin.as_deref(),
+                };
+                let value: String = value.unwrap_or_default().chars().take(200).collect();
+                warn!("{}: refused {f:?} {value:?}: {}", self.net.conns[token].addr, f.why());
+                self.refuse(token, f.status(), f.why(), now)
+            }
             Route::Metrics { head } => {
                 let peer = self.net.conns[token].addr.ip();
                 if !self.cfg.metrics_allow.iter().any(|c| c.contains(peer)) {

@@ -233,9 +233,11 @@ impl Server {
         let (peer, why) = (conn.addr, reason.as_str());
         match reason {
             Reason::ClientClose | Reason::Shutdown => {
-                info!("session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
+                info!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
             }
-            _ => warn!("session closed id={id} peer={peer} duration={secs:.1}s reason={why}"),
+            _ => {
+                warn!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
+            }
         }
         self.cluster_left(&id, held);
     }

@@ -34,7 +34,7 @@ fn hundreds_of_slowloris_sockets_do_not_delay_anyone_and_are_closed() {
 fn a_body_on_get_never_desyncs_the_connection() {
     let s = Server::start(&[]);
     let r = s.raw(
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /app.js HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhelloGET /app.js HTTP/1.1\r\n\r\n",
     );
     assert!(r.starts_with("HTTP/1.1 200 OK"));
     assert_eq!(r.matches("HTTP/1.1").count(), 1, "one response, then close: {r}");
@@ -52,7 +52,7 @@ fn close_after(s: &Server, bytes: &[u8]) -> Option<u16> {
 
 #[test]
 fn websocket_violations_close_with_the_rfc_codes() {
-    let s = Server::start(&["--max-message", "1024"]);
+    let s = Server::start(&["--max-message", "1024", "--max-text", "42"]);
     let text = |t: &str| masked(0x1, t.as_bytes());
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("message over --max-message", text(&"x".repeat(2000)), 1009),
@@ -171,7 +171,7 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_resumes() {
     held.clear();
     let w = &mut waiting[0];
     w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    w.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    w.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut r = String::new();
     w.read_to_string(&mut r).unwrap();
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");

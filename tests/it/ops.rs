@@ -1,7 +1,8 @@
 //! Operations: metrics, health, graceful shutdown, logs.
 
-use crate::util::Server;
+use crate::util::{Server, masked, upgrade_request};
 use serde_json::json;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -129,4 +130,125 @@ fn version_and_help_tell_the_truth() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatloop")).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag '--bogus'"));
+}
+
+/// Runs the binary with `args` and returns its exit status and stderr.
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatloop"))
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn flags_that_cannot_work_are_refused_at_start_up_with_one_line() {
+    let empty = std::env::temp_dir().join(format!("chatloop-no-index-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = empty.to_str().unwrap();
+    for (args, needle) in [
+        (&["--reuse-port"][..], "--reuse-port needs --redis"),
+        (&["--allow-origin", "chat.example"], "needs a scheme: https://chat.example"),
+        (&["--allow-host", "chat.example:443"], "without a port"),
+        (&["--public", "/nonexistent/chatloop"], "is not a directory"),
+        (&["--public", empty], "has no index.html"),
+        (&["--max-message", "4096"], "give at least 12512, or --max-text 298 or less"),
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("chatloop: ") && err.contains(needle), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir(empty);
+}
+
+#[test]
+fn a_thousand_emoji_escaped_as_python_does_are_a_room_message_not_a_1009() {
+    let s = Server::start(&[]);
+    let mut a = s.join("alice");
+    // json.dumps({"text": "😀" * 1000}): ensure_ascii writes each as a surrogate pair.
+    let frame = format!("{{\"text\": \"{}\"}}", "\\ud83d\\ude00".repeat(1000));
+    assert_eq!(frame.len(), 12_012);
+    a.send_text(&frame);
+    let line = a.next_line();
+    assert_eq!(line["type"], "message", "{line}");
+    assert_eq!(line["text"].as_str().unwrap().chars().count(), 1000);
+    assert!(line["text"].as_str().unwrap().chars().all(|c| c == '😀'));
+    // The worst case for --max-text 10: ten non-BMP characters, a 32-character id escaped
+    // character by character, and spaces around every token.
+    let s = Server::start(&["--max-text", "10"]);
+    let mut b = s.join(&"b".repeat(32));
+    let frame = format!(
+        "{{ \"to\" : \"{}\" , \"text\" : \"{}\" }}",
+        "\\u0062".repeat(32),
+        "\\ud83d\\ude00".repeat(10)
+    );
+    b.send_text(&frame);
+    assert_eq!(b.next_line()["type"], "message");
+    b.send_text(&frame.replace("\"text\" : \"", "\"text\" : \"x"));
+    assert_eq!(b.next_line()["code"], "too_long", "one more character: refused, not closed");
+}
+
+#[test]
+fn logs_carry_rfc3339_utc_timestamps_the_address_and_a_session_target() {
+    let s = Server::start(&[]);
+    assert!(s.wait_log(&format!("listening on http://{}", s.addr)), "address logged on stderr");
+    let mut a = s.join("alice");
+    a.send(&json!({"text": "hi"}));
+    a.next_line();
+    assert!(s.wait_log("chatloop::session] session open id=alice"));
+    let log = s.log();
+    for line in log.lines() {
+        // [2026-11-29T02:51:00.123Z INFO  chatloop] ...
+        let b = line.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        let stamped = b.len() > 26
+            && b[0] == b'['
+            && digits(1..5)
+            && b[5] == b'-'
+            && b[11] == b'T'
+            && b[20] == b'.'
+            && &b[24..26] == b"Z ";
+        assert!(stamped, "no timestamp: {line}");
+    }
+    let s = Server::start(&["--log-timestamps", "off"]);
+    assert!(s.wait_log("listening on"));
+    assert!(s.log().lines().all(|l| l.starts_with("[INFO") || l.starts_with("[DEBUG")), "{}", s.log());
+}
+
+#[test]
+fn metrics_carry_the_process_series_and_the_version() {
+    let s = Server::start(&[]);
+    let _a = s.join("alice");
+    let m = s.metrics();
+    let started = m["process_start_time_seconds"];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 120.0..=now + 1.0).contains(&started), "start {started}, now {now}");
+    assert!(m["process_resident_memory_bytes"] > 500_000.0);
+    // stdin, stdout, stderr, the listener, epoll, the signal pipe, alice, this scrape.
+    assert!(m["process_open_fds"] >= 7.0, "{}", m["process_open_fds"]);
+    assert!(m["process_max_fds"] >= m["process_open_fds"]);
+    assert!(m["process_cpu_seconds_total"] >= 0.0);
+    let version = format!("chatloop_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(m.get(&version), Some(&1.0), "{version}");
+}
+
+#[test]
+fn upgrade_frames_are_not_cut_by_the_derived_max_message() {
+    // A single 12 KiB frame right behind the request head, as a client in a hurry sends it.
+    let s = Server::start(&[]);
+    let mut t = std::net::TcpStream::connect(s.addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let frame = format!("{{\"text\":\"{}\"}}", "\\u00e9".repeat(1000));
+    let mut out = upgrade_request("/ws?id=hurry").into_bytes();
+    out.extend(masked(0x1, frame.as_bytes()));
+    t.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(&"é".repeat(1000)) {
+        let n = t.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
 }
