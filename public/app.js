@@ -60,6 +60,10 @@
   let pending = []; // texts sent and not yet answered, oldest first
   // What the welcome said about the server's limits; 0 = not said (an older server).
   let limits = { maxText: 0, rate: 0, burst: 0 };
+  // The latest welcome's resume token: if the server closes us (slow consumer, idle timeout),
+  // it holds our id for a few seconds for whoever presents this, so a reconnect gets it back
+  // at once instead of meeting id_taken until the hold ends. Unknown to the server: ignored.
+  let resumeToken = '';
 
   const lower = (s) => String(s).toLowerCase();
   const isMe = (id) => me !== null && lower(id) === lower(me);
@@ -153,9 +157,10 @@
 
   // ---- connection ----------------------------------------------------------------------
 
-  function wsUrl(id) {
+  function wsUrl(id, resume) {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id);
+    return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id) +
+      (resume ? '&resume=' + encodeURIComponent(resume) : '');
   }
 
   function connect() {
@@ -164,7 +169,7 @@
     if (me === null) return;
     let sock;
     try {
-      sock = new WebSocket(wsUrl(me));
+      sock = new WebSocket(wsUrl(me, joined ? resumeToken : ''));
     } catch (e) {
       onDrop(null, 0, String(e && e.message ? e.message : e));
       return;
@@ -273,6 +278,7 @@
     if (sock) sock.close(1000, 'bye');
     me = null;
     joined = false;
+    resumeToken = '';
     attempt = 0;
     pending = [];
     announce(); // this tab's id is free again
@@ -322,6 +328,7 @@
     const first = !joined;
     joined = true;
     if (typeof msg.id === 'string') me = msg.id;
+    resumeToken = typeof msg.resume === 'string' ? msg.resume : '';
     remember(me);
     announce();
     limits = { maxText: posInt(msg.max_text), rate: posInt(msg.rate_limit), burst: posInt(msg.burst) };
@@ -645,10 +652,13 @@
     }
     const to = el.to.value;
     const frame = JSON.stringify(to ? { to: to, text: text } : { text: text });
-    // A server that states max_text sizes its frame limit for any text within it (issue 12);
-    // for an older one, stay under its default --max-message, past which it closes the socket.
-    if (!limits.maxText && new TextEncoder().encode(frame).length > MAX_FRAME) {
-      showSendError(tooLong(0));
+    // A frame over the server's --max-message closes the connection (1009), and the welcome
+    // does not state that limit: stay under its default. Within max_text this can still bite
+    // (1,000 emoji are 4,000 bytes), so it is checked whatever max_text says.
+    const bytes = new TextEncoder().encode(frame).length;
+    if (bytes > MAX_FRAME) {
+      showSendError('That message is too long to send: ' + bytes + ' bytes once encoded, and the server takes ' +
+        MAX_FRAME + '. It was not sent.');
       return;
     }
     ws.send(frame);

@@ -609,6 +609,17 @@ describe('chat page in chromium', () => {
     await field.press('Enter');
     await p.locator('#send-error', { hasText: 'the limit is 20 a second (bursts of 40)' }).waitFor();
 
+    // Within max_text but past the server's frame limit (4 bytes an emoji): refused before
+    // sending, since such a frame would close the connection.
+    const wide = await page();
+    const wideFake = await fakeChat(wide, { max_text: 2000 });
+    await join(wide, 'carol');
+    await wide.getByLabel('Message', { exact: true }).fill('😀'.repeat(1500));
+    assert.equal(await wide.locator('#counter').textContent(), '1500 / 2000');
+    await wide.getByLabel('Message', { exact: true }).press('Enter');
+    await wide.locator('#send-error', { hasText: 'bytes once encoded' }).waitFor();
+    assert.equal(wideFake.frames.length, 0, 'nothing sent');
+
     // An older server says no limits: no counter, and the messages say what they can.
     const old = await page();
     await fakeChat(old, {}, (frame, ws) => ws.send(JSON.stringify({ type: 'error', code: 'too_long', message: 'text too long' })));
@@ -618,6 +629,27 @@ describe('chat page in chromium', () => {
     await old.getByLabel('Message', { exact: true }).press('Enter');
     await old.locator('#send-error', { hasText: 'too long' }).waitFor();
     assert.doesNotMatch(await old.locator('#send-error').textContent(), /limit/);
+    await closeAll();
+  });
+
+  it('presents the resume token when it reconnects after the server closed it', T, async () => {
+    const p = await page();
+    const urls = [];
+    await p.routeWebSocket(/\/ws\?/, (ws) => {
+      urls.push(ws.url());
+      const n = urls.length;
+      const id = new URL(ws.url()).searchParams.get('id');
+      ws.send(JSON.stringify({ type: 'welcome', id, users: [id], total: 1, resume: 'tok' + n, ...(n > 1 ? { resumed: true } : {}) }));
+      // The first session is closed by the server, as a slow consumer would be.
+      if (n === 1) setTimeout(() => ws.close({ code: 1008, reason: 'slow consumer' }), 500);
+    });
+    await join(p, 'alice');
+    for (let i = 0; urls.length < 2 && i < 200; i++) await sleep(50);
+    assert.equal(urls.length, 2, 'the page reconnected');
+    await waitForState(p, 'connected');
+    await p.locator('#log .note', { hasText: 'Reconnected' }).waitFor();
+    assert.equal(new URL(urls[0]).searchParams.get('resume'), null, 'a first join has no token to present');
+    assert.equal(new URL(urls[1]).searchParams.get('resume'), 'tok1', 'the reconnect presents the welcome\'s token');
     await closeAll();
   });
 
