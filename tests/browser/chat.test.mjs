@@ -209,10 +209,12 @@ describe('chat page in chromium', () => {
     assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), 'are you there?', 'refused text is given back');
     assert.equal(await alice.locator('#send-error').getAttribute('aria-live'), 'polite');
 
-    // Over --max-text (1000) but under --max-message: the server answers too_long.
+    // Over --max-text (1000), which the welcome states: refused before sending, the limit named.
+    // (The server's own too_long is driven through a faked socket below.)
     const long = 'y'.repeat(1500);
     await say(alice, long, '');
-    await alice.locator('#send-error', { hasText: 'too long' }).waitFor();
+    await alice.locator('#send-error', { hasText: 'too long (1500 characters): the limit is 1000' }).waitFor();
+    assert.equal(await alice.locator('#counter').textContent(), '1500 / 1000');
     assert.equal(await alice.locator('#log .msg').count(), 0, 'no chat line for a refused message');
     assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), long);
     // Over --max-message: refused before sending, so the connection stays up.
