@@ -11,6 +11,13 @@
   const MAX_FRAME = 4096; // the server's default --max-message; bigger frames close the socket
   const MAX_LINES = 1000; // log lines kept
   const STORE_KEY = 'chatloop.id';
+  const NEAR_LIMIT = 0.9; // the length counter stands out from this share of max_text on
+
+  // The server trims a text with Rust's str::trim (Unicode White_Space) before it checks the
+  // length; JS's trim differs (it strips U+FEFF, keeps U+0085), so count what the server counts.
+  const SPACE = '[\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
+  const TRIM_RE = new RegExp('^' + SPACE + '+|' + SPACE + '+$', 'g');
+  const serverTrim = (s) => s.replace(TRIM_RE, '');
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -30,6 +37,7 @@
     composer: $('composer'),
     to: $('to'),
     message: $('message'),
+    counter: $('counter'),
     send: $('send'),
     sendError: $('send-error'),
   };
@@ -50,24 +58,109 @@
   const users = new Map(); // lowercased id -> id as spelled
   const unread = new Map(); // lowercased id -> private messages from them not yet read
   let pending = []; // texts sent and not yet answered, oldest first
+  // What the welcome said about the server's limits; 0 = not said (an older server).
+  let limits = { maxText: 0, rate: 0, burst: 0 };
+  // The latest welcome's resume token: if the server closes us (slow consumer, idle timeout),
+  // it holds our id for a few seconds for whoever presents this, so a reconnect gets it back
+  // at once instead of meeting id_taken until the hold ends. Unknown to the server: ignored.
+  let resumeToken = '';
 
   const lower = (s) => String(s).toLowerCase();
   const isMe = (id) => me !== null && lower(id) === lower(me);
+  const posInt = (v) => (Number.isSafeInteger(v) && v > 0 ? v : 0);
+  // max_text counts Unicode scalar values: a string's iterator walks code points, where
+  // .length would count an emoji twice.
+  function textLength(text) {
+    let n = 0;
+    for (const _ of serverTrim(text)) n += 1;
+    return n;
+  }
+
+  // Ids are shown in a monospace face wherever they appear, so that look-alikes (aIice and
+  // alice, b0b and bob) stay distinct. Texts that mention ids are lists of strings and these.
+  function idNode(id) {
+    const span = document.createElement('span');
+    span.className = 'id';
+    span.textContent = id;
+    return span;
+  }
+  const parts = (p) => (Array.isArray(p) ? p : [p]);
+
+  // ---- other tabs of this browser ------------------------------------------------------
+  // localStorage is shared by every tab, so every new tab would pre-fill the last id and the
+  // second one to join would collide with the first. Tabs tell each other which id they use
+  // over a BroadcastChannel; a new tab pre-fills only an id that no open tab is using.
+  // The server still decides who gets an id: this only picks the pre-fill and the wording.
+
+  const TAB = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  const otherTabs = new Map(); // tab token -> the id that tab uses
+  let prefilled = ''; // what we put in the id field ourselves, while the user has not changed it
+  let channel = null;
+  try {
+    channel = new BroadcastChannel('chatloop');
+  } catch (e) {
+    // no BroadcastChannel: every tab pre-fills the last id, as before
+  }
+
+  function announce() {
+    if (channel) channel.postMessage({ tab: TAB, id: me });
+  }
+
+  const inOtherTab = (id) => [...otherTabs.values()].some((v) => lower(v) === lower(id));
+
+  if (channel) {
+    channel.onmessage = (ev) => {
+      const m = ev.data;
+      if (!m || typeof m.tab !== 'string' || m.tab === TAB) return;
+      if (m.ask) {
+        if (me !== null) announce();
+        return;
+      }
+      if (typeof m.id === 'string') otherTabs.set(m.tab, m.id);
+      else otherTabs.delete(m.tab);
+      // Another tab took the id we pre-filled: take it back before the user presses Join.
+      if (prefilled && el.id.value === prefilled && inOtherTab(prefilled)) {
+        el.id.value = '';
+        prefilled = '';
+      }
+    };
+  }
+
+  function remembered() {
+    // This tab's own id first (it survives a reload), then the last id any tab joined with.
+    const ids = [];
+    try {
+      ids.push(sessionStorage.getItem(STORE_KEY), localStorage.getItem(STORE_KEY));
+    } catch (e) {
+      // no storage: nothing remembered
+    }
+    return ids.find((id) => id && ID_RE.test(id) && !inOtherTab(id)) || '';
+  }
+
+  function remember(id) {
+    try {
+      sessionStorage.setItem(STORE_KEY, id);
+      localStorage.setItem(STORE_KEY, id);
+    } catch (e) {
+      // storage may be off; the id is only a convenience
+    }
+  }
 
   // ---- status line ---------------------------------------------------------------------
 
   function setStatus(state, text) {
     el.status.dataset.state = state;
-    el.statusText.textContent = text;
+    el.statusText.replaceChildren(...parts(text));
     // While disconnected the Online list is only what we last knew: show it as such.
     el.chat.classList.toggle('is-offline', state !== 'connected');
   }
 
   // ---- connection ----------------------------------------------------------------------
 
-  function wsUrl(id) {
+  function wsUrl(id, resume) {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id);
+    return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id) +
+      (resume ? '&resume=' + encodeURIComponent(resume) : '');
   }
 
   function connect() {
@@ -76,7 +169,7 @@
     if (me === null) return;
     let sock;
     try {
-      sock = new WebSocket(wsUrl(me));
+      sock = new WebSocket(wsUrl(me, joined ? resumeToken : ''));
     } catch (e) {
       onDrop(null, 0, String(e && e.message ? e.message : e));
       return;
@@ -123,9 +216,14 @@
     }
     if (!joined) {
       // First join: tell the user and let them pick again.
-      const why = code === 4409
-        ? 'That id is taken: someone with the same id (ignoring case) is online. Pick another.'
-        : 'Could not connect to the chat server' + (reason ? ' (' + reason + ')' : '') + '. Try again.';
+      let why;
+      if (code === 4409) {
+        why = inOtherTab(me)
+          ? 'That id is in use in another tab of this browser. Pick another one for this tab.'
+          : 'That id is taken: someone with the same id (ignoring case) is online. Pick another.';
+      } else {
+        why = 'Could not connect to the chat server' + (reason ? ' (' + reason + ')' : '') + '. Try again.';
+      }
       stop();
       showLogin(why);
       return;
@@ -154,7 +252,7 @@
     const delay = Math.max(BACKOFF_MIN / 2, base / 2 + Math.random() * (base / 2));
     const secs = Math.max(1, Math.round(delay / 1000));
     setStatus('reconnecting', idHeld
-      ? 'reconnecting: the server still holds “' + me + '”, retrying in ' + secs + ' s'
+      ? ['reconnecting: the server still holds “', idNode(me), '”, retrying in ' + secs + ' s']
       : 'reconnecting in ' + secs + ' s…');
     retryTimer = setTimeout(() => {
       setStatus('reconnecting', 'reconnecting…');
@@ -180,8 +278,10 @@
     if (sock) sock.close(1000, 'bye');
     me = null;
     joined = false;
+    resumeToken = '';
     attempt = 0;
     pending = [];
+    announce(); // this tab's id is free again
     setStatus('offline', 'offline');
   }
 
@@ -191,11 +291,15 @@
     switch (msg.type) {
       case 'welcome':
         return onWelcome(msg);
+      case 'users':
+        // Presence events resume after the crowd went back under --presence-limit: this is
+        // the whole truth again, in the welcome's shape.
+        return setUsers(msg.users, msg.total);
       case 'join':
         if (typeof msg.id === 'string') {
           if (!users.has(lower(msg.id))) {
             total += 1;
-            note(msg.id + ' joined', 'presence');
+            note([idNode(msg.id), ' joined'], 'presence');
           }
           users.set(lower(msg.id), msg.id);
           renderUsers();
@@ -203,7 +307,7 @@
         return;
       case 'leave':
         if (typeof msg.id === 'string') {
-          if (users.delete(lower(msg.id))) note(msg.id + ' left', 'presence');
+          if (users.delete(lower(msg.id))) note([idNode(msg.id), ' left'], 'presence');
           total = Math.max(users.size, total - 1);
           renderUsers();
         }
@@ -224,25 +328,29 @@
     const first = !joined;
     joined = true;
     if (typeof msg.id === 'string') me = msg.id;
-    try {
-      localStorage.setItem(STORE_KEY, me);
-    } catch (e) {
-      // storage may be off; the id is only a convenience
-    }
-    users.clear();
-    for (const u of Array.isArray(msg.users) ? msg.users : []) {
-      if (typeof u === 'string') users.set(lower(u), u);
-    }
-    users.set(lower(me), me);
-    total = Math.max(users.size, Number(msg.total) || 0);
-    setStatus('connected', 'connected as ' + me);
+    resumeToken = typeof msg.resume === 'string' ? msg.resume : '';
+    remember(me);
+    announce();
+    limits = { maxText: posInt(msg.max_text), rate: posInt(msg.rate_limit), burst: posInt(msg.burst) };
+    renderCounter();
+    setStatus('connected', ['connected as ', idNode(me)]);
     if (first) {
       showChat();
-      note('You joined as ' + me + '.');
+      note(['You joined as ', idNode(me), '.']);
     } else if (lostNoted) {
       note('Reconnected.');
     }
     lostNoted = false;
+    setUsers(msg.users, msg.total);
+  }
+
+  function setUsers(list, count) {
+    users.clear();
+    for (const u of Array.isArray(list) ? list : []) {
+      if (typeof u === 'string') users.set(lower(u), u);
+    }
+    if (me !== null) users.set(lower(me), me);
+    total = Math.max(users.size, Number(count) || 0);
     renderUsers();
   }
 
@@ -252,26 +360,71 @@
     if (isMe(msg.from)) {
       pending.shift(); // our message came back: it was delivered
     }
-    addMessage(msg, priv);
-    if (priv && !isMe(msg.from) && lower(msg.from) !== lower(el.to.value)) {
+    const line = addMessage(msg, priv);
+    // A private line from someone else is unread until it has been seen: shown in the log
+    // while the tab is visible, or its sender picked.
+    if (priv && !isMe(msg.from) && lower(msg.from) !== lower(el.to.value) && !seen(line)) {
+      line.dataset.unread = '1';
       const k = lower(msg.from);
       unread.set(k, (unread.get(k) || 0) + 1);
       renderUsers();
     }
   }
 
+  function seen(line) {
+    if (document.visibilityState !== 'visible' || el.chat.hidden) return false;
+    // At least half of the line inside the log's view (or half the view, for a tall line).
+    const r = line.getBoundingClientRect();
+    const v = el.log.getBoundingClientRect();
+    const h = Math.min(r.bottom, v.bottom) - Math.max(r.top, v.top);
+    return h > 0 && (h >= r.height / 2 || h >= v.height / 2);
+  }
+
+  // Called when what is on screen may have changed: a scroll, a resize, the tab shown.
+  function readVisible() {
+    let changed = false;
+    for (const line of el.log.querySelectorAll('.msg[data-unread]')) {
+      if (!seen(line)) continue;
+      delete line.dataset.unread;
+      const k = lower(line.dataset.from);
+      const n = (unread.get(k) || 0) - 1;
+      if (n > 0) unread.set(k, n);
+      else unread.delete(k);
+      changed = true;
+    }
+    if (changed) renderUsers();
+  }
+
   const ERRORS = {
-    rate_limited: 'Too many messages: slow down. That one was not sent.',
-    too_long: 'That message is too long. It was not sent.',
     empty: 'Type something first.',
     bad_message: 'The server did not understand that message.',
   };
 
+  function tooLong(length) {
+    if (!limits.maxText) return 'That message is too long. It was not sent.';
+    return 'That message is too long' + (length ? ' (' + length + ' characters)' : '') +
+      ': the limit is ' + limits.maxText + ' characters. It was not sent.';
+  }
+
+  function rateLimited() {
+    if (!limits.rate) return 'Too many messages: slow down. That one was not sent.';
+    return 'Too many messages: the limit is ' + limits.rate + ' a second' +
+      (limits.burst ? ' (bursts of ' + limits.burst + ')' : '') + '. Slow down: that one was not sent.';
+  }
+
   function onError(msg) {
     if (msg.code === 'bad_id' || msg.code === 'id_taken') return; // the close code says it
+    const to = typeof msg.to === 'string' ? idNode(msg.to) : 'That user';
     let text;
     if (msg.code === 'unknown_recipient') {
-      text = (typeof msg.to === 'string' ? msg.to : 'That user') + ' is not online. The message was not sent.';
+      text = [to, ' is not online. The message was not sent.'];
+    } else if (msg.code === 'recipient_busy') {
+      // The recipient's queue is full of private messages right now; later may work.
+      text = [to, ' cannot take more private messages right now. Yours was not delivered: try again in a moment.'];
+    } else if (msg.code === 'too_long') {
+      text = tooLong(pending.length ? textLength(pending[0].text) : 0);
+    } else if (msg.code === 'rate_limited') {
+      text = rateLimited();
     } else if (msg.code === 'cluster_unavailable') {
       // A cluster node lost touch with the others: a private message did not go out, a
       // room message reached only the people on this server.
@@ -280,7 +433,7 @@
         showSendError('The other chat servers cannot be reached right now: only people on this server got that.');
         return;
       }
-      text = 'The server cannot reach ' + msg.to + ' right now. The message was not sent.';
+      text = ['The server cannot reach ', to, ' right now. The message was not sent.'];
     } else {
       text = ERRORS[msg.code] || (typeof msg.message === 'string' ? msg.message : 'Error: ' + msg.code);
     }
@@ -289,6 +442,7 @@
     const lost = pending.shift();
     if (lost && lost.text && !el.message.value && msg.code !== 'empty') {
       el.message.value = lost.text;
+      renderCounter();
     }
   }
 
@@ -338,15 +492,16 @@
       const tag = document.createElement('span');
       tag.className = 'tag';
       tag.textContent = 'private';
-      who.append(tag, msg.from + ' → ' + msg.to);
+      who.append(tag, idNode(msg.from), ' → ', idNode(msg.to));
     } else {
-      who.textContent = msg.from;
+      who.append(idNode(msg.from));
     }
     const text = document.createElement('span');
     text.className = 'text';
     text.textContent = msg.text;
     line.append(who, timeOf(msg.ts), text);
     append(line);
+    return line;
   }
 
   function note(text, kind) {
@@ -354,7 +509,7 @@
     line.className = 'line note' + (kind ? ' ' + kind : '');
     const span = document.createElement('span');
     span.className = 'text';
-    span.textContent = text;
+    span.append(...parts(text));
     line.append(span, timeOf());
     append(line);
   }
@@ -447,7 +602,13 @@
   function pick(id) {
     el.to.value = id;
     if (el.to.value !== id) el.to.value = '';
-    if (id) unread.delete(lower(id));
+    if (id) {
+      // Picking someone opens the conversation with them: all of theirs counts as read.
+      unread.delete(lower(id));
+      for (const line of el.log.querySelectorAll('.msg[data-unread]')) {
+        if (lower(line.dataset.from) === lower(id)) delete line.dataset.unread;
+      }
+    }
     renderUsers();
     el.message.focus();
   }
@@ -456,31 +617,54 @@
 
   function showSendError(text) {
     clearTimeout(errorTimer);
-    el.sendError.textContent = text;
+    el.sendError.replaceChildren(...parts(text));
     errorTimer = setTimeout(() => {
       el.sendError.textContent = '';
     }, 8000);
   }
 
+  // "12 / 2000" beside the input once the server said its limit: quiet until the text nears
+  // the limit, red past it. An older server does not say, so there is nothing to count against.
+  function renderCounter() {
+    const n = textLength(el.message.value);
+    const max = limits.maxText;
+    el.counter.hidden = !max || n === 0;
+    if (el.counter.hidden) return;
+    el.counter.textContent = n + ' / ' + max;
+    el.counter.dataset.level = n > max ? 'over' : n >= max * NEAR_LIMIT ? 'near' : '';
+  }
+
   function send() {
     const text = el.message.value;
-    if (!text.trim()) {
+    if (!serverTrim(text)) {
       showSendError('Type something first.');
       return;
     }
     if (!ws || !online || ws.readyState !== WebSocket.OPEN) {
-      showSendError('Not connected: the message will not be sent until the connection is back.');
+      // Nothing is queued: say so, and leave the text in the field to send once connected.
+      showSendError('Not connected: this message cannot be sent until the connection is back. It stays in the field.');
+      return;
+    }
+    const length = textLength(text);
+    if (limits.maxText && length > limits.maxText) {
+      showSendError(tooLong(length));
       return;
     }
     const to = el.to.value;
     const frame = JSON.stringify(to ? { to: to, text: text } : { text: text });
-    if (new TextEncoder().encode(frame).length > MAX_FRAME) {
-      showSendError('That message is too long. It was not sent.');
+    // A frame over the server's --max-message closes the connection (1009), and the welcome
+    // does not state that limit: stay under its default. Within max_text this can still bite
+    // (1,000 emoji are 4,000 bytes), so it is checked whatever max_text says.
+    const bytes = new TextEncoder().encode(frame).length;
+    if (bytes > MAX_FRAME) {
+      showSendError('That message is too long to send: ' + bytes + ' bytes once encoded, and the server takes ' +
+        MAX_FRAME + '. It was not sent.');
       return;
     }
     ws.send(frame);
     pending.push({ text: text, to: to });
     el.message.value = '';
+    renderCounter();
     clearTimeout(errorTimer);
     el.sendError.textContent = '';
   }
@@ -513,6 +697,8 @@
     el.users.replaceChildren();
     el.to.value = '';
     el.message.value = '';
+    limits = { maxText: 0, rate: 0, burst: 0 };
+    renderCounter();
     el.sendError.textContent = '';
     el.jump.hidden = true;
     lostNoted = false;
@@ -534,6 +720,7 @@
     stop();
     resetChat();
     me = id;
+    announce();
     joined = false;
     el.loginError.textContent = '';
     el.join.disabled = true;
@@ -556,9 +743,17 @@
 
   el.to.addEventListener('change', () => pick(el.to.value));
 
+  el.message.addEventListener('input', renderCounter);
+
+  el.id.addEventListener('input', () => {
+    prefilled = '';
+  });
+
   el.log.addEventListener('scroll', () => {
     if (atBottom()) el.jump.hidden = true;
+    readVisible();
   });
+  window.addEventListener('resize', readVisible);
 
   el.jump.addEventListener('click', () => {
     el.log.scrollTop = el.log.scrollHeight;
@@ -576,15 +771,35 @@
 
   window.addEventListener('online', retryNow);
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible') retryNow();
+    if (document.visibilityState === 'visible') {
+      retryNow();
+      readVisible();
+    }
   });
 
-  try {
-    const saved = localStorage.getItem(STORE_KEY);
-    if (saved && ID_RE.test(saved)) el.id.value = saved;
-  } catch (e) {
-    // no storage: start empty
+  // Tell the other tabs this one's id is free when it closes (or goes into the back-forward
+  // cache), and that it is taken again if it comes back.
+  window.addEventListener('pagehide', () => {
+    if (channel) channel.postMessage({ tab: TAB, id: null });
+  });
+  window.addEventListener('pageshow', (ev) => {
+    if (ev.persisted) announce();
+  });
+
+  function prefill() {
+    if (me !== null || el.id.value) return; // joining already, or the user typed
+    prefilled = remembered();
+    el.id.value = prefilled;
   }
+
   setStatus('offline', 'offline');
   el.id.focus();
+  if (channel) {
+    // Ask which ids the open tabs use; they answer within milliseconds. A late answer still
+    // takes the pre-fill back (onmessage), as long as the user has not touched it.
+    channel.postMessage({ tab: TAB, ask: true });
+    setTimeout(prefill, 150);
+  } else {
+    prefill();
+  }
 })();

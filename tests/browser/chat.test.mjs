@@ -1,7 +1,7 @@
 // Real-browser tests of the chat page against the real server binary.
 // Run: node --test --test-concurrency=1 chat.test.mjs   (or scripts/browser-test.sh)
 
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join as pathJoin } from 'node:path';
 import {
@@ -10,6 +10,7 @@ import {
   launchBrowser,
   onlineIds,
   openPage,
+  openTab,
   say,
   sleep,
   startServer,
@@ -20,6 +21,60 @@ import {
 } from './harness.mjs';
 
 const T = { timeout: 90000 };
+
+// Roles whose accessible names people and tools look controls up by (Chromium's names).
+const NAMED_ROLES = new Set([
+  'button', 'textbox', 'searchbox', 'combobox', 'listbox', 'option', 'MenuListOption', 'checkbox',
+  'radio', 'link', 'log', 'list', 'region', 'main', 'navigation', 'complementary', 'form',
+  'search', 'banner', 'contentinfo', 'status', 'alert', 'tab', 'slider', 'spinbutton',
+]);
+
+/** Accessible names of the controls and landmarks Chromium exposes now (hidden ones are not). */
+async function axNames(p) {
+  const cdp = await p.context().newCDPSession(p);
+  try {
+    const { nodes } = await cdp.send('Accessibility.getFullAXTree');
+    return nodes
+      .filter((n) => !n.ignored && NAMED_ROLES.has(n.role?.value) && n.name?.value?.trim())
+      .map((n) => n.name.value.trim());
+  } finally {
+    await cdp.detach();
+  }
+}
+
+/** Asserts that no name in `names` contains another (ignoring case); equal names count. */
+function assertNoNameContainsAnother(names, where) {
+  names.forEach((a, i) => names.forEach((b, j) => {
+    if (i !== j) assert.ok(!b.toLowerCase().includes(a.toLowerCase()), `${where}: "${b}" contains "${a}" (all: ${names.join(' | ')})`);
+  }));
+}
+
+/**
+ * Fakes the chat's WebSocket for page `p` with playwright's routeWebSocket (the page itself
+ * still comes from the real server), to drive lines the real server does not send yet.
+ * `welcome` adds fields to the welcome; `reply(frame, ws, id)` answers each frame the page sends.
+ */
+async function fakeChat(p, welcome = {}, reply = echo) {
+  const fake = { frames: [], ws: null };
+  await p.routeWebSocket(/\/ws\?/, (ws) => {
+    fake.ws = ws;
+    const id = new URL(ws.url()).searchParams.get('id');
+    ws.onMessage((m) => {
+      const frame = JSON.parse(m);
+      fake.frames.push(frame);
+      reply(frame, ws, id);
+    });
+    ws.send(JSON.stringify({ type: 'welcome', id, users: [id], total: 1, ...welcome }));
+  });
+  fake.send = (obj) => fake.ws.send(JSON.stringify(obj));
+  return fake;
+}
+
+/** What the server does with a good message: echo it to the sender, stamped. */
+function echo(frame, ws, id) {
+  const to = typeof frame.to === 'string' ? { to: frame.to } : {};
+  ws.send(JSON.stringify({ type: 'message', from: id, ...to, text: frame.text.trim(), ts: Date.now() }));
+}
 
 let browser;
 let server;
@@ -47,8 +102,13 @@ describe('chat page in chromium', () => {
     server = await startServer();
   });
 
-  after(async () => {
+  // A test that failed half-way leaves its pages (and their ids) behind: close them, so
+  // that the next test starts clean instead of failing on a taken id.
+  afterEach(async () => {
     for (const p of pages.splice(0)) await p.context().close().catch(() => {});
+  });
+
+  after(async () => {
     await browser?.close();
     await server?.stop('SIGTERM');
   });
@@ -107,14 +167,8 @@ describe('chat page in chromium', () => {
     await waitForLine(carol, 'after the secret');
     assert.equal(await carol.locator('#log', { hasText: 'psst bob' }).count(), 0, 'carol never sees it');
 
-    // Unread count on bob's side, reset by picking alice.
-    const badge = bob.locator('#users button[data-id="alice"] .unread');
-    assert.equal(await badge.textContent(), '1');
-    await say(alice, 'second secret', 'bob');
-    await waitForLine(bob, 'second secret');
-    assert.equal(await badge.textContent(), '2');
+    // (Unread counts: their own test below.)
     await bob.locator('#users button[data-id="alice"]').click();
-    assert.equal(await badge.count(), 0, 'reading clears the count');
     assert.equal(await bob.getByLabel('To').inputValue(), 'alice', 'clicking a user picks them');
     assert.equal(await bob.evaluate(() => document.activeElement.id), 'message');
     await say(bob, 'hi alice', null);
@@ -155,10 +209,12 @@ describe('chat page in chromium', () => {
     assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), 'are you there?', 'refused text is given back');
     assert.equal(await alice.locator('#send-error').getAttribute('aria-live'), 'polite');
 
-    // Over --max-text (1000) but under --max-message: the server answers too_long.
+    // Over --max-text (1000), which the welcome states: refused before sending, the limit named.
+    // (The server's own too_long is driven through a faked socket below.)
     const long = 'y'.repeat(1500);
     await say(alice, long, '');
-    await alice.locator('#send-error', { hasText: 'too long' }).waitFor();
+    await alice.locator('#send-error', { hasText: 'too long (1500 characters): the limit is 1000' }).waitFor();
+    assert.equal(await alice.locator('#counter').textContent(), '1500 / 1000');
     assert.equal(await alice.locator('#log .msg').count(), 0, 'no chat line for a refused message');
     assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), long);
     // Over --max-message: refused before sending, so the connection stays up.
@@ -348,6 +404,284 @@ describe('chat page in chromium', () => {
       await own.stop();
       await again?.stop();
     }
+  });
+
+  it('two tabs of one browser do not pre-fill the same id, and both can chat', T, async () => {
+    // The README's recipe: two tabs of one browser (one profile, shared localStorage).
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const tab = async () => {
+      const p = await openTab(ctx, server.url);
+      pages.push(p);
+      return p;
+    };
+    const idOf = (p) => p.getByLabel('Your id', { exact: true }).inputValue();
+    const a = await tab();
+    await sleep(1000); // a pre-fill would be there by now
+    assert.equal(await idOf(a), '', 'a fresh browser remembers nothing');
+    await join(a, 'alice');
+
+    const b = await tab();
+    await sleep(1000);
+    assert.equal(await idOf(b), '', 'a second tab does not offer the id the first one is using');
+    // Typed anyway: the server refuses it, and the page says where the id is in use.
+    await submitId(b, 'ALICE');
+    await b.locator('#login-error', { hasText: 'in use in another tab' }).waitFor();
+    await join(b, 'bob');
+    await say(a, 'hello from tab one');
+    await waitForLine(b, 'hello from tab one');
+    await say(b, 'hi from tab two', 'alice');
+    await waitForLine(a, 'hi from tab two');
+
+    const c = await tab();
+    await sleep(1000);
+    assert.equal(await idOf(c), '', 'both remembered ids are in use');
+
+    // A reloaded tab gets its own id back, not the last id any tab joined with (bob).
+    await a.reload();
+    await a.waitForFunction(() => document.getElementById('id').value === 'alice', null, { timeout: 5000 });
+    // Once no tab uses the last id, a new tab offers it again.
+    await b.close();
+    const d = await tab();
+    await d.waitForFunction(() => document.getElementById('id').value === 'bob', null, { timeout: 5000 });
+    await closeAll();
+  });
+
+  it('the unread badge counts only private lines not yet seen in the log', T, async () => {
+    const alice = await page();
+    const bob = await page();
+    await join(alice, 'alice');
+    await join(bob, 'bob');
+    const badge = bob.locator('#users button[data-id="alice"] .unread');
+
+    // bob follows the log at the bottom: a private line lands in view and is read at once.
+    await say(alice, 'seen at once', 'bob');
+    await waitForLine(bob, 'seen at once');
+    await sleep(300);
+    assert.equal(await badge.count(), 0, 'no badge for a line already in view');
+    assert.equal(await bob.title(), 'chatloop');
+
+    // bob scrolls up to older lines; two private lines arrive below, out of view.
+    for (let i = 0; i < 30; i++) await say(alice, `fill ${i}`, i === 0 ? '' : null);
+    await waitForLine(bob, 'fill 29');
+    await bob.$eval('#log', (l) => { l.scrollTop = 0; });
+    await sleep(100);
+    await say(alice, 'secret one', 'bob');
+    await say(alice, 'secret two', null);
+    await waitForLine(bob, 'secret two');
+    assert.equal(await badge.textContent(), '2', 'unread while out of view');
+    assert.equal(await bob.title(), '(2) chatloop');
+
+    // Scrolling down to them reads them.
+    await bob.getByRole('button', { name: 'New lines below' }).click();
+    await bob.waitForFunction(() => !document.querySelector('#users .unread'), null, { timeout: 5000 });
+    assert.equal(await bob.title(), 'chatloop');
+
+    // Picking the sender reads theirs too, wherever the log is.
+    await bob.$eval('#log', (l) => { l.scrollTop = 0; });
+    await sleep(100);
+    await say(alice, 'secret three', null);
+    await waitForLine(bob, 'secret three');
+    assert.equal(await badge.textContent(), '1');
+    await bob.locator('#users button[data-id="alice"]').click();
+    assert.equal(await badge.count(), 0, 'picking the sender clears the count');
+    assert.equal(await bob.title(), 'chatloop');
+    await closeAll();
+  });
+
+  it('while offline, says plainly that the message cannot be sent and keeps it', T, async () => {
+    const own = await startServer();
+    const alice = await openPage(browser, own.url);
+    try {
+      await join(alice, 'alice');
+      await own.stop();
+      await waitForState(alice, 'reconnecting');
+      await say(alice, 'typed while offline', null);
+      const hint = alice.locator('#send-error');
+      await hint.filter({ hasText: 'cannot be sent until the connection is back' }).waitFor();
+      assert.doesNotMatch(await hint.textContent(), /will not be sent/i, 'no wording that suggests a queue');
+      assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), 'typed while offline');
+    } finally {
+      await alice.context().close();
+      await own.stop();
+    }
+  });
+
+  it('no accessible name contains another; getByLabel("Message") finds the input alone', T, async () => {
+    const p = await page();
+    const login = await axNames(p);
+    assertNoNameContainsAnother(login, 'id form');
+    await join(p, 'alice');
+    // Show what is normally hidden, so that its name counts too.
+    await p.evaluate(() => {
+      document.getElementById('jump').hidden = false;
+      const counter = document.getElementById('counter');
+      if (counter) {
+        counter.hidden = false;
+        counter.textContent = '1 / 10';
+      }
+    });
+    const chat = await axNames(p);
+    assertNoNameContainsAnother(chat, 'chat');
+    for (const name of ['Chat log', 'Message', 'To', 'Send', 'Online', 'Leave']) {
+      assert.ok(chat.includes(name), `"${name}" among ${chat.join(' | ')}`);
+    }
+    assertNoNameContainsAnother([...new Set([...login, ...chat])], 'both screens');
+    assert.equal(await p.getByLabel('Message').count(), 1, 'strict mode finds one element');
+    await p.getByLabel('Message').fill('found');
+    assert.equal(await p.getByRole('log', { name: 'Chat log' }).count(), 1);
+    await closeAll();
+  });
+
+  it('shows ids in a monospace face (Online list, picker, senders, status)', T, async () => {
+    const alice = await page();
+    const bob = await page();
+    await join(alice, 'alice');
+    await join(bob, 'bob');
+    await say(bob, 'hello room', '');
+    await say(bob, 'hello alice', 'alice');
+    await waitForLine(alice, 'hello alice');
+    const faces = await alice.evaluate(() => {
+      const where = {
+        'Online list': '#users li[data-id="bob"] .name',
+        'you in the Online list': '#users li[data-id="alice"] .name',
+        picker: '#to',
+        'room sender': '#log .msg:not(.private) .who .id',
+        'private sender': '#log .msg.private .who .id',
+        status: '#status-text .id',
+        'id field': '#id',
+      };
+      const ctx = document.createElement('canvas').getContext('2d');
+      return Object.entries(where).map(([what, sel]) => {
+        const n = document.querySelector(sel);
+        if (!n) return { what, missing: sel };
+        const cs = getComputedStyle(n);
+        ctx.font = `${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+        // In a monospace face every glyph is as wide as every other.
+        return { what, narrow: ctx.measureText('lIi1.').width, wide: ctx.measureText('MW0Om').width, font: cs.fontFamily };
+      });
+    });
+    for (const f of faces) {
+      assert.ok(!f.missing, `${f.what}: nothing at ${f.missing}`);
+      assert.ok(Math.abs(f.narrow - f.wide) < 0.5, `${f.what}: not monospace (${f.font}: ${f.narrow} vs ${f.wide})`);
+    }
+    await closeAll();
+  });
+
+  it('counts and limits the text by the welcome\'s max_text, in code points', T, async () => {
+    const p = await page();
+    const fake = await fakeChat(p, { max_text: 10, rate_limit: 20, burst: 40 }, (frame, ws, id) => {
+      if (frame.text === 'toolong') ws.send(JSON.stringify({ type: 'error', code: 'too_long', message: 'text too long' }));
+      else if (frame.text === 'fast') ws.send(JSON.stringify({ type: 'error', code: 'rate_limited', message: 'slow down' }));
+      else echo(frame, ws, id);
+    });
+    await join(p, 'alice');
+    const field = p.getByLabel('Message', { exact: true });
+    const counter = p.locator('#counter');
+    assert.equal(await counter.isVisible(), false, 'no counter while the field is empty');
+    await field.fill('hello');
+    assert.equal(await counter.textContent(), '5 / 10');
+    assert.equal(await counter.getAttribute('data-level'), '', 'quiet far from the limit');
+
+    // 10 code points, 20 UTF-16 units; the spaces around are trimmed, as the server does.
+    const emoji = '😀'.repeat(10);
+    await field.fill('  ' + emoji + ' ');
+    assert.equal(await counter.textContent(), '10 / 10');
+    assert.equal(await counter.getAttribute('data-level'), 'near');
+    await field.press('Enter');
+    await waitForLine(p, emoji);
+    assert.equal(fake.frames.length, 1);
+    assert.equal(await counter.isVisible(), false, 'the field is empty again');
+
+    // Over the limit: refused before sending, with the limit named; the text stays.
+    await field.fill('abcdefghijk');
+    assert.equal(await counter.textContent(), '11 / 10');
+    assert.equal(await counter.getAttribute('data-level'), 'over');
+    await field.press('Enter');
+    await p.locator('#send-error', { hasText: 'the limit is 10 characters' }).waitFor();
+    assert.equal(fake.frames.length, 1, 'nothing sent');
+    assert.equal(await field.inputValue(), 'abcdefghijk');
+
+    // The server has the last word: its too_long names the limit too, and gives the text back.
+    await field.fill('toolong');
+    await field.press('Enter');
+    await p.locator('#send-error', { hasText: 'too long (7 characters): the limit is 10 characters' }).waitFor();
+    assert.equal(fake.frames.length, 2);
+    assert.equal(await field.inputValue(), 'toolong');
+    await field.fill('fast');
+    await field.press('Enter');
+    await p.locator('#send-error', { hasText: 'the limit is 20 a second (bursts of 40)' }).waitFor();
+
+    // Within max_text but past the server's frame limit (4 bytes an emoji): refused before
+    // sending, since such a frame would close the connection.
+    const wide = await page();
+    const wideFake = await fakeChat(wide, { max_text: 2000 });
+    await join(wide, 'carol');
+    await wide.getByLabel('Message', { exact: true }).fill('😀'.repeat(1500));
+    assert.equal(await wide.locator('#counter').textContent(), '1500 / 2000');
+    await wide.getByLabel('Message', { exact: true }).press('Enter');
+    await wide.locator('#send-error', { hasText: 'bytes once encoded' }).waitFor();
+    assert.equal(wideFake.frames.length, 0, 'nothing sent');
+
+    // An older server says no limits: no counter, and the messages say what they can.
+    const old = await page();
+    await fakeChat(old, {}, (frame, ws) => ws.send(JSON.stringify({ type: 'error', code: 'too_long', message: 'text too long' })));
+    await join(old, 'bob');
+    await old.getByLabel('Message', { exact: true }).fill('x'.repeat(50));
+    assert.equal(await old.locator('#counter').isVisible(), false);
+    await old.getByLabel('Message', { exact: true }).press('Enter');
+    await old.locator('#send-error', { hasText: 'too long' }).waitFor();
+    assert.doesNotMatch(await old.locator('#send-error').textContent(), /limit/);
+    await closeAll();
+  });
+
+  it('presents the resume token when it reconnects after the server closed it', T, async () => {
+    const p = await page();
+    const urls = [];
+    await p.routeWebSocket(/\/ws\?/, (ws) => {
+      urls.push(ws.url());
+      const n = urls.length;
+      const id = new URL(ws.url()).searchParams.get('id');
+      ws.send(JSON.stringify({ type: 'welcome', id, users: [id], total: 1, resume: 'tok' + n, ...(n > 1 ? { resumed: true } : {}) }));
+      // The first session is closed by the server, as a slow consumer would be.
+      if (n === 1) setTimeout(() => ws.close({ code: 1008, reason: 'slow consumer' }), 500);
+    });
+    await join(p, 'alice');
+    for (let i = 0; urls.length < 2 && i < 200; i++) await sleep(50);
+    assert.equal(urls.length, 2, 'the page reconnected');
+    await waitForState(p, 'connected');
+    await p.locator('#log .note', { hasText: 'Reconnected' }).waitFor();
+    assert.equal(new URL(urls[0]).searchParams.get('resume'), null, 'a first join has no token to present');
+    assert.equal(new URL(urls[1]).searchParams.get('resume'), 'tok1', 'the reconnect presents the welcome\'s token');
+    await closeAll();
+  });
+
+  it('takes a users line as the whole Online list, and shows recipient_busy next to the input', T, async () => {
+    const p = await page();
+    const fake = await fakeChat(p, { users: ['alice', 'bob'], total: 2 }, (frame, ws, id) => {
+      if (frame.to === 'carol') {
+        ws.send(JSON.stringify({ type: 'error', code: 'recipient_busy', to: 'carol', message: 'carol is busy' }));
+      } else {
+        echo(frame, ws, id);
+      }
+    });
+    await join(p, 'alice');
+    assert.deepEqual(await onlineIds(p), ['alice', 'bob']);
+
+    // Presence resumes after a crowd: the server sends the whole truth in one line.
+    fake.send({ type: 'users', users: ['carol', 'alice', 'dave'], total: 5 });
+    await waitForOnline(p, 'bob', false);
+    assert.deepEqual(await onlineIds(p), ['alice', 'carol', 'dave']);
+    assert.equal(await p.locator('#count').textContent(), '5 (2 not listed)');
+    assert.deepEqual(await p.$$eval('#to option', (os) => os.map((o) => o.value)), ['', 'carol', 'dave']);
+
+    await say(p, 'hi carol', 'carol');
+    const error = p.locator('#send-error');
+    await error.filter({ hasText: 'not delivered' }).waitFor();
+    assert.match(await error.textContent(), /^carol cannot take more private messages right now/);
+    assert.equal(await error.locator('.id').textContent(), 'carol', 'the id in the id face');
+    assert.equal(await p.getByLabel('Message', { exact: true }).inputValue(), 'hi carol', 'the text is given back');
+    assert.equal(await p.locator('#log .msg').count(), 0, 'no chat line for it');
+    await closeAll();
   });
 
   it('looks right on a desktop and on a phone (screenshots in artifacts/)', T, async () => {

@@ -108,6 +108,11 @@ export async function launchBrowser() {
  */
 export async function openPage(browser, url, opts = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, ...opts });
+  return openTab(context, url);
+}
+
+/** Another tab in `context` (same browser profile: shared localStorage), at `url`. */
+export async function openTab(context, url) {
   const page = await context.newPage();
   page.problems = [];
   page.on('pageerror', (e) => page.problems.push('pageerror: ' + e.message));
