@@ -8,7 +8,7 @@
   const BACKOFF_MAX = 10000; // never more than 10 s apart
   const STABLE_MS = 10000; // a connection that lived this long resets the back-off
   const CONNECT_TIMEOUT = 10000; // no welcome by then: drop and retry
-  const MAX_FRAME = 4096; // the server's default --max-message; bigger frames close the socket
+  const MAX_FRAME = 4096; // an older server's --max-message (one whose welcome has no max_text)
   const MAX_LINES = 1000; // log lines kept
   const STORE_KEY = 'chatloop.id';
   const NEAR_LIMIT = 0.9; // the length counter stands out from this share of max_text on
@@ -652,11 +652,11 @@
     }
     const to = el.to.value;
     const frame = JSON.stringify(to ? { to: to, text: text } : { text: text });
-    // A frame over the server's --max-message closes the connection (1009), and the welcome
-    // does not state that limit: stay under its default. Within max_text this can still bite
-    // (1,000 emoji are 4,000 bytes), so it is checked whatever max_text says.
+    // A server that states max_text guarantees that any text within it fits its frame limit
+    // (--max-message is derived from --max-text for the worst encoding, and a smaller one is
+    // refused at start-up). An older server does not: stay under its old default there.
     const bytes = new TextEncoder().encode(frame).length;
-    if (bytes > MAX_FRAME) {
+    if (!limits.maxText && bytes > MAX_FRAME) {
       showSendError('That message is too long to send: ' + bytes + ' bytes once encoded, and the server takes ' +
         MAX_FRAME + '. It was not sent.');
       return;
