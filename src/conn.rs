@@ -31,8 +31,8 @@ pub const READ_BUDGET: u32 = 64 * 1024;
 
 /// The socket and everything queued for it. tungstenite writes its frames (pong, close, echo)
 /// here too, so every byte a connection sends goes through one ordered, capped queue.
-pub struct Peer {
-    pub sock: TcpStream,
+pub struct Peer<S = TcpStream> {
+    pub sock: S,
     pub out: Outbox,
     /// The soft cap on the queue's charge (`--queue-cap`); the hard cap is `HARD_FACTOR` times it.
     pub cap: u32,
@@ -58,7 +58,24 @@ pub struct Peer {
     pub hup: bool,
 }
 
-impl Peer {
+impl<S: Read + Write> Peer<S> {
+    pub fn new(sock: S, cap: u32) -> Self {
+        Peer {
+            sock,
+            out: Outbox::default(),
+            cap,
+            read_left: READ_BUDGET,
+            since_message: 0,
+            early: 0,
+            starved: false,
+            blocked: false,
+            overflow: false,
+            closing: false,
+            drained: false,
+            hup: false,
+        }
+    }
+
     pub fn hard_cap(&self) -> usize {
         (self.cap as usize).saturating_mul(HARD_FACTOR)
     }
@@ -79,7 +96,7 @@ impl Peer {
     }
 }
 
-impl Read for Peer {
+impl<S: Read> Read for Peer<S> {
     /// Reads within the turn's budget, and reports WouldBlock after a short read instead of
     /// asking the kernel again: that second `read` was one syscall in four on the
     /// private-message path.
@@ -100,7 +117,7 @@ impl Read for Peer {
     }
 }
 
-impl Write for Peer {
+impl<S: Read + Write> Write for Peer<S> {
     /// Queues, never writes (but see `make_room`): the loop drains the outbox.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let chunk = bytes::Bytes::copy_from_slice(buf);
@@ -216,20 +233,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(sock: TcpStream, addr: SocketAddr, cap: u32, generation: u32, now: Instant) -> Self {
         Conn {
-            peer: Peer {
-                sock,
-                out: Outbox::default(),
-                cap,
-                read_left: READ_BUDGET,
-                since_message: 0,
-                early: 0,
-                starved: false,
-                blocked: false,
-                overflow: false,
-                closing: false,
-                drained: false,
-                hup: false,
-            },
+            peer: Peer::new(sock, cap),
             phase: Phase::Request { buf: Vec::new() },
             generation,
             addr,
@@ -273,6 +277,56 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that never runs dry: after one text frame with FIN=0, empty continuation frames
+    /// for ever. Writes go nowhere.
+    struct Endless {
+        read: usize,
+    }
+
+    impl Read for Endless {
+        /// Fills the whole buffer, as a socket with plenty queued does (frames split anywhere).
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            const FIRST: [u8; 7] = [0x01, 0x81, 1, 2, 3, 4, b'x' ^ 1]; // "x", FIN=0, masked
+            const EMPTY: [u8; 6] = [0x00, 0x80, 1, 2, 3, 4]; // continuation, masked, empty
+            for b in buf.iter_mut() {
+                *b = match self.read.checked_sub(FIRST.len()) {
+                    None => FIRST[self.read],
+                    Some(i) => EMPTY[i % EMPTY.len()],
+                };
+                self.read += 1;
+            }
+            Ok(buf.len())
+        }
+    }
+
+    impl Write for Endless {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_message_that_never_ends_on_a_socket_that_never_runs_dry_yields_after_the_budget() {
+        use tungstenite::protocol::{Role, WebSocketConfig};
+        let cfg = WebSocketConfig::default().read_buffer_size(256).max_message_size(Some(64 << 20));
+        let mut ctx = WebSocketContext::new(Role::Server, Some(cfg));
+        let mut peer = Peer::new(Endless { read: 0 }, 1 << 20);
+        for turn in 1..=3u32 {
+            peer.read_left = READ_BUDGET;
+            peer.starved = false;
+            match ctx.read(&mut peer) {
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => panic!("turn {turn}: {other:?}"),
+            }
+            assert!(peer.starved, "the budget, not the socket, ended the turn");
+            assert_eq!(peer.sock.read, (READ_BUDGET * turn) as usize, "exactly the budget each turn");
+            assert_eq!(peer.since_message, READ_BUDGET * turn, "the message's wire bytes are counted");
+        }
+    }
 
     #[test]
     fn bucket_allows_a_burst_of_twice_the_rate_then_the_rate() {
