@@ -1,7 +1,10 @@
 //! Scale-out through Redis: what nodes tell each other, and the id registry's commands.
 //!
-//! Every node subscribes to two channels: `chatloop:all` (room messages, presence, hello,
-//! heartbeat, goodbye) and `chatloop:node:<its id>` (private messages, rosters, bounces).
+//! Every node subscribes to `chatloop:all` (presence, hello, heartbeat, goodbye),
+//! `chatloop:node:<its id>` (private messages, rosters, bounces), and `chatloop:room:<name>`
+//! for each room it has a member in (that room's messages): a node receives only the room
+//! traffic its own users need. It subscribes on the first local join of a room and
+//! unsubscribes on the last local leave.
 //! Payloads are one header line of space-separated fields (ids and node ids never contain a
 //! space or newline), then, for chat messages, `\n` and the JSON line exactly as clients
 //! get it, so a receiving node forwards a slice of the payload without re-encoding.
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub const ALL: &[u8] = b"chatloop:all";
 const NODE_PREFIX: &str = "chatloop:node:";
+const ROOM_PREFIX: &str = "chatloop:room:";
 pub const KEY_PREFIX: &str = "chatloop:id:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
@@ -42,10 +46,23 @@ return 0";
 /// A message between nodes. `&str` fields borrow the payload.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg<'a> {
-    /// A room message from `node`; `line` is the client JSON line.
+    /// A message to `room` from `node`; `line` is the client JSON line.
     Room {
         node: &'a str,
+        room: &'a str,
         line: Bytes,
+    },
+    /// `id` on `node` joined `room`.
+    RoomJoin {
+        node: &'a str,
+        id: &'a str,
+        room: &'a str,
+    },
+    /// `id` on `node` left `room`.
+    RoomLeave {
+        node: &'a str,
+        id: &'a str,
+        room: &'a str,
     },
     Join {
         node: &'a str,
@@ -59,19 +76,21 @@ pub enum Msg<'a> {
     Hello {
         node: &'a str,
     },
-    /// A node is alive and has `count` users.
+    /// A node is alive and has `count` users in `memberships` room memberships in all.
     Beat {
         node: &'a str,
         count: usize,
+        memberships: usize,
     },
     /// A node is shutting down: its users are gone.
     Bye {
         node: &'a str,
     },
-    /// Every user on `node` (a reply to Hello or Query).
+    /// Every user on `node` with the rooms it is in (a reply to Hello or Query). On the wire
+    /// each id is followed by its rooms, each marked with `@`.
     Roster {
         node: &'a str,
-        ids: Vec<&'a str>,
+        members: Vec<(&'a str, Vec<&'a str>)>,
     },
     /// `node` asks for our roster.
     Query {
@@ -102,6 +121,8 @@ impl<'a> Msg<'a> {
         match *self {
             Msg::Bounce { .. } | Msg::Busy { .. } => None,
             Msg::Room { node, .. }
+            | Msg::RoomJoin { node, .. }
+            | Msg::RoomLeave { node, .. }
             | Msg::Join { node, .. }
             | Msg::Leave { node, .. }
             | Msg::Hello { node }
@@ -120,10 +141,12 @@ impl<'a> Msg<'a> {
             None => (&payload[..], None),
         };
         let head = std::str::from_utf8(head).ok()?;
-        // Every field we send is a kind, a node id, an id or a count: 1 to 64 of A-Z a-z 0-9
-        // _ - . (an empty one would mean a double space). Anything else is not our format.
+        // Every field we send is a kind, a node id, an id, a room (`@room` in a roster) or a
+        // count: 1 to 64 of A-Z a-z 0-9 _ - . @ (an empty one would mean a double space).
+        // Anything else is not our format.
         let token = |f: &str| {
-            (1..=64).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            (1..=64).contains(&f.len())
+                && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
         };
         if !head.split(' ').all(token) {
             return None;
@@ -132,13 +155,27 @@ impl<'a> Msg<'a> {
         let kind = f.next()?;
         let node = f.next()?;
         let msg = match (kind, body) {
-            ("M", Some(line)) => Msg::Room { node, line },
+            ("M", Some(line)) => Msg::Room { node, room: f.next()?, line },
             ("J", None) => Msg::Join { node, id: f.next()? },
             ("L", None) => Msg::Leave { node, id: f.next()? },
+            ("j", None) => Msg::RoomJoin { node, id: f.next()?, room: f.next()? },
+            ("l", None) => Msg::RoomLeave { node, id: f.next()?, room: f.next()? },
             ("H", None) => Msg::Hello { node },
-            ("B", None) => Msg::Beat { node, count: f.next()?.parse().ok()? },
+            ("B", None) => {
+                Msg::Beat { node, count: f.next()?.parse().ok()?, memberships: f.next()?.parse().ok()? }
+            }
             ("G", None) => Msg::Bye { node },
-            ("R", None) => return Some(Msg::Roster { node, ids: f.collect() }),
+            ("R", None) => {
+                let mut members: Vec<(&str, Vec<&str>)> = Vec::new();
+                for field in f {
+                    match (field.strip_prefix('@'), members.last_mut()) {
+                        (Some(room), Some((_, rooms))) => rooms.push(room),
+                        (Some(_), None) => return None, // a room before any id
+                        (None, _) => members.push((field, Vec::new())),
+                    }
+                }
+                return Some(Msg::Roster { node, members });
+            }
             ("Q", None) => Msg::Query { node },
             ("P", Some(line)) => Msg::Private { node, to: f.next()?, from: f.next()?, line },
             // A bounce names no node: its first field is the recipient.
@@ -169,6 +206,26 @@ pub fn payload(fields: &[&str], body: Option<&[u8]>) -> Vec<u8> {
 /// The channel a node listens on for messages addressed to it.
 pub fn node_channel(node: &str) -> Vec<u8> {
     format!("{NODE_PREFIX}{node}").into_bytes()
+}
+
+/// The channel of room `room`'s messages.
+pub fn room_channel(room: &str) -> Vec<u8> {
+    format!("{ROOM_PREFIX}{room}").into_bytes()
+}
+
+/// The room a room channel carries, if `channel` is one.
+pub fn channel_room(channel: &[u8]) -> Option<&str> {
+    std::str::from_utf8(channel.strip_prefix(ROOM_PREFIX.as_bytes())?).ok()
+}
+
+/// The fields of a roster of `members` (id, then its rooms as `@room`), after "R node".
+pub fn roster_fields<'a>(members: impl Iterator<Item = (&'a str, Vec<&'a str>)>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, rooms) in members {
+        out.push(id.to_string());
+        out.extend(rooms.into_iter().map(|r| format!("@{r}")));
+    }
+    out
 }
 
 /// A fresh node id: 16 hex digits, random per process, so that a restarted node never
@@ -291,11 +348,22 @@ impl Cluster {
         true
     }
 
-    /// The link just came up: subscribe, then say hello so that the others send rosters.
-    pub fn subscribed(&mut self) -> bool {
+    /// The link just came up: subscribe (to the shared channels and to `rooms`, the rooms
+    /// with local members), then say hello so that the others send rosters.
+    pub fn subscribed<'a>(&mut self, rooms: impl Iterator<Item = &'a str>) -> bool {
         self.counters.connects += 1;
         let mine = self.mine.clone();
-        self.link.send(&[b"SUBSCRIBE", ALL, &mine]) && self.publish(ALL, &payload(&["H", &self.node], None))
+        let channels: Vec<Vec<u8>> = rooms.map(room_channel).collect();
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", ALL, &mine];
+        args.extend(channels.iter().map(|c| &c[..]));
+        self.link.send(&args) && self.publish(ALL, &payload(&["H", &self.node], None))
+    }
+
+    /// Starts (`on`) or stops hearing room `room`'s messages. Redis confirms with a push,
+    /// not a reply, so nothing is awaited.
+    pub fn listen(&mut self, room: &str, on: bool) -> bool {
+        let verb: &[u8] = if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
+        self.link.send(&[verb, &room_channel(room)])
     }
 
     /// Publishes to a channel; false if the link is down or full.
@@ -421,16 +489,25 @@ mod tests {
     #[test]
     fn every_message_round_trips_and_junk_is_refused() {
         let line = r#"{"type":"message","from":"a","text":"x y\nz","ts":1}"#;
-        let p = payload(&["M", "n1"], Some(line.as_bytes()));
+        let p = payload(&["M", "n1", "lobby"], Some(line.as_bytes()));
         let b = Bytes::from(p);
-        assert_eq!(Msg::parse(&b), Some(Msg::Room { node: "n1", line: Bytes::from(line) }));
+        assert_eq!(Msg::parse(&b), Some(Msg::Room { node: "n1", room: "lobby", line: Bytes::from(line) }));
+        assert_eq!(parse("j n1 alice dev"), Some(Msg::RoomJoin { node: "n1", id: "alice", room: "dev" }));
+        assert_eq!(parse("l n1 alice dev"), Some(Msg::RoomLeave { node: "n1", id: "alice", room: "dev" }));
         assert_eq!(parse("J n1 alice"), Some(Msg::Join { node: "n1", id: "alice" }));
         assert_eq!(parse("L n1 alice"), Some(Msg::Leave { node: "n1", id: "alice" }));
         assert_eq!(parse("H n1"), Some(Msg::Hello { node: "n1" }));
-        assert_eq!(parse("B n1 12"), Some(Msg::Beat { node: "n1", count: 12 }));
+        assert_eq!(parse("B n1 12 30"), Some(Msg::Beat { node: "n1", count: 12, memberships: 30 }));
         assert_eq!(parse("G n1"), Some(Msg::Bye { node: "n1" }));
-        assert_eq!(parse("R n1"), Some(Msg::Roster { node: "n1", ids: vec![] }));
-        assert_eq!(parse("R n1 a b"), Some(Msg::Roster { node: "n1", ids: vec!["a", "b"] }));
+        assert_eq!(parse("R n1"), Some(Msg::Roster { node: "n1", members: vec![] }));
+        assert_eq!(
+            parse("R n1 a @lobby @dev b"),
+            Some(Msg::Roster { node: "n1", members: vec![("a", vec!["lobby", "dev"]), ("b", vec![])] })
+        );
+        let fields = roster_fields([("a", vec!["lobby", "dev"]), ("b", vec![])].into_iter());
+        assert_eq!(fields, ["a", "@lobby", "@dev", "b"]);
+        assert_eq!(channel_room(&room_channel("dev")), Some("dev"));
+        assert_eq!(channel_room(ALL), None);
         assert_eq!(parse("Q n1"), Some(Msg::Query { node: "n1" }));
         assert_eq!(
             parse("P n1 bob alice\n{}"),
@@ -441,9 +518,13 @@ mod tests {
         for junk in [
             "",
             "M n1",
+            "M n1 lobby",
+            "j n1 a",
+            "R n1 @dev a",
             "J n1",
             "J n1 a b",
             "B n1 x",
+            "B n1 1",
             "Z n1",
             "P n1 bob",
             "H n1\nbody",

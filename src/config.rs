@@ -27,6 +27,9 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub presence_limit: usize,
+    /// Rooms on the server, and rooms one connection may be in (`lobby` included).
+    pub max_rooms: usize,
+    pub max_rooms_per_user: usize,
     pub echo: bool,
     pub metrics_allow: Vec<Cidr>,
     pub shutdown_grace: Duration,
@@ -59,6 +62,8 @@ impl Default for Config {
             ping_interval: Duration::from_secs(54),
             idle_timeout: Duration::from_secs(60),
             presence_limit: 256,
+            max_rooms: 10_000,
+            max_rooms_per_user: 32,
             echo: false,
             metrics_allow: Cidr::loopback(),
             shutdown_grace: Duration::from_secs(2),
@@ -112,8 +117,13 @@ Flags:
   --ping-interval SECS        ping every client this often; must be shorter than
                               --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
   --idle-timeout SECS         close a client that sent nothing, not even a pong [default: 60]
-  --presence-limit N          above N users, no join/leave events and the welcome lists
-                              N ids [default: 256]
+  --presence-limit N          per room: above N members, no join/leave events, and
+                              rosters (welcome, joined) and the directory list N entries
+                              [default: 256]
+  --max-rooms N               rooms on the server; a join that would create one more gets
+                              too_many_rooms [default: 10000]
+  --max-rooms-per-user N      rooms one connection may be in, lobby included
+                              [default: 32]
   --metrics-allow CIDR        who may read /metrics (e.g. 10.0.0.0/8); repeatable
                               [default: 127.0.0.0/8 and ::1]
   --shutdown-grace SECS       on SIGTERM/SIGINT, close every session with 1001 and drain
@@ -205,6 +215,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--max-text" => cfg.max_text = positive(&flag, &cli.value()?)?,
             "--queue-cap" => cfg.queue_cap = positive(&flag, &cli.value()?)?,
             "--presence-limit" => cfg.presence_limit = whole(&flag, &cli.value()?)?,
+            "--max-rooms" => cfg.max_rooms = positive(&flag, &cli.value()?)?,
+            "--max-rooms-per-user" => cfg.max_rooms_per_user = positive(&flag, &cli.value()?)?,
             "--rate-limit" => {
                 cfg.rate_limit =
                     u32::try_from(whole(&flag, &cli.value()?)?).map_err(|_| format!("{flag}: too large"))?

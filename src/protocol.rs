@@ -7,33 +7,87 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// What a client may send: a room message, or a private one when `to` is set.
-/// Unknown fields (a forged `from`, say) are ignored on purpose: the server stamps the sender.
-/// `to` must be a string when present: `"to":null` (a client's `picked ?? null`) is refused,
-/// never read as "no recipient", because that would publish private text to the room.
-#[derive(Debug, Deserialize, PartialEq)]
-pub struct Incoming<'a> {
+type Text<'a> = std::borrow::Cow<'a, str>;
+
+/// The fields a client frame may carry. Unknown fields (a forged `from`, say) are ignored on
+/// purpose: the server stamps the sender. Every field must have its type when present:
+/// `"to":null` (a client's `picked ?? null`) is refused, never read as "no recipient",
+/// because that would publish private text to a room.
+#[derive(Debug, Deserialize)]
+struct Fields<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
-    pub to: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    pub text: std::borrow::Cow<'a, str>,
+    to: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    text: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    room: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    join: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    leave: Option<Text<'a>>,
+    #[serde(default, deserialize_with = "present")]
+    rooms: Option<bool>,
 }
 
-/// Decodes one client frame. `None` means "not an object of our shape" (`bad_message`).
+/// What a client frame asks for. Names (`room`, `to`) are as sent; chat checks them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// `{"text":T}` (to `lobby`) or `{"room":R,"text":T}`.
+    Say { room: Option<Text<'a>>, text: Text<'a> },
+    /// `{"to":ID,"text":T}`.
+    Private { to: Text<'a>, text: Text<'a> },
+    /// `{"join":R}`.
+    Join(Text<'a>),
+    /// `{"leave":R}`.
+    Leave(Text<'a>),
+    /// `{"rooms":true}`: the directory.
+    Rooms,
+}
+
+/// Decodes one client frame. `None` means "not an object of our shape" (`bad_message`):
+/// also a frame that mixes two requests (`to` with `room`, `join` with `text`), since
+/// guessing which one was meant could send text where it was not meant to go.
 pub fn decode(frame: &str) -> Option<Incoming<'_>> {
     // serde's derive also reads a struct from an array by position (`["bob","hi"]`); the
     // protocol is objects only.
     if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return None;
     }
-    serde_json::from_str(frame).ok()
+    let f: Fields<'_> = serde_json::from_str(frame).ok()?;
+    Some(match f {
+        Fields { text: Some(text), to: None, room, join: None, leave: None, rooms: None } => {
+            Incoming::Say { room, text }
+        }
+        Fields { text: Some(text), to: Some(to), room: None, join: None, leave: None, rooms: None } => {
+            Incoming::Private { to, text }
+        }
+        Fields { join: Some(r), text: None, to: None, room: None, leave: None, rooms: None } => {
+            Incoming::Join(r)
+        }
+        Fields { leave: Some(r), text: None, to: None, room: None, join: None, rooms: None } => {
+            Incoming::Leave(r)
+        }
+        Fields { rooms: Some(true), text: None, to: None, room: None, join: None, leave: None } => {
+            Incoming::Rooms
+        }
+        _ => return None,
+    })
 }
 
-/// A field that may be missing but, when present, must be a string (not null).
-fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
-    <std::borrow::Cow<'a, str> as Deserialize>::deserialize(d).map(Some)
+/// A room name as stored and shown: 1 to 32 characters from `a-z 0-9 _ - .`, given in any
+/// case. None if `name` is not one.
+pub fn room_name(name: &str) -> Option<String> {
+    let ok = (1..=32).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    ok.then(|| name.to_ascii_lowercase())
+}
+
+/// The room every connection starts in, and where `{"text":T}` goes.
+pub const LOBBY: &str = "lobby";
+
+/// A field that may be missing but, when present, must have its type (not null).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Error codes a client can be sent; the names are part of the protocol.
@@ -48,6 +102,9 @@ pub enum ErrorCode {
     RateLimited,
     ClusterUnavailable,
     RecipientBusy,
+    BadRoom,
+    NotInRoom,
+    TooManyRooms,
 }
 
 impl ErrorCode {
@@ -62,6 +119,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::RecipientBusy => "recipient_busy",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::TooManyRooms => "too_many_rooms",
         }
     }
 
@@ -71,7 +131,8 @@ impl ErrorCode {
             ErrorCode::IdTaken => "that id is already online",
             ErrorCode::UnknownRecipient => "no one with that id is online",
             ErrorCode::BadMessage => {
-                "send a JSON object such as {\"text\":\"hi\"} or {\"to\":\"bob\",\"text\":\"hi\"}"
+                "send one JSON object such as {\"text\":\"hi\"}, {\"room\":\"dev\",\"text\":\"hi\"}, \
+                 {\"to\":\"bob\",\"text\":\"hi\"}, {\"join\":\"dev\"}, {\"leave\":\"dev\"} or {\"rooms\":true}"
             }
             ErrorCode::Empty => "the message is empty",
             ErrorCode::TooLong => "the message is too long",
@@ -82,6 +143,9 @@ impl ErrorCode {
             ErrorCode::RecipientBusy => {
                 "the recipient cannot take messages this fast right now; this one was not delivered"
             }
+            ErrorCode::BadRoom => "a room name is 1 to 32 characters from a-z 0-9 _ - .",
+            ErrorCode::NotInRoom => "you are not in that room: join it first",
+            ErrorCode::TooManyRooms => "too many rooms: leave one first, or the server has no room for more",
         }
     }
 }
@@ -93,11 +157,15 @@ struct ErrorLine<'a> {
     message: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
 }
 
 #[derive(Serialize)]
 struct MessageLine<'a> {
     r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
     from: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<&'a str>,
@@ -130,9 +198,11 @@ struct Typed<'a, T: Serialize> {
     body: &'a T,
 }
 
+/// `users` (the whole list again) and `joined` (the answer to a join) share a shape.
 #[derive(Serialize)]
-struct UsersLine<'a> {
+struct RosterLine<'a> {
     r#type: &'static str,
+    room: &'a str,
     users: Vec<&'a str>,
     total: usize,
 }
@@ -140,7 +210,28 @@ struct UsersLine<'a> {
 #[derive(Serialize)]
 struct PresenceLine<'a> {
     r#type: &'static str,
+    room: &'a str,
     id: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoomLine<'a> {
+    r#type: &'static str,
+    room: &'a str,
+}
+
+/// One entry of the directory.
+#[derive(Serialize)]
+pub struct RoomSize<'a> {
+    pub room: &'a str,
+    pub users: usize,
+}
+
+#[derive(Serialize)]
+struct RoomsLine<'a> {
+    r#type: &'static str,
+    rooms: &'a [RoomSize<'a>],
+    total: usize,
 }
 
 fn encode<T: Serialize>(v: &T) -> Bytes {
@@ -150,12 +241,38 @@ fn encode<T: Serialize>(v: &T) -> Bytes {
 
 /// `{"type":"error",...}`; `to` names the recipient of a private message that failed.
 pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
-    encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to })
+    encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to, room: None })
 }
 
-/// A room message (`to` = None) or a private one.
-pub fn message(from: &str, to: Option<&str>, text: &str, ts: u64) -> Bytes {
-    encode(&MessageLine { r#type: "message", from, to, text, ts })
+/// `{"type":"error",...,"room":R}`: an error about room `room`.
+pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
+    encode(&ErrorLine {
+        r#type: "error",
+        code: code.as_str(),
+        message: code.human(),
+        to: None,
+        room: Some(room),
+    })
+}
+
+/// A room message (`room` set) or a private one (`to` set).
+pub fn message(room: Option<&str>, from: &str, to: Option<&str>, text: &str, ts: u64) -> Bytes {
+    encode(&MessageLine { r#type: "message", room, from, to, text, ts })
+}
+
+/// `{"type":"joined","room":R,"users":[...],"total":N}`: the answer to a join.
+pub fn joined<'a>(room: &str, ids: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
+    encode(&RosterLine { r#type: "joined", room, users: ids.collect(), total })
+}
+
+/// `{"type":"left","room":R}`: the answer to a leave.
+pub fn left(room: &str) -> Bytes {
+    encode(&RoomLine { r#type: "left", room })
+}
+
+/// `{"type":"rooms","rooms":[{"room":R,"users":N},...],"total":T}`: the directory.
+pub fn rooms(list: &[RoomSize<'_>], total: usize) -> Bytes {
+    encode(&RoomsLine { r#type: "rooms", rooms: list, total })
 }
 
 /// `{"type":"welcome",...}`.
@@ -163,14 +280,15 @@ pub fn welcome(w: &Welcome<'_>) -> Bytes {
     encode(&Typed { r#type: "welcome", body: w })
 }
 
-/// `{"type":"users","users":[...],"total":N}`: the whole list again (see `Chat::flush_presence`).
-pub fn users<'a>(ids: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
-    encode(&UsersLine { r#type: "users", users: ids.collect(), total })
+/// `{"type":"users","room":R,"users":[...],"total":N}`: room R's whole list again (see
+/// `Rooms::flush_presence`).
+pub fn users<'a>(room: &str, ids: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
+    encode(&RosterLine { r#type: "users", room, users: ids.collect(), total })
 }
 
-/// Appends a `join` or `leave` line (no trailing newline) to a presence batch.
-pub fn presence_into(buf: &mut Vec<u8>, joined: bool, id: &str) {
-    let line = PresenceLine { r#type: if joined { "join" } else { "leave" }, id };
+/// Appends a `join` or `leave` line of room `room` (no trailing newline) to a presence batch.
+pub fn presence_into(buf: &mut Vec<u8>, joined: bool, room: &str, id: &str) {
+    let line = PresenceLine { r#type: if joined { "join" } else { "leave" }, room, id };
     serde_json::to_writer(buf, &line).expect("serializable");
 }
 

@@ -1,27 +1,27 @@
-//! Users by id, room and private routing, and presence.
+//! Users by id, rooms, private routing, and presence.
 //!
 //! Chat never touches a socket: it pushes encoded lines to connections through a [`Sink`],
 //! which the server implements over its outboxes (and the tests over a Vec). Ids are unique
 //! ignoring ASCII case and confusable characters; the maps are keyed by `ids::key` and keep
 //! the id as typed.
 //!
-//! With a cluster, users on other nodes are kept in a second map (`remote`): they appear in
-//! welcomes and presence, and a private message to one comes back as [`Outcome::Remote`] for
-//! the server to forward. Chat itself never talks to Redis.
+//! Every session starts in the room `lobby`; `rooms` keeps who is in which room and sends
+//! presence per room. A room message is encoded once and queued by reference to every
+//! member, so coalescing still works across rooms: a client in three busy rooms gets one frame
+//! per flush.
 //!
-//! Presence is batched per loop turn: joins and leaves of one turn become one shared buffer,
-//! and each user gets the part of it that happened after their own join. Above
-//! `presence_limit` users nobody gets join/leave events and the welcome lists only that many
-//! ids (`total` still counts everyone), so a mass connect costs linear, not quadratic, traffic.
-//! Whenever the crowd crosses the limit, in either direction, everyone gets one `users` line
-//! (the list and the true total), so nobody is left believing a list that events stopped
-//! keeping up to date.
+//! With a cluster, users on other nodes are kept in a second map (`remote`), with the rooms
+//! they are in: they appear in rosters, presence and the directory, and a private message to
+//! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
+//! to Redis.
 
 pub mod ids;
+pub mod rooms;
 
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::{self, ErrorCode, Incoming, LOBBY};
 use bytes::Bytes;
 use ids::{Claim, Reserved, Secret, key};
+use rooms::Rooms;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
@@ -39,8 +39,11 @@ pub trait Sink {
 /// What a client frame turned into, for the caller's counters, logs and the cluster.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered to every local user; other nodes still need `0`.
-    Room(Bytes),
+    /// Delivered to room `room`'s local members; other nodes still need `line`.
+    Room {
+        room: Rc<str>,
+        line: Bytes,
+    },
     Private,
     /// For a user on another node: nothing was queued, not even the sender's copy, which the
     /// caller sends once the message is on its way.
@@ -49,63 +52,90 @@ pub enum Outcome {
         to: Rc<str>,
         line: Bytes,
     },
+    /// The sender joined `room` (`first_local`: the first member on this node, so the node
+    /// must start hearing the room's traffic from other nodes).
+    Joined {
+        room: Rc<str>,
+        first_local: bool,
+    },
+    /// The sender left `room` (`last_local`: this node has no member left in it).
+    Left {
+        room: Rc<str>,
+        last_local: bool,
+    },
+    /// Answered and nothing else to do (the directory, a join of a room already joined).
+    Answered,
     Refused(ErrorCode),
 }
 
-const OLD: u32 = u32::MAX;
+/// The limits chat enforces and announces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Ids listed per roster, and members above which a room's presence goes quiet.
+    pub presence_limit: usize,
+    /// Unicode scalar values per text.
+    pub max_text: usize,
+    /// Messages per second (for the welcome; the server enforces it).
+    pub rate_limit: u32,
+    /// Rooms on the server.
+    pub max_rooms: usize,
+    /// Rooms one connection is in, `lobby` included.
+    pub max_rooms_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            presence_limit: 256,
+            max_text: 1000,
+            rate_limit: 20,
+            max_rooms: 10_000,
+            max_rooms_per_user: 32,
+        }
+    }
+}
 
 struct User {
-    /// u32, not usize: with `joined_at` it packs the map's slots 8 bytes smaller.
+    /// u32, not usize: the map's slots stay smaller.
     token: u32,
-    /// The id as typed, shared with the connection's session.
+    /// The id as typed, shared with the connection's session and the rooms.
     id: Rc<str>,
-    /// Index of this user's join event in the current turn's batch, or OLD.
-    joined_at: u32,
+    /// The rooms this user is in (keys of `Rooms`).
+    rooms: Vec<u32>,
 }
 
 /// A user on another node.
 struct Remote {
     id: Rc<str>,
     node: Rc<str>,
+    rooms: Vec<u32>,
 }
 
 pub struct Chat {
-    /// Keyed by the lowercased id, which is the same allocation as `User::id` when the id
-    /// was typed in lowercase (the usual case): one string per user, not three.
+    /// Keyed by the id's key, which is the same allocation as `User::id` when the id is its
+    /// own key (the usual case: typed in lowercase without confusables).
     users: HashMap<Rc<str>, User>,
     /// Users on other nodes, keyed like `users`. Never holds a local user's key.
     remote: HashMap<Rc<str>, Remote>,
+    pub rooms: Rooms,
     /// Set by the server while the cluster is configured but unreachable (from start-up until
     /// the link is up, and from each failure until it is up again): sends that need
     /// another node are refused with `cluster_unavailable`, and ids are checked against the
     /// last known remote roster since Redis cannot be asked.
     pub cluster_down: bool,
-    /// This turn's presence lines, separated by `\n`.
-    events: Vec<u8>,
-    /// Start of each event in `events`.
-    starts: Vec<usize>,
-    presence_limit: usize,
-    max_text: usize,
-    /// Messages per second (`--rate-limit`), for the welcome.
-    rate_limit: u32,
-    /// Whether presence was quiet (above the limit) at the last flush.
-    was_quiet: bool,
+    limits: Limits,
     /// Ids held for clients the server closed (see `ids`).
     pub reserved: Reserved,
 }
 
 impl Chat {
-    pub fn new(presence_limit: usize, max_text: usize, rate_limit: u32) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Chat {
             users: HashMap::new(),
             remote: HashMap::new(),
+            rooms: Rooms::default(),
             cluster_down: false,
-            events: Vec::new(),
-            starts: Vec::new(),
-            presence_limit,
-            max_text,
-            rate_limit,
-            was_quiet: false,
+            limits,
             reserved: Reserved::default(),
         }
     }
@@ -146,10 +176,10 @@ impl Chat {
         presented.is_some() && self.reserved.claim(&key(id), presented, now) == Claim::Resumed
     }
 
-    /// Claims `id` for `token` and queues its welcome (carrying `secret`, the client's resume
-    /// token); returns the id to keep for the session. Fails with `bad_id` or `id_taken`.
-    /// With a cluster, Redis has already granted the id, so a stale remote entry for it (a
-    /// user who moved here) is dropped.
+    /// Claims `id` for `token`, puts it in the lobby and queues its welcome (the lobby's
+    /// roster, the limits, and `secret` as the resume token); returns the id to keep for the
+    /// session. Fails with `bad_id` or `id_taken`. With a cluster, Redis has already granted
+    /// the id, so a stale remote entry for it (a user who moved here) is dropped.
     pub fn join(
         &mut self,
         id: &str,
@@ -160,43 +190,52 @@ impl Chat {
         sink: &mut impl Sink,
     ) -> Result<Rc<str>, ErrorCode> {
         let k = self.check(id, now)?;
-        self.remote.remove(k.as_str());
+        if let Some(r) = self.remote.remove(k.as_str()) {
+            for room in r.rooms {
+                self.rooms.leave_remote(room as usize, &k);
+            }
+        }
         let shared: Rc<str> = Rc::from(id);
-        let key = if k == id { Rc::clone(&shared) } else { Rc::from(k) };
-        let local = self.users.values().map(|u| &*u.id);
-        let others =
-            local.chain(self.remote.values().map(|r| &*r.id)).take(self.presence_limit.saturating_sub(1));
-        let total = self.users.len() + self.remote.len() + 1;
+        let ukey = if k == id { Rc::clone(&shared) } else { Rc::from(k) };
+        let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
+        let (users, total) = self.rooms.listing(lobby.key, id, self.limits.presence_limit);
         let welcome = protocol::welcome(&protocol::Welcome {
             id,
-            users: std::iter::once(id).chain(others).collect(),
+            users,
             total,
-            max_text: self.max_text,
-            rate_limit: self.rate_limit,
-            burst: 2 * self.rate_limit,
+            max_text: self.limits.max_text,
+            rate_limit: self.limits.rate_limit,
+            burst: 2 * self.limits.rate_limit,
             resume: &ids::token_text(secret),
             resumed,
         });
         sink.push(token, &welcome);
-        let joined_at = self.record(true, id);
-        self.users.insert(key, User { token: token as u32, id: Rc::clone(&shared), joined_at });
+        let user = User { token: token as u32, id: Rc::clone(&shared), rooms: vec![lobby.key as u32] };
+        self.users.insert(ukey, user);
         Ok(shared)
     }
 
-    /// Returns the user table's and presence buffers' memory (when the server has gone idle).
+    /// Returns the tables' memory (when the server has gone idle).
     pub fn shrink(&mut self) {
         self.users.shrink_to_fit();
         self.remote.shrink_to_fit();
+        self.rooms.shrink();
         self.reserved.shrink();
-        self.events.shrink_to_fit();
-        self.starts.shrink_to_fit();
     }
 
-    /// Frees `id` at once, so it can be claimed again in the same turn.
-    pub fn leave(&mut self, id: &str) {
-        if self.users.remove(&*key(id)).is_some() {
-            self.record(false, id);
+    /// Frees `id` at once, so it can be claimed again in the same turn, and takes it out of
+    /// every room. Returns the rooms this node no longer has any member in.
+    pub fn leave(&mut self, id: &str) -> Vec<Rc<str>> {
+        let mut emptied = Vec::new();
+        if let Some(u) = self.users.remove(&*key(id)) {
+            for room in u.rooms {
+                let name = Rc::clone(&self.rooms.room(room as usize).name);
+                if self.rooms.leave_local(room as usize, u.token) {
+                    emptied.push(name);
+                }
+            }
         }
+        emptied
     }
 
     /// The keys of every local user, and of ids held for closed clients (for registering
@@ -205,9 +244,21 @@ impl Chat {
         self.users.keys().map(|k| &**k).chain(self.reserved.keys())
     }
 
-    /// The ids, as typed, of every local user (for a roster).
-    pub fn local_ids(&self) -> impl Iterator<Item = &str> {
-        self.users.values().map(|u| &*u.id)
+    /// Every local user as typed, with the names of the rooms it is in (for a roster).
+    pub fn local_members(&self) -> impl Iterator<Item = (&str, Vec<&str>)> {
+        self.users
+            .values()
+            .map(|u| (&*u.id, u.rooms.iter().map(|r| &*self.rooms.room(*r as usize).name).collect()))
+    }
+
+    /// Memberships of local users in all (for a heartbeat's consistency check).
+    pub fn local_memberships(&self) -> usize {
+        self.users.values().map(|u| u.rooms.len()).sum()
+    }
+
+    /// Rooms with at least one local member (a node hears the traffic of these).
+    pub fn local_rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.names().filter_map(|(name, room)| (room.local_len() > 0).then_some(name))
     }
 
     /// The connection of local user `id`, if any.
@@ -221,36 +272,74 @@ impl Chat {
         if !protocol::valid_id(id) {
             return;
         }
-        let lower = key(id);
-        if self.users.contains_key(lower.as_str()) {
+        let k = key(id);
+        if self.users.contains_key(k.as_str()) {
             return;
         }
-        match self.remote.get_mut(lower.as_str()) {
+        match self.remote.get_mut(k.as_str()) {
             Some(r) if &*r.node == node && &*r.id == id => {}
-            Some(r) => {
-                r.node = Rc::from(node);
-                r.id = Rc::from(id);
+            Some(_) => {
+                // Moved, or renamed in case: start over from what `node` says next.
+                self.remote_forget(&k);
+                self.remote_join(node, id);
             }
             None => {
-                self.remote.insert(Rc::from(lower), Remote { id: Rc::from(id), node: Rc::from(node) });
-                self.record(true, id);
+                let r = Remote { id: Rc::from(id), node: Rc::from(node), rooms: Vec::new() };
+                self.remote.insert(Rc::from(k), r);
             }
         }
     }
 
-    /// `id` left `node`; ignored if we know it on another node since (it moved).
-    pub fn remote_leave(&mut self, node: &str, id: &str) {
-        let lower = key(id);
-        if self.remote.get(lower.as_str()).is_some_and(|r| &*r.node == node)
-            && let Some(r) = self.remote.remove(lower.as_str())
-        {
-            self.record(false, &r.id);
+    /// `id` on `node` joined (`joined`) or left room `room`. A join of an unknown user makes
+    /// it known (an event may overtake the user's own join).
+    pub fn remote_room(&mut self, node: &str, id: &str, room: &str, joined: bool) {
+        let Some(room) = protocol::room_name(room) else { return };
+        if joined {
+            self.remote_join(node, id);
+        }
+        let k = key(id);
+        let Some((ukey, r)) = self.remote.get_key_value(k.as_str()) else { return };
+        if &*r.node != node {
+            return;
+        }
+        let (ukey, rid) = (Rc::clone(ukey), Rc::clone(&r.id));
+        let at = self.rooms.key(&room).filter(|rk| r.rooms.contains(&(*rk as u32)));
+        match (joined, at) {
+            (true, None) => {
+                if self.rooms.len() >= self.limits.max_rooms && self.rooms.key(&room).is_none() {
+                    return; // over our own limit: this node does not track more rooms
+                }
+                let rk = self.rooms.join_remote(&room, &ukey, &rid);
+                self.remote.get_mut(&*ukey).expect("known").rooms.push(rk as u32);
+            }
+            (false, Some(rk)) => {
+                self.rooms.leave_remote(rk, &ukey);
+                self.remote.get_mut(&*ukey).expect("known").rooms.retain(|x| *x != rk as u32);
+            }
+            _ => {}
         }
     }
 
-    /// Everyone on `node`, replacing what we knew: joins and leaves for the difference.
-    pub fn remote_roster(&mut self, node: &str, ids: &[&str]) {
-        let listed: std::collections::HashSet<String> = ids.iter().map(|i| key(i)).collect();
+    /// `id` left `node` (and every room); ignored if we know it on another node since.
+    pub fn remote_leave(&mut self, node: &str, id: &str) {
+        let k = key(id);
+        if self.remote.get(k.as_str()).is_some_and(|r| &*r.node == node) {
+            self.remote_forget(&k);
+        }
+    }
+
+    fn remote_forget(&mut self, k: &str) {
+        if let Some(r) = self.remote.remove(k) {
+            for room in r.rooms {
+                self.rooms.leave_remote(room as usize, k);
+            }
+        }
+    }
+
+    /// Everyone on `node` with their rooms, replacing what we knew: joins and leaves for the
+    /// difference.
+    pub fn remote_roster(&mut self, node: &str, members: &[(&str, Vec<&str>)]) {
+        let listed: std::collections::HashSet<String> = members.iter().map(|(i, _)| key(i)).collect();
         let gone: Vec<Rc<str>> = self
             .remote
             .iter()
@@ -260,8 +349,23 @@ impl Chat {
         for id in gone {
             self.remote_leave(node, &id);
         }
-        for id in ids {
+        for (id, rooms) in members {
             self.remote_join(node, id);
+            let k = key(id);
+            let Some(r) = self.remote.get(k.as_str()).filter(|r| &*r.node == node) else { continue };
+            let wanted: Vec<String> = rooms.iter().filter_map(|n| protocol::room_name(n)).collect();
+            let stale: Vec<Rc<str>> = r
+                .rooms
+                .iter()
+                .map(|rk| Rc::clone(&self.rooms.room(*rk as usize).name))
+                .filter(|n| !wanted.iter().any(|w| **w == **n))
+                .collect();
+            for room in stale {
+                self.remote_room(node, id, &room, false);
+            }
+            for room in &wanted {
+                self.remote_room(node, id, room, true);
+            }
         }
     }
 
@@ -270,15 +374,15 @@ impl Chat {
         self.remote_roster(node, &[]);
     }
 
-    /// How many users we believe `node` has.
-    pub fn count_on(&self, node: &str) -> usize {
-        self.remote.values().filter(|r| &*r.node == node).count()
+    /// How many users, and memberships, we believe `node` has.
+    pub fn count_on(&self, node: &str) -> (usize, usize) {
+        self.remote.values().filter(|r| &*r.node == node).fold((0, 0), |(u, m), r| (u + 1, m + r.rooms.len()))
     }
 
-    /// A room line from another node, for every local user.
-    pub fn deliver_room(&self, line: &Bytes, sink: &mut impl Sink) {
-        for u in self.users.values() {
-            sink.push(u.token as usize, line);
+    /// A room line from another node, for the local members of `room`.
+    pub fn deliver_room(&self, room: &str, line: &Bytes, sink: &mut impl Sink) {
+        if let Some(k) = self.rooms.key(room) {
+            self.rooms.deliver(k, line, sink);
         }
     }
 
@@ -287,15 +391,6 @@ impl Chat {
     pub fn deliver_private(&self, to: &str, line: &Bytes, sink: &mut impl Sink) -> Result<(), ErrorCode> {
         let u = self.users.get(&*key(to)).ok_or(ErrorCode::UnknownRecipient)?;
         if sink.offer(u.token as usize, line) { Ok(()) } else { Err(ErrorCode::RecipientBusy) }
-    }
-
-    fn record(&mut self, joined: bool, id: &str) -> u32 {
-        if !self.starts.is_empty() {
-            self.events.push(b'\n');
-        }
-        self.starts.push(self.events.len());
-        protocol::presence_into(&mut self.events, joined, id);
-        (self.starts.len() - 1) as u32
     }
 
     /// Routes one client text frame from `from` (connection `token`), stamped with `ts`.
@@ -307,85 +402,176 @@ impl Chat {
         ts: u64,
         sink: &mut impl Sink,
     ) -> Outcome {
-        let refuse = |sink: &mut dyn FnMut(&Bytes), code, to: Option<&str>| {
-            sink(&protocol::error(code, to));
-            Outcome::Refused(code)
-        };
-        let mut reply = |line: &Bytes| sink.push(token, line);
         let Some(msg) = protocol::decode(frame) else {
-            return refuse(&mut reply, ErrorCode::BadMessage, None);
+            return refuse(sink, token, protocol::error(ErrorCode::BadMessage, None), ErrorCode::BadMessage);
         };
-        let text = msg.text.trim();
-        if text.is_empty() {
-            return refuse(&mut reply, ErrorCode::Empty, None);
-        }
-        if text.len() > self.max_text && text.chars().count() > self.max_text {
-            return refuse(&mut reply, ErrorCode::TooLong, None);
-        }
-        match msg.to.as_deref() {
-            None => {
-                let line = protocol::message(from, None, text, ts);
-                self.deliver_room(&line, sink);
-                Outcome::Room(line)
-            }
-            // A `to` that names nobody could be (`""`, `"a b"`) is a client bug, not a room
-            // message: refusing it keeps private text private.
-            Some(to) if !protocol::valid_id(to) => refuse(&mut reply, ErrorCode::BadMessage, None),
-            Some(to) => {
-                let lower = key(to);
-                let Some(rcpt) = self.users.get(lower.as_str()) else {
-                    return match self.remote.get(lower.as_str()) {
-                        _ if self.cluster_down => refuse(&mut reply, ErrorCode::ClusterUnavailable, Some(to)),
-                        Some(r) => Outcome::Remote {
-                            node: Rc::clone(&r.node),
-                            to: Rc::clone(&r.id),
-                            line: protocol::message(from, Some(&r.id), text, ts),
-                        },
-                        None => refuse(&mut reply, ErrorCode::UnknownRecipient, Some(to)),
-                    };
+        match msg {
+            Incoming::Say { room, text } => {
+                let text = match self.text_ok(&text) {
+                    Ok(t) => t,
+                    Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
-                let line = protocol::message(from, Some(&rcpt.id), text, ts);
-                // The recipient is judged by what it does, not by what others send it: if it
-                // cannot take this now, the sender hears so and nobody is disconnected.
-                if !sink.offer(rcpt.token as usize, &line) {
-                    let to = Rc::clone(&rcpt.id);
-                    return refuse(&mut |l: &Bytes| sink.push(token, l), ErrorCode::RecipientBusy, Some(&to));
+                let name = room.as_deref().unwrap_or(LOBBY);
+                let Some(room) = protocol::room_name(name) else {
+                    return refuse(
+                        sink,
+                        token,
+                        protocol::room_error(ErrorCode::BadRoom, name),
+                        ErrorCode::BadRoom,
+                    );
+                };
+                let at = self.rooms.key(&room).filter(|k| self.rooms.has_local(*k, token as u32));
+                let Some(rk) = at else {
+                    return refuse(
+                        sink,
+                        token,
+                        protocol::room_error(ErrorCode::NotInRoom, &room),
+                        ErrorCode::NotInRoom,
+                    );
+                };
+                let room = Rc::clone(&self.rooms.room(rk).name);
+                let line = protocol::message(Some(&room), from, None, text, ts);
+                self.rooms.deliver(rk, &line, sink);
+                Outcome::Room { room, line }
+            }
+            Incoming::Private { to, text } => {
+                if !protocol::valid_id(&to) {
+                    // A `to` that names nobody could be (`""`, `"a b"`) is a client bug, not a
+                    // room message: refusing it keeps private text private.
+                    return refuse(
+                        sink,
+                        token,
+                        protocol::error(ErrorCode::BadMessage, None),
+                        ErrorCode::BadMessage,
+                    );
                 }
-                if rcpt.token as usize != token {
-                    sink.push(token, &line);
+                let text = match self.text_ok(&text) {
+                    Ok(t) => t,
+                    Err(code) => return refuse(sink, token, protocol::error(code, None), code),
+                };
+                self.private(token, from, &to, text, ts, sink)
+            }
+            Incoming::Join(name) => self.join_room(token, from, &name, sink),
+            Incoming::Leave(name) => {
+                let Some(room) = protocol::room_name(&name) else {
+                    return refuse(
+                        sink,
+                        token,
+                        protocol::room_error(ErrorCode::BadRoom, &name),
+                        ErrorCode::BadRoom,
+                    );
+                };
+                let Some(rk) = self.rooms.key(&room).filter(|k| self.rooms.has_local(*k, token as u32))
+                else {
+                    return refuse(
+                        sink,
+                        token,
+                        protocol::room_error(ErrorCode::NotInRoom, &room),
+                        ErrorCode::NotInRoom,
+                    );
+                };
+                let room = Rc::clone(&self.rooms.room(rk).name);
+                if let Some(u) = self.users.get_mut(&*key(from)) {
+                    u.rooms.retain(|r| *r != rk as u32);
                 }
-                Outcome::Private
+                let last_local = self.rooms.leave_local(rk, token as u32);
+                sink.push(token, &protocol::left(&room));
+                Outcome::Left { room, last_local }
+            }
+            Incoming::Rooms => {
+                sink.push(token, &self.rooms.directory(self.limits.presence_limit));
+                Outcome::Answered
             }
         }
     }
 
+    /// The trimmed text if it may be sent, or why not (`empty`, `too_long`).
+    fn text_ok<'t>(&self, text: &'t str) -> Result<&'t str, ErrorCode> {
+        let t = text.trim();
+        if t.is_empty() {
+            Err(ErrorCode::Empty)
+        } else if t.len() > self.limits.max_text && t.chars().count() > self.limits.max_text {
+            Err(ErrorCode::TooLong)
+        } else {
+            Ok(t)
+        }
+    }
+
+    fn private(
+        &mut self,
+        token: usize,
+        from: &str,
+        to: &str,
+        text: &str,
+        ts: u64,
+        sink: &mut impl Sink,
+    ) -> Outcome {
+        let k = key(to);
+        let Some(rcpt) = self.users.get(k.as_str()) else {
+            return match self.remote.get(k.as_str()) {
+                _ if self.cluster_down => {
+                    let code = ErrorCode::ClusterUnavailable;
+                    refuse(sink, token, protocol::error(code, Some(to)), code)
+                }
+                Some(r) => Outcome::Remote {
+                    node: Rc::clone(&r.node),
+                    to: Rc::clone(&r.id),
+                    line: protocol::message(None, from, Some(&r.id), text, ts),
+                },
+                None => {
+                    let code = ErrorCode::UnknownRecipient;
+                    refuse(sink, token, protocol::error(code, Some(to)), code)
+                }
+            };
+        };
+        let line = protocol::message(None, from, Some(&rcpt.id), text, ts);
+        // The recipient is judged by what it does, not by what others send it: if it cannot
+        // take this now, the sender hears so and nobody is disconnected.
+        if !sink.offer(rcpt.token as usize, &line) {
+            let code = ErrorCode::RecipientBusy;
+            let to = Rc::clone(&rcpt.id);
+            return refuse(sink, token, protocol::error(code, Some(&to)), code);
+        }
+        if rcpt.token as usize != token {
+            sink.push(token, &line);
+        }
+        Outcome::Private
+    }
+
+    fn join_room(&mut self, token: usize, from: &str, name: &str, sink: &mut impl Sink) -> Outcome {
+        let Some(room) = protocol::room_name(name) else {
+            return refuse(sink, token, protocol::room_error(ErrorCode::BadRoom, name), ErrorCode::BadRoom);
+        };
+        let limit = self.limits.presence_limit;
+        let existing = self.rooms.key(&room);
+        if let Some(rk) = existing.filter(|k| self.rooms.has_local(*k, token as u32)) {
+            sink.push(token, &self.rooms.roster(rk, from, limit));
+            return Outcome::Answered;
+        }
+        let Some(u) = self.users.get(&*key(from)) else { return Outcome::Answered };
+        if u.rooms.len() >= self.limits.max_rooms_per_user
+            || (existing.is_none() && self.rooms.len() >= self.limits.max_rooms)
+        {
+            let code = ErrorCode::TooManyRooms;
+            return refuse(sink, token, protocol::room_error(code, &room), code);
+        }
+        let id = Rc::clone(&u.id);
+        let j = self.rooms.join_local(&room, token as u32, &id);
+        self.users.get_mut(&*key(from)).expect("checked").rooms.push(j.key as u32);
+        sink.push(token, &self.rooms.roster(j.key, from, limit));
+        Outcome::Joined { room: Rc::clone(&self.rooms.room(j.key).name), first_local: j.first_local }
+    }
+
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
     pub fn flush_presence(&mut self, sink: &mut impl Sink) {
-        if self.starts.is_empty() {
-            return;
-        }
-        let batch = Bytes::from(std::mem::take(&mut self.events));
-        let total = self.users.len() + self.remote.len();
-        let quiet = total > self.presence_limit;
-        // Crossing the limit either way: events alone would leave lists wrong (quiet turns
-        // hid joins that a later leave does not undo), so everyone gets the whole list again.
-        let truth = (quiet != self.was_quiet).then(|| {
-            let local = self.users.values().map(|u| &*u.id);
-            let ids = local.chain(self.remote.values().map(|r| &*r.id)).take(self.presence_limit);
-            protocol::users(ids, total)
-        });
-        self.was_quiet = quiet;
-        for u in self.users.values_mut() {
-            let from = if u.joined_at == OLD { 0 } else { u.joined_at as usize + 1 };
-            u.joined_at = OLD;
-            if let Some(line) = &truth {
-                sink.push(u.token as usize, line);
-            } else if !quiet && from < self.starts.len() {
-                sink.push(u.token as usize, &batch.slice(self.starts[from]..));
-            }
-        }
-        self.starts.clear();
+        self.rooms.flush_presence(self.limits.presence_limit, sink);
     }
+}
+
+/// Queues `line` (an error) to the sender alone and reports the refusal.
+fn refuse(sink: &mut impl Sink, token: usize, line: Bytes, code: ErrorCode) -> Outcome {
+    sink.push(token, &line);
+    Outcome::Refused(code)
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 use super::Server;
 use crate::chat::Sink;
 use crate::chat::ids::{Secret, key};
-use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, node_channel, payload};
+use crate::cluster::{
+    ALL, Await, KEY_PREFIX, Msg, channel_room, node_channel, payload, room_channel, roster_fields,
+};
 use crate::conn::Phase;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, LOBBY};
 use crate::redis::{Input, error_text};
 use bytes::Bytes;
 use log::{debug, info, warn};
@@ -45,7 +47,9 @@ impl Server {
             return;
         }
         if c.is_up() {
-            let beat = payload(&["B", &c.node, &self.chat.len().to_string()], None);
+            let (users, memberships) =
+                (self.chat.len().to_string(), self.chat.local_memberships().to_string());
+            let beat = payload(&["B", &c.node, &users, &memberships], None);
             c.publish(ALL, &beat);
             c.claim(self.chat.local_keys(), || Await::Refresh);
         }
@@ -72,12 +76,12 @@ impl Server {
         match input {
             Input::Up => {
                 self.chat.cluster_down = false;
-                c.subscribed();
-                // Re-register whoever joined while Redis was away (or before it restarted).
+                c.subscribed(self.chat.local_rooms());
+                // Re-register whoever joined while Redis was away (or before it restarted),
+                // and tell everyone who is here and in which rooms.
                 c.claim(self.chat.local_keys(), || Await::Refresh);
-                for id in self.chat.local_ids() {
-                    c.publish(ALL, &payload(&["J", &c.node, id], None));
-                }
+                let roster = self.roster();
+                self.cluster_mut().publish(ALL, &roster);
             }
             Input::Down => {
                 self.chat.cluster_down = true;
@@ -110,9 +114,15 @@ impl Server {
             }
             Input::Message { channel, payload } => {
                 c.counters.received += 1;
-                let to_all = &channel[..] == ALL;
+                let on = if &channel[..] == ALL {
+                    Channel::All
+                } else if let Some(room) = channel_room(&channel) {
+                    Channel::Room(room.to_string())
+                } else {
+                    Channel::Mine
+                };
                 match Msg::parse(&payload) {
-                    Some(m) => self.message(m, to_all, now),
+                    Some(m) => self.message(m, &on, now),
                     None => debug!("cluster: ignored a malformed message ({} bytes)", payload.len()),
                 }
             }
@@ -175,7 +185,17 @@ impl Server {
         }
     }
 
-    fn message(&mut self, m: Msg, to_all: bool, now: Instant) {
+    /// "R node id @room ... id @room ...": everyone here and the rooms they are in.
+    fn roster(&self) -> Vec<u8> {
+        let c = self.cluster.as_ref().expect("cluster configured");
+        let fields = roster_fields(self.chat.local_members());
+        let mut all: Vec<&str> = vec!["R", &c.node];
+        all.extend(fields.iter().map(|f| &**f));
+        payload(&all, None)
+    }
+
+    fn message(&mut self, m: Msg, on: &Channel, now: Instant) {
+        let to_all = *on == Channel::All;
         let c = self.cluster.as_mut().expect("cluster configured");
         let me = Rc::clone(&c.node);
         let node = m.node();
@@ -191,19 +211,19 @@ impl Server {
             c.publish(&node_channel(n), &payload(&["Q", &me], None));
         }
         match m {
-            Msg::Room { line, .. } if to_all => {
-                self.chat.deliver_room(&line, &mut self.net);
+            Msg::Room { room, line, .. } if *on == Channel::Room(room.to_string()) => {
+                self.chat.deliver_room(room, &line, &mut self.net);
             }
             Msg::Join { node, id } => self.chat.remote_join(node, id),
             Msg::Leave { node, id } => self.chat.remote_leave(node, id),
+            Msg::RoomJoin { node, id, room } => self.chat.remote_room(node, id, room, true),
+            Msg::RoomLeave { node, id, room } => self.chat.remote_room(node, id, room, false),
             Msg::Hello { node } | Msg::Query { node } => {
-                let mut fields = vec!["R", &me];
-                fields.extend(self.chat.local_ids());
-                let roster = payload(&fields, None);
+                let roster = self.roster();
                 self.cluster_mut().publish(&node_channel(node), &roster);
             }
-            Msg::Beat { node, count } => {
-                if self.chat.count_on(node) != count {
+            Msg::Beat { node, count, memberships } => {
+                if self.chat.count_on(node) != (count, memberships) {
                     // Drifted (a lost event, or we restarted): resynchronise.
                     let q = payload(&["Q", &me], None);
                     self.cluster_mut().publish(&node_channel(node), &q);
@@ -213,7 +233,7 @@ impl Server {
                 self.cluster_mut().forget(node);
                 self.chat.drop_node(node);
             }
-            Msg::Roster { node, ids } => self.chat.remote_roster(node, &ids),
+            Msg::Roster { node, members } => self.chat.remote_roster(node, &members),
             Msg::Private { node, to, from, line } if !to_all => {
                 if let Err(code) = self.chat.deliver_private(to, &line, &mut self.net) {
                     let kind = if code == ErrorCode::RecipientBusy { "K" } else { "E" };
@@ -299,9 +319,11 @@ impl Server {
                     }
                 }
                 if let Some(c) = &mut self.cluster {
-                    let join = payload(&["J", &c.node, &user], None);
-                    c.publish(ALL, &join);
+                    c.publish(ALL, &payload(&["J", &c.node, &user], None));
                 }
+                let first =
+                    self.chat.rooms.key(LOBBY).is_some_and(|k| self.chat.rooms.room(k).local_len() == 1);
+                self.cluster_joined(&user, LOBBY, first);
             }
             Err(code) => {
                 self.give_back(verdict, id);
@@ -331,11 +353,12 @@ impl Server {
         self.close_ws(token, CloseCode::Again, "cluster_unavailable", None, now);
     }
 
-    /// A room message already delivered here: publish it for the other nodes.
-    pub(super) fn cluster_room(&mut self, token: usize, from: &Rc<str>, line: &Bytes) {
+    /// A room message already delivered here: publish it for the other nodes (only those
+    /// with members in `room` hear its channel).
+    pub(super) fn cluster_room(&mut self, token: usize, from: &Rc<str>, room: &str, line: &Bytes) {
         let Some(c) = &mut self.cluster else { return };
         let then = Await::Room { from: Rc::clone(from) };
-        if !c.publish_awaiting(ALL, &payload(&["M", &c.node], Some(line)), then) {
+        if !c.publish_awaiting(&room_channel(room), &payload(&["M", &c.node, room], Some(line)), then) {
             self.net.error(token, ErrorCode::ClusterUnavailable, None);
         }
     }
@@ -359,12 +382,35 @@ impl Server {
         }
     }
 
+    /// Local user `id` joined `room`: tell the others, and start hearing the room if it is
+    /// its first member here.
+    pub(super) fn cluster_joined(&mut self, id: &str, room: &str, first_local: bool) {
+        let Some(c) = &mut self.cluster else { return };
+        if first_local {
+            c.listen(room, true);
+        }
+        c.publish(ALL, &payload(&["j", &c.node, id, room], None));
+    }
+
+    /// Local user `id` left `room`: tell the others, and stop hearing it if nobody here is in it.
+    pub(super) fn cluster_room_left(&mut self, id: &str, room: &str, last_local: bool) {
+        let Some(c) = &mut self.cluster else { return };
+        c.publish(ALL, &payload(&["l", &c.node, id, room], None));
+        if last_local {
+            c.listen(room, false);
+        }
+    }
+
     /// A local user left: free the id in Redis (unless it is held for the client's resume:
-    /// then it stays ours until the hold ends) and tell the others.
-    pub(super) fn cluster_left(&mut self, id: &str, held: bool) {
+    /// then it stays ours until the hold ends), tell the others (a leave takes the user out of
+    /// every room), and stop hearing the rooms `emptied` of local members.
+    pub(super) fn cluster_left(&mut self, id: &str, held: bool, emptied: &[Rc<str>]) {
         let Some(c) = &mut self.cluster else { return };
         if !held {
             c.release(&key(id));
+        }
+        for room in emptied {
+            c.listen(room, false);
         }
         let leave = payload(&["L", &c.node, id], None);
         c.publish(ALL, &leave);
@@ -383,6 +429,15 @@ impl Server {
             c.link.drain_for(std::time::Duration::from_millis(200));
         }
     }
+}
+
+/// Which channel a cluster message came on.
+#[derive(Debug, PartialEq, Eq)]
+enum Channel {
+    All,
+    /// This node's own channel.
+    Mine,
+    Room(String),
 }
 
 /// How a join's id claim ended.

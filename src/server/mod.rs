@@ -222,7 +222,13 @@ impl Server {
                 stats: Stats::default(),
             },
             chat: {
-                let mut chat = Chat::new(cfg.presence_limit, cfg.max_text, cfg.rate_limit);
+                let mut chat = Chat::new(crate::chat::Limits {
+                    presence_limit: cfg.presence_limit,
+                    max_text: cfg.max_text,
+                    rate_limit: cfg.rate_limit,
+                    max_rooms: cfg.max_rooms,
+                    max_rooms_per_user: cfg.max_rooms_per_user,
+                });
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.cluster_down = cluster.is_some();
                 chat

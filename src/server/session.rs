@@ -87,10 +87,17 @@ impl Server {
                     }
                     let user = Rc::clone(user);
                     match self.chat.handle(token, &user, &text, ts, &mut self.net) {
-                        Outcome::Room(line) => {
+                        Outcome::Room { room, line } => {
                             self.net.stats.room_received += 1;
-                            self.cluster_room(token, &user, &line);
+                            self.cluster_room(token, &user, &room, &line);
                         }
+                        Outcome::Joined { room, first_local } => {
+                            self.cluster_joined(&user, &room, first_local)
+                        }
+                        Outcome::Left { room, last_local } => {
+                            self.cluster_room_left(&user, &room, last_local)
+                        }
+                        Outcome::Answered => {}
                         Outcome::Private => self.net.stats.private_received += 1,
                         Outcome::Remote { node, to, line } => {
                             self.net.stats.private_received += 1;
@@ -213,7 +220,7 @@ impl Server {
         let reason = *conn.reason.get_or_insert(reason);
         let Phase::Ws(s) = &mut conn.phase else { return };
         let Some(id) = s.user.take() else { return };
-        self.chat.leave(&id);
+        let emptied = self.chat.leave(&id);
         let key = crate::chat::ids::key(&id);
         let held = matches!(
             reason,
@@ -239,7 +246,7 @@ impl Server {
                 warn!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
             }
         }
-        self.cluster_left(&id, held);
+        self.cluster_left(&id, held, &emptied);
     }
 
     /// Removes the connection once its outbox is empty.
