@@ -51,7 +51,8 @@ impl Reason {
     }
 }
 
-const CODES: [ErrorCode; 9] = [
+/// Every error code, in declaration order: `code as usize` indexes `Stats::errors`.
+const CODES: [ErrorCode; 12] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -61,6 +62,9 @@ const CODES: [ErrorCode; 9] = [
     ErrorCode::RateLimited,
     ErrorCode::ClusterUnavailable,
     ErrorCode::RecipientBusy,
+    ErrorCode::BadRoom,
+    ErrorCode::NotInRoom,
+    ErrorCode::TooManyRooms,
 ];
 
 #[derive(Debug, Default)]
@@ -71,7 +75,7 @@ pub struct Stats {
     pub deliveries: u64,
     pub bytes_sent: u64,
     disconnects: [u64; 8],
-    errors: [u64; 9],
+    errors: [u64; CODES.len()],
     /// Reads cut short by the per-turn byte budget (the connection waited for the next turn).
     pub read_budget_spent: u64,
     /// Writes made before the flush window because a queue reached its soft cap.
@@ -298,6 +302,29 @@ impl Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_has_its_counter() {
+        for (i, c) in CODES.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} out of order");
+        }
+        // No wildcard: a new code fails to compile here until it is added to CODES too.
+        let last = |c: ErrorCode| match c {
+            ErrorCode::BadId
+            | ErrorCode::IdTaken
+            | ErrorCode::UnknownRecipient
+            | ErrorCode::BadMessage
+            | ErrorCode::Empty
+            | ErrorCode::TooLong
+            | ErrorCode::RateLimited
+            | ErrorCode::ClusterUnavailable
+            | ErrorCode::RecipientBusy
+            | ErrorCode::BadRoom
+            | ErrorCode::NotInRoom => false,
+            ErrorCode::TooManyRooms => true,
+        };
+        assert!(last(CODES[CODES.len() - 1]));
+    }
 
     #[test]
     fn cidr_matching() {

@@ -303,15 +303,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decodes_room_and_private_and_ignores_forged_from() {
-        let m = decode(r#"{"text":"hi","from":"mallory"}"#).unwrap();
-        assert_eq!(m.text, "hi");
-        assert_eq!(m.to, None);
-        let m = decode(r#"{"to":"bob","text":"psst"}"#).unwrap();
-        assert_eq!(m.to.as_deref(), Some("bob"));
+    fn decodes_every_request_and_ignores_forged_from() {
+        use std::borrow::Cow;
+        let say = |room: Option<&'static str>, text: &'static str| Incoming::Say {
+            room: room.map(Cow::Borrowed),
+            text: Cow::Borrowed(text),
+        };
+        assert_eq!(decode(r#"{"text":"hi","from":"mallory"}"#), Some(say(None, "hi")));
+        assert_eq!(decode(r#"{"room":"Dev","text":"hi"}"#), Some(say(Some("Dev"), "hi")));
+        assert_eq!(
+            decode(r#"{"to":"bob","text":"psst"}"#),
+            Some(Incoming::Private { to: "bob".into(), text: "psst".into() })
+        );
+        assert_eq!(decode(r#"{"join":"dev"}"#), Some(Incoming::Join("dev".into())));
+        assert_eq!(decode(r#"{"leave":"lobby","type":"x"}"#), Some(Incoming::Leave("lobby".into())));
+        assert_eq!(decode(r#"{"rooms":true}"#), Some(Incoming::Rooms));
         // Escapes force an owned Cow; the decoded text must still be right.
-        let m = decode(r#"{"text":"a\nb\u00e9"}"#).unwrap();
-        assert_eq!(m.text, "a\nbé");
+        let Some(Incoming::Say { text, .. }) = decode(r#"{"text":"a\nb\u00e9"}"#) else { panic!() };
+        assert_eq!(text, "a\nbé");
+    }
+
+    #[test]
+    fn room_names_are_folded_to_lowercase_and_checked() {
+        assert_eq!(room_name("Dev.Team-1_x").as_deref(), Some("dev.team-1_x"));
+        assert_eq!(room_name(&"a".repeat(32)).as_deref(), Some(&*"a".repeat(32)));
+        for bad in ["", &"a".repeat(33), "a b", "é", "a/b", "<x>"] {
+            assert_eq!(room_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -328,6 +346,17 @@ mod tests {
             r#"{"to":["bob"],"text":"x"}"#,
             r#"{"to":{},"text":"x"}"#,
             r#"{"to":true,"text":"x"}"#,
+            // Two requests in one, or a request with a field of another: never guessed.
+            r#"{"to":"bob","room":"dev","text":"x"}"#,
+            r#"{"join":"dev","text":"x"}"#,
+            r#"{"join":"dev","leave":"dev"}"#,
+            r#"{"leave":"dev","room":"dev"}"#,
+            r#"{"rooms":true,"join":"dev"}"#,
+            r#"{"rooms":false}"#,
+            r#"{"rooms":"true"}"#,
+            r#"{"join":null}"#,
+            r#"{"room":null,"text":"x"}"#,
+            r#"{"room":"dev"}"#,
             "{\"text\":",
             r#"{"text":"a","text":"b"}"#,
             r#"["bob","psst"]"#,
@@ -340,11 +369,11 @@ mod tests {
     #[test]
     fn encodes_lines_exactly() {
         assert_eq!(
-            &message("alice", None, "hi \"there\"", 7)[..],
-            br#"{"type":"message","from":"alice","text":"hi \"there\"","ts":7}"#
+            &message(Some("lobby"), "alice", None, "hi \"there\"", 7)[..],
+            br#"{"type":"message","room":"lobby","from":"alice","text":"hi \"there\"","ts":7}"#
         );
         assert_eq!(
-            &message("alice", Some("bob"), "x", 1)[..],
+            &message(None, "alice", Some("bob"), "x", 1)[..],
             br#"{"type":"message","from":"alice","to":"bob","text":"x","ts":1}"#
         );
         assert_eq!(
@@ -366,10 +395,26 @@ mod tests {
             &br#"{"type":"welcome","id":"a","users":["a","b"],"total":2,"max_text":2000,"rate_limit":20,"burst":40,"resume":"tok"}"#[..]
         );
         assert!(welcome(&Welcome { resumed: true, ..w }).ends_with(br#""resume":"tok","resumed":true}"#));
-        assert_eq!(&users(["a"].into_iter(), 3)[..], br#"{"type":"users","users":["a"],"total":3}"#);
+        assert_eq!(
+            &users("dev", ["a"].into_iter(), 3)[..],
+            br#"{"type":"users","room":"dev","users":["a"],"total":3}"#
+        );
+        assert_eq!(
+            &joined("dev", ["a", "b"].into_iter(), 2)[..],
+            br#"{"type":"joined","room":"dev","users":["a","b"],"total":2}"#
+        );
+        assert_eq!(&left("dev")[..], br#"{"type":"left","room":"dev"}"#);
+        assert_eq!(
+            &rooms(&[RoomSize { room: "lobby", users: 12 }], 3)[..],
+            br#"{"type":"rooms","rooms":[{"room":"lobby","users":12}],"total":3}"#
+        );
+        assert_eq!(
+            &room_error(ErrorCode::NotInRoom, "dev")[..],
+            br#"{"type":"error","code":"not_in_room","message":"you are not in that room: join it first","room":"dev"}"#
+        );
         let mut b = Vec::new();
-        presence_into(&mut b, false, "bob");
-        assert_eq!(&b[..], br#"{"type":"leave","id":"bob"}"#);
+        presence_into(&mut b, false, "dev", "bob");
+        assert_eq!(&b[..], br#"{"type":"leave","room":"dev","id":"bob"}"#);
     }
 
     #[test]

@@ -598,57 +598,219 @@ mod tests {
         fn take(&mut self) -> Vec<(usize, String)> {
             std::mem::take(&mut self.0)
         }
+        /// What each connection got, sorted by connection.
+        fn sorted(&mut self) -> Vec<(usize, String)> {
+            let mut got = self.take();
+            got.sort();
+            got
+        }
+    }
+
+    fn limits(presence_limit: usize) -> Limits {
+        Limits { presence_limit, max_text: 10, ..Limits::default() }
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn join(c: &mut Chat, id: &str, token: usize, r: &mut Rec) -> Result<Rc<str>, ErrorCode> {
+        c.join(id, token, &[0; 16], false, now(), r)
     }
 
     fn chat_with(ids: &[&str]) -> (Chat, Rec) {
-        let mut c = Chat::new(100, 10, 20);
+        let mut c = Chat::new(limits(100));
         let mut r = Rec::default();
         for (t, id) in ids.iter().enumerate() {
-            c.join(id, t, &[0; 16], false, std::time::Instant::now(), &mut r).unwrap();
+            join(&mut c, id, t, &mut r).unwrap();
         }
         c.flush_presence(&mut r);
         r.take();
         (c, r)
     }
 
+    /// `from` (connection `token`) sends `frame`.
+    fn say(c: &mut Chat, r: &mut Rec, token: usize, from: &str, frame: &str) -> Outcome {
+        c.handle(token, from, frame, 5, r)
+    }
+
     #[test]
     fn ids_are_unique_ignoring_case_and_free_again_on_leave() {
         let (mut c, mut r) = chat_with(&["alice"]);
-        assert_eq!(
-            c.join("ALICE", 9, &[0; 16], false, std::time::Instant::now(), &mut r),
-            Err(ErrorCode::IdTaken)
-        );
-        assert_eq!(
-            c.join("no spaces", 9, &[0; 16], false, std::time::Instant::now(), &mut r),
-            Err(ErrorCode::BadId)
-        );
+        assert_eq!(join(&mut c, "ALICE", 9, &mut r), Err(ErrorCode::IdTaken));
+        assert_eq!(join(&mut c, "no spaces", 9, &mut r), Err(ErrorCode::BadId));
         assert!(r.take().is_empty(), "a refused join queues nothing");
         c.leave("Alice");
+        assert_eq!(join(&mut c, "ALICE", 9, &mut r).as_deref(), Ok("ALICE"));
+    }
+
+    #[test]
+    fn a_lobby_message_reaches_everyone_in_it_including_the_sender() {
+        let (mut c, mut r) = chat_with(&["a", "b", "c"]);
+        let line = r#"{"type":"message","room":"lobby","from":"b","text":"hi","ts":5}"#.to_string();
+        let out = say(&mut c, &mut r, 1, "b", r#"{"text":"  hi ","from":"x"}"#);
+        assert_eq!(out, Outcome::Room { room: Rc::from("lobby"), line: Bytes::from(line.clone()) });
+        assert_eq!(r.sorted(), vec![(0, line.clone()), (1, line.clone()), (2, line.clone())]);
+        // Naming the lobby, in any case, is the same.
+        assert!(matches!(
+            say(&mut c, &mut r, 1, "b", r#"{"room":"LOBBY","text":"hi"}"#),
+            Outcome::Room { .. }
+        ));
+        assert_eq!(r.take().len(), 3);
+    }
+
+    #[test]
+    fn a_room_message_reaches_that_rooms_members_only() {
+        let (mut c, mut r) = chat_with(&["a", "b", "c"]);
         assert_eq!(
-            c.join("ALICE", 9, &[0; 16], false, std::time::Instant::now(), &mut r).as_deref(),
-            Ok("ALICE")
+            say(&mut c, &mut r, 0, "a", r#"{"join":"Dev"}"#),
+            Outcome::Joined { room: Rc::from("dev"), first_local: true }
+        );
+        assert_eq!(
+            r.take(),
+            vec![(0, r#"{"type":"joined","room":"dev","users":["a"],"total":1}"#.to_string())]
+        );
+        assert_eq!(
+            say(&mut c, &mut r, 1, "b", r#"{"join":"dev"}"#),
+            Outcome::Joined { room: Rc::from("dev"), first_local: false }
+        );
+        assert_eq!(
+            r.take(),
+            vec![(1, r#"{"type":"joined","room":"dev","users":["b","a"],"total":2}"#.to_string())]
+        );
+        c.flush_presence(&mut r);
+        assert_eq!(r.take(), vec![(0, r#"{"type":"join","room":"dev","id":"b"}"#.to_string())]);
+        assert!(matches!(
+            say(&mut c, &mut r, 1, "b", r#"{"room":"dev","text":"psst"}"#),
+            Outcome::Room { .. }
+        ));
+        let got = r.sorted();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1], "c is not in dev");
+        assert!(got[0].1.starts_with(r#"{"type":"message","room":"dev","from":"b""#), "{}", got[0].1);
+        // c is not a member: refused, and nobody hears it.
+        let out = say(&mut c, &mut r, 2, "c", r#"{"room":"dev","text":"let me in"}"#);
+        assert_eq!(out, Outcome::Refused(ErrorCode::NotInRoom));
+        let got = r.take();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].1.contains(r#""code":"not_in_room""#) && got[0].1.contains(r#""room":"dev""#),
+            "{}",
+            got[0].1
         );
     }
 
     #[test]
-    fn room_message_reaches_everyone_including_sender() {
-        let (mut c, mut r) = chat_with(&["a", "b", "c"]);
-        let line = r#"{"type":"message","from":"b","text":"hi","ts":5}"#.to_string();
-        let out = c.handle(1, "b", r#"{"text":"  hi ","from":"x"}"#, 5, &mut r);
-        assert_eq!(out, Outcome::Room(Bytes::from(line.clone())));
-        let mut got = r.take();
-        got.sort();
-        assert_eq!(got, vec![(0, line.clone()), (1, line.clone()), (2, line)]);
+    fn joining_again_answers_joined_and_leaving_answers_left() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"join":"lobby"}"#), Outcome::Answered);
+        assert_eq!(
+            r.take(),
+            vec![(0, r#"{"type":"joined","room":"lobby","users":["a","b"],"total":2}"#.to_string())]
+        );
+        say(&mut c, &mut r, 0, "a", r#"{"join":"dev"}"#);
+        r.take();
+        assert_eq!(
+            say(&mut c, &mut r, 0, "a", r#"{"leave":"DEV"}"#),
+            Outcome::Left { room: Rc::from("dev"), last_local: true }
+        );
+        assert_eq!(r.take(), vec![(0, r#"{"type":"left","room":"dev"}"#.to_string())]);
+        assert_eq!(c.rooms.len(), 1, "a room with no members is gone");
+        assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"leave":"dev"}"#), Outcome::Refused(ErrorCode::NotInRoom));
+        r.take();
+        // Leaving the lobby is allowed; then a plain text has nowhere to go.
+        assert_eq!(
+            say(&mut c, &mut r, 0, "a", r#"{"leave":"lobby"}"#),
+            Outcome::Left { room: Rc::from("lobby"), last_local: false }
+        );
+        r.take();
+        assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"text":"hi"}"#), Outcome::Refused(ErrorCode::NotInRoom));
+        assert!(r.take()[0].1.contains(r#""room":"lobby""#));
+        c.flush_presence(&mut r);
+        assert_eq!(r.take(), vec![(1, r#"{"type":"leave","room":"lobby","id":"a"}"#.to_string())]);
+    }
+
+    #[test]
+    fn bad_names_and_limits_are_refused_with_the_room_named() {
+        let mut c = Chat::new(Limits { max_rooms: 3, max_rooms_per_user: 2, ..limits(100) });
+        let mut r = Rec::default();
+        join(&mut c, "a", 0, &mut r).unwrap();
+        join(&mut c, "b", 1, &mut r).unwrap();
+        r.take();
+        for frame in
+            [r#"{"join":"a b"}"#, r#"{"join":""}"#, r#"{"leave":"é"}"#, r#"{"room":"x/y","text":"hi"}"#]
+        {
+            assert_eq!(say(&mut c, &mut r, 0, "a", frame), Outcome::Refused(ErrorCode::BadRoom), "{frame}");
+            assert!(r.take()[0].1.contains(r#""code":"bad_room""#));
+        }
+        assert!(matches!(say(&mut c, &mut r, 0, "a", r#"{"join":"one"}"#), Outcome::Joined { .. }));
+        // Per user: lobby and one are two.
+        assert_eq!(
+            say(&mut c, &mut r, 0, "a", r#"{"join":"two"}"#),
+            Outcome::Refused(ErrorCode::TooManyRooms)
+        );
+        assert!(matches!(say(&mut c, &mut r, 1, "b", r#"{"join":"two"}"#), Outcome::Joined { .. }));
+        r.take();
+        // On the server: lobby, one and two are three.
+        say(&mut c, &mut r, 1, "b", r#"{"leave":"lobby"}"#);
+        let out = say(&mut c, &mut r, 1, "b", r#"{"join":"three"}"#);
+        assert_eq!(out, Outcome::Refused(ErrorCode::TooManyRooms));
+        assert!(r.take().last().unwrap().1.contains(r#""room":"three""#));
+        // An existing room can still be joined.
+        assert!(matches!(say(&mut c, &mut r, 1, "b", r#"{"join":"one"}"#), Outcome::Joined { .. }));
+    }
+
+    #[test]
+    fn the_directory_lists_the_largest_rooms_first_within_the_limit() {
+        let mut c = Chat::new(limits(2));
+        let mut r = Rec::default();
+        for (t, id) in ["a", "b", "c"].iter().enumerate() {
+            join(&mut c, id, t, &mut r).unwrap();
+        }
+        say(&mut c, &mut r, 0, "a", r#"{"join":"zz"}"#);
+        say(&mut c, &mut r, 1, "b", r#"{"join":"zz"}"#);
+        say(&mut c, &mut r, 2, "c", r#"{"join":"aa"}"#);
+        r.take();
+        assert_eq!(say(&mut c, &mut r, 2, "c", r#"{"rooms":true}"#), Outcome::Answered);
+        assert_eq!(
+            r.take(),
+            vec![(
+                2,
+                r#"{"type":"rooms","rooms":[{"room":"lobby","users":3},{"room":"zz","users":2}],"total":3}"#
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_disconnect_leaves_every_room_and_names_the_rooms_left_empty_here() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"dev"}"#);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"ops"}"#);
+        say(&mut c, &mut r, 1, "b", r#"{"join":"ops"}"#);
+        c.flush_presence(&mut r);
+        r.take();
+        let mut emptied: Vec<String> = c.leave("a").iter().map(|x| x.to_string()).collect();
+        emptied.sort();
+        assert_eq!(emptied, ["dev"]);
+        c.flush_presence(&mut r);
+        assert_eq!(
+            r.sorted(),
+            vec![
+                (1, r#"{"type":"leave","room":"lobby","id":"a"}"#.to_string()),
+                (1, r#"{"type":"leave","room":"ops","id":"a"}"#.to_string()),
+            ]
+        );
+        assert_eq!(c.rooms.len(), 2);
     }
 
     #[test]
     fn private_message_reaches_recipient_and_echoes_to_sender_only() {
         let (mut c, mut r) = chat_with(&["a", "Bob", "c"]);
-        assert_eq!(c.handle(0, "a", r#"{"to":"BOB","text":"psst"}"#, 1, &mut r), Outcome::Private);
-        let line = r#"{"type":"message","from":"a","to":"Bob","text":"psst","ts":1}"#.to_string();
+        assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"to":"BOB","text":"psst"}"#), Outcome::Private);
+        let line = r#"{"type":"message","from":"a","to":"Bob","text":"psst","ts":5}"#.to_string();
         assert_eq!(r.take(), vec![(1, line.clone()), (0, line)]);
         // To yourself: one copy.
-        c.handle(0, "a", r#"{"to":"a","text":"me"}"#, 1, &mut r);
+        say(&mut c, &mut r, 0, "a", r#"{"to":"a","text":"me"}"#);
         assert_eq!(r.take().len(), 1);
     }
 
@@ -662,33 +824,35 @@ mod tests {
             (r#"{"text":"12345678901"}"#, ErrorCode::TooLong, "too_long"),
         ];
         for (frame, code, needle) in cases {
-            assert_eq!(c.handle(1, "b", frame, 1, &mut r), Outcome::Refused(code));
+            assert_eq!(say(&mut c, &mut r, 1, "b", frame), Outcome::Refused(code));
             let got = r.take();
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].0, 1);
             assert!(got[0].1.contains(needle), "{}", got[0].1);
         }
         // Ten characters of two bytes each are within a ten-character limit.
-        assert!(matches!(c.handle(1, "b", r#"{"text":"éééééééééé"}"#, 1, &mut r), Outcome::Room(_)));
+        assert!(matches!(say(&mut c, &mut r, 1, "b", r#"{"text":"éééééééééé"}"#), Outcome::Room { .. }));
     }
 
     #[test]
-    fn presence_is_batched_and_each_joiner_sees_only_later_events() {
+    fn presence_is_batched_per_room_and_each_joiner_sees_only_later_events() {
         let (mut c, mut r) = chat_with(&["old"]);
-        c.join("n1", 1, &[0; 16], false, std::time::Instant::now(), &mut r).unwrap();
-        c.join("n2", 2, &[0; 16], false, std::time::Instant::now(), &mut r).unwrap();
+        join(&mut c, "n1", 1, &mut r).unwrap();
+        join(&mut c, "n2", 2, &mut r).unwrap();
         c.leave("old");
         let welcomes = r.take();
         assert!(welcomes[0].1.contains(r#""users":["n1","old"]"#), "{}", welcomes[0].1);
         assert!(welcomes[1].1.contains(r#""total":3"#));
         c.flush_presence(&mut r);
-        let mut got = r.take();
-        got.sort();
         assert_eq!(
-            got,
+            r.sorted(),
             vec![
-                (1, "{\"type\":\"join\",\"id\":\"n2\"}\n{\"type\":\"leave\",\"id\":\"old\"}".to_string()),
-                (2, "{\"type\":\"leave\",\"id\":\"old\"}".to_string()),
+                (
+                    1,
+                    "{\"type\":\"join\",\"room\":\"lobby\",\"id\":\"n2\"}\n{\"type\":\"leave\",\"room\":\"lobby\",\"id\":\"old\"}"
+                        .to_string()
+                ),
+                (2, "{\"type\":\"leave\",\"room\":\"lobby\",\"id\":\"old\"}".to_string()),
             ]
         );
         c.flush_presence(&mut r);
@@ -697,10 +861,10 @@ mod tests {
 
     #[test]
     fn above_the_limit_presence_goes_quiet_and_welcome_is_capped() {
-        let mut c = Chat::new(2, 10, 20);
+        let mut c = Chat::new(limits(2));
         let mut r = Rec::default();
         for (t, id) in ["a", "b", "c"].iter().enumerate() {
-            c.join(id, t, &[0; 16], false, std::time::Instant::now(), &mut r).unwrap();
+            join(&mut c, id, t, &mut r).unwrap();
         }
         let last = &r.take()[2].1;
         assert!(last.starts_with(r#"{"type":"welcome","id":"c","users":["c","#), "{last}");
@@ -713,11 +877,12 @@ mod tests {
         assert_eq!(got.len(), 3);
         for (_, line) in &got {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!((v["type"].as_str(), v["total"].as_u64()), (Some("users"), Some(3)), "{line}");
+            assert_eq!((v["type"].as_str(), v["room"].as_str()), (Some("users"), Some("lobby")), "{line}");
+            assert_eq!(v["total"].as_u64(), Some(3));
             assert_eq!(v["users"].as_array().unwrap().len(), 2);
         }
         c.leave("a");
-        c.join("d", 3, &[0; 16], false, std::time::Instant::now(), &mut r).unwrap();
+        join(&mut c, "d", 3, &mut r).unwrap();
         r.take();
         c.flush_presence(&mut r);
         assert!(r.take().is_empty(), "quiet while above the limit");
@@ -725,14 +890,13 @@ mod tests {
 
     #[test]
     fn presence_tells_the_whole_truth_again_when_the_crowd_shrinks_back_under_the_limit() {
-        // The issue's case: a and b online, c joins above the limit, then b leaves.
-        let mut c = Chat::new(2, 10, 20);
+        // The README-contract issue's case: a and b online, c joins above the limit, b leaves.
+        let mut c = Chat::new(limits(2));
         let mut r = Rec::default();
-        let now = std::time::Instant::now();
-        c.join("a", 0, &[0; 16], false, now, &mut r).unwrap();
-        c.join("b", 1, &[0; 16], false, now, &mut r).unwrap();
+        join(&mut c, "a", 0, &mut r).unwrap();
+        join(&mut c, "b", 1, &mut r).unwrap();
         c.flush_presence(&mut r);
-        c.join("c", 2, &[0; 16], false, now, &mut r).unwrap();
+        join(&mut c, "c", 2, &mut r).unwrap();
         c.flush_presence(&mut r);
         r.take();
         c.leave("b");
@@ -748,14 +912,14 @@ mod tests {
         // Back under the limit, events flow again.
         c.leave("c");
         c.flush_presence(&mut r);
-        assert_eq!(r.take(), vec![(0, r#"{"type":"leave","id":"c"}"#.to_string())]);
+        assert_eq!(r.take(), vec![(0, r#"{"type":"leave","room":"lobby","id":"c"}"#.to_string())]);
     }
 
     #[test]
     fn a_private_message_to_a_busy_recipient_is_refused_to_its_sender_alone() {
         let (mut c, mut r) = chat_with(&["a", "b"]);
         c.users.get_mut("b").unwrap().token = 99; // see Rec::offer
-        let out = c.handle(0, "a", r#"{"to":"b","text":"hi"}"#, 1, &mut r);
+        let out = say(&mut c, &mut r, 0, "a", r#"{"to":"b","text":"hi"}"#);
         assert_eq!(out, Outcome::Refused(ErrorCode::RecipientBusy));
         let got = r.take();
         assert_eq!(got.len(), 1);
@@ -780,7 +944,7 @@ mod tests {
             r#"{"to":false,"text":"secret"}"#,
         ] {
             assert_eq!(
-                c.handle(0, "a", frame, 1, &mut r),
+                say(&mut c, &mut r, 0, "a", frame),
                 Outcome::Refused(ErrorCode::BadMessage),
                 "{frame}"
             );
@@ -795,28 +959,24 @@ mod tests {
     fn confusable_ids_are_one_user() {
         let (mut c, mut r) = chat_with(&["alice", "bob"]);
         for twin in ["aIice", "a1ice", "ALICE", "b0b", "B0B"] {
-            assert_eq!(
-                c.join(twin, 9, &[0; 16], false, std::time::Instant::now(), &mut r),
-                Err(ErrorCode::IdTaken),
-                "{twin}"
-            );
+            assert_eq!(join(&mut c, twin, 9, &mut r), Err(ErrorCode::IdTaken), "{twin}");
         }
         // A private message finds the user under any spelling of its key.
-        assert_eq!(c.handle(1, "bob", r#"{"to":"a1ice","text":"hi"}"#, 1, &mut r), Outcome::Private);
+        assert_eq!(say(&mut c, &mut r, 1, "bob", r#"{"to":"a1ice","text":"hi"}"#), Outcome::Private);
         assert!(r.take()[0].1.contains(r#""to":"alice""#));
     }
 
     #[test]
     fn a_held_id_is_refused_to_others_and_taken_back_with_its_secret() {
         let (mut c, mut r) = chat_with(&["x"]);
-        let now = std::time::Instant::now();
+        let t = now();
         let secret = ids::new_secret();
-        c.reserved.hold(key("Victim"), secret, now + std::time::Duration::from_secs(10));
-        assert_eq!(c.check("victim", now), Err(ErrorCode::IdTaken));
-        assert!(!c.resume("victim", Some(&ids::new_secret()), now), "a wrong secret");
-        assert!(!c.resume("victim", None, now));
-        assert!(c.resume("VICTIM", Some(&secret), now));
-        assert_eq!(c.join("victim", 5, &ids::new_secret(), true, now, &mut r).as_deref(), Ok("victim"));
+        c.reserved.hold(key("Victim"), secret, t + std::time::Duration::from_secs(10));
+        assert_eq!(c.check("victim", t), Err(ErrorCode::IdTaken));
+        assert!(!c.resume("victim", Some(&ids::new_secret()), t), "a wrong secret");
+        assert!(!c.resume("victim", None, t));
+        assert!(c.resume("VICTIM", Some(&secret), t));
+        assert_eq!(c.join("victim", 5, &ids::new_secret(), true, t, &mut r).as_deref(), Ok("victim"));
         assert!(r.take()[0].1.contains(r#""resumed":true"#));
     }
 
@@ -824,17 +984,23 @@ mod tests {
     fn remote_users_are_listed_announced_and_routed_to_their_node() {
         let (mut c, mut r) = chat_with(&["a"]);
         c.remote_join("n2", "Bob");
-        c.remote_join("n2", "Bob"); // a repeat is not news
-        c.remote_join("n3", "zed");
+        c.remote_room("n2", "Bob", "lobby", true);
+        c.remote_room("n2", "Bob", "lobby", true); // a repeat is not news
+        c.remote_room("n3", "zed", "lobby", true); // makes zed known
+        c.remote_room("n3", "zed", "dev", true); // a room with no local member: no events here
         c.flush_presence(&mut r);
         let got = r.take();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1, "{\"type\":\"join\",\"id\":\"Bob\"}\n{\"type\":\"join\",\"id\":\"zed\"}");
-        assert!(c.join("x", 6, &[0; 16], false, std::time::Instant::now(), &mut r).is_ok());
+        assert_eq!(
+            got[0].1,
+            "{\"type\":\"join\",\"room\":\"lobby\",\"id\":\"Bob\"}\n{\"type\":\"join\",\"room\":\"lobby\",\"id\":\"zed\"}"
+        );
+        assert!(join(&mut c, "x", 6, &mut r).is_ok());
         let w = &r.take()[0].1;
-        assert!(w.contains(r#""total":4"#), "the welcome counts remote users: {w}");
+        assert!(w.contains(r#""total":4"#), "the welcome counts remote members of the lobby: {w}");
+        assert_eq!(c.count_on("n3"), (1, 2));
         // A private message to a remote user is the caller's to forward; nothing is queued.
-        match c.handle(0, "a", r#"{"to":"BOB","text":"hi"}"#, 1, &mut r) {
+        match say(&mut c, &mut r, 0, "a", r#"{"to":"BOB","text":"hi"}"#) {
             Outcome::Remote { node, to, line } => {
                 assert_eq!((&*node, &*to), ("n2", "Bob"));
                 assert!(std::str::from_utf8(&line).unwrap().contains(r#""to":"Bob""#));
@@ -842,38 +1008,44 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(r.take().is_empty());
+        // A room line from another node reaches the local members of that room only.
+        say(&mut c, &mut r, 0, "a", r#"{"join":"dev"}"#);
+        r.take();
+        c.deliver_room("dev", &Bytes::from_static(b"{}"), &mut r);
+        assert_eq!(r.take(), vec![(0, "{}".to_string())]);
         // While the cluster is down: remote ids are taken, remote sends refused.
         c.cluster_down = true;
-        assert_eq!(c.check("zed", std::time::Instant::now()), Err(ErrorCode::IdTaken));
-        let out = c.handle(0, "a", r#"{"to":"nobody","text":"hi"}"#, 1, &mut r);
+        assert_eq!(c.check("zed", now()), Err(ErrorCode::IdTaken));
+        let out = say(&mut c, &mut r, 0, "a", r#"{"to":"nobody","text":"hi"}"#);
         assert_eq!(out, Outcome::Refused(ErrorCode::ClusterUnavailable));
         c.cluster_down = false;
-        assert_eq!(
-            c.check("zed", std::time::Instant::now()).as_deref(),
-            Ok("zed"),
-            "Redis decides while it is up"
-        );
+        assert_eq!(c.check("zed", now()).as_deref(), Ok("zed"), "Redis decides while it is up");
     }
 
     #[test]
-    fn rosters_replace_a_nodes_users_and_a_dead_node_takes_its_users_along() {
+    fn rosters_replace_a_nodes_users_and_rooms_and_a_dead_node_takes_its_users_along() {
         let (mut c, mut r) = chat_with(&["a"]);
-        c.remote_roster("n2", &["b", "c"]);
-        c.remote_join("n3", "d");
+        c.remote_roster("n2", &[("b", vec!["lobby"]), ("c", vec!["lobby", "dev"])]);
+        c.remote_room("n3", "d", "lobby", true);
         c.remote_leave("n3", "b"); // b is on n2, not n3: ignored
-        assert_eq!((c.remote_len(), c.count_on("n2")), (3, 2));
+        assert_eq!((c.remote_len(), c.count_on("n2")), (3, (2, 3)));
         c.flush_presence(&mut r);
         r.take();
-        c.remote_roster("n2", &["c", "e"]);
+        c.remote_roster("n2", &[("c", vec!["lobby"]), ("e", vec!["lobby"])]);
         c.flush_presence(&mut r);
         let got = r.take();
-        assert_eq!(got[0].1, "{\"type\":\"leave\",\"id\":\"b\"}\n{\"type\":\"join\",\"id\":\"e\"}");
+        assert_eq!(
+            got[0].1,
+            "{\"type\":\"leave\",\"room\":\"lobby\",\"id\":\"b\"}\n{\"type\":\"join\",\"room\":\"lobby\",\"id\":\"e\"}"
+        );
+        assert_eq!(c.rooms.key("dev"), None, "c left dev: nobody is in it");
         c.drop_node("n2");
         assert_eq!(c.remote_len(), 1);
         c.remote_join("n9", "A"); // our own user's id: Redis gave it to us, the news is stale
         assert_eq!(c.remote_len(), 1);
-        // A remote user who moves here is dropped from the remote map on join.
-        assert!(c.join("D", 7, &[0; 16], false, std::time::Instant::now(), &mut r).is_ok());
+        // A remote user who moves here is dropped from the remote map, and its rooms, on join.
+        assert!(join(&mut c, "D", 7, &mut r).is_ok());
         assert_eq!(c.remote_len(), 0);
+        assert_eq!(c.rooms.room(c.rooms.key("lobby").unwrap()).len(), 2);
     }
 }

@@ -34,9 +34,9 @@ fn welcome_lists_users_and_presence_events_flow() {
         w[0]["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
     users.sort();
     assert_eq!(users, ["alice", "bob"]);
-    assert_eq!(a.lines()[0], json!({"type":"join","id":"bob"}));
+    assert_eq!(a.lines()[0], json!({"type":"join","room":"lobby","id":"bob"}));
     drop(b);
-    assert_eq!(a.lines()[0], json!({"type":"leave","id":"bob"}));
+    assert_eq!(a.lines()[0], json!({"type":"leave","room":"lobby","id":"bob"}));
 }
 
 #[test]

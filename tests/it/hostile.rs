@@ -189,7 +189,9 @@ fn half_open_peers_are_closed_by_the_idle_timeout() {
     while t0.elapsed() < Duration::from_secs(3) && !saw_leave {
         alive.ws.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         match alive.ws.read() {
-            Ok(tungstenite::Message::Text(t)) => saw_leave |= t.contains("\"leave\",\"id\":\"ghost\""),
+            Ok(tungstenite::Message::Text(t)) => {
+                saw_leave |= t.contains("\"leave\",\"room\":\"lobby\",\"id\":\"ghost\"")
+            }
             Ok(_) => {}
             Err(tungstenite::Error::Io(_)) => {}
             Err(e) => panic!("{e}"),

@@ -6,4 +6,5 @@ mod fair;
 mod hostile;
 mod http;
 mod ops;
+mod rooms;
 mod util;
