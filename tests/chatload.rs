@@ -271,3 +271,100 @@ fn flags_help_and_loopback_only() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside loopback"));
 }
+
+#[test]
+fn conns_alone_clamps_the_default_senders() {
+    // `--conns 5` and nothing else: the default 10 senders give way to the 5 clients.
+    let srv = server(&[]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "5",
+        "--rate",
+        "5",
+        "--duration",
+        "0.5",
+        "--id-prefix",
+        "few-",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("5 clients, 5 room senders"), "{stdout}");
+    let s = summary(&stdout);
+    assert_eq!(num(&s, "ready"), 5);
+    assert_eq!(num(&s, "lost"), 0);
+
+    // A typed --senders above the default --conns is worded after what was typed.
+    let (out, _) = chatload(&["--senders", "150"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--senders 150 is more than the 100 clients"), "{stderr}");
+    assert!(!stderr.contains("--senders 10 "), "{stderr}");
+}
+
+#[test]
+fn version_is_the_package_version() {
+    let (out, stdout) = chatload(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(stdout.trim(), format!("chatload {}", env!("CARGO_PKG_VERSION")));
+    let (out, stdout) = chatload(&["-V"]);
+    assert!(out.status.success());
+    assert!(stdout.starts_with("chatload "), "{stdout}");
+    let (_, help) = chatload(&["--help"]);
+    assert!(help.contains("--version"), "{help}");
+    // The server answers --version too.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_chatloop")).arg("--version").output().expect("chatloop --version");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn rate_limited_losses_point_at_the_server_flag() {
+    // The server's own flood limit (5/s, burst 10) against one sender at 100/s: most of its
+    // messages are refused with rate_limited, and the report says which knob to turn.
+    let srv = server(&["--rate-limit", "5"]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "3",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--drain",
+        "0.5",
+        "--id-prefix",
+        "rl-",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let s = summary(&stdout);
+    assert!(num(&s, "lost") > 0, "{stdout}");
+    assert!(num(&s, "server_errors") > 0, "{stdout}");
+    assert!(stdout.contains("rate_limited x"), "{stdout}");
+    let hint = stdout.lines().find(|l| l.starts_with("hint:")).unwrap_or_else(|| panic!("no hint\n{stdout}"));
+    assert!(hint.contains("--rate-limit") && hint.contains("lower --rate"), "{hint}");
+
+    // Without the limit: no losses, no hint.
+    let srv = server(&[]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "3",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--id-prefix",
+        "nl-",
+    ]);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("hint:"), "{stdout}");
+}

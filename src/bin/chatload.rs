@@ -25,6 +25,10 @@ fn main() {
             print!("{}", args::HELP);
             return;
         }
+        Ok(Parsed::Version) => {
+            println!("chatload {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
         Err(e) => {
             eprintln!("chatload: {e}");
             std::process::exit(2);
@@ -131,6 +135,9 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.churn_skipped,
         c.close_timeouts
     );
+    if let Some(hint) = rate_limit_hint(lost, &c.server_errors, args.rate) {
+        println!("{hint}");
+    }
     let mut server = String::new();
     if !args.pids.is_empty() {
         let pid = args.pids.iter().map(u32::to_string).collect::<Vec<_>>().join("+");
@@ -245,4 +252,39 @@ fn compact(m: &BTreeMap<u16, u64>) -> String {
         return "none".into();
     }
     m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
+}
+
+/// When messages were lost and the server refused some as `rate_limited`, the cause is most
+/// likely the server's own flood limit, not a fault: say which knob to turn.
+fn rate_limit_hint(lost: u64, server_errors: &BTreeMap<String, u64>, rate: f64) -> Option<String> {
+    let refused = server_errors.get("rate_limited").copied().unwrap_or(0);
+    if lost == 0 || refused == 0 {
+        return None;
+    }
+    Some(format!(
+        "hint: the server refused {refused} message(s) with rate_limited, which explains losses: \
+         its --rate-limit (default 20/s per connection, burst 40) is below this run's --rate {rate}/s \
+         per sender; start the server with --rate-limit 0 (off) or above {rate}, or lower --rate"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_losses_get_a_hint() {
+        let mut errors = BTreeMap::new();
+        assert_eq!(rate_limit_hint(5, &errors, 50.0), None);
+        errors.insert("rate_limited".to_string(), 7);
+        assert_eq!(rate_limit_hint(0, &errors, 50.0), None, "nothing lost, nothing to explain");
+        let hint = rate_limit_hint(5, &errors, 50.0).unwrap();
+        assert!(
+            hint.contains("--rate-limit") && hint.contains("--rate 50/s") && hint.contains("7"),
+            "{hint}"
+        );
+        errors.clear();
+        errors.insert("too_long".to_string(), 7);
+        assert_eq!(rate_limit_hint(5, &errors, 50.0), None);
+    }
 }

@@ -29,7 +29,7 @@ Load:
                                   per second; they are not counted as receivers
   --conns N              clients held for the whole run [default: 100]
   --senders N            room senders among them (at most --conns; in private mode every
-                         client sends) [default: 10]
+                         client sends) [default: 10, or --conns if fewer]
   --rate R               messages per second per sender (fractions allowed) [default: 10]
   --size BYTES           pad each message text to at least BYTES, at most 900
                          [default: 0, no padding]
@@ -55,6 +55,7 @@ Report:
                          end of the window, and its open descriptors (from /proc);
                          repeatable (a cluster's nodes and Redis): the figures are sums
   -h, --help             print this help
+  -V, --version          print chatload's version
 
 Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
 started at which it was queued (and written, at the end of that loop turn); latency is taken
@@ -67,6 +68,9 @@ client was closed unexpectedly, every client connected and the server answered e
 ours within 5 s; 1 otherwise; 2 for bad flags or an unusable target; 3 when the hard
 deadline struck.
 ";
+
+const DEFAULT_CONNS: usize = 100;
+const DEFAULT_SENDERS: usize = 10;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Modes {
@@ -99,6 +103,7 @@ pub struct Args {
 pub enum Parsed {
     Run(Box<Args>),
     Help,
+    Version,
 }
 
 /// Parses the flags (without the program name). Errors are one line, ready to print.
@@ -107,8 +112,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut allow_remote = false;
     let mut sources = 8u8;
     let mut mode = "room".to_string();
-    let mut conns = 100usize;
-    let mut senders = 10usize;
+    // `None`: not given on the command line, so errors can say what the user typed.
+    let mut conns: Option<usize> = None;
+    let mut senders: Option<usize> = None;
     let mut rate = 10.0f64;
     let mut size = 0usize;
     let mut churn: Option<f64> = None;
@@ -124,6 +130,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
             "--allow-remote" => allow_remote = true,
             "--addr" => target = cli.value()?,
             "--sources" => {
@@ -134,8 +141,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 sources = n as u8;
             }
             "--mode" => mode = cli.value()?,
-            "--conns" => conns = whole(&flag, &cli.value()?)?,
-            "--senders" => senders = whole(&flag, &cli.value()?)?,
+            "--conns" => conns = Some(whole(&flag, &cli.value()?)?),
+            "--senders" => senders = Some(whole(&flag, &cli.value()?)?),
             "--rate" => rate = positive_f64(&flag, &cli.value()?)?,
             "--size" => {
                 size = whole(&flag, &cli.value()?)?;
@@ -188,14 +195,26 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         None if modes.churn => 20.0,
         None => 0.0,
     };
-    if modes.room && senders > conns {
-        return Err(format!("--senders {senders} is more than --conns {conns}"));
-    }
-    if modes.room && senders == 0 {
-        return Err("--senders: room mode needs at least one sender".into());
-    }
+    // Defaults give way to what was typed: --conns 5 alone means 5 senders, not an error
+    // about a --senders 10 nobody wrote. Errors name only flags the user gave.
+    let senders = match (senders, conns) {
+        (Some(s), Some(c)) if modes.room && s > c => {
+            return Err(format!("--senders {s} is more than --conns {c}"));
+        }
+        (Some(s), None) if modes.room && s > DEFAULT_CONNS => {
+            return Err(format!(
+                "--senders {s} is more than the {DEFAULT_CONNS} clients chatload holds by default; \
+                 give --conns {s} or more"
+            ));
+        }
+        (Some(0), _) if modes.room => return Err("--senders 0: room mode needs at least one sender".into()),
+        (None, Some(0)) if modes.room => return Err("--conns 0: room mode needs at least one client".into()),
+        (Some(s), _) => s,
+        (None, c) => DEFAULT_SENDERS.min(c.unwrap_or(DEFAULT_CONNS)),
+    };
+    let conns = conns.unwrap_or(DEFAULT_CONNS);
     if modes.private && conns < 2 {
-        return Err("--mode private needs --conns of at least 2".into());
+        return Err(format!("--conns {conns}: --mode private needs at least 2 clients (one pair)"));
     }
     if (modes.room || modes.private) && rate > 1e6 {
         return Err("--rate: at most 1000000 per sender".into());
@@ -268,7 +287,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Args, String> {
         match parse(args.iter().map(|s| s.to_string()))? {
             Parsed::Run(a) => Ok(*a),
-            Parsed::Help => panic!("help"),
+            Parsed::Help | Parsed::Version => panic!("help or version"),
         }
     }
 
@@ -286,11 +305,32 @@ mod tests {
     }
 
     #[test]
+    fn senders_default_gives_way_to_conns() {
+        // The default 10 senders would be more than 5 clients: it is clamped, not an error.
+        let a = run(&["--conns", "5"]).unwrap();
+        assert_eq!((a.conns, a.senders), (5, 5));
+        let a = run(&["--conns", "1"]).unwrap();
+        assert_eq!((a.conns, a.senders), (1, 1));
+        let a = run(&["--conns", "50"]).unwrap();
+        assert_eq!(a.senders, 10);
+        let a = run(&["--senders", "3", "--conns", "3"]).unwrap();
+        assert_eq!((a.conns, a.senders), (3, 3));
+        // Idle and private modes have no room senders; --conns 0 is fine for idle.
+        assert_eq!(run(&["--mode", "idle", "--conns", "0"]).unwrap().senders, 0);
+        assert!(matches!(parse(["--version".to_string()]), Ok(Parsed::Version)));
+        assert!(matches!(parse(["-V".to_string()]), Ok(Parsed::Version)));
+    }
+
+    #[test]
     fn bad_flags_are_clear() {
         for (args, needle) in [
             (&["--mode", "storm"][..], "unknown mode"),
             (&["--mode", "idle,room"], "cannot be combined"),
-            (&["--senders", "200"], "more than --conns"),
+            (&["--senders", "200"], "--senders 200 is more than the 100 clients"),
+            (&["--senders", "20", "--conns", "5"], "--senders 20 is more than --conns 5"),
+            (&["--senders", "0"], "--senders 0"),
+            (&["--conns", "0"], "--conns 0"),
+            (&["--mode", "private", "--conns", "1"], "--conns 1"),
             (&["--rate", "0"], "more than 0"),
             (&["--duration", "x"], "not a number of seconds"),
             (&["--addr", "192.0.2.1:80"], "outside loopback"),
