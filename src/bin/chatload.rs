@@ -6,6 +6,10 @@
 mod args;
 #[path = "chatload/engine.rs"]
 mod engine;
+#[path = "chatload/lines.rs"]
+mod lines;
+#[path = "chatload/net.rs"]
+mod net;
 #[path = "chatload/procstat.rs"]
 mod procstat;
 
