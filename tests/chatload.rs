@@ -368,3 +368,70 @@ fn rate_limited_losses_point_at_the_server_flag() {
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("hint:"), "{stdout}");
 }
+
+/// Runs `chatload --attack ...` against `srv` and returns its summary.
+fn attack(srv: &Server, args: &[&str]) -> HashMap<String, String> {
+    let mut all = vec!["--addr", &srv.addr, "--id-prefix", "atk-"];
+    all.extend_from_slice(args);
+    let pid = srv.child.id().to_string();
+    all.extend_from_slice(&["--pid", &pid]);
+    let (out, stdout) = chatload(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {:?}\n{stdout}\n{stderr}", out.status);
+    let s = summary(&stdout);
+    assert_eq!(s["server_alive"], "1", "{stdout}");
+    assert_eq!(num(&s, "connected"), num(&s, "conns"), "{stdout}");
+    s
+}
+
+#[test]
+fn attacks_run_and_report_what_they_did() {
+    // A smoke test of --attack against the real server, not a verdict on the server's
+    // defences (scripts/bench.sh --attack measures those): each kind runs, sends, and counts.
+    let srv = server(&[]);
+    let s = attack(&srv, &["--attack", "ping-flood", "--duration", "0.5"]);
+    assert_eq!(s["attack"], "ping-flood");
+    assert!(num(&s, "frames_sent") > 100, "{s:?}");
+    assert!(num(&s, "pongs") > 0, "{s:?}");
+
+    let s = attack(&srv, &["--attack", "fragments", "--duration", "0.5"]);
+    assert!(num(&s, "frames_sent") > 100, "{s:?}");
+
+    let s = attack(&srv, &["--attack", "ping-noread", "--duration", "0.5"]);
+    assert_eq!(num(&s, "conns"), 4);
+    assert!(num(&s, "frames_sent") > 100, "{s:?}");
+    assert_eq!(num(&s, "pongs"), 0, "ping-noread never reads");
+
+    // Two flooders, one burst each of 2 x --rate messages of ~4 KB to a connected target;
+    // each message is echoed to its sender.
+    let _victim = connect(&srv.addr, "victim");
+    let s = attack(
+        &srv,
+        &["--attack", "private-flood", "--target", "victim", "--rate", "5", "--duration", "0.5"],
+    );
+    assert_eq!(num(&s, "conns"), 2);
+    assert_eq!(num(&s, "frames_sent"), 20, "{s:?}");
+    assert!(num(&s, "bytes_sent") > 20 * 4000, "{s:?}");
+    assert!(num(&s, "messages") > 0, "{s:?}");
+
+    // And the server still serves a newcomer.
+    let mut ws = connect(&srv.addr, "after");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => break t.as_str().to_string(),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    && Instant::now() < deadline => {}
+            Err(e) => panic!("no welcome after the attacks: {e}"),
+        }
+    };
+    assert!(first.starts_with(r#"{"type":"welcome""#), "{first}");
+
+    // Refused before any packet: a kind that does not exist, a flood without a target.
+    let (out, _) = chatload(&["--attack", "nuke"]);
+    assert_eq!(out.status.code(), Some(2));
+    let (out, _) = chatload(&["--attack", "private-flood"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -40,6 +40,22 @@ Load:
   --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
                          [default: cl<pid>-, e.g. cl4242-m0]
 
+Attack (instead of --mode; loopback only like everything else):
+  --attack KIND          a few hostile clients run KIND for --duration and report what they
+                         achieved (frames sent, pongs, errors and close codes received):
+                         ping-flood     one client sends empty pings as fast as the socket
+                                        takes them and reads the pongs
+                         fragments      one client sends a text frame with FIN=0, then empty
+                                        continuation frames as fast as the socket takes them
+                         private-flood  two clients send --target bursts of 2 x --rate private
+                                        messages of 1,000 emoji (~4 KB) each, a burst whenever
+                                        a token bucket of --rate per second (default 20, the
+                                        server's default --rate-limit) is full again
+                         ping-noread    four clients with a 4 KiB receive buffer send pings
+                                        and never read
+                         --conns overrides the number of clients.
+  --target ID            the id private-flood sends to
+
 Timing:
   --warmup SECS          at most this long to connect --conns clients before sending starts
                          (it starts as soon as all are in) [default: 20]
@@ -98,6 +114,47 @@ pub struct Args {
     pub drain: Duration,
     /// Summed over every one.
     pub pids: Vec<u32>,
+    /// `--attack`: run that instead of the modes.
+    pub attack: Option<Attack>,
+}
+
+/// What `--attack` runs; see attack.rs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackKind {
+    PingFlood,
+    Fragments,
+    PrivateFlood,
+    PingNoRead,
+}
+
+impl AttackKind {
+    pub const ALL: [AttackKind; 4] =
+        [AttackKind::PingFlood, AttackKind::Fragments, AttackKind::PrivateFlood, AttackKind::PingNoRead];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::PingFlood => "ping-flood",
+            AttackKind::Fragments => "fragments",
+            AttackKind::PrivateFlood => "private-flood",
+            AttackKind::PingNoRead => "ping-noread",
+        }
+    }
+
+    /// How many clients run it unless --conns says otherwise.
+    pub fn default_conns(self) -> usize {
+        match self {
+            AttackKind::PingFlood | AttackKind::Fragments => 1,
+            AttackKind::PrivateFlood => 2,
+            AttackKind::PingNoRead => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attack {
+    pub kind: AttackKind,
+    /// private-flood's recipient.
+    pub target: Option<String>,
 }
 
 pub enum Parsed {
@@ -111,11 +168,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut target = "127.0.0.1:8080".to_string();
     let mut allow_remote = false;
     let mut sources = 8u8;
-    let mut mode = "room".to_string();
+    let mut mode: Option<String> = None;
     // `None`: not given on the command line, so errors can say what the user typed.
     let mut conns: Option<usize> = None;
     let mut senders: Option<usize> = None;
-    let mut rate = 10.0f64;
+    let mut rate: Option<f64> = None;
     let mut size = 0usize;
     let mut churn: Option<f64> = None;
     let mut churn_hold = Duration::from_secs(1);
@@ -125,6 +182,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut duration = Duration::from_secs(10);
     let mut drain = Duration::from_secs(2);
     let mut pids = Vec::new();
+    let mut attack: Option<AttackKind> = None;
+    let mut attack_target: Option<String> = None;
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
@@ -140,10 +199,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 }
                 sources = n as u8;
             }
-            "--mode" => mode = cli.value()?,
+            "--mode" => mode = Some(cli.value()?),
             "--conns" => conns = Some(whole(&flag, &cli.value()?)?),
             "--senders" => senders = Some(whole(&flag, &cli.value()?)?),
-            "--rate" => rate = positive_f64(&flag, &cli.value()?)?,
+            "--rate" => rate = Some(positive_f64(&flag, &cli.value()?)?),
+            "--attack" => {
+                let v = cli.value()?;
+                let names = AttackKind::ALL.map(AttackKind::name);
+                attack = Some(
+                    *AttackKind::ALL
+                        .iter()
+                        .find(|k| k.name() == v)
+                        .ok_or_else(|| format!("--attack: unknown kind '{v}' ({})", names.join(", ")))?,
+                );
+            }
+            "--target" => attack_target = Some(cli.value()?),
             "--size" => {
                 size = whole(&flag, &cli.value()?)?;
                 if size > 900 {
@@ -169,6 +239,37 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
+
+    let attack = match (attack, attack_target) {
+        (Some(kind), target) => {
+            if let Some(m) = &mode {
+                return Err(format!("--mode {m} and --attack {} exclude each other", kind.name()));
+            }
+            if kind == AttackKind::PrivateFlood && target.is_none() {
+                return Err("--attack private-flood needs --target ID (the recipient)".into());
+            }
+            if kind != AttackKind::PrivateFlood && target.is_some() {
+                return Err(format!("--target is for --attack private-flood, not {}", kind.name()));
+            }
+            if let Some(t) = &target
+                && (t.is_empty()
+                    || t.len() > 32
+                    || !t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+            {
+                return Err(format!("--target: '{t}' is not an id (1 to 32 of A-Z a-z 0-9 _ - .)"));
+            }
+            if conns.is_none_or(|c| c > 0) {
+                conns = Some(conns.unwrap_or(kind.default_conns()));
+            } else {
+                return Err(format!("--conns 0: --attack {} needs at least one client", kind.name()));
+            }
+            Some(Attack { kind, target })
+        }
+        (None, Some(_)) => return Err("--target is for --attack private-flood".into()),
+        (None, None) => None,
+    };
+    let rate = rate.unwrap_or(if attack.is_some() { 20.0 } else { 10.0 });
+    let mode = if attack.is_some() { "idle".to_string() } else { mode.unwrap_or_else(|| "room".into()) };
 
     let mut modes = Modes::default();
     let mut idle = false;
@@ -257,6 +358,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         duration,
         drain,
         pids,
+        attack,
     })))
 }
 
@@ -318,6 +420,14 @@ mod tests {
         // Idle and private modes have no room senders; --conns 0 is fine for idle.
         assert_eq!(run(&["--mode", "idle", "--conns", "0"]).unwrap().senders, 0);
         assert!(matches!(parse(["--version".to_string()]), Ok(Parsed::Version)));
+        // --attack: clients per kind unless --conns says otherwise; the rate is the server's
+        // default rate limit.
+        let a = run(&["--attack", "ping-noread"]).unwrap();
+        assert_eq!((a.attack.unwrap().kind, a.conns, a.rate), (AttackKind::PingNoRead, 4, 20.0));
+        let a = run(&["--attack", "private-flood", "--target", "victim", "--conns", "3"]).unwrap();
+        assert_eq!(a.attack.as_ref().unwrap().target.as_deref(), Some("victim"));
+        assert_eq!((a.conns, a.senders), (3, 0));
+        assert!(run(&[]).unwrap().attack.is_none());
         assert!(matches!(parse(["-V".to_string()]), Ok(Parsed::Version)));
     }
 
@@ -337,6 +447,16 @@ mod tests {
             (&["--conns"], "needs a value"),
             (&["--frob"], "unknown flag"),
             (&["--id-prefix", "a b"], "--id-prefix"),
+            (
+                &["--attack", "nuke"],
+                "unknown kind 'nuke' (ping-flood, fragments, private-flood, ping-noread)",
+            ),
+            (&["--attack", "private-flood"], "needs --target"),
+            (&["--attack", "ping-flood", "--target", "x"], "--target is for"),
+            (&["--target", "x"], "--target is for"),
+            (&["--attack", "ping-flood", "--mode", "room"], "exclude each other"),
+            (&["--attack", "private-flood", "--target", "a b"], "not an id"),
+            (&["--attack", "fragments", "--conns", "0"], "--conns 0"),
         ] {
             let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
             assert!(e.contains(needle), "{args:?}: {e}");
