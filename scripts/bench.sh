@@ -351,11 +351,12 @@ if [ "$attack_block" = 1 ]; then
     if [ "$kind" = none ]; then
       what="no attack (baseline)" got=""
     else
-      what="\`--attack $kind\`$([ "$kind" = private-flood ] && echo " to one receiver")"
+      what="\`--attack $kind\`"
+      if [ "$kind" = private-flood ]; then what+=" to one receiver"; fi
       # What the attacker achieved in its last run.
       a=$(tail -1 "$tmp/atk/$kind" 2>/dev/null || true)
       case "$a" in
-        summary*) got="$(num "$(get frames_sent "$a")") frames sent, $(num "$(get pongs "$a")") pongs; errors: $(get error_codes "$a"); closed: $(get close_codes "$a"); write errors: $(get write_errors "$a")" ;;
+        summary*) got="$(num "$(get frames_sent "$a")") frames sent, $(num "$(get pongs "$a")") pongs, $(num "$(get messages "$a")") messages back; errors: $(get error_codes "$a"); closed: $(get close_codes "$a"); write errors: $(get write_errors "$a")" ;;
         *) got="the attacker did not finish (no summary)" ;;
       esac
     fi
