@@ -388,11 +388,16 @@ fn attack(srv: &Server, args: &[&str]) -> HashMap<String, String> {
 fn attacks_run_and_report_what_they_did() {
     // A smoke test of --attack against the real server, not a verdict on the server's
     // defences (scripts/bench.sh --attack measures those): each kind runs, sends, and counts.
+    // What the server answered: pongs, or the end of the connection (a close code or a
+    // write that failed), whichever its defences chose.
+    let answered = |s: &HashMap<String, String>| {
+        num(s, "pongs") > 0 || s["close_codes"] != "none" || num(s, "write_errors") > 0
+    };
     let srv = server(&[]);
     let s = attack(&srv, &["--attack", "ping-flood", "--duration", "0.5"]);
     assert_eq!(s["attack"], "ping-flood");
     assert!(num(&s, "frames_sent") > 100, "{s:?}");
-    assert!(num(&s, "pongs") > 0, "{s:?}");
+    assert!(answered(&s), "{s:?}");
 
     let s = attack(&srv, &["--attack", "fragments", "--duration", "0.5"]);
     assert!(num(&s, "frames_sent") > 100, "{s:?}");
@@ -412,7 +417,8 @@ fn attacks_run_and_report_what_they_did() {
     assert_eq!(num(&s, "conns"), 2);
     assert_eq!(num(&s, "frames_sent"), 20, "{s:?}");
     assert!(num(&s, "bytes_sent") > 20 * 4000, "{s:?}");
-    assert!(num(&s, "messages") > 0, "{s:?}");
+    // Each message comes back as its echo or as an error line (recipient_busy, say).
+    assert!(num(&s, "messages") + num(&s, "server_errors") > 0, "{s:?}");
 
     // And the server still serves a newcomer.
     let mut ws = connect(&srv.addr, "after");

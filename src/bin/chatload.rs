@@ -242,6 +242,13 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
         map_or_none(&t.write_errors),
         map_or_none(&t.connect_errors)
     );
+    if t.connected > 0 && window < args.duration.as_secs_f64() * 0.99 {
+        println!(
+            "attack {}: the server ended every attacker's connection after {window:.2} s of the {:.2} s asked",
+            kind.name(),
+            args.duration.as_secs_f64()
+        );
+    }
     let mut server = String::new();
     if !args.pids.is_empty() {
         let pid = args.pids.iter().map(u32::to_string).collect::<Vec<_>>().join("+");

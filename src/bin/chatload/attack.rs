@@ -280,11 +280,13 @@ pub fn run(args: &Args) -> io::Result<Tally> {
             if kind == AttackKind::PrivateFlood {
                 c.refill(args.rate, burst, &message);
             }
-            if !c.write_blocked {
-                c.write_some(&mut tally);
-            }
-            if c.reads && !c.read_blocked && !c.dead {
+            // Reads first, so that a close the server sent is seen before a write fails on
+            // the connection it ended.
+            if c.reads && !c.read_blocked {
                 c.read_some(&mut scratch, &mut tally);
+            }
+            if !c.write_blocked && !c.dead {
+                c.write_some(&mut tally);
             }
         }
     }
@@ -410,10 +412,16 @@ impl Client {
     fn died(&mut self, tally: &mut Tally, reason: String) {
         *tally.write_errors.entry(reason).or_default() += 1;
         if self.reads {
-            // What came before the end may hold the close frame: read what is there.
+            // What came before the end may hold the close frame: read what is there. The
+            // reset is reported once, by the first read; queued bytes may follow it.
             let mut scratch = vec![0u8; 64 * 1024];
-            while let Ok(n @ 1..) = self.tcp.read(&mut scratch) {
-                self.inbuf.extend_from_slice(&scratch[..n]);
+            for _ in 0..64 {
+                match self.tcp.read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(n) => self.inbuf.extend_from_slice(&scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {}
+                }
             }
             self.tally_frames(tally);
         }
