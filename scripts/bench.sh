@@ -356,7 +356,7 @@ if [ "$attack_block" = 1 ]; then
       # What the attacker achieved in its last run.
       a=$(tail -1 "$tmp/atk/$kind" 2>/dev/null || true)
       case "$a" in
-        summary*) got="$(num "$(get frames_sent "$a")") frames sent, $(num "$(get pongs "$a")") pongs, $(num "$(get messages "$a")") messages back; errors: $(get error_codes "$a"); closed: $(get close_codes "$a"); write errors: $(get write_errors "$a")" ;;
+        summary*) got="$(num "$(get frames_sent "$a")") frames sent, $(num "$(get pongs "$a")") pongs, $(num "$(get echoes "$a")") private echoes; errors: $(get error_codes "$a"); closed: $(get close_codes "$a"); write errors: $(get write_errors "$a")" ;;
         *) got="the attacker did not finish (no summary)" ;;
       esac
     fi

@@ -418,7 +418,7 @@ fn attacks_run_and_report_what_they_did() {
     assert_eq!(num(&s, "frames_sent"), 20, "{s:?}");
     assert!(num(&s, "bytes_sent") > 20 * 4000, "{s:?}");
     // Each message comes back as its echo or as an error line (recipient_busy, say).
-    assert!(num(&s, "messages") + num(&s, "server_errors") > 0, "{s:?}");
+    assert!(num(&s, "echoes") + num(&s, "server_errors") > 0, "{s:?}");
 
     // And the server still serves a newcomer.
     let mut ws = connect(&srv.addr, "after");

@@ -226,13 +226,13 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
     let after = procstat::sample_all(&args.pids);
     let connect_errors: u64 = t.connect_errors.values().sum();
     println!(
-        "attack {}: {} frames sent ({:.1} MB) in {window:.2} s ({:.0}/s); received {} pongs, {} messages",
+        "attack {}: {} frames sent ({:.1} MB) in {window:.2} s ({:.0}/s); received {} pongs, {} private echoes",
         kind.name(),
         t.frames_sent,
         t.bytes_sent as f64 / 1e6,
         t.frames_sent as f64 / window.max(1e-9),
         t.pongs,
-        t.messages
+        t.echoes
     );
     println!(
         "attack {}: server errors: {}; close codes: {}; write errors: {}; connect errors: {}",
@@ -276,7 +276,7 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
     let ok = t.connected == args.conns as u64;
     println!(
         "summary attack={} conns={} connected={} frames_sent={} bytes_sent={} frames_per_sec={:.0} pongs={} \
-         messages={} server_errors={} error_codes={} close_codes={} write_errors={} connect_errors={connect_errors} \
+         echoes={} server_errors={} error_codes={} close_codes={} write_errors={} connect_errors={connect_errors} \
          window_s={window:.3}{server} ok={}",
         kind.name(),
         args.conns,
@@ -285,7 +285,7 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
         t.bytes_sent,
         t.frames_sent as f64 / window.max(1e-9),
         t.pongs,
-        t.messages,
+        t.echoes,
         t.errors.values().sum::<u64>(),
         compact(&t.errors),
         compact(&t.close_codes),

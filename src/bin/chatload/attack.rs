@@ -36,8 +36,9 @@ pub struct Tally {
     pub frames_sent: u64,
     pub bytes_sent: u64,
     pub pongs: u64,
-    /// Chat lines of type message that came back (private-flood's echoes).
-    pub messages: u64,
+    /// Private messages that came back: private-flood's echoes. (The attackers are in the
+    /// room too; room traffic is not counted.)
+    pub echoes: u64,
     /// Error lines by code.
     pub errors: BTreeMap<String, u64>,
     /// Close frames from the server by code; 1006 when the socket ended without one.
@@ -394,7 +395,9 @@ impl Client {
                 ServerFrame::Text(text) => {
                     for line in text.split(|&b| b == b'\n') {
                         if line.starts_with(br#"{"type":"message""#) {
-                            tally.messages += 1;
+                            if field(line, br#""to":""#).is_some() {
+                                tally.echoes += 1;
+                            }
                         } else if line.starts_with(br#"{"type":"error""#) {
                             let code = field(line, br#""code":""#).unwrap_or(b"?");
                             *tally.errors.entry(String::from_utf8_lossy(code).into_owned()).or_default() += 1;
