@@ -357,7 +357,7 @@ fn rate_limit_hint(lost: u64, server_errors: &BTreeMap<String, u64>, rate: f64) 
     }
     Some(format!(
         "hint: the server refused {refused} message(s) with rate_limited, which explains losses: \
-         its --rate-limit (default 20/s per connection, burst 40) is below this run's --rate {rate}/s \
+         its --rate-limit (default 20/s per client, burst 40) is below this run's --rate {rate}/s \
          per sender; start the server with --rate-limit 0 (off) or above {rate}, or lower --rate"
     ))
 }
