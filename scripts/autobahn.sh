@@ -3,7 +3,10 @@
 # runner of the Autobahn case files) against chatloop's `/echo` endpoint.
 #
 #   scripts/autobahn.sh                 # every case except 12.* and 13.* (permessage-deflate)
-#   scripts/autobahn.sh -i '6.*'        # extra kosoku arguments narrow the run
+#   scripts/autobahn.sh -i '6.*'        # narrow the run: kosoku's -i/--include CASE,
+#                                       # -x/--exclude CASE (globs, repeatable) and
+#                                       # -p/--parallelism N pass through
+#   scripts/autobahn.sh --help          # this help
 #
 # Every case must end OK, NON-STRICT or INFORMATIONAL (and its closing handshake OK or
 # INFORMATIONAL); anything else, a server that died, or a run past the time limit fails.
@@ -12,6 +15,20 @@
 # Needs python3 (with venv) and network access to PyPI on the first run only; the venv lives in
 # target/autobahn-venv and is reused while it holds the pinned kosoku.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# Only kosoku's narrowing flags pass through; anything else is refused before any install.
+kosoku_args=() narrowed=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    -i|--include|-x|--exclude|-p|--parallelism)
+      [ $# -ge 2 ] || { echo "autobahn.sh: $1 needs a value (see --help)" >&2; exit 2; }
+      case "$1" in -p|--parallelism) ;; *) narrowed=1 ;; esac
+      kosoku_args+=("$1" "$2"); shift 2 ;;
+    *) echo "autobahn.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+set -- "${kosoku_args[@]}"
 cd "$(dirname "$0")/.."
 
 KOSOKU_VERSION=0.1.0
@@ -99,7 +116,7 @@ fi
 
 # --- verdict ----------------------------------------------------------------------------------
 EXPECT=$EXPECTED_CASES
-[ "$#" -eq 0 ] || EXPECT=0 # a narrowed run has no fixed count
+[ "$narrowed" -eq 0 ] || EXPECT=0 # a narrowed run has no fixed count
 set +e
 "$VENV/bin/python" - "$OUT" "$EXPECT" <<'PY'
 import collections, json, os, sys

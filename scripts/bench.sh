@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks for the README: prints one markdown table (and saves it to artifacts/).
 #
-# Usage: [RUNS=N] scripts/bench.sh [--quick] [--cluster]
+# Usage: [RUNS=N] scripts/bench.sh [--quick] [--cluster] [--attack]
 #   RUNS=N     runs per measurement; the table shows the median of each number [default: 3]
 #   --quick    one run each, 2 s windows, fewer connections for the idle and
 #              most-connections rows: a smoke test of the script, not numbers to publish
 #   --cluster  only the rows the cluster is compared with (1 node at 100k/s and 500k/s
 #              room, 100k/s private) and the cluster rows
+#   --attack   only the "under attack" block (with --cluster: both)
+#   -h, --help this help
 #
 # Each run starts a fresh release server (--addr 127.0.0.1:0 --rate-limit 0) pinned to CPU 0
 # with taskset and drives it with chatload pinned to CPU 1, then stops it. Rows:
@@ -22,20 +24,33 @@
 #   - cluster (skipped without redis-server): 2 nodes sharing one port (--reuse-port) and
 #     Redis, all three pinned to CPU 0 like the single server, at the 100k/s and 500k/s room
 #     loads and the 100k/s private load; CPU per delivery sums both nodes and Redis
+#   - under attack: the room fan-out at 200k deliveries/s (1,000 clients, 10 senders × 20
+#     msg/s) against a server with its default --rate-limit (20), once alone and once while
+#     `chatload --attack KIND` runs against the same server for the same window, for each of
+#     ping-flood, fragments, private-flood (its target one of the fan-out's receivers) and
+#     ping-noread; p99, lost and unexpected closes of the fan-out, and what the attacker got
+#     (frames sent, close codes, errors). The attacker shares CPU 1 with the fan-out's chatload.
 # Loopback only. Needs taskset (util-linux) and 2 or more CPUs.
 set -euo pipefail
 
 runs=${RUNS:-3}
-quick=0 full=1
+quick=0 sel_cluster=0 sel_attack=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    --cluster) full=0 ;;
+    --cluster) sel_cluster=1 ;;
+    --attack) sel_attack=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$a' (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: RUNS must be a whole number above 0" >&2; exit 2; }
+# Which blocks run: everything by default; --cluster and --attack pick theirs. "full" is every
+# single-server row; "single" is the single-server rows the cluster is compared with.
+full=1 single=1 cluster_block=1 attack_block=1
+if [ "$sel_cluster$sel_attack" != 00 ]; then
+  full=0 single=$sel_cluster cluster_block=$sel_cluster attack_block=$sel_attack
+fi
 dur=5 idle_big=10000 max_conns=19000
 if [ "$quick" = 1 ]; then
   runs=1 dur=2 idle_big=5000 max_conns=5000
@@ -49,7 +64,9 @@ out="artifacts/bench-$(date +%Y%m%d-%H%M%S).md"
 tmp=$(mktemp -d)
 server_pid=""
 cluster_pids=()
+fan_pid="" atk_pid=""
 cleanup() {
+  for p in $atk_pid $fan_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   for p in "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
@@ -158,6 +175,7 @@ problems() {
   fi
 }
 
+if [ "$single" = 1 ]; then
 # 1. Binary size.
 cp "$bin/chatloop" "$tmp/chatloop.stripped"
 strip "$tmp/chatloop.stripped"
@@ -216,6 +234,8 @@ row "Connections held: $(num "$max_conns") clients, 2 room messages/s to all" \
   "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 fi
 
+fi # single
+
 # 6. Cluster: two nodes and Redis on CPU 0 (the single server's CPU), the load on CPU 1.
 start_cluster() {
   local port i
@@ -257,7 +277,9 @@ cluster_load() {
   case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
 }
 
-if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+if [ "$cluster_block" = 0 ]; then
+  :
+elif command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
   for spec in "room 10" "room 50" "private 5"; do
     set -- $spec
     echo "bench: cluster, $1 at $2/s" >&2
@@ -274,6 +296,74 @@ else
   echo "bench: no redis-server: cluster rows skipped" >&2
 fi
 
+# 7. Under attack: the fan-out at 200k deliveries/s alone, then while each attack runs.
+attack_kinds=(none ping-flood fragments private-flood ping-noread)
+victim="b$$-m999" # a receiver of the fan-out (its senders are m0..m9)
+
+# One fan-out measurement on a fresh server with its default rate limit; with an attack kind,
+# `chatload --attack KIND` starts against the same server once the fan-out's clients are in and
+# runs for the same window. Prints the fan-out's summary; the attacker's goes to $tmp/atk/KIND.
+attack_load() {
+  local kind=$1 line i
+  shift
+  server_args=(--rate-limit 20)
+  start_server
+  server_args=()
+  : >"$tmp/fan.out"
+  timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "b$$-" "$@" \
+    >"$tmp/fan.out" 2>>"$tmp/load.err" </dev/null &
+  fan_pid=$!
+  if [ "$kind" != none ]; then
+    # Up to 60 s for the 1,000 clients to connect; the window opens right after.
+    for i in $(seq 1200); do
+      grep -q '^connected ' "$tmp/fan.out" 2>/dev/null && break
+      kill -0 "$fan_pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    local target=()
+    [ "$kind" = private-flood ] && target=(--target "$victim")
+    timeout $((dur + 30)) taskset -c 1 "$bin/chatload" --addr "$addr" --id-prefix "x$$-" --attack "$kind" \
+      "${target[@]}" --duration "$dur" >"$tmp/atk.out" 2>>"$tmp/load.err" </dev/null &
+    atk_pid=$!
+  fi
+  wait "$fan_pid" 2>/dev/null || true
+  fan_pid=""
+  if [ -n "$atk_pid" ]; then
+    wait "$atk_pid" 2>/dev/null || true
+    atk_pid=""
+    mkdir -p "$tmp/atk"
+    tail -1 "$tmp/atk.out" >>"$tmp/atk/$kind"
+  fi
+  stop_server
+  line=$(tail -1 "$tmp/fan.out")
+  case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
+}
+
+attack_rows=()
+if [ "$attack_block" = 1 ]; then
+  base_p99=""
+  for kind in "${attack_kinds[@]}"; do
+    echo "bench: under attack: room fan-out at 200k/s, attack: $kind" >&2
+    measure_with attack_load "$kind" --mode room --conns 1000 --senders 10 --rate 20 --duration "$dur"
+    p99=$(med p99_us)
+    [ "$kind" = none ] && base_p99=$p99
+    ratio=$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f×", a / b; else print "n/a" }')
+    if [ "$kind" = none ]; then
+      what="no attack (baseline)" got=""
+    else
+      what="\`--attack $kind\`"
+      if [ "$kind" = private-flood ]; then what+=" to one receiver"; fi
+      # What the attacker achieved in its last run.
+      a=$(tail -1 "$tmp/atk/$kind" 2>/dev/null || true)
+      case "$a" in
+        summary*) got="$(num "$(get frames_sent "$a")") frames sent, $(num "$(get pongs "$a")") pongs, $(num "$(get echoes "$a")") private echoes; errors: $(get error_codes "$a"); closed: $(get close_codes "$a"); write errors: $(get write_errors "$a")" ;;
+        *) got="the attacker did not finish (no summary)" ;;
+      esac
+    fi
+    attack_rows+=("| $what | $(rate "$(med deliveries_per_sec)") deliveries/s | $(lat "$p99") | $ratio | $(num "$(total lost)") | $(problems) | $got |")
+  done
+fi
+
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
   echo "chatloop $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') on $(date -u +%Y-%m-%d), $(nproc) CPUs ($cpu), Linux $(uname -r)."
@@ -281,8 +371,19 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   echo "each room/private window ${dur} s. Latency is from the send to the receiving client's read, over every delivery."
   echo "Load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews these numbers)."
   echo
-  echo "| Measure | Result | p50 | p99 | Server CPU per delivery | chatload CPU | Lost / unexpected closes / connect errors |"
-  echo "|---|---|---|---|---|---|---|"
-  printf '%s\n' "${rows[@]}"
+  if [ "${#rows[@]}" -gt 0 ]; then
+    echo "| Measure | Result | p50 | p99 | Server CPU per delivery | chatload CPU | Lost / unexpected closes / connect errors |"
+    echo "|---|---|---|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+  fi
+  if [ "${#attack_rows[@]}" -gt 0 ]; then
+    [ "${#rows[@]}" -gt 0 ] && echo
+    echo "Under attack: room fan-out, 1,000 clients, 10 senders × 20 msg/s (200k deliveries/s offered), server"
+    echo "with its default --rate-limit 20; each attack runs for the same ${dur} s window against the same server."
+    echo
+    echo "| Attack | Fan-out result | p99 | p99 vs baseline | Lost | Lost / unexpected closes / connect errors | What the attacker got (last run) |"
+    echo "|---|---|---|---|---|---|---|"
+    printf '%s\n' "${attack_rows[@]}"
+  fi
 } | tee "$out"
 echo "bench: saved $out" >&2

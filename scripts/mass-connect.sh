@@ -3,12 +3,26 @@
 # and must all stay connected, with nothing closed unexpectedly.
 #
 # Usage: scripts/mass-connect.sh [N]
+#   N          clients connecting at once [default: 10000]
+#   -h, --help print this help
 # Builds the release binaries, starts chatloop on 127.0.0.1:0 with its defaults, runs
-# `chatload --mode idle --conns N`, and exits with chatload's status (0: every client held).
+# `chatload --mode idle --conns N`, and exits 0 when every client was held, 1 when not,
+# 2 on bad usage.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+n=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    -*) echo "mass-connect: unknown flag '$1' (see --help)" >&2; exit 2 ;;
+    *)
+      [ -z "$n" ] || { echo "mass-connect: one N only, got '$n' and '$1' (see --help)" >&2; exit 2; }
+      n=$1; shift ;;
+  esac
+done
+n=${n:-10000}
+[[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "mass-connect: N must be a whole number above 0, not '$n'" >&2; exit 2; }
 cd "$(dirname "$0")/.."
-n=${1:-10000}
-[[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "mass-connect: N must be a whole number above 0" >&2; exit 2; }
 
 timeout 1800 cargo build --release --quiet --bin chatloop --bin chatload </dev/null
 tmp=$(mktemp -d)

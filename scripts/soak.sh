@@ -27,13 +27,15 @@ set -euo pipefail
 
 duration=20 conns=500 senders=10 rate=5 churn=20 cluster=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+# The value after flag $1, or exit 2 (bad usage) when there is none.
+value() { [ $# -ge 2 ] || { echo "soak.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --duration) duration="${2:?--duration needs a value}"; shift 2 ;;
-    --conns) conns="${2:?--conns needs a value}"; shift 2 ;;
-    --senders) senders="${2:?--senders needs a value}"; shift 2 ;;
-    --rate) rate="${2:?--rate needs a value}"; shift 2 ;;
-    --churn) churn="${2:?--churn needs a value}"; shift 2 ;;
+    --duration) value "$@"; duration=$2; shift 2 ;;
+    --conns) value "$@"; conns=$2; shift 2 ;;
+    --senders) value "$@"; senders=$2; shift 2 ;;
+    --rate) value "$@"; rate=$2; shift 2 ;;
+    --churn) value "$@"; churn=$2; shift 2 ;;
     --cluster) cluster=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;

@@ -271,3 +271,173 @@ fn flags_help_and_loopback_only() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside loopback"));
 }
+
+#[test]
+fn conns_alone_clamps_the_default_senders() {
+    // `--conns 5` and nothing else: the default 10 senders give way to the 5 clients.
+    let srv = server(&[]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "5",
+        "--rate",
+        "5",
+        "--duration",
+        "0.5",
+        "--id-prefix",
+        "few-",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("5 clients, 5 room senders"), "{stdout}");
+    let s = summary(&stdout);
+    assert_eq!(num(&s, "ready"), 5);
+    assert_eq!(num(&s, "lost"), 0);
+
+    // A typed --senders above the default --conns is worded after what was typed.
+    let (out, _) = chatload(&["--senders", "150"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--senders 150 is more than the 100 clients"), "{stderr}");
+    assert!(!stderr.contains("--senders 10 "), "{stderr}");
+}
+
+#[test]
+fn version_is_the_package_version() {
+    let (out, stdout) = chatload(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(stdout.trim(), format!("chatload {}", env!("CARGO_PKG_VERSION")));
+    let (out, stdout) = chatload(&["-V"]);
+    assert!(out.status.success());
+    assert!(stdout.starts_with("chatload "), "{stdout}");
+    let (_, help) = chatload(&["--help"]);
+    assert!(help.contains("--version"), "{help}");
+    // The server answers --version too.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_chatloop")).arg("--version").output().expect("chatloop --version");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn rate_limited_losses_point_at_the_server_flag() {
+    // The server's own flood limit (5/s, burst 10) against one sender at 100/s: most of its
+    // messages are refused with rate_limited, and the report says which knob to turn.
+    let srv = server(&["--rate-limit", "5"]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "3",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--drain",
+        "0.5",
+        "--id-prefix",
+        "rl-",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let s = summary(&stdout);
+    assert!(num(&s, "lost") > 0, "{stdout}");
+    assert!(num(&s, "server_errors") > 0, "{stdout}");
+    assert!(stdout.contains("rate_limited x"), "{stdout}");
+    let hint = stdout.lines().find(|l| l.starts_with("hint:")).unwrap_or_else(|| panic!("no hint\n{stdout}"));
+    assert!(hint.contains("--rate-limit") && hint.contains("lower --rate"), "{hint}");
+
+    // Without the limit: no losses, no hint.
+    let srv = server(&[]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "3",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--id-prefix",
+        "nl-",
+    ]);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("hint:"), "{stdout}");
+}
+
+/// Runs `chatload --attack ...` against `srv` and returns its summary.
+fn attack(srv: &Server, args: &[&str]) -> HashMap<String, String> {
+    let mut all = vec!["--addr", &srv.addr, "--id-prefix", "atk-"];
+    all.extend_from_slice(args);
+    let pid = srv.child.id().to_string();
+    all.extend_from_slice(&["--pid", &pid]);
+    let (out, stdout) = chatload(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {:?}\n{stdout}\n{stderr}", out.status);
+    let s = summary(&stdout);
+    assert_eq!(s["server_alive"], "1", "{stdout}");
+    assert_eq!(num(&s, "connected"), num(&s, "conns"), "{stdout}");
+    s
+}
+
+#[test]
+fn attacks_run_and_report_what_they_did() {
+    // A smoke test of --attack against the real server, not a verdict on the server's
+    // defences (scripts/bench.sh --attack measures those): each kind runs, sends, and counts.
+    // What the server answered: pongs, or the end of the connection (a close code or a
+    // write that failed), whichever its defences chose.
+    let answered = |s: &HashMap<String, String>| {
+        num(s, "pongs") > 0 || s["close_codes"] != "none" || num(s, "write_errors") > 0
+    };
+    let srv = server(&[]);
+    let s = attack(&srv, &["--attack", "ping-flood", "--duration", "0.5"]);
+    assert_eq!(s["attack"], "ping-flood");
+    assert!(num(&s, "frames_sent") > 100, "{s:?}");
+    assert!(answered(&s), "{s:?}");
+
+    let s = attack(&srv, &["--attack", "fragments", "--duration", "0.5"]);
+    assert!(num(&s, "frames_sent") > 100, "{s:?}");
+
+    let s = attack(&srv, &["--attack", "ping-noread", "--duration", "0.5"]);
+    assert_eq!(num(&s, "conns"), 4);
+    assert!(num(&s, "frames_sent") > 100, "{s:?}");
+    assert_eq!(num(&s, "pongs"), 0, "ping-noread never reads");
+
+    // Two flooders, one burst each of 2 x --rate messages of ~4 KB to a connected target;
+    // each message is echoed to its sender.
+    let _victim = connect(&srv.addr, "victim");
+    let s = attack(
+        &srv,
+        &["--attack", "private-flood", "--target", "victim", "--rate", "5", "--duration", "0.5"],
+    );
+    assert_eq!(num(&s, "conns"), 2);
+    assert_eq!(num(&s, "frames_sent"), 20, "{s:?}");
+    assert!(num(&s, "bytes_sent") > 20 * 4000, "{s:?}");
+    // Each message comes back as its echo or as an error line (recipient_busy, say).
+    assert!(num(&s, "echoes") + num(&s, "server_errors") > 0, "{s:?}");
+
+    // And the server still serves a newcomer.
+    let mut ws = connect(&srv.addr, "after");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => break t.as_str().to_string(),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    && Instant::now() < deadline => {}
+            Err(e) => panic!("no welcome after the attacks: {e}"),
+        }
+    };
+    assert!(first.starts_with(r#"{"type":"welcome""#), "{first}");
+
+    // Refused before any packet: a kind that does not exist, a flood without a target.
+    let (out, _) = chatload(&["--attack", "nuke"]);
+    assert_eq!(out.status.code(), Some(2));
+    let (out, _) = chatload(&["--attack", "private-flood"]);
+    assert_eq!(out.status.code(), Some(2));
+}

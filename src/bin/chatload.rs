@@ -4,8 +4,14 @@
 // A crate root's modules live beside it, so the modules' directory is named explicitly.
 #[path = "chatload/args.rs"]
 mod args;
+#[path = "chatload/attack.rs"]
+mod attack;
 #[path = "chatload/engine.rs"]
 mod engine;
+#[path = "chatload/lines.rs"]
+mod lines;
+#[path = "chatload/net.rs"]
+mod net;
 #[path = "chatload/procstat.rs"]
 mod procstat;
 
@@ -23,6 +29,10 @@ fn main() {
         Ok(Parsed::Run(a)) => a,
         Ok(Parsed::Help) => {
             print!("{}", args::HELP);
+            return;
+        }
+        Ok(Parsed::Version) => {
+            println!("chatload {}", env!("CARGO_PKG_VERSION"));
             return;
         }
         Err(e) => {
@@ -45,7 +55,8 @@ fn main() {
         let _ = std::io::stdout().flush();
         std::process::exit(3);
     });
-    match run(&args) {
+    let result = if args.attack.is_some() { run_attack(&args) } else { run(&args) };
+    match result {
         Ok(ok) => std::process::exit(if ok { 0 } else { 1 }),
         Err(e) => {
             eprintln!("chatload: {e}");
@@ -131,6 +142,9 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.churn_skipped,
         c.close_timeouts
     );
+    if let Some(hint) = rate_limit_hint(lost, &c.server_errors, args.rate) {
+        println!("{hint}");
+    }
     let mut server = String::new();
     if !args.pids.is_empty() {
         let pid = args.pids.iter().map(u32::to_string).collect::<Vec<_>>().join("+");
@@ -195,6 +209,93 @@ fn run(args: &Args) -> std::io::Result<bool> {
     Ok(ok)
 }
 
+/// `--attack`: runs it and prints what it achieved. `Ok(true)` when every attacker connected
+/// (what the server then did to them is the finding, not a failure).
+fn run_attack(args: &Args) -> std::io::Result<bool> {
+    let kind = args.attack.as_ref().expect("--attack").kind;
+    let before = procstat::sample_all(&args.pids);
+    if !args.pids.is_empty() && before.is_none() {
+        return Err(std::io::Error::other(format!(
+            "--pid {:?}: no such process (or /proc unreadable)",
+            args.pids
+        )));
+    }
+    let start = Instant::now();
+    let t = attack::run(args)?;
+    let window = start.elapsed().as_secs_f64();
+    let after = procstat::sample_all(&args.pids);
+    let connect_errors: u64 = t.connect_errors.values().sum();
+    println!(
+        "attack {}: {} frames sent ({:.1} MB) in {window:.2} s ({:.0}/s); received {} pongs, {} private echoes",
+        kind.name(),
+        t.frames_sent,
+        t.bytes_sent as f64 / 1e6,
+        t.frames_sent as f64 / window.max(1e-9),
+        t.pongs,
+        t.echoes
+    );
+    println!(
+        "attack {}: server errors: {}; close codes: {}; write errors: {}; connect errors: {}",
+        kind.name(),
+        map_or_none(&t.errors),
+        map_or_none(&t.close_codes),
+        map_or_none(&t.write_errors),
+        map_or_none(&t.connect_errors)
+    );
+    if t.connected > 0 && window < args.duration.as_secs_f64() * 0.99 {
+        println!(
+            "attack {}: the server ended every attacker's connection after {window:.2} s of the {:.2} s asked",
+            kind.name(),
+            args.duration.as_secs_f64()
+        );
+    }
+    let mut server = String::new();
+    if !args.pids.is_empty() {
+        let pid = args.pids.iter().map(u32::to_string).collect::<Vec<_>>().join("+");
+        match (before, after) {
+            (Some(b), Some(a)) => {
+                let cpu = a.cpu_s - b.cpu_s;
+                println!(
+                    "server pid {pid}: cpu {cpu:.2} s over {window:.2} s ({:.0}%); rss {} kB (before {} kB), {} fds",
+                    100.0 * cpu / window.max(1e-9),
+                    a.rss_kb,
+                    b.rss_kb,
+                    a.fds
+                );
+                server = format!(
+                    " server_alive=1 server_cpu_s={cpu:.3} server_rss_kb={} server_rss_start_kb={}",
+                    a.rss_kb, b.rss_kb
+                );
+            }
+            _ => {
+                println!("server pid {pid}: GONE during the attack");
+                server = " server_alive=0".into();
+            }
+        }
+    }
+    let ok = t.connected == args.conns as u64;
+    println!(
+        "summary attack={} conns={} connected={} frames_sent={} bytes_sent={} frames_per_sec={:.0} pongs={} \
+         echoes={} server_errors={} error_codes={} close_codes={} write_errors={} connect_errors={connect_errors} \
+         window_s={window:.3}{server} ok={}",
+        kind.name(),
+        args.conns,
+        t.connected,
+        t.frames_sent,
+        t.bytes_sent,
+        t.frames_sent as f64 / window.max(1e-9),
+        t.pongs,
+        t.echoes,
+        t.errors.values().sum::<u64>(),
+        compact(&t.errors),
+        compact(&t.close_codes),
+        t.write_errors.values().sum::<u64>(),
+        u8::from(ok)
+    );
+    let _ = std::io::stdout().flush();
+    Ok(ok)
+}
+
 fn mode_name(a: &Args) -> String {
     let mut parts = Vec::new();
     if a.modes.room {
@@ -240,9 +341,44 @@ fn map_or_none<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
 }
 
 /// `1008:3,4409:1`, or `none`: one token for the summary line.
-fn compact(m: &BTreeMap<u16, u64>) -> String {
+fn compact<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
     if m.is_empty() {
         return "none".into();
     }
     m.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",")
+}
+
+/// When messages were lost and the server refused some as `rate_limited`, the cause is most
+/// likely the server's own flood limit, not a fault: say which knob to turn.
+fn rate_limit_hint(lost: u64, server_errors: &BTreeMap<String, u64>, rate: f64) -> Option<String> {
+    let refused = server_errors.get("rate_limited").copied().unwrap_or(0);
+    if lost == 0 || refused == 0 {
+        return None;
+    }
+    Some(format!(
+        "hint: the server refused {refused} message(s) with rate_limited, which explains losses: \
+         its --rate-limit (default 20/s per client, burst 40) is below this run's --rate {rate}/s \
+         per sender; start the server with --rate-limit 0 (off) or above {rate}, or lower --rate"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_losses_get_a_hint() {
+        let mut errors = BTreeMap::new();
+        assert_eq!(rate_limit_hint(5, &errors, 50.0), None);
+        errors.insert("rate_limited".to_string(), 7);
+        assert_eq!(rate_limit_hint(0, &errors, 50.0), None, "nothing lost, nothing to explain");
+        let hint = rate_limit_hint(5, &errors, 50.0).unwrap();
+        assert!(
+            hint.contains("--rate-limit") && hint.contains("--rate 50/s") && hint.contains("7"),
+            "{hint}"
+        );
+        errors.clear();
+        errors.insert("too_long".to_string(), 7);
+        assert_eq!(rate_limit_hint(5, &errors, 50.0), None);
+    }
 }

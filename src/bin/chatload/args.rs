@@ -29,7 +29,7 @@ Load:
                                   per second; they are not counted as receivers
   --conns N              clients held for the whole run [default: 100]
   --senders N            room senders among them (at most --conns; in private mode every
-                         client sends) [default: 10]
+                         client sends) [default: 10, or --conns if fewer]
   --rate R               messages per second per sender (fractions allowed) [default: 10]
   --size BYTES           pad each message text to at least BYTES, at most 900
                          [default: 0, no padding]
@@ -39,6 +39,22 @@ Load:
   --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
   --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
                          [default: cl<pid>-, e.g. cl4242-m0]
+
+Attack (instead of --mode; loopback only like everything else):
+  --attack KIND          a few hostile clients run KIND for --duration and report what they
+                         achieved (frames sent, pongs, errors and close codes received):
+                         ping-flood     one client sends empty pings as fast as the socket
+                                        takes them and reads the pongs
+                         fragments      one client sends a text frame with FIN=0, then empty
+                                        continuation frames as fast as the socket takes them
+                         private-flood  two clients send --target bursts of 2 x --rate private
+                                        messages of 1,000 emoji (~4 KB) each, a burst whenever
+                                        a token bucket of --rate per second (default 20, the
+                                        server's default --rate-limit) is full again
+                         ping-noread    four clients with a 4 KiB receive buffer send pings
+                                        and never read
+                         --conns overrides the number of clients.
+  --target ID            the id private-flood sends to
 
 Timing:
   --warmup SECS          at most this long to connect --conns clients before sending starts
@@ -55,6 +71,7 @@ Report:
                          end of the window, and its open descriptors (from /proc);
                          repeatable (a cluster's nodes and Redis): the figures are sums
   -h, --help             print this help
+  -V, --version          print chatload's version
 
 Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
 started at which it was queued (and written, at the end of that loop turn); latency is taken
@@ -67,6 +84,9 @@ client was closed unexpectedly, every client connected and the server answered e
 ours within 5 s; 1 otherwise; 2 for bad flags or an unusable target; 3 when the hard
 deadline struck.
 ";
+
+const DEFAULT_CONNS: usize = 100;
+const DEFAULT_SENDERS: usize = 10;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Modes {
@@ -94,11 +114,53 @@ pub struct Args {
     pub drain: Duration,
     /// Summed over every one.
     pub pids: Vec<u32>,
+    /// `--attack`: run that instead of the modes.
+    pub attack: Option<Attack>,
+}
+
+/// What `--attack` runs; see attack.rs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackKind {
+    PingFlood,
+    Fragments,
+    PrivateFlood,
+    PingNoRead,
+}
+
+impl AttackKind {
+    pub const ALL: [AttackKind; 4] =
+        [AttackKind::PingFlood, AttackKind::Fragments, AttackKind::PrivateFlood, AttackKind::PingNoRead];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::PingFlood => "ping-flood",
+            AttackKind::Fragments => "fragments",
+            AttackKind::PrivateFlood => "private-flood",
+            AttackKind::PingNoRead => "ping-noread",
+        }
+    }
+
+    /// How many clients run it unless --conns says otherwise.
+    pub fn default_conns(self) -> usize {
+        match self {
+            AttackKind::PingFlood | AttackKind::Fragments => 1,
+            AttackKind::PrivateFlood => 2,
+            AttackKind::PingNoRead => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attack {
+    pub kind: AttackKind,
+    /// private-flood's recipient.
+    pub target: Option<String>,
 }
 
 pub enum Parsed {
     Run(Box<Args>),
     Help,
+    Version,
 }
 
 /// Parses the flags (without the program name). Errors are one line, ready to print.
@@ -106,10 +168,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut target = "127.0.0.1:8080".to_string();
     let mut allow_remote = false;
     let mut sources = 8u8;
-    let mut mode = "room".to_string();
-    let mut conns = 100usize;
-    let mut senders = 10usize;
-    let mut rate = 10.0f64;
+    let mut mode: Option<String> = None;
+    // `None`: not given on the command line, so errors can say what the user typed.
+    let mut conns: Option<usize> = None;
+    let mut senders: Option<usize> = None;
+    let mut rate: Option<f64> = None;
     let mut size = 0usize;
     let mut churn: Option<f64> = None;
     let mut churn_hold = Duration::from_secs(1);
@@ -119,11 +182,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut duration = Duration::from_secs(10);
     let mut drain = Duration::from_secs(2);
     let mut pids = Vec::new();
+    let mut attack: Option<AttackKind> = None;
+    let mut attack_target: Option<String> = None;
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
             "--allow-remote" => allow_remote = true,
             "--addr" => target = cli.value()?,
             "--sources" => {
@@ -133,10 +199,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 }
                 sources = n as u8;
             }
-            "--mode" => mode = cli.value()?,
-            "--conns" => conns = whole(&flag, &cli.value()?)?,
-            "--senders" => senders = whole(&flag, &cli.value()?)?,
-            "--rate" => rate = positive_f64(&flag, &cli.value()?)?,
+            "--mode" => mode = Some(cli.value()?),
+            "--conns" => conns = Some(whole(&flag, &cli.value()?)?),
+            "--senders" => senders = Some(whole(&flag, &cli.value()?)?),
+            "--rate" => rate = Some(positive_f64(&flag, &cli.value()?)?),
+            "--attack" => {
+                let v = cli.value()?;
+                let names = AttackKind::ALL.map(AttackKind::name);
+                attack = Some(
+                    *AttackKind::ALL
+                        .iter()
+                        .find(|k| k.name() == v)
+                        .ok_or_else(|| format!("--attack: unknown kind '{v}' ({})", names.join(", ")))?,
+                );
+            }
+            "--target" => attack_target = Some(cli.value()?),
             "--size" => {
                 size = whole(&flag, &cli.value()?)?;
                 if size > 900 {
@@ -163,6 +240,37 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         }
     }
 
+    let attack = match (attack, attack_target) {
+        (Some(kind), target) => {
+            if let Some(m) = &mode {
+                return Err(format!("--mode {m} and --attack {} exclude each other", kind.name()));
+            }
+            if kind == AttackKind::PrivateFlood && target.is_none() {
+                return Err("--attack private-flood needs --target ID (the recipient)".into());
+            }
+            if kind != AttackKind::PrivateFlood && target.is_some() {
+                return Err(format!("--target is for --attack private-flood, not {}", kind.name()));
+            }
+            if let Some(t) = &target
+                && (t.is_empty()
+                    || t.len() > 32
+                    || !t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+            {
+                return Err(format!("--target: '{t}' is not an id (1 to 32 of A-Z a-z 0-9 _ - .)"));
+            }
+            if conns.is_none_or(|c| c > 0) {
+                conns = Some(conns.unwrap_or(kind.default_conns()));
+            } else {
+                return Err(format!("--conns 0: --attack {} needs at least one client", kind.name()));
+            }
+            Some(Attack { kind, target })
+        }
+        (None, Some(_)) => return Err("--target is for --attack private-flood".into()),
+        (None, None) => None,
+    };
+    let rate = rate.unwrap_or(if attack.is_some() { 20.0 } else { 10.0 });
+    let mode = if attack.is_some() { "idle".to_string() } else { mode.unwrap_or_else(|| "room".into()) };
+
     let mut modes = Modes::default();
     let mut idle = false;
     for m in mode.split([',', '+']) {
@@ -188,14 +296,26 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         None if modes.churn => 20.0,
         None => 0.0,
     };
-    if modes.room && senders > conns {
-        return Err(format!("--senders {senders} is more than --conns {conns}"));
-    }
-    if modes.room && senders == 0 {
-        return Err("--senders: room mode needs at least one sender".into());
-    }
+    // Defaults give way to what was typed: --conns 5 alone means 5 senders, not an error
+    // about a --senders 10 nobody wrote. Errors name only flags the user gave.
+    let senders = match (senders, conns) {
+        (Some(s), Some(c)) if modes.room && s > c => {
+            return Err(format!("--senders {s} is more than --conns {c}"));
+        }
+        (Some(s), None) if modes.room && s > DEFAULT_CONNS => {
+            return Err(format!(
+                "--senders {s} is more than the {DEFAULT_CONNS} clients chatload holds by default; \
+                 give --conns {s} or more"
+            ));
+        }
+        (Some(0), _) if modes.room => return Err("--senders 0: room mode needs at least one sender".into()),
+        (None, Some(0)) if modes.room => return Err("--conns 0: room mode needs at least one client".into()),
+        (Some(s), _) => s,
+        (None, c) => DEFAULT_SENDERS.min(c.unwrap_or(DEFAULT_CONNS)),
+    };
+    let conns = conns.unwrap_or(DEFAULT_CONNS);
     if modes.private && conns < 2 {
-        return Err("--mode private needs --conns of at least 2".into());
+        return Err(format!("--conns {conns}: --mode private needs at least 2 clients (one pair)"));
     }
     if (modes.room || modes.private) && rate > 1e6 {
         return Err("--rate: at most 1000000 per sender".into());
@@ -238,6 +358,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         duration,
         drain,
         pids,
+        attack,
     })))
 }
 
@@ -268,7 +389,7 @@ mod tests {
     fn run(args: &[&str]) -> Result<Args, String> {
         match parse(args.iter().map(|s| s.to_string()))? {
             Parsed::Run(a) => Ok(*a),
-            Parsed::Help => panic!("help"),
+            Parsed::Help | Parsed::Version => panic!("help or version"),
         }
     }
 
@@ -286,17 +407,56 @@ mod tests {
     }
 
     #[test]
+    fn senders_default_gives_way_to_conns() {
+        // The default 10 senders would be more than 5 clients: it is clamped, not an error.
+        let a = run(&["--conns", "5"]).unwrap();
+        assert_eq!((a.conns, a.senders), (5, 5));
+        let a = run(&["--conns", "1"]).unwrap();
+        assert_eq!((a.conns, a.senders), (1, 1));
+        let a = run(&["--conns", "50"]).unwrap();
+        assert_eq!(a.senders, 10);
+        let a = run(&["--senders", "3", "--conns", "3"]).unwrap();
+        assert_eq!((a.conns, a.senders), (3, 3));
+        // Idle and private modes have no room senders; --conns 0 is fine for idle.
+        assert_eq!(run(&["--mode", "idle", "--conns", "0"]).unwrap().senders, 0);
+        assert!(matches!(parse(["--version".to_string()]), Ok(Parsed::Version)));
+        // --attack: clients per kind unless --conns says otherwise; the rate is the server's
+        // default rate limit.
+        let a = run(&["--attack", "ping-noread"]).unwrap();
+        assert_eq!((a.attack.unwrap().kind, a.conns, a.rate), (AttackKind::PingNoRead, 4, 20.0));
+        let a = run(&["--attack", "private-flood", "--target", "victim", "--conns", "3"]).unwrap();
+        assert_eq!(a.attack.as_ref().unwrap().target.as_deref(), Some("victim"));
+        assert_eq!((a.conns, a.senders), (3, 0));
+        assert!(run(&[]).unwrap().attack.is_none());
+        assert!(matches!(parse(["-V".to_string()]), Ok(Parsed::Version)));
+    }
+
+    #[test]
     fn bad_flags_are_clear() {
         for (args, needle) in [
             (&["--mode", "storm"][..], "unknown mode"),
             (&["--mode", "idle,room"], "cannot be combined"),
-            (&["--senders", "200"], "more than --conns"),
+            (&["--senders", "200"], "--senders 200 is more than the 100 clients"),
+            (&["--senders", "20", "--conns", "5"], "--senders 20 is more than --conns 5"),
+            (&["--senders", "0"], "--senders 0"),
+            (&["--conns", "0"], "--conns 0"),
+            (&["--mode", "private", "--conns", "1"], "--conns 1"),
             (&["--rate", "0"], "more than 0"),
             (&["--duration", "x"], "not a number of seconds"),
             (&["--addr", "192.0.2.1:80"], "outside loopback"),
             (&["--conns"], "needs a value"),
             (&["--frob"], "unknown flag"),
             (&["--id-prefix", "a b"], "--id-prefix"),
+            (
+                &["--attack", "nuke"],
+                "unknown kind 'nuke' (ping-flood, fragments, private-flood, ping-noread)",
+            ),
+            (&["--attack", "private-flood"], "needs --target"),
+            (&["--attack", "ping-flood", "--target", "x"], "--target is for"),
+            (&["--target", "x"], "--target is for"),
+            (&["--attack", "ping-flood", "--mode", "room"], "exclude each other"),
+            (&["--attack", "private-flood", "--target", "a b"], "not an id"),
+            (&["--attack", "fragments", "--conns", "0"], "--conns 0"),
         ] {
             let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -2,26 +2,37 @@
 //!
 //! One thread, one `Poll`, a `Slab` of connections. A connection goes
 //! TCP connect (non-blocking, bound to a 127.0.0.x source) -> tungstenite client handshake
-//! (resumed on readiness) -> open WebSocket, and is read to WouldBlock on every event.
-//! Sends come from a heap of deadlines; each message carries the time it was queued.
+//! (resumed on readiness) -> open WebSocket (connect.rs), and is read to WouldBlock on every
+//! event. Sends come from a heap of deadlines, scheduled by each mode's module (room.rs,
+//! private.rs, churn.rs); each message carries the time it was queued.
+
+// Each mode's scheduling and sending lives in a module of its own; the loop, connections and
+// counting stay here. Children of this module, they see the engine's private state.
+#[path = "churn.rs"]
+mod churn;
+#[path = "connect.rs"]
+mod connect;
+#[path = "private.rs"]
+mod private;
+#[path = "room.rs"]
+mod room;
 
 use crate::args::Args;
+use crate::lines::{field, message_fields, parse_text};
+use crate::net::{Sock, is_would_block};
 use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll};
 use slab::Slab;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io;
 use std::time::{Duration, Instant};
 use tungstenite::handshake::MidHandshake;
-use tungstenite::handshake::client::{ClientHandshake, Response};
+use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{HandshakeError, Message, WebSocket};
+use tungstenite::{Message, WebSocket};
 
 /// A connection that has not had its welcome by then counts as a connect error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,43 +77,6 @@ pub struct Counts {
     pub peak_open: u64,
     /// Most a send fell behind its schedule, ns.
     pub max_send_lag_ns: u64,
-}
-
-/// A client socket that remembers a short read. On Linux an edge-triggered epoll reports
-/// every new arrival, so a read that did not fill its buffer means the socket is empty for
-/// now: the next read answers WouldBlock without a syscall, until the next readiness event.
-/// That halves the reads of a receiver that gets one frame per event. A short read says
-/// nothing about a FIN that came with the data, though: once an event reports the read side
-/// closed, every read goes to the socket, so the end of the stream is seen.
-struct Sock {
-    tcp: mio::net::TcpStream,
-    drained: bool,
-    read_closed: bool,
-}
-
-impl Read for Sock {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.drained && !self.read_closed {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let r = self.tcp.read(buf);
-        match &r {
-            Ok(n) if *n < buf.len() => self.drained = true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
-            _ => {}
-        }
-        r
-    }
-}
-
-impl Write for Sock {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.tcp.flush()
-    }
 }
 
 enum State {
@@ -179,10 +153,6 @@ pub struct Engine<'a> {
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
     pad: String,
-}
-
-fn is_would_block(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
 }
 
 impl<'a> Engine<'a> {
@@ -263,17 +233,11 @@ impl<'a> Engine<'a> {
         self.phase = Phase::Run;
         self.window_start_ns = self.ns(start);
         self.window_end_ns = self.window_start_ns + duration.as_nanos() as u64;
-        let args = self.args;
-        if args.modes.room {
-            for i in 0..args.senders {
-                self.timers.push(Reverse((self.send_due(i, args.senders, 0), ROOM, i as u32, 0)));
-            }
+        if self.args.modes.room {
+            self.schedule_room();
         }
-        if args.modes.private {
-            let n = args.conns & !1;
-            for i in 0..n {
-                self.timers.push(Reverse((self.send_due(i, n, 0), PRIVATE, i as u32, 0)));
-            }
+        if self.args.modes.private {
+            self.schedule_private();
         }
         let end = self.instant(self.window_end_ns);
         while Instant::now() < end {
@@ -400,167 +364,6 @@ impl<'a> Engine<'a> {
                 self.remove(t);
             }
         }
-    }
-
-    // ---- connecting ------------------------------------------------------------------------
-
-    fn start_mains(&mut self) {
-        while self.next_main < self.args.conns && self.mains_in_flight < self.args.connect_concurrency {
-            let i = self.next_main;
-            self.next_main += 1;
-            self.mains_in_flight += 1;
-            match self.open_conn(Role::Main(i as u32)) {
-                Ok(t) => self.mains[i].token = Some(t),
-                Err(e) => {
-                    self.mains_in_flight -= 1;
-                    self.mains[i].resolved = true;
-                    self.mains[i].failed = true;
-                    *self.counts.connect_errors.entry(io_reason(&e)).or_default() += 1;
-                }
-            }
-        }
-    }
-
-    fn churn_due(&self) -> u64 {
-        self.window_start_ns + (self.churn_seq as f64 * 1e9 / self.args.churn) as u64
-    }
-
-    fn start_churn(&mut self) {
-        let now_ns = self.ns(Instant::now());
-        let cap = ((self.args.churn * (self.args.churn_hold.as_secs_f64() + 10.0)) as usize).max(100);
-        while self.churn_due() <= now_ns && self.churn_due() < self.window_end_ns {
-            self.churn_seq += 1;
-            if self.churn_open >= cap {
-                self.counts.churn_skipped += 1;
-                continue;
-            }
-            self.counts.churn_started += 1;
-            match self.open_conn(Role::Churn) {
-                Ok(_) => self.churn_open += 1,
-                Err(e) => *self.counts.connect_errors.entry(io_reason(&e)).or_default() += 1,
-            }
-        }
-    }
-
-    /// Starts a non-blocking connect from the next source address.
-    fn open_conn(&mut self, role: Role) -> io::Result<usize> {
-        let target = self.args.addr;
-        let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_nonblocking(true)?;
-        sock.set_tcp_nodelay(true)?;
-        if let IpAddr::V4(v4) = target.ip()
-            && v4.is_loopback()
-            && self.args.sources > 1
-        {
-            let k = self.source_rr % self.args.sources as u32;
-            self.source_rr = self.source_rr.wrapping_add(1);
-            let src = Ipv4Addr::new(127, 0, 0, 1 + k as u8);
-            set_bind_no_port(&sock);
-            sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(src), 0)))?;
-        }
-        match sock.connect(&SockAddr::from(target)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let mut stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(sock));
-        let entry = self.conns.vacant_entry();
-        let token = entry.key();
-        self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        entry.insert(Conn {
-            role,
-            generation,
-            state: State::Connecting(Sock { tcp: stream, drained: false, read_closed: false }),
-            started: Instant::now(),
-            welcomed: false,
-            we_closed: None,
-            peer_closed: false,
-            dirty: false,
-        });
-        Ok(token)
-    }
-
-    fn on_event(&mut self, t: usize, read_closed: bool) {
-        let Some(conn) = self.conns.get_mut(t) else { return };
-        match std::mem::replace(&mut conn.state, State::Empty) {
-            State::Connecting(mut stream) => {
-                stream.drained = false;
-                stream.read_closed |= read_closed;
-                self.connected(t, stream)
-            }
-            State::Handshake(mut mid) => {
-                let sock = mid.get_mut().get_mut();
-                sock.drained = false;
-                sock.read_closed |= read_closed;
-                self.handshaken(t, mid.handshake())
-            }
-            State::Open(mut ws) => {
-                let sock = ws.get_mut();
-                sock.drained = false;
-                sock.read_closed |= read_closed;
-                conn.state = State::Open(ws);
-                self.pump(t);
-            }
-            State::Empty => {}
-        }
-    }
-
-    fn connected(&mut self, t: usize, stream: Sock) {
-        match stream.tcp.take_error() {
-            Ok(None) => {}
-            Ok(Some(e)) | Err(e) => return self.fail(t, io_reason(&e)),
-        }
-        match stream.tcp.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                self.conns[t].state = State::Connecting(stream);
-                return;
-            }
-            Err(e) => return self.fail(t, io_reason(&e)),
-        }
-        let id = match self.conns[t].role {
-            Role::Main(i) => self.ids[i as usize].clone(),
-            Role::Churn => format!("{}c{}", self.args.id_prefix, self.conns[t].generation),
-        };
-        let url = format!("ws://{}/ws?id={id}", self.args.host);
-        let res = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.ws_config));
-        self.handshaken(t, res);
-    }
-
-    fn handshaken(
-        &mut self,
-        t: usize,
-        res: Result<(WebSocket<Sock>, Response), HandshakeError<ClientHandshake<Sock>>>,
-    ) {
-        match res {
-            Ok((ws, _)) => {
-                self.conns[t].state = State::Open(Box::new(ws));
-                self.open += 1;
-                self.counts.peak_open = self.counts.peak_open.max(self.open);
-                // The welcome may have come with the response: read it now.
-                self.pump(t);
-            }
-            Err(HandshakeError::Interrupted(mid)) => self.conns[t].state = State::Handshake(Box::new(mid)),
-            Err(HandshakeError::Failure(e)) => {
-                let reason = match &e {
-                    tungstenite::Error::Http(r) => format!("http_{}", r.status().as_u16()),
-                    tungstenite::Error::Io(io) => io_reason(io),
-                    other => format!("handshake_{}", first_word(&other.to_string())),
-                };
-                self.fail(t, reason);
-            }
-        }
-    }
-
-    /// A connection failed before its welcome.
-    fn fail(&mut self, t: usize, reason: String) {
-        *self.counts.connect_errors.entry(reason).or_default() += 1;
-        if let Some(Role::Main(i)) = self.conns.get(t).map(|c| c.role) {
-            self.mains[i as usize].failed = true;
-        }
-        self.remove(t);
     }
 
     /// Drops a connection and settles what it was counted in.
@@ -781,7 +584,7 @@ impl<'a> Engine<'a> {
                     let (n, sent) = if kind == ROOM {
                         (self.args.senders, self.send_room(i, now_ns))
                     } else {
-                        (self.args.conns & !1, self.send_private(i, now_ns))
+                        (self.private_senders(), self.send_private(i, now_ns))
                     };
                     if !sent {
                         self.counts.skipped_sends += 1;
@@ -793,37 +596,6 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-    }
-
-    fn send_room(&mut self, i: usize, stamp: u64) -> bool {
-        let m = &mut self.mains[i];
-        let (true, Some(t)) = (m.live, m.token) else { return false };
-        let seq = m.room_seq;
-        let mut json = String::with_capacity(48 + self.pad.len());
-        let _ = write!(json, r#"{{"text":"r {i} {seq} {stamp}{}"}}"#, self.pad);
-        if !self.write(t, json) {
-            return false;
-        }
-        self.mains[i].room_seq += 1;
-        self.counts.sent_room += 1;
-        self.counts.expected += self.live_count;
-        true
-    }
-
-    fn send_private(&mut self, i: usize, stamp: u64) -> bool {
-        let j = i ^ 1;
-        let (m, p) = (&self.mains[i], &self.mains[j]);
-        let (true, true, Some(t)) = (m.live, p.live, m.token) else { return false };
-        let seq = m.private_seq;
-        let mut json = String::with_capacity(64 + self.pad.len());
-        let _ = write!(json, r#"{{"to":"{}","text":"p {i} {seq} {stamp}{}"}}"#, self.ids[j], self.pad);
-        if !self.write(t, json) {
-            return false;
-        }
-        self.mains[i].private_seq += 1;
-        self.counts.sent_private += 1;
-        self.counts.expected += 2;
-        true
     }
 
     /// Queues one text message; it goes out at the end of the turn.
@@ -848,106 +620,5 @@ impl<'a> Engine<'a> {
 
     pub fn open_count(&self) -> u64 {
         self.open
-    }
-}
-
-/// The value of a string field in one of the server's JSON lines; `key` is `"name":"`. Our
-/// ids and texts never hold a quote or a backslash, so the next quote ends the value.
-fn field<'l>(line: &'l [u8], key: &[u8]) -> Option<&'l [u8]> {
-    let start = line.windows(key.len()).position(|w| w == key)? + key.len();
-    let len = line[start..].iter().position(|&b| b == b'"')?;
-    Some(&line[start..start + len])
-}
-
-/// `from` and `text` of a message line: a fast path for the server's field order, and a
-/// search for any other.
-fn message_fields(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    fn quoted(rest: &[u8]) -> Option<(&[u8], &[u8])> {
-        let q = rest.iter().position(|&b| b == b'"')?;
-        Some((&rest[..q], &rest[q + 1..]))
-    }
-    let fast = || {
-        let (from, mut rest) = quoted(line.strip_prefix(br#"{"type":"message","from":""#)?)?;
-        if let Some(r) = rest.strip_prefix(br#","to":""#) {
-            rest = quoted(r)?.1;
-        }
-        let (text, _) = quoted(rest.strip_prefix(br#","text":""#)?)?;
-        Some((from, text))
-    };
-    fast().or_else(|| Some((field(line, br#""from":""#)?, field(line, br#""text":""#)?)))
-}
-
-fn number<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// "<kind> <sender> <seq> <ns>[padding]" -> its parts.
-fn parse_text(text: &[u8]) -> Option<(u8, usize, u64, u64)> {
-    let mut it = text.split(|&b| b == b' ');
-    let kind = match it.next()? {
-        b"r" => b'r',
-        b"p" => b'p',
-        _ => return None,
-    };
-    let sender = number(it.next()?)?;
-    let seq = number(it.next()?)?;
-    let ns = it.next()?;
-    let digits = ns.iter().take_while(|b| b.is_ascii_digit()).count();
-    Some((kind, sender, seq, number(&ns[..digits])?))
-}
-
-fn first_word(s: &str) -> String {
-    s.split(|c: char| !c.is_ascii_alphanumeric())
-        .find(|w| !w.is_empty())
-        .unwrap_or("error")
-        .to_ascii_lowercase()
-}
-
-fn io_reason(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "refused".into(),
-        Some(libc::ECONNRESET) => "reset".into(),
-        Some(libc::EADDRNOTAVAIL) => "no_source_port".into(),
-        Some(libc::EMFILE | libc::ENFILE) => "out_of_fds".into(),
-        Some(libc::ETIMEDOUT) => "timeout".into(),
-        _ => first_word(&format!("{:?}", e.kind())),
-    }
-}
-
-/// Lets the kernel pick the source port at connect time, per destination, instead of at bind
-/// (where every bound port is reserved for all destinations).
-fn set_bind_no_port(sock: &Socket) {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from a pointer valid for its size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_lines_and_texts() {
-        let line = br#"{"type":"message","from":"cl1-m3","to":"cl1-m2","text":"p 3 17 123456xxxx","ts":9}"#;
-        let (from, text) = message_fields(line).unwrap();
-        assert_eq!(from, b"cl1-m3");
-        assert_eq!(parse_text(text), Some((b'p', 3, 17, 123456)));
-        let other_order = br#"{"text":"r 1 2 3","ts":9,"type":"message","from":"x"}"#;
-        assert_eq!(message_fields(other_order), Some((&b"x"[..], &b"r 1 2 3"[..])));
-        assert_eq!(parse_text(b"hello there"), None);
-        assert_eq!(parse_text(b"r 1 2"), None);
-        assert_eq!(
-            field(br#"{"type":"error","code":"rate_limited"}"#, br#""code":""#),
-            Some(&b"rate_limited"[..])
-        );
     }
 }

@@ -1,0 +1,153 @@
+//! Connecting a client: a non-blocking TCP connect from the next 127.0.0.x source, then
+//! tungstenite's client handshake, resumed on readiness, until the WebSocket is open.
+
+use super::{Conn, Engine, Role, State};
+use crate::net::{Sock, first_word, io_reason, set_bind_no_port};
+use mio::{Interest, Token};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+use tungstenite::HandshakeError;
+use tungstenite::WebSocket;
+use tungstenite::handshake::client::{ClientHandshake, Response};
+
+impl Engine<'_> {
+    pub(super) fn start_mains(&mut self) {
+        while self.next_main < self.args.conns && self.mains_in_flight < self.args.connect_concurrency {
+            let i = self.next_main;
+            self.next_main += 1;
+            self.mains_in_flight += 1;
+            match self.open_conn(Role::Main(i as u32)) {
+                Ok(t) => self.mains[i].token = Some(t),
+                Err(e) => {
+                    self.mains_in_flight -= 1;
+                    self.mains[i].resolved = true;
+                    self.mains[i].failed = true;
+                    *self.counts.connect_errors.entry(io_reason(&e)).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// Starts a non-blocking connect from the next source address.
+    pub(super) fn open_conn(&mut self, role: Role) -> io::Result<usize> {
+        let target = self.args.addr;
+        let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(true)?;
+        if let IpAddr::V4(v4) = target.ip()
+            && v4.is_loopback()
+            && self.args.sources > 1
+        {
+            let k = self.source_rr % self.args.sources as u32;
+            self.source_rr = self.source_rr.wrapping_add(1);
+            let src = Ipv4Addr::new(127, 0, 0, 1 + k as u8);
+            set_bind_no_port(&sock);
+            sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(src), 0)))?;
+        }
+        match sock.connect(&SockAddr::from(target)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(sock));
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        entry.insert(Conn {
+            role,
+            generation,
+            state: State::Connecting(Sock { tcp: stream, drained: false, read_closed: false }),
+            started: Instant::now(),
+            welcomed: false,
+            we_closed: None,
+            peer_closed: false,
+            dirty: false,
+        });
+        Ok(token)
+    }
+
+    pub(super) fn on_event(&mut self, t: usize, read_closed: bool) {
+        let Some(conn) = self.conns.get_mut(t) else { return };
+        match std::mem::replace(&mut conn.state, State::Empty) {
+            State::Connecting(mut stream) => {
+                stream.drained = false;
+                stream.read_closed |= read_closed;
+                self.connected(t, stream)
+            }
+            State::Handshake(mut mid) => {
+                let sock = mid.get_mut().get_mut();
+                sock.drained = false;
+                sock.read_closed |= read_closed;
+                self.handshaken(t, mid.handshake())
+            }
+            State::Open(mut ws) => {
+                let sock = ws.get_mut();
+                sock.drained = false;
+                sock.read_closed |= read_closed;
+                conn.state = State::Open(ws);
+                self.pump(t);
+            }
+            State::Empty => {}
+        }
+    }
+
+    pub(super) fn connected(&mut self, t: usize, stream: Sock) {
+        match stream.tcp.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return self.fail(t, io_reason(&e)),
+        }
+        match stream.tcp.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                self.conns[t].state = State::Connecting(stream);
+                return;
+            }
+            Err(e) => return self.fail(t, io_reason(&e)),
+        }
+        let id = match self.conns[t].role {
+            Role::Main(i) => self.ids[i as usize].clone(),
+            Role::Churn => format!("{}c{}", self.args.id_prefix, self.conns[t].generation),
+        };
+        let url = format!("ws://{}/ws?id={id}", self.args.host);
+        let res = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.ws_config));
+        self.handshaken(t, res);
+    }
+
+    pub(super) fn handshaken(
+        &mut self,
+        t: usize,
+        res: Result<(WebSocket<Sock>, Response), HandshakeError<ClientHandshake<Sock>>>,
+    ) {
+        match res {
+            Ok((ws, _)) => {
+                self.conns[t].state = State::Open(Box::new(ws));
+                self.open += 1;
+                self.counts.peak_open = self.counts.peak_open.max(self.open);
+                // The welcome may have come with the response: read it now.
+                self.pump(t);
+            }
+            Err(HandshakeError::Interrupted(mid)) => self.conns[t].state = State::Handshake(Box::new(mid)),
+            Err(HandshakeError::Failure(e)) => {
+                let reason = match &e {
+                    tungstenite::Error::Http(r) => format!("http_{}", r.status().as_u16()),
+                    tungstenite::Error::Io(io) => io_reason(io),
+                    other => format!("handshake_{}", first_word(&other.to_string())),
+                };
+                self.fail(t, reason);
+            }
+        }
+    }
+
+    /// A connection failed before its welcome.
+    pub(super) fn fail(&mut self, t: usize, reason: String) {
+        *self.counts.connect_errors.entry(reason).or_default() += 1;
+        if let Some(Role::Main(i)) = self.conns.get(t).map(|c| c.role) {
+            self.mains[i as usize].failed = true;
+        }
+        self.remove(t);
+    }
+}
