@@ -113,13 +113,18 @@ pub enum Msg<'a> {
         to: &'a str,
         from: &'a str,
     },
+    /// Our user `from` wrote to `to`, who is away and has no room left for it (`undelivered`).
+    Undelivered {
+        to: &'a str,
+        from: &'a str,
+    },
 }
 
 impl<'a> Msg<'a> {
     /// The node that sent it (a bounce does not say).
     pub fn node(&self) -> Option<&'a str> {
         match *self {
-            Msg::Bounce { .. } | Msg::Busy { .. } => None,
+            Msg::Bounce { .. } | Msg::Busy { .. } | Msg::Undelivered { .. } => None,
             Msg::Room { node, .. }
             | Msg::RoomJoin { node, .. }
             | Msg::RoomLeave { node, .. }
@@ -181,6 +186,7 @@ impl<'a> Msg<'a> {
             // A bounce names no node: its first field is the recipient.
             ("E", None) => Msg::Bounce { to: node, from: f.next()? },
             ("K", None) => Msg::Busy { to: node, from: f.next()? },
+            ("U", None) => Msg::Undelivered { to: node, from: f.next()? },
             _ => return None,
         };
         f.next().is_none().then_some(msg)

@@ -40,8 +40,13 @@ pub struct Config {
     pub redis_ttl: Duration,
     /// SO_REUSEPORT, so that several processes can share `addr`.
     pub reuse_port: bool,
-    /// How long an id stays held for a client the server closed (see `chat::ids`).
+    /// How long a lost connection's user is held for its resume token (see `chat::resume`).
     pub resume_grace: Duration,
+    /// Messages kept per room, bytes kept in all rooms, and how long a room's history
+    /// outlives its last member.
+    pub history: usize,
+    pub history_bytes: usize,
+    pub history_ttl: Duration,
     /// RFC 3339 UTC timestamps on log lines (journald adds its own).
     pub log_timestamps: bool,
 }
@@ -71,7 +76,10 @@ impl Default for Config {
             redis: None,
             redis_ttl: Duration::from_secs(15),
             reuse_port: false,
-            resume_grace: Duration::from_secs(10),
+            resume_grace: Duration::from_secs(60),
+            history: 100,
+            history_bytes: 64 << 20,
+            history_ttl: Duration::from_secs(300),
             log_timestamps: true,
         }
     }
@@ -110,9 +118,16 @@ Flags:
   --rate-limit N              messages per second per id, burst 2N, kept across reconnects;
                               0 turns it off; over it the message is dropped with error
                               rate_limited [default: 20]
-  --resume-grace SECS         when the server closes a session (slow consumer, idle timeout,
-                              protocol error, flood), its id is held this long for the
-                              client's resume token [default: 10]
+  --resume-grace SECS         a connection lost without the client's close frame (EOF or
+                              reset, idle timeout, closed by the server) keeps its user
+                              this long for the client's resume token: still in its rooms,
+                              id refused to others, private messages kept [default: 60]
+  --history N                 messages kept per room for replay on join (since/last) and
+                              resume; 0 keeps none [default: 100]
+  --history-bytes BYTES       bytes of history kept for all rooms; past it the oldest
+                              messages of the largest rooms go first [default: 67108864]
+  --history-ttl SECS          how long a room's history outlives its last member
+                              [default: 300]
   --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
   --ping-interval SECS        ping every client this often; must be shorter than
                               --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
@@ -239,6 +254,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             }
             "--idle-timeout" => cfg.idle_timeout = seconds(&flag, &cli.value()?)?,
             "--resume-grace" => cfg.resume_grace = seconds(&flag, &cli.value()?)?,
+            "--history" => cfg.history = whole(&flag, &cli.value()?)?,
+            "--history-bytes" => cfg.history_bytes = whole(&flag, &cli.value()?)?,
+            "--history-ttl" => cfg.history_ttl = seconds(&flag, &cli.value()?)?,
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }

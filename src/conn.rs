@@ -163,10 +163,12 @@ pub struct Session {
     pub bucket: Bucket,
     /// Pings and pongs from the peer (`CONTROL_RATE`).
     pub control: Bucket,
-    /// The secret that lets this client take its id back after the server closed it.
+    /// The secret that lets this client take its id back if its connection is lost.
     pub resume: crate::chat::ids::Secret,
-    /// This session took back an id held for it (the welcome says `"resumed":true`).
-    pub resumed: bool,
+    /// The secret the client presented (`resume=`), and the last private message number it
+    /// has (`pseq=`), until the join is decided.
+    pub presented: Option<crate::chat::ids::Secret>,
+    pub pseq: u64,
 }
 
 /// A token bucket: `rate` per second, bursts of `2 * rate`.

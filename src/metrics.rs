@@ -23,10 +23,14 @@ pub enum Reason {
     IdConflict,
     /// Too many control frames, or a message that kept growing in frames but not in bytes.
     Flood,
+    /// Ended without a close frame (EOF or reset): the user is held for its resume.
+    Lost,
+    /// A resume with the right secret took over this connection's user (close 4001).
+    Replaced,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
@@ -35,6 +39,8 @@ impl Reason {
         Reason::Shutdown,
         Reason::IdConflict,
         Reason::Flood,
+        Reason::Lost,
+        Reason::Replaced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,12 +53,14 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::IdConflict => "id_conflict",
             Reason::Flood => "flood",
+            Reason::Lost => "lost",
+            Reason::Replaced => "replaced",
         }
     }
 }
 
 /// Every error code, in declaration order: `code as usize` indexes `Stats::errors`.
-const CODES: [ErrorCode; 12] = [
+const CODES: [ErrorCode; 13] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -65,6 +73,7 @@ const CODES: [ErrorCode; 12] = [
     ErrorCode::BadRoom,
     ErrorCode::NotInRoom,
     ErrorCode::TooManyRooms,
+    ErrorCode::Undelivered,
 ];
 
 #[derive(Debug, Default)]
@@ -74,7 +83,7 @@ pub struct Stats {
     pub private_received: u64,
     pub deliveries: u64,
     pub bytes_sent: u64,
-    disconnects: [u64; 8],
+    disconnects: [u64; Reason::ALL.len()],
     errors: [u64; CODES.len()],
     /// Reads cut short by the per-turn byte budget (the connection waited for the next turn).
     pub read_budget_spent: u64,
@@ -90,6 +99,12 @@ pub struct Gauges {
     pub connections: usize,
     pub websockets: usize,
     pub queued_bytes: usize,
+    /// Room history: messages and bytes kept, gaps sent, messages replayed.
+    pub history: (usize, usize, u64, u64),
+    /// Users in their resume grace.
+    pub held: usize,
+    /// Rooms that exist.
+    pub rooms: usize,
     /// With `--redis` only.
     pub cluster: Option<ClusterGauges>,
 }
@@ -162,6 +177,23 @@ impl Stats {
             &[("", self.ids_held)],
         );
         metric("resumes_total", "counter", "Ids taken back with a resume token.", &[("", self.resumes)]);
+        metric("rooms", "gauge", "Rooms with members.", &[("", g.rooms as u64)]);
+        metric("users_held", "gauge", "Users in their resume grace.", &[("", g.held as u64)]);
+        let (kept, bytes, gaps, replayed) = g.history;
+        metric("history_messages", "gauge", "Room messages kept for replay.", &[("", kept as u64)]);
+        metric("history_bytes", "gauge", "Bytes of room history kept.", &[("", bytes as u64)]);
+        metric(
+            "history_gaps_total",
+            "counter",
+            "Gap lines sent (asked-for history no longer kept).",
+            &[("", gaps)],
+        );
+        metric(
+            "history_replayed_total",
+            "counter",
+            "Room messages replayed from history.",
+            &[("", replayed)],
+        );
         metric(
             "outbound_queue_bytes",
             "gauge",
@@ -320,8 +352,9 @@ mod tests {
             | ErrorCode::ClusterUnavailable
             | ErrorCode::RecipientBusy
             | ErrorCode::BadRoom
-            | ErrorCode::NotInRoom => false,
-            ErrorCode::TooManyRooms => true,
+            | ErrorCode::NotInRoom
+            | ErrorCode::TooManyRooms => false,
+            ErrorCode::Undelivered => true,
         };
         assert!(last(CODES[CODES.len() - 1]));
     }
@@ -350,7 +383,15 @@ mod tests {
         let mut s = Stats { deliveries: 5, ..Stats::default() };
         s.disconnect(Reason::SlowConsumer);
         s.error_sent(ErrorCode::RateLimited);
-        let out = s.render(&Gauges { connections: 3, websockets: 2, queued_bytes: 10, cluster: None });
+        let out = s.render(&Gauges {
+            connections: 3,
+            websockets: 2,
+            queued_bytes: 10,
+            history: (0, 0, 0, 0),
+            held: 0,
+            rooms: 0,
+            cluster: None,
+        });
         for line in [
             "chatloop_connections 3",
             "chatloop_websockets 2",

@@ -27,6 +27,23 @@ struct Fields<'a> {
     leave: Option<Text<'a>>,
     #[serde(default, deserialize_with = "present")]
     rooms: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    last: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    since: Option<u64>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    epoch: Option<Text<'a>>,
+}
+
+/// What a join asks of a room's history.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replay<'a> {
+    /// Live traffic only.
+    None,
+    /// `"last":K`: up to K of the most recent messages first.
+    Last(u64),
+    /// `"since":S,"epoch":E`: every message after S of epoch E first.
+    Since { seq: u64, epoch: Text<'a> },
 }
 
 /// What a client frame asks for. Names (`room`, `to`) are as sent; chat checks them.
@@ -36,8 +53,8 @@ pub enum Incoming<'a> {
     Say { room: Option<Text<'a>>, text: Text<'a> },
     /// `{"to":ID,"text":T}`.
     Private { to: Text<'a>, text: Text<'a> },
-    /// `{"join":R}`.
-    Join(Text<'a>),
+    /// `{"join":R}`, with `last` or `since` and `epoch` for history.
+    Join { room: Text<'a>, replay: Replay<'a> },
     /// `{"leave":R}`.
     Leave(Text<'a>),
     /// `{"rooms":true}`: the directory.
@@ -54,22 +71,36 @@ pub fn decode(frame: &str) -> Option<Incoming<'_>> {
         return None;
     }
     let f: Fields<'_> = serde_json::from_str(frame).ok()?;
+    let history = f.last.is_some() || f.since.is_some() || f.epoch.is_some();
+    // How many of the request fields are present: each request allows exactly its own.
+    let fields = [
+        f.to.is_some(),
+        f.text.is_some(),
+        f.room.is_some(),
+        f.join.is_some(),
+        f.leave.is_some(),
+        f.rooms.is_some(),
+    ];
+    let n = fields.iter().filter(|x| **x).count();
+    let only = |want: usize| n == want;
     Some(match f {
-        Fields { text: Some(text), to: None, room, join: None, leave: None, rooms: None } => {
+        Fields { text: Some(text), to: None, room, .. } if !history && only(1 + room.is_some() as usize) => {
             Incoming::Say { room, text }
         }
-        Fields { text: Some(text), to: Some(to), room: None, join: None, leave: None, rooms: None } => {
+        Fields { text: Some(text), to: Some(to), .. } if !history && only(2) => {
             Incoming::Private { to, text }
         }
-        Fields { join: Some(r), text: None, to: None, room: None, leave: None, rooms: None } => {
-            Incoming::Join(r)
+        Fields { join: Some(room), last, since, epoch, .. } if only(1) => {
+            let replay = match (last, since, epoch) {
+                (None, None, None) => Replay::None,
+                (Some(k), None, None) => Replay::Last(k),
+                (None, Some(seq), Some(epoch)) => Replay::Since { seq, epoch },
+                _ => return None, // `since` and `last` together, or one half of since/epoch
+            };
+            Incoming::Join { room, replay }
         }
-        Fields { leave: Some(r), text: None, to: None, room: None, join: None, rooms: None } => {
-            Incoming::Leave(r)
-        }
-        Fields { rooms: Some(true), text: None, to: None, room: None, join: None, leave: None } => {
-            Incoming::Rooms
-        }
+        Fields { leave: Some(r), .. } if !history && only(1) => Incoming::Leave(r),
+        Fields { rooms: Some(true), .. } if !history && only(1) => Incoming::Rooms,
         _ => return None,
     })
 }
@@ -105,6 +136,7 @@ pub enum ErrorCode {
     BadRoom,
     NotInRoom,
     TooManyRooms,
+    Undelivered,
 }
 
 impl ErrorCode {
@@ -122,6 +154,7 @@ impl ErrorCode {
             ErrorCode::BadRoom => "bad_room",
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::Undelivered => "undelivered",
         }
     }
 
@@ -146,6 +179,10 @@ impl ErrorCode {
             ErrorCode::BadRoom => "a room name is 1 to 32 characters from a-z 0-9 _ - .",
             ErrorCode::NotInRoom => "you are not in that room: join it first",
             ErrorCode::TooManyRooms => "too many rooms: leave one first, or the server has no room for more",
+            ErrorCode::Undelivered => {
+                "the recipient lost its connection and did not come back in time (or too much was waiting for it): \
+                 this message was not delivered"
+            }
         }
     }
 }
@@ -166,6 +203,8 @@ struct MessageLine<'a> {
     r#type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     from: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<&'a str>,
@@ -255,14 +294,62 @@ pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
     })
 }
 
-/// A room message (`room` set) or a private one (`to` set).
-pub fn message(room: Option<&str>, from: &str, to: Option<&str>, text: &str, ts: u64) -> Bytes {
-    encode(&MessageLine { r#type: "message", room, from, to, text, ts })
+/// A message to room `room`, number `seq` in it.
+pub fn room_message(room: &str, seq: u64, from: &str, text: &str, ts: u64) -> Bytes {
+    encode(&MessageLine { r#type: "message", room: Some(room), seq: Some(seq), from, to: None, text, ts })
 }
 
-/// `{"type":"joined","room":R,"users":[...],"total":N}`: the answer to a join.
-pub fn joined<'a>(room: &str, ids: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
-    encode(&RosterLine { r#type: "joined", room, users: ids.collect(), total })
+/// A private message, as its sender gets it; the recipient's copy is this `with_pseq`.
+pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
+    encode(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
+}
+
+/// The recipient's copy of a private message: the sender's copy (`{"type":"message",...`)
+/// with `"pseq":N` spliced in after its type, so a line from another node is numbered here
+/// without being decoded and encoded again.
+pub fn with_pseq(line: &[u8], pseq: u64) -> Bytes {
+    const HEAD: &[u8] = br#"{"type":"message","#;
+    let rest = line.strip_prefix(HEAD).unwrap_or(line);
+    let mut out = Vec::with_capacity(line.len() + 24);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(b"\"pseq\":");
+    out.extend_from_slice(pseq.to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
+/// `{"type":"joined","room":R,"users":[...],"total":N,"seq":S,"epoch":E}`: the answer to a
+/// join; `seq` is the room's latest message number (0: none yet).
+pub fn joined<'a>(
+    room: &str,
+    ids: impl Iterator<Item = &'a str>,
+    total: usize,
+    seq: u64,
+    epoch: &str,
+) -> Bytes {
+    #[derive(Serialize)]
+    struct Joined<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        users: Vec<&'a str>,
+        total: usize,
+        seq: u64,
+        epoch: &'a str,
+    }
+    encode(&Joined { r#type: "joined", room, users: ids.collect(), total, seq, epoch })
+}
+
+/// `{"type":"gap","room":R,"seq":S}`: messages before S that were asked for are no longer kept
+/// (or the epoch asked for is not the room's); S is the oldest kept, or the next to come.
+pub fn gap(room: &str, seq: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Gap<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        seq: u64,
+    }
+    encode(&Gap { r#type: "gap", room, seq })
 }
 
 /// `{"type":"left","room":R}`: the answer to a leave.
@@ -315,7 +402,21 @@ mod tests {
             decode(r#"{"to":"bob","text":"psst"}"#),
             Some(Incoming::Private { to: "bob".into(), text: "psst".into() })
         );
-        assert_eq!(decode(r#"{"join":"dev"}"#), Some(Incoming::Join("dev".into())));
+        assert_eq!(
+            decode(r#"{"join":"dev"}"#),
+            Some(Incoming::Join { room: "dev".into(), replay: Replay::None })
+        );
+        assert_eq!(
+            decode(r#"{"join":"dev","last":50}"#),
+            Some(Incoming::Join { room: "dev".into(), replay: Replay::Last(50) })
+        );
+        assert_eq!(
+            decode(r#"{"join":"dev","since":7,"epoch":"AbCd"}"#),
+            Some(Incoming::Join {
+                room: "dev".into(),
+                replay: Replay::Since { seq: 7, epoch: "AbCd".into() }
+            })
+        );
         assert_eq!(decode(r#"{"leave":"lobby","type":"x"}"#), Some(Incoming::Leave("lobby".into())));
         assert_eq!(decode(r#"{"rooms":true}"#), Some(Incoming::Rooms));
         // Escapes force an owned Cow; the decoded text must still be right.
@@ -357,6 +458,11 @@ mod tests {
             r#"{"join":null}"#,
             r#"{"room":null,"text":"x"}"#,
             r#"{"room":"dev"}"#,
+            r#"{"join":"dev","since":1,"last":2,"epoch":"e"}"#,
+            r#"{"join":"dev","since":1}"#,
+            r#"{"join":"dev","epoch":"e"}"#,
+            r#"{"join":"dev","last":-1}"#,
+            r#"{"text":"x","last":1}"#,
             "{\"text\":",
             r#"{"text":"a","text":"b"}"#,
             r#"["bob","psst"]"#,
@@ -369,11 +475,16 @@ mod tests {
     #[test]
     fn encodes_lines_exactly() {
         assert_eq!(
-            &message(Some("lobby"), "alice", None, "hi \"there\"", 7)[..],
-            br#"{"type":"message","room":"lobby","from":"alice","text":"hi \"there\"","ts":7}"#
+            &room_message("lobby", 3, "alice", "hi \"there\"", 7)[..],
+            br#"{"type":"message","room":"lobby","seq":3,"from":"alice","text":"hi \"there\"","ts":7}"#
         );
         assert_eq!(
-            &message(None, "alice", Some("bob"), "x", 1)[..],
+            &with_pseq(&private_message("alice", "bob", "x", 1), 12)[..],
+            br#"{"type":"message","pseq":12,"from":"alice","to":"bob","text":"x","ts":1}"#
+        );
+        assert_eq!(&gap("dev", 4)[..], br#"{"type":"gap","room":"dev","seq":4}"#);
+        assert_eq!(
+            &private_message("alice", "bob", "x", 1)[..],
             br#"{"type":"message","from":"alice","to":"bob","text":"x","ts":1}"#
         );
         assert_eq!(
@@ -400,8 +511,8 @@ mod tests {
             br#"{"type":"users","room":"dev","users":["a"],"total":3}"#
         );
         assert_eq!(
-            &joined("dev", ["a", "b"].into_iter(), 2)[..],
-            br#"{"type":"joined","room":"dev","users":["a","b"],"total":2}"#
+            &joined("dev", ["a", "b"].into_iter(), 2, 9, "Ep0ch")[..],
+            br#"{"type":"joined","room":"dev","users":["a","b"],"total":2,"seq":9,"epoch":"Ep0ch"}"#
         );
         assert_eq!(&left("dev")[..], br#"{"type":"left","room":"dev"}"#);
         assert_eq!(

@@ -9,8 +9,9 @@ use bytes::Bytes;
 #[derive(Debug, PartialEq)]
 pub enum Route {
     /// Complete the WebSocket handshake; `echo` picks /echo over the chat.
-    /// `resume`: the token a client presents to take back an id held for it.
-    Upgrade { echo: bool, key: String, id: String, resume: Option<String> },
+    /// `resume`: the token a client presents to take back an id held for it; `pseq`: the
+    /// last private message number it has (0: none).
+    Upgrade { echo: bool, key: String, id: String, resume: Option<String>, pseq: u64 },
     /// Send this response, then close.
     Respond(Bytes),
     /// Refuse with a status and a one-line reason, then close.
@@ -92,7 +93,8 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         }
         let id = req.query_param("id").unwrap_or_default();
         let resume = req.query_param("resume");
-        return Route::Upgrade { echo, key: key.to_string(), id, resume };
+        let pseq = req.query_param("pseq").and_then(|p| p.parse().ok()).unwrap_or(0);
+        return Route::Upgrade { echo, key: key.to_string(), id, resume, pseq };
     }
     if req.method != "GET" && !head {
         return Route::Refuse(Status::MethodNotAllowed, "only GET and HEAD are served");
@@ -191,7 +193,8 @@ mod tests {
                 echo: false,
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 id: "bob".into(),
-                resume: None
+                resume: None,
+                pseq: 0,
             }
         );
         assert!(matches!(route_raw(&upgrade("/echo", KEY), true), Route::Upgrade { echo: true, .. }));

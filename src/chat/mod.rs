@@ -15,15 +15,20 @@
 //! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
 //! to Redis.
 
+pub mod history;
 pub mod ids;
+pub mod resume;
 pub mod rooms;
 
-use crate::protocol::{self, ErrorCode, Incoming, LOBBY};
+use crate::protocol::{self, ErrorCode, Incoming, LOBBY, Replay};
 use bytes::Bytes;
-use ids::{Claim, Reserved, Secret, key};
-use rooms::Rooms;
+use history::History;
+use ids::{Secret, key};
+use resume::{Away, Claim, Holds, Kept, Private};
+use rooms::{Flow, Rooms};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// Where chat lines go. `token` names a connection.
@@ -81,6 +86,11 @@ pub struct Limits {
     pub max_rooms: usize,
     /// Rooms one connection is in, `lobby` included.
     pub max_rooms_per_user: usize,
+    /// Messages kept per room (`--history`), bytes kept in all (`--history-bytes`), and how
+    /// long a room's history outlives its last member (`--history-ttl`).
+    pub history: usize,
+    pub history_bytes: usize,
+    pub history_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -91,6 +101,9 @@ impl Default for Limits {
             rate_limit: 20,
             max_rooms: 10_000,
             max_rooms_per_user: 32,
+            history: 100,
+            history_bytes: 64 << 20,
+            history_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -102,6 +115,9 @@ struct User {
     id: Rc<str>,
     /// The rooms this user is in (keys of `Rooms`).
     rooms: Vec<u32>,
+    /// Its private messages' numbering and the last ones, for a resend on resume; boxed,
+    /// since most users never get one.
+    private: Option<Box<Private>>,
 }
 
 /// A user on another node.
@@ -118,14 +134,22 @@ pub struct Chat {
     /// Users on other nodes, keyed like `users`. Never holds a local user's key.
     remote: HashMap<Rc<str>, Remote>,
     pub rooms: Rooms,
+    pub history: History,
     /// Set by the server while the cluster is configured but unreachable (from start-up until
     /// the link is up, and from each failure until it is up again): sends that need
     /// another node are refused with `cluster_unavailable`, and ids are checked against the
     /// last known remote roster since Redis cannot be asked.
     pub cluster_down: bool,
     limits: Limits,
-    /// Ids held for clients the server closed (see `ids`).
-    pub reserved: Reserved,
+    /// Users whose connection was lost, in their grace (see `resume`).
+    pub holds: Holds,
+}
+
+/// A user whose grace ended without a resume: gone for good now.
+pub struct Gone {
+    pub id: Rc<str>,
+    /// Rooms that have no member of this node left.
+    pub emptied: Vec<Rc<str>>,
 }
 
 impl Chat {
@@ -134,9 +158,10 @@ impl Chat {
             users: HashMap::new(),
             remote: HashMap::new(),
             rooms: Rooms::default(),
+            history: History::new(limits.history, limits.history_bytes, limits.history_ttl),
             cluster_down: false,
             limits,
-            reserved: Reserved::default(),
+            holds: Holds::default(),
         }
     }
 
@@ -154,16 +179,16 @@ impl Chat {
         self.remote.len()
     }
 
-    /// Whether `id` could join here as far as this node can tell: valid, not local, not held
-    /// for a closed client, and (while the cluster is down) not known on another node.
-    /// Returns its key.
-    pub fn check(&self, id: &str, now: Instant) -> Result<String, ErrorCode> {
+    /// Whether `id` could join here, presenting `presented`, as far as this node can tell:
+    /// valid, not local, not held for someone else, and (while the cluster is down) not known
+    /// on another node. Returns its key.
+    pub fn check(&self, id: &str, presented: Option<&Secret>, now: Instant) -> Result<String, ErrorCode> {
         if !protocol::valid_id(id) {
             return Err(ErrorCode::BadId);
         }
         let k = key(id);
         if self.users.contains_key(k.as_str())
-            || self.reserved.is_held(&k, now)
+            || self.holds.refuses(&k, presented, now)
             || (self.cluster_down && self.remote.contains_key(k.as_str()))
         {
             return Err(ErrorCode::IdTaken);
@@ -171,36 +196,55 @@ impl Chat {
         Ok(k)
     }
 
-    /// Takes back `id` held for a closed client if `presented` is its secret; true if so.
-    pub fn resume(&mut self, id: &str, presented: Option<&Secret>, now: Instant) -> bool {
-        presented.is_some() && self.reserved.claim(&key(id), presented, now) == Claim::Resumed
-    }
-
-    /// Claims `id` for `token`, puts it in the lobby and queues its welcome (the lobby's
-    /// roster, the limits, and `secret` as the resume token); returns the id to keep for the
-    /// session. Fails with `bad_id` or `id_taken`. With a cluster, Redis has already granted
-    /// the id, so a stale remote entry for it (a user who moved here) is dropped.
+    /// Claims `id` for `token` and queues its welcome (the lobby's roster, the limits, and
+    /// `secret` as the next resume token); returns the id to keep for the session and whether
+    /// it resumed. A new user is put in the lobby. One presenting the secret of a user in its
+    /// grace (`presented`) is that user again: its rooms are restored (quiet until it asks
+    /// for each with a join), and its private messages after `pseq` follow the welcome.
+    /// Fails with `bad_id` or `id_taken`. With a cluster, Redis has already granted the id,
+    /// so a stale remote entry for it (a user who moved here) is dropped.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         id: &str,
         token: usize,
         secret: &Secret,
-        resumed: bool,
+        presented: Option<&Secret>,
+        pseq: u64,
         now: Instant,
         sink: &mut impl Sink,
-    ) -> Result<Rc<str>, ErrorCode> {
-        let k = self.check(id, now)?;
+    ) -> Result<(Rc<str>, bool), ErrorCode> {
+        let k = self.check(id, presented, now)?;
         if let Some(r) = self.remote.remove(k.as_str()) {
             for room in r.rooms {
                 self.rooms.leave_remote(room as usize, &k);
             }
         }
-        let shared: Rc<str> = Rc::from(id);
-        let ukey = if k == id { Rc::clone(&shared) } else { Rc::from(k) };
-        let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
-        let (users, total) = self.rooms.listing(lobby.key, id, self.limits.presence_limit);
+        let back = match self.holds.claim(&k, presented, now) {
+            Claim::Back(away) => Some(away),
+            _ => None,
+        };
+        let (shared, rooms, private) = match back {
+            Some(away) => {
+                for room in &away.rooms {
+                    self.rooms.set_back(*room as usize, &k, token as u32);
+                }
+                (away.id, away.rooms, Some(Box::new(away.private)))
+            }
+            None => {
+                let shared: Rc<str> = Rc::from(id);
+                let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
+                self.history.set_idle(LOBBY, None);
+                (shared, vec![lobby.key as u32], None)
+            }
+        };
+        let resumed = private.is_some();
+        let (users, total) = match self.rooms.key(LOBBY) {
+            Some(lobby) => self.rooms.listing(lobby, &shared, self.limits.presence_limit),
+            None => (vec![&*shared], 1),
+        };
         let welcome = protocol::welcome(&protocol::Welcome {
-            id,
+            id: &shared,
             users,
             total,
             max_text: self.limits.max_text,
@@ -210,9 +254,51 @@ impl Chat {
             resumed,
         });
         sink.push(token, &welcome);
-        let user = User { token: token as u32, id: Rc::clone(&shared), rooms: vec![lobby.key as u32] };
-        self.users.insert(ukey, user);
-        Ok(shared)
+        let mut private = private;
+        if let Some(p) = &mut private {
+            // What the client says it has not seen, in order; from now on it is delivered
+            // (queued), so it is not fresh any more.
+            for kept in p.kept.iter_mut().filter(|kept| kept.pseq > pseq) {
+                sink.push(token, &kept.line);
+                kept.fresh = false;
+            }
+        }
+        let ukey = if k == *shared { Rc::clone(&shared) } else { Rc::from(k) };
+        self.users.insert(ukey, User { token: token as u32, id: Rc::clone(&shared), rooms, private });
+        Ok((shared, resumed))
+    }
+
+    /// `id` (on connection `token`) lost its connection: it is held under `secret` until
+    /// `until`, still a member of its rooms, with no presence event.
+    pub fn lose(&mut self, id: &str, secret: Secret, until: Instant) {
+        let Some((ukey, u)) = self.users.remove_entry(&*key(id)) else { return };
+        for room in &u.rooms {
+            self.rooms.set_away(*room as usize, u.token, &ukey);
+        }
+        let private = u.private.map_or_else(Private::default, |p| *p);
+        self.holds.hold(ukey, Away { id: u.id, secret, until, rooms: u.rooms, private });
+    }
+
+    /// Ends the holds whose grace has passed: their users leave their rooms (announced now),
+    /// and the local senders of private messages they never got are told (`undelivered`).
+    pub fn expire(&mut self, now: Instant, sink: &mut impl Sink) -> Vec<Gone> {
+        let mut gone = Vec::new();
+        for (ukey, away) in self.holds.expire(now) {
+            let mut emptied = Vec::new();
+            for room in &away.rooms {
+                let name = Rc::clone(&self.rooms.room(*room as usize).name);
+                if self.rooms.leave_away(*room as usize, &ukey) {
+                    emptied.push(name);
+                }
+            }
+            for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
+                if let Some(from) = self.users.get(&*key(&kept.from)) {
+                    sink.push(from.token as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
+                }
+            }
+            gone.push(Gone { id: away.id, emptied });
+        }
+        gone
     }
 
     /// Returns the tables' memory (when the server has gone idle).
@@ -220,7 +306,8 @@ impl Chat {
         self.users.shrink_to_fit();
         self.remote.shrink_to_fit();
         self.rooms.shrink();
-        self.reserved.shrink();
+        self.history.shrink();
+        self.holds.shrink();
     }
 
     /// Frees `id` at once, so it can be claimed again in the same turn, and takes it out of
@@ -238,22 +325,26 @@ impl Chat {
         emptied
     }
 
-    /// The keys of every local user, and of ids held for closed clients (for registering
-    /// them in Redis: a held id stays ours cluster-wide).
+    /// The keys of every local user, those in their grace included (for registering them in
+    /// Redis: a held id stays ours cluster-wide).
     pub fn local_keys(&self) -> impl Iterator<Item = &str> {
-        self.users.keys().map(|k| &**k).chain(self.reserved.keys())
+        self.users.keys().map(|k| &**k).chain(self.holds.keys())
     }
 
-    /// Every local user as typed, with the names of the rooms it is in (for a roster).
-    pub fn local_members(&self) -> impl Iterator<Item = (&str, Vec<&str>)> {
-        self.users
-            .values()
-            .map(|u| (&*u.id, u.rooms.iter().map(|r| &*self.rooms.room(*r as usize).name).collect()))
+    /// Every local user as typed (those in their grace too), with the names of the rooms it
+    /// is in (for a roster).
+    pub fn local_members(&self) -> Vec<(&str, Vec<&str>)> {
+        let names = |rooms: &[u32]| rooms.iter().map(|r| &*self.rooms.room(*r as usize).name).collect();
+        let live = self.users.values().map(|u| (&*u.id, names(&u.rooms)));
+        live.chain(self.holds.iter().map(|(_, a)| (&*a.id, names(&a.rooms)))).collect()
     }
 
-    /// Memberships of local users in all (for a heartbeat's consistency check).
-    pub fn local_memberships(&self) -> usize {
-        self.users.values().map(|u| u.rooms.len()).sum()
+    /// Local users, those in their grace included, and their memberships in all (for a
+    /// heartbeat's consistency check).
+    pub fn local_counts(&self) -> (usize, usize) {
+        let live: usize = self.users.values().map(|u| u.rooms.len()).sum();
+        let away: usize = self.holds.iter().map(|(_, a)| a.rooms.len()).sum();
+        (self.users.len() + self.holds.len(), live + away)
     }
 
     /// Rooms with at least one local member (a node hears the traffic of these).
@@ -386,11 +477,50 @@ impl Chat {
         }
     }
 
-    /// A private line from another node for local user `to`: `unknown_recipient` if `to` is
-    /// not here, `recipient_busy` if its queue cannot take it now (as for a local sender).
-    pub fn deliver_private(&self, to: &str, line: &Bytes, sink: &mut impl Sink) -> Result<(), ErrorCode> {
-        let u = self.users.get(&*key(to)).ok_or(ErrorCode::UnknownRecipient)?;
-        if sink.offer(u.token as usize, line) { Ok(()) } else { Err(ErrorCode::RecipientBusy) }
+    /// A private line (the sender's copy) from another node for local user `to`:
+    /// `unknown_recipient` if `to` is not here, `recipient_busy` if its queue cannot take it
+    /// now, `undelivered` if it is away and no more can be kept for it.
+    pub fn deliver_private(
+        &mut self,
+        from: &str,
+        to: &str,
+        line: &Bytes,
+        now: Instant,
+        sink: &mut impl Sink,
+    ) -> Result<(), ErrorCode> {
+        self.to_recipient(&key(to), from, line, now, sink)
+    }
+
+    /// Numbers `line` (the sender's copy of a private message from `from`) for local user
+    /// `k`, connected or away, and delivers or keeps it.
+    fn to_recipient(
+        &mut self,
+        k: &str,
+        from: &str,
+        line: &Bytes,
+        now: Instant,
+        sink: &mut impl Sink,
+    ) -> Result<(), ErrorCode> {
+        let from: Rc<str> = Rc::from(from);
+        if let Some(u) = self.users.get_mut(k) {
+            let p = u.private.get_or_insert_with(Box::default);
+            let pseq = p.pseq + 1;
+            let copy = protocol::with_pseq(line, pseq);
+            // The recipient is judged by what it does, not by what others send it: if it
+            // cannot take this now, the sender hears so and nobody is disconnected.
+            if !sink.offer(u.token as usize, &copy) {
+                return Err(ErrorCode::RecipientBusy);
+            }
+            p.next();
+            let _ = p.keep(Kept { pseq, line: copy, from, fresh: false });
+            return Ok(());
+        }
+        let Some(a) = self.holds.get_mut(k, now) else { return Err(ErrorCode::UnknownRecipient) };
+        let pseq = a.private.pseq + 1;
+        let copy = protocol::with_pseq(line, pseq);
+        a.private.keep(Kept { pseq, line: copy, from, fresh: true }).map_err(|_| ErrorCode::Undelivered)?;
+        a.private.next();
+        Ok(())
     }
 
     /// Routes one client text frame from `from` (connection `token`), stamped with `ts`.
@@ -400,6 +530,7 @@ impl Chat {
         from: &str,
         frame: &str,
         ts: u64,
+        now: Instant,
         sink: &mut impl Sink,
     ) -> Outcome {
         let Some(msg) = protocol::decode(frame) else {
@@ -411,26 +542,13 @@ impl Chat {
                     Ok(t) => t,
                     Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
-                let name = room.as_deref().unwrap_or(LOBBY);
-                let Some(room) = protocol::room_name(name) else {
-                    return refuse(
-                        sink,
-                        token,
-                        protocol::room_error(ErrorCode::BadRoom, name),
-                        ErrorCode::BadRoom,
-                    );
-                };
-                let at = self.rooms.key(&room).filter(|k| self.rooms.has_local(*k, token as u32));
-                let Some(rk) = at else {
-                    return refuse(
-                        sink,
-                        token,
-                        protocol::room_error(ErrorCode::NotInRoom, &room),
-                        ErrorCode::NotInRoom,
-                    );
+                let rk = match self.member_of(token, room.as_deref().unwrap_or(LOBBY)) {
+                    Ok(rk) => rk,
+                    Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
-                let line = protocol::message(Some(&room), from, None, text, ts);
+                let line =
+                    self.history.append(&room, |seq| protocol::room_message(&room, seq, from, text, ts));
                 self.rooms.deliver(rk, &line, sink);
                 Outcome::Room { room, line }
             }
@@ -438,37 +556,20 @@ impl Chat {
                 if !protocol::valid_id(&to) {
                     // A `to` that names nobody could be (`""`, `"a b"`) is a client bug, not a
                     // room message: refusing it keeps private text private.
-                    return refuse(
-                        sink,
-                        token,
-                        protocol::error(ErrorCode::BadMessage, None),
-                        ErrorCode::BadMessage,
-                    );
+                    let code = ErrorCode::BadMessage;
+                    return refuse(sink, token, protocol::error(code, None), code);
                 }
                 let text = match self.text_ok(&text) {
                     Ok(t) => t,
                     Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
-                self.private(token, from, &to, text, ts, sink)
+                self.private(token, from, &to, text, ts, now, sink)
             }
-            Incoming::Join(name) => self.join_room(token, from, &name, sink),
+            Incoming::Join { room, replay } => self.join_room(token, from, &room, &replay, sink),
             Incoming::Leave(name) => {
-                let Some(room) = protocol::room_name(&name) else {
-                    return refuse(
-                        sink,
-                        token,
-                        protocol::room_error(ErrorCode::BadRoom, &name),
-                        ErrorCode::BadRoom,
-                    );
-                };
-                let Some(rk) = self.rooms.key(&room).filter(|k| self.rooms.has_local(*k, token as u32))
-                else {
-                    return refuse(
-                        sink,
-                        token,
-                        protocol::room_error(ErrorCode::NotInRoom, &room),
-                        ErrorCode::NotInRoom,
-                    );
+                let rk = match self.member_of(token, &name) {
+                    Ok(rk) => rk,
+                    Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
                 if let Some(u) = self.users.get_mut(&*key(from)) {
@@ -485,6 +586,17 @@ impl Chat {
         }
     }
 
+    /// The key of room `name` if connection `token` is a member; else the error to send.
+    fn member_of(&self, token: usize, name: &str) -> Result<usize, (ErrorCode, Bytes)> {
+        let Some(room) = protocol::room_name(name) else {
+            return Err((ErrorCode::BadRoom, protocol::room_error(ErrorCode::BadRoom, name)));
+        };
+        self.rooms
+            .key(&room)
+            .filter(|k| self.rooms.has_local(*k, token as u32))
+            .ok_or_else(|| (ErrorCode::NotInRoom, protocol::room_error(ErrorCode::NotInRoom, &room)))
+    }
+
     /// The trimmed text if it may be sent, or why not (`empty`, `too_long`).
     fn text_ok<'t>(&self, text: &'t str) -> Result<&'t str, ErrorCode> {
         let t = text.trim();
@@ -497,6 +609,7 @@ impl Chat {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn private(
         &mut self,
         token: usize,
@@ -504,10 +617,14 @@ impl Chat {
         to: &str,
         text: &str,
         ts: u64,
+        now: Instant,
         sink: &mut impl Sink,
     ) -> Outcome {
         let k = key(to);
-        let Some(rcpt) = self.users.get(k.as_str()) else {
+        // The recipient's id as its owner typed it, wherever it is.
+        let here = self.users.get(k.as_str()).map(|u| Rc::clone(&u.id));
+        let away = here.is_none().then(|| self.holds.get_mut(&k, now).map(|a| Rc::clone(&a.id))).flatten();
+        let Some(rcpt) = here.or(away) else {
             return match self.remote.get(k.as_str()) {
                 _ if self.cluster_down => {
                     let code = ErrorCode::ClusterUnavailable;
@@ -516,7 +633,7 @@ impl Chat {
                 Some(r) => Outcome::Remote {
                     node: Rc::clone(&r.node),
                     to: Rc::clone(&r.id),
-                    line: protocol::message(None, from, Some(&r.id), text, ts),
+                    line: protocol::private_message(from, &r.id, text, ts),
                 },
                 None => {
                     let code = ErrorCode::UnknownRecipient;
@@ -524,42 +641,105 @@ impl Chat {
                 }
             };
         };
-        let line = protocol::message(None, from, Some(&rcpt.id), text, ts);
-        // The recipient is judged by what it does, not by what others send it: if it cannot
-        // take this now, the sender hears so and nobody is disconnected.
-        if !sink.offer(rcpt.token as usize, &line) {
-            let code = ErrorCode::RecipientBusy;
-            let to = Rc::clone(&rcpt.id);
-            return refuse(sink, token, protocol::error(code, Some(&to)), code);
+        // The sender's copy; the recipient's carries its `pseq`.
+        let line = protocol::private_message(from, &rcpt, text, ts);
+        if let Err(code) = self.to_recipient(&k, from, &line, now, sink) {
+            return refuse(sink, token, protocol::error(code, Some(&rcpt)), code);
         }
-        if rcpt.token as usize != token {
+        if self.token_of(&rcpt) != Some(token) {
             sink.push(token, &line);
         }
         Outcome::Private
     }
 
-    fn join_room(&mut self, token: usize, from: &str, name: &str, sink: &mut impl Sink) -> Outcome {
+    fn join_room(
+        &mut self,
+        token: usize,
+        from: &str,
+        name: &str,
+        replay: &Replay<'_>,
+        sink: &mut impl Sink,
+    ) -> Outcome {
         let Some(room) = protocol::room_name(name) else {
             return refuse(sink, token, protocol::room_error(ErrorCode::BadRoom, name), ErrorCode::BadRoom);
         };
         let limit = self.limits.presence_limit;
         let existing = self.rooms.key(&room);
-        if let Some(rk) = existing.filter(|k| self.rooms.has_local(*k, token as u32)) {
-            sink.push(token, &self.rooms.roster(rk, from, limit));
-            return Outcome::Answered;
-        }
+        let member = existing.filter(|k| self.rooms.has_local(*k, token as u32));
         let Some(u) = self.users.get(&*key(from)) else { return Outcome::Answered };
-        if u.rooms.len() >= self.limits.max_rooms_per_user
-            || (existing.is_none() && self.rooms.len() >= self.limits.max_rooms)
+        if member.is_none()
+            && (u.rooms.len() >= self.limits.max_rooms_per_user
+                || (existing.is_none() && self.rooms.len() >= self.limits.max_rooms))
         {
             let code = ErrorCode::TooManyRooms;
             return refuse(sink, token, protocol::room_error(code, &room), code);
         }
         let id = Rc::clone(&u.id);
-        let j = self.rooms.join_local(&room, token as u32, &id);
-        self.users.get_mut(&*key(from)).expect("checked").rooms.push(j.key as u32);
-        sink.push(token, &self.rooms.roster(j.key, from, limit));
-        Outcome::Joined { room: Rc::clone(&self.rooms.room(j.key).name), first_local: j.first_local }
+        let (rk, outcome) = match member {
+            Some(rk) => (rk, Outcome::Answered),
+            None => {
+                let j = self.rooms.join_local(&room, token as u32, &id);
+                self.users.get_mut(&*key(from)).expect("checked").rooms.push(j.key as u32);
+                let name = Rc::clone(&self.rooms.room(j.key).name);
+                (j.key, Outcome::Joined { room: name, first_local: j.first_local })
+            }
+        };
+        self.history.set_idle(&room, None);
+        let log = self.history.log(&room);
+        let (latest, first, next) = (log.latest(), log.first(), log.next());
+        let epoch = Rc::clone(&log.epoch);
+        sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch));
+        // Where its replay starts; a gap first if some of what it asks for is gone.
+        let start = match replay {
+            Replay::None => next,
+            Replay::Last(k) => first.max(next.saturating_sub(*k)),
+            Replay::Since { seq, epoch: e } => {
+                let from_seq = if **e == *epoch { seq.saturating_add(1) } else { 1 };
+                if from_seq < first && from_seq < next {
+                    self.history.counters.gaps += 1;
+                    sink.push(token, &protocol::gap(&room, first));
+                }
+                from_seq.max(first)
+            }
+        };
+        let flow = if start >= next { Flow::Live } else { Flow::Replay(start) };
+        self.rooms.set_flow(rk, token as u32, flow);
+        outcome
+    }
+
+    /// Once per turn: moves replays on (each member as far as its queue takes now, the rest
+    /// next turn: a replay is paced by the same outbox and cap as live traffic), and starts
+    /// the history clock of rooms that lost their last member.
+    pub fn pump(&mut self, now: Instant, sink: &mut impl Sink) {
+        for name in std::mem::take(&mut self.rooms.closed) {
+            self.history.set_idle(&name, Some(now));
+        }
+        for (rk, token) in std::mem::take(&mut self.rooms.replaying) {
+            let Some(Flow::Replay(mut next)) = self.rooms.flow(rk, token) else { continue };
+            let name = Rc::clone(&self.rooms.room(rk).name);
+            let log = self.history.log(&name);
+            if next < log.first() {
+                // Trimmed while it caught up: say so, and go on from what is kept.
+                sink.push(token as usize, &protocol::gap(&name, log.first()));
+                next = log.first();
+                self.history.counters.gaps += 1;
+            }
+            let log = self.history.get(&name).expect("opened");
+            let from = next;
+            while next < log.next() {
+                let line = log.line(next).expect("kept");
+                if !sink.offer(token as usize, line) {
+                    break;
+                }
+                next += 1;
+            }
+            let flow = if next >= log.next() { Flow::Live } else { Flow::Replay(next) };
+            self.history.counters.replayed += next - from;
+            if flow != Flow::Live {
+                self.rooms.replaying.push((rk, token));
+            }
+            self.rooms.set_flow(rk, token, flow);
+        }
     }
 
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
@@ -615,7 +795,7 @@ mod tests {
     }
 
     fn join(c: &mut Chat, id: &str, token: usize, r: &mut Rec) -> Result<Rc<str>, ErrorCode> {
-        c.join(id, token, &[0; 16], false, now(), r)
+        c.join(id, token, &[0; 16], None, 0, now(), r).map(|(id, _)| id)
     }
 
     fn chat_with(ids: &[&str]) -> (Chat, Rec) {
@@ -631,7 +811,7 @@ mod tests {
 
     /// `from` (connection `token`) sends `frame`.
     fn say(c: &mut Chat, r: &mut Rec, token: usize, from: &str, frame: &str) -> Outcome {
-        c.handle(token, from, frame, 5, r)
+        c.handle(token, from, frame, 5, now(), r)
     }
 
     #[test]
@@ -647,7 +827,7 @@ mod tests {
     #[test]
     fn a_lobby_message_reaches_everyone_in_it_including_the_sender() {
         let (mut c, mut r) = chat_with(&["a", "b", "c"]);
-        let line = r#"{"type":"message","room":"lobby","from":"b","text":"hi","ts":5}"#.to_string();
+        let line = r#"{"type":"message","room":"lobby","seq":1,"from":"b","text":"hi","ts":5}"#.to_string();
         let out = say(&mut c, &mut r, 1, "b", r#"{"text":"  hi ","from":"x"}"#);
         assert_eq!(out, Outcome::Room { room: Rc::from("lobby"), line: Bytes::from(line.clone()) });
         assert_eq!(r.sorted(), vec![(0, line.clone()), (1, line.clone()), (2, line.clone())]);
@@ -666,17 +846,23 @@ mod tests {
             say(&mut c, &mut r, 0, "a", r#"{"join":"Dev"}"#),
             Outcome::Joined { room: Rc::from("dev"), first_local: true }
         );
-        assert_eq!(
-            r.take(),
-            vec![(0, r#"{"type":"joined","room":"dev","users":["a"],"total":1}"#.to_string())]
+        let got = r.take();
+        assert_eq!((got.len(), got[0].0), (1, 0));
+        assert!(
+            got[0].1.starts_with(r#"{"type":"joined","room":"dev","users":["a"],"total":1,"seq":"#),
+            "{}",
+            got[0].1
         );
         assert_eq!(
             say(&mut c, &mut r, 1, "b", r#"{"join":"dev"}"#),
             Outcome::Joined { room: Rc::from("dev"), first_local: false }
         );
-        assert_eq!(
-            r.take(),
-            vec![(1, r#"{"type":"joined","room":"dev","users":["b","a"],"total":2}"#.to_string())]
+        let got = r.take();
+        assert_eq!((got.len(), got[0].0), (1, 1));
+        assert!(
+            got[0].1.starts_with(r#"{"type":"joined","room":"dev","users":["b","a"],"total":2,"seq":"#),
+            "{}",
+            got[0].1
         );
         c.flush_presence(&mut r);
         assert_eq!(r.take(), vec![(0, r#"{"type":"join","room":"dev","id":"b"}"#.to_string())]);
@@ -686,7 +872,7 @@ mod tests {
         ));
         let got = r.sorted();
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1], "c is not in dev");
-        assert!(got[0].1.starts_with(r#"{"type":"message","room":"dev","from":"b""#), "{}", got[0].1);
+        assert!(got[0].1.starts_with(r#"{"type":"message","room":"dev","seq":1,"from":"b""#), "{}", got[0].1);
         // c is not a member: refused, and nobody hears it.
         let out = say(&mut c, &mut r, 2, "c", r#"{"room":"dev","text":"let me in"}"#);
         assert_eq!(out, Outcome::Refused(ErrorCode::NotInRoom));
@@ -703,9 +889,12 @@ mod tests {
     fn joining_again_answers_joined_and_leaving_answers_left() {
         let (mut c, mut r) = chat_with(&["a", "b"]);
         assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"join":"lobby"}"#), Outcome::Answered);
-        assert_eq!(
-            r.take(),
-            vec![(0, r#"{"type":"joined","room":"lobby","users":["a","b"],"total":2}"#.to_string())]
+        let got = r.take();
+        assert_eq!((got.len(), got[0].0), (1, 0));
+        assert!(
+            got[0].1.starts_with(r#"{"type":"joined","room":"lobby","users":["a","b"],"total":2,"seq":"#),
+            "{}",
+            got[0].1
         );
         say(&mut c, &mut r, 0, "a", r#"{"join":"dev"}"#);
         r.take();
@@ -808,7 +997,8 @@ mod tests {
         let (mut c, mut r) = chat_with(&["a", "Bob", "c"]);
         assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"to":"BOB","text":"psst"}"#), Outcome::Private);
         let line = r#"{"type":"message","from":"a","to":"Bob","text":"psst","ts":5}"#.to_string();
-        assert_eq!(r.take(), vec![(1, line.clone()), (0, line)]);
+        let theirs = r#"{"type":"message","pseq":1,"from":"a","to":"Bob","text":"psst","ts":5}"#.to_string();
+        assert_eq!(r.take(), vec![(1, theirs), (0, line)], "the recipient's copy is numbered");
         // To yourself: one copy.
         say(&mut c, &mut r, 0, "a", r#"{"to":"a","text":"me"}"#);
         assert_eq!(r.take().len(), 1);
@@ -967,17 +1157,127 @@ mod tests {
     }
 
     #[test]
-    fn a_held_id_is_refused_to_others_and_taken_back_with_its_secret() {
-        let (mut c, mut r) = chat_with(&["x"]);
+    fn a_lost_user_stays_listed_and_is_taken_back_with_its_secret_quiet_until_it_asks() {
+        let (mut c, mut r) = chat_with(&["friend"]);
         let t = now();
         let secret = ids::new_secret();
-        c.reserved.hold(key("Victim"), secret, t + std::time::Duration::from_secs(10));
-        assert_eq!(c.check("victim", t), Err(ErrorCode::IdTaken));
-        assert!(!c.resume("victim", Some(&ids::new_secret()), t), "a wrong secret");
-        assert!(!c.resume("victim", None, t));
-        assert!(c.resume("VICTIM", Some(&secret), t));
-        assert_eq!(c.join("victim", 5, &ids::new_secret(), true, t, &mut r).as_deref(), Ok("victim"));
-        assert!(r.take()[0].1.contains(r#""resumed":true"#));
+        c.join("Victim", 5, &secret, None, 0, t, &mut r).unwrap();
+        say(&mut c, &mut r, 5, "Victim", r#"{"join":"dev"}"#);
+        c.flush_presence(&mut r);
+        r.take();
+        c.lose("Victim", secret, t + Duration::from_secs(60));
+        c.flush_presence(&mut r);
+        assert!(r.take().is_empty(), "no leave is announced for a lost connection");
+        // Others still see it, and cannot take its id; a private message to it is kept.
+        assert_eq!(c.check("victim", None, t), Err(ErrorCode::IdTaken));
+        assert_eq!(c.check("victim", Some(&ids::new_secret()), t), Err(ErrorCode::IdTaken));
+        say(&mut c, &mut r, 0, "friend", r#"{"join":"dev"}"#);
+        assert!(r.take()[0].1.contains(r#""users":["friend","Victim"],"total":2"#));
+        assert_eq!(
+            say(&mut c, &mut r, 0, "friend", r#"{"to":"victim","text":"while away"}"#),
+            Outcome::Private
+        );
+        assert_eq!(r.take().len(), 1, "the sender's copy only");
+        say(&mut c, &mut r, 0, "friend", r#"{"room":"dev","text":"missed"}"#);
+        assert_eq!(r.take().len(), 1, "nobody to deliver to but the sender");
+        // Back with the secret, on a new connection: resumed, its private message follows the
+        // welcome (it said it had none), and dev says nothing until it asks.
+        let next = ids::new_secret();
+        let (id, resumed) = c.join("VICTIM", 9, &next, Some(&secret), 0, t, &mut r).unwrap();
+        assert_eq!((&*id, resumed), ("Victim", true));
+        let got = r.take();
+        assert!(got[0].1.contains(r#""resumed":true"#), "{}", got[0].1);
+        assert!(
+            got[1].1.starts_with(r#"{"type":"message","pseq":1,"from":"friend","to":"Victim""#),
+            "{}",
+            got[1].1
+        );
+        assert_eq!(got.len(), 2);
+        c.flush_presence(&mut r);
+        assert!(r.take().is_empty(), "a blip shows nobody a leave/join pair");
+        say(&mut c, &mut r, 0, "friend", r#"{"room":"dev","text":"live"}"#);
+        assert_eq!(r.take().len(), 1, "dev is quiet for the resumed member until it asks");
+        // Its join with since: everything after 0, once, then live.
+        let epoch = c.history.get("dev").unwrap().epoch.to_string();
+        let frame = format!(r#"{{"join":"dev","since":0,"epoch":"{epoch}"}}"#);
+        assert_eq!(say(&mut c, &mut r, 9, "Victim", &frame), Outcome::Answered);
+        assert!(r.take()[0].1.contains(r#""type":"joined""#));
+        c.pump(t, &mut r);
+        let texts: Vec<String> = r.take().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[0].contains(r#""seq":1"#) && texts[0].contains("missed"));
+        assert!(texts[1].contains(r#""seq":2"#) && texts[1].contains("live"));
+        say(&mut c, &mut r, 0, "friend", r#"{"room":"dev","text":"after"}"#);
+        assert_eq!(r.take().len(), 2, "live again");
+        // The old secret does not work twice.
+        c.lose("Victim", next, t + Duration::from_secs(60));
+        assert_eq!(
+            c.join("victim", 10, &ids::new_secret(), Some(&secret), 0, t, &mut r),
+            Err(ErrorCode::IdTaken)
+        );
+    }
+
+    #[test]
+    fn a_grace_that_ends_announces_the_leave_and_tells_senders_what_was_not_delivered() {
+        let (mut c, mut r) = chat_with(&["friend", "victim"]);
+        let t = now();
+        c.lose("victim", [7; 16], t + Duration::from_secs(1));
+        say(&mut c, &mut r, 0, "friend", r#"{"to":"victim","text":"kept"}"#);
+        r.take();
+        assert!(c.expire(t, &mut r).is_empty());
+        let gone = c.expire(t + Duration::from_secs(1), &mut r);
+        assert_eq!(gone.len(), 1);
+        let got = r.take();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].1.contains(r#""code":"undelivered""#) && got[0].1.contains(r#""to":"victim""#),
+            "{}",
+            got[0].1
+        );
+        c.flush_presence(&mut r);
+        assert_eq!(r.take(), vec![(0, r#"{"type":"leave","room":"lobby","id":"victim"}"#.to_string())]);
+        assert_eq!(c.check("victim", None, t + Duration::from_secs(1)).as_deref(), Ok("vlctlm"));
+    }
+
+    #[test]
+    fn history_replays_last_and_since_with_gaps_for_what_is_gone() {
+        let mut c = Chat::new(Limits { history: 3, ..limits(100) });
+        let mut r = Rec::default();
+        join(&mut c, "a", 0, &mut r).unwrap();
+        join(&mut c, "b", 1, &mut r).unwrap();
+        for i in 1..=5 {
+            say(&mut c, &mut r, 0, "a", &format!(r#"{{"text":"m{i}"}}"#));
+        }
+        r.take();
+        let seqs = |r: &mut Rec| -> Vec<String> {
+            r.take()
+                .into_iter()
+                .map(|(_, l)| {
+                    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+                    match v["type"].as_str().unwrap() {
+                        "message" => format!("m{}", v["seq"]),
+                        "gap" => format!("gap{}", v["seq"]),
+                        other => other.to_string(),
+                    }
+                })
+                .collect()
+        };
+        say(&mut c, &mut r, 1, "b", r#"{"join":"lobby","last":2}"#);
+        c.pump(now(), &mut r);
+        assert_eq!(seqs(&mut r), ["joined", "m4", "m5"]);
+        let epoch = c.history.get("lobby").unwrap().epoch.to_string();
+        say(&mut c, &mut r, 1, "b", &format!(r#"{{"join":"lobby","since":1,"epoch":"{epoch}"}}"#));
+        c.pump(now(), &mut r);
+        assert_eq!(seqs(&mut r), ["joined", "gap3", "m3", "m4", "m5"], "2 is gone: a gap, then what is kept");
+        say(&mut c, &mut r, 1, "b", r#"{"join":"lobby","since":4,"epoch":"other"}"#);
+        c.pump(now(), &mut r);
+        assert_eq!(seqs(&mut r), ["joined", "gap3", "m3", "m4", "m5"], "another epoch: everything kept");
+        say(&mut c, &mut r, 1, "b", &format!(r#"{{"join":"lobby","since":5,"epoch":"{epoch}"}}"#));
+        c.pump(now(), &mut r);
+        assert_eq!(seqs(&mut r), ["joined"], "nothing missed");
+        let line = say(&mut c, &mut r, 0, "a", r#"{"text":"m6"}"#);
+        assert!(matches!(line, Outcome::Room { .. }));
+        assert_eq!(seqs(&mut r), ["m6", "m6"], "both live");
     }
 
     #[test]
@@ -1015,11 +1315,11 @@ mod tests {
         assert_eq!(r.take(), vec![(0, "{}".to_string())]);
         // While the cluster is down: remote ids are taken, remote sends refused.
         c.cluster_down = true;
-        assert_eq!(c.check("zed", now()), Err(ErrorCode::IdTaken));
+        assert_eq!(c.check("zed", None, now()), Err(ErrorCode::IdTaken));
         let out = say(&mut c, &mut r, 0, "a", r#"{"to":"nobody","text":"hi"}"#);
         assert_eq!(out, Outcome::Refused(ErrorCode::ClusterUnavailable));
         c.cluster_down = false;
-        assert_eq!(c.check("zed", now()).as_deref(), Ok("zed"), "Redis decides while it is up");
+        assert_eq!(c.check("zed", None, now()).as_deref(), Ok("zed"), "Redis decides while it is up");
     }
 
     #[test]

@@ -20,12 +20,24 @@ use std::rc::Rc;
 /// `joined_at` of a member whose join is not in the current batch.
 const OLD: u32 = u32::MAX;
 
+/// Whether a local member gets the room's messages as they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Live,
+    /// Restored by a resume: a member (it may send, others see it), but nothing is delivered
+    /// until it asks with a join, so that what it asks to replay never arrives twice.
+    Quiet,
+    /// Catching up from history: the next message to send it is this one (see `Chat::pump`).
+    Replay(u64),
+}
+
 /// A member on this node.
 struct Member {
     /// The id as typed, shared with the user table and the session.
     id: Rc<str>,
     /// Index of this member's join event in the room's current batch, or OLD.
     joined_at: u32,
+    flow: Flow,
 }
 
 pub struct Room {
@@ -34,6 +46,9 @@ pub struct Room {
     local: HashMap<u32, Member>,
     /// Members on other nodes: id key → id as typed.
     remote: HashMap<Rc<str>, Rc<str>>,
+    /// Members of this node whose connection was lost, in their resume grace: still members
+    /// (listed, counted, no leave announced), but with no connection to deliver to.
+    away: HashMap<Rc<str>, Rc<str>>,
     /// This turn's presence lines, separated by `\n`.
     events: Vec<u8>,
     /// Start of each event in `events`.
@@ -48,28 +63,32 @@ impl Room {
             name,
             local: HashMap::new(),
             remote: HashMap::new(),
+            away: HashMap::new(),
             events: Vec::new(),
             starts: Vec::new(),
             was_quiet: false,
         }
     }
 
-    /// Members on every node.
+    /// Members on every node, those in their resume grace included.
     pub fn len(&self) -> usize {
-        self.local.len() + self.remote.len()
+        self.local.len() + self.away.len() + self.remote.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Members of this node, connected or in their grace: while there are any, the node
+    /// needs the room's traffic.
     pub fn local_len(&self) -> usize {
-        self.local.len()
+        self.local.len() + self.away.len()
     }
 
     /// Every member's id, local ones first.
     fn ids(&self) -> impl Iterator<Item = &str> {
-        self.local.values().map(|m| &*m.id).chain(self.remote.values().map(|id| &**id))
+        let here = self.local.values().map(|m| &*m.id).chain(self.away.values().map(|id| &**id));
+        here.chain(self.remote.values().map(|id| &**id))
     }
 
     /// Records a presence event; returns its index in this turn's batch.
@@ -99,6 +118,10 @@ pub struct Rooms {
     by_name: HashMap<Rc<str>, usize>,
     /// Rooms with presence events this turn (a key may repeat; a flushed room has none left).
     dirty: Vec<usize>,
+    /// Members catching up from history: (room key, token).
+    pub replaying: Vec<(usize, u32)>,
+    /// Rooms removed since the caller last asked (their history's clock starts).
+    pub closed: Vec<Rc<str>>,
 }
 
 impl Rooms {
@@ -134,6 +157,7 @@ impl Rooms {
         if self.slab[key].is_empty() {
             let room = self.slab.remove(key);
             self.by_name.remove(&room.name);
+            self.closed.push(room.name);
         }
     }
 
@@ -153,8 +177,54 @@ impl Rooms {
         }
         let joined_at = self.record(key, true, id);
         let room = &mut self.slab[key];
-        room.local.insert(token, Member { id: Rc::clone(id), joined_at });
-        Joined { key, new: true, first_local: room.local.len() == 1 }
+        room.local.insert(token, Member { id: Rc::clone(id), joined_at, flow: Flow::Live });
+        Joined { key, new: true, first_local: room.local_len() == 1 }
+    }
+
+    /// Local member `token` of room `key` lost its connection: it stays a member (`ukey` its
+    /// id key), without a connection and without a presence event.
+    pub fn set_away(&mut self, key: usize, token: u32, ukey: &Rc<str>) {
+        if let Some(room) = self.slab.get_mut(key)
+            && let Some(m) = room.local.remove(&token)
+        {
+            room.away.insert(Rc::clone(ukey), m.id);
+        }
+    }
+
+    /// A member in its grace is back on connection `token`: quiet until it asks (see `Flow`).
+    pub fn set_back(&mut self, key: usize, ukey: &str, token: u32) {
+        if let Some(room) = self.slab.get_mut(key)
+            && let Some(id) = room.away.remove(ukey)
+        {
+            room.local.insert(token, Member { id, joined_at: OLD, flow: Flow::Quiet });
+        }
+    }
+
+    /// A member's grace ended: it leaves for good (the leave is announced now). Returns
+    /// whether the room has no member of this node left.
+    pub fn leave_away(&mut self, key: usize, ukey: &str) -> bool {
+        let Some(room) = self.slab.get_mut(key) else { return false };
+        let Some(id) = room.away.remove(ukey) else { return false };
+        let last = room.local_len() == 0;
+        self.record(key, false, &id);
+        self.close_if_empty(key);
+        last
+    }
+
+    /// How local member `token` of room `key` gets the room's messages.
+    pub fn flow(&self, key: usize, token: u32) -> Option<Flow> {
+        self.slab.get(key)?.local.get(&token).map(|m| m.flow)
+    }
+
+    /// Sets how local member `token` gets the room's messages; a replay is pumped from the
+    /// end of this turn on.
+    pub fn set_flow(&mut self, key: usize, token: u32, flow: Flow) {
+        if let Some(m) = self.slab.get_mut(key).and_then(|r| r.local.get_mut(&token)) {
+            if matches!(flow, Flow::Replay(_)) && !matches!(m.flow, Flow::Replay(_)) {
+                self.replaying.push((key, token));
+            }
+            m.flow = flow;
+        }
     }
 
     /// Local member `token` leaves room `key`. Returns whether it was the room's last member
@@ -162,7 +232,7 @@ impl Rooms {
     pub fn leave_local(&mut self, key: usize, token: u32) -> bool {
         let Some(room) = self.slab.get_mut(key) else { return false };
         let Some(m) = room.local.remove(&token) else { return false };
-        let last = room.local.is_empty();
+        let last = room.local_len() == 0;
         self.record(key, false, &m.id);
         self.close_if_empty(key);
         last
@@ -192,11 +262,14 @@ impl Rooms {
         self.slab.get(key).is_some_and(|r| r.local.contains_key(&token))
     }
 
-    /// Queues `line` to every local member of room `key`.
+    /// Queues `line` to every local member of room `key` that takes live traffic (one
+    /// catching up from history gets it from there, in order).
     pub fn deliver(&self, key: usize, line: &Bytes, sink: &mut impl Sink) {
         if let Some(room) = self.slab.get(key) {
-            for token in room.local.keys() {
-                sink.push(*token as usize, line);
+            for (token, m) in &room.local {
+                if m.flow == Flow::Live {
+                    sink.push(*token as usize, line);
+                }
             }
         }
     }
@@ -208,10 +281,10 @@ impl Rooms {
         (std::iter::once(id).chain(others).collect(), room.len())
     }
 
-    /// The `joined` line for `id` (see `listing`).
-    pub fn roster(&self, key: usize, id: &str, limit: usize) -> Bytes {
+    /// The `joined` line for `id` (see `listing`), with the room's latest `seq` and `epoch`.
+    pub fn roster(&self, key: usize, id: &str, limit: usize, seq: u64, epoch: &str) -> Bytes {
         let (ids, total) = self.listing(key, id, limit);
-        protocol::joined(&self.slab[key].name, ids.into_iter(), total)
+        protocol::joined(&self.slab[key].name, ids.into_iter(), total, seq, epoch)
     }
 
     /// Every room with its name.
@@ -242,14 +315,15 @@ impl Rooms {
             }
             let batch = Bytes::from(std::mem::take(&mut room.events));
             let quiet = room.len() > limit;
-            let truth = (quiet != room.was_quiet).then(|| {
-                let ids = room.local.values().map(|m| &*m.id).chain(room.remote.values().map(|id| &**id));
-                protocol::users(&room.name, ids.take(limit), room.len())
-            });
+            let truth = (quiet != room.was_quiet)
+                .then(|| protocol::users(&room.name, room.ids().take(limit), room.len()));
             room.was_quiet = quiet;
             for (token, m) in room.local.iter_mut() {
                 let from = if m.joined_at == OLD { 0 } else { m.joined_at as usize + 1 };
                 m.joined_at = OLD;
+                if m.flow == Flow::Quiet {
+                    continue; // restored by a resume: its `joined` will tell it who is here
+                }
                 if let Some(line) = &truth {
                     sink.push(*token as usize, line);
                 } else if !quiet && from < room.starts.len() {

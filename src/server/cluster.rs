@@ -6,7 +6,7 @@
 
 use super::Server;
 use crate::chat::Sink;
-use crate::chat::ids::{Secret, key};
+use crate::chat::ids::key;
 use crate::cluster::{
     ALL, Await, KEY_PREFIX, Msg, channel_room, node_channel, payload, room_channel, roster_fields,
 };
@@ -47,9 +47,8 @@ impl Server {
             return;
         }
         if c.is_up() {
-            let (users, memberships) =
-                (self.chat.len().to_string(), self.chat.local_memberships().to_string());
-            let beat = payload(&["B", &c.node, &users, &memberships], None);
+            let (users, memberships) = self.chat.local_counts();
+            let beat = payload(&["B", &c.node, &users.to_string(), &memberships.to_string()], None);
             c.publish(ALL, &beat);
             c.claim(self.chat.local_keys(), || Await::Refresh);
         }
@@ -188,7 +187,7 @@ impl Server {
     /// "R node id @room ... id @room ...": everyone here and the rooms they are in.
     fn roster(&self) -> Vec<u8> {
         let c = self.cluster.as_ref().expect("cluster configured");
-        let fields = roster_fields(self.chat.local_members());
+        let fields = roster_fields(self.chat.local_members().into_iter());
         let mut all: Vec<&str> = vec!["R", &c.node];
         all.extend(fields.iter().map(|f| &**f));
         payload(&all, None)
@@ -235,31 +234,43 @@ impl Server {
             }
             Msg::Roster { node, members } => self.chat.remote_roster(node, &members),
             Msg::Private { node, to, from, line } if !to_all => {
-                if let Err(code) = self.chat.deliver_private(to, &line, &mut self.net) {
-                    let kind = if code == ErrorCode::RecipientBusy { "K" } else { "E" };
+                if let Err(code) = self.chat.deliver_private(from, to, &line, now, &mut self.net) {
+                    let kind = match code {
+                        ErrorCode::RecipientBusy => "K",
+                        ErrorCode::Undelivered => "U",
+                        _ => "E",
+                    };
                     let e = payload(&[kind, to, from], None);
                     self.cluster_mut().publish(&node_channel(node), &e);
                 }
             }
             Msg::Bounce { to, from } if !to_all => self.tell(from, ErrorCode::UnknownRecipient, Some(to)),
             Msg::Busy { to, from } if !to_all => self.tell(from, ErrorCode::RecipientBusy, Some(to)),
+            Msg::Undelivered { to, from } if !to_all => self.tell(from, ErrorCode::Undelivered, Some(to)),
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }
 
     /// Starts a chat session's join: locally at once without a cluster (or while it is
     /// down), otherwise once Redis grants the id. Until then the session reads nothing.
-    pub(super) fn begin_join(&mut self, token: usize, id: &str, presented: Option<&Secret>, now: Instant) {
-        // A client the server closed takes its held id back with the token from its welcome;
-        // from here the id is reserved for it as for any join in progress.
-        if self.chat.resume(id, presented, now) {
-            self.net.stats.resumes += 1;
-            info!("resume id={id} peer={}", self.net.conns[token].addr);
-            if let Phase::Ws(s) = &mut self.net.conns[token].phase {
-                s.resumed = true;
-            }
+    pub(super) fn begin_join(&mut self, token: usize, id: &str, now: Instant) {
+        let Phase::Ws(s) = &self.net.conns[token].phase else { return };
+        let presented = s.presented;
+        // The right secret while the id is still connected (a half-open connection the client
+        // has given up on): the old connection is replaced, as if it had been lost just now.
+        if let Some(old) = self.chat.token_of(id).filter(|o| *o != token)
+            && let oc = &mut self.net.conns[old]
+            && let Phase::Ws(os) = &mut oc.phase
+            && presented.is_some_and(|p| p == os.resume)
+            && let Some(user) = os.user.take()
+        {
+            info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
+            oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
+            let secret = os.resume;
+            self.chat.lose(&user, secret, now + self.cfg.resume_grace);
+            self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
         }
-        let lower = match self.chat.check(id, now) {
+        let lower = match self.chat.check(id, presented.as_ref(), now) {
             Ok(l) => l,
             Err(code) => return self.refuse_id(token, id, code, now),
         };
@@ -306,9 +317,21 @@ impl Server {
             Granted::Yes | Granted::Locally => {}
         }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
-        let (secret, resumed) = (s.resume, s.resumed);
-        match self.chat.join(id, token, &secret, resumed, now, &mut self.net) {
-            Ok(user) => {
+        let (secret, presented, pseq) = (s.resume, s.presented, s.pseq);
+        match self.chat.join(id, token, &secret, presented.as_ref(), pseq, now, &mut self.net) {
+            Ok((user, true)) => {
+                // Back within its grace: still a member everywhere, nothing to announce.
+                self.net.stats.resumes += 1;
+                let conn = &mut self.net.conns[token];
+                info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
+                if let Phase::Ws(s) = &mut conn.phase {
+                    s.user = Some(Rc::clone(&user));
+                    if let Some(b) = self.buckets.remove(&key(&user)) {
+                        s.bucket = b;
+                    }
+                }
+            }
+            Ok((user, false)) => {
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session open id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
@@ -404,11 +427,9 @@ impl Server {
     /// A local user left: free the id in Redis (unless it is held for the client's resume:
     /// then it stays ours until the hold ends), tell the others (a leave takes the user out of
     /// every room), and stop hearing the rooms `emptied` of local members.
-    pub(super) fn cluster_left(&mut self, id: &str, held: bool, emptied: &[Rc<str>]) {
+    pub(super) fn cluster_left(&mut self, id: &str, emptied: &[Rc<str>]) {
         let Some(c) = &mut self.cluster else { return };
-        if !held {
-            c.release(&key(id));
-        }
+        c.release(&key(id));
         for room in emptied {
             c.listen(room, false);
         }

@@ -228,6 +228,9 @@ impl Server {
                     rate_limit: cfg.rate_limit,
                     max_rooms: cfg.max_rooms,
                     max_rooms_per_user: cfg.max_rooms_per_user,
+                    history: cfg.history,
+                    history_bytes: cfg.history_bytes,
+                    history_ttl: cfg.history_ttl,
                 });
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.cluster_down = cluster.is_some();
@@ -333,11 +336,14 @@ impl Server {
         self.next_sweep = now + Duration::from_secs(1);
         let rate = self.cfg.rate_limit;
         self.buckets.retain(|_, b| !b.full(rate, now));
-        for key in self.chat.reserved.expire(now) {
-            debug!("id {key}: hold ended");
-            if let Some(c) = &mut self.cluster {
-                c.release(&key);
-            }
+        let gone = self.chat.expire(now, &mut self.net);
+        for g in &gone {
+            info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
+            self.cluster_left(&g.id, &g.emptied);
+        }
+        self.chat.history.expire(now);
+        if !gone.is_empty() {
+            self.compact_if_idle(now);
         }
     }
 
@@ -488,6 +494,7 @@ impl Server {
     fn settle(&mut self, now: Instant) {
         let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
         loop {
+            self.chat.pump(now, &mut self.net);
             self.chat.flush_presence(&mut self.net);
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
@@ -571,7 +578,7 @@ impl Server {
             },
             Err(e) => {
                 debug!("{}: write: {e}", conn.addr);
-                self.leave(token, Reason::ClientClose);
+                self.leave(token, Reason::Lost);
                 self.doom(token);
             }
         }
@@ -591,16 +598,21 @@ impl Server {
         }
         let _ = self.poll.registry().deregister(&mut conn.peer.sock);
         drop(conn);
-        let big = self.net.conns.capacity() > IDLE_COMPACT_ABOVE || self.net.heavy;
-        let now = Instant::now();
-        let recently = self.compacted_at.is_some_and(|t| now < t + Duration::from_secs(1));
-        if self.net.conns.is_empty() && big && !recently {
-            self.compacted_at = Some(now);
-            self.compact();
-        }
+        self.compact_if_idle(Instant::now());
         if self.accept_paused_until.is_some() {
             // A descriptor just came free: the connections waiting in the backlog can have it.
             self.accept_paused_until = Some(Instant::now());
+        }
+    }
+
+    /// Compacts once the server is idle after a crowd: no connection, and nobody held for a
+    /// resume (their tables go when their grace does, see `sweep`). At most once a second.
+    fn compact_if_idle(&mut self, now: Instant) {
+        let big = self.net.conns.capacity() > IDLE_COMPACT_ABOVE || self.net.heavy;
+        let recently = self.compacted_at.is_some_and(|t| now < t + Duration::from_secs(1));
+        if self.net.conns.is_empty() && self.chat.holds.is_empty() && big && !recently {
+            self.compacted_at = Some(now);
+            self.compact();
         }
     }
 
@@ -636,7 +648,17 @@ impl Server {
             queued_bytes: c.link.queued(),
             counters: c.counters,
         });
-        let mut g = Gauges { connections: self.net.conns.len(), websockets: 0, queued_bytes: 0, cluster };
+        let (kept, bytes) = self.chat.history.kept();
+        let h = self.chat.history.counters;
+        let mut g = Gauges {
+            connections: self.net.conns.len(),
+            websockets: 0,
+            queued_bytes: 0,
+            history: (kept, bytes, h.gaps, h.replayed),
+            held: self.chat.holds.len(),
+            rooms: self.chat.rooms.len(),
+            cluster,
+        };
         for (_, c) in &self.net.conns {
             g.websockets += matches!(c.phase, Phase::Ws(_)) as usize;
             g.queued_bytes += c.peer.out.queued();

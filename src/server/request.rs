@@ -61,9 +61,9 @@ impl Server {
             assets: &self.assets,
         };
         match router::route(&req, &rules) {
-            Route::Upgrade { echo, key, id, resume } => {
+            Route::Upgrade { echo, key, id, resume, pseq } => {
                 let presented = resume.as_deref().and_then(crate::chat::ids::parse_token);
-                self.upgrade(token, echo, &key, &id, presented, rest, now, ts)
+                self.upgrade(token, echo, &key, &id, (presented, pseq), rest, now, ts)
             }
             Route::Respond(response) => self.respond(token, response, now),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
@@ -143,7 +143,7 @@ impl Server {
         echo: bool,
         key: &str,
         id: &str,
-        presented: Option<crate::chat::ids::Secret>,
+        (presented, pseq): (Option<crate::chat::ids::Secret>, u64),
         rest: Vec<u8>,
         now: Instant,
         ts: u64,
@@ -160,14 +160,15 @@ impl Server {
             bucket,
             control: Bucket::new(super::session::CONTROL_RATE, now),
             resume: crate::chat::ids::new_secret(),
-            resumed: false,
+            presented,
+            pseq,
         }));
         conn.last_read = now;
         conn.next_ping = now + self.cfg.ping_interval;
         self.net.urgent.push(token);
         self.arm(token);
         if !echo {
-            self.begin_join(token, id, presented.as_ref(), now);
+            self.begin_join(token, id, now);
         }
         // Frames sent right behind the request arrive with no readiness event of their own.
         self.read_ws(token, now, ts);

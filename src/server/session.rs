@@ -86,7 +86,7 @@ impl Server {
                         continue;
                     }
                     let user = Rc::clone(user);
-                    match self.chat.handle(token, &user, &text, ts, &mut self.net) {
+                    match self.chat.handle(token, &user, &text, ts, now, &mut self.net) {
                         Outcome::Room { room, line } => {
                             self.net.stats.room_received += 1;
                             self.cluster_room(token, &user, &room, &line);
@@ -154,7 +154,8 @@ impl Server {
         let (code, why) = match e {
             E::ConnectionClosed | E::AlreadyClosed => return self.finish(token),
             E::Protocol(P::ResetWithoutClosingHandshake) | E::Io(_) => {
-                self.leave(token, Reason::ClientClose);
+                // Gone without a close frame: lost, not left (the user is held).
+                self.leave(token, Reason::Lost);
                 return self.doom(token);
             }
             E::Capacity(_) => (CloseCode::Size, "message too big"),
@@ -212,26 +213,26 @@ impl Server {
     }
 
     /// Records why the connection ends (first reason wins), frees its id if it holds one, and
-    /// logs the end of the session. An id whose session the server ended (the client did not
-    /// choose to go) is held for the client's resume token instead of freed; the rate-limit
-    /// bucket stays with the id either way.
+    /// logs the end of the session. A client that sent its own close has left: its id is
+    /// free at once. Any other end is a lost connection: the user is held for its resume
+    /// token (`--resume-grace`), still in its rooms and listed, with nothing announced. The
+    /// rate-limit bucket stays with the id either way.
     pub(super) fn leave(&mut self, token: usize, reason: Reason) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         let reason = *conn.reason.get_or_insert(reason);
         let Phase::Ws(s) = &mut conn.phase else { return };
         let Some(id) = s.user.take() else { return };
-        let emptied = self.chat.leave(&id);
         let key = crate::chat::ids::key(&id);
-        let held = matches!(
-            reason,
-            Reason::SlowConsumer | Reason::IdleTimeout | Reason::ProtocolError | Reason::Flood
-        );
-        if held {
-            self.chat.reserved.hold(key.clone(), s.resume, Instant::now() + self.cfg.resume_grace);
-            self.net.stats.ids_held += 1;
-        }
-        // Only a bucket that has been drawn on says anything; a full one is what a newcomer gets.
         let now = Instant::now();
+        let left = matches!(reason, Reason::ClientClose | Reason::Shutdown);
+        let emptied = if left {
+            self.chat.leave(&id)
+        } else {
+            self.chat.lose(&id, s.resume, now + self.cfg.resume_grace);
+            self.net.stats.ids_held += 1;
+            Vec::new()
+        };
+        // Only a bucket that has been drawn on says anything; a full one is what a newcomer gets.
         if !s.bucket.full(self.cfg.rate_limit, now) {
             let bucket = std::mem::replace(&mut s.bucket, crate::conn::Bucket::new(0, now));
             self.buckets.insert(key, bucket);
@@ -246,7 +247,9 @@ impl Server {
                 warn!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
             }
         }
-        self.cluster_left(&id, held, &emptied);
+        if left {
+            self.cluster_left(&id, &emptied);
+        }
     }
 
     /// Removes the connection once its outbox is empty.

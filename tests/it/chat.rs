@@ -35,7 +35,7 @@ fn welcome_lists_users_and_presence_events_flow() {
     users.sort();
     assert_eq!(users, ["alice", "bob"]);
     assert_eq!(a.lines()[0], json!({"type":"join","room":"lobby","id":"bob"}));
-    drop(b);
+    b.bye();
     assert_eq!(a.lines()[0], json!({"type":"leave","room":"lobby","id":"bob"}));
 }
 
@@ -89,10 +89,10 @@ fn taken_id_ignoring_case_closes_4409_and_bad_id_closes_4400() {
 }
 
 #[test]
-fn id_is_free_again_once_its_holder_is_gone() {
+fn id_is_free_again_once_its_holder_has_left() {
     let s = Server::start(&[]);
     let a = s.join("alice");
-    drop(a);
+    a.bye();
     // The server may see the FIN a moment later; retry briefly.
     for _ in 0..50 {
         let mut c = s.connect("Alice");

@@ -178,7 +178,7 @@ fn two_nodes_are_one_chat_room_private_presence_and_unique_ids() {
     assert_eq!(dup.close_code(), Some(4409));
 
     // Leaving is seen on the other node, and frees the id cluster-wide.
-    drop(bob);
+    bob.bye();
     assert_eq!(alice.next_of("leave")["id"], "bob");
     let mut bob2 = a.connect("BOB");
     assert_eq!(bob2.next_of("welcome")["id"], "BOB");

@@ -179,14 +179,16 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_resumes() {
 
 #[test]
 fn half_open_peers_are_closed_by_the_idle_timeout() {
-    let s = Server::start(&["--ping-interval", "0.2", "--idle-timeout", "0.6"]);
+    // A lost connection's user is held for its grace before its leave is announced: a short
+    // one here (the leave goes out within a second of the grace ending).
+    let s = Server::start(&["--ping-interval", "0.2", "--idle-timeout", "0.6", "--resume-grace", "0.1"]);
     // A session that stops answering anything, as if its host vanished.
     let _ghost = s.raw_ws("ghost");
     let mut alive = s.join("alive");
     // alive answers pings (tungstenite replies as it reads) and stays.
     let t0 = Instant::now();
     let mut saw_leave = false;
-    while t0.elapsed() < Duration::from_secs(3) && !saw_leave {
+    while t0.elapsed() < Duration::from_secs(4) && !saw_leave {
         alive.ws.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         match alive.ws.read() {
             Ok(tungstenite::Message::Text(t)) => {
@@ -201,7 +203,7 @@ fn half_open_peers_are_closed_by_the_idle_timeout() {
     assert!(s.wait_log("session closed id=ghost"));
     assert!(s.log().contains("reason=idle_timeout"));
     assert!(!s.log().contains("closed id=alive"), "a client that answers pings stays");
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(t0.elapsed() < Duration::from_secs(3));
 }
 
 fn reset(t: TcpStream) {
@@ -222,7 +224,7 @@ fn reset(t: TcpStream) {
 
 #[test]
 fn resets_mid_handshake_and_mid_write_leave_no_trace() {
-    let s = Server::start(&["--rate-limit", "0"]);
+    let s = Server::start(&["--rate-limit", "0", "--resume-grace", "0.1"]);
     for _ in 0..20 {
         let mut t = TcpStream::connect(s.addr).unwrap();
         t.write_all(b"GET /ws?id=x HTTP/1.1\r\nUpgr").unwrap();
@@ -241,6 +243,12 @@ fn resets_mid_handshake_and_mid_write_leave_no_trace() {
     let m = s.metrics();
     assert_eq!(m["chatloop_websockets"], 1.0);
     assert_eq!(m["chatloop_connections"], 2.0);
+    // Reset without a close: lost, so each victim is held for its grace, then gone.
+    let end = Instant::now() + Duration::from_secs(3);
+    while s.metrics()["chatloop_users_held"] > 0.0 {
+        assert!(Instant::now() < end, "the holds end with their grace");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for i in 0..5 {
         s.join(&format!("victim{i}")); // every id is free again
     }
@@ -248,7 +256,8 @@ fn resets_mid_handshake_and_mid_write_leave_no_trace() {
 
 #[test]
 fn churn_leaves_the_tables_empty_and_memory_flat() {
-    let s = Server::start(&[]);
+    // Clients that vanish without a close are held for their grace: a short one here.
+    let s = Server::start(&["--resume-grace", "0.05"]);
     let round = |n: usize| {
         for i in 0..n {
             let mut c = s.join(&format!("c{}", i % 7));
@@ -256,7 +265,7 @@ fn churn_leaves_the_tables_empty_and_memory_flat() {
                 c.send(&json!({"text": "hi"}));
                 c.next_line();
             }
-            drop(c);
+            c.bye();
             // Let this id go before it is claimed again.
             if i % 7 == 6 {
                 std::thread::sleep(Duration::from_millis(5));
@@ -307,7 +316,8 @@ fn two_claims_of_one_id_in_the_same_turn_exactly_one_wins() {
 #[test]
 fn after_a_crowd_leaves_rss_returns_to_its_starting_level() {
     // A small presence limit keeps the debug build's welcome encoding from dominating the run.
-    let s = Server::start(&["--presence-limit", "16"]);
+    // The crowd vanishes without closing: a short grace, so its users go soon after.
+    let s = Server::start(&["--presence-limit", "16", "--resume-grace", "0.05"]);
     let mut first = s.join("first");
     first.send(&json!({"text": "warm"}));
     first.next_line();
@@ -322,7 +332,11 @@ fn after_a_crowd_leaves_rss_returns_to_its_starting_level() {
     drop(crowd);
     drop(talker);
     let end = Instant::now() + Duration::from_secs(5);
-    while s.metrics()["chatloop_connections"] > 1.0 && Instant::now() < end {
+    while Instant::now() < end {
+        let m = s.metrics();
+        if m["chatloop_connections"] <= 1.0 && m["chatloop_users_held"] == 0.0 {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(100));

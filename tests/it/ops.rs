@@ -48,7 +48,7 @@ fn metrics_move_as_traffic_flows_and_parse_as_prometheus_text() {
     assert_eq!(m["chatloop_deliveries_total"], 8.0);
     assert!(m["chatloop_bytes_sent_total"] > m0["chatloop_bytes_sent_total"] + 300.0);
     assert!(m["chatloop_connections_accepted_total"] >= 4.0);
-    drop(b);
+    b.bye();
     assert!(s.wait_log("session closed id=bob"));
     let m = s.metrics();
     assert_eq!(m["chatloop_websockets"], 1.0);
@@ -110,7 +110,7 @@ fn logs_name_sessions_opening_and_closing_but_never_message_text() {
     let mut a = s.join("alice");
     a.send(&json!({"text": "secret words"}));
     a.next_line();
-    drop(a);
+    a.bye();
     assert!(s.wait_log("session open id=alice peer=127.0.0.1:"));
     assert!(s.wait_log("session closed id=alice"));
     assert!(s.log().contains("reason=client_close"));

@@ -28,7 +28,11 @@ fn a_room_message_reaches_that_rooms_members_only() {
     let s = Server::start(&[]);
     let (mut a, mut b, mut c) = (s.join("alice"), s.join("bob"), s.join("carol"));
     let j = join_room(&mut a, "Dev");
-    assert_eq!(j, json!({"type":"joined","room":"dev","users":["alice"],"total":1}));
+    assert_eq!(
+        (&j["room"], &j["users"], &j["total"], &j["seq"]),
+        (&json!("dev"), &json!(["alice"]), &json!(1), &json!(0))
+    );
+    assert_eq!(j["epoch"].as_str().map(str::len), Some(8));
     let j = join_room(&mut b, "dev");
     assert_eq!((j["users"].clone(), j["total"].clone()), (json!(["bob", "alice"]), json!(2)));
     b.send(&json!({"room": "DEV", "text": "in dev"}));

@@ -205,6 +205,19 @@ impl Client {
         }
     }
 
+    /// Leaves as a well-behaved client does: sends its close frame and waits for the
+    /// server's. (Dropping a client without one is a lost connection: its user is held for
+    /// `--resume-grace`.)
+    pub fn bye(mut self) {
+        let _ = self.ws.close(None);
+        loop {
+            match self.ws.read() {
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Reads until a close frame arrives and sends the reply; returns its code.
     pub fn close_code(&mut self) -> Option<u16> {
         loop {
