@@ -488,12 +488,12 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(), ErrorCode> {
-        self.to_recipient(&key(to), from, line, now, sink)
+        self.deliver_to(&key(to), from, line, now, sink)
     }
 
     /// Numbers `line` (the sender's copy of a private message from `from`) for local user
     /// `k`, connected or away, and delivers or keeps it.
-    fn to_recipient(
+    fn deliver_to(
         &mut self,
         k: &str,
         from: &str,
@@ -511,7 +511,7 @@ impl Chat {
             if !sink.offer(u.token as usize, &copy) {
                 return Err(ErrorCode::RecipientBusy);
             }
-            p.next();
+            p.number();
             let _ = p.keep(Kept { pseq, line: copy, from, fresh: false });
             return Ok(());
         }
@@ -519,7 +519,7 @@ impl Chat {
         let pseq = a.private.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
         a.private.keep(Kept { pseq, line: copy, from, fresh: true }).map_err(|_| ErrorCode::Undelivered)?;
-        a.private.next();
+        a.private.number();
         Ok(())
     }
 
@@ -643,7 +643,7 @@ impl Chat {
         };
         // The sender's copy; the recipient's carries its `pseq`.
         let line = protocol::private_message(from, &rcpt, text, ts);
-        if let Err(code) = self.to_recipient(&k, from, &line, now, sink) {
+        if let Err(code) = self.deliver_to(&k, from, &line, now, sink) {
             return refuse(sink, token, protocol::error(code, Some(&rcpt)), code);
         }
         if self.token_of(&rcpt) != Some(token) {

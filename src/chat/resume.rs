@@ -41,7 +41,7 @@ pub struct Private {
 
 impl Private {
     /// Numbers the next private message to this recipient.
-    pub fn next(&mut self) -> u64 {
+    pub fn number(&mut self) -> u64 {
         self.pseq += 1;
         self.pseq
     }
@@ -185,17 +185,17 @@ mod tests {
         let mut p = Private::default();
         let k = |pseq, fresh| Kept { pseq, line: Bytes::from_static(b"x"), from: Rc::from("a"), fresh };
         for _ in 0..KEPT_MAX {
-            let n = p.next();
+            let n = p.number();
             assert!(p.keep(k(n, false)).is_ok());
         }
-        let n = p.next();
+        let n = p.number();
         assert!(p.keep(k(n, true)).is_ok(), "an old delivered one made room");
         assert_eq!(p.kept.front().unwrap().pseq, 2);
         for _ in 0..KEPT_MAX - 1 {
-            let n = p.next();
+            let n = p.number();
             assert!(p.keep(k(n, true)).is_ok());
         }
-        let n = p.next();
+        let n = p.number();
         assert!(p.keep(k(n, true)).is_err(), "all fresh: no room");
         assert_eq!(p.kept.len(), KEPT_MAX);
     }
