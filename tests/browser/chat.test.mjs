@@ -1081,6 +1081,24 @@ describe('chat page in chromium', () => {
     await closeAll();
   });
 
+  it('on a phone, many rooms scroll in their own row and the page does not widen', T, async () => {
+    const hub = fakeRooms();
+    const p = await page({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    await hub.attach(p);
+    await join(p, 'alice');
+    for (const r of ['dev', 'release-planning', 'ops', 'another-long-room-name']) {
+      await enterRoom(p, r);
+      await waitForShown(p, '#' + r);
+    }
+    const { page: w, view } = await p.evaluate(() => ({ page: document.documentElement.scrollWidth, view: innerWidth }));
+    assert.ok(w <= view, `the page is ${w} px wide in a ${view} px view`);
+    for (const name of ['Enter room', 'Send']) {
+      const box = await p.getByRole('button', { name, exact: true }).boundingBox();
+      assert.ok(box.x >= 0 && box.x + box.width <= view, `${name} inside the view (${box.x}+${box.width})`);
+    }
+    await closeAll();
+  });
+
   it('looks right on a desktop and on a phone (screenshots in artifacts/)', T, async () => {
     const dir = ensureArtifacts();
     const desk = await page({ viewport: { width: 1280, height: 800 } });
