@@ -40,6 +40,11 @@
     counter: $('counter'),
     send: $('send'),
     sendError: $('send-error'),
+    rooms: $('rooms'),
+    roomForm: $('room-form'),
+    roomName: $('room-name'),
+    roomError: $('room-error'),
+    directory: $('room-directory'),
   };
 
   // ---- state ---------------------------------------------------------------------------
@@ -54,9 +59,8 @@
   let errorTimer = 0;
   let openedAt = 0;
   let lostNoted = false; // "connection lost" already logged for this outage
-  let total = 0; // the server's count of users (the list may be capped)
-  const users = new Map(); // lowercased id -> id as spelled
   const unread = new Map(); // lowercased id -> private messages from them not yet read
+  let privates = 0; // private lines so far: each one's copies in every room's log share a number
   let pending = []; // texts sent and not yet answered, oldest first
   // What the welcome said about the server's limits; 0 = not said (an older server).
   let limits = { maxText: 0, rate: 0, burst: 0 };
@@ -85,6 +89,115 @@
     return span;
   }
   const parts = (p) => (Array.isArray(p) ? p : [p]);
+
+  // ---- rooms: state --------------------------------------------------------------------
+  // The rooms this page is in, as plain state; the drawing is further down. (It would read
+  // well as a file of its own, but the server embeds public/ file by file in src/assets.rs,
+  // so a new file needs a server change too.)
+
+  const LOBBY = 'lobby'; // every connection starts there; the welcome's users are its members
+  const ROOM_RE = /^[a-z0-9_.-]{1,32}$/;
+
+  // A name as the server will store it, or '' when it is not one. Names are case-insensitive
+  // and shown in lowercase, so "Dev" is "dev"; "#dev" is how people write channel names
+  // elsewhere, so it is "dev" too rather than an error.
+  function roomName(input) {
+    const name = lower(String(input).trim().replace(/^#/, ''));
+    return ROOM_RE.test(name) ? name : '';
+  }
+
+  class Room {
+    constructor(name) {
+      this.name = name;
+      this.users = new Map(); // lowercased id -> id as spelled; at most --presence-limit of them
+      this.total = 0; // the server's count of members (the list may be capped)
+      // The server confirmed our membership on the current connection (the welcome for the
+      // lobby, joined for the others). False between a reconnect and the re-join's answer,
+      // when a text to the room would only get not_in_room.
+      this.joined = false;
+      this.unread = 0; // room lines that arrived here and have not been seen in the log
+      // This room's log lines while another room is shown (the shown room's are in #log).
+      this.lines = document.createElement('div');
+      // Where the reader was when they switched away: at the bottom (following), or on a
+      // line and how far into it. A line rather than a scrollTop, because lines arriving while
+      // the room is not shown may push the oldest out (the log keeps MAX_LINES).
+      this.follow = true;
+      this.anchor = null;
+      this.offset = 0;
+      this.newBelow = false; // lines came in below the reader's view ("New lines below")
+      // Issue 15 (history) will keep the room's last seq and epoch here, for the re-join.
+    }
+
+    // The whole truth (welcome, joined, users): `list` in the server's order, us included.
+    setUsers(list, total) {
+      this.users.clear();
+      for (const u of Array.isArray(list) ? list : []) {
+        if (typeof u === 'string') this.users.set(lower(u), u);
+      }
+      if (me !== null) this.users.set(lower(me), me);
+      this.total = Math.max(this.users.size, Number(total) || 0);
+    }
+
+    // A join event; true when it is news (not someone already listed).
+    addUser(id) {
+      const isNew = !this.users.has(lower(id));
+      if (isNew) this.total += 1;
+      this.users.set(lower(id), id);
+      return isNew;
+    }
+
+    // A leave event; true when they were listed. The count drops either way: past
+    // --presence-limit the list is capped, but the count is not.
+    removeUser(id) {
+      const was = this.users.delete(lower(id));
+      this.total = Math.max(this.users.size, this.total - 1);
+      return was;
+    }
+  }
+
+  // The rooms we are in, in the order entered (the lobby always first), and the one shown.
+  // The page never leaves the lobby: the server puts every connection back in it, and the
+  // page reconnects by itself, so a left lobby would keep coming back.
+  class RoomSet {
+    constructor() {
+      this.rooms = new Map([[LOBBY, new Room(LOBBY)]]); // name -> Room
+      this.shown = LOBBY;
+    }
+
+    get(name) {
+      return this.rooms.get(name) || null;
+    }
+
+    add(name) {
+      if (!this.rooms.has(name)) this.rooms.set(name, new Room(name));
+      return this.rooms.get(name);
+    }
+
+    remove(name) {
+      if (name !== LOBBY) this.rooms.delete(name);
+    }
+
+    current() {
+      return this.rooms.get(this.shown);
+    }
+
+    list() {
+      return [...this.rooms.values()];
+    }
+
+    // Everyone we can see in any of our rooms (the private picker offers them all).
+    everyone() {
+      const all = new Map();
+      for (const room of this.rooms.values()) for (const [k, id] of room.users) all.set(k, id);
+      return all;
+    }
+  }
+
+  let rooms = new RoomSet();
+  // Joins sent and not yet answered: name -> 'user' (typed: show it once joined, errors go next
+  // to the room field) or 'rejoin' (after a reconnect: quietly, and an error drops the room).
+  const asked = new Map();
+  let directoryAt = 0; // when the directory was last asked for (it costs a rate-limit token)
 
   // ---- other tabs of this browser ------------------------------------------------------
   // localStorage is shared by every tab, so every new tab would pre-fill the last id and the
@@ -206,6 +319,8 @@
     ws = null;
     online = false;
     pending = [];
+    // Memberships belong to a connection: the next welcome puts us in the lobby only.
+    for (const room of rooms.list()) room.joined = false;
     if (me === null) return; // we left on purpose
 
     if (code === 4400) {
@@ -231,7 +346,7 @@
     if (lived >= STABLE_MS) attempt = 0;
     if (!lostNoted) {
       lostNoted = true;
-      note('Connection lost' + describeClose(code, reason) + '. Reconnecting…');
+      note('Connection lost' + describeClose(code, reason) + '. Reconnecting…', '', 'all');
     }
     scheduleRetry(code === 4409);
   }
@@ -287,31 +402,33 @@
 
   // ---- server lines --------------------------------------------------------------------
 
+  // The room a line is about. A line without one is the lobby's: lobby lines carry
+  // "room":"lobby", and a server from before rooms sends none.
+  const roomOf = (msg) => (typeof msg.room === 'string' ? lower(msg.room) : LOBBY);
+
   function handle(msg) {
     switch (msg.type) {
       case 'welcome':
         return onWelcome(msg);
-      case 'users':
+      case 'users': {
         // Presence events resume after the crowd went back under --presence-limit: this is
         // the whole truth again, in the welcome's shape.
-        return setUsers(msg.users, msg.total);
+        const room = rooms.get(roomOf(msg));
+        if (room) {
+          room.setUsers(msg.users, msg.total);
+          renderUsers();
+        }
+        return;
+      }
       case 'join':
-        if (typeof msg.id === 'string') {
-          if (!users.has(lower(msg.id))) {
-            total += 1;
-            note([idNode(msg.id), ' joined'], 'presence');
-          }
-          users.set(lower(msg.id), msg.id);
-          renderUsers();
-        }
-        return;
       case 'leave':
-        if (typeof msg.id === 'string') {
-          if (users.delete(lower(msg.id))) note([idNode(msg.id), ' left'], 'presence');
-          total = Math.max(users.size, total - 1);
-          renderUsers();
-        }
-        return;
+        return onPresence(msg);
+      case 'joined':
+        return onJoined(msg);
+      case 'left':
+        return onLeft(msg);
+      case 'rooms':
+        return onDirectory(msg);
       case 'message':
         return onMessage(msg);
       case 'error':
@@ -336,22 +453,73 @@
     setStatus('connected', ['connected as ', idNode(me)]);
     if (first) {
       showChat();
-      note(['You joined as ', idNode(me), '.']);
+      note(['You joined as ', idNode(me), '.'], '', rooms.get(LOBBY));
     } else if (lostNoted) {
-      note('Reconnected.');
+      note('Reconnected.', '', 'all');
     }
     lostNoted = false;
-    setUsers(msg.users, msg.total);
+    const lobby = rooms.get(LOBBY);
+    lobby.joined = true;
+    lobby.setUsers(msg.users, msg.total);
+    // A new connection is in the lobby only: enter the other rooms again (a resumed one too:
+    // the server restores its rooms but sends them nothing until asked), and send again what
+    // the user asked for just before the drop.
+    for (const room of rooms.list()) {
+      if (room.name !== LOBBY && asked.get(room.name) !== 'user') asked.set(room.name, 'rejoin');
+    }
+    for (const name of asked.keys()) ws.send(JSON.stringify({ join: name }));
+    renderUsers();
+    renderRooms();
   }
 
-  function setUsers(list, count) {
-    users.clear();
-    for (const u of Array.isArray(list) ? list : []) {
-      if (typeof u === 'string') users.set(lower(u), u);
+  function onPresence(msg) {
+    const room = rooms.get(roomOf(msg));
+    if (!room || typeof msg.id !== 'string') return;
+    if (msg.type === 'join') {
+      if (room.addUser(msg.id)) note([idNode(msg.id), ' joined'], 'presence', room);
+    } else if (room.removeUser(msg.id)) {
+      note([idNode(msg.id), ' left'], 'presence', room);
     }
-    if (me !== null) users.set(lower(me), me);
-    total = Math.max(users.size, Number(count) || 0);
     renderUsers();
+  }
+
+  function onJoined(msg) {
+    if (typeof msg.room !== 'string') return;
+    const name = lower(msg.room);
+    const how = asked.get(name);
+    asked.delete(name);
+    const room = rooms.add(name);
+    room.joined = true;
+    room.setUsers(msg.users, msg.total);
+    if (how === 'user') {
+      note(['You entered ', roomNode(name), '.'], '', room);
+      if (roomName(el.roomName.value) === name) el.roomName.value = '';
+      el.roomError.textContent = '';
+      switchTo(name);
+    }
+    renderUsers();
+    renderRooms();
+  }
+
+  function onLeft(msg) {
+    // The page drops a room from its list when the user closes it, before this answer.
+    if (typeof msg.room !== 'string' || lower(msg.room) === LOBBY) return;
+    closeRoom(lower(msg.room));
+  }
+
+  function onDirectory(msg) {
+    // Suggestions for the room field: the rooms there are, largest first as the server
+    // sends them, less the ones we are in (those are in the list already).
+    const frag = document.createDocumentFragment();
+    for (const r of Array.isArray(msg.rooms) ? msg.rooms : []) {
+      if (!r || typeof r.room !== 'string' || rooms.get(lower(r.room))) continue;
+      const o = document.createElement('option');
+      o.value = lower(r.room);
+      const n = posInt(r.users);
+      o.label = n + (n === 1 ? ' person' : ' people');
+      frag.append(o);
+    }
+    el.directory.replaceChildren(frag);
   }
 
   function onMessage(msg) {
@@ -360,11 +528,30 @@
     if (isMe(msg.from)) {
       pending.shift(); // our message came back: it was delivered
     }
-    const line = addMessage(msg, priv);
-    // A private line from someone else is unread until it has been seen: shown in the log
-    // while the tab is visible, or its sender picked.
-    if (priv && !isMe(msg.from) && lower(msg.from) !== lower(el.to.value) && !seen(line)) {
+    if (priv) return onPrivate(msg);
+    const room = rooms.get(roomOf(msg));
+    if (!room) return; // a room closed here a moment ago
+    const line = addMessage(msg, false, room);
+    // A room line from someone else is unread until it has been seen: shown in the log of
+    // the room on screen while the tab is visible.
+    if (!isMe(msg.from) && !seen(line)) {
       line.dataset.unread = '1';
+      room.unread += 1;
+      renderRooms();
+    }
+  }
+
+  // A private line goes into every room's log, as before rooms, where the one log held
+  // everything: a conversation with someone stays whole whichever room is on screen. Its
+  // copies share a number, so that seeing one reads them all; rooms' unread counts leave
+  // private lines out (the sender's badge in the Online list counts them).
+  function onPrivate(msg) {
+    privates += 1;
+    const copies = rooms.list().map((room) => addMessage(msg, true, room));
+    for (const line of copies) line.dataset.pm = String(privates);
+    // Unread until seen (in the log on screen) or its sender picked.
+    if (!isMe(msg.from) && lower(msg.from) !== lower(el.to.value) && !copies.some(seen)) {
+      for (const line of copies) line.dataset.unread = '1';
       const k = lower(msg.from);
       unread.set(k, (unread.get(k) || 0) + 1);
       renderUsers();
@@ -372,6 +559,7 @@
   }
 
   function seen(line) {
+    if (line.parentNode !== el.log) return false; // in a room not on screen
     if (document.visibilityState !== 'visible' || el.chat.hidden) return false;
     // At least half of the line inside the log's view (or half the view, for a tall line).
     const r = line.getBoundingClientRect();
@@ -380,19 +568,43 @@
     return h > 0 && (h >= r.height / 2 || h >= v.height / 2);
   }
 
-  // Called when what is on screen may have changed: a scroll, a resize, the tab shown.
-  function readVisible() {
-    let changed = false;
-    for (const line of el.log.querySelectorAll('.msg[data-unread]')) {
-      if (!seen(line)) continue;
-      delete line.dataset.unread;
+  // Every room's lines matching `selector`: the shown room's in #log, the others' aside.
+  function allLines(selector) {
+    const found = [...el.log.querySelectorAll(selector)];
+    for (const room of rooms.list()) {
+      if (room.name !== rooms.shown) found.push(...room.lines.querySelectorAll(selector));
+    }
+    return found;
+  }
+
+  // A line stops being unread (seen, or trimmed off the log); counts go down by one.
+  function markRead(line, room) {
+    if (!line.dataset.unread) return;
+    if (line.dataset.pm) {
+      for (const copy of allLines('.msg[data-pm="' + line.dataset.pm + '"]')) delete copy.dataset.unread;
       const k = lower(line.dataset.from);
       const n = (unread.get(k) || 0) - 1;
       if (n > 0) unread.set(k, n);
       else unread.delete(k);
+    } else {
+      delete line.dataset.unread;
+      room.unread = Math.max(0, room.unread - 1);
+    }
+  }
+
+  // Called when what is on screen may have changed: a scroll, a resize, the tab shown, a
+  // room switch.
+  function readVisible() {
+    let changed = false;
+    for (const line of el.log.querySelectorAll('.msg[data-unread]')) {
+      if (!seen(line)) continue;
+      markRead(line, rooms.current());
       changed = true;
     }
-    if (changed) renderUsers();
+    if (changed) {
+      renderUsers();
+      renderRooms();
+    }
   }
 
   const ERRORS = {
@@ -412,8 +624,31 @@
       (limits.burst ? ' (bursts of ' + limits.burst + ')' : '') + '. Slow down: that one was not sent.';
   }
 
+  // bad_room and too_many_rooms answer a join (ours always sends valid names to rooms we are
+  // in, so a text does not get them); they go next to the room field, and leave `pending`
+  // alone, which holds texts.
+  function onRoomError(msg) {
+    const name = lower(msg.room);
+    const how = asked.get(name);
+    asked.delete(name);
+    const why = msg.code === 'bad_room'
+      ? ['The server does not take “', name, '” as a room name: use 1 to 32 of a-z 0-9 _ - or .']
+      : ['Could not enter ', roomNode(name), ': too many rooms (the server limits the rooms one person is in, and all its rooms). Close one first, or try later.'];
+    if (how === 'rejoin') {
+      // A room we were in before the reconnect, that we cannot have back.
+      closeRoom(name);
+      note(['Could not enter ', roomNode(name), ' again after reconnecting: ',
+        msg.code === 'bad_room' ? 'the server no longer takes that name.' : 'too many rooms.'], '', rooms.get(LOBBY));
+      return;
+    }
+    showRoomError(why);
+  }
+
   function onError(msg) {
     if (msg.code === 'bad_id' || msg.code === 'id_taken') return; // the close code says it
+    if ((msg.code === 'bad_room' || msg.code === 'too_many_rooms') && typeof msg.room === 'string') {
+      return onRoomError(msg);
+    }
     const to = typeof msg.to === 'string' ? idNode(msg.to) : 'That user';
     let text;
     if (msg.code === 'unknown_recipient') {
@@ -421,6 +656,9 @@
     } else if (msg.code === 'recipient_busy') {
       // The recipient's queue is full of private messages right now; later may work.
       text = [to, ' cannot take more private messages right now. Yours was not delivered: try again in a moment.'];
+    } else if (msg.code === 'not_in_room') {
+      const name = typeof msg.room === 'string' ? lower(msg.room) : '';
+      text = ['You are not in ', roomNode(name), ' (any more): the message was not sent.'];
     } else if (msg.code === 'too_long') {
       text = tooLong(pending.length ? textLength(pending[0].text) : 0);
     } else if (msg.code === 'rate_limited') {
@@ -447,25 +685,46 @@
   }
 
   // ---- the log -------------------------------------------------------------------------
+  // #log holds the shown room's lines; every other room keeps its own in room.lines, and a
+  // switch moves them in and out, so that the log (and everything that reads it) is always
+  // just the room on screen.
 
   function atBottom() {
     // gorilla/websocket's chat example: within a pixel of the bottom counts as the bottom.
     return el.log.scrollTop > el.log.scrollHeight - el.log.clientHeight - 1;
   }
 
-  function append(node) {
+  function append(node, room) {
+    if (room.name !== rooms.shown) {
+      // Not on screen: nothing to scroll. The reader finds it below where they left off.
+      room.lines.appendChild(node);
+      if (!room.follow) room.newBelow = true;
+      trim(room.lines, room, false);
+      return;
+    }
     const follow = atBottom();
     el.log.appendChild(node);
-    while (el.log.childElementCount > MAX_LINES) {
-      const old = el.log.firstElementChild;
-      const h = old.offsetHeight;
-      old.remove();
-      if (!follow) el.log.scrollTop -= h; // keep what the reader is looking at in place
-    }
+    trim(el.log, room, !follow);
     if (follow) {
       el.log.scrollTop = el.log.scrollHeight - el.log.clientHeight;
     } else {
       el.jump.hidden = false;
+    }
+  }
+
+  function trim(box, room, keepView) {
+    while (box.childElementCount > MAX_LINES) {
+      const old = box.firstElementChild;
+      const h = old.offsetHeight;
+      old.remove();
+      // The line is gone, and its unread mark with it, unless another room's log still has
+      // a copy of it (a private line).
+      if (old.dataset.unread && !(old.dataset.pm && allLines('.msg[data-pm="' + old.dataset.pm + '"]').length)) {
+        markRead(old, room);
+        renderUsers();
+        renderRooms();
+      }
+      if (keepView) el.log.scrollTop -= h; // keep what the reader is looking at in place
     }
   }
 
@@ -478,7 +737,7 @@
     return t;
   }
 
-  function addMessage(msg, priv) {
+  function addMessage(msg, priv, room) {
     const line = document.createElement('div');
     line.className = 'line msg';
     if (priv) line.classList.add('private');
@@ -500,29 +759,183 @@
     text.className = 'text';
     text.textContent = msg.text;
     line.append(who, timeOf(msg.ts), text);
-    append(line);
+    append(line, room);
     return line;
   }
 
-  function note(text, kind) {
+  // A quiet line in `room`'s log (the shown one by default), or in every room's log ('all':
+  // news about the connection, which every room shares).
+  function note(text, kind, room) {
+    if (room === 'all') {
+      // A node can be in one place only: each room gets its own copy of the parts.
+      for (const r of rooms.list()) note(parts(text).map((p) => (typeof p === 'string' ? p : p.cloneNode(true))), kind, r);
+      return;
+    }
     const line = document.createElement('div');
     line.className = 'line note' + (kind ? ' ' + kind : '');
     const span = document.createElement('span');
     span.className = 'text';
     span.append(...parts(text));
     line.append(span, timeOf());
-    append(line);
+    append(line, room || rooms.current());
+  }
+
+  // ---- rooms: on screen ----------------------------------------------------------------
+
+  // A room's name as shown: "#dev", in the ids' face (a name is as easy to misread as an id).
+  function roomNode(name) {
+    const span = document.createElement('span');
+    span.className = 'room-name';
+    span.textContent = '#' + name;
+    return span;
+  }
+
+  // Where the reader is in the shown room, kept with the room while another is shown.
+  function saveView(room) {
+    room.follow = atBottom();
+    room.newBelow = !room.follow && !el.jump.hidden;
+    room.anchor = null;
+    if (!room.follow) {
+      const top = el.log.scrollTop;
+      const line = [...el.log.children].find((c) => c.offsetTop + c.offsetHeight > top);
+      if (line) {
+        room.anchor = line;
+        room.offset = top - line.offsetTop;
+      }
+    }
+    room.lines.append(...el.log.childNodes);
+  }
+
+  function showView(room) {
+    el.log.append(...room.lines.childNodes);
+    if (room.follow) {
+      el.log.scrollTop = el.log.scrollHeight;
+    } else if (room.anchor && room.anchor.parentNode === el.log) {
+      el.log.scrollTop = room.anchor.offsetTop + room.offset;
+    } else {
+      el.log.scrollTop = 0; // the line they were reading was trimmed: the oldest kept is next
+    }
+    el.jump.hidden = !(room.newBelow && !atBottom());
+  }
+
+  function switchTo(name) {
+    if (name === rooms.shown || !rooms.get(name)) return;
+    saveView(rooms.current());
+    rooms.shown = name;
+    showView(rooms.current());
+    readVisible();
+    renderUsers();
+    renderRooms();
+  }
+
+  // The user closed a room (or the server said we left it): gone from the list, its log
+  // with it. The lobby stays (see RoomSet).
+  function closeRoom(name) {
+    if (name === LOBBY || !rooms.get(name)) return;
+    if (rooms.shown === name) switchTo(LOBBY);
+    // Its lines go with it; private lines in it have copies in the other rooms' logs.
+    rooms.remove(name);
+    asked.delete(name);
+    renderUsers();
+    renderRooms();
+  }
+
+  function renderRooms() {
+    const frag = document.createDocumentFragment();
+    for (const room of rooms.list()) {
+      const li = document.createElement('li');
+      li.className = 'room-item';
+      li.dataset.room = room.name;
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'room-link';
+      b.dataset.room = room.name;
+      if (room.name === rooms.shown) b.setAttribute('aria-current', 'true');
+      const label = document.createElement('span');
+      label.className = 'name';
+      label.textContent = '#' + room.name;
+      b.append(label);
+      if (room.unread > 0) {
+        const badge = document.createElement('span');
+        badge.className = 'unread';
+        badge.textContent = String(room.unread);
+        badge.setAttribute('aria-hidden', 'true');
+        b.append(badge);
+        b.setAttribute('aria-label', '#' + room.name + ', ' + room.unread + ' unread');
+      }
+      li.append(b);
+      if (room.name !== LOBBY) {
+        // Not "Leave dev": it would contain the top bar's "Leave", and a lookup by that name
+        // must find one button.
+        const x = document.createElement('button');
+        x.type = 'button';
+        x.className = 'room-close';
+        x.dataset.room = room.name;
+        x.setAttribute('aria-label', 'Close ' + room.name);
+        x.title = 'Leave #' + room.name;
+        x.textContent = '×';
+        li.append(x);
+      }
+      frag.append(li);
+    }
+    el.rooms.replaceChildren(frag);
+  }
+
+  function showRoomError(text) {
+    el.roomError.replaceChildren(...parts(text));
+  }
+
+  function enterRoom() {
+    const typed = el.roomName.value;
+    const name = roomName(typed);
+    if (!name) {
+      showRoomError(typed.trim()
+        ? 'A room name is 1 to 32 of a-z 0-9 _ - or . (no spaces).'
+        : 'Type a room name first.');
+      return;
+    }
+    el.roomError.textContent = '';
+    if (rooms.get(name)) {
+      // Already in it: entering it is showing it.
+      el.roomName.value = '';
+      switchTo(name);
+      el.message.focus();
+      return;
+    }
+    if (!ws || !online) {
+      showRoomError('Not connected: rooms can be entered once the connection is back.');
+      return;
+    }
+    // The room shows up once the server answers joined (or an error says why not).
+    asked.set(name, 'user');
+    ws.send(JSON.stringify({ join: name }));
+  }
+
+  function leaveRoom(name) {
+    // Gone from the page at once; the server's left, when it comes, finds nothing to do.
+    // Offline, there is nothing to tell: the reconnect enters only the rooms still listed.
+    if (ws && online) ws.send(JSON.stringify({ leave: name }));
+    closeRoom(name);
+    el.message.focus();
+  }
+
+  function askDirectory() {
+    // Each ask costs a rate-limit token, like a message: not more often than every 2 s.
+    if (!ws || !online || Date.now() - directoryAt < 2000) return;
+    directoryAt = Date.now();
+    ws.send(JSON.stringify({ rooms: true }));
   }
 
   // ---- users, recipient picker, unread counts ------------------------------------------
 
   function renderUsers() {
-    const ids = [...users.values()].sort((a, b) => {
+    const room = rooms.current();
+    const byName = (a, b) => {
       if (isMe(a) !== isMe(b)) return isMe(a) ? -1 : 1;
       return lower(a) < lower(b) ? -1 : lower(a) > lower(b) ? 1 : 0;
-    });
+    };
+    const ids = [...room.users.values()].sort(byName);
     const frag = document.createDocumentFragment();
-    let unreadTotal = 0;
     for (const id of ids) {
       const li = document.createElement('li');
       li.dataset.id = id;
@@ -537,7 +950,6 @@
         li.append(name, you);
       } else {
         const n = unread.get(lower(id)) || 0;
-        unreadTotal += n;
         const b = document.createElement('button');
         b.type = 'button';
         b.className = 'user';
@@ -560,13 +972,14 @@
       }
       frag.append(li);
     }
-    // Unread from people who left still count until read.
-    for (const [k, n] of unread) if (!users.has(k)) unreadTotal += n;
     el.users.replaceChildren(frag);
-    const more = total - users.size;
-    el.count.textContent = more > 0 ? total + ' (' + more + ' not listed)' : String(total);
+    const more = room.total - room.users.size;
+    el.count.textContent = more > 0 ? room.total + ' (' + more + ' not listed)' : String(room.total);
+    // Private lines not yet read, from anyone (also people not in this room, or gone).
+    let unreadTotal = 0;
+    for (const n of unread.values()) unreadTotal += n;
     document.title = (unreadTotal > 0 ? '(' + unreadTotal + ') ' : '') + 'chatloop';
-    renderPicker(ids);
+    renderPicker([...rooms.everyone().values()].sort(byName));
   }
 
   function renderPicker(ids) {
@@ -574,7 +987,8 @@
     const frag = document.createDocumentFragment();
     const room = document.createElement('option');
     room.value = '';
-    room.textContent = 'Room';
+    // Not "Room": the room controls' names ("Rooms", "Room name", "Enter room") contain it.
+    room.textContent = 'This room';
     frag.append(room);
     let kept = current === '';
     for (const id of ids) {
@@ -605,7 +1019,7 @@
     if (id) {
       // Picking someone opens the conversation with them: all of theirs counts as read.
       unread.delete(lower(id));
-      for (const line of el.log.querySelectorAll('.msg[data-unread]')) {
+      for (const line of allLines('.msg.private[data-unread]')) {
         if (lower(line.dataset.from) === lower(id)) delete line.dataset.unread;
       }
     }
@@ -651,7 +1065,16 @@
       return;
     }
     const to = el.to.value;
-    const frame = JSON.stringify(to ? { to: to, text: text } : { text: text });
+    const room = rooms.current();
+    if (!to && !room.joined) {
+      // After a reconnect, until the server answers the re-join, it would say not_in_room.
+      showSendError(['Entering ', roomNode(room.name), ' again after the reconnect: send it in a moment. It stays in the field.']);
+      return;
+    }
+    // The lobby's texts go without a room, as before rooms: the server sends them to the
+    // lobby, and a server from before rooms takes them too.
+    const frame = JSON.stringify(to ? { to: to, text: text }
+      : room.name === LOBBY ? { text: text } : { room: room.name, text: text });
     // A server that states max_text guarantees that any text within it fits its frame limit
     // (--max-message is derived from --max-text for the worst encoding, and a smaller one is
     // refused at start-up). An older server does not: stay under its old default there.
@@ -690,11 +1113,15 @@
   }
 
   function resetChat() {
-    users.clear();
+    rooms = new RoomSet();
+    asked.clear();
     unread.clear();
-    total = 0;
     el.log.replaceChildren();
     el.users.replaceChildren();
+    el.rooms.replaceChildren();
+    el.directory.replaceChildren();
+    el.roomName.value = '';
+    el.roomError.textContent = '';
     el.to.value = '';
     el.message.value = '';
     limits = { maxText: 0, rate: 0, burst: 0 };
@@ -742,6 +1169,26 @@
   });
 
   el.to.addEventListener('change', () => pick(el.to.value));
+
+  el.rooms.addEventListener('click', (ev) => {
+    const close = ev.target.closest('button.room-close');
+    if (close) return leaveRoom(close.dataset.room);
+    const b = ev.target.closest('button.room-link');
+    if (!b) return;
+    switchTo(b.dataset.room);
+    el.message.focus();
+  });
+
+  el.roomForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    enterRoom();
+  });
+
+  // The directory is a list of suggestions for the room field, fresh when it is about to be used.
+  el.roomName.addEventListener('focus', askDirectory);
+  el.roomName.addEventListener('input', () => {
+    el.roomError.textContent = '';
+  });
 
   el.message.addEventListener('input', renderCounter);
 

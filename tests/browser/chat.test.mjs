@@ -76,6 +76,116 @@ function echo(frame, ws, id) {
   ws.send(JSON.stringify({ type: 'message', from: id, ...to, text: frame.text.trim(), ts: Date.now() }));
 }
 
+/**
+ * A faked rooms server (issue 14's wire format), shared by every page attached to it: until
+ * the real server has rooms, each attached page's socket is routed here (the page itself
+ * still comes from the real server). Lobby texts, private messages, presence, joined/left,
+ * the directory and the room errors behave as the issue says. `perUser` caps the rooms one
+ * user is in (lobby included: too_many_rooms); names in `refuse` get bad_room. hub.add(room,
+ * id) makes a member with no page (to send as), hub.say(room, from, text) a line from one.
+ */
+function fakeRooms({ perUser = 32, refuse = [] } = {}) {
+  const hub = { conns: new Map(), rooms: new Map([['lobby', new Set()]]), frames: [] };
+  const push = (id, obj) => {
+    try {
+      hub.conns.get(id)?.send(JSON.stringify(obj));
+    } catch {
+      // that page is gone
+    }
+  };
+  const roomsOf = (id) => [...hub.rooms].filter(([, m]) => m.has(id)).map(([r]) => r);
+  const roster = (r, id) => [id, ...[...hub.rooms.get(r)].filter((m) => m !== id)];
+  hub.add = (r, id) => {
+    if (!hub.rooms.has(r)) hub.rooms.set(r, new Set());
+    const members = hub.rooms.get(r);
+    if (members.has(id)) return;
+    for (const m of members) push(m, { type: 'join', room: r, id });
+    members.add(id);
+  };
+  const remove = (r, id) => {
+    const members = hub.rooms.get(r);
+    if (!members?.delete(id)) return;
+    if (members.size === 0 && r !== 'lobby') hub.rooms.delete(r);
+    for (const m of members) push(m, { type: 'leave', room: r, id });
+  };
+  hub.say = (r, from, text) => {
+    for (const m of hub.rooms.get(r)) push(m, { type: 'message', room: r, from, text, ts: Date.now() });
+  };
+  const error = (id, code, room) => push(id, { type: 'error', code, room, message: code });
+  function handle(id, f) {
+    if (typeof f.join === 'string') {
+      const r = f.join.toLowerCase();
+      if (!/^[a-z0-9_.-]{1,32}$/.test(r) || refuse.includes(r)) return error(id, 'bad_room', r);
+      const inIt = hub.rooms.get(r)?.has(id);
+      if (!inIt && roomsOf(id).length >= perUser) return error(id, 'too_many_rooms', r);
+      hub.add(r, id);
+      return push(id, { type: 'joined', room: r, users: roster(r, id), total: hub.rooms.get(r).size });
+    }
+    if (typeof f.leave === 'string') {
+      remove(f.leave, id);
+      return push(id, { type: 'left', room: f.leave });
+    }
+    if (f.rooms === true) {
+      const list = [...hub.rooms].map(([room, m]) => ({ room, users: m.size })).sort((a, b) => b.users - a.users);
+      return push(id, { type: 'rooms', rooms: list, total: list.length });
+    }
+    if (typeof f.to === 'string') {
+      const line = { type: 'message', from: id, to: f.to, text: f.text.trim(), ts: Date.now() };
+      if (!hub.conns.has(f.to)) return push(id, { type: 'error', code: 'unknown_recipient', to: f.to, message: 'no' });
+      push(f.to, line);
+      return push(id, line);
+    }
+    const r = f.room ?? 'lobby';
+    if (!hub.rooms.get(r)?.has(id)) return error(id, 'not_in_room', r);
+    hub.say(r, id, f.text.trim());
+  }
+  /** Routes page `p`'s chat socket to this hub. */
+  hub.attach = (p) => p.routeWebSocket(/\/ws\?/, (ws) => {
+    const id = new URL(ws.url()).searchParams.get('id');
+    hub.conns.set(id, ws);
+    hub.add('lobby', id);
+    ws.send(JSON.stringify({ type: 'welcome', id, users: roster('lobby', id), total: hub.rooms.get('lobby').size }));
+    ws.onMessage((m) => {
+      const f = JSON.parse(m);
+      hub.frames.push({ id, ...f });
+      handle(id, f);
+    });
+    ws.onClose(() => {
+      if (hub.conns.get(id) !== ws) return;
+      hub.conns.delete(id);
+      for (const r of roomsOf(id)) remove(r, id);
+    });
+  });
+  /** The server closes `id`'s connection (as it would a slow consumer): the page reconnects. */
+  hub.drop = (id) => {
+    const ws = hub.conns.get(id);
+    hub.conns.delete(id);
+    for (const r of roomsOf(id)) remove(r, id);
+    ws.close({ code: 1008, reason: 'slow consumer' });
+  };
+  return hub;
+}
+
+/** The room list's entries, in order, as shown ("#lobby", "#dev", ...). */
+function roomList(p) {
+  return p.$$eval('#rooms .room-link .name', (ns) => ns.map((n) => n.textContent));
+}
+
+/** Types `name` into the Room name field and presses Enter room. */
+async function enterRoom(p, name) {
+  await p.getByLabel('Room name', { exact: true }).fill(name);
+  await p.getByRole('button', { name: 'Enter room', exact: true }).click();
+}
+
+/** The room shown now (its button is aria-current). */
+function shownRoom(p) {
+  return p.$eval('#rooms [aria-current="true"] .name', (n) => n.textContent);
+}
+
+function waitForShown(p, room) {
+  return p.waitForFunction((r) => document.querySelector('#rooms [aria-current="true"] .name')?.textContent === r, room, { timeout: 10000 });
+}
+
 let browser;
 let server;
 const pages = [];
@@ -529,6 +639,30 @@ describe('chat page in chromium', () => {
     assert.equal(await p.getByLabel('Message').count(), 1, 'strict mode finds one element');
     await p.getByLabel('Message').fill('found');
     assert.equal(await p.getByRole('log', { name: 'Chat log' }).count(), 1);
+
+    // With rooms: in a second room with an unread count, the directory and an error showing.
+    const hub = fakeRooms({ refuse: ['admin'] });
+    hub.add('ops', 'bob');
+    const q = await page();
+    await hub.attach(q);
+    await join(q, 'carol');
+    await enterRoom(q, 'dev');
+    await waitForShown(q, '#dev');
+    hub.say('lobby', 'bob', 'unread in the lobby');
+    await q.getByLabel('Room name', { exact: true }).focus();
+    await q.waitForFunction(() => document.querySelectorAll('#room-directory option').length === 1, null, { timeout: 5000 });
+    await enterRoom(q, 'admin');
+    await q.locator('#room-error', { hasText: 'admin' }).waitFor();
+    await q.evaluate(() => { document.getElementById('jump').hidden = false; });
+    const rooms = await axNames(q);
+    assertNoNameContainsAnother(rooms, 'chat with rooms');
+    for (const name of ['Rooms', 'Room name', 'Enter room', '#lobby, 1 unread', '#dev', 'Close dev', 'Chat log', 'Message', 'To', 'Send', 'Online', 'Leave']) {
+      assert.ok(rooms.includes(name), `"${name}" among ${rooms.join(' | ')}`);
+    }
+    assertNoNameContainsAnother([...new Set([...login, ...rooms])], 'id form and chat with rooms');
+    assert.equal(await q.getByRole('list', { name: 'Rooms' }).count(), 1);
+    assert.equal(await q.getByLabel('Room name').count(), 1);
+    assert.equal(await q.getByRole('button', { name: 'Enter room' }).count(), 1);
     await closeAll();
   });
 
@@ -682,6 +816,286 @@ describe('chat page in chromium', () => {
     assert.equal(await error.locator('.id').textContent(), 'carol', 'the id in the id face');
     assert.equal(await p.getByLabel('Message', { exact: true }).inputValue(), 'hi carol', 'the text is given back');
     assert.equal(await p.locator('#log .msg').count(), 0, 'no chat line for it');
+    await closeAll();
+  });
+
+  it('two users create and join a room and chat in it; a third outside it sees nothing of it', T, async () => {
+    const hub = fakeRooms();
+    const alice = await page();
+    const bob = await page();
+    const carol = await page();
+    for (const p of [alice, bob, carol]) await hub.attach(p);
+    await join(alice, 'alice');
+    await join(bob, 'bob');
+    await join(carol, 'carol');
+    await alice.getByRole('list', { name: 'Rooms', exact: true }).waitFor();
+    assert.deepEqual(await roomList(alice), ['#lobby']);
+
+    // Names are case-insensitive and shown in lowercase; a "#" in front is taken off.
+    await enterRoom(alice, '#Dev');
+    await waitForShown(alice, '#dev');
+    assert.deepEqual(await roomList(alice), ['#lobby', '#dev']);
+    assert.equal(await alice.getByLabel('Room name', { exact: true }).inputValue(), '', 'the field is cleared once in');
+    assert.deepEqual(await onlineIds(alice), ['alice'], 'the Online list is the room\'s');
+    await alice.locator('#log .note', { hasText: 'You entered #dev' }).waitFor();
+
+    await bob.getByLabel('Room name', { exact: true }).fill('dev');
+    await bob.getByLabel('Room name', { exact: true }).press('Enter');
+    await waitForShown(bob, '#dev');
+    await waitForOnline(alice, 'bob');
+    assert.deepEqual(await onlineIds(bob), ['bob', 'alice']);
+
+    await say(bob, 'only for dev');
+    await waitForLine(alice, 'only for dev');
+    await waitForLine(bob, 'only for dev');
+    assert.deepEqual(hub.frames.filter((f) => f.text === 'only for dev').map((f) => f.room), ['dev'], 'sent to the room');
+    await say(alice, 'hello dev');
+    await waitForLine(bob, 'hello dev');
+
+    // The lobby is still there for both, with its own log.
+    await alice.getByRole('button', { name: '#lobby' }).click();
+    await waitForShown(alice, '#lobby');
+    assert.equal(await alice.locator('#log', { hasText: 'only for dev' }).count(), 0, 'the log shows the lobby only');
+    assert.deepEqual(await onlineIds(alice), ['alice', 'bob', 'carol']);
+    await say(alice, 'back in the lobby');
+    await waitForLine(carol, 'back in the lobby');
+    assert.deepEqual(hub.frames.filter((f) => f.text === 'back in the lobby').map((f) => f.room), [undefined], 'lobby texts go without a room');
+    await waitForLine(bob, 'back in the lobby').catch(() => {}); // in bob's lobby log, not shown
+    assert.equal(await bob.locator('#log', { hasText: 'back in the lobby' }).count(), 0, 'bob is looking at dev');
+
+    // carol: no trace of dev anywhere on her page.
+    assert.deepEqual(await roomList(carol), ['#lobby']);
+    for (const text of ['only for dev', 'hello dev', '#dev']) {
+      assert.equal(await carol.locator('body', { hasText: text }).count(), 0, `carol sees nothing of "${text}"`);
+    }
+
+    // Closing a room leaves it: back to the lobby, and the others see the leave.
+    await bob.getByRole('button', { name: 'Close dev', exact: true }).click();
+    assert.deepEqual(await roomList(bob), ['#lobby']);
+    assert.equal(await shownRoom(bob), '#lobby');
+    assert.ok(hub.frames.some((f) => f.id === 'bob' && f.leave === 'dev'), 'leave sent');
+    await alice.getByRole('button', { name: /^#dev/ }).click();
+    await waitForOnline(alice, 'bob', false);
+    assert.equal(await alice.getByRole('button', { name: 'Close lobby' }).count(), 0, 'the lobby has no close button');
+    await closeAll();
+  });
+
+  it('each room keeps its own scroll position, and the scroll rule holds in each', T, async () => {
+    const hub = fakeRooms();
+    const alice = await page();
+    await hub.attach(alice);
+    await join(alice, 'alice');
+    await enterRoom(alice, 'dev');
+    await waitForShown(alice, '#dev');
+    hub.add('dev', 'bob');
+    for (let i = 0; i < 40; i++) hub.say('lobby', 'bob', `lobby ${i}`);
+    for (let i = 0; i < 40; i++) hub.say('dev', 'bob', `dev ${i}`);
+    await waitForLine(alice, 'dev 39');
+    const geo = () => alice.$eval('#log', (l) => ({ top: l.scrollTop, max: l.scrollHeight - l.clientHeight }));
+    const firstVisible = () => alice.$eval('#log', (l) => {
+      const top = l.getBoundingClientRect().top;
+      return [...l.children].find((c) => c.getBoundingClientRect().bottom > top + 1).textContent;
+    });
+    const to = async (room) => {
+      await alice.locator(`#rooms .room-link[data-room="${room}"]`).click();
+      await waitForShown(alice, '#' + room);
+    };
+
+    await alice.$eval('#log', (l) => { l.scrollTop = 150; });
+    await sleep(100);
+    const devLine = await firstVisible();
+    await to('lobby');
+    let g = await geo();
+    assert.ok(g.max > 200, 'the lobby overflows');
+    assert.ok(g.top >= g.max - 1, 'the lobby was followed at the bottom when left, so it is at the bottom (its 40 lines came meanwhile)');
+    assert.equal(await alice.locator('#jump').isVisible(), false);
+    await alice.$eval('#log', (l) => { l.scrollTop = 300; });
+    await sleep(100);
+    const lobbyLine = await firstVisible();
+
+    // Lines in dev while the lobby is shown: dev's place stays, and they are below it.
+    for (let i = 0; i < 5; i++) hub.say('dev', 'bob', `dev late ${i}`);
+    await sleep(300);
+    await to('dev');
+    assert.equal((await geo()).top, 150, 'dev where it was left');
+    assert.equal(await firstVisible(), devLine);
+    assert.ok(await alice.locator('#jump').isVisible(), '"New lines below" for the lines that came while away');
+    await to('lobby');
+    assert.equal((await geo()).top, 300, 'the lobby where it was left');
+    assert.equal(await firstVisible(), lobbyLine);
+    assert.equal(await alice.locator('#jump').isVisible(), false, 'nothing new below in the lobby');
+
+    // While shown and scrolled up, a new line leaves the place alone (the original rule).
+    hub.say('lobby', 'bob', 'lobby late');
+    await waitForLine(alice, 'lobby late');
+    assert.equal((await geo()).top, 300);
+    assert.ok(await alice.locator('#jump').isVisible());
+
+    // A room left at the bottom follows: back to it, the newest line is in view.
+    await to('dev');
+    await alice.getByRole('button', { name: 'New lines below' }).click();
+    await to('lobby');
+    for (let i = 0; i < 10; i++) hub.say('dev', 'bob', `dev tail ${i}`);
+    await sleep(300);
+    await to('dev');
+    g = await geo();
+    assert.ok(g.top >= g.max - 1, `dev follows at the bottom (${g.top} of ${g.max})`);
+    assert.equal(await alice.locator('#jump').isVisible(), false);
+    await closeAll();
+  });
+
+  it('counts unread lines per room until they are seen', T, async () => {
+    const hub = fakeRooms();
+    const alice = await page();
+    await hub.attach(alice);
+    await join(alice, 'alice');
+    await enterRoom(alice, 'dev');
+    await waitForShown(alice, '#dev');
+    await enterRoom(alice, 'ops');
+    await waitForShown(alice, '#ops');
+    hub.add('dev', 'bob');
+    hub.add('ops', 'bob');
+    const badge = (room) => alice.locator(`#rooms .room-link[data-room="${room}"] .unread`);
+    const count = async (room) => ((await badge(room).count()) ? Number(await badge(room).textContent()) : 0);
+
+    // Lines in rooms not shown count; presence does not; our own lines do not.
+    hub.say('dev', 'bob', 'dev one');
+    hub.say('dev', 'bob', 'dev two');
+    hub.say('lobby', 'bob', 'lobby one');
+    hub.say('dev', 'alice', 'dev mine');
+    hub.add('dev', 'carol');
+    await alice.waitForFunction(() => document.querySelector('#rooms .room-link[data-room="dev"] .unread')?.textContent === '2', null, { timeout: 5000 });
+    assert.equal(await count('lobby'), 1);
+    assert.equal(await count('ops'), 0);
+    assert.equal(await alice.getByRole('button', { name: '#dev, 2 unread', exact: true }).count(), 1, 'the count is in the name');
+    // Lines in the room on screen, at the bottom, are seen at once.
+    hub.say('ops', 'bob', 'ops seen');
+    await waitForLine(alice, 'ops seen');
+    await sleep(200);
+    assert.equal(await count('ops'), 0);
+
+    // Showing a room reads what is in view.
+    await alice.locator('#rooms .room-link[data-room="dev"]').click();
+    await alice.waitForFunction(() => !document.querySelector('#rooms .room-link[data-room="dev"] .unread'), null, { timeout: 5000 });
+    assert.equal(await count('lobby'), 1, 'the lobby still unread');
+
+    // In the room on screen, lines that land below the view are unread until scrolled to.
+    for (let i = 0; i < 30; i++) hub.say('dev', 'bob', `dev fill ${i}`);
+    await waitForLine(alice, 'dev fill 29');
+    await alice.$eval('#log', (l) => { l.scrollTop = 0; });
+    await sleep(100);
+    hub.say('dev', 'bob', 'dev below 1');
+    hub.say('dev', 'bob', 'dev below 2');
+    await waitForLine(alice, 'dev below 2');
+    await alice.waitForFunction(() => document.querySelector('#rooms .room-link[data-room="dev"] .unread')?.textContent === '2', null, { timeout: 5000 });
+    await alice.getByRole('button', { name: 'New lines below' }).click();
+    await alice.waitForFunction(() => !document.querySelector('#rooms .room-link[data-room="dev"] .unread'), null, { timeout: 5000 });
+
+    // Private lines are counted on their sender (in every room's log), not on a room.
+    const bob = await page();
+    await hub.attach(bob);
+    await join(bob, 'bob2');
+    await alice.$eval('#log', (l) => { l.scrollTop = 0; });
+    await sleep(100);
+    await say(bob, 'psst', 'alice');
+    await alice.waitForFunction(() => document.querySelectorAll('#log .msg.private').length === 1, null, { timeout: 5000 });
+    assert.equal(await count('dev'), 0);
+    assert.equal(await count('lobby'), 1);
+    assert.equal(await alice.title(), '(1) chatloop');
+    await alice.locator('#rooms .room-link[data-room="lobby"]').click();
+    await alice.waitForFunction(() => !document.querySelector('#rooms .room-link[data-room="lobby"] .unread'), null, { timeout: 5000 });
+    // The lobby's copy of the private line is in view (the lobby follows): read everywhere.
+    await alice.waitForFunction(() => document.title === 'chatloop', null, { timeout: 5000 });
+    await alice.locator('#rooms .room-link[data-room="dev"]').click();
+    assert.equal(await alice.locator('#log .msg[data-unread]').count(), 0, 'dev\'s copy is read too');
+    await closeAll();
+  });
+
+  it('suggests rooms from the directory; shows bad_room and too_many_rooms next to the field', T, async () => {
+    const hub = fakeRooms({ perUser: 3, refuse: ['admin'] });
+    for (const id of ['bob', 'carol']) hub.add('dev', id);
+    hub.add('ops', 'dave');
+    const alice = await page();
+    await hub.attach(alice);
+    await join(alice, 'alice');
+    const field = alice.getByLabel('Room name', { exact: true });
+    const error = alice.locator('#room-error');
+
+    await field.focus();
+    await alice.waitForFunction(() => document.querySelectorAll('#room-directory option').length === 2, null, { timeout: 5000 });
+    assert.deepEqual(await alice.$$eval('#room-directory option', (os) => os.map((o) => [o.value, o.label])),
+      [['dev', '2 people'], ['ops', '1 person']], 'largest first, the lobby (ours already) left out');
+    assert.equal(await field.getAttribute('list'), 'room-directory');
+    assert.deepEqual(hub.frames.filter((f) => f.rooms).length, 1);
+
+    // Caught on the page: nothing sent.
+    const sent = hub.frames.length;
+    await enterRoom(alice, 'no spaces');
+    await error.filter({ hasText: '1 to 32' }).waitFor();
+    assert.equal(hub.frames.length, sent);
+    assert.equal(await error.getAttribute('aria-live'), 'polite');
+
+    // The server refuses a name: said next to the field, the name kept for fixing.
+    await enterRoom(alice, 'admin');
+    await error.filter({ hasText: 'does not take “admin”' }).waitFor();
+    assert.equal(await field.inputValue(), 'admin');
+    assert.deepEqual(await roomList(alice), ['#lobby']);
+    assert.equal(await alice.locator('#send-error').textContent(), '', 'not next to the message field');
+
+    await enterRoom(alice, 'dev');
+    await waitForShown(alice, '#dev');
+    assert.equal(await error.textContent(), '', 'the error went once in a room');
+    await enterRoom(alice, 'ops');
+    await waitForShown(alice, '#ops');
+    await enterRoom(alice, 'one-more');
+    await error.filter({ hasText: 'too many rooms' }).waitFor();
+    assert.deepEqual(await roomList(alice), ['#lobby', '#dev', '#ops']);
+    assert.equal(await shownRoom(alice), '#ops');
+    await closeAll();
+  });
+
+  it('enters its rooms again after a reconnect', T, async () => {
+    const hub = fakeRooms();
+    const alice = await page();
+    await hub.attach(alice);
+    await join(alice, 'alice');
+    await enterRoom(alice, 'dev');
+    await waitForShown(alice, '#dev');
+    hub.add('dev', 'bob');
+    hub.say('dev', 'bob', 'before the drop');
+    await waitForLine(alice, 'before the drop');
+    const joins = () => hub.frames.filter((f) => f.join === 'dev').length;
+    assert.equal(joins(), 1);
+
+    hub.drop('alice');
+    await waitForState(alice, 'reconnecting');
+    await waitForState(alice, 'connected', 20000);
+    await alice.waitForFunction(() => document.querySelector('#users li[data-id="bob"]'), null, { timeout: 5000 });
+    assert.equal(joins(), 2, 'a join for dev on the new connection');
+    assert.equal(hub.frames.filter((f) => f.join === 'lobby').length, 0, 'the lobby is automatic');
+    assert.equal(await shownRoom(alice), '#dev', 'still showing dev');
+    await waitForLine(alice, 'before the drop');
+    await say(alice, 'after the drop');
+    await waitForLine(alice, 'after the drop');
+    assert.equal(hub.frames.find((f) => f.text === 'after the drop').room, 'dev');
+    await closeAll();
+  });
+
+  it('on a phone, many rooms scroll in their own row and the page does not widen', T, async () => {
+    const hub = fakeRooms();
+    const p = await page({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    await hub.attach(p);
+    await join(p, 'alice');
+    for (const r of ['dev', 'release-planning', 'ops', 'another-long-room-name']) {
+      await enterRoom(p, r);
+      await waitForShown(p, '#' + r);
+    }
+    const { page: w, view } = await p.evaluate(() => ({ page: document.documentElement.scrollWidth, view: innerWidth }));
+    assert.ok(w <= view, `the page is ${w} px wide in a ${view} px view`);
+    for (const name of ['Enter room', 'Send']) {
+      const box = await p.getByRole('button', { name, exact: true }).boundingBox();
+      assert.ok(box.x >= 0 && box.x + box.width <= view, `${name} inside the view (${box.x}+${box.width})`);
+    }
     await closeAll();
   });
 
