@@ -75,6 +75,8 @@ pub struct History {
     ttl: Duration,
     /// Bytes kept in all logs, with `LINE_COST` per line.
     bytes: usize,
+    /// Logs waiting for their TTL.
+    idle: usize,
     pub counters: Counters,
 }
 
@@ -86,7 +88,15 @@ fn new_epoch() -> Rc<str> {
 
 impl History {
     pub fn new(per_room: usize, budget: usize, ttl: Duration) -> History {
-        History { logs: HashMap::new(), per_room, budget, ttl, bytes: 0, counters: Counters::default() }
+        History {
+            logs: HashMap::new(),
+            per_room,
+            budget,
+            ttl,
+            bytes: 0,
+            idle: 0,
+            counters: Counters::default(),
+        }
     }
 
     /// Room `room`'s log, started (with a new epoch) if it has none.
@@ -153,22 +163,30 @@ impl History {
     /// Room `room` lost its last member (`Some(now)`) or has one again (`None`).
     pub fn set_idle(&mut self, room: &str, at: Option<Instant>) {
         if let Some(log) = self.logs.get_mut(room) {
+            self.idle = self.idle + at.is_some() as usize - log.idle_since.is_some() as usize;
             log.idle_since = at;
         }
+    }
+
+    /// Whether some log waits for its TTL (the loop must wake to expire it).
+    pub fn any_idle(&self) -> bool {
+        self.idle > 0
     }
 
     /// Forgets the logs of rooms idle for longer than the TTL.
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.ttl;
-        let mut freed = 0;
+        let (mut freed, mut gone) = (0, 0);
         self.logs.retain(|_, l| {
             let keep = l.idle_since.is_none_or(|t| now < t + ttl);
             if !keep {
                 freed += l.bytes;
+                gone += 1;
             }
             keep
         });
         self.bytes -= freed;
+        self.idle -= gone;
     }
 
     /// Messages and bytes kept, for `/metrics`.

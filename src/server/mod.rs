@@ -286,6 +286,9 @@ impl Server {
             self.accept_paused_until,
             self.flush_due,
             self.cluster.as_ref().and_then(|c| c.deadline()),
+            // Holds, buckets and idle histories end with time, not with traffic.
+            (!self.chat.holds.is_empty() || !self.buckets.is_empty() || self.chat.history.any_idle())
+                .then_some(self.next_sweep),
             match self.shutdown {
                 Shutdown::Draining(t) => Some(t),
                 Shutdown::Running => None,

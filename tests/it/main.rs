@@ -3,6 +3,7 @@
 mod chat;
 mod cluster;
 mod fair;
+mod history;
 mod hostile;
 mod http;
 mod ops;

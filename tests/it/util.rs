@@ -176,6 +176,17 @@ impl Client {
         }
     }
 
+    /// The next line of any type (presence included), lines kept from an earlier frame first.
+    pub fn next_any(&mut self) -> Value {
+        loop {
+            if let Some(l) = self.backlog.pop_front() {
+                return l;
+            }
+            let lines = self.lines();
+            self.backlog.extend(lines);
+        }
+    }
+
     /// The next line, skipping presence events; later lines of the same frame are kept.
     pub fn next_line(&mut self) -> Value {
         loop {
