@@ -13,16 +13,19 @@
 
 use bytes::Bytes;
 use chatloop::assets::{self, Assets};
-use chatloop::chat::{Chat, Outcome, Sink, ids};
+use chatloop::chat::{Chat, Limits, Outcome, Sink, ids};
 use chatloop::http::{self, Parse, Request, Status};
-use chatloop::protocol::{self, ErrorCode};
+use chatloop::protocol::{self, ErrorCode, Incoming, LOBBY};
 use chatloop::router::{self, Foreign, Route, Rules};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::LazyLock;
 
 type Check<T = ()> = Result<T, TestCaseError>;
@@ -750,19 +753,23 @@ fn json_leaf() -> impl Strategy<Value = String> {
         1 => string_body().prop_map(|s| format!("\"{s}\"")),
         2 => select(vec![
             "null", "true", "false", "0", "-1", "1.5e-3", "1e999", "18446744073709551616", "\"bob\"", "\"BOB\"",
-            "\"alice\"", "\"zed\"", "\"\"", "\" bob\"",
+            "\"alice\"", "\"zed\"", "\"\"", "\" bob\"", "\"dev\"", "\"lobby\"",
         ])
         .prop_map(String::from),
         1 => select(vec!["NaN", "01", "-", "tru", "nul", "+1", ".5", "0x10", "Infinity"]).prop_map(String::from),
     ]
 }
 
-/// A key other than a plain `"text"` or `"to"` (some still mean them once unescaped).
+/// The keys `decode` reads, spelled plainly.
+const KEYS: &[&str] = &["\"text\"", "\"to\"", "\"room\"", "\"join\"", "\"leave\"", "\"rooms\""];
+
+/// A key other than a plain one of ours (some still mean one of ours once unescaped).
 fn other_key() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => select(vec![
             "\"from\"", "\"type\"", "\"ts\"", "\"Text\"", "\"TO\"", "\"t\\u0065xt\"", "\"to \"", "\"\"", "text",
-            "'text'",
+            "'text'", "\"Room\"", "\"r\\u006fom\"", "\"JOIN\"", "\"j\\u006fin\"", "\"room \"", "\"Rooms\"",
+            "\"id\"", "\"users\"",
         ])
         .prop_map(String::from),
         1 => string_body().prop_map(|s| format!("\"{s}\"")),
@@ -770,7 +777,7 @@ fn other_key() -> impl Strategy<Value = String> {
 }
 
 fn json_key() -> impl Strategy<Value = String> {
-    prop_oneof![2 => select(vec!["\"text\"", "\"to\""]).prop_map(String::from), 1 => other_key()]
+    prop_oneof![2 => select(KEYS).prop_map(String::from), 1 => other_key()]
 }
 
 fn ws() -> impl Strategy<Value = &'static str> {
@@ -794,6 +801,55 @@ fn json_value() -> impl Strategy<Value = String> {
     })
 }
 
+/// Room names as a client might send them: valid in any case, the edges of the length rule,
+/// characters outside the set, and an escape that spells `dev` once unescaped.
+const ROOM_NAMES: &[&str] = &[
+    "lobby",
+    "LOBBY",
+    "dev",
+    "Dev",
+    "d.e-v_9",
+    "abcdefghijklmnopqrstuvwxyz012345", // 32: the longest valid name
+    "",
+    "bad room",
+    "abcdefghijklmnopqrstuvwxyz0123456", // 33
+    "lobby ",
+    "dév",
+    "d\\u0065v",
+    "a/b",
+];
+
+/// The value of `room`, `join` or `leave`: mostly a name, sometimes not a string at all.
+fn room_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        10 => select(ROOM_NAMES).prop_map(|n| format!("\"{n}\"")),
+        1 => Just("null".to_string()),
+        1 => select(vec!["0", "1", "-1", "1.5", "[\"dev\"]", "{}", "true"]).prop_map(String::from),
+        1 => json_leaf(),
+    ]
+}
+
+/// The value of `rooms`: only `true` asks for the directory.
+fn rooms_value() -> impl Strategy<Value = String> {
+    select(vec!["true", "true", "false", "null", "1", "\"true\"", "[]"]).prop_map(String::from)
+}
+
+/// A well-formed request over a few room names (two of them the same room in another case)
+/// and ids, so that sessions really join, leave, speak in and list rooms, and talk privately.
+fn room_request() -> impl Strategy<Value = String> {
+    let name = || select(vec!["lobby", "LOBBY", "dev", "Dev", "d.e-v_9", "ops", "bad room"]);
+    let text = || select(vec!["hi", " ", "hello there"]);
+    prop_oneof![
+        3 => name().prop_map(|r| format!(r#"{{"join":"{r}"}}"#)),
+        2 => name().prop_map(|r| format!(r#"{{"leave":"{r}"}}"#)),
+        3 => (name(), text()).prop_map(|(r, t)| format!(r#"{{"room":"{r}","text":"{t}"}}"#)),
+        1 => text().prop_map(|t| format!(r#"{{"text":"{t}"}}"#)),
+        1 => (select(vec!["Bob", "b0b", "alice", "carol", "zed", "x"]), text())
+            .prop_map(|(to, t)| format!(r#"{{"to":"{to}","text":"{t}"}}"#)),
+        1 => Just(r#"{"rooms":true}"#.to_string()),
+    ]
+}
+
 /// A client frame: mostly an object of roughly our shape, sometimes anything.
 #[derive(Debug, Clone)]
 struct Frame {
@@ -803,39 +859,69 @@ struct Frame {
     clean: bool,
 }
 
+/// (key, value) pairs of one object.
+type Fields = Vec<(String, String)>;
+
 fn frame() -> impl Strategy<Value = Frame> {
     let quoted = |body: BoxedStrategy<String>| body.prop_map(|s| format!("\"{s}\"")).boxed();
     let text = prop_oneof![
         8 => quoted(valid_string_body().boxed()),
         1 => quoted(string_body().boxed()),
         1 => json_value(),
-    ];
+    ]
+    .boxed();
     let to = prop_oneof![
         8 => select(vec!["Bob", "bob", "BOB", "alice", "carol", "zed", "", " bob", "d.e-f_9", "b\\u006fb"])
             .prop_map(|id| format!("\"{id}\"")),
         1 => quoted(valid_string_body().boxed()),
         1 => Just("null".to_string()),
         1 => json_leaf(),
-    ];
-    // Extra fields mostly have other names; a repeated `text` or `to` is a bad message.
+    ]
+    .boxed();
+    let room = room_value().boxed();
+    let kv = |k: &str, v: String| (format!("\"{k}\""), v);
+    // Mostly the fields of one request, in the shape decode's rules allow; sometimes any mix
+    // of our fields, so that mixed requests (`to` with `room`, `join` with `text`, ...) occur.
+    let request: BoxedStrategy<Fields> = prop_oneof![
+        5 => (text.clone(), prop::option::weighted(0.4, room.clone())).prop_map(move |(t, r)| {
+            let mut f = vec![kv("text", t)];
+            f.extend(r.map(|r| kv("room", r)));
+            f
+        }),
+        3 => (to.clone(), text.clone()).prop_map(move |(to, t)| vec![kv("to", to), kv("text", t)]),
+        2 => room.clone().prop_map(move |r| vec![kv("join", r)]),
+        2 => room.clone().prop_map(move |r| vec![kv("leave", r)]),
+        1 => rooms_value().prop_map(move |v| vec![kv("rooms", v)]),
+        3 => (
+            prop::option::weighted(0.6, text),
+            prop::option::weighted(0.3, to),
+            prop::option::weighted(0.3, room.clone()),
+            prop::option::weighted(0.2, room.clone()),
+            prop::option::weighted(0.2, room),
+            prop::option::weighted(0.2, rooms_value()),
+        )
+            .prop_map(move |(t, to, r, j, l, rs)| {
+                let mut f = Vec::new();
+                f.extend(t.map(|v| kv("text", v)));
+                f.extend(to.map(|v| kv("to", v)));
+                f.extend(r.map(|v| kv("room", v)));
+                f.extend(j.map(|v| kv("join", v)));
+                f.extend(l.map(|v| kv("leave", v)));
+                f.extend(rs.map(|v| kv("rooms", v)));
+                f
+            }),
+    ]
+    .boxed();
+    // Extra fields mostly have other names; a repeated key of ours is a bad message.
     let extra_key = prop_oneof![6 => other_key(), 1 => json_key()];
     let extra = (extra_key, json_value());
-    let fields = (
-        prop::option::weighted(0.9, text),
-        prop::option::weighted(0.4, to),
-        vec(extra, 0..2),
-        any::<Index>(),
-    )
-        .prop_map(|(text, to, extras, rot)| {
-            let mut fields: Vec<(String, String)> = Vec::new();
-            fields.extend(text.map(|v| ("\"text\"".to_string(), v)));
-            fields.extend(to.map(|v| ("\"to\"".to_string(), v)));
-            fields.extend(extras);
-            let n = fields.len();
-            fields.rotate_left(rot.index(n + 1) % n.max(1));
-            fields
-        });
-    let spacing = vec((ws(), ws()), 5);
+    let fields = (request, vec(extra, 0..2), any::<Index>()).prop_map(|(mut fields, extras, rot)| {
+        fields.extend(extras);
+        let n = fields.len();
+        fields.rotate_left(rot.index(n + 1) % n.max(1));
+        fields
+    });
+    let spacing = vec((ws(), ws()), 6);
     let object = (fields, spacing, ws(), ws(), mutations_or_none(3)).prop_map(
         |(fields, spacing, lead, tail, muts)| {
             let parts: Vec<String> = fields
@@ -859,6 +945,7 @@ fn frame() -> impl Strategy<Value = Frame> {
     });
     prop_oneof![
         12 => object,
+        3 => room_request().prop_map(|text| Frame { text, clean: true }),
         2 => seeded,
         1 => json_value().prop_map(|text| Frame { text, clean: false }),
         1 => "(?s).{0,200}".prop_map(|text| Frame { text, clean: false }),
@@ -866,43 +953,81 @@ fn frame() -> impl Strategy<Value = Frame> {
     ]
 }
 
+/// Limits small enough that every one of them is reached now and then.
+fn limits() -> impl Strategy<Value = Limits> {
+    (
+        prop_oneof![0..4usize, Just(256)],
+        prop_oneof![1..12usize, Just(1000)],
+        prop_oneof![1..5usize, Just(10_000)],
+        prop_oneof![0..4usize, Just(32)],
+    )
+        .prop_map(|(presence_limit, max_text, max_rooms, max_rooms_per_user)| Limits {
+            presence_limit,
+            max_text,
+            rate_limit: 20,
+            max_rooms,
+            max_rooms_per_user,
+        })
+}
+
 // ---------------------------------------------------------------------------------------------
 // JSON and chat: properties
+
+/// What `decode` must return for an object serde_json has read, by the rules of
+/// `protocol::decode`: each field of ours is absent or has its type (`null` is never
+/// "absent"), and a frame asks for exactly one thing; a mix of two requests is None.
+fn expected_incoming(o: &serde_json::Map<String, Value>) -> Option<Incoming<'_>> {
+    let string = |k: &str| match o.get(k) {
+        None => Some(None),
+        Some(Value::String(s)) => Some(Some(Cow::Borrowed(s.as_str()))),
+        Some(_) => None,
+    };
+    let (text, to, room, join, leave) =
+        (string("text")?, string("to")?, string("room")?, string("join")?, string("leave")?);
+    let rooms = match o.get("rooms") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return None,
+    };
+    Some(match (text, to, room, join, leave, rooms) {
+        (Some(text), None, room, None, None, None) => Incoming::Say { room, text },
+        (Some(text), Some(to), None, None, None, None) => Incoming::Private { to, text },
+        (None, None, None, Some(r), None, None) => Incoming::Join(r),
+        (None, None, None, None, Some(r), None) => Incoming::Leave(r),
+        (None, None, None, None, None, Some(true)) => Incoming::Rooms,
+        _ => return None,
+    })
+}
 
 /// `decode` agrees with serde_json's own reading of the frame, and takes objects only.
 fn check_decode(frame: &str, clean: bool) -> Check {
     let value: Option<Value> = serde_json::from_str(frame).ok();
-    let shape = value.as_ref().and_then(Value::as_object).and_then(|o| {
-        let text = o.get("text")?.as_str()?;
-        let to = match o.get("to") {
-            None => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => return None,
-        };
-        Some((text, to))
-    });
+    let want = value.as_ref().and_then(Value::as_object).and_then(expected_incoming);
     match protocol::decode(frame) {
         Some(m) => {
             // README: "Bad JSON, or an object of another shape, gets error bad_message".
             let object = frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{');
             prop_assert!(object, "decoded {m:?} from {frame:?}, which is not a JSON object");
             // serde_json's Value is stricter than skipping unknown fields (it refuses lone
-            // surrogates, out-of-range numbers and deep nesting anywhere); when it reads the
-            // frame at all, it must read the same text and recipient.
-            if object && value.is_some() {
-                prop_assert!(
-                    shape.is_some(),
-                    "decoded {m:?} from {frame:?}, which serde_json reads as {value:?}"
-                );
-                let (text, to) = shape.unwrap();
-                prop_assert_eq!(&*m.text, text);
-                prop_assert_eq!(m.to.as_deref(), to);
+            // surrogates, out-of-range numbers and deep nesting anywhere), and it keeps the
+            // last of repeated keys where decode refuses them; when it reads the frame at
+            // all, decode must have read the same request from it.
+            if value.is_some() {
+                prop_assert_eq!(Some(&m), want.as_ref(), "{:?}, read by serde_json as {:?}", frame, value);
             }
         }
-        None if clean => prop_assert!(shape.is_none(), "{frame:?} has our shape but did not decode"),
+        None if clean => prop_assert!(want.is_none(), "{frame:?} is {want:?} but did not decode"),
         None => {}
     }
     Ok(())
+}
+
+/// The room name rule, written apart from `protocol::room_name`: 1 to 32 of a-z 0-9 _ - .
+/// in any case, stored in lowercase.
+fn model_room_name(name: &str) -> Option<String> {
+    let ok = (1..=32).contains(&name.chars().count())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    ok.then(|| name.to_ascii_lowercase())
 }
 
 #[derive(Default)]
@@ -942,82 +1067,282 @@ struct User {
     id: String,
 }
 
+/// A room as the model knows it.
+#[derive(Debug, Default)]
+struct RoomModel {
+    /// Members' tokens.
+    members: Vec<usize>,
+    /// This turn's presence events: (joined, id).
+    events: Vec<(bool, String)>,
+    /// Where a member who joined this turn finds its own join in `events`.
+    joined_at: HashMap<usize, usize>,
+    /// Above the presence limit at the last flush with events.
+    was_quiet: bool,
+}
+
+/// The chat as the rules describe it: users, and rooms (a room with no members is gone,
+/// and with it its unsent events and its quiet state).
+#[derive(Debug)]
+struct Model {
+    limits: Limits,
+    users: Vec<User>,
+    rooms: BTreeMap<String, RoomModel>,
+}
+
+impl Model {
+    fn new(limits: Limits) -> Model {
+        Model { limits, users: Vec::new(), rooms: BTreeMap::new() }
+    }
+
+    fn user(&self, token: usize) -> &User {
+        self.users.iter().find(|u| u.token == token).expect("online")
+    }
+
+    fn by_id(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| ids::key(&u.id) == ids::key(id))
+    }
+
+    fn is_member(&self, room: &str, token: usize) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.members.contains(&token))
+    }
+
+    fn rooms_of(&self, token: usize) -> Vec<&str> {
+        self.rooms.iter().filter(|(_, r)| r.members.contains(&token)).map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn member_ids(&self, room: &str) -> Vec<&str> {
+        self.rooms[room].members.iter().map(|t| self.user(*t).id.as_str()).collect()
+    }
+
+    /// `token` joins `room` (created if need be), which records the event.
+    fn enter(&mut self, room: &str, token: usize) {
+        let id = self.user(token).id.clone();
+        let r = self.rooms.entry(room.to_string()).or_default();
+        r.members.push(token);
+        r.events.push((true, id));
+        r.joined_at.insert(token, r.events.len() - 1);
+    }
+
+    /// `token` leaves `room`; true if that emptied it (and so it is gone).
+    fn exit(&mut self, room: &str, token: usize) -> bool {
+        let id = self.user(token).id.clone();
+        let r = self.rooms.get_mut(room).expect("a room the user is in");
+        r.members.retain(|t| *t != token);
+        r.joined_at.remove(&token);
+        r.events.push((false, id));
+        let empty = r.members.is_empty();
+        if empty {
+            self.rooms.remove(room);
+        }
+        empty
+    }
+
+    /// A new connection: online, and in the lobby.
+    fn connect(&mut self, user: User) {
+        let token = user.token;
+        self.users.push(user);
+        self.enter(LOBBY, token);
+    }
+
+    /// A connection ends: it leaves every room. Returns the rooms that emptied, sorted.
+    fn disconnect(&mut self, token: usize) -> Vec<String> {
+        let rooms: Vec<String> = self.rooms_of(token).into_iter().map(String::from).collect();
+        let emptied = rooms.into_iter().filter(|r| self.exit(r, token)).collect();
+        self.users.retain(|u| u.token != token);
+        emptied
+    }
+}
+
+/// A refusal's line names the recipient, the room, or neither.
+#[derive(Debug, Clone, PartialEq)]
+enum About {
+    Nothing,
+    To(String),
+    Room(String),
+}
+
+/// What a frame should come to, by the rules, before anything is sent.
+#[derive(Debug, Clone)]
+enum Expect {
+    Refused(ErrorCode, About),
+    Room {
+        room: String,
+        text: String,
+    },
+    Private {
+        rcpt: User,
+        text: String,
+    },
+    Joined {
+        room: String,
+        first_local: bool,
+    },
+    /// A join of a room the sender is already in: `joined` again, nothing changes.
+    AlreadyIn {
+        room: String,
+    },
+    Left {
+        room: String,
+        last_local: bool,
+    },
+    Directory,
+}
+
+fn expect(model: &Model, sender: &User, msg: Option<&Incoming<'_>>) -> Expect {
+    use Expect::Refused;
+    let Some(msg) = msg else { return Refused(ErrorCode::BadMessage, About::Nothing) };
+    let text_ok = |t: &str| {
+        let t = t.trim();
+        if t.is_empty() {
+            Err(ErrorCode::Empty)
+        } else if t.chars().count() > model.limits.max_text {
+            Err(ErrorCode::TooLong)
+        } else {
+            Ok(t.to_string())
+        }
+    };
+    match msg {
+        Incoming::Say { room, text } => {
+            // The text is judged first: an empty message to a bad room is `empty`.
+            let text = match text_ok(text) {
+                Ok(t) => t,
+                Err(code) => return Refused(code, About::Nothing),
+            };
+            let name = room.as_deref().unwrap_or(LOBBY);
+            let Some(room) = model_room_name(name) else {
+                return Refused(ErrorCode::BadRoom, About::Room(name.to_string()));
+            };
+            if !model.is_member(&room, sender.token) {
+                return Refused(ErrorCode::NotInRoom, About::Room(room));
+            }
+            Expect::Room { room, text }
+        }
+        Incoming::Private { to, text } => {
+            // A `to` that names nobody could be is refused before anything else: it must
+            // never fall back to a room message.
+            if !protocol::valid_id(to) {
+                return Refused(ErrorCode::BadMessage, About::Nothing);
+            }
+            let text = match text_ok(text) {
+                Ok(t) => t,
+                Err(code) => return Refused(code, About::Nothing),
+            };
+            match model.by_id(to) {
+                Some(rcpt) => Expect::Private { rcpt: rcpt.clone(), text },
+                None => Refused(ErrorCode::UnknownRecipient, About::To(to.to_string())),
+            }
+        }
+        Incoming::Join(name) => {
+            let Some(room) = model_room_name(name) else {
+                return Refused(ErrorCode::BadRoom, About::Room(name.to_string()));
+            };
+            if model.is_member(&room, sender.token) {
+                return Expect::AlreadyIn { room };
+            }
+            let exists = model.rooms.contains_key(&room);
+            if model.rooms_of(sender.token).len() >= model.limits.max_rooms_per_user
+                || (!exists && model.rooms.len() >= model.limits.max_rooms)
+            {
+                return Refused(ErrorCode::TooManyRooms, About::Room(room));
+            }
+            Expect::Joined { room, first_local: !exists }
+        }
+        Incoming::Leave(name) => {
+            let Some(room) = model_room_name(name) else {
+                return Refused(ErrorCode::BadRoom, About::Room(name.to_string()));
+            };
+            if !model.is_member(&room, sender.token) {
+                return Refused(ErrorCode::NotInRoom, About::Room(room));
+            }
+            let last_local = model.rooms[&room].members.len() == 1;
+            Expect::Left { room, last_local }
+        }
+        Incoming::Rooms => Expect::Directory,
+    }
+}
+
+/// A roster (`welcome`, `joined`, `users`): `users` lists distinct members of a room whose
+/// member ids are `members`, `first` first if given, as many as `limit` allows (a roster
+/// for someone always names them, even at limit 0); `total` is the true count.
+fn check_roster(v: &Value, members: &[&str], limit: usize, first: Option<&str>) -> Check {
+    let listed: Vec<&str> =
+        v["users"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
+    prop_assert_eq!(v["total"].as_u64(), Some(members.len() as u64), "total of {}", v);
+    let cap = if first.is_some() { limit.max(1) } else { limit };
+    prop_assert_eq!(listed.len(), members.len().min(cap), "listed in {}", v);
+    if let Some(first) = first {
+        prop_assert_eq!(listed.first().copied(), Some(first), "a roster lists its reader first: {}", v);
+    }
+    for (i, l) in listed.iter().enumerate() {
+        prop_assert!(members.contains(l), "{v} lists {l:?}, who is not a member");
+        prop_assert!(!listed[..i].contains(l), "{v} lists {l:?} twice");
+    }
+    Ok(())
+}
+
 const TS: u64 = 1_700_000_000_123;
 
-/// Sends `frame` from `sender` and checks the one outcome against a model of the rules.
-fn check_handle(
-    chat: &mut Chat,
-    users: &[User],
-    sender: &User,
-    frame: &str,
-    max_text: usize,
-) -> Check<Outcome> {
+/// Sends `frame` from connection `token` and checks the one outcome, and every line it
+/// queued, against the model; then brings the model up to date.
+fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -> Check<Outcome> {
+    let sender = model.user(token).clone();
     let mut rec = Rec::default();
-    let outcome = chat.handle(sender.token, &sender.id, frame, TS, &mut rec);
-    // The room line itself is checked below, line by line, against what each user got.
-    let outcome = match outcome {
-        Outcome::Room(_) => Outcome::Room(bytes::Bytes::new()),
-        o => o,
-    };
+    let outcome = chat.handle(token, &sender.id, frame, TS, &mut rec);
     let mut lines = Vec::new();
     for (token, line) in &rec.0 {
         prop_assert!(!line.contains(&b'\n'), "a single line holds a newline: {line:?}");
         let v = json_lines(line)?.remove(0);
         lines.push((*token, v));
     }
-    // The model: what should have happened.
     let msg = protocol::decode(frame);
-    let text = msg.as_ref().map(|m| m.text.trim().to_string());
-    let want = match (&msg, &text) {
-        (None, _) => Outcome::Refused(ErrorCode::BadMessage),
-        (_, Some(t)) if t.is_empty() => Outcome::Refused(ErrorCode::Empty),
-        (_, Some(t)) if t.chars().count() > max_text => Outcome::Refused(ErrorCode::TooLong),
-        (Some(m), _) => match m.to.as_deref() {
-            None => Outcome::Room(bytes::Bytes::new()),
-            Some(to) if !protocol::valid_id(to) => Outcome::Refused(ErrorCode::BadMessage),
-            Some(to) if users.iter().any(|u| ids::key(&u.id) == ids::key(to)) => Outcome::Private,
-            Some(_) => Outcome::Refused(ErrorCode::UnknownRecipient),
-        },
+    let want = expect(model, &sender, msg.as_ref());
+    let tokens: Vec<usize> = lines.iter().map(|(t, _)| *t).collect();
+    let only_to_sender = |what: &str| -> Check<&Value> {
+        prop_assert_eq!(&tokens, &vec![sender.token], "{} sends one line to the sender alone", what);
+        Ok(&lines[0].1)
     };
-    prop_assert_eq!(&outcome, &want, "frame {:?}", frame);
-    match &outcome {
-        Outcome::Refused(code) => {
-            prop_assert_eq!(lines.len(), 1, "a refusal sends exactly one line: {:?}", lines);
-            let (token, v) = &lines[0];
-            prop_assert_eq!(*token, sender.token, "the error went to someone else");
+    match &want {
+        Expect::Refused(code, about) => {
+            prop_assert_eq!(&outcome, &Outcome::Refused(*code), "frame {:?}", frame);
+            let v = only_to_sender("a refusal")?;
             prop_assert_eq!(v["type"].as_str(), Some("error"));
             prop_assert_eq!(v["code"].as_str(), Some(code.as_str()));
             prop_assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
-            let to = msg.as_ref().and_then(|m| m.to.as_deref());
-            if *code == ErrorCode::UnknownRecipient {
-                prop_assert_eq!(v["to"].as_str(), to);
-            } else {
-                prop_assert!(v.get("to").is_none());
-            }
+            let (to, room) = match about {
+                About::Nothing => (None, None),
+                About::To(to) => (Some(to.as_str()), None),
+                About::Room(room) => (None, Some(room.as_str())),
+            };
+            prop_assert_eq!(v.get("to").map(|t| t.as_str()), to.map(Some), "`to` of {}", v);
+            prop_assert_eq!(v.get("room").map(|r| r.as_str()), room.map(Some), "`room` of {}", v);
         }
-        Outcome::Room(_) => {
-            let mut got: Vec<usize> = lines.iter().map(|(t, _)| *t).collect();
-            let mut all: Vec<usize> = users.iter().map(|u| u.token).collect();
+        Expect::Room { room, text } => {
+            let Outcome::Room { room: got_room, line } = &outcome else {
+                return Err(TestCaseError::fail(format!("frame {frame:?}: {outcome:?}, want {want:?}")));
+            };
+            prop_assert_eq!(&**got_room, room.as_str());
+            let mut got = tokens.clone();
+            let mut members = model.rooms[room].members.clone();
             got.sort_unstable();
-            all.sort_unstable();
-            prop_assert_eq!(got, all, "a room message reaches everyone once");
-            prop_assert!(rec.0.windows(2).all(|w| w[0].1 == w[1].1), "one line for all");
+            members.sort_unstable();
+            prop_assert_eq!(got, members, "a room message reaches every member of {} once", room);
+            prop_assert!(rec.0.iter().all(|(_, l)| l == line), "one line for all, the one in the outcome");
             let v = &lines[0].1;
             prop_assert_eq!(v["type"].as_str(), Some("message"));
+            prop_assert_eq!(v["room"].as_str(), Some(room.as_str()), "the line names the room as stored");
             prop_assert_eq!(v["from"].as_str(), Some(sender.id.as_str()));
-            prop_assert_eq!(v["text"].as_str(), text.as_deref());
+            prop_assert_eq!(v["text"].as_str(), Some(text.as_str()));
             prop_assert_eq!(v["ts"].as_u64(), Some(TS));
             prop_assert!(v.get("to").is_none());
         }
-        Outcome::Private => {
-            let to = msg.as_ref().and_then(|m| m.to.as_deref()).unwrap();
-            let rcpt = users.iter().find(|u| ids::key(&u.id) == ids::key(to)).unwrap();
+        Expect::Private { rcpt, text } => {
+            prop_assert_eq!(&outcome, &Outcome::Private, "frame {:?}", frame);
             let mut want_tokens = vec![rcpt.token];
             if rcpt.token != sender.token {
                 want_tokens.push(sender.token);
             }
-            let got: Vec<usize> = lines.iter().map(|(t, _)| *t).collect();
-            prop_assert_eq!(got, want_tokens, "a private message reaches the recipient, then the sender");
+            prop_assert_eq!(tokens, want_tokens, "a private message reaches the recipient, then the sender");
+            prop_assert!(rec.0.iter().all(|(_, l)| *l == rec.0[0].1), "both get the same line");
             let v = &lines[0].1;
             prop_assert_eq!(v["type"].as_str(), Some("message"));
             prop_assert_eq!(v["from"].as_str(), Some(sender.id.as_str()));
@@ -1026,24 +1351,169 @@ fn check_handle(
                 Some(rcpt.id.as_str()),
                 "`to` names the id as its owner typed it"
             );
-            prop_assert_eq!(v["text"].as_str(), text.as_deref());
+            prop_assert_eq!(v["text"].as_str(), Some(text.as_str()));
+            prop_assert!(v.get("room").is_none(), "a private message is in no room: {}", v);
         }
-        // The model has no other nodes, and `want` never is Remote: asserted equal above.
-        Outcome::Remote { .. } => unreachable!("no remote users here"),
+        Expect::Joined { room, first_local } => {
+            let want_outcome = Outcome::Joined { room: Rc::from(room.as_str()), first_local: *first_local };
+            prop_assert_eq!(&outcome, &want_outcome, "frame {:?}", frame);
+            model.enter(room, sender.token);
+            let v = only_to_sender("a join")?;
+            prop_assert_eq!(v["type"].as_str(), Some("joined"));
+            prop_assert_eq!(v["room"].as_str(), Some(room.as_str()));
+            check_roster(v, &model.member_ids(room), model.limits.presence_limit, Some(&sender.id))?;
+        }
+        Expect::AlreadyIn { room } => {
+            prop_assert_eq!(&outcome, &Outcome::Answered, "frame {:?}", frame);
+            let v = only_to_sender("a repeated join")?;
+            prop_assert_eq!(v["type"].as_str(), Some("joined"));
+            prop_assert_eq!(v["room"].as_str(), Some(room.as_str()));
+            check_roster(v, &model.member_ids(room), model.limits.presence_limit, Some(&sender.id))?;
+        }
+        Expect::Left { room, last_local } => {
+            let want_outcome = Outcome::Left { room: Rc::from(room.as_str()), last_local: *last_local };
+            prop_assert_eq!(&outcome, &want_outcome, "frame {:?}", frame);
+            model.exit(room, sender.token);
+            let v = only_to_sender("a leave")?;
+            prop_assert_eq!(v, &serde_json::json!({"type": "left", "room": room}));
+        }
+        Expect::Directory => {
+            prop_assert_eq!(&outcome, &Outcome::Answered, "frame {:?}", frame);
+            let v = only_to_sender("the directory")?;
+            let mut sizes: Vec<(&str, usize)> =
+                model.rooms.iter().map(|(n, r)| (n.as_str(), r.members.len())).collect();
+            sizes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let entries: Vec<Value> = sizes
+                .iter()
+                .take(model.limits.presence_limit)
+                .map(|(room, users)| serde_json::json!({"room": room, "users": users}))
+                .collect();
+            let directory = serde_json::json!({"type": "rooms", "rooms": entries, "total": sizes.len()});
+            prop_assert_eq!(v, &directory, "the largest rooms first, ties by name");
+        }
     }
     Ok(outcome)
 }
 
-fn chat_with(ids: &[&str], presence_limit: usize, max_text: usize) -> (Chat, Vec<User>) {
-    let mut chat = Chat::new(presence_limit, max_text, 20);
+/// Flushes presence and checks every payload against the model's batches, room by room: each
+/// member of a room with events this turn gets the events after its own join, nothing while
+/// the room is above the limit, and one `users` line instead when the room crossed the
+/// limit either way since its last flush with events.
+fn check_flush(chat: &mut Chat, model: &mut Model) -> Check {
     let mut rec = Rec::default();
-    let users: Vec<User> =
-        ids.iter().enumerate().map(|(token, id)| User { token, id: id.to_string() }).collect();
-    for u in &users {
-        chat.join(&u.id, u.token, &[0; 16], false, std::time::Instant::now(), &mut rec).expect("valid id");
-    }
     chat.flush_presence(&mut rec);
-    (chat, users)
+    let limit = model.limits.presence_limit;
+    let mut got: BTreeMap<(usize, String), Vec<Value>> = BTreeMap::new();
+    for (token, payload) in &rec.0 {
+        let lines = json_lines(payload)?;
+        let room = lines[0]["room"].as_str().unwrap_or_default().to_string();
+        prop_assert!(
+            lines.iter().all(|l| l["room"].as_str() == Some(room.as_str())),
+            "a payload mixes rooms: {lines:?}"
+        );
+        let before = got.insert((*token, room), lines);
+        prop_assert!(before.is_none(), "two payloads for one room and member in one flush: {:?}", rec.0);
+    }
+    let mut want: BTreeMap<(usize, String), Vec<Value>> = BTreeMap::new();
+    let mut truths = Vec::new();
+    for (name, r) in model.rooms.iter_mut() {
+        if r.events.is_empty() {
+            continue; // a room without news this turn sends nothing, whatever its size
+        }
+        let quiet = r.members.len() > limit;
+        let crossed = quiet != r.was_quiet;
+        r.was_quiet = quiet;
+        if crossed {
+            truths.push(name.clone());
+        } else if !quiet {
+            for t in &r.members {
+                let from = r.joined_at.get(t).map_or(0, |at| at + 1);
+                let lines: Vec<Value> = r.events[from..]
+                    .iter()
+                    .map(|(j, id)| serde_json::json!({"type": if *j { "join" } else { "leave" }, "room": name, "id": id}))
+                    .collect();
+                if !lines.is_empty() {
+                    want.insert((*t, name.clone()), lines);
+                }
+            }
+        }
+        r.events.clear();
+        r.joined_at.clear();
+    }
+    for name in truths {
+        let members = model.member_ids(&name);
+        for t in &model.rooms[&name].members {
+            let lines = got.remove(&(*t, name.clone()));
+            prop_assert!(lines.as_ref().is_some_and(|l| l.len() == 1), "{name} crossed the limit: {lines:?}");
+            let v = &lines.unwrap()[0];
+            prop_assert_eq!(v["type"].as_str(), Some("users"), "{} crossed the limit", name);
+            check_roster(v, &members, limit, None)?;
+        }
+    }
+    prop_assert_eq!(got, want, "presence batches");
+    Ok(())
+}
+
+/// The chat's own tables agree with the model: users, rooms, and who is in which.
+fn check_tables(chat: &Chat, model: &Model) -> Check {
+    prop_assert_eq!(chat.len(), model.users.len());
+    prop_assert_eq!(chat.rooms.len(), model.rooms.len());
+    let mut got: Vec<(String, Vec<String>)> = chat
+        .local_members()
+        .map(|(id, rooms)| {
+            let mut rooms: Vec<String> = rooms.into_iter().map(String::from).collect();
+            rooms.sort();
+            (id.to_string(), rooms)
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, Vec<String>)> = model
+        .users
+        .iter()
+        .map(|u| (u.id.clone(), model.rooms_of(u.token).into_iter().map(String::from).collect()))
+        .collect();
+    want.sort();
+    prop_assert_eq!(got, want, "memberships");
+    Ok(())
+}
+
+/// Connects `id` as connection `token` and checks the welcome (the lobby's roster).
+fn check_connect(chat: &mut Chat, model: &mut Model, id: &str, token: usize) -> Check<bool> {
+    let mut rec = Rec::default();
+    let got = chat.join(id, token, &[0; 16], false, std::time::Instant::now(), &mut rec).map(|_| ());
+    let want = if !protocol::valid_id(id) {
+        Err(ErrorCode::BadId)
+    } else if model.by_id(id).is_some() {
+        Err(ErrorCode::IdTaken)
+    } else {
+        Ok(())
+    };
+    prop_assert_eq!(got, want, "join {:?}", id);
+    if got.is_err() {
+        prop_assert!(rec.0.is_empty(), "a refused join pushed {:?}", rec.0);
+        return Ok(false);
+    }
+    model.connect(User { token, id: id.to_string() });
+    prop_assert_eq!(rec.0.len(), 1);
+    prop_assert_eq!(rec.0[0].0, token);
+    let v = json_lines(&rec.0[0].1)?.remove(0);
+    prop_assert_eq!(v["type"].as_str(), Some("welcome"));
+    prop_assert_eq!(v["id"].as_str(), Some(id));
+    // The welcome is the lobby's roster, as it was for a client before rooms: no `room`.
+    prop_assert!(v.get("room").is_none(), "{}", v);
+    check_roster(&v, &model.member_ids(LOBBY), model.limits.presence_limit, Some(id))?;
+    Ok(true)
+}
+
+/// A chat of `ids` (connections 0, 1, ...), all in the lobby, presence flushed.
+fn chat_with(ids: &[&str], limits: Limits) -> Check<(Chat, Model)> {
+    let mut chat = Chat::new(limits);
+    let mut model = Model::new(limits);
+    for (token, id) in ids.iter().enumerate() {
+        prop_assert!(check_connect(&mut chat, &mut model, id, token)?, "{id} did not join");
+    }
+    check_flush(&mut chat, &mut model)?;
+    Ok((chat, model))
 }
 
 const IDS: &[&str] = &["alice", "Bob", "carol", "d.e-f_9", "Zed_0123456789abcdefghijklmnopqr"];
@@ -1060,16 +1530,32 @@ proptest! {
     fn json_decode_structured(f in frame()) {
         check_decode(&f.text, f.clean)?;
     }
+
+    #[test]
+    fn room_names(name in prop_oneof![select(ROOM_NAMES).prop_map(String::from), "[A-Za-z0-9_.\\- é/]{0,34}"]) {
+        prop_assert_eq!(protocol::room_name(&name), model_room_name(&name), "{:?}", name);
+    }
 }
 
 proptest! {
     #![proptest_config(config(1000))]
 
+    /// One frame, after a few room requests that put the users in various rooms.
     #[test]
-    fn chat_handle_frames(f in frame(), sender in any::<Index>(), max_text in prop_oneof![1..12usize, Just(1000)]) {
-        let (mut chat, users) = chat_with(IDS, 256, max_text);
-        let sender = users[sender.index(users.len())].clone();
-        check_handle(&mut chat, &users, &sender, &f.text, max_text)?;
+    fn chat_handle_frames(
+        setup in vec((any::<Index>(), room_request()), 0..6),
+        f in frame(),
+        sender in any::<Index>(),
+        limits in limits(),
+    ) {
+        let (mut chat, mut model) = chat_with(IDS, limits)?;
+        for (i, request) in &setup {
+            let token = model.users[i.index(model.users.len())].token;
+            check_handle(&mut chat, &mut model, token, request)?;
+        }
+        let token = model.users[sender.index(model.users.len())].token;
+        check_handle(&mut chat, &mut model, token, &f.text)?;
+        check_tables(&chat, &model)?;
     }
 }
 
@@ -1098,135 +1584,53 @@ fn op() -> impl Strategy<Value = Op> {
         4 => id_attempt().prop_map(Op::Join),
         2 => any::<Index>().prop_map(Op::Leave),
         1 => id_attempt().prop_map(Op::LeaveId),
-        4 => (any::<Index>(), frame()).prop_map(|(i, f)| Op::Handle(i, f)),
+        3 => (any::<Index>(), frame()).prop_map(|(i, f)| Op::Handle(i, f)),
+        // Room requests on their own too: sessions are about who is in which room.
+        3 => (any::<Index>(), room_request()).prop_map(|(i, text)| Op::Handle(i, Frame { text, clean: true })),
         2 => Just(Op::Flush),
     ]
 }
 
-/// Joins, leaves, messages and presence flushes in any order, against a model: ids unique
-/// ignoring case, welcomes and presence batches exactly as ARCHITECTURE.md says.
-fn run_ops(ops: &[Op], presence_limit: usize, max_text: usize) -> Check {
-    let mut chat = Chat::new(presence_limit, max_text, 20);
-    let mut online: Vec<User> = Vec::new();
-    // This turn's presence events, and where each online user's own join sits in them.
-    let mut events: Vec<(bool, String)> = Vec::new();
-    let mut joined_at: Vec<(usize, usize)> = Vec::new();
-    let mut was_quiet = false;
+/// Connections, disconnections, frames and presence flushes in any order, against the
+/// model: ids unique ignoring case, the welcome is the lobby's, rooms and presence per room
+/// exactly as chat/rooms.rs says.
+fn run_ops(ops: &[Op], limits: Limits) -> Check {
+    let mut chat = Chat::new(limits);
+    let mut model = Model::new(limits);
     let mut next_token = 0;
     for op in ops {
         match op {
             Op::Join(id) => {
-                let token = next_token;
+                check_connect(&mut chat, &mut model, id, next_token)?;
                 next_token += 1;
-                let mut rec = Rec::default();
-                let got =
-                    chat.join(id, token, &[0; 16], false, std::time::Instant::now(), &mut rec).map(|_| ());
-                let want = if !protocol::valid_id(id) {
-                    Err(ErrorCode::BadId)
-                } else if online.iter().any(|u| ids::key(&u.id) == ids::key(id)) {
-                    Err(ErrorCode::IdTaken)
-                } else {
-                    Ok(())
-                };
-                prop_assert_eq!(got, want, "join {:?}", id);
-                if got.is_err() {
-                    prop_assert!(rec.0.is_empty(), "a refused join pushed {:?}", rec.0);
-                    continue;
-                }
-                online.push(User { token, id: id.clone() });
-                prop_assert_eq!(rec.0.len(), 1);
-                prop_assert_eq!(rec.0[0].0, token);
-                let v = json_lines(&rec.0[0].1)?.remove(0);
-                prop_assert_eq!(v["type"].as_str(), Some("welcome"));
-                prop_assert_eq!(v["id"].as_str(), Some(id.as_str()));
-                prop_assert_eq!(v["total"].as_u64(), Some(online.len() as u64));
-                let listed: Vec<&str> =
-                    v["users"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-                prop_assert_eq!(listed.first().copied(), Some(id.as_str()), "the welcome lists you first");
-                prop_assert_eq!(listed.len(), online.len().min(presence_limit.max(1)));
-                for l in &listed {
-                    prop_assert!(online.iter().any(|u| u.id == *l), "welcome lists {l:?}, who is not online");
-                }
-                events.push((true, id.clone()));
-                joined_at.push((token, events.len() - 1));
             }
             Op::Leave(i) => {
-                if online.is_empty() {
+                if model.users.is_empty() {
                     continue;
                 }
-                let u = online.remove(i.index(online.len()));
-                chat.leave(&u.id);
-                joined_at.retain(|(t, _)| *t != u.token);
-                events.push((false, u.id));
+                let u = model.users[i.index(model.users.len())].clone();
+                let mut emptied: Vec<String> = chat.leave(&u.id).iter().map(|r| r.to_string()).collect();
+                emptied.sort();
+                // Disconnecting leaves every room: one leave event in each.
+                prop_assert_eq!(emptied, model.disconnect(u.token), "rooms with no member left");
             }
             Op::LeaveId(id) => {
                 // (`leave` records the spelling it is given; the server always passes the
                 // owner's, so a differently-cased leave of an online id is not modelled.)
-                if !online.iter().any(|u| ids::key(&u.id) == ids::key(id)) {
-                    chat.leave(id);
+                if model.by_id(id).is_none() {
+                    prop_assert!(chat.leave(id).is_empty());
                 }
             }
             Op::Handle(i, f) => {
-                if online.is_empty() {
+                if model.users.is_empty() {
                     continue;
                 }
-                let sender = online[i.index(online.len())].clone();
-                check_handle(&mut chat, &online, &sender, &f.text, max_text)?;
+                let token = model.users[i.index(model.users.len())].token;
+                check_handle(&mut chat, &mut model, token, &f.text)?;
             }
-            Op::Flush => {
-                let mut rec = Rec::default();
-                chat.flush_presence(&mut rec);
-                let quiet = online.len() > presence_limit;
-                let mut want: Vec<(usize, Vec<Value>)> = Vec::new();
-                let crossed = !events.is_empty() && quiet != was_quiet;
-                if !events.is_empty() {
-                    was_quiet = quiet;
-                }
-                if crossed {
-                    // Crossing the limit: everyone gets the whole (capped) list once instead.
-                    prop_assert_eq!(rec.0.len(), online.len(), "one users line each: {:?}", rec.0);
-                    for (token, payload) in &rec.0 {
-                        let v = json_lines(payload)?.remove(0);
-                        prop_assert!(online.iter().any(|u| u.token == *token));
-                        prop_assert_eq!(v["type"].as_str(), Some("users"));
-                        prop_assert_eq!(v["total"].as_u64(), Some(online.len() as u64));
-                        let listed = v["users"].as_array().unwrap();
-                        prop_assert_eq!(listed.len(), online.len().min(presence_limit));
-                        for l in listed {
-                            prop_assert!(
-                                online.iter().any(|u| Some(u.id.as_str()) == l.as_str()),
-                                "{l} is not online"
-                            );
-                        }
-                    }
-                    events.clear();
-                    joined_at.clear();
-                    continue;
-                }
-                if !quiet {
-                    for u in &online {
-                        let from = joined_at.iter().find(|(t, _)| *t == u.token).map_or(0, |(_, at)| at + 1);
-                        let lines: Vec<Value> = events[from.min(events.len())..]
-                            .iter()
-                            .map(|(j, id)| serde_json::json!({"type": if *j { "join" } else { "leave" }, "id": id}))
-                            .collect();
-                        if !lines.is_empty() {
-                            want.push((u.token, lines));
-                        }
-                    }
-                }
-                let mut got = Vec::new();
-                for (token, payload) in &rec.0 {
-                    got.push((*token, json_lines(payload)?));
-                }
-                got.sort_by_key(|(t, _)| *t);
-                want.sort_by_key(|(t, _)| *t);
-                prop_assert_eq!(got, want, "presence batch");
-                events.clear();
-                joined_at.clear();
-            }
+            Op::Flush => check_flush(&mut chat, &mut model)?,
         }
-        prop_assert_eq!(chat.len(), online.len());
+        check_tables(&chat, &model)?;
     }
     Ok(())
 }
@@ -1235,12 +1639,8 @@ proptest! {
     #![proptest_config(config(250))]
 
     #[test]
-    fn chat_sessions(
-        ops in vec(op(), 1..40),
-        presence_limit in prop_oneof![0..4usize, Just(256)],
-        max_text in prop_oneof![1..12usize, Just(1000)],
-    ) {
-        run_ops(&ops, presence_limit, max_text)?;
+    fn chat_sessions(ops in vec(op(), 1..40), limits in limits()) {
+        run_ops(&ops, limits)?;
     }
 }
 
@@ -1255,12 +1655,15 @@ fn json_corpus() {
         };
         let run = || -> Check<String> {
             check_decode(&frame, false)?;
-            let (mut chat, users) = chat_with(&["alice", "Bob", "carol"], 256, 1000);
-            let outcome = check_handle(&mut chat, &users, &users[0], &frame, 1000)?;
+            let (mut chat, mut model) = chat_with(&["alice", "Bob", "carol"], Limits::default())?;
+            let outcome = check_handle(&mut chat, &mut model, 0, &frame)?;
             Ok(match outcome {
-                Outcome::Room(_) => "room".into(),
+                Outcome::Room { .. } => "room".into(),
                 Outcome::Remote { .. } => "remote".into(),
                 Outcome::Private => "private".into(),
+                Outcome::Joined { .. } => "joined".into(),
+                Outcome::Left { .. } => "left".into(),
+                Outcome::Answered => "answered".into(),
                 Outcome::Refused(code) => code.as_str().into(),
             })
         };
@@ -1276,7 +1679,9 @@ fn json_corpus() {
 /// Found by this fuzzer: serde's derive read `["bob","hi"]` as a private message by position.
 #[test]
 fn regression_decode_took_json_arrays() {
-    for frame in [r#"["Bob","psst"]"#, r#"[null,"hi"]"#, r#" ["x"] "#] {
+    for frame in
+        [r#"["Bob","psst"]"#, r#"[null,"hi"]"#, r#" ["x"] "#, r#"["dev"]"#, r#"[null,null,null,"dev"]"#]
+    {
         assert!(protocol::decode(frame).is_none(), "{frame:?} decodes: {:?}", protocol::decode(frame));
     }
 }
@@ -1284,14 +1689,26 @@ fn regression_decode_took_json_arrays() {
 // ---------------------------------------------------------------------------------------------
 // Cluster messages: what another node (or anything else publishing on our channels) sends.
 
-/// Header fields: ids, node ids, numbers, and junk with spaces or bytes we never send.
+/// Header fields: ids, node ids, rooms as a roster marks them, numbers, and junk with spaces
+/// or bytes we never send.
 fn field() -> impl Strategy<Value = String> {
     prop_oneof![
-        "[A-Za-z0-9_.-]{1,8}",
-        "[0-9]{1,3}",
-        Just(String::new()),
-        any::<String>().prop_map(|s| s.chars().take(6).collect()),
+        3 => "[A-Za-z0-9_.-]{1,8}",
+        2 => "@[a-z0-9_.@-]{0,6}",
+        1 => "[0-9]{1,3}",
+        1 => Just(String::new()),
+        1 => any::<String>().prop_map(|s| s.chars().take(6).collect()),
     ]
+}
+
+/// An id or node id as nodes send them.
+fn id_token() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.-]{1,32}"
+}
+
+/// A room name as stored (lowercase).
+fn room_token() -> impl Strategy<Value = String> {
+    "[a-z0-9_.-]{1,32}"
 }
 
 proptest! {
@@ -1309,11 +1726,11 @@ proptest! {
     /// exactly those tokens and the body.
     #[test]
     fn cluster_payloads_parse_exactly(
-        kind in select(vec!["M", "J", "L", "H", "B", "G", "R", "Q", "P", "E", "K", "X"]),
-        fields in vec(field(), 0..4),
+        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "X", "m"]),
+        fields in vec(field(), 0..5),
         body in proptest::option::of("[ -~\n]{0,20}"),
     ) {
-        use chatloop::cluster::{Msg, payload};
+        use chatloop::cluster::{Msg, payload, roster_fields};
         let mut all = vec![kind];
         all.extend(fields.iter().map(String::as_str));
         let b = Bytes::from(payload(&all, body.as_deref().map(str::as_bytes)));
@@ -1321,21 +1738,24 @@ proptest! {
         // What the header splits into, as the sender would have meant it.
         let header = all.join(" ");
         let parts: Vec<&str> = header.split(' ').collect();
+        // '@' marks a room in a roster; the rule is one for every field.
         let token = |f: &str| !f.is_empty() && f.len() <= 64
-            && f.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c));
+            && f.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.@".contains(&c));
         prop_assert!(parts.iter().all(|p| token(p)), "parsed a header with a non-token field: {:?}", parts);
         let line = |l: &Bytes| std::str::from_utf8(l).map(str::to_string).unwrap_or_default();
         let with_body = matches!(m, Msg::Room { .. } | Msg::Private { .. });
         prop_assert_eq!(with_body, body.is_some(), "a body exactly where the kind takes one");
         match m {
-            Msg::Room { node, line: l } => {
-                prop_assert_eq!(&parts[..], &["M", node][..]);
+            Msg::Room { node, room, line: l } => {
+                prop_assert_eq!(&parts[..], &["M", node, room][..]);
                 prop_assert_eq!(Some(line(&l)), body);
             }
             Msg::Private { node, to, from, line: l } => {
                 prop_assert_eq!(&parts[..], &["P", node, to, from][..]);
                 prop_assert_eq!(Some(line(&l)), body);
             }
+            Msg::RoomJoin { node, id, room } => prop_assert_eq!(&parts[..], &["j", node, id, room][..]),
+            Msg::RoomLeave { node, id, room } => prop_assert_eq!(&parts[..], &["l", node, id, room][..]),
             Msg::Join { node, id } => prop_assert_eq!(&parts[..], &["J", node, id][..]),
             Msg::Leave { node, id } => prop_assert_eq!(&parts[..], &["L", node, id][..]),
             Msg::Hello { node } => prop_assert_eq!(&parts[..], &["H", node][..]),
@@ -1343,15 +1763,55 @@ proptest! {
             Msg::Query { node } => prop_assert_eq!(&parts[..], &["Q", node][..]),
             Msg::Bounce { to, from } => prop_assert_eq!(&parts[..], &["E", to, from][..]),
             Msg::Busy { to, from } => prop_assert_eq!(&parts[..], &["K", to, from][..]),
-            Msg::Beat { node, count } => {
+            Msg::Beat { node, count, memberships } => {
                 prop_assert_eq!(&parts[..2], &["B", node][..]);
-                prop_assert_eq!(parts.len(), 3);
+                prop_assert_eq!(parts.len(), 4);
                 prop_assert_eq!(parts[2].parse::<usize>().ok(), Some(count));
+                prop_assert_eq!(parts[3].parse::<usize>().ok(), Some(memberships));
             }
-            Msg::Roster { node, ids } => {
+            Msg::Roster { node, members } => {
                 prop_assert_eq!(&parts[..2], &["R", node][..]);
-                prop_assert_eq!(&parts[2..], &ids[..]);
+                // Every field after the node is an id (no '@') followed by its rooms ('@'
+                // marked), so the members, written out again, are the fields again.
+                prop_assert!(members.iter().all(|(id, _)| !id.starts_with('@')), "{:?}", members);
+                let again = roster_fields(members.iter().cloned());
+                prop_assert_eq!(&again[..], &parts[2..]);
             }
         }
+    }
+
+    /// Every message, encoded as a node encodes it, parses back to itself.
+    #[test]
+    fn cluster_messages_round_trip(
+        node in id_token(),
+        id in id_token(),
+        room in room_token(),
+        counts in (any::<usize>(), any::<usize>()),
+        line in "[ -~\n]{0,20}",
+        members in vec((id_token(), vec(room_token(), 0..3)), 0..4),
+    ) {
+        use chatloop::cluster::{Msg, channel_room, payload, room_channel, roster_fields};
+        let (n, m) = (counts.0.to_string(), counts.1.to_string());
+        let body = Bytes::from(line.clone());
+        let cases: Vec<(Vec<&str>, Option<&str>, Msg<'_>)> = vec![
+            (vec!["M", &node, &room], Some(&line), Msg::Room { node: &node, room: &room, line: body.clone() }),
+            (vec!["j", &node, &id, &room], None, Msg::RoomJoin { node: &node, id: &id, room: &room }),
+            (vec!["l", &node, &id, &room], None, Msg::RoomLeave { node: &node, id: &id, room: &room }),
+            (vec!["B", &node, &n, &m], None, Msg::Beat { node: &node, count: counts.0, memberships: counts.1 }),
+            (vec!["P", &node, &id, &id], Some(&line), Msg::Private { node: &node, to: &id, from: &id, line: body.clone() }),
+        ];
+        for (fields, body, want) in cases {
+            let b = Bytes::from(payload(&fields, body.map(str::as_bytes)));
+            prop_assert_eq!(Msg::parse(&b), Some(want));
+        }
+        let members: Vec<(&str, Vec<&str>)> =
+            members.iter().map(|(id, rooms)| (id.as_str(), rooms.iter().map(String::as_str).collect())).collect();
+        let fields = roster_fields(members.iter().cloned());
+        let mut all = vec!["R", node.as_str()];
+        all.extend(fields.iter().map(String::as_str));
+        let b = Bytes::from(payload(&all, None));
+        prop_assert_eq!(Msg::parse(&b), Some(Msg::Roster { node: &node, members }));
+        let channel = room_channel(&room);
+        prop_assert_eq!(channel_room(&channel), Some(room.as_str()));
     }
 }
