@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chatloop::assets::{self, Assets};
 use chatloop::chat::{Chat, Limits, Outcome, Sink, ids};
 use chatloop::http::{self, Parse, Request, Status};
-use chatloop::protocol::{self, ErrorCode, Incoming, LOBBY};
+use chatloop::protocol::{self, ErrorCode, Incoming, LOBBY, Replay};
 use chatloop::router::{self, Foreign, Route, Rules};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -769,7 +769,7 @@ fn other_key() -> impl Strategy<Value = String> {
         3 => select(vec![
             "\"from\"", "\"type\"", "\"ts\"", "\"Text\"", "\"TO\"", "\"t\\u0065xt\"", "\"to \"", "\"\"", "text",
             "'text'", "\"Room\"", "\"r\\u006fom\"", "\"JOIN\"", "\"j\\u006fin\"", "\"room \"", "\"Rooms\"",
-            "\"id\"", "\"users\"",
+            "\"id\"", "\"users\"", "\"last\"", "\"since\"", "\"epoch\"", "\"cid\"",
         ])
         .prop_map(String::from),
         1 => string_body().prop_map(|s| format!("\"{s}\"")),
@@ -967,6 +967,7 @@ fn limits() -> impl Strategy<Value = Limits> {
             rate_limit: 20,
             max_rooms,
             max_rooms_per_user,
+            ..Limits::default()
         })
 }
 
@@ -989,12 +990,27 @@ fn expected_incoming(o: &serde_json::Map<String, Value>) -> Option<Incoming<'_>>
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return None,
     };
+    // History fields: whole numbers that fit u64, and the epoch a string; only with a join.
+    let number = |k: &str| match o.get(k) {
+        None => Some(None),
+        Some(v) => v.as_u64().map(Some),
+    };
+    let (last, since, epoch) = (number("last")?, number("since")?, string("epoch")?);
+    let history = last.is_some() || since.is_some() || epoch.is_some();
     Some(match (text, to, room, join, leave, rooms) {
-        (Some(text), None, room, None, None, None) => Incoming::Say { room, text },
-        (Some(text), Some(to), None, None, None, None) => Incoming::Private { to, text },
-        (None, None, None, Some(r), None, None) => Incoming::Join(r),
-        (None, None, None, None, Some(r), None) => Incoming::Leave(r),
-        (None, None, None, None, None, Some(true)) => Incoming::Rooms,
+        (Some(text), None, room, None, None, None) if !history => Incoming::Say { room, text },
+        (Some(text), Some(to), None, None, None, None) if !history => Incoming::Private { to, text },
+        (None, None, None, Some(r), None, None) => {
+            let replay = match (last, since, epoch) {
+                (None, None, None) => Replay::None,
+                (Some(k), None, None) => Replay::Last(k),
+                (None, Some(seq), Some(epoch)) => Replay::Since { seq, epoch },
+                _ => return None,
+            };
+            Incoming::Join { room: r, replay }
+        }
+        (None, None, None, None, Some(r), None) if !history => Incoming::Leave(r),
+        (None, None, None, None, None, Some(true)) if !history => Incoming::Rooms,
         _ => return None,
     })
 }
@@ -1087,11 +1103,21 @@ struct Model {
     limits: Limits,
     users: Vec<User>,
     rooms: BTreeMap<String, RoomModel>,
+    /// The last seq of each room's history (kept after the room empties).
+    seqs: BTreeMap<String, u64>,
+    /// The last pseq given to each connection.
+    pseqs: BTreeMap<usize, u64>,
 }
 
 impl Model {
     fn new(limits: Limits) -> Model {
-        Model { limits, users: Vec::new(), rooms: BTreeMap::new() }
+        Model {
+            limits,
+            users: Vec::new(),
+            rooms: BTreeMap::new(),
+            seqs: BTreeMap::new(),
+            pseqs: BTreeMap::new(),
+        }
     }
 
     fn user(&self, token: usize) -> &User {
@@ -1232,7 +1258,7 @@ fn expect(model: &Model, sender: &User, msg: Option<&Incoming<'_>>) -> Expect {
                 None => Refused(ErrorCode::UnknownRecipient, About::To(to.to_string())),
             }
         }
-        Incoming::Join(name) => {
+        Incoming::Join { room: name, .. } => {
             let Some(room) = model_room_name(name) else {
                 return Refused(ErrorCode::BadRoom, About::Room(name.to_string()));
             };
@@ -1287,7 +1313,7 @@ const TS: u64 = 1_700_000_000_123;
 fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -> Check<Outcome> {
     let sender = model.user(token).clone();
     let mut rec = Rec::default();
-    let outcome = chat.handle(token, &sender.id, frame, TS, &mut rec);
+    let outcome = chat.handle(token, &sender.id, frame, TS, std::time::Instant::now(), &mut rec);
     let mut lines = Vec::new();
     for (token, line) in &rec.0 {
         prop_assert!(!line.contains(&b'\n'), "a single line holds a newline: {line:?}");
@@ -1334,6 +1360,10 @@ fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -
             prop_assert_eq!(v["text"].as_str(), Some(text.as_str()));
             prop_assert_eq!(v["ts"].as_u64(), Some(TS));
             prop_assert!(v.get("to").is_none());
+            // Numbered in its room's history, which outlives the room's members.
+            let seq = model.seqs.entry(room.clone()).or_insert(0);
+            *seq += 1;
+            prop_assert_eq!(v["seq"].as_u64(), Some(*seq), "room {} numbers its messages 1, 2, ...", room);
         }
         Expect::Private { rcpt, text } => {
             prop_assert_eq!(&outcome, &Outcome::Private, "frame {:?}", frame);
@@ -1342,7 +1372,16 @@ fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -
                 want_tokens.push(sender.token);
             }
             prop_assert_eq!(tokens, want_tokens, "a private message reaches the recipient, then the sender");
-            prop_assert!(rec.0.iter().all(|(_, l)| *l == rec.0[0].1), "both get the same line");
+            // The recipient's copy is numbered for it (pseq 1, 2, ...); the sender's is not.
+            let pseq = model.pseqs.entry(rcpt.token).or_insert(0);
+            *pseq += 1;
+            prop_assert_eq!(lines[0].1["pseq"].as_u64(), Some(*pseq), "{}", lines[0].1);
+            if let Some((_, mine)) = lines.get(1) {
+                prop_assert!(mine.get("pseq").is_none(), "the sender's copy is not numbered: {}", mine);
+                let mut theirs = lines[0].1.clone();
+                theirs.as_object_mut().unwrap().remove("pseq");
+                prop_assert_eq!(&theirs, mine, "the same message otherwise");
+            }
             let v = &lines[0].1;
             prop_assert_eq!(v["type"].as_str(), Some("message"));
             prop_assert_eq!(v["from"].as_str(), Some(sender.id.as_str()));
@@ -1460,6 +1499,7 @@ fn check_tables(chat: &Chat, model: &Model) -> Check {
     prop_assert_eq!(chat.rooms.len(), model.rooms.len());
     let mut got: Vec<(String, Vec<String>)> = chat
         .local_members()
+        .into_iter()
         .map(|(id, rooms)| {
             let mut rooms: Vec<String> = rooms.into_iter().map(String::from).collect();
             rooms.sort();
@@ -1480,7 +1520,7 @@ fn check_tables(chat: &Chat, model: &Model) -> Check {
 /// Connects `id` as connection `token` and checks the welcome (the lobby's roster).
 fn check_connect(chat: &mut Chat, model: &mut Model, id: &str, token: usize) -> Check<bool> {
     let mut rec = Rec::default();
-    let got = chat.join(id, token, &[0; 16], false, std::time::Instant::now(), &mut rec).map(|_| ());
+    let got = chat.join(id, token, &[0; 16], None, 0, std::time::Instant::now(), &mut rec).map(|_| ());
     let want = if !protocol::valid_id(id) {
         Err(ErrorCode::BadId)
     } else if model.by_id(id).is_some() {
@@ -1726,7 +1766,7 @@ proptest! {
     /// exactly those tokens and the body.
     #[test]
     fn cluster_payloads_parse_exactly(
-        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "X", "m"]),
+        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "U", "X", "m"]),
         fields in vec(field(), 0..5),
         body in proptest::option::of("[ -~\n]{0,20}"),
     ) {
@@ -1762,6 +1802,7 @@ proptest! {
             Msg::Bye { node } => prop_assert_eq!(&parts[..], &["G", node][..]),
             Msg::Query { node } => prop_assert_eq!(&parts[..], &["Q", node][..]),
             Msg::Bounce { to, from } => prop_assert_eq!(&parts[..], &["E", to, from][..]),
+            Msg::Undelivered { to, from } => prop_assert_eq!(&parts[..], &["U", to, from][..]),
             Msg::Busy { to, from } => prop_assert_eq!(&parts[..], &["K", to, from][..]),
             Msg::Beat { node, count, memberships } => {
                 prop_assert_eq!(&parts[..2], &["B", node][..]);
