@@ -33,6 +33,8 @@ struct Fields<'a> {
     since: Option<u64>,
     #[serde(borrow, default, deserialize_with = "present")]
     epoch: Option<Text<'a>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    cid: Option<Text<'a>>,
 }
 
 /// What a join asks of a room's history.
@@ -61,16 +63,22 @@ pub enum Incoming<'a> {
     Rooms,
 }
 
-/// Decodes one client frame. `None` means "not an object of our shape" (`bad_message`):
-/// also a frame that mixes two requests (`to` with `room`, `join` with `text`), since
-/// guessing which one was meant could send text where it was not meant to go.
-pub fn decode(frame: &str) -> Option<Incoming<'_>> {
+/// Decodes one client frame: the request, and the client's own id for it (`cid`, 1 to 64
+/// characters, echoed on the sender's copy and on every error about it). `None` means "not
+/// an object of our shape" (`bad_message`): also a frame that mixes two requests (`to` with
+/// `room`, `join` with `text`), since guessing which one was meant could send text where it
+/// was not meant to go.
+pub fn decode(frame: &str) -> Option<(Incoming<'_>, Option<Text<'_>>)> {
     // serde's derive also reads a struct from an array by position (`["bob","hi"]`); the
     // protocol is objects only.
     if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return None;
     }
-    let f: Fields<'_> = serde_json::from_str(frame).ok()?;
+    let mut f: Fields<'_> = serde_json::from_str(frame).ok()?;
+    let cid = f.cid.take();
+    if cid.as_ref().is_some_and(|c| !(1..=64).contains(&c.chars().count())) {
+        return None;
+    }
     let history = f.last.is_some() || f.since.is_some() || f.epoch.is_some();
     // How many of the request fields are present: each request allows exactly its own.
     let fields = [
@@ -83,7 +91,7 @@ pub fn decode(frame: &str) -> Option<Incoming<'_>> {
     ];
     let n = fields.iter().filter(|x| **x).count();
     let only = |want: usize| n == want;
-    Some(match f {
+    let request = match f {
         Fields { text: Some(text), to: None, room, .. } if !history && only(1 + room.is_some() as usize) => {
             Incoming::Say { room, text }
         }
@@ -102,7 +110,8 @@ pub fn decode(frame: &str) -> Option<Incoming<'_>> {
         Fields { leave: Some(r), .. } if !history && only(1) => Incoming::Leave(r),
         Fields { rooms: Some(true), .. } if !history && only(1) => Incoming::Rooms,
         _ => return None,
-    })
+    };
+    Some((request, cid))
 }
 
 /// A room name as stored and shown: 1 to 32 characters from `a-z 0-9 _ - .`, given in any
@@ -304,6 +313,33 @@ pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
     encode(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
 }
 
+/// `line` with `"cid":CID` spliced in after its type (the first field): the sender's copy of
+/// its message, or an error about it, carrying the client's own id for it.
+pub fn with_cid(line: &[u8], cid: &str) -> Bytes {
+    let mut field = b"\"cid\":".to_vec();
+    serde_json::to_writer(&mut field, cid).expect("a string serializes");
+    let mut out = Vec::with_capacity(line.len() + field.len() + 1);
+    match line.iter().position(|b| *b == b',') {
+        Some(i) => {
+            out.extend_from_slice(&line[..=i]);
+            out.extend_from_slice(&field);
+            out.push(b',');
+            out.extend_from_slice(&line[i + 1..]);
+        }
+        // One field or none: only ours, or ours after it.
+        None => {
+            let body = &line[..line.len().saturating_sub(1)];
+            out.extend_from_slice(body);
+            if body.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&field);
+            out.push(b'}');
+        }
+    }
+    Bytes::from(out)
+}
+
 /// The recipient's copy of a private message: the sender's copy (`{"type":"message",...`)
 /// with `"pseq":N` spliced in after its type, so a line from another node is numbered here
 /// without being decoded and encoded again.
@@ -389,6 +425,27 @@ pub fn valid_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The request of a frame, without its cid.
+    fn req(frame: &str) -> Option<Incoming<'_>> {
+        decode(frame).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn a_cid_is_taken_from_any_request_and_spliced_into_lines_for_its_sender() {
+        assert_eq!(decode(r#"{"text":"hi","cid":"m-1"}"#).unwrap().1.as_deref(), Some("m-1"));
+        assert_eq!(decode(r#"{"join":"dev","cid":"j"}"#).unwrap().1.as_deref(), Some("j"));
+        for bad in [r#"{"text":"hi","cid":""}"#, r#"{"text":"hi","cid":5}"#, r#"{"text":"hi","cid":null}"#] {
+            assert!(decode(bad).is_none(), "{bad}");
+        }
+        assert!(decode(&format!(r#"{{"text":"hi","cid":"{}"}}"#, "é".repeat(64))).is_some(), "64 characters");
+        assert!(decode(&format!(r#"{{"text":"hi","cid":"{}"}}"#, "x".repeat(65))).is_none());
+        assert_eq!(
+            &with_cid(&error(ErrorCode::Empty, None), "a\"b")[..],
+            &br#"{"type":"error","cid":"a\"b","code":"empty","message":"the message is empty"}"#[..]
+        );
+        assert_eq!(&with_cid(b"{}", "x")[..], br#"{"cid":"x"}"#);
+    }
+
     #[test]
     fn decodes_every_request_and_ignores_forged_from() {
         use std::borrow::Cow;
@@ -396,31 +453,31 @@ mod tests {
             room: room.map(Cow::Borrowed),
             text: Cow::Borrowed(text),
         };
-        assert_eq!(decode(r#"{"text":"hi","from":"mallory"}"#), Some(say(None, "hi")));
-        assert_eq!(decode(r#"{"room":"Dev","text":"hi"}"#), Some(say(Some("Dev"), "hi")));
+        assert_eq!(req(r#"{"text":"hi","from":"mallory"}"#), Some(say(None, "hi")));
+        assert_eq!(req(r#"{"room":"Dev","text":"hi"}"#), Some(say(Some("Dev"), "hi")));
         assert_eq!(
-            decode(r#"{"to":"bob","text":"psst"}"#),
+            req(r#"{"to":"bob","text":"psst"}"#),
             Some(Incoming::Private { to: "bob".into(), text: "psst".into() })
         );
         assert_eq!(
-            decode(r#"{"join":"dev"}"#),
+            req(r#"{"join":"dev"}"#),
             Some(Incoming::Join { room: "dev".into(), replay: Replay::None })
         );
         assert_eq!(
-            decode(r#"{"join":"dev","last":50}"#),
+            req(r#"{"join":"dev","last":50}"#),
             Some(Incoming::Join { room: "dev".into(), replay: Replay::Last(50) })
         );
         assert_eq!(
-            decode(r#"{"join":"dev","since":7,"epoch":"AbCd"}"#),
+            req(r#"{"join":"dev","since":7,"epoch":"AbCd"}"#),
             Some(Incoming::Join {
                 room: "dev".into(),
                 replay: Replay::Since { seq: 7, epoch: "AbCd".into() }
             })
         );
-        assert_eq!(decode(r#"{"leave":"lobby","type":"x"}"#), Some(Incoming::Leave("lobby".into())));
-        assert_eq!(decode(r#"{"rooms":true}"#), Some(Incoming::Rooms));
+        assert_eq!(req(r#"{"leave":"lobby","type":"x"}"#), Some(Incoming::Leave("lobby".into())));
+        assert_eq!(req(r#"{"rooms":true}"#), Some(Incoming::Rooms));
         // Escapes force an owned Cow; the decoded text must still be right.
-        let Some(Incoming::Say { text, .. }) = decode(r#"{"text":"a\nb\u00e9"}"#) else { panic!() };
+        let Some(Incoming::Say { text, .. }) = req(r#"{"text":"a\nb\u00e9"}"#) else { panic!() };
         assert_eq!(text, "a\nbé");
     }
 

@@ -997,6 +997,10 @@ fn expected_incoming(o: &serde_json::Map<String, Value>) -> Option<Incoming<'_>>
     };
     let (last, since, epoch) = (number("last")?, number("since")?, string("epoch")?);
     let history = last.is_some() || since.is_some() || epoch.is_some();
+    // A cid, on any request: a string of 1 to 64 characters.
+    if string("cid")?.is_some_and(|c| !(1..=64).contains(&c.chars().count())) {
+        return None;
+    }
     Some(match (text, to, room, join, leave, rooms) {
         (Some(text), None, room, None, None, None) if !history => Incoming::Say { room, text },
         (Some(text), Some(to), None, None, None, None) if !history => Incoming::Private { to, text },
@@ -1019,7 +1023,7 @@ fn expected_incoming(o: &serde_json::Map<String, Value>) -> Option<Incoming<'_>>
 fn check_decode(frame: &str, clean: bool) -> Check {
     let value: Option<Value> = serde_json::from_str(frame).ok();
     let want = value.as_ref().and_then(Value::as_object).and_then(expected_incoming);
-    match protocol::decode(frame) {
+    match protocol::decode(frame).map(|(m, _)| m) {
         Some(m) => {
             // README: "Bad JSON, or an object of another shape, gets error bad_message".
             let object = frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{');
@@ -1057,6 +1061,10 @@ impl Sink for Rec {
         self.push(token, line);
         true
     }
+}
+
+fn line_text(l: &[u8]) -> String {
+    String::from_utf8_lossy(l).into_owned()
 }
 
 /// Every payload the chat pushes is one or more JSON objects with a `type`, one per line.
@@ -1315,12 +1323,26 @@ fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -
     let mut rec = Rec::default();
     let outcome = chat.handle(token, &sender.id, frame, TS, std::time::Instant::now(), &mut rec);
     let mut lines = Vec::new();
+    let cid = protocol::decode(frame).and_then(|(_, c)| c).map(|c| c.to_string());
     for (token, line) in &rec.0 {
         prop_assert!(!line.contains(&b'\n'), "a single line holds a newline: {line:?}");
-        let v = json_lines(line)?.remove(0);
+        let mut v = json_lines(line)?.remove(0);
+        // Every line to the sender of a frame with a cid carries it; the rest is checked
+        // without it.
+        if *token == sender.token
+            && let Some(cid) = &cid
+        {
+            let got = v.as_object_mut().unwrap().remove("cid");
+            prop_assert_eq!(
+                got.as_ref().and_then(Value::as_str),
+                Some(cid.as_str()),
+                "cid on {}",
+                line_text(line)
+            );
+        }
         lines.push((*token, v));
     }
-    let msg = protocol::decode(frame);
+    let msg = protocol::decode(frame).map(|(m, _)| m);
     let want = expect(model, &sender, msg.as_ref());
     let tokens: Vec<usize> = lines.iter().map(|(t, _)| *t).collect();
     let only_to_sender = |what: &str| -> Check<&Value> {
@@ -1352,7 +1374,8 @@ fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -
             got.sort_unstable();
             members.sort_unstable();
             prop_assert_eq!(got, members, "a room message reaches every member of {} once", room);
-            prop_assert!(rec.0.iter().all(|(_, l)| l == line), "one line for all, the one in the outcome");
+            let others = rec.0.iter().filter(|(t, _)| cid.is_none() || *t != sender.token);
+            prop_assert!(others.clone().all(|(_, l)| l == line), "one line for all, the one in the outcome");
             let v = &lines[0].1;
             prop_assert_eq!(v["type"].as_str(), Some("message"));
             prop_assert_eq!(v["room"].as_str(), Some(room.as_str()), "the line names the room as stored");
@@ -1722,7 +1745,11 @@ fn regression_decode_took_json_arrays() {
     for frame in
         [r#"["Bob","psst"]"#, r#"[null,"hi"]"#, r#" ["x"] "#, r#"["dev"]"#, r#"[null,null,null,"dev"]"#]
     {
-        assert!(protocol::decode(frame).is_none(), "{frame:?} decodes: {:?}", protocol::decode(frame));
+        assert!(
+            protocol::decode(frame).is_none(),
+            "{frame:?} decodes: {:?}",
+            protocol::decode(frame).map(|(m, _)| m)
+        );
     }
 }
 

@@ -524,6 +524,8 @@ impl Chat {
     }
 
     /// Routes one client text frame from `from` (connection `token`), stamped with `ts`.
+    /// With a `cid`, every line this frame sends its sender (its own copy, an answer, an
+    /// error) carries it.
     pub fn handle(
         &mut self,
         token: usize,
@@ -533,9 +535,24 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Outcome {
-        let Some(msg) = protocol::decode(frame) else {
+        let Some((msg, cid)) = protocol::decode(frame) else {
             return refuse(sink, token, protocol::error(ErrorCode::BadMessage, None), ErrorCode::BadMessage);
         };
+        match cid {
+            Some(cid) => self.route(token, from, msg, ts, now, &mut Tagged { inner: sink, token, cid: &cid }),
+            None => self.route(token, from, msg, ts, now, sink),
+        }
+    }
+
+    fn route(
+        &mut self,
+        token: usize,
+        from: &str,
+        msg: Incoming<'_>,
+        ts: u64,
+        now: Instant,
+        sink: &mut impl Sink,
+    ) -> Outcome {
         match msg {
             Incoming::Say { room, text } => {
                 let text = match self.text_ok(&text) {
@@ -745,6 +762,31 @@ impl Chat {
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
     pub fn flush_presence(&mut self, sink: &mut impl Sink) {
         self.rooms.flush_presence(self.limits.presence_limit, sink);
+    }
+}
+
+/// A sink that tags every line to the sender (`token`) with the frame's `cid`.
+struct Tagged<'a, S> {
+    inner: &'a mut S,
+    token: usize,
+    cid: &'a str,
+}
+
+impl<S: Sink> Sink for Tagged<'_, S> {
+    fn push(&mut self, token: usize, line: &Bytes) {
+        if token == self.token {
+            self.inner.push(token, &protocol::with_cid(line, self.cid));
+        } else {
+            self.inner.push(token, line);
+        }
+    }
+
+    fn offer(&mut self, token: usize, line: &Bytes) -> bool {
+        if token == self.token {
+            self.inner.offer(token, &protocol::with_cid(line, self.cid))
+        } else {
+            self.inner.offer(token, line)
+        }
     }
 }
 

@@ -276,3 +276,25 @@ fn lines_arriving_within_the_flush_window_share_one_frame() {
     assert_eq!(texts, vec![json!("one"), json!("two")], "two messages 50 ms apart, one frame");
     assert!(t0.elapsed() < Duration::from_millis(600));
 }
+
+#[test]
+fn a_cid_comes_back_on_the_senders_own_copy_and_on_errors_about_that_message_only() {
+    let s = Server::start(&["--max-text", "10"]);
+    let (mut a, mut b) = (s.join("alice"), s.join("bob"));
+    a.send(&json!({"text": "hi", "cid": "m-1"}));
+    let mine = a.next_of("message");
+    assert_eq!((mine["cid"].as_str(), mine["text"].as_str()), (Some("m-1"), Some("hi")));
+    let theirs = b.next_of("message");
+    assert_eq!(theirs.get("cid"), None, "a cid is the sender's own: {theirs}");
+    a.send(&json!({"text": "far too long for ten", "cid": "m-2"}));
+    let e = a.next_of("error");
+    assert_eq!((e["code"].as_str(), e["cid"].as_str()), (Some("too_long"), Some("m-2")));
+    a.send(&json!({"to": "nobody", "text": "x", "cid": "p-1"}));
+    let e = a.next_of("error");
+    assert_eq!(
+        (e["code"].as_str(), e["to"].as_str(), e["cid"].as_str()),
+        (Some("unknown_recipient"), Some("nobody"), Some("p-1"))
+    );
+    a.send(&json!({"text": "x", "cid": ""}));
+    assert_eq!(a.next_of("error")["code"], "bad_message", "a cid is 1 to 64 characters");
+}
