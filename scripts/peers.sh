@@ -219,8 +219,9 @@ problems() {
   [ "$u" = 0 ] || p+=("$u unexpected closes")
   [ "$c" = 0 ] || p+=("$c connect errors")
   [ "$f" = 0 ] || p+=("$f runs failed")
-  local IFS=,
-  echo "${p[*]}"
+  local joined="" x
+  for x in "${p[@]}"; do joined+="${joined:+, }$x"; done
+  echo "$joined"
 }
 
 rows=()
@@ -252,9 +253,9 @@ for s in "${servers[@]}"; do
     lp=$(med load_pct)
     if awk -v x="$lp" 'BEGIN { exit !(x >= 90) }'; then notes+=("$(rate $offered)/s: chatload at ${lp}% of its CPU"); fi
   done
-  n="none"
-  if [ "${#notes[@]}" -gt 0 ]; then n=$(IFS=';'; echo "${notes[*]}"); fi
-  rows+=("| $s | $idle | ${cpus[0]} | ${cpus[1]} | ${cpus[2]} | ${p99s[0]} | ${p99s[1]} | ${p99s[2]} | $n |")
+  n=""
+  for x in "${notes[@]}"; do n+="${n:+; }$x"; done
+  rows+=("| $s | $idle | ${cpus[0]} | ${cpus[1]} | ${cpus[2]} | ${p99s[0]} | ${p99s[1]} | ${p99s[2]} | ${n:-none} |")
 done
 
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
