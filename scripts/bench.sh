@@ -9,6 +9,8 @@
 #              room, 100k/s private) and the cluster rows
 #   --attack   only the "under attack" block (with --cluster: both)
 #   -h, --help this help
+#   --peers    chatloop beside other servers instead: runs scripts/peers.sh (see its --help)
+#              with the other flags
 #
 # Each run starts a fresh release server (--addr 127.0.0.1:0 --rate-limit 0) pinned to CPU 0
 # with taskset and drives it with chatload pinned to CPU 1, then stops it. Rows:
@@ -34,6 +36,8 @@
 set -euo pipefail
 
 runs=${RUNS:-3}
+# --peers: a script of its own, with every flag passed on.
+case " $* " in *" --peers "*) exec bash "$(dirname "$0")/peers.sh" "$@" ;; esac
 quick=0 sel_cluster=0 sel_attack=0
 for a in "$@"; do
   case "$a" in

@@ -441,3 +441,134 @@ fn attacks_run_and_report_what_they_did() {
     let (out, _) = chatload(&["--attack", "private-flood"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A tiny broadcast peer for `--proto raw`, like those in bench/peers/: every text frame goes
+/// to every client, the sender included. Like gorilla's chat example it sometimes coalesces:
+/// a client's frame is held until its next one (or 30 ms of quiet) and the two go out as one
+/// frame joined by a newline. One thread per client reads with blocking tungstenite; frames
+/// go out by hand (unmasked, as a server's are) on a clone of every socket. Stops when `stop`
+/// is set, and after 60 s regardless.
+fn broadcast_peer(stop: Arc<AtomicBool>) -> String {
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let outs: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let broadcast = |outs: &Mutex<Vec<TcpStream>>, text: &str| {
+        let mut frame = vec![0x81u8];
+        match text.len() {
+            n @ 0..=125 => frame.push(n as u8),
+            n => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(text.as_bytes());
+        outs.lock().unwrap().retain_mut(|s| s.write_all(&frame).is_ok());
+    };
+    std::thread::spawn(move || {
+        let hard = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < hard {
+            let Ok((tcp, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            tcp.set_nonblocking(false).expect("blocking");
+            let outs = Arc::clone(&outs);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(tcp) else { return };
+                let tcp = ws.get_ref();
+                tcp.set_read_timeout(Some(Duration::from_millis(30))).expect("timeout");
+                outs.lock().unwrap().push(tcp.try_clone().expect("clone"));
+                let mut held: Option<String> = None;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard {
+                    match ws.read() {
+                        Ok(Message::Text(t)) => match held.take() {
+                            Some(h) => broadcast(&outs, &format!("{h}\n{}", t.as_str())),
+                            None => held = Some(t.as_str().to_string()),
+                        },
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e))
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            if let Some(h) = held.take() {
+                                broadcast(&outs, &h);
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn raw_proto_counts_every_frame_from_a_plain_broadcaster() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = broadcast_peer(Arc::clone(&stop));
+    let (out, stdout) = chatload(&[
+        "--proto",
+        "raw",
+        "--addr",
+        &addr,
+        "--conns",
+        "20",
+        "--senders",
+        "4",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--drain",
+        "3",
+        "--size",
+        "20",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let s = summary(&stdout);
+    assert!(out.status.success(), "{stdout}");
+    let (sent, expected, delivered) = (num(&s, "sent"), num(&s, "expected"), num(&s, "delivered"));
+    // 20 ms apart: most of a sender's frames go out in pairs.
+    assert!(sent >= 160, "4 senders x 50/s x 1 s: {stdout}");
+    // Every client, the sender included, receives every message: 20 each.
+    assert_eq!((expected, delivered), (20 * sent, 20 * sent), "{stdout}");
+    assert_eq!((num(&s, "lost"), num(&s, "reordered"), num(&s, "ready")), (0, 0, 20), "{stdout}");
+    assert!(stdout.contains("not ours 0,"), "{stdout}");
+    // Latency comes from the marker: the peer held some frames up to 30 ms.
+    assert!(num(&s, "p99_us") > 0, "{stdout}");
+}
+
+#[test]
+fn raw_proto_against_chatloops_json_counts_nothing() {
+    // chatloop's /ws answers bare text with JSON errors and welcomes nobody in raw terms:
+    // nothing it sends is a marker, so every expected delivery is lost and the run fails.
+    let srv = server(&[]);
+    let (out, stdout) = chatload(&[
+        "--proto",
+        "raw",
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "3",
+        "--senders",
+        "1",
+        "--rate",
+        "10",
+        "--duration",
+        "0.5",
+        "--drain",
+        "0.5",
+    ]);
+    let s = summary(&stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(num(&s, "sent") > 0 && num(&s, "delivered") == 0 && num(&s, "lost") > 0, "{stdout}");
+    assert!(!stdout.contains("not ours 0,"), "the welcome and errors are not ours: {stdout}");
+}

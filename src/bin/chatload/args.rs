@@ -15,6 +15,11 @@ Target:
   --sources N            spread connections over source addresses 127.0.0.1 .. 127.0.0.N
                          (IPv4 loopback targets only), to get past one address's ephemeral
                          ports [default: 8]
+  --proto P              json: chatloop's protocol [default]; raw: for servers that only
+                         broadcast every text frame to every client (idle, room and churn
+                         modes): a room message is a bare text frame holding the text below,
+                         every text frame in counts (each line of it, if it holds several),
+                         and a client is ready once its handshake is done
 
 Load:
   --mode M[,M..]         idle, room, private, churn; combine with commas (room,churn)
@@ -116,6 +121,8 @@ pub struct Args {
     pub pids: Vec<u32>,
     /// `--attack`: run that instead of the modes.
     pub attack: Option<Attack>,
+    /// `--proto raw`: bare text frames, no JSON, no welcome (raw.rs).
+    pub raw: bool,
 }
 
 /// What `--attack` runs; see attack.rs.
@@ -184,6 +191,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut pids = Vec::new();
     let mut attack: Option<AttackKind> = None;
     let mut attack_target: Option<String> = None;
+    let mut raw = false;
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
@@ -200,6 +208,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 sources = n as u8;
             }
             "--mode" => mode = Some(cli.value()?),
+            "--proto" => raw = proto(&cli.value()?)?,
             "--conns" => conns = Some(whole(&flag, &cli.value()?)?),
             "--senders" => senders = Some(whole(&flag, &cli.value()?)?),
             "--rate" => rate = Some(positive_f64(&flag, &cli.value()?)?),
@@ -285,6 +294,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     if idle && (modes.room || modes.private) {
         return Err("--mode: idle cannot be combined with room or private".into());
     }
+    if raw && (modes.private || attack.is_some()) {
+        return Err(
+            "--proto raw: only idle, room and churn modes (private and --attack need chatloop's protocol)"
+                .into(),
+        );
+    }
     let churn = match churn {
         Some(c) => {
             modes.churn |= c > 0.0;
@@ -359,6 +374,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         drain,
         pids,
         attack,
+        raw,
     })))
 }
 
@@ -375,6 +391,15 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| format!("--addr: '{target}' resolves to no address"))
+}
+
+/// `--proto`: true for raw.
+fn proto(v: &str) -> Result<bool, String> {
+    match v {
+        "json" => Ok(false),
+        "raw" => Ok(true),
+        _ => Err(format!("--proto: unknown protocol '{v}' (json, raw)")),
+    }
 }
 
 /// chatload's durations: at most a day, so every run stays bounded.
@@ -428,6 +453,7 @@ mod tests {
         assert_eq!(a.attack.as_ref().unwrap().target.as_deref(), Some("victim"));
         assert_eq!((a.conns, a.senders), (3, 0));
         assert!(run(&[]).unwrap().attack.is_none());
+        assert!(!run(&[]).unwrap().raw && run(&["--proto", "raw", "--mode", "idle"]).unwrap().raw);
         assert!(matches!(parse(["-V".to_string()]), Ok(Parsed::Version)));
     }
 
@@ -457,6 +483,9 @@ mod tests {
             (&["--attack", "ping-flood", "--mode", "room"], "exclude each other"),
             (&["--attack", "private-flood", "--target", "a b"], "not an id"),
             (&["--attack", "fragments", "--conns", "0"], "--conns 0"),
+            (&["--proto", "xml"], "unknown protocol 'xml' (json, raw)"),
+            (&["--proto", "raw", "--mode", "private"], "--proto raw: only idle, room and churn"),
+            (&["--proto", "raw", "--attack", "ping-flood"], "--proto raw: only"),
         ] {
             let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
             assert!(e.contains(needle), "{args:?}: {e}");

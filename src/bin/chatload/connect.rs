@@ -127,6 +127,9 @@ impl Engine<'_> {
                 self.conns[t].state = State::Open(Box::new(ws));
                 self.open += 1;
                 self.counts.peak_open = self.counts.peak_open.max(self.open);
+                if self.args.raw {
+                    self.on_welcome(t); // --proto raw: no welcome comes, the handshake is it
+                }
                 // The welcome may have come with the response: read it now.
                 self.pump(t);
             }

@@ -14,6 +14,8 @@ mod churn;
 mod connect;
 #[path = "private.rs"]
 mod private;
+#[path = "raw.rs"]
+mod raw;
 #[path = "room.rs"]
 mod room;
 
@@ -478,6 +480,9 @@ impl<'a> Engine<'a> {
     }
 
     fn on_text(&mut self, t: usize, text: &str, now: Instant) {
+        if self.args.raw {
+            return self.on_raw_text(t, text, now);
+        }
         for line in text.as_bytes().split(|&b| b == b'\n') {
             if line.starts_with(br#"{"type":"message""#) {
                 self.on_message(t, line, now);
@@ -582,7 +587,9 @@ impl<'a> Engine<'a> {
                     // Stamped with the time it is queued (and flushed, at the end of this
                     // turn): latency is the server's and the network's, not our timer's.
                     let (n, sent) = if kind == ROOM {
-                        (self.args.senders, self.send_room(i, now_ns))
+                        let sent =
+                            if self.args.raw { self.send_raw(i, now_ns) } else { self.send_room(i, now_ns) };
+                        (self.args.senders, sent)
                     } else {
                         (self.private_senders(), self.send_private(i, now_ns))
                     };
