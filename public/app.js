@@ -433,23 +433,28 @@
     }
   }
 
-  // Stops using the current socket without closing it. A close frame would tell the server
-  // that we left (our id freed, our rooms left, our private messages no longer kept); a
-  // socket that just goes quiet is *lost*, and the resume token takes the session back on a
-  // new one, the old one replaced (4001) if the server still thinks it is open. Whatever
-  // the old socket still delivers is ignored: the new session replays it, in order, once.
+  // Stops using the current session's socket without closing it. A close frame would tell
+  // the server that we left (our id freed, our rooms left, our private messages no longer
+  // kept); a socket that just goes quiet is *lost*, and the resume token of its welcome
+  // takes the session back on a new one, the old one replaced (4001) if the server still
+  // thinks it is open. Whatever the old socket still delivers is ignored: the new session
+  // replays it, in order, once.
+  // Only a welcomed socket: one still connecting may be welcomed by the server with a token
+  // we have not seen, and left open it would hold our id for good (the browser answers the
+  // server's pings); it is left to finish or fail (CONNECT_TIMEOUT) as it would anyway.
   function abandon(why) {
     const sock = ws;
-    if (!sock || !joined || me === null) return false;
+    if (!sock || !online || me === null) return;
     sock.onmessage = null;
     sock.onclose = null;
     onDrop(sock, 0, why);
-    return true;
   }
 
   // The browser says the network went away: the socket may linger for a minute before
   // anything notices (the server's idle timeout; TCP keeps a dead peer longer), and what it
   // still delivers may be late. Retries meanwhile fail fast; `online` retries at once.
+  // (navigator.onLine does not gate the retries: some machines say offline with a working
+  // loopback, and a page served from 127.0.0.1 would never come back.)
   function onOffline() {
     abandon('the network went away');
   }
@@ -458,9 +463,12 @@
   // still open may be one over the old network that nothing will ever reach again: take the
   // session over on a new one rather than wait to find out.
   function onOnline() {
-    if (ws && online) {
-      abandon('the network changed');
+    if (ws && !online) {
+      // A retry begun while offline: it will fail; the next one goes without back-off.
+      attempt = 0;
+      return;
     }
+    abandon('the network changed');
     retryNow();
   }
 
@@ -603,7 +611,10 @@
     const epoch = typeof msg.epoch === 'string' ? msg.epoch : '';
     if (epoch !== room.epoch) {
       // The server lost the room's history (a restart): its numbers start again, and the
-      // ones on our lines say nothing about the new ones.
+      // ones on our lines say nothing about the new ones. What was said between our last
+      // line and the loss is gone: a gap, whether or not the server says so (it sends none
+      // when the new history is whole from its first line).
+      if (room.epoch) gapNote(room);
       room.seqs.clear();
       room.seq = 0;
       for (const line of roomLines(room, '.msg[data-seq]')) delete line.dataset.seq;
@@ -631,6 +642,12 @@
     if (!room) return;
     const next = posInt(msg.seq);
     if (next > room.seq + 1) room.seq = next - 1; // nothing before `next` will come
+    gapNote(room);
+  }
+
+  function gapNote(room) {
+    const box = room.name === rooms.shown ? el.log : room.lines;
+    if (box.lastElementChild && box.lastElementChild.classList.contains('gap')) return; // said just now
     note('Some earlier messages are no longer available.', 'gap', room);
   }
 
@@ -1099,7 +1116,7 @@
     }
     // The room shows up once the server answers joined (or an error says why not).
     asked.set(name, 'user');
-    ws.send(JSON.stringify({ join: name }));
+    ws.send(JSON.stringify({ join: name, last: HISTORY }));
   }
 
   function leaveRoom(name) {

@@ -494,6 +494,8 @@ describe('chat page in chromium', () => {
       assert.equal(states.at(-1), 'connected');
       assert.ok(await alice.locator('#chat').isVisible(), 'still in the chat, not sent back to the id form');
       await alice.locator('#log .note', { hasText: 'Reconnected' }).waitFor();
+      // The new server has none of the old one's history (a new epoch): said quietly.
+      await alice.locator('#log .note.gap', { hasText: 'no longer available' }).waitFor();
       await say(alice, 'back again');
       await waitForLine(bob, 'back again');
       assert.deepEqual(alice.problems.filter((m) => !/WebSocket/.test(m)), []);
@@ -1043,6 +1045,21 @@ describe('chat page in chromium', () => {
       await waitForLine(alice, 'bob is back');
       await say(alice, 'private 6', 'bob');
       await waitForLine(bob, 'private 6');
+
+      // The network changed under an open socket (an 'online' with no 'offline' before it, as
+      // a phone moving to another network may give): the page takes the session over on a
+      // new socket rather than wait to learn whether the old one still works.
+      const replaced = () => own.log.filter((l) => /session replaced id=bob/.test(l)).length;
+      assert.equal(replaced(), 1);
+      await bob.evaluate(() => dispatchEvent(new Event('online')));
+      for (let i = 0; i < 100 && replaced() < 2; i++) await sleep(50);
+      assert.equal(replaced(), 2, 'taken over again');
+      await waitForState(bob, 'connected');
+      await say(alice, 'after the switch');
+      await waitForLine(bob, 'after the switch');
+      assert.deepEqual(await logTexts(bob, /^(private \d+|after the switch)$/),
+        [...expected.filter((t) => t.startsWith('private')), 'private 6', 'after the switch'], 'nothing again, nothing lost');
+      assert.equal(await alice.locator('#log .note', { hasText: 'left' }).count(), 0, 'still no leave shown to alice');
       assert.deepEqual(bob.problems.filter((m) => !/WebSocket/.test(m)), []);
       bob.problems.length = 0;
     } finally {
