@@ -975,7 +975,7 @@ describe('chat page in chromium', () => {
     await closeAll();
   });
 
-  it('offline while 20 room and 5 private lines are sent: back online, all 25 once, in order, within 5 s', T, async () => {
+  it('offline while 20 room and 5 private lines are sent: back online, all 25 once, in order, within 5 s', T, async (t) => {
     const own = await startServer(0, ['--resume-grace', '60']);
     const alice = await openPage(browser, own.url);
     const bob = await openPage(browser, own.url);
@@ -1021,6 +1021,7 @@ describe('chat page in chromium', () => {
       await sleep(500); // anything doubled would be in by now
       const took = Date.now() - back;
       assert.deepEqual(await logTexts(bob, /^(room|private) \d+$/), expected, `all 25 once, in order (in ${took} ms)`);
+      t.diagnostic(`all 25 in ${took - 500} ms after setOffline(false)`);
       assert.deepEqual(await logTexts(bob, /^before the blip$/), ['before the blip'], 'nothing earlier again');
       await waitForState(bob, 'connected');
 
@@ -1055,7 +1056,7 @@ describe('chat page in chromium', () => {
       for (let i = 0; i < 100 && replaced() < 2; i++) await sleep(50);
       assert.equal(replaced(), 2, 'taken over again');
       await waitForState(bob, 'connected');
-      await say(alice, 'after the switch');
+      await say(alice, 'after the switch', 'bob');
       await waitForLine(bob, 'after the switch');
       assert.deepEqual(await logTexts(bob, /^(private \d+|after the switch)$/),
         [...expected.filter((t) => t.startsWith('private')), 'private 6', 'after the switch'], 'nothing again, nothing lost');
