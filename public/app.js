@@ -12,6 +12,7 @@
   const MAX_LINES = 1000; // log lines kept
   const STORE_KEY = 'chatloop.id';
   const NEAR_LIMIT = 0.9; // the length counter stands out from this share of max_text on
+  const HISTORY = 50; // lines of a room's history shown on entering it (the lobby on joining)
 
   // The server trims a text with Rust's str::trim (Unicode White_Space) before it checks the
   // length; JS's trim differs (it strips U+FEFF, keeps U+0085), so count what the server counts.
@@ -64,10 +65,19 @@
   let pending = []; // texts sent and not yet answered, oldest first
   // What the welcome said about the server's limits; 0 = not said (an older server).
   let limits = { maxText: 0, rate: 0, burst: 0 };
-  // The latest welcome's resume token: if the server closes us (slow consumer, idle timeout),
-  // it holds our id for a few seconds for whoever presents this, so a reconnect gets it back
-  // at once instead of meeting id_taken until the hold ends. Unknown to the server: ignored.
+  // The latest welcome's resume token. A connection that ends without our close frame (the
+  // network went away, the server closed it) is *lost*, not left: the server holds our id,
+  // our rooms and our private messages for its --resume-grace for whoever presents this, and
+  // a reconnect with it is the same session again, the old connection replaced if the server
+  // still thinks it is open. Each token works once; every welcome brings a new one.
   let resumeToken = '';
+  // Private messages to us are numbered (pseq); a resume says the last one we have, and the
+  // server sends what came after it. Numbers seen, to show each once whatever is resent.
+  let lastPseq = 0;
+  const seenPseq = new Set();
+  // Rooms closed here while offline: a resumed session is still in them on the server, so
+  // the leave goes once we are back. A not_in_room for one of them is no news.
+  const leaving = new Set();
 
   const lower = (s) => String(s).toLowerCase();
   const isMe = (id) => me !== null && lower(id) === lower(me);
@@ -125,7 +135,42 @@
       this.anchor = null;
       this.offset = 0;
       this.newBelow = false; // lines came in below the reader's view ("New lines below")
-      // Issue 15 (history) will keep the room's last seq and epoch here, for the re-join.
+      // History. The server numbers each room's messages (seq) within an epoch, which changes
+      // when it lost the room's history (a restart). A re-join asks for everything after the
+      // last seq we have of that epoch, so a reconnect misses nothing still kept.
+      this.epoch = ''; // '' = not known yet (no joined for it so far, or a server without history)
+      this.seq = 0; // the highest seq we have of this epoch
+      this.seqs = new Set(); // the seqs we have: a replay may resend what came live, and shows once
+      this.answered = false; // a joined came for it: later joins ask for `since` (or plain)
+      this.liveFrom = 0; // the latest joined's seq: lines numbered up to it are replayed history
+      // A joined came on this connection: from then on the server sends every line of the
+      // room in order, so `seq` may follow them. Before it (the lobby's live lines between a
+      // fresh welcome and the join's answer) a line may come ahead of a replay still to come.
+      this.synced = false;
+      this.quietUntil = 0; // lines up to this seq came as history on entering: not unread
+      // History on entering goes above this line (the "You entered" note), newest last.
+      this.historyBefore = null;
+    }
+
+    // The join to send for this room: on entering, its last HISTORY lines; again (after a
+    // reconnect), what came since the last line we have; a server that gave no epoch keeps no
+    // history, so a plain join.
+    joinFrame() {
+      if (this.epoch) return { join: this.name, since: this.seq, epoch: this.epoch };
+      if (this.answered) return { join: this.name };
+      return { join: this.name, last: HISTORY };
+    }
+
+    // A room line's seq: true when it is news (not one we have already).
+    take(seq) {
+      const isNew = !this.seqs.has(seq);
+      this.seqs.add(seq);
+      if (this.synced && seq > this.seq) this.seq = seq;
+      if (this.seqs.size > 4 * MAX_LINES) {
+        // Only recent numbers can come again (a replay starts after this.seq).
+        for (const s of this.seqs) if (s < this.seq - 2 * MAX_LINES) this.seqs.delete(s);
+      }
+      return isNew;
     }
 
     // The whole truth (welcome, joined, users): `list` in the server's order, us included.
@@ -273,7 +318,7 @@
   function wsUrl(id, resume) {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id) +
-      (resume ? '&resume=' + encodeURIComponent(resume) : '');
+      (resume ? '&resume=' + encodeURIComponent(resume) + '&pseq=' + lastPseq : '');
   }
 
   function connect() {
@@ -319,8 +364,12 @@
     ws = null;
     online = false;
     pending = [];
-    // Memberships belong to a connection: the next welcome puts us in the lobby only.
-    for (const room of rooms.list()) room.joined = false;
+    // Memberships belong to a connection: the next welcome puts us in the lobby only (a
+    // resumed one in all our rooms, but quiet until each is asked for again).
+    for (const room of rooms.list()) {
+      room.joined = false;
+      room.synced = false;
+    }
     if (me === null) return; // we left on purpose
 
     if (code === 4400) {
@@ -368,7 +417,8 @@
     const secs = Math.max(1, Math.round(delay / 1000));
     setStatus('reconnecting', idHeld
       ? ['reconnecting: the server still holds “', idNode(me), '”, retrying in ' + secs + ' s']
-      : 'reconnecting in ' + secs + ' s…');
+      : navigator.onLine === false ? 'offline: reconnecting once the network is back…'
+        : 'reconnecting in ' + secs + ' s…');
     retryTimer = setTimeout(() => {
       setStatus('reconnecting', 'reconnecting…');
       connect();
@@ -383,6 +433,45 @@
     }
   }
 
+  // Stops using the current session's socket without closing it. A close frame would tell
+  // the server that we left (our id freed, our rooms left, our private messages no longer
+  // kept); a socket that just goes quiet is *lost*, and the resume token of its welcome
+  // takes the session back on a new one, the old one replaced (4001) if the server still
+  // thinks it is open. Whatever the old socket still delivers is ignored: the new session
+  // replays it, in order, once.
+  // Only a welcomed socket: one still connecting may be welcomed by the server with a token
+  // we have not seen, and left open it would hold our id for good (the browser answers the
+  // server's pings); it is left to finish or fail (CONNECT_TIMEOUT) as it would anyway.
+  function abandon(why) {
+    const sock = ws;
+    if (!sock || !online || me === null) return;
+    sock.onmessage = null;
+    sock.onclose = null;
+    onDrop(sock, 0, why);
+  }
+
+  // The browser says the network went away: the socket may linger for a minute before
+  // anything notices (the server's idle timeout; TCP keeps a dead peer longer), and what it
+  // still delivers may be late. Retries meanwhile fail fast; `online` retries at once.
+  // (navigator.onLine does not gate the retries: some machines say offline with a working
+  // loopback, and a page served from 127.0.0.1 would never come back.)
+  function onOffline() {
+    abandon('the network went away');
+  }
+
+  // The network is back (or changed: a phone moving from Wi-Fi to mobile data). A socket
+  // still open may be one over the old network that nothing will ever reach again: take the
+  // session over on a new one rather than wait to find out.
+  function onOnline() {
+    if (ws && !online) {
+      // A retry begun while offline: it will fail; the next one goes without back-off.
+      attempt = 0;
+      return;
+    }
+    abandon('the network changed');
+    retryNow();
+  }
+
   function stop() {
     clearTimeout(retryTimer);
     clearTimeout(connectTimer);
@@ -394,6 +483,9 @@
     me = null;
     joined = false;
     resumeToken = '';
+    lastPseq = 0;
+    seenPseq.clear();
+    leaving.clear();
     attempt = 0;
     pending = [];
     announce(); // this tab's id is free again
@@ -431,6 +523,8 @@
         return onDirectory(msg);
       case 'message':
         return onMessage(msg);
+      case 'gap':
+        return onGap(msg);
       case 'error':
         return onError(msg);
       default:
@@ -446,6 +540,13 @@
     joined = true;
     if (typeof msg.id === 'string') me = msg.id;
     resumeToken = typeof msg.resume === 'string' ? msg.resume : '';
+    // The same session again, or a new one (first join, or the server no longer held us):
+    // a new one numbers its private messages from 1 again.
+    const resumed = msg.resumed === true;
+    if (!resumed) {
+      lastPseq = 0;
+      seenPseq.clear();
+    }
     remember(me);
     announce();
     limits = { maxText: posInt(msg.max_text), rate: posInt(msg.rate_limit), burst: posInt(msg.burst) };
@@ -453,7 +554,8 @@
     setStatus('connected', ['connected as ', idNode(me)]);
     if (first) {
       showChat();
-      note(['You joined as ', idNode(me), '.'], '', rooms.get(LOBBY));
+      // The lobby's history goes above this line.
+      rooms.get(LOBBY).historyBefore = note(['You joined as ', idNode(me), '.'], '', rooms.get(LOBBY));
     } else if (lostNoted) {
       note('Reconnected.', '', 'all');
     }
@@ -463,11 +565,21 @@
     lobby.setUsers(msg.users, msg.total);
     // A new connection is in the lobby only: enter the other rooms again (a resumed one too:
     // the server restores its rooms but sends them nothing until asked), and send again what
-    // the user asked for just before the drop.
+    // the user asked for just before the drop. The lobby is asked for too: for its history
+    // on the first welcome, for what we missed after a reconnect (after a resume, it is quiet
+    // like the other rooms until then).
     for (const room of rooms.list()) {
-      if (room.name !== LOBBY && asked.get(room.name) !== 'user') asked.set(room.name, 'rejoin');
+      if (asked.get(room.name) !== 'user') asked.set(room.name, 'rejoin');
     }
-    for (const name of asked.keys()) ws.send(JSON.stringify({ join: name }));
+    for (const name of asked.keys()) {
+      const room = rooms.get(name);
+      ws.send(JSON.stringify(room ? room.joinFrame() : { join: name, last: HISTORY }));
+    }
+    if (resumed) {
+      for (const name of leaving) ws.send(JSON.stringify({ leave: name }));
+    } else {
+      leaving.clear(); // a new session is in none of them
+    }
     renderUsers();
     renderRooms();
   }
@@ -488,11 +600,32 @@
     const name = lower(msg.room);
     const how = asked.get(name);
     asked.delete(name);
+    leaving.delete(name);
+    const known = rooms.get(name);
+    // Our join asked for the last lines when we had no joined for the room yet (joinFrame).
+    const wasLast = !known || !known.answered;
     const room = rooms.add(name);
     room.joined = true;
     room.setUsers(msg.users, msg.total);
+    const seq = posInt(msg.seq);
+    const epoch = typeof msg.epoch === 'string' ? msg.epoch : '';
+    if (epoch !== room.epoch) {
+      // The server lost the room's history (a restart): its numbers start again, and the
+      // ones on our lines say nothing about the new ones. What was said between our last
+      // line and the loss is gone: a gap, whether or not the server says so (it sends none
+      // when the new history is whole from its first line).
+      if (room.epoch) gapNote(room);
+      room.seqs.clear();
+      room.seq = 0;
+      for (const line of roomLines(room, '.msg[data-seq]')) delete line.dataset.seq;
+      room.epoch = epoch;
+    }
+    room.answered = true;
+    room.synced = true;
+    room.liveFrom = seq;
+    room.quietUntil = wasLast ? seq : 0;
     if (how === 'user') {
-      note(['You entered ', roomNode(name), '.'], '', room);
+      room.historyBefore = note(['You entered ', roomNode(name), '.'], '', room);
       if (roomName(el.roomName.value) === name) el.roomName.value = '';
       el.roomError.textContent = '';
       switchTo(name);
@@ -501,9 +634,27 @@
     renderRooms();
   }
 
+  // Some of what a re-join asked for is gone (trimmed, or the server lost the room's history
+  // and its epoch changed): said quietly where the missing lines would be. What is still
+  // kept follows.
+  function onGap(msg) {
+    const room = rooms.get(roomOf(msg));
+    if (!room) return;
+    const next = posInt(msg.seq);
+    if (next > room.seq + 1) room.seq = next - 1; // nothing before `next` will come
+    gapNote(room);
+  }
+
+  function gapNote(room) {
+    const box = room.name === rooms.shown ? el.log : room.lines;
+    if (box.lastElementChild && box.lastElementChild.classList.contains('gap')) return; // said just now
+    note('Some earlier messages are no longer available.', 'gap', room);
+  }
+
   function onLeft(msg) {
     // The page drops a room from its list when the user closes it, before this answer.
     if (typeof msg.room !== 'string' || lower(msg.room) === LOBBY) return;
+    leaving.delete(lower(msg.room));
     closeRoom(lower(msg.room));
   }
 
@@ -525,16 +676,34 @@
   function onMessage(msg) {
     if (typeof msg.from !== 'string' || typeof msg.text !== 'string') return;
     const priv = typeof msg.to === 'string';
-    if (isMe(msg.from)) {
+    if (priv) {
+      // Ours come back without a pseq; theirs may come again after a resume.
+      const pseq = posInt(msg.pseq);
+      if (pseq) {
+        if (seenPseq.has(pseq)) return;
+        seenPseq.add(pseq);
+        if (pseq > lastPseq) lastPseq = pseq;
+        if (seenPseq.size > 2 * MAX_LINES) {
+          for (const n of seenPseq) if (n < lastPseq - MAX_LINES) seenPseq.delete(n);
+        }
+      }
+      if (isMe(msg.from)) pending.shift(); // our message came back: it was delivered
+      return onPrivate(msg);
+    }
+    const room = rooms.get(roomOf(msg));
+    const seq = posInt(msg.seq);
+    // Lines numbered up to the latest joined's seq are history we asked for; after them the
+    // server sends the room live.
+    const old = seq > 0 && room !== null && seq <= room.liveFrom;
+    if (room && seq && !room.take(seq)) return; // one we have: a replay of what came live
+    if (isMe(msg.from) && !old) {
       pending.shift(); // our message came back: it was delivered
     }
-    if (priv) return onPrivate(msg);
-    const room = rooms.get(roomOf(msg));
     if (!room) return; // a room closed here a moment ago
     const line = addMessage(msg, false, room);
     // A room line from someone else is unread until it has been seen: shown in the log of
-    // the room on screen while the tab is visible.
-    if (!isMe(msg.from) && !seen(line)) {
+    // the room on screen while the tab is visible. History shown on entering is not news.
+    if (!isMe(msg.from) && !(seq && seq <= room.quietUntil) && !seen(line)) {
       line.dataset.unread = '1';
       room.unread += 1;
       renderRooms();
@@ -566,6 +735,11 @@
     const v = el.log.getBoundingClientRect();
     const h = Math.min(r.bottom, v.bottom) - Math.max(r.top, v.top);
     return h > 0 && (h >= r.height / 2 || h >= v.height / 2);
+  }
+
+  // One room's lines matching `selector`, wherever they are now.
+  function roomLines(room, selector) {
+    return [...(room.name === rooms.shown ? el.log : room.lines).querySelectorAll(selector)];
   }
 
   // Every room's lines matching `selector`: the shown room's in #log, the others' aside.
@@ -656,8 +830,15 @@
     } else if (msg.code === 'recipient_busy') {
       // The recipient's queue is full of private messages right now; later may work.
       text = [to, ' cannot take more private messages right now. Yours was not delivered: try again in a moment.'];
+    } else if (msg.code === 'undelivered') {
+      // Sent (it showed in our log) to someone who was away: they did not come back in time,
+      // or too much was waiting for them. Not the answer to the latest text: nothing to give back.
+      showSendError([to, ' was away and did not come back in time: your private message was not delivered.']);
+      return;
     } else if (msg.code === 'not_in_room') {
       const name = typeof msg.room === 'string' ? lower(msg.room) : '';
+      // The answer to a leave sent after a resume for a room the server had not kept.
+      if (leaving.delete(name)) return;
       text = ['You are not in ', roomNode(name), ' (any more): the message was not sent.'];
     } else if (msg.code === 'too_long') {
       text = tooLong(pending.length ? textLength(pending[0].text) : 0);
@@ -694,16 +875,17 @@
     return el.log.scrollTop > el.log.scrollHeight - el.log.clientHeight - 1;
   }
 
-  function append(node, room) {
+  // Adds `node` to `room`'s log, at the end or before `before` (a line of that log).
+  function append(node, room, before = null) {
     if (room.name !== rooms.shown) {
       // Not on screen: nothing to scroll. The reader finds it below where they left off.
-      room.lines.appendChild(node);
+      room.lines.insertBefore(node, before);
       if (!room.follow) room.newBelow = true;
       trim(room.lines, room, false);
       return;
     }
     const follow = atBottom();
-    el.log.appendChild(node);
+    el.log.insertBefore(node, before);
     trim(el.log, room, !follow);
     if (follow) {
       el.log.scrollTop = el.log.scrollHeight - el.log.clientHeight;
@@ -737,6 +919,28 @@
     return t;
   }
 
+  // Where a new message line goes in `room`'s log: before the returned line, or at the end
+  // (null). Live lines go at the end. History asked for on entering goes above the "You
+  // entered" note. A replay after a reconnect goes where it belongs: before the room's lines
+  // with a higher seq (a fresh session's lobby is live before its replay comes), and before
+  // private lines newer than it (a resumed session's private messages come right after the
+  // welcome, ahead of every room's replay).
+  function placeOf(room, seq, ts) {
+    if (!seq || seq > room.liveFrom) return null;
+    const box = room.name === rooms.shown ? el.log : room.lines;
+    let ref = null;
+    if (seq <= room.quietUntil && room.historyBefore && room.historyBefore.parentNode === box) {
+      ref = room.historyBefore;
+    }
+    for (let prev = ref ? ref.previousElementSibling : box.lastElementChild; prev; prev = prev.previousElementSibling) {
+      const later = prev.dataset.seq ? Number(prev.dataset.seq) > seq
+        : prev.dataset.pm ? Number(prev.dataset.ts) > ts : false;
+      if (!later) break;
+      ref = prev;
+    }
+    return ref;
+  }
+
   function addMessage(msg, priv, room) {
     const line = document.createElement('div');
     line.className = 'line msg';
@@ -744,6 +948,9 @@
     if (isMe(msg.from)) line.classList.add('mine');
     line.dataset.from = msg.from;
     if (priv) line.dataset.to = msg.to;
+    const seq = priv ? 0 : posInt(msg.seq);
+    if (seq) line.dataset.seq = String(seq);
+    line.dataset.ts = String(typeof msg.ts === 'number' ? msg.ts : Date.now());
 
     const who = document.createElement('span');
     who.className = 'who';
@@ -759,7 +966,7 @@
     text.className = 'text';
     text.textContent = msg.text;
     line.append(who, timeOf(msg.ts), text);
-    append(line, room);
+    append(line, room, placeOf(room, seq, Number(line.dataset.ts)));
     return line;
   }
 
@@ -778,6 +985,7 @@
     span.append(...parts(text));
     line.append(span, timeOf());
     append(line, room || rooms.current());
+    return line;
   }
 
   // ---- rooms: on screen ----------------------------------------------------------------
@@ -908,13 +1116,15 @@
     }
     // The room shows up once the server answers joined (or an error says why not).
     asked.set(name, 'user');
-    ws.send(JSON.stringify({ join: name }));
+    ws.send(JSON.stringify({ join: name, last: HISTORY }));
   }
 
   function leaveRoom(name) {
     // Gone from the page at once; the server's left, when it comes, finds nothing to do.
-    // Offline, there is nothing to tell: the reconnect enters only the rooms still listed.
+    // Offline, the server may still hold us in it (the session is resumed on reconnect):
+    // the leave goes then.
     if (ws && online) ws.send(JSON.stringify({ leave: name }));
+    else leaving.add(name);
     closeRoom(name);
     el.message.focus();
   }
@@ -1216,7 +1426,8 @@
     showLogin('');
   });
 
-  window.addEventListener('online', retryNow);
+  window.addEventListener('online', onOnline);
+  window.addEventListener('offline', onOffline);
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible') {
       retryNow();
