@@ -711,8 +711,11 @@ impl Chat {
             Replay::None => next,
             Replay::Last(k) => first.max(next.saturating_sub(*k)),
             Replay::Since { seq, epoch: e } => {
-                let from_seq = if **e == *epoch { seq.saturating_add(1) } else { 1 };
-                if from_seq < first && from_seq < next {
+                // Another epoch: its seqs mean nothing here, so whatever the numbers say, the
+                // client is told (gap) and gets everything kept.
+                let same = **e == *epoch;
+                let from_seq = if same { seq.saturating_add(1) } else { first };
+                if !same || (from_seq < first && from_seq < next) {
                     self.history.counters.gaps += 1;
                     sink.push(token, &protocol::gap(&room, first));
                 }
@@ -1314,6 +1317,17 @@ mod tests {
         say(&mut c, &mut r, 1, "b", r#"{"join":"lobby","since":4,"epoch":"other"}"#);
         c.pump(now(), &mut r);
         assert_eq!(seqs(&mut r), ["joined", "gap3", "m3", "m4", "m5"], "another epoch: everything kept");
+        let mut d = Chat::new(limits(100));
+        join(&mut d, "x", 0, &mut r).unwrap();
+        say(&mut d, &mut r, 0, "x", r#"{"text":"one"}"#);
+        r.take();
+        say(&mut d, &mut r, 0, "x", r#"{"join":"lobby","since":0,"epoch":"notthis1"}"#);
+        d.pump(now(), &mut r);
+        assert_eq!(
+            seqs(&mut r),
+            ["joined", "gap1", "m1"],
+            "a wrong epoch always gets a gap, even with all kept"
+        );
         say(&mut c, &mut r, 1, "b", &format!(r#"{{"join":"lobby","since":5,"epoch":"{epoch}"}}"#));
         c.pump(now(), &mut r);
         assert_eq!(seqs(&mut r), ["joined"], "nothing missed");

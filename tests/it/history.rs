@@ -185,3 +185,19 @@ fn a_grace_that_runs_out_announces_the_leave_and_reports_what_was_not_delivered(
     // And the id is free.
     s.join("victim");
 }
+
+#[test]
+fn another_epoch_always_gets_a_gap_first_even_when_everything_is_kept() {
+    // As after a restart: the client's epoch is not the room's, so its seq means nothing here.
+    let s = Server::start(&[]);
+    let mut a = s.join("alice");
+    for i in 1..=3 {
+        a.send(&json!({"text": format!("m{i}")}));
+    }
+    messages(&mut a, "lobby", 3);
+    a.send(&json!({"join": "lobby", "since": 1, "epoch": "notthis1"}));
+    a.next_of("joined");
+    let got = messages(&mut a, "lobby", 3);
+    assert_eq!((got[0]["type"].as_str(), got[0]["seq"].as_u64()), (Some("gap"), Some(1)), "{got:?}");
+    assert_eq!(seqs(&got), [1, 2, 3]);
+}
