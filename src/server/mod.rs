@@ -43,7 +43,7 @@ const REDIS: Token = Token(usize::MAX - 2);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// After EMFILE/ENFILE, how long to wait before accepting again (unless a socket frees first).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// `compact` runs when the last connection goes, if the slab had grown past this many.
+/// `compact` runs when the last connection goes, if more than this many came since the last.
 const IDLE_COMPACT_ABOVE: usize = 64;
 /// tungstenite's read chunk: small, because it is allocated up front for every session.
 const READ_BUFFER: usize = 256;
@@ -168,8 +168,10 @@ pub struct Server {
     buckets: std::collections::HashMap<String, Bucket>,
     /// When `buckets` and the id holds are next swept.
     next_sweep: Instant,
-    /// When the last compaction ran (at most one a second).
+    /// When the last compaction ran (at most one a second), and how many connections had
+    /// been accepted by then.
     compacted_at: Option<Instant>,
+    compacted_after: u64,
 }
 
 /// The connection table, reserved for `--max-conns` up front. The reservation is address
@@ -259,6 +261,7 @@ impl Server {
             buckets: Default::default(),
             next_sweep: now,
             compacted_at: None,
+            compacted_after: 0,
             cfg,
         })
     }
@@ -353,9 +356,8 @@ impl Server {
             self.cluster_left(&g.id, &g.emptied);
         }
         self.chat.history.expire(now);
-        if !gone.is_empty() {
-            self.compact_if_idle(now);
-        }
+        // The last holds may have gone while a connection was open (a scrape, say).
+        self.compact_if_idle(now);
     }
 
     fn signalled(&mut self, now: Instant) {
@@ -619,10 +621,13 @@ impl Server {
     /// Compacts once the server is idle after a crowd: no connection, and nobody held for a
     /// resume (their tables go when their grace does, see `sweep`). At most once a second.
     fn compact_if_idle(&mut self, now: Instant) {
-        let big = self.net.conns.capacity() > IDLE_COMPACT_ABOVE || self.net.heavy;
+        // Worth it after a crowd (the table is reserved up front, so its size says nothing).
+        let crowd = self.net.stats.accepted - self.compacted_after > IDLE_COMPACT_ABOVE as u64;
+        let big = crowd || self.net.heavy;
         let recently = self.compacted_at.is_some_and(|t| now < t + Duration::from_secs(1));
         if self.net.conns.is_empty() && self.chat.holds.is_empty() && big && !recently {
             self.compacted_at = Some(now);
+            self.compacted_after = self.net.stats.accepted;
             self.compact();
         }
     }
