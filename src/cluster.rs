@@ -263,10 +263,12 @@ pub enum Await {
         from: Rc<str>,
         to: Rc<str>,
     },
-    /// A room message from `from`: if the link fails before Redis answers, other nodes may
-    /// not have it, and the sender is told so.
+    /// A message from `from` to `room`: if the link fails before Redis answers, other nodes
+    /// may not have it, and the sender is told so; Redis's count of receivers says whether a
+    /// node that should have heard it did not (it was reconnecting).
     Room {
         from: Rc<str>,
+        room: Rc<str>,
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
@@ -279,6 +281,8 @@ pub struct Counters {
     pub published: u64,
     pub received: u64,
     pub connects: u64,
+    /// Times the link was given up because Redis did not answer within the timeout.
+    pub stalls: u64,
 }
 
 /// This node's side of the cluster: the link, who else is alive, and what we wait for.
@@ -287,38 +291,47 @@ pub struct Cluster {
     pub node: Rc<str>,
     mine: Vec<u8>,
     ttl: Duration,
-    /// Replies awaited, oldest first.
-    pub waiting: VecDeque<Await>,
+    /// How long Redis may take to answer (`--redis-timeout`).
+    timeout: Duration,
+    /// Replies awaited, oldest first, each with where its command ends in the link's byte
+    /// stream (`Link::end`): if the link fails, that says whether the command went out.
+    waiting: VecDeque<(u64, Await)>,
     /// Other nodes and when we last heard from them.
     nodes: HashMap<Rc<str>, Instant>,
     /// Lowercased ids whose claim is in flight (so a second local claim waits its turn).
     pub claiming: HashSet<String>,
     next_beat: Instant,
-    /// When a reply last arrived, or replies began to be awaited.
+    /// When a reply last arrived, or replies began to be awaited (nothing awaited before).
     progress: Instant,
-    /// Nothing was awaited at the last `stalled` check.
-    idle: bool,
     pub counters: Counters,
 }
 
-/// Redis may take this long (or the TTL, if shorter) to answer before the link is dropped:
-/// joins wait for its answers, so a Redis that hangs without closing must not hold them.
-const STALL: Duration = Duration::from_secs(5);
+/// Whether a command of the link's byte stream went out before the link failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Handed to the socket: Redis may have run it, or may yet (a stopped Redis reads its
+    /// buffered input when it resumes). Unconfirmed, not failed.
+    Written,
+    /// Still queued when the link failed: dropped, never sent.
+    Unwritten,
+}
 
 impl Cluster {
-    pub fn new(url: Url, token: mio::Token, ttl: Duration, now: Instant) -> Cluster {
+    /// `timeout`: Redis may take this long (or the TTL, if shorter) to answer before the link
+    /// is dropped; while nothing is awaited, a PING goes out after that long without a reply.
+    pub fn new(url: Url, token: mio::Token, ttl: Duration, timeout: Duration, now: Instant) -> Cluster {
         let node: Rc<str> = Rc::from(new_node_id());
         Cluster {
             link: Link::new(url, token, now),
             mine: node_channel(&node),
             node,
             ttl,
+            timeout,
             waiting: VecDeque::new(),
             nodes: HashMap::new(),
             claiming: HashSet::new(),
             next_beat: now,
             progress: now,
-            idle: true,
             counters: Counters::default(),
         }
     }
@@ -336,13 +349,61 @@ impl Cluster {
         self.link.is_up()
     }
 
-    /// When the loop must wake for the cluster: a reconnect, the next heartbeat, or the
-    /// moment awaited replies count as stalled.
+    /// How long Redis may take to answer (or to accept a connection) before the link is
+    /// dropped: the timeout, or the TTL if shorter.
+    pub fn limit(&self) -> Duration {
+        self.timeout.min(self.ttl)
+    }
+
+    /// When the loop must wake for the cluster: a reconnect, a connection attempt overdue,
+    /// the next heartbeat, the moment awaited replies count as stalled, or (nothing awaited)
+    /// the next PING. Each of these is at least a timeout apart while Redis is quiet, so an
+    /// idle node wakes about once a timeout, not in a loop.
     pub fn deadline(&self) -> Option<Instant> {
-        let next = self.link.deadline().map_or(self.next_beat, |t| t.min(self.next_beat));
-        // The stall check matters only while replies are awaited: `progress` is stale
-        // otherwise, and waking for it would spin the loop.
-        Some(if self.idle { next } else { next.min(self.progress + STALL.min(self.ttl)) })
+        let limit = self.limit();
+        let mut next = self.link.deadline(limit).map_or(self.next_beat, |t| t.min(self.next_beat));
+        if self.is_up() {
+            let wait = if self.waiting.is_empty() { self.timeout } else { limit };
+            next = next.min(self.progress + wait);
+        }
+        Some(next)
+    }
+
+    /// Whether the link is up, nothing is awaited and nothing has come for a timeout: then a
+    /// PING keeps the link known to be alive (a silent Redis is noticed within two timeouts
+    /// even when nobody sends anything).
+    pub fn ping_due(&self, now: Instant) -> bool {
+        self.is_up() && self.waiting.is_empty() && now.duration_since(self.progress) >= self.timeout
+    }
+
+    pub fn ping(&mut self) {
+        if self.link.send(&[b"PING"]) {
+            self.awaiting(Await::Ignore);
+        } else {
+            self.progress = Instant::now(); // refused (queue full): try again a timeout later
+        }
+    }
+
+    /// Records a reply to wait for, for the command just queued. The stall clock starts when
+    /// replies begin to be awaited, not at the last reply, which may be long ago.
+    fn awaiting(&mut self, then: Await) {
+        if self.waiting.is_empty() {
+            self.progress = Instant::now();
+        }
+        self.waiting.push_back((self.link.end(), then));
+    }
+
+    /// What the reply that just arrived answers (the oldest command awaited).
+    pub fn answered(&mut self, now: Instant) -> Option<Await> {
+        self.progress = now;
+        self.waiting.pop_front().map(|(_, w)| w)
+    }
+
+    /// The link failed: everything still awaited, oldest first, with whether it went out.
+    pub fn take_waiting(&mut self) -> Vec<(Await, Sent)> {
+        let written = self.link.written();
+        let sent = |end: u64| if end <= written { Sent::Written } else { Sent::Unwritten };
+        std::mem::take(&mut self.waiting).into_iter().map(|(end, w)| (w, sent(end))).collect()
     }
 
     /// Whether a heartbeat is due (and schedules the next one).
@@ -382,7 +443,7 @@ impl Cluster {
             return false;
         }
         self.counters.published += 1;
-        self.waiting.push_back(then);
+        self.awaiting(then);
         true
     }
 
@@ -394,7 +455,7 @@ impl Cluster {
             if !self.script(CLAIM, chunk, &ttl_ms) {
                 return false;
             }
-            self.waiting.push_back(then());
+            self.awaiting(then());
         }
         true
     }
@@ -404,7 +465,7 @@ impl Cluster {
         let key = format!("{KEY_PREFIX}{id}");
         let sent = self.script(RELEASE, std::slice::from_ref(&key), "0");
         if sent {
-            self.waiting.push_back(Await::Ignore);
+            self.awaiting(Await::Ignore);
         }
         sent
     }
@@ -418,29 +479,12 @@ impl Cluster {
         self.link.send(&args)
     }
 
-    /// A reply arrived (or nothing is awaited): Redis is keeping up.
-    pub fn progressed(&mut self, now: Instant) {
-        self.progress = now;
-    }
-
-    /// Whether replies are awaited and none has come for too long, or connecting does not
-    /// finish (a black-holed address, a Redis that accepts and never answers `HELLO`).
-    pub fn stalled(&mut self, now: Instant) -> bool {
-        if self.link.connect_overdue(now, STALL.min(self.ttl)) {
-            return true;
-        }
-        if self.waiting.is_empty() || !self.is_up() {
-            self.idle = true;
-            return false;
-        }
-        if self.idle {
-            // Replies are awaited since this turn: the clock starts now, not at the last
-            // reply, which may be long ago.
-            self.idle = false;
-            self.progress = now;
-            return false;
-        }
-        now.duration_since(self.progress) >= STALL.min(self.ttl)
+    /// Whether replies are awaited and none has come within the limit, or connecting does
+    /// not finish (a black-holed address, a Redis that accepts and never answers `HELLO`).
+    pub fn stalled(&self, now: Instant) -> bool {
+        let limit = self.limit();
+        self.link.connect_overdue(now, limit)
+            || (self.is_up() && !self.waiting.is_empty() && now.duration_since(self.progress) >= limit)
     }
 
     /// Notes that `node` is alive; true if we had not heard of it (ask for its roster).
@@ -550,7 +594,7 @@ mod tests {
         assert_eq!(new_node_id().len(), 16);
         let t0 = Instant::now();
         let url = Url::parse("redis://127.0.0.1:1").unwrap();
-        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), t0);
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), t0);
         assert!(c.seen("a", t0), "a new node");
         assert!(!c.seen("a", t0 + Duration::from_secs(2)), "known");
         assert!(c.seen("b", t0));
@@ -563,34 +607,74 @@ mod tests {
     fn heartbeats_come_three_times_per_ttl() {
         let t0 = Instant::now();
         let url = Url::parse("redis://127.0.0.1:1").unwrap();
-        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), t0);
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), t0);
         assert!(c.beat_due(t0));
         assert!(!c.beat_due(t0 + Duration::from_millis(999)));
         assert!(c.beat_due(t0 + Duration::from_secs(1)));
     }
 
     #[test]
-    fn a_stall_is_replies_awaited_and_none_coming() {
+    fn a_stall_is_replies_awaited_and_none_coming_and_an_idle_link_pings() {
         let t0 = Instant::now();
         let url = Url::parse("redis://127.0.0.1:1").unwrap();
-        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), t0);
+        let sec = Duration::from_secs(1);
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), sec, t0);
         assert!(!c.stalled(t0 + Duration::from_secs(60)), "nothing awaited: never stalled");
-        c.waiting.push_back(Await::Ignore);
-        // The link is not up in this test, so waiting alone does not count either...
-        assert!(!c.stalled(t0 + Duration::from_secs(120)));
-        // ...and the clock starts when replies begin to be awaited, not at the last reply.
-        c.progressed(t0);
-        assert_eq!(c.progress, t0);
-        assert!(c.idle);
+        assert!(!c.ping_due(t0 + Duration::from_secs(60)), "a link that is down is not pinged");
+        c.link.pretend_up();
+        // Idle: a PING a timeout after the last reply, and no stall however long it is quiet.
+        let t1 = Instant::now();
+        c.progress = t1;
+        assert!(!c.ping_due(t1 + Duration::from_millis(999)));
+        assert!(!c.stalled(t1 + Duration::from_secs(60)));
+        assert_eq!(c.deadline(), Some((t1 + sec).min(c.next_beat)));
+        c.ping();
+        assert!(!c.ping_due(t1 + Duration::from_secs(5)), "one PING at a time");
+        // Awaited: the clock started when the PING went out, and the limit is the timeout
+        // (shorter than the TTL here).
+        let started = c.progress;
+        assert!(started >= t1);
+        assert!(!c.stalled(started + Duration::from_millis(999)));
+        assert!(c.stalled(started + sec));
+        assert_eq!(c.deadline(), Some((started + sec).min(c.next_beat)));
+        let t2 = started + Duration::from_millis(500);
+        assert!(matches!(c.answered(t2), Some(Await::Ignore)));
+        assert!(!c.stalled(t2 + Duration::from_secs(5)), "answered: idle again");
+        assert!(c.ping_due(t2 + sec));
+    }
+
+    #[test]
+    fn a_failed_link_tells_written_commands_from_dropped_ones() {
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let mut c =
+            Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), Instant::now());
+        c.link.pretend_up();
+        let room = |n: &str| Await::Room { from: Rc::from("alice"), room: Rc::from(n) };
+        assert!(c.publish_awaiting(b"chatloop:room:a", b"M n a\n{}", room("a")));
+        let first = c.link.end();
+        assert!(c.publish_awaiting(b"chatloop:room:b", b"M n b\n{}", room("b")));
+        // The socket took the first command and part of the second.
+        c.link.pretend_written(first + 3);
+        let got: Vec<(String, Sent)> = c
+            .take_waiting()
+            .into_iter()
+            .map(|(w, s)| match w {
+                Await::Room { room, .. } => (room.to_string(), s),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [("a".to_string(), Sent::Written), ("b".to_string(), Sent::Unwritten)]);
+        assert!(c.take_waiting().is_empty());
     }
 
     #[test]
     fn nothing_is_queued_or_awaited_while_the_link_is_down() {
         let url = Url::parse("redis://127.0.0.1:1").unwrap();
-        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), Instant::now());
+        let mut c =
+            Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), Instant::now());
         assert!(!c.publish(ALL, b"H x"));
         assert!(!c.claim(["a"].into_iter(), || Await::Refresh));
         assert!(!c.release("a"));
-        assert!(c.waiting.is_empty());
+        assert!(c.take_waiting().is_empty());
     }
 }

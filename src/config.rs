@@ -38,6 +38,8 @@ pub struct Config {
     pub redis: Option<crate::redis::Url>,
     /// How long an id outlives a node that stopped heartbeating.
     pub redis_ttl: Duration,
+    /// How long Redis may take to answer before the link counts as down.
+    pub redis_timeout: Duration,
     /// SO_REUSEPORT, so that several processes can share `addr`.
     pub reuse_port: bool,
     /// How long a lost connection's user is held for its resume token (see `chat::resume`).
@@ -75,6 +77,7 @@ impl Default for Config {
             flush_interval: Duration::from_millis(5),
             redis: None,
             redis_ttl: Duration::from_secs(15),
+            redis_timeout: Duration::from_secs(1),
             reuse_port: false,
             resume_grace: Duration::from_secs(60),
             history: 100,
@@ -154,6 +157,10 @@ Flags:
                               [default: none, a single process]
   --redis-ttl SECS            an id stays claimed this long after its process stops
                               heartbeating (heartbeats go every third of it) [default: 15]
+  --redis-timeout SECS        no reply from Redis for this long (or the TTL, if shorter)
+                              means the link is down: joins are decided here and unconfirmed
+                              messages reported; an idle link is PINGed this often. A Redis
+                              that pauses longer (a big fork) is treated as down [default: 1]
   --reuse-port                set SO_REUSEPORT, so that several processes (with --redis)
                               can listen on one --addr and share its connections
   --echo                      mount /echo, which sends every message back (for conformance
@@ -210,6 +217,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--reuse-port" => cfg.reuse_port = true,
             "--redis" => cfg.redis = Some(crate::redis::Url::parse(&cli.value()?)?),
             "--redis-ttl" => cfg.redis_ttl = flags::seconds(&flag, &cli.value()?, false, 86_400.0)?,
+            "--redis-timeout" => cfg.redis_timeout = flags::seconds(&flag, &cli.value()?, false, 3_600.0)?,
             "--addr" => {
                 let v = cli.value()?;
                 cfg.addr =
@@ -298,6 +306,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     }
     if cfg.redis_ttl < Duration::from_millis(300) {
         return Err("--redis-ttl: at least 0.3 seconds, or heartbeats cannot keep ids alive".into());
+    }
+    if cfg.redis_timeout < Duration::from_millis(100) {
+        return Err("--redis-timeout: at least 0.1 seconds (an idle link is PINGed that often)".into());
     }
     if !metrics_allow.is_empty() {
         cfg.metrics_allow = metrics_allow;
@@ -432,6 +443,7 @@ mod tests {
             (&["--public", "/nonexistent/chatloop"], "not a directory"),
             (&["--public", "/"], "has no index.html"),
             (&["--log-timestamps", "maybe"], "neither on nor off"),
+            (&["--redis-timeout", "0.01"], "at least 0.1 seconds"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");

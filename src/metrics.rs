@@ -60,7 +60,7 @@ impl Reason {
 }
 
 /// Every error code, in declaration order: `code as usize` indexes `Stats::errors`.
-const CODES: [ErrorCode; 13] = [
+const CODES: [ErrorCode; 14] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -69,6 +69,7 @@ const CODES: [ErrorCode; 13] = [
     ErrorCode::TooLong,
     ErrorCode::RateLimited,
     ErrorCode::ClusterUnavailable,
+    ErrorCode::ClusterUnconfirmed,
     ErrorCode::RecipientBusy,
     ErrorCode::BadRoom,
     ErrorCode::NotInRoom,
@@ -224,6 +225,12 @@ impl Stats {
                 "Successful connections to Redis.",
                 &[("", n.connects)],
             );
+            metric(
+                "cluster_stalls_total",
+                "counter",
+                "Times the Redis link was dropped because Redis did not answer within --redis-timeout.",
+                &[("", n.stalls)],
+            );
         }
         process(&mut o);
         o
@@ -350,6 +357,7 @@ mod tests {
             | ErrorCode::TooLong
             | ErrorCode::RateLimited
             | ErrorCode::ClusterUnavailable
+            | ErrorCode::ClusterUnconfirmed
             | ErrorCode::RecipientBusy
             | ErrorCode::BadRoom
             | ErrorCode::NotInRoom

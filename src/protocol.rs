@@ -141,6 +141,7 @@ pub enum ErrorCode {
     TooLong,
     RateLimited,
     ClusterUnavailable,
+    ClusterUnconfirmed,
     RecipientBusy,
     BadRoom,
     NotInRoom,
@@ -159,6 +160,7 @@ impl ErrorCode {
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::ClusterUnconfirmed => "cluster_unconfirmed",
             ErrorCode::RecipientBusy => "recipient_busy",
             ErrorCode::BadRoom => "bad_room",
             ErrorCode::NotInRoom => "not_in_room",
@@ -182,6 +184,7 @@ impl ErrorCode {
             ErrorCode::ClusterUnavailable => {
                 "the other chat servers cannot be reached right now; users on this server still can"
             }
+            ErrorCode::ClusterUnconfirmed => "the other servers may or may not have this message",
             ErrorCode::RecipientBusy => {
                 "the recipient cannot take messages this fast right now; this one was not delivered"
             }

@@ -108,6 +108,9 @@ pub struct Link {
     warned: bool,
     /// When the current connection attempt started.
     since: Instant,
+    /// Bytes handed to the socket, ever (over every connection): with `end`, tells whether a
+    /// queued command has gone out.
+    written: u64,
 }
 
 impl Link {
@@ -125,6 +128,7 @@ impl Link {
             want_writable: false,
             warned: false,
             since: now,
+            written: 0,
         }
     }
 
@@ -132,11 +136,13 @@ impl Link {
         self.state == State::Up
     }
 
-    /// When the loop must wake for this link (a retry), if ever.
-    pub fn deadline(&self) -> Option<Instant> {
+    /// When the loop must wake for this link: a retry, or the moment a connection attempt
+    /// that has not finished counts as overdue (`limit` after it began).
+    pub fn deadline(&self, limit: Duration) -> Option<Instant> {
         match self.state {
             State::Down(at) => Some(at),
-            _ => None,
+            State::Connecting => Some(self.since + limit),
+            State::Up => None,
         }
     }
 
@@ -147,6 +153,18 @@ impl Link {
 
     pub fn queued(&self) -> usize {
         self.out.len()
+    }
+
+    /// Where the stream of bytes queued for Redis ends now: a command queued just before has
+    /// gone out once `written` reaches this.
+    pub fn end(&self) -> u64 {
+        self.written + self.out.len() as u64
+    }
+
+    /// Bytes handed to the socket so far. When the link fails, its unwritten queue is dropped
+    /// (never sent later), so a command whose `end` is past this never reached Redis.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// Starts a connection if one is due. Failures are reported by `fail`'s back-off.
@@ -211,6 +229,7 @@ impl Link {
                 }
                 Ok(n) => {
                     let _ = self.out.split_to(n);
+                    self.written += n as u64;
                 }
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected =>
@@ -338,6 +357,8 @@ impl Link {
         }
         self.state = State::Down(now + retry);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // What was not written is dropped, not sent on the next connection: its senders are
+        // told it failed (`written` stays, so the caller can tell which commands went out).
         self.out.clear();
         self.inbuf.clear();
         self.handshake = 0;
@@ -352,6 +373,7 @@ impl Link {
             match sock.write(&self.out) {
                 Ok(n) if n > 0 => {
                     let _ = self.out.split_to(n);
+                    self.written += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(1))
@@ -359,6 +381,20 @@ impl Link {
                 _ => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Link {
+    /// As if connected: commands are taken (and stay queued, with no socket to write them).
+    pub fn pretend_up(&mut self) {
+        self.state = State::Up;
+    }
+
+    /// As if the socket had taken `n` bytes of the queue.
+    pub fn pretend_written(&mut self, n: u64) {
+        let _ = self.out.split_to(n as usize);
+        self.written += n;
     }
 }
 

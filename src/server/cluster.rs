@@ -8,10 +8,10 @@ use super::Server;
 use crate::chat::Sink;
 use crate::chat::ids::key;
 use crate::cluster::{
-    ALL, Await, KEY_PREFIX, Msg, channel_room, node_channel, payload, room_channel, roster_fields,
+    ALL, Await, KEY_PREFIX, Msg, Sent, channel_room, node_channel, payload, room_channel, roster_fields,
 };
 use crate::conn::Phase;
-use crate::protocol::{ErrorCode, LOBBY};
+use crate::protocol::{self, ErrorCode, LOBBY};
 use crate::redis::{Input, error_text};
 use bytes::Bytes;
 use log::{debug, info, warn};
@@ -38,23 +38,29 @@ impl Server {
         }
         let Some(c) = &mut self.cluster else { return };
         if c.stalled(now) {
-            c.link.fail(self.poll.registry(), "no reply for too long", now);
+            // Logged by the link, once per outage.
+            let why = format!("no reply within {:?}", c.limit());
+            c.counters.stalls += 1;
+            c.link.fail(self.poll.registry(), &why, now);
             self.cluster_input(Input::Down, now);
         }
         let Some(c) = &mut self.cluster else { return };
         c.link.poll_connect(self.poll.registry(), now);
-        if !c.beat_due(now) {
-            return;
+        if c.beat_due(now) {
+            if c.is_up() {
+                let (users, memberships) = self.chat.local_counts();
+                let beat = payload(&["B", &c.node, &users.to_string(), &memberships.to_string()], None);
+                c.publish(ALL, &beat);
+                c.claim(self.chat.local_keys(), || Await::Refresh);
+            }
+            for node in c.expire(now) {
+                info!("cluster: node {node} silent for {:?}: its users are gone", c.ttl());
+                self.chat.drop_node(&node);
+            }
         }
-        if c.is_up() {
-            let (users, memberships) = self.chat.local_counts();
-            let beat = payload(&["B", &c.node, &users.to_string(), &memberships.to_string()], None);
-            c.publish(ALL, &beat);
-            c.claim(self.chat.local_keys(), || Await::Refresh);
-        }
-        for node in c.expire(now) {
-            info!("cluster: node {node} silent for {:?}: its users are gone", c.ttl());
-            self.chat.drop_node(&node);
+        let Some(c) = &mut self.cluster else { return };
+        if c.ping_due(now) {
+            c.ping();
         }
     }
 
@@ -84,28 +90,28 @@ impl Server {
             }
             Input::Down => {
                 self.chat.cluster_down = true;
-                // Claims in flight are decided locally, as joins are while Redis is away; the
-                // senders of messages that may not have gone out are told (once each).
-                let mut told = std::collections::HashSet::new();
-                for w in std::mem::take(&mut c.waiting) {
+                // Claims in flight are decided locally, as joins are while Redis is away. Each
+                // message Redis did not confirm gets its sender one error: `cluster_unavailable`
+                // if it was still queued (dropped, never sent), `cluster_unconfirmed` if it was
+                // written (Redis may have passed it on, or may yet when it resumes).
+                for (w, sent) in c.take_waiting() {
+                    let code = match sent {
+                        Sent::Written => ErrorCode::ClusterUnconfirmed,
+                        Sent::Unwritten => ErrorCode::ClusterUnavailable,
+                    };
                     match w {
                         Await::Claim { token, generation, id } => {
                             self.cluster_mut().claiming.remove(&key(&id));
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
-                        Await::Private { from, to } => {
-                            self.tell(&from, ErrorCode::ClusterUnavailable, Some(&to))
-                        }
-                        Await::Room { from } if told.insert(Rc::clone(&from)) => {
-                            self.tell(&from, ErrorCode::ClusterUnavailable, None)
-                        }
-                        _ => {}
+                        Await::Private { from, to } => self.tell(&from, code, Some(&to)),
+                        Await::Room { from, room } => self.tell_room(&from, code, &room),
+                        Await::Refresh | Await::Ignore => {}
                     }
                 }
             }
             Input::Reply(frame) => {
-                c.progressed(now);
-                let Some(w) = c.waiting.pop_front() else {
+                let Some(w) = c.answered(now) else {
                     warn!("cluster: a reply nobody asked for: {frame:?}");
                     return;
                 };
@@ -137,7 +143,27 @@ impl Server {
             warn!("cluster: Redis refused a command: {e}");
         }
         match w {
-            Await::Ignore | Await::Room { .. } => {}
+            Await::Ignore => {}
+            Await::Room { from, room } => {
+                // PUBLISH counts the connections it reached: ours (a node with members in a
+                // room hears its channel) and one per other node listening. Only ours, while
+                // we list members of the room elsewhere, means their node did not hear it (it
+                // is reconnecting, or gone): they missed it, and the sender is told so. With
+                // three or more nodes a partial miss goes unnoticed here.
+                let reached = match frame {
+                    BytesFrame::Number { data, .. } => data,
+                    _ => return,
+                };
+                let remote = self
+                    .chat
+                    .rooms
+                    .key(&room)
+                    .map(|k| self.chat.rooms.room(k))
+                    .is_some_and(|r| r.len() > r.local_len());
+                if reached <= 1 && remote {
+                    self.tell_room(&from, ErrorCode::ClusterUnavailable, &room);
+                }
+            }
             Await::Claim { token, generation, id } => {
                 self.cluster_mut().claiming.remove(&key(&id));
                 let verdict = match &frame {
@@ -182,6 +208,18 @@ impl Server {
         if let Some(token) = self.chat.token_of(id) {
             self.net.error(token, code, to);
         }
+    }
+
+    /// Sends local user `id` (if still here) an error about a message it sent to `room`.
+    fn tell_room(&mut self, id: &str, code: ErrorCode, room: &str) {
+        if let Some(token) = self.chat.token_of(id) {
+            self.room_error(token, code, room);
+        }
+    }
+
+    fn room_error(&mut self, token: usize, code: ErrorCode, room: &str) {
+        self.net.push(token, &protocol::room_error(code, room));
+        self.net.stats.error_sent(code);
     }
 
     /// "R node id @room ... id @room ...": everyone here and the rooms they are in.
@@ -380,9 +418,9 @@ impl Server {
     /// with members in `room` hear its channel).
     pub(super) fn cluster_room(&mut self, token: usize, from: &Rc<str>, room: &str, line: &Bytes) {
         let Some(c) = &mut self.cluster else { return };
-        let then = Await::Room { from: Rc::clone(from) };
+        let then = Await::Room { from: Rc::clone(from), room: Rc::from(room) };
         if !c.publish_awaiting(&room_channel(room), &payload(&["M", &c.node, room], Some(line)), then) {
-            self.net.error(token, ErrorCode::ClusterUnavailable, None);
+            self.room_error(token, ErrorCode::ClusterUnavailable, room);
         }
     }
 

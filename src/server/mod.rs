@@ -208,8 +208,10 @@ impl Server {
             .max_frame_size(Some(cfg.max_message));
         let assets = cfg.public.clone().map_or(Assets::Embedded, Assets::Dir);
         let now = Instant::now();
-        let cluster =
-            cfg.redis.clone().map(|url| crate::cluster::Cluster::new(url, REDIS, cfg.redis_ttl, now));
+        let cluster = cfg
+            .redis
+            .clone()
+            .map(|url| crate::cluster::Cluster::new(url, REDIS, cfg.redis_ttl, cfg.redis_timeout, now));
         if let Some(c) = &cluster {
             info!(
                 "cluster: node {} joining through Redis at {}",
