@@ -14,6 +14,15 @@
 #                    its own on loopback (needs redis-server and redis-cli): every room
 #                    message must reach the clients of both nodes; the samples are node A's;
 #                    afterwards Redis must hold no ids (all released) and both nodes live
+#   --chaos          with --cluster: while the load runs, Redis is stopped (SIGSTOP) or
+#                    killed at random moments, for 0.3 to 3 s each time, then continued or
+#                    restarted empty on its port (the log lists each event). chatload runs
+#                    with --faults: every room message must reach every receiver or be
+#                    named in one cluster_unavailable/cluster_unconfirmed error to its
+#                    sender (unreported = 0), and none may arrive twice (duplicates = 0);
+#                    losses so reported are the point, not a failure. The nodes run with
+#                    --redis-ttl 10 (longer than any outage here), and ids released while
+#                    Redis was away must expire within it after the run
 #
 # Output: artifacts/soak-STAMP.csv (t_s,rss_kb,cpu_s,cpu_pct,fds,conns, one row a second),
 # artifacts/soak-STAMP.log (chatload's report and the server's log), and soak-STAMP.png when
@@ -25,7 +34,7 @@
 # 20% + 2 MiB.
 set -euo pipefail
 
-duration=20 conns=500 senders=10 rate=5 churn=20 cluster=0
+duration=20 conns=500 senders=10 rate=5 churn=20 cluster=0 chaos=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 # The value after flag $1, or exit 2 (bad usage) when there is none.
 value() { [ $# -ge 2 ] || { echo "soak.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
@@ -37,6 +46,7 @@ while [ $# -gt 0 ]; do
     --rate) value "$@"; rate=$2; shift 2 ;;
     --churn) value "$@"; churn=$2; shift 2 ;;
     --cluster) cluster=1; shift ;;
+    --chaos) chaos=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -44,6 +54,7 @@ done
 for v in duration conns senders; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || { echo "soak.sh: --$v must be a whole number above 0" >&2; exit 2; }
 done
+[ "$chaos" = 0 ] || [ "$cluster" = 1 ] || { echo "soak.sh: --chaos needs --cluster" >&2; exit 2; }
 for v in rate churn; do
   [[ "${!v}" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "soak.sh: --$v must be a number" >&2; exit 2; }
 done
@@ -55,10 +66,16 @@ csv="artifacts/soak-$stamp.csv"
 log="artifacts/soak-$stamp.log"
 png="artifacts/soak-$stamp.png"
 tmp=$(mktemp -d)
-server_pid="" load_pid="" sampler_pid="" node_b="" redis_pid=""
+server_pid="" load_pid="" sampler_pid="" node_b="" redis_pid="" chaos_pid=""
 cleanup() {
-  for p in $sampler_pid $load_pid $server_pid $node_b $redis_pid; do kill "$p" 2>/dev/null || true; done
-  for p in $sampler_pid $load_pid $server_pid $node_b $redis_pid; do wait "$p" 2>/dev/null || true; done
+  # Under --chaos, the current Redis may be one the chaos loop started (its pid in redis.pid),
+  # and may be stopped: continue it so that it can die.
+  [ -s "$tmp/redis.pid" ] && redis_pid=$(cat "$tmp/redis.pid")
+  for p in $chaos_pid $sampler_pid $load_pid $server_pid $node_b $redis_pid; do
+    kill -CONT "$p" 2>/dev/null || true
+    kill "$p" 2>/dev/null || true
+  done
+  for p in $chaos_pid $sampler_pid $load_pid $server_pid $node_b $redis_pid; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -70,26 +87,65 @@ bin=${CARGO_TARGET_DIR:-target}/release
 
 # With --cluster: a redis-server of our own on a free loopback port, and the nodes' flags.
 node_args=()
+# Starts redis-server on $1 and waits for its PONG; sets redis_pid (and writes it to
+# $tmp/redis.pid); on failure, returns 1 with nothing left running.
+redis_start() {
+  redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" \
+    >>"$tmp/redis.out" 2>&1 &
+  redis_pid=$!
+  for _ in $(seq 40); do
+    redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && { echo "$redis_pid" >"$tmp/redis.pid"; return 0; }
+    kill -0 "$redis_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill "$redis_pid" 2>/dev/null || true
+  wait "$redis_pid" 2>/dev/null || true
+  redis_pid=""
+  return 1
+}
 if [ "$cluster" = 1 ]; then
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
     { echo "soak.sh: --cluster needs redis-server and redis-cli (apt-get install redis-server)" >&2; exit 2; }
   for _ in $(seq 20); do
     redis_port=$((20000 + RANDOM % 20000))
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" \
-      >"$tmp/redis.out" 2>&1 &
-    redis_pid=$!
-    for _ in $(seq 20); do
-      redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
-      sleep 0.05
-    done
-    redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
-    kill "$redis_pid" 2>/dev/null || true
-    wait "$redis_pid" 2>/dev/null || true
-    redis_pid=""
+    redis_start "$redis_port" && break
   done
   [ -n "$redis_pid" ] || { echo "soak.sh: redis-server did not start" >&2; exit 2; }
+  # Killed by the chaos loop, not by us: no job notice for it (cleanup still ends it by pid).
+  [ "$chaos" = 1 ] && disown "$redis_pid"
   node_args=(--reuse-port --redis "redis://127.0.0.1:$redis_port")
+  [ "$chaos" = 1 ] && node_args+=(--redis-ttl 10)
 fi
+
+# --chaos: from 2 s into the load until 3 s before its end, Redis fails after 1 to 3 s: a
+# SIGSTOP, or a SIGKILL, for 0.3 to 3 s; then SIGCONT, or a new (empty) Redis on the same
+# port. Each event goes to $tmp/chaos.log with its time since the load started.
+rand_ms() { echo $(($1 + RANDOM % ($2 - $1 + 1))); }
+chaos_loop() {
+  local t0=$SECONDS end=$((SECONDS + duration)) pid out
+  ms() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+  sleep 2
+  # An event takes at most 6 s; the last one ends 3 s before the load stops sending.
+  while [ $((SECONDS + 6 + 3)) -le "$end" ]; do
+    sleep "$(ms "$(rand_ms 1000 3000)")"
+    out=$(rand_ms 300 3000)
+    pid=$(cat "$tmp/redis.pid")
+    if [ $((RANDOM % 2)) = 0 ]; then
+      echo "t=$((SECONDS - t0))s SIGSTOP Redis (pid $pid) for $(ms "$out") s"
+      kill -STOP "$pid"
+      sleep "$(ms "$out")"
+      kill -CONT "$pid"
+    else
+      echo "t=$((SECONDS - t0))s SIGKILL Redis (pid $pid), restart after $(ms "$out") s"
+      kill -KILL "$pid"
+      wait "$pid" 2>/dev/null || true
+      sleep "$(ms "$out")"
+      for _ in $(seq 10); do redis_start "$redis_port" && break; sleep 0.2; done
+      [ -n "$redis_pid" ] || { echo "t=$((SECONDS - t0))s Redis did not restart on port $redis_port"; return 1; }
+    fi
+  done
+  echo "t=$((SECONDS - t0))s chaos over; Redis pid $(cat "$tmp/redis.pid") running"
+}
 
 # Starts a server on ADDR (rate limit off, so the offered load is what arrives), output to
 # $tmp/NAME.*; waits until it listens; sets started_pid and addr.
@@ -148,14 +204,26 @@ sampler_pid=$!
 
 # The load, for the whole duration; chatload bounds itself (warmup + duration + drain + 30 s)
 # and the timeout bounds it again.
+load_args=()
+[ "$chaos" = 1 ] && load_args=(--faults)
 set +e
 timeout $((duration + 90)) "$bin/chatload" --addr "$addr" --mode room --conns "$conns" --senders "$senders" \
   --rate "$rate" --churn "$churn" --duration "$duration" --warmup 30 --pid "$server_pid" \
-  --id-prefix "soak$$-" >"$tmp/load.out" 2>"$tmp/load.err" &
+  --id-prefix "soak$$-" "${load_args[@]}" >"$tmp/load.out" 2>"$tmp/load.err" &
 load_pid=$!
+if [ "$chaos" = 1 ]; then
+  chaos_loop >"$tmp/chaos.log" 2>&1 &
+  chaos_pid=$!
+fi
 wait "$load_pid"
 load_status=$?
 load_pid=""
+if [ -n "$chaos_pid" ]; then
+  wait "$chaos_pid"
+  chaos_status=$?
+  chaos_pid=""
+  redis_pid=$(cat "$tmp/redis.pid")
+fi
 set -e
 sleep 1.2 # one more sample with the clients gone
 server_alive=1
@@ -167,6 +235,10 @@ sampler_pid=""
 {
   echo "== chatload (exit $load_status)"
   cat "$tmp/load.out" "$tmp/load.err"
+  if [ "$chaos" = 1 ]; then
+    echo "== chaos"
+    cat "$tmp/chaos.log"
+  fi
   echo "== server stderr"
   cat "$tmp/server.err"
 } >"$log"
@@ -178,9 +250,16 @@ failures=()
 if [ -z "$summary" ] || [ "$(get aborted)" != "" ]; then
   failures+=("chatload produced no summary (exit $load_status)")
 else
-  [ "$(get lost)" = 0 ] || failures+=("$(get lost) of $(get expected) expected deliveries lost")
+  if [ "$chaos" = 1 ]; then
+    # Losses are expected; each must have been reported to its sender, and nothing doubled.
+    [ "$(get unreported)" = 0 ] || failures+=("$(get unreported) room messages missed receivers with no error to their sender")
+    [ "$(get overreported)" = 0 ] || failures+=("$(get overreported) cluster_unavailable errors about messages that arrived everywhere")
+    [ "$(get duplicates)" = 0 ] || failures+=("$(get duplicates) deliveries duplicated")
+  else
+    [ "$(get lost)" = 0 ] || failures+=("$(get lost) of $(get expected) expected deliveries lost")
+    [ "$(get reordered)" = 0 ] || failures+=("$(get reordered) deliveries duplicated or out of order")
+  fi
   [ "$(get extra)" = 0 ] || failures+=("$(get extra) deliveries more than expected")
-  [ "$(get reordered)" = 0 ] || failures+=("$(get reordered) deliveries duplicated or out of order")
   [ "$(get unexpected_closes)" = 0 ] || failures+=("$(get unexpected_closes) unexpected closes (codes $(get close_codes))")
   [ "$(get connect_errors)" = 0 ] || failures+=("$(get connect_errors) connect errors")
   [ "$(get close_timeouts)" = 0 ] || failures+=("$(get close_timeouts) closes of ours the server never answered")
@@ -189,7 +268,19 @@ fi
 if [ "$cluster" = 1 ]; then
   kill -0 "$node_b" 2>/dev/null || failures+=("node B died (see $log)")
   # Every client has gone: every id must have been released in Redis (none left to expire).
+  # Under --chaos a release may have been due while Redis was away: such ids expire within
+  # the TTL (10 s), so wait for that long at most.
   ids_left=$(redis-cli -p "$redis_port" --scan --pattern 'chatloop:id:*' | wc -l)
+  if [ "$chaos" = 1 ]; then
+    [ "${chaos_status:-1}" = 0 ] || failures+=("the chaos loop failed (see $log)")
+    for _ in $(seq 44); do
+      [ "$ids_left" = 0 ] && break
+      sleep 0.25
+      ids_left=$(redis-cli -p "$redis_port" --scan --pattern 'chatloop:id:*' | wc -l)
+    done
+    echo "soak: chaos: $(grep -c -e SIGSTOP -e SIGKILL "$tmp/chaos.log" || true) Redis failures:" >&2
+    sed 's/^/soak:   /' "$tmp/chaos.log" >&2
+  fi
   [ "$ids_left" = 0 ] || failures+=("$ids_left ids still claimed in Redis after every client left")
   echo "soak: cluster: ids left in Redis after the run: $ids_left" >&2
   {
@@ -254,6 +345,9 @@ cpu_s=$(get server_cpu_s)
 peak_conns=$(awk -F, 'NR > 1 && $6 > m { m = $6 } END { print m + 0 }' "$csv")
 peak_fds=$(awk -F, 'NR > 1 && $5 > m { m = $5 } END { print m + 0 }' "$csv")
 echo "soak: $(($(wc -l <"$csv") - 1)) samples in $csv; peak connections $peak_conns, peak fds $peak_fds; $rss_note"
+[ "$chaos" = 1 ] && echo "soak: chaos: $(get short) room messages missed receivers; senders told: $(get cluster_unavailable)" \
+  "cluster_unavailable + $(get cluster_unconfirmed) cluster_unconfirmed; unreported $(get unreported)," \
+  "over-reported $(get overreported), duplicates $(get duplicates)"
 echo "soak: sent $(get sent), delivered $(get delivered) of $(get expected), lost $(get lost)," \
   "unexpected closes $(get unexpected_closes), connect errors $(get connect_errors)," \
   "churn $(get churn_completed) cycles, p99 $(get p99_us) us, server CPU ${cpu_s:-?} s"

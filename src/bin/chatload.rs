@@ -142,6 +142,14 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.churn_skipped,
         c.close_timeouts
     );
+    let faults = e.outcomes.as_ref().map(|o| o.tally());
+    if let Some(t) = &faults {
+        println!(
+            "faults: {} room messages missed some receiver; their senders got {} cluster_unavailable and {} \
+             cluster_unconfirmed; unreported {}, over-reported {}, duplicates {}",
+            t.short, t.unavailable, t.unconfirmed, t.unreported, t.overreported, t.duplicates
+        );
+    }
     if let Some(hint) = rate_limit_hint(lost, &c.server_errors, args.rate) {
         println!("{hint}");
     }
@@ -177,9 +185,19 @@ fn run(args: &Args) -> std::io::Result<bool> {
             }
         }
     }
-    let ok = lost == 0
+    // Under --faults, losses and late arrivals are expected: each must have been reported.
+    let delivery_ok = match &faults {
+        Some(t) => t.unreported == 0 && t.overreported == 0 && t.duplicates == 0,
+        None => lost == 0 && c.reordered == 0,
+    };
+    let fault_fields = faults.as_ref().map_or(String::new(), |t| {
+        format!(
+            " short={} cluster_unavailable={} cluster_unconfirmed={} unreported={} overreported={} duplicates={}",
+            t.short, t.unavailable, t.unconfirmed, t.unreported, t.overreported, t.duplicates
+        )
+    });
+    let ok = delivery_ok
         && extra == 0
-        && c.reordered == 0
         && unexpected == 0
         && connect_errors == 0
         && c.close_timeouts == 0
@@ -189,7 +207,7 @@ fn run(args: &Args) -> std::io::Result<bool> {
          reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
          server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
          offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
-         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{server} ok={}",
+         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{server}{fault_fields} ok={}",
         mode_name(args),
         args.conns,
         c.ready,

@@ -71,6 +71,11 @@ Timing:
                          regardless (exit status 3).
 
 Report:
+  --faults               the cluster may fail during the run (room mode): a room message
+                         that misses some receiver must be named in one cluster_unavailable
+                         or cluster_unconfirmed error to its sender (matched by count per
+                         sender); reports unreported= and duplicates= (the exit status
+                         checks those instead of lost and reordered)
   --pid PID              the server's process: report its CPU seconds over the measured
                          window (and per delivery), its RSS before connecting and at the
                          end of the window, and its open descriptors (from /proc);
@@ -123,6 +128,8 @@ pub struct Args {
     pub attack: Option<Attack>,
     /// `--proto raw`: bare text frames, no JSON, no welcome (raw.rs).
     pub raw: bool,
+    /// `--faults`: count each room message's outcome (see outcomes.rs).
+    pub faults: bool,
 }
 
 /// What `--attack` runs; see attack.rs.
@@ -192,6 +199,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut attack: Option<AttackKind> = None;
     let mut attack_target: Option<String> = None;
     let mut raw = false;
+    let mut faults = false;
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
@@ -223,6 +231,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 );
             }
             "--target" => attack_target = Some(cli.value()?),
+            "--faults" => faults = true,
             "--size" => {
                 size = whole(&flag, &cli.value()?)?;
                 if size > 900 {
@@ -375,6 +384,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         pids,
         attack,
         raw,
+        faults,
     })))
 }
 

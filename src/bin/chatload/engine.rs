@@ -12,6 +12,8 @@
 mod churn;
 #[path = "connect.rs"]
 mod connect;
+#[path = "outcomes.rs"]
+mod outcomes;
 #[path = "private.rs"]
 mod private;
 #[path = "raw.rs"]
@@ -155,6 +157,8 @@ pub struct Engine<'a> {
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
     pad: String,
+    /// `--faults`: each room message's outcome.
+    pub outcomes: Option<outcomes::Outcomes>,
 }
 
 impl<'a> Engine<'a> {
@@ -195,6 +199,7 @@ impl<'a> Engine<'a> {
             first_send: None,
             last_delivery: None,
             pad: "x".repeat(args.size),
+            outcomes: args.faults.then(|| outcomes::Outcomes::new(args.conns, args.senders)),
         })
     }
 
@@ -492,6 +497,9 @@ impl<'a> Engine<'a> {
                 let code = field(line, br#""code":""#).unwrap_or(b"?");
                 *self.counts.server_errors.entry(String::from_utf8_lossy(code).into_owned()).or_default() +=
                     1;
+                if let Role::Main(i) = self.conns[t].role {
+                    self.fault_error(i as usize, line);
+                }
             }
         }
     }
@@ -552,12 +560,19 @@ impl<'a> Engine<'a> {
             self.counts.uncounted += 1;
             return;
         }
-        let next = &mut m.next[slot];
-        if seq < *next {
-            self.counts.reordered += 1;
-            return;
+        if let (b'r', Some(o)) = (kind, &mut self.outcomes) {
+            // A message Redis did not confirm may come late: only a second copy is wrong.
+            if !o.delivered(r, sender, seq) {
+                return;
+            }
+        } else {
+            let next = &mut m.next[slot];
+            if seq < *next {
+                self.counts.reordered += 1;
+                return;
+            }
+            *next = seq + 1;
         }
-        *next = seq + 1;
         self.counts.delivered += 1;
         self.last_delivery = Some(now);
         let latency = self.ns(now).saturating_sub(sent_ns);

@@ -24,6 +24,9 @@ impl Engine<'_> {
             return false;
         }
         self.mains[i].room_seq += 1;
+        if let Some(o) = &mut self.outcomes {
+            o.sent(i, seq, self.live_count);
+        }
         self.counts.sent_room += 1;
         self.counts.expected += self.live_count;
         true
