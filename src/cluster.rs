@@ -303,6 +303,8 @@ pub struct Cluster {
     next_beat: Instant,
     /// When a reply last arrived, or replies began to be awaited (nothing awaited before).
     progress: Instant,
+    /// When Redis last sent anything (a reply or a push), or the link came up.
+    heard: Instant,
     pub counters: Counters,
 }
 
@@ -332,6 +334,7 @@ impl Cluster {
             claiming: HashSet::new(),
             next_beat: now,
             progress: now,
+            heard: now,
             counters: Counters::default(),
         }
     }
@@ -399,6 +402,28 @@ impl Cluster {
         self.waiting.pop_front().map(|(_, w)| w)
     }
 
+    /// Redis sent something. True if it had been silent for a whole limit before: long
+    /// enough for another node to have given up its link meanwhile, while Redis still lists
+    /// that dead connection as a subscriber; what Redis runs now from our queue may be
+    /// counted as reaching that node and not reach it (see `unconfirm`).
+    pub fn heard(&mut self, now: Instant) -> bool {
+        let late = now.duration_since(self.heard) >= self.limit();
+        self.heard = now;
+        late
+    }
+
+    /// The room and private messages awaited now, taken over by the caller: their replies
+    /// will be ignored.
+    pub fn unconfirm(&mut self) -> Vec<Await> {
+        let mut out = Vec::new();
+        for (_, w) in self.waiting.iter_mut() {
+            if matches!(w, Await::Room { .. } | Await::Private { .. }) {
+                out.push(std::mem::replace(w, Await::Ignore));
+            }
+        }
+        out
+    }
+
     /// The link failed: everything still awaited, oldest first, with whether it went out.
     pub fn take_waiting(&mut self) -> Vec<(Await, Sent)> {
         let written = self.link.written();
@@ -419,6 +444,7 @@ impl Cluster {
     /// with local members), then say hello so that the others send rosters.
     pub fn subscribed<'a>(&mut self, rooms: impl Iterator<Item = &'a str>) -> bool {
         self.counters.connects += 1;
+        self.heard = Instant::now();
         let mine = self.mine.clone();
         let channels: Vec<Vec<u8>> = rooms.map(room_channel).collect();
         let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", ALL, &mine];
@@ -665,6 +691,25 @@ mod tests {
             .collect();
         assert_eq!(got, [("a".to_string(), Sent::Written), ("b".to_string(), Sent::Unwritten)]);
         assert!(c.take_waiting().is_empty());
+    }
+
+    #[test]
+    fn input_after_a_silence_of_a_whole_limit_unconfirms_what_is_awaited() {
+        let t0 = Instant::now();
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), t0);
+        c.link.pretend_up();
+        c.heard = t0;
+        assert!(!c.heard(t0 + Duration::from_millis(999)));
+        let room = Await::Room { from: Rc::from("alice"), room: Rc::from("lobby") };
+        assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", room));
+        assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", Await::Refresh));
+        assert!(c.heard(t0 + Duration::from_millis(1999)), "silent for 1 s");
+        let taken = c.unconfirm();
+        assert!(matches!(&taken[..], [Await::Room { .. }]), "{taken:?}");
+        // The replies still come, in order, and are ignored.
+        assert!(matches!(c.answered(t0), Some(Await::Ignore)));
+        assert!(matches!(c.answered(t0), Some(Await::Refresh)));
     }
 
     #[test]

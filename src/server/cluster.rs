@@ -38,6 +38,11 @@ impl Server {
         }
         let Some(c) = &mut self.cluster else { return };
         if c.stalled(now) {
+            // Whatever arrived since the turn's events were read counts first.
+            self.redis_ready(now);
+        }
+        let Some(c) = &mut self.cluster else { return };
+        if c.stalled(now) {
             // Logged by the link, once per outage.
             let why = format!("no reply within {:?}", c.limit());
             c.counters.stalls += 1;
@@ -77,6 +82,19 @@ impl Server {
     }
 
     fn cluster_input(&mut self, input: Input, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        if matches!(input, Input::Reply(_) | Input::Message { .. }) && c.heard(now) {
+            // Redis was silent for a whole timeout and is back: another node may have dropped
+            // its link meanwhile, and what Redis now runs from our queue may count that dead
+            // connection as a receiver. What we await can no longer be confirmed.
+            for w in c.unconfirm() {
+                match w {
+                    Await::Private { from, to } => self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to)),
+                    Await::Room { from, room } => self.tell_room(&from, ErrorCode::ClusterUnconfirmed, &room),
+                    _ => {}
+                }
+            }
+        }
         let Some(c) = &mut self.cluster else { return };
         match input {
             Input::Up => {
