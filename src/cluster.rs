@@ -262,6 +262,8 @@ pub enum Await {
     Private {
         from: Rc<str>,
         to: Rc<str>,
+        /// The client's id for the message, for the error about it.
+        cid: Option<Rc<str>>,
     },
     /// A message from `from` to `room`: if the link fails before Redis answers, other nodes
     /// may not have it, and the sender is told so; Redis's count of receivers says whether a
@@ -269,6 +271,7 @@ pub enum Await {
     Room {
         from: Rc<str>,
         room: Rc<str>,
+        cid: Option<Rc<str>>,
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
@@ -675,7 +678,7 @@ mod tests {
         let mut c =
             Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), Instant::now());
         c.link.pretend_up();
-        let room = |n: &str| Await::Room { from: Rc::from("alice"), room: Rc::from(n) };
+        let room = |n: &str| Await::Room { from: Rc::from("alice"), room: Rc::from(n), cid: None };
         assert!(c.publish_awaiting(b"chatloop:room:a", b"M n a\n{}", room("a")));
         let first = c.link.end();
         assert!(c.publish_awaiting(b"chatloop:room:b", b"M n b\n{}", room("b")));
@@ -701,7 +704,7 @@ mod tests {
         c.link.pretend_up();
         c.heard = t0;
         assert!(!c.heard(t0 + Duration::from_millis(999)));
-        let room = Await::Room { from: Rc::from("alice"), room: Rc::from("lobby") };
+        let room = Await::Room { from: Rc::from("alice"), room: Rc::from("lobby"), cid: None };
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", room));
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", Await::Refresh));
         assert!(c.heard(t0 + Duration::from_millis(1999)), "silent for 1 s");

@@ -143,6 +143,9 @@ pub struct Chat {
     limits: Limits,
     /// Users whose connection was lost, in their grace (see `resume`).
     pub holds: Holds,
+    /// The `cid` of the frame `handle` last read, for a caller that reports on it later
+    /// (the cluster, when Redis answers).
+    pub cid: Option<Rc<str>>,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -162,6 +165,7 @@ impl Chat {
             cluster_down: false,
             limits,
             holds: Holds::default(),
+            cid: None,
         }
     }
 
@@ -538,6 +542,7 @@ impl Chat {
         let Some((msg, cid)) = protocol::decode(frame) else {
             return refuse(sink, token, protocol::error(ErrorCode::BadMessage, None), ErrorCode::BadMessage);
         };
+        self.cid = cid.as_deref().map(Rc::from);
         match cid {
             Some(cid) => self.route(token, from, msg, ts, now, &mut Tagged { inner: sink, token, cid: &cid }),
             None => self.route(token, from, msg, ts, now, sink),

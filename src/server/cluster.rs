@@ -89,8 +89,12 @@ impl Server {
             // connection as a receiver. What we await can no longer be confirmed.
             for w in c.unconfirm() {
                 match w {
-                    Await::Private { from, to } => self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to)),
-                    Await::Room { from, room } => self.tell_room(&from, ErrorCode::ClusterUnconfirmed, &room),
+                    Await::Private { from, to, cid } => {
+                        self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to), cid.as_deref())
+                    }
+                    Await::Room { from, room, cid } => {
+                        self.tell_room(&from, ErrorCode::ClusterUnconfirmed, &room, cid.as_deref())
+                    }
                     _ => {}
                 }
             }
@@ -122,8 +126,8 @@ impl Server {
                             self.cluster_mut().claiming.remove(&key(&id));
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
-                        Await::Private { from, to } => self.tell(&from, code, Some(&to)),
-                        Await::Room { from, room } => self.tell_room(&from, code, &room),
+                        Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
+                        Await::Room { from, room, cid } => self.tell_room(&from, code, &room, cid.as_deref()),
                         Await::Refresh | Await::Ignore => {}
                     }
                 }
@@ -162,7 +166,7 @@ impl Server {
         }
         match w {
             Await::Ignore => {}
-            Await::Room { from, room } => {
+            Await::Room { from, room, cid } => {
                 // PUBLISH counts the connections it reached: ours (a node with members in a
                 // room hears its channel) and one per other node listening. Only ours, while
                 // we list members of the room elsewhere, means their node did not hear it (it
@@ -179,7 +183,7 @@ impl Server {
                     .map(|k| self.chat.rooms.room(k))
                     .is_some_and(|r| r.len() > r.local_len());
                 if reached <= 1 && remote {
-                    self.tell_room(&from, ErrorCode::ClusterUnavailable, &room);
+                    self.tell_room(&from, ErrorCode::ClusterUnavailable, &room, cid.as_deref());
                 }
             }
             Await::Claim { token, generation, id } => {
@@ -211,32 +215,41 @@ impl Server {
                     }
                 }
             }
-            Await::Private { from, to } => {
+            Await::Private { from, to, cid } => {
                 // PUBLISH answers with the number of subscribers reached: none means the node
                 // that held the recipient is gone.
                 if matches!(frame, BytesFrame::Number { data: 0, .. }) {
-                    self.tell(&from, ErrorCode::UnknownRecipient, Some(&to));
+                    self.tell(&from, ErrorCode::UnknownRecipient, Some(&to), cid.as_deref());
                 }
             }
         }
     }
 
-    /// Sends local user `id` (if still here) an error about a message it sent.
-    fn tell(&mut self, id: &str, code: ErrorCode, to: Option<&str>) {
+    /// Sends local user `id` (if still here) an error about a message it sent (with the
+    /// client's `cid` for it, if it gave one).
+    fn tell(&mut self, id: &str, code: ErrorCode, to: Option<&str>, cid: Option<&str>) {
         if let Some(token) = self.chat.token_of(id) {
-            self.net.error(token, code, to);
+            self.tagged_error(token, protocol::error(code, to), code, cid);
         }
     }
 
     /// Sends local user `id` (if still here) an error about a message it sent to `room`.
-    fn tell_room(&mut self, id: &str, code: ErrorCode, room: &str) {
+    fn tell_room(&mut self, id: &str, code: ErrorCode, room: &str, cid: Option<&str>) {
         if let Some(token) = self.chat.token_of(id) {
-            self.room_error(token, code, room);
+            self.room_error(token, code, room, cid);
         }
     }
 
-    fn room_error(&mut self, token: usize, code: ErrorCode, room: &str) {
-        self.net.push(token, &protocol::room_error(code, room));
+    fn room_error(&mut self, token: usize, code: ErrorCode, room: &str, cid: Option<&str>) {
+        self.tagged_error(token, protocol::room_error(code, room), code, cid);
+    }
+
+    fn tagged_error(&mut self, token: usize, line: Bytes, code: ErrorCode, cid: Option<&str>) {
+        let line = match cid {
+            Some(cid) => protocol::with_cid(&line, cid),
+            None => line,
+        };
+        self.net.push(token, &line);
         self.net.stats.error_sent(code);
     }
 
@@ -300,9 +313,13 @@ impl Server {
                     self.cluster_mut().publish(&node_channel(node), &e);
                 }
             }
-            Msg::Bounce { to, from } if !to_all => self.tell(from, ErrorCode::UnknownRecipient, Some(to)),
-            Msg::Busy { to, from } if !to_all => self.tell(from, ErrorCode::RecipientBusy, Some(to)),
-            Msg::Undelivered { to, from } if !to_all => self.tell(from, ErrorCode::Undelivered, Some(to)),
+            Msg::Bounce { to, from } if !to_all => {
+                self.tell(from, ErrorCode::UnknownRecipient, Some(to), None)
+            }
+            Msg::Busy { to, from } if !to_all => self.tell(from, ErrorCode::RecipientBusy, Some(to), None),
+            Msg::Undelivered { to, from } if !to_all => {
+                self.tell(from, ErrorCode::Undelivered, Some(to), None)
+            }
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }
@@ -434,11 +451,18 @@ impl Server {
 
     /// A room message already delivered here: publish it for the other nodes (only those
     /// with members in `room` hear its channel).
-    pub(super) fn cluster_room(&mut self, token: usize, from: &Rc<str>, room: &str, line: &Bytes) {
+    pub(super) fn cluster_room(
+        &mut self,
+        token: usize,
+        from: &Rc<str>,
+        room: &str,
+        line: &Bytes,
+        cid: Option<Rc<str>>,
+    ) {
         let Some(c) = &mut self.cluster else { return };
-        let then = Await::Room { from: Rc::clone(from), room: Rc::from(room) };
+        let then = Await::Room { from: Rc::clone(from), room: Rc::from(room), cid: cid.clone() };
         if !c.publish_awaiting(&room_channel(room), &payload(&["M", &c.node, room], Some(line)), then) {
-            self.room_error(token, ErrorCode::ClusterUnavailable, room);
+            self.room_error(token, ErrorCode::ClusterUnavailable, room, cid.as_deref());
         }
     }
 
@@ -450,14 +474,20 @@ impl Server {
         node: &str,
         to: &Rc<str>,
         line: &Bytes,
+        cid: Option<Rc<str>>,
     ) {
         let Some(c) = &mut self.cluster else { return };
         let p = payload(&["P", &c.node, to, from], Some(line));
-        let then = Await::Private { from: Rc::clone(from), to: Rc::clone(to) };
+        let then = Await::Private { from: Rc::clone(from), to: Rc::clone(to), cid: cid.clone() };
         if c.publish_awaiting(&node_channel(node), &p, then) {
-            self.net.push(token, line);
+            let mine = match &cid {
+                Some(cid) => protocol::with_cid(line, cid),
+                None => line.clone(),
+            };
+            self.net.push(token, &mine);
         } else {
-            self.net.error(token, ErrorCode::ClusterUnavailable, Some(to));
+            let code = ErrorCode::ClusterUnavailable;
+            self.tagged_error(token, protocol::error(code, Some(to)), code, cid.as_deref());
         }
     }
 

@@ -89,7 +89,8 @@ impl Server {
                     match self.chat.handle(token, &user, &text, ts, now, &mut self.net) {
                         Outcome::Room { room, line } => {
                             self.net.stats.room_received += 1;
-                            self.cluster_room(token, &user, &room, &line);
+                            let cid = self.chat.cid.take();
+                            self.cluster_room(token, &user, &room, &line, cid);
                         }
                         Outcome::Joined { room, first_local } => {
                             self.cluster_joined(&user, &room, first_local)
@@ -101,7 +102,8 @@ impl Server {
                         Outcome::Private => self.net.stats.private_received += 1,
                         Outcome::Remote { node, to, line } => {
                             self.net.stats.private_received += 1;
-                            self.cluster_private(token, &user, &node, &to, &line);
+                            let cid = self.chat.cid.take();
+                            self.cluster_private(token, &user, &node, &to, &line, cid);
                         }
                         Outcome::Refused(code) => {
                             self.net.stats.error_sent(code);

@@ -336,6 +336,25 @@ fn an_unreachable_redis_leaves_a_working_single_node() {
     a.send(&json!({"to": "c", "text": "hi"}));
     assert_eq!(a.next_of("error")["code"], "cluster_unavailable", "c may be on a node we cannot see");
     assert_eq!(s.metrics()["chatloop_cluster_up"], 0.0);
+    // Each such error names the message it is about, by the client's cid.
+    a.send(&json!({"text": "to everyone", "cid": "r-1"}));
+    let mine = a.next_of("message");
+    assert_eq!(
+        (mine["cid"].as_str(), mine["text"].as_str()),
+        (Some("r-1"), Some("to everyone")),
+        "delivered here"
+    );
+    let e = a.next_of("error");
+    assert_eq!(
+        (e["code"].as_str(), e["room"].as_str(), e["cid"].as_str()),
+        (Some("cluster_unavailable"), Some("lobby"), Some("r-1"))
+    );
+    a.send(&json!({"to": "zed", "text": "hi", "cid": "p-1"}));
+    let e = a.next_of("error");
+    assert_eq!(
+        (e["code"].as_str(), e["to"].as_str(), e["cid"].as_str()),
+        (Some("cluster_unavailable"), Some("zed"), Some("p-1"))
+    );
 }
 
 #[test]
