@@ -2,7 +2,7 @@
 //! `Chat`, echo on `/echo`, and run the close handshake in both directions.
 
 use super::{CLOSE_GRACE, Server, would_block};
-use crate::chat::Outcome;
+use crate::chat::{Outcome, Sink};
 use crate::conn::Phase;
 use crate::metrics::Reason;
 use crate::protocol::ErrorCode;
@@ -82,7 +82,13 @@ impl Server {
                         continue;
                     }
                     if !s.bucket.allow(self.cfg.rate_limit, now) {
-                        self.net.error(token, ErrorCode::RateLimited, None);
+                        // Decoded only to find its cid: a refusal names the message too.
+                        let mut line = crate::protocol::error(ErrorCode::RateLimited, None);
+                        if let Some((_, Some(cid))) = crate::protocol::decode(&text) {
+                            line = crate::protocol::with_cid(&line, &cid);
+                        }
+                        self.net.push(token, &line);
+                        self.net.stats.error_sent(ErrorCode::RateLimited);
                         continue;
                     }
                     let user = Rc::clone(user);

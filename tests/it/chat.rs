@@ -1,6 +1,6 @@
 //! Room and private chat, ids, errors, slow consumers and coalescing.
 
-use crate::util::Server;
+use crate::util::{Server, masked};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -297,4 +297,25 @@ fn a_cid_comes_back_on_the_senders_own_copy_and_on_errors_about_that_message_onl
     );
     a.send(&json!({"text": "x", "cid": ""}));
     assert_eq!(a.next_of("error")["code"], "bad_message", "a cid is 1 to 64 characters");
+}
+
+#[test]
+fn rate_limited_names_the_refused_message_by_its_cid() {
+    let s = Server::start(&["--rate-limit", "1"]);
+    let mut a = s.join("alice");
+    let frames: Vec<u8> = (0..4)
+        .flat_map(|i| {
+            masked(0x1, json!({"text": format!("q{i}"), "cid": format!("c{i}")}).to_string().as_bytes())
+        })
+        .collect();
+    use std::io::Write;
+    a.ws.get_mut().write_all(&frames).unwrap();
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        let l = a.next_line();
+        if l["code"] == "rate_limited" {
+            refused.push(l["cid"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(refused, ["c2", "c3"], "a burst of 2, then each refusal names its message");
 }
