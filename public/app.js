@@ -62,7 +62,16 @@
   let lostNoted = false; // "connection lost" already logged for this outage
   const unread = new Map(); // lowercased id -> private messages from them not yet read
   let privates = 0; // private lines so far: each one's copies in every room's log share a number
-  let pending = []; // texts sent and not yet answered, oldest first
+  // Messages sent, by their client message id (cid): every line the server sends us about a
+  // request carries the request's cid (our own copy, an error about it), so a sent line shows
+  // at once as pending and is settled by the line that names it. Entries are 'pending' (no
+  // answer yet), 'failed' (an error named it before any copy came), 'lost' (the connection
+  // dropped before an answer: it may or may not have arrived) or 'sent' (our copy came; kept
+  // a while, since a cluster error or an undelivered may still name it later).
+  const CID_PREFIX = Math.random().toString(36).slice(2, 10) || 'tab';
+  let cids = 0;
+  const outbox = new Map(); // cid -> { cid, text, to, room, state, lines: [elements] }
+  const KEEP_SENT = 200; // settled entries kept for errors that come later
   // What the welcome said about the server's limits; 0 = not said (an older server).
   let limits = { maxText: 0, rate: 0, burst: 0 };
   // The latest welcome's resume token. A connection that ends without our close frame (the
@@ -363,7 +372,10 @@
     const lived = openedAt ? Date.now() - openedAt : 0;
     ws = null;
     online = false;
-    pending = [];
+    // What was sent and not answered may or may not have reached the server.
+    for (const entry of outbox.values()) {
+      if (entry.state === 'pending') fail(entry, 'lost');
+    }
     // Memberships belong to a connection: the next welcome puts us in the lobby only (a
     // resumed one in all our rooms, but quiet until each is asked for again).
     for (const room of rooms.list()) {
@@ -487,7 +499,7 @@
     seenPseq.clear();
     leaving.clear();
     attempt = 0;
-    pending = [];
+    outbox.clear();
     announce(); // this tab's id is free again
     setStatus('offline', 'offline');
   }
@@ -687,8 +699,10 @@
           for (const n of seenPseq) if (n < lastPseq - MAX_LINES) seenPseq.delete(n);
         }
       }
-      if (isMe(msg.from)) pending.shift(); // our message came back: it was delivered
-      return onPrivate(msg);
+      const entry = isMe(msg.from) ? ownEntry(msg) : null;
+      const copies = onPrivate(msg);
+      if (entry) settle(entry, copies);
+      return;
     }
     const room = rooms.get(roomOf(msg));
     const seq = posInt(msg.seq);
@@ -696,11 +710,15 @@
     // server sends the room live.
     const old = seq > 0 && room !== null && seq <= room.liveFrom;
     if (room && seq && !room.take(seq)) return; // one we have: a replay of what came live
-    if (isMe(msg.from) && !old) {
-      pending.shift(); // our message came back: it was delivered
+    // Our own copy settles the line shown as pending. A replay has no cid: it may be one that
+    // was pending when the connection dropped, and so did arrive after all.
+    const entry = !isMe(msg.from) ? null : old ? lostEntry(roomOf(msg), msg.text) : ownEntry(msg);
+    if (!room) {
+      if (entry) outbox.delete(entry.cid); // a room closed here a moment ago
+      return;
     }
-    if (!room) return; // a room closed here a moment ago
     const line = addMessage(msg, false, room);
+    if (entry) settle(entry, [line]);
     // A room line from someone else is unread until it has been seen: shown in the log of
     // the room on screen while the tab is visible. History shown on entering is not news.
     if (!isMe(msg.from) && !(seq && seq <= room.quietUntil) && !seen(line)) {
@@ -725,6 +743,7 @@
       unread.set(k, (unread.get(k) || 0) + 1);
       renderUsers();
     }
+    return copies;
   }
 
   function seen(line) {
@@ -799,7 +818,7 @@
   }
 
   // bad_room and too_many_rooms answer a join (ours always sends valid names to rooms we are
-  // in, so a text does not get them); they go next to the room field, and leave `pending`
+  // in, so a text does not get them); they go next to the room field, and leave the outbox
   // alone, which holds texts.
   function onRoomError(msg) {
     const name = lower(msg.room);
@@ -818,11 +837,18 @@
     showRoomError(why);
   }
 
+  // Errors about a message: with its cid, the line it names fails; an older server (or a
+  // line the server sends without one) names none, and then the oldest pending message it
+  // can be about is taken, since the server answers a connection's messages in order.
+  const ABOUT_A_MESSAGE = new Set(['too_long', 'empty', 'bad_message', 'not_in_room', 'unknown_recipient',
+    'recipient_busy', 'rate_limited', 'cluster_unavailable', 'cluster_unconfirmed', 'undelivered']);
+
   function onError(msg) {
     if (msg.code === 'bad_id' || msg.code === 'id_taken') return; // the close code says it
     if ((msg.code === 'bad_room' || msg.code === 'too_many_rooms') && typeof msg.room === 'string') {
       return onRoomError(msg);
     }
+    const entry = ABOUT_A_MESSAGE.has(msg.code) ? errorEntry(msg) : null;
     const to = typeof msg.to === 'string' ? idNode(msg.to) : 'That user';
     let text;
     if (msg.code === 'unknown_recipient') {
@@ -832,37 +858,90 @@
       text = [to, ' cannot take more private messages right now. Yours was not delivered: try again in a moment.'];
     } else if (msg.code === 'undelivered') {
       // Sent (it showed in our log) to someone who was away: they did not come back in time,
-      // or too much was waiting for them. Not the answer to the latest text: nothing to give back.
-      showSendError([to, ' was away and did not come back in time: your private message was not delivered.']);
-      return;
+      // or too much was waiting for them.
+      text = [to, ' was away and did not come back in time: your private message was not delivered.'];
     } else if (msg.code === 'not_in_room') {
       const name = typeof msg.room === 'string' ? lower(msg.room) : '';
       // The answer to a leave sent after a resume for a room the server had not kept.
-      if (leaving.delete(name)) return;
+      if (!entry && leaving.delete(name)) return;
       text = ['You are not in ', roomNode(name), ' (any more): the message was not sent.'];
+      rejoin(name);
     } else if (msg.code === 'too_long') {
-      text = tooLong(pending.length ? textLength(pending[0].text) : 0);
+      text = tooLong(entry ? textLength(entry.text) : 0);
     } else if (msg.code === 'rate_limited') {
       text = rateLimited();
+    } else if (msg.code === 'cluster_unconfirmed') {
+      // Written to the other servers' link, never confirmed: nobody can say.
+      text = 'The other chat servers did not confirm this message: it may or may not have arrived.';
     } else if (msg.code === 'cluster_unavailable') {
       // A cluster node lost touch with the others: a private message did not go out, a
       // room message reached only the people on this server.
-      if (typeof msg.to !== 'string') {
-        // The room message itself was delivered (and echoed): nothing to give back.
-        showSendError('The other chat servers cannot be reached right now: only people on this server got that.');
-        return;
-      }
-      text = ['The server cannot reach ', to, ' right now. The message was not sent.'];
+      text = typeof msg.to === 'string'
+        ? ['The server cannot reach ', to, ' right now. The message was not sent.']
+        : 'The other chat servers cannot be reached right now: only people on this server got that.';
     } else {
       text = ERRORS[msg.code] || (typeof msg.message === 'string' ? msg.message : 'Error: ' + msg.code);
     }
     showSendError(text);
-    // The refused text is ours again: put it back if the field is free, so it can be resent.
-    const lost = pending.shift();
-    if (lost && lost.text && !el.message.value && msg.code !== 'empty') {
-      el.message.value = lost.text;
+    if (!entry) return;
+    fail(entry, msg.code, text);
+    // A text over the limit fails again however often it is sent: it goes back to the field
+    // (if that is free) to be shortened. Every other failed line has its Retry button.
+    if (msg.code === 'too_long' && !el.message.value) {
+      el.message.value = entry.text;
       renderCounter();
     }
+  }
+
+  // The sent message an error is about, or null.
+  function errorEntry(msg) {
+    if (typeof msg.cid === 'string') return outbox.get(msg.cid) || null;
+    // No cid. undelivered comes long after the copy, and a room's cluster_unavailable after
+    // it too (the local members got it): neither answers a pending message.
+    if (msg.code === 'undelivered' || (msg.code === 'cluster_unavailable' && typeof msg.to !== 'string')) return null;
+    const to = typeof msg.to === 'string' ? lower(msg.to) : null;
+    const room = msg.code === 'not_in_room' && typeof msg.room === 'string' ? lower(msg.room) : null;
+    for (const entry of outbox.values()) {
+      if (entry.state !== 'pending') continue;
+      if (to !== null && lower(entry.to) !== to) continue;
+      if (room !== null && (entry.to || entry.room !== room)) continue;
+      return entry;
+    }
+    return null;
+  }
+
+  // The pending message our own copy `msg` answers, or null: by cid, else (an older server)
+  // the oldest pending one to the same place with the same text.
+  function ownEntry(msg) {
+    if (typeof msg.cid === 'string') {
+      const entry = outbox.get(msg.cid);
+      return entry && entry.state !== 'sent' ? entry : null;
+    }
+    const priv = typeof msg.to === 'string';
+    for (const entry of outbox.values()) {
+      if (entry.state !== 'pending' || serverTrim(entry.text) !== msg.text) continue;
+      if (priv ? lower(entry.to) === lower(msg.to) : !entry.to && entry.room === roomOf(msg)) return entry;
+    }
+    return null;
+  }
+
+  // A message to `room` lost in a dropped connection whose text a replay brings back from us.
+  function lostEntry(room, text) {
+    for (const entry of outbox.values()) {
+      if (entry.state === 'lost' && !entry.to && entry.room === room && serverTrim(entry.text) === text) return entry;
+    }
+    return null;
+  }
+
+  // The server's room name was refused with not_in_room while the page shows it: the
+  // server no longer has us there (or never had, after a reconnect). Enter it again quietly,
+  // so that a Retry works once it is answered.
+  function rejoin(name) {
+    const room = rooms.get(name);
+    if (!room || leaving.has(name) || asked.has(name) || !ws || !online) return;
+    room.joined = false;
+    asked.set(name, 'rejoin');
+    ws.send(JSON.stringify(room.joinFrame()));
   }
 
   // ---- the log -------------------------------------------------------------------------
@@ -875,8 +954,12 @@
     return el.log.scrollTop > el.log.scrollHeight - el.log.clientHeight - 1;
   }
 
-  // Adds `node` to `room`'s log, at the end or before `before` (a line of that log).
-  function append(node, room, before = null) {
+  // Adds `node` to `room`'s log, at the end or before `before` (a line of that log). The
+  // end is above our messages still pending, which stay at the bottom until answered (the
+  // server puts them after whatever reaches us meanwhile); `last` puts a pending one there.
+  function append(node, room, before = null, last = false) {
+    const box = room.name === rooms.shown ? el.log : room.lines;
+    if (!before && !last) before = box.querySelector(':scope > .out.pending');
     if (room.name !== rooms.shown) {
       // Not on screen: nothing to scroll. The reader finds it below where they left off.
       room.lines.insertBefore(node, before);
@@ -933,8 +1016,11 @@
       ref = room.historyBefore;
     }
     for (let prev = ref ? ref.previousElementSibling : box.lastElementChild; prev; prev = prev.previousElementSibling) {
-      const later = prev.dataset.seq ? Number(prev.dataset.seq) > seq
-        : prev.dataset.pm ? Number(prev.dataset.ts) > ts : false;
+      // Our pending messages are newer than anything the server sent; a failed one is as
+      // old as when it was sent.
+      const later = prev.classList.contains('pending') ? true
+        : prev.dataset.seq ? Number(prev.dataset.seq) > seq
+          : prev.dataset.pm || prev.classList.contains('out') ? Number(prev.dataset.ts) > ts : false;
       if (!later) break;
       ref = prev;
     }
@@ -1264,27 +1350,36 @@
       showSendError('Type something first.');
       return;
     }
+    if (sendText(text, el.to.value, rooms.current())) {
+      el.message.value = '';
+      renderCounter();
+    }
+  }
+
+  // Sends `text` to `to` (an id) or, with none, to `room`, and shows it as pending. False,
+  // with the reason next to the input, when it cannot go now (the text stays where it is).
+  function sendText(text, to, room) {
     if (!ws || !online || ws.readyState !== WebSocket.OPEN) {
       // Nothing is queued: say so, and leave the text in the field to send once connected.
       showSendError('Not connected: this message cannot be sent until the connection is back. It stays in the field.');
-      return;
+      return false;
     }
     const length = textLength(text);
     if (limits.maxText && length > limits.maxText) {
       showSendError(tooLong(length));
-      return;
+      return false;
     }
-    const to = el.to.value;
-    const room = rooms.current();
     if (!to && !room.joined) {
       // After a reconnect, until the server answers the re-join, it would say not_in_room.
       showSendError(['Entering ', roomNode(room.name), ' again after the reconnect: send it in a moment. It stays in the field.']);
-      return;
+      return false;
     }
+    cids += 1;
+    const cid = CID_PREFIX + '-' + cids;
     // The lobby's texts go without a room, as before rooms: the server sends them to the
     // lobby, and a server from before rooms takes them too.
-    const frame = JSON.stringify(to ? { to: to, text: text }
-      : room.name === LOBBY ? { text: text } : { room: room.name, text: text });
+    const frame = JSON.stringify(to ? { to: to, text: text, cid: cid }
+      : room.name === LOBBY ? { text: text, cid: cid } : { room: room.name, text: text, cid: cid });
     // A server that states max_text guarantees that any text within it fits its frame limit
     // (--max-message is derived from --max-text for the worst encoding, and a smaller one is
     // refused at start-up). An older server does not: stay under its old default there.
@@ -1292,14 +1387,144 @@
     if (!limits.maxText && bytes > MAX_FRAME) {
       showSendError('That message is too long to send: ' + bytes + ' bytes once encoded, and the server takes ' +
         MAX_FRAME + '. It was not sent.');
-      return;
+      return false;
     }
     ws.send(frame);
-    pending.push({ text: text, to: to });
-    el.message.value = '';
-    renderCounter();
+    const entry = { cid: cid, text: text, to: to, room: room.name, state: 'pending', lines: [] };
+    outbox.set(cid, entry);
+    const line = outLine(entry);
+    entry.lines = [line];
+    append(line, room, null, true);
     clearTimeout(errorTimer);
     el.sendError.textContent = '';
+    return true;
+  }
+
+  // The line of a message not (yet) confirmed: like the one the server will send, greyed,
+  // with its state in words.
+  function outLine(entry) {
+    const line = document.createElement('div');
+    line.className = 'line out mine pending' + (entry.to ? ' private' : '');
+    line.dataset.cid = entry.cid;
+    line.dataset.ts = String(Date.now());
+    const who = document.createElement('span');
+    who.className = 'who';
+    if (entry.to) {
+      const tag = document.createElement('span');
+      tag.className = 'tag';
+      tag.textContent = 'private';
+      who.append(tag, idNode(me), ' → ', idNode(entry.to));
+    } else {
+      who.append(idNode(me));
+    }
+    const text = document.createElement('span');
+    text.className = 'text';
+    text.textContent = serverTrim(entry.text);
+    const outcome = document.createElement('span');
+    outcome.className = 'outcome';
+    const state = document.createElement('span');
+    state.className = 'state';
+    state.textContent = 'sending…';
+    outcome.append(state);
+    line.append(who, timeOf(), text, outcome);
+    return line;
+  }
+
+  // Our own copy came: the pending (or lost) line gives way to `lines`, the server's.
+  function settle(entry, lines) {
+    for (const line of entry.lines) if (line.classList.contains('out')) line.remove();
+    entry.state = 'sent';
+    entry.lines = lines;
+    // Kept a while: a cluster error or an undelivered may still name it.
+    outbox.delete(entry.cid);
+    outbox.set(entry.cid, entry);
+    let settled = 0;
+    for (const e of outbox.values()) if (e.state === 'sent') settled += 1;
+    for (const [cid, e] of outbox) {
+      if (settled <= KEEP_SENT) break;
+      if (e.state === 'sent') {
+        outbox.delete(cid);
+        settled -= 1;
+      }
+    }
+  }
+
+  // Errors whose message may go through if sent again as it is.
+  const RETRYABLE = new Set(['lost', 'not_in_room', 'unknown_recipient', 'recipient_busy', 'rate_limited',
+    'cluster_unavailable', 'cluster_unconfirmed', 'undelivered']);
+
+  // An error names `entry` (or the connection dropped before its answer: 'lost'): its line
+  // says why, with a Retry button where sending it again can help. A line already confirmed
+  // (a cluster error or an undelivered that came after our copy) keeps its place and says it.
+  function fail(entry, code, why) {
+    const maybe = code === 'lost' || code === 'cluster_unconfirmed';
+    if (code === 'lost') {
+      why = 'The connection dropped before the server confirmed this message: it may or may not have arrived.';
+    }
+    if (entry.state !== 'sent') entry.state = code === 'lost' ? 'lost' : 'failed';
+    entry.code = code;
+    for (const line of entry.lines) {
+      line.classList.remove('pending');
+      line.classList.add('failed');
+      line.classList.toggle('unsure', maybe);
+      for (const old of line.querySelectorAll(':scope > .outcome')) old.remove();
+      const outcome = document.createElement('span');
+      outcome.className = 'outcome';
+      const state = document.createElement('span');
+      state.className = 'state';
+      state.id = 'state-' + entry.cid + '-' + Math.random().toString(36).slice(2, 8);
+      const label = document.createElement('strong');
+      label.textContent = maybe ? 'Not confirmed: ' : entry.state === 'sent' ? 'Not delivered: ' : 'Not sent: ';
+      state.append(label, ...parts(why).map((p) => (typeof p === 'string' ? p : p.cloneNode(true))));
+      outcome.append(state);
+      line.append(outcome);
+      if (RETRYABLE.has(code)) {
+        // "Retry", not "Retry message" or "Send again": those would contain the names of
+        // the Message field and the Send button. Which message: its line describes it.
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'retry';
+        b.dataset.cid = entry.cid;
+        b.textContent = 'Retry';
+        const text = line.querySelector(':scope > .text');
+        if (text) {
+          text.id = state.id + '-text';
+          b.setAttribute('aria-describedby', text.id + ' ' + state.id);
+        }
+        outcome.append(b);
+      }
+    }
+    // Out of the pending group at the bottom: later lines go below it now.
+    for (const line of entry.lines) {
+      if (!line.classList.contains('out') || !line.parentNode) continue;
+      const box = line.parentNode;
+      const firstPending = box.querySelector(':scope > .out.pending');
+      if (firstPending && line.compareDocumentPosition(firstPending) & Node.DOCUMENT_POSITION_PRECEDING) {
+        box.insertBefore(line, firstPending);
+      }
+    }
+  }
+
+  // The Retry button of a failed line: the same text again, with a new cid, to the same
+  // room or person. The failed line goes (a confirmed one stays, and says it was sent again).
+  function retry(cid) {
+    const entry = outbox.get(cid);
+    if (!entry) return;
+    const room = rooms.get(entry.room);
+    if (!entry.to && !room) return; // its room was closed (its log with it)
+    if (!sendText(entry.text, entry.to, room || rooms.current())) return;
+    outbox.delete(cid);
+    for (const line of entry.lines) {
+      if (line.classList.contains('out')) {
+        line.remove();
+        continue;
+      }
+      line.classList.remove('failed');
+      for (const b of line.querySelectorAll('.retry')) b.remove();
+      const state = line.querySelector(':scope > .outcome > .state');
+      if (state) state.append(' Sent again below.');
+    }
+    el.message.focus();
   }
 
   // ---- screens -------------------------------------------------------------------------
@@ -1334,6 +1559,7 @@
     el.roomError.textContent = '';
     el.to.value = '';
     el.message.value = '';
+    outbox.clear();
     limits = { maxText: 0, rate: 0, burst: 0 };
     renderCounter();
     el.sendError.textContent = '';
@@ -1404,6 +1630,11 @@
 
   el.id.addEventListener('input', () => {
     prefilled = '';
+  });
+
+  el.log.addEventListener('click', (ev) => {
+    const b = ev.target.closest('button.retry');
+    if (b) retry(b.dataset.cid);
   });
 
   el.log.addEventListener('scroll', () => {

@@ -76,10 +76,53 @@ async function fakeChat(p, welcome = {}, reply = echo) {
   return fake;
 }
 
-/** What the server does with a good message: echo it to the sender, stamped. */
+/** What the server does with a good message: echo it to the sender, stamped, with its cid. */
 function echo(frame, ws, id) {
   const to = typeof frame.to === 'string' ? { to: frame.to } : {};
-  ws.send(JSON.stringify({ type: 'message', from: id, ...to, text: frame.text.trim(), ts: Date.now() }));
+  ws.send(JSON.stringify({ type: 'message', ...cidOf(frame), from: id, ...to, text: frame.text.trim(), ts: Date.now() }));
+}
+
+/** The frame's cid as a field to spread into a line for its sender ({} without one). */
+const cidOf = (frame) => (typeof frame.cid === 'string' ? { cid: frame.cid } : {});
+
+/** An error line about `frame`, carrying its cid as the server's do. */
+function errorFor(frame, code, extra = {}) {
+  return JSON.stringify({ type: 'error', ...cidOf(frame), code, ...extra, message: code });
+}
+
+/**
+ * Passes page `p`'s chat socket through to the real server, line by line, so that a test can
+ * hold lines back or drop some. `toPage(line, send)` decides about each line the server sends
+ * (default: pass it on); proxy.lines has every one, proxy.server sends to the server as the page.
+ */
+async function proxyChat(p, toPage = (line, send) => send(line)) {
+  const proxy = { server: null, lines: [] };
+  await p.routeWebSocket(/\/ws\?/, (ws) => {
+    const server = ws.connectToServer();
+    proxy.server = server;
+    ws.onMessage((m) => server.send(m));
+    server.onMessage((m) => {
+      for (const line of String(m).split('\n').filter(Boolean)) {
+        proxy.lines.push(JSON.parse(line));
+        toPage(line, (l) => {
+          try {
+            ws.send(l);
+          } catch {
+            // the page's socket is gone
+          }
+        });
+      }
+    });
+  });
+  return proxy;
+}
+
+/** The log's lines of page `p` now, as [kind, text], kind 'msg', 'pending', 'failed' or 'note'. */
+function logLines(p) {
+  return p.$$eval('#log .line', (ls) => ls.map((l) => [
+    l.classList.contains('pending') ? 'pending' : l.classList.contains('out') ? 'failed' : l.classList.contains('msg') ? 'msg' : 'note',
+    l.querySelector('.text').textContent,
+  ]));
 }
 
 /**
@@ -114,10 +157,10 @@ function fakeRooms({ perUser = 32, refuse = [] } = {}) {
     if (members.size === 0 && r !== 'lobby') hub.rooms.delete(r);
     for (const m of members) push(m, { type: 'leave', room: r, id });
   };
-  hub.say = (r, from, text) => {
-    for (const m of hub.rooms.get(r)) push(m, { type: 'message', room: r, from, text, ts: Date.now() });
+  hub.say = (r, from, text, cid = {}) => {
+    for (const m of hub.rooms.get(r)) push(m, { type: 'message', ...(m === from ? cid : {}), room: r, from, text, ts: Date.now() });
   };
-  const error = (id, code, room) => push(id, { type: 'error', code, room, message: code });
+  const error = (id, code, room, cid = {}) => push(id, { type: 'error', ...cid, code, room, message: code });
   function handle(id, f) {
     if (typeof f.join === 'string') {
       const r = f.join.toLowerCase();
@@ -137,13 +180,13 @@ function fakeRooms({ perUser = 32, refuse = [] } = {}) {
     }
     if (typeof f.to === 'string') {
       const line = { type: 'message', from: id, to: f.to, text: f.text.trim(), ts: Date.now() };
-      if (!hub.conns.has(f.to)) return push(id, { type: 'error', code: 'unknown_recipient', to: f.to, message: 'no' });
+      if (!hub.conns.has(f.to)) return push(id, { type: 'error', ...cidOf(f), code: 'unknown_recipient', to: f.to, message: 'no' });
       push(f.to, line);
-      return push(id, line);
+      return push(id, { ...line, ...cidOf(f) });
     }
     const r = f.room ?? 'lobby';
-    if (!hub.rooms.get(r)?.has(id)) return error(id, 'not_in_room', r);
-    hub.say(r, id, f.text.trim());
+    if (!hub.rooms.get(r)?.has(id)) return error(id, 'not_in_room', r, cidOf(f));
+    hub.say(r, id, f.text.trim(), cidOf(f));
   }
   /** Routes page `p`'s chat socket to this hub. */
   hub.attach = (p) => p.routeWebSocket(/\/ws\?/, (ws) => {
@@ -330,7 +373,7 @@ describe('chat page in chromium', () => {
     await closeAll();
   });
 
-  it('server errors show next to the input, not in the log', T, async () => {
+  it('server errors show next to the input and on the failed line, not as a chat line', T, async () => {
     const alice = await page();
     await join(alice, 'alice');
     const bob = await page();
@@ -343,8 +386,13 @@ describe('chat page in chromium', () => {
     assert.equal(await alice.getByLabel('To').inputValue(), 'bob');
     await say(alice, 'are you there?', null);
     await alice.locator('#send-error', { hasText: 'bob is not online' }).waitFor();
-    assert.equal(await alice.locator('#log', { hasText: 'are you there?' }).count(), 0);
-    assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), 'are you there?', 'refused text is given back');
+    assert.equal(await alice.locator('#log .msg', { hasText: 'are you there?' }).count(), 0, 'no chat line for it');
+    // The refused text stays in the log, failed, with its reason and a Retry button; the field
+    // is left free (Retry sends it again).
+    const failed = alice.locator('#log .out.failed', { hasText: 'are you there?' });
+    assert.match(await failed.locator('.state').textContent(), /^Not sent: bob is not online/);
+    await failed.getByRole('button', { name: 'Retry', exact: true }).waitFor();
+    assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), '');
     assert.equal(await alice.locator('#send-error').getAttribute('aria-live'), 'polite');
 
     // Over --max-text (1000), which the welcome states: refused before sending, the limit named.
@@ -734,8 +782,8 @@ describe('chat page in chromium', () => {
   it('counts and limits the text by the welcome\'s max_text, in code points', T, async () => {
     const p = await page();
     const fake = await fakeChat(p, { max_text: 10, rate_limit: 20, burst: 40 }, (frame, ws, id) => {
-      if (frame.text === 'toolong') ws.send(JSON.stringify({ type: 'error', code: 'too_long', message: 'text too long' }));
-      else if (frame.text === 'fast') ws.send(JSON.stringify({ type: 'error', code: 'rate_limited', message: 'slow down' }));
+      if (frame.text === 'toolong') ws.send(errorFor(frame, 'too_long'));
+      else if (frame.text === 'fast') ws.send(errorFor(frame, 'rate_limited'));
       else echo(frame, ws, id);
     });
     await join(p, 'alice');
@@ -836,7 +884,7 @@ describe('chat page in chromium', () => {
     const p = await page();
     const fake = await fakeChat(p, { users: ['alice', 'bob'], total: 2 }, (frame, ws, id) => {
       if (frame.to === 'carol') {
-        ws.send(JSON.stringify({ type: 'error', code: 'recipient_busy', to: 'carol', message: 'carol is busy' }));
+        ws.send(errorFor(frame, 'recipient_busy', { to: 'carol' }));
       } else if (frame.to === 'dave') {
         // Kept for dave while he was away, and he did not come back in time: later, undelivered.
         echo(frame, ws, id);
@@ -860,8 +908,10 @@ describe('chat page in chromium', () => {
     await error.filter({ hasText: 'not delivered' }).waitFor();
     assert.match(await error.textContent(), /^carol cannot take more private messages right now/);
     assert.equal(await error.locator('.id').textContent(), 'carol', 'the id in the id face');
-    assert.equal(await p.getByLabel('Message', { exact: true }).inputValue(), 'hi carol', 'the text is given back');
     assert.equal(await p.locator('#log .msg').count(), 0, 'no chat line for it');
+    const failed = p.locator('#log .out.failed', { hasText: 'hi carol' });
+    assert.match(await failed.locator('.state').textContent(), /^Not sent: carol cannot take more/);
+    await failed.getByRole('button', { name: 'Retry', exact: true }).waitFor();
 
     // undelivered comes later, about a line that was sent: said next to the input, naming
     // who; the field is left alone.
@@ -872,6 +922,200 @@ describe('chat page in chromium', () => {
     assert.match(await error.textContent(), /^dave was away and did not come back in time: your private message was not delivered/);
     assert.equal(await error.locator('.id').textContent(), 'dave');
     assert.equal(await p.getByLabel('Message', { exact: true }).inputValue(), 'half typed');
+    await closeAll();
+  });
+
+  it('a sent message shows at once as pending, and its own copy (matched by cid) takes its place', T, async () => {
+    const alice = await page();
+    const bob = await page();
+    const sent = sentFrames(alice);
+    // The real server; alice's lines are held back 1.5 s on their way to her page, so that
+    // her message stays pending for a while and bob's line, sent first, reaches her meanwhile.
+    let delay = 0;
+    const proxy = await proxyChat(alice, (line, send) => (delay ? setTimeout(() => send(line), delay) : send(line)));
+    await join(alice, 'alice');
+    await join(bob, 'bob');
+    await waitForOnline(alice, 'bob');
+    delay = 1500;
+    await say(bob, 'from bob, first');
+    await say(alice, '  from alice, second ');
+    const pending = alice.locator('#log .out.pending', { hasText: 'from alice, second' });
+    await pending.waitFor({ timeout: 1000 });
+    assert.equal(await pending.locator('.state').textContent(), 'sending…', 'pending says so in words');
+    assert.equal(await pending.locator('.text').textContent(), 'from alice, second', 'trimmed, as the server will show it');
+    assert.equal(await alice.locator('#log .msg', { hasText: 'from alice' }).count(), 0, 'no confirmed line yet');
+    assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), '', 'the field is free at once');
+    const greyed = await pending.locator('.text').evaluate((n) => Number(getComputedStyle(n).opacity));
+    assert.ok(greyed < 1, `greyed (opacity ${greyed})`);
+
+    // bob's line came first on the server: it goes above the pending one, which stays at the bottom.
+    await waitForLine(alice, 'from bob, first');
+    assert.deepEqual((await logLines(alice)).slice(-2), [['msg', 'from bob, first'], ['pending', 'from alice, second']]);
+
+    // Her own copy comes, with the cid she sent: the pending line becomes the normal one, once.
+    await waitForLine(alice, 'from alice, second');
+    assert.deepEqual((await logLines(alice)).slice(-2), [['msg', 'from bob, first'], ['msg', 'from alice, second']]);
+    assert.equal(await alice.locator('#log .out').count(), 0, 'no pending line left');
+    const frame = sent.find((f) => f.text === '  from alice, second ');
+    assert.ok(typeof frame?.cid === 'string' && frame.cid.length >= 1 && frame.cid.length <= 64, `a cid: ${JSON.stringify(frame)}`);
+    const copy = proxy.lines.find((l) => l.type === 'message' && l.text === 'from alice, second');
+    assert.equal(copy.cid, frame.cid, 'the server echoed it on her copy');
+    const other = sent.find((f) => f.text === '  from alice, second ' && f !== frame);
+    assert.equal(other, undefined, 'sent once');
+    // Every message gets a cid of its own.
+    delay = 0;
+    await say(alice, 'third');
+    await waitForLine(alice, 'third');
+    const cids = sent.filter((f) => typeof f.text === 'string').map((f) => f.cid);
+    assert.equal(new Set(cids).size, cids.length, `distinct cids: ${cids}`);
+    assert.equal(await bob.locator('#log .msg', { hasText: 'from alice, second' }).count(), 1);
+    await closeAll();
+  });
+
+  it('a message the real server refuses fails on its line (not_in_room: Retry works once back in; too_long: back to the field)', T, async () => {
+    const alice = await page();
+    const sent = sentFrames(alice);
+    // The real server, with two changes on the way to the page: the welcome does not state
+    // max_text (as an older server's would not), so the server's own too_long can be
+    // provoked; and the test can make the server drop alice from a room behind the page's
+    // back (its `left` answer is not passed on), so that her next line there is not_in_room.
+    let swallowLeft = false;
+    const proxy = await proxyChat(alice, (line, send) => {
+      const m = JSON.parse(line);
+      if (m.type === 'welcome') {
+        delete m.max_text;
+        return send(JSON.stringify(m));
+      }
+      if (m.type === 'left' && swallowLeft) return;
+      send(line);
+    });
+    await join(alice, 'alice');
+
+    // too_long from the server: sending it again as it is cannot help, so no Retry; the text
+    // goes back to the field to be shortened.
+    const long = 'y'.repeat(1200);
+    await say(alice, long);
+    const tooLong = alice.locator('#log .out.failed', { hasText: long });
+    await tooLong.waitFor();
+    assert.match(await tooLong.locator('.state').textContent(), /^Not sent: That message is too long/);
+    assert.equal(await tooLong.getByRole('button').count(), 0, 'no Retry for a text over the limit');
+    assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), long, 'given back to be shortened');
+    assert.ok(proxy.lines.some((l) => l.code === 'too_long' && l.cid === sent.find((f) => f.text === long).cid), 'the server named its cid');
+    await alice.getByLabel('Message', { exact: true }).fill('');
+
+    await enterRoom(alice, 'dev');
+    await waitForShown(alice, '#dev');
+    swallowLeft = true;
+    proxy.server.send(JSON.stringify({ leave: 'dev' }));
+    for (let i = 0; i < 100 && !proxy.lines.some((l) => l.type === 'left'); i++) await sleep(20);
+    await say(alice, 'anyone in dev?');
+    const failed = alice.locator('#log .out.failed', { hasText: 'anyone in dev?' });
+    await failed.waitFor();
+    assert.match(await failed.locator('.state').textContent(), /^Not sent: You are not in #dev/);
+    const first = sent.find((f) => f.text === 'anyone in dev?');
+    assert.ok(proxy.lines.some((l) => l.code === 'not_in_room' && l.cid === first.cid), 'the server named its cid');
+    assert.equal(sent.filter((f) => f.join === 'dev').length, 2, 'the page entered the room it shows again');
+    assert.equal(await alice.getByLabel('Message', { exact: true }).inputValue(), '', 'not given back: the line has Retry');
+    // The page enters the room it shows again; then Retry sends the same text, with a new cid.
+    for (let i = 0; i < 200 && proxy.lines.filter((l) => l.type === 'joined' && l.room === 'dev').length < 2; i++) await sleep(20);
+    await failed.getByRole('button', { name: 'Retry', exact: true }).click();
+    await waitForLine(alice, 'anyone in dev?');
+    const again = sent.filter((f) => f.text === 'anyone in dev?');
+    assert.equal(again.length, 2, 'sent twice in all');
+    assert.equal(again[1].room, 'dev', 'to the same room');
+    assert.notEqual(again[1].cid, again[0].cid, 'with a new cid');
+    assert.equal(await alice.locator('#log .out').count(), 0, 'the failed line gave way to the sent one');
+    assert.equal(await alice.locator('#log .msg', { hasText: 'anyone in dev?' }).count(), 1);
+    assert.equal(await alice.evaluate(() => document.activeElement.id), 'message', 'focus back in the field');
+    await closeAll();
+  });
+
+  it('cluster_unavailable and cluster_unconfirmed name their message: each fails on its own line, with Retry', T, async () => {
+    const p = await page();
+    // A faked cluster node: private messages to bob go nowhere (cluster_unavailable) until
+    // bob is reachable; room messages reach this node (their copy comes) and then may be
+    // reported unconfirmed; "hold" messages are answered later, in the order the test says.
+    let bobReachable = false;
+    const held = [];
+    const fake = await fakeChat(p, { users: ['alice', 'bob'], total: 2 }, (frame, ws, id) => {
+      if (frame.to === 'bob' && !bobReachable) return ws.send(errorFor(frame, 'cluster_unavailable', { to: 'bob' }));
+      if (frame.text.startsWith('hold')) return held.push(frame);
+      echo(frame, ws, id);
+      if (frame.text === 'maybe arrived') ws.send(errorFor(frame, 'cluster_unconfirmed', { room: 'lobby' }));
+    });
+    await join(p, 'alice');
+
+    // A private message refused at once: failed, with the error's text and Retry.
+    await say(p, 'hello bob', 'bob');
+    const failed = p.locator('#log .out.failed', { hasText: 'hello bob' });
+    await failed.waitFor();
+    assert.match(await failed.locator('.state').textContent(), /^Not sent: The server cannot reach bob right now/);
+
+    // A room message whose copy came, then cluster_unconfirmed: it stays a chat line, and
+    // says it may or may not have arrived, with Retry.
+    await say(p, 'maybe arrived', '');
+    const unsure = p.locator('#log .msg', { hasText: 'maybe arrived' }).first();
+    await p.locator('#log .msg.failed', { hasText: 'maybe arrived' }).waitFor();
+    assert.match(await unsure.locator('.state').textContent(), /may or may not have arrived/);
+    await unsure.getByRole('button', { name: 'Retry', exact: true }).waitFor();
+
+    // Two pending at once, answered out of order: the cid decides which one failed.
+    await say(p, 'hold one', null);
+    await say(p, 'hold two', null);
+    await p.locator('#log .out.pending').nth(1).waitFor();
+    const [one, two] = held.splice(0);
+    fake.ws.send(errorFor(two, 'cluster_unconfirmed', { room: 'lobby' }));
+    echo(one, fake.ws, 'alice');
+    await waitForLine(p, 'hold one');
+    const twoLine = p.locator('#log .out.failed', { hasText: 'hold two' });
+    await twoLine.waitFor();
+    assert.match(await twoLine.locator('.state').textContent(), /^Not confirmed: .*may or may not have arrived/);
+    assert.equal(await p.locator('#log .out', { hasText: 'hold one' }).count(), 0, 'hold one is sent, not failed');
+
+    // No accessible name contains another with Retry buttons showing (several are equal:
+    // each is described by its own line, and only the shown room's lines are named).
+    const names = await axNames(p);
+    assert.ok(names.includes('Retry'), names.join(' | '));
+    assertNoNameContainsAnother([...new Set(names)], 'chat with failed lines');
+
+    // Retry: the same text to the same person, a new cid; bob is reachable now.
+    bobReachable = true;
+    const before = fake.frames.filter((f) => f.text === 'hello bob');
+    await failed.getByRole('button', { name: 'Retry', exact: true }).click();
+    await waitForLine(p, 'hello bob');
+    const after = fake.frames.filter((f) => f.text === 'hello bob');
+    assert.equal(after.length, before.length + 1);
+    assert.equal(after.at(-1).to, 'bob', 'to the same person, whoever is picked now');
+    assert.notEqual(after.at(-1).cid, before[0].cid, 'a new cid');
+    assert.equal(await p.locator('#log .out', { hasText: 'hello bob' }).count(), 0);
+    // Retry on a line that did arrive here: it stays, and says it was sent again.
+    await unsure.getByRole('button', { name: 'Retry', exact: true }).click();
+    await p.locator('#log .msg', { hasText: 'maybe arrived' }).nth(1).waitFor();
+    assert.match(await unsure.textContent(), /Sent again below/);
+    assert.equal(await unsure.getByRole('button').count(), 0, 'its Retry is gone');
+    await closeAll();
+  });
+
+  it('a message pending when the connection drops says it may or may not have arrived, and can be retried', T, async () => {
+    const p = await page();
+    let silent = true;
+    const fake = await fakeChat(p, {}, (frame, ws, id) => {
+      if (!silent) echo(frame, ws, id);
+    });
+    await join(p, 'alice');
+    await say(p, 'into the void');
+    await p.locator('#log .out.pending', { hasText: 'into the void' }).waitFor();
+    const first = fake.ws;
+    first.close({ code: 1001, reason: 'going away' });
+    const lost = p.locator('#log .out.failed', { hasText: 'into the void' });
+    await lost.waitFor();
+    assert.match(await lost.locator('.state').textContent(), /^Not confirmed: The connection dropped .*may or may not have arrived/);
+    await waitForState(p, 'connected');
+    for (let i = 0; i < 200 && fake.ws === first; i++) await sleep(20);
+    silent = false;
+    await lost.getByRole('button', { name: 'Retry', exact: true }).click();
+    await waitForLine(p, 'into the void');
+    assert.equal(await p.locator('#log .out').count(), 0);
     await closeAll();
   });
 
