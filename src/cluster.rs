@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 pub const ALL: &[u8] = b"chatloop:all";
 const NODE_PREFIX: &str = "chatloop:node:";
 const ROOM_PREFIX: &str = "chatloop:room:";
+const ROOM_SEQ_PREFIX: &str = "chatloop:seq:";
+const ROOM_EPOCH_PREFIX: &str = "chatloop:epoch:";
 pub const KEY_PREFIX: &str = "chatloop:id:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
@@ -38,6 +40,17 @@ if v == false or v == ARGV[1] then redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) 
 else bad[#bad + 1] = k end end \
 return bad";
 
+/// Numbers a room message and publishes it, in one round trip: the room's epoch (set from
+/// ARGV[5] if the room has none yet: a Redis that lost its data starts a new epoch), the
+/// next seq, the line with that seq spliced between ARGV[3] and ARGV[4], published on ARGV[1]
+/// behind the header ARGV[2] and the epoch. Returns {seq, epoch, receivers}.
+/// KEYS: the room's seq counter and its epoch.
+pub const NUMBER: &[u8] = b"local e = redis.call('GET', KEYS[2]) \
+if not e then e = ARGV[5]; redis.call('SET', KEYS[2], e) end \
+local s = redis.call('INCR', KEYS[1]) \
+local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. e .. '\\n' .. ARGV[3] .. s .. ARGV[4]) \
+return {s, e, n}";
+
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
 if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end end \
@@ -46,10 +59,12 @@ return 0";
 /// A message between nodes. `&str` fields borrow the payload.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg<'a> {
-    /// A message to `room` from `node`; `line` is the client JSON line.
+    /// A message to `room` from `node`, numbered by Redis in the room's `epoch`; `line` is
+    /// the client JSON line (carrying its `seq`).
     Room {
         node: &'a str,
         room: &'a str,
+        epoch: &'a str,
         line: Bytes,
     },
     /// `id` on `node` joined `room`.
@@ -160,7 +175,7 @@ impl<'a> Msg<'a> {
         let kind = f.next()?;
         let node = f.next()?;
         let msg = match (kind, body) {
-            ("M", Some(line)) => Msg::Room { node, room: f.next()?, line },
+            ("M", Some(line)) => Msg::Room { node, room: f.next()?, epoch: f.next()?, line },
             ("J", None) => Msg::Join { node, id: f.next()? },
             ("L", None) => Msg::Leave { node, id: f.next()? },
             ("j", None) => Msg::RoomJoin { node, id: f.next()?, room: f.next()? },
@@ -214,6 +229,30 @@ pub fn node_channel(node: &str) -> Vec<u8> {
     format!("{NODE_PREFIX}{node}").into_bytes()
 }
 
+/// What a room message waiting to be numbered by Redis needs for its local delivery.
+#[derive(Debug)]
+pub struct Numbered {
+    /// The sender's connection.
+    pub token: usize,
+    /// The line with seq 0 (see `protocol::with_seq`).
+    pub template: Bytes,
+}
+
+/// A room message line around its `"seq":0`: what comes before the number and after it.
+pub fn split_seq(template: &[u8]) -> Option<(&[u8], &[u8])> {
+    const SEQ0: &[u8] = b"\"seq\":0,";
+    let at = template.windows(SEQ0.len()).position(|w| w == SEQ0)?;
+    Some((&template[..at + SEQ0.len() - 2], &template[at + SEQ0.len() - 1..]))
+}
+
+/// The seq of a numbered room message line (`"seq":N` after its room).
+pub fn line_seq(line: &[u8]) -> Option<u64> {
+    const SEQ: &[u8] = b"\"seq\":";
+    let at = line.windows(SEQ.len()).position(|w| w == SEQ)? + SEQ.len();
+    let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
+}
+
 /// The channel of room `room`'s messages.
 pub fn room_channel(room: &str) -> Vec<u8> {
     format!("{ROOM_PREFIX}{room}").into_bytes()
@@ -265,13 +304,15 @@ pub enum Await {
         /// The client's id for the message, for the error about it.
         cid: Option<Rc<str>>,
     },
-    /// A message from `from` to `room`: if the link fails before Redis answers, other nodes
+    /// A message from `from` to `room`, with (`number`) the line to deliver here once Redis
+    /// has numbered it: if the link fails before Redis answers, other nodes
     /// may not have it, and the sender is told so; Redis's count of receivers says whether a
     /// node that should have heard it did not (it was reconnecting).
     Room {
         from: Rc<str>,
         room: Rc<str>,
         cid: Option<Rc<str>>,
+        number: Option<Box<Numbered>>,
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
@@ -463,6 +504,32 @@ impl Cluster {
     }
 
     /// Publishes to a channel; false if the link is down or full.
+    /// Has Redis number a message of `room` from this node and publish it (see `NUMBER`):
+    /// `template` is its line with seq 0; the reply carries the seq. False if the link refused.
+    pub fn number(&mut self, room: &str, template: &[u8], epoch: &str, then: Await) -> bool {
+        let Some((prefix, suffix)) = split_seq(template) else { return false };
+        let header = format!("M {} {room}", self.node);
+        let (seq_key, epoch_key) = (format!("{ROOM_SEQ_PREFIX}{room}"), format!("{ROOM_EPOCH_PREFIX}{room}"));
+        let args: [&[u8]; 10] = [
+            b"EVAL",
+            NUMBER,
+            b"2",
+            seq_key.as_bytes(),
+            epoch_key.as_bytes(),
+            &room_channel(room),
+            header.as_bytes(),
+            prefix,
+            suffix,
+            epoch.as_bytes(),
+        ];
+        if !self.link.send(&args) {
+            return false;
+        }
+        self.counters.published += 1;
+        self.awaiting(then);
+        true
+    }
+
     pub fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {
         self.publish_awaiting(channel, payload, Await::Ignore)
     }
@@ -568,9 +635,19 @@ mod tests {
     #[test]
     fn every_message_round_trips_and_junk_is_refused() {
         let line = r#"{"type":"message","from":"a","text":"x y\nz","ts":1}"#;
-        let p = payload(&["M", "n1", "lobby"], Some(line.as_bytes()));
+        let p = payload(&["M", "n1", "lobby", "Ep0ch123"], Some(line.as_bytes()));
         let b = Bytes::from(p);
-        assert_eq!(Msg::parse(&b), Some(Msg::Room { node: "n1", room: "lobby", line: Bytes::from(line) }));
+        assert_eq!(
+            Msg::parse(&b),
+            Some(Msg::Room { node: "n1", room: "lobby", epoch: "Ep0ch123", line: Bytes::from(line) })
+        );
+        let template = br#"{"type":"message","room":"dev","seq":0,"from":"a","text":"seq":0,"ts":1}"#;
+        let (pre, post) = split_seq(template).unwrap();
+        assert_eq!(
+            (pre, post),
+            (&br#"{"type":"message","room":"dev","seq":"#[..], &br#","from":"a","text":"seq":0,"ts":1}"#[..])
+        );
+        assert_eq!(line_seq(&[pre, b"42", post].concat()), Some(42));
         assert_eq!(parse("j n1 alice dev"), Some(Msg::RoomJoin { node: "n1", id: "alice", room: "dev" }));
         assert_eq!(parse("l n1 alice dev"), Some(Msg::RoomLeave { node: "n1", id: "alice", room: "dev" }));
         assert_eq!(parse("J n1 alice"), Some(Msg::Join { node: "n1", id: "alice" }));
@@ -678,7 +755,8 @@ mod tests {
         let mut c =
             Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), Instant::now());
         c.link.pretend_up();
-        let room = |n: &str| Await::Room { from: Rc::from("alice"), room: Rc::from(n), cid: None };
+        let room =
+            |n: &str| Await::Room { from: Rc::from("alice"), room: Rc::from(n), cid: None, number: None };
         assert!(c.publish_awaiting(b"chatloop:room:a", b"M n a\n{}", room("a")));
         let first = c.link.end();
         assert!(c.publish_awaiting(b"chatloop:room:b", b"M n b\n{}", room("b")));
@@ -704,7 +782,7 @@ mod tests {
         c.link.pretend_up();
         c.heard = t0;
         assert!(!c.heard(t0 + Duration::from_millis(999)));
-        let room = Await::Room { from: Rc::from("alice"), room: Rc::from("lobby"), cid: None };
+        let room = Await::Room { from: Rc::from("alice"), room: Rc::from("lobby"), cid: None, number: None };
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", room));
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", Await::Refresh));
         assert!(c.heard(t0 + Duration::from_millis(1999)), "silent for 1 s");

@@ -316,6 +316,14 @@ pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
     encode(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
 }
 
+/// A room message's template (encoded with seq 0) numbered `seq`.
+pub fn with_seq(template: &[u8], seq: u64) -> Bytes {
+    match crate::cluster::split_seq(template) {
+        Some((pre, post)) => Bytes::from([pre, seq.to_string().as_bytes(), post].concat()),
+        None => Bytes::copy_from_slice(template),
+    }
+}
+
 /// `line` with `"cid":CID` spliced in after its type (the first field): the sender's copy of
 /// its message, or an error about it, carrying the client's own id for it.
 pub fn with_cid(line: &[u8], cid: &str) -> Bytes {

@@ -1721,7 +1721,7 @@ fn json_corpus() {
             let (mut chat, mut model) = chat_with(&["alice", "Bob", "carol"], Limits::default())?;
             let outcome = check_handle(&mut chat, &mut model, 0, &frame)?;
             Ok(match outcome {
-                Outcome::Room { .. } => "room".into(),
+                Outcome::Room { .. } | Outcome::Number { .. } => "room".into(),
                 Outcome::Remote { .. } => "remote".into(),
                 Outcome::Private => "private".into(),
                 Outcome::Joined { .. } => "joined".into(),
@@ -1813,8 +1813,8 @@ proptest! {
         let with_body = matches!(m, Msg::Room { .. } | Msg::Private { .. });
         prop_assert_eq!(with_body, body.is_some(), "a body exactly where the kind takes one");
         match m {
-            Msg::Room { node, room, line: l } => {
-                prop_assert_eq!(&parts[..], &["M", node, room][..]);
+            Msg::Room { node, room, epoch, line: l } => {
+                prop_assert_eq!(&parts[..], &["M", node, room, epoch][..]);
                 prop_assert_eq!(Some(line(&l)), body);
             }
             Msg::Private { node, to, from, line: l } => {
@@ -1862,7 +1862,7 @@ proptest! {
         let (n, m) = (counts.0.to_string(), counts.1.to_string());
         let body = Bytes::from(line.clone());
         let cases: Vec<(Vec<&str>, Option<&str>, Msg<'_>)> = vec![
-            (vec!["M", &node, &room], Some(&line), Msg::Room { node: &node, room: &room, line: body.clone() }),
+            (vec!["M", &node, &room, &id], Some(&line), Msg::Room { node: &node, room: &room, epoch: &id, line: body.clone() }),
             (vec!["j", &node, &id, &room], None, Msg::RoomJoin { node: &node, id: &id, room: &room }),
             (vec!["l", &node, &id, &room], None, Msg::RoomLeave { node: &node, id: &id, room: &room }),
             (vec!["B", &node, &n, &m], None, Msg::Beat { node: &node, count: counts.0, memberships: counts.1 }),

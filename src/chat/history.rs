@@ -25,6 +25,9 @@ pub struct Log {
     bytes: usize,
     /// Since when the room has had no member (the log goes `ttl` after).
     idle_since: Option<Instant>,
+    /// The epoch and seqs are Redis's (a cluster numbers room messages there); false for an
+    /// epoch of this node's own.
+    shared: bool,
 }
 
 impl Log {
@@ -109,6 +112,7 @@ impl History {
                 lines: VecDeque::new(),
                 bytes: 0,
                 idle_since: None,
+                shared: false,
             };
             self.logs.insert(Rc::from(room), log);
         }
@@ -122,13 +126,54 @@ impl History {
     /// Gives the next message of `room` its seq, lets `encode` make its line, and keeps the
     /// line (trimming to `--history` and then to the byte budget). Returns the line.
     pub fn append(&mut self, room: &str, encode: impl FnOnce(u64) -> Bytes) -> Bytes {
+        let line = encode(self.log(room).next);
+        self.keep(room, &line);
+        line
+    }
+
+    /// Keeps `line`, numbered `seq` in epoch `epoch` by Redis (a cluster's room message, ours
+    /// or another node's). The log follows Redis: another epoch, or a seq past the next one
+    /// (messages this node never heard), starts it over from `seq`, so that a replay asked of
+    /// it gets a gap rather than a hole; a seq already kept is a repeat and ignored.
+    pub fn insert(&mut self, room: &str, epoch: &str, seq: u64, line: &Bytes) {
+        let log = self.log(room);
+        let mut freed = 0;
+        if *log.epoch != *epoch || !log.shared || seq > log.next {
+            while !log.lines.is_empty() {
+                freed += log.pop();
+            }
+            if *log.epoch != *epoch {
+                log.epoch = Rc::from(epoch);
+            }
+            log.shared = true;
+            (log.first, log.next) = (seq, seq);
+        }
+        if seq < log.next {
+            self.bytes -= freed;
+            return;
+        }
+        self.bytes -= freed;
+        self.keep(room, line);
+    }
+
+    /// Gives `room` an epoch of this node's own if its log follows Redis: a cluster node
+    /// that numbers messages itself (Redis is away) must not reuse numbers Redis will give.
+    pub fn fork(&mut self, room: &str) {
+        let log = self.log(room);
+        if log.shared {
+            log.shared = false;
+            log.epoch = new_epoch();
+        }
+    }
+
+    /// Appends `line`, the log's next message, and trims.
+    fn keep(&mut self, room: &str, line: &Bytes) {
         let per_room = self.per_room;
         let log = self.log(room);
-        let line = encode(log.next);
         log.next += 1;
         if per_room == 0 {
             log.first = log.next;
-            return line;
+            return;
         }
         log.lines.push_back(line.clone());
         let cost = line.len() + LINE_COST;
@@ -141,7 +186,6 @@ impl History {
         if self.bytes > self.budget {
             self.shed();
         }
-        line
     }
 
     /// Over the byte budget: the oldest messages of the largest logs go first, down to 7/8
@@ -248,6 +292,32 @@ mod tests {
         assert!(h.kept().1 <= 10 * per - 10 * per / 8, "{:?}", h.kept());
         assert_eq!(small.first(), 1, "the small room kept everything");
         assert!(big.first() > 1 && big.latest() == 8, "the big room lost its oldest: {}", big.first());
+    }
+
+    #[test]
+    fn a_cluster_log_follows_redis_seqs_and_epochs_and_forks_when_numbering_alone() {
+        let mut h = History::new(10, usize::MAX, Duration::from_secs(1));
+        h.append("r", |s| line(s, 1)); // before Redis: this node's own epoch
+        h.insert("r", "RedisEp1", 7, &line(7, 1));
+        let log = h.get("r").unwrap();
+        assert_eq!(
+            (&*log.epoch, log.first(), log.latest()),
+            ("RedisEp1", 7, 7),
+            "Redis's epoch, from its seq"
+        );
+        h.insert("r", "RedisEp1", 8, &line(8, 1));
+        h.insert("r", "RedisEp1", 8, &line(8, 1)); // a repeat
+        h.insert("r", "RedisEp1", 11, &line(11, 1)); // 9 and 10 never heard here
+        let log = h.get("r").unwrap();
+        assert_eq!((log.first(), log.latest(), log.line(8)), (11, 11, None), "a hole starts the log over");
+        assert_eq!(h.kept(), (1, 2 + LINE_COST));
+        h.fork("r"); // Redis is away: numbered here, in an epoch of our own
+        let line12 = h.append("r", |s| line(s, 2));
+        let log = h.get("r").unwrap();
+        assert_ne!(&*log.epoch, "RedisEp1");
+        assert_eq!((&line12[..], log.latest()), (&b"12"[..], 12));
+        h.insert("r", "RedisEp1", 12, &line(12, 1)); // Redis is back: its epoch again
+        assert_eq!((&*h.get("r").unwrap().epoch, h.get("r").unwrap().first()), ("RedisEp1", 12));
     }
 
     #[test]

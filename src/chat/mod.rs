@@ -49,6 +49,12 @@ pub enum Outcome {
         room: Rc<str>,
         line: Bytes,
     },
+    /// For Redis to number (a cluster with the link up): nothing was delivered yet. `template`
+    /// is the line with seq 0; the caller hands the numbered line to `deliver_numbered`.
+    Number {
+        room: Rc<str>,
+        template: Bytes,
+    },
     Private,
     /// For a user on another node: nothing was queued, not even the sender's copy, which the
     /// caller sends once the message is on its way.
@@ -146,6 +152,9 @@ pub struct Chat {
     /// The `cid` of the frame `handle` last read, for a caller that reports on it later
     /// (the cluster, when Redis answers).
     pub cid: Option<Rc<str>>,
+    /// Room messages are numbered by Redis (a cluster with its link up), so that every node
+    /// gives them the same seq and epoch: `handle` returns `Outcome::Number`.
+    pub numbered_by_redis: bool,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -166,6 +175,7 @@ impl Chat {
             limits,
             holds: Holds::default(),
             cid: None,
+            numbered_by_redis: false,
         }
     }
 
@@ -474,11 +484,51 @@ impl Chat {
         self.remote.values().filter(|r| &*r.node == node).fold((0, 0), |(u, m), r| (u + 1, m + r.rooms.len()))
     }
 
-    /// A room line from another node, for the local members of `room`.
-    pub fn deliver_room(&self, room: &str, line: &Bytes, sink: &mut impl Sink) {
-        if let Some(k) = self.rooms.key(room) {
-            self.rooms.deliver(k, line, sink);
+    /// A room line numbered by Redis in `epoch` (from another node), for the local members
+    /// of `room`; kept in the room's history.
+    pub fn deliver_room(&mut self, room: &str, epoch: &str, line: &Bytes, sink: &mut impl Sink) {
+        let Some(seq) = crate::cluster::line_seq(line) else { return };
+        self.deliver_numbered(room, epoch, seq, line, None, sink);
+    }
+
+    /// Keeps and delivers `line`, message `seq` of `room` in `epoch`. `sender` (connection and
+    /// cid) gets its own copy tagged with its cid.
+    pub fn deliver_numbered(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        seq: u64,
+        line: &Bytes,
+        sender: Option<(usize, Option<&str>)>,
+        sink: &mut impl Sink,
+    ) {
+        self.history.insert(room, epoch, seq, line);
+        let Some(rk) = self.rooms.key(room) else { return };
+        match sender {
+            Some((token, Some(cid))) => self.rooms.deliver(rk, line, &mut Tagged { inner: sink, token, cid }),
+            _ => self.rooms.deliver(rk, line, sink),
         }
+    }
+
+    /// A message Redis did not number (the link failed first): numbered here, in an epoch of
+    /// this node's own, and delivered to the local members. Returns the line.
+    pub fn number_here(
+        &mut self,
+        room: &str,
+        template: &Bytes,
+        sender: usize,
+        cid: Option<&str>,
+        sink: &mut impl Sink,
+    ) -> Bytes {
+        self.history.fork(room);
+        let line = self.history.append(room, |seq| protocol::with_seq(template, seq));
+        if let Some(rk) = self.rooms.key(room) {
+            match cid {
+                Some(cid) => self.rooms.deliver(rk, &line, &mut Tagged { inner: sink, token: sender, cid }),
+                None => self.rooms.deliver(rk, &line, sink),
+            }
+        }
+        line
     }
 
     /// A private line (the sender's copy) from another node for local user `to`:
@@ -569,6 +619,14 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
+                if self.numbered_by_redis {
+                    let template = protocol::room_message(&room, 0, from, text, ts);
+                    return Outcome::Number { room, template };
+                }
+                if self.cluster_down {
+                    // Numbered here while Redis is away: in an epoch of this node's own.
+                    self.history.fork(&room);
+                }
                 let line =
                     self.history.append(&room, |seq| protocol::room_message(&room, seq, from, text, ts));
                 self.rooms.deliver(rk, &line, sink);
@@ -1372,8 +1430,11 @@ mod tests {
         // A room line from another node reaches the local members of that room only.
         say(&mut c, &mut r, 0, "a", r#"{"join":"dev"}"#);
         r.take();
-        c.deliver_room("dev", &Bytes::from_static(b"{}"), &mut r);
-        assert_eq!(r.take(), vec![(0, "{}".to_string())]);
+        let line = Bytes::from_static(br#"{"type":"message","room":"dev","seq":4,"from":"zed"}"#);
+        c.deliver_room("dev", "RedisEp1", &line, &mut r);
+        assert_eq!(r.take(), vec![(0, String::from_utf8(line.to_vec()).unwrap())]);
+        let log = c.history.get("dev").unwrap();
+        assert_eq!((&*log.epoch, log.latest()), ("RedisEp1", 4), "kept in Redis's numbering");
         // While the cluster is down: remote ids are taken, remote sends refused.
         c.cluster_down = true;
         assert_eq!(c.check("zed", None, now()), Err(ErrorCode::IdTaken));

@@ -8,7 +8,8 @@ use super::Server;
 use crate::chat::Sink;
 use crate::chat::ids::key;
 use crate::cluster::{
-    ALL, Await, KEY_PREFIX, Msg, Sent, channel_room, node_channel, payload, room_channel, roster_fields,
+    ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, room_channel,
+    roster_fields,
 };
 use crate::conn::Phase;
 use crate::protocol::{self, ErrorCode, LOBBY};
@@ -92,7 +93,8 @@ impl Server {
                     Await::Private { from, to, cid } => {
                         self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to), cid.as_deref())
                     }
-                    Await::Room { from, room, cid } => {
+                    Await::Room { from, room, cid, number } => {
+                        self.unnumbered(&from, &room, cid.as_deref(), number);
                         self.tell_room(&from, ErrorCode::ClusterUnconfirmed, &room, cid.as_deref())
                     }
                     _ => {}
@@ -103,6 +105,7 @@ impl Server {
         match input {
             Input::Up => {
                 self.chat.cluster_down = false;
+                self.chat.numbered_by_redis = true;
                 c.subscribed(self.chat.local_rooms());
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
@@ -112,6 +115,7 @@ impl Server {
             }
             Input::Down => {
                 self.chat.cluster_down = true;
+                self.chat.numbered_by_redis = false;
                 // Claims in flight are decided locally, as joins are while Redis is away. Each
                 // message Redis did not confirm gets its sender one error: `cluster_unavailable`
                 // if it was still queued (dropped, never sent), `cluster_unconfirmed` if it was
@@ -127,7 +131,10 @@ impl Server {
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
                         Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
-                        Await::Room { from, room, cid } => self.tell_room(&from, code, &room, cid.as_deref()),
+                        Await::Room { from, room, cid, number } => {
+                            self.unnumbered(&from, &room, cid.as_deref(), number);
+                            self.tell_room(&from, code, &room, cid.as_deref())
+                        }
                         Await::Refresh | Await::Ignore => {}
                     }
                 }
@@ -166,14 +173,30 @@ impl Server {
         }
         match w {
             Await::Ignore => {}
-            Await::Room { from, room, cid } => {
+            Await::Room { from, room, cid, number } => {
                 // PUBLISH counts the connections it reached: ours (a node with members in a
                 // room hears its channel) and one per other node listening. Only ours, while
                 // we list members of the room elsewhere, means their node did not hear it (it
                 // is reconnecting, or gone): they missed it, and the sender is told so. With
-                // three or more nodes a partial miss goes unnoticed here.
-                let reached = match frame {
-                    BytesFrame::Number { data, .. } => data,
+                // three or more nodes a partial miss goes unnoticed here. A numbered message
+                // answers {seq, epoch, receivers} and is delivered here now.
+                let reached = match (frame, number) {
+                    (BytesFrame::Number { data, .. }, None) => data,
+                    (BytesFrame::Array { data, .. }, Some(n)) => {
+                        let (Some(seq), Some(epoch), Some(reached)) = (
+                            data.first().and_then(frame_number),
+                            data.get(1).and_then(|f| f.as_str()).map(str::to_string),
+                            data.get(2).and_then(frame_number),
+                        ) else {
+                            return self.unnumbered(&from, &room, cid.as_deref(), Some(n));
+                        };
+                        let line = protocol::with_seq(&n.template, seq as u64);
+                        let sender =
+                            (self.chat.token_of(&from) == Some(n.token)).then_some((n.token, cid.as_deref()));
+                        self.chat.deliver_numbered(&room, &epoch, seq as u64, &line, sender, &mut self.net);
+                        reached
+                    }
+                    (_, Some(n)) => return self.unnumbered(&from, &room, cid.as_deref(), Some(n)),
                     _ => return,
                 };
                 let remote = self
@@ -279,8 +302,8 @@ impl Server {
             c.publish(&node_channel(n), &payload(&["Q", &me], None));
         }
         match m {
-            Msg::Room { room, line, .. } if *on == Channel::Room(room.to_string()) => {
-                self.chat.deliver_room(room, &line, &mut self.net);
+            Msg::Room { room, epoch, line, .. } if *on == Channel::Room(room.to_string()) => {
+                self.chat.deliver_room(room, epoch, &line, &mut self.net);
             }
             Msg::Join { node, id } => self.chat.remote_join(node, id),
             Msg::Leave { node, id } => self.chat.remote_leave(node, id),
@@ -459,10 +482,44 @@ impl Server {
         line: &Bytes,
         cid: Option<Rc<str>>,
     ) {
+        let then =
+            Await::Room { from: Rc::clone(from), room: Rc::from(room), cid: cid.clone(), number: None };
+        // (Only while Redis numbers nothing: the link is down, and this publish is refused.)
+        let epoch = self.chat.history.get(room).map_or_else(String::new, |l| l.epoch.to_string());
         let Some(c) = &mut self.cluster else { return };
-        let then = Await::Room { from: Rc::clone(from), room: Rc::from(room), cid: cid.clone() };
-        if !c.publish_awaiting(&room_channel(room), &payload(&["M", &c.node, room], Some(line)), then) {
+        if !c.publish_awaiting(&room_channel(room), &payload(&["M", &c.node, room, &epoch], Some(line)), then)
+        {
             self.room_error(token, ErrorCode::ClusterUnavailable, room, cid.as_deref());
+        }
+    }
+
+    /// A room message for Redis to number and publish (see `cluster::NUMBER`); it reaches
+    /// this node's members too once Redis answers with its seq. If the link refuses, it is
+    /// numbered here, in an epoch of this node's own, and the sender told.
+    pub(super) fn cluster_number(
+        &mut self,
+        token: usize,
+        from: &Rc<str>,
+        room: &Rc<str>,
+        template: Bytes,
+        cid: Option<Rc<str>>,
+    ) {
+        let Some(c) = &mut self.cluster else { return };
+        let epoch = crate::chat::ids::token_text(&crate::chat::ids::new_secret())[..8].to_string();
+        let number = Some(Box::new(Numbered { token, template: template.clone() }));
+        let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
+        if !c.number(room, &template, &epoch, then) {
+            self.chat.number_here(room, &template, token, cid.as_deref(), &mut self.net);
+            self.room_error(token, ErrorCode::ClusterUnavailable, room, cid.as_deref());
+        }
+    }
+
+    /// A room message whose numbering by Redis failed: it reaches this node's members now,
+    /// numbered here (the caller tells the sender what became of it elsewhere).
+    fn unnumbered(&mut self, from: &str, room: &str, cid: Option<&str>, number: Option<Box<Numbered>>) {
+        if let Some(n) = number {
+            let sender = if self.chat.token_of(from) == Some(n.token) { n.token } else { usize::MAX };
+            self.chat.number_here(room, &n.template, sender, cid, &mut self.net);
         }
     }
 
@@ -535,6 +592,14 @@ impl Server {
         if let Some(c) = &mut self.cluster {
             c.link.drain_for(std::time::Duration::from_millis(200));
         }
+    }
+}
+
+/// An integer in a Redis reply.
+fn frame_number(f: &BytesFrame) -> Option<i64> {
+    match f {
+        BytesFrame::Number { data, .. } => Some(*data),
+        _ => None,
     }
 }
 

@@ -93,6 +93,11 @@ impl Server {
                     }
                     let user = Rc::clone(user);
                     match self.chat.handle(token, &user, &text, ts, now, &mut self.net) {
+                        Outcome::Number { room, template } => {
+                            self.net.stats.room_received += 1;
+                            let cid = self.chat.cid.take();
+                            self.cluster_number(token, &user, &room, template, cid);
+                        }
                         Outcome::Room { room, line } => {
                             self.net.stats.room_received += 1;
                             let cid = self.chat.cid.take();

@@ -729,3 +729,47 @@ fn rooms_span_nodes_and_a_node_hears_only_rooms_its_users_are_in() {
     bob.next_of("left");
     wait_room_size(&mut alice, "dev", 1);
 }
+
+#[test]
+fn room_messages_are_numbered_once_for_the_whole_cluster() {
+    // Redis numbers every room message (one seq space and one epoch per room for all nodes),
+    // so a client may resume its room on any node: the seqs it has mean the same there.
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "15", &["--rate-limit", "0"]), node(&redis, "15", &["--rate-limit", "0"]));
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    let mut bob = join_seen(&b, "bob", &a, 1.0);
+    for i in 0..10 {
+        alice.send(&json!({"text": format!("a{i}")}));
+        bob.send(&json!({"text": format!("b{i}")}));
+    }
+    let markers: Vec<String> = (0..10).flat_map(|i| [format!("a{i}"), format!("b{i}")]).collect();
+    let markers: Vec<&str> = markers.iter().map(|m| m.as_str()).collect();
+    let seen = |lines: Vec<Value>| -> Vec<(u64, String)> {
+        lines
+            .into_iter()
+            .filter(|l| l["type"] == "message")
+            .map(|l| (l["seq"].as_u64().unwrap(), l["text"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let on_a = seen(until_markers(&mut alice, &markers));
+    let on_b = seen(until_markers(&mut bob, &markers));
+    assert_eq!(on_a.len(), 20);
+    assert_eq!(on_a, on_b, "the same seq for the same message, on both nodes, in the same order");
+    let seqs: Vec<u64> = on_a.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    // Both nodes name the same epoch, and a since-join on B replays what A's user sent.
+    alice.send(&json!({"join": "lobby"}));
+    let ja = alice.next_of("joined");
+    bob.send(&json!({"join": "lobby", "since": 15, "epoch": ja["epoch"]}));
+    let jb = bob.next_of("joined");
+    assert_eq!((jb["epoch"].clone(), jb["seq"].as_u64()), (ja["epoch"].clone(), Some(20)));
+    let mut replay = Vec::new();
+    while replay.len() < 5 {
+        let l = bob.next_any();
+        if l["type"] == "message" {
+            replay.push(l["seq"].as_u64().unwrap());
+        }
+        assert_ne!(l["type"], "gap");
+    }
+    assert_eq!(replay, [16, 17, 18, 19, 20]);
+}
