@@ -5,6 +5,22 @@
 # Screenshots land in artifacts/ at the repository root.
 set -euo pipefail
 
+usage() {
+  cat <<'USAGE'
+Usage: scripts/browser-test.sh [--help]
+
+Runs the page's tests (tests/browser/*.test.mjs) in headless Debian Chromium through
+playwright-core, against the real server binary. Installs Chromium (apt) and the npm
+packages in tests/browser if missing, builds the server, writes screenshots to artifacts/.
+Takes no flags but --help.
+USAGE
+}
+case "${1-}" in
+  "") ;;
+  -h | --help) usage; exit 0 ;;
+  *) echo "browser-test.sh: unknown flag '$1' (try --help)" >&2; exit 2 ;;
+esac
+
 cd "$(dirname "$0")/.."
 root=$PWD
 export DEBIAN_FRONTEND=noninteractive
