@@ -114,8 +114,16 @@ fn run(args: &Args) -> std::io::Result<bool> {
         if extra > 0 { format!(", EXTRA {extra}") } else { String::new() }
     );
     println!(
-        "checks: reordered or duplicate {}, skipped sends {}, not ours {}, to late joiners {}",
-        c.reordered, c.skipped_sends, c.foreign, c.uncounted
+        "checks: reordered or duplicate {}, skipped sends {}, not ours {}, to late joiners {}{}",
+        c.reordered,
+        c.skipped_sends,
+        c.foreign,
+        c.uncounted,
+        if args.rooms > 0 {
+            format!(", MISROUTED (outside their room) {}", c.misrouted)
+        } else {
+            String::new()
+        }
     );
     println!(
         "throughput: {deliveries_per_sec:.0} deliveries/s (offered {offered_per_sec:.0}/s); send lag max {} us; \
@@ -201,13 +209,20 @@ fn run(args: &Args) -> std::io::Result<bool> {
         && unexpected == 0
         && connect_errors == 0
         && c.close_timeouts == 0
+        && c.misrouted == 0
         && !server.contains("server_alive=0");
+    // Only with --rooms, so that the summary of a run without it is what it always was.
+    let rooms = if args.rooms > 0 {
+        format!(" rooms={} misrouted={}", args.rooms, c.misrouted)
+    } else {
+        String::new()
+    };
     println!(
         "summary mode={} conns={} ready={} sent={sent} expected={} delivered={} lost={lost} extra={extra} \
          reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
          server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
          offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
-         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{server}{fault_fields} ok={}",
+         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{rooms}{server}{fault_fields} ok={}",
         mode_name(args),
         args.conns,
         c.ready,
@@ -333,8 +348,16 @@ fn mode_name(a: &Args) -> String {
 
 fn describe(a: &Args) -> String {
     let mut s = format!("chatload: ws://{}/ws, mode {}, {} clients", a.host, mode_name(a), a.conns);
+    if a.rooms > 0 {
+        let (few, many) = (a.conns / a.rooms, a.conns.div_ceil(a.rooms));
+        let each = if few == many { few.to_string() } else { format!("{few}-{many}") };
+        s += &format!(" in {} rooms (r0..r{}, {each} clients each, and lobby)", a.rooms, a.rooms - 1);
+    }
     if a.modes.room {
         s += &format!(", {} room senders at {}/s", a.senders, a.rate);
+        if a.rooms > 0 {
+            s += " to their own room";
+        }
     }
     if a.modes.private {
         s += &format!(", {} private pairs at {}/s each way", a.conns / 2, a.rate);

@@ -41,6 +41,12 @@ Load:
   --churn C              churn connections started per second; implies --mode churn
                          [default: 20 with --mode churn, else 0]
   --churn-hold SECS      how long a churn client stays after its welcome [default: 1]
+  --rooms N              spread the held clients over rooms r0 .. r{N-1}: client i joins
+                         r(i mod N) after its welcome (and stays in lobby too); room senders
+                         send {\"room\":\"rK\",..} to their own room only, so each message is
+                         expected by the clients of that room; a message line arriving at a
+                         client outside its room counts as misrouted, a failure
+                         [default: 0: no rooms, everything goes to lobby]
   --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
   --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
                          [default: cl<pid>-, e.g. cl4242-m0]
@@ -117,6 +123,8 @@ pub struct Args {
     pub size: usize,
     pub churn: f64,
     pub churn_hold: Duration,
+    /// `--rooms N`: 0 for none (everything in lobby, as before rooms existed).
+    pub rooms: usize,
     pub connect_concurrency: usize,
     pub id_prefix: String,
     pub warmup: Duration,
@@ -191,6 +199,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut churn: Option<f64> = None;
     let mut churn_hold = Duration::from_secs(1);
     let mut connect_concurrency = 256usize;
+    let mut rooms = 0usize;
     let mut id_prefix = format!("cl{}-", std::process::id());
     let mut warmup = Duration::from_secs(20);
     let mut duration = Duration::from_secs(10);
@@ -240,6 +249,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             }
             "--churn" => churn = Some(non_negative_f64(&flag, &cli.value()?)?),
             "--churn-hold" => churn_hold = seconds(&flag, &cli.value()?, true)?,
+            "--rooms" => rooms = whole(&flag, &cli.value()?)?,
             "--connect-concurrency" => {
                 connect_concurrency = whole(&flag, &cli.value()?)?;
                 if connect_concurrency == 0 {
@@ -354,6 +364,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         return Err(format!("--id-prefix: '{id_prefix}' must be at most 20 characters of A-Z a-z 0-9 _ - ."));
     }
 
+    if rooms > 0 && raw {
+        return Err("--rooms needs chatloop's protocol (--proto json): raw clients cannot join a room".into());
+    }
+    if rooms > 0 && attack.is_some() {
+        return Err("--rooms is for --mode, not --attack".into());
+    }
+    if rooms > 0 && rooms > conns {
+        return Err(format!("--rooms {rooms} is more than --conns {conns}: every room needs a client"));
+    }
+    if rooms > 100_000 {
+        return Err("--rooms: at most 100000".into());
+    }
+
     let addr = resolve(&target)?;
     if !allow_remote && !addr.ip().is_loopback() {
         return Err(format!(
@@ -376,6 +399,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         size,
         churn,
         churn_hold,
+        rooms,
         connect_concurrency,
         id_prefix,
         warmup,
@@ -439,6 +463,10 @@ mod tests {
         assert_eq!(a.churn, 20.0);
         assert_eq!(a.senders, 0);
         assert!(a.addr.ip().is_loopback());
+        assert_eq!(a.rooms, 0, "no rooms unless asked");
+        let a = run(&["--rooms", "10", "--conns", "1000", "--senders", "100"]).unwrap();
+        assert_eq!((a.rooms, a.conns, a.senders), (10, 1000, 100));
+        assert_eq!(run(&["--mode", "idle", "--rooms", "3", "--conns", "3"]).unwrap().rooms, 3);
     }
 
     #[test]
@@ -496,6 +524,10 @@ mod tests {
             (&["--proto", "xml"], "unknown protocol 'xml' (json, raw)"),
             (&["--proto", "raw", "--mode", "private"], "--proto raw: only idle, room and churn"),
             (&["--proto", "raw", "--attack", "ping-flood"], "--proto raw: only"),
+            (&["--rooms", "5", "--conns", "4"], "--rooms 5 is more than --conns 4"),
+            (&["--rooms", "x"], "--rooms: 'x' is not a whole number"),
+            (&["--attack", "ping-flood", "--rooms", "1"], "--rooms is for --mode"),
+            (&["--proto", "raw", "--rooms", "2"], "--rooms needs chatloop's protocol"),
         ] {
             let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
             assert!(e.contains(needle), "{args:?}: {e}");

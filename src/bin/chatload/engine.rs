@@ -4,7 +4,8 @@
 //! TCP connect (non-blocking, bound to a 127.0.0.x source) -> tungstenite client handshake
 //! (resumed on readiness) -> open WebSocket (connect.rs), and is read to WouldBlock on every
 //! event. Sends come from a heap of deadlines, scheduled by each mode's module (room.rs,
-//! private.rs, churn.rs); each message carries the time it was queued.
+//! private.rs, churn.rs); each message carries the time it was queued. With `--rooms`,
+//! rooms.rs joins each client to its room and checks where room messages arrive.
 
 // Each mode's scheduling and sending lives in a module of its own; the loop, connections and
 // counting stay here. Children of this module, they see the engine's private state.
@@ -20,9 +21,11 @@ mod private;
 mod raw;
 #[path = "room.rs"]
 mod room;
+#[path = "rooms.rs"]
+mod rooms;
 
 use crate::args::Args;
-use crate::lines::{field, message_fields, parse_text};
+use crate::lines::{MessageLine, field, message_fields, parse_text};
 use crate::net::{Sock, is_would_block};
 use hdrhistogram::Histogram;
 use mio::{Events, Poll};
@@ -66,6 +69,9 @@ pub struct Counts {
     pub uncounted: u64,
     /// Message lines whose text was not ours.
     pub foreign: u64,
+    /// `--rooms`: our room messages that arrived outside their room (wrong `room` field, or a
+    /// receiver not in it).
+    pub misrouted: u64,
     /// Sends skipped because the sender (or its partner) was not connected.
     pub skipped_sends: u64,
     pub unexpected_closes: BTreeMap<u16, u64>,
@@ -115,6 +121,8 @@ struct Main {
     /// Connection attempt finished one way or the other (welcome, error, close).
     resolved: bool,
     failed: bool,
+    /// `--rooms`: welcomed, its join sent, its `joined` not yet read.
+    joining: bool,
     room_seq: u64,
     private_seq: u64,
     /// Next expected sequence number per sender slot: room senders, then self and partner.
@@ -138,6 +146,8 @@ pub struct Engine<'a> {
     mains: Vec<Main>,
     ids: Vec<String>,
     live_count: u64,
+    /// `--rooms`: the counted (live) clients of each room.
+    room_live: Vec<u64>,
     next_main: usize,
     mains_in_flight: usize,
     open: u64,
@@ -180,6 +190,7 @@ impl<'a> Engine<'a> {
             mains,
             ids,
             live_count: 0,
+            room_live: vec![0; args.rooms],
             next_main: 0,
             mains_in_flight: 0,
             open: 0,
@@ -357,7 +368,9 @@ impl<'a> Engine<'a> {
         self.last_sweep = now;
         let mut late = Vec::new();
         for (t, c) in self.conns.iter() {
-            if !c.welcomed && now.duration_since(c.started) >= CONNECT_TIMEOUT && c.we_closed.is_none() {
+            // Connected means welcomed and, with --rooms, joined.
+            let pending = !c.welcomed || matches!(c.role, Role::Main(i) if self.mains[i as usize].joining);
+            if pending && now.duration_since(c.started) >= CONNECT_TIMEOUT && c.we_closed.is_none() {
                 late.push((t, true));
             } else if c.we_closed.is_some_and(|at| now.duration_since(at) >= CLOSE_TIMEOUT) {
                 late.push((t, false));
@@ -400,10 +413,7 @@ impl<'a> Engine<'a> {
                     m.resolved = true;
                     self.mains_in_flight -= 1;
                 }
-                if m.live {
-                    m.live = false;
-                    self.live_count -= 1;
-                }
+                self.unlive(i as usize);
             }
             Role::Churn => self.churn_open -= 1,
         }
@@ -459,11 +469,8 @@ impl<'a> Engine<'a> {
     fn unexpected_close(&mut self, t: usize, code: u16) {
         *self.counts.unexpected_closes.entry(code).or_default() += 1;
         if let Some(Role::Main(i)) = self.conns.get(t).map(|c| c.role) {
+            self.unlive(i as usize);
             let m = &mut self.mains[i as usize];
-            if m.live {
-                m.live = false;
-                self.live_count -= 1;
-            }
             if !m.resolved {
                 m.resolved = true;
                 m.failed = true;
@@ -493,12 +500,17 @@ impl<'a> Engine<'a> {
                 self.on_message(t, line, now);
             } else if line.starts_with(br#"{"type":"welcome""#) {
                 self.on_welcome(t);
+            } else if line.starts_with(br#"{"type":"joined""#) {
+                self.on_joined(t, line);
             } else if line.starts_with(br#"{"type":"error""#) {
                 let code = field(line, br#""code":""#).unwrap_or(b"?");
                 *self.counts.server_errors.entry(String::from_utf8_lossy(code).into_owned()).or_default() +=
                     1;
                 if let Role::Main(i) = self.conns[t].role {
                     self.fault_error(i as usize, line);
+                }
+                if line.windows(8).any(|w| w == br#""room":""#) {
+                    self.on_room_error(t, code);
                 }
             }
         }
@@ -512,17 +524,8 @@ impl<'a> Engine<'a> {
         }
         conn.welcomed = true;
         match conn.role {
-            Role::Main(i) => {
-                let m = &mut self.mains[i as usize];
-                if !m.resolved {
-                    m.resolved = true;
-                    self.mains_in_flight -= 1;
-                }
-                if self.phase == Phase::Connect && !m.failed {
-                    m.live = true;
-                    self.live_count += 1;
-                }
-            }
+            Role::Main(i) if self.args.rooms > 0 => self.join_room(t, i as usize),
+            Role::Main(i) => self.admit(i as usize),
             Role::Churn => {
                 let due = now_ns + self.args.churn_hold.as_nanos() as u64;
                 let generation = conn.generation;
@@ -531,10 +534,41 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Held client `i` is connected (welcomed and, with --rooms, joined): counted as a
+    /// receiver if sending has not started.
+    fn admit(&mut self, i: usize) {
+        let m = &mut self.mains[i];
+        if !m.resolved {
+            m.resolved = true;
+            self.mains_in_flight -= 1;
+        }
+        if self.phase == Phase::Connect && !m.failed {
+            m.live = true;
+            self.live_count += 1;
+            if self.args.rooms > 0 {
+                let k = self.room_of(i);
+                self.room_live[k] += 1;
+            }
+        }
+    }
+
+    /// Held client `i` no longer counts as a receiver.
+    fn unlive(&mut self, i: usize) {
+        let m = &mut self.mains[i];
+        if m.live {
+            m.live = false;
+            self.live_count -= 1;
+            if self.args.rooms > 0 {
+                let k = self.room_of(i);
+                self.room_live[k] -= 1;
+            }
+        }
+    }
+
     fn on_message(&mut self, t: usize, line: &[u8], now: Instant) {
         let Role::Main(r) = self.conns[t].role else { return };
         let r = r as usize;
-        let Some((from, text)) = message_fields(line) else {
+        let Some(MessageLine { room, from, text }) = message_fields(line) else {
             self.counts.foreign += 1;
             return;
         };
@@ -555,6 +589,10 @@ impl<'a> Engine<'a> {
                 return;
             }
         };
+        if self.args.rooms > 0 && kind == b'r' && !self.routed(r, sender, room) {
+            self.counts.misrouted += 1;
+            return;
+        }
         let m = &mut self.mains[r];
         if !m.live {
             self.counts.uncounted += 1;
@@ -622,15 +660,23 @@ impl<'a> Engine<'a> {
 
     /// Queues one text message; it goes out at the end of the turn.
     fn write(&mut self, t: usize, json: String) -> bool {
+        if !self.queue_text(t, json) {
+            return false;
+        }
+        if self.first_send.is_none() {
+            self.first_send = Some(Instant::now());
+        }
+        true
+    }
+
+    /// Queues one text frame (a message or a request) and marks the connection for flushing.
+    fn queue_text(&mut self, t: usize, json: String) -> bool {
         let Some(conn) = self.conns.get_mut(t) else { return false };
         let State::Open(ws) = &mut conn.state else { return false };
         match ws.write(Message::text(json)) {
             Ok(()) => {}
             Err(e) if is_would_block(&e) => {} // queued; the rest goes on writable
             Err(_) => return false,
-        }
-        if self.first_send.is_none() {
-            self.first_send = Some(Instant::now());
         }
         self.mark_dirty(t);
         true

@@ -9,22 +9,45 @@ pub fn field<'l>(line: &'l [u8], key: &[u8]) -> Option<&'l [u8]> {
     Some(&line[start..start + len])
 }
 
-/// `from` and `text` of a message line: a fast path for the server's field order, and a
-/// search for any other.
-pub fn message_fields(line: &[u8]) -> Option<(&[u8], &[u8])> {
+/// The fields of a message line chatload checks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MessageLine<'l> {
+    /// `Some` for a room message (`"lobby"` included), `None` for a private one.
+    pub room: Option<&'l [u8]>,
+    pub from: &'l [u8],
+    pub text: &'l [u8],
+}
+
+/// `room`, `from` and `text` of a message line: a fast path for the server's field order
+/// (`type`, then `room` or nothing, `from`, `to` or nothing, `text`), and a search for any
+/// other.
+pub fn message_fields(line: &[u8]) -> Option<MessageLine<'_>> {
     fn quoted(rest: &[u8]) -> Option<(&[u8], &[u8])> {
         let q = rest.iter().position(|&b| b == b'"')?;
         Some((&rest[..q], &rest[q + 1..]))
     }
     let fast = || {
-        let (from, mut rest) = quoted(line.strip_prefix(br#"{"type":"message","from":""#)?)?;
+        let mut rest = line.strip_prefix(br#"{"type":"message","#)?;
+        let mut room = None;
+        if let Some(r) = rest.strip_prefix(br#""room":""#) {
+            let (name, r) = quoted(r)?;
+            room = Some(name);
+            rest = r.strip_prefix(b",")?;
+        }
+        let (from, mut rest) = quoted(rest.strip_prefix(br#""from":""#)?)?;
         if let Some(r) = rest.strip_prefix(br#","to":""#) {
             rest = quoted(r)?.1;
         }
         let (text, _) = quoted(rest.strip_prefix(br#","text":""#)?)?;
-        Some((from, text))
+        Some(MessageLine { room, from, text })
     };
-    fast().or_else(|| Some((field(line, br#""from":""#)?, field(line, br#""text":""#)?)))
+    fast().or_else(|| {
+        Some(MessageLine {
+            room: field(line, br#""room":""#),
+            from: field(line, br#""from":""#)?,
+            text: field(line, br#""text":""#)?,
+        })
+    })
 }
 
 pub fn number<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
@@ -53,11 +76,17 @@ mod tests {
     #[test]
     fn parses_lines_and_texts() {
         let line = br#"{"type":"message","from":"cl1-m3","to":"cl1-m2","text":"p 3 17 123456xxxx","ts":9}"#;
-        let (from, text) = message_fields(line).unwrap();
-        assert_eq!(from, b"cl1-m3");
-        assert_eq!(parse_text(text), Some((b'p', 3, 17, 123456)));
+        let m = message_fields(line).unwrap();
+        assert_eq!((m.room, m.from), (None, &b"cl1-m3"[..]));
+        assert_eq!(parse_text(m.text), Some((b'p', 3, 17, 123456)));
+        let room = br#"{"type":"message","room":"r7","from":"cl1-m7","text":"r 7 0 5","ts":9}"#;
+        let want = MessageLine { room: Some(b"r7"), from: b"cl1-m7", text: b"r 7 0 5" };
+        assert_eq!(message_fields(room), Some(want));
         let other_order = br#"{"text":"r 1 2 3","ts":9,"type":"message","from":"x"}"#;
-        assert_eq!(message_fields(other_order), Some((&b"x"[..], &b"r 1 2 3"[..])));
+        let want = MessageLine { room: None, from: b"x", text: b"r 1 2 3" };
+        assert_eq!(message_fields(other_order), Some(want));
+        let other_order = br#"{"from":"x","text":"r 1 2 3","room":"lobby","type":"message"}"#;
+        assert_eq!(message_fields(other_order).unwrap().room, Some(&b"lobby"[..]));
         assert_eq!(parse_text(b"hello there"), None);
         assert_eq!(parse_text(b"r 1 2"), None);
         assert_eq!(
