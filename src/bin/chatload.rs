@@ -348,8 +348,8 @@ fn mode_name(a: &Args) -> String {
 
 fn describe(a: &Args) -> String {
     let mut s = format!("chatload: ws://{}/ws, mode {}, {} clients", a.host, mode_name(a), a.conns);
-    if a.rooms > 0 {
-        let (few, many) = (a.conns / a.rooms, a.conns.div_ceil(a.rooms));
+    if let Some(few) = a.conns.checked_div(a.rooms) {
+        let many = a.conns.div_ceil(a.rooms);
         let each = if few == many { few.to_string() } else { format!("{few}-{many}") };
         s += &format!(" in {} rooms (r0..r{}, {each} clients each, and lobby)", a.rooms, a.rooms - 1);
     }
