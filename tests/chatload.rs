@@ -90,12 +90,42 @@ fn connect(addr: &str, id: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
     ws
 }
 
+/// Joins `room` and waits for the server's `joined`.
+fn join(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, room: &str) {
+    ws.send(Message::text(format!(r#"{{"join":"{room}"}}"#))).expect("send join");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                for line in t.as_str().split('\n') {
+                    let v: serde_json::Value = serde_json::from_str(line).expect("server sends JSON lines");
+                    if v["type"] == "joined" && v["room"] == room {
+                        return;
+                    }
+                    assert_ne!(v["type"], "error", "join {room}: {line}");
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    && Instant::now() < deadline => {}
+            Err(e) => panic!("no joined for {room}: {e}"),
+        }
+    }
+}
+
+/// A room message as the observer saw it: its room (`lobby` included; the server names it on
+/// every room line), sender and text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Seen {
+    room: String,
+    from: String,
+    text: String,
+}
+
 /// Reads room messages until told to stop and 500 ms have passed without one. Returns every
-/// (from, text) it saw, counted by its own JSON parsing.
-fn observe(
-    mut ws: WebSocket<MaybeTlsStream<TcpStream>>,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<Vec<(String, String)>> {
+/// one it saw, counted by its own JSON parsing.
+fn observe(mut ws: WebSocket<MaybeTlsStream<TcpStream>>, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Seen>> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         let mut last = Instant::now();
@@ -107,10 +137,11 @@ fn observe(
                         let v: serde_json::Value =
                             serde_json::from_str(line).expect("server sends JSON lines");
                         if v["type"] == "message" && v.get("to").is_none() {
-                            seen.push((
-                                v["from"].as_str().unwrap().to_string(),
-                                v["text"].as_str().unwrap().to_string(),
-                            ));
+                            seen.push(Seen {
+                                room: v["room"].as_str().expect("a room line names its room").to_string(),
+                                from: v["from"].as_str().unwrap().to_string(),
+                                text: v["text"].as_str().unwrap().to_string(),
+                            });
                             last = Instant::now();
                         }
                     }
@@ -162,8 +193,11 @@ fn room_counts_match_an_independent_observer() {
     assert_eq!(seen.len() as u64, sent, "observer count vs chatload's sent\n{stdout}");
     let unique: HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "the observer saw a message twice");
-    assert!(seen.iter().all(|(from, text)| from.starts_with("hon-m") && text.starts_with("r ")), "{seen:?}");
-    let senders: HashSet<_> = seen.iter().map(|(from, _)| from.as_str()).collect();
+    assert!(
+        seen.iter().all(|m| m.room == "lobby" && m.from.starts_with("hon-m") && m.text.starts_with("r ")),
+        "{seen:?}"
+    );
+    let senders: HashSet<_> = seen.iter().map(|m| m.from.as_str()).collect();
     assert_eq!(senders.len(), 5, "{senders:?}");
     // 5 senders x 20/s x 3 s: every send scheduled inside the window is made (late, if the
     // machine is slow), so the count is exact.
@@ -182,6 +216,120 @@ fn room_counts_match_an_independent_observer() {
     assert!(num(&s, "server_rss_kb") > 0);
     let (p50, p99, max) = (num(&s, "p50_us"), num(&s, "p99_us"), num(&s, "max_us"));
     assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{stdout}");
+}
+
+#[test]
+fn rooms_counts_match_observers_and_rooms_stay_apart() {
+    // 30 clients in rooms r0, r1, r2 (10 each, client i in r(i mod 3)), senders 0..5: two per
+    // room (m0 and m3 in r0, m1 and m4 in r1). Observers outside chatload: one in r0, one in
+    // r1, one in lobby only.
+    let srv = server(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut observers = Vec::new();
+    for (id, room) in [("obs-r0", Some("r0")), ("obs-r1", Some("r1")), ("obs-lobby", None)] {
+        let mut ws = connect(&srv.addr, id);
+        if let Some(room) = room {
+            join(&mut ws, room);
+        }
+        observers.push(observe(ws, Arc::clone(&stop)));
+    }
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--rooms",
+        "3",
+        "--conns",
+        "30",
+        "--senders",
+        "6",
+        "--rate",
+        "20",
+        "--duration",
+        "3",
+        "--id-prefix",
+        "rms-",
+        "--pid",
+        &srv.child.id().to_string(),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<Vec<Seen>> = observers.into_iter().map(|o| o.join().expect("observer")).collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chatload failed: {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("30 clients in 3 rooms (r0..r2, 10 clients each"), "{stdout}");
+    let s = summary(&stdout);
+    assert_eq!((s["rooms"].as_str(), num(&s, "misrouted")), ("3", 0), "{stdout}");
+
+    // 6 senders x 20/s x 3 s, every scheduled send made: 120 messages per room.
+    let sent = num(&s, "sent");
+    assert_eq!(sent, 360, "{stdout}");
+    for (k, room_seen) in seen[..2].iter().enumerate() {
+        let room = format!("r{k}");
+        assert_eq!(room_seen.len(), 120, "observer in {room} vs chatload's 120 sends there\n{stdout}");
+        let unique: HashSet<_> = room_seen.iter().collect();
+        assert_eq!(unique.len(), room_seen.len(), "the observer in {room} saw a message twice");
+        // Isolation: only its room's lines, only from that room's senders.
+        let want: HashSet<String> = [format!("rms-m{k}"), format!("rms-m{}", k + 3)].into();
+        for m in room_seen {
+            assert_eq!(m.room, room, "{m:?}");
+            assert!(want.contains(&m.from), "{room} got a message from {}: {m:?}", m.from);
+            assert!(m.text.starts_with(&format!("r {} ", &m.from["rms-m".len()..])), "{m:?}");
+        }
+        let senders: HashSet<_> = room_seen.iter().map(|m| m.from.clone()).collect();
+        assert_eq!(senders, want);
+    }
+    // Lobby is nobody's target here: its observer saw no message at all.
+    assert!(seen[2].is_empty(), "lobby got room traffic: {:?}", &seen[2][..seen[2].len().min(5)]);
+
+    // chatload's books: each message expected by the 10 clients of its room, and delivered.
+    assert_eq!(num(&s, "ready"), 30);
+    assert_eq!(num(&s, "expected"), sent * 10, "{stdout}");
+    assert_eq!(num(&s, "delivered"), num(&s, "expected"), "{stdout}");
+    assert_eq!((num(&s, "lost"), num(&s, "extra"), num(&s, "reordered")), (0, 0, 0), "{stdout}");
+    assert_eq!(s["ok"], "1");
+    assert_eq!(s["server_alive"], "1");
+
+    // Without --rooms the summary is what it always was: no rooms keys.
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--conns",
+        "4",
+        "--senders",
+        "1",
+        "--rate",
+        "5",
+        "--duration",
+        "0.3",
+        "--id-prefix",
+        "lob-",
+    ]);
+    assert!(out.status.success(), "{stdout}");
+    let s = summary(&stdout);
+    assert!(!s.contains_key("rooms") && !s.contains_key("misrouted"), "{stdout}");
+}
+
+#[test]
+fn rooms_join_refused_is_a_connect_error() {
+    // Lobby already fills a client's one allowed room: every join is refused, and chatload
+    // says so instead of sending into rooms nobody is in.
+    let srv = server(&["--max-rooms-per-user", "1"]);
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--rooms",
+        "2",
+        "--conns",
+        "4",
+        "--duration",
+        "0.3",
+        "--id-prefix",
+        "full-",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let s = summary(&stdout);
+    assert_eq!((num(&s, "ready"), num(&s, "connect_errors")), (0, 4), "{stdout}");
+    assert!(stdout.contains("join_too_many_rooms x4"), "{stdout}");
+    assert_eq!(num(&s, "sent"), 0, "{stdout}");
 }
 
 #[test]
