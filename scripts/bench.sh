@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks for the README: prints one markdown table (and saves it to artifacts/).
 #
-# Usage: [RUNS=N] scripts/bench.sh [--quick] [--cluster] [--attack]
+# Usage: [RUNS=N] scripts/bench.sh [--quick] [--cluster] [--attack] [--rooms]
 #   RUNS=N     runs per measurement; the table shows the median of each number [default: 3]
 #   --quick    one run each, 2 s windows, fewer connections for the idle and
 #              most-connections rows: a smoke test of the script, not numbers to publish
 #   --cluster  only the rows the cluster is compared with (1 node at 100k/s and 500k/s
 #              room, 100k/s private) and the cluster rows
 #   --attack   only the "under attack" block (with --cluster: both)
+#   --rooms    only the rooms block: the one-room rows at 100k/s and 500k/s and the same
+#              loads over 100 rooms of 10 and 10 rooms of 100, and idle RSS with and
+#              without a room membership (with --cluster or --attack: those too)
 #   -h, --help this help
 #   --peers    chatloop beside other servers instead: runs scripts/peers.sh (see its --help)
 #              with the other flags
@@ -23,6 +26,12 @@
 #   - private messages, 5,000 pairs each sending at 5 and 10 msg/s (each message is
 #     delivered twice: to the partner and echoed to the sender)
 #   - most connections held: 19,000 clients with a room message a second from 2 senders
+#   - rooms (chatload --rooms): 1,000 clients in 100 rooms of 10 and in 10 rooms of 100, each
+#     client in lobby and its room, 100 senders (the first 100 clients) sending to their own
+#     room, at the 100k/s and 500k/s the one-room rows offer, next to those rows (every
+#     client receives as many messages a second as in the one-room row; the server reads
+#     100 or 10 times as many); then idle RSS per connection at 10,000 connections in lobby
+#     only and in lobby + 1 room (rooms of 100, and of 10), and the difference per membership
 #   - cluster (skipped without redis-server): 2 nodes sharing one port (--reuse-port) and
 #     Redis, all three pinned to CPU 0 like the single server, at the 100k/s and 500k/s room
 #     loads and the 100k/s private load; CPU per delivery sums both nodes and Redis
@@ -38,12 +47,13 @@ set -euo pipefail
 runs=${RUNS:-3}
 # --peers: a script of its own, with every flag passed on.
 case " $* " in *" --peers "*) exec bash "$(dirname "$0")/peers.sh" "$@" ;; esac
-quick=0 sel_cluster=0 sel_attack=0
+quick=0 sel_cluster=0 sel_attack=0 sel_rooms=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
     --cluster) sel_cluster=1 ;;
     --attack) sel_attack=1 ;;
+    --rooms) sel_rooms=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$a' (see --help)" >&2; exit 2 ;;
   esac
@@ -51,9 +61,9 @@ done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: RUNS must be a whole number above 0" >&2; exit 2; }
 # Which blocks run: everything by default; --cluster and --attack pick theirs. "full" is every
 # single-server row; "single" is the single-server rows the cluster is compared with.
-full=1 single=1 cluster_block=1 attack_block=1
-if [ "$sel_cluster$sel_attack" != 00 ]; then
-  full=0 single=$sel_cluster cluster_block=$sel_cluster attack_block=$sel_attack
+full=1 single=1 cluster_block=1 attack_block=1 rooms_block=1
+if [ "$sel_cluster$sel_attack$sel_rooms" != 000 ]; then
+  full=0 single=$sel_cluster cluster_block=$sel_cluster attack_block=$sel_attack rooms_block=$sel_rooms
 fi
 dur=5 idle_big=10000 max_conns=19000
 if [ "$quick" = 1 ]; then
@@ -141,7 +151,7 @@ measure_with() {
     line=$("$fn" "$@")
     echo "bench:   run $r: ${line#summary }" | cut -c1-220 >&2
     for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
-      max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed; do
+      max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed misrouted; do
       v=$(get "$k" "$line")
       if [ -n "$v" ]; then echo "$v" >>"$tmp/m/$k"; fi
     done
@@ -170,12 +180,13 @@ speed_row() {
     "$(cpu "$(med server_cpu_us_per_delivery)")" "$(pct "$(med load_pct)")" "$(problems)"
 }
 pct() { awk -v x="$1" 'BEGIN { if (x !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%d%%", x }'; }
-# The problems column: losses, unexpected closes and connect errors summed over every run.
+# The problems column: losses, unexpected closes and connect errors summed over every run
+# (and, with --rooms, messages that arrived outside their room).
 problems() {
-  local l u c f
-  l=$(total lost) u=$(total unexpected_closes) c=$(total connect_errors) f=$(total failed)
-  if [ "$l$u$c$f" = "0000" ]; then echo "none"; else
-    echo "lost $l, unexpected closes $u, connect errors $c$([ "$f" != 0 ] && echo ", $f runs failed")"
+  local l u c f m
+  l=$(total lost) u=$(total unexpected_closes) c=$(total connect_errors) f=$(total failed) m=$(total misrouted)
+  if [ "$l$u$c$f$m" = "00000" ]; then echo "none"; else
+    echo "lost $l, unexpected closes $u, connect errors $c$([ "$f" != 0 ] && echo ", $f runs failed")$([ "$m" != 0 ] && echo ", misrouted $m")"
   fi
 }
 
@@ -199,15 +210,65 @@ for n in "${idle_sizes[@]}"; do
 done
 [ "$full" = 1 ] && row "RSS at start-up" "$(awk -v x="$(med server_rss_start_kb)" 'BEGIN { printf "%.2f MiB", x / 1024 }')" "" "" "" "" ""
 
-# 3. Room fan-out, up to 2M deliveries/s offered.
-room_rates=(10 50 100 200)
-[ "$full" = 1 ] || room_rates=(10 50)
+fi # single
+
+# 3. Room fan-out, up to 2M deliveries/s offered; with the rooms block, the 100k/s and 500k/s
+# rows again over 100 rooms of 10 and 10 rooms of 100, right after the one-room row.
+room_rates=()
+[ "$single$rooms_block" != 00 ] && room_rates=(10 50)
+[ "$full" = 1 ] && room_rates=(10 50 100 200)
+rooms_cmp=() # the comparison table's rows
 for r in "${room_rates[@]}"; do
   offered=$((10 * r * 1000))
   echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
   measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
   speed_row "Room fan-out: 1,000 clients, 10 senders × $r msg/s ($(rate $offered) deliveries/s offered)"
+  one_cpu=$(med server_cpu_us_per_delivery)
+  one="$(rate "$(med deliveries_per_sec)")/s, $(lat "$(med p99_us)"), $(cpu "$one_cpu")"
+  [ "$rooms_block" = 1 ] && [ "$r" -le 50 ] || continue
+  cmp="| $(rate $offered)/s | $one"
+  # The same deliveries/s: 100 senders, each to its own room: of 10 at 10 × r msg/s (one
+  # sender a room), or of 100 at r msg/s (ten a room); every client still receives 10 × r
+  # messages a second, as in the one-room row.
+  for spec in "100 10 $((10 * r))" "10 100 $r"; do
+    set -- $spec
+    echo "bench: rooms, 1000 clients in $1 rooms of $2, 100 senders at $3/s" >&2
+    measure --mode room --conns 1000 --rooms "$1" --senders 100 --rate "$3" --duration "$dur"
+    speed_row "Rooms: 1,000 clients in $1 rooms of $2, 100 senders × $3 msg/s to their room ($(rate $offered) deliveries/s offered)"
+    ratio=$(awk -v a="$(med server_cpu_us_per_delivery)" -v b="$one_cpu" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }')
+    cmp+=" | $(rate "$(med deliveries_per_sec)")/s, $(lat "$(med p99_us)"), $(cpu "$(med server_cpu_us_per_delivery)") ($ratio×)"
+  done
+  rooms_cmp+=("$cmp |")
 done
+
+# 3c. What a room membership costs: idle RSS per connection in lobby only, and in lobby + 1
+# room (rooms of 100, and of 10).
+rooms_mem=()
+if [ "$rooms_block" = 1 ]; then
+  lobby_per=""
+  for nrooms in 0 $((idle_big / 100)) $((idle_big / 10)); do
+    if [ "$nrooms" = 0 ]; then
+      echo "bench: idle RSS, $idle_big connections in lobby only" >&2
+      measure --mode idle --conns "$idle_big" --duration 1
+      what="lobby only"
+    else
+      echo "bench: idle RSS, $idle_big connections in lobby + 1 of $nrooms rooms" >&2
+      measure --mode idle --conns "$idle_big" --rooms "$nrooms" --duration 1
+      what="lobby + 1 room ($(num "$nrooms") rooms of $((idle_big / nrooms)))"
+    fi
+    per=$(paste -d' ' "$tmp/m/server_rss_kb" "$tmp/m/server_rss_start_kb" 2>/dev/null |
+      awk -v n="$idle_big" '{ print ($1 - $2) * 1024 / n }' | median)
+    if [ "$nrooms" = 0 ]; then lobby_per=$per extra="(the base)"; else
+      extra=$(awk -v a="$per" -v b="$lobby_per" 'BEGIN { if (a ~ /^-?[0-9.]+$/ && b ~ /^-?[0-9.]+$/) printf "%+.0f B", a - b; else print "n/a" }')
+    fi
+    row "Idle RSS per connection, $(num "$idle_big") connections, $what" \
+      "$(awk -v b="$per" 'BEGIN { if (b !~ /^-?[0-9]+([.][0-9]*)?(e[+-]?[0-9]+)?$/) print "n/a"; else printf "%.2f KiB", b / 1024 }')" \
+      "" "" "" "" "$(problems)"
+    rooms_mem+=("| $what | $(awk -v b="$per" 'BEGIN { if (b !~ /^-?[0-9.]+$/) print "n/a"; else printf "%.0f B (%.2f KiB)", b, b / 1024 }') | $extra | $(problems) |")
+  done
+fi
+
+if [ "$single" = 1 ]; then
 
 # 3b. The flush window's trade: the 500k/s row again with a 40 ms window instead of 5 ms.
 if [ "$full" = 1 ]; then
@@ -388,6 +449,23 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     echo "| Attack | Fan-out result | p99 | p99 vs baseline | Lost | Lost / unexpected closes / connect errors | What the attacker got (last run) |"
     echo "|---|---|---|---|---|---|---|"
     printf '%s\n' "${attack_rows[@]}"
+  fi
+  if [ "${#rooms_cmp[@]}" -gt 0 ]; then
+    echo
+    echo "Rooms against one room at the same deliveries/s (1,000 clients; deliveries/s, p99, server CPU per delivery,"
+    echo "and that CPU as a multiple of the one-room row's):"
+    echo
+    echo "| Offered | 1 room of 1,000, 10 senders | 100 rooms of 10, 100 senders | 10 rooms of 100, 100 senders |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${rooms_cmp[@]}"
+  fi
+  if [ "${#rooms_mem[@]}" -gt 0 ]; then
+    echo
+    echo "What a room membership costs: idle RSS per connection, $(num "$idle_big") connections (each joins its room after its welcome):"
+    echo
+    echo "| Connections in | RSS per connection | vs lobby only (per membership) | Lost / unexpected closes / connect errors |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${rooms_mem[@]}"
   fi
 } | tee "$out"
 echo "bench: saved $out" >&2
