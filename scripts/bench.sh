@@ -75,6 +75,7 @@ command -v taskset >/dev/null || { echo "bench.sh: taskset is needed (util-linux
 cd "$(dirname "$0")/.."
 mkdir -p artifacts
 out="artifacts/bench-$(date +%Y%m%d-%H%M%S).md"
+runs_log="${out%.md}-runs.log"
 tmp=$(mktemp -d)
 server_pid=""
 cluster_pids=()
@@ -100,7 +101,8 @@ start_chatloop() {
   shift
   RUST_LOG=warn taskset -c 0 "$bin/chatloop" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
   started_pid=$!
-  for i in $(seq 100); do
+  # Up to 20 s: on a busy shared machine a start pinned to a loaded CPU 0 can take seconds.
+  for i in $(seq 400); do
     grep -q '^listening on ' "$tmp/$name.out" 2>/dev/null && break
     sleep 0.05
   done
@@ -150,6 +152,7 @@ measure_with() {
   for r in $(seq "$runs"); do
     line=$("$fn" "$@")
     echo "bench:   run $r: ${line#summary }" | cut -c1-220 >&2
+    echo "$line" >>"$runs_log" # every run's whole summary, next to the table
     for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
       max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed misrouted; do
       v=$(get "$k" "$line")
@@ -468,4 +471,4 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     printf '%s\n' "${rooms_mem[@]}"
   fi
 } | tee "$out"
-echo "bench: saved $out" >&2
+echo "bench: saved $out (every run's summary line: $runs_log)" >&2
