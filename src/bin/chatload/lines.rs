@@ -19,20 +19,31 @@ pub struct MessageLine<'l> {
 }
 
 /// `room`, `from` and `text` of a message line: a fast path for the server's field order
-/// (`type`, then `room` or nothing, `from`, `to` or nothing, `text`), and a search for any
-/// other.
+/// (`type`, then `pseq`, `room` or `seq` if present, `from`, `to` if present, `text`), and a
+/// search for any other.
 pub fn message_fields(line: &[u8]) -> Option<MessageLine<'_>> {
     fn quoted(rest: &[u8]) -> Option<(&[u8], &[u8])> {
         let q = rest.iter().position(|&b| b == b'"')?;
         Some((&rest[..q], &rest[q + 1..]))
     }
+    /// After `"key":`, a number and its comma.
+    fn skip_number(rest: &[u8]) -> Option<&[u8]> {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        rest[digits..].strip_prefix(b",")
+    }
     let fast = || {
         let mut rest = line.strip_prefix(br#"{"type":"message","#)?;
         let mut room = None;
+        if let Some(r) = rest.strip_prefix(br#""pseq":"#) {
+            rest = skip_number(r)?;
+        }
         if let Some(r) = rest.strip_prefix(br#""room":""#) {
             let (name, r) = quoted(r)?;
             room = Some(name);
             rest = r.strip_prefix(b",")?;
+        }
+        if let Some(r) = rest.strip_prefix(br#""seq":"#) {
+            rest = skip_number(r)?;
         }
         let (from, mut rest) = quoted(rest.strip_prefix(br#""from":""#)?)?;
         if let Some(r) = rest.strip_prefix(br#","to":""#) {
@@ -79,9 +90,16 @@ mod tests {
         let m = message_fields(line).unwrap();
         assert_eq!((m.room, m.from), (None, &b"cl1-m3"[..]));
         assert_eq!(parse_text(m.text), Some((b'p', 3, 17, 123456)));
-        let room = br#"{"type":"message","room":"r7","from":"cl1-m7","text":"r 7 0 5","ts":9}"#;
+        // The server's lines as they are: room messages with their number, private copies
+        // to the recipient with theirs.
+        let room = br#"{"type":"message","room":"r7","seq":42,"from":"cl1-m7","text":"r 7 0 5","ts":9}"#;
         let want = MessageLine { room: Some(b"r7"), from: b"cl1-m7", text: b"r 7 0 5" };
         assert_eq!(message_fields(room), Some(want));
+        let private = br#"{"type":"message","pseq":7,"from":"cl1-m3","to":"cl1-m2","text":"p 3 1 5","ts":9}"#;
+        let want = MessageLine { room: None, from: b"cl1-m3", text: b"p 3 1 5" };
+        assert_eq!(message_fields(private), Some(want));
+        let room = br#"{"type":"message","room":"r7","from":"cl1-m7","text":"r 7 0 5","ts":9}"#;
+        assert_eq!(message_fields(room).unwrap().room, Some(&b"r7"[..]));
         let other_order = br#"{"text":"r 1 2 3","ts":9,"type":"message","from":"x"}"#;
         let want = MessageLine { room: None, from: b"x", text: b"r 1 2 3" };
         assert_eq!(message_fields(other_order), Some(want));
