@@ -45,8 +45,8 @@ Load:
                          r(i mod N) after its welcome (and stays in lobby too); room senders
                          send {\"room\":\"rK\",..} to their own room only, so each message is
                          expected by the clients of that room; a message line arriving at a
-                         client outside its room counts as misrouted, a failure
-                         [default: 0: no rooms, everything goes to lobby]
+                         client outside its room counts as misrouted, a failure; churn
+                         clients stay in lobby [default: 0: no rooms, everything goes to lobby]
   --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
   --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
                          [default: cl<pid>-, e.g. cl4242-m0]
