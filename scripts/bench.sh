@@ -97,17 +97,28 @@ bin=${CARGO_TARGET_DIR:-target}/release
 # Starts chatloop on CPU 0 with the rate limit off and the given flags, output to $tmp/NAME.*;
 # waits until it listens; sets started_pid and addr.
 start_chatloop() {
-  local name=$1 i
+  local name=$1 i attempt status
   shift
-  RUST_LOG=warn taskset -c 0 "$bin/chatloop" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  started_pid=$!
-  # Up to 20 s: on a busy shared machine a start pinned to a loaded CPU 0 can take seconds.
-  for i in $(seq 400); do
-    grep -q '^listening on ' "$tmp/$name.out" 2>/dev/null && break
-    sleep 0.05
+  for attempt in 1 2 3; do
+    RUST_LOG=warn taskset -c 0 "$bin/chatloop" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    started_pid=$!
+    # Up to 20 s: on a busy shared machine a start pinned to a loaded CPU 0 can take seconds.
+    for i in $(seq 400); do
+      grep -q '^listening on ' "$tmp/$name.out" 2>/dev/null && break
+      kill -0 "$started_pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    addr=$(sed -n 's#^listening on http://##p' "$tmp/$name.out")
+    [ -z "$addr" ] || return 0
+    # It exited before listening (once in a few hundred starts on a shared machine, with
+    # nothing on stderr): say how, and try again.
+    status=0
+    kill "$started_pid" 2>/dev/null || true
+    wait "$started_pid" 2>/dev/null || status=$?
+    echo "bench.sh: $name did not start (attempt $attempt, exit status $status)" >&2
+    cat "$tmp/$name.err" >&2
   done
-  addr=$(sed -n 's#^listening on http://##p' "$tmp/$name.out")
-  [ -n "$addr" ] || { echo "bench.sh: $name did not start" >&2; cat "$tmp/$name.err" >&2; exit 2; }
+  exit 2
 }
 
 server_args=() # extra server flags for the next measurement
