@@ -270,8 +270,9 @@ if [ "$rooms_block" = 1 ]; then
       measure --mode idle --conns "$idle_big" --rooms "$nrooms" --duration 1
       what="lobby + 1 room ($(num "$nrooms") rooms of $((idle_big / nrooms)))"
     fi
-    per=$(paste -d' ' "$tmp/m/server_rss_kb" "$tmp/m/server_rss_start_kb" 2>/dev/null |
-      awk -v n="$idle_big" '{ print ($1 - $2) * 1024 / n }' | median)
+    # Per connection that got in (a run where some did not shows in the problems column).
+    per=$(paste -d' ' "$tmp/m/server_rss_kb" "$tmp/m/server_rss_start_kb" "$tmp/m/ready" 2>/dev/null |
+      awk '$3 > 0 { print ($1 - $2) * 1024 / $3 }' | median)
     if [ "$nrooms" = 0 ]; then lobby_per=$per extra="(the base)"; else
       extra=$(awk -v a="$per" -v b="$lobby_per" 'BEGIN { if (a ~ /^-?[0-9.]+$/ && b ~ /^-?[0-9.]+$/) printf "%+.0f B", a - b; else print "n/a" }')
     fi
