@@ -28,7 +28,8 @@
 #   - most connections held: 19,000 clients with a room message a second from 2 senders
 #   - rooms (chatload --rooms): 1,000 clients in 100 rooms of 10 and in 10 rooms of 100, each
 #     client in lobby and its room, 100 senders (the first 100 clients) sending to their own
-#     room, at the 100k/s and 500k/s the one-room rows offer, next to those rows (every
+#     room, at the 100k/s and 500k/s the one-room rows offer, next to those rows and run
+#     interleaved with them, one run of each in turn (every
 #     client receives as many messages a second as in the one-room row; the server reads
 #     100 or 10 times as many); then idle RSS per connection at 10,000 connections in lobby
 #     only and in lobby + 1 room (rooms of 100, and of 10), and the difference per membership
@@ -159,22 +160,47 @@ measure_with() {
   shift
   rm -rf "$tmp/m"
   mkdir -p "$tmp/m"
-  local r line k
+  local r line
   for r in $(seq "$runs"); do
     line=$("$fn" "$@")
     echo "bench:   run $r: ${line#summary }" | cut -c1-220 >&2
-    echo "$line" >>"$runs_log" # every run's whole summary, next to the table
-    for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
-      max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed misrouted; do
-      v=$(get "$k" "$line")
-      if [ -n "$v" ]; then echo "$v" >>"$tmp/m/$k"; fi
-    done
-    # chatload's own CPU over the window, in % of one core: near 100 means the load
-    # generator, not the server, set the pace.
-    v=$(awk -v c="$(get load_cpu_s "$line")" -v w="$(get window_s "$line")" 'BEGIN { if (w > 0) printf "%.0f", 100 * c / w }')
-    if [ -n "$v" ]; then echo "$v" >>"$tmp/m/load_pct"; fi
+    record "$line" "$tmp/m"
   done
 }
+
+# Keeps one run's summary line: in the runs log, and its values a file per key in DIR.
+record() {
+  local line=$1 dir=$2 k v
+  echo "$line" >>"$runs_log" # every run's whole summary, next to the table
+  for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
+    max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed misrouted; do
+    v=$(get "$k" "$line")
+    if [ -n "$v" ]; then echo "$v" >>"$dir/$k"; fi
+  done
+  # chatload's own CPU over the window, in % of one core: near 100 means the load
+  # generator, not the server, set the pace.
+  v=$(awk -v c="$(get load_cpu_s "$line")" -v w="$(get window_s "$line")" 'BEGIN { if (w > 0) printf "%.0f", 100 * c / w }')
+  if [ -n "$v" ]; then echo "$v" >>"$dir/load_pct"; fi
+}
+
+# Several measurements compared with each other, interleaved: $runs rounds, each running every
+# one once (each argument is one measurement's chatload flags), so that a machine whose speed
+# drifts between minutes skews them alike. `use_m I` then makes the I-th one current.
+measure_interleaved() {
+  local n=$# i r spec line
+  for i in $(seq "$n"); do rm -rf "$tmp/m.$i" && mkdir -p "$tmp/m.$i"; done
+  for r in $(seq "$runs"); do
+    i=0
+    for spec in "$@"; do
+      i=$((i + 1))
+      # shellcheck disable=SC2086 # a spec is flags without spaces in their values
+      line=$(load $spec)
+      echo "bench:   round $r, #$i ($spec): ${line#summary }" | cut -c1-220 >&2
+      record "$line" "$tmp/m.$i"
+    done
+  done
+}
+use_m() { rm -rf "$tmp/m" && cp -r "$tmp/m.$1" "$tmp/m"; }
 
 med() { if [ -f "$tmp/m/$1" ]; then median <"$tmp/m/$1"; else echo nan; fi; }
 total() { if [ -f "$tmp/m/$1" ]; then awk '{ s += $1 } END { print s + 0 }' "$tmp/m/$1"; else echo 0; fi; }
@@ -234,21 +260,30 @@ room_rates=()
 rooms_cmp=() # the comparison table's rows
 for r in "${room_rates[@]}"; do
   offered=$((10 * r * 1000))
-  echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
-  measure --mode room --conns 1000 --senders 10 --rate "$r" --duration "$dur"
+  one_spec="--mode room --conns 1000 --senders 10 --rate $r --duration $dur"
+  if [ "$rooms_block" = 1 ] && [ "$r" -le 50 ]; then
+    # The same deliveries/s over rooms: 100 senders, each to its own room, of 10 at 10 × r
+    # msg/s (one sender a room) or of 100 at r msg/s (ten a room); every client still
+    # receives 10 × r messages a second, as in the one-room row. Interleaved with it.
+    echo "bench: room fan-out at $(rate $offered)/s: 1 room of 1000 (10 senders at $r/s), 100 rooms of 10" \
+      "(100 senders at $((10 * r))/s), 10 rooms of 100 (100 senders at $r/s), interleaved" >&2
+    measure_interleaved "$one_spec" \
+      "--mode room --conns 1000 --rooms 100 --senders 100 --rate $((10 * r)) --duration $dur" \
+      "--mode room --conns 1000 --rooms 10 --senders 100 --rate $r --duration $dur"
+    use_m 1
+  else
+    echo "bench: room fan-out, 1000 clients, 10 senders at $r/s" >&2
+    # shellcheck disable=SC2086
+    measure $one_spec
+  fi
   speed_row "Room fan-out: 1,000 clients, 10 senders × $r msg/s ($(rate $offered) deliveries/s offered)"
-  one_cpu=$(med server_cpu_us_per_delivery)
-  one="$(rate "$(med deliveries_per_sec)")/s, $(lat "$(med p99_us)"), $(cpu "$one_cpu")"
   [ "$rooms_block" = 1 ] && [ "$r" -le 50 ] || continue
-  cmp="| $(rate $offered)/s | $one"
-  # The same deliveries/s: 100 senders, each to its own room: of 10 at 10 × r msg/s (one
-  # sender a room), or of 100 at r msg/s (ten a room); every client still receives 10 × r
-  # messages a second, as in the one-room row.
-  for spec in "100 10 $((10 * r))" "10 100 $r"; do
+  one_cpu=$(med server_cpu_us_per_delivery)
+  cmp="| $(rate $offered)/s | $(rate "$(med deliveries_per_sec)")/s, $(lat "$(med p99_us)"), $(cpu "$one_cpu")"
+  for spec in "2 100 10 $((10 * r))" "3 10 100 $r"; do
     set -- $spec
-    echo "bench: rooms, 1000 clients in $1 rooms of $2, 100 senders at $3/s" >&2
-    measure --mode room --conns 1000 --rooms "$1" --senders 100 --rate "$3" --duration "$dur"
-    speed_row "Rooms: 1,000 clients in $1 rooms of $2, 100 senders × $3 msg/s to their room ($(rate $offered) deliveries/s offered)"
+    use_m "$1"
+    speed_row "Rooms: 1,000 clients in $2 rooms of $3, 100 senders × $4 msg/s to their room ($(rate $offered) deliveries/s offered)"
     ratio=$(awk -v a="$(med server_cpu_us_per_delivery)" -v b="$one_cpu" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }')
     cmp+=" | $(rate "$(med deliveries_per_sec)")/s, $(lat "$(med p99_us)"), $(cpu "$(med server_cpu_us_per_delivery)") ($ratio×)"
   done
