@@ -577,10 +577,9 @@ impl Server {
         }
         match result {
             Ok(Drain::Blocked) => {}
-            Ok(Drain::Budget) => {
-                conn.pending = true;
-                self.net.later.push(token);
-            }
+            // Not pending yet: `settle` marks it so after this turn's writes (marking it now
+            // would make that a no-op, and the rest of its queue would never be written).
+            Ok(Drain::Budget) => self.net.later.push(token),
             Ok(Drain::Empty) => match conn.phase {
                 Phase::Ws(_) if !conn.finishing => conn.peer.out.release(&mut self.net.spare),
                 Phase::Respond { eof: true } => self.doom(token),

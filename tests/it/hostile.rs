@@ -353,3 +353,24 @@ fn after_a_crowd_leaves_rss_returns_to_its_starting_level() {
     assert!(anon < anon0 + 512 && (anon - anon0) * 4 < anon_peak - anon0, "{report}");
     assert!(rss < rss0 + 1024, "{report}");
 }
+
+#[test]
+fn a_queue_bigger_than_one_writes_budget_goes_out_over_several_turns() {
+    // Eight 200 KB messages echoed at once: more than one write's budget (256 KiB), so the
+    // queue goes out over several turns. It once stalled forever after the first budget
+    // (found by the Autobahn 9.* cases).
+    let s = Server::start(&["--echo", "--max-message", "2000000", "--queue-cap", "4194304"]);
+    let sock = TcpStream::connect(s.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{}/echo", s.addr), sock).unwrap();
+    for i in 0..8u8 {
+        ws.write(tungstenite::Message::binary(vec![i; 200_000])).unwrap();
+    }
+    ws.flush().unwrap();
+    for i in 0..8u8 {
+        match ws.read().unwrap() {
+            tungstenite::Message::Binary(b) => assert_eq!((b.len(), b[0]), (200_000, i)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
