@@ -310,8 +310,8 @@ impl Engine<'_> {
         b.tally.resume_failed += 1;
         if self.mains[i].live {
             b.counted -= 1;
-            self.counts.expected -= b.final_seq - c.base - c.gone;
-            self.counts.delivered -= ones(&c.seen).min(b.final_seq - c.base) - c.gone;
+            self.counts.expected -= (b.final_seq - c.base).saturating_sub(c.gone);
+            self.counts.delivered -= (ones(&c.seen).min(b.final_seq - c.base)).saturating_sub(c.gone);
             self.unlive(i);
         }
     }
