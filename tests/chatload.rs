@@ -357,6 +357,64 @@ fn private_pairs_deliver_twice() {
     assert_eq!(num(&s, "delivered"), 2 * sent);
 }
 
+/// `--mode blip` against a server: `extra` server flags, chatload's blip flags.
+fn blip(extra: &[&str], args: &[&str], prefix: &str) -> (Output, String, HashMap<String, String>) {
+    let srv = server(extra);
+    let mut all = vec!["--addr", &srv.addr, "--conns", "50", "--senders", "10", "--id-prefix", prefix];
+    all.extend_from_slice(args);
+    let (out, stdout) = chatload(&all);
+    let s = summary(&stdout);
+    (out, stdout, s)
+}
+
+#[test]
+fn blips_lose_nothing_and_double_nothing() {
+    // 50 clients each drop their connection once (reset, FIN or left half-open, in turn) and
+    // resume while 10 senders send room messages and the pairs send private ones.
+    let (out, stdout, s) = blip(
+        &[],
+        &["--mode", "blip,private", "--rate", "5", "--duration", "3", "--blip-down", "0.5"],
+        "blp-",
+    );
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(num(&s, "blips"), 50, "{stdout}");
+    assert_eq!(num(&s, "resumed"), 50, "{stdout}");
+    for key in ["resume_failed", "blip_pending", "blip_lost", "blip_duplicated", "blip_reordered", "unasked"]
+    {
+        assert_eq!(num(&s, key), 0, "{key}: {stdout}");
+    }
+    for key in ["private_lost", "private_holes", "private_duplicated", "gaps", "lost", "unexpected_closes"] {
+        assert_eq!(num(&s, key), 0, "{key}: {stdout}");
+    }
+    // Something was at stake: messages were sent while clients were away and replayed.
+    assert!(num(&s, "final_seq") >= 100, "{stdout}");
+    assert!(num(&s, "replayed") > 0 && num(&s, "private_replayed") > 0, "{stdout}");
+    assert_eq!(num(&s, "expected"), num(&s, "delivered"));
+}
+
+#[test]
+fn blip_counts_gaps_and_refused_resumes() {
+    // History of 5: a client away up to a second at 50 room messages a second misses more than
+    // is kept; it is told with gap lines, which are counted apart, not as losses.
+    let (_, stdout, s) = blip(
+        &["--history", "5"],
+        &["--mode", "blip", "--rate", "5", "--duration", "2", "--blip-down", "1", "--blip-how", "rst"],
+        "gap-",
+    );
+    assert!(num(&s, "gaps") > 0 && num(&s, "gap_seqs") > 0, "{stdout}");
+    assert_eq!((num(&s, "blip_lost"), num(&s, "blip_duplicated"), num(&s, "lost")), (0, 0, 0), "{stdout}");
+    // A grace of 50 ms: a client away longer (most of them, away up to 1 s) is refused (a
+    // fresh welcome), and the run fails.
+    let (out, stdout, s) = blip(
+        &["--resume-grace", "0.05"],
+        &["--mode", "blip", "--duration", "2", "--blip-down", "1", "--blip-how", "fin"],
+        "nog-",
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(num(&s, "resume_failed") > 0, "{stdout}");
+    assert_eq!(num(&s, "resume_failed") + num(&s, "resumed"), num(&s, "blips"), "{stdout}");
+}
+
 #[test]
 fn failures_are_reported_not_hidden() {
     // Someone already holds "clsm0": chatload's first client is closed with 4409.

@@ -158,6 +158,42 @@ fn run(args: &Args) -> std::io::Result<bool> {
             t.short, t.unavailable, t.unconfirmed, t.unreported, t.overreported, t.duplicates
         );
     }
+    let blip = e.blip_tally();
+    if let Some(b) = &blip {
+        println!(
+            "blip: {} blips ({} skipped: not up at their moment), resumed {}, failed {}, still away {}; \
+             resume p50 {} us, p99 {} us, max {} us",
+            b.blips,
+            b.blips_skipped,
+            b.resumed,
+            b.resume_failed,
+            b.pending,
+            b.resume_p50_us,
+            b.resume_p99_us,
+            b.resume_max_us
+        );
+        println!(
+            "blip: room seqs 1..{}: lost {} (at {} clients), duplicated {}, reordered {}, replayed {}; gap lines {} \
+             declaring {} seqs gone; unasked {}; epoch changes {}",
+            b.final_seq,
+            b.lost,
+            b.clients_with_losses,
+            b.duplicated,
+            b.reordered,
+            b.replayed,
+            b.gap_lines,
+            b.gap_seqs,
+            b.unasked,
+            b.epoch_changes
+        );
+        if args.modes.private {
+            println!(
+                "blip: private: lost {} (the server echoed them to their sender), pseq holes {}, duplicated {}, \
+                 replayed {}",
+                b.private_lost, b.private_holes, b.private_duplicated, b.private_replayed
+            );
+        }
+    }
     if let Some(hint) = rate_limit_hint(lost, &c.server_errors, args.rate) {
         println!("{hint}");
     }
@@ -204,7 +240,46 @@ fn run(args: &Args) -> std::io::Result<bool> {
             t.short, t.unavailable, t.unconfirmed, t.unreported, t.overreported, t.duplicates
         )
     });
+    let blip_ok = blip.as_ref().is_none_or(|b| {
+        b.lost == 0
+            && b.duplicated == 0
+            && b.reordered == 0
+            && b.unasked == 0
+            && b.resume_failed == 0
+            && b.pending == 0
+            && b.resumed == b.blips
+            && b.private_lost == 0
+            && b.private_holes == 0
+            && b.private_duplicated == 0
+    });
+    let blip_fields = blip.as_ref().map_or(String::new(), |b| {
+        format!(
+            " blips={} blips_skipped={} resumed={} resume_failed={} blip_pending={} blip_lost={} blip_duplicated={} \
+             blip_reordered={} gaps={} gap_seqs={} unasked={} epoch_changes={} replayed={} final_seq={} \
+             private_lost={} private_holes={} private_duplicated={} private_replayed={} resume_p99_us={}",
+            b.blips,
+            b.blips_skipped,
+            b.resumed,
+            b.resume_failed,
+            b.pending,
+            b.lost,
+            b.duplicated,
+            b.reordered,
+            b.gap_lines,
+            b.gap_seqs,
+            b.unasked,
+            b.epoch_changes,
+            b.replayed,
+            b.final_seq,
+            b.private_lost,
+            b.private_holes,
+            b.private_duplicated,
+            b.private_replayed,
+            b.resume_p99_us
+        )
+    });
     let ok = delivery_ok
+        && blip_ok
         && extra == 0
         && unexpected == 0
         && connect_errors == 0
@@ -222,7 +297,7 @@ fn run(args: &Args) -> std::io::Result<bool> {
          reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
          server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
          offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
-         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{rooms}{server}{fault_fields} ok={}",
+         close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{rooms}{server}{fault_fields}{blip_fields} ok={}",
         mode_name(args),
         args.conns,
         c.ready,
@@ -331,7 +406,9 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
 
 fn mode_name(a: &Args) -> String {
     let mut parts = Vec::new();
-    if a.modes.room {
+    if a.modes.blip {
+        parts.push("blip");
+    } else if a.modes.room {
         parts.push("room");
     }
     if a.modes.private {
@@ -364,6 +441,13 @@ fn describe(a: &Args) -> String {
     }
     if a.modes.churn {
         s += &format!(", churn {}/s holding {:.1} s", a.churn, a.churn_hold.as_secs_f64());
+    }
+    if a.modes.blip {
+        match a.blip.rate {
+            Some(r) => s += &format!(", blips at {r}/s"),
+            None => s += ", each client blips once",
+        }
+        s += &format!(" ({:?}), away up to {:.1} s", a.blip.how, a.blip.down.as_secs_f64());
     }
     s += &format!(
         "; warmup <= {:.1} s, window {:.1} s, drain <= {:.1} s",

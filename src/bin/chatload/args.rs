@@ -22,7 +22,7 @@ Target:
                          and a client is ready once its handshake is done
 
 Load:
-  --mode M[,M..]         idle, room, private, churn; combine with commas (room,churn)
+  --mode M[,M..]         idle, room, private, churn, blip; combine with commas (room,churn)
                          [default: room]
                          idle     hold the connections, send nothing
                          room     --senders of the --conns clients send room messages at --rate
@@ -32,6 +32,18 @@ Load:
                                   twice (to the partner, echoed to the sender)
                          churn    extra clients connect, hold --churn-hold, close, at --churn
                                   per second; they are not counted as receivers
+                         blip     room traffic as in room mode, and every client drops its TCP
+                                  connection without a close (see --blip-how) and resumes
+                                  (token, pseq, a since+epoch join of lobby); counted by seq:
+                                  lost, duplicated, gaps, resumes done and failed (blip.rs);
+                                  with private, private pairs too, counted by pseq
+  --blip-rate R          blips per second across all clients, from 5% to 80% of the window,
+                         clients in a random order (again once all had one) [default: each
+                         client once, at a random moment in that span]
+  --blip-down SECS       a blipped client stays away a random 0 to SECS [default: 1]
+  --blip-how H           rst (SO_LINGER 0, a reset), fin (shutdown, no close frame), open
+                         (the old socket left open and unread: resumed over a half-open
+                         connection), or mix (in turn) [default: mix]
   --conns N              clients held for the whole run [default: 100]
   --senders N            room senders among them (at most --conns; in private mode every
                          client sends) [default: 10, or --conns if fewer]
@@ -109,6 +121,26 @@ pub struct Modes {
     pub room: bool,
     pub private: bool,
     pub churn: bool,
+    /// Implies room.
+    pub blip: bool,
+}
+
+/// `--mode blip`: how clients drop and come back (see blip.rs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Blip {
+    /// Blips per second; `None`: each client once.
+    pub rate: Option<f64>,
+    /// Longest time away.
+    pub down: Duration,
+    pub how: BlipHow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlipHow {
+    Rst,
+    Fin,
+    Open,
+    Mix,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +170,7 @@ pub struct Args {
     pub raw: bool,
     /// `--faults`: count each room message's outcome (see outcomes.rs).
     pub faults: bool,
+    pub blip: Blip,
 }
 
 /// What `--attack` runs; see attack.rs.
@@ -209,6 +242,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut attack_target: Option<String> = None;
     let mut raw = false;
     let mut faults = false;
+    let mut blip = Blip { rate: None, down: Duration::from_secs(1), how: BlipHow::Mix };
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
@@ -241,6 +275,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             }
             "--target" => attack_target = Some(cli.value()?),
             "--faults" => faults = true,
+            "--blip-rate" => blip.rate = Some(positive_f64(&flag, &cli.value()?)?),
+            "--blip-down" => blip.down = seconds(&flag, &cli.value()?, true)?,
+            "--blip-how" => {
+                blip.how = match cli.value()?.as_str() {
+                    "rst" => BlipHow::Rst,
+                    "fin" => BlipHow::Fin,
+                    "open" => BlipHow::Open,
+                    "mix" => BlipHow::Mix,
+                    v => return Err(format!("--blip-how: unknown way '{v}' (rst, fin, open, mix)")),
+                }
+            }
             "--size" => {
                 size = whole(&flag, &cli.value()?)?;
                 if size > 900 {
@@ -307,11 +352,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "room" => modes.room = true,
             "private" => modes.private = true,
             "churn" => modes.churn = true,
-            other => return Err(format!("--mode: unknown mode '{other}' (idle, room, private, churn)")),
+            "blip" => (modes.blip, modes.room) = (true, true),
+            other => {
+                return Err(format!("--mode: unknown mode '{other}' (idle, room, private, churn, blip)"));
+            }
         }
     }
     if idle && (modes.room || modes.private) {
         return Err("--mode: idle cannot be combined with room or private".into());
+    }
+    if modes.blip && (idle || raw || faults) {
+        return Err("--mode blip: not with idle, --proto raw or --faults".into());
     }
     if raw && (modes.private || attack.is_some()) {
         return Err(
@@ -364,6 +415,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         return Err(format!("--id-prefix: '{id_prefix}' must be at most 20 characters of A-Z a-z 0-9 _ - ."));
     }
 
+    if rooms > 0 && modes.blip {
+        return Err("--rooms: not with --mode blip (it counts lobby's seqs)".into());
+    }
     if rooms > 0 && raw {
         return Err("--rooms needs chatloop's protocol (--proto json): raw clients cannot join a room".into());
     }
@@ -409,6 +463,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         attack,
         raw,
         faults,
+        blip,
     })))
 }
 
@@ -455,7 +510,10 @@ mod tests {
     #[test]
     fn defaults_and_combinations() {
         let a = run(&[]).unwrap();
-        assert_eq!(a.modes, Modes { room: true, private: false, churn: false });
+        assert_eq!(a.modes, Modes { room: true, private: false, churn: false, blip: false });
+        let a = run(&["--mode", "blip,private", "--blip-rate", "50", "--blip-how", "rst"]).unwrap();
+        assert!(a.modes.blip && a.modes.room && a.modes.private);
+        assert_eq!((a.blip.rate, a.blip.how), (Some(50.0), BlipHow::Rst));
         assert_eq!((a.conns, a.senders, a.churn), (100, 10, 0.0));
         let a = run(&["--mode", "room", "--churn", "50"]).unwrap();
         assert!(a.modes.room && a.modes.churn);
@@ -528,6 +586,9 @@ mod tests {
             (&["--rooms", "x"], "--rooms: 'x' is not a whole number"),
             (&["--attack", "ping-flood", "--rooms", "1"], "--rooms is for --mode"),
             (&["--proto", "raw", "--rooms", "2"], "--rooms needs chatloop's protocol"),
+            (&["--mode", "blip", "--faults"], "--mode blip: not with"),
+            (&["--blip-how", "cut"], "unknown way 'cut'"),
+            (&["--mode", "blip", "--rooms", "2"], "not with --mode blip"),
         ] {
             let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -112,7 +112,10 @@ impl Engine<'_> {
             Role::Main(i) => self.ids[i as usize].clone(),
             Role::Churn => format!("{}c{}", self.args.id_prefix, self.conns[t].generation),
         };
-        let url = format!("ws://{}/ws?id={id}", self.args.host);
+        let mut url = format!("ws://{}/ws?id={id}", self.args.host);
+        if let Role::Main(i) = self.conns[t].role {
+            url += &self.blip_query(i as usize); // --mode blip: a resume's token and pseq
+        }
         let res = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.ws_config));
         self.handshaken(t, res);
     }
@@ -150,6 +153,7 @@ impl Engine<'_> {
         *self.counts.connect_errors.entry(reason).or_default() += 1;
         if let Some(Role::Main(i)) = self.conns.get(t).map(|c| c.role) {
             self.mains[i as usize].failed = true;
+            self.blip_connect_failed(i as usize);
         }
         self.remove(t);
     }

@@ -9,6 +9,8 @@
 
 // Each mode's scheduling and sending lives in a module of its own; the loop, connections and
 // counting stay here. Children of this module, they see the engine's private state.
+#[path = "blip.rs"]
+mod blip;
 #[path = "churn.rs"]
 mod churn;
 #[path = "connect.rs"]
@@ -169,6 +171,8 @@ pub struct Engine<'a> {
     pad: String,
     /// `--faults`: each room message's outcome.
     pub outcomes: Option<outcomes::Outcomes>,
+    /// `--mode blip`: every client's blips and what it read (blip.rs).
+    blip: Option<blip::Blip>,
 }
 
 impl<'a> Engine<'a> {
@@ -211,6 +215,7 @@ impl<'a> Engine<'a> {
             last_delivery: None,
             pad: "x".repeat(args.size),
             outcomes: args.faults.then(|| outcomes::Outcomes::new(args.conns, args.senders)),
+            blip: args.modes.blip.then(|| blip::Blip::new(args.conns)),
         })
     }
 
@@ -257,6 +262,9 @@ impl<'a> Engine<'a> {
         if self.args.modes.private {
             self.schedule_private();
         }
+        if self.blip.is_some() {
+            self.schedule_blips();
+        }
         let end = self.instant(self.window_end_ns);
         while Instant::now() < end {
             self.turn(Some(end))?;
@@ -272,7 +280,7 @@ impl<'a> Engine<'a> {
     pub fn drain_phase(&mut self, drain: Duration) -> io::Result<()> {
         self.phase = Phase::Drain;
         let end = Instant::now() + drain;
-        while Instant::now() < end && self.counts.delivered < self.counts.expected {
+        while Instant::now() < end && (self.counts.delivered < self.counts.expected || self.blip_pending()) {
             self.turn(Some(end))?;
         }
         Ok(())
@@ -495,6 +503,9 @@ impl<'a> Engine<'a> {
         if self.args.raw {
             return self.on_raw_text(t, text, now);
         }
+        if self.blip.is_some() {
+            return self.on_blip_text(t, text, now);
+        }
         for line in text.as_bytes().split(|&b| b == b'\n') {
             if line.starts_with(br#"{"type":"message""#) {
                 self.on_message(t, line, now);
@@ -633,16 +644,25 @@ impl<'a> Engine<'a> {
                         self.close_conn(t);
                     }
                 }
+                blip::BLIP_DROP | blip::BLIP_BACK => self.blip_timer(kind, a, b),
                 _ if self.phase != Phase::Run => {}
                 _ => {
                     self.counts.max_send_lag_ns = self.counts.max_send_lag_ns.max(now_ns - due);
                     let i = a as usize;
                     // Stamped with the time it is queued (and flushed, at the end of this
                     // turn): latency is the server's and the network's, not our timer's.
+                    let blip = self.blip.is_some();
                     let (n, sent) = if kind == ROOM {
-                        let sent =
-                            if self.args.raw { self.send_raw(i, now_ns) } else { self.send_room(i, now_ns) };
+                        let sent = if self.args.raw {
+                            self.send_raw(i, now_ns)
+                        } else if blip {
+                            self.send_blip_room(i, now_ns)
+                        } else {
+                            self.send_room(i, now_ns)
+                        };
                         (self.args.senders, sent)
+                    } else if blip {
+                        (self.private_senders(), self.send_blip_private(i, now_ns))
                     } else {
                         (self.private_senders(), self.send_private(i, now_ns))
                     };
