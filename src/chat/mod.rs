@@ -566,13 +566,15 @@ impl Chat {
                 return Err(ErrorCode::RecipientBusy);
             }
             p.number();
-            let _ = p.keep(Kept { pseq, line: copy, from, fresh: false });
+            let kept = Kept { pseq, line: copy, from, fresh: false };
+            let _ = p.keep(kept, resume::KEPT_ONLINE_MAX, resume::KEPT_ONLINE_BYTES);
             return Ok(());
         }
         let Some(a) = self.holds.get_mut(k, now) else { return Err(ErrorCode::UnknownRecipient) };
         let pseq = a.private.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
-        a.private.keep(Kept { pseq, line: copy, from, fresh: true }).map_err(|_| ErrorCode::Undelivered)?;
+        let kept = Kept { pseq, line: copy, from, fresh: true };
+        a.private.keep(kept, resume::KEPT_MAX, resume::KEPT_BYTES).map_err(|_| ErrorCode::Undelivered)?;
         a.private.number();
         Ok(())
     }

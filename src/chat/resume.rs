@@ -12,11 +12,16 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Private messages a user keeps for a resend on resume: the last ones sent to it, since the
-/// lost connection may have swallowed them, and what arrives during the grace.
+/// Private messages a user in its grace keeps for a resend on resume: the last ones sent to
+/// it before, since the lost connection may have swallowed them, and what arrives during
+/// the grace.
 pub const KEPT_MAX: usize = 64;
 /// The same in bytes.
 pub const KEPT_BYTES: usize = 256 * 1024;
+/// What a connected user keeps (only what a connection that dies now could have swallowed):
+/// far less, since every connected user may have it. 20,000 users at the limit: 320 MB.
+pub const KEPT_ONLINE_MAX: usize = 16;
+pub const KEPT_ONLINE_BYTES: usize = 16 * 1024;
 
 /// A private message kept for its recipient.
 pub struct Kept {
@@ -48,8 +53,8 @@ impl Private {
 
     /// Keeps `k`. Old, already delivered messages make room; a fresh one that finds no room
     /// is handed back (the caller tells its sender).
-    pub fn keep(&mut self, k: Kept) -> Result<(), Kept> {
-        while self.kept.len() >= KEPT_MAX || self.bytes + k.line.len() > KEPT_BYTES {
+    pub fn keep(&mut self, k: Kept, max: usize, max_bytes: usize) -> Result<(), Kept> {
+        while self.kept.len() >= max || self.bytes + k.line.len() > max_bytes {
             match self.kept.front() {
                 Some(old) if !old.fresh => {
                     let old = self.kept.pop_front().expect("front");
@@ -186,17 +191,17 @@ mod tests {
         let k = |pseq, fresh| Kept { pseq, line: Bytes::from_static(b"x"), from: Rc::from("a"), fresh };
         for _ in 0..KEPT_MAX {
             let n = p.number();
-            assert!(p.keep(k(n, false)).is_ok());
+            assert!(p.keep(k(n, false), KEPT_MAX, KEPT_BYTES).is_ok());
         }
         let n = p.number();
-        assert!(p.keep(k(n, true)).is_ok(), "an old delivered one made room");
+        assert!(p.keep(k(n, true), KEPT_MAX, KEPT_BYTES).is_ok(), "an old delivered one made room");
         assert_eq!(p.kept.front().unwrap().pseq, 2);
         for _ in 0..KEPT_MAX - 1 {
             let n = p.number();
-            assert!(p.keep(k(n, true)).is_ok());
+            assert!(p.keep(k(n, true), KEPT_MAX, KEPT_BYTES).is_ok());
         }
         let n = p.number();
-        assert!(p.keep(k(n, true)).is_err(), "all fresh: no room");
+        assert!(p.keep(k(n, true), KEPT_MAX, KEPT_BYTES).is_err(), "all fresh: no room");
         assert_eq!(p.kept.len(), KEPT_MAX);
     }
 }

@@ -505,7 +505,9 @@ impl Server {
         cid: Option<Rc<str>>,
     ) {
         let Some(c) = &mut self.cluster else { return };
-        let epoch = crate::chat::ids::token_text(&crate::chat::ids::new_secret())[..8].to_string();
+        // Our log's epoch, so that a room Redis has not numbered yet keeps the epoch its
+        // members were told in `joined` (a room numbered elsewhere already has Redis's).
+        let epoch = self.chat.history.log(room).epoch.to_string();
         let number = Some(Box::new(Numbered { token, template: template.clone() }));
         let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
         if !c.number(room, &template, &epoch, then) {
