@@ -9,8 +9,8 @@
 //!
 //! The cap is charged what the queue really costs: each chunk's bytes plus `CHUNK_COST` for
 //! its slot and bookkeeping, so a flood of 2-byte pongs cannot hide 60 bytes of heap apiece
-//! behind a 2-byte charge. A run of pongs not yet begun is merged into the latest one (RFC 6455
-//! §5.5.3 lets a server answer only the most recent ping).
+//! behind a 2-byte charge. Past a run of `PONG_RUN` pongs not yet begun, a new pong replaces
+//! the last (RFC 6455 §5.5.3 lets a server answer only the most recent ping).
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -24,6 +24,9 @@ pub const MAX_LINES: usize = 64;
 const NEWLINE: &[u8] = b"\n";
 /// An unmasked server frame header is at most 10 bytes (2 + 8-byte length).
 const HEAD_MAX: usize = 10;
+
+/// Pongs queued one per ping before later ones merge into the latest (`push_pong`).
+pub const PONG_RUN: usize = 16;
 
 /// What one queued chunk costs beyond its bytes: its `VecDeque` slot, and the allocator's
 /// header and rounding for a raw chunk's own copy. Charged against the cap with the bytes.
@@ -122,15 +125,24 @@ impl Outbox {
         self.push(Chunk::Raw(raw), cap)
     }
 
-    /// Queues a pong frame, replacing a pong that is last in the queue and not yet begun:
-    /// only the latest ping needs an answer, and a ping flood then costs one chunk, not one
-    /// per ping.
+    /// Queues a pong frame; behind a run of `PONG_RUN` pongs not yet begun, it replaces the
+    /// last of them instead: only the latest ping needs an answer, and a ping flood then costs
+    /// a bounded run, not one chunk per ping.
     pub fn push_pong(&mut self, pong: Bytes, cap: usize) -> bool {
         let begun = self.inflight.as_ref().map_or(0, |f| f.chunks as usize);
         let charged = self.charged();
-        if self.queue.len() > begun
+        // Pongs waiting at the tail, not yet begun: a short run is answered ping by ping (as
+        // Autobahn's 2.10 expects of ten pings); only a longer one merges.
+        let run = self
+            .queue
+            .iter()
+            .skip(begun)
+            .rev()
+            .take(PONG_RUN)
+            .take_while(|c| matches!(c, Chunk::Raw(b) if is_pong(b)))
+            .count();
+        if run == PONG_RUN
             && let Some(Chunk::Raw(last)) = self.queue.back_mut()
-            && is_pong(last)
         {
             let grown = pong.len().saturating_sub(last.len());
             if charged + grown > cap {
@@ -382,21 +394,37 @@ mod tests {
     #[test]
     fn a_run_of_pongs_is_merged_into_the_latest_but_a_begun_one_is_kept() {
         let mut o = Outbox::default();
+        let cap = 100 * PONG_RUN;
         for i in 0..100u8 {
-            assert!(o.push_pong(Bytes::from(vec![0x8a, 1, i]), 1000));
+            assert!(o.push_pong(Bytes::from(vec![0x8a, 1, i]), cap));
         }
-        assert_eq!((o.chunks(), o.queued()), (1, 3));
+        assert_eq!((o.chunks(), o.queued()), (PONG_RUN, 3 * PONG_RUN), "a run, then merged");
         let mut w = fake(1);
         assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Blocked);
-        assert!(o.push_pong(Bytes::from_static(&[0x8a, 0]), 1000), "begun: a second chunk");
-        assert!(o.push_pong(Bytes::from_static(&[0x8a, 1, 7]), 1000), "merged into the second");
-        assert_eq!(o.chunks(), 2);
-        o.push_line(Bytes::from_static(b"x"), 1000);
-        o.push_pong(Bytes::from_static(&[0x8a, 0]), 1000);
-        assert_eq!(o.chunks(), 4, "a line between pongs keeps them apart");
-        w.budget = 100;
+        w.budget = 1000;
         o.drain(&mut w, usize::MAX).unwrap();
-        assert_eq!(frames(&w.got), vec![(10, vec![99]), (10, vec![7]), (1, b"x".to_vec()), (10, vec![])]);
+        let pongs: Vec<u8> = frames(&w.got)
+            .into_iter()
+            .map(|(op, p)| {
+                assert_eq!(op, 10);
+                p[0]
+            })
+            .collect();
+        let mut want: Vec<u8> = (0..PONG_RUN as u8 - 1).collect();
+        want.push(99);
+        assert_eq!(pongs, want, "each of the first pings answered, then the latest");
+        // A begun pong is never replaced; a line between pongs keeps them apart.
+        let mut o = Outbox::default();
+        for _ in 0..PONG_RUN {
+            o.push_pong(Bytes::from_static(&[0x8a, 0]), cap);
+        }
+        let mut w = fake(1);
+        o.drain(&mut w, usize::MAX).unwrap();
+        o.push_pong(Bytes::from_static(&[0x8a, 1, 7]), cap);
+        assert_eq!(o.chunks(), PONG_RUN + 1, "the begun one does not count toward the run");
+        o.push_line(Bytes::from_static(b"x"), cap);
+        o.push_pong(Bytes::from_static(&[0x8a, 0]), cap);
+        assert_eq!(o.chunks(), PONG_RUN + 3);
     }
 
     #[test]
