@@ -352,12 +352,13 @@ impl Server {
         self.next_sweep = now + Duration::from_secs(1);
         let rate = self.cfg.rate_limit;
         self.buckets.retain(|_, b| !b.full(rate, now));
-        let gone = self.chat.expire(now, &mut self.net);
-        for g in &gone {
+        for g in self.chat.expire(now, &mut self.net) {
             info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
             self.cluster_left(&g.id, &g.emptied);
         }
         self.chat.history.expire(now);
+        // After what the ended holds left behind is freed, not before it: malloc_trim can only
+        // give back what is free.
         // The last holds may have gone while a connection was open (a scrape, say).
         self.compact_if_idle(now);
     }
