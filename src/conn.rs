@@ -8,12 +8,13 @@
 //! the I/O and is the only one to register, deregister or remove.
 
 use crate::outbox::{Drain, Outbox, is_pong};
+use crate::timers::{Stamp, millis};
+use crate::ws::Reader;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::WebSocketContext;
 
 /// How far past its soft cap (`--queue-cap`) a queue may grow: a burst lands whole and the
 /// peer is judged by whether its backlog persists (`SLOW_GRACE`). Redis's pub/sub output
@@ -29,8 +30,8 @@ pub const WRITE_BUDGET: usize = 256 * 1024;
 /// fragments) would never use up a budget counted in messages.
 pub const READ_BUDGET: u32 = 64 * 1024;
 
-/// The socket and everything queued for it. tungstenite writes its frames (pong, close, echo)
-/// here too, so every byte a connection sends goes through one ordered, capped queue.
+/// The socket and everything queued for it. The session's own frames (pong, ping, close, echo)
+/// go here too (`send`), so every byte a connection sends goes through one ordered, capped queue.
 pub struct Peer<S = TcpStream> {
     pub sock: S,
     pub out: Outbox,
@@ -38,8 +39,6 @@ pub struct Peer<S = TcpStream> {
     pub cap: u32,
     /// Bytes this turn's reads may still take (`READ_BUDGET`).
     pub read_left: u32,
-    /// Wire bytes read since the last complete message: bounds a message's frame overhead.
-    pub since_message: u32,
     /// Bytes written outside the loop's flush (`make_room`), for the byte counter.
     pub early: u32,
     /// The read budget ran out: input may be waiting, come back next turn.
@@ -65,7 +64,6 @@ impl<S: Read + Write> Peer<S> {
             out: Outbox::default(),
             cap,
             read_left: READ_BUDGET,
-            since_message: 0,
             early: 0,
             starved: false,
             blocked: false,
@@ -111,33 +109,39 @@ impl<S: Read> Read for Peer<S> {
         let want = buf.len().min(self.read_left as usize);
         let n = self.sock.read(&mut buf[..want])?;
         self.read_left -= n as u32;
-        self.since_message = self.since_message.saturating_add(n as u32);
         self.drained = !self.hup && n > 0 && n < want;
         Ok(n)
     }
 }
 
-impl<S: Read + Write> Write for Peer<S> {
-    /// Queues, never writes (but see `make_room`): the loop drains the outbox.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let chunk = bytes::Bytes::copy_from_slice(buf);
+impl<S: Read + Write> Peer<S> {
+    /// Queues a frame of the session's own (ping, close, echo); never writes (but see
+    /// `make_room`): the loop drains the outbox.
+    pub fn send(&mut self, frame: Vec<u8>) {
+        self.queue_frame(frame, false);
+    }
+
+    /// Queues a pong: past a run of pongs not yet begun, it replaces the latest
+    /// (`Outbox::push_pong`), so a ping flood holds a bounded few.
+    pub fn send_pong(&mut self, frame: Vec<u8>) {
+        let merge = is_pong(&frame);
+        self.queue_frame(frame, merge);
+    }
+
+    fn queue_frame(&mut self, frame: Vec<u8>, merge: bool) {
+        let len = frame.len();
+        let chunk = bytes::Bytes::from(frame);
         // The close frame itself must get through a full queue (discard_unsent made room).
         if self.closing {
             self.out.push_raw(chunk, usize::MAX);
-            return Ok(buf.len());
+            return;
         }
-        self.make_room(buf.len());
+        self.make_room(len);
         let cap = self.hard_cap();
-        let queued =
-            if is_pong(buf) { self.out.push_pong(chunk, cap) } else { self.out.push_raw(chunk, cap) };
+        let queued = if merge { self.out.push_pong(chunk, cap) } else { self.out.push_raw(chunk, cap) };
         if !queued {
             self.overflow = true;
         }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -147,14 +151,17 @@ pub enum Phase {
     Request { buf: Vec<u8> },
     /// Sending an HTTP response; then the connection closes. `eof`: the peer has finished sending.
     Respond { eof: bool },
-    /// A WebSocket session.
-    Ws(Box<Session>),
+    /// A WebSocket session, in place: boxing it cost a pointer and the allocator's 16 bytes.
+    Ws(Session),
 }
 
 pub struct Session {
-    pub ctx: WebSocketContext,
+    /// Frames not yet complete; nothing while idle (see `ws`).
+    pub reader: Reader,
     /// `/echo` rather than the chat.
     pub echo: bool,
+    /// The client's close has arrived (and was answered): nothing more is read.
+    pub peer_closed: bool,
     /// The chat id, once claimed (never for `/echo`).
     pub user: Option<Rc<str>>,
     /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
@@ -171,21 +178,27 @@ pub struct Session {
     pub pseq: u64,
 }
 
-/// A token bucket: `rate` per second, bursts of `2 * rate`.
+/// A token bucket: `rate` per second, bursts of `2 * rate`. 8 bytes: the time of the last
+/// draw is in milliseconds (`timers::millis`), whose 49.7-day wrap can at worst hand a bucket
+/// untouched for that long fewer tokens than it is owed, once.
+#[derive(Debug, Clone, Copy)]
 pub struct Bucket {
     tokens: f32,
-    last: Instant,
+    last: u32,
 }
 
 impl Bucket {
     pub fn new(rate: u32, now: Instant) -> Self {
-        Bucket { tokens: 2.0 * rate as f32, last: now }
+        Bucket { tokens: 2.0 * rate as f32, last: millis(now) }
+    }
+
+    fn elapsed(&self, now: Instant) -> f32 {
+        millis(now).wrapping_sub(self.last) as f32 / 1000.0
     }
 
     /// Whether the bucket has refilled completely by `now`: keeping it longer tells nothing.
     pub fn full(&self, rate: u32, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.tokens + elapsed * rate as f32 >= 2.0 * rate as f32
+        self.tokens + self.elapsed(now) * rate as f32 >= 2.0 * rate as f32
     }
 
     /// Takes one token if there is one. A rate of 0 means no limit.
@@ -193,8 +206,8 @@ impl Bucket {
         if rate == 0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
+        let elapsed = self.elapsed(now);
+        self.last = millis(now);
         self.tokens = (self.tokens + elapsed * rate as f32).min(2.0 * rate as f32);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -205,19 +218,62 @@ impl Bucket {
     }
 }
 
+/// The peer's address in 20 bytes rather than `SocketAddr`'s 32, for logs and
+/// `--metrics-allow` (an IPv6 scope id and flow label are not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr {
+    ip: [u8; 16],
+    port: u16,
+    v4: bool,
+}
+
+impl Addr {
+    pub fn ip(&self) -> IpAddr {
+        let v6 = Ipv6Addr::from(self.ip);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.v4 => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    }
+}
+
+impl From<SocketAddr> for Addr {
+    fn from(a: SocketAddr) -> Addr {
+        let (ip, v4) = match a.ip() {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), true),
+            IpAddr::V6(v6) => (v6.octets(), false),
+        };
+        Addr { ip, port: a.port(), v4 }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        SocketAddr::new(self.ip(), self.port).fmt(f)
+    }
+}
+
+impl Default for Addr {
+    fn default() -> Addr {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into()
+    }
+}
+
+/// One connection. Its times are `Stamp`s (4 bytes each), not `Instant`s (16, or 24 as an
+/// `Option`): ARCHITECTURE.md, "Memory of one idle connection", has what each field costs.
 pub struct Conn {
     pub peer: Peer,
     pub phase: Phase,
     /// Distinguishes this connection from earlier ones with the same slab key.
     pub generation: u32,
-    pub addr: SocketAddr,
-    pub opened: Instant,
-    pub last_read: Instant,
-    pub next_ping: Instant,
+    pub addr: Addr,
+    pub opened: Stamp,
+    pub last_read: Stamp,
+    pub next_ping: Stamp,
     /// Set once we are closing: past it the socket is dropped whatever the peer does.
-    pub give_up: Option<Instant>,
+    pub give_up: Option<Stamp>,
     /// The deadline of this connection's current timer entry.
-    pub timer_at: Option<Instant>,
+    pub timer_at: Option<Stamp>,
     /// On the loop's pending-write list this turn.
     pub pending: bool,
     /// Remove once the outbox is empty.
@@ -229,16 +285,17 @@ pub struct Conn {
     /// Why the connection is ending, once that is decided (first reason wins).
     pub reason: Option<crate::metrics::Reason>,
     /// Since when the queue has stayed over its soft cap after the loop's writes.
-    pub over_since: Option<Instant>,
+    pub over_since: Option<Stamp>,
 }
 
 impl Conn {
     pub fn new(sock: TcpStream, addr: SocketAddr, cap: u32, generation: u32, now: Instant) -> Self {
+        let now = Stamp::of(now);
         Conn {
             peer: Peer::new(sock, cap),
             phase: Phase::Request { buf: Vec::new() },
             generation,
-            addr,
+            addr: addr.into(),
             opened: now,
             last_read: now,
             next_ping: now,
@@ -254,15 +311,15 @@ impl Conn {
     }
 
     /// The next moment something is due for this connection.
-    pub fn deadline(&self, handshake_timeout: Duration, idle_timeout: Duration) -> Instant {
+    pub fn deadline(&self, handshake_timeout: Duration, idle_timeout: Duration) -> Stamp {
         if let Some(t) = self.give_up {
             return t;
         }
         match self.phase {
-            Phase::Request { .. } | Phase::Respond { .. } => self.opened + handshake_timeout,
+            Phase::Request { .. } | Phase::Respond { .. } => self.opened.after(handshake_timeout),
             Phase::Ws(_) => {
-                let at = self.next_ping.min(self.last_read + idle_timeout);
-                self.over_since.map_or(at, |t| at.min(t + SLOW_GRACE))
+                let at = self.next_ping.earlier(self.last_read.after(idle_timeout));
+                self.over_since.map_or(at, |t| at.earlier(t.after(SLOW_GRACE)))
             }
         }
     }
@@ -313,21 +370,46 @@ mod tests {
 
     #[test]
     fn a_message_that_never_ends_on_a_socket_that_never_runs_dry_yields_after_the_budget() {
-        use tungstenite::protocol::{Role, WebSocketConfig};
-        let cfg = WebSocketConfig::default().read_buffer_size(256).max_message_size(Some(64 << 20));
-        let mut ctx = WebSocketContext::new(Role::Server, Some(cfg));
+        use crate::ws::{Limits, Reader};
+        let lim = Limits { max_message: 64 << 20, max_wire: u32::MAX };
+        let mut reader = Reader::default();
         let mut peer = Peer::new(Endless { read: 0 }, 1 << 20);
+        let mut buf = vec![0u8; 16 * 1024];
         for turn in 1..=3u32 {
             peer.read_left = READ_BUDGET;
             peer.starved = false;
-            match ctx.read(&mut peer) {
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => panic!("turn {turn}: {other:?}"),
+            loop {
+                match peer.read(&mut buf) {
+                    Ok(n) => {
+                        let mut pos = 0;
+                        assert_eq!(reader.next(&mut buf[..n], &mut pos, &lim), Ok(None), "turn {turn}");
+                        assert_eq!(pos, n, "all of it decoded");
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("turn {turn}: {e}"),
+                }
             }
             assert!(peer.starved, "the budget, not the socket, ended the turn");
             assert_eq!(peer.sock.read, (READ_BUDGET * turn) as usize, "exactly the budget each turn");
-            assert_eq!(peer.since_message, READ_BUDGET * turn, "the message's wire bytes are counted");
+            assert!(!reader.is_idle(), "the message is still open");
         }
+    }
+
+    #[test]
+    fn an_idle_session_is_small() {
+        // The numbers ARCHITECTURE.md's memory table gives; a change here belongs there too.
+        assert_eq!(std::mem::size_of::<Reader>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 4);
+        assert_eq!(std::mem::size_of::<Bucket>(), 8);
+        println!(
+            "Conn {} Peer {} Phase {} Session {} Outbox {} Addr {}",
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<Peer>(),
+            std::mem::size_of::<Phase>(),
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<Outbox>(),
+            std::mem::size_of::<Addr>()
+        );
     }
 
     #[test]

@@ -19,3 +19,4 @@ pub mod rlimit;
 pub mod router;
 pub mod server;
 pub mod timers;
+pub mod ws;

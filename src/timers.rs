@@ -10,7 +10,82 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The process's clock origin for `Stamp`s and rate-limit buckets.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the process's clock origin, wrapping every 49.7 days.
+pub fn millis(t: Instant) -> u32 {
+    let e = epoch();
+    match t.checked_duration_since(e) {
+        Some(d) => d.as_millis() as u32,
+        None => 0u32.wrapping_sub(e.duration_since(t).as_millis() as u32),
+    }
+}
+
+/// The longest span a `Stamp` may be from now: half the 32-bit wrap, with room to spare.
+/// Durations added to a stamp (timeouts, intervals) are capped to it.
+pub const MAX_SPAN: Duration = Duration::from_secs(20 * 24 * 3600);
+
+/// A moment in 4 bytes rather than `Instant`'s 16 (24 as an `Option`): milliseconds since the
+/// process's clock origin, wrapping every 49.7 days, compared by their wrapping difference.
+/// So any two stamps compare correctly while they are within 24 days of each other, which
+/// every connection deadline is (`MAX_SPAN`). 0 is stored as 1 (a millisecond later) so that
+/// `Option<Stamp>` is 4 bytes too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp(NonZeroU32);
+
+impl Stamp {
+    pub fn of(t: Instant) -> Stamp {
+        Stamp::raw(millis(t))
+    }
+
+    fn raw(ms: u32) -> Stamp {
+        Stamp(NonZeroU32::new(ms).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// `d` later (at most `MAX_SPAN`).
+    pub fn after(self, d: Duration) -> Stamp {
+        Stamp::raw(self.0.get().wrapping_add(d.min(MAX_SPAN).as_millis() as u32))
+    }
+
+    /// Signed milliseconds from `self` to `other`.
+    fn until(self, other: Stamp) -> i32 {
+        other.0.get().wrapping_sub(self.0.get()) as i32
+    }
+
+    /// Whether `now` is at or past this stamp.
+    pub fn reached(self, now: Stamp) -> bool {
+        self.until(now) >= 0
+    }
+
+    pub fn earlier(self, other: Stamp) -> Stamp {
+        if self.until(other) < 0 { other } else { self }
+    }
+
+    /// The `Instant` of this stamp, resolved near `now`.
+    pub fn instant(self, now: Instant) -> Instant {
+        let ms = Stamp::of(now).until(self);
+        let base = now
+            - Duration::from_nanos(now.saturating_duration_since(epoch()).subsec_nanos() as u64 % 1_000_000);
+        if ms >= 0 {
+            base + Duration::from_millis(ms as u64)
+        } else {
+            base.checked_sub(Duration::from_millis(ms.unsigned_abs() as u64)).unwrap_or(now)
+        }
+    }
+
+    /// How long from this stamp to `now` (for logs; wraps after 49.7 days).
+    pub fn elapsed(self, now: Stamp) -> Duration {
+        Duration::from_millis(now.0.get().wrapping_sub(self.0.get()) as u64)
+    }
+}
 
 pub struct Timers {
     epoch: Instant,
@@ -78,5 +153,27 @@ mod tests {
         assert_eq!(t.pop_due(t0 + 2 * s), Some((t0 + 2 * s, 2, 7)));
         assert_eq!(t.pop_due(t0 + 2 * s), None);
         assert_eq!(t.next(), Some(t0 + 3 * s));
+    }
+
+    #[test]
+    fn stamps_compare_across_the_wrap_and_resolve_to_instants() {
+        let near_wrap = Stamp::raw(u32::MAX - 5);
+        let later = near_wrap.after(Duration::from_millis(10));
+        assert_eq!(later.0.get(), 4);
+        assert!(later.reached(later) && !later.reached(near_wrap) && near_wrap.reached(later));
+        assert_eq!(near_wrap.earlier(later), near_wrap);
+        assert_eq!(later.earlier(near_wrap), near_wrap);
+        assert_eq!(near_wrap.elapsed(later), Duration::from_millis(10));
+        let now = Instant::now();
+        let at = Stamp::of(now).after(Duration::from_millis(1500));
+        let i = at.instant(now);
+        assert!(
+            i > now + Duration::from_millis(1498) && i <= now + Duration::from_millis(1500),
+            "{:?}",
+            i - now
+        );
+        assert_eq!(Stamp::of(i), at, "round trip");
+        assert!(at.reached(Stamp::of(i)));
+        assert_eq!(Stamp::of(now).after(Duration::from_secs(1 << 40)), Stamp::of(now).after(MAX_SPAN));
     }
 }

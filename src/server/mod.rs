@@ -26,6 +26,7 @@ use crate::conn::{Bucket, Conn, Phase, SLOW_GRACE, WRITE_BUDGET};
 use crate::http::{self, Status};
 use crate::metrics::{Gauges, Reason, Stats};
 use crate::outbox::{Drain, Spare};
+use crate::timers::Stamp;
 use bytes::Bytes;
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -33,7 +34,6 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::io::{self, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -45,8 +45,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// `compact` runs when the last connection goes, if more than this many came since the last.
 const IDLE_COMPACT_ABOVE: usize = 64;
-/// tungstenite's read chunk: small, because it is allocated up front for every session.
-const READ_BUFFER: usize = 256;
 
 /// The connections and what the turn has queued for them: the `Sink` chat delivers into.
 struct Net {
@@ -149,7 +147,9 @@ pub struct Server {
     assets: Assets,
     timers: crate::timers::Timers,
     max_conns: usize,
-    ws_config: WebSocketConfig,
+    /// The one buffer every session reads into (`session::READ_BUFFER`); a session keeps only
+    /// what is incomplete (`ws::Reader`).
+    read_buf: Box<[u8]>,
     /// Connections to remove at the end of the turn.
     doomed: Vec<usize>,
     /// Connections whose input was not read to WouldBlock (read budget spent).
@@ -201,11 +201,6 @@ impl Server {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGTERM, libc::SIGINT])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
-            .max_message_size(Some(cfg.max_message))
-            .max_frame_size(Some(cfg.max_message));
         let assets = cfg.public.clone().map_or(Assets::Embedded, Assets::Dir);
         let now = Instant::now();
         let cluster = cfg
@@ -251,7 +246,7 @@ impl Server {
             assets,
             timers: Default::default(),
             max_conns,
-            ws_config,
+            read_buf: vec![0; session::READ_BUFFER].into_boxed_slice(),
             doomed: Vec::new(),
             again: Vec::new(),
             accept_paused_until: None,
@@ -387,7 +382,7 @@ impl Server {
                     Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
-                    c.give_up = Some(now + self.cfg.shutdown_grace);
+                    c.give_up = Some(Stamp::of(now).after(self.cfg.shutdown_grace));
                 }
             }
         }
@@ -433,15 +428,16 @@ impl Server {
             self.net.conns.remove(token);
             return;
         }
-        self.arm(token);
+        self.arm(token, now);
     }
 
     /// (Re)schedules the connection's timer if its deadline is earlier than its current entry.
-    fn arm(&mut self, token: usize) {
+    fn arm(&mut self, token: usize, now: Instant) {
         let Some(c) = self.net.conns.get_mut(token) else { return };
         let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
-        if c.timer_at.is_none_or(|t| at < t) {
-            c.timer_at = Some(self.timers.schedule(at, token, c.generation));
+        if c.timer_at.is_none_or(|t| !t.reached(at)) {
+            let when = self.timers.schedule(at.instant(now), token, c.generation);
+            c.timer_at = Some(Stamp::of(when));
         }
     }
 
@@ -467,40 +463,41 @@ impl Server {
     fn fire_timers(&mut self, now: Instant) {
         while let Some((at, token, generation)) = self.timers.pop_due(now) {
             let Some(conn) = self.net.conns.get_mut(token) else { continue };
-            if conn.generation != generation || conn.timer_at != Some(at) {
+            if conn.generation != generation || conn.timer_at != Some(Stamp::of(at)) {
                 continue; // stale: the connection is gone or has a newer entry
             }
             conn.timer_at = None;
-            if conn.give_up.is_some_and(|t| t <= now) {
+            let stamp = Stamp::of(now);
+            if conn.give_up.is_some_and(|t| t.reached(stamp)) {
                 debug!("{}: gave up on close", conn.addr);
                 self.doom(token);
                 continue;
             }
             match &mut conn.phase {
-                Phase::Request { .. } if now >= conn.opened + self.cfg.handshake_timeout => {
+                Phase::Request { .. } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
                     warn!("{}: handshake timeout", conn.addr);
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.doom(token);
                     continue;
                 }
-                Phase::Ws(s) if conn.give_up.is_none() => {
-                    if conn.over_since.is_some_and(|t| now >= t + SLOW_GRACE) {
+                Phase::Ws(_) if conn.give_up.is_none() => {
+                    if conn.over_since.is_some_and(|t| t.after(SLOW_GRACE).reached(stamp)) {
                         self.drop_slow(token, now);
                         continue;
                     }
-                    if now >= conn.last_read + self.cfg.idle_timeout {
+                    if conn.last_read.after(self.cfg.idle_timeout).reached(stamp) {
                         self.close_ws(token, CloseCode::Away, "idle timeout", Some(Reason::IdleTimeout), now);
                         continue;
                     }
-                    if now >= conn.next_ping {
-                        let _ = s.ctx.write(&mut conn.peer, tungstenite::Message::Ping(Bytes::new()));
-                        conn.next_ping = now + self.cfg.ping_interval;
+                    if conn.next_ping.reached(stamp) {
+                        conn.peer.send(crate::ws::frame(crate::ws::OP_PING, &[]));
+                        conn.next_ping = stamp.after(self.cfg.ping_interval);
                         self.net.mark_pending(token);
                     }
                 }
                 _ => {}
             }
-            self.arm(token);
+            self.arm(token, now);
         }
     }
 
@@ -564,8 +561,8 @@ impl Server {
         let over = peer.out.charged() > peer.cap as usize && !peer.closing;
         match (over, conn.over_since) {
             (true, None) => {
-                conn.over_since = Some(now);
-                self.arm(token);
+                conn.over_since = Some(Stamp::of(now));
+                self.arm(token, now);
             }
             (false, Some(_)) => conn.over_since = None,
             _ => {}

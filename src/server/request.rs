@@ -6,12 +6,11 @@ use crate::conn::{Bucket, Phase, Session};
 use crate::http::{self, Parse, Request, Status};
 
 use crate::router::{self, Foreign, Route, Rules};
+use crate::timers::Stamp;
 use bytes::Bytes;
 use log::{debug, warn};
 use std::io::{self, Read};
 use std::time::Instant;
-
-use tungstenite::protocol::{Role, WebSocketContext};
 
 impl Server {
     pub(super) fn read_request(&mut self, token: usize, now: Instant, ts: u64) {
@@ -105,9 +104,9 @@ impl Server {
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(response, usize::MAX);
         conn.phase = Phase::Respond { eof: false };
-        conn.give_up = Some(now + CLOSE_GRACE);
+        conn.give_up = Some(Stamp::of(now).after(CLOSE_GRACE));
         self.net.urgent.push(token);
-        self.arm(token);
+        self.arm(token, now);
         // Read what is left (a body, a second request) so the kernel does not answer with RST.
         self.read_discard(token);
     }
@@ -150,11 +149,12 @@ impl Server {
     ) {
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(http::switching_protocols(key), usize::MAX);
-        let ctx = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
         let bucket = Bucket::new(self.cfg.rate_limit, now);
-        conn.phase = Phase::Ws(Box::new(Session {
-            ctx,
+        conn.phase = Phase::Ws(Session {
+            // Frames sent right behind the request wait in the reader until read below.
+            reader: crate::ws::Reader::with_input(rest),
             echo,
+            peer_closed: false,
             user: None,
             claiming: false,
             bucket,
@@ -162,11 +162,11 @@ impl Server {
             resume: crate::chat::ids::new_secret(),
             presented,
             pseq,
-        }));
-        conn.last_read = now;
-        conn.next_ping = now + self.cfg.ping_interval;
+        });
+        conn.last_read = Stamp::of(now);
+        conn.next_ping = Stamp::of(now).after(self.cfg.ping_interval);
         self.net.urgent.push(token);
-        self.arm(token);
+        self.arm(token, now);
         if !echo {
             self.begin_join(token, id, now);
         }

@@ -1,16 +1,18 @@
-//! The WebSocket half of the loop: read frames through tungstenite, hand chat text to
-//! `Chat`, echo on `/echo`, and run the close handshake in both directions.
+//! The WebSocket half of the loop: read frames (`ws::Reader`, through the loop's shared read
+//! buffer), hand chat text to `Chat`, echo on `/echo`, and run the close handshake in both
+//! directions.
 
 use super::{CLOSE_GRACE, Server, would_block};
 use crate::chat::{Outcome, Sink};
 use crate::conn::Phase;
 use crate::metrics::Reason;
 use crate::protocol::ErrorCode;
+use crate::timers::Stamp;
+use crate::ws::{self, Event};
 use log::{debug, info, warn};
+use std::io::Read;
 use std::rc::Rc;
 use std::time::Instant;
-use tungstenite::Message;
-use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Messages read from one connection per turn before others get their turn (besides the
@@ -23,61 +25,106 @@ pub(super) const CONTROL_RATE: u32 = 16;
 /// a message that takes more than `2 × --max-message + FRAME_SLACK` wire bytes (endless empty
 /// fragments, say) is closed with 1009. Normal fragmentation is far below it.
 const FRAME_SLACK: u32 = 4096;
+/// The loop's read buffer, shared by every connection: one read takes a whole turn's budget.
+pub(super) const READ_BUFFER: usize = crate::conn::READ_BUDGET as usize;
 
 impl Server {
+    /// Reads and acts on what a session sent, within its share of the turn.
     pub(super) fn read_ws(&mut self, token: usize, now: Instant, ts: u64) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         conn.peer.read_left = crate::conn::READ_BUDGET;
         conn.peer.starved = false;
-        let frame_limit = (self.cfg.max_message as u32).saturating_mul(2).saturating_add(FRAME_SLACK);
-        for _ in 0..MESSAGE_BUDGET {
+        // The buffer leaves `self` for the call, so that messages borrowed from it can go to
+        // `chat` (which needs `self`). Reads never nest; if one did, it would get a buffer of
+        // its own.
+        let mut buf = std::mem::take(&mut self.read_buf);
+        if buf.is_empty() {
+            buf = vec![0; READ_BUFFER].into_boxed_slice();
+        }
+        self.read_frames(token, now, ts, &mut buf);
+        self.read_buf = buf;
+    }
+
+    fn read_frames(&mut self, token: usize, now: Instant, ts: u64, buf: &mut [u8]) {
+        let max_wire = (self.cfg.max_message as u32).saturating_mul(2).saturating_add(FRAME_SLACK);
+        let lim = ws::Limits { max_message: self.cfg.max_message, max_wire };
+        let (mut pos, mut end) = (0, 0);
+        let mut events = 0;
+        loop {
             let Some(conn) = self.net.conns.get_mut(token) else { return };
             let Phase::Ws(s) = &mut conn.phase else { return };
-            if s.claiming {
-                return; // read once Redis has answered (see `joined`)
+            if s.claiming || events == MESSAGE_BUDGET {
+                // Keep what is unread: for when Redis has answered (see `joined`), or for the
+                // next turn, after everyone else.
+                s.reader.keep_input(&buf[pos..end]);
+                if !s.claiming {
+                    self.net.stats.read_budget_spent += 1;
+                    self.again.push(token);
+                }
+                return;
             }
-            let result = s.ctx.read(&mut conn.peer);
-            if conn.peer.overflow && !conn.peer.closing {
-                // Our pongs or echoes went past the hard cap: the peer is not reading.
-                return self.drop_slow(token, now);
+            if pos == end {
+                pos = 0;
+                end = s.reader.take_input(buf);
+                if end > 0 {
+                    continue;
+                }
+                match conn.peer.read(buf) {
+                    Ok(0) if s.peer_closed => return self.finish(token),
+                    Ok(0) => {
+                        // Gone without a close frame: lost, not left (the user is held).
+                        self.leave(token, Reason::Lost);
+                        return self.doom(token);
+                    }
+                    Ok(n) if s.peer_closed => {
+                        debug!("{}: {n} bytes after its close, dropped", conn.addr);
+                        continue;
+                    }
+                    Ok(n) => end = n,
+                    Err(e) if would_block(&e) => {
+                        let starved = conn.peer.starved;
+                        if !conn.peer.out.is_empty() {
+                            // A sender whose own queue is empty need not be visited at the flush.
+                            self.net.mark_pending(token);
+                        }
+                        if starved {
+                            // Budget spent with input still waiting: next turn, after everyone else.
+                            self.net.stats.read_budget_spent += 1;
+                            self.again.push(token);
+                        }
+                        return;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!("{}: read: {e}", conn.addr);
+                        self.leave(token, Reason::Lost);
+                        return self.doom(token);
+                    }
+                }
+                continue;
             }
-            let msg = match result {
-                Ok(m) => m,
-                Err(tungstenite::Error::Io(e)) if would_block(&e) => {
-                    if conn.peer.since_message > frame_limit {
-                        return self.flooded(
-                            token,
-                            CloseCode::Size,
-                            "message too big (counting its frames)",
-                            now,
-                        );
-                    }
-                    let starved = conn.peer.starved;
-                    // Only if tungstenite queued a reply (pong, close) during the read: a sender
-                    // whose own queue is empty need not be visited at the flush.
-                    if !conn.peer.out.is_empty() {
-                        self.net.mark_pending(token);
-                    }
-                    if starved {
-                        // Budget spent with input still waiting: next turn, after everyone else.
-                        self.net.stats.read_budget_spent += 1;
-                        self.again.push(token);
-                    }
-                    return;
+            let ev = match s.reader.next(&mut buf[..end], &mut pos, &lim) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => continue,
+                Err(ws::Error::Overhead) => {
+                    return self.flooded(
+                        token,
+                        CloseCode::Size,
+                        "message too big (counting its frames)",
+                        now,
+                    );
                 }
                 Err(e) => return self.ws_failed(token, e, now),
             };
-            conn.peer.since_message = 0;
-            conn.last_read = now;
-            if matches!(msg, Message::Ping(_) | Message::Pong(_)) && !s.control.allow(CONTROL_RATE, now) {
+            events += 1;
+            conn.last_read = Stamp::of(now);
+            if matches!(ev, Event::Ping(_) | Event::Pong) && !s.control.allow(CONTROL_RATE, now) {
                 return self.flooded(token, CloseCode::Policy, "too many control frames", now);
             }
-            match (msg, s.echo, &s.user) {
-                (m @ (Message::Text(_) | Message::Binary(_)), true, _) => {
-                    let _ = s.ctx.write(&mut conn.peer, m);
-                    self.net.mark_pending(token);
-                }
-                (Message::Text(text), false, Some(user)) => {
+            match (ev, s.echo, &s.user) {
+                (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
+                (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
+                (Event::Text(text), false, Some(user)) => {
                     if conn.peer.closing {
                         continue;
                     }
@@ -123,8 +170,8 @@ impl Server {
                     }
                 }
                 // After a refused id, until the close completes: nothing to do.
-                (Message::Text(_) | Message::Binary(_), false, None) => {}
-                (Message::Binary(_), false, Some(_)) => {
+                (Event::Text(_) | Event::Binary(_), false, None) => {}
+                (Event::Binary(_), false, Some(_)) => {
                     let why = "binary frames are not supported";
                     return self.close_ws(
                         token,
@@ -134,21 +181,53 @@ impl Server {
                         now,
                     );
                 }
-                (Message::Close(_), ..) => {
-                    // Queue tungstenite's reply (or nothing, if this answers our close); the
-                    // socket goes once the outbox is written, or at the grace deadline.
-                    conn.peer.closing = true;
-                    let _ = s.ctx.flush(&mut conn.peer);
-                    conn.give_up.get_or_insert(now + CLOSE_GRACE);
-                    self.arm(token);
+                (Event::Close(code, reason), ..) => {
+                    // Answer it (unless it answers our close), with its own code as tungstenite
+                    // did, or 1002 for a code a client may not send; the socket goes once the
+                    // outbox is written, or at the grace deadline.
+                    s.peer_closed = true;
+                    if !conn.peer.closing {
+                        conn.peer.closing = true;
+                        let reply = match code {
+                            None => ws::frame(ws::OP_CLOSE, &[]),
+                            Some(c) if ws::close_code_allowed(c) => ws::close_frame(c, &reason),
+                            Some(_) => ws::close_frame(1002, b"Protocol violation"),
+                        };
+                        conn.peer.send(reply);
+                    }
+                    conn.give_up.get_or_insert(Stamp::of(now).after(CLOSE_GRACE));
+                    self.arm(token, now);
                     return self.finish(token);
                 }
-                (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), ..) => self.net.mark_pending(token),
+                (Event::Ping(payload), ..) => {
+                    // No pong once we have sent our close. Past a run of pongs not yet begun,
+                    // a new one replaces the latest (`Outbox::push_pong`).
+                    if !conn.peer.closing {
+                        conn.peer.send_pong(ws::frame(ws::OP_PONG, &payload));
+                        if conn.peer.overflow {
+                            // Our pongs went past the hard cap: the peer is not reading.
+                            return self.drop_slow(token, now);
+                        }
+                        self.net.mark_pending(token);
+                    }
+                }
+                (Event::Pong, ..) => {}
             }
         }
-        // Budget spent with input still waiting: come back next turn, after everyone else.
-        self.net.stats.read_budget_spent += 1;
-        self.again.push(token);
+    }
+
+    /// Sends an `/echo` message back as it came.
+    fn echo(&mut self, token: usize, op: u8, payload: &[u8]) {
+        let conn = &mut self.net.conns[token];
+        if conn.peer.closing {
+            return;
+        }
+        conn.peer.send(ws::frame(op, payload));
+        if conn.peer.overflow {
+            // Our echoes went past the hard cap: the peer is not reading.
+            return self.drop_slow(token, Instant::now());
+        }
+        self.net.mark_pending(token);
     }
 
     /// Closes a peer that floods us with frames: after this nothing more is parsed (as after
@@ -161,26 +240,18 @@ impl Server {
         self.net.conns[token].phase = Phase::Respond { eof: false };
     }
 
-    /// Maps a failed read to the close the RFC asks for, or to a plain drop.
-    fn ws_failed(&mut self, token: usize, e: tungstenite::Error, now: Instant) {
-        use tungstenite::error::{Error as E, ProtocolError as P};
+    /// Maps a reading error to the close the RFC asks for.
+    fn ws_failed(&mut self, token: usize, e: ws::Error, now: Instant) {
         let (code, why) = match e {
-            E::ConnectionClosed | E::AlreadyClosed => return self.finish(token),
-            E::Protocol(P::ResetWithoutClosingHandshake) | E::Io(_) => {
-                // Gone without a close frame: lost, not left (the user is held).
-                self.leave(token, Reason::Lost);
-                return self.doom(token);
-            }
-            E::Capacity(_) => (CloseCode::Size, "message too big"),
-            E::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
-            E::Protocol(_) => (CloseCode::Protocol, "protocol error"),
-            _ => (CloseCode::Error, "internal error"),
+            ws::Error::TooBig | ws::Error::Overhead => (CloseCode::Size, "message too big"),
+            ws::Error::Utf8 => (CloseCode::Invalid, "invalid UTF-8"),
+            ws::Error::Protocol(_) => (CloseCode::Protocol, "protocol error"),
         };
         warn!("protocol error peer={}: {e}", self.net.conns[token].addr);
         self.close_ws(token, code, why, Some(Reason::ProtocolError), now);
-        // The frame stream can no longer be trusted (tungstenite's codec may be mid-frame):
-        // stop parsing, send the close, then discard input until the peer's EOF or the grace,
-        // as for an HTTP response.
+        // The frame stream can no longer be trusted (we may be mid-frame): stop parsing, send
+        // the close, then discard input until the peer's EOF or the grace, as for an HTTP
+        // response.
         self.net.conns[token].phase = Phase::Respond { eof: false };
     }
 
@@ -200,18 +271,15 @@ impl Server {
         if conn.peer.closing {
             return;
         }
-        let Phase::Ws(s) = &mut conn.phase else { return };
+        let Phase::Ws(_) = &conn.phase else { return };
         if code == CloseCode::Policy {
             conn.peer.out.discard_unsent();
         }
         conn.peer.closing = true;
-        let frame = CloseFrame { code, reason: why.into() };
-        if let Err(e) = s.ctx.close(&mut conn.peer, Some(frame)) {
-            debug!("close {}: {e}", conn.addr);
-        }
-        conn.give_up = Some(now + CLOSE_GRACE);
+        conn.peer.send(ws::close_frame(code.into(), why.as_bytes()));
+        conn.give_up = Some(Stamp::of(now).after(CLOSE_GRACE));
         self.net.mark_pending(token);
-        self.arm(token);
+        self.arm(token, now);
     }
 
     /// Closes a client whose queue would pass the cap: 1008, after what was already begun.
@@ -250,7 +318,7 @@ impl Server {
             let bucket = std::mem::replace(&mut s.bucket, crate::conn::Bucket::new(0, now));
             self.buckets.insert(key, bucket);
         }
-        let secs = conn.opened.elapsed().as_secs_f32();
+        let secs = conn.opened.elapsed(Stamp::of(now)).as_secs_f32();
         let (peer, why) = (conn.addr, reason.as_str());
         match reason {
             Reason::ClientClose | Reason::Shutdown => {
