@@ -166,6 +166,9 @@ pub struct Server {
     /// Rate-limit buckets of ids whose session ended, until they would have refilled: the
     /// limit belongs to the id, so reconnecting does not buy a fresh burst.
     buckets: std::collections::HashMap<String, Bucket>,
+    /// Rate-limit and busy-recipient refusals, for their throttled warn lines.
+    rate_refusals: session::Refusals,
+    busy_refusals: session::Refusals,
     /// When `buckets` and the id holds are next swept.
     next_sweep: Instant,
     /// When the last compaction ran (at most one a second), and how many connections had
@@ -256,6 +259,8 @@ impl Server {
             cluster,
             redis_again: false,
             buckets: Default::default(),
+            rate_refusals: Default::default(),
+            busy_refusals: Default::default(),
             next_sweep: now,
             compacted_at: None,
             compacted_after: 0,

@@ -15,6 +15,27 @@ use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+/// Refusals that mark an attack (rate limits, busy recipients): logged at warn at most once a
+/// second, with how many the line stands for, so an operator sees a flood without a line per
+/// refused message.
+#[derive(Default)]
+pub(super) struct Refusals {
+    since: Option<Instant>,
+    counted: u32,
+}
+
+impl Refusals {
+    /// Counts one; returns how many a line now due stands for, if one is due.
+    pub(super) fn note(&mut self, now: Instant) -> Option<u32> {
+        self.counted += 1;
+        if self.since.is_some_and(|t| now < t + std::time::Duration::from_secs(1)) {
+            return None;
+        }
+        self.since = Some(now);
+        Some(std::mem::take(&mut self.counted))
+    }
+}
+
 /// Messages read from one connection per turn before others get their turn (besides the
 /// byte budget, `conn::READ_BUDGET`).
 const MESSAGE_BUDGET: usize = 256;
@@ -129,6 +150,7 @@ impl Server {
                         continue;
                     }
                     if !s.bucket.allow(self.cfg.rate_limit, now) {
+                        let (addr, who) = (conn.addr, Rc::clone(user));
                         // Decoded only to find its cid: a refusal names the message too.
                         let mut line = crate::protocol::error(ErrorCode::RateLimited, None);
                         if let Some((_, Some(cid))) = crate::protocol::decode(&text) {
@@ -136,6 +158,9 @@ impl Server {
                         }
                         self.net.push(token, &line);
                         self.net.stats.error_sent(ErrorCode::RateLimited);
+                        if let Some(n) = self.rate_refusals.note(now) {
+                            warn!("rate limited id={who} peer={addr} ({n} refused since the last such line)");
+                        }
                         continue;
                     }
                     let user = Rc::clone(user);
@@ -166,6 +191,13 @@ impl Server {
                         Outcome::Refused(code) => {
                             self.net.stats.error_sent(code);
                             debug!("{user}: refused message: {}", code.as_str());
+                            if code == ErrorCode::RecipientBusy
+                                && let Some(n) = self.busy_refusals.note(now)
+                            {
+                                warn!(
+                                    "recipient busy: a private message from id={user} refused ({n} since the last such line)"
+                                );
+                            }
                         }
                     }
                 }

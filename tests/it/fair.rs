@@ -312,6 +312,8 @@ fn private_messages_to_a_reader_that_cannot_keep_up_are_refused_to_their_sender(
     assert!(busy > 0, "the flood should have met a full queue");
     assert_eq!(copies + busy, 2000, "every message delivered or refused to its sender: {errors:?}");
     assert_eq!(got, copies);
+    assert!(s.wait_log("recipient busy: a private message from id=flooder refused"));
+    assert!(s.log().matches("recipient busy:").count() < busy, "throttled, not a line per refusal");
 }
 
 #[test]
@@ -429,4 +431,8 @@ fn the_rate_limit_belongs_to_the_id_and_survives_reconnects() {
     );
     assert!((got as f64) <= allowed + 2.0, "{got} messages in {secs:.2} s");
     assert!(limited > 0);
+    // An operator sees it at warn, in a line a second or so, not one per refused message.
+    assert!(s.wait_log("rate limited id=spammer"));
+    let lines = s.log().matches("rate limited id=").count();
+    assert!(lines <= secs.ceil() as usize + 1, "{lines} warn lines for {limited} refusals in {secs:.2} s");
 }
