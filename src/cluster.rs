@@ -305,14 +305,14 @@ pub enum Await {
         cid: Option<Rc<str>>,
     },
     /// A message from `from` to `room`, with (`number`) the line to deliver here once Redis
-    /// has numbered it: if the link fails before Redis answers, other nodes
+    /// has numbered it (see `NUMBER`): if the link fails before Redis answers, other nodes
     /// may not have it, and the sender is told so; Redis's count of receivers says whether a
     /// node that should have heard it did not (it was reconnecting).
     Room {
         from: Rc<str>,
         room: Rc<str>,
         cid: Option<Rc<str>>,
-        number: Option<Box<Numbered>>,
+        number: Box<Numbered>,
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
@@ -749,14 +749,22 @@ mod tests {
         assert!(c.ping_due(t2 + sec));
     }
 
+    fn numbered() -> Box<Numbered> {
+        Box::new(Numbered { token: 0, template: Bytes::new() })
+    }
+
     #[test]
     fn a_failed_link_tells_written_commands_from_dropped_ones() {
         let url = Url::parse("redis://127.0.0.1:1").unwrap();
         let mut c =
             Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), Instant::now());
         c.link.pretend_up();
-        let room =
-            |n: &str| Await::Room { from: Rc::from("alice"), room: Rc::from(n), cid: None, number: None };
+        let room = |n: &str| Await::Room {
+            from: Rc::from("alice"),
+            room: Rc::from(n),
+            cid: None,
+            number: numbered(),
+        };
         assert!(c.publish_awaiting(b"chatloop:room:a", b"M n a\n{}", room("a")));
         let first = c.link.end();
         assert!(c.publish_awaiting(b"chatloop:room:b", b"M n b\n{}", room("b")));
@@ -782,7 +790,8 @@ mod tests {
         c.link.pretend_up();
         c.heard = t0;
         assert!(!c.heard(t0 + Duration::from_millis(999)));
-        let room = Await::Room { from: Rc::from("alice"), room: Rc::from("lobby"), cid: None, number: None };
+        let room =
+            Await::Room { from: Rc::from("alice"), room: Rc::from("lobby"), cid: None, number: numbered() };
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", room));
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", Await::Refresh));
         assert!(c.heard(t0 + Duration::from_millis(1999)), "silent for 1 s");

@@ -116,10 +116,17 @@ pub fn decode(frame: &str) -> Option<(Incoming<'_>, Option<Text<'_>>)> {
 
 /// A room name as stored and shown: 1 to 32 characters from `a-z 0-9 _ - .`, given in any
 /// case. None if `name` is not one.
-pub fn room_name(name: &str) -> Option<String> {
+/// Borrowed when `name` is already in lowercase (the usual case: no allocation per message).
+pub fn room_name(name: &str) -> Option<Text<'_>> {
     let ok = (1..=32).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    ok.then(|| name.to_ascii_lowercase())
+    if !ok {
+        return None;
+    }
+    Some(match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Text::Owned(name.to_ascii_lowercase()),
+        false => Text::Borrowed(name),
+    })
 }
 
 /// The room every connection starts in, and where `{"text":T}` goes.
@@ -249,7 +256,7 @@ struct Typed<'a, T: Serialize> {
     body: &'a T,
 }
 
-/// `users` (the whole list again) and `joined` (the answer to a join) share a shape.
+/// `users` (the whole list again); `joined` (the answer to a join) is this plus where the room stands.
 #[derive(Serialize)]
 struct RosterLine<'a> {
     r#type: &'static str,
@@ -377,14 +384,13 @@ pub fn joined<'a>(
 ) -> Bytes {
     #[derive(Serialize)]
     struct Joined<'a> {
-        r#type: &'static str,
-        room: &'a str,
-        users: Vec<&'a str>,
-        total: usize,
+        #[serde(flatten)]
+        roster: RosterLine<'a>,
         seq: u64,
         epoch: &'a str,
     }
-    encode(&Joined { r#type: "joined", room, users: ids.collect(), total, seq, epoch })
+    let roster = RosterLine { r#type: "joined", room, users: ids.collect(), total };
+    encode(&Joined { roster, seq, epoch })
 }
 
 /// `{"type":"gap","room":R,"seq":S}`: messages before S that were asked for are no longer kept

@@ -456,21 +456,13 @@ impl Reader {
     }
 }
 
-/// A server frame (FIN set, unmasked) with `payload`.
+/// A server frame (FIN set, unmasked) with `payload`; the header is tungstenite's, as the
+/// outbox's are.
 pub fn frame(op: u8, payload: &[u8]) -> Vec<u8> {
+    use tungstenite::protocol::frame::FrameHeader;
+    let header = FrameHeader { opcode: op.into(), ..FrameHeader::default() };
     let mut v = Vec::with_capacity(payload.len() + 10);
-    v.push(0x80 | op);
-    match payload.len() {
-        n @ 0..=125 => v.push(n as u8),
-        n @ 126..=0xffff => {
-            v.push(126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    header.format(payload.len() as u64, &mut v).expect("a Vec takes any header");
     v.extend_from_slice(payload);
     v
 }

@@ -139,21 +139,19 @@ impl History {
         let log = self.log(room);
         let mut freed = 0;
         if *log.epoch != *epoch || !log.shared || seq > log.next {
-            while !log.lines.is_empty() {
-                freed += log.pop();
-            }
+            freed = std::mem::take(&mut log.bytes);
+            log.lines.clear();
             if *log.epoch != *epoch {
                 log.epoch = Rc::from(epoch);
             }
             log.shared = true;
             (log.first, log.next) = (seq, seq);
         }
-        if seq < log.next {
-            self.bytes -= freed;
-            return;
-        }
+        let fresh = seq >= log.next;
         self.bytes -= freed;
-        self.keep(room, line);
+        if fresh {
+            self.keep(room, line);
+        }
     }
 
     /// Gives `room` an epoch of this node's own if its log follows Redis: a cluster node

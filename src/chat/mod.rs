@@ -48,12 +48,15 @@ pub enum Outcome {
     Room {
         room: Rc<str>,
         line: Bytes,
+        /// The client's id for the message (`cid`), for an error about it later.
+        cid: Option<Rc<str>>,
     },
     /// For Redis to number (a cluster with the link up): nothing was delivered yet. `template`
     /// is the line with seq 0; the caller hands the numbered line to `deliver_numbered`.
     Number {
         room: Rc<str>,
         template: Bytes,
+        cid: Option<Rc<str>>,
     },
     Private,
     /// For a user on another node: nothing was queued, not even the sender's copy, which the
@@ -62,6 +65,7 @@ pub enum Outcome {
         node: Rc<str>,
         to: Rc<str>,
         line: Bytes,
+        cid: Option<Rc<str>>,
     },
     /// The sender joined `room` (`first_local`: the first member on this node, so the node
     /// must start hearing the room's traffic from other nodes).
@@ -149,12 +153,10 @@ pub struct Chat {
     limits: Limits,
     /// Users whose connection was lost, in their grace (see `resume`).
     pub holds: Holds,
-    /// The `cid` of the frame `handle` last read, for a caller that reports on it later
-    /// (the cluster, when Redis answers).
-    pub cid: Option<Rc<str>>,
-    /// Room messages are numbered by Redis (a cluster with its link up), so that every node
-    /// gives them the same seq and epoch: `handle` returns `Outcome::Number`.
-    pub numbered_by_redis: bool,
+    /// Part of a cluster: while its link is up (`!cluster_down`) Redis numbers room messages,
+    /// so that every node gives them the same seq and epoch (`handle` returns
+    /// `Outcome::Number`).
+    pub clustered: bool,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -174,8 +176,7 @@ impl Chat {
             cluster_down: false,
             limits,
             holds: Holds::default(),
-            cid: None,
-            numbered_by_redis: false,
+            clustered: false,
         }
     }
 
@@ -458,7 +459,8 @@ impl Chat {
             self.remote_join(node, id);
             let k = key(id);
             let Some(r) = self.remote.get(k.as_str()).filter(|r| &*r.node == node) else { continue };
-            let wanted: Vec<String> = rooms.iter().filter_map(|n| protocol::room_name(n)).collect();
+            let wanted: Vec<String> =
+                rooms.iter().filter_map(|n| protocol::room_name(n).map(String::from)).collect();
             let stale: Vec<Rc<str>> = r
                 .rooms
                 .iter()
@@ -594,10 +596,17 @@ impl Chat {
         let Some((msg, cid)) = protocol::decode(frame) else {
             return refuse(sink, token, protocol::error(ErrorCode::BadMessage, None), ErrorCode::BadMessage);
         };
-        self.cid = cid.as_deref().map(Rc::from);
-        match cid {
-            Some(cid) => self.route(token, from, msg, ts, now, &mut Tagged { inner: sink, token, cid: &cid }),
-            None => self.route(token, from, msg, ts, now, sink),
+        let Some(cid) = cid else { return self.route(token, from, msg, ts, now, sink) };
+        // What the caller reports on later (the cluster, when Redis answers) carries the cid.
+        match self.route(token, from, msg, ts, now, &mut Tagged { inner: sink, token, cid: &cid }) {
+            Outcome::Room { room, line, .. } => Outcome::Room { room, line, cid: Some(Rc::from(&*cid)) },
+            Outcome::Number { room, template, .. } => {
+                Outcome::Number { room, template, cid: Some(Rc::from(&*cid)) }
+            }
+            Outcome::Remote { node, to, line, .. } => {
+                Outcome::Remote { node, to, line, cid: Some(Rc::from(&*cid)) }
+            }
+            other => other,
         }
     }
 
@@ -621,9 +630,9 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
-                if self.numbered_by_redis {
+                if self.clustered && !self.cluster_down {
                     let template = protocol::room_message(&room, 0, from, text, ts);
-                    return Outcome::Number { room, template };
+                    return Outcome::Number { room, template, cid: None };
                 }
                 if self.cluster_down {
                     // Numbered here while Redis is away: in an epoch of this node's own.
@@ -632,7 +641,7 @@ impl Chat {
                 let line =
                     self.history.append(&room, |seq| protocol::room_message(&room, seq, from, text, ts));
                 self.rooms.deliver(rk, &line, sink);
-                Outcome::Room { room, line }
+                Outcome::Room { room, line, cid: None }
             }
             Incoming::Private { to, text } => {
                 if !protocol::valid_id(&to) {
@@ -703,10 +712,10 @@ impl Chat {
         sink: &mut impl Sink,
     ) -> Outcome {
         let k = key(to);
-        // The recipient's id as its owner typed it, wherever it is.
-        let here = self.users.get(k.as_str()).map(|u| Rc::clone(&u.id));
-        let away = here.is_none().then(|| self.holds.get_mut(&k, now).map(|a| Rc::clone(&a.id))).flatten();
-        let Some(rcpt) = here.or(away) else {
+        // The recipient's id as its owner typed it, and its connection if it has one.
+        let here = self.users.get(k.as_str()).map(|u| (Rc::clone(&u.id), Some(u.token as usize)));
+        let found = here.or_else(|| self.holds.get_mut(&k, now).map(|a| (Rc::clone(&a.id), None)));
+        let Some((rcpt, rcpt_token)) = found else {
             return match self.remote.get(k.as_str()) {
                 _ if self.cluster_down => {
                     let code = ErrorCode::ClusterUnavailable;
@@ -716,6 +725,7 @@ impl Chat {
                     node: Rc::clone(&r.node),
                     to: Rc::clone(&r.id),
                     line: protocol::private_message(from, &r.id, text, ts),
+                    cid: None,
                 },
                 None => {
                     let code = ErrorCode::UnknownRecipient;
@@ -728,7 +738,7 @@ impl Chat {
         if let Err(code) = self.deliver_to(&k, from, &line, now, sink) {
             return refuse(sink, token, protocol::error(code, Some(&rcpt)), code);
         }
-        if self.token_of(&rcpt) != Some(token) {
+        if rcpt_token != Some(token) {
             sink.push(token, &line);
         }
         Outcome::Private
@@ -939,7 +949,10 @@ mod tests {
         let (mut c, mut r) = chat_with(&["a", "b", "c"]);
         let line = r#"{"type":"message","room":"lobby","seq":1,"from":"b","text":"hi","ts":5}"#.to_string();
         let out = say(&mut c, &mut r, 1, "b", r#"{"text":"  hi ","from":"x"}"#);
-        assert_eq!(out, Outcome::Room { room: Rc::from("lobby"), line: Bytes::from(line.clone()) });
+        assert_eq!(
+            out,
+            Outcome::Room { room: Rc::from("lobby"), line: Bytes::from(line.clone()), cid: None }
+        );
         assert_eq!(r.sorted(), vec![(0, line.clone()), (1, line.clone()), (2, line.clone())]);
         // Naming the lobby, in any case, is the same.
         assert!(matches!(
@@ -1422,7 +1435,7 @@ mod tests {
         assert_eq!(c.count_on("n3"), (1, 2));
         // A private message to a remote user is the caller's to forward; nothing is queued.
         match say(&mut c, &mut r, 0, "a", r#"{"to":"BOB","text":"hi"}"#) {
-            Outcome::Remote { node, to, line } => {
+            Outcome::Remote { node, to, line, .. } => {
                 assert_eq!((&*node, &*to), ("n2", "Bob"));
                 assert!(std::str::from_utf8(&line).unwrap().contains(r#""to":"Bob""#));
             }

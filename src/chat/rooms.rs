@@ -106,8 +106,6 @@ impl Room {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Joined {
     pub key: usize,
-    /// The member was not in the room before.
-    pub new: bool,
     /// The member is the room's first on this node (a cluster node subscribes then).
     pub first_local: bool,
 }
@@ -173,12 +171,12 @@ impl Rooms {
     pub fn join_local(&mut self, name: &str, token: u32, id: &Rc<str>) -> Joined {
         let key = self.open(name);
         if self.slab[key].local.contains_key(&token) {
-            return Joined { key, new: false, first_local: false };
+            return Joined { key, first_local: false };
         }
         let joined_at = self.record(key, true, id);
         let room = &mut self.slab[key];
         room.local.insert(token, Member { id: Rc::clone(id), joined_at, flow: Flow::Live });
-        Joined { key, new: true, first_local: room.local_len() == 1 }
+        Joined { key, first_local: room.local_len() == 1 }
     }
 
     /// Local member `token` of room `key` lost its connection: it stays a member (`ukey` its

@@ -8,8 +8,7 @@ use super::Server;
 use crate::chat::Sink;
 use crate::chat::ids::key;
 use crate::cluster::{
-    ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, room_channel,
-    roster_fields,
+    ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, roster_fields,
 };
 use crate::conn::Phase;
 use crate::protocol::{self, ErrorCode, LOBBY};
@@ -94,7 +93,7 @@ impl Server {
                         self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to), cid.as_deref())
                     }
                     Await::Room { from, room, cid, number } => {
-                        self.unnumbered(&from, &room, cid.as_deref(), number);
+                        self.unnumbered(&from, &room, cid.as_deref(), &number);
                         self.tell_room(&from, ErrorCode::ClusterUnconfirmed, &room, cid.as_deref())
                     }
                     _ => {}
@@ -105,7 +104,6 @@ impl Server {
         match input {
             Input::Up => {
                 self.chat.cluster_down = false;
-                self.chat.numbered_by_redis = true;
                 c.subscribed(self.chat.local_rooms());
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
@@ -115,7 +113,6 @@ impl Server {
             }
             Input::Down => {
                 self.chat.cluster_down = true;
-                self.chat.numbered_by_redis = false;
                 // Claims in flight are decided locally, as joins are while Redis is away. Each
                 // message Redis did not confirm gets its sender one error: `cluster_unavailable`
                 // if it was still queued (dropped, never sent), `cluster_unconfirmed` if it was
@@ -132,7 +129,7 @@ impl Server {
                         }
                         Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
                         Await::Room { from, room, cid, number } => {
-                            self.unnumbered(&from, &room, cid.as_deref(), number);
+                            self.unnumbered(&from, &room, cid.as_deref(), &number);
                             self.tell_room(&from, code, &room, cid.as_deref())
                         }
                         Await::Refresh | Await::Ignore => {}
@@ -180,25 +177,20 @@ impl Server {
                 // is reconnecting, or gone): they missed it, and the sender is told so. With
                 // three or more nodes a partial miss goes unnoticed here. A numbered message
                 // answers {seq, epoch, receivers} and is delivered here now.
-                let reached = match (frame, number) {
-                    (BytesFrame::Number { data, .. }, None) => data,
-                    (BytesFrame::Array { data, .. }, Some(n)) => {
-                        let (Some(seq), Some(epoch), Some(reached)) = (
-                            data.first().and_then(frame_number),
-                            data.get(1).and_then(|f| f.as_str()).map(str::to_string),
-                            data.get(2).and_then(frame_number),
-                        ) else {
-                            return self.unnumbered(&from, &room, cid.as_deref(), Some(n));
-                        };
-                        let line = protocol::with_seq(&n.template, seq as u64);
-                        let sender =
-                            (self.chat.token_of(&from) == Some(n.token)).then_some((n.token, cid.as_deref()));
-                        self.chat.deliver_numbered(&room, &epoch, seq as u64, &line, sender, &mut self.net);
-                        reached
-                    }
-                    (_, Some(n)) => return self.unnumbered(&from, &room, cid.as_deref(), Some(n)),
-                    _ => return,
+                let BytesFrame::Array { data, .. } = frame else {
+                    return self.unnumbered(&from, &room, cid.as_deref(), &number);
                 };
+                let (Some(seq), Some(epoch), Some(reached)) = (
+                    data.first().and_then(frame_number),
+                    data.get(1).and_then(|f| f.as_str()).map(str::to_string),
+                    data.get(2).and_then(frame_number),
+                ) else {
+                    return self.unnumbered(&from, &room, cid.as_deref(), &number);
+                };
+                let line = protocol::with_seq(&number.template, seq as u64);
+                let sender = (self.chat.token_of(&from) == Some(number.token))
+                    .then_some((number.token, cid.as_deref()));
+                self.chat.deliver_numbered(&room, &epoch, seq as u64, &line, sender, &mut self.net);
                 let remote = self
                     .chat
                     .rooms
@@ -472,24 +464,12 @@ impl Server {
         self.close_ws(token, CloseCode::Again, "cluster_unavailable", None, now);
     }
 
-    /// A room message already delivered here: publish it for the other nodes (only those
-    /// with members in `room` hear its channel).
-    pub(super) fn cluster_room(
-        &mut self,
-        token: usize,
-        from: &Rc<str>,
-        room: &str,
-        line: &Bytes,
-        cid: Option<Rc<str>>,
-    ) {
-        let then =
-            Await::Room { from: Rc::clone(from), room: Rc::from(room), cid: cid.clone(), number: None };
-        // (Only while Redis numbers nothing: the link is down, and this publish is refused.)
-        let epoch = self.chat.history.get(room).map_or_else(String::new, |l| l.epoch.to_string());
-        let Some(c) = &mut self.cluster else { return };
-        if !c.publish_awaiting(&room_channel(room), &payload(&["M", &c.node, room, &epoch], Some(line)), then)
-        {
-            self.room_error(token, ErrorCode::ClusterUnavailable, room, cid.as_deref());
+    /// A room message chat numbered itself: in a cluster that happens only while Redis is
+    /// away (with the link up, Redis numbers them: `cluster_number`), so the other nodes
+    /// cannot have it, and the sender is told.
+    pub(super) fn cluster_room(&mut self, token: usize, room: &str, cid: Option<&str>) {
+        if self.cluster.is_some() {
+            self.room_error(token, ErrorCode::ClusterUnavailable, room, cid);
         }
     }
 
@@ -508,7 +488,7 @@ impl Server {
         // Our log's epoch, so that a room Redis has not numbered yet keeps the epoch its
         // members were told in `joined` (a room numbered elsewhere already has Redis's).
         let epoch = self.chat.history.log(room).epoch.to_string();
-        let number = Some(Box::new(Numbered { token, template: template.clone() }));
+        let number = Box::new(Numbered { token, template: template.clone() });
         let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
         if !c.number(room, &template, &epoch, then) {
             self.chat.number_here(room, &template, token, cid.as_deref(), &mut self.net);
@@ -518,11 +498,9 @@ impl Server {
 
     /// A room message whose numbering by Redis failed: it reaches this node's members now,
     /// numbered here (the caller tells the sender what became of it elsewhere).
-    fn unnumbered(&mut self, from: &str, room: &str, cid: Option<&str>, number: Option<Box<Numbered>>) {
-        if let Some(n) = number {
-            let sender = if self.chat.token_of(from) == Some(n.token) { n.token } else { usize::MAX };
-            self.chat.number_here(room, &n.template, sender, cid, &mut self.net);
-        }
+    fn unnumbered(&mut self, from: &str, room: &str, cid: Option<&str>, n: &Numbered) {
+        let sender = if self.chat.token_of(from) == Some(n.token) { n.token } else { usize::MAX };
+        self.chat.number_here(room, &n.template, sender, cid, &mut self.net);
     }
 
     /// A private message for a user on `node`; the sender's copy goes once it is on its way.

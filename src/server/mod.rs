@@ -243,6 +243,7 @@ impl Server {
                     history_ttl: cfg.history_ttl,
                 });
                 // Down until the link's handshake says otherwise (`Input::Up`).
+                chat.clustered = cluster.is_some();
                 chat.cluster_down = cluster.is_some();
                 chat
             },

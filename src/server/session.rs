@@ -165,15 +165,13 @@ impl Server {
                     }
                     let user = Rc::clone(user);
                     match self.chat.handle(token, &user, &text, ts, now, &mut self.net) {
-                        Outcome::Number { room, template } => {
+                        Outcome::Number { room, template, cid } => {
                             self.net.stats.room_received += 1;
-                            let cid = self.chat.cid.take();
                             self.cluster_number(token, &user, &room, template, cid);
                         }
-                        Outcome::Room { room, line } => {
+                        Outcome::Room { room, cid, .. } => {
                             self.net.stats.room_received += 1;
-                            let cid = self.chat.cid.take();
-                            self.cluster_room(token, &user, &room, &line, cid);
+                            self.cluster_room(token, &room, cid.as_deref());
                         }
                         Outcome::Joined { room, first_local } => {
                             self.cluster_joined(&user, &room, first_local)
@@ -183,9 +181,8 @@ impl Server {
                         }
                         Outcome::Answered => {}
                         Outcome::Private => self.net.stats.private_received += 1,
-                        Outcome::Remote { node, to, line } => {
+                        Outcome::Remote { node, to, line, cid } => {
                             self.net.stats.private_received += 1;
-                            let cid = self.chat.cid.take();
                             self.cluster_private(token, &user, &node, &to, &line, cid);
                         }
                         Outcome::Refused(code) => {
