@@ -45,6 +45,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// `compact` runs when the last connection goes, if more than this many came since the last.
 const IDLE_COMPACT_ABOVE: usize = 64;
+/// How long after the last handshake or room join the heap is trimmed (`trim_heap`): a crowd
+/// arriving is trimmed once it has settled, not once per connection.
+const TRIM_AFTER: Duration = Duration::from_millis(300);
 
 /// The connections and what the turn has queued for them: the `Sink` chat delivers into.
 struct Net {
@@ -174,6 +177,8 @@ pub struct Server {
     /// When the last compaction ran (at most one a second), and how many connections had
     /// been accepted by then.
     compacted_at: Option<Instant>,
+    /// When to give freed heap back to the system (see `trim_heap`).
+    trim_due: Option<Instant>,
     compacted_after: u64,
 }
 
@@ -264,6 +269,7 @@ impl Server {
             busy_refusals: Default::default(),
             next_sweep: now,
             compacted_at: None,
+            trim_due: None,
             compacted_after: 0,
             cfg,
         })
@@ -299,6 +305,7 @@ impl Server {
             self.timers.next(),
             self.accept_paused_until,
             self.flush_due,
+            self.trim_due,
             self.cluster.as_ref().and_then(|c| c.deadline()),
             // Holds, buckets and idle histories end with time, not with traffic.
             (!self.chat.holds.is_empty() || !self.buckets.is_empty() || self.chat.history.any_idle())
@@ -341,7 +348,28 @@ impl Server {
         self.cluster_tick(now);
         self.fire_timers(now);
         self.sweep(now);
+        self.trim_heap(now);
         self.settle(now);
+    }
+
+    /// Handshakes and room joins leave freed memory behind (request heads, welcomes, rosters
+    /// queued by the thousand during a crowd's arrival); glibc keeps it, so RSS would stay at
+    /// the arrival's peak. Some time after the last of them, give it back.
+    fn heap_churned(&mut self, now: Instant) {
+        self.trim_due = Some(now + TRIM_AFTER);
+    }
+
+    fn trim_heap(&mut self, now: Instant) {
+        if self.trim_due.is_none_or(|t| now < t) {
+            return;
+        }
+        self.trim_due = None;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        debug!("heap trimmed in {:?}", now.elapsed());
     }
 
     /// Once a second: forget rate-limit buckets that have refilled, and end id holds whose
@@ -415,6 +443,7 @@ impl Server {
 
     fn admit(&mut self, mut sock: TcpStream, addr: std::net::SocketAddr, now: Instant) {
         self.net.stats.accepted += 1;
+        self.heap_churned(now);
         if self.net.conns.len() >= self.max_conns {
             // Best effort, never blocking: the 503 fits any socket buffer.
             let _ = sock.write(&http::error(Status::Unavailable, "server full, try again later"));

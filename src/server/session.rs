@@ -174,6 +174,7 @@ impl Server {
                             self.cluster_room(token, &room, cid.as_deref());
                         }
                         Outcome::Joined { room, first_local } => {
+                            self.heap_churned(now);
                             self.cluster_joined(&user, &room, first_local)
                         }
                         Outcome::Left { room, last_local } => {
