@@ -544,8 +544,8 @@ impl Cluster {
     }
 
     /// Runs the claim script over `ids` (lowercased), in chunks; false if the link refused.
-    pub fn claim<'a>(&mut self, ids: impl Iterator<Item = &'a str>, then: impl Fn() -> Await) -> bool {
-        let keys: Vec<String> = ids.map(|id| format!("{KEY_PREFIX}{id}")).collect();
+    pub fn claim<S: AsRef<str>>(&mut self, ids: impl Iterator<Item = S>, then: impl Fn() -> Await) -> bool {
+        let keys: Vec<String> = ids.map(|id| format!("{KEY_PREFIX}{}", id.as_ref())).collect();
         let ttl_ms = self.ttl.as_millis().to_string();
         for chunk in keys.chunks(CLAIM_CHUNK) {
             if !self.script(CLAIM, chunk, &ttl_ms) {

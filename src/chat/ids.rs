@@ -12,13 +12,16 @@ use data_encoding::BASE64URL_NOPAD;
 
 /// The uniqueness key of a valid id: lowercase, with `0` as `o` and `1`, `i` as `l`.
 pub fn key(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b.to_ascii_lowercase() {
-            b'0' => 'o',
-            b'1' | b'i' => 'l',
-            c => c as char,
-        })
-        .collect()
+    id.bytes().map(|b| fold(b) as char).collect()
+}
+
+/// One byte of an id as it is in its key.
+pub fn fold(b: u8) -> u8 {
+    match b.to_ascii_lowercase() {
+        b'0' => b'o',
+        b'1' | b'i' => b'l',
+        c => c,
+    }
 }
 
 /// A resume secret: 128 random bits.

@@ -19,6 +19,7 @@ pub mod history;
 pub mod ids;
 pub mod resume;
 pub mod rooms;
+pub mod users;
 
 use crate::protocol::{self, ErrorCode, Incoming, LOBBY, Replay};
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 use std::time::Instant;
+use users::{User, Users};
 
 /// Where chat lines go. `token` names a connection.
 pub trait Sink {
@@ -118,18 +120,6 @@ impl Default for Limits {
     }
 }
 
-struct User {
-    /// u32, not usize: the map's slots stay smaller.
-    token: u32,
-    /// The id as typed, shared with the connection's session and the rooms.
-    id: Rc<str>,
-    /// The rooms this user is in (keys of `Rooms`).
-    rooms: Vec<u32>,
-    /// Its private messages' numbering and the last ones, for a resend on resume; boxed,
-    /// since most users never get one.
-    private: Option<Box<Private>>,
-}
-
 /// A user on another node.
 struct Remote {
     id: Rc<str>,
@@ -138,9 +128,8 @@ struct Remote {
 }
 
 pub struct Chat {
-    /// Keyed by the id's key, which is the same allocation as `User::id` when the id is its
-    /// own key (the usual case: typed in lowercase without confusables).
-    users: HashMap<Rc<str>, User>,
+    /// Local users, by connection token and by id key.
+    users: Users,
     /// Users on other nodes, keyed like `users`. Never holds a local user's key.
     remote: HashMap<Rc<str>, Remote>,
     pub rooms: Rooms,
@@ -169,7 +158,7 @@ pub struct Gone {
 impl Chat {
     pub fn new(limits: Limits) -> Self {
         Chat {
-            users: HashMap::new(),
+            users: Users::default(),
             remote: HashMap::new(),
             rooms: Rooms::default(),
             history: History::new(limits.history, limits.history_bytes, limits.history_ttl),
@@ -202,7 +191,7 @@ impl Chat {
             return Err(ErrorCode::BadId);
         }
         let k = key(id);
-        if self.users.contains_key(k.as_str())
+        if self.users.contains(id)
             || self.holds.refuses(&k, presented, now)
             || (self.cluster_down && self.remote.contains_key(k.as_str()))
         {
@@ -244,18 +233,20 @@ impl Chat {
                 for room in &away.rooms {
                     self.rooms.set_back(*room as usize, &k, token as u32);
                 }
-                (away.id, away.rooms, Some(Box::new(away.private)))
+                (away.id, away.rooms.into(), Some(Box::new(away.private)))
             }
             None => {
                 let shared: Rc<str> = Rc::from(id);
                 let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
                 self.history.set_idle(LOBBY, None);
-                (shared, vec![lobby.key as u32], None)
+                let mut rooms = users::RoomList::default();
+                rooms.push(lobby.key as u32);
+                (shared, rooms, None)
             }
         };
         let resumed = private.is_some();
         let (users, total) = match self.rooms.key(LOBBY) {
-            Some(lobby) => self.rooms.listing(lobby, &shared, self.limits.presence_limit),
+            Some(lobby) => self.rooms.listing(lobby, &shared, self.limits.presence_limit, &self.users),
             None => (vec![&*shared], 1),
         };
         let welcome = protocol::welcome(&protocol::Welcome {
@@ -278,20 +269,20 @@ impl Chat {
                 kept.fresh = false;
             }
         }
-        let ukey = if k == *shared { Rc::clone(&shared) } else { Rc::from(k) };
-        self.users.insert(ukey, User { token: token as u32, id: Rc::clone(&shared), rooms, private });
+        self.users.insert(token as u32, User { id: Rc::clone(&shared), rooms, private });
         Ok((shared, resumed))
     }
 
     /// `id` (on connection `token`) lost its connection: it is held under `secret` until
     /// `until`, still a member of its rooms, with no presence event.
     pub fn lose(&mut self, id: &str, secret: Secret, until: Instant) {
-        let Some((ukey, u)) = self.users.remove_entry(&*key(id)) else { return };
-        for room in &u.rooms {
-            self.rooms.set_away(*room as usize, u.token, &ukey);
+        let Some((token, u)) = self.users.remove(id) else { return };
+        let ukey: Rc<str> = Rc::from(key(id));
+        for room in u.rooms.iter() {
+            self.rooms.set_away(room as usize, token, &ukey, &u.id);
         }
         let private = u.private.map_or_else(Private::default, |p| *p);
-        self.holds.hold(ukey, Away { id: u.id, secret, until, rooms: u.rooms, private });
+        self.holds.hold(ukey, Away { id: u.id, secret, until, rooms: u.rooms.to_vec(), private });
     }
 
     /// Ends the holds whose grace has passed: their users leave their rooms (announced now),
@@ -307,8 +298,8 @@ impl Chat {
                 }
             }
             for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
-                if let Some(from) = self.users.get(&*key(&kept.from)) {
-                    sink.push(from.token as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
+                if let Some((from, _)) = self.users.get(&kept.from) {
+                    sink.push(from as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
                 }
             }
             gone.push(Gone { id: away.id, emptied });
@@ -316,9 +307,15 @@ impl Chat {
         gone
     }
 
+    /// Reserves the user table for connection tokens below `n` (address space only, until
+    /// used; see `users`).
+    pub fn reserve(&mut self, n: usize) {
+        self.users.reserve(n);
+    }
+
     /// Returns the tables' memory (when the server has gone idle).
     pub fn shrink(&mut self) {
-        self.users.shrink_to_fit();
+        self.users.shrink();
         self.remote.shrink_to_fit();
         self.rooms.shrink();
         self.history.shrink();
@@ -329,10 +326,10 @@ impl Chat {
     /// every room. Returns the rooms this node no longer has any member in.
     pub fn leave(&mut self, id: &str) -> Vec<Rc<str>> {
         let mut emptied = Vec::new();
-        if let Some(u) = self.users.remove(&*key(id)) {
-            for room in u.rooms {
+        if let Some((token, u)) = self.users.remove(id) {
+            for room in u.rooms.iter() {
                 let name = Rc::clone(&self.rooms.room(room as usize).name);
-                if self.rooms.leave_local(room as usize, u.token) {
+                if self.rooms.leave_local(room as usize, token, &u.id) {
                     emptied.push(name);
                 }
             }
@@ -342,22 +339,24 @@ impl Chat {
 
     /// The keys of every local user, those in their grace included (for registering them in
     /// Redis: a held id stays ours cluster-wide).
-    pub fn local_keys(&self) -> impl Iterator<Item = &str> {
-        self.users.keys().map(|k| &**k).chain(self.holds.keys())
+    pub fn local_keys(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+        let live = self.users.iter().map(|(_, u)| std::borrow::Cow::Owned(key(&u.id)));
+        live.chain(self.holds.keys().map(std::borrow::Cow::Borrowed))
     }
 
     /// Every local user as typed (those in their grace too), with the names of the rooms it
     /// is in (for a roster).
     pub fn local_members(&self) -> Vec<(&str, Vec<&str>)> {
-        let names = |rooms: &[u32]| rooms.iter().map(|r| &*self.rooms.room(*r as usize).name).collect();
-        let live = self.users.values().map(|u| (&*u.id, names(&u.rooms)));
-        live.chain(self.holds.iter().map(|(_, a)| (&*a.id, names(&a.rooms)))).collect()
+        let name = |r: u32| &*self.rooms.room(r as usize).name;
+        let live = self.users.iter().map(|(_, u)| (&*u.id, u.rooms.iter().map(name).collect()));
+        live.chain(self.holds.iter().map(|(_, a)| (&*a.id, a.rooms.iter().map(|r| name(*r)).collect())))
+            .collect()
     }
 
     /// Local users, those in their grace included, and their memberships in all (for a
     /// heartbeat's consistency check).
     pub fn local_counts(&self) -> (usize, usize) {
-        let live: usize = self.users.values().map(|u| u.rooms.len()).sum();
+        let live: usize = self.users.iter().map(|(_, u)| u.rooms.len()).sum();
         let away: usize = self.holds.iter().map(|(_, a)| a.rooms.len()).sum();
         (self.users.len() + self.holds.len(), live + away)
     }
@@ -369,7 +368,7 @@ impl Chat {
 
     /// The connection of local user `id`, if any.
     pub fn token_of(&self, id: &str) -> Option<usize> {
-        self.users.get(&*key(id)).map(|u| u.token as usize)
+        self.users.get(id).map(|(t, _)| t as usize)
     }
 
     /// `id` is on `node`. A local user of that id wins: Redis gave it to us, so the remote
@@ -378,10 +377,10 @@ impl Chat {
         if !protocol::valid_id(id) {
             return;
         }
-        let k = key(id);
-        if self.users.contains_key(k.as_str()) {
+        if self.users.contains(id) {
             return;
         }
+        let k = key(id);
         match self.remote.get_mut(k.as_str()) {
             Some(r) if &*r.node == node && &*r.id == id => {}
             Some(_) => {
@@ -558,13 +557,13 @@ impl Chat {
         sink: &mut impl Sink,
     ) -> Result<(), ErrorCode> {
         let from: Rc<str> = Rc::from(from);
-        if let Some(u) = self.users.get_mut(k) {
+        if let Some((t, u)) = self.users.get_mut(k) {
             let p = u.private.get_or_insert_with(Box::default);
             let pseq = p.pseq + 1;
             let copy = protocol::with_pseq(line, pseq);
             // The recipient is judged by what it does, not by what others send it: if it
             // cannot take this now, the sender hears so and nobody is disconnected.
-            if !sink.offer(u.token as usize, &copy) {
+            if !sink.offer(t as usize, &copy) {
                 return Err(ErrorCode::RecipientBusy);
             }
             p.number();
@@ -663,10 +662,9 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
-                if let Some(u) = self.users.get_mut(&*key(from)) {
-                    u.rooms.retain(|r| *r != rk as u32);
-                }
-                let last_local = self.rooms.leave_local(rk, token as u32);
+                let Some((_, u)) = self.users.get_mut(from) else { return Outcome::Answered };
+                u.rooms.remove(rk as u32);
+                let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
                 sink.push(token, &protocol::left(&room));
                 Outcome::Left { room, last_local }
             }
@@ -713,7 +711,7 @@ impl Chat {
     ) -> Outcome {
         let k = key(to);
         // The recipient's id as its owner typed it, and its connection if it has one.
-        let here = self.users.get(k.as_str()).map(|u| (Rc::clone(&u.id), Some(u.token as usize)));
+        let here = self.users.get(&k).map(|(t, u)| (Rc::clone(&u.id), Some(t as usize)));
         let found = here.or_else(|| self.holds.get_mut(&k, now).map(|a| (Rc::clone(&a.id), None)));
         let Some((rcpt, rcpt_token)) = found else {
             return match self.remote.get(k.as_str()) {
@@ -758,7 +756,7 @@ impl Chat {
         let limit = self.limits.presence_limit;
         let existing = self.rooms.key(&room);
         let member = existing.filter(|k| self.rooms.has_local(*k, token as u32));
-        let Some(u) = self.users.get(&*key(from)) else { return Outcome::Answered };
+        let Some((_, u)) = self.users.get(from) else { return Outcome::Answered };
         if member.is_none()
             && (u.rooms.len() >= self.limits.max_rooms_per_user
                 || (existing.is_none() && self.rooms.len() >= self.limits.max_rooms))
@@ -771,7 +769,7 @@ impl Chat {
             Some(rk) => (rk, Outcome::Answered),
             None => {
                 let j = self.rooms.join_local(&room, token as u32, &id);
-                self.users.get_mut(&*key(from)).expect("checked").rooms.push(j.key as u32);
+                self.users.get_mut(from).expect("checked").1.rooms.push(j.key as u32);
                 let name = Rc::clone(&self.rooms.room(j.key).name);
                 (j.key, Outcome::Joined { room: name, first_local: j.first_local })
             }
@@ -780,7 +778,7 @@ impl Chat {
         let log = self.history.log(&room);
         let (latest, first, next) = (log.latest(), log.first(), log.next());
         let epoch = Rc::clone(&log.epoch);
-        sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch));
+        sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch, &self.users));
         // Where its replay starts; a gap first if some of what it asks for is gone.
         let start = match replay {
             Replay::None => next,
@@ -839,7 +837,7 @@ impl Chat {
 
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
     pub fn flush_presence(&mut self, sink: &mut impl Sink) {
-        self.rooms.flush_presence(self.limits.presence_limit, sink);
+        self.rooms.flush_presence(self.limits.presence_limit, &self.users, sink);
     }
 }
 
@@ -1231,7 +1229,8 @@ mod tests {
     #[test]
     fn a_private_message_to_a_busy_recipient_is_refused_to_its_sender_alone() {
         let (mut c, mut r) = chat_with(&["a", "b"]);
-        c.users.get_mut("b").unwrap().token = 99; // see Rec::offer
+        let (_, b) = c.users.remove("b").unwrap();
+        c.users.insert(99, b); // see Rec::offer
         let out = say(&mut c, &mut r, 0, "a", r#"{"to":"b","text":"hi"}"#);
         assert_eq!(out, Outcome::Refused(ErrorCode::RecipientBusy));
         let got = r.take();

@@ -11,6 +11,7 @@
 //! events, so nobody keeps a list that the events stopped keeping up to date.
 
 use crate::chat::Sink;
+use crate::chat::users::Users;
 use crate::protocol::{self, RoomSize};
 use bytes::Bytes;
 use slab::Slab;
@@ -20,7 +21,9 @@ use std::rc::Rc;
 /// `joined_at` of a member whose join is not in the current batch.
 const OLD: u32 = u32::MAX;
 
-/// Whether a local member gets the room's messages as they come.
+/// Whether a local member gets the room's messages as they come. A member stores only which
+/// kind (`Mode`); a replay's position lives in `Rooms::cursors`, since few members are ever
+/// catching up and every member's entry is paid for by every membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Live,
@@ -31,13 +34,19 @@ pub enum Flow {
     Replay(u64),
 }
 
-/// A member on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Live,
+    Quiet,
+    Replay,
+}
+
+/// A member on this node: 8 bytes, 12 with its token as the key. Its id is the user table's
+/// (`Users::by_token`), not a copy: this entry is what each further room membership costs.
 struct Member {
-    /// The id as typed, shared with the user table and the session.
-    id: Rc<str>,
     /// Index of this member's join event in the room's current batch, or OLD.
     joined_at: u32,
-    flow: Flow,
+    mode: Mode,
 }
 
 pub struct Room {
@@ -85,9 +94,10 @@ impl Room {
         self.local.len() + self.away.len()
     }
 
-    /// Every member's id, local ones first.
-    fn ids(&self) -> impl Iterator<Item = &str> {
-        let here = self.local.values().map(|m| &*m.id).chain(self.away.values().map(|id| &**id));
+    /// Every member's id, local ones first (`users` has the local ones).
+    fn ids<'a>(&'a self, users: &'a Users) -> impl Iterator<Item = &'a str> {
+        let local = self.local.keys().filter_map(|t| users.by_token(*t).map(|u| &*u.id));
+        let here = local.chain(self.away.values().map(|id| &**id));
         here.chain(self.remote.values().map(|id| &**id))
     }
 
@@ -118,6 +128,8 @@ pub struct Rooms {
     dirty: Vec<usize>,
     /// Members catching up from history: (room key, token).
     pub replaying: Vec<(usize, u32)>,
+    /// Where each of them is: the next seq to send it.
+    cursors: HashMap<(usize, u32), u64>,
     /// Rooms removed since the caller last asked (their history's clock starts).
     pub closed: Vec<Rc<str>>,
 }
@@ -175,26 +187,27 @@ impl Rooms {
         }
         let joined_at = self.record(key, true, id);
         let room = &mut self.slab[key];
-        room.local.insert(token, Member { id: Rc::clone(id), joined_at, flow: Flow::Live });
+        room.local.insert(token, Member { joined_at, mode: Mode::Live });
         Joined { key, first_local: room.local_len() == 1 }
     }
 
     /// Local member `token` of room `key` lost its connection: it stays a member (`ukey` its
-    /// id key), without a connection and without a presence event.
-    pub fn set_away(&mut self, key: usize, token: u32, ukey: &Rc<str>) {
+    /// id key, `id` as typed), without a connection and without a presence event.
+    pub fn set_away(&mut self, key: usize, token: u32, ukey: &Rc<str>, id: &Rc<str>) {
+        self.cursors.remove(&(key, token));
         if let Some(room) = self.slab.get_mut(key)
-            && let Some(m) = room.local.remove(&token)
+            && room.local.remove(&token).is_some()
         {
-            room.away.insert(Rc::clone(ukey), m.id);
+            room.away.insert(Rc::clone(ukey), Rc::clone(id));
         }
     }
 
     /// A member in its grace is back on connection `token`: quiet until it asks (see `Flow`).
     pub fn set_back(&mut self, key: usize, ukey: &str, token: u32) {
         if let Some(room) = self.slab.get_mut(key)
-            && let Some(id) = room.away.remove(ukey)
+            && room.away.remove(ukey).is_some()
         {
-            room.local.insert(token, Member { id, joined_at: OLD, flow: Flow::Quiet });
+            room.local.insert(token, Member { joined_at: OLD, mode: Mode::Quiet });
         }
     }
 
@@ -211,27 +224,45 @@ impl Rooms {
 
     /// How local member `token` of room `key` gets the room's messages.
     pub fn flow(&self, key: usize, token: u32) -> Option<Flow> {
-        self.slab.get(key)?.local.get(&token).map(|m| m.flow)
+        let m = self.slab.get(key)?.local.get(&token)?;
+        Some(match m.mode {
+            Mode::Live => Flow::Live,
+            Mode::Quiet => Flow::Quiet,
+            Mode::Replay => Flow::Replay(self.cursors.get(&(key, token)).copied().unwrap_or(0)),
+        })
     }
 
     /// Sets how local member `token` gets the room's messages; a replay is pumped from the
     /// end of this turn on.
     pub fn set_flow(&mut self, key: usize, token: u32, flow: Flow) {
         if let Some(m) = self.slab.get_mut(key).and_then(|r| r.local.get_mut(&token)) {
-            if matches!(flow, Flow::Replay(_)) && !matches!(m.flow, Flow::Replay(_)) {
+            if matches!(flow, Flow::Replay(_)) && m.mode != Mode::Replay {
                 self.replaying.push((key, token));
             }
-            m.flow = flow;
+            m.mode = match flow {
+                Flow::Live => Mode::Live,
+                Flow::Quiet => Mode::Quiet,
+                Flow::Replay(next) => {
+                    self.cursors.insert((key, token), next);
+                    Mode::Replay
+                }
+            };
+            if m.mode != Mode::Replay {
+                self.cursors.remove(&(key, token));
+            }
         }
     }
 
-    /// Local member `token` leaves room `key`. Returns whether it was the room's last member
-    /// on this node; a room left with no members anywhere is gone.
-    pub fn leave_local(&mut self, key: usize, token: u32) -> bool {
+    /// Local member `token` (id `id`) leaves room `key`. Returns whether it was the room's
+    /// last member on this node; a room left with no members anywhere is gone.
+    pub fn leave_local(&mut self, key: usize, token: u32, id: &str) -> bool {
         let Some(room) = self.slab.get_mut(key) else { return false };
-        let Some(m) = room.local.remove(&token) else { return false };
+        if room.local.remove(&token).is_none() {
+            return false;
+        }
+        self.cursors.remove(&(key, token));
         let last = room.local_len() == 0;
-        self.record(key, false, &m.id);
+        self.record(key, false, id);
         self.close_if_empty(key);
         last
     }
@@ -265,7 +296,7 @@ impl Rooms {
     pub fn deliver(&self, key: usize, line: &Bytes, sink: &mut impl Sink) {
         if let Some(room) = self.slab.get(key) {
             for (token, m) in &room.local {
-                if m.flow == Flow::Live {
+                if m.mode == Mode::Live {
                     sink.push(*token as usize, line);
                 }
             }
@@ -273,15 +304,21 @@ impl Rooms {
     }
 
     /// Room `key`'s members for `id`: `id` first, at most `limit` ids; and how many there are.
-    pub fn listing<'a>(&'a self, key: usize, id: &'a str, limit: usize) -> (Vec<&'a str>, usize) {
+    pub fn listing<'a>(
+        &'a self,
+        key: usize,
+        id: &'a str,
+        limit: usize,
+        users: &'a Users,
+    ) -> (Vec<&'a str>, usize) {
         let room = &self.slab[key];
-        let others = room.ids().filter(|m| *m != id).take(limit.saturating_sub(1));
+        let others = room.ids(users).filter(|m| *m != id).take(limit.saturating_sub(1));
         (std::iter::once(id).chain(others).collect(), room.len())
     }
 
     /// The `joined` line for `id` (see `listing`), with the room's latest `seq` and `epoch`.
-    pub fn roster(&self, key: usize, id: &str, limit: usize, seq: u64, epoch: &str) -> Bytes {
-        let (ids, total) = self.listing(key, id, limit);
+    pub fn roster(&self, key: usize, id: &str, limit: usize, seq: u64, epoch: &str, users: &Users) -> Bytes {
+        let (ids, total) = self.listing(key, id, limit, users);
         protocol::joined(&self.slab[key].name, ids.into_iter(), total, seq, epoch)
     }
 
@@ -305,7 +342,7 @@ impl Rooms {
     }
 
     /// Sends this turn's joins and leaves, room by room; call once at the end of every turn.
-    pub fn flush_presence(&mut self, limit: usize, sink: &mut impl Sink) {
+    pub fn flush_presence(&mut self, limit: usize, users: &Users, sink: &mut impl Sink) {
         for key in std::mem::take(&mut self.dirty) {
             let Some(room) = self.slab.get_mut(key) else { continue };
             if room.starts.is_empty() {
@@ -314,12 +351,12 @@ impl Rooms {
             let batch = Bytes::from(std::mem::take(&mut room.events));
             let quiet = room.len() > limit;
             let truth = (quiet != room.was_quiet)
-                .then(|| protocol::users(&room.name, room.ids().take(limit), room.len()));
+                .then(|| protocol::users(&room.name, room.ids(users).take(limit), room.len()));
             room.was_quiet = quiet;
             for (token, m) in room.local.iter_mut() {
                 let from = if m.joined_at == OLD { 0 } else { m.joined_at as usize + 1 };
                 m.joined_at = OLD;
-                if m.flow == Flow::Quiet {
+                if m.mode == Mode::Quiet {
                     continue; // restored by a resume: its `joined` will tell it who is here
                 }
                 if let Some(line) = &truth {
@@ -337,5 +374,6 @@ impl Rooms {
         self.slab.shrink_to_fit();
         self.by_name.shrink_to_fit();
         self.dirty.shrink_to_fit();
+        self.cursors.shrink_to_fit();
     }
 }

@@ -250,6 +250,7 @@ impl Server {
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.clustered = cluster.is_some();
                 chat.cluster_down = cluster.is_some();
+                chat.reserve(max_conns);
                 chat
             },
             assets,
@@ -687,6 +688,9 @@ impl Server {
         unsafe {
             libc::malloc_trim(0);
         }
+        // After the trim: reserved before it, the table would land on pages the crowd left
+        // resident, and keep them so.
+        self.chat.reserve(self.max_conns);
         debug!("idle: memory compacted");
     }
 

@@ -1,0 +1,254 @@
+//! The local users table: one slot per connection token, and an index by id key.
+//!
+//! Every idle connection has a user, so this table is most of chat's memory per connection
+//! (see ARCHITECTURE.md, "Memory of one idle connection"). Two choices keep it small:
+//! - Slots are a `Vec` indexed by token (the server's slab key, so dense), reserved up front
+//!   for `--max-conns` like the connection slab: untouched pages cost no RSS, and a slot is
+//!   48 bytes with no hash table slack around it.
+//! - The index by id key is a `hashbrown::HashTable` of tokens (4 bytes a bucket) that hashes
+//!   and compares the *folded* id in the slot (`ids::key` without building it): the id is
+//!   stored once, as typed, and a lookup allocates nothing.
+
+use crate::chat::ids::fold;
+use crate::chat::resume::Private;
+use hashbrown::HashTable;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::rc::Rc;
+
+/// The rooms a user is in (keys of `Rooms`): the first inline, since nearly every user is in
+/// `lobby` only; more in a boxed slice, resized on each join or leave (at most
+/// `--max-rooms-per-user`, and rare next to messages).
+#[derive(Debug)]
+pub struct RoomList {
+    /// `NONE` when the user is in no room.
+    first: u32,
+    rest: Box<[u32]>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Default for RoomList {
+    fn default() -> Self {
+        RoomList { first: NONE, rest: Box::default() }
+    }
+}
+
+impl RoomList {
+    pub fn len(&self) -> usize {
+        (self.first != NONE) as usize + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.first != NONE).then_some(self.first).into_iter().chain(self.rest.iter().copied())
+    }
+
+    pub fn contains(&self, room: u32) -> bool {
+        self.iter().any(|r| r == room)
+    }
+
+    pub fn push(&mut self, room: u32) {
+        if self.first == NONE {
+            self.first = room;
+        } else {
+            let mut v = std::mem::take(&mut self.rest).into_vec();
+            v.push(room);
+            self.rest = v.into_boxed_slice();
+        }
+    }
+
+    pub fn remove(&mut self, room: u32) {
+        if self.first == room {
+            let mut v = std::mem::take(&mut self.rest).into_vec();
+            self.first = if v.is_empty() { NONE } else { v.remove(0) };
+            self.rest = v.into_boxed_slice();
+        } else if self.rest.contains(&room) {
+            let v: Vec<u32> = self.rest.iter().copied().filter(|r| *r != room).collect();
+            self.rest = v.into_boxed_slice();
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+}
+
+impl From<Vec<u32>> for RoomList {
+    fn from(v: Vec<u32>) -> Self {
+        let mut list = RoomList::default();
+        for r in v {
+            list.push(r);
+        }
+        list
+    }
+}
+
+/// A local user; its slot's index is its connection's token.
+pub struct User {
+    /// The id as typed, shared with the connection's session.
+    pub id: Rc<str>,
+    pub rooms: RoomList,
+    /// Its private messages' numbering and the last ones, for a resend on resume; boxed,
+    /// since most users never get one.
+    pub private: Option<Box<Private>>,
+}
+
+#[derive(Default)]
+pub struct Users {
+    slots: Vec<Option<User>>,
+    index: HashTable<u32>,
+    hasher: RandomState,
+    len: usize,
+}
+
+/// Hashes an id as its key (`ids::key`), so that ids that are one user hash alike.
+fn hash_of(hasher: &RandomState, id: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    for b in id.bytes() {
+        h.write_u8(fold(b));
+    }
+    id.len().hash(&mut h);
+    h.finish()
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+impl Users {
+    /// Reserves slots for tokens below `n` (address space only, until used).
+    pub fn reserve(&mut self, n: usize) {
+        self.slots.reserve_exact(n.saturating_sub(self.slots.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn find(&self, id: &str) -> Option<u32> {
+        let slots = &self.slots;
+        let eq = |t: &u32| slots[*t as usize].as_ref().is_some_and(|u| same(&u.id, id));
+        self.index.find(hash_of(&self.hasher, id), eq).copied()
+    }
+
+    /// The user whose id is `id` or means the same key (any case, any confusable), and its
+    /// token.
+    pub fn get(&self, id: &str) -> Option<(u32, &User)> {
+        let t = self.find(id)?;
+        Some((t, self.slots[t as usize].as_ref()?))
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<(u32, &mut User)> {
+        let t = self.find(id)?;
+        Some((t, self.slots[t as usize].as_mut()?))
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// The user on connection `token`.
+    pub fn by_token(&self, token: u32) -> Option<&User> {
+        self.slots.get(token as usize)?.as_ref()
+    }
+
+    /// Adds `user` on connection `token`; its id must be free (checked by the caller) and
+    /// the token's slot empty.
+    pub fn insert(&mut self, token: u32, user: User) {
+        let t = token as usize;
+        if self.slots.len() <= t {
+            self.slots.resize_with(t + 1, || None);
+        }
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let rehash = |t: &u32| slots[*t as usize].as_ref().map_or(0, |u| hash_of(hasher, &u.id));
+        self.index.insert_unique(hash_of(hasher, &user.id), token, rehash);
+        debug_assert!(self.slots[t].is_none(), "token {t} has a user already");
+        self.slots[t] = Some(user);
+        self.len += 1;
+    }
+
+    /// Removes the user whose id means `id`.
+    pub fn remove(&mut self, id: &str) -> Option<(u32, User)> {
+        let slots = &self.slots;
+        let eq = |t: &u32| slots[*t as usize].as_ref().is_some_and(|u| same(&u.id, id));
+        let (t, _) = self.index.find_entry(hash_of(&self.hasher, id), eq).ok()?.remove();
+        self.len -= 1;
+        Some((t, self.slots[t as usize].take()?))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &User)> {
+        self.slots.iter().enumerate().filter_map(|(t, u)| Some((t as u32, u.as_ref()?)))
+    }
+
+    /// Returns memory (when the server has gone idle): the slots are given back whole.
+    pub fn shrink(&mut self) {
+        if self.len == 0 {
+            self.slots = Vec::new();
+            self.index = HashTable::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> User {
+        User { id: Rc::from(id), rooms: RoomList::default(), private: None }
+    }
+
+    #[test]
+    fn ids_that_fold_alike_are_one_user_and_the_id_is_kept_as_typed() {
+        let mut u = Users::default();
+        u.insert(3, user("Alice"));
+        u.insert(0, user("bob"));
+        assert_eq!(u.get("a1ice").map(|x| x.0), Some(3));
+        assert_eq!(u.get("ALICE").map(|x| &*x.1.id), Some("Alice"));
+        assert!(u.contains("B0B") && !u.contains("bobby") && !u.contains("bo"));
+        assert_eq!(u.by_token(0).map(|x| &*x.id), Some("bob"));
+        assert!(u.by_token(1).is_none() && u.by_token(99).is_none());
+        assert_eq!(u.remove("alIce").map(|x| x.0), Some(3));
+        assert!(u.get("alice").is_none() && u.by_token(3).is_none());
+        assert_eq!((u.len(), u.iter().count()), (1, 1));
+    }
+
+    #[test]
+    fn many_users_survive_the_index_growing() {
+        let mut u = Users::default();
+        for t in 0..5000u32 {
+            u.insert(t, user(&format!("u{t}")));
+        }
+        for t in (0..5000u32).step_by(2) {
+            assert!(u.remove(&format!("U{t}")).is_some());
+        }
+        for t in 0..5000u32 {
+            assert_eq!(u.get(&format!("u{t}")).map(|x| x.0), (t % 2 == 1).then_some(t), "u{t}");
+        }
+    }
+
+    #[test]
+    fn a_room_list_keeps_order_and_removes_any_entry() {
+        let mut r = RoomList::default();
+        assert_eq!((r.len(), r.to_vec()), (0, vec![]));
+        for k in [5, 7, 9] {
+            r.push(k);
+        }
+        assert!(r.contains(7) && !r.contains(6));
+        r.remove(5);
+        assert_eq!(r.to_vec(), vec![7, 9]);
+        r.remove(9);
+        r.remove(42);
+        assert_eq!(r.to_vec(), vec![7]);
+        r.remove(7);
+        assert_eq!(r.len(), 0);
+        assert_eq!(std::mem::size_of::<Option<User>>(), 48);
+    }
+}
