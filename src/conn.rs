@@ -172,9 +172,16 @@ pub struct Session {
     pub control: Bucket,
     /// The secret that lets this client take its id back if its connection is lost.
     pub resume: crate::chat::ids::Secret,
-    /// The secret the client presented (`resume=`), and the last private message number it
-    /// has (`pseq=`), until the join is decided.
-    pub presented: Option<crate::chat::ids::Secret>,
+    /// What a resuming client presented, until the join is decided; boxed, since it is there
+    /// only for a moment and only for a resume, while every session pays for the field.
+    pub asked: Option<Box<Asked>>,
+}
+
+/// The secret a client presented (`resume=`), and the last private message number it has
+/// (`pseq=`).
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    pub secret: crate::chat::ids::Secret,
     pub pseq: u64,
 }
 

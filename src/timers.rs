@@ -129,6 +129,12 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _, _))| self.decode(*at))
     }
 
+    /// Reserves room for `n` entries (one per connection; address space only, until used):
+    /// a heap grown by doubling would be up to half empty.
+    pub fn reserve(&mut self, n: usize) {
+        self.heap.reserve_exact(n.saturating_sub(self.heap.len()));
+    }
+
     /// Drops every entry and its memory: for when no connection is left to own one.
     pub fn clear(&mut self) {
         self.heap = BinaryHeap::new();

@@ -365,7 +365,13 @@ impl Rooms {
                     sink.push(*token as usize, &batch.slice(room.starts[from]..));
                 }
             }
-            room.starts.clear();
+            // A crowd's arrival can leave thousands of starts; their room keeps no more than
+            // a usual turn's worth.
+            if room.starts.capacity() > 64 {
+                room.starts = Vec::new();
+            } else {
+                room.starts.clear();
+            }
         }
     }
 

@@ -16,13 +16,14 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::rc::Rc;
 
-/// The rooms a user is in (keys of `Rooms`): the first inline, since nearly every user is in
-/// `lobby` only; more in a boxed slice, resized on each join or leave (at most
+/// The rooms a user is in (keys of `Rooms`), in the order joined: the first two inline (they
+/// fill what would be the slot's padding, and nearly every user is in `lobby` and at most one
+/// more), the rest in a boxed slice rebuilt on each join or leave (at most
 /// `--max-rooms-per-user`, and rare next to messages).
 #[derive(Debug)]
 pub struct RoomList {
-    /// `NONE` when the user is in no room.
-    first: u32,
+    /// `NONE` where empty; a `NONE` is never followed by a room.
+    inline: [u32; 2],
     rest: Box<[u32]>,
 }
 
@@ -30,21 +31,21 @@ const NONE: u32 = u32::MAX;
 
 impl Default for RoomList {
     fn default() -> Self {
-        RoomList { first: NONE, rest: Box::default() }
+        RoomList { inline: [NONE; 2], rest: Box::default() }
     }
 }
 
 impl RoomList {
     pub fn len(&self) -> usize {
-        (self.first != NONE) as usize + self.rest.len()
+        self.inline.iter().filter(|r| **r != NONE).count() + self.rest.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.inline[0] == NONE
     }
 
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        (self.first != NONE).then_some(self.first).into_iter().chain(self.rest.iter().copied())
+        self.inline.iter().copied().filter(|r| *r != NONE).chain(self.rest.iter().copied())
     }
 
     pub fn contains(&self, room: u32) -> bool {
@@ -52,23 +53,19 @@ impl RoomList {
     }
 
     pub fn push(&mut self, room: u32) {
-        if self.first == NONE {
-            self.first = room;
-        } else {
-            let mut v = std::mem::take(&mut self.rest).into_vec();
-            v.push(room);
-            self.rest = v.into_boxed_slice();
+        match self.inline.iter().position(|r| *r == NONE) {
+            Some(i) => self.inline[i] = room,
+            None => {
+                let mut v = std::mem::take(&mut self.rest).into_vec();
+                v.push(room);
+                self.rest = v.into_boxed_slice();
+            }
         }
     }
 
     pub fn remove(&mut self, room: u32) {
-        if self.first == room {
-            let mut v = std::mem::take(&mut self.rest).into_vec();
-            self.first = if v.is_empty() { NONE } else { v.remove(0) };
-            self.rest = v.into_boxed_slice();
-        } else if self.rest.contains(&room) {
-            let v: Vec<u32> = self.rest.iter().copied().filter(|r| *r != room).collect();
-            self.rest = v.into_boxed_slice();
+        if self.contains(room) {
+            *self = self.iter().filter(|r| *r != room).collect::<Vec<u32>>().into();
         }
     }
 
@@ -80,9 +77,10 @@ impl RoomList {
 impl From<Vec<u32>> for RoomList {
     fn from(v: Vec<u32>) -> Self {
         let mut list = RoomList::default();
-        for r in v {
-            list.push(r);
+        for (slot, r) in list.inline.iter_mut().zip(&v) {
+            *slot = *r;
         }
+        list.rest = v.get(2..).unwrap_or_default().into();
         list
     }
 }
@@ -238,17 +236,23 @@ mod tests {
     fn a_room_list_keeps_order_and_removes_any_entry() {
         let mut r = RoomList::default();
         assert_eq!((r.len(), r.to_vec()), (0, vec![]));
-        for k in [5, 7, 9] {
+        for k in [5, 7, 9, 11] {
             r.push(k);
         }
-        assert!(r.contains(7) && !r.contains(6));
+        assert!(r.contains(7) && r.contains(11) && !r.contains(6));
+        assert_eq!(r.len(), 4);
         r.remove(5);
-        assert_eq!(r.to_vec(), vec![7, 9]);
+        assert_eq!(r.to_vec(), vec![7, 9, 11]);
         r.remove(9);
         r.remove(42);
-        assert_eq!(r.to_vec(), vec![7]);
+        assert_eq!(r.to_vec(), vec![7, 11]);
+        r.push(3);
+        assert_eq!(r.to_vec(), vec![7, 11, 3]);
         r.remove(7);
-        assert_eq!(r.len(), 0);
+        r.remove(3);
+        r.remove(11);
+        assert!(r.is_empty() && r.iter().next().is_none());
+        assert_eq!(RoomList::from(vec![1, 2, 3]).to_vec(), vec![1, 2, 3]);
         assert_eq!(std::mem::size_of::<Option<User>>(), 48);
     }
 }

@@ -343,7 +343,7 @@ impl Server {
     /// down), otherwise once Redis grants the id. Until then the session reads nothing.
     pub(super) fn begin_join(&mut self, token: usize, id: &str, now: Instant) {
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
-        let presented = s.presented;
+        let presented = s.asked.as_ref().map(|a| a.secret);
         // The right secret while the id is still connected (a half-open connection the client
         // has given up on): the old connection is replaced, as if it had been lost just now.
         if let Some(old) = self.chat.token_of(id).filter(|o| *o != token)
@@ -404,8 +404,9 @@ impl Server {
             Granted::Failed => return self.refuse_busy(token, now),
             Granted::Yes | Granted::Locally => {}
         }
-        let Phase::Ws(s) = &self.net.conns[token].phase else { return };
-        let (secret, presented, pseq) = (s.resume, s.presented, s.pseq);
+        let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
+        let secret = s.resume;
+        let (presented, pseq) = s.asked.take().map_or((None, 0), |a| (Some(a.secret), a.pseq));
         match self.chat.join(id, token, &secret, presented.as_ref(), pseq, now, &mut self.net) {
             Ok((user, true)) => {
                 // Back within its grace: still a member everywhere, nothing to announce.

@@ -254,7 +254,11 @@ impl Server {
                 chat
             },
             assets,
-            timers: Default::default(),
+            timers: {
+                let mut t = crate::timers::Timers::default();
+                t.reserve(max_conns);
+                t
+            },
             max_conns,
             read_buf: vec![0; session::READ_BUFFER].into_boxed_slice(),
             doomed: Vec::new(),
@@ -691,6 +695,7 @@ impl Server {
         // After the trim: reserved before it, the table would land on pages the crowd left
         // resident, and keep them so.
         self.chat.reserve(self.max_conns);
+        self.timers.reserve(self.max_conns);
         debug!("idle: memory compacted");
     }
 

@@ -160,8 +160,7 @@ impl Server {
             bucket,
             control: Bucket::new(super::session::CONTROL_RATE, now),
             resume: crate::chat::ids::new_secret(),
-            presented,
-            pseq,
+            asked: presented.map(|secret| Box::new(crate::conn::Asked { secret, pseq })),
         });
         conn.last_read = Stamp::of(now);
         conn.next_ping = Stamp::of(now).after(self.cfg.ping_interval);
