@@ -72,7 +72,10 @@ pub enum Drain {
 /// buffer and the next line grew a new one (4, 8, 16 entries): in a room fan-out that was a
 /// quarter of the server's instructions.
 #[derive(Debug, Default)]
-pub struct Spare(Vec<VecDeque<Chunk>>);
+// Boxes, not queues: a spare moves into an `Outbox` as the box it already is, with no
+// allocation on the hot path.
+#[allow(clippy::vec_box)]
+pub struct Spare(Vec<Box<Queue>>);
 
 /// Enough for a 1,000-client room at full speed; an idle server keeps at most ~200 KB here.
 impl Spare {
@@ -85,28 +88,34 @@ impl Spare {
 const SPARE_MAX_BUFFERS: usize = 1024;
 const SPARE_MAX_CAPACITY: usize = 64;
 
+/// A connection's queue, boxed: one pointer in every connection, null while nothing is
+/// queued (most connections, most of the time). An emptied box goes to the `Spare` list with
+/// its buffer, and the next queue to fill takes it, so the hot path allocates no more than
+/// when the queue lived in the connection.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub struct Outbox(Option<Box<Queue>>);
+
+#[derive(Debug, Default)]
+pub struct Queue {
     queue: VecDeque<Chunk>,
-    /// Bytes queued and not yet written, frame headers excepted. u32 (caps are at most 4 GiB)
-    /// keeps `Conn` 16 bytes smaller, which is 1.5% of an idle connection.
+    /// Bytes queued and not yet written, frame headers excepted. u32: caps are at most 4 GiB.
     queued: u32,
     inflight: Option<Inflight>,
 }
 
 impl Outbox {
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.0.as_ref().is_none_or(|q| q.queue.is_empty())
     }
 
     /// Bytes queued and not yet written (what `/metrics` reports).
     pub fn queued(&self) -> usize {
-        self.queued as usize
+        self.0.as_ref().map_or(0, |q| q.queued as usize)
     }
 
     /// What the queue costs: its bytes plus `CHUNK_COST` per chunk. This is what caps judge.
     pub fn charged(&self) -> usize {
-        self.queued as usize + self.queue.len() * CHUNK_COST
+        self.0.as_ref().map_or(0, |q| q.charged())
     }
 
     /// Whether `len` more bytes in one chunk would keep the charge within `cap`.
@@ -125,10 +134,80 @@ impl Outbox {
         self.push(Chunk::Raw(raw), cap)
     }
 
+    /// Queues a pong frame (see `Queue::push_pong`).
+    pub fn push_pong(&mut self, pong: Bytes, cap: usize) -> bool {
+        if !self.fits(pong.len(), cap) && self.0.is_none() {
+            return false;
+        }
+        self.0.get_or_insert_with(Box::default).push_pong(pong, cap)
+    }
+
+    fn push(&mut self, chunk: Chunk, cap: usize) -> bool {
+        if !self.fits(chunk.len(), cap.min(u32::MAX as usize)) {
+            return false;
+        }
+        self.0.get_or_insert_with(Box::default).push(chunk, cap)
+    }
+
+    /// See `Queue::discard_unsent`.
+    pub fn discard_unsent(&mut self) {
+        if let Some(q) = &mut self.0 {
+            q.discard_unsent();
+        }
+    }
+
+    /// See `Queue::drain`.
+    pub fn drain(&mut self, w: &mut impl Write, budget: usize) -> io::Result<Drain> {
+        match &mut self.0 {
+            Some(q) => q.drain(w, budget),
+            None => Ok(Drain::Empty),
+        }
+    }
+
+    /// Hands back the memory of an empty queue, so that an idle connection holds none: a box
+    /// with a small buffer goes to `spare` for the next queue that fills; others are freed.
+    pub fn release(&mut self, spare: &mut Spare) {
+        if self.is_empty()
+            && let Some(q) = self.0.take()
+            && q.queue.capacity() <= SPARE_MAX_CAPACITY
+            && spare.0.len() < SPARE_MAX_BUFFERS
+        {
+            spare.0.push(q);
+        }
+    }
+
+    /// Gives an unallocated queue a recycled box, if there is one, before a push.
+    pub fn reuse(&mut self, spare: &mut Spare) {
+        if self.0.is_none() {
+            self.0 = spare.0.pop();
+        }
+    }
+
+    /// How many chunks are queued.
+    #[cfg(test)]
+    fn chunks(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.queue.len())
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.queue.capacity())
+    }
+}
+
+impl Queue {
+    fn charged(&self) -> usize {
+        self.queued as usize + self.queue.len() * CHUNK_COST
+    }
+
+    fn fits(&self, len: usize, cap: usize) -> bool {
+        self.charged() + len + CHUNK_COST <= cap
+    }
+
     /// Queues a pong frame; behind a run of `PONG_RUN` pongs not yet begun, it replaces the
     /// last of them instead: only the latest ping needs an answer, and a ping flood then costs
     /// a bounded run, not one chunk per ping.
-    pub fn push_pong(&mut self, pong: Bytes, cap: usize) -> bool {
+    fn push_pong(&mut self, pong: Bytes, cap: usize) -> bool {
         let begun = self.inflight.as_ref().map_or(0, |f| f.chunks as usize);
         let charged = self.charged();
         // Pongs waiting at the tail, not yet begun: a short run is answered ping by ping (as
@@ -167,7 +246,7 @@ impl Outbox {
     /// Drops the chat lines not yet begun, keeping a half-written frame so the stream stays
     /// valid, and every raw chunk: a 101 or a pong queued before the lines must still go out
     /// ahead of the close that follows.
-    pub fn discard_unsent(&mut self) {
+    fn discard_unsent(&mut self) {
         let keep = self.inflight.as_ref().map_or(0, |f| f.chunks as usize);
         let mut index = 0;
         let mut dropped = 0u32;
@@ -184,7 +263,7 @@ impl Outbox {
 
     /// Writes until the queue is empty, the writer would block, or about `budget` bytes have
     /// gone out (a frame already begun is finished first only if it fits the budget).
-    pub fn drain(&mut self, w: &mut impl Write, budget: usize) -> io::Result<Drain> {
+    fn drain(&mut self, w: &mut impl Write, budget: usize) -> io::Result<Drain> {
         let mut sent = 0usize;
         while !self.queue.is_empty() {
             if sent >= budget {
@@ -224,32 +303,6 @@ impl Outbox {
             }
         }
         Ok(Drain::Empty)
-    }
-
-    /// Hands back the memory of an empty queue, so that an idle connection holds none.
-    /// Small buffers go to `spare` for the next queue that fills; big ones are freed.
-    pub fn release(&mut self, spare: &mut Spare) {
-        if self.queue.is_empty() && self.queue.capacity() > 0 {
-            let buf = std::mem::take(&mut self.queue);
-            if buf.capacity() <= SPARE_MAX_CAPACITY && spare.0.len() < SPARE_MAX_BUFFERS {
-                spare.0.push(buf);
-            }
-        }
-    }
-
-    /// Gives an unallocated queue a recycled buffer, if there is one, before a push.
-    pub fn reuse(&mut self, spare: &mut Spare) {
-        if self.queue.capacity() == 0
-            && let Some(buf) = spare.0.pop()
-        {
-            self.queue = buf;
-        }
-    }
-
-    /// How many chunks are queued.
-    #[cfg(test)]
-    fn chunks(&self) -> usize {
-        self.queue.len()
     }
 
     /// Freezes the next frame: a raw chunk alone, or up to MAX_LINES lines as one text message.
@@ -466,10 +519,12 @@ mod tests {
         assert_eq!(spare.0.len(), 0, "a queue with lines keeps its buffer");
         a.drain(&mut fake(100), usize::MAX).unwrap();
         a.release(&mut spare);
-        assert_eq!((spare.0.len(), a.queue.capacity()), (1, 0));
+        assert_eq!((spare.0.len(), a.capacity()), (1, 0));
+        assert!(a.0.is_none(), "an empty queue holds no box");
         let mut b = Outbox::default();
         b.reuse(&mut spare);
-        assert!(b.queue.capacity() > 0 && spare.0.is_empty());
+        assert!(b.capacity() > 0 && spare.0.is_empty());
+        assert_eq!(std::mem::size_of::<Outbox>(), 8);
     }
 
     #[test]
@@ -548,7 +603,7 @@ mod tests {
                     }
                 }
                 proptest::prop_assert!(o.charged() <= cap, "charged {} > cap {}", o.charged(), cap);
-                let real: usize = o.queue.iter().map(Chunk::len).sum();
+                let real: usize = o.0.as_ref().map_or(0, |q| q.queue.iter().map(Chunk::len).sum());
                 proptest::prop_assert_eq!(o.queued(), real);
             }
             w.budget = usize::MAX;
