@@ -26,6 +26,7 @@ const NODE_PREFIX: &str = "chatloop:node:";
 const ROOM_PREFIX: &str = "chatloop:room:";
 const ROOM_SEQ_PREFIX: &str = "chatloop:seq:";
 const ROOM_EPOCH_PREFIX: &str = "chatloop:epoch:";
+const ROOM_HISTORY_PREFIX: &str = "chatloop:hist:";
 pub const KEY_PREFIX: &str = "chatloop:id:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
@@ -40,16 +41,38 @@ if v == false or v == ARGV[1] then redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) 
 else bad[#bad + 1] = k end end \
 return bad";
 
-/// Numbers a room message and publishes it, in one round trip: the room's epoch (set from
-/// ARGV[5] if the room has none yet: a Redis that lost its data starts a new epoch), the
-/// next seq, the line with that seq spliced between ARGV[3] and ARGV[4], published on ARGV[1]
-/// behind the header ARGV[2] and the epoch. Returns {seq, epoch, receivers}.
-/// KEYS: the room's seq counter and its epoch.
+/// Numbers a room message, publishes it and keeps it, in one round trip: the room's epoch
+/// (set from ARGV[5] if the room has none yet: a Redis that lost its data starts a new
+/// epoch), the next seq, the line with that seq spliced between ARGV[3] and ARGV[4],
+/// published on ARGV[1] behind the header ARGV[2] and the epoch, and appended to the room's
+/// history list, capped to the last ARGV[6] lines (`--history`; 0 keeps none) and kept
+/// ARGV[7] ms (`--history-ttl`) after the room's latest message. Returns {seq, epoch,
+/// receivers}. KEYS: the room's seq counter, its epoch, its history.
 pub const NUMBER: &[u8] = b"local e = redis.call('GET', KEYS[2]) \
 if not e then e = ARGV[5]; redis.call('SET', KEYS[2], e) end \
 local s = redis.call('INCR', KEYS[1]) \
-local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. e .. '\\n' .. ARGV[3] .. s .. ARGV[4]) \
+local line = ARGV[3] .. s .. ARGV[4] \
+local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. e .. '\\n' .. line) \
+local k = tonumber(ARGV[6]) \
+if k > 0 then redis.call('RPUSH', KEYS[3], line); redis.call('LTRIM', KEYS[3], -k, -1); \
+redis.call('PEXPIRE', KEYS[3], ARGV[7]) end \
 return {s, e, n}";
+
+/// Reads a room's history for a join (see `chat::fetch`): {epoch, latest seq, lines}, the
+/// lines being the room's messages after seq ARGV[1] (after 0 if ARGV[3] is neither empty
+/// nor the room's epoch: the client's seqs mean nothing in this one), at most ARGV[2] of the
+/// most recent, oldest first. An epoch of "" means Redis has never numbered the room (or lost
+/// it). KEYS as for `NUMBER`. The list ends at the latest seq, since `NUMBER` appends in the
+/// same script that counts.
+pub const FETCH: &[u8] = b"local e = redis.call('GET', KEYS[2]) \
+if not e then return {'', 0, {}} end \
+local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
+local s = tonumber(ARGV[1]) \
+if ARGV[3] ~= '' and ARGV[3] ~= e then s = 0 end \
+local k = math.min(c - s, tonumber(ARGV[2])) \
+local lines = {} \
+if k > 0 then lines = redis.call('LRANGE', KEYS[3], -k, -1) end \
+return {e, c, lines}";
 
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
@@ -253,6 +276,11 @@ pub fn line_seq(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
 }
 
+/// Room `room`'s keys: its seq counter, its epoch and its history list.
+fn room_keys(room: &str) -> [String; 3] {
+    [ROOM_SEQ_PREFIX, ROOM_EPOCH_PREFIX, ROOM_HISTORY_PREFIX].map(|p| format!("{p}{room}"))
+}
+
 /// The channel of room `room`'s messages.
 pub fn room_channel(room: &str) -> Vec<u8> {
     format!("{ROOM_PREFIX}{room}").into_bytes()
@@ -314,6 +342,12 @@ pub enum Await {
         cid: Option<Rc<str>>,
         number: Box<Numbered>,
     },
+    /// A join waiting for the room's history (`FETCH`), from connection `token` of
+    /// `generation`.
+    Fetch {
+        generation: u32,
+        fetch: Box<crate::chat::fetch::Fetch>,
+    },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
     Ignore,
@@ -350,6 +384,10 @@ pub struct Cluster {
     /// When Redis last sent anything (a reply or a push), or the link came up.
     heard: Instant,
     pub counters: Counters,
+    /// Room messages Redis keeps per room (`--history`), and for how long after the room's
+    /// latest message (`--history-ttl`): see `NUMBER`.
+    pub history: usize,
+    pub history_ttl: Duration,
 }
 
 /// Whether a command of the link's byte stream went out before the link failed.
@@ -376,6 +414,8 @@ impl Cluster {
             waiting: VecDeque::new(),
             nodes: HashMap::new(),
             claiming: HashSet::new(),
+            history: 0,
+            history_ttl: Duration::ZERO,
             next_beat: now,
             progress: now,
             heard: now,
@@ -509,18 +549,22 @@ impl Cluster {
     pub fn number(&mut self, room: &str, template: &[u8], epoch: &str, then: Await) -> bool {
         let Some((prefix, suffix)) = split_seq(template) else { return false };
         let header = format!("M {} {room}", self.node);
-        let (seq_key, epoch_key) = (format!("{ROOM_SEQ_PREFIX}{room}"), format!("{ROOM_EPOCH_PREFIX}{room}"));
-        let args: [&[u8]; 10] = [
+        let [seq_key, epoch_key, history_key] = room_keys(room);
+        let (keep, ttl) = (self.history.to_string(), self.history_ttl.as_millis().max(1).to_string());
+        let args: [&[u8]; 13] = [
             b"EVAL",
             NUMBER,
-            b"2",
+            b"3",
             seq_key.as_bytes(),
             epoch_key.as_bytes(),
+            history_key.as_bytes(),
             &room_channel(room),
             header.as_bytes(),
             prefix,
             suffix,
             epoch.as_bytes(),
+            keep.as_bytes(),
+            ttl.as_bytes(),
         ];
         if !self.link.send(&args) {
             return false;
@@ -528,6 +572,25 @@ impl Cluster {
         self.counters.published += 1;
         self.awaiting(then);
         true
+    }
+
+    /// Asks Redis for the history a join waits for (see `FETCH`); if the link refuses, the
+    /// request comes back.
+    pub fn fetch(&mut self, generation: u32, fetch: Box<crate::chat::fetch::Fetch>) -> Result<(), Await> {
+        let keys = room_keys(&fetch.room);
+        let (after, most, epoch) = fetch.ask.fetch_args(self.history);
+        let (after, most) = (after.to_string(), most.to_string());
+        let mut args: Vec<&[u8]> = vec![b"EVAL", FETCH, b"3"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([after.as_bytes(), most.as_bytes(), epoch.as_bytes()]);
+        let sent = self.link.send(&args);
+        drop(args);
+        let then = Await::Fetch { generation, fetch };
+        if !sent {
+            return Err(then);
+        }
+        self.awaiting(then);
+        Ok(())
     }
 
     pub fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {

@@ -15,6 +15,7 @@
 //! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
 //! to Redis.
 
+pub mod fetch;
 pub mod history;
 pub mod ids;
 pub mod resume;
@@ -157,6 +158,8 @@ pub struct Chat {
     /// so that every node gives them the same seq and epoch (`handle` returns
     /// `Outcome::Number`).
     pub clustered: bool,
+    /// Joins waiting for Redis's history of their room, for the server to send (see `fetch`).
+    pub fetches: Vec<fetch::Fetch>,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -177,6 +180,7 @@ impl Chat {
             limits,
             holds: Holds::default(),
             clustered: false,
+            fetches: Vec::new(),
         }
     }
 
@@ -755,7 +759,6 @@ impl Chat {
         let Some(room) = protocol::room_name(name) else {
             return refuse(sink, token, protocol::room_error(ErrorCode::BadRoom, name), ErrorCode::BadRoom);
         };
-        let limit = self.limits.presence_limit;
         let existing = self.rooms.key(&room);
         let member = existing.filter(|k| self.rooms.has_local(*k, token as u32));
         let Some(u) = self.users.get(&*key(from)) else { return Outcome::Answered };
@@ -777,6 +780,24 @@ impl Chat {
             }
         };
         self.history.set_idle(&room, None);
+        if !self.fetch_first(token, &id, rk, replay) {
+            self.answer_join(token, from, rk, replay, sink);
+        }
+        outcome
+    }
+
+    /// `joined` for member `token` (`from`) of room `rk`, and what it asked to replay from
+    /// the room's history: a gap first if some of it is gone.
+    fn answer_join(
+        &mut self,
+        token: usize,
+        from: &str,
+        rk: usize,
+        replay: &Replay<'_>,
+        sink: &mut impl Sink,
+    ) {
+        let limit = self.limits.presence_limit;
+        let room = Rc::clone(&self.rooms.room(rk).name);
         let log = self.history.log(&room);
         let (latest, first, next) = (log.latest(), log.first(), log.next());
         let epoch = Rc::clone(&log.epoch);
@@ -799,7 +820,6 @@ impl Chat {
         };
         let flow = if start >= next { Flow::Live } else { Flow::Replay(start) };
         self.rooms.set_flow(rk, token as u32, flow);
-        outcome
     }
 
     /// Once per turn: moves replays on (each member as far as its queue takes now, the rest

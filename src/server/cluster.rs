@@ -6,6 +6,7 @@
 
 use super::Server;
 use crate::chat::Sink;
+use crate::chat::fetch::{Fetch, Kept};
 use crate::chat::ids::key;
 use crate::cluster::{
     ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, roster_fields,
@@ -73,6 +74,7 @@ impl Server {
     /// True if the link failed doing so; its consequences (errors to senders, local joins)
     /// are queued, and the caller must settle again.
     pub(super) fn cluster_flush(&mut self, now: Instant) -> bool {
+        self.cluster_fetches();
         let Some(c) = &mut self.cluster else { return false };
         let failed = !c.link.flush(self.poll.registry(), now);
         if failed {
@@ -104,6 +106,8 @@ impl Server {
         match input {
             Input::Up => {
                 self.chat.cluster_down = false;
+                // Whatever Redis numbered while we were away passed the mirrors by.
+                self.chat.history.stale_all();
                 c.subscribed(self.chat.local_rooms());
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
@@ -113,6 +117,7 @@ impl Server {
             }
             Input::Down => {
                 self.chat.cluster_down = true;
+                self.chat.history.stale_all();
                 // Claims in flight are decided locally, as joins are while Redis is away. Each
                 // message Redis did not confirm gets its sender one error: `cluster_unavailable`
                 // if it was still queued (dropped, never sent), `cluster_unconfirmed` if it was
@@ -132,6 +137,7 @@ impl Server {
                             self.unnumbered(&from, &room, cid.as_deref(), &number);
                             self.tell_room(&from, code, &room, cid.as_deref())
                         }
+                        Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         Await::Refresh | Await::Ignore => {}
                     }
                 }
@@ -170,6 +176,13 @@ impl Server {
         }
         match w {
             Await::Ignore => {}
+            Await::Fetch { generation, fetch } => {
+                let kept = fetched(&frame);
+                if kept.is_none() {
+                    warn!("cluster: could not read room {}'s history from Redis: {frame:?}", fetch.room);
+                }
+                self.fetch_done(generation, &fetch, kept);
+            }
             Await::Room { from, room, cid, number } => {
                 // PUBLISH counts the connections it reached: ours (a node with members in a
                 // room hears its channel) and one per other node listening. Only ours, while
@@ -544,6 +557,34 @@ impl Server {
         c.publish(ALL, &payload(&["l", &c.node, id, room], None));
         if last_local {
             c.listen(room, false);
+            self.chat.history.stale(room);
+        }
+    }
+
+    /// Sends Redis the history reads that this turn's joins wait for (see `chat::fetch`),
+    /// after the turn's subscriptions, so that every message numbered after the read is
+    /// heard. A read the link refuses is answered from the mirror at once.
+    fn cluster_fetches(&mut self) {
+        for f in std::mem::take(&mut self.chat.fetches) {
+            let Some(conn) = self.net.conns.get(f.token) else { continue };
+            let generation = conn.generation;
+            let f = Box::new(f);
+            match &mut self.cluster {
+                Some(c) if c.is_up() => {
+                    if let Err(Await::Fetch { fetch, .. }) = c.fetch(generation, f) {
+                        self.fetch_done(generation, &fetch, None);
+                    }
+                }
+                _ => self.fetch_done(generation, &f, None),
+            }
+        }
+    }
+
+    /// A history read ended (`kept` None: failed): the join it held is answered, if its
+    /// connection is still the one that asked.
+    fn fetch_done(&mut self, generation: u32, f: &Fetch, kept: Option<Kept>) {
+        if self.net.conns.get(f.token).is_some_and(|c| c.generation == generation && !c.peer.closing) {
+            self.chat.fetched(f, kept, &mut self.net);
         }
     }
 
@@ -555,6 +596,7 @@ impl Server {
         c.release(&key(id));
         for room in emptied {
             c.listen(room, false);
+            self.chat.history.stale(room);
         }
         let leave = payload(&["L", &c.node, id], None);
         c.publish(ALL, &leave);
@@ -573,6 +615,21 @@ impl Server {
             c.link.drain_for(std::time::Duration::from_millis(200));
         }
     }
+}
+
+/// A `FETCH` reply: {epoch, latest seq, lines}; None for anything else.
+fn fetched(frame: &BytesFrame) -> Option<Kept> {
+    let BytesFrame::Array { data, .. } = frame else { return None };
+    let [epoch, latest, BytesFrame::Array { data: lines, .. }] = &data[..] else { return None };
+    let lines = lines.iter().map(|l| match l {
+        BytesFrame::BlobString { data, .. } => Some(data.clone()),
+        _ => None,
+    });
+    Some(Kept {
+        epoch: epoch.as_str()?.to_string(),
+        latest: u64::try_from(frame_number(latest)?).ok()?,
+        lines: lines.collect::<Option<Vec<Bytes>>>()?,
+    })
 }
 
 /// An integer in a Redis reply.

@@ -791,3 +791,74 @@ fn a_rooms_epoch_does_not_change_when_redis_numbers_its_first_message() {
     let after = alice.next_of("joined");
     assert_eq!((before["epoch"].clone(), after["seq"].as_u64()), (after["epoch"].clone(), Some(1)));
 }
+
+/// Room `room`'s messages and gaps on `c` until `n` messages came (each read bounded by the
+/// client's read timeout).
+fn room_lines(c: &mut Client, room: &str, n: usize) -> Vec<Value> {
+    let mut got: Vec<Value> = Vec::new();
+    while got.iter().filter(|l| l["type"] == "message").count() < n {
+        let l = c.next_any();
+        if l["room"] == room && (l["type"] == "message" || l["type"] == "gap") {
+            got.push(l);
+        }
+    }
+    got
+}
+
+fn seqs_of(lines: &[Value]) -> Vec<u64> {
+    lines.iter().filter(|l| l["type"] == "message").map(|l| l["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_join_on_a_node_that_never_heard_the_room_replays_it_from_redis() {
+    // dev has members on A only, so B never heard its messages: B reads them from Redis's
+    // history (the numbering script keeps them there) for a `last` or `since` join, and the
+    // replay meets live traffic with no gap and no duplicate.
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "15", &["--rate-limit", "0"]), node(&redis, "15", &["--rate-limit", "0"]));
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    alice.send(&json!({"join": "dev"}));
+    alice.next_of("joined");
+    for i in 1..=20 {
+        alice.send(&json!({"room": "dev", "text": format!("m{i}")}));
+    }
+    assert_eq!(seqs_of(&room_lines(&mut alice, "dev", 20)), (1..=20).collect::<Vec<_>>());
+    alice.send(&json!({"join": "dev"}));
+    let epoch = alice.next_of("joined")["epoch"].clone();
+    // A plain join on B names Redis's epoch and latest seq, not a fresh mirror's.
+    let mut carol = join_seen(&b, "carol", &a, 1.0);
+    carol.send(&json!({"join": "dev"}));
+    let j = carol.next_of("joined");
+    assert_eq!((j["epoch"].clone(), j["seq"].as_u64()), (epoch.clone(), Some(20)), "{j}");
+    carol.bye();
+    wait_room_size(&mut alice, "dev", 1);
+    // last: the four most recent, from Redis (B stopped hearing dev when carol left).
+    let mut dave = join_seen(&b, "dave", &a, 1.0);
+    dave.send(&json!({"join": "dev", "last": 4}));
+    assert_eq!(dave.next_of("joined")["seq"], 20);
+    let got = room_lines(&mut dave, "dev", 4);
+    assert_eq!(seqs_of(&got), [17, 18, 19, 20], "{got:?}");
+    dave.bye();
+    wait_room_size(&mut alice, "dev", 1);
+    // since 5 while alice keeps sending: 6..=20 from Redis, 21..=40 live, each once, no gap.
+    let mut bob = join_seen(&b, "bob", &a, 1.0);
+    let frames: Vec<u8> = (21..=40)
+        .flat_map(|i| {
+            crate::util::masked(0x1, json!({"room": "dev", "text": format!("m{i}")}).to_string().as_bytes())
+        })
+        .collect();
+    bob.send(&json!({"join": "dev", "since": 5, "epoch": epoch}));
+    alice.ws.get_mut().write_all(&frames).unwrap();
+    let j = bob.next_of("joined");
+    assert_eq!(j["epoch"], epoch);
+    let got = room_lines(&mut bob, "dev", 35);
+    assert!(got.iter().all(|l| l["type"] == "message"), "nothing is missing: no gap: {got:?}");
+    assert_eq!(seqs_of(&got), (6..=40).collect::<Vec<_>>());
+    let texts: Vec<String> = got.iter().map(|l| l["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts, (6..=40).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // Nothing more: send a marker and see it come next.
+    alice.send(&json!({"room": "dev", "text": "marker"}));
+    let next = room_lines(&mut bob, "dev", 1);
+    assert_eq!((next[0]["seq"].as_u64(), next[0]["text"].as_str()), (Some(41), Some("marker")));
+    assert!(b.metrics()["chatloop_history_fetched_total"] >= 3.0);
+}
