@@ -28,6 +28,9 @@ const ROOM_SEQ_PREFIX: &str = "chatloop:seq:";
 const ROOM_EPOCH_PREFIX: &str = "chatloop:epoch:";
 const ROOM_HISTORY_PREFIX: &str = "chatloop:hist:";
 pub const KEY_PREFIX: &str = "chatloop:id:";
+/// `chatloop:resume:<lowercased id>`: the SHA-1 (hex) of the resume secret of a user in its
+/// grace, for `--resume-grace`, so that another node can let it back in (see `RESUME`).
+const RESUME_PREFIX: &str = "chatloop:resume:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
 pub const CLAIM_CHUNK: usize = 512;
@@ -61,11 +64,13 @@ return {s, e, n}";
 /// Reads a room's history for a join (see `chat::fetch`): {epoch, latest seq, lines}, the
 /// lines being the room's messages after seq ARGV[1] (after 0 if ARGV[3] is neither empty
 /// nor the room's epoch: the client's seqs mean nothing in this one), at most ARGV[2] of the
-/// most recent, oldest first. An epoch of "" means Redis has never numbered the room (or lost
-/// it). KEYS as for `NUMBER`. The list ends at the latest seq, since `NUMBER` appends in the
-/// same script that counts.
+/// most recent, oldest first. A room Redis has no epoch for (never numbered, or lost) gets
+/// ARGV[4], the node's offer, now: every node that joins it later learns the same epoch, so
+/// the `joined` of a room nobody has written to yet names the epoch its messages will have.
+/// KEYS as for `NUMBER`. The list ends at the latest seq, since `NUMBER` appends in the same
+/// script that counts.
 pub const FETCH: &[u8] = b"local e = redis.call('GET', KEYS[2]) \
-if not e then return {'', 0, {}} end \
+if not e then e = ARGV[4]; redis.call('SET', KEYS[2], e) end \
 local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
 local s = tonumber(ARGV[1]) \
 if ARGV[3] ~= '' and ARGV[3] ~= e then s = 0 end \
@@ -73,6 +78,23 @@ local k = math.min(c - s, tonumber(ARGV[2])) \
 local lines = {} \
 if k > 0 then lines = redis.call('LRANGE', KEYS[3], -k, -1) end \
 return {e, c, lines}";
+
+/// A user's connection was lost: keeps the SHA-1 of its secret ARGV[1] in KEYS[1] for ARGV[2]
+/// ms (its grace). Only the hash: reading Redis does not hand out the secret.
+pub const LOST: &[u8] = b"redis.call('SET', KEYS[1], redis.sha1hex(ARGV[1]), 'PX', ARGV[2]) \
+return 0";
+
+/// A join presenting a resume secret (ARGV[3]): takes the id key KEYS[1] for this node
+/// (ARGV[1]) for ARGV[2] ms if it is free or ours ({0}, as `CLAIM` does), or if another node
+/// holds it for a user in its grace whose secret this is (KEYS[2] holds its SHA-1): then the
+/// secret is spent (deleted: the token rotates) and the reply is {1, that node}. Anything
+/// else is {-1}: the id is taken.
+pub const RESUME: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
+if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0} end \
+local h = redis.call('GET', KEYS[2]) \
+if h and h == redis.sha1hex(ARGV[3]) then \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]); return {1, v} end \
+return {-1}";
 
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
@@ -348,6 +370,12 @@ pub enum Await {
         generation: u32,
         fetch: Box<crate::chat::fetch::Fetch>,
     },
+    /// A join presenting a resume secret (see `RESUME`).
+    Resume {
+        token: usize,
+        generation: u32,
+        id: String,
+    },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
     Ignore,
@@ -582,7 +610,7 @@ impl Cluster {
         let (after, most) = (after.to_string(), most.to_string());
         let mut args: Vec<&[u8]> = vec![b"EVAL", FETCH, b"3"];
         args.extend(keys.iter().map(|k| k.as_bytes()));
-        args.extend([after.as_bytes(), most.as_bytes(), epoch.as_bytes()]);
+        args.extend([after.as_bytes(), most.as_bytes(), epoch.as_bytes(), fetch.offer.as_bytes()]);
         let sent = self.link.send(&args);
         drop(args);
         let then = Await::Fetch { generation, fetch };
@@ -617,6 +645,52 @@ impl Cluster {
             self.awaiting(then());
         }
         true
+    }
+
+    /// Claims `id` (lowercased) for a join that presents `secret`: see `RESUME`. False if
+    /// the link refused.
+    pub fn claim_resume(&mut self, id: &str, secret: &[u8], then: Await) -> bool {
+        let ttl_ms = self.ttl.as_millis().to_string();
+        let (key, resume) = (format!("{KEY_PREFIX}{id}"), format!("{RESUME_PREFIX}{id}"));
+        let node = Rc::clone(&self.node);
+        let args: [&[u8]; 8] = [
+            b"EVAL",
+            RESUME,
+            b"2",
+            key.as_bytes(),
+            resume.as_bytes(),
+            node.as_bytes(),
+            ttl_ms.as_bytes(),
+            secret,
+        ];
+        if !self.link.send(&args) {
+            return false;
+        }
+        self.awaiting(then);
+        true
+    }
+
+    /// Local user `id` (lowercased) was lost: another node may let it back in with `secret`
+    /// within `grace` (see `LOST`).
+    pub fn lost(&mut self, id: &str, secret: &[u8], grace: Duration) -> bool {
+        let key = format!("{RESUME_PREFIX}{id}");
+        let ms = grace.as_millis().max(1).to_string();
+        let sent = self.link.send(&[b"EVAL", LOST, b"1", key.as_bytes(), secret, ms.as_bytes()]);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// Local user `id` (lowercased) is back here, or gone: its old secret must not work
+    /// anywhere.
+    pub fn spent(&mut self, id: &str) -> bool {
+        let key = format!("{RESUME_PREFIX}{id}");
+        let sent = self.link.send(&[b"DEL", key.as_bytes()]);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
     }
 
     /// Frees `id` (lowercased) if this node holds it.

@@ -65,6 +65,8 @@ pub struct Fetch {
     pub id: Rc<str>,
     pub room: Rc<str>,
     pub ask: Ask,
+    /// The epoch Redis takes for the room if it has none (`History::offer`).
+    pub offer: Rc<str>,
 }
 
 /// What Redis keeps of a room: its epoch, latest seq, and the lines asked for.
@@ -97,7 +99,8 @@ impl Chat {
             return false;
         }
         self.rooms.set_flow(rk, token as u32, Flow::Quiet);
-        self.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay) });
+        let offer = self.history.offer(&room);
+        self.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
         true
     }
 

@@ -169,6 +169,15 @@ impl History {
         }
     }
 
+    /// The epoch to offer Redis for `room` should it have none (see `cluster::NUMBER`,
+    /// `cluster::FETCH`): the log's own while it has numbered nothing, so that what `joined`
+    /// said still holds; a fresh one otherwise, since Redis then counts from 1 again (it lost
+    /// the room) and those seqs must not reuse an epoch whose seqs meant other messages.
+    pub fn offer(&mut self, room: &str) -> Rc<str> {
+        let log = self.log(room);
+        if log.latest() == 0 { Rc::clone(&log.epoch) } else { new_epoch() }
+    }
+
     /// Gives `room` an epoch of this node's own if its log follows Redis: a cluster node
     /// that numbers messages itself (Redis is away) must not reuse numbers Redis will give.
     pub fn fork(&mut self, room: &str) {

@@ -18,6 +18,7 @@
 pub mod fetch;
 pub mod history;
 pub mod ids;
+pub mod moved;
 pub mod resume;
 pub mod rooms;
 

@@ -128,7 +128,7 @@ impl Server {
                         Sent::Unwritten => ErrorCode::ClusterUnavailable,
                     };
                     match w {
-                        Await::Claim { token, generation, id } => {
+                        Await::Claim { token, generation, id } | Await::Resume { token, generation, id } => {
                             self.cluster_mut().claiming.remove(&key(&id));
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
@@ -223,6 +223,19 @@ impl Server {
                 };
                 self.joined(token, generation, &id, verdict, now);
             }
+            Await::Resume { token, generation, id } => {
+                self.cluster_mut().claiming.remove(&key(&id));
+                let verdict = match &frame {
+                    BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
+                        Some(0) => Granted::Yes,
+                        Some(1) => Granted::Moved,
+                        Some(_) => Granted::No,
+                        None => Granted::Failed,
+                    },
+                    _ => Granted::Failed,
+                };
+                self.joined(token, generation, &id, verdict, now);
+            }
             Await::Refresh => {
                 let BytesFrame::Array { data, .. } = frame else { return };
                 for key in data {
@@ -310,7 +323,13 @@ impl Server {
             Msg::Room { room, epoch, line, .. } if *on == Channel::Room(room.to_string()) => {
                 self.chat.deliver_room(room, epoch, &line, &mut self.net);
             }
-            Msg::Join { node, id } => self.chat.remote_join(node, id),
+            Msg::Join { node, id } => {
+                // Taken over there with its resume secret, if we held it: no leave (see
+                // `chat::moved`).
+                let emptied = self.chat.moved(node, id, &mut self.net);
+                self.cluster_unlisten(&emptied);
+                self.chat.remote_join(node, id)
+            }
             Msg::Leave { node, id } => self.chat.remote_leave(node, id),
             Msg::RoomJoin { node, id, room } => self.chat.remote_room(node, id, room, true),
             Msg::RoomLeave { node, id, room } => self.chat.remote_room(node, id, room, false),
@@ -369,6 +388,7 @@ impl Server {
             oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
             let secret = os.resume;
             self.chat.lose(&user, secret, now + self.cfg.resume_grace);
+            self.cluster_lost(&user, &secret);
             self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
         }
         let lower = match self.chat.check(id, presented.as_ref(), now) {
@@ -382,11 +402,17 @@ impl Server {
         if c.claiming.contains(&lower) {
             return self.refuse_id(token, id, ErrorCode::IdTaken, now);
         }
-        if !c.claim(std::iter::once(lower.as_str()), || Await::Claim {
-            token,
-            generation,
-            id: id.to_string(),
-        }) {
+        // With a secret, the id may be held on another node for this very client (see
+        // `chat::moved`).
+        let asked = match &presented {
+            Some(p) => c.claim_resume(&lower, p, Await::Resume { token, generation, id: id.to_string() }),
+            None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
+                token,
+                generation,
+                id: id.to_string(),
+            }),
+        };
+        if !asked {
             if c.is_up() {
                 // Up but its queue is full: Redis is not keeping up; do not pile on.
                 return self.refuse_busy(token, now);
@@ -415,14 +441,19 @@ impl Server {
         match verdict {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
+            Granted::Moved => return self.take_over(token, id, now),
             Granted::Yes | Granted::Locally => {}
         }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
         let (secret, presented, pseq) = (s.resume, s.presented, s.pseq);
         match self.chat.join(id, token, &secret, presented.as_ref(), pseq, now, &mut self.net) {
             Ok((user, true)) => {
-                // Back within its grace: still a member everywhere, nothing to announce.
+                // Back within its grace: still a member everywhere, nothing to announce. Its
+                // old secret must not let it in on another node either.
                 self.net.stats.resumes += 1;
+                if let Some(c) = &mut self.cluster {
+                    c.spent(&key(&user));
+                }
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
@@ -456,8 +487,52 @@ impl Server {
         }
     }
 
+    /// Redis let `id` in on connection `token` with its resume secret, taken over from the
+    /// node that held it in its grace: welcome it back in its rooms and announce it as ours
+    /// (that node then lets its hold go, and nobody sees a leave: see `chat::moved`).
+    fn take_over(&mut self, token: usize, id: &str, now: Instant) {
+        let Phase::Ws(s) = &self.net.conns[token].phase else { return };
+        let secret = s.resume;
+        let t = match self.chat.take_over(id, token, &secret, &mut self.net) {
+            Ok(t) => t,
+            Err(code) => {
+                self.give_back(Granted::Moved, id);
+                return self.refuse_id(token, id, code, now);
+            }
+        };
+        self.net.stats.resumes += 1;
+        let conn = &mut self.net.conns[token];
+        info!(target: "chatloop::session", "session resumed id={} peer={} from=another-node", t.id, conn.addr);
+        if let Phase::Ws(s) = &mut conn.phase {
+            s.user = Some(Rc::clone(&t.id));
+        }
+        if let Some(c) = &mut self.cluster {
+            c.publish(ALL, &payload(&["J", &c.node, &t.id], None));
+        }
+        for (room, first) in &t.rooms {
+            self.cluster_joined(&t.id, room, *first);
+        }
+    }
+
+    /// Stops hearing rooms this node has no member of any more.
+    fn cluster_unlisten(&mut self, rooms: &[Rc<str>]) {
+        let Some(c) = &mut self.cluster else { return };
+        for room in rooms {
+            c.listen(room, false);
+            self.chat.history.stale(room);
+        }
+    }
+
+    /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
+    /// grace, so that the client may resume on another node.
+    pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret) {
+        if let Some(c) = &mut self.cluster {
+            c.lost(&key(id), secret, self.cfg.resume_grace);
+        }
+    }
+
     fn give_back(&mut self, verdict: Granted, id: &str) {
-        if verdict == Granted::Yes
+        if matches!(verdict, Granted::Yes | Granted::Moved)
             && let Some(c) = &mut self.cluster
         {
             c.release(&key(id));
@@ -498,9 +573,9 @@ impl Server {
         cid: Option<Rc<str>>,
     ) {
         let Some(c) = &mut self.cluster else { return };
-        // Our log's epoch, so that a room Redis has not numbered yet keeps the epoch its
-        // members were told in `joined` (a room numbered elsewhere already has Redis's).
-        let epoch = self.chat.history.log(room).epoch.to_string();
+        // For a room Redis has no epoch for: our log's, so that the room keeps the epoch its
+        // members were told in `joined` (see `History::offer`).
+        let epoch = self.chat.history.offer(room).to_string();
         let number = Box::new(Numbered { token, template: template.clone() });
         let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
         if !c.number(room, &template, &epoch, then) {
@@ -658,6 +733,8 @@ enum Granted {
     No,
     /// Redis answered with an error.
     Failed,
+    /// Redis gave it to us with the resume secret of a user held on another node.
+    Moved,
     /// No cluster, or Redis is away: decided by this node alone.
     Locally,
 }

@@ -862,3 +862,79 @@ fn a_join_on_a_node_that_never_heard_the_room_replays_it_from_redis() {
     assert_eq!((next[0]["seq"].as_u64(), next[0]["text"].as_str()), (Some(41), Some("marker")));
     assert!(b.metrics()["chatloop_history_fetched_total"] >= 3.0);
 }
+
+/// Lines of `c` up to and including the message with text `marker` (sent by the caller).
+fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &Value| l["text"] == marker) {
+        seen.push(c.next_any());
+    }
+    seen
+}
+
+#[test]
+fn a_user_lost_on_one_node_resumes_on_the_other_and_nobody_sees_it_leave() {
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0", "--resume-grace", "2"];
+    let (a, b) = (node(&redis, "15", &args), node(&redis, "15", &args));
+    let mut watcher = join_seen(&a, "watcher", &b, 1.0);
+    let mut friend = join_seen(&b, "friend", &a, 1.0);
+    let mut v = a.connect("victim");
+    let t1 = v.next_of("welcome")["resume"].as_str().unwrap().to_string();
+    wait_metric(&b, "chatloop_cluster_remote_users", 2.0);
+    v.send(&json!({"join": "dev"}));
+    let dev = v.next_of("joined");
+    friend.send(&json!({"join": "dev"}));
+    friend.next_of("joined");
+    v.send(&json!({"join": "lobby"}));
+    let lobby = v.next_of("joined");
+    wait_room_size(&mut watcher, "dev", 2);
+    // The network drops: no close frame.
+    drop(v);
+    assert!(a.wait_log("reason=lost"), "{}", a.log());
+    for i in 0..5 {
+        friend.send(&json!({"room": "dev", "text": format!("dev {i}")}));
+        friend.send(&json!({"text": format!("lobby {i}")}));
+    }
+    until_text(&mut friend, "lobby 4");
+    // Neither a thief nor a wrong token gets the id on B.
+    assert_eq!(b.connect("VICTIM").next_of("error")["code"], "id_taken");
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(b.connect_path(&format!("/ws?id=victim&resume={wrong}")).next_of("error")["code"], "id_taken");
+    // The right token on B: resumed, a new token, its rooms back, quiet until joined.
+    let mut v = b.connect_path(&format!("/ws?id=victim&resume={t1}&pseq=0"));
+    let w = v.next_of("welcome");
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_ne!(w["resume"].as_str().unwrap(), t1, "the token rotates");
+    v.send(&json!({"join": "dev", "since": dev["seq"], "epoch": dev["epoch"]}));
+    let j = v.next_of("joined");
+    assert_eq!(j["epoch"], dev["epoch"], "{j}");
+    let got = room_lines(&mut v, "dev", 5);
+    assert!(got.iter().all(|l| l["type"] == "message"), "{got:?}");
+    let texts: Vec<&str> = got.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["dev 0", "dev 1", "dev 2", "dev 3", "dev 4"]);
+    v.send(&json!({"join": "lobby", "since": lobby["seq"], "epoch": lobby["epoch"]}));
+    v.next_of("joined");
+    let got = room_lines(&mut v, "lobby", 5);
+    assert!(got.iter().all(|l| l["type"] == "message"), "{got:?}");
+    assert_eq!(got[0]["text"], "lobby 0");
+    // It may send to its rooms at once; both nodes hear it.
+    v.send(&json!({"room": "dev", "text": "back"}));
+    until_text(&mut friend, "back");
+    // The old token is spent: not even on the node that held the user.
+    assert_eq!(a.connect_path(&format!("/ws?id=victim&resume={t1}")).next_of("error")["code"], "id_taken");
+    // Past A's grace: still nobody was told victim left or joined, on either node.
+    std::thread::sleep(Duration::from_millis(2500));
+    watcher.send(&json!({"text": "marker a"}));
+    friend.send(&json!({"text": "marker b"}));
+    for (c, marker) in [(&mut watcher, "marker b"), (&mut friend, "marker a")] {
+        let seen = until_text(c, marker);
+        let bad: Vec<&Value> = seen
+            .iter()
+            .filter(|l| (l["type"] == "join" || l["type"] == "leave") && l["id"] == "victim")
+            .collect();
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+    wait_room_size(&mut watcher, "dev", 2);
+    assert_eq!(b.metrics()["chatloop_resumes_total"], 1.0);
+}

@@ -1,0 +1,118 @@
+//! A user in its resume grace that comes back on another node (a cluster).
+//!
+//! The node that lost the connection (A) holds the user (`resume::Holds`) and keeps the
+//! SHA-1 of its secret in Redis (`cluster::LOST`); the node the client reaches (B) lets it in
+//! when Redis finds the secret right (`cluster::RESUME`) and takes the user over here
+//! (`Chat::take_over`): its rooms are the ones B already lists it in as A's member, restored
+//! quiet until joined, as on one node. B then announces the user as its own; A, hearing that,
+//! lets its hold go without a leave (`Chat::moved`), and every other node moves the user to B
+//! in place. Nobody sees a leave/join pair, since the user never left.
+
+use super::ids::{Secret, key};
+use super::{Chat, Sink, User};
+use crate::protocol::{self, ErrorCode, LOBBY};
+use std::rc::Rc;
+
+/// A user taken over from another node: its id as typed, and its rooms (names, and whether
+/// this node had no member in it before: it must start hearing it).
+pub struct TakenOver {
+    pub id: Rc<str>,
+    pub rooms: Vec<(Rc<str>, bool)>,
+}
+
+impl Chat {
+    /// Takes `id` over on connection `token`: Redis let it in with its resume secret, held on
+    /// another node. Its welcome (`resumed`, with `secret` as the next token) is queued; its
+    /// rooms are those its node listed it in (just the lobby if this node knows none).
+    pub fn take_over(
+        &mut self,
+        id: &str,
+        token: usize,
+        secret: &Secret,
+        sink: &mut impl Sink,
+    ) -> Result<TakenOver, ErrorCode> {
+        if !protocol::valid_id(id) {
+            return Err(ErrorCode::BadId);
+        }
+        let k = key(id);
+        if self.users.contains_key(k.as_str()) {
+            return Err(ErrorCode::IdTaken);
+        }
+        let (ukey, shared, keys) = match self.remote.remove_entry(k.as_str()) {
+            Some((ukey, r)) => (ukey, r.id, r.rooms),
+            None => (Rc::from(k.as_str()), Rc::from(id), Vec::new()),
+        };
+        let mut rooms = Vec::new();
+        let mut kept = Vec::new();
+        for rk in keys {
+            if self.rooms.shift(rk as usize, &ukey, false) {
+                self.rooms.set_back(rk as usize, &ukey, token as u32);
+                let room = self.rooms.room(rk as usize);
+                self.history.set_idle(&room.name, None);
+                rooms.push((Rc::clone(&room.name), room.local_len() == 1));
+                kept.push(rk);
+            }
+        }
+        if kept.is_empty() {
+            // Nothing known of its rooms: back in the lobby, as a join (the others see one).
+            let j = self.rooms.join_local(LOBBY, token as u32, &shared);
+            self.history.set_idle(LOBBY, None);
+            rooms.push((Rc::clone(&self.rooms.room(j.key).name), j.first_local));
+            kept.push(j.key as u32);
+        }
+        // The same welcome as `Chat::join` gives a resumed user.
+        let (users, total) = match self.rooms.key(LOBBY) {
+            Some(lobby) => self.rooms.listing(lobby, &shared, self.limits.presence_limit),
+            None => (vec![&*shared], 1),
+        };
+        let welcome = protocol::welcome(&protocol::Welcome {
+            id: &shared,
+            users,
+            total,
+            max_text: self.limits.max_text,
+            rate_limit: self.limits.rate_limit,
+            burst: 2 * self.limits.rate_limit,
+            resume: &super::ids::token_text(secret),
+            resumed: true,
+        });
+        sink.push(token, &welcome);
+        let user = User { token: token as u32, id: Rc::clone(&shared), rooms: kept, private: None };
+        self.users.insert(ukey, user);
+        Ok(TakenOver { id: shared, rooms })
+    }
+
+    /// `id` is now on `node` (it announced itself there). If it is a user held here in its
+    /// grace, another node took it over with its secret: the hold goes without a leave, the
+    /// user stays a member of its rooms as `node`'s, and the local senders of private
+    /// messages kept for it are told they were not delivered. If it was listed on another
+    /// node, it moved: it is listed on `node` now, in the same rooms, with nothing announced.
+    /// Returns the rooms this node has no member of left (it stops hearing them).
+    pub fn moved(&mut self, node: &str, id: &str, sink: &mut impl Sink) -> Vec<Rc<str>> {
+        let k = key(id);
+        if self.users.contains_key(k.as_str()) {
+            return Vec::new();
+        }
+        if let Some(r) = self.remote.get_mut(k.as_str()) {
+            if &*r.id == id && &*r.node != node {
+                r.node = Rc::from(node);
+            }
+            return Vec::new();
+        }
+        let Some(away) = self.holds.take(&k) else { return Vec::new() };
+        let ukey: Rc<str> = Rc::from(k.as_str());
+        let mut emptied = Vec::new();
+        for rk in &away.rooms {
+            if self.rooms.shift(*rk as usize, &ukey, true) && self.rooms.room(*rk as usize).local_len() == 0 {
+                emptied.push(Rc::clone(&self.rooms.room(*rk as usize).name));
+            }
+        }
+        for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
+            if let Some(from) = self.users.get(&*key(&kept.from)) {
+                sink.push(from.token as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
+            }
+        }
+        let r = super::Remote { id: away.id, node: Rc::from(node), rooms: away.rooms };
+        self.remote.insert(ukey, r);
+        emptied
+    }
+}
