@@ -31,6 +31,11 @@ pub const KEY_PREFIX: &str = "chatloop:id:";
 /// `chatloop:resume:<lowercased id>`: the SHA-1 (hex) of the resume secret of a user in its
 /// grace, for `--resume-grace`, so that another node can let it back in (see `RESUME`).
 const RESUME_PREFIX: &str = "chatloop:resume:";
+/// The private messages kept for a user in its grace (a list of its copies, carrying their
+/// `pseq`) and the last `pseq` it was given, for the grace; `moved <node>` in the latter once
+/// another node took the user over (see `KEEP`).
+const PRIVATE_PREFIX: &str = "chatloop:priv:";
+const PSEQ_PREFIX: &str = "chatloop:pseq:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
 pub const CLAIM_CHUNK: usize = 512;
@@ -80,21 +85,43 @@ if k > 0 then lines = redis.call('LRANGE', KEYS[3], -k, -1) end \
 return {e, c, lines}";
 
 /// A user's connection was lost: keeps the SHA-1 of its secret ARGV[1] in KEYS[1] for ARGV[2]
-/// ms (its grace). Only the hash: reading Redis does not hand out the secret.
+/// ms (its grace; only the hash: reading Redis does not hand out the secret), its last pseq
+/// ARGV[3] in KEYS[3], and the private messages kept for it (ARGV[4...], its copies) in the
+/// list KEYS[2], all for the grace.
 pub const LOST: &[u8] = b"redis.call('SET', KEYS[1], redis.sha1hex(ARGV[1]), 'PX', ARGV[2]) \
+redis.call('DEL', KEYS[2]) \
+if #ARGV > 3 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 4)); redis.call('PEXPIRE', KEYS[2], ARGV[2]) end \
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2]) \
 return 0";
+
+/// A private message kept for a user in its grace here: appends its copy ARGV[1] (pseq
+/// ARGV[2]) to the list KEYS[1] (at most ARGV[4] kept) and sets its last pseq KEYS[2], for
+/// ARGV[3] ms. If another node has taken the user over meanwhile (KEYS[2] says `moved
+/// <node>`), nothing is kept and the reply is that node, for the message to follow the user
+/// there; otherwise "".
+pub const KEEP: &[u8] = b"local p = redis.call('GET', KEYS[2]) \
+if p and string.sub(p, 1, 6) == 'moved ' then return string.sub(p, 7) end \
+redis.call('RPUSH', KEYS[1], ARGV[1]); redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1) \
+redis.call('PEXPIRE', KEYS[1], ARGV[3]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
+return ''";
 
 /// A join presenting a resume secret (ARGV[3]): takes the id key KEYS[1] for this node
 /// (ARGV[1]) for ARGV[2] ms if it is free or ours ({0}, as `CLAIM` does), or if another node
 /// holds it for a user in its grace whose secret this is (KEYS[2] holds its SHA-1): then the
-/// secret is spent (deleted: the token rotates) and the reply is {1, that node}. Anything
-/// else is {-1}: the id is taken.
+/// secret is spent (deleted: the token rotates), the user's kept private messages (KEYS[3])
+/// and last pseq (KEYS[4]) are taken, KEYS[4] says `moved <this node>` for the rest of the
+/// grace (ARGV[4] ms; see `KEEP`), and the reply is {1, that node, last pseq, messages}.
+/// Anything else is {-1}: the id is taken.
 pub const RESUME: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
 if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0} end \
 local h = redis.call('GET', KEYS[2]) \
-if h and h == redis.sha1hex(ARGV[3]) then \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]); return {1, v} end \
-return {-1}";
+if not (h and h == redis.sha1hex(ARGV[3])) then return {-1} end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]) \
+local p = redis.call('GET', KEYS[4]) \
+if not p or string.sub(p, 1, 6) == 'moved ' then p = '0' end \
+local kept = redis.call('LRANGE', KEYS[3], 0, -1) \
+redis.call('DEL', KEYS[3]); redis.call('SET', KEYS[4], 'moved ' .. ARGV[1], 'PX', ARGV[4]) \
+return {1, v, p, kept}";
 
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
@@ -298,6 +325,12 @@ pub fn line_seq(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
 }
 
+/// A user's keys (`id` lowercased): its id claim, its resume hash, its kept private messages
+/// and its last pseq.
+fn user_keys(id: &str) -> [String; 4] {
+    [KEY_PREFIX, RESUME_PREFIX, PRIVATE_PREFIX, PSEQ_PREFIX].map(|p| format!("{p}{id}"))
+}
+
 /// Room `room`'s keys: its seq counter, its epoch and its history list.
 fn room_keys(room: &str) -> [String; 3] {
     [ROOM_SEQ_PREFIX, ROOM_EPOCH_PREFIX, ROOM_HISTORY_PREFIX].map(|p| format!("{p}{room}"))
@@ -369,6 +402,14 @@ pub enum Await {
     Fetch {
         generation: u32,
         fetch: Box<crate::chat::fetch::Fetch>,
+    },
+    /// A private message `from` wrote to `to`, kept here for `to` in its grace and in Redis
+    /// (see `KEEP`): if another node took `to` over meanwhile, `line` (the sender's copy)
+    /// follows it there.
+    Keep {
+        from: Rc<str>,
+        to: Rc<str>,
+        line: Bytes,
     },
     /// A join presenting a resume secret (see `RESUME`).
     Resume {
@@ -647,21 +688,56 @@ impl Cluster {
         true
     }
 
-    /// Claims `id` (lowercased) for a join that presents `secret`: see `RESUME`. False if
-    /// the link refused.
-    pub fn claim_resume(&mut self, id: &str, secret: &[u8], then: Await) -> bool {
-        let ttl_ms = self.ttl.as_millis().to_string();
-        let (key, resume) = (format!("{KEY_PREFIX}{id}"), format!("{RESUME_PREFIX}{id}"));
-        let node = Rc::clone(&self.node);
-        let args: [&[u8]; 8] = [
+    /// Claims `id` (lowercased) for a join that presents `secret`: see `RESUME`; `grace` is
+    /// `--resume-grace`. False if the link refused.
+    pub fn claim_resume(&mut self, id: &str, secret: &[u8], grace: Duration, then: Await) -> bool {
+        let (ttl_ms, grace_ms) = (self.ttl.as_millis().to_string(), grace.as_millis().max(1).to_string());
+        let keys = user_keys(id);
+        let mut args: Vec<&[u8]> = vec![b"EVAL", RESUME, b"4"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([self.node.as_bytes(), ttl_ms.as_bytes(), secret, grace_ms.as_bytes()]);
+        let sent = self.link.send(&args);
+        drop(args);
+        if sent {
+            self.awaiting(then);
+        }
+        sent
+    }
+
+    /// Local user `id` (lowercased) was lost: another node may let it back in with `secret`
+    /// within `grace`, with the private messages kept for it (`kept`, its copies) and its
+    /// last `pseq` (see `LOST`).
+    pub fn lost(&mut self, id: &str, secret: &[u8], grace: Duration, pseq: u64, kept: &[Bytes]) -> bool {
+        let [_, resume, private, last] = user_keys(id);
+        let (ms, pseq) = (grace.as_millis().max(1).to_string(), pseq.to_string());
+        let mut args: Vec<&[u8]> =
+            vec![b"EVAL", LOST, b"3", resume.as_bytes(), private.as_bytes(), last.as_bytes()];
+        args.extend([secret, ms.as_bytes(), pseq.as_bytes()]);
+        args.extend(kept.iter().map(|l| &l[..]));
+        let sent = self.link.send(&args);
+        drop(args);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// A private message for local user `to` (lowercased `key`) in its grace, its copy
+    /// `copy` numbered `pseq`: kept in Redis too, for a resume on another node (see `KEEP`).
+    pub fn keep(&mut self, key: &str, copy: &[u8], pseq: u64, grace: Duration, then: Await) -> bool {
+        let [_, _, private, last] = user_keys(key);
+        let (pseq, ms) = (pseq.to_string(), grace.as_millis().max(1).to_string());
+        let cap = crate::chat::resume::KEPT_MAX.to_string();
+        let args: [&[u8]; 9] = [
             b"EVAL",
-            RESUME,
+            KEEP,
             b"2",
-            key.as_bytes(),
-            resume.as_bytes(),
-            node.as_bytes(),
-            ttl_ms.as_bytes(),
-            secret,
+            private.as_bytes(),
+            last.as_bytes(),
+            copy,
+            pseq.as_bytes(),
+            ms.as_bytes(),
+            cap.as_bytes(),
         ];
         if !self.link.send(&args) {
             return false;
@@ -670,23 +746,11 @@ impl Cluster {
         true
     }
 
-    /// Local user `id` (lowercased) was lost: another node may let it back in with `secret`
-    /// within `grace` (see `LOST`).
-    pub fn lost(&mut self, id: &str, secret: &[u8], grace: Duration) -> bool {
-        let key = format!("{RESUME_PREFIX}{id}");
-        let ms = grace.as_millis().max(1).to_string();
-        let sent = self.link.send(&[b"EVAL", LOST, b"1", key.as_bytes(), secret, ms.as_bytes()]);
-        if sent {
-            self.awaiting(Await::Ignore);
-        }
-        sent
-    }
-
-    /// Local user `id` (lowercased) is back here, or gone: its old secret must not work
-    /// anywhere.
+    /// Local user `id` (lowercased) is back here: its old secret must not let it in on
+    /// another node, and what Redis kept for it is delivered here.
     pub fn spent(&mut self, id: &str) -> bool {
-        let key = format!("{RESUME_PREFIX}{id}");
-        let sent = self.link.send(&[b"DEL", key.as_bytes()]);
+        let [_, resume, private, last] = user_keys(id);
+        let sent = self.link.send(&[b"DEL", resume.as_bytes(), private.as_bytes(), last.as_bytes()]);
         if sent {
             self.awaiting(Await::Ignore);
         }

@@ -161,6 +161,8 @@ pub struct Chat {
     pub clustered: bool,
     /// Joins waiting for Redis's history of their room, for the server to send (see `fetch`).
     pub fetches: Vec<fetch::Fetch>,
+    /// Private messages kept for users in their grace, for the server to keep in Redis too.
+    pub kept_away: Vec<moved::KeptAway>,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -182,6 +184,7 @@ impl Chat {
             holds: Holds::default(),
             clustered: false,
             fetches: Vec::new(),
+            kept_away: Vec::new(),
         }
     }
 
@@ -580,9 +583,14 @@ impl Chat {
         let Some(a) = self.holds.get_mut(k, now) else { return Err(ErrorCode::UnknownRecipient) };
         let pseq = a.private.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
-        let kept = Kept { pseq, line: copy, from, fresh: true };
+        let kept = Kept { pseq, line: copy.clone(), from: Rc::clone(&from), fresh: true };
         a.private.keep(kept, resume::KEPT_MAX, resume::KEPT_BYTES).map_err(|_| ErrorCode::Undelivered)?;
         a.private.number();
+        if self.clustered {
+            // In Redis too, for a resume on another node (see `moved`).
+            let to = Rc::clone(&a.id);
+            self.kept_away.push(moved::KeptAway { to, pseq, copy, from, line: line.clone() });
+        }
         Ok(())
     }
 

@@ -9,9 +9,32 @@
 //! in place. Nobody sees a leave/join pair, since the user never left.
 
 use super::ids::{Secret, key};
+use super::resume::{KEPT_ONLINE_BYTES, KEPT_ONLINE_MAX, Kept, Private};
 use super::{Chat, Sink, User};
 use crate::protocol::{self, ErrorCode, LOBBY};
+use bytes::Bytes;
 use std::rc::Rc;
+
+/// A private message kept for a local user in its grace, to be kept in Redis too.
+#[derive(Debug)]
+pub struct KeptAway {
+    /// The recipient, as typed.
+    pub to: Rc<str>,
+    pub pseq: u64,
+    /// The recipient's copy (carrying `pseq`).
+    pub copy: Bytes,
+    pub from: Rc<str>,
+    /// The sender's copy: what follows the recipient to another node if it moved meanwhile.
+    pub line: Bytes,
+}
+
+/// What Redis kept for a user taken over: its last pseq and its private messages (its
+/// copies, oldest first).
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub pseq: u64,
+    pub kept: Vec<Bytes>,
+}
 
 /// A user taken over from another node: its id as typed, and its rooms (names, and whether
 /// this node had no member in it before: it must start hearing it).
@@ -22,13 +45,16 @@ pub struct TakenOver {
 
 impl Chat {
     /// Takes `id` over on connection `token`: Redis let it in with its resume secret, held on
-    /// another node. Its welcome (`resumed`, with `secret` as the next token) is queued; its
-    /// rooms are those its node listed it in (just the lobby if this node knows none).
+    /// another node. Its welcome (`resumed`, with `secret` as the next token) is queued, then
+    /// the private messages of `backlog` after the `pseq` the client has; its rooms are those
+    /// its node listed it in (just the lobby if this node knows none).
     pub fn take_over(
         &mut self,
         id: &str,
         token: usize,
         secret: &Secret,
+        pseq: u64,
+        backlog: Backlog,
         sink: &mut impl Sink,
     ) -> Result<TakenOver, ErrorCode> {
         if !protocol::valid_id(id) {
@@ -76,18 +102,31 @@ impl Chat {
             resumed: true,
         });
         sink.push(token, &welcome);
-        let user = User { token: token as u32, id: Rc::clone(&shared), rooms: kept, private: None };
+        // Its numbering goes on from the old node's, so the client's pseq still means the same.
+        let mut private = Private::default();
+        private.pseq = backlog.pseq;
+        for line in backlog.kept {
+            let Some(n) = kept_pseq(&line) else { continue };
+            if n > pseq {
+                sink.push(token, &line);
+            }
+            let k = Kept { pseq: n, line, from: Rc::from(""), fresh: false };
+            let _ = private.keep(k, KEPT_ONLINE_MAX, KEPT_ONLINE_BYTES);
+        }
+        let private = (private.pseq > 0).then(|| Box::new(private));
+        let user = User { token: token as u32, id: Rc::clone(&shared), rooms: kept, private };
         self.users.insert(ukey, user);
         Ok(TakenOver { id: shared, rooms })
     }
 
     /// `id` is now on `node` (it announced itself there). If it is a user held here in its
-    /// grace, another node took it over with its secret: the hold goes without a leave, the
-    /// user stays a member of its rooms as `node`'s, and the local senders of private
-    /// messages kept for it are told they were not delivered. If it was listed on another
+    /// grace, another node took it over with its secret: the hold goes without a leave, and
+    /// the user stays a member of its rooms as `node`'s. The private messages kept for it are
+    /// not lost: that node took them from Redis (`cluster::RESUME`), and one kept after that
+    /// follows it there (`cluster::KEEP`). If it was listed on another
     /// node, it moved: it is listed on `node` now, in the same rooms, with nothing announced.
     /// Returns the rooms this node has no member of left (it stops hearing them).
-    pub fn moved(&mut self, node: &str, id: &str, sink: &mut impl Sink) -> Vec<Rc<str>> {
+    pub fn moved(&mut self, node: &str, id: &str) -> Vec<Rc<str>> {
         let k = key(id);
         if self.users.contains_key(k.as_str()) {
             return Vec::new();
@@ -106,13 +145,15 @@ impl Chat {
                 emptied.push(Rc::clone(&self.rooms.room(*rk as usize).name));
             }
         }
-        for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
-            if let Some(from) = self.users.get(&*key(&kept.from)) {
-                sink.push(from.token as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
-            }
-        }
         let r = super::Remote { id: away.id, node: Rc::from(node), rooms: away.rooms };
         self.remote.insert(ukey, r);
         emptied
     }
+}
+
+/// The `pseq` of a private message's recipient copy (`{"type":"message","pseq":N,...`).
+fn kept_pseq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(br#"{"type":"message","pseq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }

@@ -8,6 +8,7 @@ use super::Server;
 use crate::chat::Sink;
 use crate::chat::fetch::{Fetch, Kept};
 use crate::chat::ids::key;
+use crate::chat::moved::Backlog;
 use crate::cluster::{
     ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, roster_fields,
 };
@@ -75,6 +76,7 @@ impl Server {
     /// are queued, and the caller must settle again.
     pub(super) fn cluster_flush(&mut self, now: Instant) -> bool {
         self.cluster_fetches();
+        self.cluster_keep();
         let Some(c) = &mut self.cluster else { return false };
         let failed = !c.link.flush(self.poll.registry(), now);
         if failed {
@@ -138,6 +140,8 @@ impl Server {
                             self.tell_room(&from, code, &room, cid.as_deref())
                         }
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
+                        // Still kept here: the user gets it if it resumes on this node.
+                        Await::Keep { .. } => {}
                         Await::Refresh | Await::Ignore => {}
                     }
                 }
@@ -228,13 +232,23 @@ impl Server {
                 let verdict = match &frame {
                     BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
                         Some(0) => Granted::Yes,
-                        Some(1) => Granted::Moved,
+                        Some(1) => Granted::Moved(Box::new(backlog(&data[1..]))),
                         Some(_) => Granted::No,
                         None => Granted::Failed,
                     },
                     _ => Granted::Failed,
                 };
                 self.joined(token, generation, &id, verdict, now);
+            }
+            Await::Keep { from, to, line } => {
+                // Taken over by another node meanwhile: the message follows the user there.
+                let Some(node) = frame.as_str().filter(|n| !n.is_empty()).map(str::to_string) else { return };
+                let c = self.cluster_mut();
+                let p = payload(&["P", &c.node, &to, &from], Some(&line));
+                let then = Await::Private { from: Rc::clone(&from), to: Rc::clone(&to), cid: None };
+                if !c.publish_awaiting(&node_channel(&node), &p, then) {
+                    self.tell(&from, ErrorCode::Undelivered, Some(&to), None);
+                }
             }
             Await::Refresh => {
                 let BytesFrame::Array { data, .. } = frame else { return };
@@ -326,7 +340,7 @@ impl Server {
             Msg::Join { node, id } => {
                 // Taken over there with its resume secret, if we held it: no leave (see
                 // `chat::moved`).
-                let emptied = self.chat.moved(node, id, &mut self.net);
+                let emptied = self.chat.moved(node, id);
                 self.cluster_unlisten(&emptied);
                 self.chat.remote_join(node, id)
             }
@@ -388,7 +402,7 @@ impl Server {
             oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
             let secret = os.resume;
             self.chat.lose(&user, secret, now + self.cfg.resume_grace);
-            self.cluster_lost(&user, &secret);
+            self.cluster_lost(&user, &secret, now);
             self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
         }
         let lower = match self.chat.check(id, presented.as_ref(), now) {
@@ -405,7 +419,10 @@ impl Server {
         // With a secret, the id may be held on another node for this very client (see
         // `chat::moved`).
         let asked = match &presented {
-            Some(p) => c.claim_resume(&lower, p, Await::Resume { token, generation, id: id.to_string() }),
+            Some(p) => {
+                let then = Await::Resume { token, generation, id: id.to_string() };
+                c.claim_resume(&lower, p, self.cfg.resume_grace, then)
+            }
             None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
                 token,
                 generation,
@@ -441,7 +458,7 @@ impl Server {
         match verdict {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
-            Granted::Moved => return self.take_over(token, id, now),
+            Granted::Moved(backlog) => return self.take_over(token, id, *backlog, now),
             Granted::Yes | Granted::Locally => {}
         }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
@@ -490,13 +507,13 @@ impl Server {
     /// Redis let `id` in on connection `token` with its resume secret, taken over from the
     /// node that held it in its grace: welcome it back in its rooms and announce it as ours
     /// (that node then lets its hold go, and nobody sees a leave: see `chat::moved`).
-    fn take_over(&mut self, token: usize, id: &str, now: Instant) {
+    fn take_over(&mut self, token: usize, id: &str, backlog: Backlog, now: Instant) {
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
-        let secret = s.resume;
-        let t = match self.chat.take_over(id, token, &secret, &mut self.net) {
+        let (secret, pseq) = (s.resume, s.pseq);
+        let t = match self.chat.take_over(id, token, &secret, pseq, backlog, &mut self.net) {
             Ok(t) => t,
             Err(code) => {
-                self.give_back(Granted::Moved, id);
+                self.give_back(Granted::Moved(Box::default()), id);
                 return self.refuse_id(token, id, code, now);
             }
         };
@@ -525,14 +542,31 @@ impl Server {
 
     /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
     /// grace, so that the client may resume on another node.
-    pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret) {
-        if let Some(c) = &mut self.cluster {
-            c.lost(&key(id), secret, self.cfg.resume_grace);
+    /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
+    /// grace, and the private messages kept for it, so that the client may resume on another
+    /// node.
+    pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        let k = key(id);
+        let (pseq, kept) = match self.chat.holds.get_mut(&k, now) {
+            Some(a) => (a.private.pseq, a.private.kept.iter().map(|k| k.line.clone()).collect()),
+            None => (0, Vec::new()),
+        };
+        c.lost(&k, secret, self.cfg.resume_grace, pseq, &kept);
+    }
+
+    /// Keeps in Redis what this turn kept for users in their grace (see `cluster::KEEP`).
+    fn cluster_keep(&mut self) {
+        let kept = std::mem::take(&mut self.chat.kept_away);
+        let Some(c) = &mut self.cluster else { return };
+        for k in kept {
+            let then = Await::Keep { from: k.from, to: Rc::clone(&k.to), line: k.line };
+            c.keep(&key(&k.to), &k.copy, k.pseq, self.cfg.resume_grace, then);
         }
     }
 
     fn give_back(&mut self, verdict: Granted, id: &str) {
-        if matches!(verdict, Granted::Yes | Granted::Moved)
+        if matches!(verdict, Granted::Yes | Granted::Moved(_))
             && let Some(c) = &mut self.cluster
         {
             c.release(&key(id));
@@ -692,6 +726,23 @@ impl Server {
     }
 }
 
+/// What a `RESUME` reply after its {1} carries: {node, last pseq, messages}. Anything
+/// unreadable counts as nothing kept.
+fn backlog(data: &[BytesFrame]) -> Backlog {
+    let pseq = data.get(1).and_then(|f| f.as_str()).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let kept = match data.get(2) {
+        Some(BytesFrame::Array { data, .. }) => data
+            .iter()
+            .filter_map(|l| match l {
+                BytesFrame::BlobString { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Backlog { pseq, kept }
+}
+
 /// A `FETCH` reply: {epoch, latest seq, lines}; None for anything else.
 fn fetched(frame: &BytesFrame) -> Option<Kept> {
     let BytesFrame::Array { data, .. } = frame else { return None };
@@ -725,7 +776,7 @@ enum Channel {
 }
 
 /// How a join's id claim ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Granted {
     /// Redis gave it to us.
     Yes,
@@ -733,8 +784,9 @@ enum Granted {
     No,
     /// Redis answered with an error.
     Failed,
-    /// Redis gave it to us with the resume secret of a user held on another node.
-    Moved,
+    /// Redis gave it to us with the resume secret of a user held on another node, with what
+    /// it kept for that user.
+    Moved(Box<Backlog>),
     /// No cluster, or Redis is away: decided by this node alone.
     Locally,
 }

@@ -361,7 +361,7 @@ impl Server {
             self.cluster_left(&id, &emptied);
         } else if let Phase::Ws(s) = &self.net.conns[token].phase {
             let secret = s.resume;
-            self.cluster_lost(&id, &secret);
+            self.cluster_lost(&id, &secret, now);
         }
     }
 

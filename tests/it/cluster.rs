@@ -889,6 +889,9 @@ fn a_user_lost_on_one_node_resumes_on_the_other_and_nobody_sees_it_leave() {
     v.send(&json!({"join": "lobby"}));
     let lobby = v.next_of("joined");
     wait_room_size(&mut watcher, "dev", 2);
+    // One private message arrives before the loss (pseq 1), three while victim is away.
+    friend.send(&json!({"to": "victim", "text": "p0"}));
+    assert_eq!(v.next_of("message")["pseq"], 1);
     // The network drops: no close frame.
     drop(v);
     assert!(a.wait_log("reason=lost"), "{}", a.log());
@@ -896,16 +899,32 @@ fn a_user_lost_on_one_node_resumes_on_the_other_and_nobody_sees_it_leave() {
         friend.send(&json!({"room": "dev", "text": format!("dev {i}")}));
         friend.send(&json!({"text": format!("lobby {i}")}));
     }
-    until_text(&mut friend, "lobby 4");
+    for i in 1..=3 {
+        friend.send(&json!({"to": "victim", "text": format!("p{i}")}));
+    }
+    friend.send(&json!({"text": "sent"}));
+    let seen = until_text(&mut friend, "sent");
+    assert!(seen.iter().all(|l| l["type"] != "error"), "kept for delivery, not refused: {seen:?}");
+    // Give A a moment to keep them in Redis (one that comes later follows the user anyway).
+    std::thread::sleep(Duration::from_millis(200));
     // Neither a thief nor a wrong token gets the id on B.
     assert_eq!(b.connect("VICTIM").next_of("error")["code"], "id_taken");
     let wrong = "AAAAAAAAAAAAAAAAAAAAAA";
     assert_eq!(b.connect_path(&format!("/ws?id=victim&resume={wrong}")).next_of("error")["code"], "id_taken");
     // The right token on B: resumed, a new token, its rooms back, quiet until joined.
-    let mut v = b.connect_path(&format!("/ws?id=victim&resume={t1}&pseq=0"));
+    let mut v = b.connect_path(&format!("/ws?id=victim&resume={t1}&pseq=1"));
     let w = v.next_of("welcome");
     assert_eq!(w["resumed"], true, "{w}");
     assert_ne!(w["resume"].as_str().unwrap(), t1, "the token rotates");
+    // The private messages after the pseq it has, numbered on from A's.
+    let mut private = Vec::new();
+    while private.len() < 3 {
+        let l = v.next_any();
+        if l["type"] == "message" && l["to"] == "victim" {
+            private.push((l["pseq"].as_u64().unwrap(), l["text"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(private, [(2, "p1".to_string()), (3, "p2".to_string()), (4, "p3".to_string())]);
     v.send(&json!({"join": "dev", "since": dev["seq"], "epoch": dev["epoch"]}));
     let j = v.next_of("joined");
     assert_eq!(j["epoch"], dev["epoch"], "{j}");
@@ -918,9 +937,12 @@ fn a_user_lost_on_one_node_resumes_on_the_other_and_nobody_sees_it_leave() {
     let got = room_lines(&mut v, "lobby", 5);
     assert!(got.iter().all(|l| l["type"] == "message"), "{got:?}");
     assert_eq!(got[0]["text"], "lobby 0");
-    // It may send to its rooms at once; both nodes hear it.
+    // It may send to its rooms at once; both nodes hear it. Its pseq goes on.
     v.send(&json!({"room": "dev", "text": "back"}));
     until_text(&mut friend, "back");
+    friend.send(&json!({"to": "victim", "text": "p4"}));
+    let l = until_text(&mut v, "p4").pop().unwrap();
+    assert_eq!(l["pseq"], 5, "{l}");
     // The old token is spent: not even on the node that held the user.
     assert_eq!(a.connect_path(&format!("/ws?id=victim&resume={t1}")).next_of("error")["code"], "id_taken");
     // Past A's grace: still nobody was told victim left or joined, on either node.
