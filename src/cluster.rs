@@ -111,11 +111,14 @@ return ''";
 /// secret is spent (deleted: the token rotates), the user's kept private messages (KEYS[3])
 /// and last pseq (KEYS[4]) are taken, KEYS[4] says `moved <this node>` for the rest of the
 /// grace (ARGV[4] ms; see `KEEP`), and the reply is {1, that node, last pseq, messages}.
-/// Anything else is {-1}: the id is taken.
+/// Another node's user that is not in its grace there (no hash: it is connected, as far as
+/// that node knows) is {-2, that node}: only that node can check the secret (see
+/// `Msg::Takeover`). A wrong secret is {-1}: the id is taken.
 pub const RESUME: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
 if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0} end \
 local h = redis.call('GET', KEYS[2]) \
-if not (h and h == redis.sha1hex(ARGV[3])) then return {-1} end \
+if not h then return {-2, v} end \
+if h ~= redis.sha1hex(ARGV[3]) then return {-1} end \
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]) \
 local p = redis.call('GET', KEYS[4]) \
 if not p or string.sub(p, 1, 6) == 'moved ' then p = '0' end \
@@ -205,6 +208,21 @@ pub enum Msg<'a> {
         to: &'a str,
         from: &'a str,
     },
+    /// A client on `node` presents resume token `token` for our user `id`, still connected
+    /// here as far as we know (its old connection may be half-open): if the token is right,
+    /// we treat that connection as lost, which puts the user's secret in Redis, and answer
+    /// `Released` so that `node` can take the user over.
+    Takeover {
+        node: &'a str,
+        id: &'a str,
+        token: &'a str,
+    },
+    /// The answer to `Takeover`: released (`ok`), or not (a wrong token, or no such user).
+    Released {
+        node: &'a str,
+        id: &'a str,
+        ok: bool,
+    },
 }
 
 impl<'a> Msg<'a> {
@@ -222,7 +240,9 @@ impl<'a> Msg<'a> {
             | Msg::Bye { node }
             | Msg::Roster { node, .. }
             | Msg::Query { node }
-            | Msg::Private { node, .. } => Some(node),
+            | Msg::Private { node, .. }
+            | Msg::Takeover { node, .. }
+            | Msg::Released { node, .. } => Some(node),
         }
     }
 
@@ -274,6 +294,9 @@ impl<'a> Msg<'a> {
             ("E", None) => Msg::Bounce { to: node, from: f.next()? },
             ("K", None) => Msg::Busy { to: node, from: f.next()? },
             ("U", None) => Msg::Undelivered { to: node, from: f.next()? },
+            ("Z", None) => Msg::Takeover { node, id: f.next()?, token: f.next()? },
+            ("z", None) => Msg::Released { node, id: f.next()?, ok: true },
+            ("y", None) => Msg::Released { node, id: f.next()?, ok: false },
             _ => return None,
         };
         f.next().is_none().then_some(msg)
@@ -411,11 +434,13 @@ pub enum Await {
         to: Rc<str>,
         line: Bytes,
     },
-    /// A join presenting a resume secret (see `RESUME`).
+    /// A join presenting a resume secret (see `RESUME`); `asked`: the node that had the user
+    /// connected has already released it once for this join.
     Resume {
         token: usize,
         generation: u32,
         id: String,
+        asked: bool,
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
@@ -457,6 +482,19 @@ pub struct Cluster {
     /// latest message (`--history-ttl`): see `NUMBER`.
     pub history: usize,
     pub history_ttl: Duration,
+    /// Joins waiting for another node to release a user it has connected (see
+    /// `Msg::Takeover`), by lowercased id, each given up at its deadline.
+    pub asking: HashMap<String, Asking>,
+}
+
+/// A join waiting for another node's `Released`.
+#[derive(Debug)]
+pub struct Asking {
+    pub token: usize,
+    pub generation: u32,
+    /// The id as typed.
+    pub id: String,
+    pub until: Instant,
 }
 
 /// Whether a command of the link's byte stream went out before the link failed.
@@ -485,6 +523,7 @@ impl Cluster {
             claiming: HashSet::new(),
             history: 0,
             history_ttl: Duration::ZERO,
+            asking: HashMap::new(),
             next_beat: now,
             progress: now,
             heard: now,
@@ -521,6 +560,9 @@ impl Cluster {
         if self.is_up() {
             let wait = if self.waiting.is_empty() { self.timeout } else { limit };
             next = next.min(self.progress + wait);
+        }
+        if let Some(ask) = self.asking.values().map(|a| a.until).min() {
+            next = next.min(ask);
         }
         Some(next)
     }
@@ -872,6 +914,12 @@ mod tests {
         );
         assert_eq!(parse("E bob alice"), Some(Msg::Bounce { to: "bob", from: "alice" }));
         assert_eq!(parse("K bob alice"), Some(Msg::Busy { to: "bob", from: "alice" }));
+        assert_eq!(
+            parse("Z n1 bob AbC-_9xyzAbC-_9xyzAb"),
+            Some(Msg::Takeover { node: "n1", id: "bob", token: "AbC-_9xyzAbC-_9xyzAb" })
+        );
+        assert_eq!(parse("z n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: true }));
+        assert_eq!(parse("y n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: false }));
         for junk in [
             "",
             "M n1",

@@ -69,6 +69,7 @@ impl Server {
         if c.ping_due(now) {
             c.ping();
         }
+        self.give_up_asking(now);
     }
 
     /// Writes what the turn queued for Redis: one write for the whole turn's publishes.
@@ -130,7 +131,8 @@ impl Server {
                         Sent::Unwritten => ErrorCode::ClusterUnavailable,
                     };
                     match w {
-                        Await::Claim { token, generation, id } | Await::Resume { token, generation, id } => {
+                        Await::Claim { token, generation, id }
+                        | Await::Resume { token, generation, id, .. } => {
                             self.cluster_mut().claiming.remove(&key(&id));
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
@@ -227,17 +229,41 @@ impl Server {
                 };
                 self.joined(token, generation, &id, verdict, now);
             }
-            Await::Resume { token, generation, id } => {
-                self.cluster_mut().claiming.remove(&key(&id));
+            Await::Resume { token, generation, id, asked } => {
+                let lower = key(&id);
                 let verdict = match &frame {
                     BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
                         Some(0) => Granted::Yes,
                         Some(1) => Granted::Moved(Box::new(backlog(&data[1..]))),
+                        Some(-2) if !asked => {
+                            match (data.get(1).and_then(|f| f.as_str()), self.token_of_ws(token)) {
+                                // Connected on that node as far as it knows: ask it (the join
+                                // keeps its claim on the id meanwhile).
+                                (Some(node), Some(secret)) => {
+                                    let c = self.cluster_mut();
+                                    let ask = payload(
+                                        &["Z", &c.node, &id, &crate::chat::ids::token_text(&secret)],
+                                        None,
+                                    );
+                                    if c.publish(&node_channel(node), &ask) {
+                                        let until = now + c.limit();
+                                        c.asking.insert(
+                                            lower,
+                                            crate::cluster::Asking { token, generation, id, until },
+                                        );
+                                        return;
+                                    }
+                                    Granted::Failed
+                                }
+                                _ => Granted::No,
+                            }
+                        }
                         Some(_) => Granted::No,
                         None => Granted::Failed,
                     },
                     _ => Granted::Failed,
                 };
+                self.cluster_mut().claiming.remove(&lower);
                 self.joined(token, generation, &id, verdict, now);
             }
             Await::Keep { from, to, line } => {
@@ -362,7 +388,15 @@ impl Server {
                 self.cluster_mut().forget(node);
                 self.chat.drop_node(node);
             }
-            Msg::Roster { node, members } => self.chat.remote_roster(node, &members),
+            Msg::Roster { node, members } => {
+                // A user of ours taken over there while we could not hear it: let it go.
+                let mut emptied = Vec::new();
+                for (id, _) in &members {
+                    emptied.extend(self.chat.moved(node, id));
+                }
+                self.cluster_unlisten(&emptied);
+                self.chat.remote_roster(node, &members)
+            }
             Msg::Private { node, to, from, line } if !to_all => {
                 if let Err(code) = self.chat.deliver_private(from, to, &line, now, &mut self.net) {
                     let kind = match code {
@@ -381,6 +415,8 @@ impl Server {
             Msg::Undelivered { to, from } if !to_all => {
                 self.tell(from, ErrorCode::Undelivered, Some(to), None)
             }
+            Msg::Takeover { node, id, token } if !to_all => self.release_for(node, id, token, now),
+            Msg::Released { id, ok, .. } if !to_all => self.released(id, ok, now),
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }
@@ -392,18 +428,8 @@ impl Server {
         let presented = s.presented;
         // The right secret while the id is still connected (a half-open connection the client
         // has given up on): the old connection is replaced, as if it had been lost just now.
-        if let Some(old) = self.chat.token_of(id).filter(|o| *o != token)
-            && let oc = &mut self.net.conns[old]
-            && let Phase::Ws(os) = &mut oc.phase
-            && presented.is_some_and(|p| p == os.resume)
-            && let Some(user) = os.user.take()
-        {
-            info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
-            oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
-            let secret = os.resume;
-            self.chat.lose(&user, secret, now + self.cfg.resume_grace);
-            self.cluster_lost(&user, &secret, now);
-            self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
+        if let Some(old) = self.chat.token_of(id).filter(|o| *o != token) {
+            self.replace(old, presented.as_ref(), now);
         }
         let lower = match self.chat.check(id, presented.as_ref(), now) {
             Ok(l) => l,
@@ -420,7 +446,7 @@ impl Server {
         // `chat::moved`).
         let asked = match &presented {
             Some(p) => {
-                let then = Await::Resume { token, generation, id: id.to_string() };
+                let then = Await::Resume { token, generation, id: id.to_string(), asked: false };
                 c.claim_resume(&lower, p, self.cfg.resume_grace, then)
             }
             None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
@@ -439,6 +465,78 @@ impl Server {
         c.claiming.insert(lower);
         if let Phase::Ws(s) = &mut self.net.conns[token].phase {
             s.claiming = true;
+        }
+    }
+
+    /// Connection `old` of a local user is given up for a client that presents its secret
+    /// (`presented`) on a new connection, here or on another node: it is closed with 4001
+    /// `replaced` and its user held as if the connection had been lost now. False (nothing
+    /// done) for a wrong secret.
+    fn replace(&mut self, old: usize, presented: Option<&crate::chat::ids::Secret>, now: Instant) -> bool {
+        let oc = &mut self.net.conns[old];
+        let Phase::Ws(os) = &mut oc.phase else { return false };
+        if presented.is_none_or(|p| *p != os.resume) {
+            return false;
+        }
+        let Some(user) = os.user.take() else { return false };
+        info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
+        oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
+        let secret = os.resume;
+        self.chat.lose(&user, secret, now + self.cfg.resume_grace);
+        self.cluster_lost(&user, &secret, now);
+        self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
+        true
+    }
+
+    /// Another node asks for our user `id` on behalf of a client presenting `token` (see
+    /// `Msg::Takeover`): with the right token the user's connection here is replaced (its
+    /// secret goes to Redis in the same stream, before the answer), and `node` is told.
+    fn release_for(&mut self, node: &str, id: &str, token: &str, now: Instant) {
+        let presented = crate::chat::ids::parse_token(token);
+        let k = key(id);
+        let ok = match self.chat.token_of(id) {
+            Some(old) => self.replace(old, presented.as_ref(), now),
+            // Lost here meanwhile: its secret is in Redis already, if this is it.
+            None => {
+                self.chat.holds.get_mut(&k, now).is_some()
+                    && !self.chat.holds.refuses(&k, presented.as_ref(), now)
+            }
+        };
+        let c = self.cluster_mut();
+        let answer = payload(&[if ok { "z" } else { "y" }, &c.node, id], None);
+        c.publish(&node_channel(node), &answer);
+    }
+
+    /// The node that had `id` connected answered our `Takeover`: ask Redis again (the user's
+    /// secret is there now), or refuse the join.
+    fn released(&mut self, id: &str, ok: bool, now: Instant) {
+        let lower = key(id);
+        let Some(a) = self.cluster_mut().asking.remove(&lower) else { return };
+        let presented = match self.net.conns.get(a.token).map(|c| &c.phase) {
+            Some(Phase::Ws(s)) => s.presented,
+            _ => None,
+        };
+        let grace = self.cfg.resume_grace;
+        let c = self.cluster_mut();
+        let then = Await::Resume { token: a.token, generation: a.generation, id: a.id.clone(), asked: true };
+        let sent = ok && presented.is_some_and(|p| c.claim_resume(&lower, &p, grace, then));
+        if !sent {
+            c.claiming.remove(&lower);
+            let verdict = if ok { Granted::Failed } else { Granted::No };
+            self.joined(a.token, a.generation, &a.id, verdict, now);
+        }
+    }
+
+    /// Joins whose `Takeover` went unanswered past their deadline: the other node is gone or
+    /// not keeping up, and the id stays its: refused (`id_taken`).
+    fn give_up_asking(&mut self, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        let due: Vec<String> =
+            c.asking.iter().filter(|(_, a)| a.until <= now).map(|(k, _)| k.clone()).collect();
+        for k in due {
+            let Some(a) = self.cluster_mut().asking.remove(&k) else { continue };
+            self.cluster_mut().claiming.remove(&k);
+            self.joined(a.token, a.generation, &a.id, Granted::No, now);
         }
     }
 
@@ -528,6 +626,14 @@ impl Server {
         }
         for (room, first) in &t.rooms {
             self.cluster_joined(&t.id, room, *first);
+        }
+    }
+
+    /// The secret presented on connection `token`, if it is a WebSocket session.
+    fn token_of_ws(&self, token: usize) -> Option<crate::chat::ids::Secret> {
+        match &self.net.conns.get(token)?.phase {
+            Phase::Ws(s) => s.presented,
+            _ => None,
         }
     }
 

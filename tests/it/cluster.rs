@@ -960,3 +960,40 @@ fn a_user_lost_on_one_node_resumes_on_the_other_and_nobody_sees_it_leave() {
     wait_room_size(&mut watcher, "dev", 2);
     assert_eq!(b.metrics()["chatloop_resumes_total"], 1.0);
 }
+
+#[test]
+fn the_right_token_on_another_node_takes_over_a_half_open_connection() {
+    // The old connection is still open as far as node A knows (the client gave up on it
+    // without A noticing): B asks A, which checks the token, replaces the connection (4001)
+    // and lets B take the user over, private numbering included.
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0"];
+    let (a, b) = (node(&redis, "15", &args), node(&redis, "15", &args));
+    let mut friend = join_seen(&b, "friend", &a, 1.0);
+    let mut old = a.connect("phone");
+    let t1 = old.next_of("welcome")["resume"].as_str().unwrap().to_string();
+    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
+    friend.send(&json!({"to": "phone", "text": "p0"}));
+    assert_eq!(old.next_of("message")["pseq"], 1);
+    // A wrong token: A refuses, and the old connection stays.
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(b.connect_path(&format!("/ws?id=phone&resume={wrong}")).next_of("error")["code"], "id_taken");
+    friend.send(&json!({"to": "phone", "text": "still here"}));
+    assert_eq!(old.next_of("message")["text"], "still here");
+    friend.send(&json!({"text": "before"}));
+    until_text(&mut friend, "before"); // phone's own join, long ago
+    // The right one.
+    let mut new = b.connect_path(&format!("/ws?id=phone&resume={t1}&pseq=2"));
+    let w = new.next_of("welcome");
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(old.close_code(), Some(4001));
+    friend.send(&json!({"to": "phone", "text": "p3"}));
+    let l = until_text(&mut new, "p3").pop().unwrap();
+    assert_eq!(l["pseq"], 3, "numbered on from A's: {l}");
+    friend.send(&json!({"text": "marker"}));
+    let seen = until_text(&mut friend, "marker");
+    assert!(
+        seen.iter().all(|l| !((l["type"] == "join" || l["type"] == "leave") && l["id"] == "phone")),
+        "{seen:?}"
+    );
+}
