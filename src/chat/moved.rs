@@ -157,3 +157,91 @@ fn kept_pseq(line: &[u8]) -> Option<u64> {
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{Limits, Outcome};
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    struct Rec(Vec<(usize, String)>);
+
+    impl Sink for Rec {
+        fn push(&mut self, token: usize, line: &Bytes) {
+            self.0.push((token, String::from_utf8(line.to_vec()).unwrap()));
+        }
+        fn offer(&mut self, token: usize, line: &Bytes) -> bool {
+            self.push(token, line);
+            true
+        }
+    }
+
+    fn chat() -> Chat {
+        let mut c = Chat::new(Limits::default());
+        c.clustered = true;
+        c
+    }
+
+    #[test]
+    fn a_held_user_taken_over_elsewhere_moves_without_a_leave_and_its_backlog_follows() {
+        let t = Instant::now();
+        let mut r = Rec::default();
+        // Node A: friend and victim in the lobby, victim alone in dev; victim is lost.
+        let mut a = chat();
+        a.join("friend", 0, &[1; 16], None, 0, t, &mut r).unwrap();
+        a.join("victim", 1, &[2; 16], None, 0, t, &mut r).unwrap();
+        a.handle(1, "victim", r#"{"join":"dev"}"#, 0, t, &mut r);
+        a.lose("victim", [2; 16], t + Duration::from_secs(60));
+        a.flush_presence(&mut r);
+        r.0.clear();
+        // Taken over on B: A lets the hold go, lists victim on B, announces nothing, and
+        // stops hearing dev.
+        let emptied = a.moved("nB", "victim");
+        assert_eq!(emptied.iter().map(|e| &**e).collect::<Vec<_>>(), ["dev"]);
+        assert!(a.holds.is_empty());
+        assert_eq!(a.count_on("nB"), (1, 2));
+        a.flush_presence(&mut r);
+        assert!(r.0.is_empty(), "{:?}", r.0);
+        let out = a.handle(0, "friend", r#"{"to":"victim","text":"hi"}"#, 0, t, &mut r);
+        assert!(matches!(out, Outcome::Remote { ref node, .. } if &**node == "nB"), "{out:?}");
+        // A third node moves it in place too.
+        let mut c = chat();
+        c.remote_roster("nA", &[("victim", vec!["lobby"])]);
+        c.flush_presence(&mut r);
+        r.0.clear();
+        assert!(c.moved("nB", "victim").is_empty());
+        assert_eq!((c.count_on("nA"), c.count_on("nB")), ((0, 0), (1, 1)));
+        // Node B takes it over: its rooms as A listed them, quiet, and the private messages
+        // after the pseq the client has, numbered on from A's.
+        let mut b = chat();
+        b.join("friend2", 0, &[3; 16], None, 0, t, &mut r).unwrap();
+        b.remote_roster("nA", &[("Victim", vec!["lobby", "dev"])]);
+        b.flush_presence(&mut r);
+        r.0.clear();
+        let copy = |n: u64| {
+            Bytes::from(format!(
+                r#"{{"type":"message","pseq":{n},"from":"friend","to":"Victim","text":"p{n}"}}"#
+            ))
+        };
+        let backlog = Backlog { pseq: 3, kept: vec![copy(1), copy(2), copy(3)] };
+        let t_over = b.take_over("victim", 5, &[4; 16], 1, backlog, &mut r).unwrap();
+        assert_eq!(&*t_over.id, "Victim", "the id as typed");
+        let names: Vec<(&str, bool)> = t_over.rooms.iter().map(|(n, f)| (&**n, *f)).collect();
+        assert_eq!(names, [("lobby", false), ("dev", true)]);
+        let got: Vec<String> = r.0.drain(..).map(|(_, l)| l).collect();
+        assert!(got[0].contains(r#""resumed":true"#), "{}", got[0]);
+        assert!(got[1].contains(r#""pseq":2"#) && got[2].contains(r#""pseq":3"#), "{got:?}");
+        assert_eq!(got.len(), 3);
+        b.flush_presence(&mut r);
+        assert!(r.0.is_empty(), "nobody sees a leave/join pair: {:?}", r.0);
+        assert_eq!(b.remote_len(), 0);
+        b.handle(0, "friend2", r#"{"to":"victim","text":"next"}"#, 0, t, &mut r);
+        assert!(r.0.iter().any(|(tok, l)| *tok == 5 && l.contains(r#""pseq":4"#)), "{:?}", r.0);
+        r.0.clear();
+        let line = Bytes::from_static(br#"{"type":"message","room":"lobby","seq":1,"from":"x","text":"q"}"#);
+        b.deliver_room("lobby", "E1", &line, &mut r);
+        let to: Vec<usize> = r.0.iter().map(|(tok, _)| *tok).collect();
+        assert_eq!(to, [0], "quiet until it joins");
+    }
+}

@@ -496,10 +496,15 @@ impl Server {
         let k = key(id);
         let ok = match self.chat.token_of(id) {
             Some(old) => self.replace(old, presented.as_ref(), now),
-            // Lost here meanwhile: its secret is in Redis already, if this is it.
+            // Lost here meanwhile: its secret should be in Redis already, but may not be if
+            // the link was down when it was lost; written again (before the answer) to be sure.
             None => {
-                self.chat.holds.get_mut(&k, now).is_some()
-                    && !self.chat.holds.refuses(&k, presented.as_ref(), now)
+                let ok = self.chat.holds.get_mut(&k, now).is_some()
+                    && !self.chat.holds.refuses(&k, presented.as_ref(), now);
+                if let Some(secret) = presented.filter(|_| ok) {
+                    self.cluster_lost(id, &secret, now);
+                }
+                ok
             }
         };
         let c = self.cluster_mut();
