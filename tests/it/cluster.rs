@@ -997,3 +997,40 @@ fn the_right_token_on_another_node_takes_over_a_half_open_connection() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_history_read_that_redis_never_answers_falls_back_to_the_mirror_with_a_gap() {
+    // B never heard dev; while Redis hangs, a since-join there cannot be read from Redis: it
+    // waits (the loop does not), and when the link is given up it is answered from what B
+    // has, which is nothing of Redis's epoch: a gap, not a silent hole.
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0"];
+    let (a, b) = (node(&redis, "30", &args), node(&redis, "30", &args));
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    let mut bob = join_seen(&b, "bob", &a, 1.0);
+    alice.send(&json!({"join": "dev"}));
+    alice.next_of("joined");
+    for i in 1..=5 {
+        alice.send(&json!({"room": "dev", "text": format!("m{i}")}));
+    }
+    room_lines(&mut alice, "dev", 5);
+    alice.send(&json!({"join": "dev"}));
+    let epoch = alice.next_of("joined")["epoch"].clone();
+    let pid = redis.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = Instant::now();
+    bob.send(&json!({"join": "dev", "since": 2, "epoch": epoch}));
+    // Meanwhile B's loop serves other requests.
+    assert!(b.get("/healthz").ends_with("ok\n"));
+    let j = bob.next_of("joined");
+    let waited = t.elapsed();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // It asked Redis (a node that did not would answer at once) and gave up with the link.
+    assert!(waited >= Duration::from_millis(500), "answered after {waited:?}: Redis was not asked");
+    assert!(waited <= Duration::from_millis(2500), "answered after {waited:?}");
+    assert_ne!(j["epoch"], epoch, "B's own epoch: it has nothing of Redis's: {j}");
+    let gap = bob.next_of("gap");
+    assert_eq!(gap["room"], "dev");
+    println!("a since-join during a Redis stall was answered from the mirror in {waited:?}: {gap}");
+}
