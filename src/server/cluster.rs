@@ -1,8 +1,13 @@
 //! The loop's cluster half: the Redis link's events, joins that wait for Redis to grant the
-//! id, forwarding room and private messages to other nodes, and heartbeats.
+//! id (or to check a resume token, asking the node that has the user connected if need be),
+//! joins that wait for Redis's history of their room (`chat::fetch`), users taken over from
+//! or by another node (`chat::moved`), private messages kept in Redis for users in their
+//! grace, forwarding room and private messages to other nodes, and heartbeats.
 //!
-//! Local delivery never waits for Redis: a room message reaches local users at once and is
-//! published for the rest; a node ignores its own publications when they come back.
+//! Nothing here blocks: every wait is a reply awaited on the one link (`Cluster::waiting`)
+//! or a message from another node, with a deadline. A room message reaches local users when
+//! Redis has numbered it (one round trip), or at once, numbered here, while Redis is away; a
+//! node ignores its own publications when they come back.
 
 use super::Server;
 use crate::chat::Sink;
