@@ -13,6 +13,11 @@
 //! with a TTL that heartbeats refresh. Claim and release are tiny Lua scripts so that "take
 //! it if free or already ours" and "delete it only if ours" are atomic.
 //!
+//! Each room has `chatloop:seq:<room>`, `chatloop:epoch:<room>` and its recent history,
+//! `chatloop:hist:<room>` (see `NUMBER`, `FETCH`). A user in its resume grace has the hash of
+//! its secret, its kept private messages and its last pseq under `chatloop:resume:`,
+//! `chatloop:priv:` and `chatloop:pseq:` (see `LOST`, `KEEP`, `RESUME`).
+//!
 //! This module is pure (no sockets): the server's `cluster` half drives it.
 
 use crate::redis::{Link, Url};
