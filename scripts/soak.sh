@@ -28,8 +28,8 @@
 #                    its token (chatload --mode blip, no churn): no room message may be lost
 #                    or doubled (counted by seq), every blip must resume, and no gap is
 #                    allowed (the default --history 100 keeps far more than a blip misses)
-#                    With --cluster, a resume may reach the other node, which the server
-#                    refuses today (README: "what it does not do yet"), so that fails
+#                    With --cluster, a resume may reach the other node, which takes the
+#                    user over (README: "Resuming on another node")
 #
 # Output: artifacts/soak-STAMP.csv (t_s,rss_kb,cpu_s,cpu_pct,fds,conns, one row a second),
 # artifacts/soak-STAMP.log (chatload's report and the server's log), and soak-STAMP.png when

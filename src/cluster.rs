@@ -13,6 +13,11 @@
 //! with a TTL that heartbeats refresh. Claim and release are tiny Lua scripts so that "take
 //! it if free or already ours" and "delete it only if ours" are atomic.
 //!
+//! Each room has `chatloop:seq:<room>`, `chatloop:epoch:<room>` and its recent history,
+//! `chatloop:hist:<room>` (see `NUMBER`, `FETCH`). A user in its resume grace has the hash of
+//! its secret, its kept private messages and its last pseq under `chatloop:resume:`,
+//! `chatloop:priv:` and `chatloop:pseq:` (see `LOST`, `KEEP`, `RESUME`).
+//!
 //! This module is pure (no sockets): the server's `cluster` half drives it.
 
 use crate::redis::{Link, Url};
@@ -26,7 +31,16 @@ const NODE_PREFIX: &str = "chatloop:node:";
 const ROOM_PREFIX: &str = "chatloop:room:";
 const ROOM_SEQ_PREFIX: &str = "chatloop:seq:";
 const ROOM_EPOCH_PREFIX: &str = "chatloop:epoch:";
+const ROOM_HISTORY_PREFIX: &str = "chatloop:hist:";
 pub const KEY_PREFIX: &str = "chatloop:id:";
+/// `chatloop:resume:<lowercased id>`: the SHA-1 (hex) of the resume secret of a user in its
+/// grace, for `--resume-grace`, so that another node can let it back in (see `RESUME`).
+const RESUME_PREFIX: &str = "chatloop:resume:";
+/// The private messages kept for a user in its grace (a list of its copies, carrying their
+/// `pseq`) and the last `pseq` it was given, for the grace; `moved <node>` in the latter once
+/// another node took the user over (see `KEEP`).
+const PRIVATE_PREFIX: &str = "chatloop:priv:";
+const PSEQ_PREFIX: &str = "chatloop:pseq:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
 pub const CLAIM_CHUNK: usize = 512;
@@ -40,16 +54,82 @@ if v == false or v == ARGV[1] then redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) 
 else bad[#bad + 1] = k end end \
 return bad";
 
-/// Numbers a room message and publishes it, in one round trip: the room's epoch (set from
-/// ARGV[5] if the room has none yet: a Redis that lost its data starts a new epoch), the
-/// next seq, the line with that seq spliced between ARGV[3] and ARGV[4], published on ARGV[1]
-/// behind the header ARGV[2] and the epoch. Returns {seq, epoch, receivers}.
-/// KEYS: the room's seq counter and its epoch.
+/// Numbers a room message, publishes it and keeps it, in one round trip: the room's epoch
+/// (set from ARGV[5] if the room has none yet: a Redis that lost its data starts a new
+/// epoch), the next seq, the line with that seq spliced between ARGV[3] and ARGV[4],
+/// published on ARGV[1] behind the header ARGV[2] and the epoch, and appended to the room's
+/// history list, capped to the last ARGV[6] lines (`--history`; 0 keeps none) and kept
+/// ARGV[7] ms (`--history-ttl`) after the room's latest message. Returns {seq, epoch,
+/// receivers}. KEYS: the room's seq counter, its epoch, its history.
 pub const NUMBER: &[u8] = b"local e = redis.call('GET', KEYS[2]) \
 if not e then e = ARGV[5]; redis.call('SET', KEYS[2], e) end \
 local s = redis.call('INCR', KEYS[1]) \
-local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. e .. '\\n' .. ARGV[3] .. s .. ARGV[4]) \
+local line = ARGV[3] .. s .. ARGV[4] \
+local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. e .. '\\n' .. line) \
+local k = tonumber(ARGV[6]) \
+if k > 0 then redis.call('RPUSH', KEYS[3], line); redis.call('LTRIM', KEYS[3], -k, -1); \
+redis.call('PEXPIRE', KEYS[3], ARGV[7]) end \
 return {s, e, n}";
+
+/// Reads a room's history for a join (see `chat::fetch`): {epoch, latest seq, lines}, the
+/// lines being the room's messages after seq ARGV[1] (after 0 if ARGV[3] is neither empty
+/// nor the room's epoch: the client's seqs mean nothing in this one), at most ARGV[2] of the
+/// most recent, oldest first. A room Redis has no epoch for (never numbered, or lost) gets
+/// ARGV[4], the node's offer, now: every node that joins it later learns the same epoch, so
+/// the `joined` of a room nobody has written to yet names the epoch its messages will have.
+/// KEYS as for `NUMBER`. The list ends at the latest seq, since `NUMBER` appends in the same
+/// script that counts.
+pub const FETCH: &[u8] = b"local e = redis.call('GET', KEYS[2]) \
+if not e then e = ARGV[4]; redis.call('SET', KEYS[2], e) end \
+local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
+local s = tonumber(ARGV[1]) \
+if ARGV[3] ~= '' and ARGV[3] ~= e then s = 0 end \
+local k = math.min(c - s, tonumber(ARGV[2])) \
+local lines = {} \
+if k > 0 then lines = redis.call('LRANGE', KEYS[3], -k, -1) end \
+return {e, c, lines}";
+
+/// A user's connection was lost: keeps the SHA-1 of its secret ARGV[1] in KEYS[1] for ARGV[2]
+/// ms (its grace; only the hash: reading Redis does not hand out the secret), its last pseq
+/// ARGV[3] in KEYS[3], and the private messages kept for it (ARGV[4...], its copies) in the
+/// list KEYS[2], all for the grace.
+pub const LOST: &[u8] = b"redis.call('SET', KEYS[1], redis.sha1hex(ARGV[1]), 'PX', ARGV[2]) \
+redis.call('DEL', KEYS[2]) \
+if #ARGV > 3 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 4)); redis.call('PEXPIRE', KEYS[2], ARGV[2]) end \
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2]) \
+return 0";
+
+/// A private message kept for a user in its grace here: appends its copy ARGV[1] (pseq
+/// ARGV[2]) to the list KEYS[1] (at most ARGV[4] kept) and sets its last pseq KEYS[2], for
+/// ARGV[3] ms. If another node has taken the user over meanwhile (KEYS[2] says `moved
+/// <node>`), nothing is kept and the reply is that node, for the message to follow the user
+/// there; otherwise "".
+pub const KEEP: &[u8] = b"local p = redis.call('GET', KEYS[2]) \
+if p and string.sub(p, 1, 6) == 'moved ' then return string.sub(p, 7) end \
+redis.call('RPUSH', KEYS[1], ARGV[1]); redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1) \
+redis.call('PEXPIRE', KEYS[1], ARGV[3]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
+return ''";
+
+/// A join presenting a resume secret (ARGV[3]): takes the id key KEYS[1] for this node
+/// (ARGV[1]) for ARGV[2] ms if it is free or ours ({0}, as `CLAIM` does), or if another node
+/// holds it for a user in its grace whose secret this is (KEYS[2] holds its SHA-1): then the
+/// secret is spent (deleted: the token rotates), the user's kept private messages (KEYS[3])
+/// and last pseq (KEYS[4]) are taken, KEYS[4] says `moved <this node>` for the rest of the
+/// grace (ARGV[4] ms; see `KEEP`), and the reply is {1, that node, last pseq, messages}.
+/// Another node's user that is not in its grace there (no hash: it is connected, as far as
+/// that node knows) is {-2, that node}: only that node can check the secret (see
+/// `Msg::Takeover`). A wrong secret is {-1}: the id is taken.
+pub const RESUME: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
+if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0} end \
+local h = redis.call('GET', KEYS[2]) \
+if not h then return {-2, v} end \
+if h ~= redis.sha1hex(ARGV[3]) then return {-1} end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]) \
+local p = redis.call('GET', KEYS[4]) \
+if not p or string.sub(p, 1, 6) == 'moved ' then p = '0' end \
+local kept = redis.call('LRANGE', KEYS[3], 0, -1) \
+redis.call('DEL', KEYS[3]); redis.call('SET', KEYS[4], 'moved ' .. ARGV[1], 'PX', ARGV[4]) \
+return {1, v, p, kept}";
 
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
@@ -133,6 +213,21 @@ pub enum Msg<'a> {
         to: &'a str,
         from: &'a str,
     },
+    /// A client on `node` presents resume token `token` for our user `id`, still connected
+    /// here as far as we know (its old connection may be half-open): if the token is right,
+    /// we treat that connection as lost, which puts the user's secret in Redis, and answer
+    /// `Released` so that `node` can take the user over.
+    Takeover {
+        node: &'a str,
+        id: &'a str,
+        token: &'a str,
+    },
+    /// The answer to `Takeover`: released (`ok`), or not (a wrong token, or no such user).
+    Released {
+        node: &'a str,
+        id: &'a str,
+        ok: bool,
+    },
 }
 
 impl<'a> Msg<'a> {
@@ -150,7 +245,9 @@ impl<'a> Msg<'a> {
             | Msg::Bye { node }
             | Msg::Roster { node, .. }
             | Msg::Query { node }
-            | Msg::Private { node, .. } => Some(node),
+            | Msg::Private { node, .. }
+            | Msg::Takeover { node, .. }
+            | Msg::Released { node, .. } => Some(node),
         }
     }
 
@@ -202,6 +299,9 @@ impl<'a> Msg<'a> {
             ("E", None) => Msg::Bounce { to: node, from: f.next()? },
             ("K", None) => Msg::Busy { to: node, from: f.next()? },
             ("U", None) => Msg::Undelivered { to: node, from: f.next()? },
+            ("Z", None) => Msg::Takeover { node, id: f.next()?, token: f.next()? },
+            ("z", None) => Msg::Released { node, id: f.next()?, ok: true },
+            ("y", None) => Msg::Released { node, id: f.next()?, ok: false },
             _ => return None,
         };
         f.next().is_none().then_some(msg)
@@ -251,6 +351,17 @@ pub fn line_seq(line: &[u8]) -> Option<u64> {
     let at = line.windows(SEQ.len()).position(|w| w == SEQ)? + SEQ.len();
     let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
+}
+
+/// A user's keys (`id` lowercased): its id claim, its resume hash, its kept private messages
+/// and its last pseq.
+fn user_keys(id: &str) -> [String; 4] {
+    [KEY_PREFIX, RESUME_PREFIX, PRIVATE_PREFIX, PSEQ_PREFIX].map(|p| format!("{p}{id}"))
+}
+
+/// Room `room`'s keys: its seq counter, its epoch and its history list.
+fn room_keys(room: &str) -> [String; 3] {
+    [ROOM_SEQ_PREFIX, ROOM_EPOCH_PREFIX, ROOM_HISTORY_PREFIX].map(|p| format!("{p}{room}"))
 }
 
 /// The channel of room `room`'s messages.
@@ -314,6 +425,28 @@ pub enum Await {
         cid: Option<Rc<str>>,
         number: Box<Numbered>,
     },
+    /// A join waiting for the room's history (`FETCH`), from connection `token` of
+    /// `generation`.
+    Fetch {
+        generation: u32,
+        fetch: Box<crate::chat::fetch::Fetch>,
+    },
+    /// A private message `from` wrote to `to`, kept here for `to` in its grace and in Redis
+    /// (see `KEEP`): if another node took `to` over meanwhile, `line` (the sender's copy)
+    /// follows it there.
+    Keep {
+        from: Rc<str>,
+        to: Rc<str>,
+        line: Bytes,
+    },
+    /// A join presenting a resume secret (see `RESUME`); `asked`: the node that had the user
+    /// connected has already released it once for this join.
+    Resume {
+        token: usize,
+        generation: u32,
+        id: String,
+        asked: bool,
+    },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
     Ignore,
@@ -350,6 +483,23 @@ pub struct Cluster {
     /// When Redis last sent anything (a reply or a push), or the link came up.
     heard: Instant,
     pub counters: Counters,
+    /// Room messages Redis keeps per room (`--history`), and for how long after the room's
+    /// latest message (`--history-ttl`): see `NUMBER`.
+    pub history: usize,
+    pub history_ttl: Duration,
+    /// Joins waiting for another node to release a user it has connected (see
+    /// `Msg::Takeover`), by lowercased id, each given up at its deadline.
+    pub asking: HashMap<String, Asking>,
+}
+
+/// A join waiting for another node's `Released`.
+#[derive(Debug)]
+pub struct Asking {
+    pub token: usize,
+    pub generation: u32,
+    /// The id as typed.
+    pub id: String,
+    pub until: Instant,
 }
 
 /// Whether a command of the link's byte stream went out before the link failed.
@@ -376,6 +526,9 @@ impl Cluster {
             waiting: VecDeque::new(),
             nodes: HashMap::new(),
             claiming: HashSet::new(),
+            history: 0,
+            history_ttl: Duration::ZERO,
+            asking: HashMap::new(),
             next_beat: now,
             progress: now,
             heard: now,
@@ -412,6 +565,9 @@ impl Cluster {
         if self.is_up() {
             let wait = if self.waiting.is_empty() { self.timeout } else { limit };
             next = next.min(self.progress + wait);
+        }
+        if let Some(ask) = self.asking.values().map(|a| a.until).min() {
+            next = next.min(ask);
         }
         Some(next)
     }
@@ -509,18 +665,22 @@ impl Cluster {
     pub fn number(&mut self, room: &str, template: &[u8], epoch: &str, then: Await) -> bool {
         let Some((prefix, suffix)) = split_seq(template) else { return false };
         let header = format!("M {} {room}", self.node);
-        let (seq_key, epoch_key) = (format!("{ROOM_SEQ_PREFIX}{room}"), format!("{ROOM_EPOCH_PREFIX}{room}"));
-        let args: [&[u8]; 10] = [
+        let [seq_key, epoch_key, history_key] = room_keys(room);
+        let (keep, ttl) = (self.history.to_string(), self.history_ttl.as_millis().max(1).to_string());
+        let args: [&[u8]; 13] = [
             b"EVAL",
             NUMBER,
-            b"2",
+            b"3",
             seq_key.as_bytes(),
             epoch_key.as_bytes(),
+            history_key.as_bytes(),
             &room_channel(room),
             header.as_bytes(),
             prefix,
             suffix,
             epoch.as_bytes(),
+            keep.as_bytes(),
+            ttl.as_bytes(),
         ];
         if !self.link.send(&args) {
             return false;
@@ -528,6 +688,25 @@ impl Cluster {
         self.counters.published += 1;
         self.awaiting(then);
         true
+    }
+
+    /// Asks Redis for the history a join waits for (see `FETCH`); if the link refuses, the
+    /// request comes back.
+    pub fn fetch(&mut self, generation: u32, fetch: Box<crate::chat::fetch::Fetch>) -> Result<(), Await> {
+        let keys = room_keys(&fetch.room);
+        let (after, most, epoch) = fetch.ask.fetch_args(self.history);
+        let (after, most) = (after.to_string(), most.to_string());
+        let mut args: Vec<&[u8]> = vec![b"EVAL", FETCH, b"3"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([after.as_bytes(), most.as_bytes(), epoch.as_bytes(), fetch.offer.as_bytes()]);
+        let sent = self.link.send(&args);
+        drop(args);
+        let then = Await::Fetch { generation, fetch };
+        if !sent {
+            return Err(then);
+        }
+        self.awaiting(then);
+        Ok(())
     }
 
     pub fn publish(&mut self, channel: &[u8], payload: &[u8]) -> bool {
@@ -554,6 +733,75 @@ impl Cluster {
             self.awaiting(then());
         }
         true
+    }
+
+    /// Claims `id` (lowercased) for a join that presents `secret`: see `RESUME`; `grace` is
+    /// `--resume-grace`. False if the link refused.
+    pub fn claim_resume(&mut self, id: &str, secret: &[u8], grace: Duration, then: Await) -> bool {
+        let (ttl_ms, grace_ms) = (self.ttl.as_millis().to_string(), grace.as_millis().max(1).to_string());
+        let keys = user_keys(id);
+        let mut args: Vec<&[u8]> = vec![b"EVAL", RESUME, b"4"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([self.node.as_bytes(), ttl_ms.as_bytes(), secret, grace_ms.as_bytes()]);
+        let sent = self.link.send(&args);
+        drop(args);
+        if sent {
+            self.awaiting(then);
+        }
+        sent
+    }
+
+    /// Local user `id` (lowercased) was lost: another node may let it back in with `secret`
+    /// within `grace`, with the private messages kept for it (`kept`, its copies) and its
+    /// last `pseq` (see `LOST`).
+    pub fn lost(&mut self, id: &str, secret: &[u8], grace: Duration, pseq: u64, kept: &[Bytes]) -> bool {
+        let [_, resume, private, last] = user_keys(id);
+        let (ms, pseq) = (grace.as_millis().max(1).to_string(), pseq.to_string());
+        let mut args: Vec<&[u8]> =
+            vec![b"EVAL", LOST, b"3", resume.as_bytes(), private.as_bytes(), last.as_bytes()];
+        args.extend([secret, ms.as_bytes(), pseq.as_bytes()]);
+        args.extend(kept.iter().map(|l| &l[..]));
+        let sent = self.link.send(&args);
+        drop(args);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// A private message for local user `to` (lowercased `key`) in its grace, its copy
+    /// `copy` numbered `pseq`: kept in Redis too, for a resume on another node (see `KEEP`).
+    pub fn keep(&mut self, key: &str, copy: &[u8], pseq: u64, grace: Duration, then: Await) -> bool {
+        let [_, _, private, last] = user_keys(key);
+        let (pseq, ms) = (pseq.to_string(), grace.as_millis().max(1).to_string());
+        let cap = crate::chat::resume::KEPT_MAX.to_string();
+        let args: [&[u8]; 9] = [
+            b"EVAL",
+            KEEP,
+            b"2",
+            private.as_bytes(),
+            last.as_bytes(),
+            copy,
+            pseq.as_bytes(),
+            ms.as_bytes(),
+            cap.as_bytes(),
+        ];
+        if !self.link.send(&args) {
+            return false;
+        }
+        self.awaiting(then);
+        true
+    }
+
+    /// Local user `id` (lowercased) is back here: its old secret must not let it in on
+    /// another node, and what Redis kept for it is delivered here.
+    pub fn spent(&mut self, id: &str) -> bool {
+        let [_, resume, private, last] = user_keys(id);
+        let sent = self.link.send(&[b"DEL", resume.as_bytes(), private.as_bytes(), last.as_bytes()]);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
     }
 
     /// Frees `id` (lowercased) if this node holds it.
@@ -671,6 +919,12 @@ mod tests {
         );
         assert_eq!(parse("E bob alice"), Some(Msg::Bounce { to: "bob", from: "alice" }));
         assert_eq!(parse("K bob alice"), Some(Msg::Busy { to: "bob", from: "alice" }));
+        assert_eq!(
+            parse("Z n1 bob AbC-_9xyzAbC-_9xyzAb"),
+            Some(Msg::Takeover { node: "n1", id: "bob", token: "AbC-_9xyzAbC-_9xyzAb" })
+        );
+        assert_eq!(parse("z n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: true }));
+        assert_eq!(parse("y n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: false }));
         for junk in [
             "",
             "M n1",

@@ -100,8 +100,9 @@ pub struct Gauges {
     pub connections: usize,
     pub websockets: usize,
     pub queued_bytes: usize,
-    /// Room history: messages and bytes kept, gaps sent, messages replayed.
-    pub history: (usize, usize, u64, u64),
+    /// Room history: messages and bytes kept, gaps sent, messages replayed, joins answered
+    /// from a read of Redis's history.
+    pub history: (usize, usize, u64, u64, u64),
     /// Users in their resume grace.
     pub held: usize,
     /// Rooms that exist.
@@ -180,7 +181,7 @@ impl Stats {
         metric("resumes_total", "counter", "Ids taken back with a resume token.", &[("", self.resumes)]);
         metric("rooms", "gauge", "Rooms with members.", &[("", g.rooms as u64)]);
         metric("users_held", "gauge", "Users in their resume grace.", &[("", g.held as u64)]);
-        let (kept, bytes, gaps, replayed) = g.history;
+        let (kept, bytes, gaps, replayed, fetched) = g.history;
         metric("history_messages", "gauge", "Room messages kept for replay.", &[("", kept as u64)]);
         metric("history_bytes", "gauge", "Bytes of room history kept.", &[("", bytes as u64)]);
         metric(
@@ -194,6 +195,12 @@ impl Stats {
             "counter",
             "Room messages replayed from history.",
             &[("", replayed)],
+        );
+        metric(
+            "history_fetched_total",
+            "counter",
+            "Joins answered after reading the room's history from Redis (a cluster).",
+            &[("", fetched)],
         );
         metric(
             "outbound_queue_bytes",
@@ -395,7 +402,7 @@ mod tests {
             connections: 3,
             websockets: 2,
             queued_bytes: 10,
-            history: (0, 0, 0, 0),
+            history: (0, 0, 0, 0, 0),
             held: 0,
             rooms: 0,
             cluster: None,

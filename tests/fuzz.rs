@@ -1793,7 +1793,7 @@ proptest! {
     /// exactly those tokens and the body.
     #[test]
     fn cluster_payloads_parse_exactly(
-        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "U", "X", "m"]),
+        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "U", "Z", "z", "y", "X", "m"]),
         fields in vec(field(), 0..5),
         body in proptest::option::of("[ -~\n]{0,20}"),
     ) {
@@ -1831,6 +1831,10 @@ proptest! {
             Msg::Bounce { to, from } => prop_assert_eq!(&parts[..], &["E", to, from][..]),
             Msg::Undelivered { to, from } => prop_assert_eq!(&parts[..], &["U", to, from][..]),
             Msg::Busy { to, from } => prop_assert_eq!(&parts[..], &["K", to, from][..]),
+            Msg::Takeover { node, id, token } => prop_assert_eq!(&parts[..], &["Z", node, id, token][..]),
+            Msg::Released { node, id, ok } => {
+                prop_assert_eq!(&parts[..], &[if ok { "z" } else { "y" }, node, id][..])
+            }
             Msg::Beat { node, count, memberships } => {
                 prop_assert_eq!(&parts[..2], &["B", node][..]);
                 prop_assert_eq!(parts.len(), 4);

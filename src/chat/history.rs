@@ -28,6 +28,11 @@ pub struct Log {
     /// The epoch and seqs are Redis's (a cluster numbers room messages there); false for an
     /// epoch of this node's own.
     shared: bool,
+    /// A cluster node has heard every message of the room from `first` on, up to Redis's
+    /// latest: it has listened to the room's channel since before its latest message, or
+    /// since it read the room from Redis. Until then the log may lack messages numbered while
+    /// the node was not listening, and a join must ask Redis (see `chat::fetch`).
+    current: bool,
 }
 
 impl Log {
@@ -44,6 +49,11 @@ impl Log {
     /// The oldest seq still kept, or `next` when nothing is kept.
     pub fn first(&self) -> u64 {
         self.first
+    }
+
+    /// Whether the log follows Redis and has missed nothing since (see the field).
+    pub fn current(&self) -> bool {
+        self.current
     }
 
     /// Message `seq`, if kept.
@@ -69,6 +79,8 @@ impl Log {
 pub struct Counters {
     pub gaps: u64,
     pub replayed: u64,
+    /// Joins answered from a read of Redis's history (a cluster).
+    pub fetched: u64,
 }
 
 pub struct History {
@@ -113,6 +125,7 @@ impl History {
                 bytes: 0,
                 idle_since: None,
                 shared: false,
+                current: false,
             };
             self.logs.insert(Rc::from(room), log);
         }
@@ -147,11 +160,22 @@ impl History {
             log.shared = true;
             (log.first, log.next) = (seq, seq);
         }
+        // Heard on the room's channel (or numbered for us): from here on nothing is missed.
+        log.current = true;
         let fresh = seq >= log.next;
         self.bytes -= freed;
         if fresh {
             self.keep(room, line);
         }
+    }
+
+    /// The epoch to offer Redis for `room` should it have none (see `cluster::NUMBER`,
+    /// `cluster::FETCH`): the log's own while it has numbered nothing, so that what `joined`
+    /// said still holds; a fresh one otherwise, since Redis then counts from 1 again (it lost
+    /// the room) and those seqs must not reuse an epoch whose seqs meant other messages.
+    pub fn offer(&mut self, room: &str) -> Rc<str> {
+        let log = self.log(room);
+        if log.latest() == 0 { Rc::clone(&log.epoch) } else { new_epoch() }
     }
 
     /// Gives `room` an epoch of this node's own if its log follows Redis: a cluster node
@@ -160,7 +184,70 @@ impl History {
         let log = self.log(room);
         if log.shared {
             log.shared = false;
+            log.current = false;
             log.epoch = new_epoch();
+        }
+    }
+
+    /// The node stopped hearing `room` (its last local member left): what Redis numbers from
+    /// now on passes this log by.
+    pub fn stale(&mut self, room: &str) {
+        if let Some(log) = self.logs.get_mut(room) {
+            log.current = false;
+        }
+    }
+
+    /// The link to Redis went down or came back: every log may have missed messages.
+    pub fn stale_all(&mut self) {
+        for log in self.logs.values_mut() {
+            log.current = false;
+        }
+    }
+
+    /// Merges what Redis keeps of `room`: `run`, its messages up to `latest` (the room's
+    /// latest seq), in `epoch`. Messages the log heard live while Redis was being asked stay;
+    /// the log becomes Redis's run joined with them, or the run alone if the log is of
+    /// another epoch or ends before the run begins (a hole). `current`: the node still hears
+    /// the room, so from now on it misses nothing. The run must be consecutive seqs ending at
+    /// `latest` (the caller checks).
+    pub fn merge(&mut self, room: &str, epoch: &str, latest: u64, run: Vec<Bytes>, current: bool) {
+        let (per_room, budget) = (self.per_room, self.budget);
+        let log = self.log(room);
+        let start = latest + 1 - run.len() as u64;
+        let same = log.shared && *log.epoch == *epoch;
+        let (first, next, lines) = if !same || log.next < start {
+            (start, latest + 1, run.into_iter().collect())
+        } else if log.first > latest + 1 {
+            // Newer than Redis's latest: cannot happen with one Redis; keep what was heard.
+            (log.first, log.next, std::mem::take(&mut log.lines))
+        } else {
+            // Overlapping or adjacent: Redis's older ones, the log, then Redis's newer ones.
+            let mut lines: VecDeque<Bytes> = VecDeque::new();
+            let older = log.first.saturating_sub(start).min(run.len() as u64) as usize;
+            lines.extend(run[..older].iter().cloned());
+            lines.extend(std::mem::take(&mut log.lines));
+            let newer = (log.next.saturating_sub(start) as usize).min(run.len());
+            lines.extend(run[newer..].iter().cloned());
+            (start.min(log.first), (latest + 1).max(log.next), lines)
+        };
+        let old = log.bytes;
+        if *log.epoch != *epoch {
+            log.epoch = Rc::from(epoch);
+        }
+        (log.first, log.next, log.lines, log.shared, log.current) = (first, next, lines, true, current);
+        if per_room == 0 {
+            log.lines.clear();
+            log.first = log.next;
+        }
+        while log.lines.len() > per_room {
+            log.lines.pop_front();
+            log.first += 1;
+        }
+        log.bytes = log.lines.iter().map(|l| l.len() + LINE_COST).sum();
+        let new = log.bytes;
+        self.bytes = self.bytes - old + new;
+        if self.bytes > budget {
+            self.shed();
         }
     }
 
@@ -316,6 +403,41 @@ mod tests {
         assert_eq!((&line12[..], log.latest()), (&b"12"[..], 12));
         h.insert("r", "RedisEp1", 12, &line(12, 1)); // Redis is back: its epoch again
         assert_eq!((&*h.get("r").unwrap().epoch, h.get("r").unwrap().first()), ("RedisEp1", 12));
+    }
+
+    #[test]
+    fn a_merge_joins_redis_run_with_what_was_heard_meanwhile_or_replaces_a_stale_log() {
+        let run = |from: u64, to: u64| (from..=to).map(|s| line(s, 2)).collect::<Vec<_>>();
+        let seqs = |h: &History| {
+            let log = h.get("r").unwrap();
+            (log.first()..log.next()).map(|s| log.line(s).map(|l| l.to_vec())).collect::<Vec<_>>()
+        };
+        let mut h = History::new(10, usize::MAX, Duration::from_secs(1));
+        h.append("r", |s| line(s, 2)); // an epoch of this node's own: replaced
+        assert!(!h.get("r").unwrap().current());
+        h.insert("r", "E1", 9, &line(9, 2)); // heard live while Redis was asked
+        h.insert("r", "E1", 10, &line(10, 2));
+        h.merge("r", "E1", 9, run(4, 9), true);
+        let log = h.get("r").unwrap();
+        assert_eq!((&*log.epoch, log.first(), log.latest(), log.current()), ("E1", 4, 10, true));
+        assert_eq!(seqs(&h), run(4, 10).into_iter().map(|l| Some(l.to_vec())).collect::<Vec<_>>());
+        assert_eq!(h.kept(), (7, 7 * (2 + LINE_COST)));
+        // A stale log (it stopped hearing the room at 10; Redis is at 14): replaced, no hole.
+        h.stale("r");
+        h.merge("r", "E1", 14, run(12, 14), true);
+        let log = h.get("r").unwrap();
+        assert_eq!((log.first(), log.latest()), (12, 14));
+        assert_eq!(h.kept(), (3, 3 * (2 + LINE_COST)));
+        // Only the epoch and latest (a plain join, or Redis kept nothing): an empty log there.
+        h.merge("r", "E2", 30, Vec::new(), true);
+        let log = h.get("r").unwrap();
+        assert_eq!((&*log.epoch, log.first(), log.next()), ("E2", 31, 31));
+        assert_eq!(h.kept(), (0, 0));
+        // Capped to --history like any log.
+        h.merge("r", "E2", 50, run(31, 50), true);
+        assert_eq!((h.get("r").unwrap().first(), h.kept().0), (41, 10));
+        h.stale_all();
+        assert!(!h.get("r").unwrap().current());
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
 //! to Redis.
 
+pub mod fetch;
 pub mod history;
 pub mod ids;
+pub mod moved;
 pub mod resume;
 pub mod rooms;
 pub mod users;
@@ -146,6 +148,10 @@ pub struct Chat {
     /// so that every node gives them the same seq and epoch (`handle` returns
     /// `Outcome::Number`).
     pub clustered: bool,
+    /// Joins waiting for Redis's history of their room, for the server to send (see `fetch`).
+    pub fetches: Vec<fetch::Fetch>,
+    /// Private messages kept for users in their grace, for the server to keep in Redis too.
+    pub kept_away: Vec<moved::KeptAway>,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -166,6 +172,8 @@ impl Chat {
             limits,
             holds: Holds::default(),
             clustered: false,
+            fetches: Vec::new(),
+            kept_away: Vec::new(),
         }
     }
 
@@ -574,9 +582,14 @@ impl Chat {
         let Some(a) = self.holds.get_mut(k, now) else { return Err(ErrorCode::UnknownRecipient) };
         let pseq = a.private.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
-        let kept = Kept { pseq, line: copy, from, fresh: true };
+        let kept = Kept { pseq, line: copy.clone(), from: Rc::clone(&from), fresh: true };
         a.private.keep(kept, resume::KEPT_MAX, resume::KEPT_BYTES).map_err(|_| ErrorCode::Undelivered)?;
         a.private.number();
+        if self.clustered {
+            // In Redis too, for a resume on another node (see `moved`).
+            let to = Rc::clone(&a.id);
+            self.kept_away.push(moved::KeptAway { to, pseq, copy, from, line: line.clone() });
+        }
         Ok(())
     }
 
@@ -753,7 +766,6 @@ impl Chat {
         let Some(room) = protocol::room_name(name) else {
             return refuse(sink, token, protocol::room_error(ErrorCode::BadRoom, name), ErrorCode::BadRoom);
         };
-        let limit = self.limits.presence_limit;
         let existing = self.rooms.key(&room);
         let member = existing.filter(|k| self.rooms.has_local(*k, token as u32));
         let Some((_, u)) = self.users.get(from) else { return Outcome::Answered };
@@ -775,6 +787,24 @@ impl Chat {
             }
         };
         self.history.set_idle(&room, None);
+        if !self.fetch_first(token, &id, rk, replay) {
+            self.answer_join(token, from, rk, replay, sink);
+        }
+        outcome
+    }
+
+    /// `joined` for member `token` (`from`) of room `rk`, and what it asked to replay from
+    /// the room's history: a gap first if some of it is gone.
+    fn answer_join(
+        &mut self,
+        token: usize,
+        from: &str,
+        rk: usize,
+        replay: &Replay<'_>,
+        sink: &mut impl Sink,
+    ) {
+        let limit = self.limits.presence_limit;
+        let room = Rc::clone(&self.rooms.room(rk).name);
         let log = self.history.log(&room);
         let (latest, first, next) = (log.latest(), log.first(), log.next());
         let epoch = Rc::clone(&log.epoch);
@@ -797,7 +827,6 @@ impl Chat {
         };
         let flow = if start >= next { Flow::Live } else { Flow::Replay(start) };
         self.rooms.set_flow(rk, token as u32, flow);
-        outcome
     }
 
     /// Once per turn: moves replays on (each member as far as its queue takes now, the rest

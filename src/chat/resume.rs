@@ -123,6 +123,11 @@ impl Holds {
         self.by_key.get_mut(key).filter(|a| now < a.until)
     }
 
+    /// Takes out the user held under `key`, whatever its grace (another node took it over).
+    pub fn take(&mut self, key: &str) -> Option<Away> {
+        self.by_key.remove(key)
+    }
+
     /// Takes out the users whose grace has passed.
     pub fn expire(&mut self, now: Instant) -> Vec<(Rc<str>, Away)> {
         let gone: Vec<Rc<str>> =

@@ -211,6 +211,19 @@ impl Rooms {
         }
     }
 
+    /// A member moves between nodes without leaving (a resume on another node), with no
+    /// presence event: `ukey` on another node becomes a member of this node in its grace
+    /// (`to_remote` false; `set_back` then gives it its connection), or the reverse. Returns
+    /// whether it moved.
+    pub fn shift(&mut self, key: usize, ukey: &str, to_remote: bool) -> bool {
+        let Some(room) = self.slab.get_mut(key) else { return false };
+        let (from, to) =
+            if to_remote { (&mut room.away, &mut room.remote) } else { (&mut room.remote, &mut room.away) };
+        let Some((k, id)) = from.remove_entry(ukey) else { return false };
+        to.insert(k, id);
+        true
+    }
+
     /// A member's grace ended: it leaves for good (the leave is announced now). Returns
     /// whether the room has no member of this node left.
     pub fn leave_away(&mut self, key: usize, ukey: &str) -> bool {

@@ -1,12 +1,19 @@
 //! The loop's cluster half: the Redis link's events, joins that wait for Redis to grant the
-//! id, forwarding room and private messages to other nodes, and heartbeats.
+//! id (or to check a resume token, asking the node that has the user connected if need be),
+//! joins that wait for Redis's history of their room (`chat::fetch`), users taken over from
+//! or by another node (`chat::moved`), private messages kept in Redis for users in their
+//! grace, forwarding room and private messages to other nodes, and heartbeats.
 //!
-//! Local delivery never waits for Redis: a room message reaches local users at once and is
-//! published for the rest; a node ignores its own publications when they come back.
+//! Nothing here blocks: every wait is a reply awaited on the one link (`Cluster::waiting`)
+//! or a message from another node, with a deadline. A room message reaches local users when
+//! Redis has numbered it (one round trip), or at once, numbered here, while Redis is away; a
+//! node ignores its own publications when they come back.
 
 use super::Server;
 use crate::chat::Sink;
+use crate::chat::fetch::{Fetch, Kept};
 use crate::chat::ids::key;
+use crate::chat::moved::Backlog;
 use crate::cluster::{
     ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, roster_fields,
 };
@@ -67,12 +74,15 @@ impl Server {
         if c.ping_due(now) {
             c.ping();
         }
+        self.give_up_asking(now);
     }
 
     /// Writes what the turn queued for Redis: one write for the whole turn's publishes.
     /// True if the link failed doing so; its consequences (errors to senders, local joins)
     /// are queued, and the caller must settle again.
     pub(super) fn cluster_flush(&mut self, now: Instant) -> bool {
+        self.cluster_fetches();
+        self.cluster_keep();
         let Some(c) = &mut self.cluster else { return false };
         let failed = !c.link.flush(self.poll.registry(), now);
         if failed {
@@ -104,6 +114,8 @@ impl Server {
         match input {
             Input::Up => {
                 self.chat.cluster_down = false;
+                // Whatever Redis numbered while we were away passed the mirrors by.
+                self.chat.history.stale_all();
                 c.subscribed(self.chat.local_rooms());
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
@@ -113,6 +125,7 @@ impl Server {
             }
             Input::Down => {
                 self.chat.cluster_down = true;
+                self.chat.history.stale_all();
                 // Claims in flight are decided locally, as joins are while Redis is away. Each
                 // message Redis did not confirm gets its sender one error: `cluster_unavailable`
                 // if it was still queued (dropped, never sent), `cluster_unconfirmed` if it was
@@ -123,7 +136,8 @@ impl Server {
                         Sent::Unwritten => ErrorCode::ClusterUnavailable,
                     };
                     match w {
-                        Await::Claim { token, generation, id } => {
+                        Await::Claim { token, generation, id }
+                        | Await::Resume { token, generation, id, .. } => {
                             self.cluster_mut().claiming.remove(&key(&id));
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
@@ -132,6 +146,9 @@ impl Server {
                             self.unnumbered(&from, &room, cid.as_deref(), &number);
                             self.tell_room(&from, code, &room, cid.as_deref())
                         }
+                        Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
+                        // Still kept here: the user gets it if it resumes on this node.
+                        Await::Keep { .. } => {}
                         Await::Refresh | Await::Ignore => {}
                     }
                 }
@@ -170,6 +187,13 @@ impl Server {
         }
         match w {
             Await::Ignore => {}
+            Await::Fetch { generation, fetch } => {
+                let kept = fetched(&frame);
+                if kept.is_none() {
+                    warn!("cluster: could not read room {}'s history from Redis: {frame:?}", fetch.room);
+                }
+                self.fetch_done(generation, &fetch, kept);
+            }
             Await::Room { from, room, cid, number } => {
                 // PUBLISH counts the connections it reached: ours (a node with members in a
                 // room hears its channel) and one per other node listening. Only ours, while
@@ -209,6 +233,53 @@ impl Server {
                     _ => Granted::Failed,
                 };
                 self.joined(token, generation, &id, verdict, now);
+            }
+            Await::Resume { token, generation, id, asked } => {
+                let lower = key(&id);
+                let verdict = match &frame {
+                    BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
+                        Some(0) => Granted::Yes,
+                        Some(1) => Granted::Moved(Box::new(backlog(&data[1..]))),
+                        Some(-2) if !asked => {
+                            match (data.get(1).and_then(|f| f.as_str()), self.token_of_ws(token)) {
+                                // Connected on that node as far as it knows: ask it (the join
+                                // keeps its claim on the id meanwhile).
+                                (Some(node), Some(secret)) => {
+                                    let c = self.cluster_mut();
+                                    let ask = payload(
+                                        &["Z", &c.node, &id, &crate::chat::ids::token_text(&secret)],
+                                        None,
+                                    );
+                                    if c.publish(&node_channel(node), &ask) {
+                                        let until = now + c.limit();
+                                        c.asking.insert(
+                                            lower,
+                                            crate::cluster::Asking { token, generation, id, until },
+                                        );
+                                        return;
+                                    }
+                                    Granted::Failed
+                                }
+                                _ => Granted::No,
+                            }
+                        }
+                        Some(_) => Granted::No,
+                        None => Granted::Failed,
+                    },
+                    _ => Granted::Failed,
+                };
+                self.cluster_mut().claiming.remove(&lower);
+                self.joined(token, generation, &id, verdict, now);
+            }
+            Await::Keep { from, to, line } => {
+                // Taken over by another node meanwhile: the message follows the user there.
+                let Some(node) = frame.as_str().filter(|n| !n.is_empty()).map(str::to_string) else { return };
+                let c = self.cluster_mut();
+                let p = payload(&["P", &c.node, &to, &from], Some(&line));
+                let then = Await::Private { from: Rc::clone(&from), to: Rc::clone(&to), cid: None };
+                if !c.publish_awaiting(&node_channel(&node), &p, then) {
+                    self.tell(&from, ErrorCode::Undelivered, Some(&to), None);
+                }
             }
             Await::Refresh => {
                 let BytesFrame::Array { data, .. } = frame else { return };
@@ -297,7 +368,13 @@ impl Server {
             Msg::Room { room, epoch, line, .. } if *on == Channel::Room(room.to_string()) => {
                 self.chat.deliver_room(room, epoch, &line, &mut self.net);
             }
-            Msg::Join { node, id } => self.chat.remote_join(node, id),
+            Msg::Join { node, id } => {
+                // Taken over there with its resume secret, if we held it: no leave (see
+                // `chat::moved`).
+                let emptied = self.chat.moved(node, id);
+                self.cluster_unlisten(&emptied);
+                self.chat.remote_join(node, id)
+            }
             Msg::Leave { node, id } => self.chat.remote_leave(node, id),
             Msg::RoomJoin { node, id, room } => self.chat.remote_room(node, id, room, true),
             Msg::RoomLeave { node, id, room } => self.chat.remote_room(node, id, room, false),
@@ -316,7 +393,15 @@ impl Server {
                 self.cluster_mut().forget(node);
                 self.chat.drop_node(node);
             }
-            Msg::Roster { node, members } => self.chat.remote_roster(node, &members),
+            Msg::Roster { node, members } => {
+                // A user of ours taken over there while we could not hear it: let it go.
+                let mut emptied = Vec::new();
+                for (id, _) in &members {
+                    emptied.extend(self.chat.moved(node, id));
+                }
+                self.cluster_unlisten(&emptied);
+                self.chat.remote_roster(node, &members)
+            }
             Msg::Private { node, to, from, line } if !to_all => {
                 if let Err(code) = self.chat.deliver_private(from, to, &line, now, &mut self.net) {
                     let kind = match code {
@@ -335,6 +420,8 @@ impl Server {
             Msg::Undelivered { to, from } if !to_all => {
                 self.tell(from, ErrorCode::Undelivered, Some(to), None)
             }
+            Msg::Takeover { node, id, token } if !to_all => self.release_for(node, id, token, now),
+            Msg::Released { id, ok, .. } if !to_all => self.released(id, ok, now),
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }
@@ -346,17 +433,8 @@ impl Server {
         let presented = s.asked.as_ref().map(|a| a.secret);
         // The right secret while the id is still connected (a half-open connection the client
         // has given up on): the old connection is replaced, as if it had been lost just now.
-        if let Some(old) = self.chat.token_of(id).filter(|o| *o != token)
-            && let oc = &mut self.net.conns[old]
-            && let Phase::Ws(os) = &mut oc.phase
-            && presented.is_some_and(|p| p == os.resume)
-            && let Some(user) = os.user.take()
-        {
-            info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
-            oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
-            let secret = os.resume;
-            self.chat.lose(&user, secret, now + self.cfg.resume_grace);
-            self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
+        if let Some(old) = self.chat.token_of(id).filter(|o| *o != token) {
+            self.replace(old, presented.as_ref(), now);
         }
         let lower = match self.chat.check(id, presented.as_ref(), now) {
             Ok(l) => l,
@@ -369,11 +447,20 @@ impl Server {
         if c.claiming.contains(&lower) {
             return self.refuse_id(token, id, ErrorCode::IdTaken, now);
         }
-        if !c.claim(std::iter::once(lower.as_str()), || Await::Claim {
-            token,
-            generation,
-            id: id.to_string(),
-        }) {
+        // With a secret, the id may be held on another node for this very client (see
+        // `chat::moved`).
+        let asked = match &presented {
+            Some(p) => {
+                let then = Await::Resume { token, generation, id: id.to_string(), asked: false };
+                c.claim_resume(&lower, p, self.cfg.resume_grace, then)
+            }
+            None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
+                token,
+                generation,
+                id: id.to_string(),
+            }),
+        };
+        if !asked {
             if c.is_up() {
                 // Up but its queue is full: Redis is not keeping up; do not pile on.
                 return self.refuse_busy(token, now);
@@ -383,6 +470,83 @@ impl Server {
         c.claiming.insert(lower);
         if let Phase::Ws(s) = &mut self.net.conns[token].phase {
             s.claiming = true;
+        }
+    }
+
+    /// Connection `old` of a local user is given up for a client that presents its secret
+    /// (`presented`) on a new connection, here or on another node: it is closed with 4001
+    /// `replaced` and its user held as if the connection had been lost now. False (nothing
+    /// done) for a wrong secret.
+    fn replace(&mut self, old: usize, presented: Option<&crate::chat::ids::Secret>, now: Instant) -> bool {
+        let oc = &mut self.net.conns[old];
+        let Phase::Ws(os) = &mut oc.phase else { return false };
+        if presented.is_none_or(|p| *p != os.resume) {
+            return false;
+        }
+        let Some(user) = os.user.take() else { return false };
+        info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
+        oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
+        let secret = os.resume;
+        self.chat.lose(&user, secret, now + self.cfg.resume_grace);
+        self.cluster_lost(&user, &secret, now);
+        self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
+        true
+    }
+
+    /// Another node asks for our user `id` on behalf of a client presenting `token` (see
+    /// `Msg::Takeover`): with the right token the user's connection here is replaced (its
+    /// secret goes to Redis in the same stream, before the answer), and `node` is told.
+    fn release_for(&mut self, node: &str, id: &str, token: &str, now: Instant) {
+        let presented = crate::chat::ids::parse_token(token);
+        let k = key(id);
+        let ok = match self.chat.token_of(id) {
+            Some(old) => self.replace(old, presented.as_ref(), now),
+            // Lost here meanwhile: its secret should be in Redis already, but may not be if
+            // the link was down when it was lost; written again (before the answer) to be sure.
+            None => {
+                let ok = self.chat.holds.get_mut(&k, now).is_some()
+                    && !self.chat.holds.refuses(&k, presented.as_ref(), now);
+                if let Some(secret) = presented.filter(|_| ok) {
+                    self.cluster_lost(id, &secret, now);
+                }
+                ok
+            }
+        };
+        let c = self.cluster_mut();
+        let answer = payload(&[if ok { "z" } else { "y" }, &c.node, id], None);
+        c.publish(&node_channel(node), &answer);
+    }
+
+    /// The node that had `id` connected answered our `Takeover`: ask Redis again (the user's
+    /// secret is there now), or refuse the join.
+    fn released(&mut self, id: &str, ok: bool, now: Instant) {
+        let lower = key(id);
+        let Some(a) = self.cluster_mut().asking.remove(&lower) else { return };
+        let presented = match self.net.conns.get(a.token).map(|c| &c.phase) {
+            Some(Phase::Ws(s)) => s.asked.as_ref().map(|a| a.secret),
+            _ => None,
+        };
+        let grace = self.cfg.resume_grace;
+        let c = self.cluster_mut();
+        let then = Await::Resume { token: a.token, generation: a.generation, id: a.id.clone(), asked: true };
+        let sent = ok && presented.is_some_and(|p| c.claim_resume(&lower, &p, grace, then));
+        if !sent {
+            c.claiming.remove(&lower);
+            let verdict = if ok { Granted::Failed } else { Granted::No };
+            self.joined(a.token, a.generation, &a.id, verdict, now);
+        }
+    }
+
+    /// Joins whose `Takeover` went unanswered past their deadline: the other node is gone or
+    /// not keeping up, and the id stays its: refused (`id_taken`).
+    fn give_up_asking(&mut self, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        let due: Vec<String> =
+            c.asking.iter().filter(|(_, a)| a.until <= now).map(|(k, _)| k.clone()).collect();
+        for k in due {
+            let Some(a) = self.cluster_mut().asking.remove(&k) else { continue };
+            self.cluster_mut().claiming.remove(&k);
+            self.joined(a.token, a.generation, &a.id, Granted::No, now);
         }
     }
 
@@ -402,6 +566,7 @@ impl Server {
         match verdict {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
+            Granted::Moved(backlog) => return self.take_over(token, id, *backlog, now),
             Granted::Yes | Granted::Locally => {}
         }
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
@@ -409,8 +574,12 @@ impl Server {
         let (presented, pseq) = s.asked.take().map_or((None, 0), |a| (Some(a.secret), a.pseq));
         match self.chat.join(id, token, &secret, presented.as_ref(), pseq, now, &mut self.net) {
             Ok((user, true)) => {
-                // Back within its grace: still a member everywhere, nothing to announce.
+                // Back within its grace: still a member everywhere, nothing to announce. Its
+                // old secret must not let it in on another node either.
                 self.net.stats.resumes += 1;
+                if let Some(c) = &mut self.cluster {
+                    c.spent(&key(&user));
+                }
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
@@ -444,8 +613,78 @@ impl Server {
         }
     }
 
+    /// Redis let `id` in on connection `token` with its resume secret, taken over from the
+    /// node that held it in its grace: welcome it back in its rooms and announce it as ours
+    /// (that node then lets its hold go, and nobody sees a leave: see `chat::moved`).
+    fn take_over(&mut self, token: usize, id: &str, backlog: Backlog, now: Instant) {
+        let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
+        let secret = s.resume;
+        let pseq = s.asked.take().map_or(0, |a| a.pseq);
+        let t = match self.chat.take_over(id, token, &secret, pseq, backlog, &mut self.net) {
+            Ok(t) => t,
+            Err(code) => {
+                self.give_back(Granted::Moved(Box::default()), id);
+                return self.refuse_id(token, id, code, now);
+            }
+        };
+        self.net.stats.resumes += 1;
+        let conn = &mut self.net.conns[token];
+        info!(target: "chatloop::session", "session resumed id={} peer={} from=another-node", t.id, conn.addr);
+        if let Phase::Ws(s) = &mut conn.phase {
+            s.user = Some(Rc::clone(&t.id));
+        }
+        if let Some(c) = &mut self.cluster {
+            c.publish(ALL, &payload(&["J", &c.node, &t.id], None));
+        }
+        for (room, first) in &t.rooms {
+            self.cluster_joined(&t.id, room, *first);
+        }
+    }
+
+    /// The secret presented on connection `token`, if it is a WebSocket session.
+    fn token_of_ws(&self, token: usize) -> Option<crate::chat::ids::Secret> {
+        match &self.net.conns.get(token)?.phase {
+            Phase::Ws(s) => s.asked.as_ref().map(|a| a.secret),
+            _ => None,
+        }
+    }
+
+    /// Stops hearing rooms this node has no member of any more.
+    fn cluster_unlisten(&mut self, rooms: &[Rc<str>]) {
+        let Some(c) = &mut self.cluster else { return };
+        for room in rooms {
+            c.listen(room, false);
+            self.chat.history.stale(room);
+        }
+    }
+
+    /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
+    /// grace, so that the client may resume on another node.
+    /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
+    /// grace, and the private messages kept for it, so that the client may resume on another
+    /// node.
+    pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret, now: Instant) {
+        let Some(c) = &mut self.cluster else { return };
+        let k = key(id);
+        let (pseq, kept) = match self.chat.holds.get_mut(&k, now) {
+            Some(a) => (a.private.pseq, a.private.kept.iter().map(|k| k.line.clone()).collect()),
+            None => (0, Vec::new()),
+        };
+        c.lost(&k, secret, self.cfg.resume_grace, pseq, &kept);
+    }
+
+    /// Keeps in Redis what this turn kept for users in their grace (see `cluster::KEEP`).
+    fn cluster_keep(&mut self) {
+        let kept = std::mem::take(&mut self.chat.kept_away);
+        let Some(c) = &mut self.cluster else { return };
+        for k in kept {
+            let then = Await::Keep { from: k.from, to: Rc::clone(&k.to), line: k.line };
+            c.keep(&key(&k.to), &k.copy, k.pseq, self.cfg.resume_grace, then);
+        }
+    }
+
     fn give_back(&mut self, verdict: Granted, id: &str) {
-        if verdict == Granted::Yes
+        if matches!(verdict, Granted::Yes | Granted::Moved(_))
             && let Some(c) = &mut self.cluster
         {
             c.release(&key(id));
@@ -486,9 +725,9 @@ impl Server {
         cid: Option<Rc<str>>,
     ) {
         let Some(c) = &mut self.cluster else { return };
-        // Our log's epoch, so that a room Redis has not numbered yet keeps the epoch its
-        // members were told in `joined` (a room numbered elsewhere already has Redis's).
-        let epoch = self.chat.history.log(room).epoch.to_string();
+        // For a room Redis has no epoch for: our log's, so that the room keeps the epoch its
+        // members were told in `joined` (see `History::offer`).
+        let epoch = self.chat.history.offer(room).to_string();
         let number = Box::new(Numbered { token, template: template.clone() });
         let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
         if !c.number(room, &template, &epoch, then) {
@@ -545,6 +784,34 @@ impl Server {
         c.publish(ALL, &payload(&["l", &c.node, id, room], None));
         if last_local {
             c.listen(room, false);
+            self.chat.history.stale(room);
+        }
+    }
+
+    /// Sends Redis the history reads that this turn's joins wait for (see `chat::fetch`),
+    /// after the turn's subscriptions, so that every message numbered after the read is
+    /// heard. A read the link refuses is answered from the mirror at once.
+    fn cluster_fetches(&mut self) {
+        for f in std::mem::take(&mut self.chat.fetches) {
+            let Some(conn) = self.net.conns.get(f.token) else { continue };
+            let generation = conn.generation;
+            let f = Box::new(f);
+            match &mut self.cluster {
+                Some(c) if c.is_up() => {
+                    if let Err(Await::Fetch { fetch, .. }) = c.fetch(generation, f) {
+                        self.fetch_done(generation, &fetch, None);
+                    }
+                }
+                _ => self.fetch_done(generation, &f, None),
+            }
+        }
+    }
+
+    /// A history read ended (`kept` None: failed): the join it held is answered, if its
+    /// connection is still the one that asked.
+    fn fetch_done(&mut self, generation: u32, f: &Fetch, kept: Option<Kept>) {
+        if self.net.conns.get(f.token).is_some_and(|c| c.generation == generation && !c.peer.closing) {
+            self.chat.fetched(f, kept, &mut self.net);
         }
     }
 
@@ -556,6 +823,7 @@ impl Server {
         c.release(&key(id));
         for room in emptied {
             c.listen(room, false);
+            self.chat.history.stale(room);
         }
         let leave = payload(&["L", &c.node, id], None);
         c.publish(ALL, &leave);
@@ -576,6 +844,38 @@ impl Server {
     }
 }
 
+/// What a `RESUME` reply after its {1} carries: {node, last pseq, messages}. Anything
+/// unreadable counts as nothing kept.
+fn backlog(data: &[BytesFrame]) -> Backlog {
+    let pseq = data.get(1).and_then(|f| f.as_str()).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let kept = match data.get(2) {
+        Some(BytesFrame::Array { data, .. }) => data
+            .iter()
+            .filter_map(|l| match l {
+                BytesFrame::BlobString { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Backlog { pseq, kept }
+}
+
+/// A `FETCH` reply: {epoch, latest seq, lines}; None for anything else.
+fn fetched(frame: &BytesFrame) -> Option<Kept> {
+    let BytesFrame::Array { data, .. } = frame else { return None };
+    let [epoch, latest, BytesFrame::Array { data: lines, .. }] = &data[..] else { return None };
+    let lines = lines.iter().map(|l| match l {
+        BytesFrame::BlobString { data, .. } => Some(data.clone()),
+        _ => None,
+    });
+    Some(Kept {
+        epoch: epoch.as_str()?.to_string(),
+        latest: u64::try_from(frame_number(latest)?).ok()?,
+        lines: lines.collect::<Option<Vec<Bytes>>>()?,
+    })
+}
+
 /// An integer in a Redis reply.
 fn frame_number(f: &BytesFrame) -> Option<i64> {
     match f {
@@ -594,7 +894,7 @@ enum Channel {
 }
 
 /// How a join's id claim ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Granted {
     /// Redis gave it to us.
     Yes,
@@ -602,6 +902,9 @@ enum Granted {
     No,
     /// Redis answered with an error.
     Failed,
+    /// Redis gave it to us with the resume secret of a user held on another node, with what
+    /// it kept for that user.
+    Moved(Box<Backlog>),
     /// No cluster, or Redis is away: decided by this node alone.
     Locally,
 }

@@ -211,10 +211,11 @@ impl Server {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let assets = cfg.public.clone().map_or(Assets::Embedded, Assets::Dir);
         let now = Instant::now();
-        let cluster = cfg
-            .redis
-            .clone()
-            .map(|url| crate::cluster::Cluster::new(url, REDIS, cfg.redis_ttl, cfg.redis_timeout, now));
+        let cluster = cfg.redis.clone().map(|url| {
+            let mut c = crate::cluster::Cluster::new(url, REDIS, cfg.redis_ttl, cfg.redis_timeout, now);
+            (c.history, c.history_ttl) = (cfg.history, cfg.history_ttl);
+            c
+        });
         if let Some(c) = &cluster {
             info!(
                 "cluster: node {} joining through Redis at {}",
@@ -714,7 +715,7 @@ impl Server {
             connections: self.net.conns.len(),
             websockets: 0,
             queued_bytes: 0,
-            history: (kept, bytes, h.gaps, h.replayed),
+            history: (kept, bytes, h.gaps, h.replayed, h.fetched),
             held: self.chat.holds.len(),
             rooms: self.chat.rooms.len(),
             cluster,

@@ -360,6 +360,9 @@ impl Server {
         }
         if left {
             self.cluster_left(&id, &emptied);
+        } else if let Phase::Ws(s) = &self.net.conns[token].phase {
+            let secret = s.resume;
+            self.cluster_lost(&id, &secret, now);
         }
     }
 

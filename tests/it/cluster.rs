@@ -791,3 +791,246 @@ fn a_rooms_epoch_does_not_change_when_redis_numbers_its_first_message() {
     let after = alice.next_of("joined");
     assert_eq!((before["epoch"].clone(), after["seq"].as_u64()), (after["epoch"].clone(), Some(1)));
 }
+
+/// Room `room`'s messages and gaps on `c` until `n` messages came (each read bounded by the
+/// client's read timeout).
+fn room_lines(c: &mut Client, room: &str, n: usize) -> Vec<Value> {
+    let mut got: Vec<Value> = Vec::new();
+    while got.iter().filter(|l| l["type"] == "message").count() < n {
+        let l = c.next_any();
+        if l["room"] == room && (l["type"] == "message" || l["type"] == "gap") {
+            got.push(l);
+        }
+    }
+    got
+}
+
+fn seqs_of(lines: &[Value]) -> Vec<u64> {
+    lines.iter().filter(|l| l["type"] == "message").map(|l| l["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_join_on_a_node_that_never_heard_the_room_replays_it_from_redis() {
+    // dev has members on A only, so B never heard its messages: B reads them from Redis's
+    // history (the numbering script keeps them there) for a `last` or `since` join, and the
+    // replay meets live traffic with no gap and no duplicate.
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "15", &["--rate-limit", "0"]), node(&redis, "15", &["--rate-limit", "0"]));
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    alice.send(&json!({"join": "dev"}));
+    alice.next_of("joined");
+    for i in 1..=20 {
+        alice.send(&json!({"room": "dev", "text": format!("m{i}")}));
+    }
+    assert_eq!(seqs_of(&room_lines(&mut alice, "dev", 20)), (1..=20).collect::<Vec<_>>());
+    alice.send(&json!({"join": "dev"}));
+    let epoch = alice.next_of("joined")["epoch"].clone();
+    // A plain join on B names Redis's epoch and latest seq, not a fresh mirror's.
+    let mut carol = join_seen(&b, "carol", &a, 1.0);
+    carol.send(&json!({"join": "dev"}));
+    let j = carol.next_of("joined");
+    assert_eq!((j["epoch"].clone(), j["seq"].as_u64()), (epoch.clone(), Some(20)), "{j}");
+    carol.bye();
+    wait_room_size(&mut alice, "dev", 1);
+    // last: the four most recent, from Redis (B stopped hearing dev when carol left).
+    let mut dave = join_seen(&b, "dave", &a, 1.0);
+    dave.send(&json!({"join": "dev", "last": 4}));
+    assert_eq!(dave.next_of("joined")["seq"], 20);
+    let got = room_lines(&mut dave, "dev", 4);
+    assert_eq!(seqs_of(&got), [17, 18, 19, 20], "{got:?}");
+    dave.bye();
+    wait_room_size(&mut alice, "dev", 1);
+    // since 5 while alice keeps sending: 6..=20 from Redis, 21..=40 live, each once, no gap.
+    let mut bob = join_seen(&b, "bob", &a, 1.0);
+    let frames: Vec<u8> = (21..=40)
+        .flat_map(|i| {
+            crate::util::masked(0x1, json!({"room": "dev", "text": format!("m{i}")}).to_string().as_bytes())
+        })
+        .collect();
+    bob.send(&json!({"join": "dev", "since": 5, "epoch": epoch}));
+    alice.ws.get_mut().write_all(&frames).unwrap();
+    let j = bob.next_of("joined");
+    assert_eq!(j["epoch"], epoch);
+    let got = room_lines(&mut bob, "dev", 35);
+    assert!(got.iter().all(|l| l["type"] == "message"), "nothing is missing: no gap: {got:?}");
+    assert_eq!(seqs_of(&got), (6..=40).collect::<Vec<_>>());
+    let texts: Vec<String> = got.iter().map(|l| l["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(texts, (6..=40).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // Nothing more: send a marker and see it come next.
+    alice.send(&json!({"room": "dev", "text": "marker"}));
+    let next = room_lines(&mut bob, "dev", 1);
+    assert_eq!((next[0]["seq"].as_u64(), next[0]["text"].as_str()), (Some(41), Some("marker")));
+    assert!(b.metrics()["chatloop_history_fetched_total"] >= 3.0);
+}
+
+/// Lines of `c` up to and including the message with text `marker` (sent by the caller).
+fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &Value| l["text"] == marker) {
+        seen.push(c.next_any());
+    }
+    seen
+}
+
+#[test]
+fn a_user_lost_on_one_node_resumes_on_the_other_and_nobody_sees_it_leave() {
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0", "--resume-grace", "2"];
+    let (a, b) = (node(&redis, "15", &args), node(&redis, "15", &args));
+    let mut watcher = join_seen(&a, "watcher", &b, 1.0);
+    let mut friend = join_seen(&b, "friend", &a, 1.0);
+    let mut v = a.connect("victim");
+    let t1 = v.next_of("welcome")["resume"].as_str().unwrap().to_string();
+    wait_metric(&b, "chatloop_cluster_remote_users", 2.0);
+    v.send(&json!({"join": "dev"}));
+    let dev = v.next_of("joined");
+    friend.send(&json!({"join": "dev"}));
+    friend.next_of("joined");
+    v.send(&json!({"join": "lobby"}));
+    let lobby = v.next_of("joined");
+    wait_room_size(&mut watcher, "dev", 2);
+    // One private message arrives before the loss (pseq 1), three while victim is away.
+    friend.send(&json!({"to": "victim", "text": "p0"}));
+    assert_eq!(v.next_of("message")["pseq"], 1);
+    // The network drops: no close frame.
+    drop(v);
+    assert!(a.wait_log("reason=lost"), "{}", a.log());
+    for i in 0..5 {
+        friend.send(&json!({"room": "dev", "text": format!("dev {i}")}));
+        friend.send(&json!({"text": format!("lobby {i}")}));
+    }
+    for i in 1..=3 {
+        friend.send(&json!({"to": "victim", "text": format!("p{i}")}));
+    }
+    friend.send(&json!({"text": "sent"}));
+    let seen = until_text(&mut friend, "sent");
+    assert!(seen.iter().all(|l| l["type"] != "error"), "kept for delivery, not refused: {seen:?}");
+    // Give A a moment to keep them in Redis (one that comes later follows the user anyway).
+    std::thread::sleep(Duration::from_millis(200));
+    // Neither a thief nor a wrong token gets the id on B.
+    assert_eq!(b.connect("VICTIM").next_of("error")["code"], "id_taken");
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(b.connect_path(&format!("/ws?id=victim&resume={wrong}")).next_of("error")["code"], "id_taken");
+    // The right token on B: resumed, a new token, its rooms back, quiet until joined.
+    let mut v = b.connect_path(&format!("/ws?id=victim&resume={t1}&pseq=1"));
+    let w = v.next_of("welcome");
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_ne!(w["resume"].as_str().unwrap(), t1, "the token rotates");
+    // The private messages after the pseq it has, numbered on from A's.
+    let mut private = Vec::new();
+    while private.len() < 3 {
+        let l = v.next_any();
+        if l["type"] == "message" && l["to"] == "victim" {
+            private.push((l["pseq"].as_u64().unwrap(), l["text"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(private, [(2, "p1".to_string()), (3, "p2".to_string()), (4, "p3".to_string())]);
+    v.send(&json!({"join": "dev", "since": dev["seq"], "epoch": dev["epoch"]}));
+    let j = v.next_of("joined");
+    assert_eq!(j["epoch"], dev["epoch"], "{j}");
+    let got = room_lines(&mut v, "dev", 5);
+    assert!(got.iter().all(|l| l["type"] == "message"), "{got:?}");
+    let texts: Vec<&str> = got.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["dev 0", "dev 1", "dev 2", "dev 3", "dev 4"]);
+    v.send(&json!({"join": "lobby", "since": lobby["seq"], "epoch": lobby["epoch"]}));
+    v.next_of("joined");
+    let got = room_lines(&mut v, "lobby", 5);
+    assert!(got.iter().all(|l| l["type"] == "message"), "{got:?}");
+    assert_eq!(got[0]["text"], "lobby 0");
+    // It may send to its rooms at once; both nodes hear it. Its pseq goes on.
+    v.send(&json!({"room": "dev", "text": "back"}));
+    until_text(&mut friend, "back");
+    friend.send(&json!({"to": "victim", "text": "p4"}));
+    let l = until_text(&mut v, "p4").pop().unwrap();
+    assert_eq!(l["pseq"], 5, "{l}");
+    // The old token is spent: not even on the node that held the user.
+    assert_eq!(a.connect_path(&format!("/ws?id=victim&resume={t1}")).next_of("error")["code"], "id_taken");
+    // Past A's grace: still nobody was told victim left or joined, on either node.
+    std::thread::sleep(Duration::from_millis(2500));
+    watcher.send(&json!({"text": "marker a"}));
+    friend.send(&json!({"text": "marker b"}));
+    for (c, marker) in [(&mut watcher, "marker b"), (&mut friend, "marker a")] {
+        let seen = until_text(c, marker);
+        let bad: Vec<&Value> = seen
+            .iter()
+            .filter(|l| (l["type"] == "join" || l["type"] == "leave") && l["id"] == "victim")
+            .collect();
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+    wait_room_size(&mut watcher, "dev", 2);
+    assert_eq!(b.metrics()["chatloop_resumes_total"], 1.0);
+}
+
+#[test]
+fn the_right_token_on_another_node_takes_over_a_half_open_connection() {
+    // The old connection is still open as far as node A knows (the client gave up on it
+    // without A noticing): B asks A, which checks the token, replaces the connection (4001)
+    // and lets B take the user over, private numbering included.
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0"];
+    let (a, b) = (node(&redis, "15", &args), node(&redis, "15", &args));
+    let mut friend = join_seen(&b, "friend", &a, 1.0);
+    let mut old = a.connect("phone");
+    let t1 = old.next_of("welcome")["resume"].as_str().unwrap().to_string();
+    wait_metric(&b, "chatloop_cluster_remote_users", 1.0);
+    friend.send(&json!({"to": "phone", "text": "p0"}));
+    assert_eq!(old.next_of("message")["pseq"], 1);
+    // A wrong token: A refuses, and the old connection stays.
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(b.connect_path(&format!("/ws?id=phone&resume={wrong}")).next_of("error")["code"], "id_taken");
+    friend.send(&json!({"to": "phone", "text": "still here"}));
+    assert_eq!(old.next_of("message")["text"], "still here");
+    friend.send(&json!({"text": "before"}));
+    until_text(&mut friend, "before"); // phone's own join, long ago
+    // The right one.
+    let mut new = b.connect_path(&format!("/ws?id=phone&resume={t1}&pseq=2"));
+    let w = new.next_of("welcome");
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(old.close_code(), Some(4001));
+    friend.send(&json!({"to": "phone", "text": "p3"}));
+    let l = until_text(&mut new, "p3").pop().unwrap();
+    assert_eq!(l["pseq"], 3, "numbered on from A's: {l}");
+    friend.send(&json!({"text": "marker"}));
+    let seen = until_text(&mut friend, "marker");
+    assert!(
+        seen.iter().all(|l| !((l["type"] == "join" || l["type"] == "leave") && l["id"] == "phone")),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_history_read_that_redis_never_answers_falls_back_to_the_mirror_with_a_gap() {
+    // B never heard dev; while Redis hangs, a since-join there cannot be read from Redis: it
+    // waits (the loop does not), and when the link is given up it is answered from what B
+    // has, which is nothing of Redis's epoch: a gap, not a silent hole.
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0"];
+    let (a, b) = (node(&redis, "30", &args), node(&redis, "30", &args));
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    let mut bob = join_seen(&b, "bob", &a, 1.0);
+    alice.send(&json!({"join": "dev"}));
+    alice.next_of("joined");
+    for i in 1..=5 {
+        alice.send(&json!({"room": "dev", "text": format!("m{i}")}));
+    }
+    room_lines(&mut alice, "dev", 5);
+    alice.send(&json!({"join": "dev"}));
+    let epoch = alice.next_of("joined")["epoch"].clone();
+    let pid = redis.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = Instant::now();
+    bob.send(&json!({"join": "dev", "since": 2, "epoch": epoch}));
+    // Meanwhile B's loop serves other requests.
+    assert!(b.get("/healthz").ends_with("ok\n"));
+    let j = bob.next_of("joined");
+    let waited = t.elapsed();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // It asked Redis (a node that did not would answer at once) and gave up with the link.
+    assert!(waited >= Duration::from_millis(500), "answered after {waited:?}: Redis was not asked");
+    assert!(waited <= Duration::from_millis(2500), "answered after {waited:?}");
+    assert_ne!(j["epoch"], epoch, "B's own epoch: it has nothing of Redis's: {j}");
+    let gap = bob.next_of("gap");
+    assert_eq!(gap["room"], "dev");
+    println!("a since-join during a Redis stall was answered from the mirror in {waited:?}: {gap}");
+}
