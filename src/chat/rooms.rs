@@ -16,7 +16,13 @@ use crate::protocol::{self, RoomSize};
 use bytes::Bytes;
 use slab::Slab;
 use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
+
+/// Member tables are keyed by connection token, which the server assigns: no client can pick
+/// keys that collide, so they need no per-table random seed (16 bytes in every room).
+type ByToken = BuildHasherDefault<DefaultHasher>;
 
 /// `joined_at` of a member whose join is not in the current batch.
 const OLD: u32 = u32::MAX;
@@ -49,39 +55,68 @@ struct Member {
     mode: Mode,
 }
 
-pub struct Room {
-    pub name: Rc<str>,
-    /// Members on this node, by connection token.
-    local: HashMap<u32, Member>,
+/// Members that are not connected here. Boxed: a room of a single server has none most of
+/// the time, and every room would pay for two empty maps.
+#[derive(Default)]
+struct Elsewhere {
     /// Members on other nodes: id key → id as typed.
     remote: HashMap<Rc<str>, Rc<str>>,
     /// Members of this node whose connection was lost, in their resume grace: still members
     /// (listed, counted, no leave announced), but with no connection to deliver to.
     away: HashMap<Rc<str>, Rc<str>>,
-    /// This turn's presence lines, separated by `\n`.
+}
+
+/// This turn's presence lines. Boxed, and only while the turn has any.
+#[derive(Default)]
+struct Batch {
+    /// The lines, separated by `\n`.
     events: Vec<u8>,
     /// Start of each event in `events`.
     starts: Vec<usize>,
+}
+
+/// 72 bytes (it was 216 with the maps and buffers inline), so that a room of ten costs its
+/// members little beyond their own entries.
+pub struct Room {
+    pub name: Rc<str>,
+    /// Members on this node, by connection token.
+    local: HashMap<u32, Member, ByToken>,
+    elsewhere: Option<Box<Elsewhere>>,
+    batch: Option<Box<Batch>>,
     /// Whether the room was above the presence limit at its last flush.
     was_quiet: bool,
 }
 
 impl Room {
     fn new(name: Rc<str>) -> Room {
-        Room {
-            name,
-            local: HashMap::new(),
-            remote: HashMap::new(),
-            away: HashMap::new(),
-            events: Vec::new(),
-            starts: Vec::new(),
-            was_quiet: false,
+        Room { name, local: HashMap::default(), elsewhere: None, batch: None, was_quiet: false }
+    }
+
+    fn away_len(&self) -> usize {
+        self.elsewhere.as_ref().map_or(0, |e| e.away.len())
+    }
+
+    fn remote_len(&self) -> usize {
+        self.elsewhere.as_ref().map_or(0, |e| e.remote.len())
+    }
+
+    fn elsewhere_mut(&mut self) -> &mut Elsewhere {
+        self.elsewhere.get_or_insert_with(Box::default)
+    }
+
+    /// Removes `ukey` from the away (`away`) or remote members; drops the box once empty.
+    fn take_elsewhere(&mut self, ukey: &str, away: bool) -> Option<(Rc<str>, Rc<str>)> {
+        let e = self.elsewhere.as_mut()?;
+        let taken = if away { e.away.remove_entry(ukey) } else { e.remote.remove_entry(ukey) };
+        if e.away.is_empty() && e.remote.is_empty() {
+            self.elsewhere = None;
         }
+        taken
     }
 
     /// Members on every node, those in their resume grace included.
     pub fn len(&self) -> usize {
-        self.local.len() + self.away.len() + self.remote.len()
+        self.local.len() + self.away_len() + self.remote_len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,24 +126,26 @@ impl Room {
     /// Members of this node, connected or in their grace: while there are any, the node
     /// needs the room's traffic.
     pub fn local_len(&self) -> usize {
-        self.local.len() + self.away.len()
+        self.local.len() + self.away_len()
     }
 
     /// Every member's id, local ones first (`users` has the local ones).
     fn ids<'a>(&'a self, users: &'a Users) -> impl Iterator<Item = &'a str> {
         let local = self.local.keys().filter_map(|t| users.by_token(*t).map(|u| &*u.id));
-        let here = local.chain(self.away.values().map(|id| &**id));
-        here.chain(self.remote.values().map(|id| &**id))
+        let e = self.elsewhere.as_deref();
+        let here = local.chain(e.into_iter().flat_map(|e| e.away.values().map(|id| &**id)));
+        here.chain(e.into_iter().flat_map(|e| e.remote.values().map(|id| &**id)))
     }
 
     /// Records a presence event; returns its index in this turn's batch.
     fn record(&mut self, joined: bool, id: &str) -> u32 {
-        if !self.starts.is_empty() {
-            self.events.push(b'\n');
+        let b = self.batch.get_or_insert_with(Box::default);
+        if !b.starts.is_empty() {
+            b.events.push(b'\n');
         }
-        self.starts.push(self.events.len());
-        protocol::presence_into(&mut self.events, joined, &self.name, id);
-        (self.starts.len() - 1) as u32
+        b.starts.push(b.events.len());
+        protocol::presence_into(&mut b.events, joined, &self.name, id);
+        (b.starts.len() - 1) as u32
     }
 }
 
@@ -173,7 +210,7 @@ impl Rooms {
 
     fn record(&mut self, key: usize, joined: bool, id: &str) -> u32 {
         let room = &mut self.slab[key];
-        if room.starts.is_empty() {
+        if room.batch.is_none() {
             self.dirty.push(key);
         }
         room.record(joined, id)
@@ -198,14 +235,14 @@ impl Rooms {
         if let Some(room) = self.slab.get_mut(key)
             && room.local.remove(&token).is_some()
         {
-            room.away.insert(Rc::clone(ukey), Rc::clone(id));
+            room.elsewhere_mut().away.insert(Rc::clone(ukey), Rc::clone(id));
         }
     }
 
     /// A member in its grace is back on connection `token`: quiet until it asks (see `Flow`).
     pub fn set_back(&mut self, key: usize, ukey: &str, token: u32) {
         if let Some(room) = self.slab.get_mut(key)
-            && room.away.remove(ukey).is_some()
+            && room.take_elsewhere(ukey, true).is_some()
         {
             room.local.insert(token, Member { joined_at: OLD, mode: Mode::Quiet });
         }
@@ -217,10 +254,13 @@ impl Rooms {
     /// whether it moved.
     pub fn shift(&mut self, key: usize, ukey: &str, to_remote: bool) -> bool {
         let Some(room) = self.slab.get_mut(key) else { return false };
-        let (from, to) =
-            if to_remote { (&mut room.away, &mut room.remote) } else { (&mut room.remote, &mut room.away) };
-        let Some((k, id)) = from.remove_entry(ukey) else { return false };
-        to.insert(k, id);
+        let Some((k, id)) = room.take_elsewhere(ukey, to_remote) else { return false };
+        let e = room.elsewhere_mut();
+        if to_remote {
+            e.remote.insert(k, id)
+        } else {
+            e.away.insert(k, id)
+        };
         true
     }
 
@@ -228,7 +268,7 @@ impl Rooms {
     /// whether the room has no member of this node left.
     pub fn leave_away(&mut self, key: usize, ukey: &str) -> bool {
         let Some(room) = self.slab.get_mut(key) else { return false };
-        let Some(id) = room.away.remove(ukey) else { return false };
+        let Some((_, id)) = room.take_elsewhere(ukey, true) else { return false };
         let last = room.local_len() == 0;
         self.record(key, false, &id);
         self.close_if_empty(key);
@@ -283,9 +323,9 @@ impl Rooms {
     /// A user on another node (`ukey` its id key) joins room `name`. Returns the room's key.
     pub fn join_remote(&mut self, name: &str, ukey: &Rc<str>, id: &Rc<str>) -> usize {
         let key = self.open(name);
-        if !self.slab[key].remote.contains_key(ukey) {
+        if self.slab[key].elsewhere.as_ref().is_none_or(|e| !e.remote.contains_key(ukey)) {
             self.record(key, true, id);
-            self.slab[key].remote.insert(Rc::clone(ukey), Rc::clone(id));
+            self.slab[key].elsewhere_mut().remote.insert(Rc::clone(ukey), Rc::clone(id));
         }
         key
     }
@@ -293,7 +333,7 @@ impl Rooms {
     /// A user on another node leaves room `key`.
     pub fn leave_remote(&mut self, key: usize, ukey: &str) {
         let Some(room) = self.slab.get_mut(key) else { return };
-        if let Some(id) = room.remote.remove(ukey) {
+        if let Some((_, id)) = room.take_elsewhere(ukey, false) {
             self.record(key, false, &id);
             self.close_if_empty(key);
         }
@@ -358,10 +398,11 @@ impl Rooms {
     pub fn flush_presence(&mut self, limit: usize, users: &Users, sink: &mut impl Sink) {
         for key in std::mem::take(&mut self.dirty) {
             let Some(room) = self.slab.get_mut(key) else { continue };
-            if room.starts.is_empty() {
+            let Some(b) = room.batch.take() else {
                 continue; // flushed already (a repeated key), or a new room in a reused slot
-            }
-            let batch = Bytes::from(std::mem::take(&mut room.events));
+            };
+            let Batch { events, starts } = *b;
+            let batch = Bytes::from(events);
             let quiet = room.len() > limit;
             let truth = (quiet != room.was_quiet)
                 .then(|| protocol::users(&room.name, room.ids(users).take(limit), room.len()));
@@ -374,16 +415,9 @@ impl Rooms {
                 }
                 if let Some(line) = &truth {
                     sink.push(*token as usize, line);
-                } else if !quiet && from < room.starts.len() {
-                    sink.push(*token as usize, &batch.slice(room.starts[from]..));
+                } else if !quiet && from < starts.len() {
+                    sink.push(*token as usize, &batch.slice(starts[from]..));
                 }
-            }
-            // A crowd's arrival can leave thousands of starts; their room keeps no more than
-            // a usual turn's worth.
-            if room.starts.capacity() > 64 {
-                room.starts = Vec::new();
-            } else {
-                room.starts.clear();
             }
         }
     }
@@ -394,5 +428,38 @@ impl Rooms {
         self.by_name.shrink_to_fit();
         self.dirty.shrink_to_fit();
         self.cursors.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_room_and_a_member_are_small() {
+        // The numbers ARCHITECTURE.md's memory table gives for a membership.
+        assert_eq!(std::mem::size_of::<Member>(), 8);
+        assert_eq!(std::mem::size_of::<Room>(), 72);
+    }
+
+    #[test]
+    fn members_elsewhere_come_and_go_without_leaving_an_empty_box() {
+        let mut r = Rooms::default();
+        let (ukey, id): (Rc<str>, Rc<str>) = (Rc::from("bob"), Rc::from("Bob"));
+        let j = r.join_local("dev", 1, &id);
+        r.set_away(j.key, 1, &ukey, &id);
+        assert_eq!((r.room(j.key).len(), r.room(j.key).local_len()), (1, 1));
+        assert!(r.shift(j.key, "bob", true), "to another node");
+        assert_eq!((r.room(j.key).len(), r.room(j.key).local_len()), (1, 0));
+        r.leave_remote(j.key, "bob");
+        assert_eq!(r.key("dev"), None, "its last member gone, the room is gone");
+        let k = r.join_remote("ops", &ukey, &id);
+        assert!(r.room(k).elsewhere.is_some());
+        let k2 = r.join_local("ops", 2, &Rc::from("al"));
+        assert_eq!(k, k2.key);
+        r.leave_remote(k, "bob");
+        assert!(r.room(k).elsewhere.is_none(), "emptied, the box is freed");
+        assert_eq!(r.room(k).len(), 1);
     }
 }
