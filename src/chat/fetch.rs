@@ -86,7 +86,7 @@ impl Chat {
             return false;
         }
         let room = Rc::clone(&self.rooms.room(rk).name);
-        let log = self.history.log(&room);
+        let log = self.history.open(&room);
         // A current mirror has everything Redis has from its first message on, in Redis's
         // epoch: only what it trimmed (the byte budget) could be had from Redis.
         let serves = log.current()

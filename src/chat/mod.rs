@@ -805,7 +805,7 @@ impl Chat {
     ) {
         let limit = self.limits.presence_limit;
         let room = Rc::clone(&self.rooms.room(rk).name);
-        let log = self.history.log(&room);
+        let log = self.history.open(&room);
         let (latest, first, next) = (log.latest(), log.first(), log.next());
         let epoch = Rc::clone(&log.epoch);
         sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch, &self.users));
@@ -839,7 +839,7 @@ impl Chat {
         for (rk, token) in std::mem::take(&mut self.rooms.replaying) {
             let Some(Flow::Replay(mut next)) = self.rooms.flow(rk, token) else { continue };
             let name = Rc::clone(&self.rooms.room(rk).name);
-            let log = self.history.log(&name);
+            let log = self.history.open(&name);
             if next < log.first() {
                 // Trimmed while it caught up: say so, and go on from what is kept.
                 sink.push(token as usize, &protocol::gap(&name, log.first()));

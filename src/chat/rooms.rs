@@ -14,18 +14,19 @@ use crate::chat::Sink;
 use crate::chat::users::Users;
 use crate::protocol::{self, RoomSize};
 use bytes::Bytes;
+use hashbrown::HashTable;
 use slab::Slab;
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::BuildHasherDefault;
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::rc::Rc;
 
 /// Member tables are keyed by connection token, which the server assigns: no client can pick
 /// keys that collide, so they need no per-table random seed (16 bytes in every room).
 type ByToken = BuildHasherDefault<DefaultHasher>;
 
-/// `joined_at` of a member whose join is not in the current batch.
-const OLD: u32 = u32::MAX;
+/// `joined_at` of a member whose join is not in the current batch (30 bits: see `Member`).
+const OLD: u32 = (1 << 30) - 1;
 
 /// Whether a local member gets the room's messages as they come. A member stores only which
 /// kind (`Mode`); a replay's position lives in `Rooms::cursors`, since few members are ever
@@ -42,17 +43,43 @@ pub enum Flow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Live,
-    Quiet,
-    Replay,
+    Live = 0,
+    Quiet = 1,
+    Replay = 2,
 }
 
-/// A member on this node: 8 bytes, 12 with its token as the key. Its id is the user table's
-/// (`Users::by_token`), not a copy: this entry is what each further room membership costs.
-struct Member {
-    /// Index of this member's join event in the room's current batch, or OLD.
-    joined_at: u32,
-    mode: Mode,
+/// A member on this node: 4 bytes, 8 with its token as the key, since this entry is what each
+/// further room membership costs (and every connection has one, in `lobby`). Its id is the
+/// user table's (`Users::by_token`), not a copy. Packed: the mode in the top 2 bits, and in
+/// the low 30 the index of its join event in the room's current batch, or OLD (a turn has
+/// far fewer events than 2^30: at most one per connection).
+#[derive(Debug, Clone, Copy)]
+struct Member(u32);
+
+impl Member {
+    fn new(joined_at: u32, mode: Mode) -> Member {
+        Member(joined_at.min(OLD) | (mode as u32) << 30)
+    }
+
+    fn joined_at(self) -> u32 {
+        self.0 & OLD
+    }
+
+    fn mode(self) -> Mode {
+        match self.0 >> 30 {
+            0 => Mode::Live,
+            1 => Mode::Quiet,
+            _ => Mode::Replay,
+        }
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        *self = Member::new(self.joined_at(), mode);
+    }
+
+    fn set_old(&mut self) {
+        *self = Member::new(OLD, self.mode());
+    }
 }
 
 /// Members that are not connected here. Boxed: a room of a single server has none most of
@@ -160,7 +187,11 @@ pub struct Joined {
 #[derive(Default)]
 pub struct Rooms {
     slab: Slab<Room>,
-    by_name: HashMap<Rc<str>, usize>,
+    /// Slab keys by room name: 4-byte buckets that hash and compare the name in the slab (a
+    /// map keyed by `Rc<str>` would hold 24 bytes a bucket, at up to twice as many buckets as
+    /// rooms).
+    by_name: HashTable<u32>,
+    names_hasher: RandomState,
     /// Rooms with presence events this turn (a key may repeat; a flushed room has none left).
     dirty: Vec<usize>,
     /// Members catching up from history: (room key, token).
@@ -182,7 +213,8 @@ impl Rooms {
     }
 
     pub fn key(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        let hash = self.names_hasher.hash_one(name);
+        self.by_name.find(hash, |k| *self.slab[*k as usize].name == *name).map(|k| *k as usize)
     }
 
     pub fn room(&self, key: usize) -> &Room {
@@ -191,19 +223,23 @@ impl Rooms {
 
     /// The room `name`, created if need be.
     fn open(&mut self, name: &str) -> usize {
-        if let Some(k) = self.by_name.get(name) {
-            return *k;
+        if let Some(k) = self.key(name) {
+            return k;
         }
-        let name: Rc<str> = Rc::from(name);
-        let key = self.slab.insert(Room::new(Rc::clone(&name)));
-        self.by_name.insert(name, key);
+        let hash = self.names_hasher.hash_one(name);
+        let key = self.slab.insert(Room::new(Rc::from(name)));
+        let (slab, hasher) = (&self.slab, &self.names_hasher);
+        self.by_name.insert_unique(hash, key as u32, |k| hasher.hash_one(&*slab[*k as usize].name));
         key
     }
 
     fn close_if_empty(&mut self, key: usize) {
         if self.slab[key].is_empty() {
+            let hash = self.names_hasher.hash_one(&*self.slab[key].name);
+            if let Ok(entry) = self.by_name.find_entry(hash, |k| *k as usize == key) {
+                entry.remove();
+            }
             let room = self.slab.remove(key);
-            self.by_name.remove(&room.name);
             self.closed.push(room.name);
         }
     }
@@ -224,7 +260,7 @@ impl Rooms {
         }
         let joined_at = self.record(key, true, id);
         let room = &mut self.slab[key];
-        room.local.insert(token, Member { joined_at, mode: Mode::Live });
+        room.local.insert(token, Member::new(joined_at, Mode::Live));
         Joined { key, first_local: room.local_len() == 1 }
     }
 
@@ -244,7 +280,7 @@ impl Rooms {
         if let Some(room) = self.slab.get_mut(key)
             && room.take_elsewhere(ukey, true).is_some()
         {
-            room.local.insert(token, Member { joined_at: OLD, mode: Mode::Quiet });
+            room.local.insert(token, Member::new(OLD, Mode::Quiet));
         }
     }
 
@@ -278,7 +314,7 @@ impl Rooms {
     /// How local member `token` of room `key` gets the room's messages.
     pub fn flow(&self, key: usize, token: u32) -> Option<Flow> {
         let m = self.slab.get(key)?.local.get(&token)?;
-        Some(match m.mode {
+        Some(match m.mode() {
             Mode::Live => Flow::Live,
             Mode::Quiet => Flow::Quiet,
             Mode::Replay => Flow::Replay(self.cursors.get(&(key, token)).copied().unwrap_or(0)),
@@ -289,18 +325,18 @@ impl Rooms {
     /// end of this turn on.
     pub fn set_flow(&mut self, key: usize, token: u32, flow: Flow) {
         if let Some(m) = self.slab.get_mut(key).and_then(|r| r.local.get_mut(&token)) {
-            if matches!(flow, Flow::Replay(_)) && m.mode != Mode::Replay {
+            if matches!(flow, Flow::Replay(_)) && m.mode() != Mode::Replay {
                 self.replaying.push((key, token));
             }
-            m.mode = match flow {
+            m.set_mode(match flow {
                 Flow::Live => Mode::Live,
                 Flow::Quiet => Mode::Quiet,
                 Flow::Replay(next) => {
                     self.cursors.insert((key, token), next);
                     Mode::Replay
                 }
-            };
-            if m.mode != Mode::Replay {
+            });
+            if m.mode() != Mode::Replay {
                 self.cursors.remove(&(key, token));
             }
         }
@@ -349,7 +385,7 @@ impl Rooms {
     pub fn deliver(&self, key: usize, line: &Bytes, sink: &mut impl Sink) {
         if let Some(room) = self.slab.get(key) {
             for (token, m) in &room.local {
-                if m.mode == Mode::Live {
+                if m.mode() == Mode::Live {
                     sink.push(*token as usize, line);
                 }
             }
@@ -408,9 +444,9 @@ impl Rooms {
                 .then(|| protocol::users(&room.name, room.ids(users).take(limit), room.len()));
             room.was_quiet = quiet;
             for (token, m) in room.local.iter_mut() {
-                let from = if m.joined_at == OLD { 0 } else { m.joined_at as usize + 1 };
-                m.joined_at = OLD;
-                if m.mode == Mode::Quiet {
+                let from = if m.joined_at() == OLD { 0 } else { m.joined_at() as usize + 1 };
+                m.set_old();
+                if m.mode() == Mode::Quiet {
                     continue; // restored by a resume: its `joined` will tell it who is here
                 }
                 if let Some(line) = &truth {
@@ -425,7 +461,8 @@ impl Rooms {
     /// Returns memory (when the server has gone idle).
     pub fn shrink(&mut self) {
         self.slab.shrink_to_fit();
-        self.by_name.shrink_to_fit();
+        let (slab, hasher) = (&self.slab, &self.names_hasher);
+        self.by_name.shrink_to_fit(|k| hasher.hash_one(&*slab[*k as usize].name));
         self.dirty.shrink_to_fit();
         self.cursors.shrink_to_fit();
     }
@@ -439,7 +476,13 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn a_room_and_a_member_are_small() {
         // The numbers ARCHITECTURE.md's memory table gives for a membership.
-        assert_eq!(std::mem::size_of::<Member>(), 8);
+        assert_eq!(std::mem::size_of::<Member>(), 4);
+        let mut m = Member::new(5, Mode::Replay);
+        assert_eq!((m.joined_at(), m.mode()), (5, Mode::Replay));
+        m.set_old();
+        m.set_mode(Mode::Quiet);
+        assert_eq!((m.joined_at(), m.mode()), (OLD, Mode::Quiet));
+        assert_eq!(Member::new(OLD, Mode::Live).mode(), Mode::Live);
         assert_eq!(std::mem::size_of::<Room>(), 72);
     }
 
