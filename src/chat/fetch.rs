@@ -86,7 +86,7 @@ impl Chat {
             return false;
         }
         let room = Rc::clone(&self.rooms.room(rk).name);
-        let log = self.history.open(&room);
+        let log = self.log_of(rk);
         // A current mirror has everything Redis has from its first message on, in Redis's
         // epoch: only what it trimmed (the byte budget) could be had from Redis.
         let serves = log.current()
@@ -99,7 +99,7 @@ impl Chat {
             return false;
         }
         self.rooms.set_flow(rk, token as u32, Flow::Quiet);
-        let offer = self.history.offer(&room);
+        let offer = self.offer(&room);
         self.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
         true
     }

@@ -112,7 +112,7 @@ pub struct History {
 }
 
 /// A fresh epoch: 8 base64url characters (48 random bits).
-fn new_epoch() -> Rc<str> {
+pub fn new_epoch() -> Rc<str> {
     let s = super::ids::new_secret();
     Rc::from(&super::ids::token_text(&s)[..8])
 }
@@ -139,10 +139,13 @@ impl History {
     }
 
     /// `log`, for a room whose name string the caller holds (the room's own): a new log
-    /// shares it rather than copying it, one block less for every room.
-    pub fn open(&mut self, room: &Rc<str>) -> &mut Log {
+    /// shares it rather than copying it, one block less for every room, and starts in
+    /// `epoch`, the one the room's members were told while it had no log (`Room::epoch`).
+    pub fn open(&mut self, room: &Rc<str>, epoch: &Rc<str>) -> &mut Log {
         if !self.logs.contains_key(&**room) {
-            self.logs.insert(Rc::clone(room), Log::new());
+            let mut log = Log::new();
+            log.epoch = Rc::clone(epoch);
+            self.logs.insert(Rc::clone(room), log);
         }
         self.logs.get_mut(&**room).expect("opened")
     }

@@ -529,6 +529,9 @@ impl Chat {
         cid: Option<&str>,
         sink: &mut impl Sink,
     ) -> Bytes {
+        if let Some(rk) = self.rooms.key(room) {
+            self.log_of(rk);
+        }
         self.history.fork(room);
         let line = self.history.append(room, |seq| protocol::with_seq(template, seq));
         if let Some(rk) = self.rooms.key(room) {
@@ -646,6 +649,7 @@ impl Chat {
                     let template = protocol::room_message(&room, 0, from, text, ts);
                     return Outcome::Number { room, template, cid: None };
                 }
+                self.log_of(rk);
                 if self.cluster_down {
                     // Numbered here while Redis is away: in an epoch of this node's own.
                     self.history.fork(&room);
@@ -805,9 +809,11 @@ impl Chat {
     ) {
         let limit = self.limits.presence_limit;
         let room = Rc::clone(&self.rooms.room(rk).name);
-        let log = self.history.open(&room);
-        let (latest, first, next) = (log.latest(), log.first(), log.next());
-        let epoch = Rc::clone(&log.epoch);
+        // A room with no log has had no message: seq 0 in the room's own epoch.
+        let (latest, first, next, epoch) = match self.history.get(&room) {
+            Some(log) => (log.latest(), log.first(), log.next(), Rc::clone(&log.epoch)),
+            None => (0, 1, 1, Rc::clone(&self.rooms.room(rk).epoch)),
+        };
         sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch, &self.users));
         // Where its replay starts; a gap first if some of what it asks for is gone.
         let start = match replay {
@@ -839,7 +845,7 @@ impl Chat {
         for (rk, token) in std::mem::take(&mut self.rooms.replaying) {
             let Some(Flow::Replay(mut next)) = self.rooms.flow(rk, token) else { continue };
             let name = Rc::clone(&self.rooms.room(rk).name);
-            let log = self.history.open(&name);
+            let log = self.log_of(rk);
             if next < log.first() {
                 // Trimmed while it caught up: say so, and go on from what is kept.
                 sink.push(token as usize, &protocol::gap(&name, log.first()));
@@ -862,6 +868,21 @@ impl Chat {
             }
             self.rooms.set_flow(rk, token, flow);
         }
+    }
+
+    /// Room `rk`'s history log, started in the room's epoch if it has none (see `Room::epoch`).
+    fn log_of(&mut self, rk: usize) -> &mut history::Log {
+        let room = self.rooms.room(rk);
+        self.history.open(&room.name, &room.epoch)
+    }
+
+    /// The epoch to offer Redis for room `name` (see `History::offer`), its log started first
+    /// in the room's own epoch, the one its members were told.
+    pub fn offer(&mut self, name: &str) -> Rc<str> {
+        if let Some(rk) = self.rooms.key(name) {
+            self.log_of(rk);
+        }
+        self.history.offer(name)
     }
 
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
@@ -959,6 +980,28 @@ mod tests {
     /// `from` (connection `token`) sends `frame`.
     fn say(c: &mut Chat, r: &mut Rec, token: usize, from: &str, frame: &str) -> Outcome {
         c.handle(token, from, frame, 5, now(), r)
+    }
+
+    #[test]
+    fn a_quiet_room_has_no_log_and_its_first_message_keeps_the_epoch_joined_named() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"dev"}"#);
+        let got = r.take();
+        let joined: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+        assert_eq!((joined["type"].as_str(), joined["seq"].as_u64()), (Some("joined"), Some(0)));
+        let epoch = joined["epoch"].as_str().unwrap().to_string();
+        assert!(c.history.get("dev").is_none(), "no message yet, so no log");
+        say(&mut c, &mut r, 0, "a", r#"{"room":"dev","text":"first"}"#);
+        assert_eq!(&*c.history.get("dev").unwrap().epoch, epoch, "the log starts in that epoch");
+        r.take();
+        // b was told nothing of dev; with the epoch a told, since 0 replays the message, no gap.
+        let frame = format!(r#"{{"join":"dev","since":0,"epoch":"{epoch}"}}"#);
+        say(&mut c, &mut r, 1, "b", &frame);
+        c.pump(now(), &mut r);
+        let to_b: Vec<String> = r.take().into_iter().filter(|(t, _)| *t == 1).map(|(_, l)| l).collect();
+        assert!(to_b[0].contains(r#""type":"joined""#) && to_b[0].contains(&epoch), "{to_b:?}");
+        assert!(!to_b.iter().any(|l| l.contains(r#""type":"gap""#)), "{to_b:?}");
+        assert!(to_b.iter().any(|l| l.contains(r#""seq":1"#) && l.contains("first")), "{to_b:?}");
     }
 
     #[test]

@@ -106,6 +106,10 @@ struct Batch {
 /// members little beyond their own entries.
 pub struct Room {
     pub name: Rc<str>,
+    /// The epoch `joined` names while the room has no history log (no message yet): a room
+    /// gets a log with its first message, not with its first member, so a quiet room costs no
+    /// log. The log starts in this epoch (`Chat::log_of`), so what members were told holds.
+    pub epoch: Rc<str>,
     /// Members on this node, by connection token.
     local: HashMap<u32, Member, ByToken>,
     elsewhere: Option<Box<Elsewhere>>,
@@ -116,7 +120,8 @@ pub struct Room {
 
 impl Room {
     fn new(name: Rc<str>) -> Room {
-        Room { name, local: HashMap::default(), elsewhere: None, batch: None, was_quiet: false }
+        let epoch = crate::chat::history::new_epoch();
+        Room { name, epoch, local: HashMap::default(), elsewhere: None, batch: None, was_quiet: false }
     }
 
     fn away_len(&self) -> usize {
@@ -483,7 +488,7 @@ mod tests {
         m.set_mode(Mode::Quiet);
         assert_eq!((m.joined_at(), m.mode()), (OLD, Mode::Quiet));
         assert_eq!(Member::new(OLD, Mode::Live).mode(), Mode::Live);
-        assert_eq!(std::mem::size_of::<Room>(), 72);
+        assert_eq!(std::mem::size_of::<Room>(), 88);
     }
 
     #[test]

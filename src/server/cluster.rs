@@ -727,7 +727,7 @@ impl Server {
         let Some(c) = &mut self.cluster else { return };
         // For a room Redis has no epoch for: our log's, so that the room keeps the epoch its
         // members were told in `joined` (see `History::offer`).
-        let epoch = self.chat.history.offer(room).to_string();
+        let epoch = self.chat.offer(room).to_string();
         let number = Box::new(Numbered { token, template: template.clone() });
         let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
         if !c.number(room, &template, &epoch, then) {
