@@ -5,7 +5,9 @@
 //! by `seq - first`: no map, no copy. Every room has an epoch, a short random string that
 //! changes whenever its history is lost (a new process, a log that expired), so that a client
 //! can tell "nothing missed" from "history was reset". A log outlives its room's last member
-//! by `--history-ttl`, so that a member who blips back finds it.
+//! by `--history-ttl`, so that a member who blips back finds it. A room gets its log with its
+//! first message; until then `joined` names the room's own epoch (`rooms::Room::epoch`), and
+//! the log starts in it (`Chat::log_of`).
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
