@@ -13,7 +13,6 @@ use crate::ws::Reader;
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// How far past its soft cap (`--queue-cap`) a queue may grow: a burst lands whole and the
@@ -162,8 +161,9 @@ pub struct Session {
     pub echo: bool,
     /// The client's close has arrived (and was answered): nothing more is read.
     pub peer_closed: bool,
-    /// The chat id, once claimed (never for `/echo`).
-    pub user: Option<Rc<str>>,
+    /// The connection holds a chat id (never for `/echo`): the user in chat's slot for this
+    /// connection's token (`Chat::id_of`), which keeps the id, so the session need not.
+    pub joined: bool,
     /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
     pub claiming: bool,
     /// Messages: `--rate-limit`. It outlives the connection (see `Server::buckets`).
@@ -331,12 +331,9 @@ impl Conn {
         }
     }
 
-    /// The chat id this connection holds, if any.
-    pub fn user(&self) -> Option<&Rc<str>> {
-        match &self.phase {
-            Phase::Ws(s) => s.user.as_ref(),
-            _ => None,
-        }
+    /// Whether this connection holds a chat id (see `Session::joined`).
+    pub fn joined(&self) -> bool {
+        matches!(&self.phase, Phase::Ws(s) if s.joined)
     }
 }
 
@@ -422,7 +419,7 @@ mod tests {
         {
             assert_eq!(std::mem::size_of::<Outbox>(), 8);
             // mio's sockets carry a selector id for its checks in debug builds.
-            let limit = if cfg!(debug_assertions) { 176 } else { 160 };
+            let limit = if cfg!(debug_assertions) { 160 } else { 144 };
             assert!(std::mem::size_of::<Conn>() <= limit, "{}", std::mem::size_of::<Conn>());
         }
     }

@@ -374,6 +374,11 @@ impl Chat {
         self.rooms.names().filter_map(|(name, room)| (room.local_len() > 0).then_some(name))
     }
 
+    /// The id of the local user on connection `token`, if any.
+    pub fn id_of(&self, token: usize) -> Option<&Rc<str>> {
+        self.users.by_token(token as u32).map(|u| &u.id)
+    }
+
     /// The connection of local user `id`, if any.
     pub fn token_of(&self, id: &str) -> Option<usize> {
         self.users.get(id).map(|(t, _)| t as usize)

@@ -483,7 +483,10 @@ impl Server {
         if presented.is_none_or(|p| *p != os.resume) {
             return false;
         }
-        let Some(user) = os.user.take() else { return false };
+        if !std::mem::take(&mut os.joined) {
+            return false;
+        }
+        let Some(user) = self.chat.id_of(old).cloned() else { return false };
         info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
         oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
         let secret = os.resume;
@@ -583,7 +586,7 @@ impl Server {
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
-                    s.user = Some(Rc::clone(&user));
+                    s.joined = true;
                     if let Some(b) = self.buckets.remove(&key(&user)) {
                         s.bucket = b;
                     }
@@ -593,7 +596,7 @@ impl Server {
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session open id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
-                    s.user = Some(Rc::clone(&user));
+                    s.joined = true;
                     // The rate limit belongs to the id: a reconnect does not buy a new burst.
                     if let Some(b) = self.buckets.remove(&key(&user)) {
                         s.bucket = b;
@@ -631,7 +634,7 @@ impl Server {
         let conn = &mut self.net.conns[token];
         info!(target: "chatloop::session", "session resumed id={} peer={} from=another-node", t.id, conn.addr);
         if let Phase::Ws(s) = &mut conn.phase {
-            s.user = Some(Rc::clone(&t.id));
+            s.joined = true;
         }
         if let Some(c) = &mut self.cluster {
             c.publish(ALL, &payload(&["J", &c.node, &t.id], None));

@@ -155,7 +155,7 @@ impl Server {
             reader: crate::ws::Reader::with_input(rest),
             echo,
             peer_closed: false,
-            user: None,
+            joined: false,
             claiming: false,
             bucket,
             control: Bucket::new(super::session::CONTROL_RATE, now),

@@ -142,7 +142,8 @@ impl Server {
             if matches!(ev, Event::Ping(_) | Event::Pong) && !s.control.allow(CONTROL_RATE, now) {
                 return self.flooded(token, CloseCode::Policy, "too many control frames", now);
             }
-            match (ev, s.echo, &s.user) {
+            let user = if s.joined { self.chat.id_of(token) } else { None };
+            match (ev, s.echo, user) {
                 (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
                 (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
                 (Event::Text(text), false, Some(user)) => {
@@ -264,7 +265,7 @@ impl Server {
     /// a protocol error), because it may have stopped mid-frame.
     fn flooded(&mut self, token: usize, code: CloseCode, why: &str, now: Instant) {
         let c = &self.net.conns[token];
-        let id = c.user().map_or("-", |u| u);
+        let id = self.chat.id_of(token).filter(|_| c.joined()).map_or("-", |u| u);
         warn!("flood id={id} peer={}: {why}", c.addr);
         self.close_ws(token, code, why, Some(Reason::Flood), now);
         self.net.conns[token].phase = Phase::Respond { eof: false };
@@ -318,7 +319,7 @@ impl Server {
         if c.peer.closing {
             return;
         }
-        let id = c.user().map_or("-", |u| u);
+        let id = self.chat.id_of(token).filter(|_| c.joined()).map_or("-", |u| u);
         warn!("slow consumer id={id} peer={}: queue past {} bytes", c.addr, self.cfg.queue_cap);
         self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
     }
@@ -332,7 +333,10 @@ impl Server {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         let reason = *conn.reason.get_or_insert(reason);
         let Phase::Ws(s) = &mut conn.phase else { return };
-        let Some(id) = s.user.take() else { return };
+        if !std::mem::take(&mut s.joined) {
+            return;
+        }
+        let Some(id) = self.chat.id_of(token).cloned() else { return };
         let key = crate::chat::ids::key(&id);
         let now = Instant::now();
         let left = matches!(reason, Reason::ClientClose | Reason::Shutdown);
