@@ -226,6 +226,10 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(Rc<str>, bool), ErrorCode> {
+        // The server ends an expired hold before it claims the id (`begin_join`); one that
+        // ran out while Redis was asked ends here (a cluster's leave for it then waits for
+        // the next roster).
+        let _ = self.end_expired(id, now, sink);
         let k = self.check(id, presented, now)?;
         if let Some(r) = self.remote.remove(k.as_str()) {
             for room in r.rooms {
@@ -296,23 +300,33 @@ impl Chat {
     /// Ends the holds whose grace has passed: their users leave their rooms (announced now),
     /// and the local senders of private messages they never got are told (`undelivered`).
     pub fn expire(&mut self, now: Instant, sink: &mut impl Sink) -> Vec<Gone> {
-        let mut gone = Vec::new();
-        for (ukey, away) in self.holds.expire(now) {
-            let mut emptied = Vec::new();
-            for room in &away.rooms {
-                let name = Rc::clone(&self.rooms.room(*room as usize).name);
-                if self.rooms.leave_away(*room as usize, &ukey) {
-                    emptied.push(name);
-                }
+        let ended = self.holds.expire(now);
+        ended.into_iter().map(|(ukey, away)| self.end_hold(&ukey, away, sink)).collect()
+    }
+
+    /// Ends `id`'s hold now if its grace has passed and the once-a-second sweep has not come
+    /// by yet: before the id is taken again, or the new user's own hold would replace the old
+    /// one and leave the old user a member of its rooms for good.
+    pub fn end_expired(&mut self, id: &str, now: Instant, sink: &mut impl Sink) -> Option<Gone> {
+        let k = key(id);
+        let away = self.holds.take_expired(&k, now)?;
+        Some(self.end_hold(&k, away, sink))
+    }
+
+    fn end_hold(&mut self, ukey: &str, away: Away, sink: &mut impl Sink) -> Gone {
+        let mut emptied = Vec::new();
+        for room in &away.rooms {
+            let name = Rc::clone(&self.rooms.room(*room as usize).name);
+            if self.rooms.leave_away(*room as usize, ukey) {
+                emptied.push(name);
             }
-            for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
-                if let Some((from, _)) = self.users.get(&kept.from) {
-                    sink.push(from as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
-                }
-            }
-            gone.push(Gone { id: away.id, emptied });
         }
-        gone
+        for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
+            if let Some((from, _)) = self.users.get(&kept.from) {
+                sink.push(from as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
+            }
+        }
+        Gone { id: away.id, emptied }
     }
 
     /// Reserves the user table for connection tokens below `n` (address space only, until

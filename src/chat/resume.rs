@@ -124,6 +124,14 @@ impl Holds {
     }
 
     /// Takes out the user held under `key`, whatever its grace (another node took it over).
+    /// The hold of `key` if its grace has passed (see `Chat::end_expired`).
+    pub fn take_expired(&mut self, key: &str, now: Instant) -> Option<Away> {
+        if self.by_key.get(key).is_some_and(|a| now >= a.until) {
+            return self.by_key.remove(key);
+        }
+        None
+    }
+
     pub fn take(&mut self, key: &str) -> Option<Away> {
         self.by_key.remove(key)
     }

@@ -429,6 +429,12 @@ impl Server {
     /// Starts a chat session's join: locally at once without a cluster (or while it is
     /// down), otherwise once Redis grants the id. Until then the session reads nothing.
     pub(super) fn begin_join(&mut self, token: usize, id: &str, now: Instant) {
+        // A hold whose grace has just passed ends before the id is claimed, as the sweep
+        // would have ended it: leaves announced, the key released, in that order.
+        if let Some(g) = self.chat.end_expired(id, now, &mut self.net) {
+            info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
+            self.cluster_left(&g.id, &g.emptied);
+        }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
         let presented = s.asked.as_ref().map(|a| a.secret);
         // The right secret while the id is still connected (a half-open connection the client

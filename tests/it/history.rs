@@ -201,3 +201,28 @@ fn another_epoch_always_gets_a_gap_first_even_when_everything_is_kept() {
     assert_eq!((got[0]["type"].as_str(), got[0]["seq"].as_u64()), (Some("gap"), Some(1)), "{got:?}");
     assert_eq!(seqs(&got), [1, 2, 3]);
 }
+
+#[test]
+fn an_id_taken_just_after_its_grace_leaves_no_ghost_in_the_old_users_rooms() {
+    // The grace ends between the once-a-second sweeps: a newcomer taking the id then must
+    // end the old hold first (leaves announced), or, once the newcomer is lost in turn, its
+    // hold replaced the old one and the old user stayed a member of its rooms for good.
+    let s = Server::start(&["--resume-grace", "0.3", "--rate-limit", "0"]);
+    let mut watcher = s.join("watcher");
+    for round in 0..3 {
+        let mut v = s.join(&format!("Victim{round}"));
+        join_room(&mut v, json!({"join": format!("secret{round}")}));
+        drop(v);
+        assert!(s.wait_log(&format!("session closed id=Victim{round} ")), "round {round}");
+        std::thread::sleep(Duration::from_millis(350));
+        let newcomer = s.join(&format!("victim{round}")); // the id is free: its grace is over
+        drop(newcomer);
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // every grace over, and swept
+    for round in 0..3 {
+        let joined = join_room(&mut watcher, json!({"join": format!("secret{round}")}));
+        assert_eq!(joined["total"], 1, "round {round}: a ghost stayed: {joined}");
+        watcher.send(&json!({"leave": format!("secret{round}")}));
+        watcher.next_of("left");
+    }
+}
