@@ -859,7 +859,10 @@ impl Chat {
     /// the history clock of rooms that lost their last member.
     pub fn pump(&mut self, now: Instant, sink: &mut impl Sink) {
         for name in std::mem::take(&mut self.rooms.closed) {
-            self.history.set_idle(&name, Some(now));
+            // A room left empty and joined again in the same turn is not idle.
+            if self.rooms.key(&name).is_none() {
+                self.history.set_idle(&name, Some(now));
+            }
         }
         for (rk, token) in std::mem::take(&mut self.rooms.replaying) {
             let Some(Flow::Replay(mut next)) = self.rooms.flow(rk, token) else { continue };
@@ -999,6 +1002,21 @@ mod tests {
     /// `from` (connection `token`) sends `frame`.
     fn say(c: &mut Chat, r: &mut Rec, token: usize, from: &str, frame: &str) -> Outcome {
         c.handle(token, from, frame, 5, now(), r)
+    }
+
+    #[test]
+    fn a_room_left_and_joined_again_in_one_turn_keeps_its_history() {
+        let (mut c, mut r) = chat_with(&["a"]);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"r"}"#);
+        say(&mut c, &mut r, 0, "a", r#"{"room":"r","text":"kept"}"#);
+        c.pump(now(), &mut r);
+        // One turn: the room empties (and is gone) and comes back.
+        say(&mut c, &mut r, 0, "a", r#"{"leave":"r"}"#);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"r"}"#);
+        c.pump(now(), &mut r);
+        c.history.expire(now() + Duration::from_secs(301));
+        assert!(!c.history.any_idle(), "an occupied room's history has no idle clock");
+        assert_eq!(c.history.get("r").map(|l| l.latest()), Some(1), "its history outlives the TTL");
     }
 
     #[test]
