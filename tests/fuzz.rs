@@ -1211,7 +1211,8 @@ enum Expect {
         room: String,
         first_local: bool,
     },
-    /// A join of a room the sender is already in: `joined` again, nothing changes.
+    /// A join of a room the sender is already in: `joined` again, and of this turn's presence
+    /// events it gets only those after it.
     AlreadyIn {
         room: String,
     },
@@ -1431,6 +1432,12 @@ fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -
             prop_assert_eq!(v["type"].as_str(), Some("joined"));
             prop_assert_eq!(v["room"].as_str(), Some(room.as_str()));
             check_roster(v, &model.member_ids(room), model.limits.presence_limit, Some(&sender.id))?;
+            // The roster lists everyone as of now: of this turn's events, only later ones follow.
+            let r = model.rooms.get_mut(room).expect("a room the sender is in");
+            match r.events.len() {
+                0 => r.joined_at.remove(&sender.token),
+                n => r.joined_at.insert(sender.token, n - 1),
+            };
         }
         Expect::Left { room, last_local } => {
             let want_outcome = Outcome::Left { room: Rc::from(room.as_str()), last_local: *last_local };

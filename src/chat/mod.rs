@@ -801,7 +801,11 @@ impl Chat {
         }
         let id = Rc::clone(&u.id);
         let (rk, outcome) = match member {
-            Some(rk) => (rk, Outcome::Answered),
+            Some(rk) => {
+                // Its `joined` lists everyone as of now: this turn's earlier events are in it.
+                self.rooms.seen_until_now(rk, token as u32);
+                (rk, Outcome::Answered)
+            }
             None => {
                 let j = self.rooms.join_local(&room, token as u32, &id);
                 self.users.get_mut(from).expect("checked").1.rooms.push(j.key as u32);
@@ -1002,6 +1006,26 @@ mod tests {
     /// `from` (connection `token`) sends `frame`.
     fn say(c: &mut Chat, r: &mut Rec, token: usize, from: &str, frame: &str) -> Outcome {
         c.handle(token, from, frame, 5, now(), r)
+    }
+
+    #[test]
+    fn a_join_again_gets_a_roster_and_no_event_the_roster_already_lists() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"d"}"#);
+        c.flush_presence(&mut r);
+        r.take();
+        // One turn: b joins, then a asks again; a's roster lists b.
+        say(&mut c, &mut r, 1, "b", r#"{"join":"d"}"#);
+        say(&mut c, &mut r, 0, "a", r#"{"join":"d"}"#);
+        c.flush_presence(&mut r);
+        let to_a: Vec<String> = r.take().into_iter().filter(|(t, _)| *t == 0).map(|(_, l)| l).collect();
+        assert_eq!(to_a.len(), 1, "{to_a:?}");
+        assert!(to_a[0].contains(r#""type":"joined""#) && to_a[0].contains(r#""b""#), "{to_a:?}");
+        // Events after the roster still come.
+        say(&mut c, &mut r, 1, "b", r#"{"leave":"d"}"#);
+        c.flush_presence(&mut r);
+        let to_a: Vec<String> = r.take().into_iter().filter(|(t, _)| *t == 0).map(|(_, l)| l).collect();
+        assert_eq!(to_a, vec![r#"{"type":"leave","room":"d","id":"b"}"#.to_string()]);
     }
 
     #[test]

@@ -316,6 +316,17 @@ impl Rooms {
         last
     }
 
+    /// Local member `token` of room `key` gets a roster now (a join again): of this turn's
+    /// presence events it gets only those recorded after this, like a member that just joined.
+    pub fn seen_until_now(&mut self, key: usize, token: u32) {
+        let Some(room) = self.slab.get_mut(key) else { return };
+        let recorded = room.batch.as_ref().map_or(0, |b| b.starts.len() as u32);
+        if let Some(m) = room.local.get_mut(&token) {
+            let mode = m.mode();
+            *m = Member::new(recorded.checked_sub(1).unwrap_or(OLD), mode);
+        }
+    }
+
     /// How local member `token` of room `key` gets the room's messages.
     pub fn flow(&self, key: usize, token: u32) -> Option<Flow> {
         let m = self.slab.get(key)?.local.get(&token)?;
