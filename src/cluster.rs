@@ -514,7 +514,8 @@ pub enum Sent {
 
 impl Cluster {
     /// `timeout`: Redis may take this long (or the TTL, if shorter) to answer before the link
-    /// is dropped; while nothing is awaited, a PING goes out after that long without a reply.
+    /// is dropped; while nothing is awaited, a PING goes out after half that long without a
+    /// reply.
     pub fn new(url: Url, token: mio::Token, ttl: Duration, timeout: Duration, now: Instant) -> Cluster {
         let node: Rc<str> = Rc::from(new_node_id());
         Cluster {
@@ -557,13 +558,13 @@ impl Cluster {
 
     /// When the loop must wake for the cluster: a reconnect, a connection attempt overdue,
     /// the next heartbeat, the moment awaited replies count as stalled, or (nothing awaited)
-    /// the next PING. Each of these is at least a timeout apart while Redis is quiet, so an
-    /// idle node wakes about once a timeout, not in a loop.
+    /// the next PING. Each of these is at least half a timeout apart while Redis is quiet, so
+    /// an idle node wakes about twice a timeout, not in a loop.
     pub fn deadline(&self) -> Option<Instant> {
         let limit = self.limit();
         let mut next = self.link.deadline(limit).map_or(self.next_beat, |t| t.min(self.next_beat));
         if self.is_up() {
-            let wait = if self.waiting.is_empty() { self.timeout } else { limit };
+            let wait = if self.waiting.is_empty() { limit / 2 } else { limit };
             next = next.min(self.progress + wait);
         }
         if let Some(ask) = self.asking.values().map(|a| a.until).min() {
@@ -572,11 +573,14 @@ impl Cluster {
         Some(next)
     }
 
-    /// Whether the link is up, nothing is awaited and nothing has come for a timeout: then a
-    /// PING keeps the link known to be alive (a silent Redis is noticed within two timeouts
-    /// even when nobody sends anything).
+    /// Whether the link is up, nothing is awaited and nothing has come for half a limit: then
+    /// a PING keeps the link known to be alive (a silent Redis is noticed within one and a
+    /// half limits even when nobody sends anything). Half, not a whole one: a healthy idle
+    /// link then never goes a whole limit without input, which `heard` takes for a Redis that
+    /// stalled (a message sent just under a limit after the last reply was reported
+    /// `cluster_unconfirmed` while it had gone through).
     pub fn ping_due(&self, now: Instant) -> bool {
-        self.is_up() && self.waiting.is_empty() && now.duration_since(self.progress) >= self.timeout
+        self.is_up() && self.waiting.is_empty() && now.duration_since(self.progress) >= self.limit() / 2
     }
 
     pub fn ping(&mut self) {
@@ -982,12 +986,13 @@ mod tests {
         assert!(!c.stalled(t0 + Duration::from_secs(60)), "nothing awaited: never stalled");
         assert!(!c.ping_due(t0 + Duration::from_secs(60)), "a link that is down is not pinged");
         c.link.pretend_up();
-        // Idle: a PING a timeout after the last reply, and no stall however long it is quiet.
+        // Idle: a PING half a limit after the last reply, and no stall however long it is quiet.
         let t1 = Instant::now();
         c.progress = t1;
-        assert!(!c.ping_due(t1 + Duration::from_millis(999)));
+        assert!(!c.ping_due(t1 + Duration::from_millis(499)));
+        assert!(c.ping_due(t1 + Duration::from_millis(500)));
         assert!(!c.stalled(t1 + Duration::from_secs(60)));
-        assert_eq!(c.deadline(), Some((t1 + sec).min(c.next_beat)));
+        assert_eq!(c.deadline(), Some((t1 + sec / 2).min(c.next_beat)));
         c.ping();
         assert!(!c.ping_due(t1 + Duration::from_secs(5)), "one PING at a time");
         // Awaited: the clock started when the PING went out, and the limit is the timeout
@@ -1001,6 +1006,35 @@ mod tests {
         assert!(matches!(c.answered(t2), Some(Await::Ignore)));
         assert!(!c.stalled(t2 + Duration::from_secs(5)), "answered: idle again");
         assert!(c.ping_due(t2 + sec));
+    }
+
+    #[test]
+    fn a_healthy_idle_link_is_never_silent_for_a_whole_limit() {
+        // A message sent just under a limit after the last reply must not find the link
+        // "silent for a whole limit" when its reply comes: the idle PING came in between.
+        let t0 = Instant::now();
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let sec = Duration::from_secs(1);
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), sec, t0);
+        c.link.pretend_up();
+        (c.progress, c.heard) = (t0, t0);
+        let mut now = t0;
+        for _ in 0..10 {
+            // The loop wakes for the PING; its reply comes a millisecond later.
+            assert!(!c.ping_due(now + sec / 2 - Duration::from_millis(1)));
+            now += sec / 2;
+            assert!(c.ping_due(now));
+            c.ping();
+            c.progress = now;
+            now += Duration::from_millis(1);
+            assert!(!c.heard(now), "a healthy idle link heard from within the limit");
+            assert!(matches!(c.answered(now), Some(Await::Ignore)));
+        }
+        // So whenever a room message goes out, the last input is at most half a limit (and a
+        // round trip) old, and its reply, however slow within reason, is not "late". Before,
+        // the PING came a whole limit after the last reply, and a message sent just before
+        // it had its reply judged late (a false `cluster_unconfirmed`).
+        assert!(!c.heard(now + sec / 2 + Duration::from_millis(400)));
     }
 
     fn numbered() -> Box<Numbered> {

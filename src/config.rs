@@ -159,7 +159,7 @@ Flags:
                               heartbeating (heartbeats go every third of it) [default: 15]
   --redis-timeout SECS        no reply from Redis for this long (or the TTL, if shorter)
                               means the link is down: joins are decided here and unconfirmed
-                              messages reported; an idle link is PINGed this often. A Redis
+                              messages reported; an idle link is PINGed twice as often. A Redis
                               that pauses longer (a big fork) is treated as down [default: 1]
   --reuse-port                set SO_REUSEPORT, so that several processes (with --redis)
                               can listen on one --addr and share its connections
@@ -308,7 +308,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         return Err("--redis-ttl: at least 0.3 seconds, or heartbeats cannot keep ids alive".into());
     }
     if cfg.redis_timeout < Duration::from_millis(100) {
-        return Err("--redis-timeout: at least 0.1 seconds (an idle link is PINGed that often)".into());
+        return Err("--redis-timeout: at least 0.1 seconds (an idle link is PINGed every half of it)".into());
     }
     if !metrics_allow.is_empty() {
         cfg.metrics_allow = metrics_allow;
