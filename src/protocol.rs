@@ -294,10 +294,16 @@ struct RoomsLine<'a> {
 
 fn encode<T: Serialize>(v: &T) -> Bytes {
     // Serializing our own structs of strings and integers cannot fail.
+    Bytes::from(serde_json::to_vec(v).expect("serializable"))
+}
+
+/// `encode`, for a line that may be kept a long time (a room's history, a private backlog):
+/// `Bytes` keeps the vector's whole allocation, and its doubling could leave up to twice the
+/// line, charged to nobody. Shrinking a heap block is done in place, without a copy. Not for
+/// every line: shrinking the rosters a crowd's joins send left their remainders between
+/// long-lived blocks, which cost idle memberships more than it saved.
+fn encode_kept<T: Serialize>(v: &T) -> Bytes {
     let mut line = serde_json::to_vec(v).expect("serializable");
-    // A line may be kept a long time (history, queues), and `Bytes` keeps the vector's whole
-    // allocation: its doubling could leave up to twice the line, charged to nobody. Shrinking
-    // a heap block is done in place, without a copy.
     line.shrink_to_fit();
     Bytes::from(line)
 }
@@ -320,12 +326,20 @@ pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
 
 /// A message to room `room`, number `seq` in it.
 pub fn room_message(room: &str, seq: u64, from: &str, text: &str, ts: u64) -> Bytes {
-    encode(&MessageLine { r#type: "message", room: Some(room), seq: Some(seq), from, to: None, text, ts })
+    encode_kept(&MessageLine {
+        r#type: "message",
+        room: Some(room),
+        seq: Some(seq),
+        from,
+        to: None,
+        text,
+        ts,
+    })
 }
 
 /// A private message, as its sender gets it; the recipient's copy is this `with_pseq`.
 pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
-    encode(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
+    encode_kept(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
 }
 
 /// A room message's template (encoded with seq 0) numbered `seq`.
