@@ -158,22 +158,10 @@ mod tests {
 
 #[cfg(test)]
 mod chat_tests {
-    use super::super::{Chat, Limits, Sink};
+    use super::super::{Chat, Limits};
     use super::*;
+    use crate::chat::tests::Rec;
     use std::time::Instant;
-
-    #[derive(Default)]
-    struct Rec(Vec<(usize, String)>);
-
-    impl Sink for Rec {
-        fn push(&mut self, token: usize, line: &Bytes) {
-            self.0.push((token, String::from_utf8(line.to_vec()).unwrap()));
-        }
-        fn offer(&mut self, token: usize, line: &Bytes) -> bool {
-            self.push(token, line);
-            true
-        }
-    }
 
     fn msg(seq: u64) -> Bytes {
         Bytes::from(format!(r#"{{"type":"message","room":"dev","seq":{seq},"from":"z","text":"m{seq}"}}"#))

@@ -868,7 +868,7 @@ impl Chat {
                 self.history.set_idle(&name, Some(now));
             }
         }
-        for (rk, token) in std::mem::take(&mut self.rooms.replaying) {
+        for (rk, token) in self.rooms.replaying() {
             let Some(Flow::Replay(mut next)) = self.rooms.flow(rk, token) else { continue };
             let name = Rc::clone(&self.rooms.room(rk).name);
             let log = self.log_of(rk);
@@ -889,9 +889,6 @@ impl Chat {
             }
             let flow = if next >= log.next() { Flow::Live } else { Flow::Replay(next) };
             self.history.counters.replayed += next - from;
-            if flow != Flow::Live {
-                self.rooms.replaying.push((rk, token));
-            }
             self.rooms.set_flow(rk, token, flow);
         }
     }
@@ -952,8 +949,9 @@ fn refuse(sink: &mut impl Sink, token: usize, line: Bytes, code: ErrorCode) -> O
 mod tests {
     use super::*;
 
+    /// Records what chat queued, by connection; also the sink of `moved` and `fetch` tests.
     #[derive(Default)]
-    struct Rec(Vec<(usize, String)>);
+    pub(super) struct Rec(pub(super) Vec<(usize, String)>);
 
     impl Sink for Rec {
         fn push(&mut self, token: usize, line: &Bytes) {

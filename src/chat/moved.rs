@@ -161,21 +161,9 @@ fn kept_pseq(line: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::tests::Rec;
     use crate::chat::{Limits, Outcome};
     use std::time::{Duration, Instant};
-
-    #[derive(Default)]
-    struct Rec(Vec<(usize, String)>);
-
-    impl Sink for Rec {
-        fn push(&mut self, token: usize, line: &Bytes) {
-            self.0.push((token, String::from_utf8(line.to_vec()).unwrap()));
-        }
-        fn offer(&mut self, token: usize, line: &Bytes) -> bool {
-            self.push(token, line);
-            true
-        }
-    }
 
     fn chat() -> Chat {
         let mut c = Chat::new(Limits::default());

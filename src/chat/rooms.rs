@@ -199,9 +199,8 @@ pub struct Rooms {
     names_hasher: RandomState,
     /// Rooms with presence events this turn (a key may repeat; a flushed room has none left).
     dirty: Vec<usize>,
-    /// Members catching up from history: (room key, token).
-    pub replaying: Vec<(usize, u32)>,
-    /// Where each of them is: the next seq to send it.
+    /// Members catching up from history, (room key, token), and where each is: the next seq
+    /// to send it. Exactly the members in `Mode::Replay`.
     cursors: HashMap<(usize, u32), u64>,
     /// Rooms removed since the caller last asked (their history's clock starts).
     pub closed: Vec<Rc<str>>,
@@ -337,13 +336,15 @@ impl Rooms {
         })
     }
 
+    /// Members catching up from history: (room key, token).
+    pub fn replaying(&self) -> Vec<(usize, u32)> {
+        self.cursors.keys().copied().collect()
+    }
+
     /// Sets how local member `token` gets the room's messages; a replay is pumped from the
     /// end of this turn on.
     pub fn set_flow(&mut self, key: usize, token: u32, flow: Flow) {
         if let Some(m) = self.slab.get_mut(key).and_then(|r| r.local.get_mut(&token)) {
-            if matches!(flow, Flow::Replay(_)) && m.mode() != Mode::Replay {
-                self.replaying.push((key, token));
-            }
             m.set_mode(match flow {
                 Flow::Live => Mode::Live,
                 Flow::Quiet => Mode::Quiet,

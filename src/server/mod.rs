@@ -190,6 +190,15 @@ fn room_for(max_conns: usize) -> Slab<Conn> {
     Slab::with_capacity(max_conns)
 }
 
+/// Returns the heap's free pages to the system: glibc keeps freed memory otherwise.
+fn give_back_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -370,12 +379,9 @@ impl Server {
             return;
         }
         self.trim_due = None;
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        debug!("heap trimmed in {:?}", now.elapsed());
+        let started = Instant::now();
+        give_back_free_heap();
+        debug!("heap trimmed in {:?}", started.elapsed());
     }
 
     /// Once a second: forget rate-limit buckets that have refilled, and end id holds whose
@@ -688,11 +694,7 @@ impl Server {
         self.timers.clear(); // every entry is stale now
         self.chat.shrink();
         self.buckets.shrink_to_fit();
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        give_back_free_heap();
         // After the trim: reserved before it, the table would land on pages the crowd left
         // resident, and keep them so.
         self.chat.reserve(self.max_conns);
