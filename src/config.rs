@@ -138,8 +138,9 @@ Flags:
   --presence-limit N          per room: above N members, no join/leave events, and
                               rosters (welcome, joined) and the directory list N entries
                               [default: 256]
-  --max-rooms N               rooms on the server; a join that would create one more gets
-                              too_many_rooms [default: 10000]
+  --max-rooms N               rooms on the server; a join that would create one more first
+                              gives up the room held longest only by users in their resume
+                              grace, else gets too_many_rooms [default: 10000]
   --max-rooms-per-user N      rooms one connection may be in, lobby included
                               [default: 32]
   --metrics-allow CIDR        who may read /metrics (e.g. 10.0.0.0/8); repeatable

@@ -105,8 +105,10 @@ pub struct Gauges {
     pub history: (usize, usize, u64, u64, u64),
     /// Users in their resume grace.
     pub held: usize,
-    /// Rooms that exist.
+    /// Rooms that exist, and rooms given up so far at `--max-rooms` because only users in
+    /// their grace were in them.
     pub rooms: usize,
+    pub rooms_evicted: u64,
     /// With `--redis` only.
     pub cluster: Option<ClusterGauges>,
 }
@@ -180,6 +182,12 @@ impl Stats {
         );
         metric("resumes_total", "counter", "Ids taken back with a resume token.", &[("", self.resumes)]);
         metric("rooms", "gauge", "Rooms with members.", &[("", g.rooms as u64)]);
+        metric(
+            "rooms_evicted_total",
+            "counter",
+            "Rooms held only by users in their grace, given up for a new room at --max-rooms.",
+            &[("", g.rooms_evicted)],
+        );
         metric("users_held", "gauge", "Users in their resume grace.", &[("", g.held as u64)]);
         let (kept, bytes, gaps, replayed, fetched) = g.history;
         metric("history_messages", "gauge", "Room messages kept for replay.", &[("", kept as u64)]);
@@ -405,6 +413,7 @@ mod tests {
             history: (0, 0, 0, 0, 0),
             held: 0,
             rooms: 0,
+            rooms_evicted: 0,
             cluster: None,
         });
         for line in [

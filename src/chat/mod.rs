@@ -152,6 +152,11 @@ pub struct Chat {
     pub fetches: Vec<fetch::Fetch>,
     /// Private messages kept for users in their grace, for the server to keep in Redis too.
     pub kept_away: Vec<moved::KeptAway>,
+    /// Memberships of users in their grace given up with an orphaned room (id, room), for the
+    /// server to announce to other nodes (see `Rooms::evict_orphan`).
+    pub evicted: Vec<(Rc<str>, Rc<str>)>,
+    /// Rooms given up so far for a connected user's join at `--max-rooms`.
+    pub rooms_evicted: u64,
 }
 
 /// A user whose grace ended without a resume: gone for good now.
@@ -174,6 +179,8 @@ impl Chat {
             clustered: false,
             fetches: Vec::new(),
             kept_away: Vec::new(),
+            evicted: Vec::new(),
+            rooms_evicted: 0,
         }
     }
 
@@ -791,6 +798,9 @@ impl Chat {
         };
         let existing = self.rooms.key(&room);
         let member = existing.filter(|k| self.rooms.has_local(*k, token as u32));
+        if existing.is_none() && self.rooms.len() >= self.limits.max_rooms {
+            self.evict_orphan();
+        }
         let Some((_, u)) = self.users.get(from) else { return Outcome::Answered };
         if member.is_none()
             && (u.rooms.len() >= self.limits.max_rooms_per_user
@@ -818,6 +828,19 @@ impl Chat {
             self.answer_join(token, from, rk, replay, sink);
         }
         outcome
+    }
+
+    /// Makes room for a new room at `--max-rooms` by giving up the room orphaned longest (its
+    /// members all in their grace), so that rooms kept only by holds never keep a connected
+    /// user out. Its members come back without it; `since` still replays its history, which
+    /// outlives the room as any room's does.
+    fn evict_orphan(&mut self) {
+        let Some(e) = self.rooms.evict_orphan() else { return };
+        self.rooms_evicted += 1;
+        for (ukey, id) in e.members {
+            self.holds.forget_room(&ukey, e.key);
+            self.evicted.push((id, Rc::clone(&e.name)));
+        }
     }
 
     /// `joined` for member `token` (`from`) of room `rk`, and what it asked to replay from
@@ -1198,6 +1221,46 @@ mod tests {
         assert!(r.take().last().unwrap().1.contains(r#""room":"three""#));
         // An existing room can still be joined.
         assert!(matches!(say(&mut c, &mut r, 1, "b", r#"{"join":"one"}"#), Outcome::Joined { .. }));
+    }
+
+    #[test]
+    fn at_max_rooms_a_room_kept_only_by_holds_gives_way_to_a_connected_users_join() {
+        let mut c = Chat::new(Limits { max_rooms: 4, ..limits(100) });
+        let mut r = Rec::default();
+        let t = now();
+        join(&mut c, "live", 0, &mut r).unwrap();
+        for (n, id) in ["gone1", "gone2"].iter().enumerate() {
+            let token = n + 1;
+            join(&mut c, id, token, &mut r).unwrap();
+            say(&mut c, &mut r, token, id, &format!(r#"{{"join":"{id}-room"}}"#));
+        }
+        // "shared" has a connected member besides a held one: it is never given up.
+        say(&mut c, &mut r, 0, "live", r#"{"join":"shared"}"#);
+        say(&mut c, &mut r, 1, "gone1", r#"{"join":"shared"}"#);
+        for id in ["gone1", "gone2"] {
+            c.lose(id, [0; 16], t + Duration::from_secs(60));
+        }
+        assert_eq!(c.rooms.len(), 4, "lobby, gone1-room, gone2-room, shared");
+        r.take();
+        // The room orphaned longest goes first, then the next; then there is nothing to give.
+        for (room, gone) in [("new1", "gone1-room"), ("new2", "gone2-room")] {
+            let frame = format!(r#"{{"join":"{room}"}}"#);
+            assert!(matches!(say(&mut c, &mut r, 0, "live", &frame), Outcome::Joined { .. }), "{room}");
+            assert_eq!(c.rooms.key(gone), None, "{gone} gave way to {room}");
+        }
+        assert_eq!(c.rooms_evicted, 2);
+        let told: Vec<String> = c.evicted.drain(..).map(|(id, room)| format!("{id}:{room}")).collect();
+        assert_eq!(told, ["gone1:gone1-room", "gone2:gone2-room"]);
+        let out = say(&mut c, &mut r, 0, "live", r#"{"join":"x"}"#);
+        assert_eq!(out, Outcome::Refused(ErrorCode::TooManyRooms), "every room has a connected member");
+        // gone1 comes back a member of what was left it: lobby and shared, not its own room.
+        r.take();
+        let (_, resumed) = c.join("gone1", 7, &[1; 16], Some(&[0; 16]), 0, t, &mut r).unwrap();
+        assert!(resumed);
+        let mut rooms: Vec<&str> = c.local_rooms().collect();
+        rooms.sort();
+        assert_eq!(rooms, ["lobby", "new1", "new2", "shared"], "lobby and shared only are gone1's");
+        assert_eq!(c.users.get("gone1").unwrap().1.rooms.len(), 2);
     }
 
     #[test]

@@ -132,6 +132,13 @@ impl Holds {
         None
     }
 
+    /// The user held under `key` is no longer a member of room `room` (it was given up).
+    pub fn forget_room(&mut self, key: &str, room: u32) {
+        if let Some(a) = self.by_key.get_mut(key) {
+            a.rooms.retain(|r| *r != room);
+        }
+    }
+
     pub fn take(&mut self, key: &str) -> Option<Away> {
         self.by_key.remove(key)
     }

@@ -16,8 +16,8 @@ use crate::protocol::{self, RoomSize};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use slab::Slab;
-use std::collections::HashMap;
 use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::rc::Rc;
 
@@ -116,12 +116,22 @@ pub struct Room {
     batch: Option<Box<Batch>>,
     /// Whether the room was above the presence limit at its last flush.
     was_quiet: bool,
+    /// Whether the room is in `Rooms::orphans` (listed once, however often it is orphaned).
+    orphan: bool,
 }
 
 impl Room {
     fn new(name: Rc<str>) -> Room {
         let epoch = crate::chat::history::new_epoch();
-        Room { name, epoch, local: HashMap::default(), elsewhere: None, batch: None, was_quiet: false }
+        Room {
+            name,
+            epoch,
+            local: HashMap::default(),
+            elsewhere: None,
+            batch: None,
+            was_quiet: false,
+            orphan: false,
+        }
     }
 
     fn away_len(&self) -> usize {
@@ -159,6 +169,11 @@ impl Room {
     /// needs the room's traffic.
     pub fn local_len(&self) -> usize {
         self.local.len() + self.away_len()
+    }
+
+    /// Held only by members in their resume grace: nobody connected anywhere is in it.
+    fn orphaned(&self) -> bool {
+        self.local.is_empty() && self.remote_len() == 0 && self.away_len() > 0
     }
 
     /// Every member's id, local ones first (`users` has the local ones).
@@ -204,6 +219,21 @@ pub struct Rooms {
     cursors: HashMap<(usize, u32), u64>,
     /// Rooms removed since the caller last asked (their history's clock starts).
     pub closed: Vec<Rc<str>>,
+    /// Rooms that became orphaned (only members in their grace), oldest first: the first to
+    /// go when `--max-rooms` is reached (`evict_orphan`). An entry may be stale (the room has
+    /// a connected member again, or its slab key went to another room); it is checked when
+    /// popped, and the list is rebuilt when stale entries outnumber the rooms.
+    orphans: VecDeque<u32>,
+}
+
+/// A room given up for a connected user's join: its members, all in their grace, are no
+/// longer in it.
+pub struct Evicted {
+    /// Its slab key (free again now).
+    pub key: u32,
+    pub name: Rc<str>,
+    /// (id key, id as typed) of each member.
+    pub members: Vec<(Rc<str>, Rc<str>)>,
 }
 
 impl Rooms {
@@ -276,7 +306,51 @@ impl Rooms {
             && room.local.remove(&token).is_some()
         {
             room.elsewhere_mut().away.insert(Rc::clone(ukey), Rc::clone(id));
+            self.note_orphan(key);
         }
+    }
+
+    /// Lists room `key` in `orphans` if it has just become orphaned.
+    fn note_orphan(&mut self, key: usize) {
+        let Some(room) = self.slab.get_mut(key) else { return };
+        if room.orphan || !room.orphaned() {
+            return;
+        }
+        room.orphan = true;
+        self.orphans.push_back(key as u32);
+        if self.orphans.len() > 2 * self.slab.len() + 64 {
+            // Mostly stale: rebuild from the rooms, so the list stays within twice their count
+            // (amortized: it takes more pushes than there are rooms to get here again).
+            self.orphans.clear();
+            for (k, r) in self.slab.iter_mut() {
+                r.orphan = r.orphaned();
+                if r.orphan {
+                    self.orphans.push_back(k as u32);
+                }
+            }
+        }
+    }
+
+    /// Removes the room that has been orphaned longest, if any: for a connected user's join
+    /// at `--max-rooms`, since a hold is a courtesy to a user who may never come back and must
+    /// not keep the living out. No presence event (nobody connected is in it to hear one).
+    pub fn evict_orphan(&mut self) -> Option<Evicted> {
+        while let Some(k) = self.orphans.pop_front() {
+            let key = k as usize;
+            let Some(room) = self.slab.get_mut(key) else { continue };
+            if !room.orphan {
+                continue; // another room in a reused slot, listed under its own entry if at all
+            }
+            room.orphan = false;
+            if !room.orphaned() {
+                continue; // someone is connected in it again
+            }
+            let members = room.elsewhere.take().map(|e| e.away.into_iter().collect()).unwrap_or_default();
+            let name = Rc::clone(&room.name);
+            self.close_if_empty(key);
+            return Some(Evicted { key: k, name, members });
+        }
+        None
     }
 
     /// A member in its grace is back on connection `token`: quiet until it asks (see `Flow`).
@@ -301,6 +375,7 @@ impl Rooms {
         } else {
             e.away.insert(k, id)
         };
+        self.note_orphan(key);
         true
     }
 
@@ -370,6 +445,7 @@ impl Rooms {
         let last = room.local_len() == 0;
         self.record(key, false, id);
         self.close_if_empty(key);
+        self.note_orphan(key);
         last
     }
 
@@ -389,6 +465,7 @@ impl Rooms {
         if let Some((_, id)) = room.take_elsewhere(ukey, false) {
             self.record(key, false, &id);
             self.close_if_empty(key);
+            self.note_orphan(key);
         }
     }
 
@@ -482,6 +559,7 @@ impl Rooms {
         self.by_name.shrink_to_fit(|k| hasher.hash_one(&*slab[*k as usize].name));
         self.dirty.shrink_to_fit();
         self.cursors.shrink_to_fit();
+        self.orphans.shrink_to_fit();
     }
 }
 

@@ -81,6 +81,7 @@ impl Server {
     /// True if the link failed doing so; its consequences (errors to senders, local joins)
     /// are queued, and the caller must settle again.
     pub(super) fn cluster_flush(&mut self, now: Instant) -> bool {
+        self.cluster_evicted();
         self.cluster_fetches();
         self.cluster_keep();
         let Some(c) = &mut self.cluster else { return false };
@@ -794,6 +795,25 @@ impl Server {
         if last_local {
             c.listen(room, false);
             self.chat.history.stale(room);
+        }
+    }
+
+    /// Tells the other nodes of memberships given up with an orphaned room (see
+    /// `Chat::evict_orphan`): each one's leave, and this node stops hearing the room.
+    fn cluster_evicted(&mut self) {
+        let evicted = std::mem::take(&mut self.chat.evicted);
+        let mut last: Option<Rc<str>> = None;
+        for (id, room) in evicted {
+            if last.as_ref().is_some_and(|l| *l != room) {
+                self.cluster_unlisten(&[last.take().expect("some")]);
+            }
+            if let Some(c) = &mut self.cluster {
+                c.publish(ALL, &payload(&["l", &c.node, &id, &room], None));
+            }
+            last = Some(room);
+        }
+        if let Some(room) = last {
+            self.cluster_unlisten(&[room]);
         }
     }
 

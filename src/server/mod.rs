@@ -720,6 +720,7 @@ impl Server {
             history: (kept, bytes, h.gaps, h.replayed, h.fetched),
             held: self.chat.holds.len(),
             rooms: self.chat.rooms.len(),
+            rooms_evicted: self.chat.rooms_evicted,
             cluster,
         };
         for (_, c) in &self.net.conns {

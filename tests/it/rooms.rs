@@ -151,3 +151,42 @@ fn a_client_written_for_the_one_room_protocol_still_works() {
     let m = b.next_of("message");
     assert_eq!((m["to"].as_str(), m["text"].as_str(), m.get("room")), (Some("bob"), Some("psst"), None));
 }
+
+/// Issue 21, item 4: throwaway ids fill `--max-rooms` and drop their connections, so that only
+/// their holds keep the rooms. A connected user's new room must still be granted: the rooms
+/// kept only by holds give way, oldest first.
+#[test]
+fn rooms_kept_only_by_holds_never_keep_a_connected_user_out() {
+    let s = Server::start(&["--max-rooms", "100"]);
+    let mut made = 0;
+    for n in 0..4 {
+        let id = format!("thrower{n}");
+        let mut c = s.join(&id);
+        for r in 0..31 {
+            c.send(&json!({ "join": format!("t{n}-{r}") }));
+            let seen = until(&mut c, |l| l["type"] == "joined" || l["type"] == "error");
+            if seen.last().unwrap()["type"] == "joined" {
+                made += 1;
+            }
+        }
+        drop(c); // no close frame: the id is held in its grace, still a member of its rooms
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.metrics()["chatloop_users_held"] < 4.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = s.metrics();
+    println!("attacker rooms made {made}, rooms {}, held {}", m["chatloop_rooms"], m["chatloop_users_held"]);
+    assert_eq!(m["chatloop_rooms"], 100.0, "the attack filled --max-rooms");
+    // The last thrower's joins already took the places of earlier throwers' held rooms.
+    let before = m["chatloop_rooms_evicted_total"];
+    let mut real = s.join("real");
+    for r in 0..5 {
+        let j = join_room(&mut real, &format!("mine{r}"));
+        assert_eq!(j["room"], format!("mine{r}"), "{j}");
+    }
+    let m = s.metrics();
+    println!("after 5 joins: rooms {}, evicted {}", m["chatloop_rooms"], m["chatloop_rooms_evicted_total"]);
+    assert_eq!(m["chatloop_rooms_evicted_total"] - before, 5.0, "one held room for each new room");
+    assert!(m["chatloop_rooms"] <= 100.0);
+}
