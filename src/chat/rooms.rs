@@ -16,8 +16,9 @@ use crate::protocol::{self, RoomSize};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use slab::Slab;
+use std::cmp::Reverse;
 use std::collections::hash_map::{DefaultHasher, RandomState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::rc::Rc;
 
@@ -118,6 +119,8 @@ pub struct Room {
     was_quiet: bool,
     /// Whether the room is in `Rooms::orphans` (listed once, however often it is orphaned).
     orphan: bool,
+    /// Its size as `Rooms::by_size` has it (0: not in it).
+    listed: u32,
 }
 
 impl Room {
@@ -131,6 +134,7 @@ impl Room {
             batch: None,
             was_quiet: false,
             orphan: false,
+            listed: 0,
         }
     }
 
@@ -224,6 +228,10 @@ pub struct Rooms {
     /// a connected member again, or its slab key went to another room); it is checked when
     /// popped, and the list is rebuilt when stale entries outnumber the rooms.
     orphans: VecDeque<u32>,
+    /// Every room by size, largest first, ties by name: the directory reads its first entries
+    /// instead of sorting every room per request, which a crowd asking for it would make the
+    /// loop's main work (`reindex` keeps it, at O(log rooms) per membership change).
+    by_size: BTreeSet<(Reverse<u32>, Rc<str>)>,
 }
 
 /// A room given up for a connected user's join: its members, all in their grace, are no
@@ -274,8 +282,25 @@ impl Rooms {
                 entry.remove();
             }
             let room = self.slab.remove(key);
+            self.by_size.remove(&(Reverse(room.listed), Rc::clone(&room.name)));
             self.closed.push(room.name);
         }
+    }
+
+    /// Brings room `key`'s entry in `by_size` up to its size; call after every change of it.
+    fn reindex(&mut self, key: usize) {
+        let Some(room) = self.slab.get_mut(key) else { return };
+        let len = room.len() as u32;
+        if len == room.listed {
+            return;
+        }
+        if room.listed > 0 {
+            self.by_size.remove(&(Reverse(room.listed), Rc::clone(&room.name)));
+        }
+        if len > 0 {
+            self.by_size.insert((Reverse(len), Rc::clone(&room.name)));
+        }
+        room.listed = len;
     }
 
     fn record(&mut self, key: usize, joined: bool, id: &str) -> u32 {
@@ -295,7 +320,9 @@ impl Rooms {
         let joined_at = self.record(key, true, id);
         let room = &mut self.slab[key];
         room.local.insert(token, Member::new(joined_at, Mode::Live));
-        Joined { key, first_local: room.local_len() == 1 }
+        let first_local = room.local_len() == 1;
+        self.reindex(key);
+        Joined { key, first_local }
     }
 
     /// Local member `token` of room `key` lost its connection: it stays a member (`ukey` its
@@ -306,6 +333,7 @@ impl Rooms {
             && room.local.remove(&token).is_some()
         {
             room.elsewhere_mut().away.insert(Rc::clone(ukey), Rc::clone(id));
+            self.reindex(key);
             self.note_orphan(key);
         }
     }
@@ -359,6 +387,7 @@ impl Rooms {
             && room.take_elsewhere(ukey, true).is_some()
         {
             room.local.insert(token, Member::new(OLD, Mode::Quiet));
+            self.reindex(key);
         }
     }
 
@@ -375,6 +404,7 @@ impl Rooms {
         } else {
             e.away.insert(k, id)
         };
+        self.reindex(key);
         self.note_orphan(key);
         true
     }
@@ -386,6 +416,7 @@ impl Rooms {
         let Some((_, id)) = room.take_elsewhere(ukey, true) else { return false };
         let last = room.local_len() == 0;
         self.record(key, false, &id);
+        self.reindex(key);
         self.close_if_empty(key);
         last
     }
@@ -444,6 +475,7 @@ impl Rooms {
         self.cursors.remove(&(key, token));
         let last = room.local_len() == 0;
         self.record(key, false, id);
+        self.reindex(key);
         self.close_if_empty(key);
         self.note_orphan(key);
         last
@@ -455,6 +487,7 @@ impl Rooms {
         if self.slab[key].elsewhere.as_ref().is_none_or(|e| !e.remote.contains_key(ukey)) {
             self.record(key, true, id);
             self.slab[key].elsewhere_mut().remote.insert(Rc::clone(ukey), Rc::clone(id));
+            self.reindex(key);
         }
         key
     }
@@ -464,6 +497,7 @@ impl Rooms {
         let Some(room) = self.slab.get_mut(key) else { return };
         if let Some((_, id)) = room.take_elsewhere(ukey, false) {
             self.record(key, false, &id);
+            self.reindex(key);
             self.close_if_empty(key);
             self.note_orphan(key);
         }
@@ -513,15 +547,13 @@ impl Rooms {
     /// The directory: at most `limit` rooms, the largest first (ties by name), and how many
     /// rooms there are.
     pub fn directory(&self, limit: usize) -> Bytes {
-        let mut all: Vec<RoomSize<'_>> =
-            self.slab.iter().map(|(_, r)| RoomSize { room: &r.name, users: r.len() }).collect();
-        let by_size = |a: &RoomSize<'_>, b: &RoomSize<'_>| b.users.cmp(&a.users).then(a.room.cmp(b.room));
-        if all.len() > limit {
-            all.select_nth_unstable_by(limit, by_size);
-            all.truncate(limit);
-        }
-        all.sort_by(by_size);
-        protocol::rooms(&all, self.slab.len())
+        let top: Vec<RoomSize<'_>> = self
+            .by_size
+            .iter()
+            .take(limit)
+            .map(|(Reverse(n), name)| RoomSize { room: name, users: *n as usize })
+            .collect();
+        protocol::rooms(&top, self.slab.len())
     }
 
     /// Sends this turn's joins and leaves, room by room; call once at the end of every turn.
@@ -560,6 +592,7 @@ impl Rooms {
         self.dirty.shrink_to_fit();
         self.cursors.shrink_to_fit();
         self.orphans.shrink_to_fit();
+        // by_size is a B-tree: it gives nodes back as it shrinks.
     }
 }
 
@@ -599,5 +632,48 @@ mod tests {
         r.leave_remote(k, "bob");
         assert!(r.room(k).elsewhere.is_none(), "emptied, the box is freed");
         assert_eq!(r.room(k).len(), 1);
+    }
+
+    #[test]
+    fn the_directory_index_agrees_with_sorting_every_room() {
+        // Joins, leaves, holds and remote members in a pseudo-random order; after each step
+        // the indexed directory equals a sort of every room by (size desc, name).
+        let mut r = Rooms::default();
+        let mut x: u64 = 7;
+        let mut rnd = |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let ids: Vec<Rc<str>> = (0..40).map(|i| Rc::from(format!("u{i}"))).collect();
+        for _ in 0..3000 {
+            let (room, who) = (format!("r{}", rnd(12)), rnd(40) as usize);
+            let (t, id) = (who as u32, &ids[who]);
+            match rnd(5) {
+                0 | 1 => {
+                    r.join_local(&room, t, id);
+                }
+                2 => {
+                    if let Some(k) = r.key(&room) {
+                        r.leave_local(k, t, id);
+                    }
+                }
+                3 => {
+                    r.join_remote(&room, &Rc::from(format!("x{who}")), id);
+                }
+                _ => {
+                    if let Some(k) = r.key(&room) {
+                        r.leave_remote(k, &format!("x{who}"));
+                        r.set_away(k, t, id, id);
+                    }
+                }
+            }
+            let mut all: Vec<(usize, String)> =
+                r.names().map(|(n, room)| (room.len(), n.to_string())).collect();
+            all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let want: Vec<String> =
+                all.iter().take(5).map(|(n, name)| format!(r#"{{"room":"{name}","users":{n}}}"#)).collect();
+            let got = String::from_utf8(r.directory(5).to_vec()).unwrap();
+            assert!(got.contains(&format!("[{}]", want.join(","))), "{got} vs {want:?}");
+        }
     }
 }
