@@ -130,6 +130,9 @@
       this.name = name;
       this.users = new Map(); // lowercased id -> id as spelled; at most --presence-limit of them
       this.total = 0; // the server's count of members (the list may be capped)
+      // Listed members whose connection was lost (lowercased ids): they may resume within the
+      // server's grace, so they stay listed, greyed.
+      this.away = new Set();
       // The server confirmed our membership on the current connection (the welcome for the
       // lobby, joined for the others). False between a reconnect and the re-join's answer,
       // when a text to the room would only get not_in_room.
@@ -183,10 +186,14 @@
     }
 
     // The whole truth (welcome, joined, users): `list` in the server's order, us included.
-    setUsers(list, total) {
+    setUsers(list, total, away) {
       this.users.clear();
+      this.away.clear();
       for (const u of Array.isArray(list) ? list : []) {
         if (typeof u === 'string') this.users.set(lower(u), u);
+      }
+      for (const u of Array.isArray(away) ? away : []) {
+        if (typeof u === 'string' && this.users.has(lower(u))) this.away.add(lower(u));
       }
       if (me !== null) this.users.set(lower(me), me);
       this.total = Math.max(this.users.size, Number(total) || 0);
@@ -194,6 +201,7 @@
 
     // A join event; true when it is news (not someone already listed).
     addUser(id) {
+      this.away.delete(lower(id));
       const isNew = !this.users.has(lower(id));
       if (isNew) this.total += 1;
       this.users.set(lower(id), id);
@@ -203,6 +211,7 @@
     // A leave event; true when they were listed. The count drops either way: past
     // --presence-limit the list is capped, but the count is not.
     removeUser(id) {
+      this.away.delete(lower(id));
       const was = this.users.delete(lower(id));
       this.total = Math.max(this.users.size, this.total - 1);
       return was;
@@ -519,13 +528,15 @@
         // the whole truth again, in the welcome's shape.
         const room = rooms.get(roomOf(msg));
         if (room) {
-          room.setUsers(msg.users, msg.total);
+          room.setUsers(msg.users, msg.total, msg.away);
           renderUsers();
         }
         return;
       }
       case 'join':
       case 'leave':
+      case 'away':
+      case 'back':
         return onPresence(msg);
       case 'joined':
         return onJoined(msg);
@@ -574,7 +585,7 @@
     lostNoted = false;
     const lobby = rooms.get(LOBBY);
     lobby.joined = true;
-    lobby.setUsers(msg.users, msg.total);
+    lobby.setUsers(msg.users, msg.total, msg.away);
     // A new connection is in the lobby only: enter the other rooms again (a resumed one too:
     // the server restores its rooms but sends them nothing until asked), and send again what
     // the user asked for just before the drop. The lobby is asked for too: for its history
@@ -599,7 +610,14 @@
   function onPresence(msg) {
     const room = rooms.get(roomOf(msg));
     if (!room || typeof msg.id !== 'string') return;
-    if (msg.type === 'join') {
+    if (msg.type === 'away') {
+      // Still a member (the server holds its id for a resume), but not here right now.
+      if (room.users.has(lower(msg.id))) room.away.add(lower(msg.id));
+      note([idNode(msg.id), ' lost their connection'], 'presence', room);
+    } else if (msg.type === 'back') {
+      room.away.delete(lower(msg.id));
+      note([idNode(msg.id), ' is back'], 'presence', room);
+    } else if (msg.type === 'join') {
       if (room.addUser(msg.id)) note([idNode(msg.id), ' joined'], 'presence', room);
     } else if (room.removeUser(msg.id)) {
       note([idNode(msg.id), ' left'], 'presence', room);
@@ -618,7 +636,7 @@
     const wasLast = !known || !known.answered;
     const room = rooms.add(name);
     room.joined = true;
-    room.setUsers(msg.users, msg.total);
+    room.setUsers(msg.users, msg.total, msg.away);
     const seq = posInt(msg.seq);
     const epoch = typeof msg.epoch === 'string' ? msg.epoch : '';
     if (epoch !== room.epoch) {
@@ -1264,6 +1282,11 @@
           b.setAttribute('aria-label', id + ', ' + n + ' unread');
         }
         b.title = 'Send a private message to ' + id;
+        if (room.away.has(lower(id))) {
+          // Lost their connection; a private message is kept for them until they come back.
+          b.classList.add('away');
+          b.title += ' (away: kept until they reconnect)';
+        }
         li.append(b);
       }
       frag.append(li);

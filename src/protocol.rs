@@ -238,6 +238,9 @@ struct MessageLine<'a> {
 pub struct Welcome<'a> {
     pub id: &'a str,
     pub users: Vec<&'a str>,
+    /// Those of `users` whose connection was lost, in their resume grace (absent if none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub away: Vec<&'a str>,
     pub total: usize,
     /// Unicode scalar values per text (`--max-text`).
     pub max_text: usize,
@@ -262,7 +265,18 @@ struct RosterLine<'a> {
     r#type: &'static str,
     room: &'a str,
     users: Vec<&'a str>,
+    /// Those of `users` in their resume grace (absent if none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    away: Vec<&'a str>,
     total: usize,
+}
+
+/// A room's members as a roster gives them: at most the presence limit, the asker first,
+/// those away among them, and the true count.
+pub struct Listing<'a> {
+    pub users: Vec<&'a str>,
+    pub away: Vec<&'a str>,
+    pub total: usize,
 }
 
 #[derive(Serialize)]
@@ -283,6 +297,13 @@ struct RoomLine<'a> {
 pub struct RoomSize<'a> {
     pub room: &'a str,
     pub users: usize,
+    /// Of `users`, those in their resume grace (absent if none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub away: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -394,13 +415,7 @@ pub fn with_pseq(line: &[u8], pseq: u64) -> Bytes {
 
 /// `{"type":"joined","room":R,"users":[...],"total":N,"seq":S,"epoch":E}`: the answer to a
 /// join; `seq` is the room's latest message number (0: none yet).
-pub fn joined<'a>(
-    room: &str,
-    ids: impl Iterator<Item = &'a str>,
-    total: usize,
-    seq: u64,
-    epoch: &str,
-) -> Bytes {
+pub fn joined(room: &str, listing: Listing<'_>, seq: u64, epoch: &str) -> Bytes {
     #[derive(Serialize)]
     struct Joined<'a> {
         #[serde(flatten)]
@@ -408,7 +423,8 @@ pub fn joined<'a>(
         seq: u64,
         epoch: &'a str,
     }
-    let roster = RosterLine { r#type: "joined", room, users: ids.collect(), total };
+    let Listing { users, away, total } = listing;
+    let roster = RosterLine { r#type: "joined", room, users, away, total };
     encode(&Joined { roster, seq, epoch })
 }
 
@@ -441,14 +457,32 @@ pub fn welcome(w: &Welcome<'_>) -> Bytes {
 
 /// `{"type":"users","room":R,"users":[...],"total":N}`: room R's whole list again (see
 /// `Rooms::flush_presence`).
-pub fn users<'a>(room: &str, ids: impl Iterator<Item = &'a str>, total: usize) -> Bytes {
-    encode(&RosterLine { r#type: "users", room, users: ids.collect(), total })
+pub fn users(room: &str, listing: Listing<'_>) -> Bytes {
+    let Listing { users, away, total } = listing;
+    encode(&RosterLine { r#type: "users", room, users, away, total })
 }
 
-/// Appends a `join` or `leave` line of room `room` (no trailing newline) to a presence batch.
-pub fn presence_into(buf: &mut Vec<u8>, joined: bool, room: &str, id: &str) {
-    let line = PresenceLine { r#type: if joined { "join" } else { "leave" }, room, id };
-    serde_json::to_writer(buf, &line).expect("serializable");
+/// A member's change of presence in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Join,
+    Leave,
+    /// Its connection was lost: still a member, in its resume grace.
+    Away,
+    /// Resumed within its grace.
+    Back,
+}
+
+/// Appends a `join`, `leave`, `away` or `back` line of room `room` (no trailing newline) to a
+/// presence batch.
+pub fn presence_into(buf: &mut Vec<u8>, kind: Presence, room: &str, id: &str) {
+    let r#type = match kind {
+        Presence::Join => "join",
+        Presence::Leave => "leave",
+        Presence::Away => "away",
+        Presence::Back => "back",
+    };
+    serde_json::to_writer(buf, &PresenceLine { r#type, room, id }).expect("serializable");
 }
 
 /// True when `id` is 1 to 32 characters from `A-Z a-z 0-9 _ - .`.
@@ -587,6 +621,7 @@ mod tests {
         let w = Welcome {
             id: "a",
             users: vec!["a", "b"],
+            away: Vec::new(),
             total: 2,
             max_text: 2000,
             rate_limit: 20,
@@ -599,26 +634,31 @@ mod tests {
             &br#"{"type":"welcome","id":"a","users":["a","b"],"total":2,"max_text":2000,"rate_limit":20,"burst":40,"resume":"tok"}"#[..]
         );
         assert!(welcome(&Welcome { resumed: true, ..w }).ends_with(br#""resume":"tok","resumed":true}"#));
+        let listing =
+            |users: Vec<&'static str>, away: Vec<&'static str>, total| Listing { users, away, total };
         assert_eq!(
-            &users("dev", ["a"].into_iter(), 3)[..],
+            &users("dev", listing(vec!["a"], vec![], 3))[..],
             br#"{"type":"users","room":"dev","users":["a"],"total":3}"#
         );
         assert_eq!(
-            &joined("dev", ["a", "b"].into_iter(), 2, 9, "Ep0ch")[..],
-            br#"{"type":"joined","room":"dev","users":["a","b"],"total":2,"seq":9,"epoch":"Ep0ch"}"#
+            &joined("dev", listing(vec!["a", "b"], vec!["b"], 2), 9, "Ep0ch")[..],
+            br#"{"type":"joined","room":"dev","users":["a","b"],"away":["b"],"total":2,"seq":9,"epoch":"Ep0ch"}"#
         );
         assert_eq!(&left("dev")[..], br#"{"type":"left","room":"dev"}"#);
         assert_eq!(
-            &rooms(&[RoomSize { room: "lobby", users: 12 }], 3)[..],
-            br#"{"type":"rooms","rooms":[{"room":"lobby","users":12}],"total":3}"#
+            &rooms(&[RoomSize { room: "lobby", users: 12, away: 0 }, RoomSize { room: "x", users: 2, away: 1 }], 3)[..],
+            br#"{"type":"rooms","rooms":[{"room":"lobby","users":12},{"room":"x","users":2,"away":1}],"total":3}"#
         );
         assert_eq!(
             &room_error(ErrorCode::NotInRoom, "dev")[..],
             br#"{"type":"error","code":"not_in_room","message":"you are not in that room: join it first","room":"dev"}"#
         );
         let mut b = Vec::new();
-        presence_into(&mut b, false, "dev", "bob");
+        presence_into(&mut b, Presence::Leave, "dev", "bob");
         assert_eq!(&b[..], br#"{"type":"leave","room":"dev","id":"bob"}"#);
+        b.clear();
+        presence_into(&mut b, Presence::Away, "dev", "bob");
+        assert_eq!(&b[..], br#"{"type":"away","room":"dev","id":"bob"}"#);
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Chat {
         let mut kept = Vec::new();
         for rk in keys {
             if self.rooms.shift(rk as usize, &ukey, false) {
-                self.rooms.set_back(rk as usize, &ukey, token as u32);
+                self.rooms.set_back(rk as usize, &ukey, token as u32, false);
                 let room = self.rooms.room(rk as usize);
                 self.history.set_idle(&room.name, None);
                 rooms.push((Rc::clone(&room.name), room.local_len() == 1));
@@ -87,20 +87,7 @@ impl Chat {
             kept.push(j.key as u32);
         }
         // The same welcome as `Chat::join` gives a resumed user.
-        let (users, total) = match self.rooms.key(LOBBY) {
-            Some(lobby) => self.rooms.listing(lobby, &shared, self.limits.presence_limit, &self.users),
-            None => (vec![&*shared], 1),
-        };
-        let welcome = protocol::welcome(&protocol::Welcome {
-            id: &shared,
-            users,
-            total,
-            max_text: self.limits.max_text,
-            rate_limit: self.limits.rate_limit,
-            burst: 2 * self.limits.rate_limit,
-            resume: &super::ids::token_text(secret),
-            resumed: true,
-        });
+        let welcome = self.welcome(&shared, secret, true);
         sink.push(token, &welcome);
         // Its numbering goes on from the old node's, so the client's pseq still means the same.
         let mut private = Private::default();

@@ -12,7 +12,7 @@
 
 use crate::chat::Sink;
 use crate::chat::users::Users;
-use crate::protocol::{self, RoomSize};
+use crate::protocol::{self, Listing, Presence, RoomSize};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use slab::Slab;
@@ -180,16 +180,31 @@ impl Room {
         self.local.is_empty() && self.remote_len() == 0 && self.away_len() > 0
     }
 
-    /// Every member's id, local ones first (`users` has the local ones).
-    fn ids<'a>(&'a self, users: &'a Users) -> impl Iterator<Item = &'a str> {
-        let local = self.local.keys().filter_map(|t| users.by_token(*t).map(|u| &*u.id));
+    /// Every member's id, local ones first (`users` has the local ones), with whether it is
+    /// away (in its resume grace here).
+    fn ids<'a>(&'a self, users: &'a Users) -> impl Iterator<Item = (&'a str, bool)> {
+        let local = self.local.keys().filter_map(|t| users.by_token(*t).map(|u| (&*u.id, false)));
         let e = self.elsewhere.as_deref();
-        let here = local.chain(e.into_iter().flat_map(|e| e.away.values().map(|id| &**id)));
-        here.chain(e.into_iter().flat_map(|e| e.remote.values().map(|id| &**id)))
+        let here = local.chain(e.into_iter().flat_map(|e| e.away.values().map(|id| (&**id, true))));
+        here.chain(e.into_iter().flat_map(|e| e.remote.values().map(|id| (&**id, false))))
+    }
+
+    /// At most `limit` members, `first` (if given) ahead of the rest.
+    fn listing<'a>(&'a self, first: Option<&'a str>, limit: usize, users: &'a Users) -> Listing<'a> {
+        let (mut listed, mut away) = (Vec::new(), Vec::new());
+        listed.extend(first);
+        let others = self.ids(users).filter(|(m, _)| Some(*m) != first);
+        for (id, is_away) in others.take(limit.saturating_sub(listed.len())) {
+            listed.push(id);
+            if is_away {
+                away.push(id);
+            }
+        }
+        Listing { users: listed, away, total: self.len() }
     }
 
     /// Records a presence event; returns its index in this turn's batch.
-    fn record(&mut self, joined: bool, id: &str) -> u32 {
+    fn record(&mut self, joined: Presence, id: &str) -> u32 {
         let b = self.batch.get_or_insert_with(Box::default);
         if !b.starts.is_empty() {
             b.events.push(b'\n');
@@ -303,7 +318,7 @@ impl Rooms {
         room.listed = len;
     }
 
-    fn record(&mut self, key: usize, joined: bool, id: &str) -> u32 {
+    fn record(&mut self, key: usize, joined: Presence, id: &str) -> u32 {
         let room = &mut self.slab[key];
         if room.batch.is_none() {
             self.dirty.push(key);
@@ -317,7 +332,7 @@ impl Rooms {
         if self.slab[key].local.contains_key(&token) {
             return Joined { key, first_local: false };
         }
-        let joined_at = self.record(key, true, id);
+        let joined_at = self.record(key, Presence::Join, id);
         let room = &mut self.slab[key];
         room.local.insert(token, Member::new(joined_at, Mode::Live));
         let first_local = room.local_len() == 1;
@@ -333,6 +348,7 @@ impl Rooms {
             && room.local.remove(&token).is_some()
         {
             room.elsewhere_mut().away.insert(Rc::clone(ukey), Rc::clone(id));
+            self.record(key, Presence::Away, id);
             self.reindex(key);
             self.note_orphan(key);
         }
@@ -382,11 +398,15 @@ impl Rooms {
     }
 
     /// A member in its grace is back on connection `token`: quiet until it asks (see `Flow`).
-    pub fn set_back(&mut self, key: usize, ukey: &str, token: u32) {
+    /// `announce`: the others get `back` (a resume here); not for a member that moved from
+    /// another node, which they never saw away.
+    pub fn set_back(&mut self, key: usize, ukey: &str, token: u32, announce: bool) {
         if let Some(room) = self.slab.get_mut(key)
-            && room.take_elsewhere(ukey, true).is_some()
+            && let Some((_, id)) = room.take_elsewhere(ukey, true)
         {
-            room.local.insert(token, Member::new(OLD, Mode::Quiet));
+            // Its own `back` is recorded before it is a member again, and is not for it.
+            let at = if announce { self.record(key, Presence::Back, &id) + 1 } else { OLD };
+            self.slab[key].local.insert(token, Member::new(at, Mode::Quiet));
             self.reindex(key);
         }
     }
@@ -415,7 +435,7 @@ impl Rooms {
         let Some(room) = self.slab.get_mut(key) else { return false };
         let Some((_, id)) = room.take_elsewhere(ukey, true) else { return false };
         let last = room.local_len() == 0;
-        self.record(key, false, &id);
+        self.record(key, Presence::Leave, &id);
         self.reindex(key);
         self.close_if_empty(key);
         last
@@ -474,7 +494,7 @@ impl Rooms {
         }
         self.cursors.remove(&(key, token));
         let last = room.local_len() == 0;
-        self.record(key, false, id);
+        self.record(key, Presence::Leave, id);
         self.reindex(key);
         self.close_if_empty(key);
         self.note_orphan(key);
@@ -485,7 +505,7 @@ impl Rooms {
     pub fn join_remote(&mut self, name: &str, ukey: &Rc<str>, id: &Rc<str>) -> usize {
         let key = self.open(name);
         if self.slab[key].elsewhere.as_ref().is_none_or(|e| !e.remote.contains_key(ukey)) {
-            self.record(key, true, id);
+            self.record(key, Presence::Join, id);
             self.slab[key].elsewhere_mut().remote.insert(Rc::clone(ukey), Rc::clone(id));
             self.reindex(key);
         }
@@ -496,7 +516,7 @@ impl Rooms {
     pub fn leave_remote(&mut self, key: usize, ukey: &str) {
         let Some(room) = self.slab.get_mut(key) else { return };
         if let Some((_, id)) = room.take_elsewhere(ukey, false) {
-            self.record(key, false, &id);
+            self.record(key, Presence::Leave, &id);
             self.reindex(key);
             self.close_if_empty(key);
             self.note_orphan(key);
@@ -520,23 +540,15 @@ impl Rooms {
         }
     }
 
-    /// Room `key`'s members for `id`: `id` first, at most `limit` ids; and how many there are.
-    pub fn listing<'a>(
-        &'a self,
-        key: usize,
-        id: &'a str,
-        limit: usize,
-        users: &'a Users,
-    ) -> (Vec<&'a str>, usize) {
-        let room = &self.slab[key];
-        let others = room.ids(users).filter(|m| *m != id).take(limit.saturating_sub(1));
-        (std::iter::once(id).chain(others).collect(), room.len())
+    /// Room `key`'s members for `id`: `id` first, at most `limit` ids, those away among them,
+    /// and how many there are.
+    pub fn listing<'a>(&'a self, key: usize, id: &'a str, limit: usize, users: &'a Users) -> Listing<'a> {
+        self.slab[key].listing(Some(id), limit, users)
     }
 
     /// The `joined` line for `id` (see `listing`), with the room's latest `seq` and `epoch`.
     pub fn roster(&self, key: usize, id: &str, limit: usize, seq: u64, epoch: &str, users: &Users) -> Bytes {
-        let (ids, total) = self.listing(key, id, limit, users);
-        protocol::joined(&self.slab[key].name, ids.into_iter(), total, seq, epoch)
+        protocol::joined(&self.slab[key].name, self.listing(key, id, limit, users), seq, epoch)
     }
 
     /// Every room with its name.
@@ -551,7 +563,10 @@ impl Rooms {
             .by_size
             .iter()
             .take(limit)
-            .map(|(Reverse(n), name)| RoomSize { room: name, users: *n as usize })
+            .map(|(Reverse(n), name)| {
+                let away = self.key(name).map_or(0, |k| self.slab[k].away_len());
+                RoomSize { room: name, users: *n as usize, away }
+            })
             .collect();
         protocol::rooms(&top, self.slab.len())
     }
@@ -567,7 +582,7 @@ impl Rooms {
             let batch = Bytes::from(events);
             let quiet = room.len() > limit;
             let truth = (quiet != room.was_quiet)
-                .then(|| protocol::users(&room.name, room.ids(users).take(limit), room.len()));
+                .then(|| protocol::users(&room.name, room.listing(None, limit, users)));
             room.was_quiet = quiet;
             for (token, m) in room.local.iter_mut() {
                 let from = if m.joined_at() == OLD { 0 } else { m.joined_at() as usize + 1 };
@@ -667,11 +682,14 @@ mod tests {
                     }
                 }
             }
-            let mut all: Vec<(usize, String)> =
-                r.names().map(|(n, room)| (room.len(), n.to_string())).collect();
+            let mut all: Vec<(usize, String, usize)> =
+                r.names().map(|(n, room)| (room.len(), n.to_string(), room.away_len())).collect();
             all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            let want: Vec<String> =
-                all.iter().take(5).map(|(n, name)| format!(r#"{{"room":"{name}","users":{n}}}"#)).collect();
+            let entry = |(n, name, away): &(usize, String, usize)| match away {
+                0 => format!(r#"{{"room":"{name}","users":{n}}}"#),
+                a => format!(r#"{{"room":"{name}","users":{n},"away":{a}}}"#),
+            };
+            let want: Vec<String> = all.iter().take(5).map(entry).collect();
             let got = String::from_utf8(r.directory(5).to_vec()).unwrap();
             assert!(got.contains(&format!("[{}]", want.join(","))), "{got} vs {want:?}");
         }

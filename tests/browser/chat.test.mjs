@@ -4,6 +4,7 @@
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join as pathJoin } from 'node:path';
+import { connect as tcpConnect } from 'node:net';
 import {
   ensureArtifacts,
   join,
@@ -115,6 +116,43 @@ async function proxyChat(p, toPage = (line, send) => send(line)) {
     });
   });
   return proxy;
+}
+
+/**
+ * A chat client with no page: a bare WebSocket over a TCP socket, so that a test can drop it
+ * without a close frame (`peer.sock.destroy()`), as a lost network does. `welcome` resolves
+ * to its first line. Server frames are unmasked and short here (under 126 bytes of length
+ * field handled; a longer one uses the 16-bit form).
+ */
+function rawPeer(url, id, resume = '') {
+  const { host, port } = new URL(url);
+  const sock = tcpConnect(Number(port), host.replace(/:\d+$/, ''));
+  const path = `/ws?id=${id}` + (resume ? `&resume=${encodeURIComponent(resume)}` : '');
+  sock.write(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+  const welcome = new Promise((ok, fail) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => fail(new Error('no welcome within 5 s')), 5000);
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const f = buf.subarray(end + 4);
+      if (f.length < 2) return;
+      let len = f[1] & 0x7f;
+      let at = 2;
+      if (len === 126) {
+        if (f.length < 4) return;
+        len = f.readUInt16BE(2);
+        at = 4;
+      }
+      if (f.length < at + len) return;
+      clearTimeout(timer);
+      ok(JSON.parse(f.subarray(at, at + len).toString().split('\n')[0]));
+    });
+    sock.on('error', fail);
+  });
+  return { sock, welcome };
 }
 
 /** The log's lines of page `p` now, as [kind, text], kind 'msg', 'pending', 'failed' or 'note'. */
@@ -445,6 +483,33 @@ describe('chat page in chromium', () => {
     await waitForOnline(bob, 'carol', false);
     assert.deepEqual(await onlineIds(alice), ['alice', 'bob']);
     assert.equal(await alice.locator('#count').textContent(), '2');
+    await closeAll();
+  });
+
+  it('greys a member whose connection was lost, and shows them back when they resume', T, async () => {
+    const alice = await page();
+    await join(alice, 'alice');
+    const bob = rawPeer(server.url, 'bob');
+    const { resume } = await bob.welcome;
+    await waitForOnline(alice, 'bob');
+    const awayIds = () => alice.$$eval('#users .user.away', (us) => us.map((u) => u.dataset.id));
+    assert.deepEqual(await awayIds(), []);
+    bob.sock.destroy(); // no close frame: the server holds bob for his resume token
+    await alice.waitForFunction(() => document.querySelector('#users .user.away[data-id="bob"]') !== null, null, { timeout: 5000 });
+    assert.deepEqual(await onlineIds(alice), ['alice', 'bob'], 'still listed: he may come back');
+    const waitForNote = (p, text) => p.waitForFunction(
+      (t) => [...document.querySelectorAll('#log .line')].some((n) => n.textContent.includes(t)), text, { timeout: 5000 });
+    await waitForNote(alice, 'bob lost their connection');
+    // A page opened now learns it from its welcome.
+    const carol = await page();
+    await join(carol, 'carol');
+    await carol.waitForFunction(() => document.querySelector('#users .user.away[data-id="bob"]') !== null, null, { timeout: 5000 });
+    const again = rawPeer(server.url, 'bob', resume);
+    assert.equal((await again.welcome).resumed, true);
+    await alice.waitForFunction(() => document.querySelector('#users .user.away') === null, null, { timeout: 5000 });
+    await waitForNote(alice, 'bob is back');
+    assert.deepEqual(await onlineIds(alice), ['alice', 'bob'], 'back, never left');
+    again.sock.destroy();
     await closeAll();
   });
 
@@ -1287,7 +1352,7 @@ describe('chat page in chromium', () => {
 
       // Still the same session: bob chats on, the private numbers go on.
       await say(bob, 'bob is back', 'alice');
-      await waitForLine(alice, 'bob is back');
+      await waitForNote(alice, 'bob is back');
       await say(alice, 'private 6', 'bob');
       await waitForLine(bob, 'private 6');
 
