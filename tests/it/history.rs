@@ -109,6 +109,16 @@ fn a_lost_connection_keeps_its_user_and_a_resume_misses_nothing() {
     }
     let seen = messages(&mut friend, "lobby", 20);
     assert!(seen.iter().all(|l| l["type"] != "leave"));
+    // friend is told victim is away (not gone), and so is a newcomer's roster.
+    friend.send(&json!({"join": "lobby"}));
+    let j = friend.next_of("joined");
+    assert_eq!((&j["users"], &j["away"]), (&json!(["friend", "victim"]), &json!(["victim"])), "{j}");
+    let mut newcomer = s.connect("newcomer");
+    assert_eq!(newcomer.next_of("welcome")["away"], json!(["victim"]));
+    newcomer.bye();
+    friend.send(&json!({"rooms": true}));
+    let d = friend.next_of("rooms");
+    assert_eq!(d["rooms"][0], json!({"room": "lobby", "users": 2, "away": 1}), "{d}");
     // Not a thief: the id is held.
     assert_eq!(s.connect("VICTIM").next_of("error")["code"], "id_taken");
     // Back with the token: the private messages follow the welcome, the room replays.
@@ -138,6 +148,8 @@ fn a_lost_connection_keeps_its_user_and_a_resume_misses_nothing() {
         seen.push(friend.next_any());
     }
     assert!(seen.iter().all(|l| l["type"] != "join" && l["type"] != "leave"), "{seen:?}");
+    let presence: Vec<&Value> = seen.iter().filter(|l| l["id"] == "victim").collect();
+    assert!(presence.contains(&&json!({"type": "back", "room": "lobby", "id": "victim"})), "{seen:?}");
     // The old token is spent.
     v.bye();
     let mut again = s.connect_path(&format!("/ws?id=victim&resume={t1}"));
