@@ -508,7 +508,7 @@ describe('chat page in chromium', () => {
     assert.equal((await again.welcome).resumed, true);
     await alice.waitForFunction(() => document.querySelector('#users .user.away') === null, null, { timeout: 5000 });
     await waitForNote(alice, 'bob is back');
-    assert.deepEqual(await onlineIds(alice), ['alice', 'bob'], 'back, never left');
+    assert.deepEqual(await onlineIds(alice), ['alice', 'bob', 'carol'], 'back, never left');
     again.sock.destroy();
     await closeAll();
   });
