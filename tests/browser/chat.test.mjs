@@ -1352,7 +1352,7 @@ describe('chat page in chromium', () => {
 
       // Still the same session: bob chats on, the private numbers go on.
       await say(bob, 'bob is back', 'alice');
-      await waitForNote(alice, 'bob is back');
+      await waitForLine(alice, 'bob is back');
       await say(alice, 'private 6', 'bob');
       await waitForLine(bob, 'private 6');
 
