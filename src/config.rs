@@ -172,7 +172,9 @@ Flags:
   -V, --version               print the version
 
 Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [default: info].
-Flags that cannot work together are refused at start-up (exit status 2), with the reason.
+Exit status: 2 when nothing started (flags that cannot work together, an address that
+cannot be bound), with the reason on one line; 0 after a graceful shutdown; 1 on a second
+signal or a failure while running.
 ";
 
 /// Bytes a character of chat text can take in a legal message: a scalar outside the BMP

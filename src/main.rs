@@ -62,7 +62,8 @@ fn main() {
                 ""
             };
             eprintln!("chatloop: cannot listen on {}: {e}{hint}", cfg.addr);
-            std::process::exit(1);
+            // Like a flag that cannot work: nothing started (see --help's exit statuses).
+            std::process::exit(2);
         }
     };
     let addr = listener.local_addr().expect("bound socket has an address");

@@ -315,7 +315,7 @@ fn reuse_port_lets_two_nodes_share_one_port() {
 
     // Without --reuse-port the port is refused, with a hint.
     let out = Command::new(env!("CARGO_BIN_EXE_chatloop")).args(["--addr", &addr]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen") && err.contains("--reuse-port"), "{err}");
 }
