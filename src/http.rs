@@ -55,6 +55,12 @@ impl Request {
         })
     }
 
+    /// How often `name` appears in the query string (a client that names one twice means
+    /// something the server cannot guess).
+    pub fn query_count(&self, name: &str) -> usize {
+        self.query().split('&').filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) == name).count()
+    }
+
     pub fn is_upgrade(&self) -> bool {
         self.upgrade_websocket
     }

@@ -91,6 +91,15 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         if !http::origin_allowed(req, rules.allow_origin) {
             return Route::Foreign(Foreign::Origin);
         }
+        for (name, why) in [
+            ("id", "the query names id twice"),
+            ("resume", "the query names resume twice"),
+            ("pseq", "the query names pseq twice"),
+        ] {
+            if req.query_count(name) > 1 {
+                return Route::Refuse(Status::BadRequest, why);
+            }
+        }
         let id = req.query_param("id").unwrap_or_default();
         let resume = req.query_param("resume");
         let pseq = req.query_param("pseq").and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -212,6 +221,9 @@ mod tests {
         assert_eq!(refused(upgrade("/ws", &format!("{KEY}Content-Length: 3\r\n")), false), 400);
         assert_eq!(refused(upgrade("/ws", &format!("{KEY}Transfer-Encoding: chunked\r\n")), false), 400);
         assert_eq!(refused(upgrade("/ws", &format!("{KEY}Origin: ftp://h:1\r\n")), false), 403);
+        assert_eq!(refused(upgrade("/ws?id=x&id=y", KEY), false), 400, "which id? the client must say");
+        assert_eq!(refused(upgrade("/ws?id=x&resume=a&resume=b", KEY), false), 400);
+        assert!(matches!(route_raw(&upgrade("/ws?id=x&idx=y", KEY), false), Route::Upgrade { .. }));
         let rebound = upgrade("/ws", &format!("{KEY}Origin: http://evil.example\r\n"))
             .replace("Host: h:1", "Host: evil.example");
         assert_eq!(route_raw(&rebound, false), Route::Foreign(Foreign::Host));
