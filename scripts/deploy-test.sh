@@ -46,6 +46,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
+# nginx is in /usr/sbin, off the PATH of users other than root on Debian.
+export PATH="$PATH:/usr/sbin"
 
 UNIT=deploy/chatloop.service NGINX_SITE=deploy/nginx.conf CADDYFILE=deploy/Caddyfile
 NAME=chat.example.com
