@@ -69,3 +69,32 @@ fn every_script_answers_help_and_refuses_unknown_flags() {
         assert!(stderr.contains("--no-such-flag"), "{name}: the error names the flag: {stderr}");
     }
 }
+
+/// Each file of deploy/ that the README quotes (a fence right after the line
+/// `<!-- quoted from deploy/FILE; ... -->`) is quoted whole and exactly, and the README names
+/// each of them, so the recipes scripts/deploy-test.sh runs are the ones the README shows.
+#[test]
+fn readme_quotes_the_deploy_files_exactly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let marker = "<!-- quoted from ";
+    let mut quoted = 0;
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix(marker) else { continue };
+        let file = rest.split([';', ' ']).next().unwrap();
+        assert!(file.starts_with("deploy/"), "README quotes {file}, not a file of deploy/");
+        let fence = lines.next().unwrap_or_default();
+        assert!(fence.starts_with("```"), "README: no fence right after the quote of {file}");
+        let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let want = std::fs::read_to_string(root.join(file)).expect(file);
+        assert_eq!(format!("{}\n", body.join("\n")), want, "README's quote of {file} differs from the file");
+        quoted += 1;
+    }
+    assert!(quoted >= 1, "README quotes no deploy/ file");
+    for entry in std::fs::read_dir(root.join("deploy")).expect("deploy/") {
+        let name = entry.expect("entry").file_name();
+        let path = format!("deploy/{}", name.to_str().unwrap());
+        assert!(readme.contains(&path), "README does not name {path}");
+    }
+}
