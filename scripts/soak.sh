@@ -37,7 +37,8 @@
 #                    well-behaved probe making a room a second). Fails if the server's RSS
 #                    peak under attack passes --max-rss, the load's p99 under attack passes
 #                    2x its p99 alone (or 10 ms, whichever is more), the load lost or doubled
-#                    anything or had a client closed, a probe was refused or unanswered, or
+#                    anything or had a client closed, the self-replacing id got more than
+#                    20/s + one burst through, a probe was refused or unanswered, or
 #                    the server died or stopped answering /healthz. A frozen server is killed
 #                    (SIGKILL after 5 s of SIGTERM); the run takes about 2 x --duration + 30 s
 #   --max-rss MB     with --attack: the RSS bound [default: 512]
@@ -335,6 +336,9 @@ attack_soak() {
   if [ -z "$ab" ]; then
     failures+=("chatload --mode abuse produced no summary (see $log)")
   else
+    # The server's default --rate-limit: 20/s and one burst of 40 for the whole run.
+    [ "$(get "$ab" replace_through)" -le $((20 * duration + 40)) ] ||
+      failures+=("the self-replacing id got $(get "$ab" replace_through) lobby messages through ($(get "$ab" replace_per_sec)/s), above the rate limit's $((20 * duration + 40)) (20/s + one burst of 40)")
     [ "$(get "$ab" probe_failed)" = 0 ] ||
       failures+=("$(get "$ab" probe_failed) of $(get "$ab" probes) well-behaved probes could not make a room and post in it (too_many_rooms $(get "$ab" probe_refused), p99 round trip $(get "$ab" probe_p99_us) us)")
   fi
