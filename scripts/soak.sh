@@ -4,9 +4,9 @@
 # was closed unexpectedly, the server lived, and its RSS stopped growing after warm-up.
 #
 # Usage: scripts/soak.sh [--duration SECS] [--conns N] [--senders N] [--rate R] [--churn C]
-#                        [--cluster] [--blip]
-#   --duration SECS  how long traffic runs [default: 20]
-#   --conns N        clients held for the whole run [default: 500]
+#                        [--cluster] [--blip] [--attack [--max-rss MB] [--pace SPEC]]
+#   --duration SECS  how long traffic runs [default: 20; 600 with --attack]
+#   --conns N        clients held for the whole run [default: 500; 1000 with --attack]
 #   --senders N      of them, how many send room messages [default: 10]
 #   --rate R         messages per second per sender [default: 5]
 #   --churn C        extra connections opened and closed per second [default: 20]
@@ -30,6 +30,19 @@
 #                    allowed (the default --history 100 keeps far more than a blip misses)
 #                    With --cluster, a resume may reach the other node, which takes the
 #                    user over (README: "Resuming on another node")
+#   --attack         the server with its default flags (rate limit on), twice: the room
+#                    load alone for --duration, then the same load beside the attacks of
+#                    issue 21 (chatload --mode abuse: history floods, filled holds,
+#                    self-replacing resumes, max-rooms exhaustion, throwaway-id churn, and a
+#                    well-behaved probe making a room a second). Fails if the server's RSS
+#                    peak under attack passes --max-rss, the load's p99 under attack passes
+#                    2x its p99 alone (or 10 ms, whichever is more), the load lost or doubled
+#                    anything or had a client closed, the self-replacing id got more than
+#                    20/s + one burst through, a probe was refused or unanswered, or
+#                    the server died or stopped answering /healthz. A frozen server is killed
+#                    (SIGKILL after 5 s of SIGTERM); the run takes about 2 x --duration + 30 s
+#   --max-rss MB     with --attack: the RSS bound [default: 512]
+#   --pace SPEC      with --attack: chatload --mode abuse's --pace (e.g. history=1000,holds=40)
 #
 # Output: artifacts/soak-STAMP.csv (t_s,rss_kb,cpu_s,cpu_pct,fds,conns, one row a second),
 # artifacts/soak-STAMP.log (chatload's report and the server's log), and soak-STAMP.png when
@@ -42,13 +55,17 @@
 set -euo pipefail
 
 duration=20 conns=500 senders=10 rate=5 churn=20 cluster=0 chaos=0 blip=0
+attack=0 max_rss=512 pace="" duration_set=0 conns_set=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 # The value after flag $1, or exit 2 (bad usage) when there is none.
 value() { [ $# -ge 2 ] || { echo "soak.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --duration) value "$@"; duration=$2; shift 2 ;;
-    --conns) value "$@"; conns=$2; shift 2 ;;
+    --duration) value "$@"; duration=$2; duration_set=1; shift 2 ;;
+    --conns) value "$@"; conns=$2; conns_set=1; shift 2 ;;
+    --attack) attack=1; shift ;;
+    --max-rss) value "$@"; max_rss=$2; shift 2 ;;
+    --pace) value "$@"; pace=$2; shift 2 ;;
     --senders) value "$@"; senders=$2; shift 2 ;;
     --rate) value "$@"; rate=$2; shift 2 ;;
     --churn) value "$@"; churn=$2; shift 2 ;;
@@ -59,7 +76,15 @@ while [ $# -gt 0 ]; do
     *) echo "soak.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-for v in duration conns senders; do
+if [ "$attack" = 1 ]; then
+  [ "$duration_set" = 1 ] || duration=600
+  [ "$conns_set" = 1 ] || conns=1000
+  [ "$cluster" = 0 ] && [ "$blip" = 0 ] || { echo "soak.sh: --attack runs one node without --blip" >&2; exit 2; }
+else
+  [ "$max_rss" = 512 ] && [ -z "$pace" ] || { echo "soak.sh: --max-rss and --pace need --attack" >&2; exit 2; }
+fi
+[[ "$pace" =~ ^[a-z0-9=.,]*$ ]] || { echo "soak.sh: --pace must look like history=100,holds=20" >&2; exit 2; }
+for v in duration conns senders max_rss; do
   [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || { echo "soak.sh: --$v must be a whole number above 0" >&2; exit 2; }
 done
 [ "$chaos" = 0 ] || [ "$cluster" = 1 ] || { echo "soak.sh: --chaos needs --cluster" >&2; exit 2; }
@@ -75,16 +100,30 @@ csv="artifacts/soak-$stamp.csv"
 log="artifacts/soak-$stamp.log"
 png="artifacts/soak-$stamp.png"
 tmp=$(mktemp -d)
-server_pid="" load_pid="" sampler_pid="" node_b="" redis_pid="" chaos_pid=""
+server_pid="" load_pid="" sampler_pid="" node_b="" redis_pid="" chaos_pid="" abuse_pid=""
+# Ends each of the given processes: SIGTERM, then SIGKILL for any still there 5 s later (a
+# server whose loop is frozen ignores SIGTERM), and reaps them.
+stop() {
+  local p
+  for p in "$@"; do
+    kill -CONT "$p" 2>/dev/null || true
+    kill "$p" 2>/dev/null || true
+  done
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
 cleanup() {
   # Under --chaos, the current Redis may be one the chaos loop started (its pid in redis.pid),
   # and may be stopped: continue it so that it can die.
   [ -s "$tmp/redis.pid" ] && redis_pid=$(cat "$tmp/redis.pid")
-  for p in $chaos_pid $sampler_pid $load_pid $server_pid $node_b $redis_pid; do
-    kill -CONT "$p" 2>/dev/null || true
-    kill "$p" 2>/dev/null || true
-  done
-  for p in $chaos_pid $sampler_pid $load_pid $server_pid $node_b $redis_pid; do wait "$p" 2>/dev/null || true; done
+  # shellcheck disable=SC2086 # the empty ones vanish
+  stop $chaos_pid $sampler_pid $abuse_pid $load_pid $server_pid $node_b $redis_pid
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -160,7 +199,7 @@ chaos_loop() {
 # $tmp/NAME.*; waits until it listens; sets started_pid and addr.
 start_server() {
   local name=$1
-  RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr "$2" --rate-limit 0 "${node_args[@]}" \
+  RUST_LOG=${RUST_LOG:-warn} "$bin/chatloop" --addr "$2" "${server_flags[@]}" "${node_args[@]}" \
     >"$tmp/$name.out" 2>"$tmp/$name.err" &
   started_pid=$!
   for _ in $(seq 100); do
@@ -171,6 +210,161 @@ start_server() {
   addr=$(sed -n 's#^listening on http://##p' "$tmp/$name.out")
   [ -n "$addr" ] || { echo "soak.sh: $name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 2; }
 }
+
+# The rate limit is off so that the offered load is what arrives, except under --attack,
+# where the server runs with its defaults, as it would meet an attacker.
+server_flags=(--rate-limit 0)
+[ "$attack" = 1 ] && server_flags=()
+
+# --attack: one server sample every 0.5 s of $1 while it lives: ms since start, RSS, CPU%.
+rss_sampler() {
+  local t0 now prev=-1 ticks rss pct
+  t0=$(date +%s%N)
+  echo "t_ms,rss_kb,cpu_pct"
+  while kill -0 "$1" 2>/dev/null; do
+    ticks=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null) || break
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || break
+    now=$(date +%s%N)
+    pct=0
+    [ "$prev" -ge 0 ] && pct=$(((ticks - prev) * 200 / $(getconf CLK_TCK)))
+    echo "$(((now - t0) / 1000000)),$rss,$pct"
+    prev=$ticks
+    sleep 0.5
+  done
+}
+
+# --attack, one phase ($1: alone or attack): a fresh server with default flags, the room
+# load for --duration (and beside it, for attack, chatload --mode abuse from the moment the
+# load's clients are in), /healthz asked at the end, the server stopped whatever its state.
+# Sets healthy_$1 and alive_$1; outputs in $tmp/load-$1.out, $tmp/abuse.out,
+# artifacts/soak-STAMP-$1.csv.
+attack_phase() {
+  local name=$1 healthy=0 alive=1
+  start_server "$name" 127.0.0.1:0
+  server_pid=$started_pid
+  echo "soak: attack: phase '$name': server pid $server_pid on $addr; $conns clients in lobby, $senders senders at $rate/s, $duration s" >&2
+  rss_sampler "$server_pid" >"artifacts/soak-$stamp-$name.csv" &
+  sampler_pid=$!
+  # Every process is bounded twice: by its own deadline and by timeout (SIGKILL 5 s later).
+  timeout -k 5 $((duration + 80)) "$bin/chatload" --addr "$addr" --mode room --conns "$conns" \
+    --senders "$senders" --rate "$rate" --duration "$duration" --warmup 30 --drain 5 \
+    --pid "$server_pid" --id-prefix "s$$$name-" >"$tmp/load-$name.out" 2>&1 &
+  load_pid=$!
+  if [ "$name" = attack ]; then
+    for _ in $(seq 600); do
+      grep -q '^connected ' "$tmp/load-$name.out" 2>/dev/null && break
+      kill -0 "$load_pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    timeout -k 5 $((duration + 60)) "$bin/chatload" --mode abuse --addr "$addr" --duration "$duration" \
+      --pid "$server_pid" --id-prefix "x$$-" ${pace:+--pace "$pace"} >"$tmp/abuse.out" 2>&1 &
+    abuse_pid=$!
+  fi
+  wait "$load_pid" || true
+  load_pid=""
+  if [ -n "$abuse_pid" ]; then
+    wait "$abuse_pid" || true
+    abuse_pid=""
+  fi
+  kill -0 "$server_pid" 2>/dev/null || alive=0
+  if timeout 5 bash -c "exec 3<>/dev/tcp/${addr%:*}/${addr##*:} &&
+      printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3 &&
+      head -c 12 <&3" 2>/dev/null | grep -q ' 200'; then
+    healthy=1
+  fi
+  stop "$server_pid"
+  server_pid=""
+  stop "$sampler_pid"
+  sampler_pid=""
+  printf -v "healthy_$name" %s "$healthy"
+  printf -v "alive_$name" %s "$alive"
+}
+
+# --attack: both phases, then the checks; the exit status is the verdict.
+attack_soak() {
+  local base hit ab get peak_alone peak limit failures=() f
+  attack_phase alone
+  attack_phase attack
+  {
+    for f in alone attack; do
+      echo "== chatload room load, $f"
+      cat "$tmp/load-$f.out"
+    done
+    echo "== chatload --mode abuse"
+    cat "$tmp/abuse.out" 2>/dev/null
+    for f in alone attack; do
+      echo "== server stderr, $f"
+      cat "$tmp/$f.err"
+    done
+  } >"$log"
+  base=$(grep '^summary ' "$tmp/load-alone.out" | tail -1 || true)
+  hit=$(grep '^summary ' "$tmp/load-attack.out" | tail -1 || true)
+  ab=$(grep '^summary ' "$tmp/abuse.out" | tail -1 || true)
+  get() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+  peak_alone=$(awk -F, 'NR > 1 && $2 > m { m = $2 } END { print m + 0 }' "artifacts/soak-$stamp-alone.csv")
+  peak=$(awk -F, 'NR > 1 && $2 > m { m = $2 } END { print m + 0 }' "artifacts/soak-$stamp-attack.csv")
+  grep -e '^abuse ' -e '^server: ' "$tmp/abuse.out" 2>/dev/null | sed 's/^/soak: /' || true
+  for f in alone attack; do
+    local sum
+    sum=$([ "$f" = alone ] && echo "$base" || echo "$hit")
+    echo "soak: load $f: sent $(get "$sum" sent), delivered $(get "$sum" delivered) of $(get "$sum" expected)," \
+      "lost $(get "$sum" lost), reordered $(get "$sum" reordered), unexpected closes $(get "$sum" unexpected_closes)" \
+      "($(get "$sum" close_codes)), connect errors $(get "$sum" connect_errors); p50 $(get "$sum" p50_us) us," \
+      "p99 $(get "$sum" p99_us) us, max $(get "$sum" max_us) us; server RSS peak" \
+      "$([ "$f" = alone ] && echo "$peak_alone" || echo "$peak") kB"
+    if [ -z "$sum" ] || [ -n "$(get "$sum" aborted)" ]; then
+      failures+=("the load $f produced no summary (see $log)")
+      continue
+    fi
+    [ "$(get "$sum" lost)" = 0 ] || failures+=("load $f: $(get "$sum" lost) of $(get "$sum" expected) deliveries lost")
+    [ "$(get "$sum" reordered)" = 0 ] || failures+=("load $f: $(get "$sum" reordered) deliveries duplicated or out of order")
+    [ "$(get "$sum" extra)" = 0 ] || failures+=("load $f: $(get "$sum" extra) deliveries more than expected")
+    [ "$(get "$sum" unexpected_closes)" = 0 ] ||
+      failures+=("load $f: $(get "$sum" unexpected_closes) clients closed (codes $(get "$sum" close_codes))")
+    [ "$(get "$sum" connect_errors)" = 0 ] || failures+=("load $f: $(get "$sum" connect_errors) connect errors")
+  done
+  local p99_base p99_hit
+  p99_base=$(get "$base" p99_us)
+  p99_hit=$(get "$hit" p99_us)
+  limit=$((2 * ${p99_base:-0}))
+  [ "$limit" -ge 10000 ] || limit=10000
+  if [ -n "$p99_hit" ] && [ -n "$p99_base" ] && [ "$p99_hit" -gt "$limit" ]; then
+    failures+=("load p99 under attack ${p99_hit} us > ${limit} us (2 x ${p99_base} us alone, at least 10 ms)")
+  fi
+  [ "$peak" -le $((max_rss * 1024)) ] ||
+    failures+=("server RSS peaked at $((peak / 1024)) MB under attack, above --max-rss ${max_rss} MB (alone: $((peak_alone / 1024)) MB)")
+  if [ -z "$ab" ]; then
+    failures+=("chatload --mode abuse produced no summary (see $log)")
+  else
+    # The server's default --rate-limit: 20/s and one burst of 40 for the whole run.
+    [ "$(get "$ab" replace_through)" -le $((20 * duration + 40)) ] ||
+      failures+=("the self-replacing id got $(get "$ab" replace_through) lobby messages through ($(get "$ab" replace_per_sec)/s), above the rate limit's $((20 * duration + 40)) (20/s + one burst of 40)")
+    [ "$(get "$ab" probe_failed)" = 0 ] ||
+      failures+=("$(get "$ab" probe_failed) of $(get "$ab" probes) well-behaved probes could not make a room and post in it (too_many_rooms $(get "$ab" probe_refused), p99 round trip $(get "$ab" probe_p99_us) us)")
+  fi
+  for f in alone attack; do
+    local a h
+    a="alive_$f" h="healthy_$f"
+    if [ "${!a}" != 1 ]; then
+      failures+=("the server died during the load $f (see $log)")
+    elif [ "${!h}" != 1 ]; then
+      failures+=("the server did not answer /healthz within 5 s after the load $f (frozen; killed)")
+    fi
+  done
+  echo "soak: attack: summary duration_s=$duration conns=$conns rss_peak_kb=$peak rss_alone_peak_kb=$peak_alone" \
+    "max_rss_kb=$((max_rss * 1024)) p99_alone_us=${p99_base:-?} p99_attack_us=${p99_hit:-?} p99_limit_us=$limit" \
+    "lost_alone=$(get "$base" lost) lost_attack=$(get "$hit" lost) healthy=${healthy_attack:-0}" \
+    "$(sed 's/^summary mode=abuse //; s/ window_s=.*//' <<<"$ab")"
+  echo "soak: samples in artifacts/soak-$stamp-alone.csv and artifacts/soak-$stamp-attack.csv; log $log"
+  if [ ${#failures[@]} -gt 0 ]; then
+    for f in "${failures[@]}"; do echo "soak: FAIL: $f"; done
+    echo "soak: FAILED (log: $log)"
+    return 1
+  fi
+  echo "soak: PASSED"
+}
+
+[ "$attack" = 1 ] && { attack_soak; exit $?; }
 
 start_server server 127.0.0.1:0
 server_pid=$started_pid

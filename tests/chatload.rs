@@ -778,3 +778,41 @@ fn raw_proto_against_chatloops_json_counts_nothing() {
     assert!(num(&s, "sent") > 0 && num(&s, "delivered") == 0 && num(&s, "lost") > 0, "{stdout}");
     assert!(!stdout.contains("not ours 0,"), "the welcome and errors are not ours: {stdout}");
 }
+
+#[test]
+fn abuse_replacer_gets_its_4001_and_counts_what_an_observer_saw() {
+    // The server's default rate limit, as an attacker meets it. The self-replacing id's
+    // lobby messages that got through are counted twice: by chatload (its own copies back)
+    // and by an observer in lobby. Whatever the server lets through, both must agree, every
+    // session after the first must be a resume, and every one before the last replaced (4001).
+    let srv = server(&["--rate-limit", "20"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = observe(connect(&srv.addr, "observer"), stop.clone());
+    let (out, stdout) = chatload(&[
+        "--addr",
+        &srv.addr,
+        "--mode",
+        "abuse",
+        "--attacks",
+        "replace",
+        "--pace",
+        "replace=4",
+        "--duration",
+        "2",
+        "--id-prefix",
+        "ab-",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let seen = seen.join().expect("observer");
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&stdout);
+    let sessions = num(&s, "replace_sessions");
+    assert!(sessions >= 5, "about 8 sessions in 2 s: {stdout}");
+    assert_eq!(num(&s, "replace_resumed"), sessions - 1, "{stdout}");
+    assert_eq!(num(&s, "replace_4001"), sessions - 1, "{stdout}");
+    let from_replacer =
+        seen.iter().filter(|m| m.room == "lobby" && m.from.starts_with("ab-r")).count() as u64;
+    assert_eq!(from_replacer, num(&s, "replace_through"), "{stdout}");
+    assert!(from_replacer > 0, "{stdout}");
+    assert_eq!(num(&s, "timeouts") + num(&s, "connect_errors"), 0, "{stdout}");
+}

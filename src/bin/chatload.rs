@@ -2,6 +2,8 @@
 //! reports what arrived, how fast, and what it cost the server. See `--help` (args.rs).
 
 // A crate root's modules live beside it, so the modules' directory is named explicitly.
+#[path = "chatload/abuse.rs"]
+mod abuse;
 #[path = "chatload/args.rs"]
 mod args;
 #[path = "chatload/attack.rs"]
@@ -55,7 +57,13 @@ fn main() {
         let _ = std::io::stdout().flush();
         std::process::exit(3);
     });
-    let result = if args.attack.is_some() { run_attack(&args) } else { run(&args) };
+    let result = if args.abuse.is_some() {
+        run_abuse(&args)
+    } else if args.attack.is_some() {
+        run_attack(&args)
+    } else {
+        run(&args)
+    };
     match result {
         Ok(ok) => std::process::exit(if ok { 0 } else { 1 }),
         Err(e) => {
@@ -402,6 +410,48 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
     );
     let _ = std::io::stdout().flush();
     Ok(ok)
+}
+
+/// `--mode abuse`: runs it and prints what each attack achieved, and the server's CPU and RSS.
+/// `Ok(true)` when it ran: what the server did to the attackers is the finding, not a failure.
+fn run_abuse(args: &Args) -> std::io::Result<bool> {
+    let before = procstat::sample_all(&args.pids);
+    if !args.pids.is_empty() && before.is_none() {
+        return Err(std::io::Error::other(format!(
+            "--pid {:?}: no such process (or /proc unreadable)",
+            args.pids
+        )));
+    }
+    let start = Instant::now();
+    let report = abuse::run(args)?;
+    let window = start.elapsed().as_secs_f64();
+    let after = procstat::sample_all(&args.pids);
+    for line in &report.lines {
+        println!("{line}");
+    }
+    let mut server = String::new();
+    if !args.pids.is_empty() {
+        match (before, after) {
+            (Some(b), Some(a)) => {
+                let cpu = a.cpu_s - b.cpu_s;
+                println!(
+                    "server: cpu {cpu:.2} s over {window:.2} s ({:.0}%); rss {} kB (before {} kB), {} fds",
+                    100.0 * cpu / window.max(1e-9),
+                    a.rss_kb,
+                    b.rss_kb,
+                    a.fds
+                );
+                server = format!(" server_alive=1 server_cpu_s={cpu:.3} server_rss_kb={}", a.rss_kb);
+            }
+            _ => {
+                println!("server: GONE during the abuse");
+                server = " server_alive=0".into();
+            }
+        }
+    }
+    println!("summary mode=abuse {} window_s={window:.3}{server}", report.fields);
+    let _ = std::io::stdout().flush();
+    Ok(true)
 }
 
 fn mode_name(a: &Args) -> String {

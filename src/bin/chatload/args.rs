@@ -22,7 +22,7 @@ Target:
                          and a client is ready once its handshake is done
 
 Load:
-  --mode M[,M..]         idle, room, private, churn, blip; combine with commas (room,churn)
+  --mode M[,M..]         idle, room, private, churn, blip (or abuse, below); combine with commas (room,churn)
                          [default: room]
                          idle     hold the connections, send nothing
                          room     --senders of the --conns clients send room messages at --rate
@@ -79,6 +79,23 @@ Attack (instead of --mode; loopback only like everything else):
                          --conns overrides the number of clients.
   --target ID            the id private-flood sends to
 
+Abuse (--mode abuse, alone; the attacks of issue 21 by throwaway ids, each paced, stopping
+at the end of --duration; run a load beside it in another chatload):
+  --attacks A[,A..]      which of: history (an id joins 20 new rooms, posts a line in each,
+                         closes), holds (an id is dropped without a close after its welcome,
+                         so the server holds it; fillers send it --hold-fill private messages
+                         of 6 kB), replace (one id sends 40 lobby messages, then resumes on a
+                         new socket while the old one is open, again and again), rooms (an
+                         id joins 31 new rooms, then resets), churn (connect, join, close),
+                         probe (a well-behaved id makes a room, posts a line, closes: its
+                         round trip and any refusal) [default: all]
+  --pace K=N[,K=N..]     starts per second of each: ids for history, holds, rooms, churn,
+                         probe; sessions for replace [default: history=100,holds=20,
+                         replace=5,rooms=8,churn=20,probe=1]
+  --hold-fill N          private messages sent to each held id [default: 43, ~256 KiB]
+  --abuse-sockets N      attacker sockets open at once, at most; starts beyond it are
+                         skipped and counted [default: 1000]
+
 Timing:
   --warmup SECS          at most this long to connect --conns clients before sending starts
                          (it starts as soon as all are in) [default: 20]
@@ -114,6 +131,22 @@ deadline struck.
 ";
 
 const DEFAULT_CONNS: usize = 100;
+
+/// `--mode abuse`'s attacks, in the order of `Abuse::pace`.
+pub const ABUSE_KINDS: [&str; 6] = ["history", "holds", "replace", "rooms", "churn", "probe"];
+/// Their default paces: enough that main at fed4fd3 reaches each bug within a 10-minute run
+/// (64 MiB of history at ~2,000 one-line logs/s, ~1,200 filled holds, 10,000 rooms held), and
+/// the self-replacing id offers 10 times the default rate limit.
+pub const ABUSE_PACE: [f64; 6] = [100.0, 20.0, 5.0, 8.0, 20.0, 1.0];
+
+/// `--mode abuse`: see abuse.rs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Abuse {
+    /// Starts per second, in `ABUSE_KINDS` order; 0: that attack is off.
+    pub pace: [f64; 6],
+    pub hold_fill: usize,
+    pub sockets: usize,
+}
 const DEFAULT_SENDERS: usize = 10;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -171,6 +204,8 @@ pub struct Args {
     /// `--faults`: count each room message's outcome (see outcomes.rs).
     pub faults: bool,
     pub blip: Blip,
+    /// `--mode abuse`: run that instead of the modes.
+    pub abuse: Option<Abuse>,
 }
 
 /// What `--attack` runs; see attack.rs.
@@ -243,6 +278,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut raw = false;
     let mut faults = false;
     let mut blip = Blip { rate: None, down: Duration::from_secs(1), how: BlipHow::Mix };
+    let mut attacks: Option<String> = None;
+    let mut pace: Option<String> = None;
+    let mut hold_fill: Option<usize> = None;
+    let mut abuse_sockets: Option<usize> = None;
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
@@ -274,6 +313,16 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 );
             }
             "--target" => attack_target = Some(cli.value()?),
+            "--attacks" => attacks = Some(cli.value()?),
+            "--pace" => pace = Some(cli.value()?),
+            "--hold-fill" => hold_fill = Some(whole(&flag, &cli.value()?)?),
+            "--abuse-sockets" => {
+                let n = whole(&flag, &cli.value()?)?;
+                if n == 0 {
+                    return Err(format!("{flag}: must be more than 0"));
+                }
+                abuse_sockets = Some(n);
+            }
             "--faults" => faults = true,
             "--blip-rate" => blip.rate = Some(positive_f64(&flag, &cli.value()?)?),
             "--blip-down" => blip.down = seconds(&flag, &cli.value()?, true)?,
@@ -313,6 +362,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         }
     }
 
+    let abuse = if mode.as_deref().is_some_and(|m| m.split([',', '+']).any(|m| m.trim() == "abuse")) {
+        if mode.as_deref() != Some("abuse") {
+            return Err("--mode abuse: not combined with other modes (run a load in another chatload)".into());
+        }
+        if let Some(a) = attack {
+            return Err(format!("--mode abuse and --attack {} exclude each other", a.name()));
+        }
+        mode = Some("idle".into());
+        Some(abuse_flags(attacks.as_deref(), pace.as_deref(), hold_fill, abuse_sockets)?)
+    } else {
+        if attacks.is_some() || pace.is_some() || hold_fill.is_some() || abuse_sockets.is_some() {
+            return Err("--attacks, --pace, --hold-fill and --abuse-sockets are for --mode abuse".into());
+        }
+        None
+    };
     let attack = match (attack, attack_target) {
         (Some(kind), target) => {
             if let Some(m) = &mode {
@@ -464,7 +528,51 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         raw,
         faults,
         blip,
+        abuse,
     })))
+}
+
+/// `--mode abuse`'s flags: the attacks on, their paces.
+fn abuse_flags(
+    attacks: Option<&str>,
+    pace: Option<&str>,
+    hold_fill: Option<usize>,
+    sockets: Option<usize>,
+) -> Result<Abuse, String> {
+    let index = |flag: &str, k: &str| {
+        ABUSE_KINDS
+            .iter()
+            .position(|n| *n == k.trim())
+            .ok_or_else(|| format!("{flag}: unknown attack '{}' ({})", k.trim(), ABUSE_KINDS.join(", ")))
+    };
+    let mut rates = ABUSE_PACE;
+    if let Some(list) = attacks {
+        let mut on = [false; 6];
+        for k in list.split(',') {
+            on[index("--attacks", k)?] = true;
+        }
+        for (r, on) in rates.iter_mut().zip(on) {
+            if !on {
+                *r = 0.0;
+            }
+        }
+    }
+    for item in pace.into_iter().flat_map(|p| p.split(',')) {
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("--pace: '{item}' is not KIND=N"))?;
+        let i = index("--pace", k)?;
+        let r = non_negative_f64("--pace", v)?;
+        if r > 10_000.0 {
+            return Err(format!("--pace: {k}={v}: at most 10000 a second"));
+        }
+        // An attack left out of --attacks stays off.
+        if rates[i] > 0.0 || attacks.is_none() {
+            rates[i] = r;
+        }
+    }
+    if rates.iter().all(|&r| r == 0.0) {
+        return Err("--mode abuse: every attack is off".into());
+    }
+    Ok(Abuse { pace: rates, hold_fill: hold_fill.unwrap_or(43), sockets: sockets.unwrap_or(1000) })
 }
 
 fn resolve(target: &str) -> Result<SocketAddr, String> {
@@ -551,6 +659,13 @@ mod tests {
         assert!(run(&[]).unwrap().attack.is_none());
         assert!(!run(&[]).unwrap().raw && run(&["--proto", "raw", "--mode", "idle"]).unwrap().raw);
         assert!(matches!(parse(["-V".to_string()]), Ok(Parsed::Version)));
+        // --mode abuse: every attack at its default pace, or those listed, paces overridden.
+        let a = run(&["--mode", "abuse"]).unwrap().abuse.unwrap();
+        assert_eq!((a.pace, a.hold_fill, a.sockets), (ABUSE_PACE, 43, 1000));
+        let a =
+            run(&["--mode=abuse", "--attacks", "replace,holds", "--pace", "replace=5,history=9"]).unwrap();
+        assert_eq!(a.abuse.unwrap().pace, [0.0, 20.0, 5.0, 0.0, 0.0, 0.0]);
+        assert!(run(&[]).unwrap().abuse.is_none());
     }
 
     #[test]
@@ -589,6 +704,15 @@ mod tests {
             (&["--mode", "blip", "--faults"], "--mode blip: not with"),
             (&["--blip-how", "cut"], "unknown way 'cut'"),
             (&["--mode", "blip", "--rooms", "2"], "not with --mode blip"),
+            (&["--mode", "abuse,room"], "not combined"),
+            (&["--mode", "abuse", "--attack", "ping-flood"], "exclude each other"),
+            (&["--attacks", "history"], "are for --mode abuse"),
+            (&["--mode", "abuse", "--attacks", "nuke"], "unknown attack 'nuke'"),
+            (&["--mode", "abuse", "--pace", "history"], "is not KIND=N"),
+            (
+                &["--mode", "abuse", "--pace", "history=0,holds=0,replace=0,rooms=0,churn=0,probe=0"],
+                "every attack is off",
+            ),
         ] {
             let e = run(args).err().unwrap_or_else(|| panic!("{args:?} should fail"));
             assert!(e.contains(needle), "{args:?}: {e}");
