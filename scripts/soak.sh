@@ -4,7 +4,7 @@
 # was closed unexpectedly, the server lived, and its RSS stopped growing after warm-up.
 #
 # Usage: scripts/soak.sh [--duration SECS] [--conns N] [--senders N] [--rate R] [--churn C]
-#                        [--cluster] [--blip] [--attack [--max-rss MB] [--pace SPEC]]
+#                        [--cluster [--chaos]] [--blip] [--attack [--max-rss MB] [--pace SPEC]]
 #   --duration SECS  how long traffic runs [default: 20; 600 with --attack]
 #   --conns N        clients held for the whole run [default: 500; 1000 with --attack]
 #   --senders N      of them, how many send room messages [default: 10]

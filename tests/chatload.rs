@@ -309,6 +309,20 @@ fn rooms_counts_match_observers_and_rooms_stay_apart() {
 }
 
 #[test]
+fn a_pid_that_is_not_the_server_is_refused() {
+    // Its CPU would be reported as the server's: this test process listens on nothing.
+    let srv = server(&[]);
+    let me = std::process::id().to_string();
+    let (out, _) = chatload(&["--addr", &srv.addr, "--pid", &me, "--conns", "1", "--duration", "0.2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("--pid {me} does not listen on port")), "{err}");
+    let pid = srv.child.id().to_string();
+    let (out, stdout) = chatload(&["--addr", &srv.addr, "--pid", &pid, "--conns", "1", "--duration", "0.2"]);
+    assert!(out.status.success() && stdout.contains(&format!("server pid {pid}: cpu")), "{stdout}");
+}
+
+#[test]
 fn rooms_join_refused_is_a_connect_error() {
     // Lobby already fills a client's one allowed room: every join is refused, and chatload
     // says so instead of sending into rooms nobody is in.

@@ -42,6 +42,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // A --pid that is not the server would report some other process's CPU as the server's.
+    for &pid in &args.pids {
+        if procstat::listens_on(pid, args.addr.port()) == Some(false) {
+            eprintln!(
+                "chatload: --pid {pid} does not listen on port {}: is it the server?",
+                args.addr.port()
+            );
+            std::process::exit(2);
+        }
+    }
     let nofile = chatloop::rlimit::raise_nofile_limit();
     let needed = args.conns as u64 + (args.churn * (args.churn_hold.as_secs_f64() + 10.0)) as u64 + 64;
     if nofile < needed {

@@ -32,6 +32,31 @@ pub fn sample_all(pids: &[u32]) -> Option<Sample> {
     (!pids.is_empty()).then_some(sum)
 }
 
+/// Whether process `pid` holds a TCP socket listening on `port` (any address, IPv4 or
+/// IPv6); `None` when that cannot be told (its descriptors are not ours to read).
+pub fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is field 9.
+            let listening = f.get(3) == Some(&"0A");
+            let local_port =
+                f.get(1).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if listening && local_port == Some(port) {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let held = fds.flatten().filter_map(|e| fs::read_link(e.path()).ok()).any(|l| {
+        let l = l.to_string_lossy();
+        inodes.iter().any(|i| *i == l)
+    });
+    Some(held)
+}
+
 /// This process's user + system CPU seconds so far.
 pub fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct we pass.
