@@ -17,7 +17,7 @@ use crate::chat::moved::Backlog;
 use crate::cluster::{
     ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, roster_fields,
 };
-use crate::conn::Phase;
+use crate::conn::{Bucket, Phase};
 use crate::protocol::{self, ErrorCode, LOBBY};
 use crate::redis::{Input, error_text};
 use bytes::Bytes;
@@ -117,6 +117,7 @@ impl Server {
                 // Whatever Redis numbered while we were away passed the mirrors by.
                 self.chat.history.stale_all();
                 c.subscribed(self.chat.local_rooms());
+                c.clock_sent(now);
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
                 c.claim(self.chat.local_keys(), || Await::Refresh);
@@ -149,7 +150,7 @@ impl Server {
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
-                        Await::Refresh | Await::Ignore => {}
+                        Await::Refresh | Await::Ignore | Await::Clock { .. } => {}
                     }
                 }
             }
@@ -187,6 +188,13 @@ impl Server {
         }
         match w {
             Await::Ignore => {}
+            Await::Clock { sent } => {
+                let BytesFrame::Array { data, .. } = &frame else { return };
+                let n = |i: usize| data.get(i).and_then(|f| f.as_str()).and_then(|t| t.parse::<i64>().ok());
+                if let (Some(secs), Some(micros)) = (n(0), n(1)) {
+                    self.cluster_mut().clock_read(secs, micros, sent, now);
+                }
+            }
             Await::Fetch { generation, fetch } => {
                 let kept = fetched(&frame);
                 if kept.is_none() {
@@ -239,7 +247,12 @@ impl Server {
                 let verdict = match &frame {
                     BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
                         Some(0) => Granted::Yes,
-                        Some(1) => Granted::Moved(Box::new(backlog(&data[1..]))),
+                        Some(1) => {
+                            let carried = carried_bucket(data.get(4), self.cfg.rate_limit, now);
+                            Granted::Moved(Box::new(backlog(&data[1..])), carried)
+                        }
+                        // Redis ran it after its deadline (it had stalled): it did nothing.
+                        Some(-3) => Granted::Failed,
                         Some(-2) if !asked => {
                             match (data.get(1).and_then(|f| f.as_str()), self.token_of_ws(token)) {
                                 // Connected on that node as far as it knows: ask it (the join
@@ -458,7 +471,7 @@ impl Server {
         let asked = match &presented {
             Some(p) => {
                 let then = Await::Resume { token, generation, id: id.to_string(), asked: false };
-                c.claim_resume(&lower, p, self.cfg.resume_grace, then)
+                c.claim_resume(&lower, p, self.cfg.resume_grace, then, now)
             }
             None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
                 token,
@@ -486,19 +499,15 @@ impl Server {
     fn replace(&mut self, old: usize, presented: Option<&crate::chat::ids::Secret>, now: Instant) -> bool {
         let oc = &mut self.net.conns[old];
         let Phase::Ws(os) = &mut oc.phase else { return false };
-        if presented.is_none_or(|p| *p != os.resume) {
+        if presented.is_none_or(|p| *p != os.resume) || !os.joined {
             return false;
         }
-        if !std::mem::take(&mut os.joined) {
-            return false;
-        }
-        let Some(user) = self.chat.id_of(old).cloned() else { return false };
+        let Some(user) = self.chat.id_of(old) else { return false };
         info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
-        oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
-        let secret = os.resume;
-        self.chat.lose(&user, secret, now + self.cfg.resume_grace);
-        self.cluster_lost(&user, &secret, now);
-        self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
+        // Ended as every session ends (`leave`): the user held, its secret and rate-limit
+        // bucket handed to the id (and to Redis), before the new connection's join looks.
+        let why = Some(crate::metrics::Reason::Replaced);
+        self.close_ws(old, CloseCode::from(4001), "replaced", why, now);
         true
     }
 
@@ -538,7 +547,7 @@ impl Server {
         let grace = self.cfg.resume_grace;
         let c = self.cluster_mut();
         let then = Await::Resume { token: a.token, generation: a.generation, id: a.id.clone(), asked: true };
-        let sent = ok && presented.is_some_and(|p| c.claim_resume(&lower, &p, grace, then));
+        let sent = ok && presented.is_some_and(|p| c.claim_resume(&lower, &p, grace, then, now));
         if !sent {
             c.claiming.remove(&lower);
             let verdict = if ok { Granted::Failed } else { Granted::No };
@@ -575,7 +584,7 @@ impl Server {
         match verdict {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
-            Granted::Moved(backlog) => return self.take_over(token, id, *backlog, now),
+            Granted::Moved(backlog, carried) => return self.take_over(token, id, *backlog, carried, now),
             Granted::Yes | Granted::Locally => {}
         }
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
@@ -586,28 +595,26 @@ impl Server {
                 // Back within its grace: still a member everywhere, nothing to announce. Its
                 // old secret must not let it in on another node either.
                 self.net.stats.resumes += 1;
-                if let Some(c) = &mut self.cluster {
+                // Granted by Redis, the token was spent by `RESUME` itself, atomically with the
+                // claim (see there); decided here alone, it is spent when Redis hears of it.
+                if let (Some(c), Granted::Locally) = (&mut self.cluster, &verdict) {
                     c.spent(&key(&user));
                 }
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.joined = true;
-                    if let Some(b) = self.buckets.remove(&key(&user)) {
-                        s.bucket = b;
-                    }
                 }
+                self.bucket_from_id(token, &key(&user), None, now);
             }
             Ok((user, false)) => {
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session open id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.joined = true;
-                    // The rate limit belongs to the id: a reconnect does not buy a new burst.
-                    if let Some(b) = self.buckets.remove(&key(&user)) {
-                        s.bucket = b;
-                    }
                 }
+                // The rate limit belongs to the id: a reconnect does not buy a new burst.
+                self.bucket_from_id(token, &key(&user), None, now);
                 if let Some(c) = &mut self.cluster {
                     c.publish(ALL, &payload(&["J", &c.node, &user], None));
                 }
@@ -625,14 +632,14 @@ impl Server {
     /// Redis let `id` in on connection `token` with its resume secret, taken over from the
     /// node that held it in its grace: welcome it back in its rooms and announce it as ours
     /// (that node then lets its hold go, and nobody sees a leave: see `chat::moved`).
-    fn take_over(&mut self, token: usize, id: &str, backlog: Backlog, now: Instant) {
+    fn take_over(&mut self, token: usize, id: &str, backlog: Backlog, carried: Option<Bucket>, now: Instant) {
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
         let pseq = s.asked.take().map_or(0, |a| a.pseq);
         let t = match self.chat.take_over(id, token, &secret, pseq, backlog, &mut self.net) {
             Ok(t) => t,
             Err(code) => {
-                self.give_back(Granted::Moved(Box::default()), id);
+                self.give_back(Granted::Moved(Box::default(), None), id);
                 return self.refuse_id(token, id, code, now);
             }
         };
@@ -642,6 +649,8 @@ impl Server {
         if let Phase::Ws(s) = &mut conn.phase {
             s.joined = true;
         }
+        // The bucket it had on the other node, carried by Redis: no fresh burst for moving.
+        self.bucket_from_id(token, &key(&t.id), carried, now);
         if let Some(c) = &mut self.cluster {
             c.publish(ALL, &payload(&["J", &c.node, &t.id], None));
         }
@@ -668,8 +677,6 @@ impl Server {
     }
 
     /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
-    /// grace, so that the client may resume on another node.
-    /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
     /// grace, and the private messages kept for it, so that the client may resume on another
     /// node.
     pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret, now: Instant) {
@@ -679,7 +686,10 @@ impl Server {
             Some(a) => (a.private.pseq, a.private.kept.iter().map(|k| k.line.clone()).collect()),
             None => (0, Vec::new()),
         };
-        c.lost(&k, secret, self.cfg.resume_grace, pseq, &kept);
+        // The bucket the session handed to the id (`bucket_to_id`), if it was drawn on: a
+        // resume on another node carries it on.
+        let level = self.buckets.get(&k).map(|b| b.level(self.cfg.rate_limit, now));
+        c.lost(&k, secret, self.cfg.resume_grace, pseq, &kept, level);
     }
 
     /// Keeps in Redis what this turn kept for users in their grace (see `cluster::KEEP`).
@@ -693,7 +703,7 @@ impl Server {
     }
 
     fn give_back(&mut self, verdict: Granted, id: &str) {
-        if matches!(verdict, Granted::Yes | Granted::Moved(_))
+        if matches!(verdict, Granted::Yes | Granted::Moved(..))
             && let Some(c) = &mut self.cluster
         {
             c.release(&key(id));
@@ -870,6 +880,15 @@ fn backlog(data: &[BytesFrame]) -> Backlog {
     Backlog { pseq, kept }
 }
 
+/// The rate-limit bucket a `RESUME` reply carries from the user's old node: "LEVEL AGO",
+/// its tokens and how many ms ago (by Redis's clock) they were counted; None if none was
+/// kept (it was full) or the field is unreadable.
+fn carried_bucket(f: Option<&BytesFrame>, rate: u32, now: Instant) -> Option<Bucket> {
+    let (level, ago) = f?.as_str()?.split_once(' ')?;
+    let ago = std::time::Duration::from_millis(ago.parse::<i64>().ok()?.max(0) as u64);
+    Some(Bucket::carried(level.parse().ok()?, ago, rate, now))
+}
+
 /// A `FETCH` reply: {epoch, latest seq, lines}; None for anything else.
 fn fetched(frame: &BytesFrame) -> Option<Kept> {
     let BytesFrame::Array { data, .. } = frame else { return None };
@@ -912,8 +931,8 @@ enum Granted {
     /// Redis answered with an error.
     Failed,
     /// Redis gave it to us with the resume secret of a user held on another node, with what
-    /// it kept for that user.
-    Moved(Box<Backlog>),
+    /// it kept for that user and its rate-limit bucket there.
+    Moved(Box<Backlog>, Option<Bucket>),
     /// No cluster, or Redis is away: decided by this node alone.
     Locally,
 }

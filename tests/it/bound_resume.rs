@@ -407,16 +407,32 @@ fn a_redis_stall_in_a_cross_node_resume_does_not_lock_the_user_out() {
     drop(c);
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let resumed_at = Instant::now();
+    // Redis now runs B's queued RESUME, long after B stopped waiting for it: it must not spend
+    // her token nor mark her moved.
+    std::thread::sleep(Duration::from_millis(100));
+    let (hash, pseq) =
+        (redis_cmd(&redis, "EXISTS chatloop:resume:allce"), redis_cmd(&redis, "GET chatloop:pseq:allce"));
+    println!("after SIGCONT: her resume hash exists {hash}; her pseq key: {pseq}");
+    assert_eq!(hash, ":1", "the late RESUME spent her token");
     // Meanwhile bob writes to her: kept for her, not bounced.
     bob.send(&json!({"to": "alice", "text": "meanwhile"}));
     // She tries again, on A, the node that held her, every 100 ms for at most 2 s.
     let mut tries = 0;
     let mut back = None;
+    let mut got = Vec::new();
+    let privates = |lines: &[Value], got: &mut Vec<String>| {
+        for l in lines {
+            if l["type"] == "message" && l["to"] == "alice" {
+                got.push(l["text"].as_str().unwrap().to_string());
+            }
+        }
+    };
     while resumed_at.elapsed() < Duration::from_secs(2) {
         tries += 1;
         let mut c = a.connect_path(&format!("/ws?id=alice&resume={t}&pseq=0"));
-        match c.next_line() {
-            w if w["type"] == "welcome" => {
+        match c.frame() {
+            Frame::Lines(lines) if lines.iter().any(|l| l["type"] == "welcome") => {
+                privates(&lines, &mut got);
                 back = Some(c);
                 break;
             }
@@ -434,16 +450,10 @@ fn a_redis_stall_in_a_cross_node_resume_does_not_lock_the_user_out() {
             t.split('\n').map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|l| l["type"] == "error"),
         );
     }
-    let mut got = Vec::new();
     if let Some(c) = &mut back {
-        c.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        while let Ok(tungstenite::Message::Text(t)) = c.ws.read() {
-            for l in t.split('\n') {
-                let l: Value = serde_json::from_str(l).unwrap();
-                if l["type"] == "message" && l["to"] == "alice" {
-                    got.push(l["text"].as_str().unwrap().to_string());
-                }
-            }
+        let end = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < end {
+            privates(&poll(c, Duration::from_millis(50)), &mut got);
         }
     }
     println!(
