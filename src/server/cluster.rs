@@ -518,6 +518,11 @@ impl Server {
         let presented = crate::chat::ids::parse_token(token);
         let k = key(id);
         let ok = match self.chat.token_of(id) {
+            // A join of this id is waiting for Redis here (a client presenting the token, as
+            // likely as not this very one): the token is being spent here, so it is not
+            // released, and above all its hash is not written again, which would let the
+            // asking node's second `RESUME` take the user over after ours had spent it.
+            _ if self.cluster_mut().claiming.contains(&k) => false,
             Some(old) => self.replace(old, presented.as_ref(), now),
             // Lost here meanwhile: its secret should be in Redis already, but may not be if
             // the link was down when it was lost; written again (before the answer) to be sure.

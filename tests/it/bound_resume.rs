@@ -384,6 +384,49 @@ fn one_token_presented_on_two_nodes_at_once_lets_in_one() {
 }
 
 #[test]
+fn one_token_presented_on_two_nodes_at_once_while_the_old_connection_is_open_lets_in_one() {
+    // The same race while node A still has the old connection open (half-open, as far as A
+    // knows): A replaces it for its own client, B asks A to (`Takeover`), at the same moment.
+    let Some(redis) = Redis::start() else { return };
+    let args = ["--rate-limit", "0"];
+    let (a, b) = (node(&redis, "15", &args), node(&redis, "15", &args));
+    let mut friend = join_seen(&b, "friend", &a, 1.0);
+    let races = 50;
+    let (mut one, mut both, mut none) = (0, 0, 0);
+    let t0 = Instant::now();
+    for i in 0..races {
+        let id = format!("h{i}");
+        let mut old = a.connect(&id);
+        let t = token(&old.next_of("welcome"));
+        // A private message it has read (pseq 1): nothing is kept for a connected user.
+        friend.send(&json!({"to": id, "text": "seen"}));
+        assert_eq!(old.next_of("message")["pseq"], 1);
+        let go = std::sync::Barrier::new(2);
+        let path = format!("/ws?id={id}&resume={t}&pseq=1");
+        let (sa, sb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| race_side(a.addr, &path, &id, &go));
+            let hb = s.spawn(|| race_side(b.addr, &path, &id, &go));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        match (sa.welcomed, sb.welcomed) {
+            (true, true) => both += 1,
+            (false, false) => none += 1,
+            _ => one += 1,
+        }
+        assert_eq!(old.close_code(), Some(4001), "the old connection is replaced");
+        for c in [sa.client, sb.client].into_iter().flatten() {
+            c.bye();
+        }
+    }
+    println!(
+        "{races} cross-node races of one token with the old connection open, in {:.1} s: one \
+         welcome {one}, two welcomes {both}, none {none}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!((one, both, none), (races, 0, 0));
+}
+
+#[test]
 fn a_redis_stall_in_a_cross_node_resume_does_not_lock_the_user_out() {
     let Some(redis) = Redis::start() else { return };
     let args = ["--rate-limit", "0"];
