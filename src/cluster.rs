@@ -18,6 +18,8 @@
 //! its secret, its kept private messages, its last pseq and its rate-limit bucket under
 //! `chatloop:resume:`, `chatloop:priv:`, `chatloop:pseq:` and `chatloop:rate:` (see `LOST`,
 //! `KEEP`, `RESUME`); the `RESUME` that lets it back in, on any node, spends them at once.
+//! A user that left keeps its bucket there too until it would have refilled (`LEFT`, `JOIN`):
+//! the rate limit belongs to the id, in the whole cluster.
 //!
 //! This module is pure (no sockets): the server's `cluster` half drives it.
 
@@ -119,6 +121,20 @@ redis.call('RPUSH', KEYS[1], ARGV[1]); redis.call('LTRIM', KEYS[1], -tonumber(AR
 redis.call('PEXPIRE', KEYS[1], ARGV[3]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
 return ''";
 
+/// The start of a script that reads a user's rate-limit bucket: `now`, Redis's clock in ms,
+/// and `bucket(k)`, the bucket kept in `k` ("LEVEL MS", see `LOST`, `LEFT`) as "LEVEL AGO"
+/// (AGO: ms since it was kept), or "" if there is none.
+macro_rules! now_and_bucket {
+    () => {
+        "local t = redis.call('TIME') \
+local now = t[1] * 1000 + math.floor(t[2] / 1000) \
+local function bucket(k) local r = redis.call('GET', k) \
+if r then local lv, at = string.match(r, '^(%S+) (%d+)$') \
+if lv then return lv .. ' ' .. string.format('%.0f', now - tonumber(at)) end end \
+return '' end "
+    };
+}
+
 /// A join presenting a resume secret (ARGV[3]), run only before ARGV[5], a deadline in
 /// Redis's clock (ms): a Redis that stalled runs it after the node has given up waiting and
 /// decided the join itself (see `Cluster::claim_resume`), and then it does nothing: {-3}.
@@ -132,6 +148,8 @@ return ''";
 /// (and the key ours), and must ask us (`Msg::Takeover`), which refuses a spent token. Ours
 /// with a hash but another secret: {-1}.
 ///
+/// The reply {0} carries the id's rate-limit bucket (KEYS[5]; see `now_and_bucket`) too.
+///
 /// If another node holds the key for a user in its grace there whose secret this is, the
 /// secret is spent (as above), KEYS[4] says `moved <this node>` for the rest of the grace
 /// (ARGV[4] ms; see `KEEP`), and the reply is {1, that node, last pseq, messages, bucket},
@@ -139,16 +157,17 @@ return ''";
 /// node's user that is not in its grace there (no hash: it is connected, as far as that node
 /// knows) is {-2, that node}: only that node can check the secret (see `Msg::Takeover`). A
 /// wrong secret is {-1}: the id is taken.
-pub const RESUME: &[u8] = b"local t = redis.call('TIME') \
-local now = t[1] * 1000 + math.floor(t[2] / 1000) \
-if now > tonumber(ARGV[5]) then return {-3} end \
+pub const RESUME: &[u8] = concat!(
+    now_and_bucket!(),
+    "if now > tonumber(ARGV[5]) then return {-3} end \
 local v = redis.call('GET', KEYS[1]) \
 local h = redis.call('GET', KEYS[2]) \
 local mine = h and h == redis.sha1hex(ARGV[3]) \
 if v == false or v == ARGV[1] then \
 if h and not mine and v then return {-1} end \
+local b = bucket(KEYS[5]) \
 if mine then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) end \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0} end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0, b} end \
 if not h then return {-2, v} end \
 if not mine then return {-1} end \
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]) \
@@ -156,12 +175,34 @@ local p = redis.call('GET', KEYS[4]) \
 if not p or string.sub(p, 1, 6) == 'moved ' then p = '0' end \
 local kept = redis.call('LRANGE', KEYS[3], 0, -1) \
 redis.call('DEL', KEYS[3]); redis.call('SET', KEYS[4], 'moved ' .. ARGV[1], 'PX', ARGV[4]) \
-local r = redis.call('GET', KEYS[5]) \
-local rate = '' \
-if r then local lv, at = string.match(r, '^(%S+) (%d+)$') \
-if lv then rate = lv .. ' ' .. string.format('%.0f', now - tonumber(at)) end end \
+local rate = bucket(KEYS[5]) \
 redis.call('DEL', KEYS[5]) \
-return {1, v, p, kept, rate}";
+return {1, v, p, kept, rate}"
+)
+.as_bytes();
+
+/// A join without a resume token: takes the id key KEYS[1] for this node (ARGV[1]) for
+/// ARGV[2] ms if it is free or ours, and answers {0, the bucket the id left in KEYS[2]} (see
+/// `LEFT`; "LEVEL AGO" or ""), so that a fresh join on another node buys no fresh burst;
+/// {-1} if another node holds the id.
+pub const JOIN: &[u8] = concat!(
+    now_and_bucket!(),
+    "local v = redis.call('GET', KEYS[1]) \
+if v and v ~= ARGV[1] then return {-1} end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+return {0, bucket(KEYS[2])}"
+)
+.as_bytes();
+
+/// A user left here (its client's close, or its hold's grace ended): frees the id key KEYS[1]
+/// if it is still this node's (ARGV[1]), and keeps its rate-limit bucket's level ARGV[2]
+/// with Redis's clock in KEYS[2] ("LEVEL MS") for ARGV[3] ms, until it would have refilled,
+/// for a join elsewhere (`JOIN`); "" (a full bucket) deletes it.
+pub const LEFT: &[u8] = b"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end \
+if ARGV[2] == '' then redis.call('DEL', KEYS[2]) else \
+local t = redis.call('TIME') \
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)), 'PX', ARGV[3]) end \
+return 0";
 
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
@@ -925,6 +966,43 @@ impl Cluster {
             last.as_bytes(),
             rate.as_bytes(),
         ]);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// Claims `id` (lowercased) for a join without a resume token (see `JOIN`). False if the
+    /// link refused.
+    pub fn claim_join(&mut self, id: &str, then: Await) -> bool {
+        let [key, _, _, _, rate] = user_keys(id);
+        let ttl_ms = self.ttl.as_millis().to_string();
+        let args: [&[u8]; 7] =
+            [b"EVAL", JOIN, b"2", key.as_bytes(), rate.as_bytes(), self.node.as_bytes(), ttl_ms.as_bytes()];
+        let sent = self.link.send(&args);
+        if sent {
+            self.awaiting(then);
+        }
+        sent
+    }
+
+    /// Local user `id` (lowercased) left: frees its key if this node holds it, and keeps its
+    /// rate-limit bucket's `level` (None: full) for `refill` (see `LEFT`).
+    pub fn left(&mut self, id: &str, level: Option<f32>, refill: Duration) -> bool {
+        let [key, _, _, _, rate] = user_keys(id);
+        let level = level.map_or(String::new(), |l| format!("{l:.3}"));
+        let ms = refill.as_millis().max(1).to_string();
+        let args: [&[u8]; 8] = [
+            b"EVAL",
+            LEFT,
+            b"2",
+            key.as_bytes(),
+            rate.as_bytes(),
+            self.node.as_bytes(),
+            level.as_bytes(),
+            ms.as_bytes(),
+        ];
+        let sent = self.link.send(&args);
         if sent {
             self.awaiting(Await::Ignore);
         }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use log::{debug, info, warn};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 impl Server {
@@ -235,9 +235,13 @@ impl Server {
             }
             Await::Claim { token, generation, id } => {
                 self.cluster_mut().claiming.remove(&key(&id));
+                // `JOIN`: {0, the bucket the id left} or {-1}: held elsewhere.
                 let verdict = match &frame {
-                    BytesFrame::Array { data, .. } if data.is_empty() => Granted::Yes,
-                    BytesFrame::Array { .. } => Granted::No,
+                    BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
+                        Some(0) => Granted::Yes(carried_bucket(data.get(1), self.cfg.rate_limit, now)),
+                        Some(_) => Granted::No,
+                        None => Granted::Failed,
+                    },
                     _ => Granted::Failed,
                 };
                 self.joined(token, generation, &id, verdict, now);
@@ -246,7 +250,7 @@ impl Server {
                 let lower = key(&id);
                 let verdict = match &frame {
                     BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
-                        Some(0) => Granted::Yes,
+                        Some(0) => Granted::Yes(carried_bucket(data.get(1), self.cfg.rate_limit, now)),
                         Some(1) => {
                             let carried = carried_bucket(data.get(4), self.cfg.rate_limit, now);
                             Granted::Moved(Box::new(backlog(&data[1..])), carried)
@@ -446,7 +450,7 @@ impl Server {
         // would have ended it: leaves announced, the key released, in that order.
         if let Some(g) = self.chat.end_expired(id, now, &mut self.net) {
             info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
-            self.cluster_left(&g.id, &g.emptied);
+            self.cluster_left(&g.id, &g.emptied, now);
         }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
         let presented = s.asked.as_ref().map(|a| a.secret);
@@ -473,11 +477,7 @@ impl Server {
                 let then = Await::Resume { token, generation, id: id.to_string(), asked: false };
                 c.claim_resume(&lower, p, self.cfg.resume_grace, then, now)
             }
-            None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
-                token,
-                generation,
-                id: id.to_string(),
-            }),
+            None => c.claim_join(&lower, Await::Claim { token, generation, id: id.to_string() }),
         };
         if !asked {
             if c.is_up() {
@@ -590,8 +590,13 @@ impl Server {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
             Granted::Moved(backlog, carried) => return self.take_over(token, id, *backlog, carried, now),
-            Granted::Yes | Granted::Locally => {}
+            Granted::Yes(_) | Granted::Locally => {}
         }
+        // The bucket the id left in Redis, wherever it was last used (see `cluster::JOIN`).
+        let carried = match &verdict {
+            Granted::Yes(b) => *b,
+            _ => None,
+        };
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
         let (presented, pseq) = s.asked.take().map_or((None, 0), |a| (Some(a.secret), a.pseq));
@@ -610,7 +615,7 @@ impl Server {
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.joined = true;
                 }
-                self.bucket_from_id(token, &key(&user), None, now);
+                self.bucket_from_id(token, &key(&user), carried, now);
             }
             Ok((user, false)) => {
                 let conn = &mut self.net.conns[token];
@@ -618,8 +623,9 @@ impl Server {
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.joined = true;
                 }
-                // The rate limit belongs to the id: a reconnect does not buy a new burst.
-                self.bucket_from_id(token, &key(&user), None, now);
+                // The rate limit belongs to the id: a reconnect does not buy a new burst, here
+                // or on another node.
+                self.bucket_from_id(token, &key(&user), carried, now);
                 if let Some(c) = &mut self.cluster {
                     c.publish(ALL, &payload(&["J", &c.node, &user], None));
                 }
@@ -708,7 +714,7 @@ impl Server {
     }
 
     fn give_back(&mut self, verdict: Granted, id: &str) {
-        if matches!(verdict, Granted::Yes | Granted::Moved(..))
+        if matches!(verdict, Granted::Yes(_) | Granted::Moved(..))
             && let Some(c) = &mut self.cluster
         {
             c.release(&key(id));
@@ -842,9 +848,17 @@ impl Server {
     /// A local user left: free the id in Redis (unless it is held for the client's resume:
     /// then it stays ours until the hold ends), tell the others (a leave takes the user out of
     /// every room), and stop hearing the rooms `emptied` of local members.
-    pub(super) fn cluster_left(&mut self, id: &str, emptied: &[Rc<str>]) {
+    pub(super) fn cluster_left(&mut self, id: &str, emptied: &[Rc<str>], now: Instant) {
         let Some(c) = &mut self.cluster else { return };
-        c.release(&key(id));
+        // With the bucket the id leaves here (`bucket_to_id`), kept until it would have
+        // refilled, for a join on another node (see `cluster::LEFT`).
+        let k = key(id);
+        let rate = self.cfg.rate_limit;
+        let level = self.buckets.get(&k).map(|b| b.level(rate, now));
+        let refill = level.map_or(Duration::ZERO, |l| {
+            Duration::from_secs_f32((2.0 * rate as f32 - l).max(0.0) / rate.max(1) as f32)
+        });
+        c.left(&k, level, refill + Duration::from_secs(1));
         for room in emptied {
             c.listen(room, false);
             self.chat.history.stale(room);
@@ -929,8 +943,8 @@ enum Channel {
 /// How a join's id claim ended.
 #[derive(Debug)]
 enum Granted {
-    /// Redis gave it to us.
-    Yes,
+    /// Redis gave it to us, with the rate-limit bucket the id left there (see `cluster::JOIN`).
+    Yes(Option<Bucket>),
     /// Another node holds it.
     No,
     /// Redis answered with an error.

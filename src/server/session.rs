@@ -361,7 +361,7 @@ impl Server {
         // Before `cluster_lost`, which carries it to Redis with the resume data.
         self.bucket_to_id(key, bucket, now);
         if left {
-            self.cluster_left(&id, &emptied);
+            self.cluster_left(&id, &emptied, now);
         } else if let Phase::Ws(s) = &self.net.conns[token].phase {
             let secret = s.resume;
             self.cluster_lost(&id, &secret, now);

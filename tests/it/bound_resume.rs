@@ -96,6 +96,21 @@ fn self_replacing(nodes: &[&Server], observer: &mut Client, secs: f64) -> (f64, 
     (t0.elapsed().as_secs_f64(), ok, limited, hops)
 }
 
+/// The same attack without the token: close (a clean leave), join afresh on the next node.
+fn leave_and_rejoin(nodes: &[&Server], observer: &mut Client, secs: f64) -> (f64, usize, usize, usize) {
+    let mut c = nodes[0].join("spammer");
+    let t0 = Instant::now();
+    let (mut ok, mut limited, mut hops) = (0, 0, 0);
+    while t0.elapsed().as_secs_f64() < secs && hops < 400 {
+        let (o, l) = burst(&mut c, observer, &format!("flood{hops}"), 40);
+        (ok, limited) = (ok + o, limited + l);
+        hops += 1;
+        c.bye();
+        c = nodes[hops % nodes.len()].join("spammer");
+    }
+    (t0.elapsed().as_secs_f64(), ok, limited, hops)
+}
+
 /// What item 3's attack may get past the limit: `--rate-limit` 20/s after a burst of 40
 /// (README: "burst 2N, kept across reconnects"), plus a message of rounding.
 fn allowed(secs: f64) -> usize {
@@ -126,6 +141,22 @@ fn replacing_your_own_connection_on_the_other_node_buys_no_burst() {
     println!(
         "two nodes, {hops} self-replacements across them in {secs:.2} s: observer got {got} flood \
          messages ({:.0}/s; {} allowed), {limited} rate_limited",
+        got as f64 / secs,
+        allowed(secs)
+    );
+    assert!(got <= allowed(secs), "{got} messages in {secs:.2} s");
+    assert!(limited > 0);
+}
+
+#[test]
+fn leaving_and_joining_on_the_other_node_buys_no_burst() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis, "15", &[]), node(&redis, "15", &[]));
+    let mut observer = join_seen(&a, "observer", &b, 1.0);
+    let (secs, got, limited, hops) = leave_and_rejoin(&[&a, &b], &mut observer, 3.0);
+    println!(
+        "two nodes, {hops} leaves and fresh joins across them in {secs:.2} s: observer got {got} \
+         flood messages ({:.0}/s; {} allowed), {limited} rate_limited",
         got as f64 / secs,
         allowed(secs)
     );
