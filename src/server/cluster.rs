@@ -899,7 +899,7 @@ fn backlog(data: &[BytesFrame]) -> Backlog {
     Backlog { pseq, kept }
 }
 
-/// The rate-limit bucket a `RESUME` reply carries from the user's old node: "LEVEL AGO",
+/// The rate-limit bucket a `RESUME` or `JOIN` reply carries from the id's last session: "LEVEL AGO",
 /// its tokens and how many ms ago (by Redis's clock) they were counted; None if none was
 /// kept (it was full) or the field is unreadable.
 fn carried_bucket(f: Option<&BytesFrame>, rate: u32, now: Instant) -> Option<Bucket> {

@@ -372,9 +372,10 @@ impl Server {
     /// session ends goes through here, by way of `leave`: left, lost, replaced by a resume
     /// (here or asked by another node), closed by the server. The bucket is kept until it
     /// would have refilled (the sweep forgets it then, and a hold that expires leaves it
-    /// here), so a reconnect does not buy a new burst; in a cluster `cluster_lost` also puts
-    /// its level in Redis beside the resume hash, for a resume on another node. Only a
-    /// bucket that has been drawn on says anything: a full one is what a newcomer gets.
+    /// here), so a reconnect does not buy a new burst; in a cluster `cluster_lost` (beside the
+    /// resume hash) and `cluster_left` (when the id is freed) also put its level in Redis, for
+    /// a session of the id on another node. Only a bucket that has been drawn on says
+    /// anything: a full one is what a newcomer gets.
     fn bucket_to_id(&mut self, key: String, bucket: Bucket, now: Instant) {
         if bucket.full(self.cfg.rate_limit, now) {
             self.buckets.remove(&key);
@@ -385,8 +386,9 @@ impl Server {
 
     /// The other half: a session that takes id `key` (lowercased) on connection `token`, new,
     /// resumed or taken over from another node, starts from the bucket the id left here or
-    /// the one `carried` from another node (see `cluster::RESUME`), whichever holds fewer
-    /// tokens now; a fresh burst only if there is neither.
+    /// the one `carried` in Redis from wherever it was last used (see `cluster::RESUME`,
+    /// `cluster::JOIN`), whichever holds fewer tokens now; a fresh burst only if there is
+    /// neither.
     pub(super) fn bucket_from_id(&mut self, token: usize, key: &str, carried: Option<Bucket>, now: Instant) {
         let rate = self.cfg.rate_limit;
         let pick = match (self.buckets.remove(key), carried) {
