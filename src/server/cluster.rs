@@ -899,9 +899,9 @@ fn backlog(data: &[BytesFrame]) -> Backlog {
     Backlog { pseq, kept }
 }
 
-/// The rate-limit bucket a `RESUME` or `JOIN` reply carries from the id's last session: "LEVEL AGO",
-/// its tokens and how many ms ago (by Redis's clock) they were counted; None if none was
-/// kept (it was full) or the field is unreadable.
+/// The rate-limit bucket a `RESUME` or `JOIN` reply carries from the id's last session:
+/// "LEVEL AGO", its tokens and how many ms ago (by Redis's clock) they were counted; None if
+/// none was kept (it was full) or the field is unreadable.
 fn carried_bucket(f: Option<&BytesFrame>, rate: u32, now: Instant) -> Option<Bucket> {
     let (level, ago) = f?.as_str()?.split_once(' ')?;
     let ago = std::time::Duration::from_millis(ago.parse::<i64>().ok()?.max(0) as u64);
