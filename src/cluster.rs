@@ -107,7 +107,8 @@ if #ARGV > 4 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5)); redis.call('PEX
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2]) \
 if ARGV[4] == '' then redis.call('DEL', KEYS[4]) else \
 local t = redis.call('TIME') \
-redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)), 'PX', ARGV[2]) end \
+local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. ms, 'PX', ARGV[2]) end \
 return 0";
 
 /// A private message kept for a user in its grace here: appends its copy ARGV[1] (pseq
@@ -201,7 +202,8 @@ return {0, bucket(KEYS[2])}"
 pub const LEFT: &[u8] = b"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end \
 if ARGV[2] == '' then redis.call('DEL', KEYS[2]) else \
 local t = redis.call('TIME') \
-redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)), 'PX', ARGV[3]) end \
+local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ms, 'PX', ARGV[3]) end \
 return 0";
 
 /// Deletes every key that is still this node's.
