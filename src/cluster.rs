@@ -15,8 +15,11 @@
 //!
 //! Each room has `chatloop:seq:<room>`, `chatloop:epoch:<room>` and its recent history,
 //! `chatloop:hist:<room>` (see `NUMBER`, `FETCH`). A user in its resume grace has the hash of
-//! its secret, its kept private messages and its last pseq under `chatloop:resume:`,
-//! `chatloop:priv:` and `chatloop:pseq:` (see `LOST`, `KEEP`, `RESUME`).
+//! its secret, its kept private messages, its last pseq and its rate-limit bucket under
+//! `chatloop:resume:`, `chatloop:priv:`, `chatloop:pseq:` and `chatloop:rate:` (see `LOST`,
+//! `KEEP`, `RESUME`); the `RESUME` that lets it back in, on any node, spends them at once.
+//! A user that left keeps its bucket there too until it would have refilled (`LEFT`, `JOIN`):
+//! the rate limit belongs to the id, in the whole cluster.
 //!
 //! This module is pure (no sockets): the server's `cluster` half drives it.
 
@@ -41,6 +44,10 @@ const RESUME_PREFIX: &str = "chatloop:resume:";
 /// another node took the user over (see `KEEP`).
 const PRIVATE_PREFIX: &str = "chatloop:priv:";
 const PSEQ_PREFIX: &str = "chatloop:pseq:";
+/// The rate-limit bucket of a user in its grace, "LEVEL MS": its tokens when it was lost and
+/// Redis's clock then (`TIME`, ms), for the grace, so that a resume on another node carries
+/// it on rather than starting with a fresh burst (see `LOST`, `RESUME`).
+const RATE_PREFIX: &str = "chatloop:rate:";
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
 pub const CLAIM_CHUNK: usize = 512;
@@ -91,12 +98,17 @@ return {e, c, lines}";
 
 /// A user's connection was lost: keeps the SHA-1 of its secret ARGV[1] in KEYS[1] for ARGV[2]
 /// ms (its grace; only the hash: reading Redis does not hand out the secret), its last pseq
-/// ARGV[3] in KEYS[3], and the private messages kept for it (ARGV[4...], its copies) in the
-/// list KEYS[2], all for the grace.
+/// ARGV[3] in KEYS[3], its rate-limit bucket's level ARGV[4] ("" if full) with Redis's clock
+/// in KEYS[4] ("LEVEL MS"), and the private messages kept for it (ARGV[5...], its copies) in
+/// the list KEYS[2], all for the grace.
 pub const LOST: &[u8] = b"redis.call('SET', KEYS[1], redis.sha1hex(ARGV[1]), 'PX', ARGV[2]) \
 redis.call('DEL', KEYS[2]) \
-if #ARGV > 3 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 4)); redis.call('PEXPIRE', KEYS[2], ARGV[2]) end \
+if #ARGV > 4 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5)); redis.call('PEXPIRE', KEYS[2], ARGV[2]) end \
 redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2]) \
+if ARGV[4] == '' then redis.call('DEL', KEYS[4]) else \
+local t = redis.call('TIME') \
+local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+redis.call('SET', KEYS[4], ARGV[4] .. ' ' .. ms, 'PX', ARGV[2]) end \
 return 0";
 
 /// A private message kept for a user in its grace here: appends its copy ARGV[1] (pseq
@@ -110,26 +122,89 @@ redis.call('RPUSH', KEYS[1], ARGV[1]); redis.call('LTRIM', KEYS[1], -tonumber(AR
 redis.call('PEXPIRE', KEYS[1], ARGV[3]); redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
 return ''";
 
-/// A join presenting a resume secret (ARGV[3]): takes the id key KEYS[1] for this node
-/// (ARGV[1]) for ARGV[2] ms if it is free or ours ({0}, as `CLAIM` does), or if another node
-/// holds it for a user in its grace whose secret this is (KEYS[2] holds its SHA-1): then the
-/// secret is spent (deleted: the token rotates), the user's kept private messages (KEYS[3])
-/// and last pseq (KEYS[4]) are taken, KEYS[4] says `moved <this node>` for the rest of the
-/// grace (ARGV[4] ms; see `KEEP`), and the reply is {1, that node, last pseq, messages}.
-/// Another node's user that is not in its grace there (no hash: it is connected, as far as
-/// that node knows) is {-2, that node}: only that node can check the secret (see
-/// `Msg::Takeover`). A wrong secret is {-1}: the id is taken.
-pub const RESUME: &[u8] = b"local v = redis.call('GET', KEYS[1]) \
-if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0} end \
+/// The start of a script that reads a user's rate-limit bucket: `now`, Redis's clock in ms,
+/// and `bucket(k)`, the bucket kept in `k` ("LEVEL MS", see `LOST`, `LEFT`) as "LEVEL AGO"
+/// (AGO: ms since it was kept), or "" if there is none.
+macro_rules! now_and_bucket {
+    () => {
+        "local t = redis.call('TIME') \
+local now = t[1] * 1000 + math.floor(t[2] / 1000) \
+local function bucket(k) local r = redis.call('GET', k) \
+if r then local lv, at = string.match(r, '^(%S+) (%d+)$') \
+if lv then return lv .. ' ' .. string.format('%.0f', now - tonumber(at)) end end \
+return '' end "
+    };
+}
+
+/// A join presenting a resume secret (ARGV[3]), run only before ARGV[5], a deadline in
+/// Redis's clock (ms): a Redis that stalled runs it after the node has given up waiting and
+/// decided the join itself (see `Cluster::claim_resume`), and then it does nothing: {-3}.
+///
+/// Otherwise it takes the id key KEYS[1] for this node (ARGV[1]) for ARGV[2] ms if it is free
+/// or ours ({0}, as `CLAIM` does). If the user is in its grace (KEYS[2] holds its secret's
+/// SHA-1) and this is its secret, the token is spent in the same step, wherever the user is
+/// held: the hash is deleted with the kept private messages (KEYS[3]), the last pseq (KEYS[4])
+/// and the bucket (KEYS[5]). On the node that holds the user that is what makes a resume there
+/// exclusive: a `RESUME` for the same token on another node, run just after, finds no hash
+/// (and the key ours), and must ask us (`Msg::Takeover`), which refuses a spent token. Ours
+/// with a hash but another secret: {-1}.
+///
+/// The reply {0} carries the id's rate-limit bucket (KEYS[5]; see `now_and_bucket`) too.
+///
+/// If another node holds the key for a user in its grace there whose secret this is, the
+/// secret is spent (as above), KEYS[4] says `moved <this node>` for the rest of the grace
+/// (ARGV[4] ms; see `KEEP`), and the reply is {1, that node, last pseq, messages, bucket},
+/// the bucket being "LEVEL AGO" (AGO: ms since it was kept, by Redis's clock) or "". Another
+/// node's user that is not in its grace there (no hash: it is connected, as far as that node
+/// knows) is {-2, that node}: only that node can check the secret (see `Msg::Takeover`). A
+/// wrong secret is {-1}: the id is taken.
+pub const RESUME: &[u8] = concat!(
+    now_and_bucket!(),
+    "if now > tonumber(ARGV[5]) then return {-3} end \
+local v = redis.call('GET', KEYS[1]) \
 local h = redis.call('GET', KEYS[2]) \
+local mine = h and h == redis.sha1hex(ARGV[3]) \
+if v == false or v == ARGV[1] then \
+if h and not mine and v then return {-1} end \
+local b = bucket(KEYS[5]) \
+if mine then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return {0, b} end \
 if not h then return {-2, v} end \
-if h ~= redis.sha1hex(ARGV[3]) then return {-1} end \
+if not mine then return {-1} end \
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); redis.call('DEL', KEYS[2]) \
 local p = redis.call('GET', KEYS[4]) \
 if not p or string.sub(p, 1, 6) == 'moved ' then p = '0' end \
 local kept = redis.call('LRANGE', KEYS[3], 0, -1) \
 redis.call('DEL', KEYS[3]); redis.call('SET', KEYS[4], 'moved ' .. ARGV[1], 'PX', ARGV[4]) \
-return {1, v, p, kept}";
+local rate = bucket(KEYS[5]) \
+redis.call('DEL', KEYS[5]) \
+return {1, v, p, kept, rate}"
+)
+.as_bytes();
+
+/// A join without a resume token: takes the id key KEYS[1] for this node (ARGV[1]) for
+/// ARGV[2] ms if it is free or ours, and answers {0, the bucket the id left in KEYS[2]} (see
+/// `LEFT`; "LEVEL AGO" or ""), so that a fresh join on another node buys no fresh burst;
+/// {-1} if another node holds the id.
+pub const JOIN: &[u8] = concat!(
+    now_and_bucket!(),
+    "local v = redis.call('GET', KEYS[1]) \
+if v and v ~= ARGV[1] then return {-1} end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+return {0, bucket(KEYS[2])}"
+)
+.as_bytes();
+
+/// A user left here (its client's close, or its hold's grace ended): frees the id key KEYS[1]
+/// if it is still this node's (ARGV[1]), and keeps its rate-limit bucket's level ARGV[2]
+/// with Redis's clock in KEYS[2] ("LEVEL MS") for ARGV[3] ms, until it would have refilled,
+/// for a join elsewhere (`JOIN`); "" (a full bucket) deletes it.
+pub const LEFT: &[u8] = b"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end \
+if ARGV[2] == '' then redis.call('DEL', KEYS[2]) else \
+local t = redis.call('TIME') \
+local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ms, 'PX', ARGV[3]) end \
+return 0";
 
 /// Deletes every key that is still this node's.
 pub const RELEASE: &[u8] = b"for _, k in ipairs(KEYS) do \
@@ -353,10 +428,10 @@ pub fn line_seq(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
 }
 
-/// A user's keys (`id` lowercased): its id claim, its resume hash, its kept private messages
-/// and its last pseq.
-fn user_keys(id: &str) -> [String; 4] {
-    [KEY_PREFIX, RESUME_PREFIX, PRIVATE_PREFIX, PSEQ_PREFIX].map(|p| format!("{p}{id}"))
+/// A user's keys (`id` lowercased): its id claim, its resume hash, its kept private messages,
+/// its last pseq and its rate-limit bucket.
+fn user_keys(id: &str) -> [String; 5] {
+    [KEY_PREFIX, RESUME_PREFIX, PRIVATE_PREFIX, PSEQ_PREFIX, RATE_PREFIX].map(|p| format!("{p}{id}"))
 }
 
 /// Room `room`'s keys: its seq counter, its epoch and its history list.
@@ -447,6 +522,10 @@ pub enum Await {
         id: String,
         asked: bool,
     },
+    /// Redis's `TIME`, asked at `sent` (see `Cluster::clock_read`).
+    Clock {
+        sent: Instant,
+    },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
     Ignore,
@@ -490,6 +569,10 @@ pub struct Cluster {
     /// Joins waiting for another node to release a user it has connected (see
     /// `Msg::Takeover`), by lowercased id, each given up at its deadline.
     pub asking: HashMap<String, Asking>,
+    /// Redis's clock: `offset` ms plus the ms since `origin` (see `redis_ms`). Until `TIME`
+    /// answers, this host's wall clock stands in for it.
+    origin: Instant,
+    offset: i64,
 }
 
 /// A join waiting for another node's `Released`.
@@ -530,6 +613,10 @@ impl Cluster {
             history: 0,
             history_ttl: Duration::ZERO,
             asking: HashMap::new(),
+            origin: now,
+            offset: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
             next_beat: now,
             progress: now,
             heard: now,
@@ -741,12 +828,32 @@ impl Cluster {
 
     /// Claims `id` (lowercased) for a join that presents `secret`: see `RESUME`; `grace` is
     /// `--resume-grace`. False if the link refused.
-    pub fn claim_resume(&mut self, id: &str, secret: &[u8], grace: Duration, then: Await) -> bool {
+    ///
+    /// The script carries a deadline (`claim_deadline`), so that it can never take effect
+    /// after this node has stopped waiting for it: a Redis that stalls runs its queued input
+    /// when it resumes, and a `RESUME` that took the user over then, with nobody to welcome it,
+    /// would leave the user's token spent and its old node's hold marked moved: locked out
+    /// and listed on two nodes until the key expired.
+    pub fn claim_resume(
+        &mut self,
+        id: &str,
+        secret: &[u8],
+        grace: Duration,
+        then: Await,
+        now: Instant,
+    ) -> bool {
         let (ttl_ms, grace_ms) = (self.ttl.as_millis().to_string(), grace.as_millis().max(1).to_string());
+        let deadline = self.claim_deadline(now).to_string();
         let keys = user_keys(id);
-        let mut args: Vec<&[u8]> = vec![b"EVAL", RESUME, b"4"];
+        let mut args: Vec<&[u8]> = vec![b"EVAL", RESUME, b"5"];
         args.extend(keys.iter().map(|k| k.as_bytes()));
-        args.extend([self.node.as_bytes(), ttl_ms.as_bytes(), secret, grace_ms.as_bytes()]);
+        args.extend([
+            self.node.as_bytes(),
+            ttl_ms.as_bytes(),
+            secret,
+            grace_ms.as_bytes(),
+            deadline.as_bytes(),
+        ]);
         let sent = self.link.send(&args);
         drop(args);
         if sent {
@@ -755,15 +862,68 @@ impl Cluster {
         sent
     }
 
+    /// The moment (Redis's clock, ms) after which a `RESUME` sent now must do nothing: half a
+    /// limit after the stall clock's start (`progress` if replies are awaited, else now).
+    /// The link is given up a whole limit after that start at the earliest, so a script run
+    /// in time has half a limit for its reply to arrive, and one run later (Redis stalled)
+    /// finds its deadline passed. Half a limit after the clock's start may already be past
+    /// if Redis has been silent that long: then the join is refused as if Redis were busy.
+    pub fn claim_deadline(&self, now: Instant) -> i64 {
+        let start = if self.waiting.is_empty() { now } else { self.progress };
+        self.redis_ms(start + self.limit() / 2)
+    }
+
+    /// `at` in Redis's clock (ms since the Unix epoch as its `TIME` says), from the offset
+    /// measured when the link came up (`clock_sent`, `clock_read`).
+    pub fn redis_ms(&self, at: Instant) -> i64 {
+        let since = match at.checked_duration_since(self.origin) {
+            Some(d) => d.as_millis() as i64,
+            None => -(self.origin.duration_since(at).as_millis() as i64),
+        };
+        since + self.offset
+    }
+
+    /// Asks Redis for its clock (the link just came up): deadlines for it are in its time,
+    /// not ours (`claim_deadline`).
+    pub fn clock_sent(&mut self, now: Instant) {
+        if self.link.send(&[b"TIME"]) {
+            self.awaiting(Await::Clock { sent: now });
+        }
+    }
+
+    /// Redis's `TIME` ({seconds, microseconds}) for a request sent at `sent`, read `now`:
+    /// its clock is taken to be read half way between.
+    pub fn clock_read(&mut self, secs: i64, micros: i64, sent: Instant, now: Instant) {
+        let mid = sent + now.duration_since(sent) / 2;
+        let here = self.redis_ms(mid) - self.offset;
+        self.offset = secs * 1000 + micros / 1000 - here;
+    }
+
     /// Local user `id` (lowercased) was lost: another node may let it back in with `secret`
-    /// within `grace`, with the private messages kept for it (`kept`, its copies) and its
-    /// last `pseq` (see `LOST`).
-    pub fn lost(&mut self, id: &str, secret: &[u8], grace: Duration, pseq: u64, kept: &[Bytes]) -> bool {
-        let [_, resume, private, last] = user_keys(id);
+    /// within `grace`, with the private messages kept for it (`kept`, its copies), its last
+    /// `pseq` and its rate-limit bucket's `level` (None: full) (see `LOST`).
+    pub fn lost(
+        &mut self,
+        id: &str,
+        secret: &[u8],
+        grace: Duration,
+        pseq: u64,
+        kept: &[Bytes],
+        level: Option<f32>,
+    ) -> bool {
+        let [_, resume, private, last, rate] = user_keys(id);
         let (ms, pseq) = (grace.as_millis().max(1).to_string(), pseq.to_string());
-        let mut args: Vec<&[u8]> =
-            vec![b"EVAL", LOST, b"3", resume.as_bytes(), private.as_bytes(), last.as_bytes()];
-        args.extend([secret, ms.as_bytes(), pseq.as_bytes()]);
+        let level = level.map_or(String::new(), |l| format!("{l:.3}"));
+        let mut args: Vec<&[u8]> = vec![
+            b"EVAL",
+            LOST,
+            b"4",
+            resume.as_bytes(),
+            private.as_bytes(),
+            last.as_bytes(),
+            rate.as_bytes(),
+        ];
+        args.extend([secret, ms.as_bytes(), pseq.as_bytes(), level.as_bytes()]);
         args.extend(kept.iter().map(|l| &l[..]));
         let sent = self.link.send(&args);
         drop(args);
@@ -776,7 +936,7 @@ impl Cluster {
     /// A private message for local user `to` (lowercased `key`) in its grace, its copy
     /// `copy` numbered `pseq`: kept in Redis too, for a resume on another node (see `KEEP`).
     pub fn keep(&mut self, key: &str, copy: &[u8], pseq: u64, grace: Duration, then: Await) -> bool {
-        let [_, _, private, last] = user_keys(key);
+        let [_, _, private, last, _] = user_keys(key);
         let (pseq, ms) = (pseq.to_string(), grace.as_millis().max(1).to_string());
         let cap = crate::chat::resume::KEPT_MAX.to_string();
         let args: [&[u8]; 9] = [
@@ -800,8 +960,51 @@ impl Cluster {
     /// Local user `id` (lowercased) is back here: its old secret must not let it in on
     /// another node, and what Redis kept for it is delivered here.
     pub fn spent(&mut self, id: &str) -> bool {
-        let [_, resume, private, last] = user_keys(id);
-        let sent = self.link.send(&[b"DEL", resume.as_bytes(), private.as_bytes(), last.as_bytes()]);
+        let [_, resume, private, last, rate] = user_keys(id);
+        let sent = self.link.send(&[
+            b"DEL",
+            resume.as_bytes(),
+            private.as_bytes(),
+            last.as_bytes(),
+            rate.as_bytes(),
+        ]);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// Claims `id` (lowercased) for a join without a resume token (see `JOIN`). False if the
+    /// link refused.
+    pub fn claim_join(&mut self, id: &str, then: Await) -> bool {
+        let [key, _, _, _, rate] = user_keys(id);
+        let ttl_ms = self.ttl.as_millis().to_string();
+        let args: [&[u8]; 7] =
+            [b"EVAL", JOIN, b"2", key.as_bytes(), rate.as_bytes(), self.node.as_bytes(), ttl_ms.as_bytes()];
+        let sent = self.link.send(&args);
+        if sent {
+            self.awaiting(then);
+        }
+        sent
+    }
+
+    /// Local user `id` (lowercased) left: frees its key if this node holds it, and keeps its
+    /// rate-limit bucket's `level` (None: full) for `refill` (see `LEFT`).
+    pub fn left(&mut self, id: &str, level: Option<f32>, refill: Duration) -> bool {
+        let [key, _, _, _, rate] = user_keys(id);
+        let level = level.map_or(String::new(), |l| format!("{l:.3}"));
+        let ms = refill.as_millis().max(1).to_string();
+        let args: [&[u8]; 8] = [
+            b"EVAL",
+            LEFT,
+            b"2",
+            key.as_bytes(),
+            rate.as_bytes(),
+            self.node.as_bytes(),
+            level.as_bytes(),
+            ms.as_bytes(),
+        ];
+        let sent = self.link.send(&args);
         if sent {
             self.awaiting(Await::Ignore);
         }
@@ -1088,6 +1291,26 @@ mod tests {
         // The replies still come, in order, and are ignored.
         assert!(matches!(c.answered(t0), Some(Await::Ignore)));
         assert!(matches!(c.answered(t0), Some(Await::Refresh)));
+    }
+
+    #[test]
+    fn a_resume_deadline_is_half_a_limit_after_the_stall_clock_starts_in_redis_time() {
+        let t0 = Instant::now();
+        let url = Url::parse("redis://127.0.0.1:1").unwrap();
+        let ms = Duration::from_millis;
+        let mut c = Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), t0);
+        c.link.pretend_up();
+        // Asked at t0, answered 10 ms later: Redis read 1000.000 s half way between.
+        c.clock_read(1000, 0, t0, t0 + ms(10));
+        assert_eq!(c.redis_ms(t0 + ms(5)), 1_000_000);
+        // Nothing awaited: half a limit from now.
+        let now = t0 + ms(1000);
+        assert_eq!(c.claim_deadline(now), 1_000_000 + 995 + 500);
+        // Replies awaited since `progress`: half a limit from then, so a whole limit (when the
+        // link is given up) leaves half a limit for a reply to a script run in time.
+        assert!(c.publish(ALL, b"H x"));
+        c.progress = t0 + ms(200);
+        assert_eq!(c.claim_deadline(now), 1_000_000 + 195 + 500);
     }
 
     #[test]

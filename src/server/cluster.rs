@@ -17,14 +17,14 @@ use crate::chat::moved::Backlog;
 use crate::cluster::{
     ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload, roster_fields,
 };
-use crate::conn::Phase;
+use crate::conn::{Bucket, Phase};
 use crate::protocol::{self, ErrorCode, LOBBY};
 use crate::redis::{Input, error_text};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 impl Server {
@@ -118,6 +118,7 @@ impl Server {
                 // Whatever Redis numbered while we were away passed the mirrors by.
                 self.chat.history.stale_all();
                 c.subscribed(self.chat.local_rooms());
+                c.clock_sent(now);
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
                 c.claim(self.chat.local_keys(), || Await::Refresh);
@@ -150,7 +151,7 @@ impl Server {
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
-                        Await::Refresh | Await::Ignore => {}
+                        Await::Refresh | Await::Ignore | Await::Clock { .. } => {}
                     }
                 }
             }
@@ -188,6 +189,13 @@ impl Server {
         }
         match w {
             Await::Ignore => {}
+            Await::Clock { sent } => {
+                let BytesFrame::Array { data, .. } = &frame else { return };
+                let n = |i: usize| data.get(i).and_then(|f| f.as_str()).and_then(|t| t.parse::<i64>().ok());
+                if let (Some(secs), Some(micros)) = (n(0), n(1)) {
+                    self.cluster_mut().clock_read(secs, micros, sent, now);
+                }
+            }
             Await::Fetch { generation, fetch } => {
                 let kept = fetched(&frame);
                 if kept.is_none() {
@@ -228,9 +236,13 @@ impl Server {
             }
             Await::Claim { token, generation, id } => {
                 self.cluster_mut().claiming.remove(&key(&id));
+                // `JOIN`: {0, the bucket the id left} or {-1}: held elsewhere.
                 let verdict = match &frame {
-                    BytesFrame::Array { data, .. } if data.is_empty() => Granted::Yes,
-                    BytesFrame::Array { .. } => Granted::No,
+                    BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
+                        Some(0) => Granted::Yes(carried_bucket(data.get(1), self.cfg.rate_limit, now)),
+                        Some(_) => Granted::No,
+                        None => Granted::Failed,
+                    },
                     _ => Granted::Failed,
                 };
                 self.joined(token, generation, &id, verdict, now);
@@ -239,8 +251,13 @@ impl Server {
                 let lower = key(&id);
                 let verdict = match &frame {
                     BytesFrame::Array { data, .. } => match data.first().and_then(frame_number) {
-                        Some(0) => Granted::Yes,
-                        Some(1) => Granted::Moved(Box::new(backlog(&data[1..]))),
+                        Some(0) => Granted::Yes(carried_bucket(data.get(1), self.cfg.rate_limit, now)),
+                        Some(1) => {
+                            let carried = carried_bucket(data.get(4), self.cfg.rate_limit, now);
+                            Granted::Moved(Box::new(backlog(&data[1..])), carried)
+                        }
+                        // Redis ran it after its deadline (it had stalled): it did nothing.
+                        Some(-3) => Granted::Failed,
                         Some(-2) if !asked => {
                             match (data.get(1).and_then(|f| f.as_str()), self.token_of_ws(token)) {
                                 // Connected on that node as far as it knows: ask it (the join
@@ -434,7 +451,7 @@ impl Server {
         // would have ended it: leaves announced, the key released, in that order.
         if let Some(g) = self.chat.end_expired(id, now, &mut self.net) {
             info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
-            self.cluster_left(&g.id, &g.emptied);
+            self.cluster_left(&g.id, &g.emptied, now);
         }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
         let presented = s.asked.as_ref().map(|a| a.secret);
@@ -459,13 +476,9 @@ impl Server {
         let asked = match &presented {
             Some(p) => {
                 let then = Await::Resume { token, generation, id: id.to_string(), asked: false };
-                c.claim_resume(&lower, p, self.cfg.resume_grace, then)
+                c.claim_resume(&lower, p, self.cfg.resume_grace, then, now)
             }
-            None => c.claim(std::iter::once(lower.as_str()), || Await::Claim {
-                token,
-                generation,
-                id: id.to_string(),
-            }),
+            None => c.claim_join(&lower, Await::Claim { token, generation, id: id.to_string() }),
         };
         if !asked {
             if c.is_up() {
@@ -487,19 +500,15 @@ impl Server {
     fn replace(&mut self, old: usize, presented: Option<&crate::chat::ids::Secret>, now: Instant) -> bool {
         let oc = &mut self.net.conns[old];
         let Phase::Ws(os) = &mut oc.phase else { return false };
-        if presented.is_none_or(|p| *p != os.resume) {
+        if presented.is_none_or(|p| *p != os.resume) || !os.joined {
             return false;
         }
-        if !std::mem::take(&mut os.joined) {
-            return false;
-        }
-        let Some(user) = self.chat.id_of(old).cloned() else { return false };
+        let Some(user) = self.chat.id_of(old) else { return false };
         info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
-        oc.reason.get_or_insert(crate::metrics::Reason::Replaced);
-        let secret = os.resume;
-        self.chat.lose(&user, secret, now + self.cfg.resume_grace);
-        self.cluster_lost(&user, &secret, now);
-        self.close_ws(old, CloseCode::from(4001), "replaced", None, now);
+        // Ended as every session ends (`leave`): the user held, its secret and rate-limit
+        // bucket handed to the id (and to Redis), before the new connection's join looks.
+        let why = Some(crate::metrics::Reason::Replaced);
+        self.close_ws(old, CloseCode::from(4001), "replaced", why, now);
         true
     }
 
@@ -510,6 +519,11 @@ impl Server {
         let presented = crate::chat::ids::parse_token(token);
         let k = key(id);
         let ok = match self.chat.token_of(id) {
+            // A join of this id is waiting for Redis here (a client presenting the token, as
+            // likely as not this very one): the token is being spent here, so it is not
+            // released, and above all its hash is not written again, which would let the
+            // asking node's second `RESUME` take the user over after ours had spent it.
+            _ if self.cluster_mut().claiming.contains(&k) => false,
             Some(old) => self.replace(old, presented.as_ref(), now),
             // Lost here meanwhile: its secret should be in Redis already, but may not be if
             // the link was down when it was lost; written again (before the answer) to be sure.
@@ -539,7 +553,7 @@ impl Server {
         let grace = self.cfg.resume_grace;
         let c = self.cluster_mut();
         let then = Await::Resume { token: a.token, generation: a.generation, id: a.id.clone(), asked: true };
-        let sent = ok && presented.is_some_and(|p| c.claim_resume(&lower, &p, grace, then));
+        let sent = ok && presented.is_some_and(|p| c.claim_resume(&lower, &p, grace, then, now));
         if !sent {
             c.claiming.remove(&lower);
             let verdict = if ok { Granted::Failed } else { Granted::No };
@@ -576,9 +590,14 @@ impl Server {
         match verdict {
             Granted::No => return self.refuse_id(token, id, ErrorCode::IdTaken, now),
             Granted::Failed => return self.refuse_busy(token, now),
-            Granted::Moved(backlog) => return self.take_over(token, id, *backlog, now),
-            Granted::Yes | Granted::Locally => {}
+            Granted::Moved(backlog, carried) => return self.take_over(token, id, *backlog, carried, now),
+            Granted::Yes(_) | Granted::Locally => {}
         }
+        // The bucket the id left in Redis, wherever it was last used (see `cluster::JOIN`).
+        let carried = match &verdict {
+            Granted::Yes(b) => *b,
+            _ => None,
+        };
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
         let (presented, pseq) = s.asked.take().map_or((None, 0), |a| (Some(a.secret), a.pseq));
@@ -587,28 +606,27 @@ impl Server {
                 // Back within its grace: still a member everywhere, nothing to announce. Its
                 // old secret must not let it in on another node either.
                 self.net.stats.resumes += 1;
-                if let Some(c) = &mut self.cluster {
+                // Granted by Redis, the token was spent by `RESUME` itself, atomically with the
+                // claim (see there); decided here alone, it is spent when Redis hears of it.
+                if let (Some(c), Granted::Locally) = (&mut self.cluster, &verdict) {
                     c.spent(&key(&user));
                 }
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.joined = true;
-                    if let Some(b) = self.buckets.remove(&key(&user)) {
-                        s.bucket = b;
-                    }
                 }
+                self.bucket_from_id(token, &key(&user), carried, now);
             }
             Ok((user, false)) => {
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session open id={user} peer={}", conn.addr);
                 if let Phase::Ws(s) = &mut conn.phase {
                     s.joined = true;
-                    // The rate limit belongs to the id: a reconnect does not buy a new burst.
-                    if let Some(b) = self.buckets.remove(&key(&user)) {
-                        s.bucket = b;
-                    }
                 }
+                // The rate limit belongs to the id: a reconnect does not buy a new burst, here
+                // or on another node.
+                self.bucket_from_id(token, &key(&user), carried, now);
                 if let Some(c) = &mut self.cluster {
                     c.publish(ALL, &payload(&["J", &c.node, &user], None));
                 }
@@ -626,14 +644,14 @@ impl Server {
     /// Redis let `id` in on connection `token` with its resume secret, taken over from the
     /// node that held it in its grace: welcome it back in its rooms and announce it as ours
     /// (that node then lets its hold go, and nobody sees a leave: see `chat::moved`).
-    fn take_over(&mut self, token: usize, id: &str, backlog: Backlog, now: Instant) {
+    fn take_over(&mut self, token: usize, id: &str, backlog: Backlog, carried: Option<Bucket>, now: Instant) {
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
         let pseq = s.asked.take().map_or(0, |a| a.pseq);
         let t = match self.chat.take_over(id, token, &secret, pseq, backlog, &mut self.net) {
             Ok(t) => t,
             Err(code) => {
-                self.give_back(Granted::Moved(Box::default()), id);
+                self.give_back(Granted::Moved(Box::default(), None), id);
                 return self.refuse_id(token, id, code, now);
             }
         };
@@ -643,6 +661,8 @@ impl Server {
         if let Phase::Ws(s) = &mut conn.phase {
             s.joined = true;
         }
+        // The bucket it had on the other node, carried by Redis: no fresh burst for moving.
+        self.bucket_from_id(token, &key(&t.id), carried, now);
         if let Some(c) = &mut self.cluster {
             c.publish(ALL, &payload(&["J", &c.node, &t.id], None));
         }
@@ -669,8 +689,6 @@ impl Server {
     }
 
     /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
-    /// grace, so that the client may resume on another node.
-    /// Local user `id` was lost, held for `secret`: Redis keeps the secret's hash through the
     /// grace, and the private messages kept for it, so that the client may resume on another
     /// node.
     pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret, now: Instant) {
@@ -680,7 +698,10 @@ impl Server {
             Some(a) => (a.private.pseq, a.private.kept.iter().map(|k| k.line.clone()).collect()),
             None => (0, Vec::new()),
         };
-        c.lost(&k, secret, self.cfg.resume_grace, pseq, &kept);
+        // The bucket the session handed to the id (`bucket_to_id`), if it was drawn on: a
+        // resume on another node carries it on.
+        let level = self.buckets.get(&k).map(|b| b.level(self.cfg.rate_limit, now));
+        c.lost(&k, secret, self.cfg.resume_grace, pseq, &kept, level);
     }
 
     /// Keeps in Redis what this turn kept for users in their grace (see `cluster::KEEP`).
@@ -694,7 +715,7 @@ impl Server {
     }
 
     fn give_back(&mut self, verdict: Granted, id: &str) {
-        if matches!(verdict, Granted::Yes | Granted::Moved(_))
+        if matches!(verdict, Granted::Yes(_) | Granted::Moved(..))
             && let Some(c) = &mut self.cluster
         {
             c.release(&key(id));
@@ -847,9 +868,17 @@ impl Server {
     /// A local user left: free the id in Redis (unless it is held for the client's resume:
     /// then it stays ours until the hold ends), tell the others (a leave takes the user out of
     /// every room), and stop hearing the rooms `emptied` of local members.
-    pub(super) fn cluster_left(&mut self, id: &str, emptied: &[Rc<str>]) {
+    pub(super) fn cluster_left(&mut self, id: &str, emptied: &[Rc<str>], now: Instant) {
         let Some(c) = &mut self.cluster else { return };
-        c.release(&key(id));
+        // With the bucket the id leaves here (`bucket_to_id`), kept until it would have
+        // refilled, for a join on another node (see `cluster::LEFT`).
+        let k = key(id);
+        let rate = self.cfg.rate_limit;
+        let level = self.buckets.get(&k).map(|b| b.level(rate, now));
+        let refill = level.map_or(Duration::ZERO, |l| {
+            Duration::from_secs_f32((2.0 * rate as f32 - l).max(0.0) / rate.max(1) as f32)
+        });
+        c.left(&k, level, refill + Duration::from_secs(1));
         for room in emptied {
             c.listen(room, false);
             self.chat.history.stale(room);
@@ -890,6 +919,15 @@ fn backlog(data: &[BytesFrame]) -> Backlog {
     Backlog { pseq, kept }
 }
 
+/// The rate-limit bucket a `RESUME` or `JOIN` reply carries from the id's last session:
+/// "LEVEL AGO", its tokens and how many ms ago (by Redis's clock) they were counted; None if
+/// none was kept (it was full) or the field is unreadable.
+fn carried_bucket(f: Option<&BytesFrame>, rate: u32, now: Instant) -> Option<Bucket> {
+    let (level, ago) = f?.as_str()?.split_once(' ')?;
+    let ago = std::time::Duration::from_millis(ago.parse::<i64>().ok()?.max(0) as u64);
+    Some(Bucket::carried(level.parse().ok()?, ago, rate, now))
+}
+
 /// A `FETCH` reply: {epoch, latest seq, lines}; None for anything else.
 fn fetched(frame: &BytesFrame) -> Option<Kept> {
     let BytesFrame::Array { data, .. } = frame else { return None };
@@ -925,15 +963,15 @@ enum Channel {
 /// How a join's id claim ended.
 #[derive(Debug)]
 enum Granted {
-    /// Redis gave it to us.
-    Yes,
+    /// Redis gave it to us, with the rate-limit bucket the id left there (see `cluster::JOIN`).
+    Yes(Option<Bucket>),
     /// Another node holds it.
     No,
     /// Redis answered with an error.
     Failed,
     /// Redis gave it to us with the resume secret of a user held on another node, with what
-    /// it kept for that user.
-    Moved(Box<Backlog>),
+    /// it kept for that user and its rate-limit bucket there.
+    Moved(Box<Backlog>, Option<Bucket>),
     /// No cluster, or Redis is away: decided by this node alone.
     Locally,
 }

@@ -395,7 +395,7 @@ impl Server {
         self.buckets.retain(|_, b| !b.full(rate, now));
         for g in self.chat.expire(now, &mut self.net) {
             info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
-            self.cluster_left(&g.id, &g.emptied);
+            self.cluster_left(&g.id, &g.emptied, now);
         }
         self.chat.history.expire(now);
         // After what the ended holds left behind is freed, not before it: malloc_trim can only

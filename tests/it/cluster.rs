@@ -10,14 +10,14 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Redis {
-    port: u16,
-    child: Child,
+pub(crate) struct Redis {
+    pub(crate) port: u16,
+    pub(crate) child: Child,
 }
 
 impl Redis {
     /// A fresh redis-server on a free loopback port; None (test skipped) if there is none.
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         if Command::new("redis-server").arg("--version").output().is_err() {
             assert!(std::env::var_os("CI").is_none(), "CI needs redis-server (apt-get install redis-server)");
             eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
@@ -80,7 +80,7 @@ impl Drop for Redis {
 }
 
 /// A node joined to `redis`, with a short TTL so that expiry can be watched.
-fn node(redis: &Redis, ttl: &str, extra: &[&str]) -> Server {
+pub(crate) fn node(redis: &Redis, ttl: &str, extra: &[&str]) -> Server {
     let url = redis.url();
     let mut args = vec!["--redis", url.as_str(), "--redis-ttl", ttl];
     args.extend_from_slice(extra);
@@ -90,7 +90,7 @@ fn node(redis: &Redis, ttl: &str, extra: &[&str]) -> Server {
 }
 
 /// Waits up to 5 s for a metric to reach `want`.
-fn wait_metric(s: &Server, series: &str, want: f64) {
+pub(crate) fn wait_metric(s: &Server, series: &str, want: f64) {
     let end = Instant::now() + Duration::from_secs(5);
     let mut got = None;
     while Instant::now() < end {
@@ -105,7 +105,7 @@ fn wait_metric(s: &Server, series: &str, want: f64) {
 
 /// `id` joins on `on`; returns once node `seen_by` counts `remote` users elsewhere, so that
 /// the join has crossed the cluster.
-fn join_seen(on: &Server, id: &str, seen_by: &Server, remote: f64) -> Client {
+pub(crate) fn join_seen(on: &Server, id: &str, seen_by: &Server, remote: f64) -> Client {
     let mut c = on.connect(id);
     assert_eq!(c.next_of("welcome")["id"], id);
     wait_metric(seen_by, "chatloop_cluster_remote_users", remote);
@@ -864,7 +864,7 @@ fn a_join_on_a_node_that_never_heard_the_room_replays_it_from_redis() {
 }
 
 /// Lines of `c` up to and including the message with text `marker` (sent by the caller).
-fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
+pub(crate) fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &Value| l["text"] == marker) {
         seen.push(c.next_any());

@@ -139,6 +139,11 @@ pub enum Frame {
 }
 
 impl Client {
+    /// A client over a WebSocket the caller opened (e.g. to time its handshake).
+    pub fn from_ws(ws: WebSocket<TcpStream>) -> Client {
+        Client { ws, backlog: Default::default() }
+    }
+
     pub fn send(&mut self, v: &Value) {
         self.ws.send(Message::text(v.to_string())).unwrap();
     }
