@@ -1,0 +1,234 @@
+//! Private backlogs: the private messages kept for each recipient until it acknowledges them,
+//! and the one byte budget (`--backlog-bytes`) that every backlog is charged to.
+//!
+//! A private message is kept from the moment it is numbered (`pseq`) until the recipient
+//! proves it has it: a resume's `pseq` says so, and so does a pong to a ping that carried the
+//! recipient's latest `pseq` (TCP is ordered: the pong was read after everything sent before
+//! its ping). A reader that keeps up therefore keeps almost nothing; only a connection that has
+//! gone quiet (its network dropped, or it stopped reading) fills up, which is what a resume is
+//! for. So a kept line is never silently thrown away: it is acknowledged, resent on a resume,
+//! or reported to its sender (`undelivered`, with its `cid`) when it falls out.
+//!
+//! Each backlog holds at most `KEPT_MAX` lines and `KEPT_BYTES`; all of them together at most
+//! the budget, charged at real cost (`LINE_COST`). When the budget is full, the largest
+//! backlog gives its oldest line (`Budget::largest`): the one holding the most is the one not
+//! reading, so an attacker's holds pay before anyone else's messages do.
+
+use bytes::Bytes;
+use std::collections::{BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Lines one recipient keeps, connected or in its grace.
+pub const KEPT_MAX: usize = 64;
+/// The same in bytes (charged at real cost).
+pub const KEPT_BYTES: usize = 256 * 1024;
+/// What a kept line costs beyond its line, `from` and `cid` bytes: its 72-byte `Kept` in the
+/// deque (whose doubling leaves it up to half empty), the line's `Bytes` shared header (a
+/// 24-byte block, 32 with glibc's header once the line is shared with the queue), the
+/// allocator's header and rounding of the line, `from` and `cid` blocks (8 + up to 15 each),
+/// and the budget's index entry while the backlog is not empty. Measured as RSS growth /
+/// lines kept: 100 holds filled with 6 kB lines (`tests/it/bound_backlog.rs`, the first test,
+/// RSS over `chatloop_backlog_lines`) and 10,000 lines of 10 bytes (the same, `--max-text 10`):
+/// see ARCHITECTURE.md, "Memory model".
+pub const LINE_COST: usize = 256;
+/// The longest `cid` kept with a line (the protocol refuses longer ones anyway: 64).
+pub const CID_MAX: usize = 64;
+/// Below this a backlog asks for an acknowledgement only lazily (`ACK_DELAY`); past it, at
+/// once: the recipient is filling up faster than it acknowledges.
+pub const URGENT_LINES: usize = KEPT_MAX / 2;
+pub const URGENT_BYTES: usize = KEPT_BYTES / 2;
+
+/// How soon after a line the recipient is asked to acknowledge it (a ping carrying its
+/// `pseq`) while its backlog is small: lazily, so a chatty pair costs about one ping a second.
+pub const ACK_DELAY: Duration = Duration::from_secs(1);
+/// The least time between two such pings to one connection once its backlog is past half
+/// (one at a time in any case): a reader that keeps up then acknowledges up to 64 lines every
+/// 20 ms, far more than the rate limit lets its senders send. The pongs it answers are not
+/// counted against its control-frame rate (`session.rs`): we asked for them.
+pub const ACK_SPACING: Duration = Duration::from_millis(20);
+
+/// A private message kept for its recipient.
+pub struct Kept {
+    /// Its number among the recipient's private messages.
+    pub pseq: u64,
+    /// The recipient's copy (carrying `pseq`).
+    pub line: Bytes,
+    /// The sender's id, to tell it if the message is never delivered ("" if unknown: a
+    /// backlog taken over from another node).
+    pub from: Rc<str>,
+    /// The sender's id for the message, so that such a report names it.
+    pub cid: Option<Rc<str>>,
+}
+
+impl Kept {
+    /// What the budget is charged for it.
+    pub fn cost(&self) -> usize {
+        self.line.len() + self.from.len() + self.cid.as_ref().map_or(0, |c| c.len()) + LINE_COST
+    }
+}
+
+/// One recipient's private numbering and the lines it has not acknowledged, oldest first.
+#[derive(Default)]
+pub struct Private {
+    /// The last pseq given out.
+    pub pseq: u64,
+    pub kept: VecDeque<Kept>,
+    /// What `kept` is charged.
+    bytes: usize,
+    /// A ping carrying `pseq` is out and its pong has not come back (at most one at a time).
+    pub asked: bool,
+    /// When the last such ping went (see `ACK_SPACING`).
+    pub asked_at: Option<Instant>,
+}
+
+impl Private {
+    /// Numbers the next private message to this recipient.
+    pub fn number(&mut self) -> u64 {
+        self.pseq += 1;
+        self.pseq
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether a line of `cost` fits this backlog's own bounds.
+    pub fn has_room(&self, cost: usize) -> bool {
+        self.kept.len() < KEPT_MAX && self.bytes + cost <= KEPT_BYTES
+    }
+
+    /// Whether it fills faster than it is acknowledged (see `URGENT_LINES`).
+    pub fn urgent(&self) -> bool {
+        self.kept.len() > URGENT_LINES || self.bytes > URGENT_BYTES
+    }
+}
+
+/// The global budget, and every non-empty backlog by size (for `largest`).
+pub struct Budget {
+    max: usize,
+    used: usize,
+    lines: usize,
+    /// (bytes charged, owner's id as typed: the `Rc` shared with its user or hold).
+    by_size: BTreeSet<(usize, Rc<str>)>,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Budget { max, used: 0, lines: 0, by_size: BTreeSet::new() }
+    }
+
+    /// Lines and bytes charged now (for `/metrics`).
+    pub fn used(&self) -> (usize, usize) {
+        (self.lines, self.used)
+    }
+
+    /// Whether `cost` more fits.
+    pub fn fits(&self, cost: usize) -> bool {
+        self.used + cost <= self.max
+    }
+
+    /// The owner of the largest backlog.
+    pub fn largest(&self) -> Option<Rc<str>> {
+        self.by_size.last().map(|(_, o)| Rc::clone(o))
+    }
+
+    fn resize(&mut self, owner: &Rc<str>, old: usize, new: usize) {
+        if old == new {
+            return;
+        }
+        if old > 0 {
+            self.by_size.remove(&(old, Rc::clone(owner)));
+        }
+        if new > 0 {
+            self.by_size.insert((new, Rc::clone(owner)));
+        }
+        self.used = self.used + new - old;
+    }
+
+    /// Keeps `k` in `owner`'s backlog `p`; the caller has checked `has_room` and `fits`.
+    pub fn keep(&mut self, owner: &Rc<str>, p: &mut Private, k: Kept) {
+        let old = p.bytes;
+        p.bytes += k.cost();
+        p.kept.push_back(k);
+        self.lines += 1;
+        self.resize(owner, old, p.bytes);
+    }
+
+    /// Takes out `p`'s oldest line.
+    pub fn pop(&mut self, owner: &Rc<str>, p: &mut Private) -> Option<Kept> {
+        let k = p.kept.pop_front()?;
+        let old = p.bytes;
+        p.bytes -= k.cost();
+        self.lines -= 1;
+        self.resize(owner, old, p.bytes);
+        Some(k)
+    }
+
+    /// The recipient has every line up to `pseq`: they go.
+    pub fn ack(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
+        while p.kept.front().is_some_and(|k| k.pseq <= pseq) {
+            self.pop(owner, p);
+        }
+        if p.kept.capacity() > 2 * KEPT_MAX.min(p.kept.len().max(4)) {
+            // A burst's deque goes back: a backlog is usually empty.
+            p.kept.shrink_to_fit();
+        }
+    }
+
+    /// Takes out every line of `p` (it ends: its user left, its grace ended, it moved).
+    pub fn release(&mut self, owner: &Rc<str>, p: &mut Private) -> VecDeque<Kept> {
+        let kept = std::mem::take(&mut p.kept);
+        self.lines -= kept.len();
+        self.resize(owner, p.bytes, 0);
+        p.bytes = 0;
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(pseq: u64, len: usize) -> Kept {
+        Kept { pseq, line: Bytes::from(vec![b'x'; len]), from: Rc::from("a"), cid: Some(Rc::from("c")) }
+    }
+
+    #[test]
+    fn the_budget_is_charged_at_cost_and_finds_the_largest_backlog() {
+        let (a, b): (Rc<str>, Rc<str>) = (Rc::from("a"), Rc::from("b"));
+        let (mut pa, mut pb) = (Private::default(), Private::default());
+        let mut budget = Budget::new(1 << 20);
+        for _ in 1..=3 {
+            let k = kept(pa.number(), 100);
+            assert!(pa.has_room(k.cost()) && budget.fits(k.cost()));
+            budget.keep(&a, &mut pa, k);
+        }
+        let k = kept(pb.number(), 1000);
+        budget.keep(&b, &mut pb, k);
+        let one = 100 + 1 + 1 + LINE_COST;
+        assert_eq!(budget.used(), (4, 3 * one + 1000 + 2 + LINE_COST));
+        assert_eq!(budget.largest().as_deref(), Some("b"));
+        budget.ack(&b, &mut pb, 1);
+        assert_eq!(budget.largest().as_deref(), Some("a"));
+        budget.ack(&a, &mut pa, 2);
+        assert_eq!((pa.kept.len(), pa.kept[0].pseq, budget.used()), (1, 3, (1, one)));
+        assert_eq!(budget.release(&a, &mut pa).len(), 1);
+        assert_eq!((budget.used(), budget.largest()), ((0, 0), None));
+    }
+
+    #[test]
+    fn a_backlog_is_bounded_by_count_and_bytes() {
+        let mut p = Private::default();
+        let mut budget = Budget::new(usize::MAX / 2);
+        let o: Rc<str> = Rc::from("o");
+        while p.has_room(kept(0, 10).cost()) {
+            let k = kept(p.number(), 10);
+            budget.keep(&o, &mut p, k);
+        }
+        assert_eq!(p.kept.len(), KEPT_MAX);
+        assert!(p.urgent());
+        budget.release(&o, &mut p);
+        assert!(!p.has_room(kept(0, KEPT_BYTES).cost()), "one line over the bytes never fits");
+    }
+}
