@@ -496,6 +496,10 @@ mod tests {
             &br#"{"type":"error","cid":"a\"b","code":"empty","message":"the message is empty"}"#[..]
         );
         assert_eq!(&with_cid(b"{}", "x")[..], br#"{"cid":"x"}"#);
+        let named = error_about(ErrorCode::Undelivered, Some("bob"), Some("L1"));
+        assert!(has_cid(&named) && named.starts_with(br#"{"type":"error","cid":"L1","code":"undelivered""#));
+        assert!(!has_cid(&error(ErrorCode::Undelivered, Some("bob"))));
+        assert!(!has_cid(br#"{"type":"message","text":"\"cid\":1"}"#), "in a text it is escaped");
     }
 
     #[test]

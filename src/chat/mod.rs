@@ -1669,6 +1669,77 @@ mod tests {
     }
 
     #[test]
+    fn private_lines_are_kept_until_a_pong_or_a_resume_acknowledges_them() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        let t = now();
+        for i in 1..=3 {
+            say(&mut c, &mut r, 0, "a", &format!(r#"{{"to":"b","text":"m{i}","cid":"x{i}"}}"#));
+        }
+        assert_eq!(c.backlog.used().0, 3);
+        // b is asked about a second later (lazily: its backlog is small), one ping at a time.
+        assert!(c.want_ack.iter().all(|(tok, due)| *tok == 1 && *due >= t + backlog::ACK_DELAY));
+        assert_eq!(c.ping_payload(1, t), b"p:3");
+        assert!(c.asked(1) && c.ping_payload(0, t).is_empty(), "a has nothing to acknowledge");
+        c.want_ack.clear();
+        c.ack(1, b"hello", t);
+        assert!(c.asked(1), "an unsolicited pong acknowledges nothing");
+        c.ack(1, b"p:2", t);
+        assert_eq!((c.backlog.used().0, c.asked(1)), (1, false));
+        assert_eq!(c.want_ack.len(), 1, "one left: asked again");
+        // Lost with m3 unacknowledged; a resume saying it has pseq 3 gets nothing again.
+        let secret = [5; 16];
+        c.lose("b", secret, t + Duration::from_secs(60));
+        r.take();
+        c.join("b", 7, &[6; 16], Some(&secret), 3, t, &mut r).unwrap();
+        assert_eq!(r.take().len(), 1, "the welcome only");
+        assert_eq!(c.backlog.used(), (0, 0));
+    }
+
+    #[test]
+    fn past_max_holds_the_oldest_hold_ends_and_its_senders_hear_which_messages() {
+        let mut c = Chat::new(Limits { max_holds: 1, ..limits(100) });
+        let mut r = Rec::default();
+        for (tok, id) in ["friend", "old", "new"].into_iter().enumerate() {
+            join(&mut c, id, tok, &mut r).unwrap();
+        }
+        let t = now();
+        c.lose("old", [1; 16], t + Duration::from_secs(30));
+        say(&mut c, &mut r, 0, "friend", r#"{"to":"old","text":"hi","cid":"k1"}"#);
+        r.take();
+        c.lose("new", [2; 16], t + Duration::from_secs(60));
+        assert_eq!((c.holds.len(), c.counters.holds_ended_early), (1, 1));
+        let (gone, told) = c.ended_early.pop().unwrap();
+        assert_eq!(&*gone.id, "old");
+        let told: Vec<String> = told.iter().map(|(_, l)| String::from_utf8(l.to_vec()).unwrap()).collect();
+        assert_eq!(told.len(), 1);
+        assert!(told[0].contains(r#""cid":"k1""#) && told[0].contains(r#""code":"undelivered""#), "{told:?}");
+        assert_eq!(c.backlog.used(), (0, 0), "its backlog was released");
+        assert!(c.check("old", None, t).is_ok(), "its id is free");
+    }
+
+    #[test]
+    fn a_full_budget_takes_the_oldest_line_of_the_largest_backlog_and_tells_its_sender() {
+        let (mut c, mut r) = chat_with(&["a", "b", "c"]);
+        let t = now();
+        // Room for a little over three short lines.
+        c.backlog = Budget::new(3 * (100 + backlog::LINE_COST) + 50);
+        c.lose("b", [1; 16], t + Duration::from_secs(60));
+        for i in 1..=3 {
+            say(&mut c, &mut r, 0, "a", &format!(r#"{{"to":"b","text":"m{i}","cid":"x{i}"}}"#));
+        }
+        r.take();
+        assert_eq!(c.backlog.used().0, 3);
+        // To c (connected, smaller): b's backlog is the largest, its oldest goes.
+        assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"to":"c","text":"m4","cid":"x4"}"#), Outcome::Private);
+        let got = r.take();
+        let to_a: Vec<&str> = got.iter().filter(|(tok, _)| *tok == 0).map(|(_, l)| l.as_str()).collect();
+        assert!(to_a[0].contains(r#""code":"undelivered""#) && to_a[0].contains(r#""cid":"x1""#), "{to_a:?}");
+        assert_eq!(to_a[0].matches(r#""cid""#).count(), 1, "named once, by its own cid");
+        assert!(to_a[1].contains(r#""cid":"x4""#), "then the sender's copy of m4: {to_a:?}");
+        assert_eq!((c.backlog.used().0, c.counters.backlog_dropped), (3, 1));
+    }
+
+    #[test]
     fn history_replays_last_and_since_with_gaps_for_what_is_gone() {
         let mut c = Chat::new(Limits { history: 3, ..limits(100) });
         let mut r = Rec::default();
