@@ -2,12 +2,17 @@
 //! and the one byte budget (`--backlog-bytes`) that every backlog is charged to.
 //!
 //! A private message is kept from the moment it is numbered (`pseq`) until the recipient
-//! proves it has it: a resume's `pseq` says so, and so does a pong to a ping that carried the
-//! recipient's latest `pseq` (TCP is ordered: the pong was read after everything sent before
-//! its ping). A reader that keeps up therefore keeps almost nothing; only a connection that has
-//! gone quiet (its network dropped, or it stopped reading) fills up, which is what a resume is
-//! for. So a kept line is never silently thrown away: it is acknowledged, resent on a resume,
-//! or reported to its sender (`undelivered`, with its `cid`) when it falls out.
+//! acknowledges it. A pong to a ping that carried the recipient's latest `pseq` does (TCP is
+//! ordered: the pong was read after everything sent before its ping), so a reader that keeps
+//! up has nothing unacknowledged; only a connection that has gone quiet (its network dropped,
+//! or it stopped reading) fills up, which is what a resume is for. A pong proves only that
+//! the client's *socket* had the lines, though: a page that gave up on a socket it thinks
+//! dead (public/app.js `abandon`) ignores what it still delivers while the browser goes on
+//! answering pings. So acknowledged lines stay as a short tail (`ACKED_MAX`, `ACKED_BYTES`),
+//! still resent on a resume after the client's `pseq`, which alone is the application's own
+//! word: lines up to it go for good. An unacknowledged line is never silently thrown away: it
+//! is acknowledged, resent on a resume, or reported to its sender (`undelivered`, with its
+//! `cid`) when it falls out; only the acknowledged tail is trimmed without a word.
 //!
 //! Each backlog holds at most `KEPT_MAX` lines and `KEPT_BYTES`; all of them together at most
 //! the budget, charged at real cost (`LINE_COST`). When the budget is full, the largest
@@ -32,6 +37,10 @@ pub const KEPT_BYTES: usize = 256 * 1024;
 /// holds grew RSS by 303 B a line, about 204 B beyond the line's own bytes; charged 312 B
 /// with this constant, so the budget errs on the side of the machine.
 pub const LINE_COST: usize = 208;
+/// The acknowledged tail each backlog keeps for a resume (see the module's doc), within the
+/// bounds above: what the page's abandoned socket may have swallowed.
+pub const ACKED_MAX: usize = 16;
+pub const ACKED_BYTES: usize = 16 * 1024;
 /// The longest `cid` kept with a line (the protocol refuses longer ones anyway: 64).
 pub const CID_MAX: usize = 64;
 /// Below this a backlog asks for an acknowledgement only lazily (`ACK_DELAY`); past it, at
@@ -68,7 +77,8 @@ impl Kept {
     }
 }
 
-/// One recipient's private numbering and the lines it has not acknowledged, oldest first.
+/// One recipient's private numbering and its kept lines, oldest first: the acknowledged tail,
+/// then the lines not acknowledged.
 #[derive(Default)]
 pub struct Private {
     /// The last pseq given out.
@@ -76,6 +86,9 @@ pub struct Private {
     pub kept: VecDeque<Kept>,
     /// What `kept` is charged.
     bytes: usize,
+    /// How many of the first lines of `kept` were acknowledged by a pong, and their charge.
+    acked: usize,
+    acked_bytes: usize,
     /// A ping carrying `pseq` is out and its pong has not come back (at most one at a time).
     pub asked: bool,
     /// When the last such ping went (see `ACK_SPACING`).
@@ -93,14 +106,25 @@ impl Private {
         self.bytes
     }
 
-    /// Whether a line of `cost` fits this backlog's own bounds.
+    /// Whether a line of `cost` fits this backlog's own bounds, once its acknowledged tail
+    /// has made what room it can (`Budget::make_room_in`).
     pub fn has_room(&self, cost: usize) -> bool {
         self.kept.len() < KEPT_MAX && self.bytes + cost <= KEPT_BYTES
     }
 
+    /// Lines not acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.kept.len() - self.acked
+    }
+
+    /// The unacknowledged lines, oldest first.
+    pub fn unacked_lines(&self) -> impl Iterator<Item = &Kept> {
+        self.kept.iter().skip(self.acked)
+    }
+
     /// Whether it fills faster than it is acknowledged (see `URGENT_LINES`).
     pub fn urgent(&self) -> bool {
-        self.kept.len() > URGENT_LINES || self.bytes > URGENT_BYTES
+        self.unacked() > URGENT_LINES || self.bytes - self.acked_bytes > URGENT_BYTES
     }
 }
 
@@ -155,23 +179,57 @@ impl Budget {
         self.resize(owner, old, p.bytes);
     }
 
-    /// Takes out `p`'s oldest line.
-    pub fn pop(&mut self, owner: &Rc<str>, p: &mut Private) -> Option<Kept> {
+    /// Takes out `p`'s oldest line, and whether it had been acknowledged (then nobody need
+    /// hear of it).
+    pub fn pop(&mut self, owner: &Rc<str>, p: &mut Private) -> Option<(Kept, bool)> {
         let k = p.kept.pop_front()?;
         let old = p.bytes;
         p.bytes -= k.cost();
+        let acked = p.acked > 0;
+        if acked {
+            p.acked -= 1;
+            p.acked_bytes -= k.cost();
+        }
         self.lines -= 1;
         self.resize(owner, old, p.bytes);
-        Some(k)
+        Some((k, acked))
     }
 
-    /// The recipient has every line up to `pseq`: they go.
+    /// Makes what room for `cost` the acknowledged tail of `p` can: its oldest lines go,
+    /// silently, while the backlog's own bounds would refuse the line.
+    pub fn make_room_in(&mut self, owner: &Rc<str>, p: &mut Private, cost: usize) {
+        while p.acked > 0 && !p.has_room(cost) {
+            self.pop(owner, p);
+        }
+    }
+
+    /// The client's socket read every line up to `pseq` (a pong): they join the acknowledged
+    /// tail, trimmed to its bounds.
+    pub fn acked(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
+        while let Some(k) = p.kept.get(p.acked).filter(|k| k.pseq <= pseq) {
+            p.acked_bytes += k.cost();
+            p.acked += 1;
+        }
+        while p.acked > ACKED_MAX || p.acked_bytes > ACKED_BYTES {
+            self.pop(owner, p);
+        }
+        self.shrink(p);
+    }
+
+    /// The client itself has every line up to `pseq` (a resume says so): they go for good.
     pub fn ack(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
         while p.kept.front().is_some_and(|k| k.pseq <= pseq) {
             self.pop(owner, p);
         }
+        // What is left is resent: unacknowledged again until a pong says otherwise.
+        p.acked = 0;
+        p.acked_bytes = 0;
+        self.shrink(p);
+    }
+
+    fn shrink(&mut self, p: &mut Private) {
         if p.kept.capacity() > 2 * KEPT_MAX.min(p.kept.len().max(4)) {
-            // A burst's deque goes back: a backlog is usually empty.
+            // A burst's deque goes back: a backlog is usually short.
             p.kept.shrink_to_fit();
         }
     }
@@ -182,7 +240,15 @@ impl Budget {
         self.lines -= kept.len();
         self.resize(owner, p.bytes, 0);
         p.bytes = 0;
+        p.acked = 0;
+        p.acked_bytes = 0;
         kept
+    }
+
+    /// Takes out every line of `p` and hands back those not acknowledged (to report).
+    pub fn release_unacked(&mut self, owner: &Rc<str>, p: &mut Private) -> Vec<Kept> {
+        let acked = p.acked;
+        self.release(owner, p).into_iter().skip(acked).collect()
     }
 }
 
@@ -211,10 +277,17 @@ mod tests {
         assert_eq!(budget.largest().as_deref(), Some("b"));
         budget.ack(&b, &mut pb, 1);
         assert_eq!(budget.largest().as_deref(), Some("a"));
+        // A pong: acknowledged, still kept (a resume may yet need them), not reported.
+        budget.acked(&a, &mut pa, 2);
+        assert_eq!((pa.kept.len(), pa.unacked(), pa.unacked_lines().next().unwrap().pseq), (3, 1, 3));
+        assert!(matches!(budget.pop(&a, &mut pa), Some((k, true)) if k.pseq == 1));
+        // A resume's pseq: gone for good, and the rest is unacknowledged again.
         budget.ack(&a, &mut pa, 2);
-        assert_eq!((pa.kept.len(), pa.kept[0].pseq, budget.used()), (1, 3, (1, one)));
-        assert_eq!(budget.release(&a, &mut pa).len(), 1);
+        assert_eq!((pa.kept.len(), pa.unacked(), budget.used()), (1, 1, (1, one)));
+        assert_eq!(budget.release_unacked(&a, &mut pa).len(), 1);
         assert_eq!((budget.used(), budget.largest()), ((0, 0), None));
+        // The memory model counts these (ARCHITECTURE.md).
+        assert_eq!((std::mem::size_of::<Private>(), std::mem::size_of::<Kept>()), (88, 72));
     }
 
     #[test]
@@ -228,6 +301,18 @@ mod tests {
         }
         assert_eq!(p.kept.len(), KEPT_MAX);
         assert!(p.urgent());
+        // Acknowledged: a tail of ACKED_MAX stays, and it makes room for new lines silently.
+        budget.acked(&o, &mut p, KEPT_MAX as u64);
+        assert_eq!((p.kept.len(), p.unacked(), p.urgent()), (ACKED_MAX, 0, false));
+        for _ in 0..KEPT_MAX {
+            let k = kept(p.number(), 10);
+            budget.make_room_in(&o, &mut p, k.cost());
+            assert!(p.has_room(k.cost()));
+            budget.keep(&o, &mut p, k);
+        }
+        assert_eq!((p.kept.len(), p.unacked()), (KEPT_MAX, KEPT_MAX));
+        budget.make_room_in(&o, &mut p, 10);
+        assert!(!p.has_room(kept(0, 10).cost()), "nothing acknowledged left to give");
         budget.release(&o, &mut p);
         assert!(!p.has_room(kept(0, KEPT_BYTES).cost()), "one line over the bytes never fits");
     }

@@ -380,10 +380,10 @@ impl Chat {
                 emptied.push(name);
             }
         }
-        // Nothing kept was acknowledged: each sender hears which of its messages never got
-        // there (a line the old connection took but never acknowledged may have been read;
-        // the pongs make that rare).
-        for kept in self.backlog.release(&away.id, &mut away.private) {
+        // Each sender hears which of its messages were never acknowledged (one the old
+        // connection took but never acknowledged may have been read; the pongs make that
+        // rare). The acknowledged tail was there only for a resume.
+        for kept in self.backlog.release_unacked(&away.id, &mut away.private) {
             self.undelivered(&kept, &away.id, sink);
         }
         Gone { id: away.id, emptied }
@@ -676,7 +676,10 @@ impl Chat {
         let copy = protocol::with_pseq(line, pseq);
         let kept = Kept { pseq, line: copy.clone(), from: Rc::from(from), cid };
         let cost = kept.cost();
-        let room = private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| p.has_room(cost));
+        let room = private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
+            self.backlog.make_room_in(&owner, p, cost);
+            p.has_room(cost)
+        });
         if !room || !self.make_room(cost, sink) {
             return Err(refusal);
         }
@@ -717,9 +720,11 @@ impl Chat {
                 debug_assert!(false, "a charged backlog without its user: {largest}");
                 return false;
             };
-            let Some(k) = self.backlog.pop(&largest, p) else { return false };
-            self.counters.backlog_dropped += 1;
-            self.undelivered(&k, &largest, sink);
+            let Some((k, acked)) = self.backlog.pop(&largest, p) else { return false };
+            if !acked {
+                self.counters.backlog_dropped += 1;
+                self.undelivered(&k, &largest, sink);
+            }
         }
         true
     }
@@ -728,7 +733,7 @@ impl Chat {
     /// (`p:N`), if it has lines to acknowledge; the pong will echo it (see `ack`).
     pub fn ping_payload(&mut self, token: usize, now: Instant) -> Vec<u8> {
         let Some(p) = self.users.private_by_token(token as u32) else { return Vec::new() };
-        if p.kept.is_empty() {
+        if p.unacked() == 0 {
             return Vec::new();
         }
         p.asked = true;
@@ -741,17 +746,18 @@ impl Chat {
         self.users.private_by_token(token as u32).is_some_and(|p| p.asked)
     }
 
-    /// A pong from connection `token` echoing `payload`: if it is one of our `p:N`, the client
-    /// has read every line sent before that ping, so its lines up to `N` are no longer kept.
-    /// If more are waiting, another such ping is wanted.
+    /// A pong from connection `token` echoing `payload`: if it is one of our `p:N`, the
+    /// client's socket read every line sent before that ping, so its lines up to `N` are
+    /// acknowledged (kept only as the short tail a resume may still want, see `backlog`). If
+    /// more are waiting, another such ping is wanted.
     pub fn ack(&mut self, token: usize, payload: &[u8], now: Instant) {
         let Some(n) = payload.strip_prefix(b"p:") else { return };
         let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok()) else { return };
         let Some((id, p)) = self.users.by_token_mut(token as u32) else { return };
         p.asked = false;
         let id = Rc::clone(id);
-        self.backlog.ack(&id, p, n);
-        if !p.kept.is_empty() {
+        self.backlog.acked(&id, p, n);
+        if p.unacked() > 0 {
             let due = if p.urgent() { now + backlog::ACK_SPACING } else { now + backlog::ACK_DELAY };
             self.want_ack.push((token, due));
         }
@@ -1684,14 +1690,26 @@ mod tests {
         c.ack(1, b"hello", t);
         assert!(c.asked(1), "an unsolicited pong acknowledges nothing");
         c.ack(1, b"p:2", t);
-        assert_eq!((c.backlog.used().0, c.asked(1)), (1, false));
+        assert!(!c.asked(1));
         assert_eq!(c.want_ack.len(), 1, "one left: asked again");
-        // Lost with m3 unacknowledged; a resume saying it has pseq 3 gets nothing again.
+        // Lost with m3 unacknowledged; a resume saying it has pseq 1 gets m2 (acknowledged by
+        // a pong: its socket had it, but the page may have given that socket up) and m3.
         let secret = [5; 16];
         c.lose("b", secret, t + Duration::from_secs(60));
         r.take();
-        c.join("b", 7, &[6; 16], Some(&secret), 3, t, &mut r).unwrap();
-        assert_eq!(r.take().len(), 1, "the welcome only");
+        c.join("b", 7, &[6; 16], Some(&secret), 1, t, &mut r).unwrap();
+        let got = r.take();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[1].1.contains(r#""pseq":2"#) && got[2].1.contains(r#""pseq":3"#));
+        assert_eq!(c.backlog.used().0, 2, "kept until acknowledged again");
+        // Its grace ends with m2 acknowledged by a pong: only m3 is reported.
+        c.ack(7, b"p:2", t);
+        c.lose("b", [6; 16], t);
+        r.take();
+        c.expire(t + Duration::from_secs(1), &mut r);
+        let to_a: Vec<String> = r.take().into_iter().filter(|(tok, _)| *tok == 0).map(|(_, l)| l).collect();
+        assert_eq!(to_a.len(), 1, "{to_a:?}");
+        assert!(to_a[0].contains(r#""cid":"x3""#), "{to_a:?}");
         assert_eq!(c.backlog.used(), (0, 0));
     }
 

@@ -176,7 +176,7 @@ fn blip(s: &Server, to: &str, from: &str, n: usize, len: usize) -> (usize, usize
 }
 
 /// Item 5, the other side: a reader that keeps up acknowledges what it read (its pongs),
-/// so it keeps nothing and its senders are never refused.
+/// so it keeps only the short acknowledged tail (16 lines) and its senders are never refused.
 #[test]
 fn a_reader_that_keeps_up_keeps_nothing_and_is_never_busy() {
     let s = Server::start(&["--rate-limit", "0"]);
@@ -207,11 +207,11 @@ fn a_reader_that_keeps_up_keeps_nothing_and_is_never_busy() {
             errors.push(l);
         }
     }
-    let kept = metric_until(&s, "chatloop_backlog_lines", Duration::from_secs(4), |v| v == 0.0);
+    let kept = metric_until(&s, "chatloop_backlog_lines", Duration::from_secs(4), |v| v <= 16.0);
     let _eve = reader.join().unwrap();
     println!("reader that keeps up: 200 sent, {} refused, {kept} still kept", errors.len());
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(kept, 0.0, "acknowledged lines are not kept");
+    assert!(kept <= 16.0, "acknowledged lines are kept only as a short tail: {kept}");
 }
 
 /// Issue 23 item 3: three private messages to a user in its grace; after the grace the
