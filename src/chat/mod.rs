@@ -389,14 +389,6 @@ impl Chat {
         Gone { id: away.id, emptied }
     }
 
-    /// Tells the sender of `kept` (if it is connected here) that it never reached `to`.
-    fn undelivered(&self, kept: &Kept, to: &str, sink: &mut impl Sink) {
-        if let Some((from, _)) = self.users.get(&kept.from) {
-            let cid = kept.cid.as_deref();
-            sink.push(from as usize, &protocol::error_about(ErrorCode::Undelivered, Some(to), cid));
-        }
-    }
-
     /// Reserves the user table for connection tokens below `n` (address space only, until
     /// used; see `users`).
     pub fn reserve(&mut self, n: usize) {
@@ -676,7 +668,7 @@ impl Chat {
         let copy = protocol::with_pseq(line, pseq);
         let kept = Kept { pseq, line: copy.clone(), from: Rc::from(from), cid };
         let cost = kept.cost();
-        let room = private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
+        let room = backlog::private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
             self.backlog.make_room_in(&owner, p, cost);
             p.has_room(cost)
         });
@@ -690,7 +682,9 @@ impl Chat {
                 return Err(ErrorCode::RecipientBusy);
             }
         }
-        let Some(p) = private_of(&mut self.users, &mut self.holds, k, now) else { return Err(refusal) };
+        let Some(p) = backlog::private_of(&mut self.users, &mut self.holds, k, now) else {
+            return Err(refusal);
+        };
         p.number();
         let from = Rc::clone(&kept.from);
         self.backlog.keep(&owner, p, kept);
@@ -704,63 +698,6 @@ impl Chat {
             self.kept_away.push(moved::KeptAway { to: owner, pseq, copy, from, line: line.clone() });
         }
         Ok(())
-    }
-
-    /// Makes room for `cost` in the budget: the largest backlogs give their oldest lines,
-    /// each reported to its sender (`owner`'s own, if it is the largest). False if there is
-    /// nothing left to take.
-    fn make_room(&mut self, cost: usize, sink: &mut impl Sink) -> bool {
-        while !self.backlog.fits(cost) {
-            let Some(largest) = self.backlog.largest() else { return false };
-            let p = match self.users.get_mut(&largest) {
-                Some((_, u)) => u.private.as_deref_mut(),
-                None => self.holds.get_any(&key(&largest)).map(|a| &mut a.private),
-            };
-            let Some(p) = p else {
-                debug_assert!(false, "a charged backlog without its user: {largest}");
-                return false;
-            };
-            let Some((k, acked)) = self.backlog.pop(&largest, p) else { return false };
-            if !acked {
-                self.counters.backlog_dropped += 1;
-                self.undelivered(&k, &largest, sink);
-            }
-        }
-        true
-    }
-
-    /// The payload of the ping about to go to connection `token`: its user's latest `pseq`
-    /// (`p:N`), if it has lines to acknowledge; the pong will echo it (see `ack`).
-    pub fn ping_payload(&mut self, token: usize, now: Instant) -> Vec<u8> {
-        let Some(p) = self.users.private_by_token(token as u32) else { return Vec::new() };
-        if p.unacked() == 0 {
-            return Vec::new();
-        }
-        p.asked = true;
-        p.asked_at = Some(now);
-        format!("p:{}", p.pseq).into_bytes()
-    }
-
-    /// Whether connection `token` owes us a pong to a ping that carried its pseq.
-    pub fn asked(&mut self, token: usize) -> bool {
-        self.users.private_by_token(token as u32).is_some_and(|p| p.asked)
-    }
-
-    /// A pong from connection `token` echoing `payload`: if it is one of our `p:N`, the
-    /// client's socket read every line sent before that ping, so its lines up to `N` are
-    /// acknowledged (kept only as the short tail a resume may still want, see `backlog`). If
-    /// more are waiting, another such ping is wanted.
-    pub fn ack(&mut self, token: usize, payload: &[u8], now: Instant) {
-        let Some(n) = payload.strip_prefix(b"p:") else { return };
-        let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok()) else { return };
-        let Some((id, p)) = self.users.by_token_mut(token as u32) else { return };
-        p.asked = false;
-        let id = Rc::clone(id);
-        self.backlog.acked(&id, p, n);
-        if p.unacked() > 0 {
-            let due = if p.urgent() { now + backlog::ACK_SPACING } else { now + backlog::ACK_DELAY };
-            self.want_ack.push((token, due));
-        }
     }
 
     /// Routes one client text frame from `from` (connection `token`), stamped with `ts`.
@@ -1063,19 +1000,6 @@ impl Chat {
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
     pub fn flush_presence(&mut self, sink: &mut impl Sink) {
         self.rooms.flush_presence(self.limits.presence_limit, &self.users, sink);
-    }
-}
-
-/// The private backlog of local user `k`, connected or in its grace.
-fn private_of<'a>(
-    users: &'a mut Users,
-    holds: &'a mut Holds,
-    k: &str,
-    now: Instant,
-) -> Option<&'a mut Private> {
-    match users.get_mut(k) {
-        Some((_, u)) => u.private.as_deref_mut(),
-        None => holds.get_mut(k, now).map(|a| &mut a.private),
     }
 }
 
