@@ -875,9 +875,11 @@
       // The recipient's queue is full of private messages right now; later may work.
       text = [to, ' cannot take more private messages right now. Yours was not delivered: try again in a moment.'];
     } else if (msg.code === 'undelivered') {
-      // Sent (it showed in our log) to someone who was away: they did not come back in time,
-      // or too much was waiting for them.
-      text = [to, ' was away and did not come back in time: your private message was not delivered.'];
+      // Sent (it showed in our log) to someone whose connection was lost: they did not come
+      // back in time, or too much was waiting for them. The server names the line by its cid
+      // (each of several gets its own error), so exactly those lines turn failed, with Retry.
+      text = [to, ' was away and did not come back in time, or too much was waiting for them: ' +
+        (entry ? 'this private message was not delivered.' : 'a private message of yours was not delivered.')];
     } else if (msg.code === 'not_in_room') {
       const name = typeof msg.room === 'string' ? lower(msg.room) : '';
       // The answer to a leave sent after a resume for a room the server had not kept.

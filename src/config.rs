@@ -49,6 +49,10 @@ pub struct Config {
     pub history: usize,
     pub history_bytes: usize,
     pub history_ttl: Duration,
+    /// Users held in their grace at once; past it the oldest hold ends early.
+    pub max_holds: usize,
+    /// Bytes of private messages kept (connected users' unacknowledged ones and holds').
+    pub backlog_bytes: usize,
     /// RFC 3339 UTC timestamps on log lines (journald adds its own).
     pub log_timestamps: bool,
 }
@@ -83,6 +87,8 @@ impl Default for Config {
             history: 100,
             history_bytes: 64 << 20,
             history_ttl: Duration::from_secs(300),
+            max_holds: 10_000,
+            backlog_bytes: 64 << 20,
             log_timestamps: true,
         }
     }
@@ -131,6 +137,15 @@ Flags:
                               messages of the largest rooms go first [default: 67108864]
   --history-ttl SECS          how long a room's history outlives its last member
                               [default: 300]
+  --max-holds N               users held in their resume grace at once; past it the hold
+                              whose grace ends first ends now (its senders get undelivered
+                              for what it never got; logged, chatloop_holds_ended_early_total)
+                              [default: 10000]
+  --backlog-bytes BYTES       bytes of private messages kept for a resend (each recipient's
+                              last 64 lines / 256 KiB not yet acknowledged, connected or in
+                              its grace), charged at real cost; past it the largest backlog
+                              drops its oldest line, told to its sender as undelivered; at
+                              least 262144 [default: 67108864]
   --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
   --ping-interval SECS        ping every client this often; must be shorter than
                               --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
@@ -267,9 +282,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--resume-grace" => cfg.resume_grace = seconds(&flag, &cli.value()?)?,
             "--history" => cfg.history = whole(&flag, &cli.value()?)?,
             "--history-bytes" => cfg.history_bytes = whole(&flag, &cli.value()?)?,
+            "--max-holds" => cfg.max_holds = positive(&flag, &cli.value()?)?,
+            "--backlog-bytes" => cfg.backlog_bytes = whole(&flag, &cli.value()?)?,
             "--history-ttl" => cfg.history_ttl = seconds(&flag, &cli.value()?)?,
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
+    }
+    if cfg.backlog_bytes < crate::chat::backlog::KEPT_BYTES {
+        return Err(format!(
+            "--backlog-bytes: at least {} (one recipient's whole backlog)",
+            crate::chat::backlog::KEPT_BYTES
+        ));
     }
     if cfg.ping_interval >= cfg.idle_timeout && !ping_given {
         // Only --idle-timeout was lowered: ping at nine tenths of it, as gorilla's example does.

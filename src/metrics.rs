@@ -105,6 +105,8 @@ pub struct Gauges {
     pub history: (usize, usize, u64, u64, u64),
     /// Users in their resume grace.
     pub held: usize,
+    /// Private backlogs: (lines, bytes charged) kept, and what their bounds did.
+    pub backlog: ((usize, usize), crate::chat::Counters),
     /// Rooms that exist, and rooms given up so far at `--max-rooms` because only users in
     /// their grace were in them.
     pub rooms: usize,
@@ -189,6 +191,31 @@ impl Stats {
             &[("", g.rooms_evicted)],
         );
         metric("users_held", "gauge", "Users in their resume grace.", &[("", g.held as u64)]);
+        let ((lines, bytes), counters) = g.backlog;
+        metric(
+            "backlog_lines",
+            "gauge",
+            "Private messages kept until their recipient acknowledges them (connected or held).",
+            &[("", lines as u64)],
+        );
+        metric(
+            "backlog_bytes",
+            "gauge",
+            "What the kept private messages are charged (--backlog-bytes).",
+            &[("", bytes as u64)],
+        );
+        metric(
+            "holds_ended_early_total",
+            "counter",
+            "Holds whose grace ended early to make room under --max-holds.",
+            &[("", counters.holds_ended_early)],
+        );
+        metric(
+            "backlog_dropped_total",
+            "counter",
+            "Kept private messages dropped from the largest backlog to make room in --backlog-bytes (each reported undelivered).",
+            &[("", counters.backlog_dropped)],
+        );
         let (kept, bytes, gaps, replayed, fetched) = g.history;
         metric("history_messages", "gauge", "Room messages kept for replay.", &[("", kept as u64)]);
         metric("history_bytes", "gauge", "Bytes of room history kept.", &[("", bytes as u64)]);
@@ -414,12 +441,17 @@ mod tests {
             held: 0,
             rooms: 0,
             rooms_evicted: 0,
+            backlog: ((7, 4096), crate::chat::Counters { holds_ended_early: 2, backlog_dropped: 1 }),
             cluster: None,
         });
         for line in [
             "chatloop_connections 3",
             "chatloop_websockets 2",
             "chatloop_deliveries_total 5",
+            "chatloop_backlog_lines 7",
+            "chatloop_backlog_bytes 4096",
+            "chatloop_holds_ended_early_total 2",
+            "chatloop_backlog_dropped_total 1",
             "chatloop_disconnects_total{reason=\"slow_consumer\"} 1",
             "chatloop_disconnects_total{reason=\"shutdown\"} 0",
             "chatloop_errors_sent_total{code=\"rate_limited\"} 1",

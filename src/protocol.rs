@@ -334,6 +334,16 @@ pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
     encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to, room: None })
 }
 
+/// An error about one message: with its `cid` (the client's id for it) when it had one, so
+/// that the client can tell which of its messages it is about.
+pub fn error_about(code: ErrorCode, to: Option<&str>, cid: Option<&str>) -> Bytes {
+    let line = error(code, to);
+    match cid {
+        Some(cid) => with_cid(&line, cid),
+        None => line,
+    }
+}
+
 /// `{"type":"error",...,"room":R}`: an error about room `room`.
 pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
     encode(&ErrorLine {
@@ -369,6 +379,12 @@ pub fn with_seq(template: &[u8], seq: u64) -> Bytes {
         Some((pre, post)) => Bytes::from([pre, seq.to_string().as_bytes(), post].concat()),
         None => Bytes::copy_from_slice(template),
     }
+}
+
+/// Whether `line` (a server line) names a message already. Inside a JSON string a quote is
+/// escaped, so `"cid":` can only be a key.
+pub fn has_cid(line: &[u8]) -> bool {
+    line.windows(6).any(|w| w == b"\"cid\":")
 }
 
 /// `line` with `"cid":CID` spliced in after its type (the first field): the sender's copy of
@@ -514,6 +530,10 @@ mod tests {
             &br#"{"type":"error","cid":"a\"b","code":"empty","message":"the message is empty"}"#[..]
         );
         assert_eq!(&with_cid(b"{}", "x")[..], br#"{"cid":"x"}"#);
+        let named = error_about(ErrorCode::Undelivered, Some("bob"), Some("L1"));
+        assert!(has_cid(&named) && named.starts_with(br#"{"type":"error","cid":"L1","code":"undelivered""#));
+        assert!(!has_cid(&error(ErrorCode::Undelivered, Some("bob"))));
+        assert!(!has_cid(br#"{"type":"message","text":"\"cid\":1"}"#), "in a text it is escaped");
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub enum Event<'a> {
     Text(Cow<'a, str>),
     Binary(Cow<'a, [u8]>),
     Ping(Cow<'a, [u8]>),
-    Pong,
+    /// Its payload: ours echoed (see `Chat::ack`), or anything for an unsolicited one.
+    Pong(Cow<'a, [u8]>),
     /// The client's close: its code, if it gave one, and its reason (valid UTF-8).
     Close(Option<u16>, Vec<u8>),
 }
@@ -221,7 +222,7 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
 fn control(op: u8, payload: Cow<'_, [u8]>) -> Result<Event<'_>, Error> {
     match op {
         OP_PING => Ok(Event::Ping(payload)),
-        OP_PONG => Ok(Event::Pong),
+        OP_PONG => Ok(Event::Pong(payload)),
         _ => match payload.len() {
             0 => Ok(Event::Close(None, Vec::new())),
             1 => Err(Error::Protocol("close frame with a 1-byte payload")),
@@ -517,7 +518,7 @@ mod tests {
                     Event::Text(t) => Event::Text(Cow::Owned(t.into_owned())),
                     Event::Binary(b) => Event::Binary(Cow::Owned(b.into_owned())),
                     Event::Ping(b) => Event::Ping(Cow::Owned(b.into_owned())),
-                    Event::Pong => Event::Pong,
+                    Event::Pong(b) => Event::Pong(Cow::Owned(b.into_owned())),
                     Event::Close(c, r) => Event::Close(c, r),
                 });
             }

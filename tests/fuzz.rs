@@ -1916,7 +1916,7 @@ mod frames {
             Event::Text(t) => Got::Text(t.into_owned()),
             Event::Binary(b) => Got::Binary(b.into_owned()),
             Event::Ping(b) => Got::Ping(b.into_owned()),
-            Event::Pong => Got::Pong,
+            Event::Pong(_) => Got::Pong,
             Event::Close(c, r) => Got::Close(c, r),
         }
     }

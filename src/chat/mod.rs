@@ -15,6 +15,7 @@
 //! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
 //! to Redis.
 
+pub mod backlog;
 pub mod fetch;
 pub mod history;
 pub mod ids;
@@ -24,6 +25,7 @@ pub mod rooms;
 pub mod users;
 
 use crate::protocol::{self, ErrorCode, Incoming, LOBBY, Replay};
+use backlog::Budget;
 use bytes::Bytes;
 use history::History;
 use ids::{Secret, key};
@@ -105,6 +107,10 @@ pub struct Limits {
     pub history: usize,
     pub history_bytes: usize,
     pub history_ttl: Duration,
+    /// Users held in their grace at once (`--max-holds`); past it the oldest hold ends early.
+    pub max_holds: usize,
+    /// Bytes of private backlogs kept in all (`--backlog-bytes`, see `backlog`).
+    pub backlog_bytes: usize,
 }
 
 impl Default for Limits {
@@ -118,6 +124,8 @@ impl Default for Limits {
             history: 100,
             history_bytes: 64 << 20,
             history_ttl: Duration::from_secs(300),
+            max_holds: 10_000,
+            backlog_bytes: 64 << 20,
         }
     }
 }
@@ -157,7 +165,30 @@ pub struct Chat {
     pub evicted: Vec<(Rc<str>, Rc<str>)>,
     /// Rooms given up so far for a connected user's join at `--max-rooms`.
     pub rooms_evicted: u64,
+    /// Every private backlog's charge (`--backlog-bytes`).
+    pub backlog: Budget,
+    /// Connections whose next ping should come by then, carrying their latest `pseq`: they
+    /// have lines to acknowledge (see `backlog`). For the server to act on at the end of the
+    /// turn.
+    pub want_ack: Vec<(usize, Instant)>,
+    pub counters: Counters,
+    /// Holds ended early by `lose` (`--max-holds`), with the lines for their senders, for the
+    /// server to send, log and announce at the end of the turn.
+    pub ended_early: Vec<(Gone, Vec<(usize, Bytes)>)>,
 }
+
+/// What the bounds on holds and backlogs did, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Holds whose grace ended early to make room under `--max-holds`.
+    pub holds_ended_early: u64,
+    /// Kept private lines taken out of the largest backlog to make room in the budget (each
+    /// reported to its sender).
+    pub backlog_dropped: u64,
+}
+
+/// Holds ended by one `Chat::expire` call at most (see there).
+const EXPIRE_BATCH: usize = 1024;
 
 /// A user whose grace ended without a resume: gone for good now.
 pub struct Gone {
@@ -181,6 +212,10 @@ impl Chat {
             kept_away: Vec::new(),
             evicted: Vec::new(),
             rooms_evicted: 0,
+            backlog: Budget::new(limits.backlog_bytes),
+            want_ack: Vec::new(),
+            counters: Counters::default(),
+            ended_early: Vec::new(),
         }
     }
 
@@ -268,11 +303,15 @@ impl Chat {
         sink.push(token, &welcome);
         let mut private = private;
         if let Some(p) = &mut private {
-            // What the client says it has not seen, in order; from now on it is delivered
-            // (queued), so it is not fresh any more.
-            for kept in p.kept.iter_mut().filter(|kept| kept.pseq > pseq) {
+            // The client has everything up to `pseq`; the rest goes again, in order, and is
+            // kept until acknowledged.
+            p.asked = false;
+            self.backlog.ack(&shared, p, pseq);
+            for kept in &p.kept {
                 sink.push(token, &kept.line);
-                kept.fresh = false;
+            }
+            if !p.kept.is_empty() {
+                self.want_ack.push((token, now + backlog::ACK_DELAY));
             }
         }
         self.users.insert(token as u32, User { id: Rc::clone(&shared), rooms, private });
@@ -301,21 +340,36 @@ impl Chat {
     }
 
     /// `id` (on connection `token`) lost its connection: it is held under `secret` until
-    /// `until`, still a member of its rooms, with no presence event.
+    /// `until`, still a member of its rooms, with no presence event. Past `--max-holds`, the
+    /// hold whose grace ends first ends now, as if its grace had passed (its senders are told
+    /// what it never got): returned for the server to log and announce. The newest hold is
+    /// kept, since its user is the likeliest to come back. The hold ended is gone from chat
+    /// at once (its id free, its rooms left); what it tells senders waits in `ended_early`.
     pub fn lose(&mut self, id: &str, secret: Secret, until: Instant) {
-        let Some((token, u)) = self.users.remove(id) else { return };
+        let Some((token, mut u)) = self.users.remove(id) else { return };
         let ukey: Rc<str> = Rc::from(key(id));
         for room in u.rooms.iter() {
             self.rooms.set_away(room as usize, token, &ukey, &u.id);
         }
-        let private = u.private.map_or_else(Private::default, |p| *p);
+        let mut private = u.private.take().map_or_else(Private::default, |p| *p);
+        private.asked = false;
+        if self.holds.len() >= self.limits.max_holds.max(1)
+            && let Some((k, away)) = self.holds.take_oldest()
+        {
+            self.counters.holds_ended_early += 1;
+            let mut told = Collect::default();
+            let gone = self.end_hold(&k, away, &mut told);
+            self.ended_early.push((gone, told.0));
+        }
         self.holds.hold(ukey, Away { id: u.id, secret, until, rooms: u.rooms.to_vec(), private });
     }
 
     /// Ends the holds whose grace has passed: their users leave their rooms (announced now),
     /// and the local senders of private messages they never got are told (`undelivered`).
+    /// At most `EXPIRE_BATCH` a call, so a crowd's graces ending together do not stall a
+    /// turn; the server calls again at once while `expired_left` says so.
     pub fn expire(&mut self, now: Instant, sink: &mut impl Sink) -> Vec<Gone> {
-        let ended = self.holds.expire(now);
+        let ended = self.holds.expire(now, EXPIRE_BATCH);
         ended.into_iter().map(|(ukey, away)| self.end_hold(&ukey, away, sink)).collect()
     }
 
@@ -328,7 +382,12 @@ impl Chat {
         Some(self.end_hold(&k, away, sink))
     }
 
-    fn end_hold(&mut self, ukey: &str, away: Away, sink: &mut impl Sink) -> Gone {
+    /// Whether holds whose grace has passed are still waiting for `expire`.
+    pub fn expired_left(&self, now: Instant) -> bool {
+        self.holds.next_until().is_some_and(|t| t <= now)
+    }
+
+    fn end_hold(&mut self, ukey: &str, mut away: Away, sink: &mut impl Sink) -> Gone {
         let mut emptied = Vec::new();
         for room in &away.rooms {
             let name = Rc::clone(&self.rooms.room(*room as usize).name);
@@ -336,10 +395,11 @@ impl Chat {
                 emptied.push(name);
             }
         }
-        for kept in away.private.kept.iter().filter(|kept| kept.fresh) {
-            if let Some((from, _)) = self.users.get(&kept.from) {
-                sink.push(from as usize, &protocol::error(ErrorCode::Undelivered, Some(&away.id)));
-            }
+        // Each sender hears which of its messages were never acknowledged (one the old
+        // connection took but never acknowledged may have been read; the pongs make that
+        // rare). The acknowledged tail was there only for a resume.
+        for kept in self.backlog.release_unacked(&away.id, &mut away.private) {
+            self.undelivered(&kept, &away.id, sink);
         }
         Gone { id: away.id, emptied }
     }
@@ -357,13 +417,18 @@ impl Chat {
         self.rooms.shrink();
         self.history.shrink();
         self.holds.shrink();
+        self.want_ack.shrink_to_fit();
     }
 
     /// Frees `id` at once, so it can be claimed again in the same turn, and takes it out of
     /// every room. Returns the rooms this node no longer has any member in.
     pub fn leave(&mut self, id: &str) -> Vec<Rc<str>> {
         let mut emptied = Vec::new();
-        if let Some((token, u)) = self.users.remove(id) {
+        if let Some((token, mut u)) = self.users.remove(id) {
+            if let Some(p) = &mut u.private {
+                // It closed itself: what it read, it read.
+                self.backlog.release(&u.id, p);
+            }
             for room in u.rooms.iter() {
                 let name = Rc::clone(&self.rooms.room(room as usize).name);
                 if self.rooms.leave_local(room as usize, token, &u.id) {
@@ -588,44 +653,64 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(), ErrorCode> {
-        self.deliver_to(&key(to), from, line, now, sink)
+        self.deliver_to(&key(to), from, None, line, now, sink)
     }
 
-    /// Numbers `line` (the sender's copy of a private message from `from`) for local user
-    /// `k`, connected or away, and delivers or keeps it.
+    /// Numbers `line` (the sender's copy of a private message from `from`, `cid` its id for
+    /// the message) for local user `k`, connected or away, and delivers it and keeps it
+    /// until acknowledged. No room to keep it (the recipient's own bounds, or the budget with
+    /// nothing left to take from larger backlogs): refused, `recipient_busy` if connected
+    /// (it is not acknowledging), `undelivered` if away.
     fn deliver_to(
         &mut self,
         k: &str,
         from: &str,
+        cid: Option<&str>,
         line: &Bytes,
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(), ErrorCode> {
-        let from: Rc<str> = Rc::from(from);
-        if let Some((t, u)) = self.users.get_mut(k) {
+        let cid: Option<Rc<str>> = cid.map(|c| Rc::from(&c[..c.len().min(backlog::CID_MAX)]));
+        let (owner, pseq, token) = if let Some((t, u)) = self.users.get_mut(k) {
             let p = u.private.get_or_insert_with(Box::default);
-            let pseq = p.pseq + 1;
-            let copy = protocol::with_pseq(line, pseq);
+            (Rc::clone(&u.id), p.pseq + 1, Some(t as usize))
+        } else if let Some(a) = self.holds.get_mut(k, now) {
+            (Rc::clone(&a.id), a.private.pseq + 1, None)
+        } else {
+            return Err(ErrorCode::UnknownRecipient);
+        };
+        let refusal = if token.is_some() { ErrorCode::RecipientBusy } else { ErrorCode::Undelivered };
+        let copy = protocol::with_pseq(line, pseq);
+        let kept = Kept { pseq, line: copy.clone(), from: Rc::from(from), cid };
+        let cost = kept.cost();
+        let room = backlog::private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
+            self.backlog.make_room_in(&owner, p, cost);
+            p.has_room(cost)
+        });
+        if !room || !self.make_room(cost, sink) {
+            return Err(refusal);
+        }
+        if let Some(t) = token {
             // The recipient is judged by what it does, not by what others send it: if it
             // cannot take this now, the sender hears so and nobody is disconnected.
-            if !sink.offer(t as usize, &copy) {
+            if !sink.offer(t, &copy) {
                 return Err(ErrorCode::RecipientBusy);
             }
-            p.number();
-            let kept = Kept { pseq, line: copy, from, fresh: false };
-            let _ = p.keep(kept, resume::KEPT_ONLINE_MAX, resume::KEPT_ONLINE_BYTES);
-            return Ok(());
         }
-        let Some(a) = self.holds.get_mut(k, now) else { return Err(ErrorCode::UnknownRecipient) };
-        let pseq = a.private.pseq + 1;
-        let copy = protocol::with_pseq(line, pseq);
-        let kept = Kept { pseq, line: copy.clone(), from: Rc::clone(&from), fresh: true };
-        a.private.keep(kept, resume::KEPT_MAX, resume::KEPT_BYTES).map_err(|_| ErrorCode::Undelivered)?;
-        a.private.number();
-        if self.clustered {
+        let Some(p) = backlog::private_of(&mut self.users, &mut self.holds, k, now) else {
+            return Err(refusal);
+        };
+        p.number();
+        let from = Rc::clone(&kept.from);
+        self.backlog.keep(&owner, p, kept);
+        if let Some(t) = token {
+            if !p.asked {
+                let due = if p.urgent() { now } else { now + backlog::ACK_DELAY };
+                self.want_ack.push((t, due.max(p.asked_at.map_or(now, |a| a + backlog::ACK_SPACING))));
+            }
+        } else if self.clustered {
             // In Redis too, for a resume on another node (see `moved`).
-            let to = Rc::clone(&a.id);
-            self.kept_away.push(moved::KeptAway { to, pseq, copy, from, line: line.clone() });
+            self.kept_away.push(moved::KeptAway { to: owner, pseq, copy, from, line: line.clone() });
         }
         Ok(())
     }
@@ -645,9 +730,10 @@ impl Chat {
         let Some((msg, cid)) = protocol::decode(frame) else {
             return refuse(sink, token, protocol::error(ErrorCode::BadMessage, None), ErrorCode::BadMessage);
         };
-        let Some(cid) = cid else { return self.route(token, from, msg, ts, now, sink) };
+        let Some(cid) = cid else { return self.route(token, from, msg, None, ts, now, sink) };
         // What the caller reports on later (the cluster, when Redis answers) carries the cid.
-        match self.route(token, from, msg, ts, now, &mut Tagged { inner: sink, token, cid: &cid }) {
+        match self.route(token, from, msg, Some(&cid), ts, now, &mut Tagged { inner: sink, token, cid: &cid })
+        {
             Outcome::Room { room, line, .. } => Outcome::Room { room, line, cid: Some(Rc::from(&*cid)) },
             Outcome::Number { room, template, .. } => {
                 Outcome::Number { room, template, cid: Some(Rc::from(&*cid)) }
@@ -659,11 +745,13 @@ impl Chat {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         token: usize,
         from: &str,
         msg: Incoming<'_>,
+        cid: Option<&str>,
         ts: u64,
         now: Instant,
         sink: &mut impl Sink,
@@ -704,7 +792,7 @@ impl Chat {
                     Ok(t) => t,
                     Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
-                self.private(token, from, &to, text, ts, now, sink)
+                self.private(token, from, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => self.join_room(token, from, &room, &replay, sink),
             Incoming::Leave(name) => {
@@ -756,6 +844,7 @@ impl Chat {
         from: &str,
         to: &str,
         text: &str,
+        cid: Option<&str>,
         ts: u64,
         now: Instant,
         sink: &mut impl Sink,
@@ -784,7 +873,7 @@ impl Chat {
         };
         // The sender's copy; the recipient's carries its `pseq`.
         let line = protocol::private_message(from, &rcpt, text, ts);
-        if let Err(code) = self.deliver_to(&k, from, &line, now, sink) {
+        if let Err(code) = self.deliver_to(&k, from, cid, &line, now, sink) {
             return refuse(sink, token, protocol::error(code, Some(&rcpt)), code);
         }
         if rcpt_token != Some(token) {
@@ -945,6 +1034,21 @@ impl Chat {
     }
 }
 
+/// A sink that keeps what it is given, for later.
+#[derive(Default)]
+struct Collect(Vec<(usize, Bytes)>);
+
+impl Sink for Collect {
+    fn push(&mut self, token: usize, line: &Bytes) {
+        self.0.push((token, line.clone()));
+    }
+
+    fn offer(&mut self, token: usize, line: &Bytes) -> bool {
+        self.push(token, line);
+        true
+    }
+}
+
 /// A sink that tags every line to the sender (`token`) with the frame's `cid`.
 struct Tagged<'a, S> {
     inner: &'a mut S,
@@ -954,7 +1058,9 @@ struct Tagged<'a, S> {
 
 impl<S: Sink> Sink for Tagged<'_, S> {
     fn push(&mut self, token: usize, line: &Bytes) {
-        if token == self.token {
+        // A line that names a message already (an `undelivered` about an earlier one, which
+        // this frame made room for) keeps its own cid.
+        if token == self.token && !protocol::has_cid(line) {
             self.inner.push(token, &protocol::with_cid(line, self.cid));
         } else {
             self.inner.push(token, line);
@@ -1573,6 +1679,89 @@ mod tests {
 {"type":"leave","room":"lobby","id":"victim"}"#;
         assert_eq!(r.take(), vec![(0, presence.to_string())], "away when lost, leave when the grace ends");
         assert_eq!(c.check("victim", None, t + Duration::from_secs(1)).as_deref(), Ok("vlctlm"));
+    }
+
+    #[test]
+    fn private_lines_are_kept_until_a_pong_or_a_resume_acknowledges_them() {
+        let (mut c, mut r) = chat_with(&["a", "b"]);
+        let t = now();
+        for i in 1..=3 {
+            say(&mut c, &mut r, 0, "a", &format!(r#"{{"to":"b","text":"m{i}","cid":"x{i}"}}"#));
+        }
+        assert_eq!(c.backlog.used().0, 3);
+        // b is asked about a second later (lazily: its backlog is small), one ping at a time.
+        assert!(c.want_ack.iter().all(|(tok, due)| *tok == 1 && *due >= t + backlog::ACK_DELAY));
+        assert_eq!(c.ping_payload(1, t), b"p:3");
+        assert!(c.asked(1) && c.ping_payload(0, t).is_empty(), "a has nothing to acknowledge");
+        c.want_ack.clear();
+        c.ack(1, b"hello", t);
+        assert!(c.asked(1), "an unsolicited pong acknowledges nothing");
+        c.ack(1, b"p:2", t);
+        assert!(!c.asked(1));
+        assert_eq!(c.want_ack.len(), 1, "one left: asked again");
+        // Lost with m3 unacknowledged; a resume saying it has pseq 1 gets m2 (acknowledged by
+        // a pong: its socket had it, but the page may have given that socket up) and m3.
+        let secret = [5; 16];
+        c.lose("b", secret, t + Duration::from_secs(60));
+        r.take();
+        c.join("b", 7, &[6; 16], Some(&secret), 1, t, &mut r).unwrap();
+        let got = r.take();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[1].1.contains(r#""pseq":2"#) && got[2].1.contains(r#""pseq":3"#));
+        assert_eq!(c.backlog.used().0, 2, "kept until acknowledged again");
+        // Its grace ends with m2 acknowledged by a pong: only m3 is reported.
+        c.ack(7, b"p:2", t);
+        c.lose("b", [6; 16], t);
+        r.take();
+        c.expire(t + Duration::from_secs(1), &mut r);
+        let to_a: Vec<String> = r.take().into_iter().filter(|(tok, _)| *tok == 0).map(|(_, l)| l).collect();
+        assert_eq!(to_a.len(), 1, "{to_a:?}");
+        assert!(to_a[0].contains(r#""cid":"x3""#), "{to_a:?}");
+        assert_eq!(c.backlog.used(), (0, 0));
+    }
+
+    #[test]
+    fn past_max_holds_the_oldest_hold_ends_and_its_senders_hear_which_messages() {
+        let mut c = Chat::new(Limits { max_holds: 1, ..limits(100) });
+        let mut r = Rec::default();
+        for (tok, id) in ["friend", "old", "new"].into_iter().enumerate() {
+            join(&mut c, id, tok, &mut r).unwrap();
+        }
+        let t = now();
+        c.lose("old", [1; 16], t + Duration::from_secs(30));
+        say(&mut c, &mut r, 0, "friend", r#"{"to":"old","text":"hi","cid":"k1"}"#);
+        r.take();
+        c.lose("new", [2; 16], t + Duration::from_secs(60));
+        assert_eq!((c.holds.len(), c.counters.holds_ended_early), (1, 1));
+        let (gone, told) = c.ended_early.pop().unwrap();
+        assert_eq!(&*gone.id, "old");
+        let told: Vec<String> = told.iter().map(|(_, l)| String::from_utf8(l.to_vec()).unwrap()).collect();
+        assert_eq!(told.len(), 1);
+        assert!(told[0].contains(r#""cid":"k1""#) && told[0].contains(r#""code":"undelivered""#), "{told:?}");
+        assert_eq!(c.backlog.used(), (0, 0), "its backlog was released");
+        assert!(c.check("old", None, t).is_ok(), "its id is free");
+    }
+
+    #[test]
+    fn a_full_budget_takes_the_oldest_line_of_the_largest_backlog_and_tells_its_sender() {
+        let (mut c, mut r) = chat_with(&["a", "b", "c"]);
+        let t = now();
+        // Room for a little over three short lines.
+        c.backlog = Budget::new(3 * (100 + backlog::LINE_COST) + 50);
+        c.lose("b", [1; 16], t + Duration::from_secs(60));
+        for i in 1..=3 {
+            say(&mut c, &mut r, 0, "a", &format!(r#"{{"to":"b","text":"m{i}","cid":"x{i}"}}"#));
+        }
+        r.take();
+        assert_eq!(c.backlog.used().0, 3);
+        // To c (connected, smaller): b's backlog is the largest, its oldest goes.
+        assert_eq!(say(&mut c, &mut r, 0, "a", r#"{"to":"c","text":"m4","cid":"x4"}"#), Outcome::Private);
+        let got = r.take();
+        let to_a: Vec<&str> = got.iter().filter(|(tok, _)| *tok == 0).map(|(_, l)| l.as_str()).collect();
+        assert!(to_a[0].contains(r#""code":"undelivered""#) && to_a[0].contains(r#""cid":"x1""#), "{to_a:?}");
+        assert_eq!(to_a[0].matches(r#""cid""#).count(), 1, "named once, by its own cid");
+        assert!(to_a[1].contains(r#""cid":"x4""#), "then the sender's copy of m4: {to_a:?}");
+        assert_eq!((c.backlog.used().0, c.counters.backlog_dropped), (3, 1));
     }
 
     #[test]

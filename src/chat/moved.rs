@@ -9,7 +9,7 @@
 //! in place. Nobody sees a leave/join pair, since the user never left.
 
 use super::ids::{Secret, key};
-use super::resume::{KEPT_ONLINE_BYTES, KEPT_ONLINE_MAX, Kept, Private};
+use super::resume::{Kept, Private};
 use super::{Chat, Sink, User};
 use crate::protocol::{self, ErrorCode, LOBBY};
 use bytes::Bytes;
@@ -94,11 +94,15 @@ impl Chat {
         private.pseq = backlog.pseq;
         for line in backlog.kept {
             let Some(n) = kept_pseq(&line) else { continue };
-            if n > pseq {
-                sink.push(token, &line);
+            if n <= pseq {
+                continue; // the client has it
             }
-            let k = Kept { pseq: n, line, from: Rc::from(""), fresh: false };
-            let _ = private.keep(k, KEPT_ONLINE_MAX, KEPT_ONLINE_BYTES);
+            sink.push(token, &line);
+            // Kept until acknowledged, as on the old node (see `backlog`).
+            let k = Kept { pseq: n, line, from: Rc::from(""), cid: None };
+            if private.has_room(k.cost()) && self.backlog.fits(k.cost()) {
+                self.backlog.keep(&shared, &mut private, k);
+            }
         }
         let private = (private.pseq > 0).then(|| Box::new(private));
         let user = User { id: Rc::clone(&shared), rooms: kept.into(), private };
@@ -124,7 +128,8 @@ impl Chat {
             }
             return Vec::new();
         }
-        let Some(away) = self.holds.take(&k) else { return Vec::new() };
+        let Some(mut away) = self.holds.take(&k) else { return Vec::new() };
+        self.backlog.release(&away.id, &mut away.private);
         let ukey: Rc<str> = Rc::from(k.as_str());
         let mut emptied = Vec::new();
         for rk in &away.rooms {

@@ -158,6 +158,17 @@ impl Users {
         self.slots.get(token as usize)?.as_ref()
     }
 
+    /// The private backlog of the user on connection `token`, if it has one.
+    pub fn private_by_token(&mut self, token: u32) -> Option<&mut Private> {
+        self.slots.get_mut(token as usize)?.as_mut()?.private.as_deref_mut()
+    }
+
+    /// The id and private backlog of the user on connection `token`, if it has one.
+    pub fn by_token_mut(&mut self, token: u32) -> Option<(&Rc<str>, &mut Private)> {
+        let u = self.slots.get_mut(token as usize)?.as_mut()?;
+        Some((&u.id, u.private.as_deref_mut()?))
+    }
+
     /// Adds `user` on connection `token`; its id must be free (checked by the caller) and
     /// the token's slot empty.
     pub fn insert(&mut self, token: u32, user: User) {

@@ -256,6 +256,8 @@ impl Server {
                     history: cfg.history,
                     history_bytes: cfg.history_bytes,
                     history_ttl: cfg.history_ttl,
+                    max_holds: cfg.max_holds,
+                    backlog_bytes: cfg.backlog_bytes,
                 });
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.clustered = cluster.is_some();
@@ -384,6 +386,33 @@ impl Server {
         debug!("heap trimmed in {:?}", started.elapsed());
     }
 
+    /// Holds that `--max-holds` ended early this turn (see `Chat::lose`): their senders are
+    /// told what never got there, and they are gone as if their grace had passed.
+    fn ended_early(&mut self, now: Instant) {
+        for (g, lines) in std::mem::take(&mut self.chat.ended_early) {
+            for (token, line) in lines {
+                self.net.push(token, &line);
+            }
+            warn!(
+                target: "chatloop::session",
+                "session ended id={} reason=hold_ended_early (--max-holds {} reached)",
+                g.id,
+                self.cfg.max_holds
+            );
+            self.cluster_left(&g.id, &g.emptied, now);
+        }
+    }
+
+    /// Brings forward the next ping of connections whose users have private lines to
+    /// acknowledge (see `chat::backlog`): it will carry their latest pseq.
+    fn ask_acks(&mut self, now: Instant) {
+        for (token, due) in std::mem::take(&mut self.chat.want_ack) {
+            let Some(c) = self.net.conns.get_mut(token) else { continue };
+            c.next_ping = c.next_ping.earlier(Stamp::of(due));
+            self.arm(token, now);
+        }
+    }
+
     /// Once a second: forget rate-limit buckets that have refilled, and end id holds whose
     /// grace has passed (giving their keys back to Redis).
     fn sweep(&mut self, now: Instant) {
@@ -396,6 +425,10 @@ impl Server {
         for g in self.chat.expire(now, &mut self.net) {
             info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
             self.cluster_left(&g.id, &g.emptied, now);
+        }
+        if self.chat.expired_left(now) {
+            // More graces ended than one sweep ends (`Chat::expire`): the rest next turn.
+            self.next_sweep = now;
         }
         self.chat.history.expire(now);
         // After what the ended holds left behind is freed, not before it: malloc_trim can only
@@ -527,7 +560,7 @@ impl Server {
                     self.doom(token);
                     continue;
                 }
-                Phase::Ws(_) if conn.give_up.is_none() => {
+                Phase::Ws(s) if conn.give_up.is_none() => {
                     if conn.over_since.is_some_and(|t| t.after(SLOW_GRACE).reached(stamp)) {
                         self.drop_slow(token, now);
                         continue;
@@ -537,7 +570,10 @@ impl Server {
                         continue;
                     }
                     if conn.next_ping.reached(stamp) {
-                        conn.peer.send(crate::ws::frame(crate::ws::OP_PING, &[]));
+                        // With the user's latest pseq if it has lines to acknowledge: its pong
+                        // says it read them (`Chat::ack`).
+                        let payload = if s.joined { self.chat.ping_payload(token, now) } else { Vec::new() };
+                        conn.peer.send(crate::ws::frame(crate::ws::OP_PING, &payload));
                         conn.next_ping = stamp.after(self.cfg.ping_interval);
                         self.net.mark_pending(token);
                     }
@@ -554,8 +590,10 @@ impl Server {
     fn settle(&mut self, now: Instant) {
         let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
         loop {
+            self.ended_early(now);
             self.chat.pump(now, &mut self.net);
             self.chat.flush_presence(&mut self.net);
+            self.ask_acks(now);
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
             }
@@ -719,6 +757,7 @@ impl Server {
             queued_bytes: 0,
             history: (kept, bytes, h.gaps, h.replayed, h.fetched),
             held: self.chat.holds.len(),
+            backlog: (self.chat.backlog.used(), self.chat.counters),
             rooms: self.chat.rooms.len(),
             rooms_evicted: self.chat.rooms_evicted,
             cluster,

@@ -139,7 +139,12 @@ impl Server {
             };
             events += 1;
             conn.last_read = Stamp::of(now);
-            if matches!(ev, Event::Ping(_) | Event::Pong) && !s.control.allow(CONTROL_RATE, now) {
+            // A pong we asked for (a ping carrying the user's pseq, one at a time) is not the
+            // peer's to ration: only its own pings and unsolicited pongs count.
+            let asked =
+                matches!(&ev, Event::Pong(p) if p.starts_with(b"p:")) && s.joined && self.chat.asked(token);
+            if matches!(ev, Event::Ping(_) | Event::Pong(_)) && !asked && !s.control.allow(CONTROL_RATE, now)
+            {
                 return self.flooded(token, CloseCode::Policy, "too many control frames", now);
             }
             let user = if s.joined { self.chat.id_of(token) } else { None };
@@ -242,7 +247,12 @@ impl Server {
                         self.net.mark_pending(token);
                     }
                 }
-                (Event::Pong, ..) => {}
+                (Event::Pong(payload), _, Some(_)) => {
+                    // Echoing a ping that carried the user's latest pseq: it has read every
+                    // line before that ping (TCP is ordered), so they need not be kept.
+                    self.chat.ack(token, &payload, now);
+                }
+                (Event::Pong(_), ..) => {}
             }
         }
     }

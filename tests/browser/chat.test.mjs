@@ -984,9 +984,44 @@ describe('chat page in chromium', () => {
     await waitForLine(p, 'see you dave');
     await p.getByLabel('Message', { exact: true }).fill('half typed');
     await error.filter({ hasText: 'was away' }).waitFor();
-    assert.match(await error.textContent(), /^dave was away and did not come back in time: your private message was not delivered/);
+    assert.match(await error.textContent(), /^dave was away and did not come back in time, or too much was waiting for them: a private message of yours was not delivered/);
     assert.equal(await error.locator('.id').textContent(), 'dave');
     assert.equal(await p.getByLabel('Message', { exact: true }).inputValue(), 'half typed');
+    await closeAll();
+  });
+
+  it('marks exactly the private lines an undelivered names by cid as failed, each with Retry', T, async () => {
+    const p = await page();
+    const cids = [];
+    await fakeChat(p, { users: ['alice', 'erin'], total: 2 }, (frame, ws, id) => {
+      echo(frame, ws, id);
+      if (frame.to !== 'erin') return;
+      cids.push(frame.cid);
+      // erin's grace ends without her: the first and third were never acknowledged (the
+      // second was), so the server reports those two, each by its cid.
+      if (cids.length === 3) {
+        setTimeout(() => {
+          for (const cid of [cids[0], cids[2]]) {
+            ws.send(JSON.stringify({ type: 'error', cid, code: 'undelivered', to: 'erin', message: 'not delivered' }));
+          }
+        }, 300);
+      }
+    });
+    await join(p, 'alice');
+    for (const text of ['first L0', 'second L1', 'third L2']) {
+      await say(p, text, 'erin');
+      await waitForLine(p, text);
+    }
+    const failed = p.locator('#log .failed');
+    await failed.filter({ hasText: 'third L2' }).first().waitFor();
+    const texts = [...new Set(await failed.locator(':scope > .text').allTextContents())];
+    assert.deepEqual(texts, ['first L0', 'third L2'], 'exactly the lines named');
+    assert.equal(await p.locator('#log .failed', { hasText: 'second L1' }).count(), 0);
+    for (const text of ['first L0', 'third L2']) {
+      const line = failed.filter({ hasText: text }).first();
+      assert.match(await line.locator('.state').textContent(), /^Not delivered: erin was away/);
+      await line.getByRole('button', { name: 'Retry', exact: true }).waitFor();
+    }
     await closeAll();
   });
 

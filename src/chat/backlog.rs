@@ -1,0 +1,407 @@
+//! Private backlogs: the private messages kept for each recipient until it acknowledges them,
+//! and the one byte budget (`--backlog-bytes`) that every backlog is charged to.
+//!
+//! A private message is kept from the moment it is numbered (`pseq`) until the recipient
+//! acknowledges it. A pong to a ping that carried the recipient's latest `pseq` does (TCP is
+//! ordered: the pong was read after everything sent before its ping), so a reader that keeps
+//! up has nothing unacknowledged; only a connection that has gone quiet (its network dropped,
+//! or it stopped reading) fills up, which is what a resume is for. A pong proves only that
+//! the client's *socket* had the lines, though: a page that gave up on a socket it thinks
+//! dead (public/app.js `abandon`) ignores what it still delivers while the browser goes on
+//! answering pings. So acknowledged lines stay as a short tail (`ACKED_MAX`, `ACKED_BYTES`),
+//! still resent on a resume after the client's `pseq`, which alone is the application's own
+//! word: lines up to it go for good. An unacknowledged line is never silently thrown away: it
+//! is acknowledged, resent on a resume, or reported to its sender (`undelivered`, with its
+//! `cid`) when it falls out; only the acknowledged tail is trimmed without a word.
+//!
+//! Each backlog holds at most `KEPT_MAX` lines and `KEPT_BYTES`; all of them together at most
+//! the budget, charged at real cost (`LINE_COST`). When the budget is full, the largest
+//! backlog gives its oldest line (`Budget::largest`): the one holding the most is the one not
+//! reading, so an attacker's holds pay before anyone else's messages do.
+//!
+//! Here too are chat's side of it (`impl Chat`): the ping payload and the pong that
+//! acknowledges (`ping_payload`, `ack`), making room in the budget (`make_room`), and telling
+//! a sender what never got there (`undelivered`).
+
+use super::resume::Holds;
+use super::users::Users;
+use super::{Chat, Sink, key};
+use crate::protocol::{self, ErrorCode};
+use bytes::Bytes;
+use std::collections::{BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Lines one recipient keeps, connected or in its grace.
+pub const KEPT_MAX: usize = 64;
+/// The same in bytes (charged at real cost).
+pub const KEPT_BYTES: usize = 256 * 1024;
+/// What a kept line costs beyond its line, `from` and `cid` bytes: its 72-byte `Kept` in the
+/// deque (whose doubling leaves it up to half empty), the line's `Bytes` shared header (a
+/// block of its own once the line is shared with the queue), the allocator's header and
+/// rounding of the line, the `from` and `cid` blocks, and the budget's index entry. Measured
+/// (`measure_backlog_costs` in tests/it/bound_backlog.rs, 2026-12-06, glibc, the test build):
+/// 128,000 lines of 10 characters (a 90-byte copy, 6-byte `from`, 2-byte `cid`) kept in 2,000
+/// holds grew RSS by 303 B a line, about 204 B beyond the line's own bytes; charged 312 B
+/// with this constant, so the budget errs on the side of the machine.
+pub const LINE_COST: usize = 208;
+/// The acknowledged tail each backlog keeps for a resume (see the module's doc), within the
+/// bounds above: what the page's abandoned socket may have swallowed.
+pub const ACKED_MAX: usize = 16;
+pub const ACKED_BYTES: usize = 16 * 1024;
+/// The longest `cid` kept with a line (the protocol refuses longer ones anyway: 64).
+pub const CID_MAX: usize = 64;
+/// Below this a backlog asks for an acknowledgement only lazily (`ACK_DELAY`); past it, at
+/// once: the recipient is filling up faster than it acknowledges.
+pub const URGENT_LINES: usize = KEPT_MAX / 2;
+pub const URGENT_BYTES: usize = KEPT_BYTES / 2;
+
+/// How soon after a line the recipient is asked to acknowledge it (a ping carrying its
+/// `pseq`) while its backlog is small: lazily, so a chatty pair costs about one ping a second.
+pub const ACK_DELAY: Duration = Duration::from_secs(1);
+/// The least time between two such pings to one connection once its backlog is past half
+/// (one at a time in any case): a reader that keeps up then acknowledges up to 64 lines every
+/// 20 ms, far more than the rate limit lets its senders send. The pongs it answers are not
+/// counted against its control-frame rate (`session.rs`): we asked for them.
+pub const ACK_SPACING: Duration = Duration::from_millis(20);
+
+/// A private message kept for its recipient.
+pub struct Kept {
+    /// Its number among the recipient's private messages.
+    pub pseq: u64,
+    /// The recipient's copy (carrying `pseq`).
+    pub line: Bytes,
+    /// The sender's id, to tell it if the message is never delivered ("" if unknown: a
+    /// backlog taken over from another node).
+    pub from: Rc<str>,
+    /// The sender's id for the message, so that such a report names it.
+    pub cid: Option<Rc<str>>,
+}
+
+impl Kept {
+    /// What the budget is charged for it.
+    pub fn cost(&self) -> usize {
+        self.line.len() + self.from.len() + self.cid.as_ref().map_or(0, |c| c.len()) + LINE_COST
+    }
+}
+
+/// One recipient's private numbering and its kept lines, oldest first: the acknowledged tail,
+/// then the lines not acknowledged.
+#[derive(Default)]
+pub struct Private {
+    /// The last pseq given out.
+    pub pseq: u64,
+    pub kept: VecDeque<Kept>,
+    /// What `kept` is charged.
+    bytes: usize,
+    /// How many of the first lines of `kept` were acknowledged by a pong, and their charge.
+    acked: usize,
+    acked_bytes: usize,
+    /// A ping carrying `pseq` is out and its pong has not come back (at most one at a time).
+    pub asked: bool,
+    /// When the last such ping went (see `ACK_SPACING`).
+    pub asked_at: Option<Instant>,
+}
+
+impl Private {
+    /// Numbers the next private message to this recipient.
+    pub fn number(&mut self) -> u64 {
+        self.pseq += 1;
+        self.pseq
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether a line of `cost` fits this backlog's own bounds, once its acknowledged tail
+    /// has made what room it can (`Budget::make_room_in`).
+    pub fn has_room(&self, cost: usize) -> bool {
+        self.kept.len() < KEPT_MAX && self.bytes + cost <= KEPT_BYTES
+    }
+
+    /// Lines not acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.kept.len() - self.acked
+    }
+
+    /// The unacknowledged lines, oldest first.
+    pub fn unacked_lines(&self) -> impl Iterator<Item = &Kept> {
+        self.kept.iter().skip(self.acked)
+    }
+
+    /// Whether it fills faster than it is acknowledged (see `URGENT_LINES`).
+    pub fn urgent(&self) -> bool {
+        self.unacked() > URGENT_LINES || self.bytes - self.acked_bytes > URGENT_BYTES
+    }
+}
+
+/// The global budget, and every non-empty backlog by size (for `largest`).
+pub struct Budget {
+    max: usize,
+    used: usize,
+    lines: usize,
+    /// (bytes charged, owner's id as typed: the `Rc` shared with its user or hold).
+    by_size: BTreeSet<(usize, Rc<str>)>,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Budget { max, used: 0, lines: 0, by_size: BTreeSet::new() }
+    }
+
+    /// Lines and bytes charged now (for `/metrics`).
+    pub fn used(&self) -> (usize, usize) {
+        (self.lines, self.used)
+    }
+
+    /// Whether `cost` more fits.
+    pub fn fits(&self, cost: usize) -> bool {
+        self.used + cost <= self.max
+    }
+
+    /// The owner of the largest backlog.
+    pub fn largest(&self) -> Option<Rc<str>> {
+        self.by_size.last().map(|(_, o)| Rc::clone(o))
+    }
+
+    fn resize(&mut self, owner: &Rc<str>, old: usize, new: usize) {
+        if old == new {
+            return;
+        }
+        if old > 0 {
+            self.by_size.remove(&(old, Rc::clone(owner)));
+        }
+        if new > 0 {
+            self.by_size.insert((new, Rc::clone(owner)));
+        }
+        self.used = self.used + new - old;
+    }
+
+    /// Keeps `k` in `owner`'s backlog `p`; the caller has checked `has_room` and `fits`.
+    pub fn keep(&mut self, owner: &Rc<str>, p: &mut Private, k: Kept) {
+        let old = p.bytes;
+        p.bytes += k.cost();
+        p.kept.push_back(k);
+        self.lines += 1;
+        self.resize(owner, old, p.bytes);
+    }
+
+    /// Takes out `p`'s oldest line, and whether it had been acknowledged (then nobody need
+    /// hear of it).
+    pub fn pop(&mut self, owner: &Rc<str>, p: &mut Private) -> Option<(Kept, bool)> {
+        let k = p.kept.pop_front()?;
+        let old = p.bytes;
+        p.bytes -= k.cost();
+        let acked = p.acked > 0;
+        if acked {
+            p.acked -= 1;
+            p.acked_bytes -= k.cost();
+        }
+        self.lines -= 1;
+        self.resize(owner, old, p.bytes);
+        Some((k, acked))
+    }
+
+    /// Makes what room for `cost` the acknowledged tail of `p` can: its oldest lines go,
+    /// silently, while the backlog's own bounds would refuse the line.
+    pub fn make_room_in(&mut self, owner: &Rc<str>, p: &mut Private, cost: usize) {
+        while p.acked > 0 && !p.has_room(cost) {
+            self.pop(owner, p);
+        }
+    }
+
+    /// The client's socket read every line up to `pseq` (a pong): they join the acknowledged
+    /// tail, trimmed to its bounds.
+    pub fn acked(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
+        while let Some(k) = p.kept.get(p.acked).filter(|k| k.pseq <= pseq) {
+            p.acked_bytes += k.cost();
+            p.acked += 1;
+        }
+        while p.acked > ACKED_MAX || p.acked_bytes > ACKED_BYTES {
+            self.pop(owner, p);
+        }
+        self.shrink(p);
+    }
+
+    /// The client itself has every line up to `pseq` (a resume says so): they go for good.
+    pub fn ack(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
+        while p.kept.front().is_some_and(|k| k.pseq <= pseq) {
+            self.pop(owner, p);
+        }
+        // What is left is resent: unacknowledged again until a pong says otherwise.
+        p.acked = 0;
+        p.acked_bytes = 0;
+        self.shrink(p);
+    }
+
+    fn shrink(&mut self, p: &mut Private) {
+        if p.kept.capacity() > 2 * KEPT_MAX.min(p.kept.len().max(4)) {
+            // A burst's deque goes back: a backlog is usually short.
+            p.kept.shrink_to_fit();
+        }
+    }
+
+    /// Takes out every line of `p` (it ends: its user left, its grace ended, it moved).
+    pub fn release(&mut self, owner: &Rc<str>, p: &mut Private) -> VecDeque<Kept> {
+        let kept = std::mem::take(&mut p.kept);
+        self.lines -= kept.len();
+        self.resize(owner, p.bytes, 0);
+        p.bytes = 0;
+        p.acked = 0;
+        p.acked_bytes = 0;
+        kept
+    }
+
+    /// Takes out every line of `p` and hands back those not acknowledged (to report).
+    pub fn release_unacked(&mut self, owner: &Rc<str>, p: &mut Private) -> Vec<Kept> {
+        let acked = p.acked;
+        self.release(owner, p).into_iter().skip(acked).collect()
+    }
+}
+
+impl Chat {
+    /// Tells the sender of `kept` (if it is connected here) that it never reached `to`.
+    pub(super) fn undelivered(&self, kept: &Kept, to: &str, sink: &mut impl Sink) {
+        if let Some((from, _)) = self.users.get(&kept.from) {
+            let cid = kept.cid.as_deref();
+            sink.push(from as usize, &protocol::error_about(ErrorCode::Undelivered, Some(to), cid));
+        }
+    }
+
+    /// Makes room for `cost` in the budget: the largest backlogs give their oldest lines,
+    /// each reported to its sender (`owner`'s own, if it is the largest). False if there is
+    /// nothing left to take.
+    pub(super) fn make_room(&mut self, cost: usize, sink: &mut impl Sink) -> bool {
+        while !self.backlog.fits(cost) {
+            let Some(largest) = self.backlog.largest() else { return false };
+            let p = match self.users.get_mut(&largest) {
+                Some((_, u)) => u.private.as_deref_mut(),
+                None => self.holds.get_any(&key(&largest)).map(|a| &mut a.private),
+            };
+            let Some(p) = p else {
+                debug_assert!(false, "a charged backlog without its user: {largest}");
+                return false;
+            };
+            let Some((k, acked)) = self.backlog.pop(&largest, p) else { return false };
+            if !acked {
+                self.counters.backlog_dropped += 1;
+                self.undelivered(&k, &largest, sink);
+            }
+        }
+        true
+    }
+
+    /// The payload of the ping about to go to connection `token`: its user's latest `pseq`
+    /// (`p:N`), if it has lines to acknowledge; the pong will echo it (see `ack`).
+    pub fn ping_payload(&mut self, token: usize, now: Instant) -> Vec<u8> {
+        let Some(p) = self.users.private_by_token(token as u32) else { return Vec::new() };
+        if p.unacked() == 0 {
+            return Vec::new();
+        }
+        p.asked = true;
+        p.asked_at = Some(now);
+        format!("p:{}", p.pseq).into_bytes()
+    }
+
+    /// Whether connection `token` owes us a pong to a ping that carried its pseq.
+    pub fn asked(&mut self, token: usize) -> bool {
+        self.users.private_by_token(token as u32).is_some_and(|p| p.asked)
+    }
+
+    /// A pong from connection `token` echoing `payload`: if it is one of our `p:N`, the
+    /// client's socket read every line sent before that ping, so its lines up to `N` are
+    /// acknowledged (kept only as the short tail a resume may still want, see `backlog`). If
+    /// more are waiting, another such ping is wanted.
+    pub fn ack(&mut self, token: usize, payload: &[u8], now: Instant) {
+        let Some(n) = payload.strip_prefix(b"p:") else { return };
+        let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok()) else { return };
+        let Some((id, p)) = self.users.by_token_mut(token as u32) else { return };
+        p.asked = false;
+        let id = Rc::clone(id);
+        self.backlog.acked(&id, p, n);
+        if p.unacked() > 0 {
+            let due = if p.urgent() { now + ACK_SPACING } else { now + ACK_DELAY };
+            self.want_ack.push((token, due));
+        }
+    }
+}
+
+/// The private backlog of local user `k`, connected or in its grace.
+pub(super) fn private_of<'a>(
+    users: &'a mut Users,
+    holds: &'a mut Holds,
+    k: &str,
+    now: Instant,
+) -> Option<&'a mut Private> {
+    match users.get_mut(k) {
+        Some((_, u)) => u.private.as_deref_mut(),
+        None => holds.get_mut(k, now).map(|a| &mut a.private),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(pseq: u64, len: usize) -> Kept {
+        Kept { pseq, line: Bytes::from(vec![b'x'; len]), from: Rc::from("a"), cid: Some(Rc::from("c")) }
+    }
+
+    #[test]
+    fn the_budget_is_charged_at_cost_and_finds_the_largest_backlog() {
+        let (a, b): (Rc<str>, Rc<str>) = (Rc::from("a"), Rc::from("b"));
+        let (mut pa, mut pb) = (Private::default(), Private::default());
+        let mut budget = Budget::new(1 << 20);
+        for _ in 1..=3 {
+            let k = kept(pa.number(), 100);
+            assert!(pa.has_room(k.cost()) && budget.fits(k.cost()));
+            budget.keep(&a, &mut pa, k);
+        }
+        let k = kept(pb.number(), 1000);
+        budget.keep(&b, &mut pb, k);
+        let one = 100 + 1 + 1 + LINE_COST;
+        assert_eq!(budget.used(), (4, 3 * one + 1000 + 2 + LINE_COST));
+        assert_eq!(budget.largest().as_deref(), Some("b"));
+        budget.ack(&b, &mut pb, 1);
+        assert_eq!(budget.largest().as_deref(), Some("a"));
+        // A pong: acknowledged, still kept (a resume may yet need them), not reported.
+        budget.acked(&a, &mut pa, 2);
+        assert_eq!((pa.kept.len(), pa.unacked(), pa.unacked_lines().next().unwrap().pseq), (3, 1, 3));
+        assert!(matches!(budget.pop(&a, &mut pa), Some((k, true)) if k.pseq == 1));
+        // A resume's pseq: gone for good, and the rest is unacknowledged again.
+        budget.ack(&a, &mut pa, 2);
+        assert_eq!((pa.kept.len(), pa.unacked(), budget.used()), (1, 1, (1, one)));
+        assert_eq!(budget.release_unacked(&a, &mut pa).len(), 1);
+        assert_eq!((budget.used(), budget.largest()), ((0, 0), None));
+        // The memory model counts these (ARCHITECTURE.md).
+        assert_eq!((std::mem::size_of::<Private>(), std::mem::size_of::<Kept>()), (88, 72));
+    }
+
+    #[test]
+    fn a_backlog_is_bounded_by_count_and_bytes() {
+        let mut p = Private::default();
+        let mut budget = Budget::new(usize::MAX / 2);
+        let o: Rc<str> = Rc::from("o");
+        while p.has_room(kept(0, 10).cost()) {
+            let k = kept(p.number(), 10);
+            budget.keep(&o, &mut p, k);
+        }
+        assert_eq!(p.kept.len(), KEPT_MAX);
+        assert!(p.urgent());
+        // Acknowledged: a tail of ACKED_MAX stays, and it makes room for new lines silently.
+        budget.acked(&o, &mut p, KEPT_MAX as u64);
+        assert_eq!((p.kept.len(), p.unacked(), p.urgent()), (ACKED_MAX, 0, false));
+        for _ in 0..KEPT_MAX {
+            let k = kept(p.number(), 10);
+            budget.make_room_in(&o, &mut p, k.cost());
+            assert!(p.has_room(k.cost()));
+            budget.keep(&o, &mut p, k);
+        }
+        assert_eq!((p.kept.len(), p.unacked()), (KEPT_MAX, KEPT_MAX));
+        budget.make_room_in(&o, &mut p, 10);
+        assert!(!p.has_room(kept(0, 10).cost()), "nothing acknowledged left to give");
+        budget.release(&o, &mut p);
+        assert!(!p.has_room(kept(0, KEPT_BYTES).cost()), "one line over the bytes never fits");
+    }
+}
