@@ -1,5 +1,6 @@
 //! Integration tests: one crate, a module per area, all against the real binary.
 
+mod bound_history;
 mod chat;
 mod cluster;
 mod fair;
