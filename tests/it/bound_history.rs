@@ -135,11 +135,9 @@ fn a_flood_of_one_line_logs_neither_freezes_the_loop_nor_outgrows_the_budget() {
         "flood: {logs} one-line logs from {} ids ({} stuck); bystander: {probes} probes, worst {worst:?}, {slow} >= 100 ms (most server CPU in one: {:.0} ms); \
          RSS {rss0} kB -> peak {peak} kB (bound {bound_kb} kB); history kept {kept} lines, {bytes} B charged",
         logs / ROOMS_PER_ID,
+        stuck.load(Ordering::Relaxed),
         busy * 1e3,
-        stuck.load(Ordering::Relaxed)
     );
-    assert!(logs >= 20 * BUDGET / 1000, "the flood made too few logs to test anything: {logs}");
-    assert_eq!(stuck.load(Ordering::Relaxed), 0, "every throwaway id got its close");
     assert!(probes >= 20, "{probes} probes");
     assert!(
         busy < 0.1,
@@ -148,4 +146,6 @@ fn a_flood_of_one_line_logs_neither_freezes_the_loop_nor_outgrows_the_budget() {
     );
     assert!(peak <= bound_kb, "RSS peaked at {peak} kB, over {bound_kb} kB");
     assert!(bytes <= BUDGET as f64, "charged {bytes} B over the budget");
+    assert!(logs >= 20 * BUDGET / 1000, "the flood made too few logs to test anything: {logs}");
+    assert_eq!(stuck.load(Ordering::Relaxed), 0, "every throwaway id got its close");
 }
