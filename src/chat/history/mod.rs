@@ -5,7 +5,8 @@
 //! by `seq - first`: no map, no copy. Every room has an epoch, a short random string that
 //! changes whenever its history is lost (a new process, a log that expired), so that a client
 //! can tell "nothing missed" from "history was reset". A log outlives its room's last member
-//! by `--history-ttl`, so that a member who blips back finds it. A room gets its log with its
+//! by `--history-ttl` (less when the budget needs it), so that a member who left and comes
+//! back finds it. A room gets its log with its
 //! first message; until then `joined` names the room's own epoch (`rooms::Room::epoch`), and
 //! the log starts in it (`Chat::log_of`).
 //!
@@ -33,22 +34,27 @@ use std::time::{Duration, Instant};
 const SLOT: usize = std::mem::size_of::<Bytes>();
 
 /// What one kept line costs beyond its bytes and its slot: the 32-byte block `Bytes` allocates
-/// for its shared header when fan-out first clones the line, and glibc's 8-byte header and
-/// rounding to 16 on the line's own buffer (8 on average). Measured with
-/// `history::tests::real_cost` (release build, 300,000 lines of 70-130 bytes in 3,000 logs
-/// of an existing room): RSS grew 61.0 MB where bytes plus slots were 36.0 MB: 83 B a line
-/// beyond them, against 80 here (glibc's rounding).
+/// for its shared header when fan-out first clones the line, glibc's 8-byte header and
+/// rounding to 16 on the line's own buffer, and the deque's earlier buffers left as holes.
+/// Measured with `tests::real_cost_of_a_line` (release build, 300,000 lines of 70-130 B,
+/// 100 in each of 3,000 logs): RSS grew 61.2 MB, 62 B a line beyond its bytes and slot.
 pub const LINE_COST: usize = 64;
 
-/// What one log costs beyond its name's bytes and its lines, once its room is gone and it is
-/// the only owner of its name and epoch: the boxed `Log` (128 B block), its slab slot (16),
-/// its name-index bucket (4 B + a control byte, up to twice over: ~10), the `Rc<str>` blocks
-/// of its name (16 B header, rounding) and epoch (32), and its entry in `order` (a B-tree
-/// entry of 24 B at about 2/3 fill: ~40). Measured with `history::tests::real_cost` (release
-/// build, 200,000 one-line logs of rooms that are gone, names of 10 bytes): 532 B of RSS a
-/// log against 538 charged. While the room exists it shares the name and epoch, so the
-/// charge is then about 60 B high: on the safe side.
-pub const LOG_COST: usize = 296;
+/// What one log costs beyond its name's bytes, its slots and its lines, once its room is gone
+/// and it alone holds its name and epoch: the boxed `Log` (120 B: a 128 B block), its slab
+/// slot (16 B, with the vector's slack ~24), its name-index bucket (4 B and a control byte,
+/// at 7/16 to 7/8 load ~8), the `Rc<str>` blocks of its name and epoch (32 each), its entry
+/// in `order` (24 B in B-tree nodes about half full: ~50). Measured two ways, release build:
+/// `tests::real_cost_of_a_log` (200,000 one-line logs made as the server makes them, rooms
+/// gone) gave 293 B; the server itself under a flood (30,000 throwaway ids each joining 19
+/// rooms, one line in each, then closing: 570,000 one-line logs; default flags, so 132,177
+/// logs kept at the 64 MiB budget) grew RSS
+/// 77.5 MB, of which ~5 MB the flood's own (a run with `--history-ttl 0.5`): ~549 B a log
+/// against 507 charged with 296 here, so 336: glibc's holes between a room's freed blocks
+/// and the log's survivors cost the server about 40 B a log more than a clean heap. While the
+/// room exists the log shares its name and epoch, and the charge is ~60 B high: the safe
+/// side.
+pub const LOG_COST: usize = 336;
 
 pub struct Log {
     pub epoch: Rc<str>,
