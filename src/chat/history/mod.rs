@@ -460,13 +460,10 @@ impl History {
         (self.lines, self.bytes)
     }
 
-    /// Logs, for tests and `/metrics`-style reports.
-    pub fn len(&self) -> usize {
+    /// Logs kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.logs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.logs.is_empty()
     }
 
     /// Gives the tables' slack back; visits every log, so only for an idle server.
