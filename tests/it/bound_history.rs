@@ -97,7 +97,8 @@ fn a_flood_of_one_line_logs_neither_freezes_the_loop_nor_outgrows_the_budget() {
     // the client's 5 s read timeout (a panic in `next_of`), so each probe is bounded too.
     // A probe of 100 ms or more is the loop's fault when the server was on a CPU for 100 ms
     // of it (its turns were that long: the unfixed shed ran 1.4 s at 100% CPU); one where it
-    // was not is this shared two-core machine running something else. Both are printed.
+    // was not is this shared two-core machine running something else (seen: 144 and 380 ms
+    // with 0 ms of server CPU at a load average of 8-11). Both are printed.
     let (mut worst, mut probes, mut slow, mut busy) = (Duration::ZERO, 0, 0, 0.0f64);
     let mut n = 0;
     while flooders.iter().any(|f| !f.is_finished()) && Instant::now() < end + Duration::from_secs(5) {
@@ -144,6 +145,8 @@ fn a_flood_of_one_line_logs_neither_freezes_the_loop_nor_outgrows_the_budget() {
         "a bystander waited {worst:?} while the server was on a CPU for {:.0} ms of a probe",
         busy * 1e3
     );
+    // Whoever is to blame, a second is a freeze (the unfixed shed: 1.4-4.4 s).
+    assert!(worst < Duration::from_secs(1), "a bystander waited {worst:?}");
     assert!(peak <= bound_kb, "RSS peaked at {peak} kB, over {bound_kb} kB");
     assert!(bytes <= BUDGET as f64, "charged {bytes} B over the budget");
     assert!(logs >= 20 * BUDGET / 1000, "the flood made too few logs to test anything: {logs}");
