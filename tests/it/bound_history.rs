@@ -97,8 +97,8 @@ fn a_flood_of_one_line_logs_neither_freezes_the_loop_nor_outgrows_the_budget() {
     // the client's 5 s read timeout (a panic in `next_of`), so each probe is bounded too.
     // A probe of 100 ms or more is the loop's fault when the server was on a CPU for 100 ms
     // of it (its turns were that long: the unfixed shed ran 1.4 s at 100% CPU); one where it
-    // was not is this shared two-core machine running something else (seen: 144 and 380 ms
-    // with 0 ms of server CPU at a load average of 8-11). Both are printed.
+    // was not is this shared two-core machine running something else (seen: 144 ms with 0 ms
+    // of server CPU, at a load average of 8-11). Both are printed.
     let (mut worst, mut probes, mut slow, mut busy) = (Duration::ZERO, 0, 0, 0.0f64);
     let mut n = 0;
     while flooders.iter().any(|f| !f.is_finished()) && Instant::now() < end + Duration::from_secs(5) {
