@@ -133,8 +133,11 @@ Flags:
                               id refused to others, private messages kept [default: 60]
   --history N                 messages kept per room for replay on join (since/last) and
                               resume; 0 keeps none [default: 100]
-  --history-bytes BYTES       bytes of history kept for all rooms; past it the oldest
-                              messages of the largest rooms go first [default: 67108864]
+  --history-bytes BYTES       bytes of history kept for all rooms, at real cost (a log
+                              ~350 B, a line its bytes + ~100 B); past it the history of
+                              rooms nobody is in goes first (the longest empty first),
+                              then the oldest messages of the largest rooms
+                              [default: 67108864]
   --history-ttl SECS          how long a room's history outlives its last member
                               [default: 300]
   --max-holds N               users held in their resume grace at once; past it the hold

@@ -1014,7 +1014,7 @@ impl Chat {
     }
 
     /// Room `rk`'s history log, started in the room's epoch if it has none (see `Room::epoch`).
-    fn log_of(&mut self, rk: usize) -> &mut history::Log {
+    fn log_of(&mut self, rk: usize) -> &history::Log {
         let room = self.rooms.room(rk);
         self.history.open(&room.name, &room.epoch)
     }

@@ -1,6 +1,7 @@
 //! Integration tests: one crate, a module per area, all against the real binary.
 
 mod bound_backlog;
+mod bound_history;
 mod bound_resume;
 mod chat;
 mod cluster;
