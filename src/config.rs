@@ -161,8 +161,8 @@ Flags:
                               grace, else gets too_many_rooms [default: 10000]
   --max-rooms-per-user N      rooms one connection may be in, lobby included
                               [default: 32]
-  --metrics-allow CIDR        who may read /metrics (e.g. 10.0.0.0/8); repeatable
-                              [default: 127.0.0.0/8 and ::1]
+  --metrics-allow CIDR        who else may read /metrics (e.g. 10.0.0.0/8), besides
+                              loopback (127.0.0.0/8 and ::1), which always may; repeatable
   --shutdown-grace SECS       on SIGTERM/SIGINT, close every session with 1001 and drain
                               queues for up to this long; a second signal exits at once
                               [default: 2]
@@ -339,9 +339,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     if cfg.redis_timeout < Duration::from_millis(100) {
         return Err("--redis-timeout: at least 0.1 seconds (an idle link is PINGed every half of it)".into());
     }
-    if !metrics_allow.is_empty() {
-        cfg.metrics_allow = metrics_allow;
-    }
+    // Added to loopback, never instead of it: a local scraper (and the proxy of the deploy
+    // recipes, which blocks /metrics itself) must not lose access because a network was added.
+    cfg.metrics_allow.extend(metrics_allow);
     if cfg.queue_cap > u32::MAX as usize {
         return Err("--queue-cap: at most 4294967295 bytes".into());
     }
@@ -436,6 +436,17 @@ mod tests {
             "\\ud83d\\ude00".repeat(1000)
         );
         assert!(worst.len() <= Config::default().max_message, "{}", worst.len());
+    }
+
+    #[test]
+    fn metrics_allow_adds_to_loopback() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let c = run(&["--metrics-allow", "10.0.0.0/8"]).unwrap();
+        let allowed = |a: &str| c.metrics_allow.iter().any(|n| n.contains(ip(a)));
+        assert!(allowed("10.1.2.3") && allowed("127.0.0.1") && allowed("::1"));
+        assert!(!allowed("192.168.0.1"), "nobody else");
+        let d = run(&[]).unwrap();
+        assert!(!d.metrics_allow.iter().any(|n| n.contains(ip("10.1.2.3"))), "loopback only by default");
     }
 
     #[test]

@@ -63,24 +63,28 @@ pub enum Incoming<'a> {
     Rooms,
 }
 
-/// Decodes one client frame: the request, and the client's own id for it (`cid`, 1 to 64
-/// characters, echoed on the sender's copy and on every error about it). `None` means "not
-/// an object of our shape" (`bad_message`): also a frame that mixes two requests (`to` with
-/// `room`, `join` with `text`), since guessing which one was meant could send text where it
-/// was not meant to go.
+/// A client frame: its request and its `cid`, or `None` if it is not one (see `decode_why`).
 pub fn decode(frame: &str) -> Option<(Incoming<'_>, Option<Text<'_>>)> {
-    // serde's derive also reads a struct from an array by position (`["bob","hi"]`); the
-    // protocol is objects only.
+    decode_why(frame).ok()
+}
+
+/// A client frame: its request and its `cid`; or why it is not one, in words for the
+/// `bad_message` error's `reason` (which field, and what is wrong with it).
+pub fn decode_why(frame: &str) -> Result<(Incoming<'_>, Option<Text<'_>>), std::borrow::Cow<'static, str>> {
     if !frame.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
-        return None;
+        return Err("not a JSON object".into());
     }
-    let mut f: Fields<'_> = serde_json::from_str(frame).ok()?;
+    let mut f: Fields<'_> = serde_json::from_str(frame).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax if e.to_string().starts_with("trailing characters") => {
+            std::borrow::Cow::Borrowed("one JSON object per message: more follows it")
+        }
+        _ => format!("{e}").into(),
+    })?;
     let cid = f.cid.take();
     if cid.as_ref().is_some_and(|c| !(1..=64).contains(&c.chars().count())) {
-        return None;
+        return Err("cid: 1 to 64 characters".into());
     }
     let history = f.last.is_some() || f.since.is_some() || f.epoch.is_some();
-    // How many of the request fields are present: each request allows exactly its own.
     let fields = [
         f.to.is_some(),
         f.text.is_some(),
@@ -103,20 +107,23 @@ pub fn decode(frame: &str) -> Option<(Incoming<'_>, Option<Text<'_>>)> {
                 (None, None, None) => Replay::None,
                 (Some(k), None, None) => Replay::Last(k),
                 (None, Some(seq), Some(epoch)) => Replay::Since { seq, epoch },
-                _ => return None, // `since` and `last` together, or one half of since/epoch
+                (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                    return Err("last and since exclude each other".into());
+                }
+                _ => return Err("since and epoch go together".into()),
             };
             Incoming::Join { room, replay }
         }
         Fields { leave: Some(r), .. } if !history && only(1) => Incoming::Leave(r),
         Fields { rooms: Some(true), .. } if !history && only(1) => Incoming::Rooms,
-        _ => return None,
+        Fields { rooms: Some(false), .. } if !history && only(1) => return Err("rooms: only true asks".into()),
+        _ if n == 0 && !history => return Err("nothing asked: send text, to and text, join, leave or rooms".into()),
+        _ if history && f.join.is_none() => return Err("last, since and epoch go with join".into()),
+        _ => return Err("fields that do not go together: text (with room or to), join, leave and rooms are each a request of its own".into()),
     };
-    Some((request, cid))
+    Ok((request, cid))
 }
 
-/// A room name as stored and shown: 1 to 32 characters from `a-z 0-9 _ - .`, given in any
-/// case. None if `name` is not one.
-/// Borrowed when `name` is already in lowercase (the usual case: no allocation per message).
 pub fn room_name(name: &str) -> Option<Text<'_>> {
     let ok = (1..=32).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -211,6 +218,9 @@ struct ErrorLine<'a> {
     r#type: &'static str,
     code: &'static str,
     message: &'static str,
+    /// What exactly was wrong (a `bad_message`'s field and why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -331,7 +341,27 @@ fn encode_kept<T: Serialize>(v: &T) -> Bytes {
 
 /// `{"type":"error",...}`; `to` names the recipient of a private message that failed.
 pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
-    encode(&ErrorLine { r#type: "error", code: code.as_str(), message: code.human(), to, room: None })
+    encode(&ErrorLine {
+        r#type: "error",
+        code: code.as_str(),
+        message: code.human(),
+        reason: None,
+        to,
+        room: None,
+    })
+}
+
+/// `{"type":"error","code":"bad_message",...,"reason":R}`: which field, and what is wrong.
+pub fn bad_message(reason: &str) -> Bytes {
+    let code = ErrorCode::BadMessage;
+    encode(&ErrorLine {
+        r#type: "error",
+        code: code.as_str(),
+        message: code.human(),
+        reason: Some(reason),
+        to: None,
+        room: None,
+    })
 }
 
 /// An error about one message: with its `cid` (the client's id for it) when it had one, so
@@ -350,6 +380,7 @@ pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
         r#type: "error",
         code: code.as_str(),
         message: code.human(),
+        reason: None,
         to: None,
         room: Some(room),
     })
@@ -679,6 +710,30 @@ mod tests {
         b.clear();
         presence_into(&mut b, Presence::Away, "dev", "bob");
         assert_eq!(&b[..], br#"{"type":"away","room":"dev","id":"bob"}"#);
+    }
+
+    #[test]
+    fn a_bad_message_says_which_field_and_why() {
+        let why = |frame: &str| decode_why(frame).err().map(|e| e.into_owned()).unwrap_or_default();
+        assert_eq!(why(r#"{"join":"r","since":3}"#), "since and epoch go together");
+        assert_eq!(
+            why(r#"{"join":"r","since":3,"last":2,"epoch":"e"}"#),
+            "last and since exclude each other"
+        );
+        assert!(
+            why(r#"{"join":"r","last":-1}"#).starts_with("invalid value: integer `-1`"),
+            "{}",
+            why(r#"{"join":"r","last":-1}"#)
+        );
+        assert_eq!(why(&format!(r#"{{"text":"x","cid":"{}"}}"#, "c".repeat(65))), "cid: 1 to 64 characters");
+        assert_eq!(why("{\"text\":\"a\"}\n{\"text\":\"b\"}"), "one JSON object per message: more follows it");
+        assert_eq!(why("[1]"), "not a JSON object");
+        assert_eq!(why("{}"), "nothing asked: send text, to and text, join, leave or rooms");
+        assert_eq!(why(r#"{"text":"x","last":1}"#), "last, since and epoch go with join");
+        assert_eq!(why(r#"{"rooms":false}"#), "rooms: only true asks");
+        assert!(why(r#"{"text":"x","join":"r"}"#).starts_with("fields that do not go together"));
+        let line = bad_message("cid: 1 to 64 characters");
+        assert!(line.ends_with(br#","reason":"cid: 1 to 64 characters"}"#), "{line:?}");
     }
 
     #[test]

@@ -727,8 +727,9 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Outcome {
-        let Some((msg, cid)) = protocol::decode(frame) else {
-            return refuse(sink, token, protocol::error(ErrorCode::BadMessage, None), ErrorCode::BadMessage);
+        let (msg, cid) = match protocol::decode_why(frame) {
+            Ok(m) => m,
+            Err(why) => return refuse(sink, token, protocol::bad_message(&why), ErrorCode::BadMessage),
         };
         let Some(cid) = cid else { return self.route(token, from, msg, None, ts, now, sink) };
         // What the caller reports on later (the cluster, when Redis answers) carries the cid.
@@ -785,8 +786,8 @@ impl Chat {
                 if !protocol::valid_id(&to) {
                     // A `to` that names nobody could be (`""`, `"a b"`) is a client bug, not a
                     // room message: refusing it keeps private text private.
-                    let code = ErrorCode::BadMessage;
-                    return refuse(sink, token, protocol::error(code, None), code);
+                    let why = "to: not an id (1 to 32 characters from A-Z a-z 0-9 _ - .)";
+                    return refuse(sink, token, protocol::bad_message(why), ErrorCode::BadMessage);
                 }
                 let text = match self.text_ok(&text) {
                     Ok(t) => t,
