@@ -147,7 +147,7 @@ impl Run {
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Ok(Next::Close(None));
                 }
-                Err(e) => return Ok(Next::Error(e.to_string())),
+                Err(e) => return Err(format!("{who}: read: {e}")),
             }
         }
     }
@@ -196,7 +196,7 @@ impl Run {
                     Next::Close(_) => break,
                     Next::Line(l) => return Err(format!("{who} got a line after its close: {l}")),
                     Next::Nothing => return Err(format!("{who}: no close came back")),
-                    Next::Ping(_) | Next::Error(_) => {}
+                    Next::Ping(_) => {}
                 }
             }
             self.clients.insert(who.to_string(), Conn::Gone);
@@ -273,7 +273,6 @@ enum Next {
     Close(Option<u16>),
     Ping(String),
     Nothing,
-    Error(String),
 }
 
 /// `got` has exactly `want`'s keys, with the same values, except: a volatile key's value need
