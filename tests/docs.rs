@@ -81,6 +81,7 @@ fn transcripts(md: &str) -> Vec<Block> {
     out
 }
 
+#[allow(clippy::large_enum_variant)] // a handful of clients per block
 enum Conn {
     Open(WebSocket<TcpStream>, VecDeque<String>),
     Refused(u16),
@@ -228,14 +229,17 @@ impl Run {
                 other => Err(format!("{who}: expected a ping {payload:?}, got {other:?}")),
             };
         }
-        let want: Value = serde_json::from_str(want).map_err(|e| format!("the doc's line is not JSON: {e}"))?;
+        let want: Value =
+            serde_json::from_str(want).map_err(|e| format!("the doc's line is not JSON: {e}"))?;
         let got = match self.next_data(who, Duration::from_secs(5))? {
             Next::Line(l) => l,
             other => return Err(format!("{who}: expected {want}, got {other:?}")),
         };
-        let got_v: Value = serde_json::from_str(&got).map_err(|e| format!("server sent non-JSON {got:?}: {e}"))?;
+        let got_v: Value =
+            serde_json::from_str(&got).map_err(|e| format!("server sent non-JSON {got:?}: {e}"))?;
         let mut subst = Vec::new();
-        matches(&want, &got_v, "", &mut subst).map_err(|e| format!("{who}: {e}\n  doc:    {want}\n  server: {got}"))?;
+        matches(&want, &got_v, "", &mut subst)
+            .map_err(|e| format!("{who}: {e}\n  doc:    {want}\n  server: {got}"))?;
         for (d, r) in subst {
             if !self.subst.iter().any(|(x, _)| *x == d) {
                 self.subst.push((d, r));
@@ -352,8 +356,12 @@ fn run_block(b: &Block, seen: &mut BTreeSet<String>) -> Result<(), String> {
         }
     }
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut run =
-        Run { server: Server::start(&args), clients: HashMap::new(), subst: Vec::new(), seen: BTreeSet::new() };
+    let mut run = Run {
+        server: Server::start(&args),
+        clients: HashMap::new(),
+        subst: Vec::new(),
+        seen: BTreeSet::new(),
+    };
     for (n, step) in &steps {
         run.step(step).map_err(|e| format!("docs/protocol.md:{n}: {step}\n  {e}"))?;
     }
@@ -383,10 +391,8 @@ fn protocol_names() -> (BTreeSet<String>, BTreeSet<String>) {
     types.extend(quoted_after("Presence::Back => \""));
     let body = src.split("pub fn as_str(self)").nth(1).expect("ErrorCode::as_str");
     let body = &body[..body.find("\n    }\n").expect("end of as_str")];
-    let codes: BTreeSet<String> = body
-        .lines()
-        .filter_map(|l| l.split("=> \"").nth(1)?.split('"').next().map(str::to_string))
-        .collect();
+    let codes: BTreeSet<String> =
+        body.lines().filter_map(|l| l.split("=> \"").nth(1)?.split('"').next().map(str::to_string)).collect();
     assert!(types.len() >= 12 && codes.len() >= 14, "{types:?} {codes:?}");
     (types, codes)
 }
@@ -398,7 +404,13 @@ fn every_protocol_example_replays_against_the_server() {
     assert!(blocks.len() >= 10, "docs/protocol.md has {} transcript blocks", blocks.len());
     let mut seen = BTreeSet::new();
     let failures: Vec<String> = blocks.iter().filter_map(|b| run_block(b, &mut seen).err()).collect();
-    assert!(failures.is_empty(), "{} of {} blocks failed:\n\n{}", failures.len(), blocks.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} blocks failed:\n\n{}",
+        failures.len(),
+        blocks.len(),
+        failures.join("\n\n")
+    );
 
     let (types, codes) = protocol_names();
     for name in types.iter().chain(&codes) {
