@@ -65,6 +65,60 @@ fn chatload(args: &[&str]) -> (Output, String) {
     (out, stdout)
 }
 
+/// A chatload command line, flag by flag in the order written: `Argv::to(&srv.addr)` starts
+/// with `--addr`, each method adds one `--flag value`, and `run` runs [`chatload`] on exactly
+/// those arguments.
+#[derive(Default)]
+struct Argv(Vec<String>);
+
+impl Argv {
+    fn to(addr: &str) -> Argv {
+        Argv::default().addr(addr)
+    }
+    fn flag(mut self, name: &str, value: impl std::fmt::Display) -> Argv {
+        self.0.extend([name.to_string(), value.to_string()]);
+        self
+    }
+    /// Arguments as given, after the ones so far.
+    fn args(mut self, args: &[&str]) -> Argv {
+        self.0.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+    fn addr(self, addr: &str) -> Argv {
+        self.flag("--addr", addr)
+    }
+    fn mode(self, mode: &str) -> Argv {
+        self.flag("--mode", mode)
+    }
+    fn conns(self, n: u32) -> Argv {
+        self.flag("--conns", n)
+    }
+    fn senders(self, n: u32) -> Argv {
+        self.flag("--senders", n)
+    }
+    fn rooms(self, n: u32) -> Argv {
+        self.flag("--rooms", n)
+    }
+    fn rate(self, per_sec: u32) -> Argv {
+        self.flag("--rate", per_sec)
+    }
+    fn duration(self, secs: impl std::fmt::Display) -> Argv {
+        self.flag("--duration", secs)
+    }
+    fn drain(self, secs: impl std::fmt::Display) -> Argv {
+        self.flag("--drain", secs)
+    }
+    fn prefix(self, prefix: &str) -> Argv {
+        self.flag("--id-prefix", prefix)
+    }
+    fn pid(self, pid: impl std::fmt::Display) -> Argv {
+        self.flag("--pid", pid)
+    }
+    fn run(&self) -> (Output, String) {
+        chatload(&self.0.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
 /// The key=value pairs of the last line, which must be the summary.
 fn summary(stdout: &str) -> HashMap<String, String> {
     let last = stdout.lines().last().unwrap_or_default();
@@ -164,24 +218,15 @@ fn room_counts_match_an_independent_observer() {
     let srv = server(&[]);
     let stop = Arc::new(AtomicBool::new(false));
     let observer = observe(connect(&srv.addr, "observer"), Arc::clone(&stop));
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--mode",
-        "room",
-        "--conns",
-        "50",
-        "--senders",
-        "5",
-        "--rate",
-        "20",
-        "--duration",
-        "3",
-        "--id-prefix",
-        "hon-",
-        "--pid",
-        &srv.child.id().to_string(),
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr)
+        .mode("room")
+        .conns(50)
+        .senders(5)
+        .rate(20)
+        .duration(3)
+        .prefix("hon-")
+        .pid(srv.child.id())
+        .run();
     stop.store(true, Ordering::Relaxed);
     let seen = observer.join().expect("observer");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -233,24 +278,15 @@ fn rooms_counts_match_observers_and_rooms_stay_apart() {
         }
         observers.push(observe(ws, Arc::clone(&stop)));
     }
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--rooms",
-        "3",
-        "--conns",
-        "30",
-        "--senders",
-        "6",
-        "--rate",
-        "20",
-        "--duration",
-        "3",
-        "--id-prefix",
-        "rms-",
-        "--pid",
-        &srv.child.id().to_string(),
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr)
+        .rooms(3)
+        .conns(30)
+        .senders(6)
+        .rate(20)
+        .duration(3)
+        .prefix("rms-")
+        .pid(srv.child.id())
+        .run();
     stop.store(true, Ordering::Relaxed);
     let seen: Vec<Vec<Seen>> = observers.into_iter().map(|o| o.join().expect("observer")).collect();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -289,20 +325,7 @@ fn rooms_counts_match_observers_and_rooms_stay_apart() {
     assert_eq!(s["server_alive"], "1");
 
     // Without --rooms the summary is what it always was: no rooms keys.
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--conns",
-        "4",
-        "--senders",
-        "1",
-        "--rate",
-        "5",
-        "--duration",
-        "0.3",
-        "--id-prefix",
-        "lob-",
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr).conns(4).senders(1).rate(5).duration(0.3).prefix("lob-").run();
     assert!(out.status.success(), "{stdout}");
     let s = summary(&stdout);
     assert!(!s.contains_key("rooms") && !s.contains_key("misrouted"), "{stdout}");
@@ -313,12 +336,12 @@ fn a_pid_that_is_not_the_server_is_refused() {
     // Its CPU would be reported as the server's: this test process listens on nothing.
     let srv = server(&[]);
     let me = std::process::id().to_string();
-    let (out, _) = chatload(&["--addr", &srv.addr, "--pid", &me, "--conns", "1", "--duration", "0.2"]);
+    let (out, _) = Argv::to(&srv.addr).pid(&me).conns(1).duration(0.2).run();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("--pid {me} does not listen on port")), "{err}");
     let pid = srv.child.id().to_string();
-    let (out, stdout) = chatload(&["--addr", &srv.addr, "--pid", &pid, "--conns", "1", "--duration", "0.2"]);
+    let (out, stdout) = Argv::to(&srv.addr).pid(&pid).conns(1).duration(0.2).run();
     assert!(out.status.success() && stdout.contains(&format!("server pid {pid}: cpu")), "{stdout}");
 }
 
@@ -327,18 +350,7 @@ fn rooms_join_refused_is_a_connect_error() {
     // Lobby already fills a client's one allowed room: every join is refused, and chatload
     // says so instead of sending into rooms nobody is in.
     let srv = server(&["--max-rooms-per-user", "1"]);
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--rooms",
-        "2",
-        "--conns",
-        "4",
-        "--duration",
-        "0.3",
-        "--id-prefix",
-        "full-",
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr).rooms(2).conns(4).duration(0.3).prefix("full-").run();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let s = summary(&stdout);
     assert_eq!((num(&s, "ready"), num(&s, "connect_errors")), (0, 4), "{stdout}");
@@ -349,20 +361,8 @@ fn rooms_join_refused_is_a_connect_error() {
 #[test]
 fn private_pairs_deliver_twice() {
     let srv = server(&[]);
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--mode",
-        "private",
-        "--conns",
-        "20",
-        "--rate",
-        "10",
-        "--duration",
-        "1",
-        "--id-prefix",
-        "prv-",
-    ]);
+    let (out, stdout) =
+        Argv::to(&srv.addr).mode("private").conns(20).rate(10).duration(1).prefix("prv-").run();
     assert!(out.status.success(), "{stdout}");
     let s = summary(&stdout);
     let sent = num(&s, "sent");
@@ -374,9 +374,7 @@ fn private_pairs_deliver_twice() {
 /// `--mode blip` against a server: `extra` server flags, chatload's blip flags.
 fn blip(extra: &[&str], args: &[&str], prefix: &str) -> (Output, String, HashMap<String, String>) {
     let srv = server(extra);
-    let mut all = vec!["--addr", &srv.addr, "--conns", "50", "--senders", "10", "--id-prefix", prefix];
-    all.extend_from_slice(args);
-    let (out, stdout) = chatload(&all);
+    let (out, stdout) = Argv::to(&srv.addr).conns(50).senders(10).prefix(prefix).args(args).run();
     let s = summary(&stdout);
     (out, stdout, s)
 }
@@ -434,18 +432,7 @@ fn failures_are_reported_not_hidden() {
     // Someone already holds "clsm0": chatload's first client is closed with 4409.
     let srv = server(&[]);
     let _holder = connect(&srv.addr, "clsm0");
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--mode",
-        "idle",
-        "--conns",
-        "3",
-        "--duration",
-        "0.3",
-        "--id-prefix",
-        "cls",
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr).mode("idle").conns(3).duration(0.3).prefix("cls").run();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let s = summary(&stdout);
     assert_eq!(s["close_codes"], "4409:1", "{stdout}");
@@ -455,18 +442,8 @@ fn failures_are_reported_not_hidden() {
 
     // A full server: five get in, three get 503 at the handshake.
     let srv = server(&["--max-conns", "5"]);
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--mode",
-        "idle",
-        "--conns",
-        "8",
-        "--duration",
-        "0.3",
-        "--connect-concurrency",
-        "1",
-    ]);
+    let (out, stdout) =
+        Argv::to(&srv.addr).mode("idle").conns(8).duration(0.3).flag("--connect-concurrency", 1).run();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let s = summary(&stdout);
     assert_eq!(num(&s, "connect_errors"), 3, "{stdout}");
@@ -496,18 +473,7 @@ fn flags_help_and_loopback_only() {
 fn conns_alone_clamps_the_default_senders() {
     // `--conns 5` and nothing else: the default 10 senders give way to the 5 clients.
     let srv = server(&[]);
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--conns",
-        "5",
-        "--rate",
-        "5",
-        "--duration",
-        "0.5",
-        "--id-prefix",
-        "few-",
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr).conns(5).rate(5).duration(0.5).prefix("few-").run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("5 clients, 5 room senders"), "{stdout}");
@@ -545,22 +511,8 @@ fn rate_limited_losses_point_at_the_server_flag() {
     // The server's own flood limit (5/s, burst 10) against one sender at 100/s: most of its
     // messages are refused with rate_limited, and the report says which knob to turn.
     let srv = server(&["--rate-limit", "5"]);
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--conns",
-        "3",
-        "--senders",
-        "1",
-        "--rate",
-        "100",
-        "--duration",
-        "0.5",
-        "--drain",
-        "0.5",
-        "--id-prefix",
-        "rl-",
-    ]);
+    let (out, stdout) =
+        Argv::to(&srv.addr).conns(3).senders(1).rate(100).duration(0.5).drain(0.5).prefix("rl-").run();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let s = summary(&stdout);
     assert!(num(&s, "lost") > 0, "{stdout}");
@@ -571,31 +523,14 @@ fn rate_limited_losses_point_at_the_server_flag() {
 
     // Without the limit: no losses, no hint.
     let srv = server(&[]);
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--conns",
-        "3",
-        "--senders",
-        "1",
-        "--rate",
-        "100",
-        "--duration",
-        "0.5",
-        "--id-prefix",
-        "nl-",
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr).conns(3).senders(1).rate(100).duration(0.5).prefix("nl-").run();
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("hint:"), "{stdout}");
 }
 
 /// Runs `chatload --attack ...` against `srv` and returns its summary.
 fn attack(srv: &Server, args: &[&str]) -> HashMap<String, String> {
-    let mut all = vec!["--addr", &srv.addr, "--id-prefix", "atk-"];
-    all.extend_from_slice(args);
-    let pid = srv.child.id().to_string();
-    all.extend_from_slice(&["--pid", &pid]);
-    let (out, stdout) = chatload(&all);
+    let (out, stdout) = Argv::to(&srv.addr).prefix("atk-").args(args).pid(srv.child.id()).run();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {:?}\n{stdout}\n{stderr}", out.status);
     let s = summary(&stdout);
@@ -734,24 +669,16 @@ fn broadcast_peer(stop: Arc<AtomicBool>) -> String {
 fn raw_proto_counts_every_frame_from_a_plain_broadcaster() {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = broadcast_peer(Arc::clone(&stop));
-    let (out, stdout) = chatload(&[
-        "--proto",
-        "raw",
-        "--addr",
-        &addr,
-        "--conns",
-        "20",
-        "--senders",
-        "4",
-        "--rate",
-        "50",
-        "--duration",
-        "1",
-        "--drain",
-        "3",
-        "--size",
-        "20",
-    ]);
+    let (out, stdout) = Argv::default()
+        .flag("--proto", "raw")
+        .addr(&addr)
+        .conns(20)
+        .senders(4)
+        .rate(50)
+        .duration(1)
+        .drain(3)
+        .flag("--size", 20)
+        .run();
     stop.store(true, Ordering::Relaxed);
     let s = summary(&stdout);
     assert!(out.status.success(), "{stdout}");
@@ -771,22 +698,15 @@ fn raw_proto_against_chatloops_json_counts_nothing() {
     // chatloop's /ws answers bare text with JSON errors and welcomes nobody in raw terms:
     // nothing it sends is a marker, so every expected delivery is lost and the run fails.
     let srv = server(&[]);
-    let (out, stdout) = chatload(&[
-        "--proto",
-        "raw",
-        "--addr",
-        &srv.addr,
-        "--conns",
-        "3",
-        "--senders",
-        "1",
-        "--rate",
-        "10",
-        "--duration",
-        "0.5",
-        "--drain",
-        "0.5",
-    ]);
+    let (out, stdout) = Argv::default()
+        .flag("--proto", "raw")
+        .addr(&srv.addr)
+        .conns(3)
+        .senders(1)
+        .rate(10)
+        .duration(0.5)
+        .drain(0.5)
+        .run();
     let s = summary(&stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(num(&s, "sent") > 0 && num(&s, "delivered") == 0 && num(&s, "lost") > 0, "{stdout}");
@@ -802,20 +722,13 @@ fn abuse_replacer_gets_its_4001_and_counts_what_an_observer_saw() {
     let srv = server(&["--rate-limit", "20"]);
     let stop = Arc::new(AtomicBool::new(false));
     let seen = observe(connect(&srv.addr, "observer"), stop.clone());
-    let (out, stdout) = chatload(&[
-        "--addr",
-        &srv.addr,
-        "--mode",
-        "abuse",
-        "--attacks",
-        "replace",
-        "--pace",
-        "replace=4",
-        "--duration",
-        "2",
-        "--id-prefix",
-        "ab-",
-    ]);
+    let (out, stdout) = Argv::to(&srv.addr)
+        .mode("abuse")
+        .flag("--attacks", "replace")
+        .flag("--pace", "replace=4")
+        .duration(2)
+        .prefix("ab-")
+        .run();
     stop.store(true, Ordering::Relaxed);
     let seen = seen.join().expect("observer");
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));

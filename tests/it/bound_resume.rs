@@ -2,7 +2,7 @@
 //! bucket goes with its id whichever way the session ends (left, lost, replaced, expired,
 //! taken over by another node); one resume token lets in one connection in the whole
 //! cluster; and a Redis that stalls in the middle of a cross-node resume leaves the user able
-//! to come back, not locked out. Cluster tests use the Redis harness of `cluster.rs`.
+//! to come back, not locked out. Cluster tests use the Redis harness of `cluster/mod.rs`.
 
 use crate::cluster::{Redis, join_seen, node, until_text, wait_metric};
 use crate::util::{Client, Frame, Server, masked};
