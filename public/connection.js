@@ -73,6 +73,9 @@ export function connect() {
 function onDrop(sock, code, reason) {
   clearTimeout(connectTimer);
   const lived = openedAt ? Date.now() - openedAt : 0;
+  // 1001 going away and 1012 restart say it; 1006 (no close frame) is a server that died.
+  const serverWent = sock !== null && (code === 1001 || code === 1006 || code === 1012);
+  const welcomed = S.online;
   S.ws = null;
   S.online = false;
   // What was sent and not answered may or may not have reached the server.
@@ -82,6 +85,7 @@ function onDrop(sock, code, reason) {
   // Memberships belong to a connection: the next welcome puts us in the lobby only (a
   // resumed one in all our rooms, but quiet until each is asked for again).
   for (const room of rooms.list()) {
+    if (welcomed) room.whole = room.synced && serverWent;
     room.joined = false;
     room.synced = false;
   }

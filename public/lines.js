@@ -82,14 +82,16 @@ function onJoined(msg) {
   if (epoch !== room.epoch) {
     // The server lost the room's history (a restart): its numbers start again, and the
     // ones on our lines say nothing about the new ones. What was said between our last
-    // line and the loss is gone: a gap, whether or not the server says so (it sends none
-    // when the new history is whole from its first line).
-    if (room.epoch) gapNote(room);
+    // line and the loss is gone, if there was any: unless we were live in the room until
+    // the server went away (Room.whole), we cannot know, so we say that some may be gone.
+    // The new history's own losses are the gap's to say (onGap).
+    if (room.epoch && !room.whole) gapNote(room);
     room.seqs.clear();
     room.seq = 0;
     for (const line of roomLines(room, '.msg[data-seq]')) delete line.dataset.seq;
     room.epoch = epoch;
   }
+  room.whole = false; // said for this drop
   room.answered = true;
   room.synced = true;
   room.liveFrom = seq;
@@ -104,14 +106,16 @@ function onJoined(msg) {
   renderRooms();
 }
 
-// Some of what a re-join asked for is gone (trimmed, or the server lost the room's history
-// and its epoch changed): said quietly where the missing lines would be. What is still
-// kept follows.
+// Some of what a re-join asked for is gone: lines before `seq` that we do not have. Said
+// quietly where the missing lines would be; what is still kept follows. After a new epoch
+// (a restart: onJoined set our seq back to 0) the server always sends a gap, and one at 1
+// skips nothing: the new history is whole from its first line.
 function onGap(msg) {
   const room = rooms.get(roomOf(msg));
   if (!room) return;
   const next = posInt(msg.seq);
-  if (next > room.seq + 1) room.seq = next - 1; // nothing before `next` will come
+  if (next && next <= room.seq + 1) return; // nothing we asked for is missing
+  if (next) room.seq = next - 1; // nothing before `next` will come
   gapNote(room);
 }
 

@@ -31,7 +31,7 @@ export function renderUsers() {
       b.type = 'button';
       b.className = 'user';
       b.dataset.id = id;
-      if (lower(el.to.value) === lower(id)) b.setAttribute('aria-pressed', 'true');
+      if (lower(rooms.current().to) === lower(id)) b.setAttribute('aria-pressed', 'true');
       const name = document.createElement('span');
       name.className = 'name';
       name.textContent = id;
@@ -65,7 +65,7 @@ export function renderUsers() {
 }
 
 function renderPicker(ids) {
-  const current = el.to.value;
+  const current = rooms.current().to;
   const frag = document.createDocumentFragment();
   const room = document.createElement('option');
   room.value = '';
@@ -92,12 +92,24 @@ function renderPicker(ids) {
   el.to.replaceChildren(frag);
   const match = [...el.to.options].find((o) => lower(o.value) === lower(current));
   el.to.value = match ? match.value : '';
-  el.composer.classList.toggle('is-private', el.to.value !== '');
+  showRecipient();
 }
 
+// Where a line typed now goes, said where the eye is: the composer is tinted for a private
+// line, and the field's placeholder names the person or the room.
+function showRecipient() {
+  const to = el.to.value;
+  el.composer.classList.toggle('is-private', to !== '');
+  el.message.placeholder = to ? 'Private message to ' + to + '…' : 'Message #' + rooms.shown + '…';
+}
+
+// Picks who the room on screen writes to: an id, or '' for the room. The choice stays for
+// the sends that follow (a private conversation is rarely one line) until the user picks
+// again, and belongs to this room (see Room.to).
 export function pick(id) {
   el.to.value = id;
   if (el.to.value !== id) el.to.value = '';
+  rooms.current().to = el.to.value;
   if (id) {
     // Picking someone opens the conversation with them: all of theirs counts as read.
     unread.delete(lower(id));

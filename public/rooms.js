@@ -29,6 +29,11 @@ export class Room {
     // when a text to the room would only get not_in_room.
     this.joined = false;
     this.unread = 0; // room lines that arrived here and have not been seen in the log
+    // Who the "To" picker names while this room is shown: '' (the room) or an id. Each room
+    // keeps its own, so a private conversation picked in one room does not follow the reader
+    // into another (where a line would go to that person by surprise), and is there again
+    // on coming back (where a line would otherwise go to the whole room by surprise).
+    this.to = '';
     // This room's log lines while another room is shown (the shown room's are in #log).
     this.lines = document.createElement('div');
     // Where the reader was when they switched away: at the bottom (following), or on a
@@ -51,6 +56,11 @@ export class Room {
     // fresh welcome and the join's answer) a line may come ahead of a replay still to come.
     this.synced = false;
     this.quietUntil = 0; // lines up to this seq came as history on entering: not unread
+    // At the last drop of a welcomed connection, we had every line the server had numbered
+    // in this room: we were live in it (synced) and the connection ended because the server
+    // went away (a restart or a crash), not because we lost the network (when the server may
+    // have gone on without us). A restart's new epoch then misses nothing of the old one.
+    this.whole = false;
     // History on entering goes above this line (the "You entered" note), newest last.
     this.historyBefore = null;
   }
