@@ -7,11 +7,25 @@
 
 use std::path::{Path, PathBuf};
 
-/// The embedded files; keep in step with public/.
+/// The embedded files; keep in step with public/ (a test checks that every file there is
+/// listed). The page's script is ES modules: app.js imports the others by relative path.
 static EMBEDDED: &[(&str, &[u8])] = &[
     ("index.html", include_bytes!("../public/index.html")),
-    ("app.js", include_bytes!("../public/app.js")),
     ("style.css", include_bytes!("../public/style.css")),
+    ("app.js", include_bytes!("../public/app.js")),
+    ("util.js", include_bytes!("../public/util.js")),
+    ("state.js", include_bytes!("../public/state.js")),
+    ("rooms.js", include_bytes!("../public/rooms.js")),
+    ("tabs.js", include_bytes!("../public/tabs.js")),
+    ("screens.js", include_bytes!("../public/screens.js")),
+    ("people.js", include_bytes!("../public/people.js")),
+    ("roomlist.js", include_bytes!("../public/roomlist.js")),
+    ("log.js", include_bytes!("../public/log.js")),
+    ("outbox.js", include_bytes!("../public/outbox.js")),
+    ("entry.js", include_bytes!("../public/entry.js")),
+    ("errors.js", include_bytes!("../public/errors.js")),
+    ("lines.js", include_bytes!("../public/lines.js")),
+    ("connection.js", include_bytes!("../public/connection.js")),
 ];
 
 /// Where the page comes from.
@@ -122,5 +136,27 @@ mod tests {
         assert!(f.body.starts_with(b"<!doctype html>"));
         assert_eq!(a.get("/app.js").unwrap().content_type, "text/javascript; charset=utf-8");
         assert!(a.get("/nope.js").is_none());
+    }
+
+    #[test]
+    fn every_file_of_public_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("public");
+        let mut on_disk = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let f = Assets::Embedded.get(&format!("/{name}"));
+            assert!(f.is_some(), "public/{name} is not in EMBEDDED");
+            assert_eq!(
+                f.unwrap().body.as_ref(),
+                std::fs::read(dir.join(&name)).unwrap().as_slice(),
+                "{name}"
+            );
+            on_disk += 1;
+        }
+        assert_eq!(on_disk, EMBEDDED.len(), "EMBEDDED lists a file public/ does not have");
+        // Module scripts are refused by browsers under any type but a JavaScript one.
+        for (name, _) in EMBEDDED.iter().filter(|(n, _)| n.ends_with(".js")) {
+            assert_eq!(content_type(name), "text/javascript; charset=utf-8", "{name}");
+        }
     }
 }
