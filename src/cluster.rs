@@ -23,6 +23,7 @@
 //!
 //! This module is pure (no sockets): the server's `cluster` half drives it.
 
+use crate::protocol::split_seq;
 use crate::redis::{Link, Url};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -413,19 +414,38 @@ pub struct Numbered {
     pub template: Bytes,
 }
 
-/// A room message line around its `"seq":0`: what comes before the number and after it.
-pub fn split_seq(template: &[u8]) -> Option<(&[u8], &[u8])> {
-    const SEQ0: &[u8] = b"\"seq\":0,";
-    let at = template.windows(SEQ0.len()).position(|w| w == SEQ0)?;
-    Some((&template[..at + SEQ0.len() - 2], &template[at + SEQ0.len() - 1..]))
+/// What a join asked to replay, owned (it outlives the client's frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    None,
+    Last(u64),
+    Since(u64, Rc<str>),
 }
 
-/// The seq of a numbered room message line (`"seq":N` after its room).
-pub fn line_seq(line: &[u8]) -> Option<u64> {
-    const SEQ: &[u8] = b"\"seq\":";
-    let at = line.windows(SEQ.len()).position(|w| w == SEQ)? + SEQ.len();
-    let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
+impl Ask {
+    /// The arguments of `FETCH`: after which seq, at most how many, in which epoch
+    /// ("" for any), given the node's `--history`.
+    pub fn fetch_args(&self, per_room: usize) -> (u64, u64, &str) {
+        let per_room = per_room as u64;
+        match self {
+            // Only the room's epoch and latest seq, for `joined`.
+            Ask::None => (u64::MAX, 0, ""),
+            Ask::Last(k) => (0, (*k).min(per_room), ""),
+            Ask::Since(seq, epoch) => (*seq, per_room, epoch),
+        }
+    }
+}
+
+/// A join waiting for Redis's copy of its room's history.
+#[derive(Debug)]
+pub struct Fetch {
+    pub token: usize,
+    /// The member's id as typed.
+    pub id: Rc<str>,
+    pub room: Rc<str>,
+    pub ask: Ask,
+    /// The epoch Redis takes for the room if it has none (`History::offer`).
+    pub offer: Rc<str>,
 }
 
 /// A user's keys (`id` lowercased): its id claim, its resume hash, its kept private messages,
@@ -504,7 +524,7 @@ pub enum Await {
     /// `generation`.
     Fetch {
         generation: u32,
-        fetch: Box<crate::chat::fetch::Fetch>,
+        fetch: Box<Fetch>,
     },
     /// A private message `from` wrote to `to`, kept here for `to` in its grace and in Redis
     /// (see `KEEP`): if another node took `to` over meanwhile, `line` (the sender's copy)
@@ -783,7 +803,7 @@ impl Cluster {
 
     /// Asks Redis for the history a join waits for (see `FETCH`); if the link refuses, the
     /// request comes back.
-    pub fn fetch(&mut self, generation: u32, fetch: Box<crate::chat::fetch::Fetch>) -> Result<(), Await> {
+    pub fn fetch(&mut self, generation: u32, fetch: Box<Fetch>) -> Result<(), Await> {
         let keys = room_keys(&fetch.room);
         let (after, most, epoch) = fetch.ask.fetch_args(self.history);
         let (after, most) = (after.to_string(), most.to_string());
@@ -934,11 +954,20 @@ impl Cluster {
     }
 
     /// A private message for local user `to` (lowercased `key`) in its grace, its copy
-    /// `copy` numbered `pseq`: kept in Redis too, for a resume on another node (see `KEEP`).
-    pub fn keep(&mut self, key: &str, copy: &[u8], pseq: u64, grace: Duration, then: Await) -> bool {
+    /// `copy` numbered `pseq`: kept in Redis too, for a resume on another node (see `KEEP`),
+    /// at most `cap` lines (chat's bound on a backlog, passed down: this layer knows no chat).
+    pub fn keep(
+        &mut self,
+        key: &str,
+        copy: &[u8],
+        pseq: u64,
+        grace: Duration,
+        cap: usize,
+        then: Await,
+    ) -> bool {
         let [_, _, private, last, _] = user_keys(key);
         let (pseq, ms) = (pseq.to_string(), grace.as_millis().max(1).to_string());
-        let cap = crate::chat::resume::KEPT_MAX.to_string();
+        let cap = cap.to_string();
         let args: [&[u8]; 9] = [
             b"EVAL",
             KEEP,
@@ -1080,6 +1109,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::line_seq;
 
     fn parse(s: &'static str) -> Option<Msg<'static>> {
         // Leaked so the borrowed fields outlive this helper; a test-only convenience.

@@ -15,18 +15,13 @@
 
 use super::Chat;
 use super::rooms::Flow;
+pub use crate::cluster::{Ask, Fetch};
 use crate::protocol::Replay;
 use bytes::Bytes;
 use std::rc::Rc;
 
-/// What a join asked to replay, owned (it outlives the client's frame).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ask {
-    None,
-    Last(u64),
-    Since(u64, Rc<str>),
-}
-
+// `Ask` and `Fetch` are data of the cluster layer (what a `FETCH` asks, and for whom), so that
+// cluster.rs needs nothing of chat; turning a client's `Replay` into one and back is chat's.
 impl Ask {
     fn of(replay: &Replay<'_>) -> Ask {
         match replay {
@@ -43,30 +38,6 @@ impl Ask {
             Ask::Since(seq, epoch) => Replay::Since { seq: *seq, epoch: (&**epoch).into() },
         }
     }
-
-    /// The arguments of `cluster::FETCH`: after which seq, at most how many, in which epoch
-    /// ("" for any), given the node's `--history`.
-    pub fn fetch_args(&self, per_room: usize) -> (u64, u64, &str) {
-        let per_room = per_room as u64;
-        match self {
-            // Only the room's epoch and latest seq, for `joined`.
-            Ask::None => (u64::MAX, 0, ""),
-            Ask::Last(k) => (0, (*k).min(per_room), ""),
-            Ask::Since(seq, epoch) => (*seq, per_room, epoch),
-        }
-    }
-}
-
-/// A join waiting for Redis's copy of its room's history.
-#[derive(Debug)]
-pub struct Fetch {
-    pub token: usize,
-    /// The member's id as typed.
-    pub id: Rc<str>,
-    pub room: Rc<str>,
-    pub ask: Ask,
-    /// The epoch Redis takes for the room if it has none (`History::offer`).
-    pub offer: Rc<str>,
 }
 
 /// What Redis keeps of a room: its epoch, latest seq, and the lines asked for.
@@ -129,7 +100,7 @@ impl Chat {
 fn consecutive_to(lines: &[Bytes], latest: u64) -> bool {
     let first = (latest + 1).checked_sub(lines.len() as u64);
     first.is_some_and(|first| {
-        lines.iter().zip(first..).all(|(l, seq)| crate::cluster::line_seq(l) == Some(seq))
+        lines.iter().zip(first..).all(|(l, seq)| crate::protocol::line_seq(l) == Some(seq))
     })
 }
 

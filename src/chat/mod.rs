@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod history;
 pub mod ids;
 pub mod moved;
+mod private;
 pub mod resume;
 pub mod rooms;
 pub mod users;
@@ -595,7 +596,7 @@ impl Chat {
     /// A room line numbered by Redis in `epoch` (from another node), for the local members
     /// of `room`; kept in the room's history.
     pub fn deliver_room(&mut self, room: &str, epoch: &str, line: &Bytes, sink: &mut impl Sink) {
-        let Some(seq) = crate::cluster::line_seq(line) else { return };
+        let Some(seq) = crate::protocol::line_seq(line) else { return };
         self.deliver_numbered(room, epoch, seq, line, None, sink);
     }
 
@@ -683,7 +684,7 @@ impl Chat {
         let copy = protocol::with_pseq(line, pseq);
         let kept = Kept { pseq, line: copy.clone(), from: Rc::from(from), cid };
         let cost = kept.cost();
-        let room = backlog::private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
+        let room = private::private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
             self.backlog.make_room_in(&owner, p, cost);
             p.has_room(cost)
         });
@@ -697,7 +698,7 @@ impl Chat {
                 return Err(ErrorCode::RecipientBusy);
             }
         }
-        let Some(p) = backlog::private_of(&mut self.users, &mut self.holds, k, now) else {
+        let Some(p) = private::private_of(&mut self.users, &mut self.holds, k, now) else {
             return Err(refusal);
         };
         p.number();

@@ -710,7 +710,7 @@ impl Server {
         let Some(c) = &mut self.cluster else { return };
         for k in kept {
             let then = Await::Keep { from: k.from, to: Rc::clone(&k.to), line: k.line };
-            c.keep(&key(&k.to), &k.copy, k.pseq, self.cfg.resume_grace, then);
+            c.keep(&key(&k.to), &k.copy, k.pseq, self.cfg.resume_grace, crate::chat::resume::KEPT_MAX, then);
         }
     }
 
