@@ -16,6 +16,7 @@
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
 mod cluster;
+mod join;
 mod request;
 mod session;
 
