@@ -6,12 +6,12 @@
 //! hold (`cluster_lost` tells Redis) or left (`session.rs::leave`).
 
 use super::Server;
-use super::cluster::{backlog, carried_bucket, frame_number};
 use crate::chat::ids::key;
 use crate::chat::moved::Backlog;
 use crate::cluster::{ALL, Await, node_channel, payload};
 use crate::conn::{Bucket, Phase};
 use crate::protocol::{ErrorCode, LOBBY};
+use crate::redis::frame_number;
 use log::{info, warn};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
 use std::time::Instant;
@@ -365,4 +365,30 @@ pub(super) enum Granted {
     Moved(Box<Backlog>, Option<Bucket>),
     /// No cluster, or Redis is away: decided by this node alone.
     Locally,
+}
+
+/// What a `RESUME` reply after its {1} carries: {node, last pseq, messages}. Anything
+/// unreadable counts as nothing kept.
+fn backlog(data: &[BytesFrame]) -> Backlog {
+    let pseq = data.get(1).and_then(|f| f.as_str()).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let kept = match data.get(2) {
+        Some(BytesFrame::Array { data, .. }) => data
+            .iter()
+            .filter_map(|l| match l {
+                BytesFrame::BlobString { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Backlog { pseq, kept }
+}
+
+/// The rate-limit bucket a `RESUME` or `JOIN` reply carries from the id's last session:
+/// "LEVEL AGO", its tokens and how many ms ago (by Redis's clock) they were counted; None if
+/// none was kept (it was full) or the field is unreadable.
+pub(super) fn carried_bucket(f: Option<&BytesFrame>, rate: u32, now: Instant) -> Option<Bucket> {
+    let (level, ago) = f?.as_str()?.split_once(' ')?;
+    let ago = std::time::Duration::from_millis(ago.parse::<i64>().ok()?.max(0) as u64);
+    Some(Bucket::carried(level.parse().ok()?, ago, rate, now))
 }

@@ -11,6 +11,7 @@ use crate::timers::Stamp;
 use crate::ws::{self, Event};
 use log::{debug, info, warn};
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -147,114 +148,141 @@ impl Server {
             {
                 return self.flooded(token, CloseCode::Policy, "too many control frames", now);
             }
-            let user = if s.joined { self.chat.id_of(token) } else { None };
-            match (ev, s.echo, user) {
-                (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
-                (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
-                (Event::Text(text), false, Some(user)) => {
-                    if conn.peer.closing {
-                        continue;
-                    }
-                    if !s.bucket.allow(self.cfg.rate_limit, now) {
-                        let (addr, who) = (conn.addr, Rc::clone(user));
-                        // Decoded only to find its cid: a refusal names the message too.
-                        let mut line = crate::protocol::error(ErrorCode::RateLimited, None);
-                        if let Some((_, Some(cid))) = crate::protocol::decode(&text) {
-                            line = crate::protocol::with_cid(&line, &cid);
-                        }
-                        self.net.push(token, &line);
-                        self.net.stats.error_sent(ErrorCode::RateLimited);
-                        if let Some(n) = self.rate_refusals.note(now) {
-                            warn!("rate limited id={who} peer={addr} ({n} refused since the last such line)");
-                        }
-                        continue;
-                    }
-                    let user = Rc::clone(user);
-                    match self.chat.handle(token, &user, &text, ts, now, &mut self.net) {
-                        Outcome::Number { room, template, cid } => {
-                            self.net.stats.room_received += 1;
-                            self.cluster_number(token, &user, &room, template, cid);
-                        }
-                        Outcome::Room { room, cid, .. } => {
-                            self.net.stats.room_received += 1;
-                            self.cluster_room(token, &room, cid.as_deref());
-                        }
-                        Outcome::Joined { room, first_local } => {
-                            self.heap_churned(now);
-                            self.cluster_joined(&user, &room, first_local)
-                        }
-                        Outcome::Left { room, last_local } => {
-                            self.cluster_room_left(&user, &room, last_local)
-                        }
-                        Outcome::Answered => {}
-                        Outcome::Private => self.net.stats.private_received += 1,
-                        Outcome::Remote { node, to, line, cid } => {
-                            self.net.stats.private_received += 1;
-                            self.cluster_private(token, &user, &node, &to, &line, cid);
-                        }
-                        Outcome::Refused(code) => {
-                            self.net.stats.error_sent(code);
-                            debug!("{user}: refused message: {}", code.as_str());
-                            if code == ErrorCode::RecipientBusy
-                                && let Some(n) = self.busy_refusals.note(now)
-                            {
-                                warn!(
-                                    "recipient busy: a private message from id={user} refused ({n} since the last such line)"
-                                );
-                            }
-                        }
-                    }
-                }
-                // After a refused id, until the close completes: nothing to do.
-                (Event::Text(_) | Event::Binary(_), false, None) => {}
-                (Event::Binary(_), false, Some(_)) => {
-                    let why = "binary frames are not supported";
-                    return self.close_ws(
-                        token,
-                        CloseCode::Unsupported,
-                        why,
-                        Some(Reason::ProtocolError),
-                        now,
-                    );
-                }
-                (Event::Close(code, reason), ..) => {
-                    // Answer it (unless it answers our close), with its own code as tungstenite
-                    // did, or 1002 for a code a client may not send; the socket goes once the
-                    // outbox is written, or at the grace deadline.
-                    s.peer_closed = true;
-                    if !conn.peer.closing {
-                        conn.peer.closing = true;
-                        let reply = match code {
-                            None => ws::frame(ws::OP_CLOSE, &[]),
-                            Some(c) if ws::close_code_allowed(c) => ws::close_frame(c, &reason),
-                            Some(_) => ws::close_frame(1002, b"Protocol violation"),
-                        };
-                        conn.peer.send(reply);
-                    }
-                    conn.give_up.get_or_insert(Stamp::of(now).after(CLOSE_GRACE));
-                    self.arm(token, now);
-                    return self.finish(token);
-                }
-                (Event::Ping(payload), ..) => {
-                    // No pong once we have sent our close. Past a run of pongs not yet begun,
-                    // a new one replaces the latest (`Outbox::push_pong`).
-                    if !conn.peer.closing {
-                        conn.peer.send_pong(ws::frame(ws::OP_PONG, &payload));
-                        if conn.peer.overflow {
-                            // Our pongs went past the hard cap: the peer is not reading.
-                            return self.drop_slow(token, now);
-                        }
-                        self.net.mark_pending(token);
-                    }
-                }
-                (Event::Pong(payload), _, Some(_)) => {
-                    // Echoing a ping that carried the user's latest pseq: it has read every
-                    // line before that ping (TCP is ordered), so they need not be kept.
-                    self.chat.ack(token, &payload, now);
-                }
-                (Event::Pong(_), ..) => {}
+            if self.on_event(token, ev, now, ts).is_break() {
+                return;
             }
         }
+    }
+
+    /// One decoded event of connection `token`'s session; `Break` when its reading is over
+    /// (closed, failed, or handed on).
+    fn on_event(&mut self, token: usize, ev: Event<'_>, now: Instant, ts: u64) -> ControlFlow<()> {
+        let Phase::Ws(s) = &self.net.conns[token].phase else { return ControlFlow::Break(()) };
+        let echo = s.echo;
+        let user = if s.joined { self.chat.id_of(token).cloned() } else { None };
+        match (ev, echo, user) {
+            (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
+            (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
+            (Event::Text(text), false, Some(user)) => self.on_text(token, user, &text, now, ts),
+            // After a refused id, until the close completes: nothing to do.
+            (Event::Text(_) | Event::Binary(_), false, None) => {}
+            (Event::Binary(_), false, Some(_)) => {
+                let why = "binary frames are not supported";
+                self.close_ws(token, CloseCode::Unsupported, why, Some(Reason::ProtocolError), now);
+                return ControlFlow::Break(());
+            }
+            (Event::Close(code, reason), ..) => {
+                self.on_close(token, code, &reason, now);
+                return ControlFlow::Break(());
+            }
+            (Event::Ping(payload), ..) => return self.on_ping(token, &payload, now),
+            (Event::Pong(payload), _, Some(_)) => {
+                // Echoing a ping that carried the user's latest pseq: it has read every
+                // line before that ping (TCP is ordered), so they need not be kept.
+                self.chat.ack(token, &payload, now);
+            }
+            (Event::Pong(_), ..) => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A text message from joined user `user`: rate-limited, then handed to chat, and what
+    /// chat made of it passed on (`outcome`).
+    fn on_text(&mut self, token: usize, user: Rc<str>, text: &str, now: Instant, ts: u64) {
+        let conn = &mut self.net.conns[token];
+        let Phase::Ws(s) = &mut conn.phase else { return };
+        if conn.peer.closing {
+            return;
+        }
+        if !s.bucket.allow(self.cfg.rate_limit, now) {
+            let addr = conn.addr;
+            // Decoded only to find its cid: a refusal names the message too.
+            let mut line = crate::protocol::error(ErrorCode::RateLimited, None);
+            if let Some((_, Some(cid))) = crate::protocol::decode(text) {
+                line = crate::protocol::with_cid(&line, &cid);
+            }
+            self.net.push(token, &line);
+            self.net.stats.error_sent(ErrorCode::RateLimited);
+            if let Some(n) = self.rate_refusals.note(now) {
+                warn!("rate limited id={user} peer={addr} ({n} refused since the last such line)");
+            }
+            return;
+        }
+        let outcome = self.chat.handle(token, &user, text, ts, now, &mut self.net);
+        self.outcome(token, &user, outcome, now);
+    }
+
+    /// What chat made of a client's message, for the loop: counters, and the cluster's part.
+    fn outcome(&mut self, token: usize, user: &Rc<str>, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Number { room, template, cid } => {
+                self.net.stats.room_received += 1;
+                self.cluster_number(token, user, &room, template, cid);
+            }
+            Outcome::Room { room, cid, .. } => {
+                self.net.stats.room_received += 1;
+                self.cluster_room(token, &room, cid.as_deref());
+            }
+            Outcome::Joined { room, first_local } => {
+                self.heap_churned(now);
+                self.cluster_joined(user, &room, first_local)
+            }
+            Outcome::Left { room, last_local } => self.cluster_room_left(user, &room, last_local),
+            Outcome::Answered => {}
+            Outcome::Private => self.net.stats.private_received += 1,
+            Outcome::Remote { node, to, line, cid } => {
+                self.net.stats.private_received += 1;
+                self.cluster_private(token, user, &node, &to, &line, cid);
+            }
+            Outcome::Refused(code) => {
+                self.net.stats.error_sent(code);
+                debug!("{user}: refused message: {}", code.as_str());
+                if code == ErrorCode::RecipientBusy
+                    && let Some(n) = self.busy_refusals.note(now)
+                {
+                    warn!(
+                        "recipient busy: a private message from id={user} refused ({n} since the last such line)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The client's close: answered (unless it answers ours) with its own code as tungstenite
+    /// did, or 1002 for a code a client may not send; the socket goes once the outbox is
+    /// written, or at the grace deadline.
+    fn on_close(&mut self, token: usize, code: Option<u16>, reason: &[u8], now: Instant) {
+        let conn = &mut self.net.conns[token];
+        let Phase::Ws(s) = &mut conn.phase else { return };
+        s.peer_closed = true;
+        if !conn.peer.closing {
+            conn.peer.closing = true;
+            let reply = match code {
+                None => ws::frame(ws::OP_CLOSE, &[]),
+                Some(c) if ws::close_code_allowed(c) => ws::close_frame(c, reason),
+                Some(_) => ws::close_frame(1002, b"Protocol violation"),
+            };
+            conn.peer.send(reply);
+        }
+        conn.give_up.get_or_insert(Stamp::of(now).after(CLOSE_GRACE));
+        self.arm(token, now);
+        self.finish(token);
+    }
+
+    /// A ping: answered with a pong, except once we have sent our close. Past a run of pongs
+    /// not yet begun, a new one replaces the latest (`Outbox::push_pong`).
+    fn on_ping(&mut self, token: usize, payload: &[u8], now: Instant) -> ControlFlow<()> {
+        let conn = &mut self.net.conns[token];
+        if !conn.peer.closing {
+            conn.peer.send_pong(ws::frame(ws::OP_PONG, payload));
+            if conn.peer.overflow {
+                // Our pongs went past the hard cap: the peer is not reading.
+                self.drop_slow(token, now);
+                return ControlFlow::Break(());
+            }
+            self.net.mark_pending(token);
+        }
+        ControlFlow::Continue(())
     }
 
     /// Sends an `/echo` message back as it came.

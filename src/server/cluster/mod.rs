@@ -10,14 +10,12 @@
 //! node ignores its own publications when they come back.
 
 use super::Server;
-use super::join::Granted;
+use super::join::{Granted, carried_bucket};
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
-use crate::chat::moved::Backlog;
 use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload};
-use crate::conn::Bucket;
 use crate::protocol::{self, ErrorCode};
-use crate::redis::{Input, error_text};
+use crate::redis::{Input, error_text, frame_number};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
@@ -308,32 +306,6 @@ impl Server {
     }
 }
 
-/// What a `RESUME` reply after its {1} carries: {node, last pseq, messages}. Anything
-/// unreadable counts as nothing kept.
-pub(in crate::server) fn backlog(data: &[BytesFrame]) -> Backlog {
-    let pseq = data.get(1).and_then(|f| f.as_str()).and_then(|p| p.parse().ok()).unwrap_or(0);
-    let kept = match data.get(2) {
-        Some(BytesFrame::Array { data, .. }) => data
-            .iter()
-            .filter_map(|l| match l {
-                BytesFrame::BlobString { data, .. } => Some(data.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    Backlog { pseq, kept }
-}
-
-/// The rate-limit bucket a `RESUME` or `JOIN` reply carries from the id's last session:
-/// "LEVEL AGO", its tokens and how many ms ago (by Redis's clock) they were counted; None if
-/// none was kept (it was full) or the field is unreadable.
-pub(in crate::server) fn carried_bucket(f: Option<&BytesFrame>, rate: u32, now: Instant) -> Option<Bucket> {
-    let (level, ago) = f?.as_str()?.split_once(' ')?;
-    let ago = std::time::Duration::from_millis(ago.parse::<i64>().ok()?.max(0) as u64);
-    Some(Bucket::carried(level.parse().ok()?, ago, rate, now))
-}
-
 /// A `FETCH` reply: {epoch, latest seq, lines}; None for anything else.
 pub(in crate::server) fn fetched(frame: &BytesFrame) -> Option<Kept> {
     let BytesFrame::Array { data, .. } = frame else { return None };
@@ -347,12 +319,4 @@ pub(in crate::server) fn fetched(frame: &BytesFrame) -> Option<Kept> {
         latest: u64::try_from(frame_number(latest)?).ok()?,
         lines: lines.collect::<Option<Vec<Bytes>>>()?,
     })
-}
-
-/// An integer in a Redis reply.
-pub(in crate::server) fn frame_number(f: &BytesFrame) -> Option<i64> {
-    match f {
-        BytesFrame::Number { data, .. } => Some(*data),
-        _ => None,
-    }
 }
