@@ -49,13 +49,11 @@ pub struct Kept {
 }
 
 impl Chat {
-    /// Whether the join of `room` (key `rk`) by `token` must wait for Redis: the node is in a
-    /// cluster with the link up, and its mirror of the room cannot answer `replay` exactly.
-    /// If so the member is made quiet and the request queued in `fetches`.
+    /// Whether the join of `room` (key `rk`) by `token` must wait for Redis (asked only when
+    /// the broker shares a history, `Broker::shares_history`): the node's mirror of the room
+    /// cannot answer `replay` exactly. If so the member is made quiet and the request queued
+    /// in `fetches`.
     pub(super) fn fetch_first(&mut self, token: usize, id: &Rc<str>, rk: usize, replay: &Replay<'_>) -> bool {
-        if !self.clustered || self.cluster_down {
-            return false;
-        }
         let room = Rc::clone(&self.rooms.room(rk).name);
         let log = self.log_of(rk);
         // A current mirror has everything Redis has from its first message on, in Redis's
@@ -131,7 +129,7 @@ mod tests {
 mod chat_tests {
     use super::super::{Chat, Limits};
     use super::*;
-    use crate::chat::tests::Rec;
+    use crate::chat::tests::{Rec, Shared};
     use std::time::Instant;
 
     fn msg(seq: u64) -> Bytes {
@@ -156,12 +154,11 @@ mod chat_tests {
     #[test]
     fn a_join_the_mirror_cannot_answer_waits_quietly_for_redis_then_replays_each_message_once() {
         let mut c = Chat::new(Limits::default());
-        c.clustered = true;
         let mut r = Rec::default();
         let t = Instant::now();
         c.join("a", 1, &[0; 16], None, 0, t, &mut r).unwrap();
         r.0.clear();
-        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         assert!(got(&mut r).is_empty(), "nothing until Redis answers");
         assert_eq!(c.fetches.len(), 1);
         let f = c.fetches.pop().unwrap();
@@ -177,7 +174,7 @@ mod chat_tests {
         c.deliver_room("dev", "E1", &msg(11), &mut r);
         assert_eq!(got(&mut r), ["message11"], "live after the replay");
         // Now the mirror is current: a since join it can answer does not wait.
-        c.handle(1, "a", r#"{"join":"dev","since":8,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":8,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         c.pump(t, &mut r);
         assert!(c.fetches.is_empty());
         assert_eq!(got(&mut r), ["joined11", "message9", "message10", "message11"]);
@@ -187,11 +184,10 @@ mod chat_tests {
     #[test]
     fn without_an_answer_from_redis_the_mirror_answers_with_the_gap_it_deserves() {
         let mut c = Chat::new(Limits::default());
-        c.clustered = true;
         let mut r = Rec::default();
         let t = Instant::now();
         c.join("a", 1, &[0; 16], None, 0, t, &mut r).unwrap();
-        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         r.0.clear();
         let f = c.fetches.pop().unwrap();
         c.deliver_room("dev", "E1", &msg(9), &mut r);
@@ -200,7 +196,7 @@ mod chat_tests {
         assert_eq!(got(&mut r), ["joined9", "gap9", "message9"]);
         // The mirror lacks 3..=8, which Redis may keep: asked again. A reply whose lines are
         // not a run up to the latest seq is not trusted: only its epoch and seq count.
-        c.handle(1, "a", r#"{"join":"dev","since":2,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":2,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         let f = c.fetches.pop().expect("asks Redis");
         let kept = Kept { epoch: "E1".into(), latest: 9, lines: vec![msg(3), msg(5)] };
         c.fetched(&f, Some(kept), &mut r);

@@ -3,11 +3,12 @@
 //! `end_hold`), leaving (`leave`), and joining a room with its history replayed (`join_room`,
 //! `answer_join`, `pump`).
 
+use super::broker::Broker;
 use super::ids::{Secret, key};
 use super::resume::{Away, Claim, Private};
 use super::rooms::Flow;
 use super::users::User;
-use super::{Chat, Collect, EXPIRE_BATCH, Gone, Outcome, Sink, backlog, ids, refuse, users};
+use super::{Chat, Collect, EXPIRE_BATCH, Gone, Nodes, Outcome, Sink, backlog, ids, refuse, users};
 use crate::protocol::{self, ErrorCode, LOBBY, Replay};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -24,7 +25,7 @@ impl Chat {
         let k = key(id);
         if self.users.contains(id)
             || self.holds.refuses(&k, presented, now)
-            || (self.cluster_down && self.remote.contains_key(k.as_str()))
+            || (self.nodes == Nodes::Down && self.remote.contains_key(k.as_str()))
         {
             return Err(ErrorCode::IdTaken);
         }
@@ -211,6 +212,7 @@ impl Chat {
         name: &str,
         replay: &Replay<'_>,
         sink: &mut impl Sink,
+        broker: &dyn Broker,
     ) -> Outcome {
         let Some(room) = protocol::room_name(name) else {
             return refuse(sink, token, protocol::room_error(ErrorCode::BadRoom, name), ErrorCode::BadRoom);
@@ -243,7 +245,7 @@ impl Chat {
             }
         };
         self.history.set_idle(&room, None);
-        if !self.fetch_first(token, &id, rk, replay) {
+        if !(broker.shares_history() && self.fetch_first(token, &id, rk, replay)) {
             self.answer_join(token, from, rk, replay, sink);
         }
         outcome

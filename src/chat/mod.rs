@@ -16,6 +16,7 @@
 //! to Redis.
 
 pub mod backlog;
+pub mod broker;
 pub mod fetch;
 pub mod history;
 pub mod ids;
@@ -30,6 +31,7 @@ pub mod users;
 
 use crate::protocol::{self, ErrorCode};
 use backlog::Budget;
+use broker::Broker;
 use bytes::Bytes;
 use history::History;
 use ids::key;
@@ -54,19 +56,23 @@ pub trait Sink {
 /// What a client frame turned into, for the caller's counters, logs and the cluster.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered to room `room`'s local members; other nodes still need `line`.
+    /// A room message numbered now (`Published::Now`) and delivered to room `room`'s members.
     Room {
         room: Rc<str>,
         line: Bytes,
         /// The client's id for the message (`cid`), for an error about it later.
         cid: Option<Rc<str>>,
     },
-    /// For Redis to number (a cluster with the link up): nothing was delivered yet. `template`
-    /// is the line with seq 0; the caller hands the numbered line to `deliver_numbered`.
-    Number {
+    /// A room message numbered here and delivered to the local members although other nodes
+    /// should have had it (`Published::Unconfirmed`): the caller tells the sender.
+    Unconfirmed {
         room: Rc<str>,
-        template: Bytes,
         cid: Option<Rc<str>>,
+    },
+    /// A room message handed on for a number (`Published::Pending`): nothing was delivered
+    /// yet; the answer comes back as `Chat::published`.
+    Pending {
+        room: Rc<str>,
     },
     Private,
     /// For a user on another node: nothing was queued, not even the sender's copy, which the
@@ -91,6 +97,21 @@ pub enum Outcome {
     /// Answered and nothing else to do (the directory, a join of a room already joined).
     Answered,
     Refused(ErrorCode),
+}
+
+/// Other nodes, as the server sees them. Room numbering does not look at this (the
+/// `Broker` does it); private messages and id checks do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nodes {
+    /// No cluster configured.
+    Alone,
+    /// The link to Redis is up: private messages kept for a held user are kept in Redis too.
+    Up,
+    /// Configured but unreachable (from start-up until the link is up, and from each failure
+    /// until it is up again): sends that need another node are refused with
+    /// `cluster_unavailable`, and ids are checked against the last known remote roster since
+    /// Redis cannot be asked.
+    Down,
 }
 
 /// The limits chat enforces and announces.
@@ -148,18 +169,11 @@ pub struct Chat {
     remote: HashMap<Rc<str>, Remote>,
     pub rooms: Rooms,
     pub history: History,
-    /// Set by the server while the cluster is configured but unreachable (from start-up until
-    /// the link is up, and from each failure until it is up again): sends that need
-    /// another node are refused with `cluster_unavailable`, and ids are checked against the
-    /// last known remote roster since Redis cannot be asked.
-    pub cluster_down: bool,
+    /// Whether other nodes exist and can be reached now (`set_nodes`).
+    nodes: Nodes,
     limits: Limits,
     /// Users whose connection was lost, in their grace (see `resume`).
     pub holds: Holds,
-    /// Part of a cluster: while its link is up (`!cluster_down`) Redis numbers room messages,
-    /// so that every node gives them the same seq and epoch (`handle` returns
-    /// `Outcome::Number`).
-    pub clustered: bool,
     /// Joins waiting for Redis's history of their room, for the server to send (see `fetch`).
     pub fetches: Vec<fetch::Fetch>,
     /// Private messages kept for users in their grace, for the server to keep in Redis too.
@@ -208,10 +222,9 @@ impl Chat {
             remote: HashMap::new(),
             rooms: Rooms::default(),
             history: History::new(limits.history, limits.history_bytes, limits.history_ttl),
-            cluster_down: false,
+            nodes: Nodes::Alone,
             limits,
             holds: Holds::default(),
-            clustered: false,
             fetches: Vec::new(),
             kept_away: Vec::new(),
             evicted: Vec::new(),
@@ -221,6 +234,11 @@ impl Chat {
             counters: Counters::default(),
             ended_early: Vec::new(),
         }
+    }
+
+    /// The server tells chat whether other nodes exist and can be reached (see `Nodes`).
+    pub fn set_nodes(&mut self, nodes: Nodes) {
+        self.nodes = nodes;
     }
 
     /// Local users.
@@ -294,7 +312,8 @@ impl Chat {
 
     /// Routes one client text frame from `from` (connection `token`), stamped with `ts`.
     /// With a `cid`, every line this frame sends its sender (its own copy, an answer, an
-    /// error) carries it.
+    /// error) carries it. Room messages are numbered by `broker` (see `broker.rs`).
+    #[allow(clippy::too_many_arguments)]
     pub fn handle(
         &mut self,
         token: usize,
@@ -303,19 +322,18 @@ impl Chat {
         ts: u64,
         now: Instant,
         sink: &mut impl Sink,
+        broker: &mut dyn Broker,
     ) -> Outcome {
         let (msg, cid) = match protocol::decode_why(frame) {
             Ok(m) => m,
             Err(why) => return refuse(sink, token, protocol::bad_message(&why), ErrorCode::BadMessage),
         };
-        let Some(cid) = cid else { return self.route(token, from, msg, None, ts, now, sink) };
+        let Some(cid) = cid else { return self.route(token, from, msg, None, ts, now, sink, broker) };
         // What the caller reports on later (the cluster, when Redis answers) carries the cid.
-        match self.route(token, from, msg, Some(&cid), ts, now, &mut Tagged { inner: sink, token, cid: &cid })
-        {
+        let tagged = &mut Tagged { inner: sink, token, cid: &cid };
+        match self.route(token, from, msg, Some(&cid), ts, now, tagged, broker) {
             Outcome::Room { room, line, .. } => Outcome::Room { room, line, cid: Some(Rc::from(&*cid)) },
-            Outcome::Number { room, template, .. } => {
-                Outcome::Number { room, template, cid: Some(Rc::from(&*cid)) }
-            }
+            Outcome::Unconfirmed { room, .. } => Outcome::Unconfirmed { room, cid: Some(Rc::from(&*cid)) },
             Outcome::Remote { node, to, line, .. } => {
                 Outcome::Remote { node, to, line, cid: Some(Rc::from(&*cid)) }
             }
@@ -331,7 +349,7 @@ impl Chat {
 
     /// The epoch to offer Redis for room `name` (see `History::offer`), its log started first
     /// in the room's own epoch, the one its members were told.
-    pub fn offer(&mut self, name: &str) -> Rc<str> {
+    fn offer(&mut self, name: &str) -> Rc<str> {
         if let Some(rk) = self.rooms.key(name) {
             self.log_of(rk);
         }

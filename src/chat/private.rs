@@ -6,7 +6,7 @@
 use super::backlog::{ACK_DELAY, ACK_SPACING, Kept, Private};
 use super::resume::Holds;
 use super::users::Users;
-use super::{Chat, Outcome, Sink, backlog, key, refuse};
+use super::{Chat, Nodes, Outcome, Sink, backlog, key, refuse};
 use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -79,7 +79,7 @@ impl Chat {
                 let due = if p.urgent() { now } else { now + backlog::ACK_DELAY };
                 self.want_ack.push((t, due.max(p.asked_at.map_or(now, |a| a + backlog::ACK_SPACING))));
             }
-        } else if self.clustered {
+        } else if self.nodes != Nodes::Alone {
             // In Redis too, for a resume on another node (see `moved`).
             self.kept_away.push(super::moved::KeptAway { to: owner, pseq, copy, from, line: line.clone() });
         }
@@ -104,7 +104,7 @@ impl Chat {
         let found = here.or_else(|| self.holds.get_mut(&k, now).map(|a| (Rc::clone(&a.id), None)));
         let Some((rcpt, rcpt_token)) = found else {
             return match self.remote.get(k.as_str()) {
-                _ if self.cluster_down => {
+                _ if self.nodes == Nodes::Down => {
                     let code = ErrorCode::ClusterUnavailable;
                     refuse(sink, token, protocol::error(code, Some(to)), code)
                 }

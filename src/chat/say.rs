@@ -1,7 +1,10 @@
-//! A client's request routed (`route`), and room lines: delivered to the room's local members
-//! once numbered, here or by Redis (`deliver_room`, `deliver_numbered`, `number_here`).
+//! A client's request routed (`route`), and room lines: handed to the broker for a number
+//! (`broker.rs`), and delivered to the room's local members once numbered, here or by Redis
+//! (`published`, the one call back for a pending line; `deliver_room` for another node's).
 
+use super::broker::{Broker, Post, Published};
 use super::{Chat, Outcome, Sink, Tagged, refuse};
+use crate::cluster::Ticket;
 use crate::protocol::{self, ErrorCode, Incoming, LOBBY};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -15,9 +18,31 @@ impl Chat {
         self.deliver_numbered(room, epoch, seq, line, None, sink);
     }
 
+    /// The one call back into chat for a room message a broker took (`Published::Pending`):
+    /// numbered by Redis (`numbered`: its seq and epoch), or never (None: the link failed
+    /// first, or the answer made no sense), and then numbered here, in an epoch of this
+    /// node's own. Either way it reaches the local members now, the sender's own copy tagged
+    /// with its cid. Returns whether the room has members on other nodes, who should have
+    /// heard it too.
+    pub fn published(&mut self, t: &Ticket, numbered: Option<(u64, &str)>, sink: &mut impl Sink) -> bool {
+        let here = self.token_of(&t.from) == Some(t.token);
+        match numbered {
+            Some((seq, epoch)) => {
+                let line = protocol::with_seq(&t.template, seq);
+                let sender = here.then_some((t.token, t.cid.as_deref()));
+                self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
+            }
+            None => {
+                let sender = if here { t.token } else { usize::MAX };
+                self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+            }
+        }
+        self.rooms.key(&t.room).map(|k| self.rooms.room(k)).is_some_and(|r| r.len() > r.local_len())
+    }
+
     /// Keeps and delivers `line`, message `seq` of `room` in `epoch`. `sender` (connection and
     /// cid) gets its own copy tagged with its cid.
-    pub fn deliver_numbered(
+    fn deliver_numbered(
         &mut self,
         room: &str,
         epoch: &str,
@@ -36,7 +61,7 @@ impl Chat {
 
     /// A message Redis did not number (the link failed first): numbered here, in an epoch of
     /// this node's own, and delivered to the local members. Returns the line.
-    pub fn number_here(
+    fn number_here(
         &mut self,
         room: &str,
         template: &Bytes,
@@ -68,6 +93,7 @@ impl Chat {
         ts: u64,
         now: Instant,
         sink: &mut impl Sink,
+        broker: &mut dyn Broker,
     ) -> Outcome {
         match msg {
             Incoming::Say { room, text } => {
@@ -80,19 +106,24 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
-                if self.clustered && !self.cluster_down {
-                    let template = protocol::room_message(&room, 0, from, text, ts);
-                    return Outcome::Number { room, template, cid: None };
-                }
                 self.log_of(rk);
-                if self.cluster_down {
-                    // Numbered here while Redis is away: in an epoch of this node's own.
-                    self.history.fork(&room);
+                let sender = match self.users.by_token(token as u32) {
+                    Some(u) => Rc::clone(&u.id),
+                    None => Rc::from(from),
+                };
+                let encode = |seq| protocol::room_message(&room, seq, from, text, ts);
+                let post = Post { room: &room, from: &sender, token, cid, encode: &encode };
+                match broker.publish(&mut self.history, post) {
+                    Published::Now(line) => {
+                        self.rooms.deliver(rk, &line, sink);
+                        Outcome::Room { room, line, cid: None }
+                    }
+                    Published::Unconfirmed(line) => {
+                        self.rooms.deliver(rk, &line, sink);
+                        Outcome::Unconfirmed { room, cid: None }
+                    }
+                    Published::Pending => Outcome::Pending { room },
                 }
-                let line =
-                    self.history.append(&room, |seq| protocol::room_message(&room, seq, from, text, ts));
-                self.rooms.deliver(rk, &line, sink);
-                Outcome::Room { room, line, cid: None }
             }
             Incoming::Private { to, text } => {
                 if !protocol::valid_id(&to) {
@@ -107,7 +138,7 @@ impl Chat {
                 };
                 self.private(token, from, &to, text, cid, ts, now, sink)
             }
-            Incoming::Join { room, replay } => self.join_room(token, from, &room, &replay, sink),
+            Incoming::Join { room, replay } => self.join_room(token, from, &room, &replay, sink, broker),
             Incoming::Leave(name) => {
                 let rk = match self.member_of(token, &name) {
                     Ok(rk) => rk,

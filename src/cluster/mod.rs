@@ -38,9 +38,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// What a room message waiting to be numbered by Redis needs for its local delivery.
+/// A room message handed to Redis to number and publish (see `NUMBER`, and chat's `Broker`),
+/// waiting for the answer: what its local delivery needs then, and whom to tell if it fails.
 #[derive(Debug)]
-pub struct Numbered {
+pub struct Ticket {
+    pub from: Rc<str>,
+    pub room: Rc<str>,
+    /// The client's id for the message, for the error about it.
+    pub cid: Option<Rc<str>>,
     /// The sender's connection.
     pub token: usize,
     /// The line with seq 0 (see `protocol::with_seq`).
@@ -98,16 +103,10 @@ pub enum Await {
         /// The client's id for the message, for the error about it.
         cid: Option<Rc<str>>,
     },
-    /// A message from `from` to `room`, with (`number`) the line to deliver here once Redis
-    /// has numbered it (see `NUMBER`): if the link fails before Redis answers, other nodes
+    /// A room message, with the line to deliver here once Redis has numbered it (see `NUMBER`): if the link fails before Redis answers, other nodes
     /// may not have it, and the sender is told so; Redis's count of receivers says whether a
     /// node that should have heard it did not (it was reconnecting).
-    Room {
-        from: Rc<str>,
-        room: Rc<str>,
-        cid: Option<Rc<str>>,
-        number: Box<Numbered>,
-    },
+    Room(Box<Ticket>),
     /// A join waiting for the room's history (`FETCH`), from connection `token` of
     /// `generation`.
     Fetch {
@@ -316,7 +315,7 @@ impl Cluster {
     pub fn unconfirm(&mut self) -> Vec<Await> {
         let mut out = Vec::new();
         for (_, w) in self.waiting.iter_mut() {
-            if matches!(w, Await::Room { .. } | Await::Private { .. }) {
+            if matches!(w, Await::Room(_) | Await::Private { .. }) {
                 out.push(std::mem::replace(w, Await::Ignore));
             }
         }
@@ -569,8 +568,14 @@ mod tests {
         assert!(!c.heard(now + sec / 2 + Duration::from_millis(400)));
     }
 
-    fn numbered() -> Box<Numbered> {
-        Box::new(Numbered { token: 0, template: Bytes::new() })
+    fn ticket(from: &str, room: &str) -> Box<Ticket> {
+        Box::new(Ticket {
+            from: Rc::from(from),
+            room: Rc::from(room),
+            cid: None,
+            token: 0,
+            template: Bytes::new(),
+        })
     }
 
     #[test]
@@ -579,12 +584,7 @@ mod tests {
         let mut c =
             Cluster::new(url, mio::Token(0), Duration::from_secs(3), Duration::from_secs(1), Instant::now());
         c.link.pretend_up();
-        let room = |n: &str| Await::Room {
-            from: Rc::from("alice"),
-            room: Rc::from(n),
-            cid: None,
-            number: numbered(),
-        };
+        let room = |n: &str| Await::Room(ticket("alice", n));
         assert!(c.publish_awaiting(b"chatloop:room:a", b"M n a\n{}", room("a")));
         let first = c.link.end();
         assert!(c.publish_awaiting(b"chatloop:room:b", b"M n b\n{}", room("b")));
@@ -594,7 +594,7 @@ mod tests {
             .take_waiting()
             .into_iter()
             .map(|(w, s)| match w {
-                Await::Room { room, .. } => (room.to_string(), s),
+                Await::Room(t) => (t.room.to_string(), s),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -610,13 +610,12 @@ mod tests {
         c.link.pretend_up();
         c.heard = t0;
         assert!(!c.heard(t0 + Duration::from_millis(999)));
-        let room =
-            Await::Room { from: Rc::from("alice"), room: Rc::from("lobby"), cid: None, number: numbered() };
+        let room = Await::Room(ticket("alice", "lobby"));
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", room));
         assert!(c.publish_awaiting(b"chatloop:room:lobby", b"M n lobby\n{}", Await::Refresh));
         assert!(c.heard(t0 + Duration::from_millis(1999)), "silent for 1 s");
         let taken = c.unconfirm();
-        assert!(matches!(&taken[..], [Await::Room { .. }]), "{taken:?}");
+        assert!(matches!(&taken[..], [Await::Room(_)]), "{taken:?}");
         // The replies still come, in order, and are ignored.
         assert!(matches!(c.answered(t0), Some(Await::Ignore)));
         assert!(matches!(c.answered(t0), Some(Await::Refresh)));

@@ -22,7 +22,7 @@ mod request;
 mod session;
 
 use crate::assets::Assets;
-use crate::chat::{Chat, Sink};
+use crate::chat::{Chat, Nodes, Sink};
 use crate::config::Config;
 use crate::conn::{Bucket, Phase, SLOW_GRACE};
 use crate::metrics::{Gauges, Reason, Stats};
@@ -161,8 +161,7 @@ impl Server {
                     backlog_bytes: cfg.backlog_bytes,
                 });
                 // Down until the link's handshake says otherwise (`Input::Up`).
-                chat.clustered = cluster.is_some();
-                chat.cluster_down = cluster.is_some();
+                chat.set_nodes(if cluster.is_some() { Nodes::Down } else { Nodes::Alone });
                 chat.reserve(max_conns);
                 chat
             },

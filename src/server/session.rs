@@ -3,6 +3,7 @@
 //! directions.
 
 use super::{CLOSE_GRACE, Server, would_block};
+use crate::chat::broker::{Alone, Broker};
 use crate::chat::{Outcome, Sink};
 use crate::conn::{Bucket, Phase};
 use crate::metrics::Reason;
@@ -208,20 +209,23 @@ impl Server {
             }
             return;
         }
-        let outcome = self.chat.handle(token, &user, text, ts, now, &mut self.net);
+        // The broker numbers room messages: Redis in a cluster, the room's history alone.
+        let broker: &mut dyn Broker = match &mut self.cluster {
+            Some(c) => c,
+            None => &mut Alone,
+        };
+        let outcome = self.chat.handle(token, &user, text, ts, now, &mut self.net, broker);
         self.outcome(token, &user, outcome, now);
     }
 
     /// What chat made of a client's message, for the loop: counters, and the cluster's part.
     fn outcome(&mut self, token: usize, user: &Rc<str>, outcome: Outcome, now: Instant) {
         match outcome {
-            Outcome::Number { room, template, cid } => {
+            Outcome::Room { .. } | Outcome::Pending { .. } => self.net.stats.room_received += 1,
+            Outcome::Unconfirmed { room, cid } => {
+                // Numbered here, so other nodes cannot have it (Redis is away).
                 self.net.stats.room_received += 1;
-                self.cluster_number(token, user, &room, template, cid);
-            }
-            Outcome::Room { room, cid, .. } => {
-                self.net.stats.room_received += 1;
-                self.cluster_room(token, &room, cid.as_deref());
+                self.room_error(token, ErrorCode::ClusterUnavailable, &room, cid.as_deref());
             }
             Outcome::Joined { room, first_local } => {
                 self.heap_churned(now);

@@ -4,6 +4,7 @@
 use crate::json::{Frame, frame, limits, room_request};
 use crate::model::{About, Expect, Model, Rec, User, expect, json_lines, line_text};
 use crate::{Check, config};
+use chatloop::chat::broker::Alone;
 use chatloop::chat::{Chat, Limits, Outcome};
 use chatloop::protocol::{self, ErrorCode, LOBBY};
 use proptest::collection::vec;
@@ -40,7 +41,7 @@ const TS: u64 = 1_700_000_000_123;
 pub(crate) fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -> Check<Outcome> {
     let sender = model.user(token).clone();
     let mut rec = Rec::default();
-    let outcome = chat.handle(token, &sender.id, frame, TS, std::time::Instant::now(), &mut rec);
+    let outcome = chat.handle(token, &sender.id, frame, TS, std::time::Instant::now(), &mut rec, &mut Alone);
     let mut lines = Vec::new();
     let cid = protocol::decode(frame).and_then(|(_, c)| c).map(|c| c.to_string());
     for (token, line) in &rec.0 {

@@ -3,6 +3,7 @@
 
 mod sessions;
 
+use super::broker::Alone;
 use super::*;
 
 /// Records what chat queued, by connection; also the sink of `moved` and `fetch` tests.
@@ -19,6 +20,20 @@ impl Sink for Rec {
             self.push(token, line);
             true
         }
+    }
+}
+
+/// A broker whose history is shared (as Redis's is, while its link is up) but that numbers
+/// here, for the `fetch` tests: joins the mirror cannot answer ask for the history first.
+pub(super) struct Shared;
+
+impl broker::Broker for Shared {
+    fn publish(&mut self, history: &mut History, post: broker::Post<'_>) -> broker::Published {
+        broker::Published::Now(history.append(post.room, post.encode))
+    }
+
+    fn shares_history(&self) -> bool {
+        true
     }
 }
 
@@ -59,7 +74,7 @@ fn chat_with(ids: &[&str]) -> (Chat, Rec) {
 
 /// `from` (connection `token`) sends `frame`.
 fn say(c: &mut Chat, r: &mut Rec, token: usize, from: &str, frame: &str) -> Outcome {
-    c.handle(token, from, frame, 5, now(), r)
+    c.handle(token, from, frame, 5, now(), r, &mut Alone)
 }
 
 #[test]

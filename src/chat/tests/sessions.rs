@@ -263,11 +263,11 @@ fn remote_users_are_listed_announced_and_routed_to_their_node() {
     let log = c.history.get("dev").unwrap();
     assert_eq!((&*log.epoch, log.latest()), ("RedisEp1", 4), "kept in Redis's numbering");
     // While the cluster is down: remote ids are taken, remote sends refused.
-    c.cluster_down = true;
+    c.set_nodes(Nodes::Down);
     assert_eq!(c.check("zed", None, now()), Err(ErrorCode::IdTaken));
     let out = say(&mut c, &mut r, 0, "a", r#"{"to":"nobody","text":"hi"}"#);
     assert_eq!(out, Outcome::Refused(ErrorCode::ClusterUnavailable));
-    c.cluster_down = false;
+    c.set_nodes(Nodes::Up);
     assert_eq!(c.check("zed", None, now()).as_deref(), Ok("zed"), "Redis decides while it is up");
 }
 

@@ -11,10 +11,11 @@
 
 use super::Server;
 use super::join::{Granted, carried_bucket};
+use crate::chat::Nodes;
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
-use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, Numbered, Sent, channel_room, node_channel, payload};
-use crate::protocol::{self, ErrorCode};
+use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload};
+use crate::protocol::ErrorCode;
 use crate::redis::{Input, error_text, frame_number};
 use bytes::Bytes;
 use log::{debug, info, warn};
@@ -104,9 +105,9 @@ impl Server {
                     Await::Private { from, to, cid } => {
                         self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to), cid.as_deref())
                     }
-                    Await::Room { from, room, cid, number } => {
-                        self.unnumbered(&from, &room, cid.as_deref(), &number);
-                        self.tell_room(&from, ErrorCode::ClusterUnconfirmed, &room, cid.as_deref())
+                    Await::Room(t) => {
+                        self.chat.published(&t, None, &mut self.net);
+                        self.tell_room(&t.from, ErrorCode::ClusterUnconfirmed, &t.room, t.cid.as_deref())
                     }
                     _ => {}
                 }
@@ -115,7 +116,7 @@ impl Server {
         let Some(c) = &mut self.cluster else { return };
         match input {
             Input::Up => {
-                self.chat.cluster_down = false;
+                self.chat.set_nodes(Nodes::Up);
                 // Whatever Redis numbered while we were away passed the mirrors by.
                 self.chat.history.stale_all();
                 c.subscribed(self.chat.local_rooms());
@@ -127,7 +128,7 @@ impl Server {
                 self.cluster_mut().publish(ALL, &roster);
             }
             Input::Down => {
-                self.chat.cluster_down = true;
+                self.chat.set_nodes(Nodes::Down);
                 self.chat.history.stale_all();
                 // Claims in flight are decided locally, as joins are while Redis is away. Each
                 // message Redis did not confirm gets its sender one error: `cluster_unavailable`
@@ -145,9 +146,9 @@ impl Server {
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
                         Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
-                        Await::Room { from, room, cid, number } => {
-                            self.unnumbered(&from, &room, cid.as_deref(), &number);
-                            self.tell_room(&from, code, &room, cid.as_deref())
+                        Await::Room(t) => {
+                            self.chat.published(&t, None, &mut self.net);
+                            self.tell_room(&t.from, code, &t.room, t.cid.as_deref())
                         }
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         // Still kept here: the user gets it if it resumes on this node.
@@ -204,9 +205,7 @@ impl Server {
                 }
                 self.fetch_done(generation, &fetch, kept);
             }
-            Await::Room { from, room, cid, number } => {
-                self.room_numbered(&from, &room, cid.as_deref(), &number, frame)
-            }
+            Await::Room(t) => self.room_numbered(&t, frame),
             Await::Claim { token, generation, id } => {
                 self.cluster_mut().claiming.remove(&key(&id));
                 // `JOIN`: {0, the bucket the id left} or {-1}: held elsewhere.
@@ -244,42 +243,30 @@ impl Server {
         }
     }
 
-    /// Redis numbered (or failed to number) a room message `from` sent to `room`.
-    fn room_numbered(
-        &mut self,
-        from: &str,
-        room: &str,
-        cid: Option<&str>,
-        number: &Numbered,
-        frame: BytesFrame,
-    ) {
-        // PUBLISH counts the connections it reached: ours (a node with members in a
-        // room hears its channel) and one per other node listening. Only ours, while
-        // we list members of the room elsewhere, means their node did not hear it (it
-        // is reconnecting, or gone): they missed it, and the sender is told so. With
-        // three or more nodes a partial miss goes unnoticed here. A numbered message
-        // answers {seq, epoch, receivers} and is delivered here now.
-        let BytesFrame::Array { data, .. } = frame else {
-            return self.unnumbered(from, room, cid, number);
+    /// Redis's answer to a room message (`NUMBER`): {seq, epoch, receivers}, anything else
+    /// meaning it was not numbered. One call hands it to chat (`Chat::published`), which
+    /// delivers it here either way.
+    fn room_numbered(&mut self, t: &Ticket, frame: BytesFrame) {
+        // PUBLISH counts the connections it reached: ours (a node with members in a room
+        // hears its channel) and one per other node listening. Only ours, while we list
+        // members of the room elsewhere, means their node did not hear it (it is
+        // reconnecting, or gone): they missed it, and the sender is told so. With three or
+        // more nodes a partial miss goes unnoticed here.
+        let numbered = match &frame {
+            BytesFrame::Array { data, .. } => match (
+                data.first().and_then(frame_number),
+                data.get(1).and_then(|f| f.as_str()),
+                data.get(2).and_then(frame_number),
+            ) {
+                (Some(seq), Some(epoch), Some(reached)) => Some((seq as u64, epoch, reached)),
+                _ => None,
+            },
+            _ => None,
         };
-        let (Some(seq), Some(epoch), Some(reached)) = (
-            data.first().and_then(frame_number),
-            data.get(1).and_then(|f| f.as_str()).map(str::to_string),
-            data.get(2).and_then(frame_number),
-        ) else {
-            return self.unnumbered(from, room, cid, number);
-        };
-        let line = protocol::with_seq(&number.template, seq as u64);
-        let sender = (self.chat.token_of(from) == Some(number.token)).then_some((number.token, cid));
-        self.chat.deliver_numbered(room, &epoch, seq as u64, &line, sender, &mut self.net);
-        let remote = self
-            .chat
-            .rooms
-            .key(room)
-            .map(|k| self.chat.rooms.room(k))
-            .is_some_and(|r| r.len() > r.local_len());
-        if reached <= 1 && remote {
-            self.tell_room(from, ErrorCode::ClusterUnavailable, room, cid);
+        let answer = numbered.map(|(seq, epoch, _)| (seq, epoch));
+        let remote = self.chat.published(t, answer, &mut self.net);
+        if numbered.is_some_and(|(_, _, reached)| reached <= 1) && remote {
+            self.tell_room(&t.from, ErrorCode::ClusterUnavailable, &t.room, t.cid.as_deref());
         }
     }
 

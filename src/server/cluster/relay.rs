@@ -1,5 +1,4 @@
-//! Relaying chat over Redis: a room message handed to Redis for numbering (`cluster_number`)
-//! and what happens when it cannot be (`unnumbered`), private messages to users on other
+//! Relaying chat over Redis: private messages to users on other
 //! nodes or kept in Redis for users in their grace, joins waiting for a room's history, and
 //! the errors their senders get.
 
@@ -7,7 +6,7 @@ use super::super::Server;
 use crate::chat::Sink;
 use crate::chat::fetch::{Fetch, Kept};
 use crate::chat::ids::key;
-use crate::cluster::{Await, Numbered, node_channel, payload};
+use crate::cluster::{Await, node_channel, payload};
 use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -51,45 +50,6 @@ impl Server {
         };
         self.net.push(token, &line);
         self.net.stats.error_sent(code);
-    }
-
-    /// A room message chat numbered itself: in a cluster that happens only while Redis is
-    /// away (with the link up, Redis numbers them: `cluster_number`), so the other nodes
-    /// cannot have it, and the sender is told.
-    pub(in crate::server) fn cluster_room(&mut self, token: usize, room: &str, cid: Option<&str>) {
-        if self.cluster.is_some() {
-            self.room_error(token, ErrorCode::ClusterUnavailable, room, cid);
-        }
-    }
-
-    /// A room message for Redis to number and publish (see `cluster::NUMBER`); it reaches
-    /// this node's members too once Redis answers with its seq. If the link refuses, it is
-    /// numbered here, in an epoch of this node's own, and the sender told.
-    pub(in crate::server) fn cluster_number(
-        &mut self,
-        token: usize,
-        from: &Rc<str>,
-        room: &Rc<str>,
-        template: Bytes,
-        cid: Option<Rc<str>>,
-    ) {
-        let Some(c) = &mut self.cluster else { return };
-        // For a room Redis has no epoch for: our log's, so that the room keeps the epoch its
-        // members were told in `joined` (see `History::offer`).
-        let epoch = self.chat.offer(room).to_string();
-        let number = Box::new(Numbered { token, template: template.clone() });
-        let then = Await::Room { from: Rc::clone(from), room: Rc::clone(room), cid: cid.clone(), number };
-        if !c.number(room, &template, &epoch, then) {
-            self.chat.number_here(room, &template, token, cid.as_deref(), &mut self.net);
-            self.room_error(token, ErrorCode::ClusterUnavailable, room, cid.as_deref());
-        }
-    }
-
-    /// A room message whose numbering by Redis failed: it reaches this node's members now,
-    /// numbered here (the caller tells the sender what became of it elsewhere).
-    pub(in crate::server) fn unnumbered(&mut self, from: &str, room: &str, cid: Option<&str>, n: &Numbered) {
-        let sender = if self.chat.token_of(from) == Some(n.token) { n.token } else { usize::MAX };
-        self.chat.number_here(room, &n.template, sender, cid, &mut self.net);
     }
 
     /// A private message for a user on `node`; the sender's copy goes once it is on its way.
