@@ -69,7 +69,7 @@ impl Chat {
         }
         self.rooms.set_flow(rk, token as u32, Flow::Quiet);
         let offer = self.offer(&room);
-        self.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
+        self.todo.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
         true
     }
 
@@ -160,8 +160,8 @@ mod chat_tests {
         r.0.clear();
         c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         assert!(got(&mut r).is_empty(), "nothing until Redis answers");
-        assert_eq!(c.fetches.len(), 1);
-        let f = c.fetches.pop().unwrap();
+        assert_eq!(c.todo.fetches.len(), 1);
+        let f = c.todo.fetches.pop().unwrap();
         assert_eq!((f.token, &*f.room, &f.ask), (1, "dev", &Ask::Since(5, Rc::from("E1"))));
         // Live traffic while Redis is asked goes to the mirror only.
         c.deliver_room("dev", "E1", &msg(9), &mut r);
@@ -176,7 +176,7 @@ mod chat_tests {
         // Now the mirror is current: a since join it can answer does not wait.
         c.handle(1, "a", r#"{"join":"dev","since":8,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         c.pump(t, &mut r);
-        assert!(c.fetches.is_empty());
+        assert!(c.todo.fetches.is_empty());
         assert_eq!(got(&mut r), ["joined11", "message9", "message10", "message11"]);
         assert_eq!(c.history.counters.fetched, 1);
     }
@@ -189,7 +189,7 @@ mod chat_tests {
         c.join("a", 1, &[0; 16], None, 0, t, &mut r).unwrap();
         c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         r.0.clear();
-        let f = c.fetches.pop().unwrap();
+        let f = c.todo.fetches.pop().unwrap();
         c.deliver_room("dev", "E1", &msg(9), &mut r);
         c.fetched(&f, None, &mut r);
         c.pump(t, &mut r);
@@ -197,7 +197,7 @@ mod chat_tests {
         // The mirror lacks 3..=8, which Redis may keep: asked again. A reply whose lines are
         // not a run up to the latest seq is not trusted: only its epoch and seq count.
         c.handle(1, "a", r#"{"join":"dev","since":2,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
-        let f = c.fetches.pop().expect("asks Redis");
+        let f = c.todo.fetches.pop().expect("asks Redis");
         let kept = Kept { epoch: "E1".into(), latest: 9, lines: vec![msg(3), msg(5)] };
         c.fetched(&f, Some(kept), &mut r);
         c.pump(t, &mut r);

@@ -93,7 +93,7 @@ impl Chat {
                 sink.push(token, &kept.line);
             }
             if !p.kept.is_empty() {
-                self.want_ack.push((token, now + backlog::ACK_DELAY));
+                self.todo.want_ack.push((token, now + backlog::ACK_DELAY));
             }
         }
         self.users.insert(token as u32, User { id: Rc::clone(&shared), rooms, private });
@@ -141,7 +141,7 @@ impl Chat {
             self.counters.holds_ended_early += 1;
             let mut told = Collect::default();
             let gone = self.end_hold(&k, away, &mut told);
-            self.ended_early.push((gone, told.0));
+            self.todo.ended_early.push((gone, told.0));
         }
         self.holds.hold(ukey, Away { id: u.id, secret, until, rooms: u.rooms.to_vec(), private });
     }
@@ -260,7 +260,7 @@ impl Chat {
         self.rooms_evicted += 1;
         for (ukey, id) in e.members {
             self.holds.forget_room(&ukey, e.key);
-            self.evicted.push((id, Rc::clone(&e.name)));
+            self.todo.evicted.push((id, Rc::clone(&e.name)));
         }
     }
 

@@ -174,6 +174,20 @@ pub struct Chat {
     limits: Limits,
     /// Users whose connection was lost, in their grace (see `resume`).
     pub holds: Holds,
+    /// What chat asks of the loop (the one outbox of commands besides the `Sink`).
+    pub todo: ForLoop,
+    /// Rooms given up so far for a connected user's join at `--max-rooms`.
+    pub rooms_evicted: u64,
+    /// Every private backlog's charge (`--backlog-bytes`).
+    pub backlog: Budget,
+    pub counters: Counters,
+}
+
+/// What chat asks of the loop, besides lines to push: chat owns no socket, link or clock, so
+/// what needs one waits here until the loop takes it (each list at its point of the turn:
+/// the Redis ones when the turn's commands for Redis are flushed, the others at its end).
+#[derive(Default)]
+pub struct ForLoop {
     /// Joins waiting for Redis's history of their room, for the server to send (see `fetch`).
     pub fetches: Vec<fetch::Fetch>,
     /// Private messages kept for users in their grace, for the server to keep in Redis too.
@@ -181,15 +195,10 @@ pub struct Chat {
     /// Memberships of users in their grace given up with an orphaned room (id, room), for the
     /// server to announce to other nodes (see `Rooms::evict_orphan`).
     pub evicted: Vec<(Rc<str>, Rc<str>)>,
-    /// Rooms given up so far for a connected user's join at `--max-rooms`.
-    pub rooms_evicted: u64,
-    /// Every private backlog's charge (`--backlog-bytes`).
-    pub backlog: Budget,
     /// Connections whose next ping should come by then, carrying their latest `pseq`: they
     /// have lines to acknowledge (see `backlog`). For the server to act on at the end of the
     /// turn.
     pub want_ack: Vec<(usize, Instant)>,
-    pub counters: Counters,
     /// Holds ended early by `lose` (`--max-holds`), with the lines for their senders, for the
     /// server to send, log and announce at the end of the turn.
     pub ended_early: Vec<(Gone, Vec<(usize, Bytes)>)>,
@@ -225,14 +234,10 @@ impl Chat {
             nodes: Nodes::Alone,
             limits,
             holds: Holds::default(),
-            fetches: Vec::new(),
-            kept_away: Vec::new(),
-            evicted: Vec::new(),
             rooms_evicted: 0,
             backlog: Budget::new(limits.backlog_bytes),
-            want_ack: Vec::new(),
             counters: Counters::default(),
-            ended_early: Vec::new(),
+            todo: ForLoop::default(),
         }
     }
 
@@ -268,7 +273,7 @@ impl Chat {
         self.rooms.shrink();
         self.history.shrink();
         self.holds.shrink();
-        self.want_ack.shrink_to_fit();
+        self.todo.want_ack.shrink_to_fit();
     }
 
     /// The keys of every local user, those in their grace included (for registering them in

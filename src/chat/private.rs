@@ -77,11 +77,17 @@ impl Chat {
         if let Some(t) = token {
             if !p.asked {
                 let due = if p.urgent() { now } else { now + backlog::ACK_DELAY };
-                self.want_ack.push((t, due.max(p.asked_at.map_or(now, |a| a + backlog::ACK_SPACING))));
+                self.todo.want_ack.push((t, due.max(p.asked_at.map_or(now, |a| a + backlog::ACK_SPACING))));
             }
         } else if self.nodes != Nodes::Alone {
             // In Redis too, for a resume on another node (see `moved`).
-            self.kept_away.push(super::moved::KeptAway { to: owner, pseq, copy, from, line: line.clone() });
+            self.todo.kept_away.push(super::moved::KeptAway {
+                to: owner,
+                pseq,
+                copy,
+                from,
+                line: line.clone(),
+            });
         }
         Ok(())
     }
@@ -192,7 +198,7 @@ impl Chat {
         self.backlog.acked(&id, p, n);
         if p.unacked() > 0 {
             let due = if p.urgent() { now + ACK_SPACING } else { now + ACK_DELAY };
-            self.want_ack.push((token, due));
+            self.todo.want_ack.push((token, due));
         }
     }
 }

@@ -289,7 +289,7 @@ impl Server {
     /// Holds that `--max-holds` ended early this turn (see `Chat::lose`): their senders are
     /// told what never got there, and they are gone as if their grace had passed.
     fn ended_early(&mut self, now: Instant) {
-        for (g, lines) in std::mem::take(&mut self.chat.ended_early) {
+        for (g, lines) in std::mem::take(&mut self.chat.todo.ended_early) {
             for (token, line) in lines {
                 self.net.push(token, &line);
             }
@@ -306,7 +306,7 @@ impl Server {
     /// Brings forward the next ping of connections whose users have private lines to
     /// acknowledge (see `chat::backlog`): it will carry their latest pseq.
     fn ask_acks(&mut self, now: Instant) {
-        for (token, due) in std::mem::take(&mut self.chat.want_ack) {
+        for (token, due) in std::mem::take(&mut self.chat.todo.want_ack) {
             let Some(c) = self.net.conns.get_mut(token) else { continue };
             c.next_ping = c.next_ping.earlier(Stamp::of(due));
             self.arm(token, now);

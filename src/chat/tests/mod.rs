@@ -284,7 +284,7 @@ fn at_max_rooms_a_room_kept_only_by_holds_gives_way_to_a_connected_users_join() 
         assert_eq!(c.rooms.key(gone), None, "{gone} gave way to {room}");
     }
     assert_eq!(c.rooms_evicted, 2);
-    let told: Vec<String> = c.evicted.drain(..).map(|(id, room)| format!("{id}:{room}")).collect();
+    let told: Vec<String> = c.todo.evicted.drain(..).map(|(id, room)| format!("{id}:{room}")).collect();
     assert_eq!(told, ["gone1:gone1-room", "gone2:gone2-room"]);
     let out = say(&mut c, &mut r, 0, "live", r#"{"join":"x"}"#);
     assert_eq!(out, Outcome::Refused(ErrorCode::TooManyRooms), "every room has a connected member");

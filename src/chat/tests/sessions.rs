@@ -104,15 +104,15 @@ fn private_lines_are_kept_until_a_pong_or_a_resume_acknowledges_them() {
     }
     assert_eq!(c.backlog.used().0, 3);
     // b is asked about a second later (lazily: its backlog is small), one ping at a time.
-    assert!(c.want_ack.iter().all(|(tok, due)| *tok == 1 && *due >= t + backlog::ACK_DELAY));
+    assert!(c.todo.want_ack.iter().all(|(tok, due)| *tok == 1 && *due >= t + backlog::ACK_DELAY));
     assert_eq!(c.ping_payload(1, t), b"p:3");
     assert!(c.asked(1) && c.ping_payload(0, t).is_empty(), "a has nothing to acknowledge");
-    c.want_ack.clear();
+    c.todo.want_ack.clear();
     c.ack(1, b"hello", t);
     assert!(c.asked(1), "an unsolicited pong acknowledges nothing");
     c.ack(1, b"p:2", t);
     assert!(!c.asked(1));
-    assert_eq!(c.want_ack.len(), 1, "one left: asked again");
+    assert_eq!(c.todo.want_ack.len(), 1, "one left: asked again");
     // Lost with m3 unacknowledged; a resume saying it has pseq 1 gets m2 (acknowledged by
     // a pong: its socket had it, but the page may have given that socket up) and m3.
     let secret = [5; 16];
@@ -147,7 +147,7 @@ fn past_max_holds_the_oldest_hold_ends_and_its_senders_hear_which_messages() {
     r.take();
     c.lose("new", [2; 16], t + Duration::from_secs(60));
     assert_eq!((c.holds.len(), c.counters.holds_ended_early), (1, 1));
-    let (gone, told) = c.ended_early.pop().unwrap();
+    let (gone, told) = c.todo.ended_early.pop().unwrap();
     assert_eq!(&*gone.id, "old");
     let told: Vec<String> = told.iter().map(|(_, l)| String::from_utf8(l.to_vec()).unwrap()).collect();
     assert_eq!(told.len(), 1);

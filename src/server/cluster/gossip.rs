@@ -165,7 +165,7 @@ impl Server {
     /// Tells the other nodes of memberships given up with an orphaned room (see
     /// `Chat::evict_orphan`): each one's leave, and this node stops hearing the room.
     pub(in crate::server) fn cluster_evicted(&mut self) {
-        let evicted = std::mem::take(&mut self.chat.evicted);
+        let evicted = std::mem::take(&mut self.chat.todo.evicted);
         let mut last: Option<Rc<str>> = None;
         for (id, room) in evicted {
             if last.as_ref().is_some_and(|l| *l != room) {

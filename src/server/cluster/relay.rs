@@ -79,7 +79,7 @@ impl Server {
 
     /// Keeps in Redis what this turn kept for users in their grace (see `cluster::KEEP`).
     pub(in crate::server) fn cluster_keep(&mut self) {
-        let kept = std::mem::take(&mut self.chat.kept_away);
+        let kept = std::mem::take(&mut self.chat.todo.kept_away);
         let Some(c) = &mut self.cluster else { return };
         for k in kept {
             let then = Await::Keep { from: k.from, to: Rc::clone(&k.to), line: k.line };
@@ -91,7 +91,7 @@ impl Server {
     /// after the turn's subscriptions, so that every message numbered after the read is
     /// heard. A read the link refuses is answered from the mirror at once.
     pub(in crate::server) fn cluster_fetches(&mut self) {
-        for f in std::mem::take(&mut self.chat.fetches) {
+        for f in std::mem::take(&mut self.chat.todo.fetches) {
             let Some(conn) = self.net.conns.get(f.token) else { continue };
             let generation = conn.generation;
             let f = Box::new(f);
