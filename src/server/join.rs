@@ -9,7 +9,7 @@ use super::Server;
 use crate::chat::ids::key;
 use crate::chat::moved::Backlog;
 use crate::cluster::{ALL, Await, node_channel, payload};
-use crate::conn::{Bucket, Phase};
+use crate::conn::{Bucket, Flag, Phase};
 use crate::protocol::{ErrorCode, LOBBY};
 use crate::redis::frame_number;
 use log::{info, warn};
@@ -62,8 +62,9 @@ impl Server {
             return self.joined(token, generation, id, Granted::Locally, now);
         }
         c.claiming.insert(lower);
-        if let Phase::Ws(s) = &mut self.net.conns[token].phase {
-            s.claiming = true;
+        let conn = &mut self.net.conns[token];
+        if let Phase::Ws(_) = conn.phase {
+            conn.peer.set(Flag::Claiming);
         }
     }
 
@@ -79,7 +80,7 @@ impl Server {
     ) -> bool {
         let oc = &mut self.net.conns[old];
         let Phase::Ws(os) = &mut oc.phase else { return false };
-        if presented.is_none_or(|p| *p != os.resume) || !os.joined {
+        if presented.is_none_or(|p| *p != os.resume) || !oc.peer.is(Flag::Joined) {
             return false;
         }
         let Some(user) = self.chat.id_of(old) else { return false };
@@ -156,14 +157,18 @@ impl Server {
     /// Ends a join of `id` (as typed): the welcome and presence, or a refusal. A grant that
     /// cannot be used (the connection went meanwhile, or the id was taken here) is given back.
     pub(super) fn joined(&mut self, token: usize, generation: u32, id: &str, verdict: Granted, now: Instant) {
-        let alive = self.net.conns.get(token).is_some_and(|c| c.generation == generation && !c.peer.closing);
+        let alive = self
+            .net
+            .conns
+            .get(token)
+            .is_some_and(|c| c.generation == generation && !c.peer.is(Flag::Closing));
         if !alive {
             return self.give_back(verdict, id);
         }
-        if let Phase::Ws(s) = &mut self.net.conns[token].phase
-            && s.claiming
+        let conn = &mut self.net.conns[token];
+        if let Phase::Ws(_) = conn.phase
+            && conn.peer.unset(Flag::Claiming)
         {
-            s.claiming = false;
             self.again.push(token); // read whatever the client sent while it waited
         }
         match verdict {
@@ -192,16 +197,16 @@ impl Server {
                 }
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session resumed id={user} peer={}", conn.addr);
-                if let Phase::Ws(s) = &mut conn.phase {
-                    s.joined = true;
+                if let Phase::Ws(_) = conn.phase {
+                    conn.peer.set(Flag::Joined);
                 }
                 self.bucket_from_id(token, &key(&user), carried, now);
             }
             Ok((user, false)) => {
                 let conn = &mut self.net.conns[token];
                 info!(target: "chatloop::session", "session open id={user} peer={}", conn.addr);
-                if let Phase::Ws(s) = &mut conn.phase {
-                    s.joined = true;
+                if let Phase::Ws(_) = conn.phase {
+                    conn.peer.set(Flag::Joined);
                 }
                 // The rate limit belongs to the id: a reconnect does not buy a new burst, here
                 // or on another node.
@@ -244,8 +249,8 @@ impl Server {
         self.net.stats.resumes += 1;
         let conn = &mut self.net.conns[token];
         info!(target: "chatloop::session", "session resumed id={} peer={} from=another-node", t.id, conn.addr);
-        if let Phase::Ws(s) = &mut conn.phase {
-            s.joined = true;
+        if let Phase::Ws(_) = conn.phase {
+            conn.peer.set(Flag::Joined);
         }
         // The bucket it had on the other node, carried by Redis: no fresh burst for moving.
         self.bucket_from_id(token, &key(&t.id), carried, now);

@@ -24,7 +24,7 @@ mod session;
 use crate::assets::Assets;
 use crate::chat::{Chat, Nodes, Sink};
 use crate::config::Config;
-use crate::conn::{Bucket, Phase, SLOW_GRACE};
+use crate::conn::{Bucket, Flag, Phase, SLOW_GRACE};
 use crate::metrics::{Gauges, Reason, Stats};
 use crate::outbox::Spare;
 use crate::timers::Stamp;
@@ -248,8 +248,8 @@ impl Server {
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                         if let Some(c) = self.net.conns.get_mut(t) {
-                            c.peer.drained = false;
-                            c.peer.hup = ev.is_read_closed() || ev.is_error();
+                            c.peer.clear(Flag::Drained);
+                            c.peer.put(Flag::Hup, ev.is_read_closed() || ev.is_error());
                         }
                         self.readable(t, now, ts);
                     }
@@ -408,7 +408,11 @@ impl Server {
                     if conn.next_ping.reached(stamp) {
                         // With the user's latest pseq if it has lines to acknowledge: its pong
                         // says it read them (`Chat::ack`).
-                        let payload = if s.joined { self.chat.ping_payload(token, now) } else { Vec::new() };
+                        let payload = if conn.peer.is(Flag::Joined) {
+                            self.chat.ping_payload(token, now)
+                        } else {
+                            Vec::new()
+                        };
                         conn.peer.send(crate::ws::frame(crate::ws::OP_PING, &payload));
                         conn.next_ping = stamp.after(self.cfg.ping_interval);
                         self.net.mark_pending(token);
@@ -460,7 +464,7 @@ impl Server {
             // Zero window: a blocked write is woken by writability; a budget-cut one must not
             // wait for an event that will not come.
             (false, _) if self.cfg.flush_interval.is_zero() => {
-                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].want_writable);
+                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].is(Flag::WantWritable));
                 budgeted.then_some(now)
             }
             (false, _) => Some(now + self.cfg.flush_interval),

@@ -5,7 +5,7 @@
 
 use super::{ACCEPT_BACKOFF, IDLE_COMPACT_ABOVE, Server, give_back_free_heap};
 use crate::chat::Sink;
-use crate::conn::{Conn, Phase, WRITE_BUDGET};
+use crate::conn::{Conn, Flag, Phase, WRITE_BUDGET};
 use crate::http::{self, Status};
 use crate::metrics::{Reason, Stats};
 use crate::outbox::{Drain, Spare};
@@ -47,9 +47,9 @@ impl Net {
 
     pub(super) fn mark_pending(&mut self, token: usize) {
         if let Some(c) = self.conns.get_mut(token)
-            && !c.pending
+            && !c.is(Flag::Pending)
         {
-            c.pending = true;
+            c.peer.set(Flag::Pending);
             self.pending.push(token);
         }
     }
@@ -65,7 +65,7 @@ impl Net {
     pub(super) fn queue(&mut self, token: usize, line: &Bytes, soft_only: bool) -> bool {
         let Some(conn) = self.conns.get_mut(token) else { return true };
         let peer = &mut conn.peer;
-        if peer.closing || peer.overflow {
+        if peer.is(Flag::Closing) || peer.is(Flag::Overflow) {
             return true; // it is leaving: nobody to tell, nothing to charge
         }
         peer.out.reuse(&mut self.spare);
@@ -77,15 +77,15 @@ impl Net {
         let cap = if soft_only { peer.cap as usize } else { peer.hard_cap() };
         if !peer.out.push_line(line.clone(), cap) {
             if !soft_only {
-                peer.overflow = true;
+                peer.set(Flag::Overflow);
                 self.overflowed.push(token);
             }
             return false;
         }
         self.heavy |= peer.out.charged() > peer.cap as usize;
         self.stats.deliveries += 1;
-        if !conn.pending {
-            conn.pending = true;
+        if !conn.is(Flag::Pending) {
+            conn.peer.set(Flag::Pending);
             self.pending.push(token);
         }
         true
@@ -160,26 +160,26 @@ impl Server {
     /// Queues the connection for removal at the end of the turn (once, whoever asks).
     pub(super) fn doom(&mut self, token: usize) {
         if let Some(c) = self.net.conns.get_mut(token)
-            && !c.doomed
+            && !c.is(Flag::Doomed)
         {
-            c.doomed = true;
+            c.peer.set(Flag::Doomed);
             self.doomed.push(token);
         }
     }
 
     pub(super) fn write(&mut self, token: usize, now: Instant) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
-        conn.pending = false;
+        conn.peer.clear(Flag::Pending);
         let peer = &mut conn.peer;
         let before = peer.out.queued();
         let result = peer.out.drain(&mut peer.sock, WRITE_BUDGET);
         self.net.stats.bytes_sent +=
             (before - peer.out.queued()) as u64 + std::mem::take(&mut peer.early) as u64;
         let blocked = matches!(result, Ok(Drain::Blocked));
-        peer.blocked = blocked;
+        peer.put(Flag::Blocked, blocked);
         // The judgement of a slow consumer: after the kernel was offered the queue, is there
         // still more than the soft cap? Only if that persists for SLOW_GRACE is it dropped.
-        let over = peer.out.charged() > peer.cap as usize && !peer.closing;
+        let over = peer.out.charged() > peer.cap as usize && !peer.is(Flag::Closing);
         match (over, conn.over_since) {
             (true, None) => {
                 conn.over_since = Some(Stamp::of(now));
@@ -189,8 +189,8 @@ impl Server {
             _ => {}
         }
         let Some(conn) = self.net.conns.get_mut(token) else { return };
-        if blocked != conn.want_writable {
-            conn.want_writable = blocked;
+        if blocked != conn.is(Flag::WantWritable) {
+            conn.peer.put(Flag::WantWritable, blocked);
             let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             let _ = self.poll.registry().reregister(&mut conn.peer.sock, Token(token), interest);
         }
@@ -200,13 +200,13 @@ impl Server {
             // would make that a no-op, and the rest of its queue would never be written).
             Ok(Drain::Budget) => self.net.later.push(token),
             Ok(Drain::Empty) => match conn.phase {
-                Phase::Ws(_) if !conn.finishing => conn.peer.out.release(&mut self.net.spare),
+                Phase::Ws(_) if !conn.is(Flag::Finishing) => conn.peer.out.release(&mut self.net.spare),
                 Phase::Respond { eof: true } => self.doom(token),
                 Phase::Respond { eof: false } => {
                     // Response out: half-close, then wait for the peer's EOF or the grace.
                     let _ = conn.peer.sock.shutdown(std::net::Shutdown::Write);
                 }
-                _ if conn.finishing => self.doom(token),
+                _ if conn.is(Flag::Finishing) => self.doom(token),
                 _ => {}
             },
             Err(e) => {

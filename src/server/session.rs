@@ -5,7 +5,7 @@
 use super::{CLOSE_GRACE, Server, would_block};
 use crate::chat::broker::{Alone, Broker};
 use crate::chat::{Outcome, Sink};
-use crate::conn::{Bucket, Phase};
+use crate::conn::{Bucket, Flag, Phase};
 use crate::metrics::Reason;
 use crate::protocol::ErrorCode;
 use crate::timers::Stamp;
@@ -56,7 +56,7 @@ impl Server {
     pub(super) fn read_ws(&mut self, token: usize, now: Instant, ts: u64) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         conn.peer.read_left = crate::conn::READ_BUDGET;
-        conn.peer.starved = false;
+        conn.peer.clear(Flag::Starved);
         // The buffer leaves `self` for the call, so that messages borrowed from it can go to
         // `chat` (which needs `self`). Reads never nest; if one did, it would get a buffer of
         // its own.
@@ -76,11 +76,12 @@ impl Server {
         loop {
             let Some(conn) = self.net.conns.get_mut(token) else { return };
             let Phase::Ws(s) = &mut conn.phase else { return };
-            if s.claiming || events == MESSAGE_BUDGET {
+            let claiming = conn.peer.is(Flag::Claiming);
+            if claiming || events == MESSAGE_BUDGET {
                 // Keep what is unread: for when Redis has answered (see `joined`), or for the
                 // next turn, after everyone else.
                 s.reader.keep_input(&buf[pos..end]);
-                if !s.claiming {
+                if !claiming {
                     self.net.stats.read_budget_spent += 1;
                     self.again.push(token);
                 }
@@ -93,19 +94,19 @@ impl Server {
                     continue;
                 }
                 match conn.peer.read(buf) {
-                    Ok(0) if s.peer_closed => return self.finish(token),
+                    Ok(0) if conn.peer.is(Flag::PeerClosed) => return self.finish(token),
                     Ok(0) => {
                         // Gone without a close frame: lost, not left (the user is held).
                         self.leave(token, Reason::Lost);
                         return self.doom(token);
                     }
-                    Ok(n) if s.peer_closed => {
+                    Ok(n) if conn.peer.is(Flag::PeerClosed) => {
                         debug!("{}: {n} bytes after its close, dropped", conn.addr);
                         continue;
                     }
                     Ok(n) => end = n,
                     Err(e) if would_block(&e) => {
-                        let starved = conn.peer.starved;
+                        let starved = conn.peer.is(Flag::Starved);
                         if !conn.peer.out.is_empty() {
                             // A sender whose own queue is empty need not be visited at the flush.
                             self.net.mark_pending(token);
@@ -143,8 +144,9 @@ impl Server {
             conn.last_read = Stamp::of(now);
             // A pong we asked for (a ping carrying the user's pseq, one at a time) is not the
             // peer's to ration: only its own pings and unsolicited pongs count.
-            let asked =
-                matches!(&ev, Event::Pong(p) if p.starts_with(b"p:")) && s.joined && self.chat.asked(token);
+            let asked = matches!(&ev, Event::Pong(p) if p.starts_with(b"p:"))
+                && conn.peer.is(Flag::Joined)
+                && self.chat.asked(token);
             if matches!(ev, Event::Ping(_) | Event::Pong(_)) && !asked && !s.control.allow(CONTROL_RATE, now)
             {
                 return self.flooded(token, CloseCode::Policy, "too many control frames", now);
@@ -158,9 +160,10 @@ impl Server {
     /// One decoded event of connection `token`'s session; `Break` when its reading is over
     /// (closed, failed, or handed on).
     fn on_event(&mut self, token: usize, ev: Event<'_>, now: Instant, ts: u64) -> ControlFlow<()> {
-        let Phase::Ws(s) = &self.net.conns[token].phase else { return ControlFlow::Break(()) };
-        let echo = s.echo;
-        let user = if s.joined { self.chat.id_of(token).cloned() } else { None };
+        let conn = &self.net.conns[token];
+        let Phase::Ws(_) = conn.phase else { return ControlFlow::Break(()) };
+        let echo = conn.peer.is(Flag::Echo);
+        let user = if conn.peer.is(Flag::Joined) { self.chat.id_of(token).cloned() } else { None };
         match (ev, echo, user) {
             (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
             (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
@@ -192,7 +195,7 @@ impl Server {
     fn on_text(&mut self, token: usize, user: Rc<str>, text: &str, now: Instant, ts: u64) {
         let conn = &mut self.net.conns[token];
         let Phase::Ws(s) = &mut conn.phase else { return };
-        if conn.peer.closing {
+        if conn.peer.is(Flag::Closing) {
             return;
         }
         if !s.bucket.allow(self.cfg.rate_limit, now) {
@@ -257,10 +260,10 @@ impl Server {
     /// written, or at the grace deadline.
     fn on_close(&mut self, token: usize, code: Option<u16>, reason: &[u8], now: Instant) {
         let conn = &mut self.net.conns[token];
-        let Phase::Ws(s) = &mut conn.phase else { return };
-        s.peer_closed = true;
-        if !conn.peer.closing {
-            conn.peer.closing = true;
+        let Phase::Ws(_) = conn.phase else { return };
+        conn.peer.set(Flag::PeerClosed);
+        if !conn.peer.is(Flag::Closing) {
+            conn.peer.set(Flag::Closing);
             let reply = match code {
                 None => ws::frame(ws::OP_CLOSE, &[]),
                 Some(c) if ws::close_code_allowed(c) => ws::close_frame(c, reason),
@@ -277,9 +280,9 @@ impl Server {
     /// not yet begun, a new one replaces the latest (`Outbox::push_pong`).
     fn on_ping(&mut self, token: usize, payload: &[u8], now: Instant) -> ControlFlow<()> {
         let conn = &mut self.net.conns[token];
-        if !conn.peer.closing {
+        if !conn.peer.is(Flag::Closing) {
             conn.peer.send_pong(ws::frame(ws::OP_PONG, payload));
-            if conn.peer.overflow {
+            if conn.peer.is(Flag::Overflow) {
                 // Our pongs went past the hard cap: the peer is not reading.
                 self.drop_slow(token, now);
                 return ControlFlow::Break(());
@@ -292,11 +295,11 @@ impl Server {
     /// Sends an `/echo` message back as it came.
     fn echo(&mut self, token: usize, op: u8, payload: &[u8]) {
         let conn = &mut self.net.conns[token];
-        if conn.peer.closing {
+        if conn.peer.is(Flag::Closing) {
             return;
         }
         conn.peer.send(ws::frame(op, payload));
-        if conn.peer.overflow {
+        if conn.peer.is(Flag::Overflow) {
             // Our echoes went past the hard cap: the peer is not reading.
             return self.drop_slow(token, Instant::now());
         }
@@ -341,14 +344,14 @@ impl Server {
             self.leave(token, r);
         }
         let conn = &mut self.net.conns[token];
-        if conn.peer.closing {
+        if conn.peer.is(Flag::Closing) {
             return;
         }
         let Phase::Ws(_) = &conn.phase else { return };
         if code == CloseCode::Policy {
             conn.peer.out.discard_unsent();
         }
-        conn.peer.closing = true;
+        conn.peer.set(Flag::Closing);
         conn.peer.send(ws::close_frame(code.into(), why.as_bytes()));
         conn.give_up = Some(Stamp::of(now).after(CLOSE_GRACE));
         self.net.mark_pending(token);
@@ -358,7 +361,7 @@ impl Server {
     /// Closes a client whose queue would pass the cap: 1008, after what was already begun.
     pub(super) fn drop_slow(&mut self, token: usize, now: Instant) {
         let Some(c) = self.net.conns.get(token) else { return };
-        if c.peer.closing {
+        if c.peer.is(Flag::Closing) {
             return;
         }
         let id = self.chat.id_of(token).filter(|_| c.joined()).map_or("-", |u| u);
@@ -375,7 +378,7 @@ impl Server {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         let reason = *conn.reason.get_or_insert(reason);
         let Phase::Ws(s) = &mut conn.phase else { return };
-        if !std::mem::take(&mut s.joined) {
+        if !conn.peer.unset(Flag::Joined) {
             return;
         }
         let Some(id) = self.chat.id_of(token).cloned() else { return };
@@ -446,7 +449,7 @@ impl Server {
     pub(super) fn finish(&mut self, token: usize) {
         self.leave(token, Reason::ClientClose);
         let conn = &mut self.net.conns[token];
-        conn.finishing = true;
+        conn.peer.set(Flag::Finishing);
         if conn.peer.out.is_empty() {
             self.doom(token);
         } else {

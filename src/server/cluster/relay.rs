@@ -7,6 +7,7 @@ use crate::chat::Sink;
 use crate::chat::fetch::{Fetch, Kept};
 use crate::chat::ids::key;
 use crate::cluster::{Await, node_channel, payload};
+use crate::conn::Flag;
 use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -109,7 +110,12 @@ impl Server {
     /// A history read ended (`kept` None: failed): the join it held is answered, if its
     /// connection is still the one that asked.
     pub(in crate::server) fn fetch_done(&mut self, generation: u32, f: &Fetch, kept: Option<Kept>) {
-        if self.net.conns.get(f.token).is_some_and(|c| c.generation == generation && !c.peer.closing) {
+        if self
+            .net
+            .conns
+            .get(f.token)
+            .is_some_and(|c| c.generation == generation && !c.peer.is(Flag::Closing))
+        {
             self.chat.fetched(f, kept, &mut self.net);
         }
     }
