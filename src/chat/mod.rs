@@ -34,7 +34,7 @@ use backlog::Budget;
 use broker::Broker;
 use bytes::Bytes;
 use history::History;
-use ids::key;
+use ids::{Secret, key};
 use resume::Holds;
 use rooms::Rooms;
 use std::collections::HashMap;
@@ -167,20 +167,20 @@ pub struct Chat {
     users: Users,
     /// Users on other nodes, keyed like `users`. Never holds a local user's key.
     remote: HashMap<Rc<str>, Remote>,
-    pub rooms: Rooms,
-    pub history: History,
+    rooms: Rooms,
+    history: History,
     /// Whether other nodes exist and can be reached now (`set_nodes`).
     nodes: Nodes,
     limits: Limits,
     /// Users whose connection was lost, in their grace (see `resume`).
-    pub holds: Holds,
+    holds: Holds,
     /// What chat asks of the loop (the one outbox of commands besides the `Sink`).
     pub todo: ForLoop,
     /// Rooms given up so far for a connected user's join at `--max-rooms`.
-    pub rooms_evicted: u64,
+    rooms_evicted: u64,
     /// Every private backlog's charge (`--backlog-bytes`).
-    pub backlog: Budget,
-    pub counters: Counters,
+    backlog: Budget,
+    counters: Counters,
 }
 
 /// What chat asks of the loop, besides lines to push: chat owns no socket, link or clock, so
@@ -202,6 +202,15 @@ pub struct ForLoop {
     /// Holds ended early by `lose` (`--max-holds`), with the lines for their senders, for the
     /// server to send, log and announce at the end of the turn.
     pub ended_early: Vec<(Gone, Vec<(usize, Bytes)>)>,
+}
+
+/// Chat's numbers for `/metrics` (`Chat::gauges`).
+pub struct Gauges {
+    pub history: (usize, usize, u64, u64, u64),
+    pub held: usize,
+    pub backlog: ((usize, usize), Counters),
+    pub rooms: usize,
+    pub rooms_evicted: u64,
 }
 
 /// What the bounds on holds and backlogs did, for `/metrics`.
@@ -238,6 +247,69 @@ impl Chat {
             backlog: Budget::new(limits.backlog_bytes),
             counters: Counters::default(),
             todo: ForLoop::default(),
+        }
+    }
+
+    /// Whether local user key `k` is held here (in its grace) for a client presenting
+    /// `presented`.
+    pub fn held_for(&mut self, k: &str, presented: Option<&Secret>, now: Instant) -> bool {
+        self.holds.get_mut(k, now).is_some() && !self.holds.refuses(k, presented, now)
+    }
+
+    /// The private numbering and kept lines of local user key `k` in its grace, if held.
+    pub fn held_backlog(&mut self, k: &str, now: Instant) -> Option<(u64, Vec<Bytes>)> {
+        let a = self.holds.get_mut(k, now)?;
+        Some((a.private.pseq, a.private.kept.iter().map(|k| k.line.clone()).collect()))
+    }
+
+    /// Whether any user is in its grace.
+    pub fn has_holds(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
+    /// Members of `room` on this node.
+    pub fn local_count(&self, room: &str) -> usize {
+        self.rooms.key(room).map_or(0, |k| self.rooms.room(k).local_len())
+    }
+
+    /// Rooms with members (here or elsewhere).
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The node stopped hearing `room` (its last local member left): what Redis numbers from
+    /// now on passes its history by (`History::stale`).
+    pub fn unheard(&mut self, room: &str) {
+        self.history.stale(room);
+    }
+
+    /// The link to Redis went down or came back: every room's history may have missed
+    /// messages (`History::stale_all`).
+    pub fn all_unheard(&mut self) {
+        self.history.stale_all();
+    }
+
+    /// Drops the histories of rooms idle past `--history-ttl`.
+    pub fn expire_history(&mut self, now: Instant) {
+        self.history.expire(now);
+    }
+
+    /// Whether a history is waiting for its TTL (the loop must wake for it).
+    pub fn history_idle(&self) -> bool {
+        self.history.any_idle()
+    }
+
+    /// The numbers `/metrics` shows of chat: history (kept lines, bytes, gaps, replayed,
+    /// fetched), users held, backlogs (lines, bytes) and their counters, rooms, rooms evicted.
+    pub fn gauges(&self) -> Gauges {
+        let (kept, bytes) = self.history.kept();
+        let h = self.history.counters;
+        Gauges {
+            history: (kept, bytes, h.gaps, h.replayed, h.fetched),
+            held: self.holds.len(),
+            backlog: (self.backlog.used(), self.counters),
+            rooms: self.rooms.len(),
+            rooms_evicted: self.rooms_evicted,
         }
     }
 

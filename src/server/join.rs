@@ -108,8 +108,7 @@ impl Server {
             // Lost here meanwhile: its secret should be in Redis already, but may not be if
             // the link was down when it was lost; written again (before the answer) to be sure.
             None => {
-                let ok = self.chat.holds.get_mut(&k, now).is_some()
-                    && !self.chat.holds.refuses(&k, presented.as_ref(), now);
+                let ok = self.chat.held_for(&k, presented.as_ref(), now);
                 if let Some(secret) = presented.filter(|_| ok) {
                     self.cluster_lost(id, &secret, now);
                 }
@@ -214,8 +213,7 @@ impl Server {
                 if let Some(c) = &mut self.cluster {
                     c.publish(ALL, &payload(&["J", &c.node, &user], None));
                 }
-                let first =
-                    self.chat.rooms.key(LOBBY).is_some_and(|k| self.chat.rooms.room(k).local_len() == 1);
+                let first = self.chat.local_count(LOBBY) == 1;
                 self.cluster_joined(&user, LOBBY, first);
             }
             Err(code) => {
@@ -297,10 +295,7 @@ impl Server {
     pub(super) fn cluster_lost(&mut self, id: &str, secret: &crate::chat::ids::Secret, now: Instant) {
         let Some(c) = &mut self.cluster else { return };
         let k = key(id);
-        let (pseq, kept) = match self.chat.holds.get_mut(&k, now) {
-            Some(a) => (a.private.pseq, a.private.kept.iter().map(|k| k.line.clone()).collect()),
-            None => (0, Vec::new()),
-        };
+        let (pseq, kept) = self.chat.held_backlog(&k, now).unwrap_or_default();
         // The bucket the session handed to the id (`bucket_to_id`), if it was drawn on: a
         // resume on another node carries it on.
         let level = self.buckets.get(&k).map(|b| b.level(self.cfg.rate_limit, now));

@@ -225,7 +225,7 @@ impl Server {
             self.trim_due,
             self.cluster.as_ref().and_then(|c| c.deadline()),
             // Holds, buckets and idle histories end with time, not with traffic.
-            (!self.chat.holds.is_empty() || !self.buckets.is_empty() || self.chat.history.any_idle())
+            (self.chat.has_holds() || !self.buckets.is_empty() || self.chat.history_idle())
                 .then_some(self.next_sweep),
             match self.shutdown {
                 Shutdown::Draining(t) => Some(t),
@@ -330,7 +330,7 @@ impl Server {
             // More graces ended than one sweep ends (`Chat::expire`): the rest next turn.
             self.next_sweep = now;
         }
-        self.chat.history.expire(now);
+        self.chat.expire_history(now);
         // After what the ended holds left behind is freed, not before it: malloc_trim can only
         // give back what is free.
         // The last holds may have gone while a connection was open (a scrape, say).
@@ -480,17 +480,16 @@ impl Server {
             queued_bytes: c.link.queued(),
             counters: c.counters,
         });
-        let (kept, bytes) = self.chat.history.kept();
-        let h = self.chat.history.counters;
+        let chat = self.chat.gauges();
         let mut g = Gauges {
             connections: self.net.conns.len(),
             websockets: 0,
             queued_bytes: 0,
-            history: (kept, bytes, h.gaps, h.replayed, h.fetched),
-            held: self.chat.holds.len(),
-            backlog: (self.chat.backlog.used(), self.chat.counters),
-            rooms: self.chat.rooms.len(),
-            rooms_evicted: self.chat.rooms_evicted,
+            history: chat.history,
+            held: chat.held,
+            backlog: chat.backlog,
+            rooms: chat.rooms,
+            rooms_evicted: chat.rooms_evicted,
             cluster,
         };
         for (_, c) in &self.net.conns {

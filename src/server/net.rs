@@ -245,7 +245,7 @@ impl Server {
         let crowd = self.net.stats.accepted - self.compacted_after > IDLE_COMPACT_ABOVE as u64;
         let big = crowd || self.net.heavy;
         let recently = self.compacted_at.is_some_and(|t| now < t + Duration::from_secs(1));
-        if self.net.conns.is_empty() && self.chat.holds.is_empty() && big && !recently {
+        if self.net.conns.is_empty() && !self.chat.has_holds() && big && !recently {
             self.compacted_at = Some(now);
             self.compacted_after = self.net.stats.accepted;
             self.compact();

@@ -113,7 +113,7 @@ impl Server {
         c.publish(ALL, &payload(&["l", &c.node, id, room], None));
         if last_local {
             c.listen(room, false);
-            self.chat.history.stale(room);
+            self.chat.unheard(room);
         }
     }
 
@@ -133,7 +133,7 @@ impl Server {
         c.left(&k, level, refill + Duration::from_secs(1));
         for room in emptied {
             c.listen(room, false);
-            self.chat.history.stale(room);
+            self.chat.unheard(room);
         }
         let leave = payload(&["L", &c.node, id], None);
         c.publish(ALL, &leave);
@@ -158,7 +158,7 @@ impl Server {
         let Some(c) = &mut self.cluster else { return };
         for room in rooms {
             c.listen(room, false);
-            self.chat.history.stale(room);
+            self.chat.unheard(room);
         }
     }
 

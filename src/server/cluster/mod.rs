@@ -118,7 +118,7 @@ impl Server {
             Input::Up => {
                 self.chat.set_nodes(Nodes::Up);
                 // Whatever Redis numbered while we were away passed the mirrors by.
-                self.chat.history.stale_all();
+                self.chat.all_unheard();
                 c.subscribed(self.chat.local_rooms());
                 c.clock_sent(now);
                 // Re-register whoever joined while Redis was away (or before it restarted),
@@ -129,7 +129,7 @@ impl Server {
             }
             Input::Down => {
                 self.chat.set_nodes(Nodes::Down);
-                self.chat.history.stale_all();
+                self.chat.all_unheard();
                 // Claims in flight are decided locally, as joins are while Redis is away. Each
                 // message Redis did not confirm gets its sender one error: `cluster_unavailable`
                 // if it was still queued (dropped, never sent), `cluster_unconfirmed` if it was
