@@ -5,12 +5,12 @@
 use super::{CLOSE_GRACE, Server, would_block};
 use crate::chat::broker::{Alone, Broker};
 use crate::chat::{Outcome, Sink};
-use crate::conn::{Bucket, Flag, Phase};
+use crate::conn::{Flag, Phase};
 use crate::metrics::Reason;
 use crate::protocol::ErrorCode;
 use crate::timers::Stamp;
 use crate::ws::{self, Event};
-use log::{debug, info, warn};
+use log::{debug, warn};
 use std::io::Read;
 use std::ops::ControlFlow;
 use std::rc::Rc;
@@ -367,82 +367,6 @@ impl Server {
         let id = self.chat.id_of(token).filter(|_| c.joined()).map_or("-", |u| u);
         warn!("slow consumer id={id} peer={}: queue past {} bytes", c.addr, self.cfg.queue_cap);
         self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
-    }
-
-    /// Records why the connection ends (first reason wins), frees its id if it holds one, and
-    /// logs the end of the session. A client that sent its own close has left: its id is
-    /// free at once. Any other end is a lost connection: the user is held for its resume
-    /// token (`--resume-grace`), still in its rooms and listed, with nothing announced. The
-    /// rate-limit bucket stays with the id either way (`bucket_to_id`).
-    pub(super) fn leave(&mut self, token: usize, reason: Reason) {
-        let Some(conn) = self.net.conns.get_mut(token) else { return };
-        let reason = *conn.reason.get_or_insert(reason);
-        let Phase::Ws(s) = &mut conn.phase else { return };
-        if !conn.peer.unset(Flag::Joined) {
-            return;
-        }
-        let Some(id) = self.chat.id_of(token).cloned() else { return };
-        let key = crate::chat::ids::key(&id);
-        let now = Instant::now();
-        let left = matches!(reason, Reason::ClientClose | Reason::Shutdown);
-        let emptied = if left {
-            self.chat.leave(&id)
-        } else {
-            self.chat.lose(&id, s.resume, now + self.cfg.resume_grace);
-            self.net.stats.ids_held += 1;
-            Vec::new()
-        };
-        let bucket = std::mem::replace(&mut s.bucket, Bucket::new(0, now));
-        let secs = conn.opened.elapsed(Stamp::of(now)).as_secs_f32();
-        let (peer, why) = (conn.addr, reason.as_str());
-        match reason {
-            Reason::ClientClose | Reason::Shutdown => {
-                info!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
-            }
-            _ => {
-                warn!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
-            }
-        }
-        // Before `cluster_lost`, which carries it to Redis with the resume data.
-        self.bucket_to_id(key, bucket, now);
-        if left {
-            self.cluster_left(&id, &emptied, now);
-        } else if let Phase::Ws(s) = &self.net.conns[token].phase {
-            let secret = s.resume;
-            self.cluster_lost(&id, &secret, now);
-        }
-    }
-
-    /// Hands an ended session's rate-limit bucket to its id (lowercased `key`). Every way a
-    /// session ends goes through here, by way of `leave`: left, lost, replaced by a resume
-    /// (here or asked by another node), closed by the server. The bucket is kept until it
-    /// would have refilled (the sweep forgets it then, and a hold that expires leaves it
-    /// here), so a reconnect does not buy a new burst; in a cluster `cluster_lost` (beside the
-    /// resume hash) and `cluster_left` (when the id is freed) also put its level in Redis, for
-    /// a session of the id on another node. Only a bucket that has been drawn on says
-    /// anything: a full one is what a newcomer gets.
-    fn bucket_to_id(&mut self, key: String, bucket: Bucket, now: Instant) {
-        if bucket.full(self.cfg.rate_limit, now) {
-            self.buckets.remove(&key);
-        } else {
-            self.buckets.insert(key, bucket);
-        }
-    }
-
-    /// The other half: a session that takes id `key` (lowercased) on connection `token`, new,
-    /// resumed or taken over from another node, starts from the bucket the id left here or
-    /// the one `carried` in Redis from wherever it was last used (see `cluster::RESUME`,
-    /// `cluster::JOIN`), whichever holds fewer tokens now; a fresh burst only if there is
-    /// neither.
-    pub(super) fn bucket_from_id(&mut self, token: usize, key: &str, carried: Option<Bucket>, now: Instant) {
-        let rate = self.cfg.rate_limit;
-        let pick = match (self.buckets.remove(key), carried) {
-            (Some(a), Some(b)) => Some(if a.level(rate, now) <= b.level(rate, now) { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        if let (Some(b), Some(Phase::Ws(s))) = (pick, self.net.conns.get_mut(token).map(|c| &mut c.phase)) {
-            s.bucket = b;
-        }
     }
 
     /// Removes the connection once its outbox is empty.
