@@ -291,6 +291,18 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
+    let cfg = settle(cfg, metrics_allow, ping_given, max_message)?;
+    Ok(Command::Run(Box::new(cfg)))
+}
+
+/// The flags taken together, after they were all read: defaults that follow from others
+/// (the ping interval, `--max-message`), and combinations that cannot work, refused.
+fn settle(
+    mut cfg: Config,
+    metrics_allow: Vec<Cidr>,
+    ping_given: bool,
+    max_message: Option<usize>,
+) -> Result<Config, String> {
     if cfg.backlog_bytes < crate::chat::backlog::KEPT_BYTES {
         return Err(format!(
             "--backlog-bytes: at least {} (one recipient's whole backlog)",
@@ -353,7 +365,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
              (--presence-limit ids of up to 32 characters)"
         ));
     }
-    Ok(Command::Run(Box::new(cfg)))
+    Ok(cfg)
 }
 
 /// An `--allow-origin` value: `*`, or an origin as a browser sends it (one trailing `/`, as

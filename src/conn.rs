@@ -40,37 +40,88 @@ pub struct Peer<S = TcpStream> {
     pub read_left: u32,
     /// Bytes written outside the loop's flush (`make_room`), for the byte counter.
     pub early: u32,
+    /// The connection's flags (see `Flag`), changed only through `is`, `set`, `clear`, `put`
+    /// and `unset`.
+    state: Flags,
+}
+
+/// One yes-or-no fact about a connection. All of them live in one word per connection
+/// (`Peer::state`, as Redis keeps a client's `flags`), read and changed only through methods:
+/// a reader finds every state a connection can be in here, and every change by grepping for
+/// its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Flag {
+    // The socket.
     /// The read budget ran out: input may be waiting, come back next turn.
-    pub starved: bool,
+    Starved = 1 << 0,
     /// A write found the socket full: no early write until the loop sees it writable.
-    pub blocked: bool,
+    Blocked = 1 << 1,
     /// Output was refused at the cap: this client is a slow consumer.
-    pub overflow: bool,
-    /// Our close is queued: nothing but what is already queued goes out.
-    pub closing: bool,
+    Overflow = 1 << 2,
+    /// Our close is queued: nothing but what is already queued goes out (the closing state).
+    Closing = 1 << 3,
     /// The last read came back short: the socket was empty then, and anything arriving since
     /// raises a new edge. Cleared by each readiness event.
-    pub drained: bool,
+    Drained = 1 << 4,
     /// The current readiness event carried a FIN or an error. Data that came with it reads
     /// short, but the EOF behind it raises no further edge: read on until the kernel says so.
-    pub hup: bool,
+    Hup = 1 << 5,
+    // The loop's lists.
+    /// On the loop's pending-write list this turn.
+    Pending = 1 << 6,
+    /// Remove once the outbox is empty.
+    Finishing = 1 << 7,
+    /// On the loop's removal list.
+    Doomed = 1 << 8,
+    /// Registered for writability: a write is blocked.
+    WantWritable = 1 << 9,
+    // The WebSocket session (read only while the phase is `Ws`).
+    /// `/echo` rather than the chat.
+    Echo = 1 << 10,
+    /// The client's close has arrived (and was answered): nothing more is read.
+    PeerClosed = 1 << 11,
+    /// The connection holds a chat id (never for `/echo`): the user in chat's slot for this
+    /// connection's token (`Chat::id_of`), which keeps the id, so the session need not.
+    Joined = 1 << 12,
+    /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
+    Claiming = 1 << 13,
+}
+
+/// A set of `Flag`s in one word.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl<S> Peer<S> {
+    /// Whether `f` is set.
+    pub fn is(&self, f: Flag) -> bool {
+        self.state.0 & f as u16 != 0
+    }
+
+    pub fn set(&mut self, f: Flag) {
+        self.state.0 |= f as u16;
+    }
+
+    pub fn clear(&mut self, f: Flag) {
+        self.state.0 &= !(f as u16);
+    }
+
+    /// Sets or clears `f`.
+    pub fn put(&mut self, f: Flag, on: bool) {
+        if on { self.set(f) } else { self.clear(f) }
+    }
+
+    /// Clears `f`, returning whether it was set.
+    pub fn unset(&mut self, f: Flag) -> bool {
+        let was = self.is(f);
+        self.clear(f);
+        was
+    }
 }
 
 impl<S: Read + Write> Peer<S> {
     pub fn new(sock: S, cap: u32) -> Self {
-        Peer {
-            sock,
-            out: Outbox::default(),
-            cap,
-            read_left: READ_BUDGET,
-            early: 0,
-            starved: false,
-            blocked: false,
-            overflow: false,
-            closing: false,
-            drained: false,
-            hup: false,
-        }
+        Peer { sock, out: Outbox::default(), cap, read_left: READ_BUDGET, early: 0, state: Flags::default() }
     }
 
     pub fn hard_cap(&self) -> usize {
@@ -82,13 +133,14 @@ impl<S: Read + Write> Peer<S> {
     /// write is what made readers who kept up look slow. Once the socket is full, waits for
     /// the loop to see it writable again rather than asking at every push.
     pub fn make_room(&mut self, len: usize) {
-        if self.blocked || self.closing || self.out.fits(len, self.cap as usize) {
+        if self.is(Flag::Blocked) || self.is(Flag::Closing) || self.out.fits(len, self.cap as usize) {
             return;
         }
         let before = self.out.queued();
         // An error here recurs at the loop's own write, which ends the connection.
-        self.blocked =
+        let blocked =
             !matches!(self.out.drain(&mut self.sock, WRITE_BUDGET), Ok(Drain::Empty | Drain::Budget));
+        self.put(Flag::Blocked, blocked);
         self.early = self.early.saturating_add((before - self.out.queued()) as u32);
     }
 }
@@ -98,17 +150,18 @@ impl<S: Read> Read for Peer<S> {
     /// asking the kernel again: that second `read` was one syscall in four on the
     /// private-message path.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.drained {
+        if self.is(Flag::Drained) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         if self.read_left == 0 {
-            self.starved = true;
+            self.set(Flag::Starved);
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let want = buf.len().min(self.read_left as usize);
         let n = self.sock.read(&mut buf[..want])?;
         self.read_left -= n as u32;
-        self.drained = !self.hup && n > 0 && n < want;
+        let drained = !self.is(Flag::Hup) && n > 0 && n < want;
+        self.put(Flag::Drained, drained);
         Ok(n)
     }
 }
@@ -131,7 +184,7 @@ impl<S: Read + Write> Peer<S> {
         let len = frame.len();
         let chunk = bytes::Bytes::from(frame);
         // The close frame itself must get through a full queue (discard_unsent made room).
-        if self.closing {
+        if self.is(Flag::Closing) {
             self.out.push_raw(chunk, usize::MAX);
             return;
         }
@@ -139,7 +192,7 @@ impl<S: Read + Write> Peer<S> {
         let cap = self.hard_cap();
         let queued = if merge { self.out.push_pong(chunk, cap) } else { self.out.push_raw(chunk, cap) };
         if !queued {
-            self.overflow = true;
+            self.set(Flag::Overflow);
         }
     }
 }
@@ -157,15 +210,7 @@ pub enum Phase {
 pub struct Session {
     /// Frames not yet complete; nothing while idle (see `ws`).
     pub reader: Reader,
-    /// `/echo` rather than the chat.
-    pub echo: bool,
-    /// The client's close has arrived (and was answered): nothing more is read.
-    pub peer_closed: bool,
-    /// The connection holds a chat id (never for `/echo`): the user in chat's slot for this
-    /// connection's token (`Chat::id_of`), which keeps the id, so the session need not.
-    pub joined: bool,
-    /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
-    pub claiming: bool,
+    // Its flags (echo, the client's close, joined, claiming) are the connection's: `Flag`.
     /// Messages: `--rate-limit`. It outlives the connection (see `Server::buckets`).
     pub bucket: Bucket,
     /// Pings and pongs from the peer (`CONTROL_RATE`).
@@ -300,14 +345,6 @@ pub struct Conn {
     pub give_up: Option<Stamp>,
     /// The deadline of this connection's current timer entry.
     pub timer_at: Option<Stamp>,
-    /// On the loop's pending-write list this turn.
-    pub pending: bool,
-    /// Remove once the outbox is empty.
-    pub finishing: bool,
-    /// On the loop's removal list.
-    pub doomed: bool,
-    /// Registered for writability: a write is blocked.
-    pub want_writable: bool,
     /// Why the connection is ending, once that is decided (first reason wins).
     pub reason: Option<crate::metrics::Reason>,
     /// Since when the queue has stayed over its soft cap after the loop's writes.
@@ -327,10 +364,6 @@ impl Conn {
             next_ping: now,
             give_up: None,
             timer_at: None,
-            pending: false,
-            finishing: false,
-            doomed: false,
-            want_writable: false,
             reason: None,
             over_since: None,
         }
@@ -350,9 +383,14 @@ impl Conn {
         }
     }
 
-    /// Whether this connection holds a chat id (see `Session::joined`).
+    /// Whether this connection holds a chat id (see `Flag::Joined`).
     pub fn joined(&self) -> bool {
-        matches!(&self.phase, Phase::Ws(s) if s.joined)
+        matches!(self.phase, Phase::Ws(_)) && self.peer.is(Flag::Joined)
+    }
+
+    /// Whether `f` is set (see `Peer::is`).
+    pub fn is(&self, f: Flag) -> bool {
+        self.peer.is(f)
     }
 }
 
@@ -400,7 +438,7 @@ mod tests {
         let mut buf = vec![0u8; 16 * 1024];
         for turn in 1..=3u32 {
             peer.read_left = READ_BUDGET;
-            peer.starved = false;
+            peer.clear(Flag::Starved);
             loop {
                 match peer.read(&mut buf) {
                     Ok(n) => {
@@ -412,7 +450,7 @@ mod tests {
                     Err(e) => panic!("turn {turn}: {e}"),
                 }
             }
-            assert!(peer.starved, "the budget, not the socket, ended the turn");
+            assert!(peer.is(Flag::Starved), "the budget, not the socket, ended the turn");
             assert_eq!(peer.sock.read, (READ_BUDGET * turn) as usize, "exactly the budget each turn");
             assert!(!reader.is_idle(), "the message is still open");
         }

@@ -135,23 +135,41 @@ impl Stats {
 
     pub fn render(&self, g: &Gauges) -> String {
         let mut o = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(o, "# HELP chatloop_{name} {help}\n# TYPE chatloop_{name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(o, "chatloop_{name}{labels} {v}");
-            }
-        };
-        metric("connections", "gauge", "Open TCP connections.", &[("", g.connections as u64)]);
-        metric("websockets", "gauge", "Open WebSocket sessions.", &[("", g.websockets as u64)]);
-        metric("connections_accepted_total", "counter", "TCP connections accepted.", &[("", self.accepted)]);
+        self.render_traffic(&mut o, g);
+        render_kept(&mut o, g);
+        if let Some(c) = &g.cluster {
+            render_cluster(&mut o, c);
+        }
+        process(&mut o);
+        o
+    }
+
+    /// Connections, messages, deliveries and what ended them.
+    fn render_traffic(&self, o: &mut String, g: &Gauges) {
+        metric(o, "connections", "gauge", "Open TCP connections.", &[("", g.connections as u64)]);
+        metric(o, "websockets", "gauge", "Open WebSocket sessions.", &[("", g.websockets as u64)]);
         metric(
+            o,
+            "connections_accepted_total",
+            "counter",
+            "TCP connections accepted.",
+            &[("", self.accepted)],
+        );
+        metric(
+            o,
             "messages_received_total",
             "counter",
             "Chat messages accepted from clients.",
             &[("{kind=\"room\"}", self.room_received), ("{kind=\"private\"}", self.private_received)],
         );
-        metric("deliveries_total", "counter", "Chat lines queued to recipients.", &[("", self.deliveries)]);
-        metric("bytes_sent_total", "counter", "Bytes written to sockets.", &[("", self.bytes_sent)]);
+        metric(
+            o,
+            "deliveries_total",
+            "counter",
+            "Chat lines queued to recipients.",
+            &[("", self.deliveries)],
+        );
+        metric(o, "bytes_sent_total", "counter", "Bytes written to sockets.", &[("", self.bytes_sent)]);
         let labels: Vec<String> =
             Reason::ALL.iter().map(|r| format!("{{reason=\"{}\"}}", r.as_str())).collect();
         let samples: Vec<(&str, u64)> = Reason::ALL
@@ -159,124 +177,128 @@ impl Stats {
             .zip(&labels)
             .map(|(r, l)| (l.as_str(), self.disconnects[*r as usize]))
             .collect();
-        metric("disconnects_total", "counter", "Connections closed, by reason.", &samples);
+        metric(o, "disconnects_total", "counter", "Connections closed, by reason.", &samples);
         let labels: Vec<String> = CODES.iter().map(|c| format!("{{code=\"{}\"}}", c.as_str())).collect();
         let samples: Vec<(&str, u64)> =
             CODES.iter().zip(&labels).map(|(c, l)| (l.as_str(), self.errors[*c as usize])).collect();
-        metric("errors_sent_total", "counter", "Error lines sent to clients, by code.", &samples);
+        metric(o, "errors_sent_total", "counter", "Error lines sent to clients, by code.", &samples);
         metric(
+            o,
             "read_budget_spent_total",
             "counter",
             "Reads cut short by the per-connection, per-turn byte budget.",
             &[("", self.read_budget_spent)],
         );
         metric(
+            o,
             "early_writes_total",
             "counter",
             "Writes made before the flush window because a queue reached its soft cap.",
             &[("", self.early_writes)],
         );
         metric(
+            o,
             "ids_held_total",
             "counter",
             "Ids held for a client the server closed, until it resumes or the grace ends.",
             &[("", self.ids_held)],
         );
-        metric("resumes_total", "counter", "Ids taken back with a resume token.", &[("", self.resumes)]);
-        metric("rooms", "gauge", "Rooms with members.", &[("", g.rooms as u64)]);
-        metric(
-            "rooms_evicted_total",
-            "counter",
-            "Rooms held only by users in their grace, given up for a new room at --max-rooms.",
-            &[("", g.rooms_evicted)],
-        );
-        metric("users_held", "gauge", "Users in their resume grace.", &[("", g.held as u64)]);
-        let ((lines, bytes), counters) = g.backlog;
-        metric(
-            "backlog_lines",
-            "gauge",
-            "Private messages kept until their recipient acknowledges them (connected or held).",
-            &[("", lines as u64)],
-        );
-        metric(
-            "backlog_bytes",
-            "gauge",
-            "What the kept private messages are charged (--backlog-bytes).",
-            &[("", bytes as u64)],
-        );
-        metric(
-            "holds_ended_early_total",
-            "counter",
-            "Holds whose grace ended early to make room under --max-holds.",
-            &[("", counters.holds_ended_early)],
-        );
-        metric(
-            "backlog_dropped_total",
-            "counter",
-            "Kept private messages dropped from the largest backlog to make room in --backlog-bytes (each reported undelivered).",
-            &[("", counters.backlog_dropped)],
-        );
-        let (kept, bytes, gaps, replayed, fetched) = g.history;
-        metric("history_messages", "gauge", "Room messages kept for replay.", &[("", kept as u64)]);
-        metric("history_bytes", "gauge", "Bytes of room history kept.", &[("", bytes as u64)]);
-        metric(
-            "history_gaps_total",
-            "counter",
-            "Gap lines sent (asked-for history no longer kept).",
-            &[("", gaps)],
-        );
-        metric(
-            "history_replayed_total",
-            "counter",
-            "Room messages replayed from history.",
-            &[("", replayed)],
-        );
-        metric(
-            "history_fetched_total",
-            "counter",
-            "Joins answered after reading the room's history from Redis (a cluster).",
-            &[("", fetched)],
-        );
-        metric(
-            "outbound_queue_bytes",
-            "gauge",
-            "Bytes queued for clients, summed over connections.",
-            &[("", g.queued_bytes as u64)],
-        );
-        if let Some(c) = &g.cluster {
-            metric("cluster_up", "gauge", "1 while the Redis link is up.", &[("", c.up as u64)]);
-            metric(
-                "cluster_nodes",
-                "gauge",
-                "Other nodes heard from within the TTL.",
-                &[("", c.nodes as u64)],
-            );
-            metric("cluster_remote_users", "gauge", "Users on other nodes.", &[("", c.remote_users as u64)]);
-            metric("cluster_queue_bytes", "gauge", "Bytes queued for Redis.", &[("", c.queued_bytes as u64)]);
-            let n = &c.counters;
-            metric(
-                "cluster_published_total",
-                "counter",
-                "Messages published to Redis.",
-                &[("", n.published)],
-            );
-            metric("cluster_received_total", "counter", "Messages received from Redis.", &[("", n.received)]);
-            metric(
-                "cluster_connects_total",
-                "counter",
-                "Successful connections to Redis.",
-                &[("", n.connects)],
-            );
-            metric(
-                "cluster_stalls_total",
-                "counter",
-                "Times the Redis link was dropped because Redis did not answer within --redis-timeout.",
-                &[("", n.stalls)],
-            );
-        }
-        process(&mut o);
-        o
+        metric(o, "resumes_total", "counter", "Ids taken back with a resume token.", &[("", self.resumes)]);
     }
+}
+
+/// One series in the text format: its HELP and TYPE lines, then a sample per label set.
+fn metric(o: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(o, "# HELP chatloop_{name} {help}\n# TYPE chatloop_{name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(o, "chatloop_{name}{labels} {v}");
+    }
+}
+
+/// What the server keeps: rooms, holds, backlogs, history, queues.
+fn render_kept(o: &mut String, g: &Gauges) {
+    metric(o, "rooms", "gauge", "Rooms with members.", &[("", g.rooms as u64)]);
+    metric(
+        o,
+        "rooms_evicted_total",
+        "counter",
+        "Rooms held only by users in their grace, given up for a new room at --max-rooms.",
+        &[("", g.rooms_evicted)],
+    );
+    metric(o, "users_held", "gauge", "Users in their resume grace.", &[("", g.held as u64)]);
+    let ((lines, bytes), counters) = g.backlog;
+    metric(
+        o,
+        "backlog_lines",
+        "gauge",
+        "Private messages kept until their recipient acknowledges them (connected or held).",
+        &[("", lines as u64)],
+    );
+    metric(
+        o,
+        "backlog_bytes",
+        "gauge",
+        "What the kept private messages are charged (--backlog-bytes).",
+        &[("", bytes as u64)],
+    );
+    metric(
+        o,
+        "holds_ended_early_total",
+        "counter",
+        "Holds whose grace ended early to make room under --max-holds.",
+        &[("", counters.holds_ended_early)],
+    );
+    metric(
+        o,
+        "backlog_dropped_total",
+        "counter",
+        "Kept private messages dropped from the largest backlog to make room in --backlog-bytes (each reported undelivered).",
+        &[("", counters.backlog_dropped)],
+    );
+    let (kept, bytes, gaps, replayed, fetched) = g.history;
+    metric(o, "history_messages", "gauge", "Room messages kept for replay.", &[("", kept as u64)]);
+    metric(o, "history_bytes", "gauge", "Bytes of room history kept.", &[("", bytes as u64)]);
+    metric(
+        o,
+        "history_gaps_total",
+        "counter",
+        "Gap lines sent (asked-for history no longer kept).",
+        &[("", gaps)],
+    );
+    metric(o, "history_replayed_total", "counter", "Room messages replayed from history.", &[("", replayed)]);
+    metric(
+        o,
+        "history_fetched_total",
+        "counter",
+        "Joins answered after reading the room's history from Redis (a cluster).",
+        &[("", fetched)],
+    );
+    metric(
+        o,
+        "outbound_queue_bytes",
+        "gauge",
+        "Bytes queued for clients, summed over connections.",
+        &[("", g.queued_bytes as u64)],
+    );
+}
+
+/// The Redis link's series (only with `--redis`).
+fn render_cluster(o: &mut String, c: &ClusterGauges) {
+    metric(o, "cluster_up", "gauge", "1 while the Redis link is up.", &[("", c.up as u64)]);
+    metric(o, "cluster_nodes", "gauge", "Other nodes heard from within the TTL.", &[("", c.nodes as u64)]);
+    metric(o, "cluster_remote_users", "gauge", "Users on other nodes.", &[("", c.remote_users as u64)]);
+    metric(o, "cluster_queue_bytes", "gauge", "Bytes queued for Redis.", &[("", c.queued_bytes as u64)]);
+    let n = &c.counters;
+    metric(o, "cluster_published_total", "counter", "Messages published to Redis.", &[("", n.published)]);
+    metric(o, "cluster_received_total", "counter", "Messages received from Redis.", &[("", n.received)]);
+    metric(o, "cluster_connects_total", "counter", "Successful connections to Redis.", &[("", n.connects)]);
+    metric(
+        o,
+        "cluster_stalls_total",
+        "counter",
+        "Times the Redis link was dropped because Redis did not answer within --redis-timeout.",
+        &[("", n.stalls)],
+    );
 }
 
 /// The standard process series (as Prometheus' client libraries name them) and the build.

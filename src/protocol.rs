@@ -406,10 +406,25 @@ pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
 
 /// A room message's template (encoded with seq 0) numbered `seq`.
 pub fn with_seq(template: &[u8], seq: u64) -> Bytes {
-    match crate::cluster::split_seq(template) {
+    match split_seq(template) {
         Some((pre, post)) => Bytes::from([pre, seq.to_string().as_bytes(), post].concat()),
         None => Bytes::copy_from_slice(template),
     }
+}
+
+/// A room message line around its `"seq":0`: what comes before the number and after it.
+pub fn split_seq(template: &[u8]) -> Option<(&[u8], &[u8])> {
+    const SEQ0: &[u8] = b"\"seq\":0,";
+    let at = template.windows(SEQ0.len()).position(|w| w == SEQ0)?;
+    Some((&template[..at + SEQ0.len() - 2], &template[at + SEQ0.len() - 1..]))
+}
+
+/// The seq of a numbered room message line (`"seq":N` after its room).
+pub fn line_seq(line: &[u8]) -> Option<u64> {
+    const SEQ: &[u8] = b"\"seq\":";
+    let at = line.windows(SEQ.len()).position(|w| w == SEQ)? + SEQ.len();
+    let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
 }
 
 /// Whether `line` (a server line) names a message already. Inside a JSON string a quote is

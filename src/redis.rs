@@ -415,6 +415,14 @@ fn encode(out: &mut BytesMut, args: &[&[u8]]) {
     extend_encode_borrowed(out, &frame, false).expect("RESP encode");
 }
 
+/// An integer in a Redis reply.
+pub fn frame_number(f: &BytesFrame) -> Option<i64> {
+    match f {
+        BytesFrame::Number { data, .. } => Some(*data),
+        _ => None,
+    }
+}
+
 /// Whether a reply is an error, and its text.
 pub fn error_text(f: &BytesFrame) -> Option<String> {
     match f {

@@ -343,6 +343,34 @@ impl Reader {
         Ok(())
     }
 
+    /// Completes a frame header that an earlier read cut short, from `buf` at `pos`: the
+    /// frame once its header is whole, None while more bytes are needed.
+    fn rest_of_head(&mut self, buf: &[u8], pos: &mut usize, lim: &Limits) -> Result<Option<Frame>, Error> {
+        let p = self.partial.as_mut().expect("have > 0");
+        let mut took = 0;
+        while (p.have as usize) < head_len(&p.head[..p.have as usize]) && *pos < buf.len() {
+            let want = head_len(&p.head[..p.have as usize]) - p.have as usize;
+            let n = want.min(buf.len() - *pos);
+            let at = p.have as usize;
+            p.head[at..at + n].copy_from_slice(&buf[*pos..*pos + n]);
+            p.have += n as u8;
+            *pos += n;
+            took += n;
+            // Judge what the first two bytes tell as soon as they are here.
+            parse_head(&p.head[..p.have as usize])?;
+        }
+        let parsed = parse_head(&p.head[..p.have as usize])?;
+        self.count(took, lim)?;
+        match parsed {
+            Some((f, _)) => {
+                let p = self.partial.as_mut().expect("have > 0");
+                p.have = 0;
+                Ok(Some(f))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn step<'b>(
         &mut self,
         buf: &'b mut [u8],
@@ -373,27 +401,8 @@ impl Reader {
                             }
                         }
                     } else {
-                        let p = self.partial.as_mut().expect("have > 0");
-                        let mut took = 0;
-                        while (p.have as usize) < head_len(&p.head[..p.have as usize]) && *pos < buf.len() {
-                            let want = head_len(&p.head[..p.have as usize]) - p.have as usize;
-                            let n = want.min(buf.len() - *pos);
-                            let at = p.have as usize;
-                            p.head[at..at + n].copy_from_slice(&buf[*pos..*pos + n]);
-                            p.have += n as u8;
-                            *pos += n;
-                            took += n;
-                            // Judge what the first two bytes tell as soon as they are here.
-                            parse_head(&p.head[..p.have as usize])?;
-                        }
-                        let parsed = parse_head(&p.head[..p.have as usize])?;
-                        self.count(took, lim)?;
-                        match parsed {
-                            Some((f, _)) => {
-                                let p = self.partial.as_mut().expect("have > 0");
-                                p.have = 0;
-                                (f, 0)
-                            }
+                        match self.rest_of_head(buf, pos, lim)? {
+                            Some(f) => (f, 0),
                             None => return Ok(None),
                         }
                     };

@@ -15,18 +15,13 @@
 
 use super::Chat;
 use super::rooms::Flow;
+pub use crate::cluster::{Ask, Fetch};
 use crate::protocol::Replay;
 use bytes::Bytes;
 use std::rc::Rc;
 
-/// What a join asked to replay, owned (it outlives the client's frame).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ask {
-    None,
-    Last(u64),
-    Since(u64, Rc<str>),
-}
-
+// `Ask` and `Fetch` are data of the cluster layer (what a `FETCH` asks, and for whom), so that
+// cluster.rs needs nothing of chat; turning a client's `Replay` into one and back is chat's.
 impl Ask {
     fn of(replay: &Replay<'_>) -> Ask {
         match replay {
@@ -43,30 +38,6 @@ impl Ask {
             Ask::Since(seq, epoch) => Replay::Since { seq: *seq, epoch: (&**epoch).into() },
         }
     }
-
-    /// The arguments of `cluster::FETCH`: after which seq, at most how many, in which epoch
-    /// ("" for any), given the node's `--history`.
-    pub fn fetch_args(&self, per_room: usize) -> (u64, u64, &str) {
-        let per_room = per_room as u64;
-        match self {
-            // Only the room's epoch and latest seq, for `joined`.
-            Ask::None => (u64::MAX, 0, ""),
-            Ask::Last(k) => (0, (*k).min(per_room), ""),
-            Ask::Since(seq, epoch) => (*seq, per_room, epoch),
-        }
-    }
-}
-
-/// A join waiting for Redis's copy of its room's history.
-#[derive(Debug)]
-pub struct Fetch {
-    pub token: usize,
-    /// The member's id as typed.
-    pub id: Rc<str>,
-    pub room: Rc<str>,
-    pub ask: Ask,
-    /// The epoch Redis takes for the room if it has none (`History::offer`).
-    pub offer: Rc<str>,
 }
 
 /// What Redis keeps of a room: its epoch, latest seq, and the lines asked for.
@@ -78,13 +49,11 @@ pub struct Kept {
 }
 
 impl Chat {
-    /// Whether the join of `room` (key `rk`) by `token` must wait for Redis: the node is in a
-    /// cluster with the link up, and its mirror of the room cannot answer `replay` exactly.
-    /// If so the member is made quiet and the request queued in `fetches`.
+    /// Whether the join of `room` (key `rk`) by `token` must wait for Redis (asked only when
+    /// the broker shares a history, `Broker::shares_history`): the node's mirror of the room
+    /// cannot answer `replay` exactly. If so the member is made quiet and the request queued
+    /// in `fetches`.
     pub(super) fn fetch_first(&mut self, token: usize, id: &Rc<str>, rk: usize, replay: &Replay<'_>) -> bool {
-        if !self.clustered || self.cluster_down {
-            return false;
-        }
         let room = Rc::clone(&self.rooms.room(rk).name);
         let log = self.log_of(rk);
         // A current mirror has everything Redis has from its first message on, in Redis's
@@ -100,7 +69,7 @@ impl Chat {
         }
         self.rooms.set_flow(rk, token as u32, Flow::Quiet);
         let offer = self.offer(&room);
-        self.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
+        self.todo.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
         true
     }
 
@@ -129,7 +98,7 @@ impl Chat {
 fn consecutive_to(lines: &[Bytes], latest: u64) -> bool {
     let first = (latest + 1).checked_sub(lines.len() as u64);
     first.is_some_and(|first| {
-        lines.iter().zip(first..).all(|(l, seq)| crate::cluster::line_seq(l) == Some(seq))
+        lines.iter().zip(first..).all(|(l, seq)| crate::protocol::line_seq(l) == Some(seq))
     })
 }
 
@@ -160,7 +129,7 @@ mod tests {
 mod chat_tests {
     use super::super::{Chat, Limits};
     use super::*;
-    use crate::chat::tests::Rec;
+    use crate::chat::tests::{Rec, Shared};
     use std::time::Instant;
 
     fn msg(seq: u64) -> Bytes {
@@ -185,15 +154,14 @@ mod chat_tests {
     #[test]
     fn a_join_the_mirror_cannot_answer_waits_quietly_for_redis_then_replays_each_message_once() {
         let mut c = Chat::new(Limits::default());
-        c.clustered = true;
         let mut r = Rec::default();
         let t = Instant::now();
         c.join("a", 1, &[0; 16], None, 0, t, &mut r).unwrap();
         r.0.clear();
-        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         assert!(got(&mut r).is_empty(), "nothing until Redis answers");
-        assert_eq!(c.fetches.len(), 1);
-        let f = c.fetches.pop().unwrap();
+        assert_eq!(c.todo.fetches.len(), 1);
+        let f = c.todo.fetches.pop().unwrap();
         assert_eq!((f.token, &*f.room, &f.ask), (1, "dev", &Ask::Since(5, Rc::from("E1"))));
         // Live traffic while Redis is asked goes to the mirror only.
         c.deliver_room("dev", "E1", &msg(9), &mut r);
@@ -206,9 +174,9 @@ mod chat_tests {
         c.deliver_room("dev", "E1", &msg(11), &mut r);
         assert_eq!(got(&mut r), ["message11"], "live after the replay");
         // Now the mirror is current: a since join it can answer does not wait.
-        c.handle(1, "a", r#"{"join":"dev","since":8,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":8,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         c.pump(t, &mut r);
-        assert!(c.fetches.is_empty());
+        assert!(c.todo.fetches.is_empty());
         assert_eq!(got(&mut r), ["joined11", "message9", "message10", "message11"]);
         assert_eq!(c.history.counters.fetched, 1);
     }
@@ -216,21 +184,20 @@ mod chat_tests {
     #[test]
     fn without_an_answer_from_redis_the_mirror_answers_with_the_gap_it_deserves() {
         let mut c = Chat::new(Limits::default());
-        c.clustered = true;
         let mut r = Rec::default();
         let t = Instant::now();
         c.join("a", 1, &[0; 16], None, 0, t, &mut r).unwrap();
-        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r);
+        c.handle(1, "a", r#"{"join":"dev","since":5,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
         r.0.clear();
-        let f = c.fetches.pop().unwrap();
+        let f = c.todo.fetches.pop().unwrap();
         c.deliver_room("dev", "E1", &msg(9), &mut r);
         c.fetched(&f, None, &mut r);
         c.pump(t, &mut r);
         assert_eq!(got(&mut r), ["joined9", "gap9", "message9"]);
         // The mirror lacks 3..=8, which Redis may keep: asked again. A reply whose lines are
         // not a run up to the latest seq is not trusted: only its epoch and seq count.
-        c.handle(1, "a", r#"{"join":"dev","since":2,"epoch":"E1"}"#, 0, t, &mut r);
-        let f = c.fetches.pop().expect("asks Redis");
+        c.handle(1, "a", r#"{"join":"dev","since":2,"epoch":"E1"}"#, 0, t, &mut r, &mut Shared);
+        let f = c.todo.fetches.pop().expect("asks Redis");
         let kept = Kept { epoch: "E1".into(), latest: 9, lines: vec![msg(3), msg(5)] };
         c.fetched(&f, Some(kept), &mut r);
         c.pump(t, &mut r);

@@ -153,13 +153,14 @@ fn kept_pseq(line: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::broker::Alone;
     use crate::chat::tests::Rec;
     use crate::chat::{Limits, Outcome};
     use std::time::{Duration, Instant};
 
     fn chat() -> Chat {
         let mut c = Chat::new(Limits::default());
-        c.clustered = true;
+        c.set_nodes(crate::chat::Nodes::Up);
         c
     }
 
@@ -171,7 +172,7 @@ mod tests {
         let mut a = chat();
         a.join("friend", 0, &[1; 16], None, 0, t, &mut r).unwrap();
         a.join("victim", 1, &[2; 16], None, 0, t, &mut r).unwrap();
-        a.handle(1, "victim", r#"{"join":"dev"}"#, 0, t, &mut r);
+        a.handle(1, "victim", r#"{"join":"dev"}"#, 0, t, &mut r, &mut Alone);
         a.lose("victim", [2; 16], t + Duration::from_secs(60));
         a.flush_presence(&mut r);
         r.0.clear();
@@ -183,7 +184,7 @@ mod tests {
         assert_eq!(a.count_on("nB"), (1, 2));
         a.flush_presence(&mut r);
         assert!(r.0.is_empty(), "{:?}", r.0);
-        let out = a.handle(0, "friend", r#"{"to":"victim","text":"hi"}"#, 0, t, &mut r);
+        let out = a.handle(0, "friend", r#"{"to":"victim","text":"hi"}"#, 0, t, &mut r, &mut Alone);
         assert!(matches!(out, Outcome::Remote { ref node, .. } if &**node == "nB"), "{out:?}");
         // A third node moves it in place too.
         let mut c = chat();
@@ -216,7 +217,7 @@ mod tests {
         b.flush_presence(&mut r);
         assert!(r.0.is_empty(), "nobody sees a leave/join pair: {:?}", r.0);
         assert_eq!(b.remote_len(), 0);
-        b.handle(0, "friend2", r#"{"to":"victim","text":"next"}"#, 0, t, &mut r);
+        b.handle(0, "friend2", r#"{"to":"victim","text":"next"}"#, 0, t, &mut r, &mut Alone);
         assert!(r.0.iter().any(|(tok, l)| *tok == 5 && l.contains(r#""pseq":4"#)), "{:?}", r.0);
         r.0.clear();
         let line = Bytes::from_static(br#"{"type":"message","room":"lobby","seq":1,"from":"x","text":"q"}"#);

@@ -16,25 +16,26 @@
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
 mod cluster;
+mod join;
+mod net;
 mod request;
 mod session;
 
 use crate::assets::Assets;
-use crate::chat::{Chat, Sink};
+use crate::chat::{Chat, Nodes, Sink};
 use crate::config::Config;
-use crate::conn::{Bucket, Conn, Phase, SLOW_GRACE, WRITE_BUDGET};
-use crate::http::{self, Status};
+use crate::conn::{Bucket, Flag, Phase, SLOW_GRACE};
 use crate::metrics::{Gauges, Reason, Stats};
-use crate::outbox::{Drain, Spare};
+use crate::outbox::Spare;
 use crate::timers::Stamp;
-use bytes::Bytes;
 use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
-use std::io::{self, Write};
+use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tungstenite::protocol::frame::coding::CloseCode;
+
+use net::{Net, room_for, would_block};
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -48,90 +49,6 @@ const IDLE_COMPACT_ABOVE: usize = 64;
 /// How long after the last handshake or room join the heap is trimmed (`trim_heap`): a crowd
 /// arriving is trimmed once it has settled, not once per connection.
 const TRIM_AFTER: Duration = Duration::from_millis(300);
-
-/// The connections and what the turn has queued for them: the `Sink` chat delivers into.
-struct Net {
-    conns: Slab<Conn>,
-    /// Connections with output queued this turn.
-    pending: Vec<usize>,
-    /// Connections that went over their queue cap this turn.
-    overflowed: Vec<usize>,
-    /// Connections whose output should not wait for the flush window: HTTP responses and the
-    /// 101 (with its welcome). The window is for coalescing chat lines, not for handshakes.
-    urgent: Vec<usize>,
-    /// Connections whose write stopped at `WRITE_BUDGET`: pending again from the next turn.
-    later: Vec<usize>,
-    /// A queue went past its soft cap since the last compaction: worth returning memory when
-    /// the last connection goes, however few there were.
-    heavy: bool,
-    /// Queue buffers to reuse.
-    spare: Spare,
-    stats: Stats,
-}
-
-impl Net {
-    /// Sends `token` an error line, and counts it for `/metrics`.
-    fn error(&mut self, token: usize, code: crate::protocol::ErrorCode, to: Option<&str>) {
-        self.push(token, &crate::protocol::error(code, to));
-        self.stats.error_sent(code);
-    }
-
-    fn mark_pending(&mut self, token: usize) {
-        if let Some(c) = self.conns.get_mut(token)
-            && !c.pending
-        {
-            c.pending = true;
-            self.pending.push(token);
-        }
-    }
-}
-
-impl Net {
-    /// Queues a line for `token`. Past the soft cap (`--queue-cap`) the kernel is offered the
-    /// queue first, so only bytes it refused count as a backlog. Then a line that must arrive
-    /// (`soft_only` false) is queued up to the hard cap, and the peer is judged at the flush
-    /// by whether its backlog persists (`SLOW_GRACE`); past the hard cap it is a slow consumer
-    /// at once. A line that may be refused (`soft_only`) is refused at the soft cap: the
-    /// sender pays, not the recipient. A marked (closing or overflowed) client takes no more.
-    fn queue(&mut self, token: usize, line: &Bytes, soft_only: bool) -> bool {
-        let Some(conn) = self.conns.get_mut(token) else { return true };
-        let peer = &mut conn.peer;
-        if peer.closing || peer.overflow {
-            return true; // it is leaving: nobody to tell, nothing to charge
-        }
-        peer.out.reuse(&mut self.spare);
-        let early = peer.early;
-        peer.make_room(line.len());
-        if peer.early != early {
-            self.stats.early_writes += 1;
-        }
-        let cap = if soft_only { peer.cap as usize } else { peer.hard_cap() };
-        if !peer.out.push_line(line.clone(), cap) {
-            if !soft_only {
-                peer.overflow = true;
-                self.overflowed.push(token);
-            }
-            return false;
-        }
-        self.heavy |= peer.out.charged() > peer.cap as usize;
-        self.stats.deliveries += 1;
-        if !conn.pending {
-            conn.pending = true;
-            self.pending.push(token);
-        }
-        true
-    }
-}
-
-impl Sink for Net {
-    fn push(&mut self, token: usize, line: &Bytes) {
-        self.queue(token, line, false);
-    }
-
-    fn offer(&mut self, token: usize, line: &Bytes) -> bool {
-        self.queue(token, line, true)
-    }
-}
 
 /// Where a shutdown stands.
 enum Shutdown {
@@ -182,14 +99,6 @@ pub struct Server {
     compacted_after: u64,
 }
 
-/// The connection table, reserved for `--max-conns` up front. The reservation is address
-/// space, not memory: pages are touched only as slots fill, so RSS grows with connections
-/// alone, where a growing table doubles (on average a third of it unused, and copied at each
-/// doubling). Measured at 10,000 idle connections: 1,417 → about 1,375 bytes each.
-fn room_for(max_conns: usize) -> Slab<Conn> {
-    Slab::with_capacity(max_conns)
-}
-
 /// Returns the heap's free pages to the system: glibc keeps freed memory otherwise.
 fn give_back_free_heap() {
     #[cfg(target_env = "gnu")]
@@ -201,14 +110,6 @@ fn give_back_free_heap() {
 
 fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-fn out_of_fds(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 impl Server {
@@ -260,8 +161,7 @@ impl Server {
                     backlog_bytes: cfg.backlog_bytes,
                 });
                 // Down until the link's handshake says otherwise (`Input::Up`).
-                chat.clustered = cluster.is_some();
-                chat.cluster_down = cluster.is_some();
+                chat.set_nodes(if cluster.is_some() { Nodes::Down } else { Nodes::Alone });
                 chat.reserve(max_conns);
                 chat
             },
@@ -325,7 +225,7 @@ impl Server {
             self.trim_due,
             self.cluster.as_ref().and_then(|c| c.deadline()),
             // Holds, buckets and idle histories end with time, not with traffic.
-            (!self.chat.holds.is_empty() || !self.buckets.is_empty() || self.chat.history.any_idle())
+            (self.chat.has_holds() || !self.buckets.is_empty() || self.chat.history_idle())
                 .then_some(self.next_sweep),
             match self.shutdown {
                 Shutdown::Draining(t) => Some(t),
@@ -348,8 +248,8 @@ impl Server {
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                         if let Some(c) = self.net.conns.get_mut(t) {
-                            c.peer.drained = false;
-                            c.peer.hup = ev.is_read_closed() || ev.is_error();
+                            c.peer.clear(Flag::Drained);
+                            c.peer.put(Flag::Hup, ev.is_read_closed() || ev.is_error());
                         }
                         self.readable(t, now, ts);
                     }
@@ -389,7 +289,7 @@ impl Server {
     /// Holds that `--max-holds` ended early this turn (see `Chat::lose`): their senders are
     /// told what never got there, and they are gone as if their grace had passed.
     fn ended_early(&mut self, now: Instant) {
-        for (g, lines) in std::mem::take(&mut self.chat.ended_early) {
+        for (g, lines) in std::mem::take(&mut self.chat.todo.ended_early) {
             for (token, line) in lines {
                 self.net.push(token, &line);
             }
@@ -406,7 +306,7 @@ impl Server {
     /// Brings forward the next ping of connections whose users have private lines to
     /// acknowledge (see `chat::backlog`): it will carry their latest pseq.
     fn ask_acks(&mut self, now: Instant) {
-        for (token, due) in std::mem::take(&mut self.chat.want_ack) {
+        for (token, due) in std::mem::take(&mut self.chat.todo.want_ack) {
             let Some(c) = self.net.conns.get_mut(token) else { continue };
             c.next_ping = c.next_ping.earlier(Stamp::of(due));
             self.arm(token, now);
@@ -430,7 +330,7 @@ impl Server {
             // More graces ended than one sweep ends (`Chat::expire`): the rest next turn.
             self.next_sweep = now;
         }
-        self.chat.history.expire(now);
+        self.chat.expire_history(now);
         // After what the ended holds left behind is freed, not before it: malloc_trim can only
         // give back what is free.
         // The last holds may have gone while a connection was open (a scrape, say).
@@ -467,76 +367,12 @@ impl Server {
         }
     }
 
-    fn accept_all(&mut self, now: Instant) {
-        self.accept_paused_until = None;
-        loop {
-            let Some(listener) = &self.listener else { return };
-            match listener.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr, now),
-                Err(e) if would_block(&e) => return,
-                Err(e) if out_of_fds(&e) => {
-                    // Edge-triggered: the waiting connections will not wake us again, so retry
-                    // when a connection closes or after the back-off, whichever comes first.
-                    warn!("accept paused: {e}");
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-                Err(e) => debug!("accept: {e}"),
-            }
-        }
-    }
-
-    fn admit(&mut self, mut sock: TcpStream, addr: std::net::SocketAddr, now: Instant) {
-        self.net.stats.accepted += 1;
-        self.heap_churned(now);
-        if self.net.conns.len() >= self.max_conns {
-            // Best effort, never blocking: the 503 fits any socket buffer.
-            let _ = sock.write(&http::error(Status::Unavailable, "server full, try again later"));
-            debug!("refused {addr}: {} connections", self.net.conns.len());
-            return;
-        }
-        let _ = sock.set_nodelay(true);
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let entry = self.net.conns.vacant_entry();
-        let token = entry.key();
-        let conn = entry.insert(Conn::new(sock, addr, self.cfg.queue_cap as u32, generation, now));
-        // Writability is asked for only while a write is blocked (see `write`): with it always
-        // on, every ACK of every write wakes the loop with an event for that socket.
-        if let Err(e) = self.poll.registry().register(&mut conn.peer.sock, Token(token), Interest::READABLE) {
-            warn!("register {addr}: {e}");
-            self.net.conns.remove(token);
-            return;
-        }
-        self.arm(token, now);
-    }
-
-    /// (Re)schedules the connection's timer if its deadline is earlier than its current entry.
-    fn arm(&mut self, token: usize, now: Instant) {
-        let Some(c) = self.net.conns.get_mut(token) else { return };
-        let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
-        if c.timer_at.is_none_or(|t| !t.reached(at)) {
-            let when = self.timers.schedule(at.instant(now), token, c.generation);
-            c.timer_at = Some(Stamp::of(when));
-        }
-    }
-
     fn readable(&mut self, token: usize, now: Instant, ts: u64) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         match conn.phase {
             Phase::Request { .. } => self.read_request(token, now, ts),
             Phase::Respond { .. } => self.read_discard(token),
             Phase::Ws(_) => self.read_ws(token, now, ts),
-        }
-    }
-
-    /// Queues the connection for removal at the end of the turn (once, whoever asks).
-    fn doom(&mut self, token: usize) {
-        if let Some(c) = self.net.conns.get_mut(token)
-            && !c.doomed
-        {
-            c.doomed = true;
-            self.doomed.push(token);
         }
     }
 
@@ -572,7 +408,11 @@ impl Server {
                     if conn.next_ping.reached(stamp) {
                         // With the user's latest pseq if it has lines to acknowledge: its pong
                         // says it read them (`Chat::ack`).
-                        let payload = if s.joined { self.chat.ping_payload(token, now) } else { Vec::new() };
+                        let payload = if conn.peer.is(Flag::Joined) {
+                            self.chat.ping_payload(token, now)
+                        } else {
+                            Vec::new()
+                        };
                         conn.peer.send(crate::ws::frame(crate::ws::OP_PING, &payload));
                         conn.next_ping = stamp.after(self.cfg.ping_interval);
                         self.net.mark_pending(token);
@@ -624,120 +464,11 @@ impl Server {
             // Zero window: a blocked write is woken by writability; a budget-cut one must not
             // wait for an event that will not come.
             (false, _) if self.cfg.flush_interval.is_zero() => {
-                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].want_writable);
+                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].is(Flag::WantWritable));
                 budgeted.then_some(now)
             }
             (false, _) => Some(now + self.cfg.flush_interval),
         };
-    }
-
-    fn write(&mut self, token: usize, now: Instant) {
-        let Some(conn) = self.net.conns.get_mut(token) else { return };
-        conn.pending = false;
-        let peer = &mut conn.peer;
-        let before = peer.out.queued();
-        let result = peer.out.drain(&mut peer.sock, WRITE_BUDGET);
-        self.net.stats.bytes_sent +=
-            (before - peer.out.queued()) as u64 + std::mem::take(&mut peer.early) as u64;
-        let blocked = matches!(result, Ok(Drain::Blocked));
-        peer.blocked = blocked;
-        // The judgement of a slow consumer: after the kernel was offered the queue, is there
-        // still more than the soft cap? Only if that persists for SLOW_GRACE is it dropped.
-        let over = peer.out.charged() > peer.cap as usize && !peer.closing;
-        match (over, conn.over_since) {
-            (true, None) => {
-                conn.over_since = Some(Stamp::of(now));
-                self.arm(token, now);
-            }
-            (false, Some(_)) => conn.over_since = None,
-            _ => {}
-        }
-        let Some(conn) = self.net.conns.get_mut(token) else { return };
-        if blocked != conn.want_writable {
-            conn.want_writable = blocked;
-            let interest = if blocked { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            let _ = self.poll.registry().reregister(&mut conn.peer.sock, Token(token), interest);
-        }
-        match result {
-            Ok(Drain::Blocked) => {}
-            // Not pending yet: `settle` marks it so after this turn's writes (marking it now
-            // would make that a no-op, and the rest of its queue would never be written).
-            Ok(Drain::Budget) => self.net.later.push(token),
-            Ok(Drain::Empty) => match conn.phase {
-                Phase::Ws(_) if !conn.finishing => conn.peer.out.release(&mut self.net.spare),
-                Phase::Respond { eof: true } => self.doom(token),
-                Phase::Respond { eof: false } => {
-                    // Response out: half-close, then wait for the peer's EOF or the grace.
-                    let _ = conn.peer.sock.shutdown(std::net::Shutdown::Write);
-                }
-                _ if conn.finishing => self.doom(token),
-                _ => {}
-            },
-            Err(e) => {
-                debug!("{}: write: {e}", conn.addr);
-                self.leave(token, Reason::Lost);
-                self.doom(token);
-            }
-        }
-    }
-
-    fn remove(&mut self, token: usize) {
-        if !self.net.conns.contains(token) {
-            return;
-        }
-        // Sessions and connections closed for a reason count; plain page loads do not.
-        let c = &self.net.conns[token];
-        let counted = c.reason.or(matches!(c.phase, Phase::Ws(_)).then_some(Reason::ClientClose));
-        self.leave(token, Reason::ClientClose);
-        let mut conn = self.net.conns.remove(token);
-        if let Some(r) = counted {
-            self.net.stats.disconnect(r);
-        }
-        let _ = self.poll.registry().deregister(&mut conn.peer.sock);
-        drop(conn);
-        self.compact_if_idle(Instant::now());
-        if self.accept_paused_until.is_some() {
-            // A descriptor just came free: the connections waiting in the backlog can have it.
-            self.accept_paused_until = Some(Instant::now());
-        }
-    }
-
-    /// Compacts once the server is idle after a crowd: no connection, and nobody held for a
-    /// resume (their tables go when their grace does, see `sweep`). At most once a second.
-    fn compact_if_idle(&mut self, now: Instant) {
-        // Worth it after a crowd (the table is reserved up front, so its size says nothing).
-        let crowd = self.net.stats.accepted - self.compacted_after > IDLE_COMPACT_ABOVE as u64;
-        let big = crowd || self.net.heavy;
-        let recently = self.compacted_at.is_some_and(|t| now < t + Duration::from_secs(1));
-        if self.net.conns.is_empty() && self.chat.holds.is_empty() && big && !recently {
-            self.compacted_at = Some(now);
-            self.compacted_after = self.net.stats.accepted;
-            self.compact();
-        }
-    }
-
-    /// The last connection is gone after a crowd: give the memory the crowd needed back to the
-    /// system, so that RSS returns to where it started (glibc keeps freed memory otherwise).
-    fn compact(&mut self) {
-        // Give the table back and reserve it again untouched (see `room_for`).
-        self.net.conns = room_for(self.max_conns);
-        self.net.pending = Vec::new();
-        self.net.overflowed = Vec::new();
-        self.net.urgent = Vec::new();
-        self.net.later = Vec::new();
-        self.net.heavy = false;
-        self.net.spare.clear();
-        self.doomed = Vec::new();
-        self.again = Vec::new();
-        self.timers.clear(); // every entry is stale now
-        self.chat.shrink();
-        self.buckets.shrink_to_fit();
-        give_back_free_heap();
-        // After the trim: reserved before it, the table would land on pages the crowd left
-        // resident, and keep them so.
-        self.chat.reserve(self.max_conns);
-        self.timers.reserve(self.max_conns);
-        debug!("idle: memory compacted");
     }
 
     /// The `/metrics` body; gauges are counted here, not kept on the hot path.
@@ -749,17 +480,16 @@ impl Server {
             queued_bytes: c.link.queued(),
             counters: c.counters,
         });
-        let (kept, bytes) = self.chat.history.kept();
-        let h = self.chat.history.counters;
+        let chat = self.chat.gauges();
         let mut g = Gauges {
             connections: self.net.conns.len(),
             websockets: 0,
             queued_bytes: 0,
-            history: (kept, bytes, h.gaps, h.replayed, h.fetched),
-            held: self.chat.holds.len(),
-            backlog: (self.chat.backlog.used(), self.chat.counters),
-            rooms: self.chat.rooms.len(),
-            rooms_evicted: self.chat.rooms_evicted,
+            history: chat.history,
+            held: chat.held,
+            backlog: chat.backlog,
+            rooms: chat.rooms,
+            rooms_evicted: chat.rooms_evicted,
             cluster,
         };
         for (_, c) in &self.net.conns {

@@ -2,7 +2,7 @@
 
 use super::{CLOSE_GRACE, Server, would_block};
 
-use crate::conn::{Bucket, Phase, Session};
+use crate::conn::{Bucket, Flag, Phase, Session};
 use crate::http::{self, Parse, Request, Status};
 
 use crate::router::{self, Foreign, Route, Rules};
@@ -28,7 +28,7 @@ impl Server {
                     if buf.len() > http::MAX_HEAD {
                         break; // parse says 431; the rest is never read
                     }
-                    if n < chunk.len() && !conn.peer.hup {
+                    if n < chunk.len() && !conn.peer.is(Flag::Hup) {
                         break; // short read: empty for now, and new bytes raise a new edge
                     }
                 }
@@ -153,15 +153,12 @@ impl Server {
         conn.phase = Phase::Ws(Session {
             // Frames sent right behind the request wait in the reader until read below.
             reader: crate::ws::Reader::with_input(rest),
-            echo,
-            peer_closed: false,
-            joined: false,
-            claiming: false,
             bucket,
             control: Bucket::new(super::session::CONTROL_RATE, now),
             resume: crate::chat::ids::new_secret(),
             asked: presented.map(|secret| Box::new(crate::conn::Asked { secret, pseq })),
         });
+        conn.peer.put(Flag::Echo, echo);
         conn.last_read = Stamp::of(now);
         conn.next_ping = Stamp::of(now).after(self.cfg.ping_interval);
         self.net.urgent.push(token);

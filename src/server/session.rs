@@ -3,14 +3,16 @@
 //! directions.
 
 use super::{CLOSE_GRACE, Server, would_block};
+use crate::chat::broker::{Alone, Broker};
 use crate::chat::{Outcome, Sink};
-use crate::conn::{Bucket, Phase};
+use crate::conn::{Flag, Phase};
 use crate::metrics::Reason;
 use crate::protocol::ErrorCode;
 use crate::timers::Stamp;
 use crate::ws::{self, Event};
-use log::{debug, info, warn};
+use log::{debug, warn};
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -54,7 +56,7 @@ impl Server {
     pub(super) fn read_ws(&mut self, token: usize, now: Instant, ts: u64) {
         let Some(conn) = self.net.conns.get_mut(token) else { return };
         conn.peer.read_left = crate::conn::READ_BUDGET;
-        conn.peer.starved = false;
+        conn.peer.clear(Flag::Starved);
         // The buffer leaves `self` for the call, so that messages borrowed from it can go to
         // `chat` (which needs `self`). Reads never nest; if one did, it would get a buffer of
         // its own.
@@ -74,11 +76,12 @@ impl Server {
         loop {
             let Some(conn) = self.net.conns.get_mut(token) else { return };
             let Phase::Ws(s) = &mut conn.phase else { return };
-            if s.claiming || events == MESSAGE_BUDGET {
+            let claiming = conn.peer.is(Flag::Claiming);
+            if claiming || events == MESSAGE_BUDGET {
                 // Keep what is unread: for when Redis has answered (see `joined`), or for the
                 // next turn, after everyone else.
                 s.reader.keep_input(&buf[pos..end]);
-                if !s.claiming {
+                if !claiming {
                     self.net.stats.read_budget_spent += 1;
                     self.again.push(token);
                 }
@@ -91,19 +94,19 @@ impl Server {
                     continue;
                 }
                 match conn.peer.read(buf) {
-                    Ok(0) if s.peer_closed => return self.finish(token),
+                    Ok(0) if conn.peer.is(Flag::PeerClosed) => return self.finish(token),
                     Ok(0) => {
                         // Gone without a close frame: lost, not left (the user is held).
                         self.leave(token, Reason::Lost);
                         return self.doom(token);
                     }
-                    Ok(n) if s.peer_closed => {
+                    Ok(n) if conn.peer.is(Flag::PeerClosed) => {
                         debug!("{}: {n} bytes after its close, dropped", conn.addr);
                         continue;
                     }
                     Ok(n) => end = n,
                     Err(e) if would_block(&e) => {
-                        let starved = conn.peer.starved;
+                        let starved = conn.peer.is(Flag::Starved);
                         if !conn.peer.out.is_empty() {
                             // A sender whose own queue is empty need not be visited at the flush.
                             self.net.mark_pending(token);
@@ -141,130 +144,162 @@ impl Server {
             conn.last_read = Stamp::of(now);
             // A pong we asked for (a ping carrying the user's pseq, one at a time) is not the
             // peer's to ration: only its own pings and unsolicited pongs count.
-            let asked =
-                matches!(&ev, Event::Pong(p) if p.starts_with(b"p:")) && s.joined && self.chat.asked(token);
+            let asked = matches!(&ev, Event::Pong(p) if p.starts_with(b"p:"))
+                && conn.peer.is(Flag::Joined)
+                && self.chat.asked(token);
             if matches!(ev, Event::Ping(_) | Event::Pong(_)) && !asked && !s.control.allow(CONTROL_RATE, now)
             {
                 return self.flooded(token, CloseCode::Policy, "too many control frames", now);
             }
-            let user = if s.joined { self.chat.id_of(token) } else { None };
-            match (ev, s.echo, user) {
-                (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
-                (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
-                (Event::Text(text), false, Some(user)) => {
-                    if conn.peer.closing {
-                        continue;
-                    }
-                    if !s.bucket.allow(self.cfg.rate_limit, now) {
-                        let (addr, who) = (conn.addr, Rc::clone(user));
-                        // Decoded only to find its cid: a refusal names the message too.
-                        let mut line = crate::protocol::error(ErrorCode::RateLimited, None);
-                        if let Some((_, Some(cid))) = crate::protocol::decode(&text) {
-                            line = crate::protocol::with_cid(&line, &cid);
-                        }
-                        self.net.push(token, &line);
-                        self.net.stats.error_sent(ErrorCode::RateLimited);
-                        if let Some(n) = self.rate_refusals.note(now) {
-                            warn!("rate limited id={who} peer={addr} ({n} refused since the last such line)");
-                        }
-                        continue;
-                    }
-                    let user = Rc::clone(user);
-                    match self.chat.handle(token, &user, &text, ts, now, &mut self.net) {
-                        Outcome::Number { room, template, cid } => {
-                            self.net.stats.room_received += 1;
-                            self.cluster_number(token, &user, &room, template, cid);
-                        }
-                        Outcome::Room { room, cid, .. } => {
-                            self.net.stats.room_received += 1;
-                            self.cluster_room(token, &room, cid.as_deref());
-                        }
-                        Outcome::Joined { room, first_local } => {
-                            self.heap_churned(now);
-                            self.cluster_joined(&user, &room, first_local)
-                        }
-                        Outcome::Left { room, last_local } => {
-                            self.cluster_room_left(&user, &room, last_local)
-                        }
-                        Outcome::Answered => {}
-                        Outcome::Private => self.net.stats.private_received += 1,
-                        Outcome::Remote { node, to, line, cid } => {
-                            self.net.stats.private_received += 1;
-                            self.cluster_private(token, &user, &node, &to, &line, cid);
-                        }
-                        Outcome::Refused(code) => {
-                            self.net.stats.error_sent(code);
-                            debug!("{user}: refused message: {}", code.as_str());
-                            if code == ErrorCode::RecipientBusy
-                                && let Some(n) = self.busy_refusals.note(now)
-                            {
-                                warn!(
-                                    "recipient busy: a private message from id={user} refused ({n} since the last such line)"
-                                );
-                            }
-                        }
-                    }
-                }
-                // After a refused id, until the close completes: nothing to do.
-                (Event::Text(_) | Event::Binary(_), false, None) => {}
-                (Event::Binary(_), false, Some(_)) => {
-                    let why = "binary frames are not supported";
-                    return self.close_ws(
-                        token,
-                        CloseCode::Unsupported,
-                        why,
-                        Some(Reason::ProtocolError),
-                        now,
-                    );
-                }
-                (Event::Close(code, reason), ..) => {
-                    // Answer it (unless it answers our close), with its own code as tungstenite
-                    // did, or 1002 for a code a client may not send; the socket goes once the
-                    // outbox is written, or at the grace deadline.
-                    s.peer_closed = true;
-                    if !conn.peer.closing {
-                        conn.peer.closing = true;
-                        let reply = match code {
-                            None => ws::frame(ws::OP_CLOSE, &[]),
-                            Some(c) if ws::close_code_allowed(c) => ws::close_frame(c, &reason),
-                            Some(_) => ws::close_frame(1002, b"Protocol violation"),
-                        };
-                        conn.peer.send(reply);
-                    }
-                    conn.give_up.get_or_insert(Stamp::of(now).after(CLOSE_GRACE));
-                    self.arm(token, now);
-                    return self.finish(token);
-                }
-                (Event::Ping(payload), ..) => {
-                    // No pong once we have sent our close. Past a run of pongs not yet begun,
-                    // a new one replaces the latest (`Outbox::push_pong`).
-                    if !conn.peer.closing {
-                        conn.peer.send_pong(ws::frame(ws::OP_PONG, &payload));
-                        if conn.peer.overflow {
-                            // Our pongs went past the hard cap: the peer is not reading.
-                            return self.drop_slow(token, now);
-                        }
-                        self.net.mark_pending(token);
-                    }
-                }
-                (Event::Pong(payload), _, Some(_)) => {
-                    // Echoing a ping that carried the user's latest pseq: it has read every
-                    // line before that ping (TCP is ordered), so they need not be kept.
-                    self.chat.ack(token, &payload, now);
-                }
-                (Event::Pong(_), ..) => {}
+            if self.on_event(token, ev, now, ts).is_break() {
+                return;
             }
         }
+    }
+
+    /// One decoded event of connection `token`'s session; `Break` when its reading is over
+    /// (closed, failed, or handed on).
+    fn on_event(&mut self, token: usize, ev: Event<'_>, now: Instant, ts: u64) -> ControlFlow<()> {
+        let conn = &self.net.conns[token];
+        let Phase::Ws(_) = conn.phase else { return ControlFlow::Break(()) };
+        let echo = conn.peer.is(Flag::Echo);
+        let user = if conn.peer.is(Flag::Joined) { self.chat.id_of(token).cloned() } else { None };
+        match (ev, echo, user) {
+            (Event::Text(text), true, _) => self.echo(token, ws::OP_TEXT, text.as_bytes()),
+            (Event::Binary(data), true, _) => self.echo(token, ws::OP_BINARY, &data),
+            (Event::Text(text), false, Some(user)) => self.on_text(token, user, &text, now, ts),
+            // After a refused id, until the close completes: nothing to do.
+            (Event::Text(_) | Event::Binary(_), false, None) => {}
+            (Event::Binary(_), false, Some(_)) => {
+                let why = "binary frames are not supported";
+                self.close_ws(token, CloseCode::Unsupported, why, Some(Reason::ProtocolError), now);
+                return ControlFlow::Break(());
+            }
+            (Event::Close(code, reason), ..) => {
+                self.on_close(token, code, &reason, now);
+                return ControlFlow::Break(());
+            }
+            (Event::Ping(payload), ..) => return self.on_ping(token, &payload, now),
+            (Event::Pong(payload), _, Some(_)) => {
+                // Echoing a ping that carried the user's latest pseq: it has read every
+                // line before that ping (TCP is ordered), so they need not be kept.
+                self.chat.ack(token, &payload, now);
+            }
+            (Event::Pong(_), ..) => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A text message from joined user `user`: rate-limited, then handed to chat, and what
+    /// chat made of it passed on (`outcome`).
+    fn on_text(&mut self, token: usize, user: Rc<str>, text: &str, now: Instant, ts: u64) {
+        let conn = &mut self.net.conns[token];
+        let Phase::Ws(s) = &mut conn.phase else { return };
+        if conn.peer.is(Flag::Closing) {
+            return;
+        }
+        if !s.bucket.allow(self.cfg.rate_limit, now) {
+            let addr = conn.addr;
+            // Decoded only to find its cid: a refusal names the message too.
+            let mut line = crate::protocol::error(ErrorCode::RateLimited, None);
+            if let Some((_, Some(cid))) = crate::protocol::decode(text) {
+                line = crate::protocol::with_cid(&line, &cid);
+            }
+            self.net.push(token, &line);
+            self.net.stats.error_sent(ErrorCode::RateLimited);
+            if let Some(n) = self.rate_refusals.note(now) {
+                warn!("rate limited id={user} peer={addr} ({n} refused since the last such line)");
+            }
+            return;
+        }
+        // The broker numbers room messages: Redis in a cluster, the room's history alone.
+        let broker: &mut dyn Broker = match &mut self.cluster {
+            Some(c) => c,
+            None => &mut Alone,
+        };
+        let outcome = self.chat.handle(token, &user, text, ts, now, &mut self.net, broker);
+        self.outcome(token, &user, outcome, now);
+    }
+
+    /// What chat made of a client's message, for the loop: counters, and the cluster's part.
+    fn outcome(&mut self, token: usize, user: &Rc<str>, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Room { .. } | Outcome::Pending { .. } => self.net.stats.room_received += 1,
+            Outcome::Unconfirmed { room, cid } => {
+                // Numbered here, so other nodes cannot have it (Redis is away).
+                self.net.stats.room_received += 1;
+                self.room_error(token, ErrorCode::ClusterUnavailable, &room, cid.as_deref());
+            }
+            Outcome::Joined { room, first_local } => {
+                self.heap_churned(now);
+                self.cluster_joined(user, &room, first_local)
+            }
+            Outcome::Left { room, last_local } => self.cluster_room_left(user, &room, last_local),
+            Outcome::Answered => {}
+            Outcome::Private => self.net.stats.private_received += 1,
+            Outcome::Remote { node, to, line, cid } => {
+                self.net.stats.private_received += 1;
+                self.cluster_private(token, user, &node, &to, &line, cid);
+            }
+            Outcome::Refused(code) => {
+                self.net.stats.error_sent(code);
+                debug!("{user}: refused message: {}", code.as_str());
+                if code == ErrorCode::RecipientBusy
+                    && let Some(n) = self.busy_refusals.note(now)
+                {
+                    warn!(
+                        "recipient busy: a private message from id={user} refused ({n} since the last such line)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The client's close: answered (unless it answers ours) with its own code as tungstenite
+    /// did, or 1002 for a code a client may not send; the socket goes once the outbox is
+    /// written, or at the grace deadline.
+    fn on_close(&mut self, token: usize, code: Option<u16>, reason: &[u8], now: Instant) {
+        let conn = &mut self.net.conns[token];
+        let Phase::Ws(_) = conn.phase else { return };
+        conn.peer.set(Flag::PeerClosed);
+        if !conn.peer.is(Flag::Closing) {
+            conn.peer.set(Flag::Closing);
+            let reply = match code {
+                None => ws::frame(ws::OP_CLOSE, &[]),
+                Some(c) if ws::close_code_allowed(c) => ws::close_frame(c, reason),
+                Some(_) => ws::close_frame(1002, b"Protocol violation"),
+            };
+            conn.peer.send(reply);
+        }
+        conn.give_up.get_or_insert(Stamp::of(now).after(CLOSE_GRACE));
+        self.arm(token, now);
+        self.finish(token);
+    }
+
+    /// A ping: answered with a pong, except once we have sent our close. Past a run of pongs
+    /// not yet begun, a new one replaces the latest (`Outbox::push_pong`).
+    fn on_ping(&mut self, token: usize, payload: &[u8], now: Instant) -> ControlFlow<()> {
+        let conn = &mut self.net.conns[token];
+        if !conn.peer.is(Flag::Closing) {
+            conn.peer.send_pong(ws::frame(ws::OP_PONG, payload));
+            if conn.peer.is(Flag::Overflow) {
+                // Our pongs went past the hard cap: the peer is not reading.
+                self.drop_slow(token, now);
+                return ControlFlow::Break(());
+            }
+            self.net.mark_pending(token);
+        }
+        ControlFlow::Continue(())
     }
 
     /// Sends an `/echo` message back as it came.
     fn echo(&mut self, token: usize, op: u8, payload: &[u8]) {
         let conn = &mut self.net.conns[token];
-        if conn.peer.closing {
+        if conn.peer.is(Flag::Closing) {
             return;
         }
         conn.peer.send(ws::frame(op, payload));
-        if conn.peer.overflow {
+        if conn.peer.is(Flag::Overflow) {
             // Our echoes went past the hard cap: the peer is not reading.
             return self.drop_slow(token, Instant::now());
         }
@@ -309,14 +344,14 @@ impl Server {
             self.leave(token, r);
         }
         let conn = &mut self.net.conns[token];
-        if conn.peer.closing {
+        if conn.peer.is(Flag::Closing) {
             return;
         }
         let Phase::Ws(_) = &conn.phase else { return };
         if code == CloseCode::Policy {
             conn.peer.out.discard_unsent();
         }
-        conn.peer.closing = true;
+        conn.peer.set(Flag::Closing);
         conn.peer.send(ws::close_frame(code.into(), why.as_bytes()));
         conn.give_up = Some(Stamp::of(now).after(CLOSE_GRACE));
         self.net.mark_pending(token);
@@ -326,7 +361,7 @@ impl Server {
     /// Closes a client whose queue would pass the cap: 1008, after what was already begun.
     pub(super) fn drop_slow(&mut self, token: usize, now: Instant) {
         let Some(c) = self.net.conns.get(token) else { return };
-        if c.peer.closing {
+        if c.peer.is(Flag::Closing) {
             return;
         }
         let id = self.chat.id_of(token).filter(|_| c.joined()).map_or("-", |u| u);
@@ -334,87 +369,11 @@ impl Server {
         self.close_ws(token, CloseCode::Policy, "slow consumer", Some(Reason::SlowConsumer), now);
     }
 
-    /// Records why the connection ends (first reason wins), frees its id if it holds one, and
-    /// logs the end of the session. A client that sent its own close has left: its id is
-    /// free at once. Any other end is a lost connection: the user is held for its resume
-    /// token (`--resume-grace`), still in its rooms and listed, with nothing announced. The
-    /// rate-limit bucket stays with the id either way (`bucket_to_id`).
-    pub(super) fn leave(&mut self, token: usize, reason: Reason) {
-        let Some(conn) = self.net.conns.get_mut(token) else { return };
-        let reason = *conn.reason.get_or_insert(reason);
-        let Phase::Ws(s) = &mut conn.phase else { return };
-        if !std::mem::take(&mut s.joined) {
-            return;
-        }
-        let Some(id) = self.chat.id_of(token).cloned() else { return };
-        let key = crate::chat::ids::key(&id);
-        let now = Instant::now();
-        let left = matches!(reason, Reason::ClientClose | Reason::Shutdown);
-        let emptied = if left {
-            self.chat.leave(&id)
-        } else {
-            self.chat.lose(&id, s.resume, now + self.cfg.resume_grace);
-            self.net.stats.ids_held += 1;
-            Vec::new()
-        };
-        let bucket = std::mem::replace(&mut s.bucket, Bucket::new(0, now));
-        let secs = conn.opened.elapsed(Stamp::of(now)).as_secs_f32();
-        let (peer, why) = (conn.addr, reason.as_str());
-        match reason {
-            Reason::ClientClose | Reason::Shutdown => {
-                info!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
-            }
-            _ => {
-                warn!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
-            }
-        }
-        // Before `cluster_lost`, which carries it to Redis with the resume data.
-        self.bucket_to_id(key, bucket, now);
-        if left {
-            self.cluster_left(&id, &emptied, now);
-        } else if let Phase::Ws(s) = &self.net.conns[token].phase {
-            let secret = s.resume;
-            self.cluster_lost(&id, &secret, now);
-        }
-    }
-
-    /// Hands an ended session's rate-limit bucket to its id (lowercased `key`). Every way a
-    /// session ends goes through here, by way of `leave`: left, lost, replaced by a resume
-    /// (here or asked by another node), closed by the server. The bucket is kept until it
-    /// would have refilled (the sweep forgets it then, and a hold that expires leaves it
-    /// here), so a reconnect does not buy a new burst; in a cluster `cluster_lost` (beside the
-    /// resume hash) and `cluster_left` (when the id is freed) also put its level in Redis, for
-    /// a session of the id on another node. Only a bucket that has been drawn on says
-    /// anything: a full one is what a newcomer gets.
-    fn bucket_to_id(&mut self, key: String, bucket: Bucket, now: Instant) {
-        if bucket.full(self.cfg.rate_limit, now) {
-            self.buckets.remove(&key);
-        } else {
-            self.buckets.insert(key, bucket);
-        }
-    }
-
-    /// The other half: a session that takes id `key` (lowercased) on connection `token`, new,
-    /// resumed or taken over from another node, starts from the bucket the id left here or
-    /// the one `carried` in Redis from wherever it was last used (see `cluster::RESUME`,
-    /// `cluster::JOIN`), whichever holds fewer tokens now; a fresh burst only if there is
-    /// neither.
-    pub(super) fn bucket_from_id(&mut self, token: usize, key: &str, carried: Option<Bucket>, now: Instant) {
-        let rate = self.cfg.rate_limit;
-        let pick = match (self.buckets.remove(key), carried) {
-            (Some(a), Some(b)) => Some(if a.level(rate, now) <= b.level(rate, now) { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        if let (Some(b), Some(Phase::Ws(s))) = (pick, self.net.conns.get_mut(token).map(|c| &mut c.phase)) {
-            s.bucket = b;
-        }
-    }
-
     /// Removes the connection once its outbox is empty.
     pub(super) fn finish(&mut self, token: usize) {
         self.leave(token, Reason::ClientClose);
         let conn = &mut self.net.conns[token];
-        conn.finishing = true;
+        conn.peer.set(Flag::Finishing);
         if conn.peer.out.is_empty() {
             self.doom(token);
         } else {

@@ -4,6 +4,7 @@
 use crate::json::{Frame, frame, limits, room_request};
 use crate::model::{About, Expect, Model, Rec, User, expect, json_lines, line_text};
 use crate::{Check, config};
+use chatloop::chat::broker::Alone;
 use chatloop::chat::{Chat, Limits, Outcome};
 use chatloop::protocol::{self, ErrorCode, LOBBY};
 use proptest::collection::vec;
@@ -40,7 +41,7 @@ const TS: u64 = 1_700_000_000_123;
 pub(crate) fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, frame: &str) -> Check<Outcome> {
     let sender = model.user(token).clone();
     let mut rec = Rec::default();
-    let outcome = chat.handle(token, &sender.id, frame, TS, std::time::Instant::now(), &mut rec);
+    let outcome = chat.handle(token, &sender.id, frame, TS, std::time::Instant::now(), &mut rec, &mut Alone);
     let mut lines = Vec::new();
     let cid = protocol::decode(frame).and_then(|(_, c)| c).map(|c| c.to_string());
     for (token, line) in &rec.0 {
@@ -244,7 +245,7 @@ fn check_flush(chat: &mut Chat, model: &mut Model) -> Check {
 /// The chat's own tables agree with the model: users, rooms, and who is in which.
 fn check_tables(chat: &Chat, model: &Model) -> Check {
     prop_assert_eq!(chat.len(), model.users.len());
-    prop_assert_eq!(chat.rooms.len(), model.rooms.len());
+    prop_assert_eq!(chat.room_count(), model.rooms.len());
     let mut got: Vec<(String, Vec<String>)> = chat
         .local_members()
         .into_iter()

@@ -87,7 +87,7 @@ fn json_corpus() {
             let (mut chat, mut model) = chat_with(&["alice", "Bob", "carol"], Limits::default())?;
             let outcome = check_handle(&mut chat, &mut model, 0, &frame)?;
             Ok(match outcome {
-                Outcome::Room { .. } | Outcome::Number { .. } => "room".into(),
+                Outcome::Room { .. } | Outcome::Unconfirmed { .. } | Outcome::Pending { .. } => "room".into(),
                 Outcome::Remote { .. } => "remote".into(),
                 Outcome::Private => "private".into(),
                 Outcome::Joined { .. } => "joined".into(),

@@ -1,0 +1,183 @@
+//! A client's request routed (`route`), and room lines: handed to the broker for a number
+//! (`broker.rs`), and delivered to the room's local members once numbered, here or by Redis
+//! (`published`, the one call back for a pending line; `deliver_room` for another node's).
+
+use super::broker::{Broker, Post, Published};
+use super::{Chat, Outcome, Sink, Tagged, refuse};
+use crate::cluster::Ticket;
+use crate::protocol::{self, ErrorCode, Incoming, LOBBY};
+use bytes::Bytes;
+use std::rc::Rc;
+use std::time::Instant;
+
+impl Chat {
+    /// A room line numbered by Redis in `epoch` (from another node), for the local members
+    /// of `room`; kept in the room's history.
+    pub fn deliver_room(&mut self, room: &str, epoch: &str, line: &Bytes, sink: &mut impl Sink) {
+        let Some(seq) = crate::protocol::line_seq(line) else { return };
+        self.deliver_numbered(room, epoch, seq, line, None, sink);
+    }
+
+    /// The one call back into chat for a room message a broker took (`Published::Pending`):
+    /// numbered by Redis (`numbered`: its seq and epoch), or never (None: the link failed
+    /// first, or the answer made no sense), and then numbered here, in an epoch of this
+    /// node's own. Either way it reaches the local members now, the sender's own copy tagged
+    /// with its cid. Returns whether the room has members on other nodes, who should have
+    /// heard it too.
+    pub fn published(&mut self, t: &Ticket, numbered: Option<(u64, &str)>, sink: &mut impl Sink) -> bool {
+        let here = self.token_of(&t.from) == Some(t.token);
+        match numbered {
+            Some((seq, epoch)) => {
+                let line = protocol::with_seq(&t.template, seq);
+                let sender = here.then_some((t.token, t.cid.as_deref()));
+                self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
+            }
+            None => {
+                let sender = if here { t.token } else { usize::MAX };
+                self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+            }
+        }
+        self.rooms.key(&t.room).map(|k| self.rooms.room(k)).is_some_and(|r| r.len() > r.local_len())
+    }
+
+    /// Keeps and delivers `line`, message `seq` of `room` in `epoch`. `sender` (connection and
+    /// cid) gets its own copy tagged with its cid.
+    fn deliver_numbered(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        seq: u64,
+        line: &Bytes,
+        sender: Option<(usize, Option<&str>)>,
+        sink: &mut impl Sink,
+    ) {
+        self.history.insert(room, epoch, seq, line);
+        let Some(rk) = self.rooms.key(room) else { return };
+        match sender {
+            Some((token, Some(cid))) => self.rooms.deliver(rk, line, &mut Tagged { inner: sink, token, cid }),
+            _ => self.rooms.deliver(rk, line, sink),
+        }
+    }
+
+    /// A message Redis did not number (the link failed first): numbered here, in an epoch of
+    /// this node's own, and delivered to the local members. Returns the line.
+    fn number_here(
+        &mut self,
+        room: &str,
+        template: &Bytes,
+        sender: usize,
+        cid: Option<&str>,
+        sink: &mut impl Sink,
+    ) -> Bytes {
+        if let Some(rk) = self.rooms.key(room) {
+            self.log_of(rk);
+        }
+        self.history.fork(room);
+        let line = self.history.append(room, |seq| protocol::with_seq(template, seq));
+        if let Some(rk) = self.rooms.key(room) {
+            match cid {
+                Some(cid) => self.rooms.deliver(rk, &line, &mut Tagged { inner: sink, token: sender, cid }),
+                None => self.rooms.deliver(rk, &line, sink),
+            }
+        }
+        line
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route(
+        &mut self,
+        token: usize,
+        from: &str,
+        msg: Incoming<'_>,
+        cid: Option<&str>,
+        ts: u64,
+        now: Instant,
+        sink: &mut impl Sink,
+        broker: &mut dyn Broker,
+    ) -> Outcome {
+        match msg {
+            Incoming::Say { room, text } => {
+                let text = match self.text_ok(&text) {
+                    Ok(t) => t,
+                    Err(code) => return refuse(sink, token, protocol::error(code, None), code),
+                };
+                let rk = match self.member_of(token, room.as_deref().unwrap_or(LOBBY)) {
+                    Ok(rk) => rk,
+                    Err((code, line)) => return refuse(sink, token, line, code),
+                };
+                let room = Rc::clone(&self.rooms.room(rk).name);
+                self.log_of(rk);
+                let sender = match self.users.by_token(token as u32) {
+                    Some(u) => Rc::clone(&u.id),
+                    None => Rc::from(from),
+                };
+                let encode = |seq| protocol::room_message(&room, seq, from, text, ts);
+                let post = Post { room: &room, from: &sender, token, cid, encode: &encode };
+                match broker.publish(&mut self.history, post) {
+                    Published::Now(line) => {
+                        self.rooms.deliver(rk, &line, sink);
+                        Outcome::Room { room, line, cid: None }
+                    }
+                    Published::Unconfirmed(line) => {
+                        self.rooms.deliver(rk, &line, sink);
+                        Outcome::Unconfirmed { room, cid: None }
+                    }
+                    Published::Pending => Outcome::Pending { room },
+                }
+            }
+            Incoming::Private { to, text } => {
+                if !protocol::valid_id(&to) {
+                    // A `to` that names nobody could be (`""`, `"a b"`) is a client bug, not a
+                    // room message: refusing it keeps private text private.
+                    let why = "to: not an id (1 to 32 characters from A-Z a-z 0-9 _ - .)";
+                    return refuse(sink, token, protocol::bad_message(why), ErrorCode::BadMessage);
+                }
+                let text = match self.text_ok(&text) {
+                    Ok(t) => t,
+                    Err(code) => return refuse(sink, token, protocol::error(code, None), code),
+                };
+                self.private(token, from, &to, text, cid, ts, now, sink)
+            }
+            Incoming::Join { room, replay } => self.join_room(token, from, &room, &replay, sink, broker),
+            Incoming::Leave(name) => {
+                let rk = match self.member_of(token, &name) {
+                    Ok(rk) => rk,
+                    Err((code, line)) => return refuse(sink, token, line, code),
+                };
+                let room = Rc::clone(&self.rooms.room(rk).name);
+                let Some((_, u)) = self.users.get_mut(from) else { return Outcome::Answered };
+                u.rooms.remove(rk as u32);
+                let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
+                sink.push(token, &protocol::left(&room));
+                Outcome::Left { room, last_local }
+            }
+            Incoming::Rooms => {
+                sink.push(token, &self.rooms.directory(self.limits.presence_limit));
+                Outcome::Answered
+            }
+        }
+    }
+
+    /// The key of room `name` if connection `token` is a member; else the error to send.
+    pub(super) fn member_of(&self, token: usize, name: &str) -> Result<usize, (ErrorCode, Bytes)> {
+        let Some(room) = protocol::room_name(name) else {
+            return Err((ErrorCode::BadRoom, protocol::room_error(ErrorCode::BadRoom, name)));
+        };
+        self.rooms
+            .key(&room)
+            .filter(|k| self.rooms.has_local(*k, token as u32))
+            .ok_or_else(|| (ErrorCode::NotInRoom, protocol::room_error(ErrorCode::NotInRoom, &room)))
+    }
+
+    /// The trimmed text if it may be sent, or why not (`empty`, `too_long`).
+    pub(super) fn text_ok<'t>(&self, text: &'t str) -> Result<&'t str, ErrorCode> {
+        let t = text.trim();
+        if t.is_empty() {
+            Err(ErrorCode::Empty)
+        } else if t.len() > self.limits.max_text && t.chars().count() > self.limits.max_text {
+            Err(ErrorCode::TooLong)
+        } else {
+            Ok(t)
+        }
+    }
+}
