@@ -101,7 +101,7 @@ pub fn duration(flag: &str, v: &str) -> Result<Duration, String> {
         'm' => 60,
         'h' => 3600,
         'd' => 86_400,
-        _ => return Err(format!("{flag}: '{v}' has an unknown unit (s, m, h or d)")),
+        _ => return Err(format!("{flag}: '{v}' is not a duration like 90s, 10m, 2h or 7d")),
     };
     let n: u64 = num.parse().map_err(|_| format!("{flag}: '{v}' is not a duration like 90s, 10m, 2h or 7d"))?;
     let secs = n.checked_mul(scale).filter(|s| (1..=MAX_TTL_SECS).contains(s));
