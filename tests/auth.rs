@@ -66,18 +66,36 @@ fn python() -> &'static Path {
         let venv = target_dir().join("auth-venv");
         let python = venv.join("bin/python3");
         let works = |py: &Path| {
-            Command::new(py).args(["-c", "import jwt, cryptography"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+            Command::new(py)
+                .args(["-c", "import jwt, cryptography"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
         };
         if works(&python) {
             return Ok(python);
         }
         let building = target_dir().join(format!("auth-venv.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&building);
-        run(Command::new("timeout").args(["120", "python3", "-m", "venv"]).arg(&building), "python3 -m venv")?;
+        run(
+            Command::new("timeout").args(["120", "python3", "-m", "venv"]).arg(&building),
+            "python3 -m venv",
+        )?;
         let pip = Command::new("timeout")
             .arg("600")
             .arg(building.join("bin/python3"))
-            .args(["-m", "pip", "install", "--quiet", "--retries", "2", "--timeout", "30", "PyJWT", "cryptography"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--retries",
+                "2",
+                "--timeout",
+                "30",
+                "PyJWT",
+                "cryptography",
+            ])
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
             .stdin(Stdio::null())
             .output();
@@ -100,7 +118,11 @@ fn python() -> &'static Path {
             // Another run renamed its venv first: use that one.
             let _ = std::fs::remove_dir_all(&building);
         }
-        if works(&python) { Ok(python) } else { Err(format!("{} cannot import jwt after install", python.display())) }
+        if works(&python) {
+            Ok(python)
+        } else {
+            Err(format!("{} cannot import jwt after install", python.display()))
+        }
     });
     match made {
         Ok(p) => p,
@@ -193,7 +215,8 @@ fn tokens_minted_by_pyjwt_verify_here() {
     let tokens = pyjwt(&Value::Array(job));
     assert_eq!(tokens.len(), ALGS.len() * 3);
     for (i, (alg, name)) in ALGS.iter().enumerate() {
-        let key = || Key::parse(&std::fs::read(file(&format!("{name}.pub"))).expect("key")).expect("our parse");
+        let key =
+            || Key::parse(&std::fs::read(file(&format!("{name}.pub"))).expect("key")).expect("our parse");
         let mut unnamed = KeySet::new();
         unnamed.add(None, key()).unwrap();
         let mut v = Verifier::new(unnamed);
@@ -204,7 +227,8 @@ fn tokens_minted_by_pyjwt_verify_here() {
         let mut vn = Verifier::new(named);
         vn.audience = Some("chat".into());
         let now_ms = unix_ms(SystemTime::now());
-        let [plain, with_kid, expired] = [0, 1, 2].map(|j| tokens[i * 3 + j].as_str().expect("a token").to_string());
+        let [plain, with_kid, expired] =
+            [0, 1, 2].map(|j| tokens[i * 3 + j].as_str().expect("a token").to_string());
         let claims = v.verify(plain.as_bytes(), now_ms).unwrap_or_else(|r| panic!("{alg}: {r}: {plain}"));
         assert_eq!(claims.sub, "alice", "{alg}");
         assert_eq!(claims.exp_ms, (now + 600) * 1000, "{alg}");
@@ -227,7 +251,18 @@ fn tokens_minted_by_chatloop_token_verify_in_pyjwt() {
     for (alg, name) in ALGS {
         let out = Command::new(env!("CARGO_BIN_EXE_chatloop"))
             .args(["token", "--key", &file(&format!("{name}.key")), "--sub", "bob", "--ttl", "10m"])
-            .args(["--rooms", "lobby,team-*", "--aud", "chat", "--iss", "chatloop", "--kid", "k1", "--alg", alg])
+            .args([
+                "--rooms",
+                "lobby,team-*",
+                "--aud",
+                "chat",
+                "--iss",
+                "chatloop",
+                "--kid",
+                "k1",
+                "--alg",
+                alg,
+            ])
             .output()
             .expect("chatloop token");
         assert!(out.status.success(), "{alg}: {}", String::from_utf8_lossy(&out.stderr));
@@ -246,7 +281,10 @@ fn tokens_minted_by_chatloop_token_verify_in_pyjwt() {
         assert_eq!(claims["sub"], "bob", "{alg}: {good}");
         assert_eq!(claims["rooms"], json!(["lobby", "team-*"]), "{alg}");
         let exp = claims["exp"].as_u64().expect("exp");
-        assert!((before + 600..=after + 600).contains(&exp), "{alg}: exp {exp}, minted in {before}..={after}");
+        assert!(
+            (before + 600..=after + 600).contains(&exp),
+            "{alg}: exp {exp}, minted in {before}..={after}"
+        );
         assert_eq!(good["header"]["alg"], *alg);
         assert_eq!(good["header"]["kid"], "k1");
         let bad = answers[i * 2 + 1]["error"].as_str().unwrap_or("");
@@ -278,5 +316,7 @@ fn chatloop_token_fails_in_one_line_with_status_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
     let help = Command::new(env!("CARGO_BIN_EXE_chatloop")).args(["token", "--help"]).output().expect("help");
-    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).starts_with("Usage: chatloop token"));
+    assert!(
+        help.status.success() && String::from_utf8_lossy(&help.stdout).starts_with("Usage: chatloop token")
+    );
 }

@@ -103,7 +103,8 @@ pub fn duration(flag: &str, v: &str) -> Result<Duration, String> {
         'd' => 86_400,
         _ => return Err(format!("{flag}: '{v}' is not a duration like 90s, 10m, 2h or 7d")),
     };
-    let n: u64 = num.parse().map_err(|_| format!("{flag}: '{v}' is not a duration like 90s, 10m, 2h or 7d"))?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("{flag}: '{v}' is not a duration like 90s, 10m, 2h or 7d"))?;
     let secs = n.checked_mul(scale).filter(|s| (1..=MAX_TTL_SECS).contains(s));
     let secs = secs.ok_or_else(|| format!("{flag}: must be from 1 second to 3650 days"))?;
     Ok(Duration::from_secs(secs))

@@ -11,10 +11,10 @@ use super::Reason;
 use hmac::{Hmac, KeyInit, Mac};
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use rsa::signature::{SignatureEncoding, Signer, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
 use sha2::{Digest, Sha256, Sha384, Sha512};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
 
 /// The shortest shared secret accepted: RFC 7518 3.2 asks HS256 for a key of at least the
 /// hash's size, 32 bytes (HS384 and HS512: 48 and 64, checked per algorithm).
@@ -240,8 +240,9 @@ impl Key {
             }
             // Strict: refuses small-order keys and non-canonical signatures, which no honest
             // signer makes.
-            Key::Ed25519(key) => ed25519_dalek::Signature::from_slice(sig)
-                .is_ok_and(|s| key.verify_strict(msg, &s).is_ok()),
+            Key::Ed25519(key) => {
+                ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| key.verify_strict(msg, &s).is_ok())
+            }
         }
     }
 
@@ -267,12 +268,14 @@ impl Key {
                 Err("a public key of none of RSA, EC P-256, EC P-384 or Ed25519".into())
             }
             "RSA PUBLIC KEY" => {
-                let k = RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("not an RSA public key: {e}"))?;
+                let k =
+                    RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("not an RSA public key: {e}"))?;
                 rsa_size(k.size() * 8).map(|()| Key::Rsa(k))
             }
-            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => Err(
-                "a private key: the server needs only the public key (openssl pkey -in FILE -pubout)".into(),
-            ),
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => {
+                Err("a private key: the server needs only the public key (openssl pkey -in FILE -pubout)"
+                    .into())
+            }
             other => Err(format!("a PEM '{other}', not a public key")),
         }
     }
@@ -351,7 +354,8 @@ impl SigningKey {
                 Err("a private key of none of RSA, EC P-256, EC P-384 or Ed25519".into())
             }
             "RSA PRIVATE KEY" => {
-                let k = RsaPrivateKey::from_pkcs1_pem(pem).map_err(|e| format!("not an RSA private key: {e}"))?;
+                let k =
+                    RsaPrivateKey::from_pkcs1_pem(pem).map_err(|e| format!("not an RSA private key: {e}"))?;
                 rsa_size(k.size() * 8).map(|()| SigningKey::Rsa(Box::new(k)))
             }
             "EC PRIVATE KEY" => {
@@ -363,7 +367,9 @@ impl SigningKey {
                 }
                 Err("an EC private key on neither P-256 nor P-384".into())
             }
-            "ENCRYPTED PRIVATE KEY" => Err("an encrypted private key: decrypt it first (openssl pkey)".into()),
+            "ENCRYPTED PRIVATE KEY" => {
+                Err("an encrypted private key: decrypt it first (openssl pkey)".into())
+            }
             "PUBLIC KEY" | "RSA PUBLIC KEY" => Err("a public key cannot sign: give the private key".into()),
             other => Err(format!("a PEM '{other}', not a private key")),
         }

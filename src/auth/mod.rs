@@ -227,7 +227,8 @@ impl Verifier {
             return Err(Reason::Malformed);
         }
         let mut parts = token.split(|&b| b == b'.');
-        let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Reason::Malformed);
         };
@@ -334,7 +335,8 @@ pub fn mint(key: &SigningKey, req: &MintRequest<'_>, now_ms: u64) -> Result<Stri
     let mut token = BASE64URL_NOPAD.encode(header.to_string().as_bytes());
     token.push('.');
     token.push_str(&BASE64URL_NOPAD.encode(claims.to_string().as_bytes()));
-    let sig = key.sign(alg, token.as_bytes()).ok_or_else(|| format!("signing with {} failed", alg.as_str()))?;
+    let sig =
+        key.sign(alg, token.as_bytes()).ok_or_else(|| format!("signing with {} failed", alg.as_str()))?;
     token.push('.');
     token.push_str(&BASE64URL_NOPAD.encode(&sig));
     Ok(token)

@@ -32,7 +32,11 @@ fn hmac_verifier() -> Verifier {
 }
 /// A token with exactly this header and these claims, signed by `key` under `alg`.
 fn raw(key: &SigningKey, alg: Alg, header: &str, claims: &str) -> String {
-    let signed = format!("{}.{}", BASE64URL_NOPAD.encode(header.as_bytes()), BASE64URL_NOPAD.encode(claims.as_bytes()));
+    let signed = format!(
+        "{}.{}",
+        BASE64URL_NOPAD.encode(header.as_bytes()),
+        BASE64URL_NOPAD.encode(claims.as_bytes())
+    );
     let sig = key.sign(alg, signed.as_bytes()).expect("key signs alg");
     format!("{signed}.{}", BASE64URL_NOPAD.encode(&sig))
 }
@@ -80,7 +84,10 @@ fn every_algorithm_mints_and_verifies_and_no_other_key_accepts_it() {
             public("ed25519.pub"),
         ];
         for other in others {
-            if other.family() == signer.family() && other.family() != Family::Hmac && other.family() != Family::Rsa {
+            if other.family() == signer.family()
+                && other.family() != Family::Hmac
+                && other.family() != Family::Rsa
+            {
                 continue; // the very key that signed
             }
             let v = verifier(vec![(None, other)]);
@@ -91,9 +98,12 @@ fn every_algorithm_mints_and_verifies_and_no_other_key_accepts_it() {
 
 #[test]
 fn the_default_algorithm_follows_the_key() {
-    for (file, alg) in
-        [("rsa.key", Alg::RS256), ("p256-sec1.key", Alg::ES256), ("p384.key", Alg::ES384), ("ed25519.key", Alg::EdDSA)]
-    {
+    for (file, alg) in [
+        ("rsa.key", Alg::RS256),
+        ("p256-sec1.key", Alg::ES256),
+        ("p384.key", Alg::ES384),
+        ("ed25519.key", Alg::EdDSA),
+    ] {
         let req = MintRequest { sub: "bob", ttl: Duration::from_secs(60), ..MintRequest::default() };
         let token = mint(&private(file), &req, NOW).unwrap();
         let header = BASE64URL_NOPAD.decode(token.split('.').next().unwrap().as_bytes()).unwrap();
@@ -116,12 +126,12 @@ fn missing_and_malformed() {
         "a.b".to_string(),
         format!("{good}.x"),
         format!("{h}.{p}"),
-        format!("{h}=.{p}.{s}"),    // padding
-        format!("{h}.{p}.{s}!"),    // not base64url
-        format!("{h}.{p}.+{s}"),    // base64, not base64url
-        format!("e30.{p}.{s}"),     // {} : no alg
-        format!("bnVsbA.{p}.{s}"),  // null
-        format!("{p}x.{p}.{s}"),    // not canonical base64
+        format!("{h}=.{p}.{s}"),   // padding
+        format!("{h}.{p}.{s}!"),   // not base64url
+        format!("{h}.{p}.+{s}"),   // base64, not base64url
+        format!("e30.{p}.{s}"),    // {} : no alg
+        format!("bnVsbA.{p}.{s}"), // null
+        format!("{p}x.{p}.{s}"),   // not canonical base64
         too_long,
     ] {
         assert_eq!(v.verify(bad.as_bytes(), NOW), Err(Reason::Malformed), "{bad}");
@@ -145,7 +155,12 @@ fn missing_and_malformed() {
         assert_eq!(v.verify(hs256(&claims).as_bytes(), NOW), Err(Reason::Malformed), "{claims}");
     }
     // A crit header is an extension we cannot honour.
-    let crit = raw(&SigningKey::Hmac(SECRET.to_vec()), Alg::HS256, r#"{"alg":"HS256","crit":["b64"]}"#, &good_claims());
+    let crit = raw(
+        &SigningKey::Hmac(SECRET.to_vec()),
+        Alg::HS256,
+        r#"{"alg":"HS256","crit":["b64"]}"#,
+        &good_claims(),
+    );
     assert_eq!(v.verify(crit.as_bytes(), NOW), Err(Reason::Malformed));
 }
 
@@ -153,7 +168,9 @@ fn missing_and_malformed() {
 fn alg_none_and_unknown_algorithms_are_refused() {
     let v = hmac_verifier();
     let claims = BASE64URL_NOPAD.encode(good_claims().as_bytes());
-    for header in [r#"{"alg":"none"}"#, r#"{"alg":"None"}"#, r#"{"alg":"NONE"}"#, r#"{"alg":"PS256"}"#, r#"{"alg":""}"#] {
+    for header in
+        [r#"{"alg":"none"}"#, r#"{"alg":"None"}"#, r#"{"alg":"NONE"}"#, r#"{"alg":"PS256"}"#, r#"{"alg":""}"#]
+    {
         let h = BASE64URL_NOPAD.encode(header.as_bytes());
         for token in [format!("{h}.{claims}."), format!("{h}.{claims}.c2ln")] {
             assert_eq!(v.verify(token.as_bytes(), NOW), Err(Reason::BadSignature), "{token}");
@@ -285,8 +302,13 @@ fn audience_and_issuer_are_checked_only_when_configured() {
 fn sub_must_pass_the_id_rule() {
     let v = hmac_verifier();
     let exp = NOW_S + 60;
-    for sub in [r#""#, r#","sub":"""#, r#","sub":"a b""#, r#","sub":"élan""#, &format!(r#","sub":"{}""#, "a".repeat(33))]
-    {
+    for sub in [
+        r#""#,
+        r#","sub":"""#,
+        r#","sub":"a b""#,
+        r#","sub":"élan""#,
+        &format!(r#","sub":"{}""#, "a".repeat(33)),
+    ] {
         let t = hs256(&format!(r#"{{"exp":{exp}{sub}}}"#));
         assert_eq!(v.verify(t.as_bytes(), NOW), Err(Reason::BadSub), "{sub}");
     }
@@ -342,11 +364,19 @@ fn kid_selects_a_named_key_and_rotation_accepts_any() {
     let old = private("p256.key");
     let new = private("rsa.key");
     let es = |kid: &str| {
-        let h = if kid.is_empty() { r#"{"alg":"ES256"}"#.to_string() } else { format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#) };
+        let h = if kid.is_empty() {
+            r#"{"alg":"ES256"}"#.to_string()
+        } else {
+            format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#)
+        };
         raw(&old, Alg::ES256, &h, &good_claims())
     };
     let rs = |kid: &str| {
-        let h = if kid.is_empty() { r#"{"alg":"RS256"}"#.to_string() } else { format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#) };
+        let h = if kid.is_empty() {
+            r#"{"alg":"RS256"}"#.to_string()
+        } else {
+            format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#)
+        };
         raw(&new, Alg::RS256, &h, &good_claims())
     };
     // Unnamed: rotation between two keys of any families; any kid is fine.
@@ -400,7 +430,8 @@ fn key_files() {
     assert!(k32.accepts(Alg::HS256) && !k32.accepts(Alg::HS384) && !k32.accepts(Alg::HS512));
     assert!(!k32.accepts(Alg::RS256) && !public("rsa.pub").accepts(Alg::HS256));
     let s32 = SigningKey::Hmac(vec![7; 32]);
-    let req = MintRequest { sub: "a", ttl: Duration::from_secs(1), alg: Some(Alg::HS512), ..Default::default() };
+    let req =
+        MintRequest { sub: "a", ttl: Duration::from_secs(1), alg: Some(Alg::HS512), ..Default::default() };
     assert!(mint(&s32, &req, NOW).unwrap_err().contains("longer secret"));
 
     // PEM: each family, and what is refused with a reason.
@@ -447,8 +478,12 @@ fn mint_refuses_what_verify_would() {
     let key = SigningKey::Hmac(SECRET.to_vec());
     let rooms = vec!["lobby".to_string(), "a b".to_string()];
     let req = MintRequest { sub: "alice", ttl: Duration::from_secs(60), ..Default::default() };
-    assert!(mint(&key, &MintRequest { sub: "a b", ..req.clone() }, NOW).unwrap_err().contains("not a valid id"));
-    assert!(mint(&key, &MintRequest { rooms: Some(&rooms), ..req.clone() }, NOW).unwrap_err().contains("'a b'"));
+    assert!(
+        mint(&key, &MintRequest { sub: "a b", ..req.clone() }, NOW).unwrap_err().contains("not a valid id")
+    );
+    assert!(
+        mint(&key, &MintRequest { rooms: Some(&rooms), ..req.clone() }, NOW).unwrap_err().contains("'a b'")
+    );
     assert!(mint(&key, &MintRequest { ttl: Duration::from_millis(999), ..req.clone() }, NOW).is_err());
     // aud, iss and kid go where a verifier looks for them.
     let full = MintRequest { aud: Some("chat"), iss: Some("me"), kid: Some("k1"), ..req };
@@ -467,7 +502,8 @@ fn the_token_subcommand() {
     std::fs::write(&secret, [SECRET, b"\n"].concat()).unwrap();
     let run = |args: &[&str]| cli::run(args.iter().map(|s| s.to_string()), NOW);
     let s = secret.to_str().unwrap();
-    let token = run(&["--key", s, "--sub", "alice", "--ttl", "10m", "--rooms", "lobby, team-*"]).unwrap().unwrap();
+    let token =
+        run(&["--key", s, "--sub", "alice", "--ttl", "10m", "--rooms", "lobby, team-*"]).unwrap().unwrap();
     let claims = hmac_verifier().verify(token.as_bytes(), NOW).unwrap();
     assert_eq!((claims.sub.as_str(), claims.exp_ms), ("alice", (NOW_S + 600) * 1000));
     assert!(claims.may_enter("team-x") && !claims.may_enter("dev"));
