@@ -5,6 +5,7 @@
 //! ARCHITECTURE.md has the map and the invariants.
 
 pub mod assets;
+pub mod auth;
 pub mod chat;
 pub mod cluster;
 pub mod config;

@@ -24,6 +24,10 @@ fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<std::
 }
 
 fn main() {
+    // `chatloop token ...` mints a token (src/auth/cli.rs); anything else runs the server.
+    if std::env::args().nth(1).as_deref() == Some("token") {
+        std::process::exit(chatloop::auth::cli::main(std::env::args().skip(2)));
+    }
     let cfg = match config::parse(std::env::args().skip(1)) {
         Ok(Command::Run(cfg)) => cfg,
         Ok(Command::Help) => {

@@ -21,9 +21,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("outbox", 0),
     ("ws", 0),
     ("protocol", 0),
-    // 1: what nodes tell each other over Redis; the page's files.
+    // 1: what nodes tell each other over Redis; the page's files; signed tokens.
     ("cluster", 1),
     ("assets", 1),
+    ("auth", 1),
     // 2: the chat (users, rooms, history, resume) and HTTP routing.
     ("chat", 2),
     ("router", 2),
