@@ -331,7 +331,7 @@ impl Default for Addr {
 }
 
 /// One connection. Its times are `Stamp`s (4 bytes each), not `Instant`s (16, or 24 as an
-/// `Option`): ARCHITECTURE.md, "Memory of one idle connection", has what each field costs.
+/// `Option`): docs/performance.md, "Memory of one idle connection", has what each field costs.
 pub struct Conn {
     pub peer: Peer,
     pub phase: Phase,

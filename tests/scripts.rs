@@ -104,8 +104,14 @@ fn readme_quotes_the_deploy_files_exactly() {
 }
 
 /// The markdown files whose commands and links are checked.
-const DOCS: &[&str] =
-    &["README.md", "docs/protocol.md", "docs/operations.md", "docs/performance.md", "ARCHITECTURE.md"];
+const DOCS: &[&str] = &[
+    "README.md",
+    "docs/protocol.md",
+    "docs/operations.md",
+    "docs/performance.md",
+    "docs/design.md",
+    "ARCHITECTURE.md",
+];
 
 /// The programs whose flags the docs may name, each with how to get its `--help`.
 fn help_of(program: &str) -> Option<String> {

@@ -7,7 +7,7 @@
 //! up has nothing unacknowledged; only a connection that has gone quiet (its network dropped,
 //! or it stopped reading) fills up, which is what a resume is for. A pong proves only that
 //! the client's *socket* had the lines, though: a page that gave up on a socket it thinks
-//! dead (public/app.js `abandon`) ignores what it still delivers while the browser goes on
+//! dead (public/connection.js `abandon`) ignores what it still delivers while the browser goes on
 //! answering pings. So acknowledged lines stay as a short tail (`ACKED_MAX`, `ACKED_BYTES`),
 //! still resent on a resume after the client's `pseq`, which alone is the application's own
 //! word: lines up to it go for good. An unacknowledged line is never silently thrown away: it

@@ -1,7 +1,7 @@
 //! The local users table: one slot per connection token, and an index by id key.
 //!
 //! Every idle connection has a user, so this table is most of chat's memory per connection
-//! (see ARCHITECTURE.md, "Memory of one idle connection"). Two choices keep it small:
+//! (see docs/performance.md, "Memory of one idle connection"). Two choices keep it small:
 //! - Slots are a `Vec` indexed by token (the server's slab key, so dense), reserved up front
 //!   for `--max-conns` like the connection slab: untouched pages cost no RSS, and a slot is
 //!   48 bytes with no hash table slack around it.
