@@ -16,6 +16,8 @@ mod lines;
 mod net;
 #[path = "chatload/procstat.rs"]
 mod procstat;
+#[path = "chatload/token.rs"]
+mod token;
 
 use args::{Args, Parsed};
 use engine::Engine;

@@ -373,8 +373,9 @@ impl Abuser<'_> {
                     *self.stats[kind.index()].connect_errors.entry(io_reason(&e)).or_default() += 1;
                     return None;
                 }
+                let token = self.args.token_query(&id);
                 let request = format!(
-                    "GET /ws?id={id}{extra} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    "GET /ws?id={id}{extra}{token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                     self.args.host
                 );

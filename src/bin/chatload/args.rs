@@ -1,7 +1,9 @@
 //! chatload's flags: hand-written parsing, every default stated once here and in `HELP`.
 
+use crate::token::{self, Tokens};
 use chatloop::flags::{self, non_negative_f64, positive_f64, whole};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const HELP: &str = "\
@@ -11,6 +13,11 @@ Usage: chatload [FLAGS]
 
 Target:
   --addr HOST:PORT       the server; clients open ws://HOST:PORT/ws?id=ID [default: 127.0.0.1:8080]
+  --token-key FILE       for a server in --auth token mode: mint one signed token per client
+                         (sub = its id, valid for the whole run) with this key (a secret of
+                         32+ bytes, or a PEM private key, as for chatloop token) and send it
+                         as ?token= on every connect and resume
+  --token-kid K          the key's name in the tokens' header (the server's --auth-key K=FILE)
   --allow-remote         allow a target outside loopback (127.0.0.0/8, ::1); refused otherwise
   --sources N            spread connections over source addresses 127.0.0.1 .. 127.0.0.N
                          (IPv4 loopback targets only), to get past one address's ephemeral
@@ -206,6 +213,15 @@ pub struct Args {
     pub blip: Blip,
     /// `--mode abuse`: run that instead of the modes.
     pub abuse: Option<Abuse>,
+    /// `--token-key`: a token per client (token.rs).
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+impl Args {
+    /// `&token=TOKEN` for the client `id` with `--token-key`, else nothing.
+    pub fn token_query(&self, id: &str) -> String {
+        self.tokens.as_ref().map(|t| t.query(id)).unwrap_or_default()
+    }
 }
 
 /// What `--attack` runs; see attack.rs.
@@ -282,6 +298,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut pace: Option<String> = None;
     let mut hold_fill: Option<usize> = None;
     let mut abuse_sockets: Option<usize> = None;
+    let mut token_key: Option<String> = None;
+    let mut token_kid: Option<String> = None;
 
     let mut cli = flags::Cli::new(args);
     while let Some(flag) = cli.next_flag()? {
@@ -324,6 +342,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 abuse_sockets = Some(n);
             }
             "--faults" => faults = true,
+            "--token-key" => token_key = Some(cli.value()?),
+            "--token-kid" => token_kid = Some(cli.value()?),
             "--blip-rate" => blip.rate = Some(positive_f64(&flag, &cli.value()?)?),
             "--blip-down" => blip.down = seconds(&flag, &cli.value()?, true)?,
             "--blip-how" => {
@@ -502,6 +522,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             addr.ip()
         ));
     }
+    let tokens = match (token_key, token_kid) {
+        (Some(path), kid) => Some(Arc::new(Tokens::load(&path, kid, token::ttl(warmup, duration, drain))?)),
+        (None, Some(_)) => return Err("--token-kid needs --token-key FILE".into()),
+        (None, None) => None,
+    };
     let host = match addr.ip() {
         IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
         IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
@@ -529,6 +554,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         faults,
         blip,
         abuse,
+        tokens,
     })))
 }
 
@@ -694,6 +720,8 @@ mod tests {
             (&["--attack", "ping-flood", "--mode", "room"], "exclude each other"),
             (&["--attack", "private-flood", "--target", "a b"], "not an id"),
             (&["--attack", "fragments", "--conns", "0"], "--conns 0"),
+            (&["--token-kid", "k1"], "--token-kid needs --token-key"),
+            (&["--token-key", "/nonexistent/key"], "--token-key: /nonexistent/key"),
             (&["--proto", "xml"], "unknown protocol 'xml' (json, raw)"),
             (&["--proto", "raw", "--mode", "private"], "--proto raw: only idle, room and churn"),
             (&["--proto", "raw", "--attack", "ping-flood"], "--proto raw: only"),

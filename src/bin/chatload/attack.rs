@@ -139,8 +139,9 @@ fn handshake(args: &Args, id: &str, rcvbuf: Option<usize>) -> Result<(std::net::
     let mut tcp = std::net::TcpStream::from(sock);
     tcp.set_nodelay(true).map_err(|e| io_reason(&e))?;
     tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| io_reason(&e))?;
+    let token = args.token_query(id);
     let request = format!(
-        "GET /ws?id={id} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws?id={id}{token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         args.host
     );

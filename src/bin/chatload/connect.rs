@@ -113,11 +113,24 @@ impl Engine<'_> {
             Role::Churn => format!("{}c{}", self.args.id_prefix, self.conns[t].generation),
         };
         let mut url = format!("ws://{}/ws?id={id}", self.args.host);
+        url += &match self.conns[t].role {
+            Role::Main(i) => self.main_token(i as usize), // minted once per client
+            Role::Churn => self.args.token_query(&id),
+        };
         if let Role::Main(i) = self.conns[t].role {
             url += &self.blip_query(i as usize); // --mode blip: a resume's token and pseq
         }
         let res = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.ws_config));
         self.handshaken(t, res);
+    }
+
+    /// A held client's `&token=..` (empty without `--token-key`), minted once and presented
+    /// again on every resume.
+    fn main_token(&mut self, i: usize) -> String {
+        if self.mains[i].auth.is_none() {
+            self.mains[i].auth = Some(self.args.token_query(&self.ids[i]));
+        }
+        self.mains[i].auth.clone().unwrap_or_default()
     }
 
     pub(super) fn handshaken(

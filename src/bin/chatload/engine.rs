@@ -118,6 +118,8 @@ struct Conn {
 #[derive(Default)]
 struct Main {
     token: Option<usize>,
+    /// `--token-key`: `&token=..` for this client, minted at its first connect.
+    auth: Option<String>,
     /// Counted: connected before sending started and not closed since.
     live: bool,
     /// Connection attempt finished one way or the other (welcome, error, close).
