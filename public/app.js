@@ -10,6 +10,7 @@
 //   people.js      the Online list and the "To" picker
 //   roomlist.js    the Rooms panel and the directory's suggestions
 //   log.js         the log, its scroll rule, unread lines
+//   token.js       sign-in tokens: GET /config, the #token= fragment, fresh tokens, refresh
 //   outbox.js      pending and failed lines (cid matching, Retry), the send field
 //   entry.js       switching, entering and closing rooms
 //   errors.js      the server's error lines
@@ -27,6 +28,7 @@ import { rooms } from './rooms.js';
 import { setStatus, showLogin } from './screens.js';
 import { S, asked, unread } from './state.js';
 import { announce, startTabs, typedId } from './tabs.js';
+import { A, fetchToken, loadConfig, renderSignIn, takeFragment, tokenMode, useToken } from './token.js';
 import { ID_RE, el, lower } from './util.js';
 
 // A new login (or Leave): nothing of the last session stays on the page.
@@ -52,7 +54,8 @@ function resetChat() {
 
 el.loginForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
-  const id = el.id.value.trim();
+  const id = tokenMode() ? A.sub : el.id.value.trim();
+  if (tokenMode() && !id) return;
   if (!ID_RE.test(id)) {
     el.loginError.textContent = id
       ? 'An id is 1 to 32 letters, digits, _ - or . (no spaces).'
@@ -144,6 +147,22 @@ document.addEventListener('visibilitychange', () => {
   }
 });
 
+// The fragment goes first, before anything can read the address bar; Join waits for the mode.
+async function startAuth(fragment) {
+  el.join.disabled = true;
+  await loadConfig(fragment !== '');
+  if (tokenMode() && !(fragment && useToken(fragment))) await fetchToken();
+  renderSignIn();
+  el.join.disabled = false;
+}
+
+// A sign-in link opened in this tab again (or another one pasted): its token is the one used.
+window.addEventListener('hashchange', () => {
+  const fragment = takeFragment();
+  if (fragment && tokenMode() && S.me === null && useToken(fragment)) renderSignIn();
+});
+
 setStatus('offline', 'offline');
 el.id.focus();
 startTabs();
+startAuth(takeFragment());

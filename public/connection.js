@@ -1,6 +1,7 @@
 // The connection and its resume: one WebSocket to /ws?id=ID (JSON lines in, one JSON object
 // per frame out), reconnects with back-off, the welcome, and the resume token that takes the
-// session back after a drop. Every other server line goes to lines.js.
+// session back after a drop; in token mode, the token on every connect and a fresh one after
+// a 4401 (token.js). Every other server line goes to lines.js.
 
 import { handle } from './lines.js';
 import { note } from './log.js';
@@ -11,7 +12,8 @@ import { LOBBY, rooms } from './rooms.js';
 import { setStatus, showChat, showLogin } from './screens.js';
 import { S, asked, leaving, seenPseq } from './state.js';
 import { announce, inOtherTab, remember } from './tabs.js';
-import { BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, HISTORY, STABLE_MS, idNode, posInt } from './util.js';
+import { A, fetchToken, renderSignIn, scheduleRefresh, stopRefresh, tokenMode } from './token.js';
+import { BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, HISTORY, STABLE_MS, idNode, lower, posInt } from './util.js';
 
 let attempt = 0; // reconnects since the last stable connection
 let retryTimer = 0;
@@ -24,11 +26,13 @@ let lostNoted = false; // "connection lost" already logged for this outage
 // a reconnect with it is the same session again, the old connection replaced if the server
 // still thinks it is open. Each token works once; every welcome brings a new one.
 let resumeToken = '';
+let authRetried = false; // a 4401 since the last welcome was answered with a fresh token
 
 function wsUrl(id, resume) {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return proto + '//' + location.host + '/ws?id=' + encodeURIComponent(id) +
-    (resume ? '&resume=' + encodeURIComponent(resume) + '&pseq=' + S.lastPseq : '');
+    (resume ? '&resume=' + encodeURIComponent(resume) + '&pseq=' + S.lastPseq : '') +
+    (tokenMode() && A.token ? '&token=' + encodeURIComponent(A.token) : '');
 }
 
 export function connect() {
@@ -91,6 +95,7 @@ function onDrop(sock, code, reason) {
   }
   if (S.me === null) return; // we left on purpose
 
+  if (code === 4401) return onUnauthorized(reason);
   if (code === 4400) {
     // The server refused the id itself: retrying cannot help.
     stop();
@@ -117,6 +122,29 @@ function onDrop(sock, code, reason) {
     note('Connection lost' + describeClose(code, reason) + '. Reconnecting…', '', 'all');
   }
   scheduleRetry(code === 4409);
+}
+
+// 4401: the token was refused, or expired without a refresh. Once per welcome, a fresh one
+// from the token URL and the same session again (resume token and pseq, as after any drop:
+// nothing is lost); otherwise back to the login, which says a sign-in is needed.
+async function onUnauthorized(reason) {
+  const why = A.refusal || reason || 'refused';
+  A.refusal = '';
+  stopRefresh();
+  if (!authRetried && A.url) {
+    authRetried = true;
+    if (S.joined && !lostNoted) note('Your sign-in ended (' + why + '). Renewing it…', '', 'all');
+    lostNoted = S.joined;
+    setStatus('reconnecting', 'renewing the sign-in…');
+    const fresh = await fetchToken();
+    if (S.me === null || S.ws !== null) return; // left, or connected meanwhile
+    if (fresh && lower(A.sub) === lower(S.me)) return connect();
+  }
+  stop();
+  A.token = '';
+  A.sub = '';
+  renderSignIn();
+  showLogin('Signed out: the server refused the sign-in (' + why + ').');
 }
 
 function describeClose(code, reason) {
@@ -207,6 +235,8 @@ export function stop() {
   leaving.clear();
   attempt = 0;
   lostNoted = false;
+  authRetried = false;
+  stopRefresh();
   outbox.clear();
   announce(); // this tab's id is free again
   setStatus('offline', 'offline');
@@ -219,6 +249,8 @@ function onWelcome(msg) {
   openedAt = Date.now();
   const first = !S.joined;
   S.joined = true;
+  authRetried = false;
+  scheduleRefresh(msg.exp); // token mode: renew before it expires
   if (typeof msg.id === 'string') S.me = msg.id;
   resumeToken = typeof msg.resume === 'string' ? msg.resume : '';
   // The same session again, or a new one (first join, or the server no longer held us):

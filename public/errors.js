@@ -6,6 +6,7 @@ import { note } from './log.js';
 import { errorEntry, fail, rateLimited, renderCounter, showSendError, tooLong } from './outbox.js';
 import { LOBBY, rooms } from './rooms.js';
 import { S, asked, leaving } from './state.js';
+import { A, refreshRefused } from './token.js';
 import { el, idNode, lower, roomNode, textLength } from './util.js';
 
 const ERRORS = {
@@ -13,7 +14,7 @@ const ERRORS = {
   bad_message: 'The server did not understand that message.',
 };
 
-// bad_room and too_many_rooms answer a join (ours always sends valid names to rooms we are
+// bad_room, too_many_rooms and forbidden (outside the sign-in's rooms) answer a join (ours always sends valid names to rooms we are
 // in, so a text does not get them); they go next to the room field, and leave the outbox
 // alone, which holds texts.
 function onRoomError(msg) {
@@ -22,12 +23,15 @@ function onRoomError(msg) {
   asked.delete(name);
   const why = msg.code === 'bad_room'
     ? ['The server does not take “', name, '” as a room name: use 1 to 32 of a-z 0-9 _ - or .']
-    : ['Could not enter ', roomNode(name), ': too many rooms (the server limits the rooms one person is in, and all its rooms). Close one first, or try later.'];
+    : msg.code === 'forbidden'
+      ? ['Your sign-in does not allow ', roomNode(name), '.']
+      : ['Could not enter ', roomNode(name), ': too many rooms (the server limits the rooms one person is in, and all its rooms). Close one first, or try later.'];
   if (how === 'rejoin') {
     // A room we were in before the reconnect, that we cannot have back.
     closeRoom(name);
     note(['Could not enter ', roomNode(name), ' again after reconnecting: ',
-      msg.code === 'bad_room' ? 'the server no longer takes that name.' : 'too many rooms.'], '', rooms.get(LOBBY));
+      { bad_room: 'the server no longer takes that name.', forbidden: 'your sign-in does not allow it.' }[msg.code] ||
+        'too many rooms.'], '', rooms.get(LOBBY));
     return;
   }
   showRoomError(why);
@@ -41,7 +45,12 @@ const ABOUT_A_MESSAGE = new Set(['too_long', 'empty', 'bad_message', 'not_in_roo
 
 export function onError(msg) {
   if (msg.code === 'bad_id' || msg.code === 'id_taken') return; // the close code says it
-  if ((msg.code === 'bad_room' || msg.code === 'too_many_rooms') && typeof msg.room === 'string') {
+  if (msg.code === 'unauthorized') {
+    // The answer to a refresh (the connection stays), or the reason of the 4401 that follows.
+    if (!refreshRefused(msg)) A.refusal = typeof msg.reason === 'string' ? msg.reason : '';
+    return;
+  }
+  if (['bad_room', 'too_many_rooms', 'forbidden'].includes(msg.code) && typeof msg.room === 'string') {
     return onRoomError(msg);
   }
   const entry = ABOUT_A_MESSAGE.has(msg.code) ? errorEntry(msg) : null;

@@ -9,6 +9,7 @@ import { renderUsers } from './people.js';
 import { onDirectory, renderRooms } from './roomlist.js';
 import { LOBBY, roomLines, roomName, roomOf, rooms } from './rooms.js';
 import { S, asked, isMe, leaving, seenPseq, unread } from './state.js';
+import { scheduleRefresh } from './token.js';
 import { MAX_LINES, el, idNode, lower, posInt, roomNode } from './util.js';
 
 let privates = 0; // private lines so far: each one's copies in every room's log share a number
@@ -42,6 +43,8 @@ export function handle(msg) {
       return onGap(msg);
     case 'error':
       return onError(msg);
+    case 'token':
+      return scheduleRefresh(msg.exp); // a refresh taken: its new expiry
     default:
       return; // newer server: ignore what we do not know
   }

@@ -26,6 +26,8 @@ export const el = {
   login: $('login'),
   loginForm: $('login-form'),
   id: $('id'),
+  idFields: $('id-fields'),
+  signIn: $('sign-in'),
   join: $('join'),
   loginError: $('login-error'),
   chat: $('chat'),

@@ -21,6 +21,7 @@ static EMBEDDED: &[(&str, &[u8])] = &[
     ("people.js", include_bytes!("../public/people.js")),
     ("roomlist.js", include_bytes!("../public/roomlist.js")),
     ("log.js", include_bytes!("../public/log.js")),
+    ("token.js", include_bytes!("../public/token.js")),
     ("outbox.js", include_bytes!("../public/outbox.js")),
     ("entry.js", include_bytes!("../public/entry.js")),
     ("errors.js", include_bytes!("../public/errors.js")),
