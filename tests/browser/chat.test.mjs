@@ -56,9 +56,10 @@ function assertNoNameContainsAnother(names, where) {
  * `welcome` adds fields to the welcome; `reply(frame, ws, id)` answers each frame the page sends.
  */
 async function fakeChat(p, welcome = {}, reply = echo) {
-  const fake = { frames: [], joins: [], ws: null };
+  const fake = { frames: [], joins: [], ws: null, urls: [] };
   await p.routeWebSocket(/\/ws\?/, (ws) => {
     fake.ws = ws;
+    fake.urls.push(ws.url());
     const id = new URL(ws.url()).searchParams.get('id');
     ws.onMessage((m) => {
       const frame = JSON.parse(m);
@@ -168,10 +169,11 @@ function logLines(p) {
  * the real server has rooms, each attached page's socket is routed here (the page itself
  * still comes from the real server). Lobby texts, private messages, presence, joined/left,
  * the directory and the room errors behave as the issue says. `perUser` caps the rooms one
- * user is in (lobby included: too_many_rooms); names in `refuse` get bad_room. hub.add(room,
+ * user is in (lobby included: too_many_rooms); names in `refuse` get bad_room, in `forbid`
+ * forbidden (as a token's `rooms` claim would). hub.add(room,
  * id) makes a member with no page (to send as), hub.say(room, from, text) a line from one.
  */
-function fakeRooms({ perUser = 32, refuse = [] } = {}) {
+function fakeRooms({ perUser = 32, refuse = [], forbid = [] } = {}) {
   const hub = { conns: new Map(), rooms: new Map([['lobby', new Set()]]), frames: [] };
   const push = (id, obj) => {
     try {
@@ -203,6 +205,7 @@ function fakeRooms({ perUser = 32, refuse = [] } = {}) {
     if (typeof f.join === 'string') {
       const r = f.join.toLowerCase();
       if (!/^[a-z0-9_.-]{1,32}$/.test(r) || refuse.includes(r)) return error(id, 'bad_room', r);
+      if (forbid.includes(r)) return error(id, 'forbidden', r); // outside the token's rooms
       const inIt = hub.rooms.get(r)?.has(id);
       if (!inIt && roomsOf(id).length >= perUser) return error(id, 'too_many_rooms', r);
       hub.add(r, id);
@@ -294,6 +297,33 @@ function waitForShown(p, room) {
 let browser;
 let server;
 const pages = [];
+
+/** A token as the server's issuer would make one for `sub` (the signature is not checked by the page). */
+function fakeToken(sub, claims = {}) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  return `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp, ...claims })}.c2lnbmF0dXJl`;
+}
+
+/**
+ * A page of a server in token mode (GET /config faked: `{"auth":"token","token_url":URL}`),
+ * opened at `/#token=FRAGMENT` (none if ''). The token URL hands out `tokens` in turn;
+ * auth.fetches counts its requests.
+ */
+async function tokenPage(fragment, { tokenUrl = '/auth/token', tokens = [] } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const auth = { fetches: 0, tokens };
+  await context.route('**/config', (r) => r.fulfill({ json: { auth: 'token', token_url: tokenUrl } }));
+  if (tokenUrl) {
+    await context.route('**' + tokenUrl, (r) => {
+      auth.fetches += 1;
+      return r.fulfill({ contentType: 'text/plain', body: (auth.tokens.shift() ?? '') + '\n' });
+    });
+  }
+  const p = await openTab(context, server.url + '/' + (fragment ? '#token=' + fragment : ''));
+  pages.push(p);
+  return { p, auth };
+}
 
 async function page(opts) {
   const p = await openPage(browser, server.url, opts);
@@ -1803,6 +1833,108 @@ describe('chat page in chromium', () => {
     const lines = await p.$$eval('#log .line', (ls) => ls.map((l) => (l.classList.contains('gap') ? 'GAP' : l.querySelector('.text').textContent)));
     assert.deepEqual(lines.filter((l) => /^(e\d \d|GAP)$/.test(l)), ['e1 1', 'e1 2', 'e2 1', 'GAP', 'e3 4', 'e3 5'],
       'no note where nothing was lost; one where e3 no longer had 1-3');
+    await closeAll();
+  });
+
+  it('token mode: the fragment\'s token (cleared from the address bar) is the id, sent as ?token=', T, async () => {
+    const token = fakeToken('alice');
+    const { p, auth } = await tokenPage(token);
+    const fake = await fakeChat(p);
+    await p.locator('#sign-in').filter({ hasText: 'Signed in as alice' }).waitFor();
+    assert.ok(await p.getByLabel('Your id', { exact: true }).isHidden(), 'no id field to type in');
+    assert.equal(await p.evaluate(() => location.href), server.url + '/', 'the token left the address bar');
+    assert.equal(await p.evaluate(() => location.hash), '');
+    await p.getByRole('button', { name: 'Join' }).click();
+    await waitForState(p, 'connected');
+    const url = new URL(fake.urls[0]);
+    assert.equal(url.searchParams.get('token'), token);
+    assert.equal(url.searchParams.get('id'), 'alice');
+    assert.equal(auth.fetches, 0, 'the fragment\'s token was enough');
+    await closeAll();
+  });
+
+  it('token mode without a token or a token URL says in one line that a sign-in is needed', T, async () => {
+    const { p } = await tokenPage('', { tokenUrl: null });
+    await p.locator('#sign-in').filter({ hasText: 'needs a sign-in' }).waitFor();
+    assert.ok(await p.getByLabel('Your id', { exact: true }).isHidden());
+    assert.ok(await p.getByRole('button', { name: 'Join' }).isHidden(), 'nothing to join with');
+    await closeAll();
+  });
+
+  it('token mode: refreshes the token from the token URL before the welcome\'s exp', T, async () => {
+    const fresh = fakeToken('alice', { n: 2 });
+    const { p, auth } = await tokenPage('', { tokens: [fakeToken('alice'), fresh] });
+    const sentAt = [];
+    const exp = Date.now() + 4000;
+    const fake = await fakeChat(p, { exp }, (frame, ws) => {
+      if (typeof frame.token !== 'string') return echo(frame, ws, 'alice');
+      sentAt.push(Date.now());
+      ws.send(JSON.stringify({ type: 'token', exp: Date.now() + 600000 }));
+    });
+    // No fragment: the page fetched its first token from the token URL.
+    await p.locator('#sign-in').filter({ hasText: 'Signed in as alice' }).waitFor();
+    assert.equal(auth.fetches, 1);
+    await p.getByRole('button', { name: 'Join' }).click();
+    await waitForState(p, 'connected');
+    for (let i = 0; i < 100 && sentAt.length === 0; i++) await sleep(100);
+    assert.deepEqual(fake.frames.filter((f) => f.token), [{ token: fresh }], 'the fresh token, sent on the live connection');
+    assert.equal(auth.fetches, 2);
+    assert.ok(sentAt[0] < exp, 'before the token expired');
+    await sleep(1500);
+    assert.equal(auth.fetches, 2, 'the answer\'s exp is far: no other refresh yet');
+    assert.equal(fake.urls.length, 1, 'the same connection throughout');
+    await closeAll();
+  });
+
+  it('token mode: after a 4401 fetches a fresh token and resumes (resume token and pseq)', T, async () => {
+    const first = fakeToken('alice');
+    const fresh = fakeToken('alice', { n: 2 });
+    const { p, auth } = await tokenPage(first, { tokens: [fresh] });
+    const urls = [];
+    await p.routeWebSocket(/\/ws\?/, (ws) => {
+      urls.push(new URL(ws.url()));
+      const id = urls.at(-1).searchParams.get('id');
+      const send = (o) => ws.send(JSON.stringify(o));
+      ws.onMessage(() => {});
+      if (urls.length === 1) {
+        send({ type: 'welcome', id, users: [id, 'bob'], total: 2, resume: 'r1', exp: Date.now() + 600000 });
+        send({ type: 'message', pseq: 3, from: 'bob', to: id, text: 'before the expiry', ts: Date.now() });
+        setTimeout(() => {
+          send({ type: 'error', code: 'unauthorized', reason: 'expired' });
+          ws.close({ code: 4401, reason: 'expired' });
+        }, 500);
+      } else {
+        send({ type: 'welcome', id, users: [id, 'bob'], total: 2, resume: 'r2', resumed: true, exp: Date.now() + 600000 });
+        send({ type: 'message', pseq: 4, from: 'bob', to: id, text: 'kept while away', ts: Date.now() });
+      }
+    });
+    await p.getByRole('button', { name: 'Join' }).click();
+    await waitForLine(p, 'kept while away', 15000);
+    assert.equal(urls.length, 2);
+    assert.equal(auth.fetches, 1, 'one fresh token');
+    const again = urls[1].searchParams;
+    assert.deepEqual([again.get('token'), again.get('resume'), again.get('pseq'), again.get('id')], [fresh, 'r1', '3', 'alice'],
+      'the fresh token with the resume token and the last private line');
+    assert.ok(await p.locator('#chat').isVisible(), 'still in the chat, not the login');
+    await waitForState(p, 'connected');
+    assert.deepEqual(await logTexts(p), ['before the expiry', 'kept while away']);
+    await closeAll();
+  });
+
+  it('token mode: a room outside the token\'s rooms is refused next to the room field', T, async () => {
+    const hub = fakeRooms({ forbid: ['secret'] });
+    const { p } = await tokenPage(fakeToken('alice', { rooms: ['lobby', 'team-*'] }));
+    await hub.attach(p);
+    await p.locator('#sign-in').filter({ hasText: 'Signed in as alice' }).waitFor();
+    await p.getByRole('button', { name: 'Join' }).click();
+    await waitForState(p, 'connected');
+    await enterRoom(p, 'secret');
+    await p.locator('#room-error').filter({ hasText: 'does not allow' }).waitFor();
+    assert.match(await p.locator('#room-error').textContent(), /Your sign-in does not allow #secret/);
+    assert.deepEqual(await roomList(p), ['#lobby']);
+    assert.equal(await p.locator('#send-error').textContent(), '');
+    await enterRoom(p, 'team-a');
+    await waitForShown(p, '#team-a');
     await closeAll();
   });
 
