@@ -743,3 +743,74 @@ fn abuse_replacer_gets_its_4001_and_counts_what_an_observer_saw() {
     assert!(from_replacer > 0, "{stdout}");
     assert_eq!(num(&s, "timeouts") + num(&s, "connect_errors"), 0, "{stdout}");
 }
+
+/// `--token-key`: every upgrade chatload sends carries `?token=`, a token the key verifies
+/// whose `sub` is that client's id. A listener of our own reads the requests (and answers
+/// none: the server side of tokens is tested with the server).
+#[test]
+fn token_key_sends_a_token_per_client_whose_sub_is_its_id() {
+    use chatloop::auth::{KeySet, Verifier, unix_ms};
+    use std::io::Read;
+    let dir = std::env::temp_dir().join(format!("chatload-token-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("secret");
+    std::fs::write(&key, "an HS256 secret of at least 32 bytes, for this test only\n").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let heads = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for _ in 0..3 {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0; 8192];
+            let n = s.read(&mut buf).unwrap();
+            heads.push(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string());
+        }
+        heads
+    });
+    let key_path = key.to_str().unwrap();
+    let (out, _) = chatload(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "idle",
+        "--conns",
+        "3",
+        "--sources",
+        "1",
+        "--warmup",
+        "1",
+        "--duration",
+        "1",
+        "--drain",
+        "0",
+        "--id-prefix",
+        "tk-",
+        "--token-key",
+        key_path,
+        "--token-kid",
+        "k1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "no server answered: {}", String::from_utf8_lossy(&out.stderr));
+    let mut keys = KeySet::new();
+    keys.load(&format!("k1={key_path}")).unwrap();
+    let verifier = Verifier::new(keys);
+    let mut subs = Vec::new();
+    for head in heads.join().unwrap() {
+        let query =
+            head.split(' ').nth(1).and_then(|t| t.strip_prefix("/ws?")).unwrap_or_else(|| panic!("{head}"));
+        let param = |name: &str| {
+            query.split('&').find_map(|kv| kv.strip_prefix(name)).unwrap_or_else(|| panic!("{head}"))
+        };
+        let claims =
+            verifier.verify(param("token=").as_bytes(), unix_ms(std::time::SystemTime::now())).unwrap();
+        assert_eq!(claims.sub, param("id="));
+        // Valid for the run: warmup + duration + drain + the 30 s deadline, and a minute more.
+        let left = claims.exp_ms.saturating_sub(unix_ms(std::time::SystemTime::now()));
+        assert!((80_000..=93_000).contains(&left), "{left} ms left");
+        subs.push(claims.sub);
+    }
+    subs.sort();
+    assert_eq!(subs, ["tk-m0", "tk-m1", "tk-m2"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
