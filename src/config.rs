@@ -55,6 +55,13 @@ pub struct Config {
     pub backlog_bytes: usize,
     /// RFC 3339 UTC timestamps on log lines (journald adds its own).
     pub log_timestamps: bool,
+    /// `--auth token`: every `/ws` upgrade needs a token these keys and rules accept (keys
+    /// loaded at start-up); None is `--auth open`, today's chat where ids are claimed.
+    pub auth: Option<std::sync::Arc<crate::auth::Verifier>>,
+    /// How long past its token's `exp` a session stays open without a refresh.
+    pub auth_grace: Duration,
+    /// Where the page fetches fresh tokens (`GET /config` tells it); chatloop never calls it.
+    pub token_url: Option<String>,
 }
 
 impl Default for Config {
@@ -90,6 +97,9 @@ impl Default for Config {
             max_holds: 10_000,
             backlog_bytes: 64 << 20,
             log_timestamps: true,
+            auth: None,
+            auth_grace: Duration::from_secs(30),
+            token_url: None,
         }
     }
 }
@@ -184,6 +194,23 @@ Flags:
                               can listen on one --addr and share its connections
   --echo                      mount /echo, which sends every message back (for conformance
                               suites); without it, /echo is an unknown path (404)
+  --auth open|token           open: anyone may claim any free id and enter any room; token:
+                              every /ws upgrade needs a signed token (Authorization: Bearer
+                              or ?token=) whose sub is the id and whose rooms claim limits
+                              the rooms; a bad one gets error unauthorized and close 4401
+                              [default: open]
+  --auth-key [KID=]FILE       a key tokens are checked with: a PEM public key (RSA, EC P-256
+                              or P-384, Ed25519) or a secret of 32 bytes or more (HMAC);
+                              repeatable (rotation); KID names it for tokens whose header
+                              has that kid; --auth token needs at least one
+  --auth-leeway SECS          clock leeway for exp, nbf and iat [default: 30]
+  --auth-audience A           tokens must carry aud A [default: aud not checked]
+  --auth-issuer I             tokens must carry iss I [default: iss not checked]
+  --auth-grace SECS           a session whose token expired is closed (4401 expired, held
+                              for its resume like a lost connection) this long after exp
+                              unless the client sent a fresh {\"token\":...} [default: 30]
+  --token-url URL             where the page fetches fresh tokens (told by GET /config)
+                              [default: none]
   --log-timestamps on|off     start log lines with an RFC 3339 UTC time; off suits journald,
                               which stamps lines itself [default: on]
   -h, --help                  print this help
@@ -230,6 +257,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     let mut metrics_allow: Vec<Cidr> = Vec::new();
     let mut ping_given = false;
     let mut max_message: Option<usize> = None;
+    let mut auth = Auth::default();
     while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
@@ -288,11 +316,64 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--max-holds" => cfg.max_holds = positive(&flag, &cli.value()?)?,
             "--backlog-bytes" => cfg.backlog_bytes = whole(&flag, &cli.value()?)?,
             "--history-ttl" => cfg.history_ttl = seconds(&flag, &cli.value()?)?,
+            "--auth" => {
+                auth.token = match cli.value()?.as_str() {
+                    "open" => false,
+                    "token" => true,
+                    v => return Err(format!("--auth: '{v}' is neither open nor token")),
+                }
+            }
+            "--auth-key" => auth.keys.push(cli.value()?),
+            "--auth-leeway" => auth.leeway = flags::seconds(&flag, &cli.value()?, true, 86_400.0)?,
+            "--auth-audience" => auth.audience = Some(cli.value()?),
+            "--auth-issuer" => auth.issuer = Some(cli.value()?),
+            "--auth-grace" => cfg.auth_grace = flags::seconds(&flag, &cli.value()?, true, 86_400.0)?,
+            "--token-url" => cfg.token_url = Some(cli.value()?),
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
-    let cfg = settle(cfg, metrics_allow, ping_given, max_message)?;
+    let mut cfg = settle(cfg, metrics_allow, ping_given, max_message)?;
+    cfg.auth = auth.load()?;
     Ok(Command::Run(Box::new(cfg)))
+}
+
+/// The `--auth*` flags as given, until the keys are loaded.
+struct Auth {
+    token: bool,
+    keys: Vec<String>,
+    leeway: Duration,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { token: false, keys: Vec::new(), leeway: Duration::from_secs(30), audience: None, issuer: None }
+    }
+}
+
+impl Auth {
+    /// The verifier of `--auth token`, its keys read now (a file that is no key: the reason,
+    /// one line); None in open mode, where the other `--auth-*` flags are refused rather than
+    /// silently ignored.
+    fn load(self) -> Result<Option<std::sync::Arc<crate::auth::Verifier>>, String> {
+        if !self.token {
+            if !self.keys.is_empty() || self.audience.is_some() || self.issuer.is_some() {
+                return Err("--auth-key, --auth-audience and --auth-issuer need --auth token".into());
+            }
+            return Ok(None);
+        }
+        if self.keys.is_empty() {
+            return Err("--auth token needs at least one --auth-key [KID=]FILE".into());
+        }
+        let mut keys = crate::auth::KeySet::new();
+        for spec in &self.keys {
+            keys.load(spec).map_err(|e| format!("--auth-key: {e}"))?;
+        }
+        let mut v = crate::auth::Verifier::new(keys);
+        (v.leeway, v.audience, v.issuer) = (self.leeway, self.audience, self.issuer);
+        Ok(Some(std::sync::Arc::new(v)))
+    }
 }
 
 /// The flags taken together, after they were all read: defaults that follow from others
@@ -496,10 +577,40 @@ mod tests {
             (&["--public", "/"], "has no index.html"),
             (&["--log-timestamps", "maybe"], "neither on nor off"),
             (&["--redis-timeout", "0.01"], "at least 0.1 seconds"),
+            (&["--auth", "token"], "--auth token needs at least one --auth-key"),
+            (&["--auth", "maybe"], "neither open nor token"),
+            (&["--auth-key", "src/auth/testdata/hs256.secret"], "need --auth token"),
+            (&["--auth", "token", "--auth-key", "/nonexistent/key"], "--auth-key: /nonexistent/key"),
+            (&["--auth", "token", "--auth-key", "src/auth/testdata/rsa1024.pub"], "--auth-key: "),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn auth_token_loads_its_keys_at_start_up() {
+        assert!(run(&[]).unwrap().auth.is_none(), "open by default");
+        let c = run(&[
+            "--auth",
+            "token",
+            "--auth-key",
+            "src/auth/testdata/hs256.secret",
+            "--auth-key=k2=src/auth/testdata/p256.pub",
+            "--auth-leeway",
+            "5",
+            "--auth-audience",
+            "chat",
+            "--auth-grace",
+            "2",
+        ])
+        .unwrap();
+        let v = c.auth.expect("token mode");
+        assert_eq!(
+            (v.keys.len(), v.leeway, v.audience.as_deref()),
+            (2, Duration::from_secs(5), Some("chat"))
+        );
+        assert_eq!(c.auth_grace, Duration::from_secs(2));
     }
 
     #[test]

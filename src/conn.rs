@@ -217,9 +217,52 @@ pub struct Session {
     pub control: Bucket,
     /// The secret that lets this client take its id back if its connection is lost.
     pub resume: crate::chat::ids::Secret,
-    /// What a resuming client presented, until the join is decided; boxed, since it is there
-    /// only for a moment and only for a resume, while every session pays for the field.
-    pub asked: Option<Box<Asked>>,
+    /// What only some sessions have, boxed so that the others pay one pointer: what a
+    /// resuming client presented (until the join is decided), and with `--auth token` the
+    /// token's claims. None in open mode except for a moment during a resume.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// A session's rarer parts (see `Session::extra`).
+#[derive(Debug, Default)]
+pub struct Extra {
+    pub asked: Option<Asked>,
+    pub signed: Option<Signed>,
+}
+
+/// What a session's valid token allows (`--auth token`), kept with the connection.
+#[derive(Debug)]
+pub struct Signed {
+    /// The rooms it may enter (shared with each message chat routes for it).
+    pub rooms: std::rc::Rc<crate::auth::Rooms>,
+    /// The token's `exp`, Unix milliseconds.
+    pub exp_ms: u64,
+    /// When `exp` + `--auth-grace` is due by the loop's clock (at most `timers::MAX_SPAN`
+    /// ahead: checked against the wall clock when reached, and moved on if early).
+    pub close_at: Stamp,
+}
+
+impl Session {
+    pub fn asked(&self) -> Option<&Asked> {
+        self.extra.as_ref()?.asked.as_ref()
+    }
+
+    pub fn take_asked(&mut self) -> Option<Asked> {
+        self.extra.as_mut()?.asked.take()
+    }
+
+    pub fn signed(&self) -> Option<&Signed> {
+        self.extra.as_ref()?.signed.as_ref()
+    }
+
+    pub fn signed_mut(&mut self) -> Option<&mut Signed> {
+        self.extra.as_mut()?.signed.as_mut()
+    }
+
+    /// Keeps a valid token's claims with the session.
+    pub fn sign(&mut self, signed: Signed) {
+        self.extra.get_or_insert_with(Box::default).signed = Some(signed);
+    }
 }
 
 /// The secret a client presented (`resume=`), and the last private message number it has
@@ -376,8 +419,11 @@ impl Conn {
         }
         match self.phase {
             Phase::Request { .. } | Phase::Respond { .. } => self.opened.after(handshake_timeout),
-            Phase::Ws(_) => {
-                let at = self.next_ping.earlier(self.last_read.after(idle_timeout));
+            Phase::Ws(ref s) => {
+                let mut at = self.next_ping.earlier(self.last_read.after(idle_timeout));
+                if let Some(g) = s.signed() {
+                    at = at.earlier(g.close_at);
+                }
                 self.over_since.map_or(at, |t| at.earlier(t.after(SLOW_GRACE)))
             }
         }

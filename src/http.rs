@@ -29,6 +29,8 @@ pub struct Request {
     pub connection_upgrade: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// The `Authorization` header's value (a `Bearer` token in `--auth token`). Never logged.
+    pub authorization: Option<String>,
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`: the request says a body
     /// follows. Ignored (and discarded) on a plain GET; an upgrade with one is refused.
     pub body: bool,
@@ -156,6 +158,8 @@ pub fn parse(buf: &[u8]) -> Parse {
             (!once(&mut out.origin)).then_some("duplicate Origin header")
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             (!once(&mut out.ws_key)).then_some("duplicate Sec-WebSocket-Key header")
+        } else if name.eq_ignore_ascii_case("authorization") {
+            (!once(&mut out.authorization)).then_some("duplicate Authorization header")
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             (!once(&mut out.ws_version)).then_some("duplicate Sec-WebSocket-Version header")
         } else {

@@ -27,10 +27,13 @@ pub enum Reason {
     Lost,
     /// A resume with the right secret took over this connection's user (close 4001).
     Replaced,
+    /// `--auth token`: its token's `exp` plus `--auth-grace` passed without a refresh (close
+    /// 4401): lost, not left, so the user is held for a resume with a fresh token.
+    TokenExpired,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
@@ -41,6 +44,7 @@ impl Reason {
         Reason::Flood,
         Reason::Lost,
         Reason::Replaced,
+        Reason::TokenExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,12 +59,13 @@ impl Reason {
             Reason::Flood => "flood",
             Reason::Lost => "lost",
             Reason::Replaced => "replaced",
+            Reason::TokenExpired => "token_expired",
         }
     }
 }
 
 /// Every error code, in declaration order: `code as usize` indexes `Stats::errors`.
-const CODES: [ErrorCode; 14] = [
+const CODES: [ErrorCode; 16] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -75,6 +80,8 @@ const CODES: [ErrorCode; 14] = [
     ErrorCode::NotInRoom,
     ErrorCode::TooManyRooms,
     ErrorCode::Undelivered,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
 ];
 
 #[derive(Debug, Default)]
@@ -93,6 +100,8 @@ pub struct Stats {
     /// Ids held for a client the server closed, and ids taken back with a resume token.
     pub ids_held: u64,
     pub resumes: u64,
+    /// Tokens refused (`--auth token`), by `auth::Reason`: at upgrades, refreshes and expiry.
+    unauthorized: [u64; crate::auth::Reason::ALL.len()],
 }
 
 /// Gauges counted at scrape time.
@@ -127,6 +136,11 @@ pub struct ClusterGauges {
 impl Stats {
     pub fn disconnect(&mut self, r: Reason) {
         self.disconnects[r as usize] += 1;
+    }
+
+    pub fn unauthorized(&mut self, r: crate::auth::Reason) {
+        self.unauthorized[r as usize] += 1;
+        self.error_sent(ErrorCode::Unauthorized);
     }
 
     pub fn error_sent(&mut self, code: ErrorCode) {
@@ -182,6 +196,11 @@ impl Stats {
         let samples: Vec<(&str, u64)> =
             CODES.iter().zip(&labels).map(|(c, l)| (l.as_str(), self.errors[*c as usize])).collect();
         metric(o, "errors_sent_total", "counter", "Error lines sent to clients, by code.", &samples);
+        let all = crate::auth::Reason::ALL;
+        let labels: Vec<String> = all.iter().map(|r| format!("{{reason=\"{}\"}}", r.as_str())).collect();
+        let samples: Vec<(&str, u64)> =
+            all.iter().zip(&labels).map(|(r, l)| (l.as_str(), self.unauthorized[*r as usize])).collect();
+        metric(o, "unauthorized_total", "counter", "Tokens refused (--auth token), by reason.", &samples);
         metric(
             o,
             "read_budget_spent_total",
@@ -425,8 +444,10 @@ mod tests {
             | ErrorCode::RecipientBusy
             | ErrorCode::BadRoom
             | ErrorCode::NotInRoom
-            | ErrorCode::TooManyRooms => false,
-            ErrorCode::Undelivered => true,
+            | ErrorCode::TooManyRooms
+            | ErrorCode::Undelivered
+            | ErrorCode::Unauthorized => false,
+            ErrorCode::Forbidden => true,
         };
         assert!(last(CODES[CODES.len() - 1]));
     }

@@ -161,6 +161,10 @@ pub enum ErrorCode {
     NotInRoom,
     TooManyRooms,
     Undelivered,
+    /// `--auth token`: a token refused (at the upgrade, then close 4401; or a refresh).
+    Unauthorized,
+    /// `--auth token`: a join of a room outside the token's `rooms` claim.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -180,6 +184,8 @@ impl ErrorCode {
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Undelivered => "undelivered",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 
@@ -209,6 +215,8 @@ impl ErrorCode {
                 "the recipient lost its connection and did not come back in time (or too much was waiting for it): \
                  this message was not delivered"
             }
+            ErrorCode::Unauthorized => "sign in again: the token was refused (see reason)",
+            ErrorCode::Forbidden => "your sign-in does not allow that room",
         }
     }
 }
@@ -260,6 +268,9 @@ pub struct Welcome<'a> {
     pub resume: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// `--auth token`: the token's `exp` in Unix milliseconds (absent in open mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -349,6 +360,48 @@ pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
         to,
         room: None,
     })
+}
+
+/// `{"type":"error","code":"unauthorized",...,"reason":R}`: a token refused, and why
+/// (`auth::Reason::as_str`). Never carries the token.
+pub fn unauthorized(reason: &str) -> Bytes {
+    let code = ErrorCode::Unauthorized;
+    encode(&ErrorLine {
+        r#type: "error",
+        code: code.as_str(),
+        message: code.human(),
+        reason: Some(reason),
+        to: None,
+        room: None,
+    })
+}
+
+#[derive(Serialize)]
+struct TokenLine {
+    r#type: &'static str,
+    exp: u64,
+}
+
+/// `{"type":"token","exp":MS}`: a refresh accepted; the session now lasts until `exp`.
+pub fn token_ok(exp: u64) -> Bytes {
+    encode(&TokenLine { r#type: "token", exp })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFrame {
+    token: String,
+    #[serde(default)]
+    cid: Option<String>,
+}
+
+/// A refresh, `{"token":"NEW"}` (with an optional `cid`): the token and cid, or None for any
+/// other frame. Only `--auth token` asks; in open mode such a frame is a `bad_message`.
+pub fn decode_token(frame: &str) -> Option<(String, Option<String>)> {
+    if !frame.contains("\"token\"") {
+        return None;
+    }
+    serde_json::from_str::<TokenFrame>(frame).ok().map(|t| (t.token, t.cid))
 }
 
 /// `{"type":"error","code":"bad_message",...,"reason":R}`: which field, and what is wrong.
@@ -694,6 +747,7 @@ mod tests {
             burst: 40,
             resume: "tok",
             resumed: false,
+            exp: None,
         };
         assert_eq!(
             &welcome(&w)[..],

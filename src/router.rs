@@ -11,7 +11,9 @@ pub enum Route {
     /// Complete the WebSocket handshake; `echo` picks /echo over the chat.
     /// `resume`: the token a client presents to take back an id held for it; `pseq`: the
     /// last private message number it has (0: none).
-    Upgrade { echo: bool, key: String, id: String, resume: Option<String>, pseq: u64 },
+    /// `token`: a signed token, from `Authorization: Bearer` or else `?token=` (checked only
+    /// with `--auth token`; `Some("")` when one was given but unreadable).
+    Upgrade { echo: bool, key: String, id: String, resume: Option<String>, pseq: u64, token: Option<String> },
     /// Send this response, then close.
     Respond(Bytes),
     /// Refuse with a status and a one-line reason, then close.
@@ -57,6 +59,13 @@ pub struct Rules<'a> {
     pub assets: &'a Assets,
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value (the scheme is case-insensitive);
+/// None for another scheme.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
     let path = req.path();
     let head = req.method == "HEAD";
@@ -95,6 +104,7 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
             ("id", "the query names id twice"),
             ("resume", "the query names resume twice"),
             ("pseq", "the query names pseq twice"),
+            ("token", "the query names token twice"),
         ] {
             if req.query_count(name) > 1 {
                 return Route::Refuse(Status::BadRequest, why);
@@ -103,7 +113,11 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         let id = req.query_param("id").unwrap_or_default();
         let resume = req.query_param("resume");
         let pseq = req.query_param("pseq").and_then(|p| p.parse().ok()).unwrap_or(0);
-        return Route::Upgrade { echo, key: key.to_string(), id, resume, pseq };
+        let token = match &req.authorization {
+            Some(h) => Some(bearer(h).unwrap_or_default().to_string()),
+            None => (req.query_count("token") > 0).then(|| req.query_param("token").unwrap_or_default()),
+        };
+        return Route::Upgrade { echo, key: key.to_string(), id, resume, pseq, token };
     }
     if req.method != "GET" && !head {
         return Route::Refuse(Status::MethodNotAllowed, "only GET and HEAD are served");
@@ -204,6 +218,7 @@ mod tests {
                 id: "bob".into(),
                 resume: None,
                 pseq: 0,
+                token: None,
             }
         );
         assert!(matches!(route_raw(&upgrade("/echo", KEY), true), Route::Upgrade { echo: true, .. }));

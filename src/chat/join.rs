@@ -14,6 +14,18 @@ use bytes::Bytes;
 use std::rc::Rc;
 use std::time::Instant;
 
+/// How a user enters (see `Chat::join_as`): whether it starts in `lobby`, and its token's
+/// `exp` (Unix ms) for the welcome; `Entry::OPEN` in open mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub lobby: bool,
+    pub exp: Option<u64>,
+}
+
+impl Entry {
+    pub const OPEN: Entry = Entry { lobby: true, exp: None };
+}
+
 impl Chat {
     /// Whether `id` could join here, presenting `presented`, as far as this node can tell:
     /// valid, not local, not held for someone else, and (while the cluster is down) not known
@@ -50,6 +62,23 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(Rc<str>, bool), ErrorCode> {
+        self.join_as(id, token, secret, presented, pseq, Entry::OPEN, now, sink)
+    }
+
+    /// `join` for a signed-in user (`--auth token`): a new one starts in `lobby` only if
+    /// `entry.lobby` (its token allows it), and the welcome carries `entry.exp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_as(
+        &mut self,
+        id: &str,
+        token: usize,
+        secret: &Secret,
+        presented: Option<&Secret>,
+        pseq: u64,
+        entry: Entry,
+        now: Instant,
+        sink: &mut impl Sink,
+    ) -> Result<(Rc<str>, bool), ErrorCode> {
         // The server ends an expired hold before it claims the id (`begin_join`); one that
         // ran out while Redis was asked ends here (a cluster's leave for it then waits for
         // the next roster).
@@ -73,15 +102,17 @@ impl Chat {
             }
             None => {
                 let shared: Rc<str> = Rc::from(id);
-                let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
-                self.history.set_idle(LOBBY, None);
                 let mut rooms = users::RoomList::default();
-                rooms.push(lobby.key as u32);
+                if entry.lobby {
+                    let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
+                    self.history.set_idle(LOBBY, None);
+                    rooms.push(lobby.key as u32);
+                }
                 (shared, rooms, None)
             }
         };
         let resumed = private.is_some();
-        let welcome = self.welcome(&shared, secret, resumed);
+        let welcome = self.welcome_as(&shared, secret, resumed, entry);
         sink.push(token, &welcome);
         let mut private = private;
         if let Some(p) = &mut private {
@@ -103,8 +134,15 @@ impl Chat {
     /// The first line of a session: who it is, who is in the lobby (those away among them),
     /// its limits and its resume token. One builder for every way in (`join`, `take_over`).
     pub(super) fn welcome(&self, id: &str, secret: &Secret, resumed: bool) -> Bytes {
+        self.welcome_as(id, secret, resumed, Entry::OPEN)
+    }
+
+    /// The welcome of a signed-in user: with its token's `exp`; one whose token does not allow
+    /// `lobby` sees nobody there (`users` empty, `total` 0), since it is not in it.
+    fn welcome_as(&self, id: &str, secret: &Secret, resumed: bool, entry: Entry) -> Bytes {
         let limit = self.limits.presence_limit;
         let listing = match self.rooms.key(LOBBY) {
+            _ if !entry.lobby => protocol::Listing { users: Vec::new(), away: Vec::new(), total: 0 },
             Some(lobby) => self.rooms.listing(lobby, id, limit, &self.users),
             None => protocol::Listing { users: vec![id], away: Vec::new(), total: 1 },
         };
@@ -118,6 +156,7 @@ impl Chat {
             burst: 2 * self.limits.rate_limit,
             resume: &ids::token_text(secret),
             resumed,
+            exp: entry.exp,
         })
     }
 

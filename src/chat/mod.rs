@@ -21,6 +21,7 @@ pub mod fetch;
 pub mod history;
 pub mod ids;
 mod join;
+pub use join::Entry;
 pub mod moved;
 mod private;
 mod remote;
@@ -401,14 +402,31 @@ impl Chat {
         sink: &mut impl Sink,
         broker: &mut dyn Broker,
     ) -> Outcome {
+        self.handle_as(token, from, None, frame, ts, now, sink, broker)
+    }
+
+    /// `handle` for a user whose token allows only the rooms `may` (`--auth token`): a join
+    /// outside them is `forbidden`, and the directory lists only them. None: every room.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_as(
+        &mut self,
+        token: usize,
+        from: &str,
+        may: Option<&crate::auth::Rooms>,
+        frame: &str,
+        ts: u64,
+        now: Instant,
+        sink: &mut impl Sink,
+        broker: &mut dyn Broker,
+    ) -> Outcome {
         let (msg, cid) = match protocol::decode_why(frame) {
             Ok(m) => m,
             Err(why) => return refuse(sink, token, protocol::bad_message(&why), ErrorCode::BadMessage),
         };
-        let Some(cid) = cid else { return self.route(token, from, msg, None, ts, now, sink, broker) };
+        let Some(cid) = cid else { return self.route(token, from, may, msg, None, ts, now, sink, broker) };
         // What the caller reports on later (the cluster, when Redis answers) carries the cid.
         let tagged = &mut Tagged { inner: sink, token, cid: &cid };
-        match self.route(token, from, msg, Some(&cid), ts, now, tagged, broker) {
+        match self.route(token, from, may, msg, Some(&cid), ts, now, tagged, broker) {
             Outcome::Room { room, line, .. } => Outcome::Room { room, line, cid: Some(Rc::from(&*cid)) },
             Outcome::Unconfirmed { room, .. } => Outcome::Unconfirmed { room, cid: Some(Rc::from(&*cid)) },
             Outcome::Remote { node, to, line, .. } => {

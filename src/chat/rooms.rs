@@ -557,18 +557,25 @@ impl Rooms {
     }
 
     /// The directory: at most `limit` rooms, the largest first (ties by name), and how many
-    /// rooms there are.
-    pub fn directory(&self, limit: usize) -> Bytes {
+    /// rooms there are; with `only` (a token's `rooms` claim), only the rooms it lets
+    /// through, and how many of those there are.
+    pub fn directory(&self, limit: usize, only: Option<&dyn Fn(&str) -> bool>) -> Bytes {
+        let listed = |name: &str| only.is_none_or(|f| f(name));
         let top: Vec<RoomSize<'_>> = self
             .by_size
             .iter()
+            .filter(|(_, name)| listed(name))
             .take(limit)
             .map(|(Reverse(n), name)| {
                 let away = self.key(name).map_or(0, |k| self.slab[k].away_len());
                 RoomSize { room: name, users: *n as usize, away }
             })
             .collect();
-        protocol::rooms(&top, self.slab.len())
+        let total = match only {
+            None => self.slab.len(),
+            Some(_) => self.by_size.iter().filter(|(_, name)| listed(name)).count(),
+        };
+        protocol::rooms(&top, total)
     }
 
     /// Sends this turn's joins and leaves, room by room; call once at the end of every turn.
@@ -690,7 +697,7 @@ mod tests {
                 a => format!(r#"{{"room":"{name}","users":{n},"away":{a}}}"#),
             };
             let want: Vec<String> = all.iter().take(5).map(entry).collect();
-            let got = String::from_utf8(r.directory(5).to_vec()).unwrap();
+            let got = String::from_utf8(r.directory(5, None).to_vec()).unwrap();
             assert!(got.contains(&format!("[{}]", want.join(","))), "{got} vs {want:?}");
         }
     }

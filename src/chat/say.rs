@@ -88,6 +88,7 @@ impl Chat {
         &mut self,
         token: usize,
         from: &str,
+        may: Option<&crate::auth::Rooms>,
         msg: Incoming<'_>,
         cid: Option<&str>,
         ts: u64,
@@ -138,7 +139,15 @@ impl Chat {
                 };
                 self.private(token, from, &to, text, cid, ts, now, sink)
             }
-            Incoming::Join { room, replay } => self.join_room(token, from, &room, &replay, sink, broker),
+            Incoming::Join { room, replay } => {
+                if let (Some(may), Some(name)) = (may, protocol::room_name(&room))
+                    && !may.may_enter(&name)
+                {
+                    let line = protocol::room_error(ErrorCode::Forbidden, &name);
+                    return refuse(sink, token, line, ErrorCode::Forbidden);
+                }
+                self.join_room(token, from, &room, &replay, sink, broker)
+            }
             Incoming::Leave(name) => {
                 let rk = match self.member_of(token, &name) {
                     Ok(rk) => rk,
@@ -152,7 +161,9 @@ impl Chat {
                 Outcome::Left { room, last_local }
             }
             Incoming::Rooms => {
-                sink.push(token, &self.rooms.directory(self.limits.presence_limit));
+                let only = may.map(|m| move |name: &str| m.may_enter(name));
+                let listed = only.as_ref().map(|f| f as &dyn Fn(&str) -> bool);
+                sink.push(token, &self.rooms.directory(self.limits.presence_limit, listed));
                 Outcome::Answered
             }
         }

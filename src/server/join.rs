@@ -31,7 +31,7 @@ impl Server {
             self.cluster_left(&g.id, &g.emptied, now);
         }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
-        let presented = s.asked.as_ref().map(|a| a.secret);
+        let presented = s.asked().map(|a| a.secret);
         // The right secret while the id is still connected (a half-open connection the client
         // has given up on): the old connection is replaced, as if it had been lost just now.
         if let Some(old) = self.chat.token_of(id).filter(|o| *o != token) {
@@ -129,7 +129,7 @@ impl Server {
         let lower = key(id);
         let Some(a) = self.cluster_mut().asking.remove(&lower) else { return };
         let presented = match self.net.conns.get(a.token).map(|c| &c.phase) {
-            Some(Phase::Ws(s)) => s.asked.as_ref().map(|a| a.secret),
+            Some(Phase::Ws(s)) => s.asked().map(|a| a.secret),
             _ => None,
         };
         let grace = self.cfg.resume_grace;
@@ -186,8 +186,13 @@ impl Server {
         };
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
-        let (presented, pseq) = s.asked.take().map_or((None, 0), |a| (Some(a.secret), a.pseq));
-        match self.chat.join(id, token, &secret, presented.as_ref(), pseq, now, &mut self.net) {
+        let (presented, pseq) = s.take_asked().map_or((None, 0), |a| (Some(a.secret), a.pseq));
+        // Signed in: in the lobby only if the token allows it, and the welcome carries `exp`.
+        let entry = s.signed().map_or(crate::chat::Entry::OPEN, |g| crate::chat::Entry {
+            lobby: g.rooms.may_enter(LOBBY),
+            exp: Some(g.exp_ms),
+        });
+        match self.chat.join_as(id, token, &secret, presented.as_ref(), pseq, entry, now, &mut self.net) {
             Ok((user, true)) => {
                 // Back within its grace: still a member everywhere, nothing to announce. Its
                 // old secret must not let it in on another node either.
@@ -216,8 +221,10 @@ impl Server {
                 if let Some(c) = &mut self.cluster {
                     c.publish(ALL, &payload(&["J", &c.node, &user], None));
                 }
-                let first = self.chat.local_count(LOBBY) == 1;
-                self.cluster_joined(&user, LOBBY, first);
+                if entry.lobby {
+                    let first = self.chat.local_count(LOBBY) == 1;
+                    self.cluster_joined(&user, LOBBY, first);
+                }
             }
             Err(code) => {
                 self.give_back(verdict, id);
@@ -239,7 +246,7 @@ impl Server {
     ) {
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
-        let pseq = s.asked.take().map_or(0, |a| a.pseq);
+        let pseq = s.take_asked().map_or(0, |a| a.pseq);
         let t = match self.chat.take_over(id, token, &secret, pseq, backlog, &mut self.net) {
             Ok(t) => t,
             Err(code) => {
@@ -266,7 +273,7 @@ impl Server {
     /// The secret presented on connection `token`, if it is a WebSocket session.
     pub(super) fn token_of_ws(&self, token: usize) -> Option<crate::chat::ids::Secret> {
         match &self.net.conns.get(token)?.phase {
-            Phase::Ws(s) => s.asked.as_ref().map(|a| a.secret),
+            Phase::Ws(s) => s.asked().map(|a| a.secret),
             _ => None,
         }
     }

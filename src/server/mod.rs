@@ -20,6 +20,7 @@ mod join;
 mod net;
 mod request;
 mod session;
+mod signin;
 
 use crate::assets::Assets;
 use crate::chat::{Chat, Nodes, Sink};
@@ -74,6 +75,9 @@ pub struct Server {
     doomed: Vec<usize>,
     /// Connections whose input was not read to WouldBlock (read budget spent).
     again: Vec<usize>,
+    /// `--auth token`: upgrades waiting for their token's check, first come first checked,
+    /// `signin::VERIFY_BUDGET` a turn.
+    verifying: std::collections::VecDeque<signin::Waiting>,
     accept_paused_until: Option<Instant>,
     /// When the pending outboxes are written (see `settle`).
     flush_due: Option<Instant>,
@@ -175,6 +179,7 @@ impl Server {
             read_buf: vec![0; session::READ_BUFFER].into_boxed_slice(),
             doomed: Vec::new(),
             again: Vec::new(),
+            verifying: Default::default(),
             accept_paused_until: None,
             flush_due: None,
             next_generation: 0,
@@ -204,7 +209,7 @@ impl Server {
                 self.cluster_drain();
                 return Ok(());
             }
-            let busy = !self.again.is_empty() || self.redis_again;
+            let busy = !self.again.is_empty() || self.redis_again || !self.verifying.is_empty();
             let timeout = if busy { Some(Duration::ZERO) } else { self.timeout(now) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -259,11 +264,12 @@ impl Server {
         for t in std::mem::take(&mut self.again) {
             self.readable(t, now, ts);
         }
+        self.verify_queued(now, ts);
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_all(now);
         }
         self.cluster_tick(now);
-        self.fire_timers(now);
+        self.fire_timers(now, ts);
         self.sweep(now);
         self.trim_heap(now);
         self.settle(now);
@@ -376,7 +382,7 @@ impl Server {
         }
     }
 
-    fn fire_timers(&mut self, now: Instant) {
+    fn fire_timers(&mut self, now: Instant, ts: u64) {
         while let Some((at, token, generation)) = self.timers.pop_due(now) {
             let Some(conn) = self.net.conns.get_mut(token) else { continue };
             if conn.generation != generation || conn.timer_at != Some(Stamp::of(at)) {
@@ -397,6 +403,10 @@ impl Server {
                     continue;
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {
+                    if s.signed().is_some() && self.token_due(token, now, ts) {
+                        continue;
+                    }
+                    let conn = &mut self.net.conns[token];
                     if conn.over_since.is_some_and(|t| t.after(SLOW_GRACE).reached(stamp)) {
                         self.drop_slow(token, now);
                         continue;

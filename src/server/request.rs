@@ -60,9 +60,9 @@ impl Server {
             assets: &self.assets,
         };
         match router::route(&req, &rules) {
-            Route::Upgrade { echo, key, id, resume, pseq } => {
+            Route::Upgrade { echo, key, id, resume, pseq, token: bearer } => {
                 let presented = resume.as_deref().and_then(crate::chat::ids::parse_token);
-                self.upgrade(token, echo, &key, &id, (presented, pseq), rest, now, ts)
+                self.upgrade(token, echo, &key, (id, bearer), (presented, pseq), rest, now, ts)
             }
             Route::Respond(response) => self.respond(token, response, now),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
@@ -141,7 +141,7 @@ impl Server {
         token: usize,
         echo: bool,
         key: &str,
-        id: &str,
+        (id, bearer): (String, Option<String>),
         (presented, pseq): (Option<crate::chat::ids::Secret>, u64),
         rest: Vec<u8>,
         now: Instant,
@@ -156,15 +156,26 @@ impl Server {
             bucket,
             control: Bucket::new(super::session::CONTROL_RATE, now),
             resume: crate::chat::ids::new_secret(),
-            asked: presented.map(|secret| Box::new(crate::conn::Asked { secret, pseq })),
+            extra: presented.map(|secret| {
+                Box::new(crate::conn::Extra {
+                    asked: Some(crate::conn::Asked { secret, pseq }),
+                    signed: None,
+                })
+            }),
         });
         conn.peer.put(Flag::Echo, echo);
         conn.last_read = Stamp::of(now);
         conn.next_ping = Stamp::of(now).after(self.cfg.ping_interval);
         self.net.urgent.push(token);
         self.arm(token, now);
-        if !echo {
-            self.begin_join(token, id, now);
+        if !echo && self.cfg.auth.is_some() {
+            // Signed in: the id is the token's, once checked (`signin::verify_queued`, this
+            // turn or a later one); nothing is read meanwhile.
+            self.net.conns[token].peer.set(Flag::Claiming);
+            let generation = self.net.conns[token].generation;
+            self.verifying.push_back(super::signin::Waiting { token, generation, id, bearer });
+        } else if !echo {
+            self.begin_join(token, &id, now);
         }
         // Frames sent right behind the request arrive with no readiness event of their own.
         self.read_ws(token, now, ts);

@@ -212,12 +212,19 @@ impl Server {
             }
             return;
         }
+        if self.cfg.auth.is_some()
+            && let Some((new, cid)) = crate::protocol::decode_token(text)
+        {
+            return self.refresh(token, &user, &new, cid.as_deref(), now, ts);
+        }
+        // What its token allows (`--auth token`; None in open mode: every room).
+        let may = self.may_enter(token);
         // The broker numbers room messages: Redis in a cluster, the room's history alone.
         let broker: &mut dyn Broker = match &mut self.cluster {
             Some(c) => c,
             None => &mut Alone,
         };
-        let outcome = self.chat.handle(token, &user, text, ts, now, &mut self.net, broker);
+        let outcome = self.chat.handle_as(token, &user, may.as_deref(), text, ts, now, &mut self.net, broker);
         self.outcome(token, &user, outcome, now);
     }
 
