@@ -57,6 +57,17 @@ pub struct Rules<'a> {
     /// The listening address is a loopback one (see `http::host_allowed`).
     pub bound_to_loopback: bool,
     pub assets: &'a Assets,
+    /// Whether upgrades need a signed token (`--auth token`).
+    pub token_mode: bool,
+    /// `GET /config`'s body: what the page must know to sign in (see `config_json`).
+    pub config: &'a [u8],
+}
+
+/// `GET /config`: `{"auth":"open"|"token","token_url":URL|null}`, for the page to know whether
+/// to sign in and where fresh tokens come from.
+pub fn config_json(token_mode: bool, token_url: Option<&str>) -> Vec<u8> {
+    let v = serde_json::json!({ "auth": if token_mode { "token" } else { "open" }, "token_url": token_url });
+    v.to_string().into_bytes()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value (the scheme is case-insensitive);
@@ -106,7 +117,8 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
             ("pseq", "the query names pseq twice"),
             ("token", "the query names token twice"),
         ] {
-            if req.query_count(name) > 1 {
+            // An open server reads no token, so a repeated one is none of its business.
+            if req.query_count(name) > 1 && (name != "token" || rules.token_mode) {
                 return Route::Refuse(Status::BadRequest, why);
             }
         }
@@ -130,6 +142,7 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
             Route::Respond(http::response(Status::Ok, "text/plain; charset=utf-8", "", b"ok\n", head))
         }
         "/metrics" => Route::Metrics { head },
+        "/config" => Route::Respond(http::response(Status::Ok, "application/json", "", rules.config, head)),
         _ => match rules.assets.get(path) {
             Some(f) => Route::Respond(http::response(Status::Ok, f.content_type, &csp(req), &f.body, head)),
             None => Route::Refuse(Status::NotFound, "not found"),
@@ -165,6 +178,8 @@ mod tests {
                 allow_host: &allow_host,
                 bound_to_loopback: true,
                 assets: &Assets::Embedded,
+                token_mode: false,
+                config: br#"{"auth":"open","token_url":null}"#,
             },
         )
     }
@@ -184,6 +199,7 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
             ("HEAD /app.js HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
             ("GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
+            ("GET /config HTTP/1.1\r\nHost: h\r\n\r\n", false, "200"),
             ("GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n", false, "metrics"),
             ("DELETE / HTTP/1.1\r\nHost: h\r\n\r\n", false, "405"),
             ("GET /nope HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),

@@ -66,6 +66,8 @@ pub struct Server {
     chat: Chat,
     cfg: Config,
     assets: Assets,
+    /// `GET /config`'s body (`router::config_json`), fixed at start-up.
+    config_json: Vec<u8>,
     timers: crate::timers::Timers,
     max_conns: usize,
     /// The one buffer every session reads into (`session::READ_BUFFER`); a session keeps only
@@ -170,6 +172,7 @@ impl Server {
                 chat
             },
             assets,
+            config_json: crate::router::config_json(cfg.auth.is_some(), cfg.token_url.as_deref()),
             timers: {
                 let mut t = crate::timers::Timers::default();
                 t.reserve(max_conns);

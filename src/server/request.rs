@@ -58,6 +58,8 @@ impl Server {
             allow_host: &self.cfg.allow_host,
             bound_to_loopback: self.cfg.addr.ip().is_loopback(),
             assets: &self.assets,
+            token_mode: self.cfg.auth.is_some(),
+            config: &self.config_json,
         };
         match router::route(&req, &rules) {
             Route::Upgrade { echo, key, id, resume, pseq, token: bearer } => {

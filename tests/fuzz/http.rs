@@ -282,6 +282,8 @@ impl RuleSet {
             allow_host: &self.allow_host,
             bound_to_loopback: self.bound_to_loopback,
             assets: &Assets::Embedded,
+            token_mode: false,
+            config: br#"{"auth":"open","token_url":null}"#,
         }
     }
 }

@@ -370,3 +370,19 @@ fn arbitrary_bytes_as_a_token_never_crash_or_stall_the_loop() {
     assert_eq!(w["id"], "last");
     let _ = Frame::Lines(Vec::new());
 }
+
+#[test]
+fn config_tells_the_page_the_mode_and_where_tokens_come_from() {
+    let body = |s: &Server| {
+        let r = s.get("/config");
+        assert!(r.starts_with("HTTP/1.1 200") && r.contains("application/json"), "{r}");
+        serde_json::from_str::<Value>(r.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
+    };
+    assert_eq!(body(&Server::start(&[])), json!({"auth": "open", "token_url": null}));
+    let s = server(&["--token-url", "https://example.test/token"]);
+    assert_eq!(body(&s), json!({"auth": "token", "token_url": "https://example.test/token"}));
+    // An open server reads no token: a repeated one is not its concern.
+    let open = Server::start(&[]);
+    let mut c = open.connect_path("/ws?id=bob&token=a&token=b");
+    assert_eq!(c.next_line()["id"], "bob");
+}
