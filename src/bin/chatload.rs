@@ -88,13 +88,7 @@ fn main() {
 /// Runs the phases and prints the report. `Ok(true)` when every check passed.
 fn run(args: &Args) -> std::io::Result<bool> {
     let t0 = Instant::now();
-    let before = procstat::sample_all(&args.pids);
-    if !args.pids.is_empty() && before.is_none() {
-        return Err(std::io::Error::other(format!(
-            "--pid {:?}: no such process (or /proc unreadable)",
-            args.pids
-        )));
-    }
+    let before = procstat::sample_start(&args.pids)?;
     println!("{}", describe(args));
     let mut e = Engine::new(args, t0)?;
     e.connect_phase(Instant::now() + args.warmup)?;
@@ -341,13 +335,7 @@ fn run(args: &Args) -> std::io::Result<bool> {
 /// (what the server then did to them is the finding, not a failure).
 fn run_attack(args: &Args) -> std::io::Result<bool> {
     let kind = args.attack.as_ref().expect("--attack").kind;
-    let before = procstat::sample_all(&args.pids);
-    if !args.pids.is_empty() && before.is_none() {
-        return Err(std::io::Error::other(format!(
-            "--pid {:?}: no such process (or /proc unreadable)",
-            args.pids
-        )));
-    }
+    let before = procstat::sample_start(&args.pids)?;
     let start = Instant::now();
     let t = attack::run(args)?;
     let window = start.elapsed().as_secs_f64();
@@ -427,13 +415,7 @@ fn run_attack(args: &Args) -> std::io::Result<bool> {
 /// `--mode abuse`: runs it and prints what each attack achieved, and the server's CPU and RSS.
 /// `Ok(true)` when it ran: what the server did to the attackers is the finding, not a failure.
 fn run_abuse(args: &Args) -> std::io::Result<bool> {
-    let before = procstat::sample_all(&args.pids);
-    if !args.pids.is_empty() && before.is_none() {
-        return Err(std::io::Error::other(format!(
-            "--pid {:?}: no such process (or /proc unreadable)",
-            args.pids
-        )));
-    }
+    let before = procstat::sample_start(&args.pids)?;
     let start = Instant::now();
     let report = abuse::run(args)?;
     let window = start.elapsed().as_secs_f64();

@@ -24,13 +24,12 @@
 use crate::args::{ABUSE_KINDS, Args};
 use crate::attack::{ServerFrame, frame, parse_frame};
 use crate::lines::field;
-use crate::net::{io_reason, set_bind_no_port};
+use crate::net::io_reason;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use socket2::SockRef;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Connect, upgrade and welcome, per connection.
@@ -404,30 +403,9 @@ impl Abuser<'_> {
         }
     }
 
-    /// A non-blocking connect from the next 127.0.0.x source, as the engine's connect.rs.
+    /// A non-blocking connect from the next 127.0.0.x source (see `net::connect_from`).
     fn connect(&mut self) -> io::Result<mio::net::TcpStream> {
-        let target: SocketAddr = self.args.addr;
-        let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_nonblocking(true)?;
-        sock.set_tcp_nodelay(true)?;
-        if let IpAddr::V4(v4) = target.ip()
-            && v4.is_loopback()
-            && self.args.sources > 1
-        {
-            let k = self.source_rr % self.args.sources as u32;
-            self.source_rr = self.source_rr.wrapping_add(1);
-            set_bind_no_port(&sock);
-            sock.bind(&SockAddr::from(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + k as u8)),
-                0,
-            )))?;
-        }
-        match sock.connect(&SockAddr::from(target)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from(sock)))
+        crate::net::connect_from(self.args.addr, self.args.sources, &mut self.source_rr)
     }
 
     /// Readiness on `k`: finish connecting, write what is queued, read to WouldBlock, act.

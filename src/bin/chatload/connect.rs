@@ -2,11 +2,9 @@
 //! tungstenite's client handshake, resumed on readiness, until the WebSocket is open.
 
 use super::{Conn, Engine, Role, State};
-use crate::net::{Sock, first_word, io_reason, set_bind_no_port};
+use crate::net::{Sock, first_word, io_reason};
 use mio::{Interest, Token};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 use tungstenite::HandshakeError;
 use tungstenite::WebSocket;
@@ -32,26 +30,7 @@ impl Engine<'_> {
 
     /// Starts a non-blocking connect from the next source address.
     pub(super) fn open_conn(&mut self, role: Role) -> io::Result<usize> {
-        let target = self.args.addr;
-        let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_nonblocking(true)?;
-        sock.set_tcp_nodelay(true)?;
-        if let IpAddr::V4(v4) = target.ip()
-            && v4.is_loopback()
-            && self.args.sources > 1
-        {
-            let k = self.source_rr % self.args.sources as u32;
-            self.source_rr = self.source_rr.wrapping_add(1);
-            let src = Ipv4Addr::new(127, 0, 0, 1 + k as u8);
-            set_bind_no_port(&sock);
-            sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(src), 0)))?;
-        }
-        match sock.connect(&SockAddr::from(target)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let mut stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(sock));
+        let mut stream = crate::net::connect_from(self.args.addr, self.args.sources, &mut self.source_rr)?;
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;

@@ -1,8 +1,9 @@
 //! Client sockets: the short-read-remembering `Sock` the engine's WebSockets run on, and
 //! what every mode shares about sockets (source binding, error names).
 
-use socket2::Socket;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// A client socket that remembers a short read. On Linux an edge-triggered epoll reports
 /// every new arrival, so a read that did not fill its buffer means the socket is empty for
@@ -78,4 +79,28 @@ pub fn set_bind_no_port(sock: &Socket) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+/// Starts a non-blocking connect to `target`. On loopback with `sources` > 1 it binds the next
+/// 127.0.0.x source in turn (`rr` counts the turns), so more clients fit than one source
+/// address has ports.
+pub fn connect_from(target: SocketAddr, sources: u8, rr: &mut u32) -> io::Result<mio::net::TcpStream> {
+    let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_tcp_nodelay(true)?;
+    if let IpAddr::V4(v4) = target.ip()
+        && v4.is_loopback()
+        && sources > 1
+    {
+        let k = *rr % sources as u32;
+        *rr = rr.wrapping_add(1);
+        set_bind_no_port(&sock);
+        sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + k as u8)), 0)))?;
+    }
+    match sock.connect(&SockAddr::from(target)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from(sock)))
 }

@@ -57,6 +57,15 @@ pub fn listens_on(pid: u32, port: u16) -> Option<bool> {
     Some(held)
 }
 
+/// The first sample of a run; an error if a `--pid` was given that cannot be read.
+pub fn sample_start(pids: &[u32]) -> std::io::Result<Option<Sample>> {
+    let s = sample_all(pids);
+    if !pids.is_empty() && s.is_none() {
+        return Err(std::io::Error::other(format!("--pid {pids:?}: no such process (or /proc unreadable)")));
+    }
+    Ok(s)
+}
+
 /// This process's user + system CPU seconds so far.
 pub fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct we pass.

@@ -55,13 +55,13 @@ impl Order {
         self.idle.first().copied()
     }
 
-    /// The largest log of an existing room, and the charge of the one after it.
     /// Entries (idle, live), for tests.
     #[cfg(test)]
     pub fn len(&self) -> (usize, usize) {
         (self.idle.len(), self.live.len())
     }
 
+    /// The largest log of an existing room, and the charge of the one after it.
     pub fn largest_live(&self) -> Option<(u32, usize)> {
         let mut top = self.live.iter().rev();
         let (_, key) = *top.next()?;
