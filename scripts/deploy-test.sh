@@ -10,7 +10,9 @@
 # Through each proxy: / and /app.js (200, their content types), /healthz (200 ok), a WebSocket
 # chat round trip with the browser's Origin (the proxy's https origin: welcome, then a lobby
 # message back to its sender and to a second user), a foreign Origin refused (403), and
-# /metrics refused from outside (404; chatloop itself serves it on loopback). Then
+# /metrics refused from outside (404; chatloop itself serves it on loopback), and a page and a
+# WebSocket upgrade with ?token=SECRET&resume=SECRET: the proxy's access log must have both
+# requests' lines (their paths) and never SECRET (tokens travel in the query). Then
 # `systemd-analyze verify` on the unit where systemd-analyze exists.
 #
 # The recipes run as written except for these substitutions, each of which must match exactly
@@ -19,10 +21,12 @@
 #            127.0.0.1:0 (the port chatloop prints goes to the proxies); Environment= applied.
 #   nginx:   "listen 443 ssl;" -> "listen 127.0.0.1:PORT ssl;"; the certificate directory
 #            /etc/letsencrypt/live/chat.example.com/ -> a self-signed one (openssl req -x509);
-#            127.0.0.1:8080 -> chatloop's port. The file is included in a minimal nginx.conf
+#            127.0.0.1:8080 -> chatloop's port; /var/log/nginx/chatloop.access.log -> the temp
+#            dir. The file is included in a minimal nginx.conf
 #            (pid, logs and temp paths in a temp dir), run in the foreground.
 #   Caddy:   "chat.example.com {" -> "chat.example.com:PORT {" plus "tls internal" and
-#            "bind 127.0.0.1"; 127.0.0.1:8080 -> chatloop's port; a global options block first
+#            "bind 127.0.0.1"; 127.0.0.1:8080 -> chatloop's port;
+#            /var/log/caddy/chatloop.access.log -> the temp dir; a global options block first
 #            (admin off, storage in the temp dir, skip_install_trust, no HTTP redirects).
 # Clients connect to 127.0.0.1:PORT with SNI and Host chat.example.com:PORT and verify the
 # certificate (the self-signed one, or Caddy's internal root). Run as root, the proxies run as
@@ -168,7 +172,7 @@ first=$(head -n1 "$TMP/chatloop.err")
 # --- the checks, as a browser would do them ----------------------------------------------------
 cat >"$TMP/check.py" <<'EOF'
 """check.py PROXY PORT CAFILE NAME UPSTREAM: the checks through one proxy."""
-import http.client, json, socket, ssl, sys
+import http.client, json, os, socket, ssl, sys
 import websockets.exceptions
 from websockets.sync.client import connect
 
@@ -248,10 +252,50 @@ try:
 except websockets.exceptions.InvalidStatus as e:
     check(e.response.status_code == 403, f"wss with Origin https://evil.example: {e.response.status_code}")
 
+# A token in the query, as a browser sends it: the access log must keep it out (checked by the
+# script on the log once the proxy stopped; here only that the requests went through).
+secret = os.environ["SECRET"]
+status, _, _ = get(f"/app.js?token={secret}&v=1")
+check(status == 200, f"GET /app.js?token=SECRET: {status}")
+try:
+    with connect(f"wss://{name}:{port}/ws?id={proxy}-t&token={secret}&resume={secret}", sock=tcp(),
+                 ssl=ctx, server_hostname=name, origin=origin, open_timeout=10) as t:
+        m, _ = lines(t, lambda m: m.get("type") in ("welcome", "error"))
+        check(m.get("type") in ("welcome", "error"), f"wss /ws?token=SECRET: {m.get('type')}")
+except Exception as e:  # noqa: BLE001 - report, do not trace
+    check(False, f"wss /ws?token=SECRET: {type(e).__name__}: {e}")
+
 sys.exit(1 if failed else 0)
 EOF
 
 failures=0
+# A token-shaped secret, new each run, that no access log may hold.
+SECRET="tok$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export SECRET
+
+# no_query PROXY LOG PAGE_PATTERN WS_PATTERN: the access log has both test requests, never SECRET.
+no_query() {
+  local ok=1
+  if [ ! -s "$2" ]; then
+    say "FAIL $1: no access log at $2"
+    failures=$((failures + 1))
+    return
+  fi
+  if grep -qF -- "$SECRET" "$2"; then
+    say "FAIL $1: the access log holds the token from the query:"
+    grep -F -- "$SECRET" "$2" | head -n 3 >&2
+    ok=0
+  fi
+  grep -qE -- "$3" "$2" || { say "FAIL $1: no access log line for the page request ($3)"; ok=0; }
+  grep -qE -- "$4" "$2" || { say "FAIL $1: no access log line for the WebSocket request ($4)"; ok=0; }
+  if [ "$ok" = 1 ]; then
+    say "ok   $1: access log has the requests' lines, not the query's token"
+  else
+    tail -n 5 "$2" >&2
+    failures=$((failures + 1))
+  fi
+}
+
 through() { # through PROXY PORT CAFILE PID LOG
   if ! wait_port "$2" 20 "$4"; then
     cat "$5" >&2
@@ -285,6 +329,7 @@ if [[ " ${run[*]} " == *" nginx "* ]]; then
   replace "$n/chatloop.conf" "listen 443 ssl;" "listen 127.0.0.1:$port ssl;" 1
   replace "$n/chatloop.conf" "/etc/letsencrypt/live/$NAME/" "$n/tls/" 2
   replace "$n/chatloop.conf" "127.0.0.1:8080" "127.0.0.1:$up" 3
+  replace "$n/chatloop.conf" "/var/log/nginx/chatloop.access.log" "$n/access.log" 1
   cat >"$n/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -310,6 +355,7 @@ EOF
   pids+=("$proxy")
   through nginx "$port" "$n/tls/fullchain.pem" "$proxy" "$n/error.log"
   stop "$proxy"
+  no_query nginx "$n/access.log" '"GET /app\.js HTTP/1\.1" 200' '"GET /ws HTTP/1\.1" 101'
 fi
 
 # --- Caddy -----------------------------------------------------------------------------------
@@ -322,6 +368,7 @@ if [[ " ${run[*]} " == *" caddy "* ]]; then
 	tls internal
 	bind 127.0.0.1" 1
   replace "$c/site" "127.0.0.1:8080" "127.0.0.1:$up" 2
+  replace "$c/site" "/var/log/caddy/chatloop.access.log" "$c/access.log" 1
   {
     printf '{\n\tadmin off\n\tstorage file_system %s\n' "$c/data"
     printf '\tskip_install_trust\n\tauto_https disable_redirects\n}\n\n'
@@ -342,6 +389,8 @@ if [[ " ${run[*]} " == *" caddy "* ]]; then
   done
   if [ -s "$root" ]; then
     through caddy "$port" "$root" "$proxy" "$c/caddy.log"
+    stop "$proxy"
+    no_query caddy "$c/access.log" '"method":"GET".*"uri":"/app\.js"' '"method":"GET".*"uri":"/ws"'
   else
     tail -n 30 "$c/caddy.log" >&2
     say "FAIL caddy made no internal root certificate within 20 s"
