@@ -123,8 +123,13 @@ function onGap(msg) {
 }
 
 function onLeft(msg) {
+  if (typeof msg.room !== 'string') return;
+  if (msg.reason === 'forbidden') {
+    // A refreshed or resumed sign-in no longer allows it: the server took us out.
+    note(['Your sign-in no longer allows ', roomNode(lower(msg.room)), ': you left it.'], '', rooms.get(LOBBY));
+  }
   // The page drops a room from its list when the user closes it, before this answer.
-  if (typeof msg.room !== 'string' || lower(msg.room) === LOBBY) return;
+  if (lower(msg.room) === LOBBY) return;
   leaving.delete(lower(msg.room));
   closeRoom(lower(msg.room));
 }

@@ -313,6 +313,13 @@ struct RoomLine<'a> {
     room: &'a str,
 }
 
+#[derive(Serialize)]
+struct LeftLine<'a> {
+    r#type: &'static str,
+    room: &'a str,
+    reason: &'a str,
+}
+
 /// One entry of the directory.
 #[derive(Serialize)]
 pub struct RoomSize<'a> {
@@ -558,6 +565,12 @@ pub fn gap(room: &str, seq: u64) -> Bytes {
 /// `{"type":"left","room":R}`: the answer to a leave.
 pub fn left(room: &str) -> Bytes {
     encode(&RoomLine { r#type: "left", room })
+}
+
+/// `{"type":"left","room":R,"reason":WHY}`: the server took the user out of `room` (`forbidden`:
+/// a refreshed or resumed token's `rooms` claim no longer allows it).
+pub fn left_because(room: &str, reason: &str) -> Bytes {
+    encode(&LeftLine { r#type: "left", room, reason })
 }
 
 /// `{"type":"rooms","rooms":[{"room":R,"users":N},...],"total":T}`: the directory.

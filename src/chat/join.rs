@@ -132,14 +132,10 @@ impl Chat {
     }
 
     /// The first line of a session: who it is, who is in the lobby (those away among them),
-    /// its limits and its resume token. One builder for every way in (`join`, `take_over`).
-    pub(super) fn welcome(&self, id: &str, secret: &Secret, resumed: bool) -> Bytes {
-        self.welcome_as(id, secret, resumed, Entry::OPEN)
-    }
-
-    /// The welcome of a signed-in user: with its token's `exp`; one whose token does not allow
-    /// `lobby` sees nobody there (`users` empty, `total` 0), since it is not in it.
-    fn welcome_as(&self, id: &str, secret: &Secret, resumed: bool, entry: Entry) -> Bytes {
+    /// its limits and its resume token. One builder for every way in (`join_as`,
+    /// `take_over`). Signed in, with its token's `exp`; one whose token does not allow `lobby`
+    /// sees nobody there (`users` empty, `total` 0), since it is not in it.
+    pub(super) fn welcome_as(&self, id: &str, secret: &Secret, resumed: bool, entry: Entry) -> Bytes {
         let limit = self.limits.presence_limit;
         let listing = match self.rooms.key(LOBBY) {
             _ if !entry.lobby => protocol::Listing { users: Vec::new(), away: Vec::new(), total: 0 },

@@ -9,6 +9,7 @@
 //! in place. Nobody sees a leave/join pair, since the user never left.
 
 use super::ids::{Secret, key};
+use super::join::Entry;
 use super::resume::{Kept, Private};
 use super::{Chat, Sink, User};
 use crate::protocol::{self, ErrorCode, LOBBY};
@@ -47,7 +48,9 @@ impl Chat {
     /// Takes `id` over on connection `token`: Redis let it in with its resume secret, held on
     /// another node. Its welcome (`resumed`, with `secret` as the next token) is queued, then
     /// the private messages of `backlog` after the `pseq` the client has; its rooms are those
-    /// its node listed it in (just the lobby if this node knows none).
+    /// its node listed it in (just the lobby if this node knows none and `entry` allows it).
+    /// Signed in (`--auth token`), the welcome carries `entry.exp`, as `Chat::join_as`'s does.
+    #[allow(clippy::too_many_arguments)]
     pub fn take_over(
         &mut self,
         id: &str,
@@ -55,6 +58,7 @@ impl Chat {
         secret: &Secret,
         pseq: u64,
         backlog: Backlog,
+        entry: Entry,
         sink: &mut impl Sink,
     ) -> Result<TakenOver, ErrorCode> {
         if !protocol::valid_id(id) {
@@ -79,15 +83,15 @@ impl Chat {
                 kept.push(rk);
             }
         }
-        if kept.is_empty() {
+        if kept.is_empty() && entry.lobby {
             // Nothing known of its rooms: back in the lobby, as a join (the others see one).
             let j = self.rooms.join_local(LOBBY, token as u32, &shared);
             self.history.set_idle(LOBBY, None);
             rooms.push((Rc::clone(&self.rooms.room(j.key).name), j.first_local));
             kept.push(j.key as u32);
         }
-        // The same welcome as `Chat::join` gives a resumed user.
-        let welcome = self.welcome(&shared, secret, true);
+        // The same welcome as `Chat::join_as` gives a resumed user.
+        let welcome = self.welcome_as(&shared, secret, true, entry);
         sink.push(token, &welcome);
         // Its numbering goes on from the old node's, so the client's pseq still means the same.
         let mut private = Private::default();
@@ -206,7 +210,7 @@ mod tests {
             ))
         };
         let backlog = Backlog { pseq: 3, kept: vec![copy(1), copy(2), copy(3)] };
-        let t_over = b.take_over("victim", 5, &[4; 16], 1, backlog, &mut r).unwrap();
+        let t_over = b.take_over("victim", 5, &[4; 16], 1, backlog, Entry::OPEN, &mut r).unwrap();
         assert_eq!(&*t_over.id, "Victim", "the id as typed");
         let names: Vec<(&str, bool)> = t_over.rooms.iter().map(|(n, f)| (&**n, *f)).collect();
         assert_eq!(names, [("lobby", false), ("dev", true)]);

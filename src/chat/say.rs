@@ -154,11 +154,10 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
-                let Some((_, u)) = self.users.get_mut(from) else { return Outcome::Answered };
-                u.rooms.remove(rk as u32);
-                let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
-                sink.push(token, &protocol::left(&room));
-                Outcome::Left { room, last_local }
+                match self.leave_room(token, from, rk, &protocol::left(&room), sink) {
+                    Some(last_local) => Outcome::Left { room, last_local },
+                    None => Outcome::Answered,
+                }
             }
             Incoming::Rooms => {
                 let only = may.map(|m| move |name: &str| m.may_enter(name));
@@ -167,6 +166,53 @@ impl Chat {
                 Outcome::Answered
             }
         }
+    }
+
+    /// Takes user `from` (on `token`) out of room `rk`, telling it with `line` (its members
+    /// get a `leave`); None if there is no such user. Returns whether this node has no member
+    /// of the room left.
+    fn leave_room(
+        &mut self,
+        token: usize,
+        from: &str,
+        rk: usize,
+        line: &Bytes,
+        sink: &mut impl Sink,
+    ) -> Option<bool> {
+        let (_, u) = self.users.get_mut(from)?;
+        u.rooms.remove(rk as u32);
+        let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
+        sink.push(token, line);
+        Some(last_local)
+    }
+
+    /// A refreshed or resumed token narrowed user `from`'s rooms (`--auth token`): it leaves
+    /// each room `may` does not allow, told `{"type":"left","room":R,"reason":"forbidden"}`,
+    /// and its members see a `leave`. Returns the rooms left, each with whether this node has
+    /// no member of it left. O(the user's rooms), at most `--max-rooms-per-user`.
+    pub fn narrow(
+        &mut self,
+        token: usize,
+        from: &str,
+        may: &crate::auth::Rooms,
+        sink: &mut impl Sink,
+    ) -> Vec<(Rc<str>, bool)> {
+        let Some((_, u)) = self.users.get(from) else { return Vec::new() };
+        let out: Vec<usize> = u
+            .rooms
+            .iter()
+            .map(|rk| rk as usize)
+            .filter(|&rk| !may.may_enter(&self.rooms.room(rk).name))
+            .collect();
+        let mut left = Vec::with_capacity(out.len());
+        for rk in out {
+            let room = Rc::clone(&self.rooms.room(rk).name);
+            let line = protocol::left_because(&room, ErrorCode::Forbidden.as_str());
+            if let Some(last_local) = self.leave_room(token, from, rk, &line, sink) {
+                left.push((room, last_local));
+            }
+        }
+        left
     }
 
     /// The key of room `name` if connection `token` is a member; else the error to send.

@@ -7,6 +7,7 @@
 //! bucket goes to the id (`bucket_to_id`) and comes back with its next join (`bucket_from_id`).
 
 use super::Server;
+use super::signin::entry_of;
 use crate::chat::ids::key;
 use crate::chat::moved::Backlog;
 use crate::cluster::{ALL, Await, node_channel, payload};
@@ -187,11 +188,7 @@ impl Server {
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
         let (presented, pseq) = s.take_asked().map_or((None, 0), |a| (Some(a.secret), a.pseq));
-        // Signed in: in the lobby only if the token allows it, and the welcome carries `exp`.
-        let entry = s.signed().map_or(crate::chat::Entry::OPEN, |g| crate::chat::Entry {
-            lobby: g.rooms.may_enter(LOBBY),
-            exp: Some(g.exp_ms),
-        });
+        let entry = entry_of(s);
         match self.chat.join_as(id, token, &secret, presented.as_ref(), pseq, entry, now, &mut self.net) {
             Ok((user, true)) => {
                 // Back within its grace: still a member everywhere, nothing to announce. Its
@@ -208,6 +205,8 @@ impl Server {
                     conn.peer.set(Flag::Joined);
                 }
                 self.bucket_from_id(token, &key(&user), carried, now);
+                // Its new token may allow fewer rooms than the one it was held with.
+                self.narrow(token, &user);
             }
             Ok((user, false)) => {
                 let conn = &mut self.net.conns[token];
@@ -247,7 +246,8 @@ impl Server {
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
         let secret = s.resume;
         let pseq = s.take_asked().map_or(0, |a| a.pseq);
-        let t = match self.chat.take_over(id, token, &secret, pseq, backlog, &mut self.net) {
+        let entry = entry_of(s);
+        let t = match self.chat.take_over(id, token, &secret, pseq, backlog, entry, &mut self.net) {
             Ok(t) => t,
             Err(code) => {
                 self.give_back(Granted::Moved(Box::default(), None), id);
@@ -268,6 +268,7 @@ impl Server {
         for (room, first) in &t.rooms {
             self.cluster_joined(&t.id, room, *first);
         }
+        self.narrow(token, &t.id);
     }
 
     /// The secret presented on connection `token`, if it is a WebSocket session.

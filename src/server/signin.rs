@@ -113,19 +113,19 @@ impl Server {
         let verdict = verifier
             .verify(new.as_bytes(), ts)
             .and_then(|c| if key(&c.sub) == key(user) { Ok(c) } else { Err(Reason::BadSub) });
-        let line = match verdict {
+        let (line, narrowed) = match verdict {
             Ok(claims) => {
                 let signed = self.signed(&claims, now, ts);
                 if let Phase::Ws(s) = &mut self.net.conns[token].phase {
                     s.sign(signed);
                 }
                 self.arm(token, now);
-                crate::protocol::token_ok(claims.exp_ms)
+                (crate::protocol::token_ok(claims.exp_ms), true)
             }
             Err(r) => {
                 info!("refused a refresh from id={user}: {r}");
                 self.net.stats.unauthorized(r);
-                crate::protocol::unauthorized(r.as_str())
+                (crate::protocol::unauthorized(r.as_str()), false)
             }
         };
         let line = match cid {
@@ -133,6 +133,10 @@ impl Server {
             None => line,
         };
         self.net.push(token, &line);
+        if narrowed {
+            // Answered first; then the rooms the new token no longer allows are left.
+            self.narrow(token, user);
+        }
     }
 
     /// The session's `close_at` came: past `exp` + `--auth-grace` by the wall clock, it is
@@ -163,6 +167,17 @@ impl Server {
         true
     }
 
+    /// Joined user `user` on `token` has a token that may allow fewer rooms than its last
+    /// (a refresh, or a resume with a fresh token): it leaves the rooms it no longer may enter
+    /// (`Chat::narrow`), and other nodes hear of it as of any leave.
+    pub(super) fn narrow(&mut self, token: usize, user: &str) {
+        let Some(may) = self.may_enter(token) else { return };
+        for (room, last_local) in self.chat.narrow(token, user, &may, &mut self.net) {
+            info!("id={user} left room {room}: its token no longer allows it");
+            self.cluster_room_left(user, &room, last_local);
+        }
+    }
+
     /// The rooms connection `token`'s token allows (`--auth token`), for chat.
     pub(super) fn may_enter(&self, token: usize) -> Option<Rc<crate::auth::Rooms>> {
         match &self.net.conns.get(token)?.phase {
@@ -170,4 +185,13 @@ impl Server {
             _ => None,
         }
     }
+}
+
+/// How a session's user enters chat: signed in, in the lobby only if its token allows it, and
+/// the welcome carries the token's `exp`; `Entry::OPEN` in open mode.
+pub(super) fn entry_of(s: &crate::conn::Session) -> crate::chat::Entry {
+    s.signed().map_or(crate::chat::Entry::OPEN, |g| crate::chat::Entry {
+        lobby: g.rooms.may_enter(crate::protocol::LOBBY),
+        exp: Some(g.exp_ms),
+    })
 }

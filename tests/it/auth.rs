@@ -273,6 +273,64 @@ fn an_expired_session_closes_at_exp_plus_grace_lost_not_left_and_resumes_lossles
     refused(&s, &format!("/ws?resume={}", w["resume"].as_str().unwrap()), "missing");
 }
 
+#[test]
+fn a_narrower_rooms_claim_on_refresh_or_resume_leaves_the_rooms_it_no_longer_allows() {
+    let s = server(&[]);
+    let (mut ivan, _) = signed_in(&s, &token("ivan", 600, None));
+    let (mut carol, _) = signed_in(&s, &token("carol", 600, None));
+    for c in [&mut ivan, &mut carol] {
+        for room in ["secret", "team-a"] {
+            c.send(&json!({"join": room}));
+            assert_eq!(c.next_of("joined")["room"], room);
+        }
+    }
+    // A refresh whose claim drops `secret`: answered, then told it left, with the reason.
+    carol.send(&json!({"token": token("carol", 600, Some(&["lobby", "team-*"])), "cid": "t1"}));
+    let t = carol.next_line();
+    assert_eq!((t["type"].as_str(), t["cid"].as_str()), (Some("token"), Some("t1")), "{t}");
+    let l = carol.next_line();
+    assert_eq!(l, json!({"type": "left", "room": "secret", "reason": "forbidden"}));
+    let seen = ivan.next_of("leave");
+    assert_eq!((seen["room"].as_str(), seen["id"].as_str()), (Some("secret"), Some("carol")), "{seen}");
+    carol.send(&json!({"text": "still?", "room": "secret"}));
+    assert_eq!(carol.next_line()["code"], "not_in_room");
+    carol.send(&json!({"text": "team talk", "room": "team-a"}));
+    assert_eq!(carol.next_of("message")["text"], "team talk");
+
+    // A resume with a fresh token that allows only team-*: the lobby and secret are left.
+    let (mut judy, w) = signed_in(&s, &token("judy", 600, None));
+    let resume = w["resume"].as_str().unwrap().to_string();
+    judy.send(&json!({"join": "secret"}));
+    assert_eq!(judy.next_of("joined")["room"], "secret");
+    drop(judy); // gone without a close: lost, held for a resume
+    assert!(s.wait_log("session closed id=judy"), "{}", s.log());
+    let tok = token("judy", 600, Some(&["team-*"]));
+    let mut back = s.connect_path(&format!("/ws?token={tok}&resume={resume}"));
+    let w = back.next_line();
+    assert_eq!((w["type"].as_str(), w["resumed"].as_bool()), (Some("welcome"), Some(true)), "{w}");
+    let mut left: Vec<Value> = vec![back.next_line(), back.next_line()];
+    left.sort_by_key(|l| l["room"].as_str().unwrap().to_string());
+    assert_eq!(
+        left,
+        vec![
+            json!({"type": "left", "room": "lobby", "reason": "forbidden"}),
+            json!({"type": "left", "room": "secret", "reason": "forbidden"})
+        ]
+    );
+    let mut rooms_left: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rooms_left.len() < 2 && Instant::now() < deadline {
+        let l = ivan.next_any();
+        if l["type"] == "leave" && l["id"] == "judy" {
+            rooms_left.push(l["room"].as_str().unwrap().to_string());
+        }
+    }
+    rooms_left.sort();
+    assert_eq!(rooms_left, ["lobby", "secret"]);
+    back.send(&json!({"join": "team-a"}));
+    assert_eq!(back.next_of("joined")["room"], "team-a");
+}
+
 fn watcher_lines(c: &mut Client) -> Vec<Value> {
     c.ws.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut out = Vec::new();
