@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime};
 
-const SECRET: &str = "src/auth/testdata/hs256.secret";
+pub(crate) const SECRET: &str = "src/auth/testdata/hs256.secret";
 const P256_PUB: &str = "src/auth/testdata/p256.pub";
 const P256_KEY: &str = "src/auth/testdata/p256.key";
 
@@ -25,7 +25,7 @@ fn now_ms() -> u64 {
 }
 
 /// A token for `sub`, valid for `ttl` (or already expired for a zero... see `expired`).
-fn token(sub: &str, ttl: u64, rooms: Option<&[&str]>) -> String {
+pub(crate) fn token(sub: &str, ttl: u64, rooms: Option<&[&str]>) -> String {
     let rooms: Option<Vec<String>> = rooms.map(|r| r.iter().map(|s| s.to_string()).collect());
     let req =
         MintRequest { sub, ttl: Duration::from_secs(ttl), rooms: rooms.as_deref(), ..Default::default() };

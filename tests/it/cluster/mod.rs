@@ -4,7 +4,7 @@
 //! CI=true, where `.ci/run` installs it and a missing server is a failure.
 //!
 //! This file is the harness (a redis-server per test, nodes joined to it, waits on metrics and
-//! lines); the tests are in `basics`, `faults`, `rooms` and `resume`.
+//! lines); the tests are in `auth`, `basics`, `faults`, `rooms` and `resume`.
 
 use crate::util::{Client, Server};
 use serde_json::{Value, json};
@@ -170,6 +170,7 @@ pub(crate) fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
     seen
 }
 
+mod auth;
 mod basics;
 mod faults;
 mod resume;
