@@ -1,7 +1,8 @@
 // The connection and its resume: one WebSocket to /ws?id=ID (JSON lines in, one JSON object
 // per frame out), reconnects with back-off, the welcome, and the resume token that takes the
 // session back after a drop; in token mode, the token on every connect and a fresh one after
-// a 4401 (token.js). Every other server line goes to lines.js.
+// a 4401 (token.js), retried with a back-off while none comes. Every other server line goes
+// to lines.js.
 
 import { handle } from './lines.js';
 import { note } from './log.js';
@@ -13,7 +14,9 @@ import { setStatus, showChat, showLogin } from './screens.js';
 import { S, asked, leaving, seenPseq } from './state.js';
 import { announce, inOtherTab, remember } from './tabs.js';
 import { A, fetchToken, renderSignIn, scheduleRefresh, stopRefresh, tokenMode } from './token.js';
-import { BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, HISTORY, STABLE_MS, idNode, lower, posInt } from './util.js';
+import {
+  AUTH_BACKOFF_MAX, AUTH_BACKOFF_MIN, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT, HISTORY, STABLE_MS, idNode, lower, posInt,
+} from './util.js';
 
 let attempt = 0; // reconnects since the last stable connection
 let retryTimer = 0;
@@ -26,7 +29,7 @@ let lostNoted = false; // "connection lost" already logged for this outage
 // a reconnect with it is the same session again, the old connection replaced if the server
 // still thinks it is open. Each token works once; every welcome brings a new one.
 let resumeToken = '';
-let authRetried = false; // a 4401 since the last welcome was answered with a fresh token
+let authAttempt = 0; // sign-in renewals after a 4401 since the last welcome
 
 function wsUrl(id, resume) {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -124,22 +127,45 @@ function onDrop(sock, code, reason) {
   scheduleRetry(code === 4409);
 }
 
-// 4401: the token was refused, or expired without a refresh. Once per welcome, a fresh one
-// from the token URL and the same session again (resume token and pseq, as after any drop:
-// nothing is lost); otherwise back to the login, which says a sign-in is needed.
-async function onUnauthorized(reason) {
+// 4401: the token was refused, or expired without a refresh. With a token URL, a fresh token
+// and the same session again (resume token and pseq, as after any drop: nothing is lost);
+// without one, back to the login, which says a sign-in is needed.
+function onUnauthorized(reason) {
   const why = A.refusal || reason || 'refused';
   A.refusal = '';
   stopRefresh();
-  if (!authRetried && A.url) {
-    authRetried = true;
-    if (S.joined && !lostNoted) note('Your sign-in ended (' + why + '). Renewing it…', '', 'all');
-    lostNoted = S.joined;
-    setStatus('reconnecting', 'renewing the sign-in…');
-    const fresh = await fetchToken();
-    if (S.me === null || S.ws !== null) return; // left, or connected meanwhile
-    if (fresh && lower(A.sub) === lower(S.me)) return connect();
-  }
+  if (!A.url) return signedOut(why);
+  if (S.joined && !lostNoted) note('Your sign-in ended (' + why + '). Renewing it…', '', 'all');
+  lostNoted = S.joined;
+  renewAfter(why);
+}
+
+// The first renewal at once; after each that failed (the token URL gave none, or the server
+// refused the fresh one too) 1 s, 2 s, 4 s… up to 30 s, each with equal jitter, so the pages
+// of a sign-in service that is down neither give up nor come back all at once.
+function renewAfter(why) {
+  clearTimeout(retryTimer);
+  const base = Math.min(AUTH_BACKOFF_MAX, AUTH_BACKOFF_MIN * Math.pow(2, Math.max(0, authAttempt - 1)));
+  const delay = authAttempt === 0 ? 0 : base / 2 + Math.random() * (base / 2);
+  authAttempt += 1;
+  setStatus('reconnecting', delay
+    ? 'sign-in refused (' + why + '): trying again in ' + Math.max(1, Math.round(delay / 1000)) + ' s…'
+    : 'renewing the sign-in…');
+  retryTimer = setTimeout(renew, delay);
+}
+
+async function renew() {
+  retryTimer = 0;
+  setStatus('reconnecting', 'renewing the sign-in…');
+  const fresh = await fetchToken();
+  if (S.me === null || S.ws !== null || retryTimer) return; // left, or connected meanwhile
+  if (!fresh) return renewAfter('the sign-in page gave no token');
+  // A token for someone else: this session is not theirs to take back.
+  if (lower(A.sub) !== lower(S.me)) return signedOut('the sign-in is for ' + A.sub + ' now');
+  connect();
+}
+
+function signedOut(why) {
   stop();
   A.token = '';
   A.sub = '';
@@ -174,7 +200,8 @@ function scheduleRetry(idHeld) {
 
 export function retryNow() {
   // The network came back or the tab woke up: no need to wait out the back-off.
-  if (S.me !== null && S.joined && S.ws === null && retryTimer) {
+  // A sign-in renewal keeps its own back-off: an old token would only be refused again.
+  if (S.me !== null && S.joined && S.ws === null && retryTimer && authAttempt === 0) {
     setStatus('reconnecting', 'reconnecting…');
     connect();
   }
@@ -235,7 +262,7 @@ export function stop() {
   leaving.clear();
   attempt = 0;
   lostNoted = false;
-  authRetried = false;
+  authAttempt = 0;
   stopRefresh();
   outbox.clear();
   announce(); // this tab's id is free again
@@ -249,7 +276,7 @@ function onWelcome(msg) {
   openedAt = Date.now();
   const first = !S.joined;
   S.joined = true;
-  authRetried = false;
+  authAttempt = 0;
   scheduleRefresh(msg.exp); // token mode: renew before it expires
   if (typeof msg.id === 'string') S.me = msg.id;
   resumeToken = typeof msg.resume === 'string' ? msg.resume : '';

@@ -4,6 +4,8 @@
 export const ID_RE = /^[A-Za-z0-9_.-]{1,32}$/;
 export const BACKOFF_MIN = 500; // first retry after about 0.5 s
 export const BACKOFF_MAX = 10000; // never more than 10 s apart
+export const AUTH_BACKOFF_MIN = 1000; // after a failed sign-in renewal, the next in about 1 s
+export const AUTH_BACKOFF_MAX = 30000; // doubling to 30 s apart at most
 export const STABLE_MS = 10000; // a connection that lived this long resets the back-off
 export const CONNECT_TIMEOUT = 10000; // no welcome by then: drop and retry
 export const MAX_FRAME = 4096; // an older server's --max-message (one whose welcome has no max_text)

@@ -73,4 +73,4 @@ mkdir -p "$root/artifacts"
 step "node --test (tests/browser)"
 cd tests/browser
 # timeout signals its whole process group, so the servers the tests started go with it.
-timeout --kill-after=15 900 node --test --test-concurrency=1 chat.test.mjs </dev/null
+timeout --kill-after=15 900 node --test --test-concurrency=1 chat.test.mjs signin.test.mjs </dev/null

@@ -209,8 +209,9 @@ Flags:
   --auth-grace SECS           a session whose token expired is closed (4401 expired, held
                               for its resume like a lost connection) this long after exp
                               unless the client sent a fresh {\"token\":...} [default: 30]
-  --token-url URL             where the page fetches fresh tokens (told by GET /config)
-                              [default: none]
+  --token-url URL             where the page fetches fresh tokens (told by GET /config): a
+                              path here or an http(s) URL, whose origin the page's CSP then
+                              allows [default: none]
   --log-timestamps on|off     start log lines with an RFC 3339 UTC time; off suits journald,
                               which stamps lines itself [default: on]
   -h, --help                  print this help
@@ -328,7 +329,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--auth-audience" => auth.audience = Some(cli.value()?),
             "--auth-issuer" => auth.issuer = Some(cli.value()?),
             "--auth-grace" => cfg.auth_grace = flags::seconds(&flag, &cli.value()?, true, 86_400.0)?,
-            "--token-url" => cfg.token_url = Some(cli.value()?),
+            "--token-url" => cfg.token_url = Some(token_url(&cli.value()?)?),
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
@@ -466,6 +467,20 @@ fn allow_origin(v: &str) -> Result<String, String> {
     Err(format!("--allow-origin: '{v}' is not an origin; {hint}"))
 }
 
+/// A `--token-url` value: a path on this server (`/auth/token`) or an http(s) URL. Its origin
+/// goes into the page's Content-Security-Policy (`connect-src`) when it is another server's,
+/// so it may hold no character that CSP or JSON would read as structure.
+fn token_url(v: &str) -> Result<String, String> {
+    let clean = v.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'\'' | b'"' | b'\\'));
+    if clean && (crate::router::url_origin(v).is_some() || (v.starts_with('/') && !v.starts_with("//"))) {
+        return Ok(v.to_string());
+    }
+    Err(format!(
+        "--token-url: '{v}' is neither a path on this server (/auth/token) nor an http(s) URL \
+         (https://sso.example.com/chat-token)"
+    ))
+}
+
 /// An `--allow-host` value: `*`, or a host name or IP address without a port.
 fn allow_host(v: &str) -> Result<String, String> {
     if v == "*" {
@@ -582,6 +597,10 @@ mod tests {
             (&["--auth-key", "src/auth/testdata/hs256.secret"], "need --auth token"),
             (&["--auth", "token", "--auth-key", "/nonexistent/key"], "--auth-key: /nonexistent/key"),
             (&["--auth", "token", "--auth-key", "src/auth/testdata/rsa1024.pub"], "--auth-key: "),
+            (&["--token-url", "sso.example/token"], "neither a path on this server"),
+            (&["--token-url", "//sso.example/token"], "neither a path on this server"),
+            (&["--token-url", "https://sso.example/t;script-src *"], "neither a path on this server"),
+            (&["--token-url", "javascript:alert(1)"], "neither a path on this server"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.contains(needle), "{args:?}: {e}");
@@ -611,6 +630,9 @@ mod tests {
             (2, Duration::from_secs(5), Some("chat"))
         );
         assert_eq!(c.auth_grace, Duration::from_secs(2));
+        for url in ["/auth/token", "https://sso.example.com/chat-token?aud=chat"] {
+            assert_eq!(run(&["--token-url", url]).unwrap().token_url.as_deref(), Some(url));
+        }
     }
 
     #[test]

@@ -61,6 +61,18 @@ pub struct Rules<'a> {
     pub token_mode: bool,
     /// `GET /config`'s body: what the page must know to sign in (see `config_json`).
     pub config: &'a [u8],
+    /// The `--token-url`'s origin when it is an absolute URL (`url_origin`): the page fetches
+    /// tokens there, so its CSP allows connecting to it.
+    pub token_origin: Option<&'a str>,
+}
+
+/// The origin (`scheme://host[:port]`, lowercased) of an absolute http(s) URL; None for a
+/// path or anything else.
+pub fn url_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let origin = format!("{scheme}://{authority}").to_ascii_lowercase();
+    http::parse_origin(&origin).is_some().then_some(origin)
 }
 
 /// `GET /config`: `{"auth":"open"|"token","token_url":URL|null}`, for the page to know whether
@@ -144,18 +156,26 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         "/metrics" => Route::Metrics { head },
         "/config" => Route::Respond(http::response(Status::Ok, "application/json", "", rules.config, head)),
         _ => match rules.assets.get(path) {
-            Some(f) => Route::Respond(http::response(Status::Ok, f.content_type, &csp(req), &f.body, head)),
+            Some(f) => {
+                let csp = csp(req, rules.token_origin);
+                Route::Respond(http::response(Status::Ok, f.content_type, &csp, &f.body, head))
+            }
             None => Route::Refuse(Status::NotFound, "not found"),
         },
     }
 }
 
-/// The page's Content-Security-Policy: our own origin only, WebSocket included.
-fn csp(req: &Request) -> String {
+/// The page's Content-Security-Policy: our own origin only, WebSocket included, and the token
+/// URL's origin (`token_origin`, checked at start-up: see `url_origin`) for its fetches.
+fn csp(req: &Request, token_origin: Option<&str>) -> String {
     let host = req.host.as_deref().filter(|h| {
         h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-' | b'[' | b']'))
     });
-    let connect = host.map_or(String::new(), |h| format!(" ws://{h} wss://{h}"));
+    let mut connect = host.map_or(String::new(), |h| format!(" ws://{h} wss://{h}"));
+    if let Some(o) = token_origin {
+        connect.push(' ');
+        connect.push_str(o);
+    }
     format!(
         "Content-Security-Policy: default-src 'self'; connect-src 'self'{connect}; \
          img-src 'self' data:; frame-ancestors 'none'\r\n"
@@ -180,6 +200,7 @@ mod tests {
                 assets: &Assets::Embedded,
                 token_mode: false,
                 config: br#"{"auth":"open","token_url":null}"#,
+                token_origin: None,
             },
         )
     }
@@ -263,8 +284,32 @@ mod tests {
     #[test]
     fn csp_takes_only_a_clean_host() {
         let Parse::Done(req, _) = parse(b"GET / HTTP/1.1\r\nHost: a.b:8080\r\n\r\n") else { panic!() };
-        assert!(csp(&req).contains("connect-src 'self' ws://a.b:8080 wss://a.b:8080;"));
+        assert!(csp(&req, None).contains("connect-src 'self' ws://a.b:8080 wss://a.b:8080;"));
+        let sso = Some("https://sso.example");
+        assert!(
+            csp(&req, sso).contains("connect-src 'self' ws://a.b:8080 wss://a.b:8080 https://sso.example;")
+        );
         let Parse::Done(req, _) = parse(b"GET / HTTP/1.1\r\nHost: a; script-src *\r\n\r\n") else { panic!() };
-        assert!(csp(&req).contains("connect-src 'self';"));
+        assert!(csp(&req, None).contains("connect-src 'self';"));
+    }
+
+    #[test]
+    fn a_token_urls_origin() {
+        assert_eq!(
+            url_origin("https://SSO.example.com:8443/a/token?x=1").as_deref(),
+            Some("https://sso.example.com:8443")
+        );
+        assert_eq!(url_origin("http://127.0.0.1:9/t").as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(url_origin("https://[::1]#x").as_deref(), Some("https://[::1]"));
+        for bad in [
+            "/auth/token",
+            "//sso.example/t",
+            "ftp://sso.example/t",
+            "https://a b/t",
+            "https://u@h/t",
+            "https:///t",
+        ] {
+            assert_eq!(url_origin(bad), None, "{bad}");
+        }
     }
 }

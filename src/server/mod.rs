@@ -68,6 +68,8 @@ pub struct Server {
     assets: Assets,
     /// `GET /config`'s body (`router::config_json`), fixed at start-up.
     config_json: Vec<u8>,
+    /// The `--token-url`'s origin if it is another server's, for the page's CSP.
+    token_origin: Option<String>,
     timers: crate::timers::Timers,
     max_conns: usize,
     /// The one buffer every session reads into (`session::READ_BUFFER`); a session keeps only
@@ -173,6 +175,7 @@ impl Server {
             },
             assets,
             config_json: crate::router::config_json(cfg.auth.is_some(), cfg.token_url.as_deref()),
+            token_origin: cfg.token_url.as_deref().and_then(crate::router::url_origin),
             timers: {
                 let mut t = crate::timers::Timers::default();
                 t.reserve(max_conns);

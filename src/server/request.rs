@@ -60,6 +60,7 @@ impl Server {
             assets: &self.assets,
             token_mode: self.cfg.auth.is_some(),
             config: &self.config_json,
+            token_origin: self.token_origin.as_deref(),
         };
         match router::route(&req, &rules) {
             Route::Upgrade { echo, key, id, resume, pseq, token: bearer } => {

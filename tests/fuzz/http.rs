@@ -284,6 +284,7 @@ impl RuleSet {
             assets: &Assets::Embedded,
             token_mode: false,
             config: br#"{"auth":"open","token_url":null}"#,
+            token_origin: None,
         }
     }
 }

@@ -439,6 +439,17 @@ fn config_tells_the_page_the_mode_and_where_tokens_come_from() {
     assert_eq!(body(&Server::start(&[])), json!({"auth": "open", "token_url": null}));
     let s = server(&["--token-url", "https://example.test/token"]);
     assert_eq!(body(&s), json!({"auth": "token", "token_url": "https://example.test/token"}));
+    // The page may fetch from the token URL's origin (CSP connect-src), and from nowhere else.
+    let csp = |s: &Server| {
+        let r = s.get("/");
+        let line = r.lines().find(|l| l.starts_with("Content-Security-Policy:")).unwrap_or_default();
+        line.split(';').find(|d| d.trim().starts_with("connect-src")).unwrap_or_default().trim().to_string()
+    };
+    let here = s.addr;
+    assert_eq!(csp(&s), format!("connect-src 'self' ws://{here} wss://{here} https://example.test"));
+    let same = server(&["--token-url", "/auth/token"]);
+    let here = same.addr;
+    assert_eq!(csp(&same), format!("connect-src 'self' ws://{here} wss://{here}"));
     // An open server reads no token: a repeated one is not its concern.
     let open = Server::start(&[]);
     let mut c = open.connect_path("/ws?id=bob&token=a&token=b");
