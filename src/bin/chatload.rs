@@ -10,6 +10,8 @@ mod args;
 mod attack;
 #[path = "chatload/engine.rs"]
 mod engine;
+#[path = "chatload/handshakes.rs"]
+mod handshakes;
 #[path = "chatload/lines.rs"]
 mod lines;
 #[path = "chatload/net.rs"]
@@ -91,10 +93,13 @@ fn run(args: &Args) -> std::io::Result<bool> {
     let before = procstat::sample_start(&args.pids)?;
     println!("{}", describe(args));
     let mut e = Engine::new(args, t0)?;
+    e.premint();
+    let connecting = Instant::now();
     e.connect_phase(Instant::now() + args.warmup)?;
     println!("connected {} of {} clients in {:.2} s", e.live_count(), args.conns, t0.elapsed().as_secs_f64());
     let _ = std::io::stdout().flush();
     let at_start = procstat::sample_all(&args.pids);
+    handshakes::report(e.live_count(), connecting.elapsed(), before, at_start);
     let own_start = procstat::own_cpu_seconds();
     let window_start = e.run_phase(args.duration)?;
     e.drain_phase(args.drain)?;
