@@ -412,6 +412,10 @@ mod tests {
         for (raw, why) in [
             (&b"GET / HTTP/1.0\r\n\r\n"[..], "only HTTP/1.1 is served"),
             (b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", "duplicate Host header"),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\nauthorization: Bearer y\r\n\r\n",
+                "duplicate Authorization header",
+            ),
             (b"GARBAGE\r\n\r\n", "malformed request line"),
             (b"GET / HTTP/1.1\r\n\r\n", "an HTTP/1.1 request needs a Host header"),
         ] {

@@ -331,6 +331,26 @@ fn a_narrower_rooms_claim_on_refresh_or_resume_leaves_the_rooms_it_no_longer_all
     assert_eq!(back.next_of("joined")["room"], "team-a");
 }
 
+#[test]
+fn two_authorization_headers_are_a_400_in_either_mode_and_never_logged() {
+    let tok = token("alice", 600, None);
+    for s in [server(&[]), Server::start(&[])] {
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {tok}\r\nAuthorization: Bearer other\r\n\r\n",
+            s.addr
+        );
+        let r = s.raw(head.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 400") && r.contains("duplicate Authorization header"), "{r}");
+        // The page too: the header is one value wherever it is sent.
+        let page =
+            format!("GET / HTTP/1.1\r\nHost: {}\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n", s.addr);
+        assert!(s.raw(page.as_bytes()).starts_with("HTTP/1.1 400"));
+        assert!(!s.log().contains(&tok), "a token in the log");
+    }
+}
+
 fn watcher_lines(c: &mut Client) -> Vec<Value> {
     c.ws.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut out = Vec::new();
