@@ -1,6 +1,8 @@
 // Sign-in (issue 24) end to end: the page against a real `--auth token` server, with tokens
 // minted by `chatloop token` and a token URL on another origin (a small HTTP server here, the
-// way a sign-in service would hand them out), so the page's CSP must let it be fetched.
+// way a sign-in service would hand them out), so the page's CSP must let it be fetched: the
+// fragment's token, a forbidden room, a refresh before exp, and a 4401 renewed with a back-off
+// while the token URL fails, then resumed without a loss.
 // Run: node --test --test-concurrency=1 signin.test.mjs   (or scripts/browser-test.sh)
 
 import { after, afterEach, before, describe, it } from 'node:test';
@@ -110,6 +112,21 @@ describe('sign-in against a real --auth token server', () => {
     await alice.waitForFunction(() => document.querySelector('#rooms [aria-current="true"] .name')?.textContent === '#team-a');
     assert.equal(svc.times.length, 0, 'the fragment\'s tokens were enough');
     assert.ok(!server.log.some((l) => l.includes('token=')), 'no token in the server log');
+    assert.deepEqual(problems(), [], 'no script errors or CSP violations');
+  });
+
+  it('refreshes its token on the live connection before exp, so the server never closes it', T, async () => {
+    // A 3 s token, 1 s of grace: without a refresh the server closes 4401 about 4 s in.
+    await start(['--auth-grace', '1', '--auth-leeway', '0']);
+    const alice = await tokenTab(mint('alice', '3s'));
+    const bob = await tokenTab(mint('bob'));
+    await waitUntil('the refresh', () => svc.times.length >= 1, 10000);
+    await sleep(5000); // past exp + grace of the first token
+    assert.ok(!server.log.some((l) => /token_expired|session resumed/.test(l)), server.log.join('\n'));
+    assert.equal(svc.times.length, 1, 'one fresh token, for the next 10 minutes');
+    await say(alice, 'still here after exp');
+    await waitForLine(bob, 'still here after exp');
+    assert.match(await statusText(alice), /connected as alice/);
     assert.deepEqual(problems(), [], 'no script errors or CSP violations');
   });
 
