@@ -237,6 +237,8 @@ pub struct Signed {
     pub rooms: std::rc::Rc<crate::auth::Rooms>,
     /// The token's `exp`, Unix milliseconds.
     pub exp_ms: u64,
+    /// The token's `iat`, Unix milliseconds (a revocation compares it; None: before any).
+    pub iat_ms: Option<u64>,
     /// When `exp` + `--auth-grace` is due by the loop's clock (at most `timers::MAX_SPAN`
     /// ahead: checked against the wall clock when reached, and moved on if early).
     pub close_at: Stamp,

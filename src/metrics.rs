@@ -30,10 +30,13 @@ pub enum Reason {
     /// `--auth token`: its token's `exp` plus `--auth-grace` passed without a refresh (close
     /// 4401): lost, not left, so the user is held for a resume with a fresh token.
     TokenExpired,
+    /// A backend's moderation (issue 25): disconnected or banned (close 4403, no hold), or its
+    /// token revoked (close 4401).
+    Moderated,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
@@ -45,6 +48,7 @@ impl Reason {
         Reason::Lost,
         Reason::Replaced,
         Reason::TokenExpired,
+        Reason::Moderated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,12 +64,13 @@ impl Reason {
             Reason::Lost => "lost",
             Reason::Replaced => "replaced",
             Reason::TokenExpired => "token_expired",
+            Reason::Moderated => "moderated",
         }
     }
 }
 
 /// Every error code, in declaration order: `code as usize` indexes `Stats::errors`.
-const CODES: [ErrorCode; 16] = [
+const CODES: [ErrorCode; 18] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -82,6 +87,8 @@ const CODES: [ErrorCode; 16] = [
     ErrorCode::Undelivered,
     ErrorCode::Unauthorized,
     ErrorCode::Forbidden,
+    ErrorCode::Banned,
+    ErrorCode::Muted,
 ];
 
 #[derive(Debug, Default)]
@@ -446,8 +453,10 @@ mod tests {
             | ErrorCode::NotInRoom
             | ErrorCode::TooManyRooms
             | ErrorCode::Undelivered
-            | ErrorCode::Unauthorized => false,
-            ErrorCode::Forbidden => true,
+            | ErrorCode::Unauthorized
+            | ErrorCode::Forbidden
+            | ErrorCode::Banned => false,
+            ErrorCode::Muted => true,
         };
         assert!(last(CODES[CODES.len() - 1]));
     }

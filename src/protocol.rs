@@ -165,6 +165,10 @@ pub enum ErrorCode {
     Unauthorized,
     /// `--auth token`: a join of a room outside the token's `rooms` claim.
     Forbidden,
+    /// Moderation: the id is banned (at the upgrade, or when the ban comes; close 4403).
+    Banned,
+    /// Moderation: the sender is muted in that room, or everywhere.
+    Muted,
 }
 
 impl ErrorCode {
@@ -186,6 +190,8 @@ impl ErrorCode {
             ErrorCode::Undelivered => "undelivered",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Banned => "banned",
+            ErrorCode::Muted => "muted",
         }
     }
 
@@ -217,6 +223,8 @@ impl ErrorCode {
             }
             ErrorCode::Unauthorized => "sign in again: the token was refused (see reason)",
             ErrorCode::Forbidden => "your sign-in does not allow that room",
+            ErrorCode::Banned => "you are banned from this chat until the time in until (Unix ms)",
+            ErrorCode::Muted => "you are muted: your messages are refused until the time in until (Unix ms)",
         }
     }
 }
@@ -233,6 +241,9 @@ struct ErrorLine<'a> {
     to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     room: Option<&'a str>,
+    /// Until when a moderation decision lasts (Unix ms: `banned`, `muted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -359,6 +370,7 @@ pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
         reason: None,
         to,
         room: None,
+        until: None,
     })
 }
 
@@ -373,6 +385,7 @@ pub fn unauthorized(reason: &str) -> Bytes {
         reason: Some(reason),
         to: None,
         room: None,
+        until: None,
     })
 }
 
@@ -414,6 +427,7 @@ pub fn bad_message(reason: &str) -> Bytes {
         reason: Some(reason),
         to: None,
         room: None,
+        until: None,
     })
 }
 
@@ -436,7 +450,33 @@ pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
         reason: None,
         to: None,
         room: Some(room),
+        until: None,
     })
+}
+
+/// A moderation refusal (`banned`, `muted`) lasting until `until` (Unix ms), about a message
+/// to `room` or to `to` when it was one.
+pub fn moderated(code: ErrorCode, until: u64, room: Option<&str>, to: Option<&str>) -> Bytes {
+    encode(&ErrorLine {
+        r#type: "error",
+        code: code.as_str(),
+        message: code.human(),
+        reason: None,
+        to,
+        room,
+        until: Some(until),
+    })
+}
+
+/// `{"type":"left","room":R,"kicked":true}`: a backend took the user out of room `room`.
+pub fn kicked(room: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Kicked<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        kicked: bool,
+    }
+    encode(&Kicked { r#type: "left", room, kicked: true })
 }
 
 /// A message to room `room`, number `seq` in it.

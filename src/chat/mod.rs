@@ -22,6 +22,7 @@ pub mod history;
 pub mod ids;
 mod join;
 pub use join::Entry;
+pub mod moderation;
 pub mod moved;
 mod private;
 mod remote;
@@ -182,6 +183,8 @@ pub struct Chat {
     /// Every private backlog's charge (`--backlog-bytes`).
     backlog: Budget,
     counters: Counters,
+    /// Bans, mutes and token revocations (issue 25; see `moderation`).
+    moderation: moderation::Moderation,
 }
 
 /// What chat asks of the loop, besides lines to push: chat owns no socket, link or clock, so
@@ -248,6 +251,7 @@ impl Chat {
             backlog: Budget::new(limits.backlog_bytes),
             counters: Counters::default(),
             todo: ForLoop::default(),
+            moderation: moderation::Moderation::default(),
         }
     }
 
@@ -346,6 +350,7 @@ impl Chat {
         self.rooms.shrink();
         self.history.shrink();
         self.holds.shrink();
+        self.moderation.shrink();
         self.todo.want_ack.shrink_to_fit();
     }
 

@@ -107,6 +107,9 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
+                if let Some(line) = self.mute_error(from, Some(&room), None, ts) {
+                    return refuse(sink, token, line, ErrorCode::Muted);
+                }
                 self.log_of(rk);
                 let sender = match self.users.by_token(token as u32) {
                     Some(u) => Rc::clone(&u.id),
@@ -137,6 +140,9 @@ impl Chat {
                     Ok(t) => t,
                     Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
+                if let Some(line) = self.mute_error(from, None, Some(&to), ts) {
+                    return refuse(sink, token, line, ErrorCode::Muted);
+                }
                 self.private(token, from, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {

@@ -78,6 +78,7 @@ impl Server {
         Signed {
             rooms: Rc::new(claims.rooms.clone()),
             exp_ms: claims.exp_ms,
+            iat_ms: claims.iat_ms,
             close_at: self.close_at(claims.exp_ms, now, ts),
         }
     }
