@@ -30,13 +30,14 @@ pub enum Reason {
     /// `--auth token`: its token's `exp` plus `--auth-grace` passed without a refresh (close
     /// 4401): lost, not left, so the user is held for a resume with a fresh token.
     TokenExpired,
-    /// A backend's moderation (issue 25): disconnected or banned (close 4403, no hold), or its
-    /// token revoked (close 4401).
+    /// A backend's moderation (issue 25): disconnected or banned (close 4403, no hold).
     Moderated,
+    /// Its token was revoked (issue 25; close 4401 `revoked`): lost like `TokenExpired`.
+    TokenRevoked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
@@ -49,6 +50,7 @@ impl Reason {
         Reason::Replaced,
         Reason::TokenExpired,
         Reason::Moderated,
+        Reason::TokenRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +67,7 @@ impl Reason {
             Reason::Replaced => "replaced",
             Reason::TokenExpired => "token_expired",
             Reason::Moderated => "moderated",
+            Reason::TokenRevoked => "token_revoked",
         }
     }
 }

@@ -125,6 +125,20 @@ impl Lift {
         }
     }
 
+    /// The Redis fields it lifts, as `m` holds them now (an unmute without a room lifts
+    /// every mute of the id it has).
+    pub fn redis_fields(&self, m: &Moderation) -> Vec<String> {
+        match self {
+            Lift::Unban { id } => vec![format!("b {id}")],
+            Lift::Unmute { id, room: Some(r) } => vec![format!("m {id} {r}")],
+            Lift::Unmute { id, room: None } => {
+                let Some(muted) = m.mutes.get(id) else { return Vec::new() };
+                let global = muted.global.map(|_| format!("m {id} {EVERY_ROOM}"));
+                global.into_iter().chain(muted.rooms.iter().map(|(r, _)| format!("m {id} {r}"))).collect()
+            }
+        }
+    }
+
     pub fn parse(fields: &[&str]) -> Option<Lift> {
         let id = |s: &str| protocol::valid_id(s).then(|| Rc::from(key(s)));
         Some(match fields {

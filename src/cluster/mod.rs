@@ -28,8 +28,8 @@ mod scripts;
 
 pub use msg::{Msg, new_node_id, payload, roster_fields};
 pub use scripts::{
-    ALL, CLAIM, CLAIM_CHUNK, FETCH, JOIN, KEEP, KEY_PREFIX, LEFT, LOST, NUMBER, RELEASE, RESUME,
-    channel_room, node_channel, room_channel,
+    ALL, CLAIM, CLAIM_CHUNK, FETCH, JOIN, KEEP, KEY_PREFIX, LEFT, LOST, MOD_DEL, MOD_LOAD, MOD_PUT, NUMBER,
+    RELEASE, RESUME, channel_room, node_channel, room_channel,
 };
 
 use crate::redis::{Link, Url};
@@ -135,6 +135,8 @@ pub enum Await {
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
+    /// Every moderation decision in force (`MOD_LOAD`), asked when the link came up.
+    Moderation,
     Ignore,
 }
 
@@ -460,6 +462,23 @@ mod tests {
         );
         assert_eq!(parse("z n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: true }));
         assert_eq!(parse("y n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: false }));
+        assert_eq!(
+            parse("V n1 m bob @ 12"),
+            Some(Msg::Moderated { node: "n1", set: true, fields: vec!["m", "bob", "@", "12"] })
+        );
+        assert_eq!(
+            parse("W n1 b bob"),
+            Some(Msg::Moderated { node: "n1", set: false, fields: vec!["b", "bob"] })
+        );
+        assert_eq!(
+            parse("D n1 bob\nspam, twice"),
+            Some(Msg::Disconnect { node: "n1", id: "bob", reason: Bytes::from("spam, twice") })
+        );
+        assert_eq!(
+            parse("D n1 bob\n"),
+            Some(Msg::Disconnect { node: "n1", id: "bob", reason: Bytes::new() })
+        );
+        assert_eq!(parse("X n1 bob dev"), Some(Msg::Kick { node: "n1", id: "bob", room: "dev" }));
         for junk in [
             "",
             "M n1",
@@ -476,6 +495,9 @@ mod tests {
             "\u{0}",
             "P  x\n{}",
             "R n1 ",
+            "V n1",
+            "D n1 bob",
+            "X n1 bob",
         ] {
             assert_eq!(parse(junk), None, "{junk:?}");
         }

@@ -17,6 +17,7 @@
 
 mod cluster;
 mod join;
+pub mod moderation;
 mod net;
 mod request;
 mod session;

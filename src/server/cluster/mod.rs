@@ -121,6 +121,8 @@ impl Server {
                 self.chat.all_unheard();
                 c.subscribed(self.chat.local_rooms());
                 c.clock_sent(now);
+                // Bans, mutes and revocations taken while we could not hear them.
+                c.moderation_load(super::now_millis());
                 // Re-register whoever joined while Redis was away (or before it restarted),
                 // and tell everyone who is here and in which rooms.
                 c.claim(self.chat.local_keys(), || Await::Refresh);
@@ -153,7 +155,8 @@ impl Server {
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
-                        Await::Refresh | Await::Ignore | Await::Clock { .. } => {}
+                        // Asked again when the link is up again.
+                        Await::Refresh | Await::Ignore | Await::Clock { .. } | Await::Moderation => {}
                     }
                 }
             }
@@ -233,6 +236,7 @@ impl Server {
                 }
             }
             Await::Refresh => self.refresh_reply(frame, now),
+            Await::Moderation => self.moderation_loaded(&frame, now),
             Await::Private { from, to, cid } => {
                 // PUBLISH answers with the number of subscribers reached: none means the node
                 // that held the recipient is gone.

@@ -1,0 +1,469 @@
+//! Moderation on the loop (issue 25): a backend's action (`Action`, parsed from its JSON by
+//! `Action::parse`) applied here and, in a cluster, kept in Redis and announced to every node
+//! in the same script (`moderate`); what other nodes announce (`moderated`, `disconnected`,
+//! `kicked`) and the set loaded when the link comes up (`moderation_loaded`); the check at the
+//! door (`refuse_banned`; a revoked token is refused in `signin`).
+//!
+//! Closes: a ban or a disconnect is 4403 and a leave (no hold: nothing to resume), a revoked
+//! token 4401 `revoked`, lost like an expired one (a fresh token and the resume token take the
+//! user back). Every successful action is described by one `Done`: the API's answer and the
+//! event stream's `moderation` event.
+
+use super::Server;
+use crate::chat::Sink;
+use crate::chat::ids::key;
+use crate::chat::moderation::{Decision, Lift, MAX_SECONDS, REVOKE_KEEP_SECS};
+use crate::cluster::{ALL, payload};
+use crate::conn::Phase;
+use crate::metrics::Reason;
+use crate::protocol::{self, ErrorCode};
+use bytes::Bytes;
+use log::{info, warn};
+use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+use std::time::Instant;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// The close code of a moderation close: banned or disconnected ("do not come back").
+pub const MODERATED: u16 = 4403;
+/// A close frame's reason is at most 123 bytes (RFC 6455: 125 with the code).
+pub const MAX_REASON: usize = 123;
+
+/// A backend's moderation request (`POST /api/<action>`). Ids and rooms as sent; checked by
+/// `parse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Disconnect {
+        id: String,
+        reason: Option<String>,
+    },
+    Ban {
+        id: String,
+        seconds: u64,
+    },
+    Unban {
+        id: String,
+    },
+    Kick {
+        id: String,
+        room: String,
+    },
+    Mute {
+        id: String,
+        room: Option<String>,
+        seconds: u64,
+    },
+    Unmute {
+        id: String,
+        room: Option<String>,
+    },
+    /// `seconds`: how long the revocation is kept (default `REVOKE_KEEP_SECS`).
+    Revoke {
+        id: String,
+        before: u64,
+        seconds: Option<u64>,
+    },
+}
+
+/// What a successful action did: the API's answer as is, and the one report of it for the
+/// event stream (a `moderation` event: `{"type":"moderation",...this}`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Done {
+    pub action: &'static str,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Until when a ban, mute or revocation lasts (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unban, unmute: whether there was anything to lift.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifted: Option<bool>,
+    /// When it was done (Unix ms).
+    pub ts: u64,
+}
+
+/// Why an action was not taken: an HTTP status, a code and a one-line message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> Refused {
+    Refused { status: 400, code: "bad_request", message: message.into() }
+}
+
+/// The bodies, as sent: unknown fields are refused (a typo must not pass for a default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    id: String,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    seconds: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+impl Action {
+    /// The action `name` (`ban`, `unban`, `disconnect`, `kick`, `mute`, `unmute`, `revoke`)
+    /// with its JSON body; None for another name; a `bad_request` for a body that does not
+    /// fit it (each field named).
+    pub fn parse(name: &str, body: &[u8]) -> Option<Result<Action, Refused>> {
+        let known = ["ban", "unban", "disconnect", "kick", "mute", "unmute", "revoke"];
+        known.contains(&name).then(|| Self::parse_body(name, body))
+    }
+
+    fn parse_body(name: &str, body: &[u8]) -> Result<Action, Refused> {
+        let b: Body = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+        if !protocol::valid_id(&b.id) {
+            return Err(bad("id: 1 to 32 characters from A-Z a-z 0-9 _ - ."));
+        }
+        if let Some(r) = &b.room
+            && protocol::room_name(r).is_none()
+        {
+            return Err(bad("room: 1 to 32 characters from a-z 0-9 _ - ."));
+        }
+        let seconds = |s: Option<u64>| match s {
+            Some(s) if (1..=MAX_SECONDS).contains(&s) => Ok(s),
+            _ => Err(bad(format!("seconds: a whole number from 1 to {MAX_SECONDS}"))),
+        };
+        let allowed: &[&str] = match name {
+            "ban" => &["seconds"],
+            "mute" => &["room", "seconds"],
+            "unmute" => &["room"],
+            "kick" => &["room"],
+            "disconnect" => &["reason"],
+            "revoke" => &["before", "seconds"],
+            _ => &[],
+        };
+        let given = [("room", b.room.is_some()), ("seconds", b.seconds.is_some())];
+        let mut given = given.into_iter().chain([("reason", b.reason.is_some()), ("before", b.before.is_some())]);
+        if let Some((f, _)) = given.find(|(f, on)| *on && !allowed.contains(f)) {
+            return Err(bad(format!("{f}: not a field of {name}")));
+        }
+        let id = b.id;
+        let room = b.room.map(|r| protocol::room_name(&r).expect("checked").into_owned());
+        Ok(match name {
+            "ban" => Action::Ban { id, seconds: seconds(b.seconds)? },
+            "unban" => Action::Unban { id },
+            "mute" => Action::Mute { id, room, seconds: seconds(b.seconds)? },
+            "unmute" => Action::Unmute { id, room },
+            "kick" => Action::Kick { id, room: room.ok_or_else(|| bad("room: required"))? },
+            "disconnect" => {
+                if b.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+                    return Err(bad(format!(
+                        "reason: at most {MAX_REASON} bytes (it goes in the close frame)"
+                    )));
+                }
+                Action::Disconnect { id, reason: b.reason }
+            }
+            _ => {
+                let before = b.before.ok_or_else(|| bad("before: required (Unix ms)"))?;
+                let keep = b.seconds.map(|s| seconds(Some(s))).transpose()?;
+                Action::Revoke { id, before, seconds: keep }
+            }
+        })
+    }
+}
+
+impl Done {
+    fn new(action: &'static str, id: &str, ts: u64) -> Done {
+        Done {
+            action,
+            id: id.to_string(),
+            room: None,
+            until: None,
+            before: None,
+            reason: None,
+            lifted: None,
+            ts,
+        }
+    }
+}
+
+impl Server {
+    /// Takes `action` here and, in a cluster, everywhere (kept in Redis and announced in one
+    /// script, so every node has it within one round trip; a node that was away loads the set
+    /// when its link comes up). Refused, with nothing done, while Redis cannot be reached.
+    pub(super) fn moderate(&mut self, action: Action, now: Instant, ts: u64) -> Result<Done, Refused> {
+        if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            return Err(Refused {
+                status: 503,
+                code: "cluster_unavailable",
+                message: "Redis cannot be reached: nothing was done, try again".into(),
+            });
+        }
+        let until = |secs: u64| ts.saturating_add(secs.saturating_mul(1000));
+        let done = match action {
+            Action::Ban { id, seconds } => {
+                let d = Decision::Ban { id: Rc::from(key(&id)), until: until(seconds) };
+                self.decide(&d, ts)?;
+                self.ban_here(&key(&id), d.until(), now);
+                Done { until: Some(d.until()), ..Done::new("ban", &id, ts) }
+            }
+            Action::Mute { id, room, seconds } => {
+                let r = room.as_deref().map(Rc::from);
+                self.decide(&Decision::Mute { id: Rc::from(key(&id)), room: r, until: until(seconds) }, ts)?;
+                Done { room, until: Some(until(seconds)), ..Done::new("mute", &id, ts) }
+            }
+            Action::Revoke { id, before, seconds } => {
+                if self.cfg.auth.is_none() {
+                    return Err(Refused {
+                        status: 409,
+                        code: "auth_open",
+                        message: "revoke needs --auth token: this server checks no tokens".into(),
+                    });
+                }
+                let keep = until(seconds.unwrap_or(REVOKE_KEEP_SECS));
+                self.decide(&Decision::Revoke { id: Rc::from(key(&id)), before, until: keep }, ts)?;
+                self.revoke_here(&key(&id), now, ts);
+                Done { before: Some(before), until: Some(keep), ..Done::new("revoke", &id, ts) }
+            }
+            Action::Unban { id } => {
+                let lifted = self.lift(&Lift::Unban { id: Rc::from(key(&id)) }, ts);
+                Done { lifted: Some(lifted), ..Done::new("unban", &id, ts) }
+            }
+            Action::Unmute { id, room } => {
+                let lifted = self
+                    .lift(&Lift::Unmute { id: Rc::from(key(&id)), room: room.as_deref().map(Rc::from) }, ts);
+                Done { room, lifted: Some(lifted), ..Done::new("unmute", &id, ts) }
+            }
+            Action::Disconnect { id, reason } => {
+                let why = reason.as_deref().unwrap_or("disconnected");
+                self.disconnect_here(&id, why, None, now);
+                if let Some(c) = &mut self.cluster {
+                    c.publish(ALL, &payload(&["D", &c.node, &id], Some(why.as_bytes())));
+                }
+                Done { reason, ..Done::new("disconnect", &id, ts) }
+            }
+            Action::Kick { id, room } => {
+                self.kick_here(&id, &room);
+                if let Some(c) = &mut self.cluster {
+                    c.publish(ALL, &payload(&["X", &c.node, &id, &room], None));
+                }
+                Done { room: Some(room), ..Done::new("kick", &id, ts) }
+            }
+        };
+        info!("moderation: {} id={}", done.action, done.id);
+        Ok(done)
+    }
+
+    /// Keeps decision `d` here and, in a cluster, in Redis (announced to every node).
+    fn decide(&mut self, d: &Decision, ts: u64) -> Result<(), Refused> {
+        if self.chat.moderation_mut().apply(d, ts).is_err() {
+            return Err(Refused {
+                status: 503,
+                code: "moderation_full",
+                message: "as many of these are kept as the server allows (see ARCHITECTURE.md): lift one or wait for one to end".into(),
+            });
+        }
+        if let Some(c) = &mut self.cluster {
+            let (field, value) = d.redis_field();
+            let fields = d.fields();
+            let mut all: Vec<&str> = vec!["V", &c.node];
+            all.extend(fields.iter().map(String::as_str));
+            let announce = payload(&all, None);
+            c.moderate_put(&field, &value, d.until(), ts, &announce);
+        }
+        Ok(())
+    }
+
+    /// Lifts `l` here and, in a cluster, in Redis (announced); whether anything was lifted.
+    fn lift(&mut self, l: &Lift, ts: u64) -> bool {
+        let fields = l.redis_fields(self.chat.moderation());
+        let lifted = self.chat.moderation_mut().lift(l);
+        if let Some(c) = &mut self.cluster {
+            let lf = l.fields();
+            let mut all: Vec<&str> = vec!["W", &c.node];
+            all.extend(lf.iter().map(String::as_str));
+            let announce = payload(&all, None);
+            c.moderate_del(&fields, ts, &announce);
+        }
+        lifted
+    }
+
+    /// Closes local user `id`'s connection with 4403 `why` (after `line`, if any) as a
+    /// leave, or drops its hold if it is in its grace: no resume either way.
+    fn disconnect_here(&mut self, id: &str, why: &str, line: Option<Bytes>, now: Instant) {
+        if let Some(token) = self.chat.token_of(id) {
+            if let Some(line) = line {
+                self.net.push(token, &line);
+            }
+            info!(target: "chatloop::session", "session disconnected id={id} by moderation: {why}");
+            self.close_ws(token, CloseCode::from(MODERATED), why, Some(Reason::Moderated), now);
+        } else if let Some(g) = self.chat.drop_hold(id, &mut self.net) {
+            info!(target: "chatloop::session", "session ended id={} reason=moderated (its hold dropped)", g.id);
+            self.cluster_left(&g.id, &g.emptied, now);
+        }
+    }
+
+    /// Id key `k` was banned until `until`: its connection here is told and closed.
+    fn ban_here(&mut self, k: &str, until: u64, now: Instant) {
+        let line = protocol::moderated(ErrorCode::Banned, until, None, None);
+        if self.chat.token_of(k).is_some() {
+            self.net.stats.error_sent(ErrorCode::Banned);
+        }
+        self.disconnect_here(k, "banned", Some(line), now);
+    }
+
+    /// Takes local user `id` out of `room`, and tells the other nodes of the leave.
+    fn kick_here(&mut self, id: &str, room: &str) {
+        if let Some(k) = self.chat.kick(id, room, &mut self.net) {
+            info!(target: "chatloop::session", "kicked id={} room={}", k.id, k.room);
+            self.cluster_room_left(&k.id, &k.room, k.last_local);
+        }
+    }
+
+    /// Closes local user `k`'s connection (4401 `revoked`) if its token is revoked now.
+    fn revoke_here(&mut self, k: &str, now: Instant, ts: u64) {
+        let Some(token) = self.chat.token_of(k) else { return };
+        let Phase::Ws(s) = &self.net.conns[token].phase else { return };
+        let Some(g) = s.signed() else { return };
+        if !self.chat.moderation().revoked(k, g.iat_ms, ts) {
+            return;
+        }
+        let r = crate::auth::Reason::Revoked;
+        self.net.stats.unauthorized(r);
+        self.net.push(token, &protocol::unauthorized(r.as_str()));
+        let why = Some(Reason::TokenRevoked);
+        self.close_ws(token, CloseCode::from(super::signin::UNAUTHORIZED), r.as_str(), why, now);
+    }
+
+    /// A join of a banned id (until `until`): told, and closed 4403; it holds no id.
+    pub(super) fn refuse_banned(&mut self, token: usize, id: &str, until: u64, now: Instant) {
+        info!("refused id {id:?} from {}: banned", self.net.conns[token].addr);
+        self.net.push(token, &protocol::moderated(ErrorCode::Banned, until, None, None));
+        self.net.stats.error_sent(ErrorCode::Banned);
+        self.close_ws(token, CloseCode::from(MODERATED), "banned", None, now);
+    }
+
+    /// Until when `id` is banned, if it is now.
+    pub(super) fn banned(&self, id: &str) -> Option<u64> {
+        self.chat.moderation().banned(&key(id), super::now_millis())
+    }
+
+    /// Another node's moderation decision (`set`), or one it lifted, in chat's text form.
+    pub(super) fn moderated(&mut self, set: bool, fields: &[&str], now: Instant) {
+        let ts = super::now_millis();
+        if !set {
+            match Lift::parse(fields) {
+                Some(l) => {
+                    self.chat.moderation_mut().lift(&l);
+                }
+                None => warn!("cluster: a moderation lift not understood: {fields:?}"),
+            }
+            return;
+        }
+        let Some(d) = Decision::parse(fields) else {
+            return warn!("cluster: a moderation decision not understood: {fields:?}");
+        };
+        if self.chat.moderation_mut().apply(&d, ts).is_err() {
+            warn!("cluster: a moderation decision dropped here: this node keeps no more of its kind");
+        }
+        self.enforce(&d, now, ts);
+    }
+
+    /// What decision `d` does to the users here now.
+    fn enforce(&mut self, d: &Decision, now: Instant, ts: u64) {
+        match d {
+            Decision::Ban { id, until } if *until > ts => self.ban_here(id, *until, now),
+            Decision::Revoke { id, .. } => self.revoke_here(id, now, ts),
+            _ => {}
+        }
+    }
+
+    /// Another node's disconnect of `id`.
+    pub(super) fn disconnected(&mut self, id: &str, reason: &[u8], now: Instant) {
+        let why = String::from_utf8_lossy(reason);
+        let mut end = why.len().min(MAX_REASON);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        let why = if end == 0 { "disconnected" } else { &why[..end] };
+        self.disconnect_here(id, why, None, now);
+    }
+
+    /// Another node's kick of `id` out of `room`.
+    pub(super) fn kicked(&mut self, id: &str, room: &str) {
+        self.kick_here(id, room);
+    }
+
+    /// Redis's answer to `MOD_LOAD` (the link came up): the cluster's set replaces ours, and
+    /// is enforced on the users here (a ban taken while this node could not hear it).
+    pub(super) fn moderation_loaded(&mut self, frame: &BytesFrame, now: Instant) {
+        let ts = super::now_millis();
+        let BytesFrame::Array { data, .. } = frame else {
+            return warn!("cluster: could not read the moderation set from Redis: {frame:?}");
+        };
+        let texts: Vec<&str> = data.iter().filter_map(|f| f.as_str()).collect();
+        let decisions: Vec<Decision> = texts
+            .chunks(2)
+            .filter_map(|fv| {
+                let [field, value] = fv else { return None };
+                let all: Vec<&str> = field.split(' ').chain(value.split(' ')).collect();
+                Decision::parse(&all)
+            })
+            .collect();
+        let refused = self.chat.moderation_mut().load(decisions.iter().cloned(), ts);
+        if refused > 0 {
+            warn!("cluster: {refused} moderation decisions not kept here (past this node's bounds)");
+        }
+        for d in &decisions {
+            self.enforce(d, now, ts);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_action_parses_its_own_fields_and_refuses_the_others_by_name() {
+        let p = |name: &str, body: &str| Action::parse(name, body.as_bytes()).unwrap();
+        assert_eq!(p("ban", r#"{"id":"al","seconds":60}"#), Ok(Action::Ban { id: "al".into(), seconds: 60 }));
+        assert_eq!(
+            p("mute", r#"{"id":"al","room":"Dev","seconds":1}"#),
+            Ok(Action::Mute { id: "al".into(), room: Some("dev".into()), seconds: 1 })
+        );
+        assert_eq!(p("unmute", r#"{"id":"al"}"#), Ok(Action::Unmute { id: "al".into(), room: None }));
+        assert_eq!(
+            p("revoke", r#"{"id":"al","before":5}"#),
+            Ok(Action::Revoke { id: "al".into(), before: 5, seconds: None })
+        );
+        assert_eq!(
+            p("disconnect", r#"{"id":"al"}"#),
+            Ok(Action::Disconnect { id: "al".into(), reason: None })
+        );
+        assert!(Action::parse("publish", b"{}").is_none(), "not ours");
+        let why = |name: &str, body: &str| p(name, body).unwrap_err().message;
+        assert!(why("ban", r#"{"id":"al"}"#).starts_with("seconds:"));
+        assert!(why("ban", r#"{"id":"al","seconds":0}"#).starts_with("seconds:"));
+        assert!(why("ban", r#"{"id":"a b","seconds":5}"#).starts_with("id:"));
+        assert!(why("ban", r#"{"id":"al","seconds":5,"room":"x"}"#).starts_with("room: not a field of ban"));
+        assert!(why("kick", r#"{"id":"al"}"#).starts_with("room: required"));
+        assert!(why("kick", r#"{"id":"al","room":"a room"}"#).starts_with("room:"));
+        assert!(why("revoke", r#"{"id":"al"}"#).starts_with("before:"));
+        assert!(why("ban", r#"{"id":"al","secs":5}"#).starts_with("body: unknown field"));
+        assert!(why("ban", "not json").starts_with("body:"));
+        let long = format!(r#"{{"id":"al","reason":"{}"}}"#, "x".repeat(124));
+        assert!(why("disconnect", &long).starts_with("reason:"));
+    }
+
+    #[test]
+    fn done_is_the_answer_and_the_event_without_empty_fields() {
+        let d = Done { until: Some(9), ..Done::new("ban", "al", 3) };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"action":"ban","id":"al","until":9,"ts":3}"#);
+    }
+}
