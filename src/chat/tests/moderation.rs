@@ -224,3 +224,36 @@ fn a_dropped_hold_cannot_be_resumed_and_its_rooms_see_it_leave() {
     assert!(!resumed, "a fresh session: the hold is gone");
     assert!(c.drop_hold("bob", &mut r).is_none(), "connected: no hold to drop");
 }
+
+/// Resident bytes per entry of each kind, at its bound (ARCHITECTURE.md's Memory model):
+/// `cargo test --release --lib moderation_memory -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn moderation_memory() {
+    fn rss() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm.split(' ').nth(1).unwrap().parse::<usize>().unwrap() * 4096
+    }
+    let mut m = Moderation::default();
+    let before = rss();
+    for i in 0..MAX_BANS {
+        m.apply(&ban(&format!("user-{i:08}"), 1_000_000 + i as u64), 0).unwrap();
+    }
+    let bans = rss();
+    for i in 0..MAX_MUTES {
+        let e = Decision::Mute { id: id(&format!("user-{i:08}")), room: Some(Rc::from("lobby")), until: 9 + i as u64 };
+        m.apply(&e, 0).unwrap();
+    }
+    let mutes = rss();
+    for i in 0..MAX_REVOKED {
+        m.apply(&Decision::Revoke { id: id(&format!("user-{i:08}")), before: 5, until: 9 + i as u64 }, 0).unwrap();
+    }
+    let revoked = rss();
+    println!(
+        "bytes per entry (13-character ids): ban {}, room mute {}, revocation {}",
+        (bans - before) / MAX_BANS,
+        (mutes - bans) / MAX_MUTES,
+        (revoked - mutes) / MAX_REVOKED
+    );
+    assert_eq!(m.counts(), (MAX_BANS, MAX_MUTES, MAX_REVOKED));
+}
