@@ -341,6 +341,9 @@ impl Server {
             self.next_sweep = now;
         }
         self.chat.expire_history(now);
+        if self.chat.moderation_mut().expire(now_millis()) {
+            self.next_sweep = now; // more bans, mutes or revocations ended than one batch
+        }
         // After what the ended holds left behind is freed, not before it: malloc_trim can only
         // give back what is free.
         // The last holds may have gone while a connection was open (a scrape, say).

@@ -305,6 +305,10 @@ impl Server {
         } else if let Some(g) = self.chat.drop_hold(id, &mut self.net) {
             info!(target: "chatloop::session", "session ended id={} reason=moderated (its hold dropped)", g.id);
             self.cluster_left(&g.id, &g.emptied, now);
+            // Its resume hash too: no node lets the old token back in.
+            if let Some(c) = &mut self.cluster {
+                c.spent(&key(id));
+            }
         }
     }
 
