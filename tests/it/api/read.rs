@@ -1,0 +1,1 @@
+//! `GET /api/rooms`, `/api/rooms/NAME`, `/api/history`, `/api/users/ID`.

@@ -1,0 +1,1 @@
+//! `POST /api/publish` and `POST /api/send`.
