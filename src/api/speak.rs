@@ -73,12 +73,12 @@ pub fn posted(room: &str, posted: Posted) -> Answer {
 
 fn posted_answer(room: &str, posted: Posted) -> Answer {
     match posted {
-        Posted::Numbered { seq, epoch, unconfirmed: false } => {
+        Posted::Numbered { seq, epoch, unconfirmed: None } => {
             ok(&json!({ "room": room, "seq": seq, "epoch": &*epoch }))
         }
-        Posted::Numbered { seq, epoch, unconfirmed: true } => ok(&json!({
-            "room": room, "seq": seq, "epoch": &*epoch, "unconfirmed": ErrorCode::ClusterUnavailable.as_str()
-        })),
+        Posted::Numbered { seq, epoch, unconfirmed: Some(code) } => {
+            ok(&json!({ "room": room, "seq": seq, "epoch": &*epoch, "unconfirmed": code.as_str() }))
+        }
         Posted::Pending => Answer::Pending,
     }
 }

@@ -13,14 +13,15 @@ use std::time::Instant;
 
 /// Who a backend's private line is kept as being from: no id can be this, so an
 /// `undelivered` about it reaches no one, here or on the recipient's node.
-pub const API_SENDER: &str = "*api";
+pub const API_SENDER: &str = "@api";
 
 /// A system room line as the broker took it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Posted {
     /// Numbered `seq` in `epoch` and delivered to the local members; `unconfirmed` when it
-    /// was numbered here while Redis was away (other nodes cannot have it).
-    Numbered { seq: u64, epoch: Rc<str>, unconfirmed: bool },
+    /// was numbered here because Redis did not (`cluster_unavailable`: it never had it;
+    /// `cluster_unconfirmed`: it may pass it on yet), so other nodes may not have it.
+    Numbered { seq: u64, epoch: Rc<str>, unconfirmed: Option<ErrorCode> },
     /// Redis numbers it: the answer comes through `Chat::published`.
     Pending,
 }
@@ -95,15 +96,21 @@ impl Chat {
         let post =
             Post { room: &name, from: &sender, token, cid: None, api: Some(generation), encode: &encode };
         let (line, unconfirmed) = match broker.publish(&mut self.history, post) {
-            Published::Now(line) => (line, false),
-            Published::Unconfirmed(line) => (line, true),
+            Published::Now(line) => (line, None),
+            Published::Unconfirmed(line) => (line, Some(ErrorCode::ClusterUnavailable)),
             Published::Pending => return Ok(Posted::Pending),
         };
         Ok(self.posted(&name, &line, unconfirmed, sink))
     }
 
     /// Delivers a system line numbered here and says what it got.
-    fn posted(&mut self, room: &Rc<str>, line: &Bytes, unconfirmed: bool, sink: &mut impl Sink) -> Posted {
+    fn posted(
+        &mut self,
+        room: &Rc<str>,
+        line: &Bytes,
+        unconfirmed: Option<ErrorCode>,
+        sink: &mut impl Sink,
+    ) -> Posted {
         match self.rooms.key(room) {
             Some(rk) => self.rooms.deliver(rk, line, sink),
             // No members: its log is idle from the end of this turn (see `pump`).

@@ -36,12 +36,12 @@ impl Chat {
                 let line = protocol::with_seq(&t.template, seq);
                 let sender = here.then_some((t.token, t.cid.as_deref()));
                 self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
-                (seq, false)
+                (seq, None)
             }
             None => {
                 let sender = if here { t.token } else { usize::MAX };
                 let line = self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
-                (protocol::line_seq(&line).unwrap_or(0), true)
+                (protocol::line_seq(&line).unwrap_or(0), Some(ErrorCode::ClusterUnavailable))
             }
         };
         let remote = match self.rooms.key(&t.room).map(|k| self.rooms.room(k)) {

@@ -12,6 +12,7 @@
 use super::Server;
 use super::join::{Granted, carried_bucket};
 use crate::chat::Nodes;
+use crate::chat::backend::Posted;
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
 use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload};
@@ -270,7 +271,10 @@ impl Server {
     /// A room message Redis will not number (the link failed, or could not confirm it):
     /// numbered here (`Chat::published`), its sender told `code`.
     fn room_failed(&mut self, t: &Ticket, code: ErrorCode, now: Instant) {
-        let (_, posted) = self.chat.published(t, None, &mut self.net);
+        let (_, mut posted) = self.chat.published(t, None, &mut self.net);
+        if let Posted::Numbered { unconfirmed, .. } = &mut posted {
+            *unconfirmed = Some(code);
+        }
         match t.api {
             Some(generation) => self.api_published(t.token, generation, &t.room, posted, now),
             None => self.tell_room(&t.from, code, &t.room, t.cid.as_deref()),

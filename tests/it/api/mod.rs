@@ -2,7 +2,7 @@
 //! rules, keep-alive), `speak.rs` (publish, send), `read.rs` (rooms, history, users).
 //! The helpers speak HTTP/1.1 by hand over one kept-alive socket, so every byte is the test's.
 
-mod access;
+pub mod access;
 mod read;
 mod speak;
 
@@ -108,7 +108,7 @@ impl Conn {
             match self.sock.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("reading a response: {e}"),
+                Err(e) => panic!("reading a response: {e} ({:?}), {} bytes so far", e.kind(), self.buf.len()),
             }
         }
     }
