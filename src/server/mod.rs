@@ -15,6 +15,7 @@
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
+mod api;
 mod cluster;
 mod join;
 pub mod moderation;
@@ -370,7 +371,7 @@ impl Server {
                     Phase::Ws(_) => {
                         self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
                     }
-                    Phase::Request { .. } => self.doom(t),
+                    Phase::Request { .. } | Phase::Api(_) => self.doom(t),
                     Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
@@ -386,6 +387,7 @@ impl Server {
             Phase::Request { .. } => self.read_request(token, now, ts),
             Phase::Respond { .. } => self.read_discard(token),
             Phase::Ws(_) => self.read_ws(token, now, ts),
+            Phase::Api(_) => self.api_read(token, now, ts),
         }
     }
 
@@ -403,10 +405,26 @@ impl Server {
                 continue;
             }
             match &mut conn.phase {
-                Phase::Request { .. } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                Phase::Request { buf } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                    if conn.peer.is(Flag::KeptAlive) && buf.is_empty() {
+                        debug!("{}: api: idle between requests, closed", conn.addr);
+                        // An answer still being written gets the close grace to finish.
+                        conn.phase = Phase::Respond { eof: false };
+                        conn.give_up = Some(stamp.after(CLOSE_GRACE));
+                        self.net.mark_pending(token);
+                        self.arm(token, now);
+                        continue;
+                    }
                     warn!("{}: handshake timeout", conn.addr);
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.doom(token);
+                    continue;
+                }
+                Phase::Api(_) if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                    warn!("{}: api: request timeout (its body was not complete)", conn.addr);
+                    conn.reason.get_or_insert(Reason::HandshakeTimeout);
+                    self.net.stats.api_answered(crate::http::Status::RequestTimeout as u16);
+                    self.respond(token, api::timed_out(), now);
                     continue;
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {

@@ -60,6 +60,7 @@ impl Server {
             assets: &self.assets,
             token_mode: self.cfg.auth.is_some(),
             config: &self.config_json,
+            api: self.cfg.api_key.is_some(),
         };
         match router::route(&req, &rules) {
             Route::Upgrade { echo, key, id, resume, pseq, token: bearer } => {
@@ -67,6 +68,7 @@ impl Server {
                 self.upgrade(token, echo, &key, (id, bearer), (presented, pseq), rest, now, ts)
             }
             Route::Respond(response) => self.respond(token, response, now),
+            Route::Api => self.api_head(token, req, rest, now, ts),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
             Route::Foreign(f) => {
                 // One request per connection, so this is once per connection.
@@ -102,7 +104,7 @@ impl Server {
     }
 
     /// Queues a response; the connection closes once it is written.
-    fn respond(&mut self, token: usize, response: Bytes, now: Instant) {
+    pub(super) fn respond(&mut self, token: usize, response: Bytes, now: Instant) {
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(response, usize::MAX);
         conn.phase = Phase::Respond { eof: false };
