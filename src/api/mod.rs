@@ -14,6 +14,7 @@
 //! What each answer can cost is bounded (`read::MAX_LIMIT`, `read::MAX_ROOMS`; ARCHITECTURE.md's
 //! Memory model).
 
+pub mod moderate;
 pub mod read;
 pub mod speak;
 
@@ -96,6 +97,9 @@ pub enum Answer {
     /// Redis will answer (a publish in a cluster): the server sends the answer once
     /// `Chat::published` has it, nothing else is read meanwhile.
     Pending,
+    /// A moderation action for the server to take (it closes connections and tells the
+    /// cluster); its `Done` or refusal is the answer (`server/moderation.rs`).
+    Moderate(moderate::Action),
 }
 
 /// A 200 with `value` as its body.
@@ -123,6 +127,9 @@ pub fn dispatch<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         _ if path.starts_with("/api/rooms/") => only("GET", call, cx, read::room),
         "/api/history" => only("GET", call, cx, read::history),
         _ if path.starts_with("/api/users/") => only("GET", call, cx, read::user),
+        _ if moderate::ACTIONS.iter().any(|a| path.strip_prefix("/api/") == Some(a)) => {
+            only("POST", call, cx, moderate::handle)
+        }
         _ => fail(Status::NotFound, "not_found", "no such endpoint (see docs/api.md)"),
     }
 }

@@ -187,6 +187,12 @@ impl Server {
                 answer = api::fail(Status::Unavailable, "cluster_unavailable", why);
             }
         }
+        if let Answer::Moderate(action) = answer {
+            answer = match self.moderate(action, now, ts) {
+                Ok(done) => api::ok(&serde_json::to_value(&done).expect("serializable")),
+                Err(r) => api::fail(r.status, r.code, &r.message),
+            };
+        }
         call.waiting = answer == Answer::Pending;
         self.net.conns[token].phase = Phase::Api(call);
         if let Answer::Json(status, body) = answer {

@@ -11,6 +11,7 @@ mod fair;
 mod history;
 mod hostile;
 mod http;
+mod moderation;
 mod ops;
 mod rooms;
 mod util;

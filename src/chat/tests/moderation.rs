@@ -241,12 +241,17 @@ fn moderation_memory() {
     }
     let bans = rss();
     for i in 0..MAX_MUTES {
-        let e = Decision::Mute { id: id(&format!("user-{i:08}")), room: Some(Rc::from("lobby")), until: 9 + i as u64 };
+        let e = Decision::Mute {
+            id: id(&format!("user-{i:08}")),
+            room: Some(Rc::from("lobby")),
+            until: 9 + i as u64,
+        };
         m.apply(&e, 0).unwrap();
     }
     let mutes = rss();
     for i in 0..MAX_REVOKED {
-        m.apply(&Decision::Revoke { id: id(&format!("user-{i:08}")), before: 5, until: 9 + i as u64 }, 0).unwrap();
+        m.apply(&Decision::Revoke { id: id(&format!("user-{i:08}")), before: 5, until: 9 + i as u64 }, 0)
+            .unwrap();
     }
     let revoked = rss();
     println!(
