@@ -326,6 +326,9 @@ struct PresenceLine<'a> {
 struct RoomLine<'a> {
     r#type: &'static str,
     room: &'a str,
+    /// `left` because a backend took the user out (`POST /api/kick`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    kicked: bool,
 }
 
 /// One entry of the directory.
@@ -367,30 +370,22 @@ fn encode_kept<T: Serialize>(v: &T) -> Bytes {
 
 /// `{"type":"error",...}`; `to` names the recipient of a private message that failed.
 pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: None,
-        to,
-        room: None,
-        until: None,
-    })
+    error_line(code, None, to, None, None)
 }
+
+/// Every error line: its code's message, and the fields that say what it is about.
+fn error_line(code: ErrorCode, reason: Opt<'_>, to: Opt<'_>, room: Opt<'_>, until: Option<u64>) -> Bytes {
+    let (message, code) = (code.human(), code.as_str());
+    encode(&ErrorLine { r#type: "error", code, message, reason, to, room, until })
+}
+
+/// An optional name an error line carries.
+type Opt<'a> = Option<&'a str>;
 
 /// `{"type":"error","code":"unauthorized",...,"reason":R}`: a token refused, and why
 /// (`auth::Reason::as_str`). Never carries the token.
 pub fn unauthorized(reason: &str) -> Bytes {
-    let code = ErrorCode::Unauthorized;
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: Some(reason),
-        to: None,
-        room: None,
-        until: None,
-    })
+    error_line(ErrorCode::Unauthorized, Some(reason), None, None, None)
 }
 
 #[derive(Serialize)]
@@ -423,16 +418,7 @@ pub fn decode_token(frame: &str) -> Option<(String, Option<String>)> {
 
 /// `{"type":"error","code":"bad_message",...,"reason":R}`: which field, and what is wrong.
 pub fn bad_message(reason: &str) -> Bytes {
-    let code = ErrorCode::BadMessage;
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: Some(reason),
-        to: None,
-        room: None,
-        until: None,
-    })
+    error_line(ErrorCode::BadMessage, Some(reason), None, None, None)
 }
 
 /// An error about one message: with its `cid` (the client's id for it) when it had one, so
@@ -447,40 +433,17 @@ pub fn error_about(code: ErrorCode, to: Option<&str>, cid: Option<&str>) -> Byte
 
 /// `{"type":"error",...,"room":R}`: an error about room `room`.
 pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: None,
-        to: None,
-        room: Some(room),
-        until: None,
-    })
+    error_line(code, None, None, Some(room), None)
 }
 
-/// A moderation refusal (`banned`, `muted`) lasting until `until` (Unix ms), about a message
-/// to `room` or to `to` when it was one.
+/// A moderation refusal (`banned`, `muted`) until `until` (Unix ms), naming `room` or `to`.
 pub fn moderated(code: ErrorCode, until: u64, room: Option<&str>, to: Option<&str>) -> Bytes {
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: None,
-        to,
-        room,
-        until: Some(until),
-    })
+    error_line(code, None, to, room, Some(until))
 }
 
 /// `{"type":"left","room":R,"kicked":true}`: a backend took the user out of room `room`.
 pub fn kicked(room: &str) -> Bytes {
-    #[derive(Serialize)]
-    struct Kicked<'a> {
-        r#type: &'static str,
-        room: &'a str,
-        kicked: bool,
-    }
-    encode(&Kicked { r#type: "left", room, kicked: true })
+    encode(&RoomLine { r#type: "left", room, kicked: true })
 }
 
 /// A message to room `room`, number `seq` in it.
@@ -635,7 +598,7 @@ pub fn gap(room: &str, seq: u64) -> Bytes {
 
 /// `{"type":"left","room":R}`: the answer to a leave.
 pub fn left(room: &str) -> Bytes {
-    encode(&RoomLine { r#type: "left", room })
+    encode(&RoomLine { r#type: "left", room, kicked: false })
 }
 
 /// `{"type":"rooms","rooms":[{"room":R,"users":N},...],"total":T}`: the directory.
