@@ -123,12 +123,14 @@ impl Action {
     fn parse_body(name: &str, body: &[u8]) -> Result<Action, Refused> {
         let b: Body = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
         if !protocol::valid_id(&b.id) {
-            return Err(bad("id: 1 to 32 characters from A-Z a-z 0-9 _ - ."));
+            let message = "id: 1 to 32 characters from A-Z a-z 0-9 _ - .".into();
+            return Err(Refused { status: Status::BadRequest, code: "bad_id", message });
         }
         if let Some(r) = &b.room
             && protocol::room_name(r).is_none()
         {
-            return Err(bad("room: 1 to 32 characters from a-z 0-9 _ - ."));
+            let message = "room: 1 to 32 characters from A-Z a-z 0-9 _ - .".into();
+            return Err(Refused { status: Status::BadRequest, code: "bad_room", message });
         }
         let seconds = |s: Option<u64>| match s {
             Some(s) if (1..=MAX_SECONDS).contains(&s) => Ok(s),

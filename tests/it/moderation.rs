@@ -227,17 +227,18 @@ fn a_revoke_closes_a_live_old_token_4401_refuses_it_again_and_a_newer_one_resume
 #[test]
 fn bad_requests_are_refused_with_the_field_named_and_revoke_needs_token_mode() {
     let (_s, mut api) = start(&[]);
-    for (action, body, field) in [
-        ("ban", json!({"id": "alice"}), "seconds"),
-        ("ban", json!({"id": "a b", "seconds": 5}), "id"),
-        ("ban", json!({"id": "alice", "seconds": 0}), "seconds"),
-        ("mute", json!({"id": "alice", "room": "No Room", "seconds": 5}), "room"),
-        ("kick", json!({"id": "alice"}), "room"),
-        ("disconnect", json!({"id": "alice", "reason": "x".repeat(124)}), "reason"),
-        ("ban", json!({"id": "alice", "seconds": 5, "room": "dev"}), "room"),
+    for (action, body, field, code) in [
+        ("ban", json!({"id": "alice"}), "seconds", "bad_request"),
+        ("ban", json!({"id": "a b", "seconds": 5}), "id", "bad_id"),
+        ("ban", json!({"id": "alice", "seconds": 0}), "seconds", "bad_request"),
+        ("mute", json!({"id": "alice", "room": "No Room", "seconds": 5}), "room", "bad_room"),
+        ("kick", json!({"id": "alice"}), "room", "bad_request"),
+        ("disconnect", json!({"id": "alice", "reason": "x".repeat(124)}), "reason", "bad_request"),
+        ("ban", json!({"id": "alice", "seconds": 5, "room": "dev"}), "room", "bad_request"),
+        ("unban", json!({"id": "alice", "sec": 5}), "body", "bad_request"),
     ] {
         let r = api.post(&format!("/api/{action}"), &body);
-        assert_eq!((r.status, r.code()), (400, "bad_request".to_string()), "{action} {body}");
+        assert_eq!((r.status, r.code()), (400, code.to_string()), "{action} {body}");
         let message = r.json()["error"]["message"].as_str().unwrap().to_string();
         assert!(message.starts_with(&format!("{field}:")), "{action} {body}: {message}");
     }
