@@ -274,6 +274,23 @@ impl Moderation {
         }
     }
 
+    /// Takes out the id's entry of `d`'s kind (a decision that could not be shared).
+    pub fn forget(&mut self, d: &Decision) {
+        match d {
+            Decision::Ban { id, .. } => {
+                self.lift(&Lift::Unban { id: Rc::clone(id) });
+            }
+            Decision::Mute { id, room, .. } => {
+                self.lift(&Lift::Unmute { id: Rc::clone(id), room: room.clone() });
+            }
+            Decision::Revoke { id, .. } => {
+                if let Some((_, until)) = self.revoked.remove(id) {
+                    self.revoked_due.remove(&(until, Rc::clone(id)));
+                }
+            }
+        }
+    }
+
     /// Until when id key `id` is banned, if it is at `now`.
     pub fn banned(&self, id: &str, now: u64) -> Option<u64> {
         self.bans.get(id).copied().filter(|u| *u > now)

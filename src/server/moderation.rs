@@ -28,17 +28,19 @@ use tungstenite::protocol::frame::coding::CloseCode;
 /// The close code of a moderation close: banned or disconnected ("do not come back").
 pub const MODERATED: u16 = 4403;
 
+/// Redis cannot take the action now: nothing was done.
+fn unavailable() -> Refused {
+    let message = "Redis cannot be reached: nothing was done, try again".into();
+    Refused { status: Status::Unavailable, code: "cluster_unavailable", message }
+}
+
 impl Server {
     /// Takes `action` here and, in a cluster, everywhere (kept in Redis and announced in one
     /// script, so every node has it within one round trip; a node that was away loads the set
     /// when its link comes up). Refused, with nothing done, while Redis cannot be reached.
     pub(super) fn moderate(&mut self, action: Action, now: Instant, ts: u64) -> Result<Done, Refused> {
         if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
-            return Err(Refused {
-                status: Status::Unavailable,
-                code: "cluster_unavailable",
-                message: "Redis cannot be reached: nothing was done, try again".into(),
-            });
+            return Err(unavailable());
         }
         let until = |secs: u64| ts.saturating_add(secs.saturating_mul(1000));
         let done = match action {
@@ -77,22 +79,36 @@ impl Server {
             }
             Action::Disconnect { id, reason } => {
                 let why = reason.as_deref().unwrap_or("disconnected");
+                self.announce(&["D", &id], Some(why.as_bytes()))?;
                 self.disconnect_here(&id, why, None, now);
-                if let Some(c) = &mut self.cluster {
-                    c.publish(ALL, &payload(&["D", &c.node, &id], Some(why.as_bytes())));
-                }
                 Done { reason, ..Done::new("disconnect", &id, ts) }
             }
             Action::Kick { id, room } => {
+                self.announce(&["X", &id, &room], None)?;
                 self.kick_here(&id, &room);
-                if let Some(c) = &mut self.cluster {
-                    c.publish(ALL, &payload(&["X", &c.node, &id, &room], None));
-                }
                 Done { room: Some(room), ..Done::new("kick", &id, ts) }
             }
         };
-        info!("moderation: {} id={}", done.action, done.id);
+        self.moderation_done(&done);
         Ok(done)
+    }
+
+    /// Every action taken (on this node's API; another node's are reported there): the one
+    /// place to report it, e.g. as the event stream's `moderation` event.
+    fn moderation_done(&mut self, done: &Done) {
+        info!("moderation: {} id={}", done.action, done.id);
+    }
+
+    /// Tells every other node (`fields` after the kind, then our node id); refused if the
+    /// link cannot take it now (its queue is full), before anything is done.
+    fn announce(&mut self, fields: &[&str], body: Option<&[u8]>) -> Result<(), Refused> {
+        let Some(c) = &mut self.cluster else { return Ok(()) };
+        let mut all = vec![fields[0], &c.node];
+        all.extend(&fields[1..]);
+        match c.publish(ALL, &payload(&all, body)) {
+            true => Ok(()),
+            false => Err(unavailable()),
+        }
     }
 
     /// Keeps decision `d` here and, in a cluster, in Redis (announced to every node).
@@ -110,7 +126,11 @@ impl Server {
             let mut all: Vec<&str> = vec!["V", &c.node];
             all.extend(fields.iter().map(String::as_str));
             let announce = payload(&all, None);
-            c.moderate_put(&field, &value, d.until(), ts, &announce);
+            if !c.moderate_put(&field, &value, d.until(), ts, &announce) {
+                // The link's queue is full: kept nowhere else, so not here either.
+                self.chat.moderation_mut().forget(d);
+                return Err(unavailable());
+            }
         }
         Ok(())
     }

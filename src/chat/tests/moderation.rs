@@ -101,6 +101,9 @@ fn a_revocation_refuses_tokens_issued_before_its_moment_and_one_without_iat() {
     m.apply(&revoke(500, 5_000), 0).unwrap();
     assert!(m.revoked(&id("alice"), Some(999), 9_999));
     assert!(!m.revoked(&id("alice"), Some(999), 10_000), "kept until its deadline only");
+    m.forget(&revoke(0, 0));
+    assert!(!m.revoked(&id("alice"), None, 0), "forgotten");
+    assert_eq!(m.counts(), (0, 0, 0));
 }
 
 #[test]
