@@ -4,6 +4,8 @@
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join as pathJoin } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { connect as tcpConnect } from 'node:net';
 import {
   ensureArtifacts,
@@ -1935,6 +1937,27 @@ describe('chat page in chromium', () => {
     assert.equal(await p.locator('#send-error').textContent(), '');
     await enterRoom(p, 'team-a');
     await waitForShown(p, '#team-a');
+    await closeAll();
+  });
+
+  it('a ban from the backend API ends the session in one line, with no retry behind the user\'s back', T, async () => {
+    await server.stop('SIGTERM');
+    const key = 'browser-test-api-key-0123456789';
+    const keyFile = pathJoin(tmpdir(), `chatloop-browser-api-key-${process.pid}`);
+    writeFileSync(keyFile, key + '\n');
+    server = await startServer(0, ['--api-key', keyFile]);
+    const alice = await page();
+    await join(alice, 'alice');
+    const r = await fetch(server.url + '/api/ban', {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ' + key, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ id: 'alice', seconds: 60 }),
+    });
+    assert.equal(r.status, 200, await r.text());
+    await alice.locator('#login-error', { hasText: 'You were removed from this chat (banned).' }).waitFor();
+    await sleep(1500); // a banned id is refused: the page must not keep knocking
+    assert.equal(await alice.locator('#status').getAttribute('data-state'), 'offline');
+    assert.ok(!server.log.some((l) => l.includes('refused id')), 'no reconnect attempt');
     await closeAll();
   });
 
