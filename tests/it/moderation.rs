@@ -306,12 +306,16 @@ fn a_ban_on_one_node_refuses_the_id_on_another_and_a_node_started_later_loads_it
     // Lifted on B: A and C let alice in again.
     act(&mut Conn::open(&b), "unban", json!({"id": "alice"}));
     let end = Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut alice = loop {
         let mut t = c.connect("alice");
         if t.next_line()["type"] == "welcome" {
-            break;
+            break t;
         }
         assert!(Instant::now() < end, "still banned on C");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    // A disconnect on A closes her on C.
+    act(&mut api, "disconnect", json!({"id": "alice", "reason": "bye from A"}));
+    let (code, why, _) = closed(&mut alice);
+    assert_eq!((code, why.as_str()), (Some(4403), "bye from A"));
 }
