@@ -139,6 +139,13 @@ pub enum Await {
     Refresh,
     /// Every moderation decision in force (`MOD_LOAD`), asked when the link came up.
     Moderation,
+    /// A backend API request (connection `token` of `generation`) whose answer waits for
+    /// Redis to keep what it asked (a moderation decision): `body` once it has.
+    Answer {
+        token: usize,
+        generation: u32,
+        body: Vec<u8>,
+    },
     Ignore,
 }
 
@@ -296,6 +303,23 @@ impl Cluster {
             self.progress = Instant::now();
         }
         self.waiting.push_back((self.link.end(), then));
+    }
+
+    /// How many replies are awaited now: the place of the next command's (`then_at`).
+    pub fn awaited(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The reply awaited in place `at` (`awaited` before its command was queued, no reply
+    /// having come since) will answer `then` instead; false if there is none.
+    pub fn then_at(&mut self, at: usize, then: Await) -> bool {
+        match self.waiting.get_mut(at) {
+            Some((_, w)) => {
+                *w = then;
+                true
+            }
+            None => false,
+        }
     }
 
     /// What the reply that just arrived answers (the oldest command awaited).

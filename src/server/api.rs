@@ -188,10 +188,7 @@ impl Server {
             }
         }
         if let Answer::Moderate(action) = answer {
-            answer = match self.moderate(action, now, ts) {
-                Ok(done) => api::ok(&serde_json::to_value(&done).expect("serializable")),
-                Err(r) => api::fail(r.status, r.code, &r.message),
-            };
+            answer = self.api_moderate(action, token, generation, now, ts);
         }
         call.waiting = answer == Answer::Pending;
         self.net.conns[token].phase = Phase::Api(call);
@@ -228,6 +225,22 @@ impl Server {
         }
         if let Answer::Json(status, body) = api::speak::posted(room, posted) {
             self.api_answer(token, status, &body, now, super::now_millis());
+        }
+    }
+
+    /// The answer to a request that waited for Redis (`Answer::Pending`), if the connection
+    /// that asked is still there and waiting.
+    pub(super) fn api_later(
+        &mut self,
+        token: usize,
+        generation: u32,
+        status: Status,
+        body: &[u8],
+        now: Instant,
+    ) {
+        let Some(conn) = self.net.conns.get(token) else { return };
+        if conn.generation == generation && matches!(&conn.phase, Phase::Api(c) if c.waiting) {
+            self.api_answer(token, status, body, now, super::now_millis());
         }
     }
 

@@ -9,10 +9,12 @@
 //! event stream's `moderation` event.
 
 use super::Server;
+use crate::api::Answer;
 use crate::api::moderate::{Action, Done, MAX_REASON, Refused};
 use crate::chat::Sink;
 use crate::chat::ids::key;
 use crate::chat::moderation::{Decision, Lift, REVOKE_KEEP_SECS};
+use crate::cluster::Await;
 use crate::cluster::{ALL, payload};
 use crate::conn::Phase;
 use crate::http::Status;
@@ -109,6 +111,44 @@ impl Server {
             true => Ok(()),
             false => Err(unavailable()),
         }
+    }
+
+    /// `moderate` for the API's connection `token` of `generation`: the answer now, or (a
+    /// decision Redis keeps) `Pending` until Redis has kept it (`Await::Answer`).
+    pub(super) fn api_moderate(
+        &mut self,
+        action: Action,
+        token: usize,
+        generation: u32,
+        now: Instant,
+        ts: u64,
+    ) -> Answer {
+        let writes = !matches!(action, Action::Disconnect { .. } | Action::Kick { .. });
+        // The decision's script is the first command an action that writes queues.
+        let first = self.cluster.as_ref().map(|c| c.awaited());
+        match self.moderate(action, now, ts) {
+            Ok(done) => {
+                let body = serde_json::to_vec(&done).expect("serializable");
+                let then = Await::Answer { token, generation, body: body.clone() };
+                let pending = match (&mut self.cluster, first) {
+                    (Some(c), Some(at)) if writes => c.then_at(at, then),
+                    _ => false,
+                };
+                if pending { Answer::Pending } else { Answer::Json(Status::Ok, body) }
+            }
+            Err(r) => crate::api::fail(r.status, r.code, &r.message),
+        }
+    }
+
+    /// A decision Redis did not confirm (the link failed, or Redis refused the script): the
+    /// API's answer says so (`written`: it went out, and Redis may yet keep it). This node's
+    /// copy stands until the link is up again, when the cluster's set replaces it.
+    pub(super) fn api_unkept(&mut self, token: usize, generation: u32, written: bool, now: Instant) {
+        let (code, why) = match written {
+            true => ("cluster_unconfirmed", "Redis may or may not have kept it: check, or do it again"),
+            false => ("cluster_unavailable", "Redis cannot be reached: it was not kept, try again"),
+        };
+        self.api_later(token, generation, Status::Unavailable, &crate::api::error_json(code, why), now);
     }
 
     /// Keeps decision `d` here and, in a cluster, in Redis (announced to every node).

@@ -319,3 +319,34 @@ fn a_ban_on_one_node_refuses_the_id_on_another_and_a_node_started_later_loads_it
     let (code, why, _) = closed(&mut alice);
     assert_eq!((code, why.as_str()), (Some(4403), "bye from A"));
 }
+
+#[test]
+fn a_ban_waits_for_redis_to_keep_it_a_stall_says_unconfirmed_and_a_link_down_refuses() {
+    use crate::cluster::{Redis, node};
+    let Some(mut redis) = Redis::start() else { return };
+    let key = key_file();
+    let a = node(&redis, "30", &["--api-key", &key, "--redis-timeout", "1"]);
+    let mut api = Conn::open(&a);
+    let pid = redis.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The script is written and never answered: after --redis-timeout one answer says Redis
+    // may or may not have kept it; this node enforces it meanwhile.
+    let r = api.post("/api/ban", &json!({"id": "mallory", "seconds": 600}));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!((r.status, r.code()), (503, "cluster_unconfirmed".to_string()));
+    // Redis gone: refused at once, nothing done.
+    redis.kill();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = api.post("/api/mute", &json!({"id": "eve", "seconds": 600}));
+        if r.status == 503 && r.code() == "cluster_unavailable" {
+            break;
+        }
+        assert!(Instant::now() < end, "still taken while Redis is gone: {}", r.status);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut eve = a.join("eve");
+    eve.send(&json!({"text": "not muted"}));
+    assert_eq!(eve.next_line()["text"], "not muted");
+}

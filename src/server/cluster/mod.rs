@@ -148,6 +148,9 @@ impl Server {
                         Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
                         Await::Room(t) => self.room_failed(&t, code, now),
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
+                        Await::Answer { token, generation, .. } => {
+                            self.api_unkept(token, generation, code == ErrorCode::ClusterUnconfirmed, now)
+                        }
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
                         // Asked again when the link is up again.
@@ -232,6 +235,10 @@ impl Server {
             }
             Await::Refresh => self.refresh_reply(frame, now),
             Await::Moderation => self.moderation_loaded(&frame, now),
+            Await::Answer { token, generation, body } => match error_text(&frame) {
+                None => self.api_later(token, generation, crate::http::Status::Ok, &body, now),
+                Some(_) => self.api_unkept(token, generation, false, now),
+            },
             Await::Private { from, to, cid } => {
                 // PUBLISH answers with the number of subscribers reached: none means the node
                 // that held the recipient is gone.
