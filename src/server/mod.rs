@@ -15,7 +15,7 @@
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
-mod api;
+pub mod api;
 mod cluster;
 mod join;
 mod net;

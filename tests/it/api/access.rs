@@ -212,3 +212,40 @@ fn connection_close_is_honoured() {
     assert!(r.starts_with("HTTP/1.1 200") && r.to_ascii_lowercase().contains("connection: close"), "{r}");
     let _ = key_file;
 }
+
+#[test]
+fn any_bytes_as_an_api_request_never_crash_or_stall_the_server() {
+    let mut s = start(&["--handshake-timeout", "1"]);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let prefixes = [
+        String::new(),
+        format!("POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n", s.addr),
+        head(&s, "Content-Type: application/json\r\nContent-Length: 40\r\n\r\n"),
+        format!(
+            "GET /api/rooms HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\r\nGET /api/",
+            s.addr
+        ),
+    ];
+    let mut open = Vec::new();
+    for i in 0..200 {
+        let mut bytes = prefixes[i % prefixes.len()].clone().into_bytes();
+        let n = (next() % 300) as usize;
+        bytes.extend((0..n).map(|_| next() as u8));
+        let mut c = Conn::open(&s);
+        let _ = c.sock.write_all(&bytes);
+        open.push(c); // left open: those waiting for more must time out, not stall anyone
+    }
+    let mut probe = Conn::open(&s);
+    let t = Instant::now();
+    assert_eq!(probe.get("/api/rooms").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "answered at once despite 200 garbage connections");
+    drop(open);
+    assert!(s.alive());
+    assert_eq!(Conn::open(&s).get("/api/rooms").status, 200);
+}
