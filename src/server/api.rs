@@ -117,6 +117,12 @@ impl Server {
         let mut body = rest;
         // Bytes past the body are the next request's (pipelined): kept for after the answer.
         let after = if body.len() > need { body.split_off(need) } else { Vec::new() };
+        if req.expect_continue && body.len() < need {
+            // Its head is accepted: the body may come (else curl waits a second for it).
+            let go_on = Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.net.conns[token].peer.out.push_raw(go_on, usize::MAX);
+            self.net.urgent.push(token);
+        }
         let call = ApiCall { req, body, need, waiting: false, after };
         self.net.conns[token].phase = Phase::Api(Box::new(call));
         self.api_read(token, now, ts);

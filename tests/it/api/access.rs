@@ -249,3 +249,51 @@ fn any_bytes_as_an_api_request_never_crash_or_stall_the_server() {
     assert!(s.alive());
     assert_eq!(Conn::open(&s).get("/api/rooms").status, 200);
 }
+
+#[test]
+fn expect_100_continue_gets_its_continue_before_the_body() {
+    let s = start(&[]);
+    let body = json!({"room": "lobby", "text": "big enough for curl to ask first"}).to_string();
+    let mut c = Conn::open(&s);
+    let h = head(
+        &s,
+        &format!(
+            "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+    );
+    c.sock.write_all(h.as_bytes()).unwrap();
+    assert_eq!(c.response().unwrap().status, 100);
+    c.sock.write_all(body.as_bytes()).unwrap();
+    let r = c.response().unwrap();
+    assert_eq!((r.status, r.json()["seq"].as_u64()), (200, Some(1)));
+}
+
+#[test]
+fn a_client_that_pipelines_without_reading_is_paused_and_loses_nothing() {
+    let s = start(&["--queue-cap", "16384"]);
+    let mut c = Conn::open(&s);
+    for i in 0..100 {
+        let text = format!("{i:03}{}", "x".repeat(997));
+        assert_eq!(c.post("/api/publish", &json!({"room": "big", "text": text})).status, 200);
+    }
+    // Each answer is ~100 KB; 200 of them are far more than the kernel's buffers hold. Past
+    // the queue's cap the server stops reading this client: the rest wait in the kernel.
+    let one = request(&s.addr.to_string(), "GET", "/api/history?room=big", None);
+    let n = 200;
+    let writer = {
+        let mut sock = c.sock.try_clone().unwrap();
+        let all = one.repeat(n);
+        std::thread::spawn(move || sock.write_all(all.as_bytes()).is_ok())
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut probe = Conn::open(&s);
+    assert_eq!(probe.get("/api/rooms").status, 200, "others are served meanwhile");
+    let queued = s.metrics()["chatloop_outbound_queue_bytes"];
+    assert!(queued <= 16384.0 + 120_000.0, "answers held for a client that does not read: {queued}");
+    for i in 0..n {
+        let r = c.response().unwrap_or_else(|| panic!("answer {i} missing"));
+        assert_eq!((r.status, r.json()["lines"].as_array().map(Vec::len)), (200, Some(100)), "answer {i}");
+    }
+    assert!(writer.join().unwrap());
+}
