@@ -5,7 +5,7 @@
 //! next request (keep-alive; pipelined requests are answered in order).
 //!
 //! ```text
-//! Request ─(Route::Api)─ admit ─┬─ refused: 401 411 413 415 400, Connection: close
+//! Request ─(Route::Api)─ admit ─┬─ refused: 401 405 411 413 415 400, Connection: close
 //!                               └─ Phase::Api: body read ─ api::dispatch ─┬─ answered ─▶ Request (next)
 //!                                                                         └─ Pending: waiting ─ api_published ─▶ answered
 //! ```
@@ -62,6 +62,14 @@ pub fn admit(req: &Request, key: &[u8], max_body: usize) -> Result<usize, Refusa
             Status::Unauthorized,
             "unauthorized",
             "a wrong or missing API key (Authorization: Bearer KEY)",
+        ));
+    }
+    if req.method != "GET" && req.method != "POST" {
+        // A HEAD would get an answer without its body; other methods' bodies go unread.
+        return Err(refusal(
+            Status::MethodNotAllowed,
+            "method_not_allowed",
+            "the API takes GET and POST only",
         ));
     }
     if req.chunked {
@@ -357,6 +365,8 @@ mod tests {
             ),
             (format!("POST /api/publish HTTP/1.1\r\nHost: h\r\n{AUTH}Content-Length: 2\r\n"), Err(415)),
             (format!("GET /api/rooms HTTP/1.1\r\nHost: h\r\n{AUTH}Content-Length: 2\r\n"), Err(400)),
+            (format!("HEAD /api/rooms HTTP/1.1\r\nHost: h\r\n{AUTH}"), Err(405)),
+            (format!("PUT /api/publish HTTP/1.1\r\nHost: h\r\n{AUTH}{JSON}Content-Length: 2\r\n"), Err(405)),
             ("POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 999\r\n".into(), Err(401)),
         ];
         for (head, want) in cases {

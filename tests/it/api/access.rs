@@ -95,6 +95,8 @@ fn body_refusals_come_from_the_head_with_one_line_reasons() {
         ),
         (head(&s, "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}"), 415, "unsupported_media_type"),
         (head(&s, "Content-Length: 2\r\n\r\n{}"), 415, "unsupported_media_type"),
+        (head(&s, "\r\n").replacen("POST /api/publish", "HEAD /api/rooms", 1), 405, "method_not_allowed"),
+        (head(&s, "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}").replacen("POST", "PUT", 1), 405, "method_not_allowed"),
     ];
     for (raw, status, code) in cases {
         let mut c = Conn::open(&s);
