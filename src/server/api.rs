@@ -248,7 +248,7 @@ impl Server {
             return;
         };
         if call.req.close {
-            return self.api_close(token, status, body, now);
+            return self.respond(token, http::json(status, body, true), now);
         }
         conn.peer.out.push_raw(http::json(status, body, false), usize::MAX);
         conn.phase = Phase::Request { buf: call.after };
@@ -294,7 +294,10 @@ fn conn_over(conn: &crate::conn::Conn) -> bool {
 pub(super) fn timed_out() -> Bytes {
     http::json(
         Status::RequestTimeout,
-        &api::error_json("timeout", "the request was not complete within --handshake-timeout"),
+        &api::error_json(
+            "timeout",
+            "the request was not complete (or not answered) within --handshake-timeout",
+        ),
         true,
     )
 }

@@ -1,6 +1,6 @@
 //! Access and HTTP plumbing: the key, every body refusal, timeouts, keep-alive, pipelining.
 
-use super::{Conn, KEY, key_file, request, start};
+use super::{Conn, KEY, request, start};
 use crate::util::Server;
 use serde_json::json;
 use std::io::Write;
@@ -96,7 +96,12 @@ fn body_refusals_come_from_the_head_with_one_line_reasons() {
         (head(&s, "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}"), 415, "unsupported_media_type"),
         (head(&s, "Content-Length: 2\r\n\r\n{}"), 415, "unsupported_media_type"),
         (head(&s, "\r\n").replacen("POST /api/publish", "HEAD /api/rooms", 1), 405, "method_not_allowed"),
-        (head(&s, "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}").replacen("POST", "PUT", 1), 405, "method_not_allowed"),
+        (
+            head(&s, "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                .replacen("POST", "PUT", 1),
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (raw, status, code) in cases {
         let mut c = Conn::open(&s);
@@ -212,7 +217,7 @@ fn connection_close_is_honoured() {
     );
     let r = s.raw(raw.as_bytes());
     assert!(r.starts_with("HTTP/1.1 200") && r.to_ascii_lowercase().contains("connection: close"), "{r}");
-    let _ = key_file;
+    assert_eq!(s.metrics().get("chatloop_api_requests_total{status=\"200\"}"), Some(&1.0), "counted once");
 }
 
 #[test]
