@@ -15,7 +15,7 @@
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
-mod api;
+pub mod api;
 mod cluster;
 mod join;
 pub mod moderation;
@@ -421,7 +421,10 @@ impl Server {
                     continue;
                 }
                 Phase::Api(_) if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
-                    warn!("{}: api: request timeout (its body was not complete)", conn.addr);
+                    warn!(
+                        "{}: api: request timeout (its body incomplete, or its answer not back)",
+                        conn.addr
+                    );
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.net.stats.api_answered(crate::http::Status::RequestTimeout as u16);
                     self.respond(token, api::timed_out(), now);
