@@ -95,8 +95,20 @@ fn check_admit(raw: &[u8]) -> Check {
 fn call() -> impl Strategy<Value = (String, String, String, Vec<u8>)> {
     let method = select(vec!["GET", "POST", "PUT"]).prop_map(str::to_string);
     let path = prop_oneof![
-        select(vec!["/api/publish", "/api/send", "/api/rooms", "/api/history", "/api/nope"])
-            .prop_map(str::to_string),
+        select(vec![
+            "/api/publish",
+            "/api/send",
+            "/api/rooms",
+            "/api/history",
+            "/api/nope",
+            "/api/ban",
+            "/api/mute",
+            "/api/unmute",
+            "/api/kick",
+            "/api/disconnect",
+            "/api/revoke",
+        ])
+        .prop_map(str::to_string),
         "/api/(rooms|users)/[a-zA-Z0-9%._ -]{0,40}",
     ];
     let query = prop_oneof![
@@ -109,6 +121,9 @@ fn call() -> impl Strategy<Value = (String, String, String, Vec<u8>)> {
             .prop_map(String::into_bytes),
         "\\{\"room\":\"(dev|lobby|Dev)\",\"text\":\"[a-z]{0,8}\"\\}".prop_map(String::into_bytes),
         "\\{\"to\":\"(ann|bob|ANN|zed)\",\"text\":\"[a-z]{0,8}\"\\}".prop_map(String::into_bytes),
+        // Moderation: its fields, of the right type or not, in any mix.
+        "\\{\"id\":\"(ann|bob|a b|)\"(,\"(room|seconds|reason|before)\":(\"[a-zA-Z ]{0,6}\"|[0-9]{1,12}|-1|null)){0,3}\\}"
+            .prop_map(String::into_bytes),
     ];
     (method, path, query, body)
 }
@@ -120,6 +135,13 @@ fn check_dispatch(chat: &mut Chat, (method, path, query, body): &(String, String
     let mut cx = Cx { chat, sink: &mut rec, broker: &mut Alone, token: 99, generation: 1, relay: Vec::new() };
     let answer = api::dispatch(&c, &mut cx);
     prop_assert!(cx.relay.is_empty(), "a single node relays nothing");
+    if let Answer::Moderate(a) = answer {
+        // For the server to take: only a POST to its endpoint, with a body that checked out.
+        let name = path.strip_prefix("/api/").unwrap_or_default();
+        prop_assert!(method == "POST" && api::moderate::ACTIONS.contains(&name), "{method} {path}");
+        prop_assert_eq!(api::moderate::Action::parse(name, body), Some(Ok(a)));
+        return Ok(());
+    }
     let Answer::Json(status, body) = answer else {
         return Err(TestCaseError::fail("a single node never waits"));
     };
