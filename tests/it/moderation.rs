@@ -222,6 +222,10 @@ fn a_revoke_closes_a_live_old_token_4401_refuses_it_again_and_a_newer_one_resume
     back.send(&json!({"text": "back again"}));
     assert_eq!(bob.next_of("message")["text"], "back again");
     assert!(s.metrics()["chatloop_unauthorized_total{reason=\"revoked\"}"] >= 2.0);
+    // A ban in token mode: a valid token does not get a banned id in.
+    act(&mut api, "ban", json!({"id": "bob", "seconds": 600}));
+    assert_eq!(closed(&mut bob).0, Some(4403));
+    refused_banned(&s, &format!("/ws?token={}", token("bob", 0)));
 }
 
 #[test]
