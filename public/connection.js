@@ -99,6 +99,13 @@ function onDrop(sock, code, reason) {
   if (S.me === null) return; // we left on purpose
 
   if (code === 4401) return onUnauthorized(reason);
+  if (code === 4403) {
+    // Banned or disconnected by the chat's operator: coming back at once would not help.
+    stop();
+    const why = reason && reason !== 'disconnected' ? ' (' + reason + ')' : '';
+    showLogin('You were removed from this chat' + why + '.');
+    return;
+  }
   if (code === 4400) {
     // The server refused the id itself: retrying cannot help.
     stop();

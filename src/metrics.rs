@@ -30,10 +30,14 @@ pub enum Reason {
     /// `--auth token`: its token's `exp` plus `--auth-grace` passed without a refresh (close
     /// 4401): lost, not left, so the user is held for a resume with a fresh token.
     TokenExpired,
+    /// A backend's moderation (issue 25): disconnected or banned (close 4403, no hold).
+    Moderated,
+    /// Its token was revoked (issue 25; close 4401 `revoked`): lost like `TokenExpired`.
+    TokenRevoked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::ClientClose,
         Reason::SlowConsumer,
         Reason::IdleTimeout,
@@ -45,6 +49,8 @@ impl Reason {
         Reason::Lost,
         Reason::Replaced,
         Reason::TokenExpired,
+        Reason::Moderated,
+        Reason::TokenRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,12 +66,14 @@ impl Reason {
             Reason::Lost => "lost",
             Reason::Replaced => "replaced",
             Reason::TokenExpired => "token_expired",
+            Reason::Moderated => "moderated",
+            Reason::TokenRevoked => "token_revoked",
         }
     }
 }
 
 /// Every error code, in declaration order: `code as usize` indexes `Stats::errors`.
-const CODES: [ErrorCode; 16] = [
+const CODES: [ErrorCode; 18] = [
     ErrorCode::BadId,
     ErrorCode::IdTaken,
     ErrorCode::UnknownRecipient,
@@ -82,6 +90,8 @@ const CODES: [ErrorCode; 16] = [
     ErrorCode::Undelivered,
     ErrorCode::Unauthorized,
     ErrorCode::Forbidden,
+    ErrorCode::Banned,
+    ErrorCode::Muted,
 ];
 
 #[derive(Debug, Default)]
@@ -102,7 +112,12 @@ pub struct Stats {
     pub resumes: u64,
     /// Tokens refused (`--auth token`), by `auth::Reason`: at upgrades, refreshes and expiry.
     unauthorized: [u64; crate::auth::Reason::ALL.len()],
+    /// Backend API answers, by status (`API_STATUSES`; any other under the last, 0).
+    api: [u64; API_STATUSES.len()],
 }
+
+/// The statuses the backend API answers with, as `/metrics` labels them.
+pub const API_STATUSES: [u16; 14] = [200, 400, 401, 404, 405, 408, 409, 411, 413, 415, 422, 429, 503, 0];
 
 /// Gauges counted at scrape time.
 pub struct Gauges {
@@ -141,6 +156,12 @@ impl Stats {
     pub fn unauthorized(&mut self, r: crate::auth::Reason) {
         self.unauthorized[r as usize] += 1;
         self.error_sent(ErrorCode::Unauthorized);
+    }
+
+    /// A backend API answer sent with `status`.
+    pub fn api_answered(&mut self, status: u16) {
+        let i = API_STATUSES.iter().position(|s| *s == status).unwrap_or(API_STATUSES.len() - 1);
+        self.api[i] += 1;
     }
 
     pub fn error_sent(&mut self, code: ErrorCode) {
@@ -201,6 +222,9 @@ impl Stats {
         let samples: Vec<(&str, u64)> =
             all.iter().zip(&labels).map(|(r, l)| (l.as_str(), self.unauthorized[*r as usize])).collect();
         metric(o, "unauthorized_total", "counter", "Tokens refused (--auth token), by reason.", &samples);
+        let labels: Vec<String> = API_STATUSES.iter().map(|s| format!("{{status=\"{s}\"}}")).collect();
+        let samples: Vec<(&str, u64)> = labels.iter().zip(&self.api).map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(o, "api_requests_total", "counter", "Backend API requests answered, by status.", &samples);
         metric(
             o,
             "read_budget_spent_total",
@@ -446,8 +470,10 @@ mod tests {
             | ErrorCode::NotInRoom
             | ErrorCode::TooManyRooms
             | ErrorCode::Undelivered
-            | ErrorCode::Unauthorized => false,
-            ErrorCode::Forbidden => true,
+            | ErrorCode::Unauthorized
+            | ErrorCode::Forbidden
+            | ErrorCode::Banned => false,
+            ErrorCode::Muted => true,
         };
         assert!(last(CODES[CODES.len() - 1]));
     }

@@ -165,6 +165,10 @@ pub enum ErrorCode {
     Unauthorized,
     /// `--auth token`: a join of a room outside the token's `rooms` claim.
     Forbidden,
+    /// Moderation: the id is banned (at the upgrade, or when the ban comes; close 4403).
+    Banned,
+    /// Moderation: the sender is muted in that room, or everywhere.
+    Muted,
 }
 
 impl ErrorCode {
@@ -186,6 +190,8 @@ impl ErrorCode {
             ErrorCode::Undelivered => "undelivered",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Banned => "banned",
+            ErrorCode::Muted => "muted",
         }
     }
 
@@ -217,6 +223,8 @@ impl ErrorCode {
             }
             ErrorCode::Unauthorized => "sign in again: the token was refused (see reason)",
             ErrorCode::Forbidden => "your sign-in does not allow that room",
+            ErrorCode::Banned => "you are banned from this chat until the time in until (Unix ms)",
+            ErrorCode::Muted => "you are muted: your messages are refused until the time in until (Unix ms)",
         }
     }
 }
@@ -233,6 +241,9 @@ struct ErrorLine<'a> {
     to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     room: Option<&'a str>,
+    /// Until when a moderation decision lasts (Unix ms: `banned`, `muted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -242,7 +253,11 @@ struct MessageLine<'a> {
     room: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
-    from: &'a str,
+    /// A line from the backend API (`POST /api/publish`, `/api/send`), not from a member.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    system: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<&'a str>,
     text: &'a str,
@@ -311,6 +326,9 @@ struct PresenceLine<'a> {
 struct RoomLine<'a> {
     r#type: &'static str,
     room: &'a str,
+    /// `left` because a backend took the user out (`POST /api/kick`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    kicked: bool,
 }
 
 #[derive(Serialize)]
@@ -359,28 +377,22 @@ fn encode_kept<T: Serialize>(v: &T) -> Bytes {
 
 /// `{"type":"error",...}`; `to` names the recipient of a private message that failed.
 pub fn error(code: ErrorCode, to: Option<&str>) -> Bytes {
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: None,
-        to,
-        room: None,
-    })
+    error_line(code, None, to, None, None)
 }
+
+/// Every error line: its code's message, and the fields that say what it is about.
+fn error_line(code: ErrorCode, reason: Opt<'_>, to: Opt<'_>, room: Opt<'_>, until: Option<u64>) -> Bytes {
+    let (message, code) = (code.human(), code.as_str());
+    encode(&ErrorLine { r#type: "error", code, message, reason, to, room, until })
+}
+
+/// An optional name an error line carries.
+type Opt<'a> = Option<&'a str>;
 
 /// `{"type":"error","code":"unauthorized",...,"reason":R}`: a token refused, and why
 /// (`auth::Reason::as_str`). Never carries the token.
 pub fn unauthorized(reason: &str) -> Bytes {
-    let code = ErrorCode::Unauthorized;
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: Some(reason),
-        to: None,
-        room: None,
-    })
+    error_line(ErrorCode::Unauthorized, Some(reason), None, None, None)
 }
 
 #[derive(Serialize)]
@@ -413,15 +425,7 @@ pub fn decode_token(frame: &str) -> Option<(String, Option<String>)> {
 
 /// `{"type":"error","code":"bad_message",...,"reason":R}`: which field, and what is wrong.
 pub fn bad_message(reason: &str) -> Bytes {
-    let code = ErrorCode::BadMessage;
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: Some(reason),
-        to: None,
-        room: None,
-    })
+    error_line(ErrorCode::BadMessage, Some(reason), None, None, None)
 }
 
 /// An error about one message: with its `cid` (the client's id for it) when it had one, so
@@ -436,14 +440,17 @@ pub fn error_about(code: ErrorCode, to: Option<&str>, cid: Option<&str>) -> Byte
 
 /// `{"type":"error",...,"room":R}`: an error about room `room`.
 pub fn room_error(code: ErrorCode, room: &str) -> Bytes {
-    encode(&ErrorLine {
-        r#type: "error",
-        code: code.as_str(),
-        message: code.human(),
-        reason: None,
-        to: None,
-        room: Some(room),
-    })
+    error_line(code, None, None, Some(room), None)
+}
+
+/// A moderation refusal (`banned`, `muted`) until `until` (Unix ms), naming `room` or `to`.
+pub fn moderated(code: ErrorCode, until: u64, room: Option<&str>, to: Option<&str>) -> Bytes {
+    error_line(code, None, to, room, Some(until))
+}
+
+/// `{"type":"left","room":R,"kicked":true}`: a backend took the user out of room `room`.
+pub fn kicked(room: &str) -> Bytes {
+    encode(&RoomLine { r#type: "left", room, kicked: true })
 }
 
 /// A message to room `room`, number `seq` in it.
@@ -452,6 +459,22 @@ pub fn room_message(room: &str, seq: u64, from: &str, text: &str, ts: u64) -> By
         r#type: "message",
         room: Some(room),
         seq: Some(seq),
+        system: false,
+        from: Some(from),
+        to: None,
+        text,
+        ts,
+    })
+}
+
+/// A system line for room `room` from the backend API, number `seq` in it; `from` only if
+/// the backend named one.
+pub fn system_message(room: &str, seq: u64, from: Option<&str>, text: &str, ts: u64) -> Bytes {
+    encode_kept(&MessageLine {
+        r#type: "message",
+        room: Some(room),
+        seq: Some(seq),
+        system: true,
         from,
         to: None,
         text,
@@ -459,9 +482,27 @@ pub fn room_message(room: &str, seq: u64, from: &str, text: &str, ts: u64) -> By
     })
 }
 
+/// A private system line from the backend API for `to` (its copy gets its `pseq`).
+pub fn system_private(from: Option<&str>, to: &str, text: &str, ts: u64) -> Bytes {
+    private_line(true, from, to, text, ts)
+}
+
 /// A private message, as its sender gets it; the recipient's copy is this `with_pseq`.
 pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
-    encode_kept(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
+    private_line(false, Some(from), to, text, ts)
+}
+
+fn private_line(system: bool, from: Option<&str>, to: &str, text: &str, ts: u64) -> Bytes {
+    encode_kept(&MessageLine {
+        r#type: "message",
+        room: None,
+        seq: None,
+        system,
+        from,
+        to: Some(to),
+        text,
+        ts,
+    })
 }
 
 /// A room message's template (encoded with seq 0) numbered `seq`.
@@ -564,7 +605,7 @@ pub fn gap(room: &str, seq: u64) -> Bytes {
 
 /// `{"type":"left","room":R}`: the answer to a leave.
 pub fn left(room: &str) -> Bytes {
-    encode(&RoomLine { r#type: "left", room })
+    encode(&RoomLine { r#type: "left", room, kicked: false })
 }
 
 /// `{"type":"left","room":R,"reason":WHY}`: the server took the user out of `room` (`forbidden`:

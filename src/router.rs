@@ -23,6 +23,9 @@ pub enum Route {
     Foreign(Foreign),
     /// The metrics page (the server renders it); `head` for HEAD.
     Metrics { head: bool },
+    /// A backend API request (`/api/...` with `--api-key`): the server checks its key and
+    /// body (`server/api.rs`) and `api::dispatch` answers it.
+    Api,
 }
 
 /// Which header was refused.
@@ -64,6 +67,8 @@ pub struct Rules<'a> {
     /// The `--token-url`'s origin when it is an absolute URL (`url_origin`): the page fetches
     /// tokens there, so its CSP allows connecting to it.
     pub token_origin: Option<&'a str>,
+    /// Whether the backend API is on (`--api-key`); without it `/api/` is an unknown path.
+    pub api: bool,
 }
 
 /// The origin (`scheme://host[:port]`, lowercased) of an absolute http(s) URL; None for a
@@ -97,6 +102,14 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
     let host = req.host.as_deref().unwrap_or_default();
     if !http::host_allowed(host, rules.allow_host, rules.bound_to_loopback) {
         return Route::Foreign(Foreign::Host);
+    }
+    if path == "/api" || path.starts_with("/api/") {
+        if !rules.api {
+            return Route::Refuse(Status::NotFound, "not found");
+        }
+        if !req.is_upgrade() {
+            return Route::Api;
+        }
     }
     if req.is_upgrade() {
         let echo = match path {
@@ -201,6 +214,7 @@ mod tests {
                 token_mode: false,
                 config: br#"{"auth":"open","token_url":null}"#,
                 token_origin: None,
+                api: raw.contains("/api/"),
             },
         )
     }
@@ -232,6 +246,12 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
             ("GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
             ("GET /nope HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
+            // `api` is on in these rules only for targets naming /api/ (see route_raw).
+            ("GET /api/rooms HTTP/1.1\r\nHost: h\r\n\r\n", false, "api"),
+            ("POST /api/publish HTTP/1.1\r\nHost: h\r\n\r\n", false, "api"),
+            ("GET /api HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("POST /api HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("GET /api/rooms HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
         ];
         for (raw, echo, want) in cases {
             let got = match route_raw(raw, *echo) {
@@ -240,6 +260,7 @@ mod tests {
                 Route::Foreign(f) => (f.status() as u16).to_string(),
                 Route::Metrics { .. } => "metrics".into(),
                 Route::Upgrade { .. } => "101".into(),
+                Route::Api => "api".into(),
             };
             assert_eq!(&got, want, "{raw}");
         }

@@ -45,10 +45,14 @@ const VOLATILE: &[&str] = &["ts", "resume", "epoch"];
 
 /// What the server can send that no transcript replays, each with the reason and where it
 /// is tested instead. docs/protocol.md must still show it.
-const NOT_REPLAYED: &[(&str, &str)] = &[(
-    "cluster_unconfirmed",
-    "needs a Redis that stalls after reading a message: tests/it/cluster.rs stops a real one",
-)];
+const NOT_REPLAYED: &[(&str, &str)] = &[
+    (
+        "cluster_unconfirmed",
+        "needs a Redis that stalls after reading a message: tests/it/cluster.rs stops a real one",
+    ),
+    ("banned", "needs the backend API (POST /api/ban): tests/it/moderation.rs"),
+    ("muted", "needs the backend API (POST /api/mute): tests/it/moderation.rs"),
+];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

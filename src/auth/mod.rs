@@ -43,10 +43,13 @@ pub enum Reason {
     WrongIssuer,
     /// No `sub`, or one that breaks the id rule.
     BadSub,
+    /// Issued (`iat`; none counts as before) before a revocation's moment for its `sub`
+    /// (issue 25's `POST /api/revoke`); decided by the server, not by `verify`.
+    Revoked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::BadSignature,
@@ -55,6 +58,7 @@ impl Reason {
         Reason::WrongAudience,
         Reason::WrongIssuer,
         Reason::BadSub,
+        Reason::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Reason {
             Reason::WrongAudience => "wrong_audience",
             Reason::WrongIssuer => "wrong_issuer",
             Reason::BadSub => "bad_sub",
+            Reason::Revoked => "revoked",
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Claims {
     pub rooms: Rooms,
     /// The algorithm that signed it (for metrics and logs).
     pub alg: Alg,
+    /// The token's `iat` in Unix milliseconds, if it has one (a revocation compares it).
+    pub iat_ms: Option<u64>,
 }
 
 impl Claims {
@@ -275,7 +282,7 @@ impl Verifier {
             Some(list) => Rooms::parse(list).ok_or(Reason::Malformed)?,
         };
         let sub = claims.sub.filter(|s| protocol::valid_id(s)).ok_or(Reason::BadSub)?;
-        Ok(Claims { sub, exp_ms, rooms, alg })
+        Ok(Claims { sub, exp_ms, rooms, alg, iat_ms: claims.iat.map(date_ms) })
     }
 }
 

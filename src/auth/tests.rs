@@ -326,7 +326,8 @@ fn sub_must_pass_the_id_rule() {
             "not_yet_valid",
             "wrong_audience",
             "wrong_issuer",
-            "bad_sub"
+            "bad_sub",
+            "revoked"
         ]
     );
 }

@@ -15,6 +15,7 @@
 //! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
 //! to Redis.
 
+pub mod backend;
 pub mod backlog;
 pub mod broker;
 pub mod fetch;
@@ -22,6 +23,7 @@ pub mod history;
 pub mod ids;
 mod join;
 pub use join::Entry;
+pub mod moderation;
 pub mod moved;
 mod private;
 mod remote;
@@ -182,6 +184,8 @@ pub struct Chat {
     /// Every private backlog's charge (`--backlog-bytes`).
     backlog: Budget,
     counters: Counters,
+    /// Bans, mutes and token revocations (issue 25; see `moderation`).
+    moderation: moderation::Moderation,
 }
 
 /// What chat asks of the loop, besides lines to push: chat owns no socket, link or clock, so
@@ -248,6 +252,7 @@ impl Chat {
             backlog: Budget::new(limits.backlog_bytes),
             counters: Counters::default(),
             todo: ForLoop::default(),
+            moderation: moderation::Moderation::default(),
         }
     }
 
@@ -346,6 +351,7 @@ impl Chat {
         self.rooms.shrink();
         self.history.shrink();
         self.holds.shrink();
+        self.moderation.shrink();
         self.todo.want_ack.shrink_to_fit();
     }
 

@@ -23,21 +23,37 @@ impl Chat {
     /// first, or the answer made no sense), and then numbered here, in an epoch of this
     /// node's own. Either way it reaches the local members now, the sender's own copy tagged
     /// with its cid. Returns whether the room has members on other nodes, who should have
-    /// heard it too.
-    pub fn published(&mut self, t: &Ticket, numbered: Option<(u64, &str)>, sink: &mut impl Sink) -> bool {
+    /// heard it too, and what it became (for a backend's publish, its answer).
+    pub fn published(
+        &mut self,
+        t: &Ticket,
+        numbered: Option<(u64, &str)>,
+        sink: &mut impl Sink,
+    ) -> (bool, super::backend::Posted) {
         let here = self.token_of(&t.from) == Some(t.token);
-        match numbered {
+        let (seq, unconfirmed) = match numbered {
             Some((seq, epoch)) => {
                 let line = protocol::with_seq(&t.template, seq);
                 let sender = here.then_some((t.token, t.cid.as_deref()));
                 self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
+                (seq, None)
             }
             None => {
                 let sender = if here { t.token } else { usize::MAX };
-                self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+                let line = self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+                (protocol::line_seq(&line).unwrap_or(0), Some(ErrorCode::ClusterUnavailable))
             }
-        }
-        self.rooms.key(&t.room).map(|k| self.rooms.room(k)).is_some_and(|r| r.len() > r.local_len())
+        };
+        let remote = match self.rooms.key(&t.room).map(|k| self.rooms.room(k)) {
+            Some(r) => r.len() > r.local_len(),
+            None => {
+                // A backend's line into a room without members: its log is idle (see `pump`).
+                self.rooms.closed.push(Rc::clone(&t.room));
+                false
+            }
+        };
+        let epoch = self.history.get(&t.room).map_or_else(|| Rc::from(""), |l| Rc::clone(&l.epoch));
+        (remote, super::backend::Posted::Numbered { seq, epoch, unconfirmed })
     }
 
     /// Keeps and delivers `line`, message `seq` of `room` in `epoch`. `sender` (connection and
@@ -107,13 +123,16 @@ impl Chat {
                     Err((code, line)) => return refuse(sink, token, line, code),
                 };
                 let room = Rc::clone(&self.rooms.room(rk).name);
+                if let Some(line) = self.mute_error(from, Some(&room), None, ts) {
+                    return refuse(sink, token, line, ErrorCode::Muted);
+                }
                 self.log_of(rk);
                 let sender = match self.users.by_token(token as u32) {
                     Some(u) => Rc::clone(&u.id),
                     None => Rc::from(from),
                 };
                 let encode = |seq| protocol::room_message(&room, seq, from, text, ts);
-                let post = Post { room: &room, from: &sender, token, cid, encode: &encode };
+                let post = Post { room: &room, from: &sender, token, cid, api: None, encode: &encode };
                 match broker.publish(&mut self.history, post) {
                     Published::Now(line) => {
                         self.rooms.deliver(rk, &line, sink);
@@ -137,6 +156,9 @@ impl Chat {
                     Ok(t) => t,
                     Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
+                if let Some(line) = self.mute_error(from, None, Some(&to), ts) {
+                    return refuse(sink, token, line, ErrorCode::Muted);
+                }
                 self.private(token, from, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {

@@ -28,8 +28,8 @@ mod scripts;
 
 pub use msg::{Msg, new_node_id, payload, roster_fields};
 pub use scripts::{
-    ALL, CLAIM, CLAIM_CHUNK, FETCH, JOIN, KEEP, KEY_PREFIX, LEFT, LOST, NUMBER, RELEASE, RESUME,
-    channel_room, node_channel, room_channel,
+    ALL, CLAIM, CLAIM_CHUNK, FETCH, JOIN, KEEP, KEY_PREFIX, LEFT, LOST, MOD_DEL, MOD_LOAD, MOD_PUT, NUMBER,
+    RELEASE, RESUME, channel_room, node_channel, room_channel,
 };
 
 use crate::redis::{Link, Url};
@@ -48,6 +48,8 @@ pub struct Ticket {
     pub cid: Option<Rc<str>>,
     /// The sender's connection.
     pub token: usize,
+    /// A backend's publish: the generation of connection `token` (an HTTP one), to answer.
+    pub api: Option<u32>,
     /// The line with seq 0 (see `protocol::with_seq`).
     pub template: Bytes,
 }
@@ -135,6 +137,15 @@ pub enum Await {
     },
     /// A heartbeat or re-registration: the reply lists ids another node holds.
     Refresh,
+    /// Every moderation decision in force (`MOD_LOAD`), asked when the link came up.
+    Moderation,
+    /// A backend API request (connection `token` of `generation`) whose answer waits for
+    /// Redis to keep what it asked (a moderation decision): `body` once it has.
+    Answer {
+        token: usize,
+        generation: u32,
+        body: Vec<u8>,
+    },
     Ignore,
 }
 
@@ -292,6 +303,23 @@ impl Cluster {
             self.progress = Instant::now();
         }
         self.waiting.push_back((self.link.end(), then));
+    }
+
+    /// How many replies are awaited now: the place of the next command's (`then_at`).
+    pub fn awaited(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The reply awaited in place `at` (`awaited` before its command was queued, no reply
+    /// having come since) will answer `then` instead; false if there is none.
+    pub fn then_at(&mut self, at: usize, then: Await) -> bool {
+        match self.waiting.get_mut(at) {
+            Some((_, w)) => {
+                *w = then;
+                true
+            }
+            None => false,
+        }
     }
 
     /// What the reply that just arrived answers (the oldest command awaited).
@@ -460,6 +488,23 @@ mod tests {
         );
         assert_eq!(parse("z n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: true }));
         assert_eq!(parse("y n1 bob"), Some(Msg::Released { node: "n1", id: "bob", ok: false }));
+        assert_eq!(
+            parse("V n1 m bob @ 12"),
+            Some(Msg::Moderated { node: "n1", set: true, fields: vec!["m", "bob", "@", "12"] })
+        );
+        assert_eq!(
+            parse("W n1 b bob"),
+            Some(Msg::Moderated { node: "n1", set: false, fields: vec!["b", "bob"] })
+        );
+        assert_eq!(
+            parse("D n1 bob\nspam, twice"),
+            Some(Msg::Disconnect { node: "n1", id: "bob", reason: Bytes::from("spam, twice") })
+        );
+        assert_eq!(
+            parse("D n1 bob\n"),
+            Some(Msg::Disconnect { node: "n1", id: "bob", reason: Bytes::new() })
+        );
+        assert_eq!(parse("X n1 bob dev"), Some(Msg::Kick { node: "n1", id: "bob", room: "dev" }));
         for junk in [
             "",
             "M n1",
@@ -476,6 +521,9 @@ mod tests {
             "\u{0}",
             "P  x\n{}",
             "R n1 ",
+            "V n1",
+            "D n1 bob",
+            "X n1 bob",
         ] {
             assert_eq!(parse(junk), None, "{junk:?}");
         }
@@ -574,6 +622,7 @@ mod tests {
             room: Rc::from(room),
             cid: None,
             token: 0,
+            api: None,
             template: Bytes::new(),
         })
     }

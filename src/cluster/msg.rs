@@ -95,6 +95,26 @@ pub enum Msg<'a> {
         id: &'a str,
         ok: bool,
     },
+    /// A moderation decision taken on `node` and kept in Redis (`set`: a ban, mute or
+    /// revocation; else one lifted), in chat's text form (`chat::moderation`).
+    Moderated {
+        node: &'a str,
+        set: bool,
+        fields: Vec<&'a str>,
+    },
+    /// A backend on `node` closes every connection of `id` and drops its hold; `reason`
+    /// (the body, possibly empty) is the close's.
+    Disconnect {
+        node: &'a str,
+        id: &'a str,
+        reason: Bytes,
+    },
+    /// A backend on `node` takes `id` out of `room`.
+    Kick {
+        node: &'a str,
+        id: &'a str,
+        room: &'a str,
+    },
 }
 
 impl<'a> Msg<'a> {
@@ -114,7 +134,10 @@ impl<'a> Msg<'a> {
             | Msg::Query { node }
             | Msg::Private { node, .. }
             | Msg::Takeover { node, .. }
-            | Msg::Released { node, .. } => Some(node),
+            | Msg::Released { node, .. }
+            | Msg::Moderated { node, .. }
+            | Msg::Disconnect { node, .. }
+            | Msg::Kick { node, .. } => Some(node),
         }
     }
 
@@ -169,6 +192,12 @@ impl<'a> Msg<'a> {
             ("Z", None) => Msg::Takeover { node, id: f.next()?, token: f.next()? },
             ("z", None) => Msg::Released { node, id: f.next()?, ok: true },
             ("y", None) => Msg::Released { node, id: f.next()?, ok: false },
+            ("V" | "W", None) => {
+                let fields: Vec<&str> = f.collect();
+                return (!fields.is_empty()).then_some(Msg::Moderated { node, set: kind == "V", fields });
+            }
+            ("D", Some(reason)) => Msg::Disconnect { node, id: f.next()?, reason },
+            ("X", None) => Msg::Kick { node, id: f.next()?, room: f.next()? },
             _ => return None,
         };
         f.next().is_none().then_some(msg)

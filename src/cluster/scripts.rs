@@ -27,6 +27,52 @@ const PSEQ_PREFIX: &str = "chatloop:pseq:";
 /// Redis's clock then (`TIME`, ms), for the grace, so that a resume on another node carries
 /// it on rather than starting with a fresh burst (see `LOST`, `RESUME`).
 const RATE_PREFIX: &str = "chatloop:rate:";
+/// Moderation (issue 25): every ban, mute and revocation in force, one hash field each (the
+/// field and value are chat's text form, `chat::moderation::Decision::redis_field`), and
+/// their deadlines (Unix ms) as the scores of a sorted set beside it. Each script drops what
+/// is past (the earliest first, a bounded batch) and sets both keys to expire with the last
+/// deadline, so Redis keeps nothing past its time.
+const MOD_KEY: &str = "chatloop:mod";
+const MOD_DUE_KEY: &str = "chatloop:mod:due";
+
+/// The start of a moderation script: drops up to 1024 entries past ARGV[1] (ms).
+macro_rules! mod_expire {
+    () => {
+        "local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1024) \
+for _, f in ipairs(old) do redis.call('HDEL', KEYS[1], f); redis.call('ZREM', KEYS[2], f) end "
+    };
+}
+
+/// The end of a script that changed the set: both keys expire with its last deadline.
+macro_rules! mod_keep_until_last {
+    () => {
+        "local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES') \
+if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]); redis.call('PEXPIREAT', KEYS[2], last[2]) end "
+    };
+}
+
+/// Keeps one moderation decision and announces it, in one step: field ARGV[2] = ARGV[3]
+/// until ARGV[4] (ms), then ARGV[6] published on ARGV[5]. KEYS: `MOD_KEY`, `MOD_DUE_KEY`.
+pub const MOD_PUT: &[u8] = concat!(
+    mod_expire!(),
+    "redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]); redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2]) ",
+    mod_keep_until_last!(),
+    "redis.call('PUBLISH', ARGV[5], ARGV[6]) return 0"
+)
+.as_bytes();
+
+/// Lifts moderation decisions (fields ARGV[4...]) and announces it: ARGV[3] on ARGV[2].
+pub const MOD_DEL: &[u8] = concat!(
+    mod_expire!(),
+    "for i = 4, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]); redis.call('ZREM', KEYS[2], ARGV[i]) end ",
+    mod_keep_until_last!(),
+    "redis.call('PUBLISH', ARGV[2], ARGV[3]) return 0"
+)
+.as_bytes();
+
+/// Every moderation decision in force at ARGV[1] (ms): {field, value, field, value, ...}.
+pub const MOD_LOAD: &[u8] = concat!(mod_expire!(), "return redis.call('HGETALL', KEYS[1])").as_bytes();
+
 /// Ids per claim script call: big enough to re-register thousands quickly, small enough
 /// that one call does not hold Redis for long.
 pub const CLAIM_CHUNK: usize = 512;
@@ -490,6 +536,68 @@ impl Cluster {
     pub fn release(&mut self, id: &str) -> bool {
         let key = format!("{KEY_PREFIX}{id}");
         let sent = self.script(RELEASE, std::slice::from_ref(&key), "0");
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// Keeps a moderation decision (`field` = `value` until `until`, Unix ms; `now` the same
+    /// clock) in Redis and announces `announce` to every node, in one script (see `MOD_PUT`).
+    pub fn moderate_put(&mut self, field: &str, value: &str, until: u64, now: u64, announce: &[u8]) -> bool {
+        let (until, now) = (until.to_string(), now.to_string());
+        let args: [&[u8]; 11] = [
+            b"EVAL",
+            MOD_PUT,
+            b"2",
+            MOD_KEY.as_bytes(),
+            MOD_DUE_KEY.as_bytes(),
+            now.as_bytes(),
+            field.as_bytes(),
+            value.as_bytes(),
+            until.as_bytes(),
+            ALL,
+            announce,
+        ];
+        self.sent_ignored(&args)
+    }
+
+    /// Lifts moderation decisions `fields` in Redis and announces `announce` (see `MOD_DEL`).
+    pub fn moderate_del(&mut self, fields: &[String], now: u64, announce: &[u8]) -> bool {
+        let now = now.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"EVAL",
+            MOD_DEL,
+            b"2",
+            MOD_KEY.as_bytes(),
+            MOD_DUE_KEY.as_bytes(),
+            now.as_bytes(),
+            ALL,
+            announce,
+        ];
+        args.extend(fields.iter().map(|f| f.as_bytes()));
+        let sent = self.link.send(&args);
+        drop(args);
+        if sent {
+            self.awaiting(Await::Ignore);
+        }
+        sent
+    }
+
+    /// Asks for every moderation decision in force (the link came up): see `MOD_LOAD`.
+    pub fn moderation_load(&mut self, now: u64) -> bool {
+        let now = now.to_string();
+        let args: [&[u8]; 6] =
+            [b"EVAL", MOD_LOAD, b"2", MOD_KEY.as_bytes(), MOD_DUE_KEY.as_bytes(), now.as_bytes()];
+        let sent = self.link.send(&args);
+        if sent {
+            self.awaiting(Await::Moderation);
+        }
+        sent
+    }
+
+    fn sent_ignored(&mut self, args: &[&[u8]]) -> bool {
+        let sent = self.link.send(args);
         if sent {
             self.awaiting(Await::Ignore);
         }

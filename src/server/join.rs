@@ -31,6 +31,9 @@ impl Server {
             info!(target: "chatloop::session", "session ended id={} reason=grace_over", g.id);
             self.cluster_left(&g.id, &g.emptied, now);
         }
+        if let Some(until) = self.banned(id) {
+            return self.refuse_banned(token, id, until, now);
+        }
         let Phase::Ws(s) = &self.net.conns[token].phase else { return };
         let presented = s.asked().map(|a| a.secret);
         // The right secret while the id is still connected (a half-open connection the client
@@ -180,6 +183,15 @@ impl Server {
             Granted::Moved(backlog, carried) => return self.take_over(token, id, *backlog, carried, now),
             Granted::Yes(_) | Granted::Locally => {}
         }
+        // Banned (or its token revoked) while Redis was asked: refused after all.
+        if let Some(until) = self.banned(id) {
+            self.give_back(verdict, id);
+            return self.refuse_banned(token, id, until, now);
+        }
+        if self.revoked_session(token, id) {
+            self.give_back(verdict, id);
+            return self.unauthorized(token, crate::auth::Reason::Revoked, now);
+        }
         // The bucket the id left in Redis, wherever it was last used (see `cluster::JOIN`).
         let carried = match &verdict {
             Granted::Yes(b) => *b,
@@ -315,7 +327,8 @@ impl Server {
         let Some(id) = self.chat.id_of(token).cloned() else { return };
         let key = crate::chat::ids::key(&id);
         let now = Instant::now();
-        let left = matches!(reason, Reason::ClientClose | Reason::Shutdown);
+        // A moderation close leaves too: nothing is held for a resume.
+        let left = matches!(reason, Reason::ClientClose | Reason::Shutdown | Reason::Moderated);
         let emptied = if left {
             self.chat.leave(&id)
         } else {
@@ -327,7 +340,7 @@ impl Server {
         let secs = conn.opened.elapsed(Stamp::of(now)).as_secs_f32();
         let (peer, why) = (conn.addr, reason.as_str());
         match reason {
-            Reason::ClientClose | Reason::Shutdown => {
+            Reason::ClientClose | Reason::Shutdown | Reason::Moderated => {
                 info!(target: "chatloop::session", "session closed id={id} peer={peer} duration={secs:.1}s reason={why}")
             }
             _ => {

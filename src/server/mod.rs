@@ -15,8 +15,10 @@
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
+pub mod api;
 mod cluster;
 mod join;
+pub mod moderation;
 mod net;
 mod request;
 mod session;
@@ -343,6 +345,9 @@ impl Server {
             self.next_sweep = now;
         }
         self.chat.expire_history(now);
+        if self.chat.moderation_mut().expire(now_millis()) {
+            self.next_sweep = now; // more bans, mutes or revocations ended than one batch
+        }
         // After what the ended holds left behind is freed, not before it: malloc_trim can only
         // give back what is free.
         // The last holds may have gone while a connection was open (a scrape, say).
@@ -369,7 +374,7 @@ impl Server {
                     Phase::Ws(_) => {
                         self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
                     }
-                    Phase::Request { .. } => self.doom(t),
+                    Phase::Request { .. } | Phase::Api(_) => self.doom(t),
                     Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
@@ -385,6 +390,7 @@ impl Server {
             Phase::Request { .. } => self.read_request(token, now, ts),
             Phase::Respond { .. } => self.read_discard(token),
             Phase::Ws(_) => self.read_ws(token, now, ts),
+            Phase::Api(_) => self.api_read(token, now, ts),
         }
     }
 
@@ -402,10 +408,29 @@ impl Server {
                 continue;
             }
             match &mut conn.phase {
-                Phase::Request { .. } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                Phase::Request { buf } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                    if conn.peer.is(Flag::KeptAlive) && buf.is_empty() {
+                        debug!("{}: api: idle between requests, closed", conn.addr);
+                        // An answer still being written gets the close grace to finish.
+                        conn.phase = Phase::Respond { eof: false };
+                        conn.give_up = Some(stamp.after(CLOSE_GRACE));
+                        self.net.mark_pending(token);
+                        self.arm(token, now);
+                        continue;
+                    }
                     warn!("{}: handshake timeout", conn.addr);
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.doom(token);
+                    continue;
+                }
+                Phase::Api(_) if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                    warn!(
+                        "{}: api: request timeout (its body incomplete, or its answer not back)",
+                        conn.addr
+                    );
+                    conn.reason.get_or_insert(Reason::HandshakeTimeout);
+                    self.net.stats.api_answered(crate::http::Status::RequestTimeout as u16);
+                    self.respond(token, api::timed_out(), now);
                     continue;
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {

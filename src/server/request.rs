@@ -15,6 +15,9 @@ use std::time::Instant;
 impl Server {
     pub(super) fn read_request(&mut self, token: usize, now: Instant, ts: u64) {
         let conn = &mut self.net.conns[token];
+        if conn.api_turn == super::api::PAUSED {
+            return; // its answers first (`Server::write` reads it again once they are out)
+        }
         let Phase::Request { buf } = &mut conn.phase else { return };
         let mut chunk = [0u8; 4096];
         loop {
@@ -61,6 +64,7 @@ impl Server {
             token_mode: self.cfg.auth.is_some(),
             config: &self.config_json,
             token_origin: self.token_origin.as_deref(),
+            api: self.cfg.api_key.is_some(),
         };
         match router::route(&req, &rules) {
             Route::Upgrade { echo, key, id, resume, pseq, token: bearer } => {
@@ -68,6 +72,7 @@ impl Server {
                 self.upgrade(token, echo, &key, (id, bearer), (presented, pseq), rest, now, ts)
             }
             Route::Respond(response) => self.respond(token, response, now),
+            Route::Api => self.api_head(token, req, rest, now, ts),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
             Route::Foreign(f) => {
                 // One request per connection, so this is once per connection.
@@ -103,7 +108,7 @@ impl Server {
     }
 
     /// Queues a response; the connection closes once it is written.
-    fn respond(&mut self, token: usize, response: Bytes, now: Instant) {
+    pub(super) fn respond(&mut self, token: usize, response: Bytes, now: Instant) {
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(response, usize::MAX);
         conn.phase = Phase::Respond { eof: false };

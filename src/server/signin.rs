@@ -52,6 +52,7 @@ impl Server {
             let verdict = verifier.verify(bearer.as_bytes(), ts).and_then(|c| {
                 if w.id.is_empty() || key(&w.id) == key(&c.sub) { Ok(c) } else { Err(Reason::BadSub) }
             });
+            let verdict = verdict.and_then(|c| self.not_revoked(c, ts));
             let conn = &mut self.net.conns[w.token];
             conn.peer.clear(Flag::Claiming);
             // Frames that came behind the request were kept unread: read them now.
@@ -73,11 +74,26 @@ impl Server {
         }
     }
 
+    /// A valid token's claims, unless a revocation for its `sub` covers its `iat` (issue 25).
+    fn not_revoked(&self, c: Claims, ts: u64) -> Result<Claims, Reason> {
+        match self.chat.moderation().revoked(&key(&c.sub), c.iat_ms, ts) {
+            true => Err(Reason::Revoked),
+            false => Ok(c),
+        }
+    }
+
+    /// Whether connection `token` (joining as `id`) holds a token revoked since its check.
+    pub(super) fn revoked_session(&self, token: usize, id: &str) -> bool {
+        let Some(Phase::Ws(s)) = self.net.conns.get(token).map(|c| &c.phase) else { return false };
+        s.signed().is_some_and(|g| self.chat.moderation().revoked(&key(id), g.iat_ms, super::now_millis()))
+    }
+
     /// What a session keeps of a valid token: its rooms and when it closes without a refresh.
     fn signed(&self, claims: &Claims, now: Instant, ts: u64) -> Signed {
         Signed {
             rooms: Rc::new(claims.rooms.clone()),
             exp_ms: claims.exp_ms,
+            iat_ms: claims.iat_ms,
             close_at: self.close_at(claims.exp_ms, now, ts),
         }
     }
@@ -91,7 +107,7 @@ impl Server {
 
     /// A refused upgrade: the error line with its reason, counted, then close 4401. The
     /// session holds no id, so nothing is held or announced.
-    fn unauthorized(&mut self, token: usize, r: Reason, now: Instant) {
+    pub(super) fn unauthorized(&mut self, token: usize, r: Reason, now: Instant) {
         self.net.stats.unauthorized(r);
         self.net.push(token, &crate::protocol::unauthorized(r.as_str()));
         self.close_ws(token, CloseCode::from(UNAUTHORIZED), r.as_str(), None, now);
@@ -112,7 +128,8 @@ impl Server {
         let Some(verifier) = self.cfg.auth.clone() else { return };
         let verdict = verifier
             .verify(new.as_bytes(), ts)
-            .and_then(|c| if key(&c.sub) == key(user) { Ok(c) } else { Err(Reason::BadSub) });
+            .and_then(|c| if key(&c.sub) == key(user) { Ok(c) } else { Err(Reason::BadSub) })
+            .and_then(|c| self.not_revoked(c, ts));
         let (line, narrowed) = match verdict {
             Ok(claims) => {
                 let signed = self.signed(&claims, now, ts);

@@ -43,7 +43,7 @@ proptest! {
     /// exactly those tokens and the body.
     #[test]
     fn cluster_payloads_parse_exactly(
-        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "U", "Z", "z", "y", "X", "m"]),
+        kind in select(vec!["M", "J", "L", "j", "l", "H", "B", "G", "R", "Q", "P", "E", "K", "U", "Z", "z", "y", "V", "W", "D", "X", "m"]),
         fields in vec(field(), 0..5),
         body in proptest::option::of("[ -~\n]{0,20}"),
     ) {
@@ -60,7 +60,7 @@ proptest! {
             && f.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.@".contains(&c));
         prop_assert!(parts.iter().all(|p| token(p)), "parsed a header with a non-token field: {:?}", parts);
         let line = |l: &Bytes| std::str::from_utf8(l).map(str::to_string).unwrap_or_default();
-        let with_body = matches!(m, Msg::Room { .. } | Msg::Private { .. });
+        let with_body = matches!(m, Msg::Room { .. } | Msg::Private { .. } | Msg::Disconnect { .. });
         prop_assert_eq!(with_body, body.is_some(), "a body exactly where the kind takes one");
         match m {
             Msg::Room { node, room, epoch, line: l } => {
@@ -85,6 +85,15 @@ proptest! {
             Msg::Released { node, id, ok } => {
                 prop_assert_eq!(&parts[..], &[if ok { "z" } else { "y" }, node, id][..])
             }
+            Msg::Moderated { node, set, fields } => {
+                prop_assert_eq!(&parts[..2], &[if set { "V" } else { "W" }, node][..]);
+                prop_assert_eq!(&parts[2..], &fields[..]);
+            }
+            Msg::Disconnect { node, id, reason } => {
+                prop_assert_eq!(&parts[..], &["D", node, id][..]);
+                prop_assert_eq!(Some(line(&reason)), body);
+            }
+            Msg::Kick { node, id, room } => prop_assert_eq!(&parts[..], &["X", node, id, room][..]),
             Msg::Beat { node, count, memberships } => {
                 prop_assert_eq!(&parts[..2], &["B", node][..]);
                 prop_assert_eq!(parts.len(), 4);
@@ -121,6 +130,9 @@ proptest! {
             (vec!["l", &node, &id, &room], None, Msg::RoomLeave { node: &node, id: &id, room: &room }),
             (vec!["B", &node, &n, &m], None, Msg::Beat { node: &node, count: counts.0, memberships: counts.1 }),
             (vec!["P", &node, &id, &id], Some(&line), Msg::Private { node: &node, to: &id, from: &id, line: body.clone() }),
+            (vec!["D", &node, &id], Some(&line), Msg::Disconnect { node: &node, id: &id, reason: body.clone() }),
+            (vec!["X", &node, &id, &room], None, Msg::Kick { node: &node, id: &id, room: &room }),
+            (vec!["V", &node, "b", &id, &n], None, Msg::Moderated { node: &node, set: true, fields: vec!["b", &id, &n] }),
         ];
         for (fields, body, want) in cases {
             let b = Bytes::from(payload(&fields, body.map(str::as_bytes)));

@@ -1,6 +1,7 @@
 //! Chat's unit tests: a `Chat` driven by frames, its pushes recorded per connection (`Rec`).
 //! Here: ids, rooms, presence, routing; `sessions.rs`: lost users, backlogs, history, remote users.
 
+mod moderation;
 mod sessions;
 
 use super::broker::Alone;

@@ -93,6 +93,9 @@ impl Server {
             }
             Msg::Takeover { node, id, token } if !to_all => self.release_for(node, id, token, now),
             Msg::Released { id, ok, .. } if !to_all => self.released(id, ok, now),
+            Msg::Moderated { set, fields, .. } if to_all => self.moderated(set, &fields, now),
+            Msg::Disconnect { id, reason, .. } if to_all => self.disconnected(id, &reason, now),
+            Msg::Kick { id, room, .. } if to_all => self.kicked(id, room),
             _ => debug!("cluster: ignored a message on the wrong channel"),
         }
     }

@@ -70,7 +70,7 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -171,6 +171,7 @@ pub(crate) fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
 }
 
 mod auth;
+mod api;
 mod basics;
 mod faults;
 mod resume;
