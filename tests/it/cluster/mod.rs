@@ -170,8 +170,8 @@ pub(crate) fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
     seen
 }
 
-mod auth;
 mod api;
+mod auth;
 mod basics;
 mod faults;
 mod resume;
