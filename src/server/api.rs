@@ -10,6 +10,7 @@
 //!                                                                         └─ Pending: waiting ─ api_published ─▶ answered
 //! ```
 //!
+//! `api_dispatch` is where the loop acts on an `api::Answer`: one arm per kind.
 //! A refusal at the head closes the connection: its body, unread, would be taken for the next
 //! request. Errors after the body (bad JSON, an unknown endpoint, `offline`) keep it open.
 //! Fairness: `API_BUDGET` requests a connection a turn; pipelined ones past it wait in
@@ -204,10 +205,18 @@ impl Server {
         if let Answer::Moderate(action) = answer {
             answer = self.api_moderate(action, token, generation, now, ts);
         }
-        call.waiting = answer == Answer::Pending;
-        self.net.conns[token].phase = Phase::Api(call);
-        if let Answer::Json(status, body) = answer {
-            self.api_answer(token, status, &body, now, ts);
+        // What the loop does with each kind of answer: a new kind (a stream, a disconnect)
+        // is one more arm here.
+        match answer {
+            Answer::Pending => {
+                call.waiting = true;
+                self.net.conns[token].phase = Phase::Api(call);
+            }
+            Answer::Json(status, body) => {
+                self.net.conns[token].phase = Phase::Api(call);
+                self.api_answer(token, status, &body, now, ts);
+            }
+            Answer::Moderate(_) => unreachable!("api_moderate answers with Json or Pending"),
         }
     }
 
