@@ -261,6 +261,19 @@ fn room_counts_match_an_independent_observer() {
     assert!(num(&s, "server_rss_kb") > 0);
     let (p50, p99, max) = (num(&s, "p50_us"), num(&s, "p99_us"), num(&s, "max_us"));
     assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{stdout}");
+    // Every frame is timed on its own, on both clocks: each delivery is one sample, each
+    // carries the kernel's arrival stamp, and no frame is read before it arrived, so no
+    // quantile of the read clock is below the arrival clock's.
+    let delivered = num(&s, "delivered");
+    assert_eq!(num(&s, "stamped"), delivered, "{stdout}");
+    assert!(
+        stdout.contains(&format!("({delivered} samples, {delivered} stamped by the kernel)")),
+        "{stdout}"
+    );
+    for q in ["p50_us", "p99_us", "p999_us"] {
+        assert!(num(&s, &format!("read_{q}")) >= num(&s, q), "{q}: {stdout}");
+    }
+    assert!(s.contains_key("read_delay_p99_us"), "{stdout}");
 }
 
 #[test]

@@ -126,9 +126,12 @@ Report:
   -V, --version          print chatload's version
 
 Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
-started at which it was queued (and written, at the end of that loop turn); latency is taken
-when the receiving client reads it. How far sends fell behind their schedule is reported as
-send lag. Expected deliveries: room = each message x the held clients connected when it was
+started at which it was written (senders are spread evenly over each 1/--rate s). Latency
+is timed per frame on two clocks: to its arrival at the receiving client's socket (the
+kernel's receive stamp of the read that brought it, never earlier than the frame: the
+headline p50/p99/p99.9) and to chatload's read of it; the difference is chatload's own read
+delay (one loop reads every client in turn), reported beside them. How far sends fell behind
+their schedule is reported as send lag. Expected deliveries: room = each message x the held clients connected when it was
 sent (a client still connecting when the window opened is never counted); private = 2 x
 messages. Lost = expected - delivered. The last line printed is
 'summary key=value ..'. Exit status: 0 when nothing was lost, duplicated or reordered, no

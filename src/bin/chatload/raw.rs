@@ -53,9 +53,7 @@ impl Engine<'_> {
             }
             *next = seq + 1;
             self.counts.delivered += 1;
-            self.last_delivery = Some(now);
-            let latency = self.ns(now).saturating_sub(sent_ns);
-            self.hist.saturating_record(latency.max(1));
+            self.delivered_at(sent_ns, now);
         }
     }
 }
