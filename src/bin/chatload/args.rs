@@ -26,7 +26,9 @@ Target:
                          broadcast every text frame to every client (idle, room and churn
                          modes): a room message is a bare text frame holding the text below,
                          every text frame in counts (each line of it, if it holds several),
-                         and a client is ready once its handshake is done
+                         and a client is ready once its handshake is done; with --rooms,
+                         client i asks for its room in the upgrade (?id=..&room=rK) and is
+                         in it from the handshake on (the rooms peer of bench/peers/uws-rooms)
 
 Load:
   --mode M[,M..]         idle, room, private, churn, blip (or abuse, below); combine with commas (room,churn)
@@ -66,6 +68,7 @@ Load:
                          expected by the clients of that room; a message line arriving at a
                          client outside its room counts as misrouted, a failure; churn
                          clients stay in lobby [default: 0: no rooms, everything goes to lobby]
+                         (with --proto raw: see there)
   --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
   --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
                          [default: cl<pid>-, e.g. cl4242-m0]
@@ -505,9 +508,6 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     if rooms > 0 && modes.blip {
         return Err("--rooms: not with --mode blip (it counts lobby's seqs)".into());
     }
-    if rooms > 0 && raw {
-        return Err("--rooms needs chatloop's protocol (--proto json): raw clients cannot join a room".into());
-    }
     if rooms > 0 && attack.is_some() {
         return Err("--rooms is for --mode, not --attack".into());
     }
@@ -662,6 +662,8 @@ mod tests {
         let a = run(&["--rooms", "10", "--conns", "1000", "--senders", "100"]).unwrap();
         assert_eq!((a.rooms, a.conns, a.senders), (10, 1000, 100));
         assert_eq!(run(&["--mode", "idle", "--rooms", "3", "--conns", "3"]).unwrap().rooms, 3);
+        let a = run(&["--proto", "raw", "--rooms", "100", "--conns", "1000", "--senders", "100"]).unwrap();
+        assert!(a.raw && a.rooms == 100);
     }
 
     #[test]
@@ -731,7 +733,6 @@ mod tests {
             (&["--rooms", "5", "--conns", "4"], "--rooms 5 is more than --conns 4"),
             (&["--rooms", "x"], "--rooms: 'x' is not a whole number"),
             (&["--attack", "ping-flood", "--rooms", "1"], "--rooms is for --mode"),
-            (&["--proto", "raw", "--rooms", "2"], "--rooms needs chatloop's protocol"),
             (&["--mode", "blip", "--faults"], "--mode blip: not with"),
             (&["--blip-how", "cut"], "unknown way 'cut'"),
             (&["--mode", "blip", "--rooms", "2"], "not with --mode blip"),

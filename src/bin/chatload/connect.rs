@@ -99,6 +99,9 @@ impl Engine<'_> {
         };
         if let Role::Main(i) = self.conns[t].role {
             url += &self.blip_query(i as usize); // --mode blip: a resume's token and pseq
+            if self.args.raw && self.args.rooms > 0 {
+                url += &format!("&room=r{}", self.room_of(i as usize)); // raw: no join, the room is asked here
+            }
         }
         let res = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.ws_config));
         self.handshaken(t, res);

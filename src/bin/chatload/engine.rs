@@ -547,7 +547,7 @@ impl<'a> Engine<'a> {
         }
         conn.welcomed = true;
         match conn.role {
-            Role::Main(i) if self.args.rooms > 0 => self.join_room(t, i as usize),
+            Role::Main(i) if self.args.rooms > 0 && !self.args.raw => self.join_room(t, i as usize),
             Role::Main(i) => self.admit(i as usize),
             Role::Churn => {
                 let due = now_ns + self.args.churn_hold.as_nanos() as u64;
