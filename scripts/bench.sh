@@ -2,7 +2,7 @@
 # Benchmarks for the README: prints one markdown table (and saves it to artifacts/).
 #
 # Usage: [RUNS=N] scripts/bench.sh [--quick] [--cluster] [--attack] [--rooms] [--targets]
-#                                  [--baseline PATH]
+#                                  [--baseline PATH] [--rt]
 #   RUNS=N     runs per measurement; the table shows the median of each number [default: 3]
 #   --quick    one run each, 2 s windows, fewer connections for the idle and
 #              most-connections rows: a smoke test of the script, not numbers to publish
@@ -23,6 +23,9 @@
 #              one in every chatloop row: each run of a row is followed by the same run
 #              against PATH (same chatload), and the table gets a column with its figures
 #              and this build's ratio to them (the attack rows excepted)
+#   --rt       run every server and chatload at real-time priority (chrt -f 10; needs root
+#              or CAP_SYS_NICE), so that other work on the two CPUs cannot preempt them: for a
+#              machine that cannot be made quiet (a shared one). Compare runs made alike.
 #   -h, --help this help
 #   --peers    chatloop beside other servers instead: runs scripts/peers.sh (see its --help)
 #              with the other flags
@@ -63,7 +66,7 @@ set -euo pipefail
 runs=${RUNS:-3}
 # --peers: a script of its own, with every flag passed on.
 case " $* " in *" --peers "*) exec bash "$(dirname "$0")/peers.sh" "$@" ;; esac
-quick=0 sel_cluster=0 sel_attack=0 sel_rooms=0 sel_targets=0 baseline=""
+quick=0 sel_cluster=0 sel_attack=0 sel_rooms=0 sel_targets=0 baseline="" rt=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
     --attack) sel_attack=1 ;;
     --rooms) sel_rooms=1 ;;
     --targets) sel_targets=1 ;;
+    --rt) rt=(chrt -f 10) ;;
     --baseline)
       [ $# -ge 2 ] || { echo "bench.sh: --baseline needs the path of a chatloop binary" >&2; exit 2; }
       baseline=$2
@@ -82,6 +86,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ "${#rt[@]}" -gt 0 ] && ! chrt -f 10 true 2>/dev/null; then
+  echo "bench.sh: --rt: cannot run at real-time priority here (chrt -f 10 failed: needs root or CAP_SYS_NICE)" >&2
+  exit 2
+fi
 if [ -n "$baseline" ]; then
   [ -f "$baseline" ] && [ -x "$baseline" ] || { echo "bench.sh: --baseline $baseline: not an executable file" >&2; exit 2; }
   baseline=$(cd "$(dirname "$baseline")" && pwd)/$(basename "$baseline")
@@ -132,7 +140,7 @@ start_chatloop() {
   local name=$1 i attempt status
   shift
   for attempt in 1 2 3; do
-    RUST_LOG=warn taskset -c 0 "$server_bin" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    RUST_LOG=warn "${rt[@]}" taskset -c 0 "$server_bin" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
     started_pid=$!
     # Up to 20 s: on a busy shared machine a start pinned to a loaded CPU 0 can take seconds.
     for i in $(seq 400); do
@@ -169,7 +177,7 @@ stop_server() {
 load() {
   start_server
   local line
-  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "b$$-" "$@" \
+  line=$(timeout 150 "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "b$$-" "$@" \
     2>>"$tmp/load.err" | tail -1) || true
   stop_server
   case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
@@ -429,7 +437,7 @@ start_cluster() {
   local port i
   for i in $(seq 20); do
     port=$((20000 + RANDOM % 20000))
-    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    "${rt[@]}" taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
       --dir "$tmp" >"$tmp/redis.out" 2>&1 &
     redis_pid=$!
     sleep 0.3
@@ -459,7 +467,7 @@ stop_cluster() {
 cluster_load() {
   start_cluster
   local line
-  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$node_a" --pid "$node_b" \
+  line=$(timeout 150 "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$node_a" --pid "$node_b" \
     --pid "$redis_pid" --id-prefix "k$$-" "$@" 2>>"$tmp/load.err" | tail -1) || true
   stop_cluster
   case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
@@ -498,7 +506,7 @@ attack_load() {
   start_server
   server_args=()
   : >"$tmp/fan.out"
-  timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "b$$-" "$@" \
+  timeout 150 "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "b$$-" "$@" \
     >"$tmp/fan.out" 2>>"$tmp/load.err" </dev/null &
   fan_pid=$!
   if [ "$kind" != none ]; then
@@ -510,7 +518,7 @@ attack_load() {
     done
     local target=()
     [ "$kind" = private-flood ] && target=(--target "$victim")
-    timeout $((dur + 30)) taskset -c 1 "$bin/chatload" --addr "$addr" --id-prefix "x$$-" --attack "$kind" \
+    timeout $((dur + 30)) "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "$addr" --id-prefix "x$$-" --attack "$kind" \
       "${target[@]}" --duration "$dur" >"$tmp/atk.out" 2>>"$tmp/load.err" </dev/null &
     atk_pid=$!
   fi
@@ -568,7 +576,7 @@ uws_load() {
   local peer=$1 port line i
   shift
   port=$(free_port) || { echo "summary failed=1"; return; }
-  taskset -c 0 "$peer" "$port" >"$tmp/uws.out" 2>"$tmp/uws.err" &
+  "${rt[@]}" taskset -c 0 "$peer" "$port" >"$tmp/uws.out" 2>"$tmp/uws.err" &
   server_pid=$!
   for i in $(seq 200); do
     grep -q '^listening on ' "$tmp/uws.out" 2>/dev/null && break
@@ -582,7 +590,7 @@ uws_load() {
     echo "summary failed=1"
     return
   fi
-  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "127.0.0.1:$port" --pid "$server_pid" --proto raw \
+  line=$(timeout 150 "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "127.0.0.1:$port" --pid "$server_pid" --proto raw \
     --id-prefix "b$$-" "$@" 2>>"$tmp/load.err" | tail -1) || true
   stop_server
   case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
@@ -667,7 +675,7 @@ fi
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
   echo "chatloop $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') on $(date -u +%Y-%m-%d), $(nproc) CPUs ($cpu), Linux $(uname -r)."
-  echo "Server pinned to CPU 0, chatload to CPU 1, loopback; median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, smaller connection counts');"
+  echo "Server pinned to CPU 0, chatload to CPU 1, loopback$([ "${#rt[@]}" -gt 0 ] && echo ', both at real-time priority (--rt)'); median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, smaller connection counts');"
   echo "each room/private window ${dur} s. Latency is from the send to the frame's arrival at the receiving client's socket"
   echo "(kernel receive stamps), over every delivery."
   echo "Load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews these numbers)."

@@ -2,12 +2,14 @@
 # chatloop beside other servers: builds the peers in bench/peers/ and measures them and
 # chatloop the same way; prints one markdown table (and saves it to artifacts/).
 #
-# Usage: [RUNS=N] scripts/peers.sh [--quick] [--only NAME[,NAME..]]
+# Usage: [RUNS=N] scripts/peers.sh [--quick] [--only NAME[,NAME..]] [--rt]
 #        (also: scripts/bench.sh --peers [FLAGS])
 #   RUNS=N       runs per measurement; the table shows the median of each number [default: 3]
 #   --quick      one run each, 2 s windows, 2,000 idle connections: a smoke test of the
 #                script, not numbers to publish
 #   --only LIST  only these servers, of: chatloop, uws, gorilla, tokio, node [default: all]
+#   --rt         every server and chatload at real-time priority (chrt -f 10; root or
+#                CAP_SYS_NICE), out of reach of other work on the CPUs: for a shared machine
 #   -h, --help   this help
 #
 # The servers:
@@ -35,12 +37,13 @@
 set -euo pipefail
 
 runs=${RUNS:-3}
-quick=0
+quick=0 rt=()
 only="chatloop,uws,gorilla,tokio,node"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --peers) ;; # from scripts/bench.sh --peers
+    --rt) rt=(chrt -f 10) ;;
     --only)
       [ $# -ge 2 ] || { echo "peers.sh: --only needs a list (chatloop,uws,gorilla,tokio,node)" >&2; exit 2; }
       only=$2
@@ -60,6 +63,10 @@ for s in ${only//,/ }; do
   esac
 done
 [ "${#servers[@]}" -gt 0 ] || { echo "peers.sh: --only: no server named" >&2; exit 2; }
+if [ "${#rt[@]}" -gt 0 ] && ! chrt -f 10 true 2>/dev/null; then
+  echo "peers.sh: --rt: cannot run at real-time priority here (chrt -f 10 failed: needs root or CAP_SYS_NICE)" >&2
+  exit 2
+fi
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "peers.sh: RUNS must be a whole number above 0" >&2; exit 2; }
 dur=5 idle_n=10000
 if [ "$quick" = 1 ]; then
@@ -156,11 +163,11 @@ start_server() {
   local name=$1 port i
   port=$(free_port) || { echo "peers.sh: no free port" >&2; exit 2; }
   case "$name" in
-    chatloop) RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    uws) taskset -c 0 "$uws_bin" "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    gorilla) taskset -c 0 target/peers/gorilla-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    tokio) taskset -c 0 target/peers/release/tokio-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    node) taskset -c 0 node bench/peers/node/server.js "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    chatloop) RUST_LOG=warn "${rt[@]}" taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    uws) "${rt[@]}" taskset -c 0 "$uws_bin" "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    gorilla) "${rt[@]}" taskset -c 0 target/peers/gorilla-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    tokio) "${rt[@]}" taskset -c 0 target/peers/release/tokio-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    node) "${rt[@]}" taskset -c 0 node bench/peers/node/server.js "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
   esac
   server_pid=$!
   for i in $(seq 200); do
@@ -184,7 +191,7 @@ load() {
   shift
   [ "$name" = chatloop ] || proto=(--proto raw)
   start_server "$name"
-  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "p$$-" \
+  line=$(timeout 150 "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "p$$-" \
     "${proto[@]}" "$@" 2>>"$tmp/load.err" | tail -1) || true
   stop_server
   case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
@@ -277,7 +284,7 @@ done
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
   echo "chatloop $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') beside its peers on $(date -u +%Y-%m-%d), $(nproc) CPUs ($cpu_model), Linux $(uname -r)."
-  echo "Server pinned to CPU 0, chatload to CPU 1, loopback; median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, 2,000 idle connections');"
+  echo "Server pinned to CPU 0, chatload to CPU 1, loopback$([ "${#rt[@]}" -gt 0 ] && echo ', both at real-time priority (--rt)'); median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, 2,000 idle connections');"
   echo "room fan-out: 1,000 clients, 10 senders, ${dur} s windows; chatloop with chatload's JSON protocol, the peers with --proto raw."
   echo "Latency: send to arrival at the receiving client's socket (kernel receive stamps, per frame); chatload's own read"
   echo "delay, which that leaves out, was at most $(lat "$(sort -g "$tmp/read_delays" 2>/dev/null | tail -1)") at p99 in any run."

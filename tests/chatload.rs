@@ -707,6 +707,32 @@ fn raw_proto_counts_every_frame_from_a_plain_broadcaster() {
 }
 
 #[test]
+fn raw_rooms_ask_for_the_room_and_count_what_arrives_outside_it() {
+    // The plain broadcaster ignores the ?room= each client asks for: every marker reaches all
+    // six clients, three of them in the sender's room (expected) and three in the other
+    // (misrouted), and the run fails on them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = broadcast_peer(Arc::clone(&stop));
+    let (out, stdout) = Argv::default()
+        .flag("--proto", "raw")
+        .flag("--rooms", 2)
+        .addr(&addr)
+        .conns(6)
+        .senders(2)
+        .rate(20)
+        .duration(1)
+        .drain(2)
+        .run();
+    stop.store(true, Ordering::Relaxed);
+    let s = summary(&stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let sent = num(&s, "sent");
+    assert!(sent >= 30, "2 senders x 20/s x 1 s: {stdout}");
+    assert_eq!((num(&s, "expected"), num(&s, "delivered")), (3 * sent, 3 * sent), "{stdout}");
+    assert_eq!((num(&s, "misrouted"), num(&s, "rooms")), (3 * sent, 2), "{stdout}");
+}
+
+#[test]
 fn raw_proto_against_chatloops_json_counts_nothing() {
     // chatloop's /ws answers bare text with JSON errors and welcomes nobody in raw terms:
     // nothing it sends is a marker, so every expected delivery is lost and the run fails.
