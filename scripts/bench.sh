@@ -208,14 +208,15 @@ measure_with() {
     [ -n "$baseline" ] || continue
     line=$(server_bin=$baseline && "$fn" "$@")
     echo "bench:   run $r, baseline: ${line#summary }" | cut -c1-220 >&2
-    record "$line" "$tmp/mb"
+    record "$line" "$tmp/mb" baseline
   done
 }
 
-# Keeps one run's summary line: in the runs log, and its values a file per key in DIR.
+# Keeps one run's summary line: in the runs log (with " server=LABEL" when given), and its
+# values a file per key in DIR.
 record() {
   local line=$1 dir=$2 k v
-  echo "$line" >>"$runs_log" # every run's whole summary, next to the table
+  echo "$line${3:+ server=$3}" >>"$runs_log" # every run's whole summary (and whose), next to the table
   for k in sent expected delivered lost unexpected_closes connect_errors ready deliveries_per_sec p50_us p99_us \
     p999_us read_delay_p99_us max_us server_cpu_s server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed misrouted; do
     v=$(get "$k" "$line")
@@ -245,7 +246,7 @@ measure_interleaved() {
       # shellcheck disable=SC2086
       line=$(server_bin=$baseline && load $spec)
       echo "bench:   round $r, #$i, baseline: ${line#summary }" | cut -c1-220 >&2
-      record "$line" "$tmp/mb.$i"
+      record "$line" "$tmp/mb.$i" baseline
     done
   done
 }
@@ -540,7 +541,10 @@ if [ "$attack_block" = 1 ]; then
   base_p99=""
   for kind in "${attack_kinds[@]}"; do
     echo "bench: under attack: room fan-out at 200k/s, attack: $kind" >&2
+    # Not against --baseline: the attack table has no column for it.
+    kept=$baseline baseline=""
     measure_with attack_load "$kind" --mode room --conns 1000 --senders 10 --rate 20 --duration "$dur"
+    baseline=$kept
     p99=$(med p99_us)
     [ "$kind" = none ] && base_p99=$p99
     ratio=$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f×", a / b; else print "n/a" }')
@@ -616,7 +620,7 @@ measure_kinds() {
     for k in ${kinds//,/ }; do
       line=$(kind_load "$k" "$@")
       echo "bench:   round $r, $k: ${line#summary }" | cut -c1-220 >&2
-      record "$line" "$tmp/t.$k"
+      record "$line" "$tmp/t.$k" "$k"
     done
   done
 }

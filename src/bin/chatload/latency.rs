@@ -89,7 +89,8 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Latency::new();
         l.sync(t0);
-        let wall = |ns_since_t0: u64| (l.offset_ns + ns_since_t0 as i128) as u64;
+        let offset = l.offset_ns;
+        let wall = |ns_since_t0: u64| (offset + ns_since_t0 as i128) as u64;
         // Sent at 1 ms, arrived at 3 ms, read at 10 ms.
         let rx = wall(3_000_000);
         l.record(1_000_000, 10_000_000, rx);
