@@ -80,7 +80,9 @@ impl Read for Sock {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let r = recv_stamped(&self.tcp, buf).map(|(n, stamp)| {
-            if stamp != 0 {
+            // Bytes without a stamp (sent before stamping was on) must not inherit an older
+            // read's stamp, which could be earlier than they are: 0 falls back to the read.
+            if n > 0 {
                 self.rx_ns = stamp;
             }
             n
