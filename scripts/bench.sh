@@ -631,6 +631,10 @@ target_cell() {
   c="$(cpu "$(med server_cpu_us_per_delivery)"); $(lat "$(med p50_us)") / $(lat "$(med p99_us)") / $(lat "$(med p999_us)")"
   p=$(problems)
   [ "$p" = none ] || c+="; $p"
+  # chatload near its whole core (the chatload column is chatloop's runs): say so here.
+  if [ "$1" != chatloop ] && awk -v x="$(med load_pct)" 'BEGIN { exit !(x >= 90) }'; then
+    c+="; chatload at $(med load_pct)% of its CPU"
+  fi
   echo "$c"
 }
 # KIND's median of KEY.
