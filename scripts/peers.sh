@@ -2,16 +2,21 @@
 # chatloop beside other servers: builds the peers in bench/peers/ and measures them and
 # chatloop the same way; prints one markdown table (and saves it to artifacts/).
 #
-# Usage: [RUNS=N] scripts/peers.sh [--quick] [--only NAME[,NAME..]]
+# Usage: [RUNS=N] scripts/peers.sh [--quick] [--only NAME[,NAME..]] [--rt]
 #        (also: scripts/bench.sh --peers [FLAGS])
 #   RUNS=N       runs per measurement; the table shows the median of each number [default: 3]
 #   --quick      one run each, 2 s windows, 2,000 idle connections: a smoke test of the
 #                script, not numbers to publish
-#   --only LIST  only these servers, of: chatloop, gorilla, tokio, node [default: all]
+#   --only LIST  only these servers, of: chatloop, uws, gorilla, tokio, node [default: all]
+#   --rt         every server and chatload at real-time priority (chrt -f 10; root or
+#                CAP_SYS_NICE), out of reach of other work on the CPUs: for a shared machine
 #   -h, --help   this help
 #
 # The servers:
 #   chatloop  this repository's release build, driven with chatload's normal (JSON) protocol
+#   uws       uWebSockets (C++) pub/sub, every socket subscribed to one topic: built by
+#             scripts/uws-peer.sh from sources outside this repository (shared/peers/uws
+#             beside or above it); skipped, saying so, where they are absent
 #   gorilla   bench/peers/gorilla: Go on Debian's gorilla/websocket, the chat example's design
 #             (hub goroutine, 256-message send channel per client, coalescing write pump)
 #   tokio     bench/peers/tokio: tokio-tungstenite in its examples' style (its own Cargo
@@ -32,14 +37,15 @@
 set -euo pipefail
 
 runs=${RUNS:-3}
-quick=0
-only="chatloop,gorilla,tokio,node"
+quick=0 rt=()
+only="chatloop,uws,gorilla,tokio,node"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --peers) ;; # from scripts/bench.sh --peers
+    --rt) rt=(chrt -f 10) ;;
     --only)
-      [ $# -ge 2 ] || { echo "peers.sh: --only needs a list (chatloop,gorilla,tokio,node)" >&2; exit 2; }
+      [ $# -ge 2 ] || { echo "peers.sh: --only needs a list (chatloop,uws,gorilla,tokio,node)" >&2; exit 2; }
       only=$2
       shift
       ;;
@@ -52,11 +58,15 @@ done
 servers=()
 for s in ${only//,/ }; do
   case "$s" in
-    chatloop|gorilla|tokio|node) servers+=("$s") ;;
-    *) echo "peers.sh: --only: unknown server '$s' (chatloop, gorilla, tokio, node)" >&2; exit 2 ;;
+    chatloop|uws|gorilla|tokio|node) servers+=("$s") ;;
+    *) echo "peers.sh: --only: unknown server '$s' (chatloop, uws, gorilla, tokio, node)" >&2; exit 2 ;;
   esac
 done
 [ "${#servers[@]}" -gt 0 ] || { echo "peers.sh: --only: no server named" >&2; exit 2; }
+if [ "${#rt[@]}" -gt 0 ] && ! chrt -f 10 true 2>/dev/null; then
+  echo "peers.sh: --rt: cannot run at real-time priority here (chrt -f 10 failed: needs root or CAP_SYS_NICE)" >&2
+  exit 2
+fi
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "peers.sh: RUNS must be a whole number above 0" >&2; exit 2; }
 dur=5 idle_n=10000
 if [ "$quick" = 1 ]; then
@@ -100,6 +110,12 @@ apt_install() {
 }
 
 declare -A why_not # server -> why it was not built
+uws_bin=""
+build_uws() {
+  # Absent sources are not a failure of this script: the row says so and the rest runs.
+  uws_bin=$(bash scripts/uws-peer.sh) && return 0
+  why_not[uws]="not measured: its sources (shared/peers/uws, outside this repository) are absent or did not build (see scripts/uws-peer.sh --help)"
+}
 gocode=/usr/share/gocode
 build_gorilla() {
   if ! command -v go >/dev/null || [ ! -d "$gocode/src/github.com/gorilla/websocket" ]; then
@@ -126,7 +142,7 @@ build_node() {
 for s in "${servers[@]}"; do
   [ "$s" = chatloop ] && continue
   echo "peers: building $s" >&2
-  "build_$s" || why_not[$s]="could not be built here (see the script's output)"
+  "build_$s" || why_not[$s]=${why_not[$s]:-"could not be built here (see the script's output)"}
 done
 
 # ---- starting and measuring -----------------------------------------------------------------
@@ -147,10 +163,11 @@ start_server() {
   local name=$1 port i
   port=$(free_port) || { echo "peers.sh: no free port" >&2; exit 2; }
   case "$name" in
-    chatloop) RUST_LOG=warn taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    gorilla) taskset -c 0 target/peers/gorilla-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    tokio) taskset -c 0 target/peers/release/tokio-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
-    node) taskset -c 0 node bench/peers/node/server.js "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    chatloop) RUST_LOG=warn "${rt[@]}" taskset -c 0 "$bin/chatloop" --addr 127.0.0.1:0 --rate-limit 0 >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    uws) "${rt[@]}" taskset -c 0 "$uws_bin" "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    gorilla) "${rt[@]}" taskset -c 0 target/peers/gorilla-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    tokio) "${rt[@]}" taskset -c 0 target/peers/release/tokio-room "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
+    node) "${rt[@]}" taskset -c 0 node bench/peers/node/server.js "$port" >"$tmp/s.out" 2>"$tmp/s.err" & ;;
   esac
   server_pid=$!
   for i in $(seq 200); do
@@ -158,6 +175,7 @@ start_server() {
     sleep 0.05
   done
   addr=$(sed -n 's#^listening on \(http://\)\{0,1\}##p' "$tmp/s.out" | head -1)
+  [[ "$addr" =~ ^[0-9]+$ ]] && addr="127.0.0.1:$addr" # uwschat says only its port
   [ -n "$addr" ] || { echo "peers.sh: $name did not start" >&2; cat "$tmp/s.err" >&2; exit 2; }
 }
 
@@ -173,7 +191,7 @@ load() {
   shift
   [ "$name" = chatloop ] || proto=(--proto raw)
   start_server "$name"
-  line=$(timeout 150 taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "p$$-" \
+  line=$(timeout 150 "${rt[@]}" taskset -c 1 "$bin/chatload" --addr "$addr" --pid "$server_pid" --id-prefix "p$$-" \
     "${proto[@]}" "$@" 2>>"$tmp/load.err" | tail -1) || true
   stop_server
   case "$line" in summary*) echo "$line" ;; *) echo "summary failed=1" ;; esac
@@ -194,10 +212,12 @@ measure() {
     line=$(load "$@")
     echo "peers:   run $r: ${line#summary }" | cut -c1-220 >&2
     for k in delivered lost unexpected_closes connect_errors ready deliveries_per_sec p99_us \
-      server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed; do
+      read_delay_p99_us server_cpu_us_per_delivery server_rss_kb server_rss_start_kb failed; do
       v=$(get "$k" "$line")
       if [ -n "$v" ]; then echo "$v" >>"$tmp/m/$k"; fi
     done
+    v=$(get read_delay_p99_us "$line")
+    if [ -n "$v" ]; then echo "$v" >>"$tmp/read_delays"; fi
     v=$(awk -v c="$(get load_cpu_s "$line")" -v w="$(get window_s "$line")" 'BEGIN { if (w > 0) printf "%.0f", 100 * c / w }')
     if [ -n "$v" ]; then echo "$v" >>"$tmp/m/load_pct"; fi
   done
@@ -224,10 +244,13 @@ problems() {
   echo "$joined"
 }
 
+declare -A label=([chatloop]=chatloop [uws]="uWebSockets (C++, pub/sub, no TLS)" \
+  [gorilla]="gorilla/websocket (Go), hub" [tokio]=tokio-tungstenite [node]="Node \`ws\`")
 rows=()
 for s in "${servers[@]}"; do
   if [ -n "${why_not[$s]:-}" ]; then
-    rows+=("| $s | ${why_not[$s]} | | | | | | | |")
+    echo "peers: $s: ${why_not[$s]}" >&2
+    rows+=("| ${label[$s]} | ${why_not[$s]} | | | | | | | |")
     continue
   fi
   notes=()
@@ -255,14 +278,16 @@ for s in "${servers[@]}"; do
   done
   n=""
   for x in "${notes[@]}"; do n+="${n:+; }$x"; done
-  rows+=("| $s | $idle | ${cpus[0]} | ${cpus[1]} | ${cpus[2]} | ${p99s[0]} | ${p99s[1]} | ${p99s[2]} | ${n:-none} |")
+  rows+=("| ${label[$s]} | $idle | ${cpus[0]} | ${cpus[1]} | ${cpus[2]} | ${p99s[0]} | ${p99s[1]} | ${p99s[2]} | ${n:-none} |")
 done
 
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
   echo "chatloop $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') beside its peers on $(date -u +%Y-%m-%d), $(nproc) CPUs ($cpu_model), Linux $(uname -r)."
-  echo "Server pinned to CPU 0, chatload to CPU 1, loopback; median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, 2,000 idle connections');"
+  echo "Server pinned to CPU 0, chatload to CPU 1, loopback$([ "${#rt[@]}" -gt 0 ] && echo ', both at real-time priority (--rt)'); median of $runs run(s)$([ "$quick" = 1 ] && echo ', --quick: 2 s windows, 2,000 idle connections');"
   echo "room fan-out: 1,000 clients, 10 senders, ${dur} s windows; chatloop with chatload's JSON protocol, the peers with --proto raw."
+  echo "Latency: send to arrival at the receiving client's socket (kernel receive stamps, per frame); chatload's own read"
+  echo "delay, which that leaves out, was at most $(lat "$(sort -g "$tmp/read_delays" 2>/dev/null | tail -1)") at p99 in any run."
   echo "Load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews these numbers)."
   echo
   echo "| Server | Idle RSS per connection, $(bytes "$idle_n" | sed 's/ B$//') connections | CPU per delivery at 100k/s | at 200k/s | at 500k/s | p99 at 100k/s | at 200k/s | at 500k/s | Problems |"

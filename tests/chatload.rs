@@ -261,6 +261,19 @@ fn room_counts_match_an_independent_observer() {
     assert!(num(&s, "server_rss_kb") > 0);
     let (p50, p99, max) = (num(&s, "p50_us"), num(&s, "p99_us"), num(&s, "max_us"));
     assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{stdout}");
+    // Every frame is timed on its own, on both clocks: each delivery is one sample, each
+    // carries the kernel's arrival stamp, and no frame is read before it arrived, so no
+    // quantile of the read clock is below the arrival clock's.
+    let delivered = num(&s, "delivered");
+    assert_eq!(num(&s, "stamped"), delivered, "{stdout}");
+    assert!(
+        stdout.contains(&format!("({delivered} samples, {delivered} stamped by the kernel)")),
+        "{stdout}"
+    );
+    for q in ["p50_us", "p99_us", "p999_us"] {
+        assert!(num(&s, &format!("read_{q}")) >= num(&s, q), "{q}: {stdout}");
+    }
+    assert!(s.contains_key("read_delay_p99_us"), "{stdout}");
 }
 
 #[test]
@@ -691,6 +704,32 @@ fn raw_proto_counts_every_frame_from_a_plain_broadcaster() {
     assert!(stdout.contains("not ours 0,"), "{stdout}");
     // Latency comes from the marker: the peer held some frames up to 30 ms.
     assert!(num(&s, "p99_us") > 0, "{stdout}");
+}
+
+#[test]
+fn raw_rooms_ask_for_the_room_and_count_what_arrives_outside_it() {
+    // The plain broadcaster ignores the ?room= each client asks for: every marker reaches all
+    // six clients, three of them in the sender's room (expected) and three in the other
+    // (misrouted), and the run fails on them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = broadcast_peer(Arc::clone(&stop));
+    let (out, stdout) = Argv::default()
+        .flag("--proto", "raw")
+        .flag("--rooms", 2)
+        .addr(&addr)
+        .conns(6)
+        .senders(2)
+        .rate(20)
+        .duration(1)
+        .drain(2)
+        .run();
+    stop.store(true, Ordering::Relaxed);
+    let s = summary(&stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let sent = num(&s, "sent");
+    assert!(sent >= 30, "2 senders x 20/s x 1 s: {stdout}");
+    assert_eq!((num(&s, "expected"), num(&s, "delivered")), (3 * sent, 3 * sent), "{stdout}");
+    assert_eq!((num(&s, "misrouted"), num(&s, "rooms")), (3 * sent, 2), "{stdout}");
 }
 
 #[test]

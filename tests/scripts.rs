@@ -74,6 +74,32 @@ fn every_script_answers_help_and_refuses_unknown_flags() {
     }
 }
 
+/// The bench's refusals come before it builds or starts anything: a --baseline that is not a
+/// program, and a uWebSockets peer whose sources are not where it is told to look (a clean
+/// clone without them: the benches skip its rows with this reason).
+#[test]
+fn bench_refuses_a_missing_baseline_and_the_uws_peer_says_why_it_is_absent() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run(&root.join("scripts/bench.sh"), "--baseline=/nonexistent/chatloop");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--baseline /nonexistent/chatloop: not an executable file"), "{stderr}");
+
+    let out = Command::new("bash")
+        .arg(root.join("scripts/uws-peer.sh"))
+        .env("UWS_PEER_DIR", "/nonexistent/uws")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sources are absent") && stderr.contains("UWS_PEER_DIR=/nonexistent/uws"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no binary path printed: {}", String::from_utf8_lossy(&out.stdout));
+}
+
 /// Each file of deploy/ that the README quotes (a fence right after the line
 /// `<!-- quoted from deploy/FILE; ... -->`) is quoted whole and exactly, and the README names
 /// each of them, so the recipes scripts/deploy-test.sh runs are the ones the README shows.

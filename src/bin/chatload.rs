@@ -120,9 +120,10 @@ fn run(args: &Args) -> std::io::Result<bool> {
         _ => 0.0,
     };
     let offered_per_sec = c.expected as f64 / args.duration.as_secs_f64();
-    let us = |q: f64| if e.hist.is_empty() { 0 } else { e.hist.value_at_quantile(q) / 1000 };
-    let (p50, p99, p999) = (us(0.5), us(0.99), us(0.999));
-    let max_us = if e.hist.is_empty() { 0 } else { e.hist.max() / 1000 };
+    let l = &e.latency;
+    let [p50, p99, p999, max_us] = engine::quantiles_us(&l.arrival);
+    let [r50, r99, r999, rmax] = engine::quantiles_us(&l.read);
+    let [_, d99, d999, _] = engine::quantiles_us(&l.delay);
 
     println!(
         "messages: sent {sent} (room {}, private {}), expected deliveries {}, delivered {}, lost {lost}{}",
@@ -151,8 +152,14 @@ fn run(args: &Args) -> std::io::Result<bool> {
         100.0 * own_cpu / window.as_secs_f64()
     );
     println!(
-        "latency: p50 {p50} us, p99 {p99} us, p99.9 {p999} us, max {max_us} us ({} samples)",
-        e.hist.len()
+        "latency (send to arrival at the receiving socket, by the kernel's stamp): p50 {p50} us, p99 {p99} us, \
+         p99.9 {p999} us, max {max_us} us ({} samples, {} stamped by the kernel)",
+        l.arrival.len(),
+        l.stamped
+    );
+    println!(
+        "latency (send to chatload's read): p50 {r50} us, p99 {r99} us, p99.9 {r999} us, max {rmax} us; \
+         chatload's own read delay p99 {d99} us, p99.9 {d999} us"
     );
     println!(
         "connections: {} ready, peak open {}, open at end {open_at_end}; connect errors: {}; unexpected closes: {}",
@@ -316,6 +323,8 @@ fn run(args: &Args) -> std::io::Result<bool> {
          reordered={} unexpected_closes={unexpected} close_codes={} connect_errors={connect_errors} \
          server_errors={} churn_started={} churn_completed={} deliveries_per_sec={deliveries_per_sec:.0} \
          offered_per_sec={offered_per_sec:.0} p50_us={p50} p99_us={p99} p999_us={p999} max_us={max_us} \
+         read_p50_us={r50} read_p99_us={r99} read_p999_us={r999} read_delay_p99_us={d99} \
+         read_delay_p999_us={d999} stamped={} \
          close_timeouts={} window_s={:.3} peak_open={} load_cpu_s={own_cpu:.3}{rooms}{server}{fault_fields}{blip_fields} ok={}",
         mode_name(args),
         args.conns,
@@ -327,6 +336,7 @@ fn run(args: &Args) -> std::io::Result<bool> {
         c.server_errors.values().sum::<u64>(),
         c.churn_started,
         c.churn_completed,
+        l.stamped,
         c.close_timeouts,
         window.as_secs_f64(),
         c.peak_open,

@@ -26,7 +26,9 @@ Target:
                          broadcast every text frame to every client (idle, room and churn
                          modes): a room message is a bare text frame holding the text below,
                          every text frame in counts (each line of it, if it holds several),
-                         and a client is ready once its handshake is done
+                         and a client is ready once its handshake is done; with --rooms,
+                         client i asks for its room in the upgrade (?id=..&room=rK) and is
+                         in it from the handshake on (the rooms peer of bench/peers/uws-rooms)
 
 Load:
   --mode M[,M..]         idle, room, private, churn, blip (or abuse, below); combine with commas (room,churn)
@@ -66,6 +68,7 @@ Load:
                          expected by the clients of that room; a message line arriving at a
                          client outside its room counts as misrouted, a failure; churn
                          clients stay in lobby [default: 0: no rooms, everything goes to lobby]
+                         (with --proto raw: see there)
   --connect-concurrency N  at most N of the --conns clients connecting at once [default: 256]
   --id-prefix P          ids are P + m<i> for held clients, P + c<n> for churn ones
                          [default: cl<pid>-, e.g. cl4242-m0]
@@ -126,9 +129,12 @@ Report:
   -V, --version          print chatload's version
 
 Each message text is \"<kind> <sender> <seq> <send-ns>\", the nanoseconds since chatload
-started at which it was queued (and written, at the end of that loop turn); latency is taken
-when the receiving client reads it. How far sends fell behind their schedule is reported as
-send lag. Expected deliveries: room = each message x the held clients connected when it was
+started at which it was written (senders are spread evenly over each 1/--rate s). Latency
+is timed per frame on two clocks: to its arrival at the receiving client's socket (the
+kernel's receive stamp of the read that brought it, never earlier than the frame: the
+headline p50/p99/p99.9) and to chatload's read of it; the difference is chatload's own read
+delay (one loop reads every client in turn), reported beside them. How far sends fell behind
+their schedule is reported as send lag. Expected deliveries: room = each message x the held clients connected when it was
 sent (a client still connecting when the window opened is never counted); private = 2 x
 messages. Lost = expected - delivered. The last line printed is
 'summary key=value ..'. Exit status: 0 when nothing was lost, duplicated or reordered, no
@@ -502,9 +508,6 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     if rooms > 0 && modes.blip {
         return Err("--rooms: not with --mode blip (it counts lobby's seqs)".into());
     }
-    if rooms > 0 && raw {
-        return Err("--rooms needs chatloop's protocol (--proto json): raw clients cannot join a room".into());
-    }
     if rooms > 0 && attack.is_some() {
         return Err("--rooms is for --mode, not --attack".into());
     }
@@ -659,6 +662,8 @@ mod tests {
         let a = run(&["--rooms", "10", "--conns", "1000", "--senders", "100"]).unwrap();
         assert_eq!((a.rooms, a.conns, a.senders), (10, 1000, 100));
         assert_eq!(run(&["--mode", "idle", "--rooms", "3", "--conns", "3"]).unwrap().rooms, 3);
+        let a = run(&["--proto", "raw", "--rooms", "100", "--conns", "1000", "--senders", "100"]).unwrap();
+        assert!(a.raw && a.rooms == 100);
     }
 
     #[test]
@@ -728,7 +733,6 @@ mod tests {
             (&["--rooms", "5", "--conns", "4"], "--rooms 5 is more than --conns 4"),
             (&["--rooms", "x"], "--rooms: 'x' is not a whole number"),
             (&["--attack", "ping-flood", "--rooms", "1"], "--rooms is for --mode"),
-            (&["--proto", "raw", "--rooms", "2"], "--rooms needs chatloop's protocol"),
             (&["--mode", "blip", "--faults"], "--mode blip: not with"),
             (&["--blip-how", "cut"], "unknown way 'cut'"),
             (&["--mode", "blip", "--rooms", "2"], "not with --mode blip"),

@@ -541,9 +541,7 @@ impl Engine<'_> {
         if replay {
             b.tally.replayed += 1;
         } else if let Some((b'r', _, _, sent_ns)) = stamp {
-            self.last_delivery = Some(now);
-            let latency = self.ns(now).saturating_sub(sent_ns);
-            self.hist.saturating_record(latency.max(1));
+            self.delivered_at(sent_ns, now);
         }
     }
 
@@ -563,9 +561,7 @@ impl Engine<'_> {
             if replay {
                 b.tally.private_replayed += 1;
             } else {
-                self.last_delivery = Some(now);
-                let latency = self.ns(now).saturating_sub(sent_ns);
-                self.hist.saturating_record(latency.max(1));
+                self.delivered_at(sent_ns, now);
             }
         }
     }

@@ -31,6 +31,7 @@ impl Engine<'_> {
     /// Starts a non-blocking connect from the next source address.
     pub(super) fn open_conn(&mut self, role: Role) -> io::Result<usize> {
         let mut stream = crate::net::connect_from(self.args.addr, self.args.sources, &mut self.source_rr)?;
+        crate::net::enable_rx_timestamps(&stream);
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         self.poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
@@ -39,7 +40,7 @@ impl Engine<'_> {
         entry.insert(Conn {
             role,
             generation,
-            state: State::Connecting(Sock { tcp: stream, drained: false, read_closed: false }),
+            state: State::Connecting(Sock::new(stream)),
             started: Instant::now(),
             welcomed: false,
             we_closed: None,
@@ -98,6 +99,9 @@ impl Engine<'_> {
         };
         if let Role::Main(i) = self.conns[t].role {
             url += &self.blip_query(i as usize); // --mode blip: a resume's token and pseq
+            if self.args.raw && self.args.rooms > 0 {
+                url += &format!("&room=r{}", self.room_of(i as usize)); // raw: no join, the room is asked here
+            }
         }
         let res = tungstenite::client::client_with_config(url.as_str(), stream, Some(self.ws_config));
         self.handshaken(t, res);

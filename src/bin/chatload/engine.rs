@@ -4,7 +4,8 @@
 //! TCP connect (non-blocking, bound to a 127.0.0.x source) -> tungstenite client handshake
 //! (resumed on readiness) -> open WebSocket (connect.rs), and is read to WouldBlock on every
 //! event. Sends come from a heap of deadlines, scheduled by each mode's module (room.rs,
-//! private.rs, churn.rs); each message carries the time it was queued. With `--rooms`,
+//! private.rs, churn.rs); each message carries the time it was written, and each frame read
+//! is timed on its own, on two clocks (latency.rs). With `--rooms`,
 //! rooms.rs joins each client to its room and checks where room messages arrive.
 
 // Each mode's scheduling and sending lives in a module of its own; the loop, connections and
@@ -15,6 +16,8 @@ mod blip;
 mod churn;
 #[path = "connect.rs"]
 mod connect;
+#[path = "latency.rs"]
+mod latency;
 #[path = "outcomes.rs"]
 mod outcomes;
 #[path = "private.rs"]
@@ -29,7 +32,8 @@ mod rooms;
 use crate::args::Args;
 use crate::lines::{MessageLine, field, message_fields, parse_text};
 use crate::net::{Sock, is_would_block};
-use hdrhistogram::Histogram;
+use latency::Latency;
+pub use latency::quantiles_us;
 use mio::{Events, Poll};
 use slab::Slab;
 use std::cmp::Reverse;
@@ -167,7 +171,9 @@ pub struct Engine<'a> {
     window_end_ns: u64,
     last_sweep: Instant,
     pub counts: Counts,
-    pub hist: Histogram<u64>,
+    pub latency: Latency,
+    /// The kernel's receive stamp of the read that brought the frame being handled (net.rs).
+    rx_ns: u64,
     pub first_send: Option<Instant>,
     pub last_delivery: Option<Instant>,
     pad: String,
@@ -212,7 +218,8 @@ impl<'a> Engine<'a> {
             window_end_ns: 0,
             last_sweep: Instant::now(),
             counts: Counts::default(),
-            hist: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds"),
+            latency: Latency::new(),
+            rx_ns: 0,
             first_send: None,
             last_delivery: None,
             pad: "x".repeat(args.size),
@@ -256,6 +263,7 @@ impl<'a> Engine<'a> {
     pub fn run_phase(&mut self, duration: Duration) -> io::Result<Instant> {
         let start = Instant::now();
         self.phase = Phase::Run;
+        self.latency.sync(self.t0);
         self.window_start_ns = self.ns(start);
         self.window_end_ns = self.window_start_ns + duration.as_nanos() as u64;
         if self.args.modes.room {
@@ -374,6 +382,7 @@ impl<'a> Engine<'a> {
     }
 
     fn sweep(&mut self) {
+        self.latency.sync(self.t0);
         let now = Instant::now();
         self.last_sweep = now;
         let mut late = Vec::new();
@@ -434,13 +443,14 @@ impl<'a> Engine<'a> {
     /// Reads every message waiting on `t`, then flushes what tungstenite queued (pongs, close
     /// replies).
     fn pump(&mut self, t: usize) {
-        // One clock reading per socket wake-up: what one read brought arrived together.
-        let now = Instant::now();
         loop {
             let Some(conn) = self.conns.get_mut(t) else { return };
             let State::Open(ws) = &mut conn.state else { return };
             match ws.read() {
-                Ok(Message::Text(text)) => self.on_text(t, text.as_str(), now),
+                Ok(Message::Text(text)) => {
+                    self.rx_ns = ws.get_ref().rx_ns;
+                    self.on_text(t, text.as_str(), Instant::now())
+                }
                 Ok(Message::Close(frame)) => {
                     conn.peer_closed = true;
                     if conn.we_closed.is_none() {
@@ -537,7 +547,7 @@ impl<'a> Engine<'a> {
         }
         conn.welcomed = true;
         match conn.role {
-            Role::Main(i) if self.args.rooms > 0 => self.join_room(t, i as usize),
+            Role::Main(i) if self.args.rooms > 0 && !self.args.raw => self.join_room(t, i as usize),
             Role::Main(i) => self.admit(i as usize),
             Role::Churn => {
                 let due = now_ns + self.args.churn_hold.as_nanos() as u64;
@@ -625,9 +635,14 @@ impl<'a> Engine<'a> {
             *next = seq + 1;
         }
         self.counts.delivered += 1;
+        self.delivered_at(sent_ns, now);
+    }
+
+    /// A delivery of a message stamped `sent_ns`, read at `now` from a read the kernel
+    /// stamped `self.rx_ns`: its latency, on both clocks (latency.rs).
+    fn delivered_at(&mut self, sent_ns: u64, now: Instant) {
         self.last_delivery = Some(now);
-        let latency = self.ns(now).saturating_sub(sent_ns);
-        self.hist.saturating_record(latency.max(1));
+        self.latency.record(sent_ns, self.ns(now), self.rx_ns);
     }
 
     // ---- sending ---------------------------------------------------------------------------
@@ -651,8 +666,9 @@ impl<'a> Engine<'a> {
                 _ => {
                     self.counts.max_send_lag_ns = self.counts.max_send_lag_ns.max(now_ns - due);
                     let i = a as usize;
-                    // Stamped with the time it is queued (and flushed, at the end of this
-                    // turn): latency is the server's and the network's, not our timer's.
+                    // Stamped as it is written (each send its own clock reading, written at
+                    // once): latency is the server's and the network's, not our timer's.
+                    let now_ns = self.ns(Instant::now());
                     let blip = self.blip.is_some();
                     let (n, sent) = if kind == ROOM {
                         let sent = if self.args.raw {
@@ -680,10 +696,14 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Queues one text message; it goes out at the end of the turn.
+    /// Writes one text message at once (what cannot go now goes on writable), so that its
+    /// stamp, taken just before, is when it left.
     fn write(&mut self, t: usize, json: String) -> bool {
         if !self.queue_text(t, json) {
             return false;
+        }
+        if let Some(Conn { state: State::Open(ws), .. }) = self.conns.get_mut(t) {
+            let _ = ws.flush(); // errors show on the read side, where they are counted
         }
         if self.first_send.is_none() {
             self.first_send = Some(Instant::now());

@@ -15,6 +15,63 @@ pub struct Sock {
     pub tcp: mio::net::TcpStream,
     pub drained: bool,
     pub read_closed: bool,
+    /// CLOCK_REALTIME ns at which the newest byte of the last read reached the socket (the
+    /// kernel's receive timestamp, SO_TIMESTAMPNS); 0 when none came with it.
+    pub rx_ns: u64,
+}
+
+impl Sock {
+    pub fn new(tcp: mio::net::TcpStream) -> Sock {
+        Sock { tcp, drained: false, read_closed: false, rx_ns: 0 }
+    }
+}
+
+/// Asks the kernel to stamp every segment as it reaches `tcp`'s receive queue.
+pub fn enable_rx_timestamps(tcp: &mio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a pointer valid for its size.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// One recvmsg: the bytes, and the receive timestamp (CLOCK_REALTIME ns) if one came.
+fn recv_stamped(tcp: &mio::net::TcpStream, buf: &mut [u8]) -> io::Result<(usize, u64)> {
+    use std::os::fd::AsRawFd;
+    // Room for one SCM_TIMESTAMPNS (a timespec) with its header, u64-aligned.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at a valid iovec and control buffer.
+    let n = unsafe { libc::recvmsg(tcp.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = 0;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
 }
 
 impl Read for Sock {
@@ -22,7 +79,14 @@ impl Read for Sock {
         if self.drained && !self.read_closed {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let r = self.tcp.read(buf);
+        let r = recv_stamped(&self.tcp, buf).map(|(n, stamp)| {
+            // Bytes without a stamp (sent before stamping was on) must not inherit an older
+            // read's stamp, which could be earlier than they are: 0 falls back to the read.
+            if n > 0 {
+                self.rx_ns = stamp;
+            }
+            n
+        });
         match &r {
             Ok(n) if *n < buf.len() => self.drained = true,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,

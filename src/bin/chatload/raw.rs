@@ -4,7 +4,10 @@
 //! A room sender's frame is the bare marker text "r <sender> <seq> <send-ns>[padding]" (the
 //! same text chatloop's JSON would carry), and every text frame in counts: a frame that holds
 //! several newline-separated markers (gorilla's chat example coalesces queued messages that
-//! way) counts each. A client is live once its handshake is done: there is no welcome.
+//! way) counts each. A client is live once its handshake is done: there is no welcome. With
+//! `--rooms`, a client asks for its room in the upgrade's query (`&room=rK`, connect.rs), a
+//! sender's marker is expected by the live clients of its room, and a marker that reaches a
+//! client of another room counts as misrouted (so a server that ignores the room shows).
 
 use super::{Engine, Role};
 use crate::lines::parse_text;
@@ -24,7 +27,8 @@ impl Engine<'_> {
         }
         self.mains[i].room_seq += 1;
         self.counts.sent_room += 1;
-        self.counts.expected += self.live_count;
+        self.counts.expected +=
+            if self.args.rooms > 0 { self.room_live[self.room_of(i)] } else { self.live_count };
         true
     }
 
@@ -41,6 +45,10 @@ impl Engine<'_> {
                 self.counts.foreign += 1;
                 continue;
             }
+            if self.args.rooms > 0 && self.room_of(sender) != self.room_of(r) {
+                self.counts.misrouted += 1;
+                continue;
+            }
             let m = &mut self.mains[r];
             if !m.live {
                 self.counts.uncounted += 1;
@@ -53,9 +61,7 @@ impl Engine<'_> {
             }
             *next = seq + 1;
             self.counts.delivered += 1;
-            self.last_delivery = Some(now);
-            let latency = self.ns(now).saturating_sub(sent_ns);
-            self.hist.saturating_record(latency.max(1));
+            self.delivered_at(sent_ns, now);
         }
     }
 }
