@@ -205,6 +205,19 @@ pub enum Phase {
     Respond { eof: bool },
     /// A WebSocket session, in place: boxing it cost a pointer and the allocator's 16 bytes.
     Ws(Session),
+    /// A consumer of the event stream (`GET /api/events`, `server/events.rs`): it only reads.
+    Events(Stream),
+}
+
+/// An event stream consumer: which types it wants and where it is in the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    pub types: crate::events::Types,
+    /// The id of the next event it should get.
+    pub next: u64,
+    /// Caught up with the log once: from then on an event that does not fit in its queue
+    /// makes it a slow consumer (until then it is replaying, paced by its queue).
+    pub live: bool,
 }
 
 pub struct Session {
@@ -419,6 +432,8 @@ impl Conn {
         }
         match self.phase {
             Phase::Request { .. } | Phase::Respond { .. } => self.opened.after(handshake_timeout),
+            // It sends nothing, so no idle deadline: only its keep-alive comment.
+            Phase::Events(_) => self.next_ping,
             Phase::Ws(ref s) => {
                 let mut at = self.next_ping.earlier(self.last_read.after(idle_timeout));
                 if let Some(g) = s.signed() {

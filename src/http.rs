@@ -34,6 +34,8 @@ pub struct Request {
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`: the request says a body
     /// follows. Ignored (and discarded) on a plain GET; an upgrade with one is refused.
     pub body: bool,
+    /// `Last-Event-ID`: where an event stream consumer left off (`GET /api/events`).
+    pub last_event_id: Option<String>,
 }
 
 impl Request {
@@ -160,6 +162,8 @@ pub fn parse(buf: &[u8]) -> Parse {
             (!once(&mut out.ws_key)).then_some("duplicate Sec-WebSocket-Key header")
         } else if name.eq_ignore_ascii_case("authorization") {
             (!once(&mut out.authorization)).then_some("duplicate Authorization header")
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            (!once(&mut out.last_event_id)).then_some("duplicate Last-Event-ID header")
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             (!once(&mut out.ws_version)).then_some("duplicate Sec-WebSocket-Version header")
         } else {

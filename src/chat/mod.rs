@@ -177,6 +177,9 @@ pub struct Chat {
     holds: Holds,
     /// What chat asks of the loop (the one outbox of commands besides the `Sink`).
     pub todo: ForLoop,
+    /// What happened, for the event stream (`events`): recorded here where it happens, drained
+    /// by the server once a turn. Off unless the stream is served.
+    pub events: crate::events::Queue,
     /// Rooms given up so far for a connected user's join at `--max-rooms`.
     rooms_evicted: u64,
     /// Every private backlog's charge (`--backlog-bytes`).
@@ -248,6 +251,7 @@ impl Chat {
             backlog: Budget::new(limits.backlog_bytes),
             counters: Counters::default(),
             todo: ForLoop::default(),
+            events: crate::events::Queue::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 use super::broker::{Broker, Post, Published};
 use super::{Chat, Outcome, Sink, Tagged, refuse};
 use crate::cluster::Ticket;
+use crate::events::Fact;
 use crate::protocol::{self, ErrorCode, Incoming, LOBBY};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -31,10 +32,12 @@ impl Chat {
                 let line = protocol::with_seq(&t.template, seq);
                 let sender = here.then_some((t.token, t.cid.as_deref()));
                 self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
+                self.events.record(|| Fact::Message(line));
             }
             None => {
                 let sender = if here { t.token } else { usize::MAX };
-                self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+                let line = self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+                self.events.record(|| Fact::Message(line));
             }
         }
         self.rooms.key(&t.room).map(|k| self.rooms.room(k)).is_some_and(|r| r.len() > r.local_len())
@@ -117,10 +120,12 @@ impl Chat {
                 match broker.publish(&mut self.history, post) {
                     Published::Now(line) => {
                         self.rooms.deliver(rk, &line, sink);
+                        self.events.record(|| Fact::Message(line.clone()));
                         Outcome::Room { room, line, cid: None }
                     }
                     Published::Unconfirmed(line) => {
                         self.rooms.deliver(rk, &line, sink);
+                        self.events.record(|| Fact::Message(line));
                         Outcome::Unconfirmed { room, cid: None }
                     }
                     Published::Pending => Outcome::Pending { room },
@@ -157,6 +162,7 @@ impl Chat {
                 let Some((_, u)) = self.users.get_mut(from) else { return Outcome::Answered };
                 u.rooms.remove(rk as u32);
                 let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
+                self.events.record(|| Fact::Leave(Rc::clone(&room), Rc::clone(&u.id)));
                 sink.push(token, &protocol::left(&room));
                 Outcome::Left { room, last_local }
             }

@@ -16,6 +16,7 @@
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
 mod cluster;
+mod events;
 mod join;
 mod net;
 mod request;
@@ -89,6 +90,8 @@ pub struct Server {
     cluster: Option<crate::cluster::Cluster>,
     /// The Redis link's read budget ran out with input left: read it next turn.
     redis_again: bool,
+    /// The event stream's log and consumers (`GET /api/events`); None while it is off.
+    events: Option<events::Streams>,
     /// Rate-limit buckets of ids whose session ended, until they would have refilled: the
     /// limit belongs to the id, so reconnecting does not buy a fresh burst.
     buckets: std::collections::HashMap<String, Bucket>,
@@ -169,6 +172,7 @@ impl Server {
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.set_nodes(if cluster.is_some() { Nodes::Down } else { Nodes::Alone });
                 chat.reserve(max_conns);
+                chat.events.set_on(true);
                 chat
             },
             assets,
@@ -189,6 +193,7 @@ impl Server {
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
+            events: Some(events::Streams::new(cfg.events_keep)),
             buckets: Default::default(),
             rate_refusals: Default::default(),
             busy_refusals: Default::default(),
@@ -275,7 +280,7 @@ impl Server {
         self.fire_timers(now, ts);
         self.sweep(now);
         self.trim_heap(now);
-        self.settle(now);
+        self.settle(now, ts);
     }
 
     /// Handshakes and room joins leave freed memory behind (request heads, welcomes, rosters
@@ -366,7 +371,7 @@ impl Server {
                     Phase::Ws(_) => {
                         self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
                     }
-                    Phase::Request { .. } => self.doom(t),
+                    Phase::Request { .. } | Phase::Events(_) => self.doom(t),
                     Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
@@ -382,6 +387,7 @@ impl Server {
             Phase::Request { .. } => self.read_request(token, now, ts),
             Phase::Respond { .. } => self.read_discard(token),
             Phase::Ws(_) => self.read_ws(token, now, ts),
+            Phase::Events(_) => self.read_stream(token),
         }
     }
 
@@ -404,6 +410,9 @@ impl Server {
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.doom(token);
                     continue;
+                }
+                Phase::Events(_) if conn.give_up.is_none() && conn.next_ping.reached(stamp) => {
+                    self.stream_ping(token, now);
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {
                     if s.signed().is_some() && self.token_due(token, now, ts) {
@@ -440,12 +449,13 @@ impl Server {
     /// Runs the end-of-turn work until it stops producing more. Outboxes are written when the
     /// flush window that their first line opened has passed (at once with a zero window), so
     /// that under load each socket gets one `writev` per window rather than one per message.
-    fn settle(&mut self, now: Instant) {
+    fn settle(&mut self, now: Instant, ts: u64) {
         let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
         loop {
             self.ended_early(now);
             self.chat.pump(now, &mut self.net);
             self.chat.flush_presence(&mut self.net);
+            self.pump_events(ts);
             self.ask_acks(now);
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
@@ -466,7 +476,7 @@ impl Server {
             }
         }
         if self.cluster_flush(now) {
-            return self.settle(now); // the link failed: settle what that queued (once more)
+            return self.settle(now, ts); // the link failed: settle what that queued (once more)
         }
         for token in std::mem::take(&mut self.net.later) {
             self.net.mark_pending(token);
@@ -504,6 +514,7 @@ impl Server {
             rooms: chat.rooms,
             rooms_evicted: chat.rooms_evicted,
             cluster,
+            events: self.events.as_ref().map(|s| s.gauges()),
         };
         for (_, c) in &self.net.conns {
             g.websockets += matches!(c.phase, Phase::Ws(_)) as usize;

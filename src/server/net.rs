@@ -200,7 +200,9 @@ impl Server {
             // would make that a no-op, and the rest of its queue would never be written).
             Ok(Drain::Budget) => self.net.later.push(token),
             Ok(Drain::Empty) => match conn.phase {
-                Phase::Ws(_) if !conn.is(Flag::Finishing) => conn.peer.out.release(&mut self.net.spare),
+                Phase::Ws(_) | Phase::Events(_) if !conn.is(Flag::Finishing) => {
+                    conn.peer.out.release(&mut self.net.spare)
+                }
                 Phase::Respond { eof: true } => self.doom(token),
                 Phase::Respond { eof: false } => {
                     // Response out: half-close, then wait for the peer's EOF or the grace.
@@ -223,7 +225,11 @@ impl Server {
         }
         // Sessions and connections closed for a reason count; plain page loads do not.
         let c = &self.net.conns[token];
-        let counted = c.reason.or(matches!(c.phase, Phase::Ws(_)).then_some(Reason::ClientClose));
+        let counted =
+            c.reason.or(matches!(c.phase, Phase::Ws(_) | Phase::Events(_)).then_some(Reason::ClientClose));
+        if let Phase::Events(_) = c.phase {
+            self.stream_gone(token);
+        }
         self.leave(token, Reason::ClientClose);
         let mut conn = self.net.conns.remove(token);
         if let Some(r) = counted {

@@ -1,0 +1,1 @@
+//! One event stream for a whole cluster.
