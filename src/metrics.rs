@@ -274,6 +274,13 @@ fn render_events(o: &mut String, e: &crate::events::Gauges) {
         "Gap events sent: a consumer asked for events the log no longer keeps.",
         &[("", c.gaps)],
     );
+    metric(
+        o,
+        "events_dropped_total",
+        "counter",
+        "Events dropped in a cluster: more than --events-keep recorded while Redis was away.",
+        &[("", c.dropped)],
+    );
 }
 
 fn render_kept(o: &mut String, g: &Gauges) {

@@ -159,6 +159,9 @@ pub struct Counters {
     pub opened: u64,
     pub slow: u64,
     pub gaps: u64,
+    /// In a cluster: events dropped because the link was down for more than `--events-keep`
+    /// of them.
+    pub dropped: u64,
 }
 
 /// The stream's numbers for `/metrics`, read at scrape time.

@@ -32,6 +32,12 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The log and who reads it.
 pub(super) struct Streams {
     pub(super) log: Log,
+    /// In a cluster: this node's events waiting to be numbered by Redis (while the link is
+    /// down), at most `--events-keep`; and while a resync is read, the events pushed
+    /// meanwhile (`server/cluster/events.rs`).
+    pub(super) outgoing: std::collections::VecDeque<(events::Kind, Bytes)>,
+    pub(super) syncing: bool,
+    pub(super) held: Vec<(u64, events::Kind, Bytes)>,
     /// Connections in `Phase::Events`.
     consumers: Vec<usize>,
     pub(super) counters: Counters,
@@ -39,7 +45,14 @@ pub(super) struct Streams {
 
 impl Streams {
     pub(super) fn new(keep: usize) -> Streams {
-        Streams { log: Log::new(keep, LOG_BYTES), consumers: Vec::new(), counters: Counters::default() }
+        Streams {
+            log: Log::new(keep, LOG_BYTES),
+            outgoing: Default::default(),
+            syncing: false,
+            held: Vec::new(),
+            consumers: Vec::new(),
+            counters: Counters::default(),
+        }
     }
 
     /// The numbers `/metrics` shows.
@@ -131,9 +144,22 @@ impl Server {
     /// its cursor.
     pub(super) fn pump_events(&mut self, ts: u64) {
         let Some(streams) = &mut self.events else { return };
-        for fact in self.chat.events.take() {
-            streams.log.append(&fact, ts);
+        if self.cluster.is_some() {
+            // Numbered by Redis: they come back on the channel, into the log, in one order.
+            for fact in self.chat.events.take() {
+                if streams.outgoing.len() >= self.cfg.events_keep {
+                    streams.counters.dropped += 1;
+                    continue;
+                }
+                streams.outgoing.push_back((fact.kind(), Bytes::from(fact.data(ts))));
+            }
+            self.cluster_emit();
+        } else {
+            for fact in self.chat.events.take() {
+                streams.log.append(&fact, ts);
+            }
         }
+        let Some(streams) = &mut self.events else { return };
         let log = &streams.log;
         let mut slow = Vec::new();
         for &token in &streams.consumers {

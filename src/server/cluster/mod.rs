@@ -14,7 +14,9 @@ use super::join::{Granted, carried_bucket};
 use crate::chat::Nodes;
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
-use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload};
+use crate::cluster::{
+    ALL, Await, EVENTS_CHANNEL, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload,
+};
 use crate::protocol::ErrorCode;
 use crate::redis::{Input, error_text, frame_number};
 use bytes::Bytes;
@@ -24,6 +26,7 @@ use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+mod events;
 mod gossip;
 mod relay;
 
@@ -126,6 +129,7 @@ impl Server {
                 c.claim(self.chat.local_keys(), || Await::Refresh);
                 let roster = self.roster();
                 self.cluster_mut().publish(ALL, &roster);
+                self.events_resync();
             }
             Input::Down => {
                 self.chat.set_nodes(Nodes::Down);
@@ -153,7 +157,8 @@ impl Server {
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
-                        Await::Refresh | Await::Ignore | Await::Clock { .. } => {}
+                        Await::Emit(e) => self.emit_lost(*e, sent == Sent::Written),
+                        Await::Refresh | Await::Ignore | Await::Clock { .. } | Await::Events => {}
                     }
                 }
             }
@@ -163,6 +168,9 @@ impl Server {
                     return;
                 };
                 self.reply(w, frame, now);
+            }
+            Input::Message { channel, payload } if &channel[..] == EVENTS_CHANNEL => {
+                self.event_pushed(&payload);
             }
             Input::Message { channel, payload } => {
                 c.counters.received += 1;
@@ -190,7 +198,8 @@ impl Server {
             warn!("cluster: Redis refused a command: {e}");
         }
         match w {
-            Await::Ignore => {}
+            Await::Ignore | Await::Emit(_) => {}
+            Await::Events => self.events_read(frame),
             Await::Clock { sent } => {
                 let BytesFrame::Array { data, .. } = &frame else { return };
                 let n = |i: usize| data.get(i).and_then(|f| f.as_str()).and_then(|t| t.parse::<i64>().ok());

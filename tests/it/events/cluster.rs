@@ -1,1 +1,54 @@
-//! One event stream for a whole cluster.
+//! One event stream for a whole cluster: each node's events on every node's stream, once,
+//! with the same ids, and `Last-Event-ID` valid on any node.
+
+use super::{Ev, Sse, is, key_file};
+use crate::cluster::{Redis, node};
+use serde_json::json;
+use std::time::Duration;
+
+#[test]
+fn an_event_on_one_node_is_on_every_nodes_stream_with_the_same_id() {
+    let Some(redis) = Redis::start() else { return };
+    let key = key_file("cluster");
+    let api: [&str; 0] = {
+        let _ = key;
+        []
+    }; // TEMPORARY until the API plumbing is merged
+    let a = node(&redis, "3", &api);
+    let b = node(&redis, "3", &api);
+    let mut on_a = Sse::open(&a, "", None);
+    let mut on_b = Sse::open(&b, "", None);
+    let mut alice = a.join("alice");
+    alice.send(&json!({"text": "from a"}));
+    alice.next_of("message");
+    let mut bob = b.join("bob");
+    bob.send(&json!({"text": "from b"}));
+    bob.next_of("message");
+    alice.bye();
+    let want = |e: &Ev| is(e, "offline", "alice", None);
+    let seen_a = on_a.until(want);
+    let seen_b = on_b.until(want);
+    let key = |e: &Ev| (e.id.unwrap(), e.event.clone(), e.data.to_string());
+    let (ka, kb): (Vec<_>, Vec<_>) = (seen_a.iter().map(key).collect(), seen_b.iter().map(key).collect());
+    assert_eq!(ka, kb, "the same events, ids and order on both nodes");
+    let ids: Vec<u64> = ka.iter().map(|k| k.0).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "one order, no hole, none twice: {ids:?}");
+    for (kind, id) in [("online", "alice"), ("online", "bob"), ("offline", "alice")] {
+        assert_eq!(
+            seen_b.iter().filter(|e| is(e, kind, id, None)).count(),
+            1,
+            "{kind} {id} once: {seen_b:?}"
+        );
+    }
+    let texts: Vec<&str> = seen_b.iter().filter_map(|e| e.data["text"].as_str()).collect();
+    assert_eq!(texts, ["from a", "from b"]);
+    // An id from node A's stream is valid on node B, and on a node started after it all.
+    let after = ids[1];
+    let mut back = Sse::open(&b, "", Some(after));
+    assert_eq!(back.next().id, Some(after + 1));
+    let c = node(&redis, "3", &api);
+    let mut late = Sse::open(&c, "", Some(after));
+    let replay: Vec<u64> = (0..ids.len() - 2).map(|_| late.next().id.unwrap()).collect();
+    assert_eq!(replay, ids[2..], "a node started later replays from Redis's stream");
+    assert!(late.next_within(Duration::from_millis(300)).is_none());
+}
