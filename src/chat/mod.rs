@@ -455,6 +455,13 @@ impl Chat {
         self.history.offer(name)
     }
 
+    /// Records a moderation action for the event stream (`{"type":"moderation",...fields,
+    /// "ts":...}`): `fields` should name the action and whom it is about, e.g.
+    /// `{"action":"ban","id":"eve","seconds":60}`. Nothing is built while the stream is off.
+    pub fn moderation(&mut self, fields: impl FnOnce() -> serde_json::Map<String, serde_json::Value>) {
+        self.events.record(|| crate::events::Fact::Moderation(fields()));
+    }
+
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.
     pub fn flush_presence(&mut self, sink: &mut impl Sink) {
         self.rooms.flush_presence(self.limits.presence_limit, &self.users, sink);
