@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Request ──(route: file, status)──> Respond ──(written, peer EOF or grace)──> removed
-//!    └────(101 on /ws or /echo)────> Ws ──(close sent or received)──> Ws closing ──> removed
+//!    ├────(101 on /ws or /echo)────> Ws ──(close sent or received)──> Ws closing ──> removed
+//!    └────(GET /api/events)────────> Events ──(EOF, slow consumer, shutdown)──> removed
 //! ```
 //! The phase decides what readiness means and which deadline applies; the server loop does
 //! the I/O and is the only one to register, deregister or remove.
