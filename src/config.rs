@@ -64,6 +64,9 @@ pub struct Config {
     pub auth_grace: Duration,
     /// Where the page fetches fresh tokens (`GET /config` tells it); chatloop never calls it.
     pub token_url: Option<String>,
+    /// `--api-key FILE`: the backend API's bearer key (the file's content, trimmed); None
+    /// leaves every `/api/` path a 404.
+    pub api_key: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             auth: None,
             auth_grace: Duration::from_secs(30),
             token_url: None,
+            api_key: None,
         }
     }
 }
@@ -217,6 +221,9 @@ Flags:
                               unless the client sent a fresh {\"token\":...} [default: 30]
   --token-url URL             where the page fetches fresh tokens (told by GET /config)
                               [default: none]
+  --api-key FILE              enable the backend API (/api/, see docs/api.md): requests carry
+                              Authorization: Bearer KEY, KEY being FILE's content (trimmed,
+                              at least 16 bytes) [default: none, every /api/ path is 404]
   --log-timestamps on|off     start log lines with an RFC 3339 UTC time; off suits journald,
                               which stamps lines itself [default: on]
   -h, --help                  print this help
@@ -336,12 +343,30 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--auth-issuer" => auth.issuer = Some(cli.value()?),
             "--auth-grace" => cfg.auth_grace = flags::seconds(&flag, &cli.value()?, true, 86_400.0)?,
             "--token-url" => cfg.token_url = Some(cli.value()?),
+            "--api-key" => cfg.api_key = Some(api_key(&cli.value()?)?),
             _ => return Err(format!("unknown flag '{flag}' (see --help)")),
         }
     }
     let mut cfg = settle(cfg, metrics_allow, ping_given, max_message)?;
     cfg.auth = auth.load()?;
     Ok(Command::Run(Box::new(cfg)))
+}
+
+/// The shortest `--api-key` accepted: a key a script could guess is no key.
+pub const MIN_API_KEY: usize = 16;
+
+/// `--api-key FILE`'s key: the file's content, trimmed of surrounding whitespace (a trailing
+/// newline is how editors and `echo` leave it).
+fn api_key(path: &str) -> Result<std::sync::Arc<[u8]>, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("--api-key: {path}: {e}"))?;
+    let key = raw.trim_ascii();
+    if key.len() < MIN_API_KEY {
+        return Err(format!(
+            "--api-key: {path}: the key is {} bytes; give at least {MIN_API_KEY} (e.g. head -c 32 /dev/urandom | base64)",
+            key.len()
+        ));
+    }
+    Ok(std::sync::Arc::from(key))
 }
 
 /// The `--auth*` flags as given, until the keys are loaded.

@@ -3,6 +3,7 @@
 //! ```text
 //! Request ──(route: file, status)──> Respond ──(written, peer EOF or grace)──> removed
 //!    ├────(101 on /ws or /echo)────> Ws ──(close sent or received)──> Ws closing ──> removed
+//!    ├────(/api/ with its key)─────> Api (body, answer) ──(answered, keep-alive)──> Request
 //!    └────(GET /api/events)────────> Events ──(EOF, slow consumer, shutdown)──> removed
 //! ```
 //! The phase decides what readiness means and which deadline applies; the server loop does
@@ -87,6 +88,8 @@ pub enum Flag {
     Joined = 1 << 12,
     /// Waiting for Redis to grant the id: nothing is read from the client meanwhile.
     Claiming = 1 << 13,
+    /// A backend API connection between requests (keep-alive): its deadline closes it quietly.
+    KeptAlive = 1 << 14,
 }
 
 /// A set of `Flag`s in one word.
@@ -206,8 +209,23 @@ pub enum Phase {
     Respond { eof: bool },
     /// A WebSocket session, in place: boxing it cost a pointer and the allocator's 16 bytes.
     Ws(Session),
+    /// A backend API request past its head (`server/api.rs`): its body being read, or its
+    /// answer awaited from Redis. Boxed: rare, and the head is kept whole.
+    Api(Box<ApiCall>),
     /// A consumer of the event stream (`GET /api/events`, `server/events.rs`): it only reads.
     Events(Stream),
+}
+
+/// A backend API request whose head was accepted: the head, and its body as read so far.
+pub struct ApiCall {
+    pub req: crate::http::Request,
+    pub body: Vec<u8>,
+    /// The body's length (`Content-Length`); the body is complete at `body.len() == need`.
+    pub need: usize,
+    /// Dispatched, and its answer waits for Redis (a pending publish): nothing more is read.
+    pub waiting: bool,
+    /// Bytes read past the body: the next request's (pipelined).
+    pub after: Vec<u8>,
 }
 
 /// An event stream consumer: which types it wants and where it is in the log.
@@ -406,6 +424,9 @@ pub struct Conn {
     pub reason: Option<crate::metrics::Reason>,
     /// Since when the queue has stayed over its soft cap after the loop's writes.
     pub over_since: Option<Stamp>,
+    /// Backend API requests answered since this connection last yielded its turn
+    /// (`server/api.rs`, `API_BUDGET`).
+    pub api_turn: u16,
 }
 
 impl Conn {
@@ -423,6 +444,7 @@ impl Conn {
             timer_at: None,
             reason: None,
             over_since: None,
+            api_turn: 0,
         }
     }
 
@@ -432,7 +454,9 @@ impl Conn {
             return t;
         }
         match self.phase {
-            Phase::Request { .. } | Phase::Respond { .. } => self.opened.after(handshake_timeout),
+            Phase::Request { .. } | Phase::Respond { .. } | Phase::Api(_) => {
+                self.opened.after(handshake_timeout)
+            }
             // It sends nothing, so no idle deadline: only its keep-alive comment.
             Phase::Events(_) => self.next_ping,
             Phase::Ws(ref s) => {

@@ -34,6 +34,14 @@ pub struct Request {
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`: the request says a body
     /// follows. Ignored (and discarded) on a plain GET; an upgrade with one is refused.
     pub body: bool,
+    /// `Content-Length` as given (None: absent); a malformed or repeated one is refused.
+    pub content_length: Option<u64>,
+    /// Any `Transfer-Encoding` (chunked or not): the body's length is not known up front.
+    pub chunked: bool,
+    /// The `Content-Type` header's value.
+    pub content_type: Option<String>,
+    /// `Connection: close`: the client wants no further request on this connection.
+    pub close: bool,
     /// `Last-Event-ID`: where an event stream consumer left off (`GET /api/events`).
     pub last_event_id: Option<String>,
 }
@@ -72,6 +80,8 @@ impl Request {
 
 /// Outcome of feeding the bytes read so far to the parser.
 #[derive(Debug, PartialEq)]
+// A `Parse` lives on the stack for one call; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Parse {
     /// The head is not complete yet.
     Partial,
@@ -86,12 +96,20 @@ pub enum Parse {
 pub enum Status {
     Ok = 200,
     BadRequest = 400,
+    Unauthorized = 401,
     Forbidden = 403,
     NotFound = 404,
     MethodNotAllowed = 405,
+    RequestTimeout = 408,
+    Conflict = 409,
+    LengthRequired = 411,
+    ContentTooLarge = 413,
+    UnsupportedMediaType = 415,
+    UnprocessableContent = 422,
     /// RFC 9110: this server does not answer for the Host named (DNS rebinding defence).
     Misdirected = 421,
     UpgradeRequired = 426,
+    TooManyRequests = 429,
     HeadersTooLarge = 431,
     Unavailable = 503,
 }
@@ -101,9 +119,17 @@ impl Status {
         match self {
             Status::Ok => "OK",
             Status::BadRequest => "Bad Request",
+            Status::Unauthorized => "Unauthorized",
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
+            Status::RequestTimeout => "Request Timeout",
+            Status::Conflict => "Conflict",
+            Status::LengthRequired => "Length Required",
+            Status::ContentTooLarge => "Content Too Large",
+            Status::UnsupportedMediaType => "Unsupported Media Type",
+            Status::UnprocessableContent => "Unprocessable Content",
+            Status::TooManyRequests => "Too Many Requests",
             Status::Misdirected => "Misdirected Request",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
@@ -171,10 +197,24 @@ pub fn parse(buf: &[u8]) -> Parse {
                 out.upgrade_websocket |= has_token(value, "websocket");
             } else if name.eq_ignore_ascii_case("connection") {
                 out.connection_upgrade |= has_token(value, "upgrade");
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                || (name.eq_ignore_ascii_case("content-length") && value != "0")
-            {
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 out.body = true;
+                out.chunked = true;
+            } else if name.eq_ignore_ascii_case("content-length") {
+                // Two lengths, or one that is not digits, are how requests are smuggled.
+                let Some(n) = value.bytes().all(|b| b.is_ascii_digit()).then(|| value.parse().ok()).flatten()
+                else {
+                    return Parse::Fail(Status::BadRequest, "malformed Content-Length");
+                };
+                if out.content_length.replace(n).is_some() {
+                    return Parse::Fail(Status::BadRequest, "duplicate Content-Length header");
+                }
+                out.body |= n != 0;
+            } else if name.eq_ignore_ascii_case("content-type") {
+                out.content_type.get_or_insert_with(|| value.to_string());
+            }
+            if name.eq_ignore_ascii_case("connection") {
+                out.close |= has_token(value, "close");
             }
             None
         };
@@ -352,6 +392,22 @@ pub fn response(status: Status, content_type: &str, extra: &str, body: &[u8], he
     if !head_only {
         out.extend_from_slice(body);
     }
+    Bytes::from(out)
+}
+
+/// A JSON response that keeps the connection open for the next request (the backend API's),
+/// unless `close`.
+pub fn json(status: Status, body: &[u8], close: bool) -> Bytes {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\
+         Cache-Control: no-store\r\n\r\n",
+        status as u16,
+        status.reason(),
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" },
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
     Bytes::from(out)
 }
 

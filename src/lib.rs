@@ -4,6 +4,7 @@
 //! lives in these modules, which are public so tests and fuzz targets can reach them.
 //! ARCHITECTURE.md has the map and the invariants.
 
+pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod chat;

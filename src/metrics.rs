@@ -102,7 +102,12 @@ pub struct Stats {
     pub resumes: u64,
     /// Tokens refused (`--auth token`), by `auth::Reason`: at upgrades, refreshes and expiry.
     unauthorized: [u64; crate::auth::Reason::ALL.len()],
+    /// Backend API answers, by status (`API_STATUSES`; any other under the last, 0).
+    api: [u64; API_STATUSES.len()],
 }
+
+/// The statuses the backend API answers with, as `/metrics` labels them.
+pub const API_STATUSES: [u16; 14] = [200, 400, 401, 404, 405, 408, 409, 411, 413, 415, 422, 429, 503, 0];
 
 /// Gauges counted at scrape time.
 pub struct Gauges {
@@ -143,6 +148,12 @@ impl Stats {
     pub fn unauthorized(&mut self, r: crate::auth::Reason) {
         self.unauthorized[r as usize] += 1;
         self.error_sent(ErrorCode::Unauthorized);
+    }
+
+    /// A backend API answer sent with `status`.
+    pub fn api_answered(&mut self, status: u16) {
+        let i = API_STATUSES.iter().position(|s| *s == status).unwrap_or(API_STATUSES.len() - 1);
+        self.api[i] += 1;
     }
 
     pub fn error_sent(&mut self, code: ErrorCode) {
@@ -206,6 +217,9 @@ impl Stats {
         let samples: Vec<(&str, u64)> =
             all.iter().zip(&labels).map(|(r, l)| (l.as_str(), self.unauthorized[*r as usize])).collect();
         metric(o, "unauthorized_total", "counter", "Tokens refused (--auth token), by reason.", &samples);
+        let labels: Vec<String> = API_STATUSES.iter().map(|s| format!("{{status=\"{s}\"}}")).collect();
+        let samples: Vec<(&str, u64)> = labels.iter().zip(&self.api).map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(o, "api_requests_total", "counter", "Backend API requests answered, by status.", &samples);
         metric(
             o,
             "read_budget_spent_total",

@@ -242,7 +242,11 @@ struct MessageLine<'a> {
     room: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
-    from: &'a str,
+    /// A line from the backend API (`POST /api/publish`, `/api/send`), not from a member.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    system: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<&'a str>,
     text: &'a str,
@@ -445,6 +449,22 @@ pub fn room_message(room: &str, seq: u64, from: &str, text: &str, ts: u64) -> By
         r#type: "message",
         room: Some(room),
         seq: Some(seq),
+        system: false,
+        from: Some(from),
+        to: None,
+        text,
+        ts,
+    })
+}
+
+/// A system line for room `room` from the backend API, number `seq` in it; `from` only if
+/// the backend named one.
+pub fn system_message(room: &str, seq: u64, from: Option<&str>, text: &str, ts: u64) -> Bytes {
+    encode_kept(&MessageLine {
+        r#type: "message",
+        room: Some(room),
+        seq: Some(seq),
+        system: true,
         from,
         to: None,
         text,
@@ -452,9 +472,27 @@ pub fn room_message(room: &str, seq: u64, from: &str, text: &str, ts: u64) -> By
     })
 }
 
+/// A private system line from the backend API for `to` (its copy gets its `pseq`).
+pub fn system_private(from: Option<&str>, to: &str, text: &str, ts: u64) -> Bytes {
+    private_line(true, from, to, text, ts)
+}
+
 /// A private message, as its sender gets it; the recipient's copy is this `with_pseq`.
 pub fn private_message(from: &str, to: &str, text: &str, ts: u64) -> Bytes {
-    encode_kept(&MessageLine { r#type: "message", room: None, seq: None, from, to: Some(to), text, ts })
+    private_line(false, Some(from), to, text, ts)
+}
+
+fn private_line(system: bool, from: Option<&str>, to: &str, text: &str, ts: u64) -> Bytes {
+    encode_kept(&MessageLine {
+        r#type: "message",
+        room: None,
+        seq: None,
+        system,
+        from,
+        to: Some(to),
+        text,
+        ts,
+    })
 }
 
 /// A room message's template (encoded with seq 0) numbered `seq`.

@@ -23,6 +23,9 @@ pub enum Route {
     Foreign(Foreign),
     /// The metrics page (the server renders it); `head` for HEAD.
     Metrics { head: bool },
+    /// A backend API request (`/api/...` with `--api-key`): the server checks its key and
+    /// body (`server/api.rs`) and `api::dispatch` answers it.
+    Api,
 }
 
 /// Which header was refused.
@@ -61,6 +64,8 @@ pub struct Rules<'a> {
     pub token_mode: bool,
     /// `GET /config`'s body: what the page must know to sign in (see `config_json`).
     pub config: &'a [u8],
+    /// Whether the backend API is on (`--api-key`); without it `/api/` is an unknown path.
+    pub api: bool,
 }
 
 /// `GET /config`: `{"auth":"open"|"token","token_url":URL|null}`, for the page to know whether
@@ -85,6 +90,14 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
     let host = req.host.as_deref().unwrap_or_default();
     if !http::host_allowed(host, rules.allow_host, rules.bound_to_loopback) {
         return Route::Foreign(Foreign::Host);
+    }
+    if path == "/api" || path.starts_with("/api/") {
+        if !rules.api {
+            return Route::Refuse(Status::NotFound, "not found");
+        }
+        if !req.is_upgrade() {
+            return Route::Api;
+        }
     }
     if req.is_upgrade() {
         let echo = match path {
@@ -180,6 +193,7 @@ mod tests {
                 assets: &Assets::Embedded,
                 token_mode: false,
                 config: br#"{"auth":"open","token_url":null}"#,
+                api: raw.contains("/api/"),
             },
         )
     }
@@ -211,6 +225,12 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
             ("GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
             ("GET /nope HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
+            // `api` is on in these rules only for targets naming /api/ (see route_raw).
+            ("GET /api/rooms HTTP/1.1\r\nHost: h\r\n\r\n", false, "api"),
+            ("POST /api/publish HTTP/1.1\r\nHost: h\r\n\r\n", false, "api"),
+            ("GET /api HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("POST /api HTTP/1.1\r\nHost: h\r\n\r\n", false, "404"),
+            ("GET /api/rooms HTTP/1.1\r\nHost: evil.example\r\n\r\n", false, "421"),
         ];
         for (raw, echo, want) in cases {
             let got = match route_raw(raw, *echo) {
@@ -219,6 +239,7 @@ mod tests {
                 Route::Foreign(f) => (f.status() as u16).to_string(),
                 Route::Metrics { .. } => "metrics".into(),
                 Route::Upgrade { .. } => "101".into(),
+                Route::Api => "api".into(),
             };
             assert_eq!(&got, want, "{raw}");
         }

@@ -30,8 +30,9 @@ const LAYERS: &[(&str, u8)] = &[
     // 2: the chat (users, rooms, history, resume) and HTTP routing.
     ("chat", 2),
     ("router", 2),
-    // 3: counters and their /metrics text, read from chat and cluster.
+    // 3: counters and their /metrics text, read from chat and cluster; the backend API.
     ("metrics", 3),
+    ("api", 3),
     // 4: one connection's state; the flags.
     ("conn", 4),
     ("config", 4),

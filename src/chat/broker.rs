@@ -27,6 +27,9 @@ pub struct Post<'a> {
     /// The sender's connection, and the client's id for the message.
     pub token: usize,
     pub cid: Option<&'a str>,
+    /// A backend's publish (`POST /api/publish`): the generation of the HTTP connection
+    /// `token`, which the answer goes to.
+    pub api: Option<u32>,
     /// The line with seq `n`; with 0 it is the template Redis splices the seq into.
     pub encode: &'a dyn Fn(u64) -> Bytes,
 }
@@ -80,6 +83,7 @@ impl Broker for Cluster {
                 room: Rc::clone(post.room),
                 cid: post.cid.map(Rc::from),
                 token: post.token,
+                api: post.api,
                 template: template.clone(),
             });
             if self.number(post.room, &template, &epoch, Await::Room(ticket)) {

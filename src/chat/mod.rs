@@ -15,6 +15,7 @@
 //! one comes back as [`Outcome::Remote`] for the server to forward. Chat itself never talks
 //! to Redis.
 
+pub mod backend;
 pub mod backlog;
 pub mod broker;
 pub mod fetch;

@@ -556,6 +556,19 @@ impl Rooms {
         self.slab.iter().map(|(_, r)| (&*r.name, r))
     }
 
+    /// Every room, the largest first (ties by name): (name, members, away members).
+    pub fn sizes(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.by_size.iter().map(|(Reverse(n), name)| {
+            let away = self.key(name).map_or(0, |k| self.slab[k].away_len());
+            (&**name, *n as usize, away)
+        })
+    }
+
+    /// Room `key`'s members, at most `limit` of them listed (the backend API's view).
+    pub fn members<'a>(&'a self, key: usize, limit: usize, users: &'a Users) -> Listing<'a> {
+        self.slab[key].listing(None, limit, users)
+    }
+
     /// The directory: at most `limit` rooms, the largest first (ties by name), and how many
     /// rooms there are; with `only` (a token's `rooms` claim), only the rooms it lets
     /// through, and how many of those there are.

@@ -24,23 +24,39 @@ impl Chat {
     /// first, or the answer made no sense), and then numbered here, in an epoch of this
     /// node's own. Either way it reaches the local members now, the sender's own copy tagged
     /// with its cid. Returns whether the room has members on other nodes, who should have
-    /// heard it too.
-    pub fn published(&mut self, t: &Ticket, numbered: Option<(u64, &str)>, sink: &mut impl Sink) -> bool {
+    /// heard it too, and what it became (for a backend's publish, its answer).
+    pub fn published(
+        &mut self,
+        t: &Ticket,
+        numbered: Option<(u64, &str)>,
+        sink: &mut impl Sink,
+    ) -> (bool, super::backend::Posted) {
         let here = self.token_of(&t.from) == Some(t.token);
-        match numbered {
+        let (seq, unconfirmed) = match numbered {
             Some((seq, epoch)) => {
                 let line = protocol::with_seq(&t.template, seq);
                 let sender = here.then_some((t.token, t.cid.as_deref()));
                 self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
                 self.events.record(|| Fact::Message(line));
+                (seq, None)
             }
             None => {
                 let sender = if here { t.token } else { usize::MAX };
                 let line = self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
-                self.events.record(|| Fact::Message(line));
+                self.events.record(|| Fact::Message(line.clone()));
+                (protocol::line_seq(&line).unwrap_or(0), Some(ErrorCode::ClusterUnavailable))
             }
-        }
-        self.rooms.key(&t.room).map(|k| self.rooms.room(k)).is_some_and(|r| r.len() > r.local_len())
+        };
+        let remote = match self.rooms.key(&t.room).map(|k| self.rooms.room(k)) {
+            Some(r) => r.len() > r.local_len(),
+            None => {
+                // A backend's line into a room without members: its log is idle (see `pump`).
+                self.rooms.closed.push(Rc::clone(&t.room));
+                false
+            }
+        };
+        let epoch = self.history.get(&t.room).map_or_else(|| Rc::from(""), |l| Rc::clone(&l.epoch));
+        (remote, super::backend::Posted::Numbered { seq, epoch, unconfirmed })
     }
 
     /// Keeps and delivers `line`, message `seq` of `room` in `epoch`. `sender` (connection and
@@ -116,7 +132,7 @@ impl Chat {
                     None => Rc::from(from),
                 };
                 let encode = |seq| protocol::room_message(&room, seq, from, text, ts);
-                let post = Post { room: &room, from: &sender, token, cid, encode: &encode };
+                let post = Post { room: &room, from: &sender, token, cid, api: None, encode: &encode };
                 match broker.publish(&mut self.history, post) {
                     Published::Now(line) => {
                         self.rooms.deliver(rk, &line, sink);

@@ -50,6 +50,8 @@ pub struct Ticket {
     pub cid: Option<Rc<str>>,
     /// The sender's connection.
     pub token: usize,
+    /// A backend's publish: the generation of connection `token` (an HTTP one), to answer.
+    pub api: Option<u32>,
     /// The line with seq 0 (see `protocol::with_seq`).
     pub template: Bytes,
 }
@@ -581,6 +583,7 @@ mod tests {
             room: Rc::from(room),
             cid: None,
             token: 0,
+            api: None,
             template: Bytes::new(),
         })
     }

@@ -15,6 +15,7 @@
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
+pub mod api;
 mod cluster;
 mod events;
 mod join;
@@ -172,7 +173,7 @@ impl Server {
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.set_nodes(if cluster.is_some() { Nodes::Down } else { Nodes::Alone });
                 chat.reserve(max_conns);
-                chat.events.set_on(true);
+                chat.events.set_on(cfg.api_key.is_some());
                 chat
             },
             assets,
@@ -193,7 +194,7 @@ impl Server {
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
-            events: Some(events::Streams::new(cfg.events_keep)),
+            events: cfg.api_key.is_some().then(|| events::Streams::new(cfg.events_keep)),
             buckets: Default::default(),
             rate_refusals: Default::default(),
             busy_refusals: Default::default(),
@@ -371,7 +372,7 @@ impl Server {
                     Phase::Ws(_) => {
                         self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
                     }
-                    Phase::Request { .. } | Phase::Events(_) => self.doom(t),
+                    Phase::Request { .. } | Phase::Api(_) | Phase::Events(_) => self.doom(t),
                     Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
@@ -387,6 +388,7 @@ impl Server {
             Phase::Request { .. } => self.read_request(token, now, ts),
             Phase::Respond { .. } => self.read_discard(token),
             Phase::Ws(_) => self.read_ws(token, now, ts),
+            Phase::Api(_) => self.api_read(token, now, ts),
             Phase::Events(_) => self.read_stream(token),
         }
     }
@@ -405,7 +407,16 @@ impl Server {
                 continue;
             }
             match &mut conn.phase {
-                Phase::Request { .. } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                Phase::Request { buf } if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                    if conn.peer.is(Flag::KeptAlive) && buf.is_empty() {
+                        debug!("{}: api: idle between requests, closed", conn.addr);
+                        // An answer still being written gets the close grace to finish.
+                        conn.phase = Phase::Respond { eof: false };
+                        conn.give_up = Some(stamp.after(CLOSE_GRACE));
+                        self.net.mark_pending(token);
+                        self.arm(token, now);
+                        continue;
+                    }
                     warn!("{}: handshake timeout", conn.addr);
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.doom(token);
@@ -413,6 +424,13 @@ impl Server {
                 }
                 Phase::Events(_) if conn.give_up.is_none() && conn.next_ping.reached(stamp) => {
                     self.stream_ping(token, now);
+                }
+                Phase::Api(_) if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
+                    warn!("{}: api: request timeout (its body was not complete)", conn.addr);
+                    conn.reason.get_or_insert(Reason::HandshakeTimeout);
+                    self.net.stats.api_answered(crate::http::Status::RequestTimeout as u16);
+                    self.respond(token, api::timed_out(), now);
+                    continue;
                 }
                 Phase::Ws(s) if conn.give_up.is_none() => {
                     if s.signed().is_some() && self.token_due(token, now, ts) {

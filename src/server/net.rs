@@ -200,6 +200,11 @@ impl Server {
             // would make that a no-op, and the rest of its queue would never be written).
             Ok(Drain::Budget) => self.net.later.push(token),
             Ok(Drain::Empty) => match conn.phase {
+                Phase::Request { .. } if conn.api_turn == super::api::PAUSED => {
+                    // Its answers are out: read its next requests (`api_answer`).
+                    conn.api_turn = 0;
+                    self.again.push(token);
+                }
                 Phase::Ws(_) | Phase::Events(_) if !conn.is(Flag::Finishing) => {
                     conn.peer.out.release(&mut self.net.spare)
                 }

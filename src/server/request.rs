@@ -45,10 +45,6 @@ impl Server {
             }
             Parse::Done(req, len) => {
                 let rest = buf.split_off(len);
-                if req.path() == "/api/events" && req.method == "GET" {
-                    // TEMPORARY until the API plumbing (key check, dispatch) is merged.
-                    return self.open_stream(token, &req, now, ts);
-                }
                 self.route(token, req, rest, now, ts);
             }
         }
@@ -64,6 +60,7 @@ impl Server {
             assets: &self.assets,
             token_mode: self.cfg.auth.is_some(),
             config: &self.config_json,
+            api: self.cfg.api_key.is_some(),
         };
         match router::route(&req, &rules) {
             Route::Upgrade { echo, key, id, resume, pseq, token: bearer } => {
@@ -71,6 +68,7 @@ impl Server {
                 self.upgrade(token, echo, &key, (id, bearer), (presented, pseq), rest, now, ts)
             }
             Route::Respond(response) => self.respond(token, response, now),
+            Route::Api => self.api_head(token, req, rest, now, ts),
             Route::Refuse(status, why) => self.refuse(token, status, why, now),
             Route::Foreign(f) => {
                 // One request per connection, so this is once per connection.

@@ -55,7 +55,10 @@ fn http_corpus() {
                 (false, vec!["http://evil".into()], vec![], false),
                 (true, vec![], vec!["h".into()], false),
             ] {
-                check_http(&buf, &RuleSet { echo, allow_origin, allow_host, bound_to_loopback }.rules())?;
+                check_http(
+                    &buf,
+                    &RuleSet { echo, allow_origin, allow_host, bound_to_loopback, api: false }.rules(),
+                )?;
             }
             // Every split point of the head, as reads may deliver it.
             let step = (buf.len() / 2048).max(1);

@@ -266,13 +266,21 @@ pub(crate) struct RuleSet {
     pub(crate) allow_origin: Vec<String>,
     pub(crate) allow_host: Vec<String>,
     pub(crate) bound_to_loopback: bool,
+    /// `--api-key` given: `/api/` routes to the backend API.
+    pub(crate) api: bool,
 }
 
 impl RuleSet {
     /// What the corpus labels are checked under: /echo mounted, no `--allow-origin`, bound
     /// to loopback with `--allow-host h` (the corpus's requests name host `h`).
     pub(crate) fn corpus() -> RuleSet {
-        RuleSet { echo: true, allow_origin: vec![], allow_host: vec!["h".into()], bound_to_loopback: true }
+        RuleSet {
+            echo: true,
+            allow_origin: vec![],
+            allow_host: vec!["h".into()],
+            bound_to_loopback: true,
+            api: false,
+        }
     }
 
     pub(crate) fn rules(&self) -> Rules<'_> {
@@ -284,21 +292,23 @@ impl RuleSet {
             assets: &Assets::Embedded,
             token_mode: false,
             config: br#"{"auth":"open","token_url":null}"#,
+            api: self.api,
         }
     }
 }
 
 /// Routing rules vary too: /echo mounted or not, three `--allow-origin` settings, three
-/// `--allow-host` settings, and a loopback or other listening address.
+/// `--allow-host` settings, a loopback or other listening address, and the API on or off.
 fn rules_parts() -> impl Strategy<Value = RuleSet> {
     let allow_origin = select(vec![vec![], vec!["*".to_string()], vec!["http://evil".to_string()]]);
     let allow_host = select(vec![vec![], vec!["*".to_string()], vec!["h".to_string()]]);
-    (any::<bool>(), allow_origin, allow_host, any::<bool>()).prop_map(
-        |(echo, allow_origin, allow_host, bound_to_loopback)| RuleSet {
+    (any::<bool>(), allow_origin, allow_host, any::<bool>(), any::<bool>()).prop_map(
+        |(echo, allow_origin, allow_host, bound_to_loopback, api)| RuleSet {
             echo,
             allow_origin,
             allow_host,
             bound_to_loopback,
+            api,
         },
     )
 }
@@ -420,6 +430,14 @@ fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String>
     if rules.bound_to_loopback && rules.allow_host.is_empty() {
         prop_assert!(!host_ok || names_loopback(host), "a loopback server answered Host {:?}", host);
     }
+    let api_path = path == "/api" || path.starts_with("/api/");
+    if host_ok && !req.is_upgrade() && api_path {
+        // With the API on, every /api/ request is its (key and body checked by the server);
+        // without it, every /api/ path is unknown.
+        let want = if rules.api { Route::Api } else { Route::Refuse(Status::NotFound, "not found") };
+        prop_assert_eq!(route, &want);
+        return Ok(if rules.api { "api".into() } else { "404".into() });
+    }
     if host_ok && !req.is_upgrade() && !head && req.method != "GET" {
         prop_assert!(
             matches!(route, Route::Refuse(Status::MethodNotAllowed, _)),
@@ -477,6 +495,7 @@ fn check_route(req: &Request, route: &Route, rules: &Rules<'_>) -> Check<String>
             }
             Ok("200".into())
         }
+        Route::Api => unreachable!("checked above"),
         Route::Refuse(status, why) => {
             check_error_response(*status, why)?;
             if path == "/echo" && !rules.echo && !req.is_upgrade() && (head || req.method == "GET") {

@@ -36,6 +36,7 @@ fn config(default: u32) -> ProptestConfig {
 // ---------------------------------------------------------------------------------------------
 // Modules, one per section
 
+mod api;
 mod chat;
 mod cluster;
 mod corpus;

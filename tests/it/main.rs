@@ -1,5 +1,6 @@
 //! Integration tests: one crate, a module per area, all against the real binary.
 
+mod api;
 mod auth;
 mod bound_backlog;
 mod bound_history;

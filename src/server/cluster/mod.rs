@@ -12,6 +12,7 @@
 use super::Server;
 use super::join::{Granted, carried_bucket};
 use crate::chat::Nodes;
+use crate::chat::backend::Posted;
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
 use crate::cluster::{
@@ -108,10 +109,7 @@ impl Server {
                     Await::Private { from, to, cid } => {
                         self.tell(&from, ErrorCode::ClusterUnconfirmed, Some(&to), cid.as_deref())
                     }
-                    Await::Room(t) => {
-                        self.chat.published(&t, None, &mut self.net);
-                        self.tell_room(&t.from, ErrorCode::ClusterUnconfirmed, &t.room, t.cid.as_deref())
-                    }
+                    Await::Room(t) => self.room_failed(&t, ErrorCode::ClusterUnconfirmed, now),
                     _ => {}
                 }
             }
@@ -150,10 +148,7 @@ impl Server {
                             self.joined(token, generation, &id, Granted::Locally, now);
                         }
                         Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
-                        Await::Room(t) => {
-                            self.chat.published(&t, None, &mut self.net);
-                            self.tell_room(&t.from, code, &t.room, t.cid.as_deref())
-                        }
+                        Await::Room(t) => self.room_failed(&t, code, now),
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
@@ -214,7 +209,7 @@ impl Server {
                 }
                 self.fetch_done(generation, &fetch, kept);
             }
-            Await::Room(t) => self.room_numbered(&t, frame),
+            Await::Room(t) => self.room_numbered(&t, frame, now),
             Await::Claim { token, generation, id } => {
                 self.cluster_mut().claiming.remove(&key(&id));
                 // `JOIN`: {0, the bucket the id left} or {-1}: held elsewhere.
@@ -255,7 +250,7 @@ impl Server {
     /// Redis's answer to a room message (`NUMBER`): {seq, epoch, receivers}, anything else
     /// meaning it was not numbered. One call hands it to chat (`Chat::published`), which
     /// delivers it here either way.
-    fn room_numbered(&mut self, t: &Ticket, frame: BytesFrame) {
+    fn room_numbered(&mut self, t: &Ticket, frame: BytesFrame, now: Instant) {
         // PUBLISH counts the connections it reached: ours (a node with members in a room
         // hears its channel) and one per other node listening. Only ours, while we list
         // members of the room elsewhere, means their node did not hear it (it is
@@ -273,9 +268,25 @@ impl Server {
             _ => None,
         };
         let answer = numbered.map(|(seq, epoch, _)| (seq, epoch));
-        let remote = self.chat.published(t, answer, &mut self.net);
+        let (remote, posted) = self.chat.published(t, answer, &mut self.net);
+        if let Some(generation) = t.api {
+            return self.api_published(t.token, generation, &t.room, posted, now);
+        }
         if numbered.is_some_and(|(_, _, reached)| reached <= 1) && remote {
             self.tell_room(&t.from, ErrorCode::ClusterUnavailable, &t.room, t.cid.as_deref());
+        }
+    }
+
+    /// A room message Redis will not number (the link failed, or could not confirm it):
+    /// numbered here (`Chat::published`), its sender told `code`.
+    fn room_failed(&mut self, t: &Ticket, code: ErrorCode, now: Instant) {
+        let (_, mut posted) = self.chat.published(t, None, &mut self.net);
+        if let Posted::Numbered { unconfirmed, .. } = &mut posted {
+            *unconfirmed = Some(code);
+        }
+        match t.api {
+            Some(generation) => self.api_published(t.token, generation, &t.room, posted, now),
+            None => self.tell_room(&t.from, code, &t.room, t.cid.as_deref()),
         }
     }
 

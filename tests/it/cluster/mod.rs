@@ -170,6 +170,7 @@ pub(crate) fn until_text(c: &mut Client, marker: &str) -> Vec<Value> {
     seen
 }
 
+mod api;
 mod basics;
 mod faults;
 mod resume;

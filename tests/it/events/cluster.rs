@@ -10,10 +10,7 @@ use std::time::Duration;
 fn an_event_on_one_node_is_on_every_nodes_stream_with_the_same_id() {
     let Some(redis) = Redis::start() else { return };
     let key = key_file("cluster");
-    let api: [&str; 0] = {
-        let _ = key;
-        []
-    }; // TEMPORARY until the API plumbing is merged
+    let api = ["--api-key", key.to_str().unwrap()];
     let a = node(&redis, "3", &api);
     let b = node(&redis, "3", &api);
     let mut on_a = Sse::open(&a, "", None);

@@ -25,7 +25,6 @@ pub fn key_file(name: &str) -> PathBuf {
 pub fn start(name: &str, args: &[&str]) -> Server {
     let key = key_file(name);
     let mut all = vec!["--api-key", key.to_str().unwrap()];
-    all.clear(); // TEMPORARY until the API plumbing is merged
     all.extend_from_slice(args);
     Server::start(&all)
 }

@@ -195,3 +195,41 @@ fn an_idle_stream_gets_keep_alive_comments() {
     assert!(sse.next_within(Duration::from_millis(1500)).is_none());
     assert!(sse.pings >= 2, "{} pings", sse.pings);
 }
+
+#[test]
+fn the_stream_has_the_apis_access_rules_and_shows_system_lines() {
+    let plain = crate::util::Server::start(&[]);
+    assert!(plain.raw(super::request(plain.addr, "", None).as_bytes()).starts_with("HTTP/1.1 404"));
+    let s = start("access", &[]);
+    for auth in ["", "Authorization: Bearer wrong-key-0123456789abcdef\r\n"] {
+        let r = s.raw(format!("GET /api/events HTTP/1.1\r\nHost: {}\r\n{auth}\r\n", s.addr).as_bytes());
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    }
+    let r = s.raw(
+        format!(
+            "POST /api/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+            s.addr,
+            super::KEY
+        )
+        .as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    let mut sse = Sse::open(&s, "?types=message", None);
+    let body = r#"{"room":"news","text":"deploy finished"}"#;
+    let r = s.raw(
+        format!(
+            "POST /api/publish HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.addr,
+            super::KEY,
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let m = sse.next();
+    assert_eq!(
+        (&m.data["room"], &m.data["text"], &m.data["system"]),
+        (&json!("news"), &json!("deploy finished"), &json!(true))
+    );
+}

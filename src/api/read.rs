@@ -1,0 +1,135 @@
+//! The read endpoints: the room directory, one room, a room's history, one user. Each answer
+//! is bounded: at most `--max-rooms` rooms (`?limit=` takes fewer), `MAX_MEMBERS` members,
+//! `MAX_LINES` history lines (`--history` per room caps them anyway), `MAX_ROOMS_OF_USER`
+//! rooms of a user.
+
+use super::{Answer, Call, Cx, fail, ok};
+use crate::chat::Sink;
+use crate::chat::backend::Presence;
+use crate::http::Status;
+use crate::protocol;
+use serde_json::json;
+
+/// Members `GET /api/rooms/NAME` lists at most (`?limit=` takes fewer; `total` counts all).
+pub const MAX_MEMBERS: usize = 10_000;
+/// History lines one answer holds at most (`?limit=` takes fewer).
+pub const MAX_LINES: usize = 1_000;
+/// Rooms one user's answer lists at most (`--max-rooms-per-user` is lower by default).
+pub const MAX_ROOMS_OF_USER: usize = 1_000;
+
+/// `?limit=N`: at most `max`, `default` when absent.
+fn limit(call: &Call<'_>, default: usize, max: usize) -> Result<usize, Answer> {
+    match call.query_param("limit")? {
+        None => Ok(default.min(max)),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => Ok(n.min(max)),
+            Err(_) => Err(fail(Status::BadRequest, "bad_request", "limit: not a whole number")),
+        },
+    }
+}
+
+/// The name after `prefix` in the path, percent-decoded.
+fn tail(call: &Call<'_>, prefix: &str) -> Option<String> {
+    let raw = call.path.strip_prefix(prefix)?;
+    crate::http::percent_decode(raw).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// `GET /api/rooms[?limit=N]` → `{"rooms":[{"room","users","away"}],"total"}`: every room
+/// (up to `limit`), the largest first.
+pub fn rooms<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
+    let n = match limit(call, usize::MAX, usize::MAX) {
+        Ok(n) => n,
+        Err(a) => return a,
+    };
+    let (list, total) = cx.chat.room_sizes(n);
+    let rooms: Vec<_> = list.iter().map(|(r, u, a)| json!({ "room": r, "users": u, "away": a })).collect();
+    ok(&json!({ "rooms": rooms, "total": total }))
+}
+
+/// `GET /api/rooms/NAME[?limit=N]` → `{"room","users","away","total","seq","epoch"}`:
+/// `users` lists members (connected or away, at most `limit`), `away` those in their grace.
+pub fn room<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
+    let Some(name) = tail(call, "/api/rooms/").and_then(|n| protocol::room_name(&n).map(|r| r.to_string()))
+    else {
+        return fail(
+            Status::BadRequest,
+            "bad_room",
+            "not a room name (1 to 32 characters from A-Z a-z 0-9 _ - .)",
+        );
+    };
+    let n = match limit(call, MAX_MEMBERS, MAX_MEMBERS) {
+        Ok(n) => n,
+        Err(a) => return a,
+    };
+    match cx.chat.room_view(&name, n) {
+        Some(v) => ok(&json!({
+            "room": &*v.name,
+            "users": v.listing.users,
+            "away": v.listing.away,
+            "total": v.listing.total,
+            "seq": v.seq,
+            "epoch": &*v.epoch,
+        })),
+        None => fail(Status::NotFound, "not_found", "no such room (no members and no history)"),
+    }
+}
+
+/// `GET /api/history?room=R[&since=S&epoch=E][&limit=N]` → `{"room","epoch","gap"?,"lines"}`:
+/// the kept lines after `since`, as a client's replay has them; `gap` (the first seq still
+/// kept) when `since` is no longer reached or `epoch` is not the room's.
+pub fn history<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
+    let q = |name| call.query_param(name);
+    let (room, since, epoch) = match (q("room"), q("since"), q("epoch")) {
+        (Ok(r), Ok(s), Ok(e)) => (r, s, e),
+        (Err(a), ..) | (_, Err(a), _) | (.., Err(a)) => return a,
+    };
+    let Some(room) = room.as_deref().and_then(protocol::room_name).map(|r| r.to_string()) else {
+        return fail(Status::BadRequest, "bad_room", "room: missing, or not a room name");
+    };
+    let since = match since.as_deref().map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(s)) => s,
+        Some(Err(_)) => return fail(Status::BadRequest, "bad_request", "since: not a whole number"),
+    };
+    let n = match limit(call, MAX_LINES, MAX_LINES) {
+        Ok(n) => n,
+        Err(a) => return a,
+    };
+    let Some((epoch, gap, lines)) = cx.chat.history_view(&room, since, epoch.as_deref(), n) else {
+        return fail(Status::NotFound, "not_found", "no history for that room");
+    };
+    // The lines go in as they are kept: valid JSON objects, copied, never re-encoded.
+    let mut out = json!({ "room": room, "epoch": &*epoch });
+    if let Some(g) = gap {
+        out["gap"] = json!(g);
+    }
+    let mut body = out.to_string().into_bytes();
+    body.pop(); // the closing brace
+    body.extend_from_slice(b",\"lines\":[");
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(l);
+    }
+    body.extend_from_slice(b"]}");
+    Answer::Json(Status::Ok, body)
+}
+
+/// `GET /api/users/ID` → `{"id","status":"online"|"away"|"offline","rooms"}`.
+pub fn user<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
+    let Some(id) = tail(call, "/api/users/").filter(|i| protocol::valid_id(i)) else {
+        return fail(Status::BadRequest, "bad_id", "not an id (1 to 32 characters from A-Z a-z 0-9 _ - .)");
+    };
+    match cx.chat.presence(&id, MAX_ROOMS_OF_USER, call.now) {
+        Presence::Online { id, rooms } => {
+            ok(&json!({ "id": &*id, "status": "online", "rooms": names(&rooms) }))
+        }
+        Presence::Away { id, rooms } => ok(&json!({ "id": &*id, "status": "away", "rooms": names(&rooms) })),
+        Presence::Offline => ok(&json!({ "id": id, "status": "offline", "rooms": [] })),
+    }
+}
+
+fn names(rooms: &[std::rc::Rc<str>]) -> Vec<&str> {
+    rooms.iter().map(|r| &**r).collect()
+}
