@@ -49,3 +49,36 @@ fn an_event_on_one_node_is_on_every_nodes_stream_with_the_same_id() {
     assert_eq!(replay, ids[2..], "a node started later replays from Redis's stream");
     assert!(late.next_within(Duration::from_millis(300)).is_none());
 }
+
+#[test]
+fn a_blip_resumed_on_another_node_is_no_offline_and_a_grace_that_ends_is_one_everywhere() {
+    let Some(redis) = Redis::start() else { return };
+    let key = key_file("cluster-blip");
+    let extra = ["--api-key", key.to_str().unwrap(), "--resume-grace", "2"];
+    let a = node(&redis, "3", &extra);
+    let b = node(&redis, "3", &extra);
+    let mut on_a = Sse::open(&a, "?types=online,offline", None);
+    let mut on_b = Sse::open(&b, "?types=online,offline", None);
+    let mut alice = a.connect("alice");
+    let token = alice.next_line()["resume"].as_str().unwrap().to_string();
+    // Dropped on A without a close, back on B within the grace: moved, not offline.
+    drop(alice);
+    assert!(a.wait_log("reason=lost"));
+    let mut again = b.connect(&format!("alice&resume={token}"));
+    let w = again.next_line();
+    assert_eq!(w["resumed"], true, "{w}");
+    // Past A's grace: nothing on either stream but the first online.
+    std::thread::sleep(Duration::from_secs(4));
+    for s in [&mut on_a, &mut on_b] {
+        assert!(is(&s.next(), "online", "alice", None));
+        assert!(s.next_within(Duration::from_millis(200)).is_none(), "no offline for a resumed blip");
+    }
+    // Dropped on B and not back: offline once, on both streams, with one id.
+    drop(again);
+    let (oa, ob) = (on_a.next(), on_b.next());
+    assert!(is(&oa, "offline", "alice", None) && is(&ob, "offline", "alice", None), "{oa:?} {ob:?}");
+    assert_eq!(oa.id, ob.id);
+    for s in [&mut on_a, &mut on_b] {
+        assert!(s.next_within(Duration::from_secs(2)).is_none(), "once");
+    }
+}
