@@ -130,6 +130,8 @@ function onLeft(msg) {
 }
 
 function onMessage(msg) {
+  // A line from the server's backend (`system`) names a sender only if the backend gave one.
+  if (msg.system === true && msg.from === undefined) msg.from = '';
   if (typeof msg.from !== 'string' || typeof msg.text !== 'string') return;
   const priv = typeof msg.to === 'string';
   if (priv) {
@@ -181,7 +183,7 @@ function onPrivate(msg) {
   const copies = rooms.list().map((room) => addMessage(msg, true, room));
   for (const line of copies) line.dataset.pm = String(privates);
   // Unread until seen (in the log on screen) or its sender picked.
-  if (!isMe(msg.from) && lower(msg.from) !== lower(el.to.value) && !copies.some(seen)) {
+  if (msg.from && !isMe(msg.from) && lower(msg.from) !== lower(el.to.value) && !copies.some(seen)) {
     for (const line of copies) line.dataset.unread = '1';
     const k = lower(msg.from);
     unread.set(k, (unread.get(k) || 0) + 1);

@@ -101,13 +101,22 @@ export function addMessage(msg, priv, room) {
 
   const who = document.createElement('span');
   who.className = 'who';
+  const tag = (name) => {
+    const t = document.createElement('span');
+    t.className = `tag ${name}`;
+    t.textContent = name;
+    return t;
+  };
+  // The backend's lines: tagged, and with a sender only if it named one.
+  if (msg.system === true) {
+    line.classList.add('system');
+    who.append(tag('system'));
+  }
+  const from = msg.from ? [idNode(msg.from)] : [];
   if (priv) {
-    const tag = document.createElement('span');
-    tag.className = 'tag';
-    tag.textContent = 'private';
-    who.append(tag, idNode(msg.from), ' → ', idNode(msg.to));
+    who.append(tag('private'), ...from, ' → ', idNode(msg.to));
   } else {
-    who.append(idNode(msg.from));
+    who.append(...from);
   }
   const text = document.createElement('span');
   text.className = 'text';

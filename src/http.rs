@@ -42,6 +42,9 @@ pub struct Request {
     pub content_type: Option<String>,
     /// `Connection: close`: the client wants no further request on this connection.
     pub close: bool,
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before its body (curl
+    /// does for bodies over 1 KiB).
+    pub expect_continue: bool,
     /// `Last-Event-ID`: where an event stream consumer left off (`GET /api/events`).
     pub last_event_id: Option<String>,
 }
@@ -212,6 +215,8 @@ pub fn parse(buf: &[u8]) -> Parse {
                 out.body |= n != 0;
             } else if name.eq_ignore_ascii_case("content-type") {
                 out.content_type.get_or_insert_with(|| value.to_string());
+            } else if name.eq_ignore_ascii_case("expect") {
+                out.expect_continue |= value.eq_ignore_ascii_case("100-continue");
             }
             if name.eq_ignore_ascii_case("connection") {
                 out.close |= has_token(value, "close");

@@ -101,9 +101,9 @@ pub enum Answer {
     Stream,
 }
 
-/// A 200 with `value` as its body.
-pub fn ok(value: &serde_json::Value) -> Answer {
-    Answer::Json(Status::Ok, value.to_string().into_bytes())
+/// A 200 with `value` as its body (a struct, so that its fields keep their order).
+pub fn ok(value: &impl serde::Serialize) -> Answer {
+    Answer::Json(Status::Ok, serde_json::to_vec(value).expect("serializable"))
 }
 
 /// An error answer: `{"error":{"code":CODE,"message":WHY}}`.

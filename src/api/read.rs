@@ -8,7 +8,45 @@ use crate::chat::Sink;
 use crate::chat::backend::Presence;
 use crate::http::Status;
 use crate::protocol;
-use serde_json::json;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct RoomSize<'a> {
+    room: &'a str,
+    users: usize,
+    away: usize,
+}
+
+#[derive(Serialize)]
+struct Directory<'a> {
+    rooms: Vec<RoomSize<'a>>,
+    total: usize,
+}
+
+#[derive(Serialize)]
+struct RoomAnswer<'a> {
+    room: &'a str,
+    users: &'a [&'a str],
+    away: &'a [&'a str],
+    total: usize,
+    seq: u64,
+    epoch: &'a str,
+}
+
+#[derive(Serialize)]
+struct HistoryHead<'a> {
+    room: &'a str,
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gap: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct UserAnswer<'a> {
+    id: &'a str,
+    status: &'static str,
+    rooms: Vec<&'a str>,
+}
 
 /// Members `GET /api/rooms/NAME` lists at most (`?limit=` takes fewer; `total` counts all).
 pub const MAX_MEMBERS: usize = 10_000;
@@ -42,8 +80,8 @@ pub fn rooms<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         Err(a) => return a,
     };
     let (list, total) = cx.chat.room_sizes(n);
-    let rooms: Vec<_> = list.iter().map(|(r, u, a)| json!({ "room": r, "users": u, "away": a })).collect();
-    ok(&json!({ "rooms": rooms, "total": total }))
+    let rooms = list.into_iter().map(|(room, users, away)| RoomSize { room, users, away }).collect();
+    ok(&Directory { rooms, total })
 }
 
 /// `GET /api/rooms/NAME[?limit=N]` → `{"room","users","away","total","seq","epoch"}`:
@@ -62,14 +100,14 @@ pub fn room<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         Err(a) => return a,
     };
     match cx.chat.room_view(&name, n) {
-        Some(v) => ok(&json!({
-            "room": &*v.name,
-            "users": v.listing.users,
-            "away": v.listing.away,
-            "total": v.listing.total,
-            "seq": v.seq,
-            "epoch": &*v.epoch,
-        })),
+        Some(v) => ok(&RoomAnswer {
+            room: &v.name,
+            users: &v.listing.users,
+            away: &v.listing.away,
+            total: v.listing.total,
+            seq: v.seq,
+            epoch: &v.epoch,
+        }),
         None => fail(Status::NotFound, "not_found", "no such room (no members and no history)"),
     }
 }
@@ -99,11 +137,8 @@ pub fn history<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         return fail(Status::NotFound, "not_found", "no history for that room");
     };
     // The lines go in as they are kept: valid JSON objects, copied, never re-encoded.
-    let mut out = json!({ "room": room, "epoch": &*epoch });
-    if let Some(g) = gap {
-        out["gap"] = json!(g);
-    }
-    let mut body = out.to_string().into_bytes();
+    let mut body =
+        serde_json::to_vec(&HistoryHead { room: &room, epoch: &epoch, gap }).expect("serializable");
     body.pop(); // the closing brace
     body.extend_from_slice(b",\"lines\":[");
     for (i, l) in lines.iter().enumerate() {
@@ -121,13 +156,12 @@ pub fn user<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
     let Some(id) = tail(call, "/api/users/").filter(|i| protocol::valid_id(i)) else {
         return fail(Status::BadRequest, "bad_id", "not an id (1 to 32 characters from A-Z a-z 0-9 _ - .)");
     };
-    match cx.chat.presence(&id, MAX_ROOMS_OF_USER, call.now) {
-        Presence::Online { id, rooms } => {
-            ok(&json!({ "id": &*id, "status": "online", "rooms": names(&rooms) }))
-        }
-        Presence::Away { id, rooms } => ok(&json!({ "id": &*id, "status": "away", "rooms": names(&rooms) })),
-        Presence::Offline => ok(&json!({ "id": id, "status": "offline", "rooms": [] })),
-    }
+    let (status, id, rooms) = match cx.chat.presence(&id, MAX_ROOMS_OF_USER, call.now) {
+        Presence::Online { id, rooms } => ("online", id, rooms),
+        Presence::Away { id, rooms } => ("away", id, rooms),
+        Presence::Offline => ("offline", std::rc::Rc::from(id.as_str()), Vec::new()),
+    };
+    ok(&UserAnswer { id: &id, status, rooms: names(&rooms) })
 }
 
 fn names(rooms: &[std::rc::Rc<str>]) -> Vec<&str> {

@@ -6,8 +6,22 @@ use crate::chat::Sink;
 use crate::chat::backend::{Posted, Sent};
 use crate::http::Status;
 use crate::protocol::{self, ErrorCode};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize)]
+struct PublishAnswer<'a> {
+    room: &'a str,
+    seq: u64,
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unconfirmed: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct SendAnswer<'a> {
+    to: &'a str,
+    pseq: Option<u64>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,11 +87,8 @@ pub fn posted(room: &str, posted: Posted) -> Answer {
 
 fn posted_answer(room: &str, posted: Posted) -> Answer {
     match posted {
-        Posted::Numbered { seq, epoch, unconfirmed: None } => {
-            ok(&json!({ "room": room, "seq": seq, "epoch": &*epoch }))
-        }
-        Posted::Numbered { seq, epoch, unconfirmed: Some(code) } => {
-            ok(&json!({ "room": room, "seq": seq, "epoch": &*epoch, "unconfirmed": code.as_str() }))
+        Posted::Numbered { seq, epoch, unconfirmed } => {
+            ok(&PublishAnswer { room, seq, epoch: &epoch, unconfirmed: unconfirmed.map(ErrorCode::as_str) })
         }
         Posted::Pending => Answer::Pending,
     }
@@ -101,10 +112,10 @@ pub fn send<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         return a;
     }
     match cx.chat.send_system(&s.to, &s.text, s.from.as_deref(), call.ts, call.now, cx.sink) {
-        Ok(Sent::Here { to, pseq }) => ok(&json!({ "to": &*to, "pseq": pseq })),
+        Ok(Sent::Here { to, pseq }) => ok(&SendAnswer { to: &to, pseq: Some(pseq) }),
         Ok(Sent::Remote { node, to, line }) => {
             cx.relay.push(super::Relay { node, to: std::rc::Rc::clone(&to), line });
-            ok(&json!({ "to": &*to, "pseq": null }))
+            ok(&SendAnswer { to: &to, pseq: None })
         }
         Err(code) => refused(code),
     }

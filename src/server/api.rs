@@ -5,7 +5,7 @@
 //! next request (keep-alive; pipelined requests are answered in order).
 //!
 //! ```text
-//! Request ─(Route::Api)─ admit ─┬─ refused: 401 411 413 415 400, Connection: close
+//! Request ─(Route::Api)─ admit ─┬─ refused: 401 405 411 413 415 400, Connection: close
 //!                               └─ Phase::Api: body read ─ api::dispatch ─┬─ answered ─▶ Request (next)
 //!                                                                         └─ Pending: waiting ─ api_published ─▶ answered
 //! ```
@@ -64,6 +64,14 @@ pub fn admit(req: &Request, key: &[u8], max_body: usize) -> Result<usize, Refusa
             "a wrong or missing API key (Authorization: Bearer KEY)",
         ));
     }
+    if req.method != "GET" && req.method != "POST" {
+        // A HEAD would get an answer without its body; other methods' bodies go unread.
+        return Err(refusal(
+            Status::MethodNotAllowed,
+            "method_not_allowed",
+            "the API takes GET and POST only",
+        ));
+    }
     if req.chunked {
         return Err(refusal(
             Status::LengthRequired,
@@ -117,6 +125,12 @@ impl Server {
         let mut body = rest;
         // Bytes past the body are the next request's (pipelined): kept for after the answer.
         let after = if body.len() > need { body.split_off(need) } else { Vec::new() };
+        if req.expect_continue && body.len() < need {
+            // Its head is accepted: the body may come (else curl waits a second for it).
+            let go_on = Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.net.conns[token].peer.out.push_raw(go_on, usize::MAX);
+            self.net.urgent.push(token);
+        }
         let call = ApiCall { req, body, need, waiting: false, after };
         self.net.conns[token].phase = Phase::Api(Box::new(call));
         self.api_read(token, now, ts);
@@ -237,7 +251,7 @@ impl Server {
             return;
         };
         if call.req.close {
-            return self.api_close(token, status, body, now);
+            return self.respond(token, http::json(status, body, true), now);
         }
         conn.peer.out.push_raw(http::json(status, body, false), usize::MAX);
         conn.phase = Phase::Request { buf: call.after };
@@ -283,7 +297,10 @@ fn conn_over(conn: &crate::conn::Conn) -> bool {
 pub(super) fn timed_out() -> Bytes {
     http::json(
         Status::RequestTimeout,
-        &api::error_json("timeout", "the request was not complete within --handshake-timeout"),
+        &api::error_json(
+            "timeout",
+            "the request was not complete (or not answered) within --handshake-timeout",
+        ),
         true,
     )
 }
@@ -354,6 +371,8 @@ mod tests {
             ),
             (format!("POST /api/publish HTTP/1.1\r\nHost: h\r\n{AUTH}Content-Length: 2\r\n"), Err(415)),
             (format!("GET /api/rooms HTTP/1.1\r\nHost: h\r\n{AUTH}Content-Length: 2\r\n"), Err(400)),
+            (format!("HEAD /api/rooms HTTP/1.1\r\nHost: h\r\n{AUTH}"), Err(405)),
+            (format!("PUT /api/publish HTTP/1.1\r\nHost: h\r\n{AUTH}{JSON}Content-Length: 2\r\n"), Err(405)),
             ("POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 999\r\n".into(), Err(401)),
         ];
         for (head, want) in cases {

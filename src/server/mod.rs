@@ -426,7 +426,10 @@ impl Server {
                     self.stream_ping(token, now);
                 }
                 Phase::Api(_) if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
-                    warn!("{}: api: request timeout (its body was not complete)", conn.addr);
+                    warn!(
+                        "{}: api: request timeout (its body incomplete, or its answer not back)",
+                        conn.addr
+                    );
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.net.stats.api_answered(crate::http::Status::RequestTimeout as u16);
                     self.respond(token, api::timed_out(), now);

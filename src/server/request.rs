@@ -15,6 +15,9 @@ use std::time::Instant;
 impl Server {
     pub(super) fn read_request(&mut self, token: usize, now: Instant, ts: u64) {
         let conn = &mut self.net.conns[token];
+        if conn.api_turn == super::api::PAUSED {
+            return; // its answers first (`Server::write` reads it again once they are out)
+        }
         let Phase::Request { buf } = &mut conn.phase else { return };
         let mut chunk = [0u8; 4096];
         loop {

@@ -4,6 +4,8 @@
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join as pathJoin } from 'node:path';
+import { tmpdir } from 'node:os';
+import { unlinkSync, writeFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import {
   ensureArtifacts,
@@ -1962,6 +1964,45 @@ describe('chat page in chromium', () => {
     await desk.getByLabel('Message', { exact: true }).fill('typing…');
     await desk.screenshot({ path: pathJoin(dir, 'desktop.png') });
     await phone.screenshot({ path: pathJoin(dir, 'phone.png') });
+    await closeAll();
+  });
+
+  it('shows a line the backend posted as a system line, with a sender only if named', T, async () => {
+    const key = 'browser-test-api-key-0123';
+    const keyFile = pathJoin(tmpdir(), `chatloop-browser-api-key-${process.pid}`);
+    writeFileSync(keyFile, key + '\n');
+    const own = await startServer(0, ['--api-key', keyFile]);
+    const alice = await openPage(browser, own.url);
+    pages.push(alice);
+    try {
+      await join(alice, 'alice');
+      const post = (path, body) => fetch(own.url + path, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      }).then((r) => r.json());
+      assert.equal((await post('/api/publish', { room: 'lobby', text: 'deploy finished' })).seq, 1);
+      assert.equal((await post('/api/publish', { room: 'lobby', text: 'from the bot', from: 'deploy-bot' })).seq, 2);
+      assert.equal((await post('/api/send', { to: 'alice', text: 'your order shipped' })).pseq, 1);
+      for (const t of ['deploy finished', 'from the bot', 'your order shipped']) await waitForLine(alice, t);
+      const shown = await alice.$$eval('#log .msg.system', (ns) => ns.map((n) => ({
+        who: n.querySelector('.who').textContent,
+        tag: n.querySelector('.tag.system')?.textContent,
+        text: n.querySelector('.text').textContent,
+      })));
+      const of = (t) => shown.find((l) => l.text === t);
+      assert.equal(of('deploy finished')?.tag, 'system');
+      assert.equal(of('deploy finished').who, 'system', 'no sender shown when none was named');
+      assert.equal(of('from the bot').who, 'systemdeploy-bot');
+      assert.match(of('your order shipped').who, /^systemprivate → alice$/);
+      // A member's line is not a system line.
+      await say(alice, 'mine');
+      await waitForLine(alice, 'mine');
+      assert.equal(await alice.$$eval('#log .msg.system', (ns) => ns.length), 3);
+    } finally {
+      await own.stop('SIGTERM');
+      unlinkSync(keyFile);
+    }
     await closeAll();
   });
 });

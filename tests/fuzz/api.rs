@@ -73,6 +73,7 @@ fn check_admit(raw: &[u8]) -> Check {
     match admit(&req, KEY, MAX) {
         Ok(n) => {
             prop_assert!(right_key, "admitted without the key: {:?}", String::from_utf8_lossy(raw));
+            prop_assert!(req.method == "GET" || req.method == "POST");
             prop_assert!(n <= MAX && !req.chunked);
             prop_assert_eq!(n as u64, req.content_length.unwrap_or(0));
             if n > 0 {
@@ -80,7 +81,7 @@ fn check_admit(raw: &[u8]) -> Check {
             }
         }
         Err(r) => {
-            prop_assert!(matches!(r.status as u16, 400 | 401 | 411 | 413 | 415), "{r:?}");
+            prop_assert!(matches!(r.status as u16, 400 | 401 | 405 | 411 | 413 | 415), "{r:?}");
             prop_assert_eq!(r.status == Status::Unauthorized, !right_key, "{:?}", r);
             prop_assert!(!r.why.is_empty() && !r.why.contains('\n'));
             let v: Value = serde_json::from_slice(&api::error_json(r.code, r.why)).unwrap();

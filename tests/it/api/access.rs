@@ -1,6 +1,6 @@
 //! Access and HTTP plumbing: the key, every body refusal, timeouts, keep-alive, pipelining.
 
-use super::{Conn, KEY, key_file, request, start};
+use super::{Conn, KEY, request, start};
 use crate::util::Server;
 use serde_json::json;
 use std::io::Write;
@@ -95,6 +95,13 @@ fn body_refusals_come_from_the_head_with_one_line_reasons() {
         ),
         (head(&s, "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}"), 415, "unsupported_media_type"),
         (head(&s, "Content-Length: 2\r\n\r\n{}"), 415, "unsupported_media_type"),
+        (head(&s, "\r\n").replacen("POST /api/publish", "HEAD /api/rooms", 1), 405, "method_not_allowed"),
+        (
+            head(&s, "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                .replacen("POST", "PUT", 1),
+            405,
+            "method_not_allowed",
+        ),
     ];
     for (raw, status, code) in cases {
         let mut c = Conn::open(&s);
@@ -210,7 +217,7 @@ fn connection_close_is_honoured() {
     );
     let r = s.raw(raw.as_bytes());
     assert!(r.starts_with("HTTP/1.1 200") && r.to_ascii_lowercase().contains("connection: close"), "{r}");
-    let _ = key_file;
+    assert_eq!(s.metrics().get("chatloop_api_requests_total{status=\"200\"}"), Some(&1.0), "counted once");
 }
 
 #[test]
@@ -248,4 +255,52 @@ fn any_bytes_as_an_api_request_never_crash_or_stall_the_server() {
     drop(open);
     assert!(s.alive());
     assert_eq!(Conn::open(&s).get("/api/rooms").status, 200);
+}
+
+#[test]
+fn expect_100_continue_gets_its_continue_before_the_body() {
+    let s = start(&[]);
+    let body = json!({"room": "lobby", "text": "big enough for curl to ask first"}).to_string();
+    let mut c = Conn::open(&s);
+    let h = head(
+        &s,
+        &format!(
+            "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+    );
+    c.sock.write_all(h.as_bytes()).unwrap();
+    assert_eq!(c.response().unwrap().status, 100);
+    c.sock.write_all(body.as_bytes()).unwrap();
+    let r = c.response().unwrap();
+    assert_eq!((r.status, r.json()["seq"].as_u64()), (200, Some(1)));
+}
+
+#[test]
+fn a_client_that_pipelines_without_reading_is_paused_and_loses_nothing() {
+    let s = start(&["--queue-cap", "16384"]);
+    let mut c = Conn::open(&s);
+    for i in 0..100 {
+        let text = format!("{i:03}{}", "x".repeat(997));
+        assert_eq!(c.post("/api/publish", &json!({"room": "big", "text": text})).status, 200);
+    }
+    // Each answer is ~100 KB; 200 of them are far more than the kernel's buffers hold. Past
+    // the queue's cap the server stops reading this client: the rest wait in the kernel.
+    let one = request(&s.addr.to_string(), "GET", "/api/history?room=big", None);
+    let n = 200;
+    let writer = {
+        let mut sock = c.sock.try_clone().unwrap();
+        let all = one.repeat(n);
+        std::thread::spawn(move || sock.write_all(all.as_bytes()).is_ok())
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut probe = Conn::open(&s);
+    assert_eq!(probe.get("/api/rooms").status, 200, "others are served meanwhile");
+    let queued = s.metrics()["chatloop_outbound_queue_bytes"];
+    assert!(queued <= 16384.0 + 120_000.0, "answers held for a client that does not read: {queued}");
+    for i in 0..n {
+        let r = c.response().unwrap_or_else(|| panic!("answer {i} missing"));
+        assert_eq!((r.status, r.json()["lines"].as_array().map(Vec::len)), (200, Some(100)), "answer {i}");
+    }
+    assert!(writer.join().unwrap());
 }

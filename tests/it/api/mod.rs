@@ -90,26 +90,44 @@ impl Conn {
 
     /// Reads one response (None: the server closed first).
     pub fn response(&mut self) -> Option<Response> {
+        let mut scanned: usize = 0;
         loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            // Only what arrived since the last look is searched for the head's end.
+            let from = scanned.saturating_sub(3);
+            if let Some(at) = self.buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+                let end = from + at;
                 let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
                 let len: usize = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .map_or(0, |v| v.trim().parse().unwrap());
-                if self.buf.len() >= end + 4 + len {
-                    let status = head[9..12].parse().unwrap();
-                    let body = self.buf[end + 4..end + 4 + len].to_vec();
-                    self.buf.drain(..end + 4 + len);
-                    return Some(Response { status, head, body });
+                while self.buf.len() < end + 4 + len {
+                    if !self.fill() {
+                        return None;
+                    }
                 }
+                let status = head[9..12].parse().unwrap();
+                let body = self.buf[end + 4..end + 4 + len].to_vec();
+                self.buf.drain(..end + 4 + len);
+                return Some(Response { status, head, body });
             }
-            let mut chunk = [0u8; 65536];
-            match self.sock.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("reading a response: {e} ({:?}), {} bytes so far", e.kind(), self.buf.len()),
+            scanned = self.buf.len();
+            if !self.fill() {
+                return None;
             }
+        }
+    }
+
+    /// Reads what the socket has; false at EOF.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16384];
+        match self.sock.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => panic!("reading a response: {e} ({:?}), {} bytes so far", e.kind(), self.buf.len()),
         }
     }
 

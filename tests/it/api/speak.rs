@@ -26,6 +26,7 @@ fn a_publish_reaches_every_member_as_a_system_line_and_is_replayed_from_history(
     let r = api
         .post("/api/publish", &json!({"room": "Lobby", "text": " deploy finished ", "from": "deploy-bot"}));
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.body.starts_with(br#"{"room":"lobby","seq":1,"epoch":""#), "the issue's order");
     let a = r.json();
     assert_eq!((a["room"].as_str(), a["seq"].as_u64()), (Some("lobby"), Some(1)), "{a}");
     let epoch = a["epoch"].as_str().unwrap().to_string();
