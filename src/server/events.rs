@@ -93,24 +93,31 @@ impl Server {
     /// connection as a consumer, or refuses (400 bad `types` or `Last-Event-ID`, 503 full).
     pub(super) fn open_stream(&mut self, token: usize, req: &Request, now: Instant, ts: u64) {
         let every = self.keepalive();
-        let Some(streams) = &mut self.events else {
-            return self.respond(token, refusal(Status::NotFound, "not_found", "no event stream here"), now);
-        };
-        let types = Types::parse(req.query_param("types").as_deref());
-        let (types, last) = match (types, last_seen(req)) {
-            (Ok(t), Ok(l)) => (t, l),
-            (Err(why), _) => {
-                return self.respond(token, refusal(Status::BadRequest, "bad_request", &why), now);
+        let full = self.events.as_ref().is_some_and(|s| s.consumers.len() >= MAX_STREAMS);
+        let asked = match (Types::parse(req.query_param("types").as_deref()), last_seen(req)) {
+            _ if self.events.is_none() => Err((Status::NotFound, "not_found", "no event stream here".into())),
+            (Err(why), _) => Err((Status::BadRequest, "bad_request", why)),
+            (_, Err(why)) => Err((Status::BadRequest, "bad_request", why.to_string())),
+            _ if full => {
+                warn!(
+                    "event stream refused to {}: {MAX_STREAMS} consumers already",
+                    self.net.conns[token].addr
+                );
+                let why = "too many event stream consumers; try again later";
+                Err((Status::Unavailable, "unavailable", why.to_string()))
             }
-            (_, Err(why)) => {
-                return self.respond(token, refusal(Status::BadRequest, "bad_request", why), now);
+            (Ok(t), Ok(l)) => Ok((t, l)),
+        };
+        // Counted with the API's answers (`chatloop_api_requests_total`).
+        let (types, last) = match asked {
+            Ok(asked) => asked,
+            Err((status, code, why)) => {
+                self.net.stats.api_answered(status as u16);
+                return self.respond(token, refusal(status, code, &why), now);
             }
         };
-        if streams.consumers.len() >= MAX_STREAMS {
-            warn!("event stream refused to {}: {MAX_STREAMS} consumers already", self.net.conns[token].addr);
-            let why = "too many event stream consumers; try again later";
-            return self.respond(token, refusal(Status::Unavailable, "unavailable", why), now);
-        }
+        self.net.stats.api_answered(Status::Ok as u16);
+        let Some(streams) = &mut self.events else { return };
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(Bytes::from_static(HEAD), usize::MAX);
         conn.peer.out.push_raw(events::retry(RETRY_MS), usize::MAX);

@@ -97,6 +97,10 @@ fn types_narrow_the_stream_and_a_bad_one_is_refused() {
         assert!(r.starts_with("HTTP/1.1 400"), "{bad}: {r}");
         assert!(r.contains(r#"{"error":{"code":"#), "{r}");
     }
+    // Counted with the API's answers: the two streams opened, the three refused.
+    let m = s.metrics();
+    assert_eq!(m[r#"chatloop_api_requests_total{status="200"}"#], 2.0);
+    assert_eq!(m[r#"chatloop_api_requests_total{status="400"}"#], 3.0);
 }
 
 /// Room messages from `alice` with texts `m0`.. `m{n-1}`.
