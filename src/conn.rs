@@ -234,8 +234,8 @@ pub struct Stream {
     pub types: crate::events::Types,
     /// The id of the next event it should get.
     pub next: u64,
-    /// Caught up with the log once: from then on an event that does not fit in its queue
-    /// makes it a slow consumer (until then it is replaying, paced by its queue).
+    /// Found caught up with the log once: from then on an event that does not fit in its
+    /// queue makes it a slow consumer (until then it is replaying, paced by its queue).
     pub live: bool,
 }
 

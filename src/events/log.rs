@@ -37,13 +37,25 @@ pub struct Log {
     /// Events appended since start, and those trimmed.
     pub appended: u64,
     pub trimmed: u64,
+    /// Ids are given elsewhere (a cluster's, by Redis), and outlive this process: an id past
+    /// the last one here is one this log has yet to hear of, not one from another run.
+    pub shared_ids: bool,
 }
 
 impl Log {
     /// A log of at most `keep` events and `max_bytes` charged (`ENTRY_COST` each beyond the
     /// frame); ids start at 1.
     pub fn new(keep: usize, max_bytes: usize) -> Log {
-        Log { entries: VecDeque::new(), keep, max_bytes, bytes: 0, next: 1, appended: 0, trimmed: 0 }
+        Log {
+            entries: VecDeque::new(),
+            keep,
+            max_bytes,
+            bytes: 0,
+            next: 1,
+            appended: 0,
+            trimmed: 0,
+            shared_ids: false,
+        }
     }
 
     /// Stamps `fact` with the next id and time `ts` (Unix ms), encodes it once, keeps it and
@@ -90,12 +102,13 @@ impl Log {
     }
 
     /// Where a consumer whose last event was `last` starts: after it, if the log still has
-    /// everything from there; otherwise a gap. A `last` from the future (another run of the
-    /// server) is a gap too: what it missed cannot be known.
+    /// everything from there; otherwise a gap. A `last` from the future is a gap too on one
+    /// node (it is from another run: what it missed cannot be known); with `shared_ids` it is
+    /// where this node has yet to catch up to (it waits there).
     pub fn since(&self, last: u64) -> Since {
         let want = last.saturating_add(1);
         if want > self.next {
-            return Since::Gap(self.next);
+            return if self.shared_ids { Since::From(want) } else { Since::Gap(self.next) };
         }
         let first = self.first_id();
         if want < first { Since::Gap(first) } else { Since::From(want) }

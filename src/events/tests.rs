@@ -48,6 +48,8 @@ fn the_log_keeps_its_count_and_says_where_a_consumer_starts() {
     assert_eq!(log.since(0), Since::Gap(3));
     // An id this log never gave (another run's): what was missed cannot be known.
     assert_eq!(log.since(99), Since::Gap(6));
+    log.shared_ids = true;
+    assert_eq!(log.since(99), Since::From(100), "a cluster's id this node has not heard of yet");
     let ids: Vec<u64> = log.from(4).map(|e| e.id).collect();
     assert_eq!(ids, [4, 5]);
     assert_eq!(log.from(6).count(), 0);

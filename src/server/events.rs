@@ -121,7 +121,8 @@ impl Server {
         let conn = &mut self.net.conns[token];
         conn.peer.out.push_raw(Bytes::from_static(HEAD), usize::MAX);
         conn.peer.out.push_raw(events::retry(RETRY_MS), usize::MAX);
-        let mut stream = Stream { types, next: streams.log.next_id(), live: true };
+        // Live once a pass finds it caught up (`pump_events`), not before.
+        let mut stream = Stream { types, next: streams.log.next_id(), live: false };
         if let Some(last) = last {
             match streams.log.since(last) {
                 Since::From(next) => stream.next = next,
@@ -131,7 +132,6 @@ impl Server {
                     stream.next = first;
                 }
             }
-            stream.live = stream.next >= streams.log.next_id();
         }
         conn.phase = Phase::Events(stream);
         conn.next_ping = Stamp::of(now).after(every);
@@ -168,11 +168,17 @@ impl Server {
         }
         let Some(streams) = &mut self.events else { return };
         let log = &streams.log;
+        // While a cluster's log is read from Redis, nobody is judged by what that read adds.
+        let settled = !streams.syncing;
         let mut slow = Vec::new();
         for &token in &streams.consumers {
             let Some(c) = self.net.conns.get_mut(token) else { continue };
             let Phase::Events(s) = &mut c.phase else { continue };
-            if s.next >= log.next_id() || c.peer.is(Flag::Closing) {
+            if s.next >= log.next_id() {
+                s.live |= settled;
+                continue;
+            }
+            if c.peer.is(Flag::Closing) {
                 continue;
             }
             if s.next < log.first_id() {
@@ -194,7 +200,7 @@ impl Server {
                 }
                 s.next = e.id + 1;
             }
-            s.live |= s.next >= log.next_id();
+            s.live |= settled && s.next >= log.next_id();
             if !c.peer.is(Flag::Pending) {
                 c.peer.set(Flag::Pending);
                 self.net.pending.push(token);

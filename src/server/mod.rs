@@ -194,7 +194,11 @@ impl Server {
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
-            events: cfg.api_key.is_some().then(|| events::Streams::new(cfg.events_keep)),
+            events: cfg.api_key.is_some().then(|| {
+                let mut s = events::Streams::new(cfg.events_keep);
+                s.log.shared_ids = cfg.redis.is_some();
+                s
+            }),
             buckets: Default::default(),
             rate_refusals: Default::default(),
             busy_refusals: Default::default(),
