@@ -82,3 +82,45 @@ fn a_blip_resumed_on_another_node_is_no_offline_and_a_grace_that_ends_is_one_eve
         assert!(s.next_within(Duration::from_secs(2)).is_none(), "once");
     }
 }
+
+/// Waits up to 15 s for `series` to be `want` on `s`.
+fn wait_for(s: &crate::util::Server, series: &str, want: f64) {
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < end {
+        if s.metrics().get(series) == Some(&want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{series} never reached {want}");
+}
+
+#[test]
+fn events_recorded_while_redis_is_away_reach_every_stream_once_it_is_back() {
+    let Some(redis) = Redis::start() else { return };
+    let key = key_file("cluster-away");
+    let api = ["--api-key", key.to_str().unwrap()];
+    let a = node(&redis, "30", &api);
+    let b = node(&redis, "30", &api);
+    let mut on_a = Sse::open(&a, "?types=online", None);
+    let mut on_b = Sse::open(&b, "?types=online", None);
+    let _bob = b.join("bob");
+    let first = on_a.next();
+    assert!(is(&first, "online", "bob", None) && on_b.next().id == first.id);
+    let pid = redis.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_for(&a, "chatloop_cluster_up", 0.0);
+    let _alice = a.join("alice");
+    assert!(on_a.next_within(Duration::from_millis(500)).is_none(), "numbered only by Redis");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for(&a, "chatloop_cluster_up", 1.0);
+    let (ea, eb) = (on_a.next(), on_b.next());
+    assert!(is(&ea, "online", "alice", None) && is(&eb, "online", "alice", None), "{ea:?} {eb:?}");
+    assert_eq!(ea.id, eb.id);
+    assert!(ea.id > first.id);
+    for s in [&mut on_a, &mut on_b] {
+        assert!(s.next_within(Duration::from_millis(500)).is_none(), "once");
+    }
+}
