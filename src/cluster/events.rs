@@ -27,6 +27,24 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], n .. '-0', 't', ARGV[1], 'd'
 redis.call('PUBLISH', ARGV[5], n .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2]) \
 return n";
 
+/// Events a dead node's users never got (it stopped without a goodbye), appended once for the
+/// whole cluster: by the first node to run this for it, which takes the key KEYS[3] (for
+/// ARGV[5] ms) with its id ARGV[4]; any other node finds it taken and appends nothing. Each
+/// pair ARGV[6], ARGV[7], ... (type, data) is appended as `EMIT` does (KEYS[1], KEYS[2],
+/// ARGV[1..3] as there). Returns 1 if it appended them.
+pub const EMIT_GONE: &[u8] = b"local v = redis.call('GET', KEYS[3]) \
+if v and v ~= ARGV[4] then return 0 end \
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) \
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[2]) end \
+for i = 6, #ARGV, 2 do \
+local n = redis.call('INCR', KEYS[1]) \
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], n .. '-0', 't', ARGV[i], 'd', ARGV[i + 1]) \
+redis.call('PUBLISH', ARGV[3], n .. ' ' .. ARGV[i] .. '\\n' .. ARGV[i + 1]) end \
+return 1";
+
+/// Pairs of events per `EMIT_GONE` call.
+const GONE_CHUNK: usize = 256;
+
 /// A pushed event: its id, type and data; None if malformed.
 pub fn parse_event(payload: &[u8]) -> Option<(u64, &str, &[u8])> {
     let nl = payload.iter().position(|b| *b == b'\n')?;
@@ -62,6 +80,27 @@ impl Cluster {
         }
         self.counters.published += 1;
         self.awaiting(then);
+        true
+    }
+
+    /// Appends, once for the cluster, the events of `node`'s users (see `EMIT_GONE`): (type,
+    /// data) pairs. False if the link refused.
+    pub fn emit_gone(&mut self, node: &str, events: &[(&str, Vec<u8>)], seen: u64, keep: usize) -> bool {
+        let gone = format!("{EVENTS_SEQ}:gone:{node}");
+        let (keep, seen) = (keep.to_string(), seen.to_string());
+        let me = std::rc::Rc::clone(&self.node);
+        for chunk in events.chunks(GONE_CHUNK) {
+            let mut args: Vec<&[u8]> = vec![b"EVAL", EMIT_GONE, b"3"];
+            args.extend([EVENTS_SEQ.as_bytes(), EVENTS_STREAM.as_bytes(), gone.as_bytes()]);
+            args.extend([keep.as_bytes(), seen.as_bytes(), EVENTS_CHANNEL, me.as_bytes(), b"600000"]);
+            for (kind, data) in chunk {
+                args.extend([kind.as_bytes(), &data[..]]);
+            }
+            if !self.link.send(&args) {
+                return false;
+            }
+            self.awaiting(Await::Ignore);
+        }
         true
     }
 

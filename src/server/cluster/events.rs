@@ -5,10 +5,11 @@
 
 use super::Server;
 use crate::cluster::{Await, parse_event};
-use crate::events::Kind;
+use crate::events::{Fact, Kind};
 use bytes::Bytes;
 use log::{debug, info, warn};
 use redis_protocol::resp3::types::{BytesFrame, Resp3Frame};
+use std::rc::Rc;
 
 impl Server {
     /// The link is up: hear the channel, then read what was missed since our last id. Pushes
@@ -46,6 +47,27 @@ impl Server {
         }
         let (kind, data) = w;
         s.outgoing.push_front((kind, data));
+    }
+
+    /// `node` stopped without a goodbye: its users are gone (their leaves and offlines were
+    /// never sent). Appended once for the cluster, by whichever node notices first; not at all
+    /// if the link is down then.
+    pub(in crate::server) fn node_gone_events(&mut self, node: &str, ts: u64) {
+        let (Some(c), Some(s)) = (&mut self.cluster, &self.events) else { return };
+        let mut events: Vec<(&str, Vec<u8>)> = Vec::new();
+        for (id, rooms) in self.chat.users_on(node) {
+            for room in rooms {
+                events.push(("leave", Fact::Leave(room, Rc::clone(&id)).data(ts)));
+            }
+            events.push(("offline", Fact::Offline(id).data(ts)));
+        }
+        let seen = s.log.next_id().saturating_sub(1);
+        if !events.is_empty() && !c.emit_gone(node, &events, seen, self.cfg.events_keep) {
+            warn!(
+                "cluster: the leaves and offlines of node {node}'s {} events could not be sent",
+                events.len()
+            );
+        }
     }
 
     /// An event from the channel (any node's, ours included).

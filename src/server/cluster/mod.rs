@@ -71,8 +71,10 @@ impl Server {
                 c.publish(ALL, &beat);
                 c.claim(self.chat.local_keys(), || Await::Refresh);
             }
+            let ttl = c.ttl();
             for node in c.expire(now) {
-                info!("cluster: node {node} silent for {:?}: its users are gone", c.ttl());
+                info!("cluster: node {node} silent for {ttl:?}: its users are gone");
+                self.node_gone_events(&node, super::now_millis());
                 self.chat.drop_node(&node);
             }
         }

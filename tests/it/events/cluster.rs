@@ -124,3 +124,30 @@ fn events_recorded_while_redis_is_away_reach_every_stream_once_it_is_back() {
         assert!(s.next_within(Duration::from_millis(500)).is_none(), "once");
     }
 }
+
+#[test]
+fn the_users_of_a_node_that_dies_go_offline_once_for_the_whole_cluster() {
+    let Some(redis) = Redis::start() else { return };
+    let key = key_file("cluster-dies");
+    let api = ["--api-key", key.to_str().unwrap()];
+    let (a, b, c) = (node(&redis, "2", &api), node(&redis, "2", &api), node(&redis, "2", &api));
+    let mut on_b = Sse::open(&b, "?types=leave,offline", None);
+    let mut on_c = Sse::open(&c, "?types=leave,offline", None);
+    let mut alice = crate::cluster::join_seen(&a, "alice", &b, 1.0);
+    alice.send(&json!({"join": "dev"}));
+    alice.next_of("joined");
+    crate::cluster::wait_metric(&c, "chatloop_cluster_remote_users", 1.0);
+    std::thread::sleep(Duration::from_millis(300)); // its join of dev reaches the others
+    // Killed: no goodbye, no leave. Past the TTL the others drop it, and one of them says so.
+    a.signal(libc::SIGKILL);
+    let want = |e: &Ev| is(e, "offline", "alice", None);
+    let (sb, sc) = (on_b.until(want), on_c.until(want));
+    let key = |e: &Ev| (e.id, e.event.clone(), e.data["room"].clone());
+    assert_eq!(sb.iter().map(key).collect::<Vec<_>>(), sc.iter().map(key).collect::<Vec<_>>());
+    let kinds: Vec<String> = sb.iter().map(|e| format!("{} {}", e.event, e.data["room"])).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(kinds.contains(&"leave \"lobby\"".to_string()) && kinds.contains(&"leave \"dev\"".to_string()));
+    for s in [&mut on_b, &mut on_c] {
+        assert!(s.next_within(Duration::from_secs(3)).is_none(), "once, by one node");
+    }
+}
