@@ -10,6 +10,7 @@
 //!                                                                         └─ Pending: waiting ─ api_published ─▶ answered
 //! ```
 //!
+//! `api_dispatch` is where the loop acts on an `api::Answer`: one arm per kind.
 //! A refusal at the head closes the connection: its body, unread, would be taken for the next
 //! request. Errors after the body (bad JSON, an unknown endpoint, `offline`) keep it open.
 //! Fairness: `API_BUDGET` requests a connection a turn; pipelined ones past it wait in
@@ -195,19 +196,25 @@ impl Server {
             relay: Vec::new(),
         };
         let mut answer = api::dispatch(&req, &mut cx);
-        if answer == Answer::Stream {
-            return self.open_stream(token, &call.req, now, ts);
-        }
         for r in std::mem::take(&mut cx.relay) {
             if !self.api_relay(&r) {
                 let why = "Redis is away: the recipient's node cannot be reached";
                 answer = api::fail(Status::Unavailable, "cluster_unavailable", why);
             }
         }
-        call.waiting = answer == Answer::Pending;
-        self.net.conns[token].phase = Phase::Api(call);
-        if let Answer::Json(status, body) = answer {
-            self.api_answer(token, status, &body, now, ts);
+        // What the loop does with each kind of answer: a new kind (a stream, a disconnect)
+        // is one more arm here.
+        match answer {
+            Answer::Pending => {
+                call.waiting = true;
+                self.net.conns[token].phase = Phase::Api(call);
+            }
+            Answer::Json(status, body) => {
+                self.net.conns[token].phase = Phase::Api(call);
+                self.api_answer(token, status, &body, now, ts);
+            }
+            // The connection becomes an event stream consumer (`server/events.rs`).
+            Answer::Stream => self.open_stream(token, &call.req, now, ts),
         }
     }
 

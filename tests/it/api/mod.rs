@@ -121,13 +121,17 @@ impl Conn {
     /// Reads what the socket has; false at EOF.
     fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16384];
-        match self.sock.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
+        loop {
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return true;
+                }
+                // A signal to the test process (another test's child exiting) is no answer.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading a response: {e} ({:?}), {} bytes so far", e.kind(), self.buf.len()),
             }
-            Err(e) => panic!("reading a response: {e} ({:?}), {} bytes so far", e.kind(), self.buf.len()),
         }
     }
 
@@ -138,6 +142,7 @@ impl Conn {
             match self.sock.read(&mut chunk) {
                 Ok(0) => return true,
                 Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
         }
