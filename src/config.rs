@@ -53,6 +53,8 @@ pub struct Config {
     pub max_holds: usize,
     /// Bytes of private messages kept (connected users' unacknowledged ones and holds').
     pub backlog_bytes: usize,
+    /// Events kept for consumers of the event stream that come back with `Last-Event-ID`.
+    pub events_keep: usize,
     /// RFC 3339 UTC timestamps on log lines (journald adds its own).
     pub log_timestamps: bool,
     /// `--auth token`: every `/ws` upgrade needs a token these keys and rules accept (keys
@@ -99,6 +101,7 @@ impl Default for Config {
             history_ttl: Duration::from_secs(300),
             max_holds: 10_000,
             backlog_bytes: 64 << 20,
+            events_keep: 10_000,
             log_timestamps: true,
             auth: None,
             auth_grace: Duration::from_secs(30),
@@ -163,6 +166,9 @@ Flags:
                               its grace), charged at real cost; past it the largest backlog
                               drops its oldest line, told to its sender as undelivered; at
                               least 262144 [default: 67108864]
+  --events-keep N             events of GET /api/events kept (and at most 32 MiB of them)
+                              for a consumer that reconnects with Last-Event-ID; one that
+                              asks for an older one gets a gap event [default: 10000]
   --handshake-timeout SECS    the HTTP request must be complete by then [default: 10]
   --ping-interval SECS        ping every client this often; must be shorter than
                               --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
@@ -323,6 +329,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--history-bytes" => cfg.history_bytes = whole(&flag, &cli.value()?)?,
             "--max-holds" => cfg.max_holds = positive(&flag, &cli.value()?)?,
             "--backlog-bytes" => cfg.backlog_bytes = whole(&flag, &cli.value()?)?,
+            "--events-keep" => cfg.events_keep = positive(&flag, &cli.value()?)?,
             "--history-ttl" => cfg.history_ttl = seconds(&flag, &cli.value()?)?,
             "--auth" => {
                 auth.token = match cli.value()?.as_str() {

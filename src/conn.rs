@@ -3,7 +3,8 @@
 //! ```text
 //! Request ──(route: file, status)──> Respond ──(written, peer EOF or grace)──> removed
 //!    ├────(101 on /ws or /echo)────> Ws ──(close sent or received)──> Ws closing ──> removed
-//!    └────(/api/ with its key)─────> Api (body, answer) ──(answered, keep-alive)──> Request
+//!    ├────(/api/ with its key)─────> Api (body, answer) ──(answered, keep-alive)──> Request
+//!    └────(GET /api/events)────────> Events ──(EOF, slow consumer, shutdown)──> removed
 //! ```
 //! The phase decides what readiness means and which deadline applies; the server loop does
 //! the I/O and is the only one to register, deregister or remove.
@@ -211,6 +212,8 @@ pub enum Phase {
     /// A backend API request past its head (`server/api.rs`): its body being read, or its
     /// answer awaited from Redis. Boxed: rare, and the head is kept whole.
     Api(Box<ApiCall>),
+    /// A consumer of the event stream (`GET /api/events`, `server/events.rs`): it only reads.
+    Events(Stream),
 }
 
 /// A backend API request whose head was accepted: the head, and its body as read so far.
@@ -223,6 +226,17 @@ pub struct ApiCall {
     pub waiting: bool,
     /// Bytes read past the body: the next request's (pipelined).
     pub after: Vec<u8>,
+}
+
+/// An event stream consumer: which types it wants and where it is in the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    pub types: crate::events::Types,
+    /// The id of the next event it should get.
+    pub next: u64,
+    /// Found caught up with the log once: from then on an event that does not fit in its
+    /// queue makes it a slow consumer (until then it is replaying, paced by its queue).
+    pub live: bool,
 }
 
 pub struct Session {
@@ -445,6 +459,8 @@ impl Conn {
             Phase::Request { .. } | Phase::Respond { .. } | Phase::Api(_) => {
                 self.opened.after(handshake_timeout)
             }
+            // It sends nothing, so no idle deadline: only its keep-alive comment.
+            Phase::Events(_) => self.next_ping,
             Phase::Ws(ref s) => {
                 let mut at = self.next_ping.earlier(self.last_read.after(idle_timeout));
                 if let Some(g) = s.signed() {

@@ -45,6 +45,8 @@ pub struct Request {
     /// `Expect: 100-continue`: the client waits for a `100 Continue` before its body (curl
     /// does for bodies over 1 KiB).
     pub expect_continue: bool,
+    /// `Last-Event-ID`: where an event stream consumer left off (`GET /api/events`).
+    pub last_event_id: Option<String>,
 }
 
 impl Request {
@@ -189,6 +191,8 @@ pub fn parse(buf: &[u8]) -> Parse {
             (!once(&mut out.ws_key)).then_some("duplicate Sec-WebSocket-Key header")
         } else if name.eq_ignore_ascii_case("authorization") {
             (!once(&mut out.authorization)).then_some("duplicate Authorization header")
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            (!once(&mut out.last_event_id)).then_some("duplicate Last-Event-ID header")
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             (!once(&mut out.ws_version)).then_some("duplicate Sec-WebSocket-Version header")
         } else {

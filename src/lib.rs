@@ -11,6 +11,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod events;
 pub mod flags;
 pub mod http;
 pub mod metrics;

@@ -137,6 +137,8 @@ pub struct Gauges {
     pub rooms_evicted: u64,
     /// With `--redis` only.
     pub cluster: Option<ClusterGauges>,
+    /// While the event stream is served.
+    pub events: Option<crate::events::Gauges>,
 }
 
 /// The cluster's state and counters, read at scrape time.
@@ -174,6 +176,9 @@ impl Stats {
         render_kept(&mut o, g);
         if let Some(c) = &g.cluster {
             render_cluster(&mut o, c);
+        }
+        if let Some(e) = &g.events {
+            render_events(&mut o, e);
         }
         process(&mut o);
         o
@@ -259,6 +264,49 @@ fn metric(o: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, 
 }
 
 /// What the server keeps: rooms, holds, backlogs, history, queues.
+/// The event stream (`GET /api/events`).
+fn render_events(o: &mut String, e: &crate::events::Gauges) {
+    metric(
+        o,
+        "event_streams",
+        "gauge",
+        "Open event stream consumers (GET /api/events).",
+        &[("", e.consumers as u64)],
+    );
+    metric(o, "events_total", "counter", "Events appended to the event log.", &[("", e.appended)]);
+    metric(
+        o,
+        "events_kept",
+        "gauge",
+        "Events kept for Last-Event-ID (--events-keep).",
+        &[("", e.kept as u64)],
+    );
+    metric(o, "events_kept_bytes", "gauge", "What the kept events are charged.", &[("", e.bytes as u64)]);
+    let c = e.counters;
+    metric(o, "event_streams_opened_total", "counter", "Event streams opened.", &[("", c.opened)]);
+    metric(
+        o,
+        "event_streams_slow_total",
+        "counter",
+        "Event stream consumers closed because their queue could not take a live event.",
+        &[("", c.slow)],
+    );
+    metric(
+        o,
+        "event_gaps_total",
+        "counter",
+        "Gap events sent: a consumer asked for events the log no longer keeps.",
+        &[("", c.gaps)],
+    );
+    metric(
+        o,
+        "events_dropped_total",
+        "counter",
+        "Events dropped in a cluster: more than --events-keep recorded while Redis was away.",
+        &[("", c.dropped)],
+    );
+}
+
 fn render_kept(o: &mut String, g: &Gauges) {
     metric(o, "rooms", "gauge", "Rooms with members.", &[("", g.rooms as u64)]);
     metric(
@@ -512,8 +560,11 @@ mod tests {
             rooms_evicted: 0,
             backlog: ((7, 4096), crate::chat::Counters { holds_ended_early: 2, backlog_dropped: 1 }),
             cluster: None,
+            events: Some(crate::events::Gauges { consumers: 2, appended: 9, ..Default::default() }),
         });
         for line in [
+            "chatloop_event_streams 2",
+            "chatloop_events_total 9",
             "chatloop_connections 3",
             "chatloop_websockets 2",
             "chatloop_deliveries_total 5",

@@ -12,7 +12,8 @@ use std::path::Path;
 
 /// Each top-level module's layer: a module may use only modules of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
-    // 0: leaves, each about one thing (a format, a queue, a clock, a socket to Redis).
+    // 0: leaves, each about one thing (a format, a queue, a clock, a socket to Redis, the
+    // event log).
     ("flags", 0),
     ("rlimit", 0),
     ("timers", 0),
@@ -21,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("outbox", 0),
     ("ws", 0),
     ("protocol", 0),
+    ("events", 0),
     // 1: what nodes tell each other over Redis; the page's files; signed tokens.
     ("cluster", 1),
     ("assets", 1),

@@ -100,6 +100,9 @@ pub enum Answer {
     /// A moderation action for the server to take (it closes connections and tells the
     /// cluster); its `Done` or refusal is the answer (`server/moderation.rs`).
     Moderate(moderate::Action),
+    /// `GET /api/events`: the connection becomes an event stream consumer
+    /// (`server/events.rs`).
+    Stream,
 }
 
 /// A 200 with `value` as its body (a struct, so that its fields keep their order).
@@ -122,6 +125,7 @@ pub fn dispatch<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
     let path = call.path;
     match path {
         "/api/publish" => only("POST", call, cx, speak::publish),
+        "/api/events" => only("GET", call, cx, |_, _| Answer::Stream),
         "/api/send" => only("POST", call, cx, speak::send),
         "/api/rooms" => only("GET", call, cx, read::rooms),
         _ if path.starts_with("/api/rooms/") => only("GET", call, cx, read::room),

@@ -116,6 +116,7 @@ impl Chat {
             // No members: its log is idle from the end of this turn (see `pump`).
             None => self.rooms.closed.push(Rc::clone(room)),
         }
+        self.events.record(|| crate::events::Fact::Message(line.clone()));
         let seq = protocol::line_seq(line).unwrap_or(0);
         let epoch = self.history.get(room).map_or_else(|| Rc::from(""), |l| Rc::clone(&l.epoch));
         Posted::Numbered { seq, epoch, unconfirmed }

@@ -9,6 +9,7 @@ use super::resume::{Away, Claim, Private};
 use super::rooms::Flow;
 use super::users::User;
 use super::{Chat, Collect, EXPIRE_BATCH, Gone, Nodes, Outcome, Sink, backlog, ids, refuse, users};
+use crate::events::Fact;
 use crate::protocol::{self, ErrorCode, LOBBY, Replay};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -102,11 +103,15 @@ impl Chat {
             }
             None => {
                 let shared: Rc<str> = Rc::from(id);
+                // Not held: its first connection, or back after its grace ended.
+                self.events.record(|| Fact::Online(Rc::clone(&shared)));
                 let mut rooms = users::RoomList::default();
                 if entry.lobby {
                     let lobby = self.rooms.join_local(LOBBY, token as u32, &shared);
                     self.history.set_idle(LOBBY, None);
                     rooms.push(lobby.key as u32);
+                    let room = &self.rooms.room(lobby.key).name;
+                    self.events.record(|| Fact::Join(Rc::clone(room), Rc::clone(&shared)));
                 }
                 (shared, rooms, None)
             }
@@ -208,10 +213,13 @@ impl Chat {
         let mut emptied = Vec::new();
         for room in &away.rooms {
             let name = Rc::clone(&self.rooms.room(*room as usize).name);
+            self.events.record(|| Fact::Leave(Rc::clone(&name), Rc::clone(&away.id)));
             if self.rooms.leave_away(*room as usize, ukey) {
                 emptied.push(name);
             }
         }
+        // Its grace is over: gone for good.
+        self.events.record(|| Fact::Offline(Rc::clone(&away.id)));
         // Each sender hears which of its messages were never acknowledged (one the old
         // connection took but never acknowledged may have been read; the pongs make that
         // rare). The acknowledged tail was there only for a resume.
@@ -232,10 +240,13 @@ impl Chat {
             }
             for room in u.rooms.iter() {
                 let name = Rc::clone(&self.rooms.room(room as usize).name);
+                self.events.record(|| Fact::Leave(Rc::clone(&name), Rc::clone(&u.id)));
                 if self.rooms.leave_local(room as usize, token, &u.id) {
                     emptied.push(name);
                 }
             }
+            // It closed its only connection itself: no grace to wait for.
+            self.events.record(|| Fact::Offline(Rc::clone(&u.id)));
         }
         emptied
     }
@@ -276,6 +287,7 @@ impl Chat {
                 let j = self.rooms.join_local(&room, token as u32, &id);
                 self.users.get_mut(from).expect("checked").1.rooms.push(j.key as u32);
                 let name = Rc::clone(&self.rooms.room(j.key).name);
+                self.events.record(|| Fact::Join(Rc::clone(&name), Rc::clone(&id)));
                 (j.key, Outcome::Joined { room: name, first_local: j.first_local })
             }
         };
@@ -294,6 +306,7 @@ impl Chat {
         let Some(e) = self.rooms.evict_orphan() else { return };
         self.rooms_evicted += 1;
         for (ukey, id) in e.members {
+            self.events.record(|| Fact::Leave(Rc::clone(&e.name), Rc::clone(&id)));
             self.holds.forget_room(&ukey, e.key);
             self.todo.evicted.push((id, Rc::clone(&e.name)));
         }

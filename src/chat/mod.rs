@@ -179,6 +179,9 @@ pub struct Chat {
     holds: Holds,
     /// What chat asks of the loop (the one outbox of commands besides the `Sink`).
     pub todo: ForLoop,
+    /// What happened, for the event stream (`events`): recorded here where it happens, drained
+    /// by the server once a turn. Off unless the stream is served.
+    pub events: crate::events::Queue,
     /// Rooms given up so far for a connected user's join at `--max-rooms`.
     rooms_evicted: u64,
     /// Every private backlog's charge (`--backlog-bytes`).
@@ -253,6 +256,7 @@ impl Chat {
             counters: Counters::default(),
             todo: ForLoop::default(),
             moderation: moderation::Moderation::default(),
+            events: crate::events::Queue::default(),
         }
     }
 
@@ -455,6 +459,13 @@ impl Chat {
             self.log_of(rk);
         }
         self.history.offer(name)
+    }
+
+    /// Records a moderation action for the event stream (`{"type":"moderation",...fields,
+    /// "ts":...}`): `fields` should name the action and whom it is about, e.g.
+    /// `{"action":"ban","id":"eve","seconds":60}`. Nothing is built while the stream is off.
+    pub fn record_moderation(&mut self, fields: impl FnOnce() -> serde_json::Map<String, serde_json::Value>) {
+        self.events.record(|| crate::events::Fact::Moderation(fields()));
     }
 
     /// Sends this turn's joins and leaves; call once at the end of every loop turn.

@@ -15,6 +15,7 @@
 use super::ids::key;
 use super::resume::Away;
 use super::{Chat, Gone, Sink};
+use crate::events::Fact;
 use crate::protocol;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
@@ -439,6 +440,7 @@ impl Chat {
             let id = Rc::clone(&u.id);
             let last_local = self.rooms.leave_local(rk, token, &id);
             sink.push(token as usize, &protocol::kicked(&rname));
+            self.events.record(|| Fact::Leave(Rc::clone(&rname), Rc::clone(&id)));
             return Some(Kicked { room: rname, id, last_local });
         }
         // In its grace: it comes back without the room (and learns it from the leave it
@@ -450,6 +452,7 @@ impl Chat {
         let id = Rc::clone(&away.id);
         self.holds.forget_room(&k, rk as u32);
         let last_local = self.rooms.leave_away(rk, &k);
+        self.events.record(|| Fact::Leave(Rc::clone(&rname), Rc::clone(&id)));
         Some(Kicked { room: rname, id, last_local })
     }
 

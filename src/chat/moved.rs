@@ -87,6 +87,8 @@ impl Chat {
             // Nothing known of its rooms: back in the lobby, as a join (the others see one).
             let j = self.rooms.join_local(LOBBY, token as u32, &shared);
             self.history.set_idle(LOBBY, None);
+            let lobby = &self.rooms.room(j.key).name;
+            self.events.record(|| crate::events::Fact::Join(Rc::clone(lobby), Rc::clone(&shared)));
             rooms.push((Rc::clone(&self.rooms.room(j.key).name), j.first_local));
             kept.push(j.key as u32);
         }

@@ -116,6 +116,14 @@ impl Chat {
         self.remote_roster(node, &[]);
     }
 
+    /// The users we believe are on `node`, each with the names of its rooms (for the event
+    /// stream's leaves and offlines when that node dies).
+    pub fn users_on(&self, node: &str) -> Vec<(Rc<str>, Vec<Rc<str>>)> {
+        let name = |r: &u32| Rc::clone(&self.rooms.room(*r as usize).name);
+        let on = self.remote.values().filter(|r| &*r.node == node);
+        on.map(|r| (Rc::clone(&r.id), r.rooms.iter().map(name).collect())).collect()
+    }
+
     /// How many users, and memberships, we believe `node` has.
     pub fn count_on(&self, node: &str) -> (usize, usize) {
         self.remote.values().filter(|r| &*r.node == node).fold((0, 0), |(u, m), r| (u + 1, m + r.rooms.len()))

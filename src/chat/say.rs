@@ -5,6 +5,7 @@
 use super::broker::{Broker, Post, Published};
 use super::{Chat, Outcome, Sink, Tagged, refuse};
 use crate::cluster::Ticket;
+use crate::events::Fact;
 use crate::protocol::{self, ErrorCode, Incoming, LOBBY};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -36,11 +37,13 @@ impl Chat {
                 let line = protocol::with_seq(&t.template, seq);
                 let sender = here.then_some((t.token, t.cid.as_deref()));
                 self.deliver_numbered(&t.room, epoch, seq, &line, sender, sink);
+                self.events.record(|| Fact::Message(line));
                 (seq, None)
             }
             None => {
                 let sender = if here { t.token } else { usize::MAX };
                 let line = self.number_here(&t.room, &t.template, sender, t.cid.as_deref(), sink);
+                self.events.record(|| Fact::Message(line.clone()));
                 (protocol::line_seq(&line).unwrap_or(0), Some(ErrorCode::ClusterUnavailable))
             }
         };
@@ -136,10 +139,12 @@ impl Chat {
                 match broker.publish(&mut self.history, post) {
                     Published::Now(line) => {
                         self.rooms.deliver(rk, &line, sink);
+                        self.events.record(|| Fact::Message(line.clone()));
                         Outcome::Room { room, line, cid: None }
                     }
                     Published::Unconfirmed(line) => {
                         self.rooms.deliver(rk, &line, sink);
+                        self.events.record(|| Fact::Message(line));
                         Outcome::Unconfirmed { room, cid: None }
                     }
                     Published::Pending => Outcome::Pending { room },
@@ -204,6 +209,8 @@ impl Chat {
         let (_, u) = self.users.get_mut(from)?;
         u.rooms.remove(rk as u32);
         let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
+        let room = Rc::clone(&self.rooms.room(rk).name);
+        self.events.record(|| Fact::Leave(room, Rc::clone(&u.id)));
         sink.push(token, line);
         Some(last_local)
     }

@@ -23,9 +23,11 @@
 //!
 //! This module is pure (no sockets): the server's `cluster` half drives it.
 
+mod events;
 mod msg;
 mod scripts;
 
+pub use events::{EVENTS_CHANNEL, parse_event};
 pub use msg::{Msg, new_node_id, payload, roster_fields};
 pub use scripts::{
     ALL, CLAIM, CLAIM_CHUNK, FETCH, JOIN, KEEP, KEY_PREFIX, LEFT, LOST, MOD_DEL, MOD_LOAD, MOD_PUT, NUMBER,
@@ -146,6 +148,11 @@ pub enum Await {
         generation: u32,
         body: Vec<u8>,
     },
+    /// An event appended through `EMIT` (type and data): if the link fails before it was
+    /// written, it is sent again once the link is back.
+    Emit(Box<(crate::events::Kind, bytes::Bytes)>),
+    /// The kept events a (re)connected node missed (`events_since`).
+    Events,
     Ignore,
 }
 

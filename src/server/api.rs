@@ -217,6 +217,8 @@ impl Server {
                 self.api_answer(token, status, &body, now, ts);
             }
             Answer::Moderate(_) => unreachable!("api_moderate answers with Json or Pending"),
+            // The connection becomes an event stream consumer (`server/events.rs`).
+            Answer::Stream => self.open_stream(token, &call.req, now, ts),
         }
     }
 

@@ -17,6 +17,7 @@
 
 pub mod api;
 mod cluster;
+mod events;
 mod join;
 pub mod moderation;
 mod net;
@@ -93,6 +94,8 @@ pub struct Server {
     cluster: Option<crate::cluster::Cluster>,
     /// The Redis link's read budget ran out with input left: read it next turn.
     redis_again: bool,
+    /// The event stream's log and consumers (`GET /api/events`); None while it is off.
+    events: Option<events::Streams>,
     /// Rate-limit buckets of ids whose session ended, until they would have refilled: the
     /// limit belongs to the id, so reconnecting does not buy a fresh burst.
     buckets: std::collections::HashMap<String, Bucket>,
@@ -173,6 +176,7 @@ impl Server {
                 // Down until the link's handshake says otherwise (`Input::Up`).
                 chat.set_nodes(if cluster.is_some() { Nodes::Down } else { Nodes::Alone });
                 chat.reserve(max_conns);
+                chat.events.set_on(cfg.api_key.is_some());
                 chat
             },
             assets,
@@ -194,6 +198,11 @@ impl Server {
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
+            events: cfg.api_key.is_some().then(|| {
+                let mut s = events::Streams::new(cfg.events_keep);
+                s.log.shared_ids = cfg.redis.is_some();
+                s
+            }),
             buckets: Default::default(),
             rate_refusals: Default::default(),
             busy_refusals: Default::default(),
@@ -280,7 +289,7 @@ impl Server {
         self.fire_timers(now, ts);
         self.sweep(now);
         self.trim_heap(now);
-        self.settle(now);
+        self.settle(now, ts);
     }
 
     /// Handshakes and room joins leave freed memory behind (request heads, welcomes, rosters
@@ -374,7 +383,7 @@ impl Server {
                     Phase::Ws(_) => {
                         self.close_ws(t, CloseCode::Away, "going away", Some(Reason::Shutdown), now)
                     }
-                    Phase::Request { .. } | Phase::Api(_) => self.doom(t),
+                    Phase::Request { .. } | Phase::Api(_) | Phase::Events(_) => self.doom(t),
                     Phase::Respond { .. } => {} // its response is on the way; it closes by itself
                 }
                 if let Some(c) = self.net.conns.get_mut(t) {
@@ -391,6 +400,7 @@ impl Server {
             Phase::Respond { .. } => self.read_discard(token),
             Phase::Ws(_) => self.read_ws(token, now, ts),
             Phase::Api(_) => self.api_read(token, now, ts),
+            Phase::Events(_) => self.read_stream(token),
         }
     }
 
@@ -422,6 +432,9 @@ impl Server {
                     conn.reason.get_or_insert(Reason::HandshakeTimeout);
                     self.doom(token);
                     continue;
+                }
+                Phase::Events(_) if conn.give_up.is_none() && conn.next_ping.reached(stamp) => {
+                    self.stream_ping(token, now);
                 }
                 Phase::Api(_) if conn.opened.after(self.cfg.handshake_timeout).reached(stamp) => {
                     warn!(
@@ -468,12 +481,13 @@ impl Server {
     /// Runs the end-of-turn work until it stops producing more. Outboxes are written when the
     /// flush window that their first line opened has passed (at once with a zero window), so
     /// that under load each socket gets one `writev` per window rather than one per message.
-    fn settle(&mut self, now: Instant) {
+    fn settle(&mut self, now: Instant, ts: u64) {
         let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
         loop {
             self.ended_early(now);
             self.chat.pump(now, &mut self.net);
             self.chat.flush_presence(&mut self.net);
+            self.pump_events(ts);
             self.ask_acks(now);
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
@@ -494,7 +508,7 @@ impl Server {
             }
         }
         if self.cluster_flush(now) {
-            return self.settle(now); // the link failed: settle what that queued (once more)
+            return self.settle(now, ts); // the link failed: settle what that queued (once more)
         }
         for token in std::mem::take(&mut self.net.later) {
             self.net.mark_pending(token);
@@ -532,6 +546,7 @@ impl Server {
             rooms: chat.rooms,
             rooms_evicted: chat.rooms_evicted,
             cluster,
+            events: self.events.as_ref().map(|s| s.gauges()),
         };
         for (_, c) in &self.net.conns {
             g.websockets += matches!(c.phase, Phase::Ws(_)) as usize;

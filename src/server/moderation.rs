@@ -99,6 +99,11 @@ impl Server {
     /// place to report it, e.g. as the event stream's `moderation` event.
     fn moderation_done(&mut self, done: &Done) {
         info!("moderation: {} id={}", done.action, done.id);
+        // The event stream's `moderation` event: the API's answer, as it was given.
+        self.chat.record_moderation(|| match serde_json::to_value(done) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        });
     }
 
     /// Tells every other node (`fields` after the kind, then our node id); refused if the

@@ -205,7 +205,9 @@ impl Server {
                     conn.api_turn = 0;
                     self.again.push(token);
                 }
-                Phase::Ws(_) if !conn.is(Flag::Finishing) => conn.peer.out.release(&mut self.net.spare),
+                Phase::Ws(_) | Phase::Events(_) if !conn.is(Flag::Finishing) => {
+                    conn.peer.out.release(&mut self.net.spare)
+                }
                 Phase::Respond { eof: true } => self.doom(token),
                 Phase::Respond { eof: false } => {
                     // Response out: half-close, then wait for the peer's EOF or the grace.
@@ -228,7 +230,11 @@ impl Server {
         }
         // Sessions and connections closed for a reason count; plain page loads do not.
         let c = &self.net.conns[token];
-        let counted = c.reason.or(matches!(c.phase, Phase::Ws(_)).then_some(Reason::ClientClose));
+        let counted =
+            c.reason.or(matches!(c.phase, Phase::Ws(_) | Phase::Events(_)).then_some(Reason::ClientClose));
+        if let Phase::Events(_) = c.phase {
+            self.stream_gone(token);
+        }
         self.leave(token, Reason::ClientClose);
         let mut conn = self.net.conns.remove(token);
         if let Some(r) = counted {

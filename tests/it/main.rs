@@ -7,6 +7,7 @@ mod bound_history;
 mod bound_resume;
 mod chat;
 mod cluster;
+mod events;
 mod fair;
 mod history;
 mod hostile;

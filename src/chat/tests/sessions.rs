@@ -297,3 +297,46 @@ fn rosters_replace_a_nodes_users_and_rooms_and_a_dead_node_takes_its_users_along
     assert_eq!(c.remote_len(), 0);
     assert_eq!(c.rooms.room(c.rooms.key("lobby").unwrap()).len(), 2);
 }
+
+/// The event stream's facts, as kinds and who (and which room) they are about.
+fn facts(c: &mut Chat) -> Vec<String> {
+    use crate::events::Fact;
+    c.events
+        .take()
+        .into_iter()
+        .map(|f| match f {
+            Fact::Online(id) => format!("online {id}"),
+            Fact::Offline(id) => format!("offline {id}"),
+            Fact::Join(room, id) => format!("join {room} {id}"),
+            Fact::Leave(room, id) => format!("leave {room} {id}"),
+            Fact::Message(line) => format!("message {}", String::from_utf8_lossy(&line)),
+            Fact::Moderation(m) => format!("moderation {}", serde_json::Value::Object(m)),
+        })
+        .collect()
+}
+
+#[test]
+fn events_are_recorded_where_they_happen_and_a_blip_records_none() {
+    let (mut c, mut r) = chat_with(&[]);
+    c.events.set_on(true);
+    let t = now();
+    let secret = ids::new_secret();
+    c.join("alice", 5, &secret, None, 0, t, &mut r).unwrap();
+    say(&mut c, &mut r, 5, "alice", r#"{"join":"dev"}"#);
+    assert_eq!(facts(&mut c), ["online alice", "join lobby alice", "join dev alice"]);
+    // Lost and back within the grace: nothing at all.
+    c.lose("alice", secret, t + Duration::from_secs(60));
+    let next = ids::new_secret();
+    c.join("alice", 6, &next, Some(&secret), 0, t, &mut r).unwrap();
+    assert_eq!(facts(&mut c), Vec::<String>::new());
+    // Lost, and the grace ends: it leaves its rooms and is offline.
+    c.lose("alice", next, t + Duration::from_secs(1));
+    c.expire(t + Duration::from_secs(2), &mut r);
+    assert_eq!(facts(&mut c), ["leave lobby alice", "leave dev alice", "offline alice"]);
+    c.record_moderation(|| serde_json::from_str(r#"{"action":"kick","id":"bob","room":"dev"}"#).unwrap());
+    assert_eq!(facts(&mut c), [r#"moderation {"action":"kick","id":"bob","room":"dev"}"#]);
+    // Off: nothing is kept.
+    c.events.set_on(false);
+    c.join("bob", 7, &ids::new_secret(), None, 0, t, &mut r).unwrap();
+    assert!(c.events.is_empty());
+}

@@ -15,7 +15,9 @@ use crate::chat::Nodes;
 use crate::chat::backend::Posted;
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
-use crate::cluster::{ALL, Await, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload};
+use crate::cluster::{
+    ALL, Await, EVENTS_CHANNEL, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload,
+};
 use crate::protocol::ErrorCode;
 use crate::redis::{Input, error_text, frame_number};
 use bytes::Bytes;
@@ -25,6 +27,7 @@ use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+mod events;
 mod gossip;
 mod relay;
 
@@ -68,8 +71,10 @@ impl Server {
                 c.publish(ALL, &beat);
                 c.claim(self.chat.local_keys(), || Await::Refresh);
             }
+            let ttl = c.ttl();
             for node in c.expire(now) {
-                info!("cluster: node {node} silent for {:?}: its users are gone", c.ttl());
+                info!("cluster: node {node} silent for {ttl:?}: its users are gone");
+                self.node_gone_events(&node, super::now_millis());
                 self.chat.drop_node(&node);
             }
         }
@@ -126,6 +131,7 @@ impl Server {
                 c.claim(self.chat.local_keys(), || Await::Refresh);
                 let roster = self.roster();
                 self.cluster_mut().publish(ALL, &roster);
+                self.events_resync();
             }
             Input::Down => {
                 self.chat.set_nodes(Nodes::Down);
@@ -153,8 +159,13 @@ impl Server {
                         }
                         // Still kept here: the user gets it if it resumes on this node.
                         Await::Keep { .. } => {}
+                        Await::Emit(e) => self.emit_lost(*e, sent == Sent::Written),
                         // Asked again when the link is up again.
-                        Await::Refresh | Await::Ignore | Await::Clock { .. } | Await::Moderation => {}
+                        Await::Refresh
+                        | Await::Ignore
+                        | Await::Clock { .. }
+                        | Await::Moderation
+                        | Await::Events => {}
                     }
                 }
             }
@@ -164,6 +175,9 @@ impl Server {
                     return;
                 };
                 self.reply(w, frame, now);
+            }
+            Input::Message { channel, payload } if &channel[..] == EVENTS_CHANNEL => {
+                self.event_pushed(&payload);
             }
             Input::Message { channel, payload } => {
                 c.counters.received += 1;
@@ -191,7 +205,8 @@ impl Server {
             warn!("cluster: Redis refused a command: {e}");
         }
         match w {
-            Await::Ignore => {}
+            Await::Ignore | Await::Emit(_) => {}
+            Await::Events => self.events_read(frame),
             Await::Clock { sent } => {
                 let BytesFrame::Array { data, .. } = &frame else { return };
                 let n = |i: usize| data.get(i).and_then(|f| f.as_str()).and_then(|t| t.parse::<i64>().ok());
