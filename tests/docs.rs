@@ -6,7 +6,7 @@
 //!   the next line that client receives, with the same keys and the same values (see
 //!   `matches` for the few that differ from run to run). After the block, no client may have
 //!   received a line the block does not show.
-//! - Every line type and every error code the server can send (read from src/protocol.rs)
+//! - Every line type and every error code the server can send (read from src/protocol/mod.rs)
 //!   appears in a replayed block, bar the exemptions named in `NOT_REPLAYED`.
 //! - Every series and label value `/metrics` renders (with `--redis`, so the cluster's series
 //!   too) is named in docs/operations.md.
@@ -374,9 +374,9 @@ fn run_block(b: &Block, seen: &mut BTreeSet<String>) -> Result<(), String> {
     Ok(())
 }
 
-/// The line types and error codes src/protocol.rs can produce.
+/// The line types and error codes src/protocol/ can produce (its lines are made in mod.rs).
 fn protocol_names() -> (BTreeSet<String>, BTreeSet<String>) {
-    let src = read("src/protocol.rs");
+    let src = read("src/protocol/mod.rs");
     let quoted_after = |marker: &str| -> BTreeSet<String> {
         src.match_indices(marker)
             .filter_map(|(i, _)| {
