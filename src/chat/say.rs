@@ -208,8 +208,9 @@ impl Chat {
     ) -> Option<bool> {
         let (_, u) = self.users.get_mut(from)?;
         u.rooms.remove(rk as u32);
-        let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
+        // Named before leaving: a room left empty is gone after `leave_local`.
         let room = Rc::clone(&self.rooms.room(rk).name);
+        let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
         self.events.record(|| Fact::Leave(room, Rc::clone(&u.id)));
         sink.push(token, line);
         Some(last_local)
