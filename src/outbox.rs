@@ -68,7 +68,7 @@ pub enum Drain {
     Budget,
 }
 
-/// Empty queue buffers kept for reuse. Without them every flush window freed each client's
+/// Empty queue buffers kept for reuse. Without them every write freed each client's
 /// buffer and the next line grew a new one (4, 8, 16 entries): in a room fan-out that was a
 /// quarter of the server's instructions.
 #[derive(Debug, Default)]

@@ -7,15 +7,17 @@
 //!    per-turn budget); mark writable ones pending; note signals;
 //! 3. fire due timers (handshake, ping, idle, close grace);
 //! 4. settle: send the turn's presence batch, close slow consumers, write handshakes and HTTP
-//!    responses at once and every other pending outbox when the flush window is due (one
-//!    `writev` per frame), remove finished connections; repeat until nothing changes, because
-//!    a removal's `leave` can fill someone else's queue.
+//!    responses at once and every other pending outbox unless the loop wrote less than
+//!    `--flush-interval` ago (`flush.rs`; one `writev` per frame), remove finished
+//!    connections; repeat until nothing changes, because a removal's `leave` can fill
+//!    someone else's queue.
 //!
 //! Fairness: each connection gets a bounded share of a turn (`READ_BUDGET` bytes and
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
 //! the kernel was offered its bytes, never before (see `Net::queue`).
 
 mod cluster;
+mod flush;
 mod join;
 mod net;
 mod request;
@@ -81,7 +83,9 @@ pub struct Server {
     /// `signin::VERIFY_BUDGET` a turn.
     verifying: std::collections::VecDeque<signin::Waiting>,
     accept_paused_until: Option<Instant>,
-    /// When the pending outboxes are written (see `settle`).
+    /// When the pending outboxes are written (see `flush.rs`), and when the loop must wake
+    /// to write those it held.
+    flush: flush::Flush,
     flush_due: Option<Instant>,
     next_generation: u32,
     shutdown: Shutdown,
@@ -184,6 +188,7 @@ impl Server {
             again: Vec::new(),
             verifying: Default::default(),
             accept_paused_until: None,
+            flush: flush::Flush::new(cfg.flush_interval),
             flush_due: None,
             next_generation: 0,
             shutdown: Shutdown::Running,
@@ -437,11 +442,13 @@ impl Server {
         }
     }
 
-    /// Runs the end-of-turn work until it stops producing more. Outboxes are written when the
-    /// flush window that their first line opened has passed (at once with a zero window), so
-    /// that under load each socket gets one `writev` per window rather than one per message.
+    /// Runs the end-of-turn work until it stops producing more. Pending outboxes are written
+    /// at the end of the turn that filled them, unless the loop is busy writing: then at most
+    /// once per `--flush-interval` (see `flush.rs`), so that under load each socket gets one
+    /// `writev` for many lines rather than one per line.
     fn settle(&mut self, now: Instant) {
-        let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
+        let flush = self.flush.due(now);
+        let mut wrote = false;
         loop {
             self.ended_early(now);
             self.chat.pump(now, &mut self.net);
@@ -454,9 +461,13 @@ impl Server {
                 self.write(token, now);
             }
             if flush {
+                // Only bytes written make the loop busy: a pending queue may have gone out
+                // already with its handshake (`urgent`) or early at its soft cap.
+                let before = self.net.stats.bytes_sent;
                 for token in std::mem::take(&mut self.net.pending) {
                     self.write(token, now);
                 }
+                wrote |= self.net.stats.bytes_sent != before;
             }
             if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty() {
                 break;
@@ -465,23 +476,16 @@ impl Server {
                 self.remove(token);
             }
         }
+        if wrote {
+            self.flush.wrote(now);
+        }
         if self.cluster_flush(now) {
             return self.settle(now); // the link failed: settle what that queued (once more)
         }
         for token in std::mem::take(&mut self.net.later) {
             self.net.mark_pending(token);
         }
-        self.flush_due = match (self.net.pending.is_empty(), self.flush_due) {
-            (true, _) => None,
-            (false, Some(t)) if !flush => Some(t),
-            // Zero window: a blocked write is woken by writability; a budget-cut one must not
-            // wait for an event that will not come.
-            (false, _) if self.cfg.flush_interval.is_zero() => {
-                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].is(Flag::WantWritable));
-                budgeted.then_some(now)
-            }
-            (false, _) => Some(now + self.cfg.flush_interval),
-        };
+        self.flush_due = self.flush.wake(!self.net.pending.is_empty(), now);
     }
 
     /// The `/metrics` body; gauges are counted here, not kept on the hot path.

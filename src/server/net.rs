@@ -25,8 +25,8 @@ pub(super) struct Net {
     pub(super) pending: Vec<usize>,
     /// Connections that went over their queue cap this turn.
     pub(super) overflowed: Vec<usize>,
-    /// Connections whose output should not wait for the flush window: HTTP responses and the
-    /// 101 (with its welcome). The window is for coalescing chat lines, not for handshakes.
+    /// Connections whose output never waits for a busy loop's interval (`flush.rs`): HTTP
+    /// responses and the 101 (with its welcome). The wait is for coalescing chat lines.
     pub(super) urgent: Vec<usize>,
     /// Connections whose write stopped at `WRITE_BUDGET`: pending again from the next turn.
     pub(super) later: Vec<usize>,
