@@ -137,7 +137,11 @@ impl Chat {
                     Ok(t) => t,
                     Err(code) => return refuse(sink, token, protocol::error(code, None), code),
                 };
-                self.private(token, from, &to, text, cid, ts, now, sink)
+                let sender = match self.users.by_token(token as u32) {
+                    Some(u) => Rc::clone(&u.id),
+                    None => Rc::from(from),
+                };
+                self.private(token, &sender, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {
                 if let (Some(may), Some(name)) = (may, protocol::room_name(&room))

@@ -106,8 +106,14 @@ pub struct Users {
 /// Hashes an id as its key (`ids::key`), so that ids that are one user hash alike.
 fn hash_of(hasher: &RandomState, id: &str) -> u64 {
     let mut h = hasher.build_hasher();
-    for b in id.bytes() {
-        h.write_u8(fold(b));
+    // Folded a chunk at a time into one `write` (the same stream of bytes as one `write_u8`
+    // each, at a fraction of the calls: this hash was a few % of a private message's CPU).
+    let mut buf = [0u8; 32];
+    for chunk in id.as_bytes().chunks(buf.len()) {
+        for (d, s) in buf.iter_mut().zip(chunk) {
+            *d = fold(*s);
+        }
+        h.write(&buf[..chunk.len()]);
     }
     id.len().hash(&mut h);
     h.finish()
@@ -161,6 +167,13 @@ impl Users {
     /// The private backlog of the user on connection `token`, if it has one.
     pub fn private_by_token(&mut self, token: u32) -> Option<&mut Private> {
         self.slots.get_mut(token as usize)?.as_mut()?.private.as_deref_mut()
+    }
+
+    /// The id and private backlog of the user on connection `token`, the backlog made if it
+    /// has none yet.
+    pub fn with_private(&mut self, token: u32) -> Option<(&Rc<str>, &mut Private)> {
+        let u = self.slots.get_mut(token as usize)?.as_mut()?;
+        Some((&u.id, u.private.get_or_insert_with(Box::default)))
     }
 
     /// The id and private backlog of the user on connection `token`, if it has one.

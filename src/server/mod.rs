@@ -457,6 +457,10 @@ impl Server {
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
             }
+            // What the turn told Redis goes before what it tells clients: a client that has
+            // read its welcome or its close may act on another node at once, and Redis must
+            // have had the claim or the leave first (the one link is read in order).
+            let link_failed = self.cluster_flush(now);
             for token in std::mem::take(&mut self.net.urgent) {
                 self.write(token, now);
             }
@@ -469,7 +473,9 @@ impl Server {
                 }
                 wrote |= self.net.stats.bytes_sent != before;
             }
-            if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty() {
+            let settled =
+                self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty();
+            if settled && !link_failed {
                 break;
             }
             for token in std::mem::take(&mut self.doomed) {
