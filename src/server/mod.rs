@@ -88,6 +88,8 @@ pub struct Server {
     flush: flush::Flush,
     flush_due: Option<Instant>,
     next_generation: u32,
+    /// Each session's resume secret, derived from its connection's generation and its id.
+    secrets: crate::chat::ids::Secrets,
     shutdown: Shutdown,
     /// Scale-out through Redis (`--redis`).
     cluster: Option<crate::cluster::Cluster>,
@@ -124,6 +126,9 @@ fn now_millis() -> u64 {
 
 impl Server {
     pub fn new(cfg: Config, listener: TcpListener, max_conns: usize) -> io::Result<Server> {
+        // A timer entry names its connection in 26 bits (67 million: far past any open-file
+        // limit this loop could use).
+        let max_conns = max_conns.min(crate::timers::MAX_TOKENS);
         let poll = Poll::new()?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -191,6 +196,7 @@ impl Server {
             flush: flush::Flush::new(cfg.flush_interval),
             flush_due: None,
             next_generation: 0,
+            secrets: Default::default(),
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
@@ -391,9 +397,9 @@ impl Server {
     }
 
     fn fire_timers(&mut self, now: Instant, ts: u64) {
-        while let Some((at, token, generation)) = self.timers.pop_due(now) {
+        while let Some((at, token)) = self.timers.pop_due(now) {
             let Some(conn) = self.net.conns.get_mut(token) else { continue };
-            if conn.generation != generation || conn.timer_at != Some(Stamp::of(at)) {
+            if conn.timer_at != Some(Stamp::of(at)) {
                 continue; // stale: the connection is gone or has a newer entry
             }
             conn.timer_at = None;

@@ -152,7 +152,7 @@ impl Server {
         let Some(c) = self.net.conns.get_mut(token) else { return };
         let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
         if c.timer_at.is_none_or(|t| !t.reached(at)) {
-            let when = self.timers.schedule(at.instant(now), token, c.generation);
+            let when = self.timers.schedule(at.instant(now), token);
             c.timer_at = Some(Stamp::of(when));
         }
     }
