@@ -190,10 +190,9 @@ mod tests {
         assert_eq!(near_wrap.earlier(later), near_wrap);
         assert_eq!(later.earlier(near_wrap), near_wrap);
         assert_eq!(near_wrap.elapsed(later), Duration::from_millis(10));
-        // The clock's origin first: a moment taken before it would be a stamp from before
-        // the process began (run alone, this test was the first to ask for it).
-        epoch();
-        let now = Instant::now();
+        // Not a moment within the clock origin's first millisecond, which is stored as the
+        // next (run alone, this test took its moment there and was a millisecond out).
+        let now = epoch() + Duration::from_secs(5);
         let at = Stamp::of(now).after(Duration::from_millis(1500));
         let i = at.instant(now);
         assert!(
