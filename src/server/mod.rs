@@ -7,8 +7,9 @@
 //!    per-turn budget); mark writable ones pending; note signals;
 //! 3. fire due timers (handshake, ping, idle, close grace);
 //! 4. settle: send the turn's presence batch, close slow consumers, write handshakes and HTTP
-//!    responses at once and every other pending outbox unless the loop wrote less than
-//!    `--flush-interval` ago (`flush.rs`; one `writev` per frame), remove finished
+//!    responses at once and every other pending outbox unless the loop is busy (it wrote
+//!    less than `--flush-interval` ago: then once per window, `flush.rs`; one `writev` per
+//!    frame), remove finished
 //!    connections; repeat until nothing changes, because a removal's `leave` can fill
 //!    someone else's queue.
 //!
@@ -449,9 +450,9 @@ impl Server {
     }
 
     /// Runs the end-of-turn work until it stops producing more. Pending outboxes are written
-    /// at the end of the turn that filled them, unless the loop is busy writing: then at most
-    /// once per `--flush-interval` (see `flush.rs`), so that under load each socket gets one
-    /// `writev` for many lines rather than one per line.
+    /// at the end of the turn that filled them, unless the loop is busy writing: then once
+    /// per window of `--flush-interval` (see `flush.rs`), so that under load each socket gets
+    /// one `writev` for many lines rather than one per line.
     fn settle(&mut self, now: Instant) {
         let flush = self.flush.due(now);
         let mut wrote = false;
