@@ -186,9 +186,11 @@ Flags:
   --shutdown-grace SECS       on SIGTERM/SIGINT, close every session with 1001 and drain
                               queues for up to this long; a second signal exits at once
                               [default: 2]
-  --flush-interval SECS       write each client's queue at most this often: lines that arrive
-                              meanwhile share one frame and one writev; 0 writes every loop
-                              turn [default: 0.005]
+  --flush-interval SECS       while the server is busy (it wrote less than 4 times this
+                              ago), a line waits up to this long, and lines that arrive
+                              meanwhile share one frame and one writev. A quiet server
+                              writes at the end of the turn a line came in; 0 writes every
+                              loop turn [default: 0.005]
   --redis URL                 join a cluster of chatloop processes through Redis 6 or newer:
                               redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; room messages,
                               private messages and presence span every process sharing

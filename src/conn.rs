@@ -247,8 +247,8 @@ pub struct Session {
     pub bucket: Bucket,
     /// Pings and pongs from the peer (`CONTROL_RATE`).
     pub control: Bucket,
-    /// The secret that lets this client take its id back if its connection is lost.
-    pub resume: crate::chat::ids::Secret,
+    // The secret that lets this client take its id back is derived when needed
+    // (`chat::ids::Secrets`, from the connection's generation and the id), not kept here.
     /// What only some sessions have, boxed so that the others pay one pointer: what a
     /// resuming client presented (until the join is decided), and with `--auth token` the
     /// token's claims. None in open mode except for a moment during a resume.

@@ -105,7 +105,7 @@ pub struct Stats {
     errors: [u64; CODES.len()],
     /// Reads cut short by the per-turn byte budget (the connection waited for the next turn).
     pub read_budget_spent: u64,
-    /// Writes made before the flush window because a queue reached its soft cap.
+    /// Writes made before the loop's own because a queue reached its soft cap.
     pub early_writes: u64,
     /// Ids held for a client the server closed, and ids taken back with a resume token.
     pub ids_held: u64,
@@ -241,7 +241,7 @@ impl Stats {
             o,
             "early_writes_total",
             "counter",
-            "Writes made before the flush window because a queue reached its soft cap.",
+            "Writes made before the loop's own because a queue reached its soft cap.",
             &[("", self.early_writes)],
         );
         metric(

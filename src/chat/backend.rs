@@ -154,7 +154,11 @@ impl Chat {
             },
         };
         let line = protocol::system_private(from, &rcpt, text, ts);
-        self.deliver_to(&k, API_SENDER, None, &line, now, sink)?;
+        let at = match self.users.get(&k) {
+            Some((t, _)) => super::private::At::Here(t as usize),
+            None => super::private::At::Held(&k),
+        };
+        self.deliver_to(at, &Rc::from(API_SENDER), None, &line, now, sink)?;
         let pseq = match self.users.get(&k) {
             Some((_, u)) => u.private.as_ref().map_or(0, |p| p.pseq),
             None => self.holds.get_mut(&k, now).map_or(0, |a| a.private.pseq),

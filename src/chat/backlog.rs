@@ -138,7 +138,39 @@ pub struct Budget {
     used: usize,
     lines: usize,
     /// (bytes charged, owner's id as typed: the `Rc` shared with its user or hold).
-    by_size: BTreeSet<(usize, Rc<str>)>,
+    by_size: BTreeSet<(usize, Owner)>,
+}
+
+/// A backlog's owner in `Budget::by_size`, told apart from others of the same size by its
+/// `Rc`'s address rather than by comparing ids: every line kept or given up moves an entry,
+/// and equal sizes are the rule when one sender's lines go to many.
+#[derive(Clone)]
+struct Owner(Rc<str>);
+
+impl Owner {
+    fn addr(&self) -> usize {
+        Rc::as_ptr(&self.0) as *const u8 as usize
+    }
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Owner) -> bool {
+        self.addr() == other.addr()
+    }
+}
+
+impl Eq for Owner {}
+
+impl PartialOrd for Owner {
+    fn partial_cmp(&self, other: &Owner) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Owner {
+    fn cmp(&self, other: &Owner) -> std::cmp::Ordering {
+        self.addr().cmp(&other.addr())
+    }
 }
 
 impl Budget {
@@ -151,6 +183,12 @@ impl Budget {
         (self.lines, self.used)
     }
 
+    /// Whether a line of `cost` can be kept at all: then `Chat::make_room` always finds
+    /// room for it, taking lines from the largest backlogs.
+    pub fn could_fit(&self, cost: usize) -> bool {
+        cost <= self.max
+    }
+
     /// Whether `cost` more fits.
     pub fn fits(&self, cost: usize) -> bool {
         self.used + cost <= self.max
@@ -158,18 +196,22 @@ impl Budget {
 
     /// The owner of the largest backlog.
     pub fn largest(&self) -> Option<Rc<str>> {
-        self.by_size.last().map(|(_, o)| Rc::clone(o))
+        self.by_size.last().map(|(_, o)| Rc::clone(&o.0))
     }
 
     fn resize(&mut self, owner: &Rc<str>, old: usize, new: usize) {
         if old == new {
             return;
         }
+        let owner = Owner(Rc::clone(owner));
         if old > 0 {
-            self.by_size.remove(&(old, Rc::clone(owner)));
+            // By address: the owner must be the very `Rc` it was filed under (its user's or
+            // hold's id, which moves between them whole).
+            let filed = self.by_size.remove(&(old, owner.clone()));
+            debug_assert!(filed, "a backlog filed under another Rc: {}", owner.0);
         }
         if new > 0 {
-            self.by_size.insert((new, Rc::clone(owner)));
+            self.by_size.insert((new, owner));
         }
         self.used = self.used + new - old;
     }

@@ -4,9 +4,10 @@
 //! tell apart in a sans-serif face: `0`/`o`, and `1`/`l`/`I` (and with case folded, `i` and `L`
 //! too). `aIice`, `a1ice` and `alice` are one key, so a newcomer cannot pose as someone online.
 //!
-//! Each session gets a secret (128 random bits) in its welcome, as a base64url token: it is
-//! what takes the id back after a lost connection (see `resume`). Without it a second
-//! connection could kick a user (by flooding it) and take its id in the next millisecond.
+//! Each session gets a secret (128 bits) in its welcome, as a base64url token: it is what
+//! takes the id back after a lost connection (see `resume`). Without it a second connection
+//! could kick a user (by flooding it) and take its id in the next millisecond. A session's
+//! secret is derived, not stored (`Secrets`): 16 bytes less in every connection.
 
 use data_encoding::BASE64URL_NOPAD;
 
@@ -24,7 +25,39 @@ pub fn fold(b: u8) -> u8 {
     }
 }
 
-/// A resume secret: 128 random bits.
+/// Derives each session's resume secret: HMAC-SHA256, under a key drawn from the OS at
+/// start-up, of the connection's generation (unique to it among the process's connections
+/// until 2^32 more have come) and the id, cut to 128 bits. Unguessable without the key, like
+/// a random secret, and computed when needed (the welcome, a replacement, the hold) instead
+/// of kept in every connection. A hold keeps its secret itself: the connection is gone.
+pub struct Secrets {
+    key: [u8; 32],
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(&new_secret());
+        key[16..].copy_from_slice(&new_secret());
+        Secrets { key }
+    }
+}
+
+impl Secrets {
+    /// The secret of the session of `id` on the connection of `generation`.
+    pub fn of(&self, generation: u32, id: &str) -> Secret {
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        mac.update(&generation.to_le_bytes());
+        mac.update(id.as_bytes());
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+        s
+    }
+}
+
+/// A resume secret: 128 bits.
 pub type Secret = [u8; 16];
 
 /// A fresh secret from the OS's randomness. If that ever fails, `RandomState` (also seeded by
@@ -60,6 +93,17 @@ pub fn parse_token(t: &str) -> Option<Secret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sessions_secret_is_fixed_by_its_connection_and_id_and_unguessable_without_the_key() {
+        let (k, other) = (Secrets::default(), Secrets::default());
+        assert_eq!(k.of(7, "alice"), k.of(7, "alice"), "derived again, the same");
+        let all = [k.of(7, "alice"), k.of(8, "alice"), k.of(7, "alicf"), other.of(7, "alice")];
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| a != b), "{i}: another connection, id or key");
+        }
+        assert_ne!(k.of(7, "alice"), [0u8; 16]);
+    }
 
     #[test]
     fn confusables_and_case_fold_to_one_key() {

@@ -24,55 +24,60 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(), ErrorCode> {
-        self.deliver_to(&key(to), from, None, line, now, sink)
+        let k = key(to);
+        let at = match self.users.get(to) {
+            Some((t, _)) => At::Here(t as usize),
+            None => At::Held(&k),
+        };
+        self.deliver_to(at, &Rc::from(from), None, line, now, sink)
     }
 
     /// Numbers `line` (the sender's copy of a private message from `from`, `cid` its id for
-    /// the message) for local user `k`, connected or away, and delivers it and keeps it
-    /// until acknowledged. No room to keep it (the recipient's own bounds, or the budget with
-    /// nothing left to take from larger backlogs): refused, `recipient_busy` if connected
-    /// (it is not acknowledging), `undelivered` if away.
+    /// the message) for local user `at`, connected or away, and delivers it and keeps it
+    /// until acknowledged. No room to keep it (the recipient's own bounds, or more than the
+    /// whole budget): refused, `recipient_busy` if connected (it is not acknowledging),
+    /// `undelivered` if away. A connected recipient is offered the line before the budget
+    /// makes room for it (larger backlogs giving lines up), so a refused offer costs nobody
+    /// else a line.
     pub(super) fn deliver_to(
         &mut self,
-        k: &str,
-        from: &str,
+        at: At<'_>,
+        from: &Rc<str>,
         cid: Option<&str>,
         line: &Bytes,
         now: Instant,
         sink: &mut impl Sink,
     ) -> Result<(), ErrorCode> {
-        let cid: Option<Rc<str>> = cid.map(|c| Rc::from(&c[..c.len().min(backlog::CID_MAX)]));
-        let (owner, pseq, token) = if let Some((t, u)) = self.users.get_mut(k) {
-            let p = u.private.get_or_insert_with(Box::default);
-            (Rc::clone(&u.id), p.pseq + 1, Some(t as usize))
-        } else if let Some(a) = self.holds.get_mut(k, now) {
-            (Rc::clone(&a.id), a.private.pseq + 1, None)
-        } else {
+        let (token, refusal) = match at {
+            At::Here(t) => (Some(t), ErrorCode::RecipientBusy),
+            At::Held(_) => (None, ErrorCode::Undelivered),
+        };
+        let Some((owner, p)) = recipient(&mut self.users, &mut self.holds, at, now) else {
             return Err(ErrorCode::UnknownRecipient);
         };
-        let refusal = if token.is_some() { ErrorCode::RecipientBusy } else { ErrorCode::Undelivered };
+        let owner = Rc::clone(owner);
+        let pseq = p.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
-        let kept = Kept { pseq, line: copy.clone(), from: Rc::from(from), cid };
+        let cid: Option<Rc<str>> = cid.map(|c| Rc::from(&c[..c.len().min(backlog::CID_MAX)]));
+        let kept = Kept { pseq, line: copy, from: Rc::clone(from), cid };
         let cost = kept.cost();
-        let room = private_of(&mut self.users, &mut self.holds, k, now).is_some_and(|p| {
-            self.backlog.make_room_in(&owner, p, cost);
-            p.has_room(cost)
-        });
-        if !room || !self.make_room(cost, sink) {
+        self.backlog.make_room_in(&owner, p, cost);
+        if !p.has_room(cost) || !self.backlog.could_fit(cost) {
             return Err(refusal);
         }
-        if let Some(t) = token {
-            // The recipient is judged by what it does, not by what others send it: if it
-            // cannot take this now, the sender hears so and nobody is disconnected.
-            if !sink.offer(t, &copy) {
-                return Err(ErrorCode::RecipientBusy);
-            }
+        // The recipient is judged by what it does, not by what others send it: if it cannot
+        // take this now, the sender hears so and nobody is disconnected.
+        if let Some(t) = token
+            && !sink.offer(t, &kept.line)
+        {
+            return Err(ErrorCode::RecipientBusy);
         }
-        let Some(p) = private_of(&mut self.users, &mut self.holds, k, now) else {
-            return Err(refusal);
-        };
+        let made = self.make_room(cost, sink);
+        debug_assert!(made, "a cost within the budget always finds room");
+        // Looked up again: making room may have taken lines from this very backlog.
+        let Some((_, p)) = recipient(&mut self.users, &mut self.holds, at, now) else { return Err(refusal) };
         p.number();
-        let from = Rc::clone(&kept.from);
+        let copy = kept.line.clone();
         self.backlog.keep(&owner, p, kept);
         if let Some(t) = token {
             if !p.asked {
@@ -85,7 +90,7 @@ impl Chat {
                 to: owner,
                 pseq,
                 copy,
-                from,
+                from: Rc::clone(from),
                 line: line.clone(),
             });
         }
@@ -96,7 +101,7 @@ impl Chat {
     pub(super) fn private(
         &mut self,
         token: usize,
-        from: &str,
+        from: &Rc<str>,
         to: &str,
         text: &str,
         cid: Option<&str>,
@@ -104,12 +109,18 @@ impl Chat {
         now: Instant,
         sink: &mut impl Sink,
     ) -> Outcome {
-        let k = key(to);
-        // The recipient's id as its owner typed it, and its connection if it has one.
-        let here = self.users.get(&k).map(|(t, u)| (Rc::clone(&u.id), Some(t as usize)));
-        let found = here.or_else(|| self.holds.get_mut(&k, now).map(|a| (Rc::clone(&a.id), None)));
-        let Some((rcpt, rcpt_token)) = found else {
-            return match self.remote.get(k.as_str()) {
+        // The recipient's id as its owner typed it, and where it is: the user index folds
+        // case and confusables itself, so only a held or remote recipient needs the key.
+        let k;
+        let found = match self.users.get(to) {
+            Some((t, u)) => Some((Rc::clone(&u.id), At::Here(t as usize))),
+            None => {
+                k = key(to);
+                self.holds.get_mut(&k, now).map(|a| (Rc::clone(&a.id), At::Held(&k)))
+            }
+        };
+        let Some((rcpt, at)) = found else {
+            return match self.remote.get(key(to).as_str()) {
                 _ if self.nodes == Nodes::Down => {
                     let code = ErrorCode::ClusterUnavailable;
                     refuse(sink, token, protocol::error(code, Some(to)), code)
@@ -126,12 +137,13 @@ impl Chat {
                 }
             };
         };
+        let to_self = matches!(at, At::Here(t) if t == token);
         // The sender's copy; the recipient's carries its `pseq`.
         let line = protocol::private_message(from, &rcpt, text, ts);
-        if let Err(code) = self.deliver_to(&k, from, cid, &line, now, sink) {
+        if let Err(code) = self.deliver_to(at, from, cid, &line, now, sink) {
             return refuse(sink, token, protocol::error(code, Some(&rcpt)), code);
         }
-        if rcpt_token != Some(token) {
+        if !to_self {
             sink.push(token, &line);
         }
         Outcome::Private
@@ -203,15 +215,24 @@ impl Chat {
     }
 }
 
-/// The private backlog of local user `k`, connected or in its grace.
-pub(super) fn private_of<'a>(
+/// Where a private message's recipient is: connected here (its connection) or held in its
+/// grace (its key).
+#[derive(Clone, Copy)]
+pub(super) enum At<'k> {
+    Here(usize),
+    Held(&'k str),
+}
+
+/// The id and private backlog of the recipient at `at` (a connected user's backlog made if it
+/// has none yet).
+fn recipient<'a>(
     users: &'a mut Users,
     holds: &'a mut Holds,
-    k: &str,
+    at: At<'_>,
     now: Instant,
-) -> Option<&'a mut Private> {
-    match users.get_mut(k) {
-        Some((_, u)) => u.private.as_deref_mut(),
-        None => holds.get_mut(k, now).map(|a| &mut a.private),
+) -> Option<(&'a Rc<str>, &'a mut Private)> {
+    match at {
+        At::Here(t) => users.with_private(t as u32),
+        At::Held(k) => holds.get_mut(k, now).map(|a| (&a.id, &mut a.private)),
     }
 }

@@ -164,7 +164,11 @@ impl Chat {
                 if let Some(line) = self.mute_error(from, None, Some(&to), ts) {
                     return refuse(sink, token, line, ErrorCode::Muted);
                 }
-                self.private(token, from, &to, text, cid, ts, now, sink)
+                let sender = match self.users.by_token(token as u32) {
+                    Some(u) => Rc::clone(&u.id),
+                    None => Rc::from(from),
+                };
+                self.private(token, &sender, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {
                 if let (Some(may), Some(name)) = (may, protocol::room_name(&room))

@@ -85,12 +85,14 @@ impl Server {
         presented: Option<&crate::chat::ids::Secret>,
         now: Instant,
     ) -> bool {
-        let oc = &mut self.net.conns[old];
-        let Phase::Ws(os) = &mut oc.phase else { return false };
-        if presented.is_none_or(|p| *p != os.resume) || !oc.peer.is(Flag::Joined) {
+        let oc = &self.net.conns[old];
+        if !matches!(oc.phase, Phase::Ws(_)) || !oc.peer.is(Flag::Joined) {
             return false;
         }
         let Some(user) = self.chat.id_of(old) else { return false };
+        if presented.is_none_or(|p| *p != self.secrets.of(oc.generation, user)) {
+            return false;
+        }
         info!(target: "chatloop::session", "session replaced id={user} peer={}", oc.addr);
         // Ended as every session ends (`leave`): the user held, its secret and rate-limit
         // bucket handed to the id (and to Redis), before the new connection's join looks.
@@ -197,8 +199,8 @@ impl Server {
             Granted::Yes(b) => *b,
             _ => None,
         };
+        let secret = self.secrets.of(self.net.conns[token].generation, id);
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
-        let secret = s.resume;
         let (presented, pseq) = s.take_asked().map_or((None, 0), |a| (Some(a.secret), a.pseq));
         let entry = entry_of(s);
         match self.chat.join_as(id, token, &secret, presented.as_ref(), pseq, entry, now, &mut self.net) {
@@ -255,8 +257,8 @@ impl Server {
         carried: Option<Bucket>,
         now: Instant,
     ) {
+        let secret = self.secrets.of(self.net.conns[token].generation, id);
         let Phase::Ws(s) = &mut self.net.conns[token].phase else { return };
-        let secret = s.resume;
         let pseq = s.take_asked().map_or(0, |a| a.pseq);
         let entry = entry_of(s);
         let t = match self.chat.take_over(id, token, &secret, pseq, backlog, entry, &mut self.net) {
@@ -332,7 +334,7 @@ impl Server {
         let emptied = if left {
             self.chat.leave(&id)
         } else {
-            self.chat.lose(&id, s.resume, now + self.cfg.resume_grace);
+            self.chat.lose(&id, self.secrets.of(conn.generation, &id), now + self.cfg.resume_grace);
             self.net.stats.ids_held += 1;
             Vec::new()
         };
@@ -351,8 +353,8 @@ impl Server {
         self.bucket_to_id(key, bucket, now);
         if left {
             self.cluster_left(&id, &emptied, now);
-        } else if let Phase::Ws(s) = &self.net.conns[token].phase {
-            let secret = s.resume;
+        } else if let Phase::Ws(_) = &self.net.conns[token].phase {
+            let secret = self.secrets.of(self.net.conns[token].generation, &id);
             self.cluster_lost(&id, &secret, now);
         }
     }

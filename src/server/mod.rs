@@ -7,9 +7,11 @@
 //!    per-turn budget); mark writable ones pending; note signals;
 //! 3. fire due timers (handshake, ping, idle, close grace);
 //! 4. settle: send the turn's presence batch, close slow consumers, write handshakes and HTTP
-//!    responses at once and every other pending outbox when the flush window is due (one
-//!    `writev` per frame), remove finished connections; repeat until nothing changes, because
-//!    a removal's `leave` can fill someone else's queue.
+//!    responses at once and every other pending outbox unless the loop is busy (it wrote
+//!    less than `--flush-interval` ago: then once per window, `flush.rs`; one `writev` per
+//!    frame), remove finished
+//!    connections; repeat until nothing changes, because a removal's `leave` can fill
+//!    someone else's queue.
 //!
 //! Fairness: each connection gets a bounded share of a turn (`READ_BUDGET` bytes and
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
@@ -18,6 +20,7 @@
 pub mod api;
 mod cluster;
 mod events;
+mod flush;
 mod join;
 pub mod moderation;
 mod net;
@@ -86,9 +89,13 @@ pub struct Server {
     /// `signin::VERIFY_BUDGET` a turn.
     verifying: std::collections::VecDeque<signin::Waiting>,
     accept_paused_until: Option<Instant>,
-    /// When the pending outboxes are written (see `settle`).
+    /// When the pending outboxes are written (see `flush.rs`), and when the loop must wake
+    /// to write those it held.
+    flush: flush::Flush,
     flush_due: Option<Instant>,
     next_generation: u32,
+    /// Each session's resume secret, derived from its connection's generation and its id.
+    secrets: crate::chat::ids::Secrets,
     shutdown: Shutdown,
     /// Scale-out through Redis (`--redis`).
     cluster: Option<crate::cluster::Cluster>,
@@ -127,6 +134,9 @@ fn now_millis() -> u64 {
 
 impl Server {
     pub fn new(cfg: Config, listener: TcpListener, max_conns: usize) -> io::Result<Server> {
+        // A timer entry names its connection in 26 bits (67 million: far past any open-file
+        // limit this loop could use).
+        let max_conns = max_conns.min(crate::timers::MAX_TOKENS);
         let poll = Poll::new()?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -193,8 +203,10 @@ impl Server {
             again: Vec::new(),
             verifying: Default::default(),
             accept_paused_until: None,
+            flush: flush::Flush::new(cfg.flush_interval),
             flush_due: None,
             next_generation: 0,
+            secrets: Default::default(),
             shutdown: Shutdown::Running,
             cluster,
             redis_again: false,
@@ -405,9 +417,9 @@ impl Server {
     }
 
     fn fire_timers(&mut self, now: Instant, ts: u64) {
-        while let Some((at, token, generation)) = self.timers.pop_due(now) {
+        while let Some((at, token)) = self.timers.pop_due(now) {
             let Some(conn) = self.net.conns.get_mut(token) else { continue };
-            if conn.generation != generation || conn.timer_at != Some(Stamp::of(at)) {
+            if conn.timer_at != Some(Stamp::of(at)) {
                 continue; // stale: the connection is gone or has a newer entry
             }
             conn.timer_at = None;
@@ -478,11 +490,13 @@ impl Server {
         }
     }
 
-    /// Runs the end-of-turn work until it stops producing more. Outboxes are written when the
-    /// flush window that their first line opened has passed (at once with a zero window), so
-    /// that under load each socket gets one `writev` per window rather than one per message.
+    /// Runs the end-of-turn work until it stops producing more. Pending outboxes are written
+    /// at the end of the turn that filled them, unless the loop is busy writing: then once
+    /// per window of `--flush-interval` (see `flush.rs`), so that under load each socket gets
+    /// one `writev` for many lines rather than one per line.
     fn settle(&mut self, now: Instant, ts: u64) {
-        let flush = self.cfg.flush_interval.is_zero() || self.flush_due.is_some_and(|t| t <= now);
+        let flush = self.flush.due(now);
+        let mut wrote = false;
         loop {
             self.ended_early(now);
             self.chat.pump(now, &mut self.net);
@@ -492,20 +506,33 @@ impl Server {
             for token in std::mem::take(&mut self.net.overflowed) {
                 self.drop_slow(token, now);
             }
+            // What the turn told Redis goes before what it tells clients: a client that has
+            // read its welcome or its close may act on another node at once, and Redis must
+            // have had the claim or the leave first (the one link is read in order).
+            let link_failed = self.cluster_flush(now);
             for token in std::mem::take(&mut self.net.urgent) {
                 self.write(token, now);
             }
             if flush {
+                // Only bytes written make the loop busy: a pending queue may have gone out
+                // already with its handshake (`urgent`) or early at its soft cap.
+                let before = self.net.stats.bytes_sent;
                 for token in std::mem::take(&mut self.net.pending) {
                     self.write(token, now);
                 }
+                wrote |= self.net.stats.bytes_sent != before;
             }
-            if self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty() {
+            let settled =
+                self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty();
+            if settled && !link_failed {
                 break;
             }
             for token in std::mem::take(&mut self.doomed) {
                 self.remove(token);
             }
+        }
+        if wrote {
+            self.flush.wrote(now);
         }
         if self.cluster_flush(now) {
             return self.settle(now, ts); // the link failed: settle what that queued (once more)
@@ -513,17 +540,7 @@ impl Server {
         for token in std::mem::take(&mut self.net.later) {
             self.net.mark_pending(token);
         }
-        self.flush_due = match (self.net.pending.is_empty(), self.flush_due) {
-            (true, _) => None,
-            (false, Some(t)) if !flush => Some(t),
-            // Zero window: a blocked write is woken by writability; a budget-cut one must not
-            // wait for an event that will not come.
-            (false, _) if self.cfg.flush_interval.is_zero() => {
-                let budgeted = self.net.pending.iter().any(|t| !self.net.conns[*t].is(Flag::WantWritable));
-                budgeted.then_some(now)
-            }
-            (false, _) => Some(now + self.cfg.flush_interval),
-        };
+        self.flush_due = self.flush.wake(!self.net.pending.is_empty(), now);
     }
 
     /// The `/metrics` body; gauges are counted here, not kept on the hot path.

@@ -25,8 +25,8 @@ pub(super) struct Net {
     pub(super) pending: Vec<usize>,
     /// Connections that went over their queue cap this turn.
     pub(super) overflowed: Vec<usize>,
-    /// Connections whose output should not wait for the flush window: HTTP responses and the
-    /// 101 (with its welcome). The window is for coalescing chat lines, not for handshakes.
+    /// Connections whose output never waits for a busy loop's interval (`flush.rs`): HTTP
+    /// responses and the 101 (with its welcome). The wait is for coalescing chat lines.
     pub(super) urgent: Vec<usize>,
     /// Connections whose write stopped at `WRITE_BUDGET`: pending again from the next turn.
     pub(super) later: Vec<usize>,
@@ -152,7 +152,7 @@ impl Server {
         let Some(c) = self.net.conns.get_mut(token) else { return };
         let at = c.deadline(self.cfg.handshake_timeout, self.cfg.idle_timeout);
         if c.timer_at.is_none_or(|t| !t.reached(at)) {
-            let when = self.timers.schedule(at.instant(now), token, c.generation);
+            let when = self.timers.schedule(at.instant(now), token);
             c.timer_at = Some(Stamp::of(when));
         }
     }

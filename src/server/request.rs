@@ -163,7 +163,6 @@ impl Server {
             reader: crate::ws::Reader::with_input(rest),
             bucket,
             control: Bucket::new(super::session::CONTROL_RATE, now),
-            resume: crate::chat::ids::new_secret(),
             extra: presented.map(|secret| {
                 Box::new(crate::conn::Extra {
                     asked: Some(crate::conn::Asked { secret, pseq }),

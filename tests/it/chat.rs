@@ -263,18 +263,41 @@ fn socket_with_small_rcvbuf(addr: std::net::SocketAddr) -> std::net::TcpStream {
 }
 
 #[test]
-fn lines_arriving_within_the_flush_window_share_one_frame() {
-    let s = Server::start(&["--rate-limit", "0", "--flush-interval", "0.3"]);
+fn a_lone_line_on_a_quiet_server_goes_at_once_and_lines_while_it_is_busy_share_a_frame() {
+    // A long interval: had the line waited for it, the round trip would take 2 s.
+    let s = Server::start(&["--rate-limit", "0", "--flush-interval", "2"]);
     let mut a = s.join("alice");
-    let mut b = s.join("bob");
+    let t0 = std::time::Instant::now();
+    a.send(&json!({"text": "zero"}));
+    let texts = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        lines.into_iter().filter(|l| l["type"] == "message").map(|l| l["text"].clone()).collect()
+    };
+    assert_eq!(texts(a.lines()), vec![json!("zero")]);
+    let rtt = t0.elapsed();
+    assert!(rtt < Duration::from_secs(1), "a lone line waited {rtt:?} for the interval");
+    // The loop has just written: lines now wait for the interval, and share its write.
     a.send(&json!({"text": "one"}));
     std::thread::sleep(Duration::from_millis(50));
     a.send(&json!({"text": "two"}));
-    let t0 = std::time::Instant::now();
-    let texts: Vec<_> =
-        b.lines().into_iter().filter(|l| l["type"] == "message").map(|l| l["text"].clone()).collect();
-    assert_eq!(texts, vec![json!("one"), json!("two")], "two messages 50 ms apart, one frame");
-    assert!(t0.elapsed() < Duration::from_millis(600));
+    assert_eq!(texts(a.lines()), vec![json!("one"), json!("two")], "two lines 50 ms apart, one frame");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "held until the interval after the last write");
+}
+
+#[test]
+fn a_burst_read_in_one_turn_reaches_each_recipient_in_one_frame() {
+    // Every turn writes (no interval): the frames one read brought are still one batch.
+    let s = Server::start(&["--rate-limit", "0", "--flush-interval", "0"]);
+    let mut a = s.join("alice");
+    let mut b = s.join("bob");
+    assert_eq!(a.next_any()["type"], "join", "bob's arrival, before the burst");
+    let burst: Vec<u8> =
+        (0..20).flat_map(|i| masked(0x1, json!({"text": format!("b{i}")}).to_string().as_bytes())).collect();
+    a.ws.get_mut().write_all(&burst).unwrap();
+    let want: Vec<_> = (0..20).map(|i| json!(format!("b{i}"))).collect();
+    for c in [&mut a, &mut b] {
+        let texts: Vec<_> = c.lines().into_iter().map(|l| l["text"].clone()).collect();
+        assert_eq!(texts, want, "20 messages in one write: one frame each");
+    }
 }
 
 #[test]

@@ -231,13 +231,13 @@ impl History {
     /// Changes log `key` through `f`, keeping its charge, the totals and `order` true.
     fn edit<R>(&mut self, key: usize, f: impl FnOnce(&mut Log) -> R) -> R {
         let log = &mut self.logs[key];
-        self.order.unfile(key as u32, log);
+        let was = order::Place::of(log);
         let (charged, lines) = (log.charged, log.lines.len());
         let r = f(log);
         log.charged = log.charge();
         self.bytes = self.bytes - charged + log.charged;
         self.lines = self.lines - lines + log.lines.len();
-        self.order.file(key as u32, log);
+        self.order.refile(key as u32, was, log);
         r
     }
 

@@ -25,28 +25,60 @@ pub(super) struct Order {
     live: BTreeSet<(usize, u32)>,
 }
 
+/// Where a log is filed: what `Order` keys it by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    Idle(Instant),
+    Live(usize),
+    /// A live log with no line: nothing to shed.
+    Nowhere,
+}
+
+impl Place {
+    pub fn of(log: &Log) -> Place {
+        match log.idle_since {
+            Some(t) => Place::Idle(t),
+            None if !log.lines.is_empty() => Place::Live(log.charged),
+            None => Place::Nowhere,
+        }
+    }
+}
+
 impl Order {
     pub fn file(&mut self, key: u32, log: &Log) {
-        match log.idle_since {
-            Some(t) => {
+        match Place::of(log) {
+            Place::Idle(t) => {
                 self.idle.insert((t, key));
             }
-            None if !log.lines.is_empty() => {
-                self.live.insert((log.charged, key));
+            Place::Live(c) => {
+                self.live.insert((c, key));
             }
-            None => {}
+            Place::Nowhere => {}
         }
     }
 
     pub fn unfile(&mut self, key: u32, log: &Log) {
-        match log.idle_since {
-            Some(t) => {
+        self.remove(key, Place::of(log));
+    }
+
+    fn remove(&mut self, key: u32, place: Place) {
+        match place {
+            Place::Idle(t) => {
                 self.idle.remove(&(t, key));
             }
-            None if !log.lines.is_empty() => {
-                self.live.remove(&(log.charged, key));
+            Place::Live(c) => {
+                self.live.remove(&(c, key));
             }
-            None => {}
+            Place::Nowhere => {}
+        }
+    }
+
+    /// Files log `key` again after a change, if it moved from `was`: a full log whose new
+    /// line is as long as the one it pushed out (most of a busy room's lines) stays put.
+    pub fn refile(&mut self, key: u32, was: Place, log: &Log) {
+        if Place::of(log) != was {
+            self.remove(key, was);
+            self.file(key, log);
         }
     }
 
