@@ -51,6 +51,11 @@ const REDIS: Token = Token(usize::MAX - 2);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// After EMFILE/ENFILE, how long to wait before accepting again (unless a socket frees first).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most this many connections accepted a turn; the rest wait in the kernel's backlog for the
+/// next turn (a zero poll timeout). A storm of connects then costs each turn a bounded share
+/// (each accepted one's request, 101 and join come in later turns, at most this many a turn),
+/// so those already chatting are not stalled behind thousands of handshakes.
+const ACCEPT_BUDGET: usize = 64;
 /// `compact` runs when the last connection goes, if more than this many came since the last.
 const IDLE_COMPACT_ABOVE: usize = 64;
 /// How long after the last handshake or room join the heap is trimmed (`trim_heap`): a crowd
@@ -88,6 +93,8 @@ pub struct Server {
     /// `--auth token`: upgrades waiting for their token's check, first come first checked,
     /// `signin::VERIFY_BUDGET` a turn.
     verifying: std::collections::VecDeque<signin::Waiting>,
+    /// When to accept again: after EMFILE (`ACCEPT_BACKOFF`), or at once when a turn's
+    /// `ACCEPT_BUDGET` was spent with connections still waiting.
     accept_paused_until: Option<Instant>,
     /// When the pending outboxes are written (see `flush.rs`), and when the loop must wake
     /// to write those it held.

@@ -3,7 +3,7 @@
 //! `Sink`), accepting, the write with its judgement of slow consumers, and removal. With the
 //! rest of `server/`, the only code that registers, deregisters or removes client sockets.
 
-use super::{ACCEPT_BACKOFF, IDLE_COMPACT_ABOVE, Server, give_back_free_heap};
+use super::{ACCEPT_BACKOFF, ACCEPT_BUDGET, IDLE_COMPACT_ABOVE, Server, give_back_free_heap};
 use crate::chat::Sink;
 use crate::conn::{Conn, Flag, Phase, WRITE_BUDGET};
 use crate::http::{self, Status};
@@ -105,7 +105,7 @@ impl Sink for Net {
 impl Server {
     pub(super) fn accept_all(&mut self, now: Instant) {
         self.accept_paused_until = None;
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
                 Ok((sock, addr)) => self.admit(sock, addr, now),
@@ -120,6 +120,9 @@ impl Server {
                 Err(e) => debug!("accept: {e}"),
             }
         }
+        // Budget spent before WouldBlock: edge-triggered, the listener will not wake us for
+        // those still waiting, so the next turn comes at once and accepts more.
+        self.accept_paused_until = Some(now);
     }
 
     pub(super) fn admit(&mut self, mut sock: TcpStream, addr: std::net::SocketAddr, now: Instant) {
