@@ -100,6 +100,9 @@ pub enum Answer {
     /// A moderation action for the server to take (it closes connections and tells the
     /// cluster); its `Done` or refusal is the answer (`server/moderation.rs`).
     Moderate(moderate::Action),
+    /// A room's history to read from Redis (a cluster): the server asks it (`cluster::READ`)
+    /// and answers with `read::shared` when the reply comes.
+    Read(Box<crate::cluster::Read>),
     /// `GET /api/events`: the connection becomes an event stream consumer
     /// (`server/events.rs`).
     Stream,

@@ -2,10 +2,15 @@
 //! is bounded: at most `--max-rooms` rooms (`?limit=` takes fewer), `MAX_MEMBERS` members,
 //! `MAX_LINES` history lines (`--history` per room caps them anyway), `MAX_ROOMS_OF_USER`
 //! rooms of a user.
+//!
+//! In a cluster a room's history (its lines, `seq` and `epoch`) is Redis's: `room` and
+//! `history` answer `Answer::Read`, the server asks Redis (`cluster::READ`) and answers with
+//! `shared` when the reply comes, or 503 `cluster_unavailable` if it cannot be had.
 
 use super::{Answer, Call, Cx, fail, ok};
-use crate::chat::Sink;
-use crate::chat::backend::Presence;
+use crate::chat::backend::{Presence, replay_from};
+use crate::chat::{Chat, Sink};
+use crate::cluster::{Read, Shared};
 use crate::http::Status;
 use crate::protocol;
 use serde::Serialize;
@@ -99,17 +104,29 @@ pub fn room<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         Ok(n) => n,
         Err(a) => return a,
     };
-    match cx.chat.room_view(&name, n) {
-        Some(v) => ok(&RoomAnswer {
-            room: &v.name,
-            users: &v.listing.users,
-            away: &v.listing.away,
-            total: v.listing.total,
-            seq: v.seq,
-            epoch: &v.epoch,
-        }),
-        None => fail(Status::NotFound, "not_found", "no such room (no members and no history)"),
+    if cx.broker.clustered() {
+        let read = Read { room: name.as_str().into(), since: 0, epoch: None, limit: 0, members: Some(n) };
+        return Answer::Read(Box::new(read));
     }
+    room_answer(cx.chat, &name, n, None)
+}
+
+/// Room `name` with at most `n` members listed, in the `seq` and `epoch` Redis has for it
+/// (`shared`; this node's copy's without).
+fn room_answer(chat: &Chat, name: &str, n: usize, shared: Option<(u64, &str)>) -> Answer {
+    let view = chat.room_view(name, n);
+    let (seq, epoch) = match (&view, shared) {
+        (_, Some((seq, epoch))) => (seq, epoch),
+        (Some(v), None) => (v.seq, &*v.epoch),
+        (None, None) => {
+            return fail(Status::NotFound, "not_found", "no such room (no members and no history)");
+        }
+    };
+    let (users, away, total) = match &view {
+        Some(v) => (&v.listing.users[..], &v.listing.away[..], v.listing.total),
+        None => (&[][..], &[][..], 0),
+    };
+    ok(&RoomAnswer { room: name, users, away, total, seq, epoch })
 }
 
 /// `GET /api/history?room=R[&since=S&epoch=E][&limit=N]` → `{"room","epoch","gap"?,"lines"}`:
@@ -133,19 +150,50 @@ pub fn history<S: Sink>(call: &Call<'_>, cx: &mut Cx<'_, S>) -> Answer {
         Ok(n) => n,
         Err(a) => return a,
     };
+    if cx.broker.clustered() {
+        let epoch = epoch.as_deref().map(std::rc::Rc::from);
+        let read = Read { room: room.as_str().into(), since, epoch, limit: n, members: None };
+        return Answer::Read(Box::new(read));
+    }
     let Some((epoch, gap, lines)) = cx.chat.history_view(&room, since, epoch.as_deref(), n) else {
         return fail(Status::NotFound, "not_found", "no history for that room");
     };
+    history_answer(&room, &epoch, gap, &lines)
+}
+
+/// The answer to `read` from Redis's copy of its room (`shared`; None: Redis could not be
+/// asked, did not answer within `--redis-timeout`, or answered nonsense).
+pub fn shared(chat: &Chat, read: &Read, shared: Option<Shared>) -> Answer {
+    let Some(s) = shared else { return unavailable() };
+    let known = !s.epoch.is_empty();
+    if let Some(n) = read.members {
+        return room_answer(chat, &read.room, n, known.then_some((s.latest, s.epoch.as_str())));
+    }
+    if !known {
+        return fail(Status::NotFound, "not_found", "no history for that room");
+    }
+    let same = read.epoch.as_deref().is_none_or(|e| *e == *s.epoch);
+    let (_, gap) = replay_from(read.since, same, s.first, s.latest + 1);
+    history_answer(&read.room, &s.epoch, gap, &s.lines)
+}
+
+/// A read Redis cannot answer: this node's copy may lack lines, so it is not the answer.
+pub fn unavailable() -> Answer {
+    let why = "Redis cannot be reached or did not answer: the cluster's history cannot be read now";
+    fail(Status::Unavailable, "cluster_unavailable", why)
+}
+
+/// `{"room","epoch","gap"?,"lines"}`.
+fn history_answer(room: &str, epoch: &str, gap: Option<u64>, lines: &[impl AsRef<[u8]>]) -> Answer {
     // The lines go in as they are kept: valid JSON objects, copied, never re-encoded.
-    let mut body =
-        serde_json::to_vec(&HistoryHead { room: &room, epoch: &epoch, gap }).expect("serializable");
+    let mut body = serde_json::to_vec(&HistoryHead { room, epoch, gap }).expect("serializable");
     body.pop(); // the closing brace
     body.extend_from_slice(b",\"lines\":[");
     for (i, l) in lines.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(l);
+        body.extend_from_slice(l.as_ref());
     }
     body.extend_from_slice(b"]}");
     Answer::Json(Status::Ok, body)

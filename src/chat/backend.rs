@@ -202,9 +202,7 @@ impl Chat {
         let log = self.history.get(name)?;
         let (first, next) = (log.first(), log.next());
         let same = epoch.is_none_or(|e| *e == *log.epoch);
-        let from = if same { since.saturating_add(1) } else { first };
-        let gap = (!same || (from < first && from < next)).then_some(first);
-        let start = from.max(first);
+        let (start, gap) = replay_from(since, same, first, next);
         let lines = (start..next).take(limit).filter_map(|s| log.line(s)).collect();
         Some((Rc::clone(&log.epoch), gap, lines))
     }
@@ -229,4 +227,13 @@ impl Chat {
         let (id, rooms) = (Rc::clone(&a.id), a.rooms.clone());
         Presence::Away { id, rooms: names(&mut rooms.into_iter(), self) }
     }
+}
+
+/// Where a read of a log kept from `first` to `next - 1` starts for a reader at `since`
+/// (`same`: in the log's epoch), and the `gap` it gets (the first seq kept) when `since` is no
+/// longer reached or its epoch is not the log's: one rule for this node's logs and Redis's.
+pub fn replay_from(since: u64, same: bool, first: u64, next: u64) -> (u64, Option<u64>) {
+    let from = if same { since.saturating_add(1) } else { first };
+    let gap = (!same || (from < first && from < next)).then_some(first);
+    (from.max(first), gap)
 }

@@ -55,6 +55,12 @@ pub trait Broker {
     /// Whether a join whose replay the node's mirror cannot answer should ask the shared
     /// history first (see `chat::fetch`).
     fn shares_history(&self) -> bool;
+
+    /// Whether a shared history exists at all (a cluster, its link up or not): the API's
+    /// history reads are Redis's to answer (`cluster::Read`), or refused while it is away.
+    fn clustered(&self) -> bool {
+        false
+    }
 }
 
 /// One node: the room's history numbers its messages.
@@ -98,5 +104,9 @@ impl Broker for Cluster {
 
     fn shares_history(&self) -> bool {
         self.is_up()
+    }
+
+    fn clustered(&self) -> bool {
+        true
     }
 }

@@ -25,10 +25,12 @@
 
 mod events;
 mod msg;
+mod read;
 mod scripts;
 
 pub use events::{EVENTS_CHANNEL, parse_event};
 pub use msg::{Msg, new_node_id, payload, roster_fields};
+pub use read::{READ, Read, Shared};
 pub use scripts::{
     ALL, CLAIM, CLAIM_CHUNK, FETCH, JOIN, KEEP, KEY_PREFIX, LEFT, LOST, MOD_DEL, MOD_LOAD, MOD_PUT, NUMBER,
     RELEASE, RESUME, channel_room, node_channel, room_channel,
@@ -147,6 +149,13 @@ pub enum Await {
         token: usize,
         generation: u32,
         body: Vec<u8>,
+    },
+    /// A backend API read of a room's history (`READ`), for connection `token` of
+    /// `generation`.
+    Read {
+        token: usize,
+        generation: u32,
+        read: Box<Read>,
     },
     /// An event appended through `EMIT` (type and data): if the link fails before it was
     /// written, it is sent again once the link is back.

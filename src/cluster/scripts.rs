@@ -243,7 +243,7 @@ fn user_keys(id: &str) -> [String; 5] {
 }
 
 /// Room `room`'s keys: its seq counter, its epoch and its history list.
-fn room_keys(room: &str) -> [String; 3] {
+pub(super) fn room_keys(room: &str) -> [String; 3] {
     [ROOM_SEQ_PREFIX, ROOM_EPOCH_PREFIX, ROOM_HISTORY_PREFIX].map(|p| format!("{p}{room}"))
 }
 

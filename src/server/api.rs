@@ -7,7 +7,7 @@
 //! ```text
 //! Request ─(Route::Api)─ admit ─┬─ refused: 401 405 411 413 415 400, Connection: close
 //!                               └─ Phase::Api: body read ─ api::dispatch ─┬─ answered ─▶ Request (next)
-//!                                                                         └─ Pending: waiting ─ api_published ─▶ answered
+//!                                                                         └─ Pending: waiting ─ api_published, api_later ─▶ answered
 //! ```
 //!
 //! `api_dispatch` is where the loop acts on an `api::Answer`: one arm per kind.
@@ -202,8 +202,10 @@ impl Server {
                 answer = api::fail(Status::Unavailable, "cluster_unavailable", why);
             }
         }
-        if let Answer::Moderate(action) = answer {
-            answer = self.api_moderate(action, token, generation, now, ts);
+        match answer {
+            Answer::Moderate(action) => answer = self.api_moderate(action, token, generation, now, ts),
+            Answer::Read(read) => answer = self.cluster_read(read, token, generation),
+            _ => {}
         }
         // What the loop does with each kind of answer: a new kind (a stream, a disconnect)
         // is one more arm here.
@@ -216,7 +218,7 @@ impl Server {
                 self.net.conns[token].phase = Phase::Api(call);
                 self.api_answer(token, status, &body, now, ts);
             }
-            Answer::Moderate(_) => unreachable!("api_moderate answers with Json or Pending"),
+            Answer::Moderate(_) | Answer::Read(_) => unreachable!("answered with Json or Pending above"),
             // The connection becomes an event stream consumer (`server/events.rs`).
             Answer::Stream => self.open_stream(token, &call.req, now, ts),
         }

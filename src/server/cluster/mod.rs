@@ -16,7 +16,7 @@ use crate::chat::backend::Posted;
 use crate::chat::fetch::Kept;
 use crate::chat::ids::key;
 use crate::cluster::{
-    ALL, Await, EVENTS_CHANNEL, KEY_PREFIX, Msg, Sent, Ticket, channel_room, node_channel, payload,
+    ALL, Await, EVENTS_CHANNEL, KEY_PREFIX, Msg, Sent, Shared, Ticket, channel_room, node_channel, payload,
 };
 use crate::protocol::ErrorCode;
 use crate::redis::{Input, error_text, frame_number};
@@ -154,6 +154,9 @@ impl Server {
                         Await::Private { from, to, cid } => self.tell(&from, code, Some(&to), cid.as_deref()),
                         Await::Room(t) => self.room_failed(&t, code, now),
                         Await::Fetch { generation, fetch } => self.fetch_done(generation, &fetch, None),
+                        Await::Read { token, generation, read } => {
+                            self.read_done(token, generation, &read, None, now)
+                        }
                         Await::Answer { token, generation, .. } => {
                             self.api_unkept(token, generation, code == ErrorCode::ClusterUnconfirmed, now)
                         }
@@ -220,6 +223,13 @@ impl Server {
                     warn!("cluster: could not read room {}'s history from Redis: {frame:?}", fetch.room);
                 }
                 self.fetch_done(generation, &fetch, kept);
+            }
+            Await::Read { token, generation, read } => {
+                let shared = Shared::of(&frame);
+                if shared.is_none() {
+                    warn!("cluster: could not read room {}'s history from Redis: {frame:?}", read.room);
+                }
+                self.read_done(token, generation, &read, shared, now);
             }
             Await::Room(t) => self.room_numbered(&t, frame, now),
             Await::Claim { token, generation, id } => {

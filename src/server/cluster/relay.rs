@@ -1,16 +1,18 @@
 //! Relaying chat over Redis: private messages to users on other
-//! nodes or kept in Redis for users in their grace, joins waiting for a room's history, and
-//! the errors their senders get.
+//! nodes or kept in Redis for users in their grace, joins and backend API reads waiting for a
+//! room's history, and the errors their senders get.
 
 use super::super::Server;
+use crate::api::{self, Answer};
 use crate::chat::Sink;
 use crate::chat::fetch::{Fetch, Kept};
 use crate::chat::ids::key;
-use crate::cluster::{Await, node_channel, payload};
+use crate::cluster::{Await, Read, Shared, node_channel, payload};
 use crate::conn::Flag;
 use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
 use std::rc::Rc;
+use std::time::Instant;
 
 impl Server {
     /// Sends local user `id` (if still here) an error about a message it sent (with the
@@ -117,6 +119,39 @@ impl Server {
             .is_some_and(|c| c.generation == generation && !c.peer.is(Flag::Closing))
         {
             self.chat.fetched(f, kept, &mut self.net);
+        }
+    }
+
+    /// A backend's read of a room's history (`Answer::Read`) for connection `token` of
+    /// `generation`: `Pending` once asked of Redis (`cluster::READ`), or 503 now if the link
+    /// is down or cannot take it (this node's copy may lack lines: it is not the answer).
+    pub(in crate::server) fn cluster_read(
+        &mut self,
+        read: Box<Read>,
+        token: usize,
+        generation: u32,
+    ) -> Answer {
+        match &mut self.cluster {
+            Some(c) if c.is_up() => match c.read(token, generation, read) {
+                true => Answer::Pending,
+                false => api::read::unavailable(),
+            },
+            _ => api::read::unavailable(),
+        }
+    }
+
+    /// Redis answered a backend's read (`shared` None: it failed, or the link went down or
+    /// stalled before it did): the answer goes to the connection, if it still waits.
+    pub(in crate::server) fn read_done(
+        &mut self,
+        token: usize,
+        generation: u32,
+        read: &Read,
+        shared: Option<Shared>,
+        now: Instant,
+    ) {
+        if let Answer::Json(status, body) = api::read::shared(&self.chat, read, shared) {
+            self.api_later(token, generation, status, &body, now);
         }
     }
 }

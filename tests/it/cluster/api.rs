@@ -80,3 +80,67 @@ fn a_publish_during_a_redis_stall_gets_one_answer_and_its_line_one_number() {
     // Nothing more comes for it: the connection's next answer is the next request's.
     assert_eq!(api.get("/api/users/alice").json()["status"], "online");
 }
+
+#[test]
+fn a_node_with_no_member_in_a_room_reads_its_history_and_seq_from_redis() {
+    let Some(mut redis) = Redis::start() else { return };
+    let key = key_file();
+    let flags = ["--api-key", &key, "--history", "4", "--redis-timeout", "0.5"];
+    let a = node(&redis, "15", &flags);
+    let b = node(&redis, "15", &flags);
+    let mut alice = join_seen(&a, "alice", &b, 1.0);
+    let (mut api_a, mut api_b) = (Conn::open(&a), Conn::open(&b));
+    let say = |alice: &mut crate::util::Client, text: &str| {
+        alice.send(&json!({"text": text}));
+        until_text(alice, text); // numbered by Redis before it comes back
+    };
+    let texts = |v: &serde_json::Value| -> Vec<String> {
+        v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
+    };
+    for t in ["m1", "m2", "m3"] {
+        say(&mut alice, t);
+    }
+    // Node B never heard the room (no member there): its answers are Redis's, the same as A's.
+    let room_a = api_a.get("/api/rooms/lobby").json();
+    let epoch = room_a["epoch"].as_str().unwrap().to_string();
+    let r = api_b.get("/api/rooms/lobby");
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let room_b = r.json();
+    assert_eq!((&room_b["seq"], &room_b["epoch"]), (&json!(3), &room_a["epoch"]), "{room_b} vs {room_a}");
+    assert_eq!(room_b["users"], json!(["alice"]), "members as this node knows them: {room_b}");
+    let v = api_b.get("/api/history?room=lobby").json();
+    assert_eq!((texts(&v), v.get("gap")), (vec!["m1".into(), "m2".into(), "m3".into()], None), "{v}");
+    assert_eq!((&v["epoch"], &v["lines"][0]["seq"]), (&json!(epoch), &json!(1)), "{v}");
+
+    // Past --history: a gap when the log no longer reaches `since`, on both nodes alike.
+    for t in ["m4", "m5", "m6"] {
+        say(&mut alice, t);
+    }
+    assert_eq!(api_b.get("/api/rooms/lobby").json()["seq"], 6);
+    for q in [
+        "/api/history?room=lobby".to_string(),
+        format!("/api/history?room=lobby&since=1&epoch={epoch}"),
+        format!("/api/history?room=lobby&since=4&epoch={epoch}"),
+        format!("/api/history?room=lobby&since=3&epoch={epoch}&limit=2"),
+        "/api/history?room=lobby&since=5&epoch=other".to_string(),
+    ] {
+        assert_eq!(api_b.get(&q).json(), api_a.get(&q).json(), "{q}");
+    }
+    let v = api_b.get(&format!("/api/history?room=lobby&since=1&epoch={epoch}")).json();
+    assert_eq!(
+        (v["gap"].as_u64(), texts(&v)),
+        (Some(3), vec!["m3".into(), "m4".into(), "m5".into(), "m6".into()])
+    );
+    let v = api_b.get(&format!("/api/history?room=lobby&since=3&epoch={epoch}&limit=2")).json();
+    assert_eq!((v.get("gap"), texts(&v)), (None, vec!["m4".into(), "m5".into()]), "{v}");
+    let r = api_b.get("/api/history?room=nowhere");
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+
+    // Redis gone: this node's copy is not the cluster's, so the read is refused, not guessed.
+    redis.kill();
+    for q in ["/api/history?room=lobby", "/api/rooms/lobby"] {
+        let r = api_b.get(q);
+        assert_eq!((r.status, r.code().as_str()), (503, "cluster_unavailable"), "{q}");
+    }
+    assert_eq!(api_b.get("/api/rooms").status, 200, "the connection goes on");
+}
