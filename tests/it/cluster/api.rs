@@ -136,7 +136,14 @@ fn a_node_with_no_member_in_a_room_reads_its_history_and_seq_from_redis() {
     let r = api_b.get("/api/history?room=nowhere");
     assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
 
-    // Redis gone: this node's copy is not the cluster's, so the read is refused, not guessed.
+    // Redis stalls with the read past --redis-timeout, then is gone: this node's copy is not
+    // the cluster's, so the read is refused, not guessed.
+    let pid = redis.child.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let r = api_b.get("/api/history?room=lobby");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!((r.status, r.code().as_str()), (503, "cluster_unavailable"), "a stall");
     redis.kill();
     for q in ["/api/history?room=lobby", "/api/rooms/lobby"] {
         let r = api_b.get(q);
