@@ -91,7 +91,7 @@ pub struct Server {
     /// Connections whose input was not read to WouldBlock (read budget spent).
     again: Vec<usize>,
     /// `--auth token`: upgrades waiting for their token's check, first come first checked,
-    /// `signin::VERIFY_BUDGET` a turn.
+    /// `signin::VERIFY_TIME` a turn.
     verifying: std::collections::VecDeque<signin::Waiting>,
     /// When to accept again: after EMFILE (`ACCEPT_BACKOFF`), or at once when a turn's
     /// `ACCEPT_BUDGET` was spent with connections still waiting.
