@@ -199,9 +199,10 @@ impl Queue {
         }
     }
 
-    /// This turn's facts, in the order they happened.
-    pub fn take(&mut self) -> Vec<Fact> {
-        std::mem::take(&mut self.facts)
+    /// This turn's facts, in the order they happened; the queue keeps its capacity, so a busy
+    /// stream does not allocate a new one every turn.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Fact> {
+        self.facts.drain(..)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -153,7 +153,7 @@ impl Server {
         let Some(streams) = &mut self.events else { return };
         if self.cluster.is_some() {
             // Numbered by Redis: they come back on the channel, into the log, in one order.
-            for fact in self.chat.events.take() {
+            for fact in self.chat.events.drain() {
                 if streams.outgoing.len() >= self.cfg.events_keep {
                     streams.counters.dropped += 1;
                     continue;
@@ -162,7 +162,7 @@ impl Server {
             }
             self.cluster_emit();
         } else {
-            for fact in self.chat.events.take() {
+            for fact in self.chat.events.drain() {
                 streams.log.append(&fact, ts);
             }
         }

@@ -302,8 +302,7 @@ fn rosters_replace_a_nodes_users_and_rooms_and_a_dead_node_takes_its_users_along
 fn facts(c: &mut Chat) -> Vec<String> {
     use crate::events::Fact;
     c.events
-        .take()
-        .into_iter()
+        .drain()
         .map(|f| match f {
             Fact::Online(id) => format!("online {id}"),
             Fact::Offline(id) => format!("offline {id}"),
