@@ -186,11 +186,11 @@ Flags:
   --shutdown-grace SECS       on SIGTERM/SIGINT, close every session with 1001 and drain
                               queues for up to this long; a second signal exits at once
                               [default: 2]
-  --flush-interval SECS       while the server is busy (it wrote less than 4 times this
-                              ago), a line waits up to this long, and lines that arrive
-                              meanwhile share one frame and one writev. A quiet server
-                              writes at the end of the turn a line came in; 0 writes every
-                              loop turn [default: 0.005]
+  --flush-interval SECS       a line for a client written less than half this long ago
+                              waits until this long after that write, and lines that
+                              arrive meanwhile share one frame and one writev; any other
+                              line goes at the end of the loop turn it came in; 0 never
+                              holds a line [default: 0.005]
   --redis URL                 join a cluster of chatloop processes through Redis 6 or newer:
                               redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; room messages,
                               private messages and presence span every process sharing

@@ -24,6 +24,8 @@ pub const MAX_LINES: usize = 64;
 const NEWLINE: &[u8] = b"\n";
 /// Frames of up to this many lines are written through a small iovec array.
 const SMALL_FRAME: usize = 4;
+/// A frame with at most this many bytes left is copied into one buffer for its write.
+const GATHER: usize = 1024;
 /// An unmasked server frame header is at most 10 bytes (2 + 8-byte length).
 const HEAD_MAX: usize = 10;
 
@@ -317,6 +319,18 @@ impl Queue {
         let (n, total) = self.iovecs(frame, &mut iov);
         let mut slices = &mut iov[..n];
         IoSlice::advance_slices(&mut slices, frame.written as usize);
+        let left = total - frame.written as usize;
+        if left <= GATHER && slices.len() > 1 {
+            // A small frame (most are a line or two) is copied into one buffer and sent as
+            // such: the kernel's iovec import and its per-segment copy cost more than the copy.
+            let mut buf = [0u8; GATHER];
+            let mut at = 0;
+            for s in slices.iter() {
+                buf[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            return (w.write(&buf[..at]), total);
+        }
         (w.write_vectored(slices), total)
     }
 

@@ -1,163 +1,132 @@
-//! When the loop writes the queues lines went to: at the end of the turn that queued them,
-//! unless the loop is busy writing.
+//! When the loop writes a connection's queued lines: at the end of the turn that queued them,
+//! unless that connection was written moments ago; and how much of a turn writing may take
+//! before the loop reads again.
 //!
 //! Holding a line pays only when another is coming for the same client before it would go:
-//! then both share one frame and one `writev`. On a quiet server nothing is coming, and the
-//! hold would be latency bought for nothing, so a line goes out at the end of the turn it
-//! arrived in (as Redis writes before it sleeps: whatever one poll returned is one batch).
-//! Once the loop writes often, lines keep coming, and holding them saves the kernel's
-//! per-call work, which is most of the server's CPU under load. The loop counts as busy while
-//! its last write was less than `QUIET` intervals (`--flush-interval`) ago; then the first
-//! line held opens a window of one interval, and the lines that arrive in it share its write
-//! (the fixed window every line waited for before issue 26, which under load batches as many
-//! lines per write). So a line waits at most `--flush-interval`, and only on a busy loop.
+//! then both share one frame and one `writev`, and on loopback a write costs the same ~1-5 µs
+//! of kernel time whatever it carries (88% of the server's CPU at 500k deliveries/s). Whether
+//! more is coming is a property of the client, not of the loop: a member of a busy room gets
+//! a line every few milliseconds while a member of a quiet one, on the same busy server, gets
+//! one a minute. So the decision is made per connection from its own recent past: a line for
+//! a connection written less than half an interval (`--flush-interval`) ago waits until an
+//! interval after that write, and the lines arriving meanwhile share its write. Every other
+//! line is written at the end of the turn it came in (as Redis writes before it sleeps:
+//! whatever one poll returned is one batch). So a lone line on an idle server goes out in the
+//! turn it arrived; a client getting lines further apart than half an interval never waits;
+//! one getting them faster gets about one `writev` an interval, each line waiting at most
+//! 1.25 intervals (the loop wakes for held lines at most four times an interval).
 //!
-//! Why not less: timing the window from the last write (a throttle) wrote a third more often
-//! at 500 msg/s, and so did calling the loop quiet after a single interval without a write
-//! (gaps of 5 to 20 ms are common at 200 to 500 messages a second, each then costing one more
-//! `writev` per client): counted with `perf stat -e syscalls:sys_enter_writev`.
+//! Before issue 26's end the loop as a whole was called busy when it had written in the last
+//! four intervals, and then every line waited for a window: fanning out to 100 rooms of 10 at
+//! 20k deliveries/s, each line waited ~5 ms although no client got a second line within it
+//! (p99 17x uWebSockets' for no saving of CPU). Holding until the end of a global tick (every
+//! client written in it waits for its end) batched more but held clients whose lines come
+//! about an interval apart for up to an interval each time (p99 2x uWebSockets' at 200k/s).
+//!
+//! A pass over the pending connections writes at least `PASS_CHUNK` of them a turn and at
+//! least a quarter of them; the rest go first in the next turn, which polls without sleeping.
+//! So a message that arrives while a fan-out to a thousand sockets is being written is read
+//! within the pass, and the clients not yet written get both lines in one `writev`.
 //!
 //! Handshakes skip this (`Net::urgent`), and a queue reaching its soft cap is written at once
 //! (`Peer::make_room`): holding bytes the kernel would take is what made readers look slow.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How many intervals without a write make the loop quiet (its next line goes at once).
-pub(super) const QUIET: u32 = 4;
+/// At least this many connections are written in one turn (and at least a quarter of those
+/// pending, so that a pass ends within four turns however much the turns read); the pass goes
+/// on in the next turn, after the loop has read what arrived meanwhile.
+pub(super) const PASS_CHUNK: usize = 128;
 
-/// The write decision: the interval (`--flush-interval`), when the loop last wrote, and since
-/// when lines have been held.
-#[derive(Debug)]
+/// The hold decision: the interval (`--flush-interval`), which connections were written
+/// less than half an interval ago, and the lines held until the window's end.
+#[derive(Debug, Default)]
 pub(super) struct Flush {
-    /// How long since the last write counts as busy, and how long a busy loop holds lines.
     interval: Duration,
-    /// When the pending queues were last written; `None` before the first write.
-    last: Option<Instant>,
-    /// When the first line now held was held: the window it opened ends `interval` later.
-    held: Option<Instant>,
+    /// One bit a token: written less than half an interval ago (a few KiB at `--max-conns`).
+    hot: Vec<u64>,
+    /// The writes that made tokens hot, oldest first, to cool them half an interval later:
+    /// at most one entry a hot token (plus ones left by `cool`, popped in time).
+    written: VecDeque<(Instant, u32)>,
+    /// Connections with lines waiting for the window's end (still flagged pending). Each is
+    /// on it once: a held connection is on no other list until its release.
+    held: Vec<usize>,
+    /// When the window the first held line opened ends.
+    window_end: Option<Instant>,
+}
+
+fn is_hot(bits: &[u64], token: usize) -> bool {
+    bits.get(token / 64).is_some_and(|w| w & (1 << (token % 64)) != 0)
 }
 
 impl Flush {
     pub(super) fn new(interval: Duration) -> Flush {
-        Flush { interval, last: None, held: None }
+        Flush { interval, ..Flush::default() }
     }
 
-    /// Whether the loop wrote less than `QUIET` intervals before `now`.
-    fn busy(&self, now: Instant) -> bool {
-        self.last.is_some_and(|t| now.saturating_duration_since(t) < self.interval * QUIET)
+    /// How many connections to write this turn, with `pending` on the list.
+    pub(super) fn chunk(pending: usize) -> usize {
+        PASS_CHUNK.max(pending.div_ceil(4))
     }
 
-    /// Whether the pending queues are written at the end of this turn: once the window the
-    /// first held line opened has passed; with none held, unless the loop is busy.
-    pub(super) fn due(&self, now: Instant) -> bool {
-        match self.held {
-            Some(h) => now.saturating_duration_since(h) >= self.interval,
-            None => !self.busy(now),
+    /// Moves the clock to `now`: tokens written half an interval ago or more are no longer
+    /// hot, and once the window has ended the held connections go to the front of `pending`,
+    /// ahead of anything queued since.
+    pub(super) fn tick(&mut self, now: Instant, pending: &mut Vec<usize>) {
+        while let Some(&(at, token)) = self.written.front() {
+            if now < at + self.interval / 2 {
+                break;
+            }
+            self.written.pop_front();
+            self.cool(token as usize);
+        }
+        if self.window_end.is_some_and(|t| now >= t) {
+            self.window_end = None;
+            self.held.append(pending);
+            std::mem::swap(&mut self.held, pending);
         }
     }
 
-    /// The pending queues were written at `now`.
-    pub(super) fn wrote(&mut self, now: Instant) {
-        self.last = Some(now);
-        self.held = None;
+    /// Whether `token`'s lines wait for the window's end (then it is kept in `held`, and the
+    /// first one held opens the window).
+    pub(super) fn hold(&mut self, token: usize, now: Instant) -> bool {
+        let hot = is_hot(&self.hot, token);
+        if hot {
+            self.held.push(token);
+            self.window_end.get_or_insert(now + self.interval);
+        }
+        hot
     }
 
-    /// When the loop must wake to write queues still pending after this turn (none if
-    /// nothing is pending): at once on a quiet loop (lines queued after its write, or a write
-    /// cut by its budget, `WRITE_BUDGET`), else when the window of the first held line ends.
-    pub(super) fn wake(&mut self, pending: bool, now: Instant) -> Option<Instant> {
-        if !pending {
-            self.held = None;
-            return None;
+    /// `token` was written at `now`: it is hot for half an interval. With no interval nothing
+    /// is ever held, so nothing is recorded.
+    pub(super) fn wrote(&mut self, token: usize, now: Instant) {
+        if self.interval.is_zero() || is_hot(&self.hot, token) {
+            return;
         }
-        if let Some(h) = self.held {
-            // The window holds even if the loop has turned quiet meanwhile: its end is due.
-            return Some(h + self.interval);
+        let word = token / 64;
+        if self.hot.len() <= word {
+            self.hot.resize(word + 1, 0);
         }
-        if !self.busy(now) {
-            return Some(now);
+        self.hot[word] |= 1 << (token % 64);
+        self.written.push_back((now, token as u32));
+    }
+
+    /// `token` is not hot now: half an interval has passed, its write was cut by
+    /// `WRITE_BUDGET` and must go on next turn, or it was removed and its token may be reused.
+    pub(super) fn cool(&mut self, token: usize) {
+        if let Some(w) = self.hot.get_mut(token / 64) {
+            *w &= !(1 << (token % 64));
         }
-        self.held = Some(now);
-        Some(now + self.interval)
+    }
+
+    /// When the loop must wake to write: at once if a pass was cut (or a write by its
+    /// budget), else when the window ends if a line is held, else never.
+    pub(super) fn wake(&self, pending: bool, now: Instant) -> Option<Instant> {
+        if pending { Some(now) } else { self.window_end.filter(|_| !self.held.is_empty()) }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn a_lone_line_on_a_quiet_loop_is_written_in_the_turn_it_came() {
-        let t0 = Instant::now();
-        let mut f = Flush::new(5 * MS);
-        assert!(f.due(t0), "never written: nothing to wait for");
-        f.wrote(t0);
-        // No write for QUIET intervals: the next line goes at once, however long the interval.
-        assert!(!f.due(t0 + 19 * MS), "busy: written 19 ms ago");
-        assert!(f.due(t0 + 20 * MS) && f.due(t0 + 60_000 * MS));
-        let mut long = Flush::new(Duration::from_secs(3600));
-        assert!(long.due(t0));
-        long.wrote(t0);
-        assert!(long.due(t0 + Duration::from_secs(4 * 3600)));
-    }
-
-    #[test]
-    fn while_the_loop_writes_often_a_held_line_opens_a_window_of_the_interval() {
-        let t0 = Instant::now();
-        let mut f = Flush::new(5 * MS);
-        f.wrote(t0);
-        // A line 1 ms after a write is held: its window ends 5 ms later, not 5 ms after the
-        // write, so that lines under load share writes as they did with a fixed window.
-        assert!(!f.due(t0 + MS));
-        assert_eq!(f.wake(true, t0 + MS), Some(t0 + 6 * MS));
-        assert_eq!(f.wake(true, t0 + 3 * MS), Some(t0 + 6 * MS), "the window is the first line's");
-        assert!(!f.due(t0 + 5 * MS) && f.due(t0 + 6 * MS));
-        f.wrote(t0 + 6 * MS);
-        // Lines every millisecond: one write per 6 ms (the window, and the line that opens
-        // the next one), each line waiting at most 5 ms.
-        let (mut writes, mut longest, mut first_held) = (0, Duration::ZERO, None::<Instant>);
-        for ms in 7..=102u32 {
-            let now = t0 + ms * MS;
-            let due = f.due(now);
-            if due {
-                f.wrote(now);
-                writes += 1;
-                longest = longest.max(first_held.take().map_or(Duration::ZERO, |h| now - h));
-            } else {
-                first_held.get_or_insert(now);
-            }
-            f.wake(!due, now);
-        }
-        assert_eq!((writes, longest), (16, 5 * MS), "96 ms of lines");
-        assert_eq!(f.wake(false, t0 + 103 * MS), None, "nothing pending, nothing to wake for");
-        // Quiet again for QUIET intervals: the next line goes at once.
-        assert!(!f.due(t0 + 102 * MS + 19 * MS) && f.due(t0 + 102 * MS + 20 * MS));
-        // A window ends when it ends, however often the loop wakes meanwhile.
-        let mut f = Flush::new(5 * MS);
-        f.wrote(t0);
-        assert_eq!(f.wake(true, t0 + 4 * MS), Some(t0 + 9 * MS));
-        assert!(!f.due(t0 + 6 * MS));
-        assert_eq!(f.wake(true, t0 + 6 * MS), Some(t0 + 9 * MS));
-        assert!(f.due(t0 + 9 * MS));
-    }
-
-    #[test]
-    fn a_zero_interval_writes_every_turn_and_budget_cut_writes_go_on_next_turn() {
-        let t0 = Instant::now();
-        let mut f = Flush::new(Duration::ZERO);
-        f.wrote(t0);
-        assert!(f.due(t0));
-        assert_eq!(f.wake(true, t0), Some(t0));
-        // With an interval, what is left after its write's budget waits for a window; on a
-        // loop quiet for the interval, it goes at once.
-        let mut f = Flush::new(5 * MS);
-        f.wrote(t0);
-        assert_eq!(f.wake(true, t0), Some(t0 + 5 * MS));
-        let mut f = Flush::new(5 * MS);
-        f.wrote(t0);
-        assert_eq!(f.wake(true, t0 + 20 * MS), Some(t0 + 20 * MS));
-        assert_eq!(Flush::new(5 * MS).wake(true, t0), Some(t0));
-    }
-}
+mod tests;

@@ -7,11 +7,10 @@
 //!    per-turn budget); mark writable ones pending; note signals;
 //! 3. fire due timers (handshake, ping, idle, close grace);
 //! 4. settle: send the turn's presence batch, close slow consumers, write handshakes and HTTP
-//!    responses at once and every other pending outbox unless the loop is busy (it wrote
-//!    less than `--flush-interval` ago: then once per window, `flush.rs`; one `writev` per
-//!    frame), remove finished
-//!    connections; repeat until nothing changes, because a removal's `leave` can fill
-//!    someone else's queue.
+//!    responses at once and every other pending outbox unless it was written less than
+//!    `--flush-interval` ago (then once that long has passed, `flush.rs`), a chunk a turn
+//!    (one `writev` per frame); remove finished connections; repeat until nothing changes,
+//!    because a removal's `leave` can fill someone else's queue.
 //!
 //! Fairness: each connection gets a bounded share of a turn (`READ_BUDGET` bytes and
 //! `MESSAGE_BUDGET` messages read, `WRITE_BUDGET` bytes written), and a queue is judged after
@@ -96,8 +95,8 @@ pub struct Server {
     /// When to accept again: after EMFILE (`ACCEPT_BACKOFF`), or at once when a turn's
     /// `ACCEPT_BUDGET` was spent with connections still waiting.
     accept_paused_until: Option<Instant>,
-    /// When the pending outboxes are written (see `flush.rs`), and when the loop must wake
-    /// to write those it held.
+    /// Which connections were written less than `--flush-interval` ago, and which of them
+    /// hold lines (`flush.rs`); `flush_due` is when the loop must wake to write them.
     flush: flush::Flush,
     flush_due: Option<Instant>,
     next_generation: u32,
@@ -498,12 +497,13 @@ impl Server {
     }
 
     /// Runs the end-of-turn work until it stops producing more. Pending outboxes are written
-    /// at the end of the turn that filled them, unless the loop is busy writing: then once
-    /// per window of `--flush-interval` (see `flush.rs`), so that under load each socket gets
-    /// one `writev` for many lines rather than one per line.
+    /// at the end of the turn that filled them, unless written less than `--flush-interval`
+    /// ago (then once that long has passed, `flush.rs`), a chunk a turn: so that under load
+    /// each socket gets one `writev` for many lines rather than one per line, and a long
+    /// fan-out lets the loop read between its chunks.
     fn settle(&mut self, now: Instant, ts: u64) {
-        let flush = self.flush.due(now);
-        let mut wrote = false;
+        self.flush.tick(now, &mut self.net.pending);
+        let mut chunk = flush::Flush::chunk(self.net.pending.len());
         loop {
             self.ended_early(now);
             self.chat.pump(now, &mut self.net);
@@ -520,15 +520,7 @@ impl Server {
             for token in std::mem::take(&mut self.net.urgent) {
                 self.write(token, now);
             }
-            if flush {
-                // Only bytes written make the loop busy: a pending queue may have gone out
-                // already with its handshake (`urgent`) or early at its soft cap.
-                let before = self.net.stats.bytes_sent;
-                for token in std::mem::take(&mut self.net.pending) {
-                    self.write(token, now);
-                }
-                wrote |= self.net.stats.bytes_sent != before;
-            }
+            chunk = self.write_pending(chunk, now);
             let settled =
                 self.doomed.is_empty() && self.net.overflowed.is_empty() && self.net.urgent.is_empty();
             if settled && !link_failed {
@@ -538,16 +530,37 @@ impl Server {
                 self.remove(token);
             }
         }
-        if wrote {
-            self.flush.wrote(now);
-        }
         if self.cluster_flush(now) {
             return self.settle(now, ts); // the link failed: settle what that queued (once more)
         }
         for token in std::mem::take(&mut self.net.later) {
+            self.flush.cool(token); // cut by its budget, not hot: the rest goes next turn
             self.net.mark_pending(token);
         }
         self.flush_due = self.flush.wake(!self.net.pending.is_empty(), now);
+    }
+
+    /// Writes pending connections in order, holding the hot ones (`flush.rs`), until `chunk`
+    /// writes are done; what is left stays first on the list. Returns the chunk's remainder.
+    fn write_pending(&mut self, mut chunk: usize, now: Instant) -> usize {
+        let mut list = std::mem::take(&mut self.net.pending);
+        let mut done = 0;
+        for &token in &list {
+            if chunk == 0 {
+                break;
+            }
+            done += 1;
+            if self.flush.hold(token, now) {
+                continue;
+            }
+            self.write(token, now);
+            self.flush.wrote(token, now);
+            chunk -= 1;
+        }
+        list.drain(..done);
+        list.append(&mut self.net.pending);
+        self.net.pending = list;
+        chunk
     }
 
     /// The `/metrics` body; gauges are counted here, not kept on the hot path.

@@ -175,7 +175,7 @@ impl Server {
         conn.peer.clear(Flag::Pending);
         let peer = &mut conn.peer;
         let before = peer.out.queued();
-        let result = peer.out.drain(&mut peer.sock, WRITE_BUDGET);
+        let result = peer.out.drain(&mut Sendmsg(&peer.sock), WRITE_BUDGET);
         self.net.stats.bytes_sent +=
             (before - peer.out.queued()) as u64 + std::mem::take(&mut peer.early) as u64;
         let blocked = matches!(result, Ok(Drain::Blocked));
@@ -245,6 +245,7 @@ impl Server {
         }
         let _ = self.poll.registry().deregister(&mut conn.peer.sock);
         drop(conn);
+        self.flush.cool(token); // the token may be reused within the tick
         self.compact_if_idle(Instant::now());
         if self.accept_paused_until.is_some() {
             // A descriptor just came free: the connections waiting in the backlog can have it.
@@ -305,4 +306,24 @@ pub(super) fn would_block(e: &io::Error) -> bool {
 
 pub(super) fn out_of_fds(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// A socket written with `sendmsg(2)` rather than `writev(2)` (what `TcpStream`'s
+/// `write_vectored` calls): the same bytes, without `writev`'s file layer (the position lock
+/// check, `fsnotify` on every call), which the kernel runs even for sockets; `perf` put
+/// `vfs_writev` and `fdget_pos` at ~12% of the server's CPU in a fan-out at 20k/s.
+struct Sendmsg<'a>(&'a TcpStream);
+
+impl Write for Sendmsg<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(self.0).send(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        socket2::SockRef::from(self.0).send_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

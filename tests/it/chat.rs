@@ -263,24 +263,34 @@ fn socket_with_small_rcvbuf(addr: std::net::SocketAddr) -> std::net::TcpStream {
 }
 
 #[test]
-fn a_lone_line_on_a_quiet_server_goes_at_once_and_lines_while_it_is_busy_share_a_frame() {
-    // A long interval: had the line waited for it, the round trip would take 2 s.
-    let s = Server::start(&["--rate-limit", "0", "--flush-interval", "2"]);
+fn a_lone_line_goes_at_once_and_lines_for_a_client_written_within_the_interval_share_a_frame() {
+    // A long interval: had the lone line waited for it, the round trip would take 1.5 s.
+    let s = Server::start(&["--rate-limit", "0", "--flush-interval", "1.5"]);
     let mut a = s.join("alice");
-    let t0 = std::time::Instant::now();
-    a.send(&json!({"text": "zero"}));
+    let mut b = s.join("bob");
+    assert_eq!(a.next_any()["type"], "join", "bob's arrival");
+    // Nobody has been written for a whole interval: the server is quiet.
+    std::thread::sleep(Duration::from_millis(1600));
     let texts = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
         lines.into_iter().filter(|l| l["type"] == "message").map(|l| l["text"].clone()).collect()
     };
+    let t0 = std::time::Instant::now();
+    a.send(&json!({"text": "zero"}));
     assert_eq!(texts(a.lines()), vec![json!("zero")]);
+    assert_eq!(texts(b.lines()), vec![json!("zero")]);
     let rtt = t0.elapsed();
-    assert!(rtt < Duration::from_secs(1), "a lone line waited {rtt:?} for the interval");
-    // The loop has just written: lines now wait for the interval, and share its write.
+    assert!(rtt < Duration::from_millis(750), "a lone line waited {rtt:?} for the interval");
+    // Both were just written: their lines now wait until the interval has passed, and share a write.
     a.send(&json!({"text": "one"}));
     std::thread::sleep(Duration::from_millis(50));
     a.send(&json!({"text": "two"}));
     assert_eq!(texts(a.lines()), vec![json!("one"), json!("two")], "two lines 50 ms apart, one frame");
-    assert!(t0.elapsed() >= Duration::from_secs(2), "held until the interval after the last write");
+    assert_eq!(texts(b.lines()), vec![json!("one"), json!("two")], "the same for the other member");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "held until 1.5 s after the last write: {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
