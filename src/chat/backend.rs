@@ -91,10 +91,10 @@ impl Chat {
             None => Rc::from(room),
         };
         // The sender of a ticket is a connection's user; a backend is none (no id is "").
-        let sender: Rc<str> = Rc::from("");
+        let sender = "";
         let encode = |seq| protocol::system_message(&name, seq, from, text, ts);
         let post =
-            Post { room: &name, from: &sender, token, cid: None, api: Some(generation), encode: &encode };
+            Post { room: &name, from: sender, token, cid: None, api: Some(generation), encode: &encode };
         let (line, unconfirmed) = match broker.publish(&mut self.history, post) {
             Published::Now(line) => (line, None),
             Published::Unconfirmed(line) => (line, Some(ErrorCode::ClusterUnavailable)),
@@ -137,7 +137,7 @@ impl Chat {
         let text = self.text_ok(text)?;
         let k = key(to);
         let rcpt = match self.users.get(&k) {
-            Some((_, u)) => Rc::clone(&u.id),
+            Some((_, u)) => Rc::from(&*u.id),
             None => match self.holds.get_mut(&k, now) {
                 Some(a) => Rc::clone(&a.id),
                 None => {
@@ -215,7 +215,7 @@ impl Chat {
             rooms.take(limit).map(|rk| Rc::clone(&chat.rooms.room(rk as usize).name)).collect()
         };
         if let Some((_, u)) = self.users.get(&k) {
-            return Presence::Online { id: Rc::clone(&u.id), rooms: names(&mut u.rooms.iter(), self) };
+            return Presence::Online { id: Rc::from(&*u.id), rooms: names(&mut u.rooms.iter(), self) };
         }
         if let Some(r) = self.remote.get(k.as_str()) {
             return Presence::Online {

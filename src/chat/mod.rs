@@ -30,6 +30,7 @@ mod remote;
 pub mod resume;
 pub mod rooms;
 mod say;
+pub mod user_id;
 pub mod users;
 
 use crate::protocol::{self, ErrorCode};
@@ -389,7 +390,7 @@ impl Chat {
     }
 
     /// The id of the local user on connection `token`, if any.
-    pub fn id_of(&self, token: usize) -> Option<&Rc<str>> {
+    pub fn id_of(&self, token: usize) -> Option<&users::UserId> {
         self.users.by_token(token as u32).map(|u| &u.id)
     }
 

@@ -327,7 +327,7 @@ impl Rooms {
     }
 
     /// Local member `token` (id `id`) joins room `name`, which is created if need be.
-    pub fn join_local(&mut self, name: &str, token: u32, id: &Rc<str>) -> Joined {
+    pub fn join_local(&mut self, name: &str, token: u32, id: &str) -> Joined {
         let key = self.open(name);
         if self.slab[key].local.contains_key(&token) {
             return Joined { key, first_local: false };

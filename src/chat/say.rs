@@ -130,12 +130,9 @@ impl Chat {
                     return refuse(sink, token, line, ErrorCode::Muted);
                 }
                 self.log_of(rk);
-                let sender = match self.users.by_token(token as u32) {
-                    Some(u) => Rc::clone(&u.id),
-                    None => Rc::from(from),
-                };
+                let sender = self.users.by_token(token as u32).map_or(from, |u| &*u.id);
                 let encode = |seq| protocol::room_message(&room, seq, from, text, ts);
-                let post = Post { room: &room, from: &sender, token, cid, api: None, encode: &encode };
+                let post = Post { room: &room, from: sender, token, cid, api: None, encode: &encode };
                 match broker.publish(&mut self.history, post) {
                     Published::Now(line) => {
                         self.rooms.deliver(rk, &line, sink);
@@ -164,10 +161,7 @@ impl Chat {
                 if let Some(line) = self.mute_error(from, None, Some(&to), ts) {
                     return refuse(sink, token, line, ErrorCode::Muted);
                 }
-                let sender = match self.users.by_token(token as u32) {
-                    Some(u) => Rc::clone(&u.id),
-                    None => Rc::from(from),
-                };
+                let sender: Rc<str> = Rc::from(self.users.by_token(token as u32).map_or(from, |u| &*u.id));
                 self.private(token, &sender, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {
@@ -215,7 +209,7 @@ impl Chat {
         // Named before leaving: a room left empty is gone after `leave_local`.
         let room = Rc::clone(&self.rooms.room(rk).name);
         let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
-        self.events.record(|| Fact::Leave(room, Rc::clone(&u.id)));
+        self.events.record(|| Fact::Leave(room, Rc::from(&*u.id)));
         sink.push(token, line);
         Some(last_local)
     }

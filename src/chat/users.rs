@@ -4,17 +4,17 @@
 //! (see docs/performance.md, "Memory of one idle connection"). Two choices keep it small:
 //! - Slots are a `Vec` indexed by token (the server's slab key, so dense), reserved up front
 //!   for `--max-conns` like the connection slab: untouched pages cost no RSS, and a slot is
-//!   48 bytes with no hash table slack around it.
+//!   40 bytes with no hash table slack around it, the id inline in it up to 15 bytes.
 //! - The index by id key is a `hashbrown::HashTable` of tokens (4 bytes a bucket) that hashes
 //!   and compares the *folded* id in the slot (`ids::key` without building it): the id is
 //!   stored once, as typed, and a lookup allocates nothing.
 
 use crate::chat::ids::fold;
 use crate::chat::resume::Private;
+pub use crate::chat::user_id::UserId;
 use hashbrown::HashTable;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::rc::Rc;
 
 /// The rooms a user is in (keys of `Rooms`), in the order joined: the first two inline (they
 /// fill what would be the slot's padding, and nearly every user is in `lobby` and at most one
@@ -93,8 +93,8 @@ impl From<Vec<u32>> for RoomList {
 
 /// A local user; its slot's index is its connection's token.
 pub struct User {
-    /// The id as typed, shared with the connection's session.
-    pub id: Rc<str>,
+    /// The id as typed: inline up to 15 bytes (`UserId`), the connection's only copy.
+    pub id: UserId,
     pub rooms: RoomList,
     /// Its private messages' numbering and the last ones, for a resend on resume; boxed,
     /// since most users never get one.
@@ -177,15 +177,9 @@ impl Users {
 
     /// The id and private backlog of the user on connection `token`, the backlog made if it
     /// has none yet.
-    pub fn with_private(&mut self, token: u32) -> Option<(&Rc<str>, &mut Private)> {
+    pub fn with_private(&mut self, token: u32) -> Option<(&str, &mut Private)> {
         let u = self.slots.get_mut(token as usize)?.as_mut()?;
         Some((&u.id, u.private.get_or_insert_with(Box::default)))
-    }
-
-    /// The id and private backlog of the user on connection `token`, if it has one.
-    pub fn by_token_mut(&mut self, token: u32) -> Option<(&Rc<str>, &mut Private)> {
-        let u = self.slots.get_mut(token as usize)?.as_mut()?;
-        Some((&u.id, u.private.as_deref_mut()?))
     }
 
     /// Adds `user` on connection `token`; its id must be free (checked by the caller) and
@@ -230,7 +224,7 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> User {
-        User { id: Rc::from(id), rooms: RoomList::default(), private: None }
+        User { id: UserId::new(id), rooms: RoomList::default(), private: None }
     }
 
     #[test]
