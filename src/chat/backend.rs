@@ -179,7 +179,7 @@ impl Chat {
         let log = self.history.get(name);
         let (seq, epoch) = match (log, rk) {
             (Some(l), _) => (l.latest(), Rc::clone(&l.epoch)),
-            (None, Some(rk)) => (0, Rc::clone(&self.rooms.room(rk).epoch)),
+            (None, Some(rk)) => (0, Rc::from(self.rooms.room(rk).epoch())),
             (None, None) => return None,
         };
         let listing = match rk {

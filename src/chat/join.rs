@@ -329,7 +329,7 @@ impl Chat {
         // A room with no log has had no message: seq 0 in the room's own epoch.
         let (latest, first, next, epoch) = match self.history.get(&room) {
             Some(log) => (log.latest(), log.first(), log.next(), Rc::clone(&log.epoch)),
-            None => (0, 1, 1, Rc::clone(&self.rooms.room(rk).epoch)),
+            None => (0, 1, 1, Rc::from(self.rooms.room(rk).epoch())),
         };
         sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch, &self.users));
         // Where its replay starts; a gap first if some of what it asks for is gone.

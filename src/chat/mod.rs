@@ -21,6 +21,7 @@ pub mod broker;
 pub mod fetch;
 pub mod history;
 pub mod ids;
+pub mod members;
 mod join;
 pub use join::Entry;
 pub mod moderation;
@@ -450,7 +451,7 @@ impl Chat {
     /// Room `rk`'s history log, started in the room's epoch if it has none (see `Room::epoch`).
     fn log_of(&mut self, rk: usize) -> &history::Log {
         let room = self.rooms.room(rk);
-        self.history.open(&room.name, &room.epoch)
+        self.history.open(&room.name, room.epoch())
     }
 
     /// The epoch to offer Redis for room `name` (see `History::offer`), its log started first
