@@ -79,7 +79,10 @@ pub enum Members {
     Small(Vec<(u32, Member)>),
     Hash(HashMap<u32, Member, ByToken>),
     /// `len` of `slots` hold a member; the last slot always does.
-    Dense { slots: Vec<Member>, len: usize },
+    Dense {
+        slots: Vec<Member>,
+        len: usize,
+    },
 }
 
 impl Default for Members {
