@@ -160,7 +160,7 @@ impl Chat {
         };
         self.deliver_to(at, &Rc::from(API_SENDER), None, &line, now, sink)?;
         let pseq = match self.users.get(&k) {
-            Some((_, u)) => u.private.as_ref().map_or(0, |p| p.pseq),
+            Some((t, _)) => self.users.private_of(t).map_or(0, |p| p.pseq),
             None => self.holds.get_mut(&k, now).map_or(0, |a| a.private.pseq),
         };
         Ok(Sent::Here { to: rcpt, pseq })

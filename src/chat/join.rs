@@ -132,7 +132,7 @@ impl Chat {
                 self.todo.want_ack.push((token, now + backlog::ACK_DELAY));
             }
         }
-        self.users.insert(token as u32, User { id: UserId::new(&shared), rooms, private });
+        self.users.insert(token as u32, User { id: UserId::new(&shared), rooms }, private);
         Ok((shared, resumed))
     }
 
@@ -168,14 +168,14 @@ impl Chat {
     /// kept, since its user is the likeliest to come back. The hold ended is gone from chat
     /// at once (its id free, its rooms left); what it tells senders waits in `ended_early`.
     pub fn lose(&mut self, id: &str, secret: Secret, until: Instant) {
-        let Some((token, mut u)) = self.users.remove(id) else { return };
+        let Some((token, u, private)) = self.users.remove(id) else { return };
         let ukey: Rc<str> = Rc::from(key(id));
         // The hold's id: the backlog's own if it has one (one block fewer), else a new one.
-        let shared = u.private.as_ref().and_then(|p| p.owner().cloned()).unwrap_or_else(|| Rc::from(&*u.id));
+        let shared = private.as_ref().and_then(|p| p.owner().cloned()).unwrap_or_else(|| Rc::from(&*u.id));
         for room in u.rooms.iter() {
             self.rooms.set_away(room as usize, token, &ukey, &shared);
         }
-        let mut private = u.private.take().map_or_else(Private::default, |p| *p);
+        let mut private = private.map_or_else(Private::default, |p| *p);
         private.asked = false;
         if self.holds.len() >= self.limits.max_holds.max(1)
             && let Some((k, away)) = self.holds.take_oldest()
@@ -235,8 +235,8 @@ impl Chat {
     /// every room. Returns the rooms this node no longer has any member in.
     pub fn leave(&mut self, id: &str) -> Vec<Rc<str>> {
         let mut emptied = Vec::new();
-        if let Some((token, mut u)) = self.users.remove(id) {
-            if let Some(p) = &mut u.private {
+        if let Some((token, u, mut private)) = self.users.remove(id) {
+            if let Some(p) = &mut private {
                 // It closed itself: what it read, it read.
                 self.backlog.release(p);
             }

@@ -1,9 +1,9 @@
 //! A room's members on this node, by connection token, in the form that costs least for the
 //! room's size: what each membership costs is mostly this table's entry and slack.
 //!
-//! - `Small` (at most `SMALL` members): (token, member) pairs in join order, grown a few at a
-//!   time. A room of ten holds 12 entries of 8 bytes (112 bytes with malloc's header), where
-//!   the smallest hash table for ten took 176.
+//! - `Small` (at most `SMALL` members): (token, member) pairs in join order, room for 4, 12,
+//!   then 32. A room of ten holds 12 entries of 8 bytes (112 bytes with malloc's header),
+//!   where the smallest hash table for ten took 176.
 //! - `Hash`: keyed by token, as every room was. Tokens are assigned by the server, so no
 //!   client can make them collide: no per-table seed.
 //! - `Dense`: indexed by token, 4 bytes a token, for a room that most connections are in
@@ -134,8 +134,17 @@ impl Members {
         match self {
             Members::Small(v) if v.len() < SMALL => {
                 if v.len() == v.capacity() {
-                    // A few at a time: a small room's table is most of what it costs.
-                    v.reserve_exact(4);
+                    // 4, 12, then 32: a small room's table is most of what it costs, and each
+                    // step leaves the last one's block behind as a hole in the heap (grown 4 at
+                    // a time, a room of 100 left 8 of them: 12 bytes a member).
+                    let next = if v.is_empty() {
+                        4
+                    } else if v.len() < 12 {
+                        12
+                    } else {
+                        SMALL
+                    };
+                    v.reserve_exact(next - v.len());
                 }
                 v.push((token, member));
             }
@@ -182,7 +191,7 @@ impl Members {
                 let Some(i) = v.iter().position(|(t, _)| *t == token) else { return false };
                 // In order: a roster lists the members in join order.
                 v.remove(i);
-                if v.capacity() >= v.len() + 8 {
+                if v.capacity() > 2 * v.len() + 4 {
                     v.shrink_to(v.len() + 4);
                 }
                 true

@@ -112,8 +112,8 @@ impl Chat {
             }
         }
         let private = (private.pseq > 0).then(|| Box::new(private));
-        let user = User { id: UserId::new(&shared), rooms: kept.into(), private };
-        self.users.insert(token as u32, user);
+        let user = User { id: UserId::new(&shared), rooms: kept.into() };
+        self.users.insert(token as u32, user, private);
         Ok(TakenOver { id: shared, rooms })
     }
 

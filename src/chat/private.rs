@@ -163,8 +163,8 @@ impl Chat {
     pub(super) fn make_room(&mut self, cost: usize, sink: &mut impl Sink) -> bool {
         while !self.backlog.fits(cost) {
             let Some(largest) = self.backlog.largest() else { return false };
-            let p = match self.users.get_mut(&largest) {
-                Some((_, u)) => u.private.as_deref_mut(),
+            let p = match self.users.get(&largest) {
+                Some((t, _)) => self.users.private_by_token(t),
                 None => self.holds.get_any(&key(&largest)).map(|a| &mut a.private),
             };
             let Some(p) = p else {
