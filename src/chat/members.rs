@@ -7,8 +7,8 @@
 //! - `Hash`: keyed by token, as every room was. Tokens are assigned by the server, so no
 //!   client can make them collide: no per-table seed.
 //! - `Dense`: indexed by token, 4 bytes a token, for a room that most connections are in
-//!   (`lobby`): a member costs 4 to 8 bytes instead of a hash entry's 8 and the table's slack
-//!   (about 15 bytes a member at 10,000). Chosen when the hash table would grow and its
+//!   (`lobby`): a member costs 4 to 8 bytes (doubling growth; 6 at 10,000) instead of a hash
+//!   entry's 8 and the table's slack (about 15 bytes a member at 10,000). Chosen when the hash table would grow and its
 //!   tokens span at most twice its members; left when members fall below a quarter of the
 //!   span (so a table is never more than 4 times its members' 4 bytes).
 //!
@@ -173,9 +173,9 @@ impl Members {
             Members::Dense { slots, len } => {
                 let t = token as usize;
                 if t >= slots.len() {
-                    // Grown by an eighth, not doubled: this table is 4 bytes a connection.
-                    let more = (t + 1 - slots.len()).max(slots.len() / 8);
-                    slots.reserve_exact(more);
+                    // Doubled (Vec's own growth): grown by an eighth it saved 2 bytes a
+                    // connection, but its trail of freed blocks (8 times its size) left holes
+                    // that other rooms' tables pinned.
                     slots.resize(t + 1, ABSENT);
                 }
                 slots[t] = member;
