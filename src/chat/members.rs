@@ -8,9 +8,10 @@
 //!   client can make them collide: no per-table seed.
 //! - `Dense`: indexed by token, 4 bytes a token, for a room that most connections are in
 //!   (`lobby`): a member costs 4 to 8 bytes (doubling growth; 6 at 10,000) instead of a hash
-//!   entry's 8 and the table's slack (about 15 bytes a member at 10,000). Chosen when the hash table would grow and its
-//!   tokens span at most twice its members; left when members fall below a quarter of the
-//!   span (so a table is never more than 4 times its members' 4 bytes).
+//!   entry's 8 and the table's slack (about 15 bytes a member at 10,000). Chosen when the
+//!   hash table would grow and its tokens span at most twice its members; left when members
+//!   fall below a quarter of the span, by a leave or by a join on a token past it, so that
+//!   whatever tokens join, a table is never more than 16 bytes a member.
 //!
 //! Iteration (delivery, rosters) is in join order, hash order or token order; a client never
 //! learns a room's internal order from anything but a roster's order, which was never sorted.
@@ -172,6 +173,16 @@ impl Members {
             }
             Members::Dense { slots, len } => {
                 let t = token as usize;
+                if t >= 4 * (*len + 1) {
+                    // Past four times its members the table would be mostly holes (a client
+                    // on a high token joining a dense room): a hash table again, so that no
+                    // table is ever more than 16 bytes a member.
+                    let mut m = HashMap::with_capacity_and_hasher(*len + 1, ByToken::default());
+                    m.extend(iter_dense(slots).map(|(t, mm)| (t, *mm)));
+                    m.insert(token, member);
+                    *self = Members::Hash(m);
+                    return;
+                }
                 if t >= slots.len() {
                     // Doubled (Vec's own growth): grown by an eighth it saved 2 bytes a
                     // connection, but its trail of freed blocks (8 times its size) left holes
@@ -218,8 +229,10 @@ impl Members {
                     let mut m = HashMap::with_capacity_and_hasher(*len, ByToken::default());
                     m.extend(iter_dense(slots).map(|(t, mm)| (t, *mm)));
                     *self = Members::Hash(m);
-                } else if slots.capacity() > slots.len() + slots.len() / 4 + 16 {
-                    slots.shrink_to(slots.len() + slots.len() / 8);
+                } else if slots.capacity() > 4 * slots.len() + 16 {
+                    // Only well past what doubling leaves, so that joins and leaves at the
+                    // edge never copy the table back and forth.
+                    slots.shrink_to(2 * slots.len());
                 }
                 true
             }
@@ -322,6 +335,18 @@ mod tests {
                 assert!(forms.iter().all(|f| *f), "span {span}: {forms:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_far_token_never_stretches_a_dense_table() {
+        let mut t = Members::default();
+        for tok in 0..200 {
+            t.insert(tok, Member::new(0, Mode::Live));
+        }
+        assert!(matches!(t, Members::Dense { .. }));
+        t.insert(1_000_000, Member::new(0, Mode::Live));
+        assert!(matches!(t, Members::Hash(_)), "a hash table again, not 4 MB of holes");
+        assert_eq!((t.len(), t.contains(1_000_000), t.contains(199)), (201, true, true));
     }
 
     #[test]
