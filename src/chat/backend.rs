@@ -158,7 +158,7 @@ impl Chat {
             Some((t, _)) => super::private::At::Here(t as usize),
             None => super::private::At::Held(&k),
         };
-        self.deliver_to(at, &Rc::from(API_SENDER), None, &line, now, sink)?;
+        self.deliver_to(at, API_SENDER, None, &line, now, sink)?;
         let pseq = match self.users.get(&k) {
             Some((t, _)) => self.users.private_of(t).map_or(0, |p| p.pseq),
             None => self.holds.get_mut(&k, now).map_or(0, |a| a.private.pseq),

@@ -23,6 +23,7 @@
 //! acknowledges, making room, telling a sender) is in `private.rs`, so that this file needs
 //! neither users nor holds (they hold a `Private` each).
 
+use crate::chat::user_id::UserId;
 use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -68,8 +69,9 @@ pub struct Kept {
     /// The recipient's copy (carrying `pseq`).
     pub line: Bytes,
     /// The sender's id, to tell it if the message is never delivered ("" if unknown: a
-    /// backlog taken over from another node).
-    pub from: Rc<str>,
+    /// backlog taken over from another node). Inline up to 15 bytes, like the user slot's
+    /// (the slot has no `Rc` to share).
+    pub from: UserId,
     /// The sender's id for the message, so that such a report names it.
     pub cid: Option<Rc<str>>,
 }
@@ -318,7 +320,7 @@ mod tests {
     use super::*;
 
     fn kept(pseq: u64, len: usize) -> Kept {
-        Kept { pseq, line: Bytes::from(vec![b'x'; len]), from: Rc::from("a"), cid: Some(Rc::from("c")) }
+        Kept { pseq, line: Bytes::from(vec![b'x'; len]), from: UserId::new("a"), cid: Some(Rc::from("c")) }
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Chat {
             }
             sink.push(token, &line);
             // Kept until acknowledged, as on the old node (see `backlog`).
-            let k = Kept { pseq: n, line, from: Rc::from(""), cid: None };
+            let k = Kept { pseq: n, line, from: UserId::new(""), cid: None };
             if private.has_room(k.cost()) && self.backlog.fits(k.cost()) {
                 self.backlog.keep(&shared, &mut private, k);
             }

@@ -29,7 +29,7 @@ impl Chat {
             Some((t, _)) => At::Here(t as usize),
             None => At::Held(&k),
         };
-        self.deliver_to(at, &Rc::from(from), None, line, now, sink)
+        self.deliver_to(at, from, None, line, now, sink)
     }
 
     /// Numbers `line` (the sender's copy of a private message from `from`, `cid` its id for
@@ -42,7 +42,7 @@ impl Chat {
     pub(super) fn deliver_to(
         &mut self,
         at: At<'_>,
-        from: &Rc<str>,
+        from: &str,
         cid: Option<&str>,
         line: &Bytes,
         now: Instant,
@@ -59,7 +59,7 @@ impl Chat {
         let pseq = p.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
         let cid: Option<Rc<str>> = cid.map(|c| Rc::from(&c[..c.len().min(backlog::CID_MAX)]));
-        let kept = Kept { pseq, line: copy, from: Rc::clone(from), cid };
+        let kept = Kept { pseq, line: copy, from: UserId::new(from), cid };
         let cost = kept.cost();
         self.backlog.make_room_in(p, cost);
         if !p.has_room(cost) || !self.backlog.could_fit(cost) {
@@ -90,7 +90,7 @@ impl Chat {
                 to: Rc::from(&*owner),
                 pseq,
                 copy,
-                from: Rc::clone(from),
+                from: Rc::from(from),
                 line: line.clone(),
             });
         }
@@ -101,7 +101,7 @@ impl Chat {
     pub(super) fn private(
         &mut self,
         token: usize,
-        from: &Rc<str>,
+        from: &str,
         to: &str,
         text: &str,
         cid: Option<&str>,

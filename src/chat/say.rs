@@ -3,6 +3,7 @@
 //! (`published`, the one call back for a pending line; `deliver_room` for another node's).
 
 use super::broker::{Broker, Post, Published};
+use super::users::UserId;
 use super::{Chat, Outcome, Sink, Tagged, refuse};
 use crate::cluster::Ticket;
 use crate::events::Fact;
@@ -161,7 +162,8 @@ impl Chat {
                 if let Some(line) = self.mute_error(from, None, Some(&to), ts) {
                     return refuse(sink, token, line, ErrorCode::Muted);
                 }
-                let sender: Rc<str> = Rc::from(self.users.by_token(token as u32).map_or(from, |u| &*u.id));
+                let sender =
+                    self.users.by_token(token as u32).map_or_else(|| UserId::new(from), |u| u.id.clone());
                 self.private(token, &sender, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {
