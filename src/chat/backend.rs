@@ -91,10 +91,10 @@ impl Chat {
             None => Rc::from(room),
         };
         // The sender of a ticket is a connection's user; a backend is none (no id is "").
-        let sender: Rc<str> = Rc::from("");
+        let sender = "";
         let encode = |seq| protocol::system_message(&name, seq, from, text, ts);
         let post =
-            Post { room: &name, from: &sender, token, cid: None, api: Some(generation), encode: &encode };
+            Post { room: &name, from: sender, token, cid: None, api: Some(generation), encode: &encode };
         let (line, unconfirmed) = match broker.publish(&mut self.history, post) {
             Published::Now(line) => (line, None),
             Published::Unconfirmed(line) => (line, Some(ErrorCode::ClusterUnavailable)),
@@ -137,7 +137,7 @@ impl Chat {
         let text = self.text_ok(text)?;
         let k = key(to);
         let rcpt = match self.users.get(&k) {
-            Some((_, u)) => Rc::clone(&u.id),
+            Some((_, u)) => Rc::from(&*u.id),
             None => match self.holds.get_mut(&k, now) {
                 Some(a) => Rc::clone(&a.id),
                 None => {
@@ -158,9 +158,9 @@ impl Chat {
             Some((t, _)) => super::private::At::Here(t as usize),
             None => super::private::At::Held(&k),
         };
-        self.deliver_to(at, &Rc::from(API_SENDER), None, &line, now, sink)?;
+        self.deliver_to(at, API_SENDER, None, &line, now, sink)?;
         let pseq = match self.users.get(&k) {
-            Some((_, u)) => u.private.as_ref().map_or(0, |p| p.pseq),
+            Some((t, _)) => self.users.private_of(t).map_or(0, |p| p.pseq),
             None => self.holds.get_mut(&k, now).map_or(0, |a| a.private.pseq),
         };
         Ok(Sent::Here { to: rcpt, pseq })
@@ -179,7 +179,7 @@ impl Chat {
         let log = self.history.get(name);
         let (seq, epoch) = match (log, rk) {
             (Some(l), _) => (l.latest(), Rc::clone(&l.epoch)),
-            (None, Some(rk)) => (0, Rc::clone(&self.rooms.room(rk).epoch)),
+            (None, Some(rk)) => (0, Rc::from(self.rooms.room(rk).epoch())),
             (None, None) => return None,
         };
         let listing = match rk {
@@ -215,7 +215,7 @@ impl Chat {
             rooms.take(limit).map(|rk| Rc::clone(&chat.rooms.room(rk as usize).name)).collect()
         };
         if let Some((_, u)) = self.users.get(&k) {
-            return Presence::Online { id: Rc::clone(&u.id), rooms: names(&mut u.rooms.iter(), self) };
+            return Presence::Online { id: Rc::from(&*u.id), rooms: names(&mut u.rooms.iter(), self) };
         }
         if let Some(r) = self.remote.get(k.as_str()) {
             return Presence::Online {

@@ -23,6 +23,7 @@
 //! acknowledges, making room, telling a sender) is in `private.rs`, so that this file needs
 //! neither users nor holds (they hold a `Private` each).
 
+use crate::chat::user_id::UserId;
 use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -68,8 +69,9 @@ pub struct Kept {
     /// The recipient's copy (carrying `pseq`).
     pub line: Bytes,
     /// The sender's id, to tell it if the message is never delivered ("" if unknown: a
-    /// backlog taken over from another node).
-    pub from: Rc<str>,
+    /// backlog taken over from another node). Inline up to 15 bytes, like the user slot's
+    /// (the slot has no `Rc` to share).
+    pub from: UserId,
     /// The sender's id for the message, so that such a report names it.
     pub cid: Option<Rc<str>>,
 }
@@ -88,11 +90,15 @@ pub struct Private {
     /// The last pseq given out.
     pub pseq: u64,
     pub kept: VecDeque<Kept>,
-    /// What `kept` is charged.
-    bytes: usize,
+    /// Its owner's id as typed, as the budget files it (by address: see `Owner`); made with
+    /// its first kept line, and it moves with the backlog between user and hold (a user's id
+    /// is inline in its slot, with no `Rc` of its own to share).
+    owner: Option<Rc<str>>,
+    /// What `kept` is charged (at most `KEPT_BYTES`).
+    bytes: u32,
     /// How many of the first lines of `kept` were acknowledged by a pong, and their charge.
-    acked: usize,
-    acked_bytes: usize,
+    acked: u32,
+    acked_bytes: u32,
     /// A ping carrying `pseq` is out and its pong has not come back (at most one at a time).
     pub asked: bool,
     /// When the last such ping went (see `ACK_SPACING`).
@@ -107,28 +113,33 @@ impl Private {
     }
 
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes as usize
+    }
+
+    /// The id its budget entry is filed under, once it has kept a line.
+    pub fn owner(&self) -> Option<&Rc<str>> {
+        self.owner.as_ref()
     }
 
     /// Whether a line of `cost` fits this backlog's own bounds, once its acknowledged tail
     /// has made what room it can (`Budget::make_room_in`).
     pub fn has_room(&self, cost: usize) -> bool {
-        self.kept.len() < KEPT_MAX && self.bytes + cost <= KEPT_BYTES
+        self.kept.len() < KEPT_MAX && self.bytes as usize + cost <= KEPT_BYTES
     }
 
     /// Lines not acknowledged.
     pub fn unacked(&self) -> usize {
-        self.kept.len() - self.acked
+        self.kept.len() - self.acked as usize
     }
 
     /// The unacknowledged lines, oldest first.
     pub fn unacked_lines(&self) -> impl Iterator<Item = &Kept> {
-        self.kept.iter().skip(self.acked)
+        self.kept.iter().skip(self.acked as usize)
     }
 
     /// Whether it fills faster than it is acknowledged (see `URGENT_LINES`).
     pub fn urgent(&self) -> bool {
-        self.unacked() > URGENT_LINES || self.bytes - self.acked_bytes > URGENT_BYTES
+        self.unacked() > URGENT_LINES || (self.bytes - self.acked_bytes) as usize > URGENT_BYTES
     }
 }
 
@@ -199,14 +210,19 @@ impl Budget {
         self.by_size.last().map(|(_, o)| Rc::clone(&o.0))
     }
 
-    fn resize(&mut self, owner: &Rc<str>, old: usize, new: usize) {
+    fn resize(&mut self, p: &Private, old: u32, new: u32) {
         if old == new {
             return;
         }
+        let Some(owner) = &p.owner else {
+            debug_assert!(false, "a charged backlog without its owner");
+            return;
+        };
         let owner = Owner(Rc::clone(owner));
+        let (old, new) = (old as usize, new as usize);
         if old > 0 {
-            // By address: the owner must be the very `Rc` it was filed under (its user's or
-            // hold's id, which moves between them whole).
+            // By address: the owner must be the very `Rc` it was filed under (the backlog's
+            // own, which moves with it between user and hold).
             let filed = self.by_size.remove(&(old, owner.clone()));
             debug_assert!(filed, "a backlog filed under another Rc: {}", owner.0);
         }
@@ -217,55 +233,56 @@ impl Budget {
     }
 
     /// Keeps `k` in `owner`'s backlog `p`; the caller has checked `has_room` and `fits`.
-    pub fn keep(&mut self, owner: &Rc<str>, p: &mut Private, k: Kept) {
+    pub fn keep(&mut self, owner: &str, p: &mut Private, k: Kept) {
+        p.owner.get_or_insert_with(|| Rc::from(owner));
         let old = p.bytes;
-        p.bytes += k.cost();
+        p.bytes += k.cost() as u32;
         p.kept.push_back(k);
         self.lines += 1;
-        self.resize(owner, old, p.bytes);
+        self.resize(p, old, p.bytes);
     }
 
     /// Takes out `p`'s oldest line, and whether it had been acknowledged (then nobody need
     /// hear of it).
-    pub fn pop(&mut self, owner: &Rc<str>, p: &mut Private) -> Option<(Kept, bool)> {
+    pub fn pop(&mut self, p: &mut Private) -> Option<(Kept, bool)> {
         let k = p.kept.pop_front()?;
         let old = p.bytes;
-        p.bytes -= k.cost();
+        p.bytes -= k.cost() as u32;
         let acked = p.acked > 0;
         if acked {
             p.acked -= 1;
-            p.acked_bytes -= k.cost();
+            p.acked_bytes -= k.cost() as u32;
         }
         self.lines -= 1;
-        self.resize(owner, old, p.bytes);
+        self.resize(p, old, p.bytes);
         Some((k, acked))
     }
 
     /// Makes what room for `cost` the acknowledged tail of `p` can: its oldest lines go,
     /// silently, while the backlog's own bounds would refuse the line.
-    pub fn make_room_in(&mut self, owner: &Rc<str>, p: &mut Private, cost: usize) {
+    pub fn make_room_in(&mut self, p: &mut Private, cost: usize) {
         while p.acked > 0 && !p.has_room(cost) {
-            self.pop(owner, p);
+            self.pop(p);
         }
     }
 
     /// The client's socket read every line up to `pseq` (a pong): they join the acknowledged
     /// tail, trimmed to its bounds.
-    pub fn acked(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
-        while let Some(k) = p.kept.get(p.acked).filter(|k| k.pseq <= pseq) {
-            p.acked_bytes += k.cost();
+    pub fn acked(&mut self, p: &mut Private, pseq: u64) {
+        while let Some(k) = p.kept.get(p.acked as usize).filter(|k| k.pseq <= pseq) {
+            p.acked_bytes += k.cost() as u32;
             p.acked += 1;
         }
-        while p.acked > ACKED_MAX || p.acked_bytes > ACKED_BYTES {
-            self.pop(owner, p);
+        while p.acked as usize > ACKED_MAX || p.acked_bytes as usize > ACKED_BYTES {
+            self.pop(p);
         }
         self.shrink(p);
     }
 
     /// The client itself has every line up to `pseq` (a resume says so): they go for good.
-    pub fn ack(&mut self, owner: &Rc<str>, p: &mut Private, pseq: u64) {
+    pub fn ack(&mut self, p: &mut Private, pseq: u64) {
         while p.kept.front().is_some_and(|k| k.pseq <= pseq) {
-            self.pop(owner, p);
+            self.pop(p);
         }
         // What is left is resent: unacknowledged again until a pong says otherwise.
         p.acked = 0;
@@ -281,10 +298,10 @@ impl Budget {
     }
 
     /// Takes out every line of `p` (it ends: its user left, its grace ended, it moved).
-    pub fn release(&mut self, owner: &Rc<str>, p: &mut Private) -> VecDeque<Kept> {
+    pub fn release(&mut self, p: &mut Private) -> VecDeque<Kept> {
         let kept = std::mem::take(&mut p.kept);
         self.lines -= kept.len();
-        self.resize(owner, p.bytes, 0);
+        self.resize(p, p.bytes, 0);
         p.bytes = 0;
         p.acked = 0;
         p.acked_bytes = 0;
@@ -292,9 +309,9 @@ impl Budget {
     }
 
     /// Takes out every line of `p` and hands back those not acknowledged (to report).
-    pub fn release_unacked(&mut self, owner: &Rc<str>, p: &mut Private) -> Vec<Kept> {
-        let acked = p.acked;
-        self.release(owner, p).into_iter().skip(acked).collect()
+    pub fn release_unacked(&mut self, p: &mut Private) -> Vec<Kept> {
+        let acked = p.acked as usize;
+        self.release(p).into_iter().skip(acked).collect()
     }
 }
 
@@ -303,7 +320,7 @@ mod tests {
     use super::*;
 
     fn kept(pseq: u64, len: usize) -> Kept {
-        Kept { pseq, line: Bytes::from(vec![b'x'; len]), from: Rc::from("a"), cid: Some(Rc::from("c")) }
+        Kept { pseq, line: Bytes::from(vec![b'x'; len]), from: UserId::new("a"), cid: Some(Rc::from("c")) }
     }
 
     #[test]
@@ -321,16 +338,16 @@ mod tests {
         let one = 100 + 1 + 1 + LINE_COST;
         assert_eq!(budget.used(), (4, 3 * one + 1000 + 2 + LINE_COST));
         assert_eq!(budget.largest().as_deref(), Some("b"));
-        budget.ack(&b, &mut pb, 1);
+        budget.ack(&mut pb, 1);
         assert_eq!(budget.largest().as_deref(), Some("a"));
         // A pong: acknowledged, still kept (a resume may yet need them), not reported.
-        budget.acked(&a, &mut pa, 2);
+        budget.acked(&mut pa, 2);
         assert_eq!((pa.kept.len(), pa.unacked(), pa.unacked_lines().next().unwrap().pseq), (3, 1, 3));
-        assert!(matches!(budget.pop(&a, &mut pa), Some((k, true)) if k.pseq == 1));
+        assert!(matches!(budget.pop(&mut pa), Some((k, true)) if k.pseq == 1));
         // A resume's pseq: gone for good, and the rest is unacknowledged again.
-        budget.ack(&a, &mut pa, 2);
+        budget.ack(&mut pa, 2);
         assert_eq!((pa.kept.len(), pa.unacked(), budget.used()), (1, 1, (1, one)));
-        assert_eq!(budget.release_unacked(&a, &mut pa).len(), 1);
+        assert_eq!(budget.release_unacked(&mut pa).len(), 1);
         assert_eq!((budget.used(), budget.largest()), ((0, 0), None));
         // The memory model counts these (ARCHITECTURE.md).
         assert_eq!((std::mem::size_of::<Private>(), std::mem::size_of::<Kept>()), (88, 72));
@@ -348,18 +365,18 @@ mod tests {
         assert_eq!(p.kept.len(), KEPT_MAX);
         assert!(p.urgent());
         // Acknowledged: a tail of ACKED_MAX stays, and it makes room for new lines silently.
-        budget.acked(&o, &mut p, KEPT_MAX as u64);
+        budget.acked(&mut p, KEPT_MAX as u64);
         assert_eq!((p.kept.len(), p.unacked(), p.urgent()), (ACKED_MAX, 0, false));
         for _ in 0..KEPT_MAX {
             let k = kept(p.number(), 10);
-            budget.make_room_in(&o, &mut p, k.cost());
+            budget.make_room_in(&mut p, k.cost());
             assert!(p.has_room(k.cost()));
             budget.keep(&o, &mut p, k);
         }
         assert_eq!((p.kept.len(), p.unacked()), (KEPT_MAX, KEPT_MAX));
-        budget.make_room_in(&o, &mut p, 10);
+        budget.make_room_in(&mut p, 10);
         assert!(!p.has_room(kept(0, 10).cost()), "nothing acknowledged left to give");
-        budget.release(&o, &mut p);
+        budget.release(&mut p);
         assert!(!p.has_room(kept(0, KEPT_BYTES).cost()), "one line over the bytes never fits");
     }
 }

@@ -23,7 +23,7 @@ use std::rc::Rc;
 /// A room message to number: where, from whom, and how to encode it with a given seq.
 pub struct Post<'a> {
     pub room: &'a Rc<str>,
-    pub from: &'a Rc<str>,
+    pub from: &'a str,
     /// The sender's connection, and the client's id for the message.
     pub token: usize,
     pub cid: Option<&'a str>,
@@ -85,7 +85,7 @@ impl Broker for Cluster {
             let epoch = history.offer(post.room);
             let template = (post.encode)(0);
             let ticket = Box::new(Ticket {
-                from: Rc::clone(post.from),
+                from: Rc::from(post.from),
                 room: Rc::clone(post.room),
                 cid: post.cid.map(Rc::from),
                 token: post.token,

@@ -53,7 +53,7 @@ impl Chat {
     /// the broker shares a history, `Broker::shares_history`): the node's mirror of the room
     /// cannot answer `replay` exactly. If so the member is made quiet and the request queued
     /// in `fetches`.
-    pub(super) fn fetch_first(&mut self, token: usize, id: &Rc<str>, rk: usize, replay: &Replay<'_>) -> bool {
+    pub(super) fn fetch_first(&mut self, token: usize, id: &str, rk: usize, replay: &Replay<'_>) -> bool {
         let room = Rc::clone(&self.rooms.room(rk).name);
         let log = self.log_of(rk);
         // A current mirror has everything Redis has from its first message on, in Redis's
@@ -69,7 +69,7 @@ impl Chat {
         }
         self.rooms.set_flow(rk, token as u32, Flow::Quiet);
         let offer = self.offer(&room);
-        self.todo.fetches.push(Fetch { token, id: Rc::clone(id), room, ask: Ask::of(replay), offer });
+        self.todo.fetches.push(Fetch { token, id: Rc::from(id), room, ask: Ask::of(replay), offer });
         true
     }
 

@@ -7,7 +7,7 @@ use super::broker::Broker;
 use super::ids::{Secret, key};
 use super::resume::{Away, Claim, Private};
 use super::rooms::Flow;
-use super::users::User;
+use super::users::{User, UserId};
 use super::{Chat, Collect, EXPIRE_BATCH, Gone, Nodes, Outcome, Sink, backlog, ids, refuse, users};
 use crate::events::Fact;
 use crate::protocol::{self, ErrorCode, LOBBY, Replay};
@@ -124,7 +124,7 @@ impl Chat {
             // The client has everything up to `pseq`; the rest goes again, in order, and is
             // kept until acknowledged.
             p.asked = false;
-            self.backlog.ack(&shared, p, pseq);
+            self.backlog.ack(p, pseq);
             for kept in &p.kept {
                 sink.push(token, &kept.line);
             }
@@ -132,7 +132,7 @@ impl Chat {
                 self.todo.want_ack.push((token, now + backlog::ACK_DELAY));
             }
         }
-        self.users.insert(token as u32, User { id: Rc::clone(&shared), rooms, private });
+        self.users.insert(token as u32, User { id: UserId::new(&shared), rooms }, private);
         Ok((shared, resumed))
     }
 
@@ -168,12 +168,14 @@ impl Chat {
     /// kept, since its user is the likeliest to come back. The hold ended is gone from chat
     /// at once (its id free, its rooms left); what it tells senders waits in `ended_early`.
     pub fn lose(&mut self, id: &str, secret: Secret, until: Instant) {
-        let Some((token, mut u)) = self.users.remove(id) else { return };
+        let Some((token, u, private)) = self.users.remove(id) else { return };
         let ukey: Rc<str> = Rc::from(key(id));
+        // The hold's id: the backlog's own if it has one (one block fewer), else a new one.
+        let shared = private.as_ref().and_then(|p| p.owner().cloned()).unwrap_or_else(|| Rc::from(&*u.id));
         for room in u.rooms.iter() {
-            self.rooms.set_away(room as usize, token, &ukey, &u.id);
+            self.rooms.set_away(room as usize, token, &ukey, &shared);
         }
-        let mut private = u.private.take().map_or_else(Private::default, |p| *p);
+        let mut private = private.map_or_else(Private::default, |p| *p);
         private.asked = false;
         if self.holds.len() >= self.limits.max_holds.max(1)
             && let Some((k, away)) = self.holds.take_oldest()
@@ -183,7 +185,7 @@ impl Chat {
             let gone = self.end_hold(&k, away, &mut told);
             self.todo.ended_early.push((gone, told.0));
         }
-        self.holds.hold(ukey, Away { id: u.id, secret, until, rooms: u.rooms.to_vec(), private });
+        self.holds.hold(ukey, Away { id: shared, secret, until, rooms: u.rooms.to_vec(), private });
     }
 
     /// Ends the holds whose grace has passed: their users leave their rooms (announced now),
@@ -223,7 +225,7 @@ impl Chat {
         // Each sender hears which of its messages were never acknowledged (one the old
         // connection took but never acknowledged may have been read; the pongs make that
         // rare). The acknowledged tail was there only for a resume.
-        for kept in self.backlog.release_unacked(&away.id, &mut away.private) {
+        for kept in self.backlog.release_unacked(&mut away.private) {
             self.undelivered(&kept, &away.id, sink);
         }
         Gone { id: away.id, emptied }
@@ -233,20 +235,20 @@ impl Chat {
     /// every room. Returns the rooms this node no longer has any member in.
     pub fn leave(&mut self, id: &str) -> Vec<Rc<str>> {
         let mut emptied = Vec::new();
-        if let Some((token, mut u)) = self.users.remove(id) {
-            if let Some(p) = &mut u.private {
+        if let Some((token, u, mut private)) = self.users.remove(id) {
+            if let Some(p) = &mut private {
                 // It closed itself: what it read, it read.
-                self.backlog.release(&u.id, p);
+                self.backlog.release(p);
             }
             for room in u.rooms.iter() {
                 let name = Rc::clone(&self.rooms.room(room as usize).name);
-                self.events.record(|| Fact::Leave(Rc::clone(&name), Rc::clone(&u.id)));
+                self.events.record(|| Fact::Leave(Rc::clone(&name), Rc::from(&*u.id)));
                 if self.rooms.leave_local(room as usize, token, &u.id) {
                     emptied.push(name);
                 }
             }
             // It closed its only connection itself: no grace to wait for.
-            self.events.record(|| Fact::Offline(Rc::clone(&u.id)));
+            self.events.record(|| Fact::Offline(Rc::from(&*u.id)));
         }
         emptied
     }
@@ -276,7 +278,7 @@ impl Chat {
             let code = ErrorCode::TooManyRooms;
             return refuse(sink, token, protocol::room_error(code, &room), code);
         }
-        let id = Rc::clone(&u.id);
+        let id = u.id.clone();
         let (rk, outcome) = match member {
             Some(rk) => {
                 // Its `joined` lists everyone as of now: this turn's earlier events are in it.
@@ -287,7 +289,7 @@ impl Chat {
                 let j = self.rooms.join_local(&room, token as u32, &id);
                 self.users.get_mut(from).expect("checked").1.rooms.push(j.key as u32);
                 let name = Rc::clone(&self.rooms.room(j.key).name);
-                self.events.record(|| Fact::Join(Rc::clone(&name), Rc::clone(&id)));
+                self.events.record(|| Fact::Join(Rc::clone(&name), Rc::from(&*id)));
                 (j.key, Outcome::Joined { room: name, first_local: j.first_local })
             }
         };
@@ -327,7 +329,7 @@ impl Chat {
         // A room with no log has had no message: seq 0 in the room's own epoch.
         let (latest, first, next, epoch) = match self.history.get(&room) {
             Some(log) => (log.latest(), log.first(), log.next(), Rc::clone(&log.epoch)),
-            None => (0, 1, 1, Rc::clone(&self.rooms.room(rk).epoch)),
+            None => (0, 1, 1, Rc::from(self.rooms.room(rk).epoch())),
         };
         sink.push(token, &self.rooms.roster(rk, from, limit, latest, &epoch, &self.users));
         // Where its replay starts; a gap first if some of what it asks for is gone.

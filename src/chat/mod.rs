@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod history;
 pub mod ids;
 mod join;
+pub mod members;
 pub use join::Entry;
 pub mod moderation;
 pub mod moved;
@@ -30,6 +31,7 @@ mod remote;
 pub mod resume;
 pub mod rooms;
 mod say;
+pub mod user_id;
 pub mod users;
 
 use crate::protocol::{self, ErrorCode};
@@ -389,7 +391,7 @@ impl Chat {
     }
 
     /// The id of the local user on connection `token`, if any.
-    pub fn id_of(&self, token: usize) -> Option<&Rc<str>> {
+    pub fn id_of(&self, token: usize) -> Option<&users::UserId> {
         self.users.by_token(token as u32).map(|u| &u.id)
     }
 
@@ -449,7 +451,7 @@ impl Chat {
     /// Room `rk`'s history log, started in the room's epoch if it has none (see `Room::epoch`).
     fn log_of(&mut self, rk: usize) -> &history::Log {
         let room = self.rooms.room(rk);
-        self.history.open(&room.name, &room.epoch)
+        self.history.open(&room.name, room.epoch())
     }
 
     /// The epoch to offer Redis for room `name` (see `History::offer`), its log started first

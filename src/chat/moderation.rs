@@ -437,7 +437,7 @@ impl Chat {
                 return None;
             }
             u.rooms.remove(rk as u32);
-            let id = Rc::clone(&u.id);
+            let id: Rc<str> = Rc::from(&*u.id);
             let last_local = self.rooms.leave_local(rk, token, &id);
             sink.push(token as usize, &protocol::kicked(&rname));
             self.events.record(|| Fact::Leave(Rc::clone(&rname), Rc::clone(&id)));

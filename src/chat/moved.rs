@@ -11,6 +11,7 @@
 use super::ids::{Secret, key};
 use super::join::Entry;
 use super::resume::{Kept, Private};
+use super::users::UserId;
 use super::{Chat, Sink, User};
 use crate::protocol::{self, ErrorCode, LOBBY};
 use bytes::Bytes;
@@ -105,14 +106,14 @@ impl Chat {
             }
             sink.push(token, &line);
             // Kept until acknowledged, as on the old node (see `backlog`).
-            let k = Kept { pseq: n, line, from: Rc::from(""), cid: None };
+            let k = Kept { pseq: n, line, from: UserId::new(""), cid: None };
             if private.has_room(k.cost()) && self.backlog.fits(k.cost()) {
                 self.backlog.keep(&shared, &mut private, k);
             }
         }
         let private = (private.pseq > 0).then(|| Box::new(private));
-        let user = User { id: Rc::clone(&shared), rooms: kept.into(), private };
-        self.users.insert(token as u32, user);
+        let user = User { id: UserId::new(&shared), rooms: kept.into() };
+        self.users.insert(token as u32, user, private);
         Ok(TakenOver { id: shared, rooms })
     }
 
@@ -135,7 +136,7 @@ impl Chat {
             return Vec::new();
         }
         let Some(mut away) = self.holds.take(&k) else { return Vec::new() };
-        self.backlog.release(&away.id, &mut away.private);
+        self.backlog.release(&mut away.private);
         let ukey: Rc<str> = Rc::from(k.as_str());
         let mut emptied = Vec::new();
         for rk in &away.rooms {

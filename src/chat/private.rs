@@ -5,7 +5,7 @@
 
 use super::backlog::{ACK_DELAY, ACK_SPACING, Kept, Private};
 use super::resume::Holds;
-use super::users::Users;
+use super::users::{UserId, Users};
 use super::{Chat, Nodes, Outcome, Sink, backlog, key, refuse};
 use crate::protocol::{self, ErrorCode};
 use bytes::Bytes;
@@ -29,7 +29,7 @@ impl Chat {
             Some((t, _)) => At::Here(t as usize),
             None => At::Held(&k),
         };
-        self.deliver_to(at, &Rc::from(from), None, line, now, sink)
+        self.deliver_to(at, from, None, line, now, sink)
     }
 
     /// Numbers `line` (the sender's copy of a private message from `from`, `cid` its id for
@@ -42,7 +42,7 @@ impl Chat {
     pub(super) fn deliver_to(
         &mut self,
         at: At<'_>,
-        from: &Rc<str>,
+        from: &str,
         cid: Option<&str>,
         line: &Bytes,
         now: Instant,
@@ -55,13 +55,13 @@ impl Chat {
         let Some((owner, p)) = recipient(&mut self.users, &mut self.holds, at, now) else {
             return Err(ErrorCode::UnknownRecipient);
         };
-        let owner = Rc::clone(owner);
+        let owner = UserId::new(owner);
         let pseq = p.pseq + 1;
         let copy = protocol::with_pseq(line, pseq);
         let cid: Option<Rc<str>> = cid.map(|c| Rc::from(&c[..c.len().min(backlog::CID_MAX)]));
-        let kept = Kept { pseq, line: copy, from: Rc::clone(from), cid };
+        let kept = Kept { pseq, line: copy, from: UserId::new(from), cid };
         let cost = kept.cost();
-        self.backlog.make_room_in(&owner, p, cost);
+        self.backlog.make_room_in(p, cost);
         if !p.has_room(cost) || !self.backlog.could_fit(cost) {
             return Err(refusal);
         }
@@ -87,10 +87,10 @@ impl Chat {
         } else if self.nodes != Nodes::Alone {
             // In Redis too, for a resume on another node (see `moved`).
             self.todo.kept_away.push(super::moved::KeptAway {
-                to: owner,
+                to: Rc::from(&*owner),
                 pseq,
                 copy,
-                from: Rc::clone(from),
+                from: Rc::from(from),
                 line: line.clone(),
             });
         }
@@ -101,7 +101,7 @@ impl Chat {
     pub(super) fn private(
         &mut self,
         token: usize,
-        from: &Rc<str>,
+        from: &str,
         to: &str,
         text: &str,
         cid: Option<&str>,
@@ -113,10 +113,10 @@ impl Chat {
         // case and confusables itself, so only a held or remote recipient needs the key.
         let k;
         let found = match self.users.get(to) {
-            Some((t, u)) => Some((Rc::clone(&u.id), At::Here(t as usize))),
+            Some((t, u)) => Some((u.id.clone(), At::Here(t as usize))),
             None => {
                 k = key(to);
-                self.holds.get_mut(&k, now).map(|a| (Rc::clone(&a.id), At::Held(&k)))
+                self.holds.get_mut(&k, now).map(|a| (UserId::new(&a.id), At::Held(&k)))
             }
         };
         let Some((rcpt, at)) = found else {
@@ -163,15 +163,15 @@ impl Chat {
     pub(super) fn make_room(&mut self, cost: usize, sink: &mut impl Sink) -> bool {
         while !self.backlog.fits(cost) {
             let Some(largest) = self.backlog.largest() else { return false };
-            let p = match self.users.get_mut(&largest) {
-                Some((_, u)) => u.private.as_deref_mut(),
+            let p = match self.users.get(&largest) {
+                Some((t, _)) => self.users.private_by_token(t),
                 None => self.holds.get_any(&key(&largest)).map(|a| &mut a.private),
             };
             let Some(p) = p else {
                 debug_assert!(false, "a charged backlog without its user: {largest}");
                 return false;
             };
-            let Some((k, acked)) = self.backlog.pop(&largest, p) else { return false };
+            let Some((k, acked)) = self.backlog.pop(p) else { return false };
             if !acked {
                 self.counters.backlog_dropped += 1;
                 self.undelivered(&k, &largest, sink);
@@ -204,10 +204,9 @@ impl Chat {
     pub fn ack(&mut self, token: usize, payload: &[u8], now: Instant) {
         let Some(n) = payload.strip_prefix(b"p:") else { return };
         let Some(n) = std::str::from_utf8(n).ok().and_then(|n| n.parse::<u64>().ok()) else { return };
-        let Some((id, p)) = self.users.by_token_mut(token as u32) else { return };
+        let Some(p) = self.users.private_by_token(token as u32) else { return };
         p.asked = false;
-        let id = Rc::clone(id);
-        self.backlog.acked(&id, p, n);
+        self.backlog.acked(p, n);
         if p.unacked() > 0 {
             let due = if p.urgent() { now + ACK_SPACING } else { now + ACK_DELAY };
             self.todo.want_ack.push((token, due));
@@ -230,9 +229,9 @@ fn recipient<'a>(
     holds: &'a mut Holds,
     at: At<'_>,
     now: Instant,
-) -> Option<(&'a Rc<str>, &'a mut Private)> {
+) -> Option<(&'a str, &'a mut Private)> {
     match at {
         At::Here(t) => users.with_private(t as u32),
-        At::Held(k) => holds.get_mut(k, now).map(|a| (&a.id, &mut a.private)),
+        At::Held(k) => holds.get_mut(k, now).map(|a| (&*a.id, &mut a.private)),
     }
 }

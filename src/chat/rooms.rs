@@ -11,23 +11,20 @@
 //! events, so nobody keeps a list that the events stopped keeping up to date.
 
 use crate::chat::Sink;
+use crate::chat::members::{Member, Members, Mode, OLD};
 use crate::chat::users::Users;
 use crate::protocol::{self, Listing, Presence, RoomSize};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault};
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
-/// Member tables are keyed by connection token, which the server assigns: no client can pick
-/// keys that collide, so they need no per-table random seed (16 bytes in every room).
-type ByToken = BuildHasherDefault<DefaultHasher>;
-
-/// `joined_at` of a member whose join is not in the current batch (30 bits: see `Member`).
-const OLD: u32 = (1 << 30) - 1;
+/// Characters in an epoch (`history::new_epoch`).
+const EPOCH_LEN: usize = 8;
 
 /// Whether a local member gets the room's messages as they come. A member stores only which
 /// kind (`Mode`); a replay's position lives in `Rooms::cursors`, since few members are ever
@@ -40,47 +37,6 @@ pub enum Flow {
     Quiet,
     /// Catching up from history: the next message to send it is this one (see `Chat::pump`).
     Replay(u64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Live = 0,
-    Quiet = 1,
-    Replay = 2,
-}
-
-/// A member on this node: 4 bytes, 8 with its token as the key, since this entry is what each
-/// further room membership costs (and every connection has one, in `lobby`). Its id is the
-/// user table's (`Users::by_token`), not a copy. Packed: the mode in the top 2 bits, and in
-/// the low 30 the index of its join event in the room's current batch, or OLD (a turn has
-/// far fewer events than 2^30: at most one per connection).
-#[derive(Debug, Clone, Copy)]
-struct Member(u32);
-
-impl Member {
-    fn new(joined_at: u32, mode: Mode) -> Member {
-        Member(joined_at.min(OLD) | (mode as u32) << 30)
-    }
-
-    fn joined_at(self) -> u32 {
-        self.0 & OLD
-    }
-
-    fn mode(self) -> Mode {
-        match self.0 >> 30 {
-            0 => Mode::Live,
-            1 => Mode::Quiet,
-            _ => Mode::Replay,
-        }
-    }
-
-    fn set_mode(&mut self, mode: Mode) {
-        *self = Member::new(self.joined_at(), mode);
-    }
-
-    fn set_old(&mut self) {
-        *self = Member::new(OLD, self.mode());
-    }
 }
 
 /// Members that are not connected here. Boxed: a room of a single server has none most of
@@ -110,9 +66,10 @@ pub struct Room {
     /// The epoch `joined` names while the room has no history log (no message yet): a room
     /// gets a log with its first message, not with its first member, so a quiet room costs no
     /// log. The log starts in this epoch (`Chat::log_of`), so what members were told holds.
-    pub epoch: Rc<str>,
-    /// Members on this node, by connection token.
-    local: HashMap<u32, Member, ByToken>,
+    /// Its 8 characters inline (`new_epoch`'s), not a block of 32 bytes.
+    epoch: [u8; EPOCH_LEN],
+    /// Members on this node, by connection token (`members.rs`: the form that fits its size).
+    local: Members,
     elsewhere: Option<Box<Elsewhere>>,
     batch: Option<Box<Batch>>,
     /// Whether the room was above the presence limit at its last flush.
@@ -125,17 +82,25 @@ pub struct Room {
 
 impl Room {
     fn new(name: Rc<str>) -> Room {
-        let epoch = crate::chat::history::new_epoch();
+        let mut epoch = [0u8; EPOCH_LEN];
+        let fresh = crate::chat::history::new_epoch();
+        epoch.copy_from_slice(&fresh.as_bytes()[..EPOCH_LEN]);
         Room {
             name,
             epoch,
-            local: HashMap::default(),
+            local: Members::default(),
             elsewhere: None,
             batch: None,
             was_quiet: false,
             orphan: false,
             listed: 0,
         }
+    }
+
+    /// The epoch its members are told while it has no log (see `epoch`).
+    pub fn epoch(&self) -> &str {
+        // Copied whole from a base64url `str` (`new`), so always UTF-8.
+        std::str::from_utf8(&self.epoch).unwrap_or_default()
     }
 
     fn away_len(&self) -> usize {
@@ -183,7 +148,7 @@ impl Room {
     /// Every member's id, local ones first (`users` has the local ones), with whether it is
     /// away (in its resume grace here).
     fn ids<'a>(&'a self, users: &'a Users) -> impl Iterator<Item = (&'a str, bool)> {
-        let local = self.local.keys().filter_map(|t| users.by_token(*t).map(|u| (&*u.id, false)));
+        let local = self.local.keys().filter_map(|t| users.by_token(t).map(|u| (&*u.id, false)));
         let e = self.elsewhere.as_deref();
         let here = local.chain(e.into_iter().flat_map(|e| e.away.values().map(|id| (&**id, true))));
         here.chain(e.into_iter().flat_map(|e| e.remote.values().map(|id| (&**id, false))))
@@ -327,9 +292,9 @@ impl Rooms {
     }
 
     /// Local member `token` (id `id`) joins room `name`, which is created if need be.
-    pub fn join_local(&mut self, name: &str, token: u32, id: &Rc<str>) -> Joined {
+    pub fn join_local(&mut self, name: &str, token: u32, id: &str) -> Joined {
         let key = self.open(name);
-        if self.slab[key].local.contains_key(&token) {
+        if self.slab[key].local.contains(token) {
             return Joined { key, first_local: false };
         }
         let joined_at = self.record(key, Presence::Join, id);
@@ -345,7 +310,7 @@ impl Rooms {
     pub fn set_away(&mut self, key: usize, token: u32, ukey: &Rc<str>, id: &Rc<str>) {
         self.cursors.remove(&(key, token));
         if let Some(room) = self.slab.get_mut(key)
-            && room.local.remove(&token).is_some()
+            && room.local.remove(token)
         {
             room.elsewhere_mut().away.insert(Rc::clone(ukey), Rc::clone(id));
             self.record(key, Presence::Away, id);
@@ -446,7 +411,7 @@ impl Rooms {
     pub fn seen_until_now(&mut self, key: usize, token: u32) {
         let Some(room) = self.slab.get_mut(key) else { return };
         let recorded = room.batch.as_ref().map_or(0, |b| b.starts.len() as u32);
-        if let Some(m) = room.local.get_mut(&token) {
+        if let Some(m) = room.local.get_mut(token) {
             let mode = m.mode();
             *m = Member::new(recorded.checked_sub(1).unwrap_or(OLD), mode);
         }
@@ -454,7 +419,7 @@ impl Rooms {
 
     /// How local member `token` of room `key` gets the room's messages.
     pub fn flow(&self, key: usize, token: u32) -> Option<Flow> {
-        let m = self.slab.get(key)?.local.get(&token)?;
+        let m = self.slab.get(key)?.local.get(token)?;
         Some(match m.mode() {
             Mode::Live => Flow::Live,
             Mode::Quiet => Flow::Quiet,
@@ -470,7 +435,7 @@ impl Rooms {
     /// Sets how local member `token` gets the room's messages; a replay is pumped from the
     /// end of this turn on.
     pub fn set_flow(&mut self, key: usize, token: u32, flow: Flow) {
-        if let Some(m) = self.slab.get_mut(key).and_then(|r| r.local.get_mut(&token)) {
+        if let Some(m) = self.slab.get_mut(key).and_then(|r| r.local.get_mut(token)) {
             m.set_mode(match flow {
                 Flow::Live => Mode::Live,
                 Flow::Quiet => Mode::Quiet,
@@ -489,7 +454,7 @@ impl Rooms {
     /// last member on this node; a room left with no members anywhere is gone.
     pub fn leave_local(&mut self, key: usize, token: u32, id: &str) -> bool {
         let Some(room) = self.slab.get_mut(key) else { return false };
-        if room.local.remove(&token).is_none() {
+        if !room.local.remove(token) {
             return false;
         }
         self.cursors.remove(&(key, token));
@@ -525,18 +490,18 @@ impl Rooms {
 
     /// Whether connection `token` is a member of room `key`.
     pub fn has_local(&self, key: usize, token: u32) -> bool {
-        self.slab.get(key).is_some_and(|r| r.local.contains_key(&token))
+        self.slab.get(key).is_some_and(|r| r.local.contains(token))
     }
 
     /// Queues `line` to every local member of room `key` that takes live traffic (one
     /// catching up from history gets it from there, in order).
     pub fn deliver(&self, key: usize, line: &Bytes, sink: &mut impl Sink) {
         if let Some(room) = self.slab.get(key) {
-            for (token, m) in &room.local {
+            room.local.for_each(|token, m| {
                 if m.mode() == Mode::Live {
-                    sink.push(*token as usize, line);
+                    sink.push(token as usize, line);
                 }
-            }
+            });
         }
     }
 
@@ -604,18 +569,18 @@ impl Rooms {
             let truth = (quiet != room.was_quiet)
                 .then(|| protocol::users(&room.name, room.listing(None, limit, users)));
             room.was_quiet = quiet;
-            for (token, m) in room.local.iter_mut() {
+            room.local.for_each_mut(|token, m| {
                 let from = if m.joined_at() == OLD { 0 } else { m.joined_at() as usize + 1 };
                 m.set_old();
                 if m.mode() == Mode::Quiet {
-                    continue; // restored by a resume: its `joined` will tell it who is here
+                    return; // restored by a resume: its `joined` will tell it who is here
                 }
                 if let Some(line) = &truth {
-                    sink.push(*token as usize, line);
+                    sink.push(token as usize, line);
                 } else if !quiet && from < starts.len() {
-                    sink.push(*token as usize, &batch.slice(starts[from]..));
+                    sink.push(token as usize, &batch.slice(starts[from]..));
                 }
-            }
+            });
         }
     }
 
@@ -638,14 +603,9 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_room_and_a_member_are_small() {
-        // The numbers ARCHITECTURE.md's memory table gives for a membership.
-        assert_eq!(std::mem::size_of::<Member>(), 4);
-        let mut m = Member::new(5, Mode::Replay);
-        assert_eq!((m.joined_at(), m.mode()), (5, Mode::Replay));
-        m.set_old();
-        m.set_mode(Mode::Quiet);
-        assert_eq!((m.joined_at(), m.mode()), (OLD, Mode::Quiet));
-        assert_eq!(Member::new(OLD, Mode::Live).mode(), Mode::Live);
+        // The numbers ARCHITECTURE.md's memory table gives for a room (`members.rs` pins a
+        // membership's).
+        assert_eq!(std::mem::size_of::<Members>(), 40);
         assert_eq!(std::mem::size_of::<Room>(), 88);
     }
 

@@ -3,6 +3,7 @@
 //! (`published`, the one call back for a pending line; `deliver_room` for another node's).
 
 use super::broker::{Broker, Post, Published};
+use super::users::UserId;
 use super::{Chat, Outcome, Sink, Tagged, refuse};
 use crate::cluster::Ticket;
 use crate::events::Fact;
@@ -130,12 +131,9 @@ impl Chat {
                     return refuse(sink, token, line, ErrorCode::Muted);
                 }
                 self.log_of(rk);
-                let sender = match self.users.by_token(token as u32) {
-                    Some(u) => Rc::clone(&u.id),
-                    None => Rc::from(from),
-                };
+                let sender = self.users.by_token(token as u32).map_or(from, |u| &*u.id);
                 let encode = |seq| protocol::room_message(&room, seq, from, text, ts);
-                let post = Post { room: &room, from: &sender, token, cid, api: None, encode: &encode };
+                let post = Post { room: &room, from: sender, token, cid, api: None, encode: &encode };
                 match broker.publish(&mut self.history, post) {
                     Published::Now(line) => {
                         self.rooms.deliver(rk, &line, sink);
@@ -164,10 +162,8 @@ impl Chat {
                 if let Some(line) = self.mute_error(from, None, Some(&to), ts) {
                     return refuse(sink, token, line, ErrorCode::Muted);
                 }
-                let sender = match self.users.by_token(token as u32) {
-                    Some(u) => Rc::clone(&u.id),
-                    None => Rc::from(from),
-                };
+                let sender =
+                    self.users.by_token(token as u32).map_or_else(|| UserId::new(from), |u| u.id.clone());
                 self.private(token, &sender, &to, text, cid, ts, now, sink)
             }
             Incoming::Join { room, replay } => {
@@ -215,7 +211,7 @@ impl Chat {
         // Named before leaving: a room left empty is gone after `leave_local`.
         let room = Rc::clone(&self.rooms.room(rk).name);
         let last_local = self.rooms.leave_local(rk, token as u32, &u.id);
-        self.events.record(|| Fact::Leave(room, Rc::clone(&u.id)));
+        self.events.record(|| Fact::Leave(room, Rc::from(&*u.id)));
         sink.push(token, line);
         Some(last_local)
     }

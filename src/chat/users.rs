@@ -4,17 +4,18 @@
 //! (see docs/performance.md, "Memory of one idle connection"). Two choices keep it small:
 //! - Slots are a `Vec` indexed by token (the server's slab key, so dense), reserved up front
 //!   for `--max-conns` like the connection slab: untouched pages cost no RSS, and a slot is
-//!   48 bytes with no hash table slack around it.
+//!   32 bytes with no hash table slack around it, the id inline in it up to 15 bytes.
 //! - The index by id key is a `hashbrown::HashTable` of tokens (4 bytes a bucket) that hashes
 //!   and compares the *folded* id in the slot (`ids::key` without building it): the id is
 //!   stored once, as typed, and a lookup allocates nothing.
 
 use crate::chat::ids::fold;
 use crate::chat::resume::Private;
+pub use crate::chat::user_id::UserId;
 use hashbrown::HashTable;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::rc::Rc;
+use std::collections::HashMap;
+use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 /// The rooms a user is in (keys of `Rooms`), in the order joined: the first two inline (they
 /// fill what would be the slot's padding, and nearly every user is in `lobby` and at most one
@@ -93,17 +94,19 @@ impl From<Vec<u32>> for RoomList {
 
 /// A local user; its slot's index is its connection's token.
 pub struct User {
-    /// The id as typed, shared with the connection's session.
-    pub id: Rc<str>,
+    /// The id as typed: inline up to 15 bytes (`UserId`), the connection's only copy.
+    pub id: UserId,
     pub rooms: RoomList,
-    /// Its private messages' numbering and the last ones, for a resend on resume; boxed,
-    /// since most users never get one.
-    pub private: Option<Box<Private>>,
+    // Its private backlog (numbering, the last lines) is in `Users::private`, by token: most
+    // users never get one, and here it took 8 bytes in every slot.
 }
 
 #[derive(Default)]
 pub struct Users {
     slots: Vec<Option<User>>,
+    /// The private backlogs of users that have had a private message, by token (tokens are
+    /// the server's, so no per-table seed), boxed so that one moves whole to a hold.
+    private: HashMap<u32, Box<Private>, BuildHasherDefault<DefaultHasher>>,
     index: HashTable<u32>,
     hasher: RandomState,
     len: usize,
@@ -172,25 +175,27 @@ impl Users {
 
     /// The private backlog of the user on connection `token`, if it has one.
     pub fn private_by_token(&mut self, token: u32) -> Option<&mut Private> {
-        self.slots.get_mut(token as usize)?.as_mut()?.private.as_deref_mut()
+        self.private.get_mut(&token).map(|p| &mut **p)
+    }
+
+    /// The private backlog of the user on connection `token`, if it has one, to read.
+    pub fn private_of(&self, token: u32) -> Option<&Private> {
+        self.private.get(&token).map(|p| &**p)
     }
 
     /// The id and private backlog of the user on connection `token`, the backlog made if it
     /// has none yet.
-    pub fn with_private(&mut self, token: u32) -> Option<(&Rc<str>, &mut Private)> {
-        let u = self.slots.get_mut(token as usize)?.as_mut()?;
-        Some((&u.id, u.private.get_or_insert_with(Box::default)))
+    pub fn with_private(&mut self, token: u32) -> Option<(&str, &mut Private)> {
+        let u = self.slots.get(token as usize)?.as_ref()?;
+        Some((&u.id, self.private.entry(token).or_default()))
     }
 
-    /// The id and private backlog of the user on connection `token`, if it has one.
-    pub fn by_token_mut(&mut self, token: u32) -> Option<(&Rc<str>, &mut Private)> {
-        let u = self.slots.get_mut(token as usize)?.as_mut()?;
-        Some((&u.id, u.private.as_deref_mut()?))
-    }
-
-    /// Adds `user` on connection `token`; its id must be free (checked by the caller) and
-    /// the token's slot empty.
-    pub fn insert(&mut self, token: u32, user: User) {
+    /// Adds `user` on connection `token`, with its private backlog if it has one; its id must
+    /// be free (checked by the caller) and the token's slot empty.
+    pub fn insert(&mut self, token: u32, user: User, private: Option<Box<Private>>) {
+        if let Some(p) = private {
+            self.private.insert(token, p);
+        }
         let t = token as usize;
         if self.slots.len() <= t {
             self.slots.resize_with(t + 1, || None);
@@ -203,13 +208,14 @@ impl Users {
         self.len += 1;
     }
 
-    /// Removes the user whose id means `id`.
-    pub fn remove(&mut self, id: &str) -> Option<(u32, User)> {
+    /// Removes the user whose id means `id`: its token, the user, and its private backlog.
+    pub fn remove(&mut self, id: &str) -> Option<(u32, User, Option<Box<Private>>)> {
         let slots = &self.slots;
         let eq = |t: &u32| slots[*t as usize].as_ref().is_some_and(|u| same(&u.id, id));
         let (t, _) = self.index.find_entry(hash_of(&self.hasher, id), eq).ok()?.remove();
         self.len -= 1;
-        Some((t, self.slots[t as usize].take()?))
+        let private = self.private.remove(&t);
+        Some((t, self.slots[t as usize].take()?, private))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &User)> {
@@ -221,6 +227,7 @@ impl Users {
         if self.len == 0 {
             self.slots = Vec::new();
             self.index = HashTable::new();
+            self.private = HashMap::default();
         }
     }
 }
@@ -230,14 +237,14 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> User {
-        User { id: Rc::from(id), rooms: RoomList::default(), private: None }
+        User { id: UserId::new(id), rooms: RoomList::default() }
     }
 
     #[test]
     fn ids_that_fold_alike_are_one_user_and_the_id_is_kept_as_typed() {
         let mut u = Users::default();
-        u.insert(3, user("Alice"));
-        u.insert(0, user("bob"));
+        u.insert(3, user("Alice"), None);
+        u.insert(0, user("bob"), None);
         assert_eq!(u.get("a1ice").map(|x| x.0), Some(3));
         assert_eq!(u.get("ALICE").map(|x| &*x.1.id), Some("Alice"));
         assert!(u.contains("B0B") && !u.contains("bobby") && !u.contains("bo"));
@@ -252,7 +259,7 @@ mod tests {
     fn many_users_survive_the_index_growing() {
         let mut u = Users::default();
         for t in 0..5000u32 {
-            u.insert(t, user(&format!("u{t}")));
+            u.insert(t, user(&format!("u{t}")), None);
         }
         for t in (0..5000u32).step_by(2) {
             assert!(u.remove(&format!("U{t}")).is_some());
@@ -283,6 +290,6 @@ mod tests {
         r.remove(11);
         assert!(r.is_empty() && r.iter().next().is_none());
         assert_eq!(RoomList::from(vec![1, 2, 3]).to_vec(), vec![1, 2, 3]);
-        assert_eq!(std::mem::size_of::<Option<User>>(), 40);
+        assert_eq!(std::mem::size_of::<Option<User>>(), 32);
     }
 }

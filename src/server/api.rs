@@ -28,10 +28,10 @@ use std::io::{self, Read};
 use std::time::Instant;
 
 /// Requests one connection has answered in one turn at most; pipelined ones past it wait.
-pub(super) const API_BUDGET: u16 = 32;
+pub(super) const API_BUDGET: u8 = 32;
 
 /// `Conn::api_turn` of a connection not read while its answers wait to be written.
-pub(super) const PAUSED: u16 = u16::MAX;
+pub(super) const PAUSED: u8 = u8::MAX;
 
 /// Why a request head is refused before its body is read: the status, the error's `code` and
 /// its one-line message.

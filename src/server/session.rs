@@ -4,6 +4,7 @@
 
 use super::{CLOSE_GRACE, Server, would_block};
 use crate::chat::broker::{Alone, Broker};
+use crate::chat::users::UserId;
 use crate::chat::{Outcome, Sink};
 use crate::conn::{Flag, Phase};
 use crate::metrics::Reason;
@@ -13,7 +14,6 @@ use crate::ws::{self, Event};
 use log::{debug, warn};
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::rc::Rc;
 use std::time::Instant;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -192,7 +192,7 @@ impl Server {
 
     /// A text message from joined user `user`: rate-limited, then handed to chat, and what
     /// chat made of it passed on (`outcome`).
-    fn on_text(&mut self, token: usize, user: Rc<str>, text: &str, now: Instant, ts: u64) {
+    fn on_text(&mut self, token: usize, user: UserId, text: &str, now: Instant, ts: u64) {
         let conn = &mut self.net.conns[token];
         let Phase::Ws(s) = &mut conn.phase else { return };
         if conn.peer.is(Flag::Closing) {
@@ -229,7 +229,7 @@ impl Server {
     }
 
     /// What chat made of a client's message, for the loop: counters, and the cluster's part.
-    fn outcome(&mut self, token: usize, user: &Rc<str>, outcome: Outcome, now: Instant) {
+    fn outcome(&mut self, token: usize, user: &str, outcome: Outcome, now: Instant) {
         match outcome {
             Outcome::Room { .. } | Outcome::Pending { .. } => self.net.stats.room_received += 1,
             Outcome::Unconfirmed { room, cid } => {

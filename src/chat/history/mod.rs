@@ -264,10 +264,10 @@ impl History {
     /// The log of a room whose name string the caller holds (the room's own), started if it
     /// has none: a new log shares the name rather than copying it, and starts in `epoch`,
     /// the one the room's members were told while it had no log (`Room::epoch`).
-    pub fn open(&mut self, room: &Rc<str>, epoch: &Rc<str>) -> &Log {
+    pub fn open(&mut self, room: &Rc<str>, epoch: &str) -> &Log {
         let key = match self.find(room) {
             Some(k) => k,
-            None => self.start(Rc::clone(room), Rc::clone(epoch)),
+            None => self.start(Rc::clone(room), Rc::from(epoch)),
         };
         &self.logs[key]
     }

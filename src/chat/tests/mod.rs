@@ -459,8 +459,8 @@ fn presence_tells_the_whole_truth_again_when_the_crowd_shrinks_back_under_the_li
 #[test]
 fn a_private_message_to_a_busy_recipient_is_refused_to_its_sender_alone() {
     let (mut c, mut r) = chat_with(&["a", "b"]);
-    let (_, b) = c.users.remove("b").unwrap();
-    c.users.insert(99, b); // see Rec::offer
+    let (_, b, p) = c.users.remove("b").unwrap();
+    c.users.insert(99, b, p); // see Rec::offer
     let out = say(&mut c, &mut r, 0, "a", r#"{"to":"b","text":"hi"}"#);
     assert_eq!(out, Outcome::Refused(ErrorCode::RecipientBusy));
     let got = r.take();

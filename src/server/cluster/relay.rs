@@ -59,7 +59,7 @@ impl Server {
     pub(in crate::server) fn cluster_private(
         &mut self,
         token: usize,
-        from: &Rc<str>,
+        from: &str,
         node: &str,
         to: &Rc<str>,
         line: &Bytes,
@@ -67,7 +67,7 @@ impl Server {
     ) {
         let Some(c) = &mut self.cluster else { return };
         let p = payload(&["P", &c.node, to, from], Some(line));
-        let then = Await::Private { from: Rc::clone(from), to: Rc::clone(to), cid: cid.clone() };
+        let then = Await::Private { from: Rc::from(from), to: Rc::clone(to), cid: cid.clone() };
         if c.publish_awaiting(&node_channel(node), &p, then) {
             let mine = match &cid {
                 Some(cid) => protocol::with_cid(line, cid),
