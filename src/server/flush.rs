@@ -3,25 +3,30 @@
 //! before the loop reads again.
 //!
 //! Holding a line pays only when another is coming for the same client before it would go:
-//! then both share one frame and one `writev`, and on loopback a write costs the same ~1-5 µs
-//! of kernel time whatever it carries (88% of the server's CPU at 500k deliveries/s). Whether
-//! more is coming is a property of the client, not of the loop: a member of a busy room gets
-//! a line every few milliseconds while a member of a quiet one, on the same busy server, gets
-//! one a minute. So the decision is made per connection from its own recent past: a line for
-//! a connection written less than half an interval (`--flush-interval`) ago waits until an
-//! interval after that write, and the lines arriving meanwhile share its write. Every other
-//! line is written at the end of the turn it came in (as Redis writes before it sleeps:
-//! whatever one poll returned is one batch). So a lone line on an idle server goes out in the
-//! turn it arrived; a client getting lines further apart than half an interval never waits;
-//! one getting them faster gets about one `writev` an interval, each line waiting at most
-//! 1.25 intervals (the loop wakes for held lines at most four times an interval).
+//! then both share one frame and one `writev`, and on loopback a write costs ~1-5 µs of
+//! kernel time whatever it carries (the kernel was 88% of the server's CPU in a fan-out at
+//! 500k deliveries/s, `perf`). Whether more is coming is a property of the client, not of the
+//! loop: a member of a busy room gets a line every few milliseconds while a member of a quiet
+//! one, on the same busy server, gets one a minute. So the decision is made per connection
+//! from its own recent past: a line for a connection written less than half an interval
+//! (`--flush-interval`) ago is held; the first line held opens a window of one interval, and
+//! every held connection is written when it ends, each in one `writev` with whatever came
+//! meanwhile. Every other line is written at the end of the turn it came in (as Redis writes
+//! before it sleeps: whatever one poll returned is one batch). So a lone line on an idle
+//! server goes out in the turn it arrived; a client getting lines further apart than half an
+//! interval never waits; one getting them faster gets about one `writev` an interval, each
+//! line waiting at most one interval.
 //!
 //! Before issue 26's end the loop as a whole was called busy when it had written in the last
-//! four intervals, and then every line waited for a window: fanning out to 100 rooms of 10 at
-//! 20k deliveries/s, each line waited ~5 ms although no client got a second line within it
-//! (p99 17x uWebSockets' for no saving of CPU). Holding until the end of a global tick (every
-//! client written in it waits for its end) batched more but held clients whose lines come
-//! about an interval apart for up to an interval each time (p99 2x uWebSockets' at 200k/s).
+//! four intervals, and then every line waited for the window: fanning out to 100 rooms of 10
+//! at 20k deliveries/s each line waited ~5 ms although no client got a second line within it
+//! (p99 6.4 ms against uWebSockets' 0.33 ms, for no saving of CPU). Two variants were measured
+//! and dropped: holding every client written in the current window (not in the last half
+//! interval) held clients whose lines come about an interval apart for up to an interval each
+//! time (p99 2x uWebSockets' at 200k/s in one room); releasing each connection an interval
+//! after its own write (a deadline each, wake-ups up to four an interval) cost the same CPU
+//! at 500k/s in one room (1.27 against 1.28 µs a delivery, p99 6.9 against 8.1 ms; one run
+//! of three each): kept out for now for the one deadline and the one pass the window gives.
 //!
 //! A pass over the pending connections writes at least `PASS_CHUNK` of them a turn and at
 //! least a quarter of them; the rest go first in the next turn, which polls without sleeping.
