@@ -66,6 +66,13 @@ declare -A CLIENT_KEY=([HS256]=$KEYS/hs256.secret [ES256]=$KEYS/p256.key [EdDSA]
 
 timeout 1800 cargo build --release --quiet --bin chatloop --bin chatload </dev/null
 SERVER=target/release/chatloop LOAD=target/release/chatload
+# One benchmark at a time on this machine: two at once measure each other (a session's runs
+# taken beside another's benchmark showed p99s of seconds for every server).
+exec 9>"${TMPDIR:-/tmp}/chatloop-bench.lock"
+if ! flock -n 9; then
+  echo "bench-signin.sh: another benchmark is running; waiting for it (${TMPDIR:-/tmp}/chatloop-bench.lock)" >&2
+  flock 9
+fi
 TMP=$(mktemp -d /tmp/chatloop-bench-signin.XXXXXX)
 spid=
 cleanup() {

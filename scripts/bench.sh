@@ -113,6 +113,13 @@ cd "$(dirname "$0")/.."
 mkdir -p artifacts
 out="artifacts/bench-$(date +%Y%m%d-%H%M%S).md"
 runs_log="${out%.md}-runs.log"
+# One benchmark at a time on this machine: two at once measure each other (a session's runs
+# taken beside another's benchmark showed p99s of seconds for every server).
+exec 9>"${TMPDIR:-/tmp}/chatloop-bench.lock"
+if ! flock -n 9; then
+  echo "bench.sh: another benchmark is running; waiting for it (${TMPDIR:-/tmp}/chatloop-bench.lock)" >&2
+  flock 9
+fi
 tmp=$(mktemp -d)
 server_pid=""
 cluster_pids=()

@@ -79,6 +79,13 @@ command -v taskset >/dev/null || { echo "peers.sh: taskset is needed (util-linux
 cd "$(dirname "$0")/.."
 mkdir -p artifacts target/peers
 out="artifacts/peers-$(date +%Y%m%d-%H%M%S).md"
+# One benchmark at a time on this machine: two at once measure each other (a session's runs
+# taken beside another's benchmark showed p99s of seconds for every server).
+exec 9>"${TMPDIR:-/tmp}/chatloop-bench.lock"
+if ! flock -n 9; then
+  echo "peers.sh: another benchmark is running; waiting for it (${TMPDIR:-/tmp}/chatloop-bench.lock)" >&2
+  flock 9
+fi
 tmp=$(mktemp -d)
 server_pid=""
 cleanup() {
