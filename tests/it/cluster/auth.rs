@@ -33,8 +33,9 @@ fn expired_on_one_node_resumes_on_the_other_with_a_fresh_token_and_exp_losing_no
     let (mut watcher, _) = signed_in(&a, &token("watcher", 600, None));
     let (mut friend, _) = signed_in(&b, &token("friend", 600, None));
     wait_metric(&a, "chatloop_cluster_remote_users", 1.0);
-    // henry's token lasts a second: closed 4401 at exp + 1 s on A, and held.
-    let (mut henry, w) = signed_in(&a, &token("henry", 1, None));
+    // henry's token lasts two seconds (whole seconds: one could have a millisecond left at the
+    // upgrade): closed 4401 at exp + 1 s on A, and held.
+    let (mut henry, w) = signed_in(&a, &token("henry", 2, None));
     let first_exp = w["exp"].as_u64().unwrap();
     let resume = w["resume"].as_str().unwrap().to_string();
     wait_metric(&b, "chatloop_cluster_remote_users", 2.0);
