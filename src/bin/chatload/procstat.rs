@@ -106,12 +106,16 @@ mod tests {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         assert_eq!(cpu_seconds(stat), Some(300.0 / hz));
         assert_eq!(vm_rss_kb("Name:\tx\nVmRSS:\t  5120 kB\n"), Some(5120));
-        let me = std::process::id();
-        let one = sample(me).unwrap();
-        let two = sample_all(&[me, me]).unwrap();
-        // Twice this process, give or take what the test threads allocate in between.
-        let ratio = two.rss_kb as f64 / one.rss_kb as f64;
-        assert!((ratio - 2.0).abs() < 0.1, "sums: {} vs {}", two.rss_kb, one.rss_kb);
+        // A sleeping child's RSS stays put (this process's moves with the other test threads).
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(50)); // past exec
+        let one = sample(pid).unwrap();
+        let two = sample_all(&[pid, pid]).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(one.rss_kb > 0);
+        assert_eq!(two.rss_kb, 2 * one.rss_kb, "twice the same process");
         assert!(sample_all(&[]).is_none());
     }
 }
