@@ -93,9 +93,36 @@ impl Flush {
         }
     }
 
+    /// Takes from the front of `pending` the connections to write now, at most `chunk` of
+    /// them, marking each written at `now`; hot ones go to `held` and what is past the chunk
+    /// stays on `pending`, first. The caller writes what is returned, in order.
+    pub(super) fn take_due(
+        &mut self,
+        pending: &mut Vec<usize>,
+        chunk: &mut usize,
+        now: Instant,
+    ) -> Vec<usize> {
+        let mut due = std::mem::take(pending);
+        let (mut kept, mut seen) = (0, 0);
+        while seen < due.len() && *chunk > 0 {
+            let token = due[seen];
+            seen += 1;
+            if self.hold(token, now) {
+                continue;
+            }
+            self.wrote(token, now);
+            due[kept] = token;
+            kept += 1;
+            *chunk -= 1;
+        }
+        pending.extend_from_slice(&due[seen..]);
+        due.truncate(kept);
+        due
+    }
+
     /// Whether `token`'s lines wait for the window's end (then it is kept in `held`, and the
     /// first one held opens the window).
-    pub(super) fn hold(&mut self, token: usize, now: Instant) -> bool {
+    fn hold(&mut self, token: usize, now: Instant) -> bool {
         let hot = is_hot(&self.hot, token);
         if hot {
             self.held.push(token);
@@ -106,7 +133,7 @@ impl Flush {
 
     /// `token` was written at `now`: it is hot for half an interval. With no interval nothing
     /// is ever held, so nothing is recorded.
-    pub(super) fn wrote(&mut self, token: usize, now: Instant) {
+    fn wrote(&mut self, token: usize, now: Instant) {
         if self.interval.is_zero() || is_hot(&self.hot, token) {
             return;
         }

@@ -543,23 +543,9 @@ impl Server {
     /// Writes pending connections in order, holding the hot ones (`flush.rs`), until `chunk`
     /// writes are done; what is left stays first on the list. Returns the chunk's remainder.
     fn write_pending(&mut self, mut chunk: usize, now: Instant) -> usize {
-        let mut list = std::mem::take(&mut self.net.pending);
-        let mut done = 0;
-        for &token in &list {
-            if chunk == 0 {
-                break;
-            }
-            done += 1;
-            if self.flush.hold(token, now) {
-                continue;
-            }
+        for token in self.flush.take_due(&mut self.net.pending, &mut chunk, now) {
             self.write(token, now);
-            self.flush.wrote(token, now);
-            chunk -= 1;
         }
-        list.drain(..done);
-        list.append(&mut self.net.pending);
-        self.net.pending = list;
         chunk
     }
 

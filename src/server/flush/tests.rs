@@ -49,25 +49,13 @@ impl Sim {
         }
         self.f.tick(now, &mut self.pending);
         let mut chunk = Flush::chunk(self.pending.len());
-        let list = std::mem::take(&mut self.pending);
-        let mut done = 0;
-        for &t in &list {
-            if chunk == 0 {
-                break;
-            }
-            done += 1;
-            if self.f.hold(t, now) {
-                continue;
-            }
-            chunk -= 1;
+        for t in self.f.take_due(&mut self.pending, &mut chunk, now) {
             self.flagged[t] = false;
             if let Some(q) = self.oldest[t].take() {
                 self.writes[t] += 1;
                 self.worst[t] = self.worst[t].max(now - q);
             }
-            self.f.wrote(t, now);
         }
-        self.pending = list[done..].to_vec();
     }
 
     /// Runs `arrivals` (µs, token) in order, with a turn at every wake-up in between.
