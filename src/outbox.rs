@@ -3,8 +3,9 @@
 //! Chat lines are queued as shared `Bytes` (a room message is one allocation that every
 //! recipient holds by reference) next to raw chunks (HTTP responses, pong and close frames).
 //! Draining turns each run of consecutive lines into one WebSocket text message: a frame
-//! header built for this client, then the shared payloads separated by `\n`, written with one
-//! `writev` and no copy. A frame that has begun to go out is frozen (`Inflight`) so that lines
+//! header built for this client, then the shared payloads separated by `\n`. Frames that fit
+//! in 1 KiB are copied into one buffer, several to a `send`; a bigger one goes through iovecs
+//! with no copy. A frame that has begun to go out is frozen (`Inflight`) so that lines
 //! queued meanwhile can never change a length already on the wire.
 //!
 //! The cap is charged what the queue really costs: each chunk's bytes plus `CHUNK_COST` for
@@ -26,6 +27,8 @@ const NEWLINE: &[u8] = b"\n";
 const SMALL_FRAME: usize = 4;
 /// A frame with at most this many bytes left is copied into one buffer for its write.
 const GATHER: usize = 1024;
+/// At most this many frames are gathered into one write.
+const GATHER_FRAMES: usize = 16;
 /// An unmasked server frame header is at most 10 bytes (2 + 8-byte length).
 const HEAD_MAX: usize = 10;
 
@@ -53,7 +56,7 @@ impl Chunk {
 }
 
 /// The frame being written: the first `chunks` entries of the queue, behind `head`.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Inflight {
     head: [u8; HEAD_MAX],
     head_len: u8,
@@ -273,34 +276,26 @@ impl Queue {
             if sent >= budget {
                 return Ok(Drain::Budget);
             }
-            let frame = match self.inflight.take() {
-                Some(f) => f,
-                None => self.begin(),
-            };
-            let mut frame = frame;
-            // Most frames carry a line or two: filling 128 iovecs for them was most of the
-            // loop's own instructions per delivery in a room fan-out (callgrind).
-            let (result, total) = if frame.chunks as usize <= SMALL_FRAME {
-                self.write_frame::<{ 2 * SMALL_FRAME }>(&frame, w)
-            } else {
-                self.write_frame::<{ 2 * MAX_LINES }>(&frame, w)
+            let first = self.inflight.take().unwrap_or_else(|| self.begin(0));
+            let mut buf = [0u8; GATHER];
+            let (result, frames) = match self.gather(first, &mut buf, budget - sent) {
+                Some((len, frames)) => (w.write(&buf[..len]), frames),
+                // Most frames carry a line or two: filling 128 iovecs for them was most of
+                // the loop's own instructions per delivery in a room fan-out (callgrind).
+                None if first.chunks as usize <= SMALL_FRAME => {
+                    (self.write_frame::<{ 2 * SMALL_FRAME }>(&first, w), self.alone(first))
+                }
+                None => (self.write_frame::<{ 2 * MAX_LINES }>(&first, w), self.alone(first)),
             };
             match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     sent += n;
-                    frame.written += n as u32;
-                    if frame.written as usize == total {
-                        for c in self.queue.drain(..frame.chunks as usize) {
-                            self.queued -= c.len() as u32;
-                        }
-                    } else {
-                        self.inflight = Some(frame);
-                    }
+                    self.consume(&frames, n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.inflight = Some(frame),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.inflight = Some(first),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.inflight = Some(frame);
+                    self.inflight = Some(first);
                     return Ok(Drain::Blocked);
                 }
                 Err(e) => return Err(e),
@@ -309,36 +304,98 @@ impl Queue {
         Ok(Drain::Empty)
     }
 
-    /// Writes what is left of `frame` in one call, through `N` iovecs (at least 2 per line).
-    fn write_frame<const N: usize>(
-        &self,
-        frame: &Inflight,
-        w: &mut impl Write,
-    ) -> (io::Result<usize>, usize) {
-        let mut iov: [IoSlice<'_>; N] = [IoSlice::new(&[]); N];
-        let (n, total) = self.iovecs(frame, &mut iov);
-        let mut slices = &mut iov[..n];
-        IoSlice::advance_slices(&mut slices, frame.written as usize);
-        let left = total - frame.written as usize;
-        if left <= GATHER && slices.len() > 1 {
-            // A small frame (most are a line or two) is copied into one buffer and sent as
-            // such: the kernel's iovec import and its per-segment copy cost more than the copy.
-            let mut buf = [0u8; GATHER];
-            let mut at = 0;
-            for s in slices.iter() {
-                buf[at..at + s.len()].copy_from_slice(s);
-                at += s.len();
-            }
-            return (w.write(&buf[..at]), total);
+    /// Copies what is left of `first` and the whole frames after it into `buf`, while they
+    /// fit: a line or two and a ping for the same client go out in one `send`, not one each
+    /// (a private fan-out sent a sixth of its writes for pings alone), and the kernel's iovec
+    /// import and per-segment copy cost more than copying a few hundred bytes. `None` if
+    /// `first` alone does not fit: it goes through iovecs. Frames after the first are taken
+    /// only within `budget`.
+    fn gather(&self, first: Inflight, buf: &mut [u8; GATHER], budget: usize) -> Option<(usize, Gathered)> {
+        let mut len = self.copy_frame(0, &first, first.written as usize, buf)?;
+        let mut frames = Gathered::one(first, self.frame_len(0, &first));
+        let mut at = first.chunks as usize;
+        while at < self.queue.len() && frames.count < GATHER_FRAMES {
+            let f = self.begin(at);
+            let room = budget.clamp(len, GATHER);
+            let Some(n) = self.copy_frame(at, &f, 0, &mut buf[len..room]) else { break };
+            len += n;
+            frames.push(f, n);
+            at += f.chunks as usize;
         }
-        (w.write_vectored(slices), total)
+        Some((len, frames))
     }
 
-    /// Freezes the next frame: a raw chunk alone, or up to MAX_LINES lines as one text message.
-    fn begin(&self) -> Inflight {
+    /// Copies frame `f`, made of the chunks from `at`, less its first `skip` bytes, into
+    /// `buf`; how many bytes, or `None` if they do not fit.
+    fn copy_frame(&self, at: usize, f: &Inflight, skip: usize, buf: &mut [u8]) -> Option<usize> {
+        let total = self.frame_len(at, f);
+        if total - skip > buf.len() {
+            return None;
+        }
+        let mut out = 0;
+        let mut put = |bytes: &[u8], skip: &mut usize| {
+            let from = (*skip).min(bytes.len());
+            *skip -= from;
+            buf[out..out + bytes.len() - from].copy_from_slice(&bytes[from..]);
+            out += bytes.len() - from;
+        };
+        let mut skip = skip;
+        put(&f.head[..f.head_len as usize], &mut skip);
+        for (i, c) in self.queue.range(at..at + f.chunks as usize).enumerate() {
+            if i > 0 {
+                put(NEWLINE, &mut skip);
+            }
+            let (Chunk::Line(b) | Chunk::Raw(b)) = c;
+            put(b, &mut skip);
+        }
+        Some(out)
+    }
+
+    /// `first` as the only frame of a write.
+    fn alone(&self, first: Inflight) -> Gathered {
+        Gathered::one(first, self.frame_len(0, &first))
+    }
+
+    /// The wire length of frame `f`, made of the chunks from `at`.
+    fn frame_len(&self, at: usize, f: &Inflight) -> usize {
+        let chunks = self.queue.range(at..at + f.chunks as usize);
+        f.head_len as usize + chunks.map(Chunk::len).sum::<usize>() + f.chunks as usize - 1
+    }
+
+    /// Drops the frames `n` written bytes completed; a frame they end inside is in flight.
+    fn consume(&mut self, frames: &Gathered, mut n: usize) {
+        for &(mut f, len) in &frames.frames[..frames.count] {
+            let left = len - f.written as usize;
+            if n < left {
+                f.written += n as u32;
+                self.inflight = Some(f);
+                return;
+            }
+            n -= left;
+            for c in self.queue.drain(..f.chunks as usize) {
+                self.queued -= c.len() as u32;
+            }
+        }
+    }
+
+    /// Writes what is left of `frame` in one call, through `N` iovecs (at least 2 per line).
+    fn write_frame<const N: usize>(&self, frame: &Inflight, w: &mut impl Write) -> io::Result<usize> {
+        let mut iov: [IoSlice<'_>; N] = [IoSlice::new(&[]); N];
+        let n = self.iovecs(frame, &mut iov);
+        let mut slices = &mut iov[..n];
+        IoSlice::advance_slices(&mut slices, frame.written as usize);
+        match slices {
+            [one] => w.write(one),
+            _ => w.write_vectored(slices),
+        }
+    }
+
+    /// Freezes the frame that starts at chunk `at`: a raw chunk alone, or up to MAX_LINES
+    /// lines as one text message.
+    fn begin(&self, at: usize) -> Inflight {
         let mut f = Inflight { head: [0; HEAD_MAX], head_len: 0, chunks: 1, written: 0 };
-        if let Some(Chunk::Line(_)) = self.queue.front() {
-            let lines = self.queue.iter().take(MAX_LINES).take_while(|c| matches!(c, Chunk::Line(_)));
+        if let Some(Chunk::Line(_)) = self.queue.get(at) {
+            let lines = self.queue.range(at..).take(MAX_LINES).take_while(|c| matches!(c, Chunk::Line(_)));
             let (mut n, mut len) = (0usize, 0usize);
             for c in lines {
                 n += 1;
@@ -354,23 +411,41 @@ impl Queue {
         f
     }
 
-    /// Fills `iov` with the whole frame; returns how many slices and how many bytes.
-    fn iovecs<'a>(&'a self, f: &'a Inflight, iov: &mut [IoSlice<'a>]) -> (usize, usize) {
-        let (mut n, mut total) = (0, 0);
+    /// Fills `iov` with the whole frame at the queue's front; returns how many slices.
+    fn iovecs<'a>(&'a self, f: &'a Inflight, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
         if f.head_len > 0 {
             iov[n] = IoSlice::new(&f.head[..f.head_len as usize]);
-            (n, total) = (1, f.head_len as usize);
+            n = 1;
         }
         for (i, c) in self.queue.iter().take(f.chunks as usize).enumerate() {
             if i > 0 {
                 iov[n] = IoSlice::new(NEWLINE);
-                (n, total) = (n + 1, total + 1);
+                n += 1;
             }
             let (Chunk::Line(b) | Chunk::Raw(b)) = c;
             iov[n] = IoSlice::new(b);
-            (n, total) = (n + 1, total + b.len());
+            n += 1;
         }
-        (n, total)
+        n
+    }
+}
+
+/// The frames one write carries, in order, each with its wire length; the first may have
+/// been begun by an earlier write.
+struct Gathered {
+    frames: [(Inflight, usize); GATHER_FRAMES],
+    count: usize,
+}
+
+impl Gathered {
+    fn one(first: Inflight, len: usize) -> Gathered {
+        Gathered { frames: [(first, len); GATHER_FRAMES], count: 1 }
+    }
+
+    fn push(&mut self, f: Inflight, len: usize) {
+        self.frames[self.count] = (f, len);
+        self.count += 1;
     }
 }
 
@@ -520,6 +595,33 @@ mod tests {
         assert_eq!(w.got.len(), 300);
         assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Empty);
         assert_eq!(w.got.len(), 1000);
+    }
+
+    #[test]
+    fn small_frames_share_one_write_and_a_cut_inside_one_resumes_there() {
+        let queue = |o: &mut Outbox| {
+            o.push_line(Bytes::from_static(b"hello"), 1000);
+            o.push_raw(Bytes::from_static(&[0x89, 0x02, b'p', b'1']), 1000); // a ping
+            o.push_line(Bytes::from_static(b"world"), 1000);
+        };
+        let mut o = Outbox::default();
+        queue(&mut o);
+        let mut w = fake(usize::MAX);
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Empty);
+        assert_eq!(w.calls, 1, "three small frames, one write");
+        let want = |last: &[u8]| vec![(1, b"hello".to_vec()), (9, b"p1".to_vec()), (1, last.to_vec())];
+        assert_eq!(frames(&w.got), want(b"world"));
+        // Cut inside the ping (7 bytes of hello's frame, then 3 of the ping's 4): the ping is
+        // in flight, the line after it not begun, so a late line joins that one's frame.
+        let mut o = Outbox::default();
+        queue(&mut o);
+        let mut w = fake(10);
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Blocked);
+        assert_eq!(o.queued(), 4 + 5, "hello went whole; the ping (until its last byte) and world are left");
+        o.push_line(Bytes::from_static(b"late"), 1000);
+        w.budget = usize::MAX;
+        assert_eq!(o.drain(&mut w, usize::MAX).unwrap(), Drain::Empty);
+        assert_eq!(frames(&w.got), want(b"world\nlate"));
     }
 
     #[test]
