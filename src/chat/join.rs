@@ -348,6 +348,13 @@ impl Chat {
                 from_seq.max(first)
             }
         };
+        // A join while an earlier one's replay is still under way (two in one read): the
+        // replay goes on from the earlier start, so what either asked for comes, once and in
+        // order. Starting over from the later one dropped what the first had not yet had.
+        let start = match self.rooms.flow(rk, token as u32) {
+            Some(Flow::Replay(going)) => start.min(going),
+            _ => start,
+        };
         let flow = if start >= next { Flow::Live } else { Flow::Replay(start) };
         self.rooms.set_flow(rk, token as u32, flow);
     }

@@ -90,6 +90,32 @@ fn last_gives_the_most_recent_and_gaps_tell_what_is_gone() {
 }
 
 #[test]
+fn two_joins_in_one_read_get_every_line_either_asked_for_once() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut a = s.join("alice");
+    for i in 1..=5 {
+        a.send(&json!({"text": format!("m{i}")}));
+    }
+    messages(&mut a, "lobby", 5);
+    // Both joins reach the server in one write, so both are read before any replay goes.
+    let frames =
+        [json!({"join": "lobby", "last": 3, "cid": "A"}), json!({"join": "lobby", "last": 2, "cid": "B"})]
+            .iter()
+            .flat_map(|f| masked(0x1, f.to_string().as_bytes()))
+            .collect::<Vec<u8>>();
+    a.ws.get_mut().write_all(&frames).unwrap();
+    let mut got = Vec::new();
+    while got.iter().filter(|l: &&Value| l["type"] == "message").count() < 3 {
+        got.push(a.next_any());
+    }
+    let kinds: Vec<String> = got.iter().map(|l| format!("{} {}", l["type"], l["cid"])).collect();
+    assert_eq!(kinds[..2], [r#""joined" "A""#, r#""joined" "B""#], "{kinds:?}");
+    assert_eq!(seqs(&got), [3, 4, 5], "the first join's three, not only the second's two: {got:?}");
+    a.send(&json!({"text": "live"}));
+    assert_eq!(a.next_of("message")["seq"], 6, "and nothing twice");
+}
+
+#[test]
 fn a_lost_connection_keeps_its_user_and_a_resume_misses_nothing() {
     let s = Server::start(&["--rate-limit", "0"]);
     let mut friend = s.join("friend");
