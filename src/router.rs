@@ -149,7 +149,15 @@ pub fn route(req: &Request, rules: &Rules<'_>) -> Route {
         }
         let id = req.query_param("id").unwrap_or_default();
         let resume = req.query_param("resume");
-        let pseq = req.query_param("pseq").and_then(|p| p.parse().ok()).unwrap_or(0);
+        // Absent or empty: nothing yet. Anything but digits is refused rather than read as
+        // 0, which would resend what the client may already have, or as a guess.
+        let pseq = match req.query_param("pseq").filter(|p| !p.is_empty()) {
+            None => 0,
+            Some(p) => match p.parse::<u64>() {
+                Ok(n) if p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Route::Refuse(Status::BadRequest, "pseq is not a whole number"),
+            },
+        };
         let token = match &req.authorization {
             Some(h) => Some(bearer(h).unwrap_or_default().to_string()),
             None => (req.query_count("token") > 0).then(|| req.query_param("token").unwrap_or_default()),
@@ -297,6 +305,13 @@ mod tests {
         assert_eq!(refused(upgrade("/ws?id=x&id=y", KEY), false), 400, "which id? the client must say");
         assert_eq!(refused(upgrade("/ws?id=x&resume=a&resume=b", KEY), false), 400);
         assert!(matches!(route_raw(&upgrade("/ws?id=x&idx=y", KEY), false), Route::Upgrade { .. }));
+        for bad in ["junk", "-1", "%2B1", "0x2", "1.0", "18446744073709551616"] {
+            assert_eq!(refused(upgrade(&format!("/ws?id=x&pseq={bad}"), KEY), false), 400, "pseq={bad}");
+        }
+        for (good, n) in [("", 0), ("0", 0), ("007", 7), ("18446744073709551615", u64::MAX)] {
+            let got = route_raw(&upgrade(&format!("/ws?id=x&pseq={good}"), KEY), false);
+            assert!(matches!(got, Route::Upgrade { pseq, .. } if pseq == n), "pseq={good}: {got:?}");
+        }
         let rebound = upgrade("/ws", &format!("{KEY}Origin: http://evil.example\r\n"))
             .replace("Host: h:1", "Host: evil.example");
         assert_eq!(route_raw(&rebound, false), Route::Foreign(Foreign::Host));
