@@ -417,6 +417,13 @@ pub fn json(status: Status, body: &[u8], close: bool) -> Bytes {
 }
 
 /// A plain-text error response carrying a one-line reason.
+/// Whether a raw request head names an `/api/` path, read from its request line alone so that
+/// a head too malformed to parse is still told apart.
+pub fn targets_api(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.split(|&b| b == b' ').nth(1).is_some_and(|target| target.starts_with(b"/api/"))
+}
+
 pub fn error(status: Status, why: &str) -> Bytes {
     let extra = if status == Status::UpgradeRequired { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     response(status, "text/plain; charset=utf-8", extra, format!("{why}\n").as_bytes(), false)

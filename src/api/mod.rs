@@ -119,6 +119,30 @@ pub fn fail(status: Status, code: &str, why: &str) -> Answer {
 }
 
 /// The body of every error.
+/// The code of an error the HTTP layer gives before the API sees the request (a head it
+/// cannot parse, a foreign Host): the same as the API's own where it has one.
+pub fn code_of(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::BadRequest => "bad_request",
+        Status::Unauthorized => "unauthorized",
+        Status::Forbidden => "forbidden",
+        Status::NotFound => "not_found",
+        Status::MethodNotAllowed => "method_not_allowed",
+        Status::RequestTimeout => "timeout",
+        Status::Conflict => "conflict",
+        Status::LengthRequired => "length_required",
+        Status::ContentTooLarge => "too_large",
+        Status::UnsupportedMediaType => "unsupported_media_type",
+        Status::UnprocessableContent => "unprocessable",
+        Status::Misdirected => "misdirected",
+        Status::UpgradeRequired => "upgrade_required",
+        Status::TooManyRequests => "rate_limited",
+        Status::HeadersTooLarge => "headers_too_large",
+        Status::Unavailable => "unavailable",
+    }
+}
+
 pub fn error_json(code: &str, why: &str) -> Vec<u8> {
     serde_json::json!({ "error": { "code": code, "message": why } }).to_string().into_bytes()
 }

@@ -60,7 +60,7 @@ impl Server {
             Parse::Partial => {}
             Parse::Fail(status, why) => {
                 warn!("{}: bad request: {} {why}", conn.addr, status as u16);
-                self.respond(token, http::error(status, why), now);
+                self.refuse(token, status, why, now);
             }
             Parse::Done(req, len) => {
                 let rest = buf.split_off(len);
@@ -118,9 +118,19 @@ impl Server {
         }
     }
 
+    /// Refuses the request and closes: as the API's JSON error if it named an `/api/` path
+    /// on a server with the API on (its clients parse every answer as JSON), else plain text.
     fn refuse(&mut self, token: usize, status: Status, why: &str, now: Instant) {
-        debug!("{}: {} {why}", self.net.conns[token].addr, status as u16);
-        self.respond(token, http::error(status, why), now);
+        let conn = &self.net.conns[token];
+        debug!("{}: {} {why}", conn.addr, status as u16);
+        let api = self.cfg.api_key.is_some()
+            && matches!(&conn.phase, Phase::Request { buf } if http::targets_api(buf));
+        let response = if api {
+            http::json(status, &crate::api::error_json(crate::api::code_of(status), why), true)
+        } else {
+            http::error(status, why)
+        };
+        self.respond(token, response, now);
     }
 
     /// Queues a response; the connection closes once it is written.

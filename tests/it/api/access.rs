@@ -233,6 +233,37 @@ fn pipelined_requests_cost_the_same_each_however_many_wait_behind_them() {
 }
 
 #[test]
+fn refusals_before_the_api_sees_a_request_are_json_too() {
+    let s = start(&[]);
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let big = format!("X-Pad: {}\r\n", "p".repeat(9000));
+    let cases = [
+        (format!("GET /api/rooms HTTP/1.1\r\nHost: evil.example\r\n{auth}\r\n"), 421, "misdirected"),
+        (format!("GET /api/rooms HTTP/1.1\r\nHost: {}\r\n{auth}{big}\r\n", s.addr), 431, "headers_too_large"),
+        (
+            format!(
+                "POST /api/publish HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}",
+                s.addr
+            ),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (raw, status, code) in cases {
+        let r = s.raw(raw.as_bytes());
+        let (head, body) = r.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{r}"));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{r}");
+        assert!(head.contains("Content-Type: application/json"), "{r}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(v["error"]["code"], code, "{body}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    }
+    // Outside /api/ the same refusal stays plain text.
+    let r = s.raw(b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 421") && r.contains("text/plain"), "{r}");
+}
+
+#[test]
 fn connection_close_is_honoured() {
     let s = start(&[]);
     let raw = format!(
