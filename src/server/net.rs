@@ -15,7 +15,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use slab::Slab;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 /// The connections and what the turn has queued for them: the `Sink` chat delivers into.
@@ -129,8 +129,17 @@ impl Server {
         self.net.stats.accepted += 1;
         self.heap_churned(now);
         if self.net.conns.len() >= self.max_conns {
-            // Best effort, never blocking: the 503 fits any socket buffer.
+            // Best effort, never blocking: the 503 fits any socket buffer. Its FIN goes after
+            // it, and what the client already sent is read first: a socket closed with unread
+            // bytes sends a reset, which can destroy the 503 before the client reads it.
             let _ = sock.write(&http::error(Status::Unavailable, "server full, try again later"));
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 2048];
+            for _ in 0..4 {
+                if !matches!(sock.read(&mut sink), Ok(n) if n > 0) {
+                    break;
+                }
+            }
             debug!("refused {addr}: {} connections", self.net.conns.len());
             return;
         }

@@ -149,6 +149,18 @@ fn past_max_conns_newcomers_get_503_and_the_others_are_served() {
     std::thread::sleep(Duration::from_millis(100));
     let r = s.get("/");
     assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    // Newcomers that send their request at once read the whole 503 and then the end, never a
+    // reset (a socket closed with its request unread resets, which can destroy the 503).
+    for i in 0..20 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let read = c.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "newcomer {i}: {read:?} after {text:?}");
+        assert!(text.starts_with("HTTP/1.1 503") && text.ends_with("try again later\n"), "{text:?}");
+    }
     a.send(&json!({"text": "still here"}));
     assert_eq!(a.next_line()["text"], "still here");
     drop(held);
