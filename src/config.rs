@@ -173,9 +173,9 @@ Flags:
   --ping-interval SECS        ping every client this often; must be shorter than
                               --idle-timeout [default: 54, or 0.9 x a lower --idle-timeout]
   --idle-timeout SECS         close a client that sent nothing, not even a pong [default: 60]
-  --presence-limit N          per room: above N members, no join/leave events, and
-                              rosters (welcome, joined) and the directory list N entries
-                              [default: 256]
+  --presence-limit N          per room: above N members (and until back to 7/8 of N), no
+                              join/leave events; rosters (welcome, joined) and the
+                              directory list N entries [default: 256]
   --max-rooms N               rooms on the server; a join that would create one more first
                               gives up the room held longest only by users in their resume
                               grace, else gets too_many_rooms [default: 10000]

@@ -6,9 +6,10 @@
 //!
 //! Presence is batched per room and per loop turn: a room's joins and leaves of one turn are
 //! one shared buffer, and each local member gets the part of it after their own join. Above
-//! `presence_limit` members a room goes quiet; crossing the limit either way sends every
-//! member one `users` line (the list, capped, and the true total) instead of that turn's
-//! events, so nobody keeps a list that the events stopped keeping up to date.
+//! `presence_limit` members a room goes quiet, and loud again an eighth below it (`loud_below`);
+//! either change sends every member one `users` line (the list, capped, and the true total)
+//! instead of that turn's events, so nobody keeps a list that the events stopped keeping up
+//! to date.
 
 use crate::chat::Sink;
 use crate::chat::members::{Member, Members, Mode, OLD};
@@ -22,6 +23,13 @@ use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::rc::Rc;
+
+/// How far a quiet room must shrink to be loud again: an eighth below the limit (at least one
+/// member), so that one id leaving and coming back at the limit does not send every member
+/// the whole list each time (a 3.8 KB `users` line per request at the default 256).
+fn loud_below(limit: usize) -> usize {
+    limit - (limit / 8).max(1).min(limit)
+}
 
 /// Characters in an epoch (`history::new_epoch`).
 const EPOCH_LEN: usize = 8;
@@ -565,7 +573,7 @@ impl Rooms {
             };
             let Batch { events, starts } = *b;
             let batch = Bytes::from(events);
-            let quiet = room.len() > limit;
+            let quiet = room.len() > if room.was_quiet { loud_below(limit) } else { limit };
             let truth = (quiet != room.was_quiet)
                 .then(|| protocol::users(&room.name, room.listing(None, limit, users)));
             room.was_quiet = quiet;

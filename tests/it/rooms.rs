@@ -190,3 +190,24 @@ fn rooms_kept_only_by_holds_never_keep_a_connected_user_out() {
     assert_eq!(m["chatloop_rooms_evicted_total"] - before, 5.0, "one held room for each new room");
     assert!(m["chatloop_rooms"] <= 100.0);
 }
+
+#[test]
+fn one_member_coming_and_going_at_the_presence_limit_sends_no_lists() {
+    let s = Server::start(&["--presence-limit", "8", "--rate-limit", "0"]);
+    let mut watcher = s.join("watcher");
+    let mut others: Vec<Client> = (0..7).map(|i| s.join(&format!("m{i}"))).collect();
+    let mut flapper = s.join("flapper");
+    assert_eq!(watcher.next_of("users")["total"], 9, "above 8: quiet, with the list once");
+    for _ in 0..5 {
+        flapper.send(&json!({"leave": "lobby"}));
+        flapper.next_of("left");
+        flapper.send(&json!({"join": "lobby"}));
+        flapper.next_of("joined");
+    }
+    // 8 and 9 members by turns: still quiet (loud again at 7), so no list each time. Two
+    // leave: 7, loud, and the whole list once more.
+    others.pop().unwrap().bye();
+    others.pop().unwrap().bye();
+    let l = watcher.next_of("users");
+    assert_eq!(l["total"], 7, "the next list is the one at 7, none from the flapping: {l}");
+}
