@@ -87,7 +87,9 @@ mod tests {
     /// others.
     #[test]
     fn the_swap_gives_the_cached_blocks_back_to_the_heap() {
-        let layout = Layout::from_size_align(200, 8).unwrap();
+        let layout = Layout::from_size_align(1000, 8).unwrap();
+        // Whatever this thread's cache held of the size first, so that it holds ours alone.
+        let before = take(PER_SIZE, layout);
         let scattered = take(PER_SIZE, layout);
         give(&scattered, layout);
         let again = take(PER_SIZE, layout);
@@ -100,5 +102,6 @@ mod tests {
         let after = take(PER_SIZE, layout);
         assert!(after.iter().all(|p| !scattered.contains(p)), "{after:x?} vs {scattered:x?}");
         give(&after, layout);
+        give(&before, layout);
     }
 }
