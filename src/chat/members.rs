@@ -239,6 +239,21 @@ impl Members {
         }
     }
 
+    /// A copy in a fresh allocation of the size its members need, for a table made or grown
+    /// during a crowd's arrival (`Rooms::repack`); none for a `Dense` table (one per server
+    /// at most, and large: glibc maps its own pages for it).
+    pub fn packed(&self) -> Option<Members> {
+        match self {
+            Members::Small(v) => Some(Members::Small(v.to_vec())),
+            Members::Hash(m) => {
+                let mut n = HashMap::with_capacity_and_hasher(m.len(), ByToken::default());
+                n.extend(m.iter().map(|(t, mm)| (*t, *mm)));
+                Some(Members::Hash(n))
+            }
+            Members::Dense { .. } => None,
+        }
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = u32> + '_ {
         self.iter().map(|(t, _)| t)
     }
@@ -347,6 +362,35 @@ mod tests {
         t.insert(1_000_000, Member::new(0, Mode::Live));
         assert!(matches!(t, Members::Hash(_)), "a hash table again, not 4 MB of holes");
         assert_eq!((t.len(), t.contains(1_000_000), t.contains(199)), (201, true, true));
+    }
+
+    #[test]
+    fn a_packed_table_has_the_same_members_in_a_block_of_their_size() {
+        for n in [3u32, 10, 100] {
+            let mut t = Members::default();
+            for tok in 0..n {
+                t.insert(tok * 7, Member::new(tok, Mode::Quiet));
+            }
+            let p = t.packed().expect("a small or hash table");
+            let list = |t: &Members| {
+                let mut v: Vec<(u32, Member)> = t.iter().map(|(k, m)| (k, *m)).collect();
+                if n > SMALL as u32 {
+                    v.sort_by_key(|(k, _)| *k); // hash order is no order
+                }
+                v
+            };
+            assert_eq!((list(&p), p.len()), (list(&t), n as usize));
+            match p {
+                Members::Small(v) => assert_eq!(v.capacity(), n as usize, "in join order, no slack"),
+                Members::Hash(m) => assert!(m.capacity() < 2 * n as usize),
+                Members::Dense { .. } => panic!("no dense table from a hash table"),
+            }
+        }
+        let mut d = Members::default();
+        for tok in 0..200 {
+            d.insert(tok, Member::new(0, Mode::Live));
+        }
+        assert!(matches!(d, Members::Dense { .. }) && d.packed().is_none());
     }
 
     #[test]

@@ -350,6 +350,12 @@ impl Chat {
         self.users.reserve(n);
     }
 
+    /// Moves tables made during a crowd's arrival to fresh allocations, before the heap is
+    /// trimmed (`Rooms::repack`).
+    pub fn repack(&mut self) {
+        self.rooms.repack();
+    }
+
     /// Returns the tables' memory (when the server has gone idle).
     pub fn shrink(&mut self) {
         self.users.shrink();

@@ -20,12 +20,15 @@ pub mod api;
 mod cluster;
 mod events;
 mod flush;
+mod heap;
 mod join;
 pub mod moderation;
 mod net;
 mod request;
 mod session;
 mod signin;
+
+use heap::give_back_free_heap;
 
 use crate::assets::Assets;
 use crate::chat::{Chat, Nodes, Sink};
@@ -123,15 +126,6 @@ pub struct Server {
     /// When to give freed heap back to the system (see `trim_heap`).
     trim_due: Option<Instant>,
     compacted_after: u64,
-}
-
-/// Returns the heap's free pages to the system: glibc keeps freed memory otherwise.
-fn give_back_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn now_millis() -> u64 {
@@ -323,6 +317,11 @@ impl Server {
         }
         self.trim_due = None;
         let started = Instant::now();
+        // The arrival filled the spare list with queue buffers made at its peak, scattered
+        // over pages it would keep resident (up to 1,024 of them, ~240 KB); the next fan-out
+        // makes them again, once. Chat's tables made during the arrival move first (`heap`).
+        self.net.spare.clear();
+        self.chat.repack();
         give_back_free_heap();
         debug!("heap trimmed in {:?}", started.elapsed());
     }
