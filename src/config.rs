@@ -130,10 +130,11 @@ Flags:
                               [default: loopback names only]
   --max-conns N               at most N connections; more get 503
                               [default: the open-file limit minus 64]
-  --max-message BYTES         largest client message; larger closes with 1009; must hold a
-                              --max-text text in the worst legal encoding (12 bytes a
-                              character, as \\uXXXX\\uXXXX escapes)
-                              [default: 12 x --max-text + 512, 12512]
+  --max-message BYTES         largest client message; larger closes with 1009; must hold
+                              the largest legal request: a --max-text text in the worst
+                              encoding (12 bytes a character, as \\uXXXX\\uXXXX escapes)
+                              and every other field at its longest, escaped too
+                              [default: 12 x --max-text + 1280, 13280]
   --max-text CHARS            longest chat text, in Unicode scalar values (characters, not
                               bytes); longer gets error too_long [default: 1000]
   --queue-cap BYTES           soft cap on what is queued for one connection, judged after
@@ -243,10 +244,13 @@ signal or a failure while running.
 /// (Python's `json.dumps` by default).
 pub const WORST_BYTES_PER_CHAR: usize = 12;
 
-/// The rest of the largest legal message: `{"to":"<32-character id>","text":""}` with every
-/// key and id character escaped as `\u00XX` is 241 bytes; the remainder is slack for the
-/// whitespace JSON allows between tokens (`json.dumps` adds a space after each `:` and `,`).
-pub const MESSAGE_OVERHEAD: usize = 512;
+/// Room for everything but the text in the largest legal request: every field at its
+/// longest, every character escaped (`\u00XX` for ASCII, a surrogate pair for the rest) and a
+/// space around every token. The largest are a join (`join`, `since`, `epoch`, `cid`: 1,169
+/// bytes) and a room message (`room`, `cid`: 1,057 bytes besides its text); a test builds both
+/// from the same limits. Whitespace JSON allows beyond that, and fields the server ignores, are
+/// not a legal request's need.
+pub const MESSAGE_OVERHEAD: usize = 1280;
 
 /// The smallest `--max-message` that a text of `max_text` characters can never exceed, so
 /// that a legal text gets `too_long` at worst, never a 1009 close.
@@ -439,10 +443,14 @@ fn settle(
         None => room,
         Some(m) if m < room => {
             let fits = m.saturating_sub(MESSAGE_OVERHEAD) / WORST_BYTES_PER_CHAR;
+            let or = match fits {
+                0 => format!("(no --max-text fits in less than {})", message_room(1)),
+                n => format!("or --max-text {n} or less"),
+            };
             return Err(format!(
-                "--max-message: {m} bytes cannot hold a --max-text {} text in the worst legal \
-                 encoding ({WORST_BYTES_PER_CHAR} bytes a character): give at least {room}, or \
-                 --max-text {fits} or less",
+                "--max-message: {m} bytes cannot hold the largest legal request with a --max-text \
+                 {} text ({WORST_BYTES_PER_CHAR} bytes a character escaped, {MESSAGE_OVERHEAD} for \
+                 the rest): give at least {room}, {or}",
                 cfg.max_text
             ));
         }
@@ -549,7 +557,7 @@ mod tests {
     fn defaults_and_values() {
         let c = run(&[]).unwrap();
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (12_512, 262_144, 20));
+        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (13_280, 262_144, 20));
         assert!(c.log_timestamps && c.allow_host.is_empty());
         let c = run(&["--addr", "127.0.0.1:0", "--handshake-timeout=0.2", "--allow-origin", "*", "--echo"])
             .unwrap();
@@ -565,19 +573,72 @@ mod tests {
 
     #[test]
     fn max_message_follows_max_text_or_must_hold_it() {
-        assert_eq!(run(&["--max-text", "10"]).unwrap().max_message, 10 * 12 + 512);
-        assert_eq!(run(&["--max-text", "10", "--max-message", "632"]).unwrap().max_message, 632);
+        assert_eq!(run(&["--max-text", "10"]).unwrap().max_message, 10 * 12 + 1280);
+        assert_eq!(run(&["--max-text", "10", "--max-message", "1400"]).unwrap().max_message, 1400);
         assert_eq!(run(&["--max-message", "20000"]).unwrap().max_message, 20_000);
         let e = run(&["--max-message", "4096"]).unwrap_err();
-        assert!(e.contains("give at least 12512, or --max-text 298 or less"), "{e}");
-        assert!(run(&["--max-message", "4096", "--max-text", "298"]).is_ok());
-        // The largest legal message for --max-text 1000: 1,000 non-BMP characters escaped.
-        let worst = format!(
-            "{{ \"to\" : \"{}\" , \"text\" : \"{}\" }}",
-            "\\u0061".repeat(32),
-            "\\ud83d\\ude00".repeat(1000)
+        assert!(e.contains("give at least 13280, or --max-text 234 or less"), "{e}");
+        assert!(run(&["--max-message", "4096", "--max-text", "234"]).is_ok());
+        // Below what any --max-text needs, the advice names no --max-text (0 is refused).
+        let e = run(&["--max-message", "100"]).unwrap_err();
+        assert!(e.contains("give at least 13280, (no --max-text fits in less than 1292)"), "{e}");
+        assert!(!e.contains("--max-text 0"), "{e}");
+        assert!(run(&["--max-message", "1292", "--max-text", "1"]).is_ok());
+    }
+
+    /// Every character of `s` as a JSON escape: `\u00XX` for ASCII, a surrogate pair beyond
+    /// the BMP, the longest way a legal client may spell it.
+    fn escaped(s: &str) -> String {
+        s.encode_utf16().map(|u| format!("\\u{u:04x}")).collect()
+    }
+
+    /// `{ "k" : v , ... }`, keys escaped: the widest spelling of an object, short of the
+    /// unbounded whitespace JSON allows, with a space around every token as `json.dumps`'s
+    /// separators and pretty printers add.
+    fn widest(fields: &[(&str, String)]) -> String {
+        let pairs: Vec<String> = fields.iter().map(|(k, v)| format!("\"{}\" : {v}", escaped(k))).collect();
+        format!("{{ {} }}", pairs.join(" , "))
+    }
+
+    #[test]
+    fn the_largest_legal_request_fits_the_default_max_message() {
+        use crate::protocol::{self, Incoming, MAX_CID, MAX_ID, MAX_ROOM};
+        let string = |s: String| format!("\"{}\"", escaped(&s));
+        let cid = string("\u{1F600}".repeat(MAX_CID));
+        let join = widest(&[
+            ("join", string("r".repeat(MAX_ROOM))),
+            ("since", u64::MAX.to_string()),
+            ("epoch", string("e".repeat(crate::chat::history::EPOCH_LEN))),
+            ("cid", cid.clone()),
+        ]);
+        assert!(matches!(protocol::decode_why(&join), Ok((Incoming::Join { .. }, Some(_)))), "{join}");
+        assert!(join.len() <= message_room(1), "{} for a join", join.len());
+        for max_text in [1, 10, 1000, 4000] {
+            let text = string("\u{1F600}".repeat(max_text));
+            let say = widest(&[
+                ("room", string("r".repeat(MAX_ROOM))),
+                ("text", text.clone()),
+                ("cid", cid.clone()),
+            ]);
+            let private = widest(&[("to", string("i".repeat(MAX_ID))), ("text", text), ("cid", cid.clone())]);
+            for (request, kind) in [(say, "room message"), (private, "private message")] {
+                let Ok((Incoming::Say { text, .. } | Incoming::Private { text, .. }, Some(c))) =
+                    protocol::decode_why(&request)
+                else {
+                    panic!("{kind} is not legal: {request}")
+                };
+                assert_eq!((text.chars().count(), c.chars().count()), (max_text, MAX_CID));
+                assert!(request.len() <= message_room(max_text), "{kind}: {} for {max_text}", request.len());
+            }
+        }
+        // The probe's request, without the spaces: 12,803 bytes, closed with 1009 at 12,512.
+        let probe = format!(
+            r#"{{"room":"lobby","text":"{}","cid":"{}"}}"#,
+            "\\ud83d\\ude00".repeat(1000),
+            "\\ud83d\\ude00".repeat(64)
         );
-        assert!(worst.len() <= Config::default().max_message, "{}", worst.len());
+        assert_eq!(probe.len(), 12_803);
+        assert!(probe.len() <= Config::default().max_message);
     }
 
     #[test]
