@@ -10,6 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
+    /// `--public DIR`, as its real (canonical) path once parsed.
     pub public: Option<PathBuf>,
     /// `*` or `http(s)://host[:port]`, checked at start-up.
     pub allow_origin: Vec<String>,
@@ -119,6 +120,8 @@ Usage: chatloop [FLAGS]
 Flags:
   --addr ADDR                 address to listen on [default: 127.0.0.1:8080]
   --public DIR                serve the page from DIR instead of the embedded copy
+                              (development): only regular files inside DIR, symlinks
+                              leading out of it are 404
   --allow-origin ORIGIN       also allow upgrades from ORIGIN, compared as scheme, host and
                               port (e.g. https://chat.example.com); repeatable; * allows any
                               [default: same origin only]
@@ -468,6 +471,9 @@ fn settle(
         if !dir.join("index.html").is_file() {
             return Err(format!("--public: '{}' has no index.html, so / would be a 404", dir.display()));
         }
+        // Real paths only: a file is served if its own real path is inside this one.
+        let real = dir.canonicalize().map_err(|e| format!("--public: '{}': {e}", dir.display()))?;
+        cfg.public = Some(real);
     }
     if cfg.redis_ttl < Duration::from_millis(300) {
         return Err("--redis-ttl: at least 0.3 seconds, or heartbeats cannot keep ids alive".into());
