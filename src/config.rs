@@ -236,10 +236,11 @@ Flags:
   -h, --help                  print this help
   -V, --version               print the version
 
-Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [default: info].
-Exit status: 2 when nothing started (flags that cannot work together, an address that
-cannot be bound), with the reason on one line; 0 after a graceful shutdown; 1 on a second
-signal or a failure while running.
+Seconds take fractions (0.2). Each flag is given once; only those marked repeatable may
+repeat (a flag given twice is refused, not overridden). Logs go to stderr; RUST_LOG sets
+the level [default: info]. Exit status: 2 when nothing started (flags that cannot work
+together, a flag given twice, an address that cannot be bound), with the reason on one
+line; 0 after a graceful shutdown; 1 on a second signal or a failure while running.
 ";
 
 /// Bytes a character of chat text can take in a legal message: a scalar outside the BMP
@@ -265,6 +266,10 @@ pub const fn message_room(max_text: usize) -> usize {
 /// and a queue that cannot hold its own welcome would close every newcomer as a slow consumer.
 pub const MIN_QUEUE_CAP: usize = 16 * 1024;
 
+/// The flags that may be given more than once, each adding a value (`--help` says
+/// "repeatable"); any other given twice is refused.
+pub const REPEATABLE: &[&str] = &["--allow-origin", "--allow-host", "--metrics-allow", "--auth-key"];
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
@@ -276,7 +281,7 @@ pub enum Command {
 /// Parses flags (without the program name). Errors are one line, ready to print.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut cfg = Config::default();
-    let mut cli = flags::Cli::new(args);
+    let mut cli = flags::Cli::new(args).repeatable(REPEATABLE);
     let mut metrics_allow: Vec<Cidr> = Vec::new();
     let mut ping_given = false;
     let mut max_message: Option<usize> = None;
@@ -734,6 +739,29 @@ mod tests {
         for url in ["/auth/token", "https://sso.example.com/chat-token?aud=chat"] {
             assert_eq!(run(&["--token-url", url]).unwrap().token_url.as_deref(), Some(url));
         }
+    }
+
+    #[test]
+    fn a_flag_is_given_once_unless_help_calls_it_repeatable() {
+        let e = run(&["--rate-limit", "5", "--rate-limit", "7"]).unwrap_err();
+        assert_eq!(e, "--rate-limit given twice: give it once");
+        assert!(run(&["--echo", "--echo"]).unwrap_err().contains("--echo given twice"));
+        let c = run(&["--allow-origin", "https://a.example", "--allow-origin=https://b.example"]).unwrap();
+        assert_eq!(c.allow_origin.len(), 2);
+        // REPEATABLE is exactly the flags --help marks repeatable.
+        let mut marked = Vec::new();
+        let mut current = "";
+        let flags = HELP.split("\nSeconds take fractions").next().unwrap();
+        for line in flags.lines() {
+            if let Some(flag) = line.trim_start().strip_prefix("--").and_then(|l| l.split(' ').next()) {
+                current = flag;
+            }
+            if line.contains("repeatable") {
+                marked.push(format!("--{current}"));
+            }
+        }
+        marked.dedup();
+        assert_eq!(marked, REPEATABLE, "{marked:?}");
     }
 
     #[test]

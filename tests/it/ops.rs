@@ -155,6 +155,8 @@ fn flags_that_cannot_work_are_refused_at_start_up_with_one_line() {
         (&["--public", empty], "has no index.html"),
         (&["--max-message", "4096"], "give at least 13280, or --max-text 234 or less"),
         (&["--max-message", "100"], "give at least 13280, (no --max-text fits in less than 1292)"),
+        (&["--rate-limit", "5", "--rate-limit", "7"], "--rate-limit given twice: give it once"),
+        (&["--addr", "127.0.0.1:0"], "--addr given twice: give it once"),
     ] {
         let (code, err) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
