@@ -145,9 +145,11 @@ Flags:
                               later, or over 4x it at once, is closed with 1008 slow
                               consumer; private messages to a client over it are refused
                               with recipient_busy; at least 16384 [default: 262144]
-  --rate-limit N              messages per second per id, burst 2N, kept across reconnects;
-                              0 turns it off; over it the message is dropped with error
-                              rate_limited [default: 20]
+  --rate-limit N              requests per second per id: every text frame costs one
+                              (messages, joins, leaves, directory asks, token refreshes,
+                              malformed frames); burst 2N, kept across reconnects and
+                              resumes; 0 turns it off; over it the request is dropped with
+                              error rate_limited [default: 20]
   --resume-grace SECS         a connection lost without the client's close frame (EOF or
                               reset, idle timeout, closed by the server) keeps its user
                               this long for the client's resume token: still in its rooms,
@@ -155,9 +157,10 @@ Flags:
   --history N                 messages kept per room for replay on join (since/last) and
                               resume; 0 keeps none [default: 100]
   --history-bytes BYTES       bytes of history kept for all rooms, at real cost (a log
-                              ~350 B, a line its bytes + ~100 B); past it the history of
-                              rooms nobody is in goes first (the longest empty first),
-                              then the oldest messages of the largest rooms
+                              336 B + its name, a line its bytes + 64 B + a 32 B slot);
+                              past it the history of rooms nobody is in goes first (the
+                              longest empty first), then the oldest messages of the
+                              largest rooms
                               [default: 67108864]
   --history-ttl SECS          how long a room's history outlives its last member
                               [default: 300]
@@ -762,6 +765,20 @@ mod tests {
         }
         marked.dedup();
         assert_eq!(marked, REPEATABLE, "{marked:?}");
+    }
+
+    #[test]
+    fn help_states_the_costs_and_defaults_the_code_uses() {
+        // Help text is wrapped: compare with runs of whitespace as one space.
+        let help = HELP.split_whitespace().collect::<Vec<_>>().join(" ");
+        use crate::chat::history::{LINE_COST, LOG_COST};
+        let slot = std::mem::size_of::<bytes::Bytes>();
+        let history =
+            format!("(a log {LOG_COST} B + its name, a line its bytes + {LINE_COST} B + a {slot} B slot)");
+        assert!(help.contains(&history), "--history-bytes should say {history}");
+        let max_message = format!("[default: 12 x --max-text + {MESSAGE_OVERHEAD}, {}]", message_room(1000));
+        assert!(help.contains(&max_message), "--max-message should say {max_message}");
+        assert_eq!(WORST_BYTES_PER_CHAR, 12);
     }
 
     #[test]
