@@ -141,13 +141,15 @@ server_bin=$bin/chatloop # the chatloop that start_chatloop runs (the baseline's
 baseline_name=""
 [ -z "$baseline" ] || baseline_name="\`$(basename "$baseline")\`, $("$baseline" --version 2>/dev/null | head -1)"
 
-# Starts chatloop on CPU 0 with the rate limit off and the given flags, output to $tmp/NAME.*;
-# waits until it listens; sets started_pid and addr.
+# Starts chatloop on CPU 0 with the given flags and the rate limit off unless they set one
+# (chatloop refuses a flag given twice), output to $tmp/NAME.*; waits until it listens; sets
+# started_pid and addr.
 start_chatloop() {
-  local name=$1 i attempt status
+  local name=$1 i attempt status rate=(--rate-limit 0)
   shift
+  case " $* " in *" --rate-limit "*) rate=() ;; esac
   for attempt in 1 2 3; do
-    RUST_LOG=warn "${rt[@]}" taskset -c 0 "$server_bin" --rate-limit 0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    RUST_LOG=warn "${rt[@]}" taskset -c 0 "$server_bin" "${rate[@]}" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
     started_pid=$!
     # Up to 20 s: on a busy shared machine a start pinned to a loaded CPU 0 can take seconds.
     for i in $(seq 400); do

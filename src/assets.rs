@@ -4,6 +4,10 @@
 //! be plain segments of `A-Z a-z 0-9 _ - .`, none starting with a dot. That rules out `..`,
 //! `%2e%2e`, double encoding (`%252e` decodes to `%2e`, and `%` is not allowed), backslashes,
 //! NUL, absolute URIs and empty segments, whatever the file system below would do with them.
+//!
+//! From `--public DIR`, only a regular file whose real path is inside DIR's is served: a
+//! symlink out of DIR, a FIFO, a device or a directory is a 404. The file type is checked
+//! before the open, and the open does not wait, so a FIFO never stalls the loop.
 
 use std::path::{Path, PathBuf};
 
@@ -48,10 +52,35 @@ impl Assets {
         let name = safe_name(path)?;
         let body = match self {
             Assets::Embedded => EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| (*b).into())?,
-            Assets::Dir(dir) => std::fs::read(dir.join(Path::new(&name))).ok()?.into(),
+            Assets::Dir(dir) => read_inside(dir, &name)?.into(),
         };
         Some(File { body, content_type: content_type(&name) })
     }
+}
+
+/// The bytes of `name` under `dir` (canonical, as `--public` keeps it) if its real path is a
+/// regular file inside `dir`; `None` otherwise.
+fn read_inside(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = dir.join(name).canonicalize().ok()?;
+    if !real.starts_with(dir) || !std::fs::metadata(&real).ok()?.is_file() {
+        return None;
+    }
+    // Should the file be swapped for a FIFO or a symlink after the check, the open neither
+    // waits for a writer nor follows the link; what it opened is checked again.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&real)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut body = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut body).ok()?;
+    Some(body)
 }
 
 /// Maps a request path to a relative file name inside public/, or `None` if it could leave it.

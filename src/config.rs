@@ -10,6 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
+    /// `--public DIR`, as its real (canonical) path once parsed.
     pub public: Option<PathBuf>,
     /// `*` or `http(s)://host[:port]`, checked at start-up.
     pub allow_origin: Vec<String>,
@@ -119,6 +120,8 @@ Usage: chatloop [FLAGS]
 Flags:
   --addr ADDR                 address to listen on [default: 127.0.0.1:8080]
   --public DIR                serve the page from DIR instead of the embedded copy
+                              (development): only regular files inside DIR, symlinks
+                              leading out of it are 404
   --allow-origin ORIGIN       also allow upgrades from ORIGIN, compared as scheme, host and
                               port (e.g. https://chat.example.com); repeatable; * allows any
                               [default: same origin only]
@@ -130,10 +133,11 @@ Flags:
                               [default: loopback names only]
   --max-conns N               at most N connections; more get 503
                               [default: the open-file limit minus 64]
-  --max-message BYTES         largest client message; larger closes with 1009; must hold a
-                              --max-text text in the worst legal encoding (12 bytes a
-                              character, as \\uXXXX\\uXXXX escapes)
-                              [default: 12 x --max-text + 512, 12512]
+  --max-message BYTES         largest client message; larger closes with 1009; must hold
+                              the largest legal request: a --max-text text in the worst
+                              encoding (12 bytes a character, as \\uXXXX\\uXXXX escapes)
+                              and every other field at its longest, escaped too
+                              [default: 12 x --max-text + 1280, 13280]
   --max-text CHARS            longest chat text, in Unicode scalar values (characters, not
                               bytes); longer gets error too_long [default: 1000]
   --queue-cap BYTES           soft cap on what is queued for one connection, judged after
@@ -141,9 +145,11 @@ Flags:
                               later, or over 4x it at once, is closed with 1008 slow
                               consumer; private messages to a client over it are refused
                               with recipient_busy; at least 16384 [default: 262144]
-  --rate-limit N              messages per second per id, burst 2N, kept across reconnects;
-                              0 turns it off; over it the message is dropped with error
-                              rate_limited [default: 20]
+  --rate-limit N              requests per second per id: every text frame costs one
+                              (messages, joins, leaves, directory asks, token refreshes,
+                              malformed frames); burst 2N, kept across reconnects and
+                              resumes; 0 turns it off; over it the request is dropped with
+                              error rate_limited [default: 20]
   --resume-grace SECS         a connection lost without the client's close frame (EOF or
                               reset, idle timeout, closed by the server) keeps its user
                               this long for the client's resume token: still in its rooms,
@@ -151,9 +157,10 @@ Flags:
   --history N                 messages kept per room for replay on join (since/last) and
                               resume; 0 keeps none [default: 100]
   --history-bytes BYTES       bytes of history kept for all rooms, at real cost (a log
-                              ~350 B, a line its bytes + ~100 B); past it the history of
-                              rooms nobody is in goes first (the longest empty first),
-                              then the oldest messages of the largest rooms
+                              336 B + its name, a line its bytes + 64 B + a 32 B slot);
+                              past it the history of rooms nobody is in goes first (the
+                              longest empty first), then the oldest messages of the
+                              largest rooms
                               [default: 67108864]
   --history-ttl SECS          how long a room's history outlives its last member
                               [default: 300]
@@ -232,10 +239,11 @@ Flags:
   -h, --help                  print this help
   -V, --version               print the version
 
-Seconds take fractions (0.2). Logs go to stderr; RUST_LOG sets the level [default: info].
-Exit status: 2 when nothing started (flags that cannot work together, an address that
-cannot be bound), with the reason on one line; 0 after a graceful shutdown; 1 on a second
-signal or a failure while running.
+Seconds take fractions (0.2). Each flag is given once; only those marked repeatable may
+repeat (a flag given twice is refused, not overridden). Logs go to stderr; RUST_LOG sets
+the level [default: info]. Exit status: 2 when nothing started (flags that cannot work
+together, a flag given twice, an address that cannot be bound), with the reason on one
+line; 0 after a graceful shutdown; 1 on a second signal or a failure while running.
 ";
 
 /// Bytes a character of chat text can take in a legal message: a scalar outside the BMP
@@ -243,10 +251,13 @@ signal or a failure while running.
 /// (Python's `json.dumps` by default).
 pub const WORST_BYTES_PER_CHAR: usize = 12;
 
-/// The rest of the largest legal message: `{"to":"<32-character id>","text":""}` with every
-/// key and id character escaped as `\u00XX` is 241 bytes; the remainder is slack for the
-/// whitespace JSON allows between tokens (`json.dumps` adds a space after each `:` and `,`).
-pub const MESSAGE_OVERHEAD: usize = 512;
+/// Room for everything but the text in the largest legal request: every field at its
+/// longest, every character escaped (`\u00XX` for ASCII, a surrogate pair for the rest) and a
+/// space around every token. The largest are a join (`join`, `since`, `epoch`, `cid`: 1,169
+/// bytes) and a room message (`room`, `cid`: 1,057 bytes besides its text); a test builds both
+/// from the same limits. Whitespace JSON allows beyond that, and fields the server ignores, are
+/// not a legal request's need.
+pub const MESSAGE_OVERHEAD: usize = 1280;
 
 /// The smallest `--max-message` that a text of `max_text` characters can never exceed, so
 /// that a legal text gets `too_long` at worst, never a 1009 close.
@@ -257,6 +268,10 @@ pub const fn message_room(max_text: usize) -> usize {
 /// The smallest `--queue-cap`: a welcome listing 256 ids of 32 characters is about 9 KiB,
 /// and a queue that cannot hold its own welcome would close every newcomer as a slow consumer.
 pub const MIN_QUEUE_CAP: usize = 16 * 1024;
+
+/// The flags that may be given more than once, each adding a value (`--help` says
+/// "repeatable"); any other given twice is refused.
+pub const REPEATABLE: &[&str] = &["--allow-origin", "--allow-host", "--metrics-allow", "--auth-key"];
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -269,7 +284,7 @@ pub enum Command {
 /// Parses flags (without the program name). Errors are one line, ready to print.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut cfg = Config::default();
-    let mut cli = flags::Cli::new(args);
+    let mut cli = flags::Cli::new(args).repeatable(REPEATABLE);
     let mut metrics_allow: Vec<Cidr> = Vec::new();
     let mut ping_given = false;
     let mut max_message: Option<usize> = None;
@@ -439,10 +454,14 @@ fn settle(
         None => room,
         Some(m) if m < room => {
             let fits = m.saturating_sub(MESSAGE_OVERHEAD) / WORST_BYTES_PER_CHAR;
+            let or = match fits {
+                0 => format!("(no --max-text fits in less than {})", message_room(1)),
+                n => format!("or --max-text {n} or less"),
+            };
             return Err(format!(
-                "--max-message: {m} bytes cannot hold a --max-text {} text in the worst legal \
-                 encoding ({WORST_BYTES_PER_CHAR} bytes a character): give at least {room}, or \
-                 --max-text {fits} or less",
+                "--max-message: {m} bytes cannot hold the largest legal request with a --max-text \
+                 {} text ({WORST_BYTES_PER_CHAR} bytes a character escaped, {MESSAGE_OVERHEAD} for \
+                 the rest): give at least {room}, {or}",
                 cfg.max_text
             ));
         }
@@ -460,6 +479,9 @@ fn settle(
         if !dir.join("index.html").is_file() {
             return Err(format!("--public: '{}' has no index.html, so / would be a 404", dir.display()));
         }
+        // Real paths only: a file is served if its own real path is inside this one.
+        let real = dir.canonicalize().map_err(|e| format!("--public: '{}': {e}", dir.display()))?;
+        cfg.public = Some(real);
     }
     if cfg.redis_ttl < Duration::from_millis(300) {
         return Err("--redis-ttl: at least 0.3 seconds, or heartbeats cannot keep ids alive".into());
@@ -549,7 +571,7 @@ mod tests {
     fn defaults_and_values() {
         let c = run(&[]).unwrap();
         assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (12_512, 262_144, 20));
+        assert_eq!((c.max_message, c.queue_cap, c.rate_limit), (13_280, 262_144, 20));
         assert!(c.log_timestamps && c.allow_host.is_empty());
         let c = run(&["--addr", "127.0.0.1:0", "--handshake-timeout=0.2", "--allow-origin", "*", "--echo"])
             .unwrap();
@@ -565,19 +587,72 @@ mod tests {
 
     #[test]
     fn max_message_follows_max_text_or_must_hold_it() {
-        assert_eq!(run(&["--max-text", "10"]).unwrap().max_message, 10 * 12 + 512);
-        assert_eq!(run(&["--max-text", "10", "--max-message", "632"]).unwrap().max_message, 632);
+        assert_eq!(run(&["--max-text", "10"]).unwrap().max_message, 10 * 12 + 1280);
+        assert_eq!(run(&["--max-text", "10", "--max-message", "1400"]).unwrap().max_message, 1400);
         assert_eq!(run(&["--max-message", "20000"]).unwrap().max_message, 20_000);
         let e = run(&["--max-message", "4096"]).unwrap_err();
-        assert!(e.contains("give at least 12512, or --max-text 298 or less"), "{e}");
-        assert!(run(&["--max-message", "4096", "--max-text", "298"]).is_ok());
-        // The largest legal message for --max-text 1000: 1,000 non-BMP characters escaped.
-        let worst = format!(
-            "{{ \"to\" : \"{}\" , \"text\" : \"{}\" }}",
-            "\\u0061".repeat(32),
-            "\\ud83d\\ude00".repeat(1000)
+        assert!(e.contains("give at least 13280, or --max-text 234 or less"), "{e}");
+        assert!(run(&["--max-message", "4096", "--max-text", "234"]).is_ok());
+        // Below what any --max-text needs, the advice names no --max-text (0 is refused).
+        let e = run(&["--max-message", "100"]).unwrap_err();
+        assert!(e.contains("give at least 13280, (no --max-text fits in less than 1292)"), "{e}");
+        assert!(!e.contains("--max-text 0"), "{e}");
+        assert!(run(&["--max-message", "1292", "--max-text", "1"]).is_ok());
+    }
+
+    /// Every character of `s` as a JSON escape: `\u00XX` for ASCII, a surrogate pair beyond
+    /// the BMP, the longest way a legal client may spell it.
+    fn escaped(s: &str) -> String {
+        s.encode_utf16().map(|u| format!("\\u{u:04x}")).collect()
+    }
+
+    /// `{ "k" : v , ... }`, keys escaped: the widest spelling of an object, short of the
+    /// unbounded whitespace JSON allows, with a space around every token as `json.dumps`'s
+    /// separators and pretty printers add.
+    fn widest(fields: &[(&str, String)]) -> String {
+        let pairs: Vec<String> = fields.iter().map(|(k, v)| format!("\"{}\" : {v}", escaped(k))).collect();
+        format!("{{ {} }}", pairs.join(" , "))
+    }
+
+    #[test]
+    fn the_largest_legal_request_fits_the_default_max_message() {
+        use crate::protocol::{self, Incoming, MAX_CID, MAX_ID, MAX_ROOM};
+        let string = |s: String| format!("\"{}\"", escaped(&s));
+        let cid = string("\u{1F600}".repeat(MAX_CID));
+        let join = widest(&[
+            ("join", string("r".repeat(MAX_ROOM))),
+            ("since", u64::MAX.to_string()),
+            ("epoch", string("e".repeat(crate::chat::history::EPOCH_LEN))),
+            ("cid", cid.clone()),
+        ]);
+        assert!(matches!(protocol::decode_why(&join), Ok((Incoming::Join { .. }, Some(_)))), "{join}");
+        assert!(join.len() <= message_room(1), "{} for a join", join.len());
+        for max_text in [1, 10, 1000, 4000] {
+            let text = string("\u{1F600}".repeat(max_text));
+            let say = widest(&[
+                ("room", string("r".repeat(MAX_ROOM))),
+                ("text", text.clone()),
+                ("cid", cid.clone()),
+            ]);
+            let private = widest(&[("to", string("i".repeat(MAX_ID))), ("text", text), ("cid", cid.clone())]);
+            for (request, kind) in [(say, "room message"), (private, "private message")] {
+                let Ok((Incoming::Say { text, .. } | Incoming::Private { text, .. }, Some(c))) =
+                    protocol::decode_why(&request)
+                else {
+                    panic!("{kind} is not legal: {request}")
+                };
+                assert_eq!((text.chars().count(), c.chars().count()), (max_text, MAX_CID));
+                assert!(request.len() <= message_room(max_text), "{kind}: {} for {max_text}", request.len());
+            }
+        }
+        // The probe's request, without the spaces: 12,803 bytes, closed with 1009 at 12,512.
+        let probe = format!(
+            r#"{{"room":"lobby","text":"{}","cid":"{}"}}"#,
+            "\\ud83d\\ude00".repeat(1000),
+            "\\ud83d\\ude00".repeat(64)
         );
-        assert!(worst.len() <= Config::default().max_message, "{}", worst.len());
+        assert_eq!(probe.len(), 12_803);
+        assert!(probe.len() <= Config::default().max_message);
     }
 
     #[test]
@@ -667,6 +742,43 @@ mod tests {
         for url in ["/auth/token", "https://sso.example.com/chat-token?aud=chat"] {
             assert_eq!(run(&["--token-url", url]).unwrap().token_url.as_deref(), Some(url));
         }
+    }
+
+    #[test]
+    fn a_flag_is_given_once_unless_help_calls_it_repeatable() {
+        let e = run(&["--rate-limit", "5", "--rate-limit", "7"]).unwrap_err();
+        assert_eq!(e, "--rate-limit given twice: give it once");
+        assert!(run(&["--echo", "--echo"]).unwrap_err().contains("--echo given twice"));
+        let c = run(&["--allow-origin", "https://a.example", "--allow-origin=https://b.example"]).unwrap();
+        assert_eq!(c.allow_origin.len(), 2);
+        // REPEATABLE is exactly the flags --help marks repeatable.
+        let mut marked = Vec::new();
+        let mut current = "";
+        let flags = HELP.split("\nSeconds take fractions").next().unwrap();
+        for line in flags.lines() {
+            if let Some(flag) = line.trim_start().strip_prefix("--").and_then(|l| l.split(' ').next()) {
+                current = flag;
+            }
+            if line.contains("repeatable") {
+                marked.push(format!("--{current}"));
+            }
+        }
+        marked.dedup();
+        assert_eq!(marked, REPEATABLE, "{marked:?}");
+    }
+
+    #[test]
+    fn help_states_the_costs_and_defaults_the_code_uses() {
+        // Help text is wrapped: compare with runs of whitespace as one space.
+        let help = HELP.split_whitespace().collect::<Vec<_>>().join(" ");
+        use crate::chat::history::{LINE_COST, LOG_COST};
+        let slot = std::mem::size_of::<bytes::Bytes>();
+        let history =
+            format!("(a log {LOG_COST} B + its name, a line its bytes + {LINE_COST} B + a {slot} B slot)");
+        assert!(help.contains(&history), "--history-bytes should say {history}");
+        let max_message = format!("[default: 12 x --max-text + {MESSAGE_OVERHEAD}, {}]", message_room(1000));
+        assert!(help.contains(&max_message), "--max-message should say {max_message}");
+        assert_eq!(WORST_BYTES_PER_CHAR, 12);
     }
 
     #[test]

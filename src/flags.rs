@@ -1,6 +1,11 @@
 //! Command lines shared by both binaries: walking `--flag value` and `--flag=value`, and
 //! flag values (whole numbers, numbers, seconds), each with a one-line error that names the
 //! flag.
+//!
+//! One rule for every command line: a flag is given once. A flag given twice is an error,
+//! not the last one silently winning (`--rate-limit 5 ... --rate-limit 7` in a unit file is a
+//! mistake the server cannot guess the intent of); only the flags a parser names repeatable
+//! (each one adds a value, like `--allow-origin`) may repeat.
 
 use std::time::Duration;
 
@@ -10,11 +15,22 @@ pub struct Cli<I> {
     flag: String,
     /// The `=value` of the current flag, until `value` takes it.
     inline: Option<String>,
+    /// Flags given so far.
+    seen: Vec<String>,
+    /// Flags that may be given more than once.
+    repeatable: &'static [&'static str],
 }
 
 impl<I: Iterator<Item = String>> Cli<I> {
     pub fn new(args: impl IntoIterator<IntoIter = I>) -> Self {
-        Cli { args: args.into_iter(), flag: String::new(), inline: None }
+        Cli { args: args.into_iter(), flag: String::new(), inline: None, seen: Vec::new(), repeatable: &[] }
+    }
+
+    /// Names the flags that may be given more than once; every other one is refused the
+    /// second time.
+    pub fn repeatable(mut self, flags: &'static [&'static str]) -> Self {
+        self.repeatable = flags;
+        self
     }
 
     /// The next flag, `None` at the end. A flag given `=value` that did not take it is an
@@ -31,6 +47,10 @@ impl<I: Iterator<Item = String>> Cli<I> {
             }
             _ => arg,
         };
+        if self.seen.contains(&self.flag) && !self.repeatable.contains(&self.flag.as_str()) {
+            return Err(format!("{} given twice: give it once", self.flag));
+        }
+        self.seen.push(self.flag.clone());
         Ok(Some(self.flag.clone()))
     }
 
@@ -98,6 +118,31 @@ mod tests {
         cli.next_flag().unwrap();
         assert_eq!(cli.value(), Err("--e needs a value".into()));
         assert_eq!(cli.next_flag(), Ok(None));
+    }
+
+    #[test]
+    fn a_flag_given_twice_is_refused_unless_repeatable() {
+        let walk = |args: &[&str]| -> Result<Vec<String>, String> {
+            let mut cli = Cli::new(args.iter().map(|a| a.to_string())).repeatable(&["--many"]);
+            let mut got = Vec::new();
+            while let Some(f) = cli.next_flag()? {
+                if f != "--switch" {
+                    got.push(cli.value()?);
+                }
+            }
+            Ok(got)
+        };
+        assert_eq!(walk(&["--one", "5", "--one", "7"]), Err("--one given twice: give it once".into()));
+        assert_eq!(
+            walk(&["--one=5", "--one", "7"]),
+            Err("--one given twice: give it once".into()),
+            "either spelling"
+        );
+        assert_eq!(walk(&["--switch", "--switch"]), Err("--switch given twice: give it once".into()));
+        assert_eq!(
+            walk(&["--many", "a", "--many=b", "--one", "1"]),
+            Ok(vec!["a".into(), "b".into(), "1".into()])
+        );
     }
 
     #[test]

@@ -315,6 +315,30 @@ fn chatloop_token_fails_in_one_line_with_status_2() {
         assert!(err.starts_with("chatloop token: ") && err.lines().count() == 1, "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+    // Each refusal says what is wrong, not something beside it.
+    let secret = file("hmac.key");
+    for (args, needle) in [
+        (
+            vec!["--alg", "RS256"],
+            "RS256 needs an RSA key (RS256/384/512), but the key is a shared secret (HS256/384/512)",
+        ),
+        (vec!["--rooms", ""], "--rooms: '' names no room"),
+        (vec!["--rooms", " , "], "--rooms: ' , ' names no room"),
+        (vec!["--sub", "b"], "--sub given twice: give it once"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatloop"))
+            .args(["token", "--key", &secret, "--sub", "a", "--ttl", "1m"])
+            .args(&args)
+            .output()
+            .expect("chatloop token");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("chatloop token: {needle}")) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: nothing minted");
+    }
     let help = Command::new(env!("CARGO_BIN_EXE_chatloop")).args(["token", "--help"]).output().expect("help");
     assert!(
         help.status.success() && String::from_utf8_lossy(&help.stdout).starts_with("Usage: chatloop token")

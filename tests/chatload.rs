@@ -26,8 +26,13 @@ impl Drop for Server {
 }
 
 fn server(extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatloop"))
-        .args(["--addr", "127.0.0.1:0", "--rate-limit", "0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatloop"));
+    cmd.args(["--addr", "127.0.0.1:0"]);
+    // The rate limit off unless the test sets one: a flag is given once.
+    if !extra.contains(&"--rate-limit") {
+        cmd.args(["--rate-limit", "0"]);
+    }
+    let mut child = cmd
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

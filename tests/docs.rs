@@ -427,6 +427,18 @@ fn every_protocol_example_replays_against_the_server() {
 }
 
 #[test]
+fn every_api_status_the_metrics_label_is_one_api_md_documents() {
+    let api = read("docs/api.md");
+    let documented: BTreeSet<u16> =
+        api.lines().filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok()).collect();
+    assert!(documented.len() >= 8, "{documented:?}");
+    // 200 is every answer that is not an error; 0 counts any other status.
+    let labelled = chatloop::metrics::API_STATUSES.iter().filter(|s| !matches!(**s, 0 | 200));
+    let never: Vec<u16> = labelled.filter(|s| !documented.contains(s)).copied().collect();
+    assert!(never.is_empty(), "labelled but never answered, per docs/api.md: {never:?}");
+}
+
+#[test]
 fn operations_names_every_metric() {
     let ops = read("docs/operations.md");
     // A Redis nobody answers at: the node renders its cluster series too.

@@ -24,7 +24,8 @@ Prints a signed token (a JWT) for chatloop's --auth token mode.
   --alg ALG       HS256 HS384 HS512 RS256 RS384 RS512 ES256 ES384 EdDSA (default: the key's)
   --help          this text
 
-Exit status: 0 with the token on stdout, 2 on bad input (one line on stderr).
+Each flag is given once. Exit status: 0 with the token on stdout, 2 on bad input (one line
+on stderr).
 ";
 
 /// The longest TTL accepted: ten years is already longer than any sane token lives.
@@ -61,7 +62,17 @@ pub fn run(args: impl IntoIterator<Item = String>, now_ms: u64) -> Result<Option
             "--ttl" => ttl = Some(duration("--ttl", &cli.value()?)?),
             "--rooms" => {
                 let v = cli.value()?;
-                rooms = Some(v.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect());
+                let list: Vec<String> =
+                    v.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+                // An empty claim would be a token that joins no room at all: a typo or an
+                // unset variable far more often than what was meant.
+                if list.is_empty() {
+                    return Err(format!(
+                        "--rooms: '{v}' names no room; give names or prefixes ('lobby,team-*'), \
+                         or leave --rooms out for every room"
+                    ));
+                }
+                rooms = Some(list);
             }
             "--aud" => aud = Some(cli.value()?),
             "--iss" => iss = Some(cli.value()?),

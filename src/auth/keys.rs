@@ -146,11 +146,17 @@ pub enum SigningKey {
 /// Whether a secret of `len` bytes is long enough for `alg` (RFC 7518 3.2: at least the size
 /// of the hash output).
 fn secret_fits(alg: Alg, len: usize) -> bool {
+    min_secret(alg).is_some_and(|min| len >= min)
+}
+
+/// The shortest secret an HMAC algorithm takes (its hash's size, RFC 7518 3.2); `None` for
+/// the others, which take no secret at all.
+fn min_secret(alg: Alg) -> Option<usize> {
     match alg {
-        Alg::HS256 => len >= 32,
-        Alg::HS384 => len >= 48,
-        Alg::HS512 => len >= 64,
-        _ => false,
+        Alg::HS256 => Some(32),
+        Alg::HS384 => Some(48),
+        Alg::HS512 => Some(64),
+        _ => None,
     }
 }
 
@@ -289,6 +295,26 @@ impl SigningKey {
             SigningKey::P256(_) => Family::P256,
             SigningKey::P384(_) => Family::P384,
             SigningKey::Ed25519(_) => Family::Ed25519,
+        }
+    }
+
+    /// Why this key cannot sign `alg`, as the one-line error names it: a secret too short
+    /// for its hash, or a key of another family than the algorithm needs.
+    pub fn why_not(&self, alg: Alg) -> String {
+        match (self, min_secret(alg)) {
+            (SigningKey::Hmac(s), Some(min)) => {
+                format!(
+                    "{} needs a secret of at least {min} bytes; this one is {} bytes",
+                    alg.as_str(),
+                    s.len()
+                )
+            }
+            (k, _) => format!(
+                "{} needs {}, but the key is {}",
+                alg.as_str(),
+                family_of(alg).name(),
+                k.family().name()
+            ),
         }
     }
 

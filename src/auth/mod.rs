@@ -315,10 +315,7 @@ pub fn mint(key: &SigningKey, req: &MintRequest<'_>, now_ms: u64) -> Result<Stri
     }
     let alg = req.alg.unwrap_or(key.family().default_alg());
     if !key.can_sign(alg) {
-        return Err(match key {
-            SigningKey::Hmac(s) => format!("{} needs a longer secret than {} bytes", alg.as_str(), s.len()),
-            k => format!("{} cannot sign {}", k.family().name(), alg.as_str()),
-        });
+        return Err(key.why_not(alg));
     }
     if req.ttl.as_secs() == 0 {
         return Err("the TTL must be at least 1 second".into());

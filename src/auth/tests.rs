@@ -433,7 +433,11 @@ fn key_files() {
     let s32 = SigningKey::Hmac(vec![7; 32]);
     let req =
         MintRequest { sub: "a", ttl: Duration::from_secs(1), alg: Some(Alg::HS512), ..Default::default() };
-    assert!(mint(&s32, &req, NOW).unwrap_err().contains("longer secret"));
+    let e = mint(&s32, &req, NOW).unwrap_err();
+    assert_eq!(e, "HS512 needs a secret of at least 64 bytes; this one is 32 bytes");
+    // A secret asked for an RSA signature: the key is the problem, not its length.
+    let e = mint(&s32, &MintRequest { alg: Some(Alg::RS256), ..req.clone() }, NOW).unwrap_err();
+    assert_eq!(e, "RS256 needs an RSA key (RS256/384/512), but the key is a shared secret (HS256/384/512)");
 
     // PEM: each family, and what is refused with a reason.
     assert_eq!(public("rsa-pkcs1.pub").family(), Family::Rsa);
@@ -448,7 +452,7 @@ fn key_files() {
     assert!(Key::parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
     assert!(Key::parse(b"  \n-----BEGIN \xff").is_err(), "PEM-looking bytes are never a secret");
     let e = mint(&private("ed25519.key"), &MintRequest { alg: Some(Alg::ES256), ..req }, NOW).unwrap_err();
-    assert!(e.contains("cannot sign ES256"), "{e}");
+    assert_eq!(e, "ES256 needs an EC P-256 key (ES256), but the key is an Ed25519 key (EdDSA)");
     // Debug never shows a secret.
     assert_eq!(format!("{:?}", Key::Hmac(SECRET.to_vec())), "Key(Hmac)");
 }

@@ -84,7 +84,7 @@ pub fn decode_why(frame: &str) -> Result<(Incoming<'_>, Option<Text<'_>>), std::
         _ => format!("{e}").into(),
     })?;
     let cid = f.cid.take();
-    if cid.as_ref().is_some_and(|c| !(1..=64).contains(&c.chars().count())) {
+    if cid.as_ref().is_some_and(|c| !(1..=MAX_CID).contains(&c.chars().count())) {
         return Err("cid: 1 to 64 characters".into());
     }
     let history = f.last.is_some() || f.since.is_some() || f.epoch.is_some();
@@ -127,8 +127,17 @@ pub fn decode_why(frame: &str) -> Result<(Incoming<'_>, Option<Text<'_>>), std::
     Ok((request, cid))
 }
 
+/// The longest `cid` a client may send, in characters (of any kind).
+pub const MAX_CID: usize = 64;
+
+/// The longest room name, in bytes (ASCII letters, digits, `_`, `-`, `.`).
+pub const MAX_ROOM: usize = 32;
+
+/// The longest user id, in bytes (the same characters as a room name).
+pub const MAX_ID: usize = 32;
+
 pub fn room_name(name: &str) -> Option<Text<'_>> {
-    let ok = (1..=32).contains(&name.len())
+    let ok = (1..=MAX_ROOM).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if !ok {
         return None;
@@ -588,7 +597,7 @@ pub fn presence_into(buf: &mut Vec<u8>, kind: Presence, room: &str, id: &str) {
 
 /// True when `id` is 1 to 32 characters from `A-Z a-z 0-9 _ - .`.
 pub fn valid_id(id: &str) -> bool {
-    (1..=32).contains(&id.len())
+    (1..=MAX_ID).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 

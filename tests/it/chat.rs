@@ -352,3 +352,26 @@ fn rate_limited_names_the_refused_message_by_its_cid() {
     }
     assert_eq!(refused, ["c2", "c3"], "a burst of 2, then each refusal names its message");
 }
+
+#[test]
+fn every_request_costs_the_rate_limit_a_token_not_only_messages() {
+    // --help and README say requests: a join, a directory ask and a malformed frame spend
+    // the burst (2 at --rate-limit 1) as a message would. Sent in one write, so no refill.
+    let s = Server::start(&["--rate-limit", "1"]);
+    let mut a = s.join("alice");
+    let frames: Vec<u8> =
+        [r#"{"join":"dev","cid":"j"}"#, r#"{"rooms":true}"#, "not json", r#"{"text":"hi","cid":"m"}"#]
+            .iter()
+            .flat_map(|f| masked(0x1, f.as_bytes()))
+            .collect();
+    use std::io::Write;
+    a.ws.get_mut().write_all(&frames).unwrap();
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        let l = a.next_line();
+        if l["code"] == "rate_limited" {
+            refused.push(l["cid"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(refused, ["", "m"], "the join and the directory ask took the burst");
+}

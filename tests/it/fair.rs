@@ -271,13 +271,14 @@ fn an_endless_fragmented_message_cannot_freeze_the_loop() {
 #[test]
 fn tiny_fragments_without_end_are_closed_with_1009() {
     let _one = serial();
-    // With default flags a message may spend at most 2 x --max-message + 4 KiB of wire bytes.
+    // With default flags a message may spend at most 2 x --max-message + 4 KiB of wire bytes
+    // (30,656 B); 8,000 empty frames are 48,000.
     let s = Server::start(&[]);
     let mut t = s.raw_ws("fragments");
     let _ = raw_welcome(&mut t);
     t.write_all(&frame(0x01, b"x", Some([1, 2, 3, 4]))).unwrap();
     let empty = frame(0x00, b"", Some([1, 2, 3, 4]));
-    let burst: Vec<u8> = empty.iter().copied().cycle().take(empty.len() * 5_000).collect();
+    let burst: Vec<u8> = empty.iter().copied().cycle().take(empty.len() * 8_000).collect();
     let _ = t.write_all(&burst);
     assert_eq!(read_close(&mut t), Some(1009));
     assert!(s.wait_log("flood id=fragments"));

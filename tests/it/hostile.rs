@@ -52,7 +52,7 @@ fn close_after(s: &Server, bytes: &[u8]) -> Option<u16> {
 
 #[test]
 fn websocket_violations_close_with_the_rfc_codes() {
-    let s = Server::start(&["--max-message", "1024", "--max-text", "42"]);
+    let s = Server::start(&["--max-message", "1536", "--max-text", "21"]);
     let text = |t: &str| masked(0x1, t.as_bytes());
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("message over --max-message", text(&"x".repeat(2000)), 1009),

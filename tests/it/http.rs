@@ -52,6 +52,36 @@ fn no_path_leaves_public() {
     assert!(r.starts_with("HTTP/1.1 404") || r.starts_with("HTTP/1.1 400"), "{r}");
 }
 
+#[test]
+fn public_dir_serves_only_its_own_regular_files() {
+    let root = std::env::temp_dir().join(format!("chatloop-public-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("pub");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("index.html"), "<!doctype html>home").unwrap();
+    std::fs::write(dir.join("sub/page.txt"), "inside").unwrap();
+    std::fs::write(root.join("secret.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(root.join("secret.txt"), dir.join("host")).unwrap();
+    std::os::unix::fs::symlink(dir.join("sub/page.txt"), dir.join("alias.txt")).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    // A path through the symlinked directory names the same place as the real one.
+    std::os::unix::fs::symlink(&dir, root.join("link")).unwrap();
+    let s = Server::start(&["--public", root.join("link").to_str().unwrap()]);
+    // Nothing writes to the FIFO: an open that waited would hold the loop (and this read) up.
+    for path in ["/fifo", "/host", "/sub", "/fifo"] {
+        let r = s.get(path);
+        assert!(r.starts_with("HTTP/1.1 404"), "{path}: {r}");
+        assert!(!r.contains("outside"), "{path} leaked a file outside --public");
+    }
+    assert!(s.get("/healthz").ends_with("\r\n\r\nok\n"), "the loop still answers");
+    assert!(s.get("/").ends_with("home"));
+    assert!(s.get("/sub/page.txt").ends_with("\r\n\r\ninside"));
+    assert!(s.get("/alias.txt").ends_with("\r\n\r\ninside"), "a symlink inside to inside is served");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 fn upgrade(path: &str, extra: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"

@@ -153,7 +153,10 @@ fn flags_that_cannot_work_are_refused_at_start_up_with_one_line() {
         (&["--allow-host", "chat.example:443"], "without a port"),
         (&["--public", "/nonexistent/chatloop"], "is not a directory"),
         (&["--public", empty], "has no index.html"),
-        (&["--max-message", "4096"], "give at least 12512, or --max-text 298 or less"),
+        (&["--max-message", "4096"], "give at least 13280, or --max-text 234 or less"),
+        (&["--max-message", "100"], "give at least 13280, (no --max-text fits in less than 1292)"),
+        (&["--rate-limit", "5", "--rate-limit", "7"], "--rate-limit given twice: give it once"),
+        (&["--addr", "127.0.0.1:0"], "--addr given twice: give it once"),
     ] {
         let (code, err) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
@@ -175,6 +178,14 @@ fn a_thousand_emoji_escaped_as_python_does_are_a_room_message_not_a_1009() {
     assert_eq!(line["type"], "message", "{line}");
     assert_eq!(line["text"].as_str().unwrap().chars().count(), 1000);
     assert!(line["text"].as_str().unwrap().chars().all(|c| c == '😀'));
+    // Every field at its longest: a room, and a cid of 64 non-BMP characters escaped too.
+    let emoji = "\\ud83d\\ude00";
+    let frame = format!(r#"{{"room":"lobby","text":"{}","cid":"{}"}}"#, emoji.repeat(1000), emoji.repeat(64));
+    assert_eq!(frame.len(), 12_803);
+    a.send_text(&frame);
+    let line = a.next_line();
+    assert_eq!(line["type"], "message", "{line}");
+    assert_eq!(line["cid"].as_str().map(|c| c.chars().count()), Some(64), "{line}");
     // The worst case for --max-text 10: ten non-BMP characters, a 32-character id escaped
     // character by character, and spaces around every token.
     let s = Server::start(&["--max-text", "10"]);

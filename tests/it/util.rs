@@ -23,8 +23,11 @@ impl Server {
     }
 
     fn spawn(mut cmd: Command, args: &[&str]) -> Server {
+        // An ephemeral port unless the test names an address: a flag is given once.
+        if !args.contains(&"--addr") {
+            cmd.args(["--addr", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())

@@ -139,8 +139,8 @@ sent (a client still connecting when the window opened is never counted); privat
 messages. Lost = expected - delivered. The last line printed is
 'summary key=value ..'. Exit status: 0 when nothing was lost, duplicated or reordered, no
 client was closed unexpectedly, every client connected and the server answered every close of
-ours within 5 s; 1 otherwise; 2 for bad flags or an unusable target; 3 when the hard
-deadline struck.
+ours within 5 s; 1 otherwise; 2 for bad flags (a flag other than --pid given twice too) or
+an unusable target; 3 when the hard deadline struck.
 ";
 
 const DEFAULT_CONNS: usize = 100;
@@ -307,7 +307,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut token_key: Option<String> = None;
     let mut token_kid: Option<String> = None;
 
-    let mut cli = flags::Cli::new(args);
+    let mut cli = flags::Cli::new(args).repeatable(&["--pid"]);
     while let Some(flag) = cli.next_flag()? {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),

@@ -180,10 +180,13 @@ pub struct History {
     pub counters: Counters,
 }
 
+/// Characters in an epoch.
+pub const EPOCH_LEN: usize = 8;
+
 /// A fresh epoch: 8 base64url characters (48 random bits).
 pub fn new_epoch() -> Rc<str> {
     let s = super::ids::new_secret();
-    Rc::from(&super::ids::token_text(&s)[..8])
+    Rc::from(&super::ids::token_text(&s)[..EPOCH_LEN])
 }
 
 impl History {

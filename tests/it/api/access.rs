@@ -82,7 +82,7 @@ fn the_host_rules_apply_to_the_api() {
 
 #[test]
 fn body_refusals_come_from_the_head_with_one_line_reasons() {
-    let s = start(&["--max-text", "100"]); // --max-message becomes 1712
+    let s = start(&["--max-text", "100"]); // --max-message becomes 100 x 12 + 1280 = 2480
     let cases = [
         (head(&s, "Content-Type: application/json\r\n\r\n"), 411, "length_required"),
         (
@@ -114,7 +114,7 @@ fn body_refusals_come_from_the_head_with_one_line_reasons() {
     // 413 at once, from the header: not one byte of the body is sent.
     let mut c = Conn::open(&s);
     c.sock
-        .write_all(head(&s, "Content-Type: application/json\r\nContent-Length: 1713\r\n\r\n").as_bytes())
+        .write_all(head(&s, "Content-Type: application/json\r\nContent-Length: 2481\r\n\r\n").as_bytes())
         .unwrap();
     let r = c.response().expect("413 before any body");
     assert_eq!((r.status, r.code().as_str()), (413, "too_large"));
