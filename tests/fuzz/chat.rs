@@ -185,8 +185,8 @@ pub(crate) fn check_handle(chat: &mut Chat, model: &mut Model, token: usize, fra
 
 /// Flushes presence and checks every payload against the model's batches, room by room: each
 /// member of a room with events this turn gets the events after its own join, nothing while
-/// the room is above the limit, and one `users` line instead when the room crossed the
-/// limit either way since its last flush with events.
+/// the room is quiet (above the limit, and until an eighth below it), and one `users` line
+/// instead when the room went quiet or loud since its last flush with events.
 fn check_flush(chat: &mut Chat, model: &mut Model) -> Check {
     let mut rec = Rec::default();
     chat.flush_presence(&mut rec);
@@ -208,7 +208,9 @@ fn check_flush(chat: &mut Chat, model: &mut Model) -> Check {
         if r.events.is_empty() {
             continue; // a room without news this turn sends nothing, whatever its size
         }
-        let quiet = r.members.len() > limit;
+        // Quiet above the limit; loud again an eighth below it (at least one member).
+        let loud_below = limit - (limit / 8).max(1).min(limit);
+        let quiet = r.members.len() > if r.was_quiet { loud_below } else { limit };
         let crossed = quiet != r.was_quiet;
         r.was_quiet = quiet;
         if crossed {
