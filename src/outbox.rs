@@ -84,7 +84,8 @@ pub enum Drain {
 #[allow(clippy::vec_box)]
 pub struct Spare(Vec<Box<Queue>>);
 
-/// Enough for a 1,000-client room at full speed; an idle server keeps at most ~200 KB here.
+/// Enough for a 1,000-client room at full speed (up to ~200 KB); `trim_heap` empties it after
+/// a crowd's arrival.
 impl Spare {
     /// Forgets every spare buffer (when the server has gone idle).
     pub fn clear(&mut self) {
