@@ -34,7 +34,10 @@ process.on('exit', () => {
 });
 
 export async function startServer(port = 0, extra = []) {
-  const args = ['--addr', `127.0.0.1:${port}`, '--rate-limit', '0', ...extra];
+  // Each flag once (the server refuses one given twice): the rate limit is off unless the
+  // test sets its own.
+  const args = ['--addr', `127.0.0.1:${port}`, ...extra];
+  if (!extra.includes('--rate-limit')) args.push('--rate-limit', '0');
   if (process.env.CHATLOOP_PUBLIC) args.push('--public', resolve(process.env.CHATLOOP_PUBLIC));
   const proc = spawn(serverBin(), args, {
     stdio: ['ignore', 'pipe', 'pipe'],
