@@ -416,7 +416,6 @@ pub fn json(status: Status, body: &[u8], close: bool) -> Bytes {
     Bytes::from(out)
 }
 
-/// A plain-text error response carrying a one-line reason.
 /// Whether a raw request head names an `/api/` path, read from its request line alone so that
 /// a head too malformed to parse is still told apart.
 pub fn targets_api(head: &[u8]) -> bool {
@@ -424,6 +423,7 @@ pub fn targets_api(head: &[u8]) -> bool {
     line.split(|&b| b == b' ').nth(1).is_some_and(|target| target.starts_with(b"/api/"))
 }
 
+/// A plain-text error response carrying a one-line reason.
 pub fn error(status: Status, why: &str) -> Bytes {
     let extra = if status == Status::UpgradeRequired { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     response(status, "text/plain; charset=utf-8", extra, format!("{why}\n").as_bytes(), false)

@@ -278,15 +278,16 @@ impl Queue {
                 return Ok(Drain::Budget);
             }
             let first = self.inflight.take().unwrap_or_else(|| self.begin(0));
+            let mut frames = Gathered::one(first, self.frame_len(0, &first));
             let mut buf = [0u8; GATHER];
-            let (result, frames) = match self.gather(first, &mut buf, budget - sent) {
-                Some((len, frames)) => (w.write(&buf[..len]), frames),
+            let result = match self.gather(&mut frames, &mut buf, budget - sent) {
+                Some(len) => w.write(&buf[..len]),
                 // Most frames carry a line or two: filling 128 iovecs for them was most of
                 // the loop's own instructions per delivery in a room fan-out (callgrind).
                 None if first.chunks as usize <= SMALL_FRAME => {
-                    (self.write_frame::<{ 2 * SMALL_FRAME }>(&first, w), self.alone(first))
+                    self.write_frame::<{ 2 * SMALL_FRAME }>(&first, w)
                 }
-                None => (self.write_frame::<{ 2 * MAX_LINES }>(&first, w), self.alone(first)),
+                None => self.write_frame::<{ 2 * MAX_LINES }>(&first, w),
             };
             match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -305,31 +306,39 @@ impl Queue {
         Ok(Drain::Empty)
     }
 
-    /// Copies what is left of `first` and the whole frames after it into `buf`, while they
-    /// fit: a line or two and a ping for the same client go out in one `send`, not one each
-    /// (a private fan-out sent a sixth of its writes for pings alone), and the kernel's iovec
-    /// import and per-segment copy cost more than copying a few hundred bytes. `None` if
-    /// `first` alone does not fit: it goes through iovecs. Frames after the first are taken
-    /// only within `budget`.
-    fn gather(&self, first: Inflight, buf: &mut [u8; GATHER], budget: usize) -> Option<(usize, Gathered)> {
-        let mut len = self.copy_frame(0, &first, first.written as usize, buf)?;
-        let mut frames = Gathered::one(first, self.frame_len(0, &first));
+    /// Copies what is left of the first of `frames` and the whole frames after it into
+    /// `buf`, while they fit: a line or two and a ping for the same client go out in one
+    /// `send`, not one each (a private fan-out sent a sixth of its writes for pings alone),
+    /// and the kernel's iovec import and per-segment copy cost more than copying a few hundred
+    /// bytes. `None` if the first (the only one in `frames`) alone does not fit: it goes
+    /// through iovecs. Frames after the first join `frames`, only within `budget`.
+    fn gather(&self, frames: &mut Gathered, buf: &mut [u8; GATHER], budget: usize) -> Option<usize> {
+        let (first, total) = frames.frames[0];
+        let mut len = self.copy_frame(0, &first, total, first.written as usize, buf)?;
         let mut at = first.chunks as usize;
         while at < self.queue.len() && frames.count < GATHER_FRAMES {
             let f = self.begin(at);
             let room = budget.clamp(len, GATHER);
-            let Some(n) = self.copy_frame(at, &f, 0, &mut buf[len..room]) else { break };
+            let Some(n) = self.copy_frame(at, &f, self.frame_len(at, &f), 0, &mut buf[len..room]) else {
+                break;
+            };
             len += n;
             frames.push(f, n);
             at += f.chunks as usize;
         }
-        Some((len, frames))
+        Some(len)
     }
 
-    /// Copies frame `f`, made of the chunks from `at`, less its first `skip` bytes, into
-    /// `buf`; how many bytes, or `None` if they do not fit.
-    fn copy_frame(&self, at: usize, f: &Inflight, skip: usize, buf: &mut [u8]) -> Option<usize> {
-        let total = self.frame_len(at, f);
+    /// Copies frame `f` (`total` bytes, made of the chunks from `at`), less its first `skip`
+    /// bytes, into `buf`; how many bytes, or `None` if they do not fit.
+    fn copy_frame(
+        &self,
+        at: usize,
+        f: &Inflight,
+        total: usize,
+        skip: usize,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         if total - skip > buf.len() {
             return None;
         }
@@ -350,11 +359,6 @@ impl Queue {
             put(b, &mut skip);
         }
         Some(out)
-    }
-
-    /// `first` as the only frame of a write.
-    fn alone(&self, first: Inflight) -> Gathered {
-        Gathered::one(first, self.frame_len(0, &first))
     }
 
     /// The wire length of frame `f`, made of the chunks from `at`.

@@ -118,7 +118,6 @@ pub fn fail(status: Status, code: &str, why: &str) -> Answer {
     Answer::Json(status, error_json(code, why))
 }
 
-/// The body of every error.
 /// The code of an error the HTTP layer gives before the API sees the request (a head it
 /// cannot parse, a foreign Host): the same as the API's own where it has one.
 pub fn code_of(status: Status) -> &'static str {
@@ -143,6 +142,7 @@ pub fn code_of(status: Status) -> &'static str {
     }
 }
 
+/// The body of every error.
 pub fn error_json(code: &str, why: &str) -> Vec<u8> {
     serde_json::json!({ "error": { "code": code, "message": why } }).to_string().into_bytes()
 }
